@@ -1,0 +1,95 @@
+"""Flair's exceptions.
+
+Every error Flair raises on purpose is a ``FlairError``. Those that can cross the JSON-RPC API carry a stable
+``code`` (a JSON-RPC error code, application range -32000..-32099) so clients can branch on it.
+
+    FlairError                      -32000
+    ├── InvalidInput                -32602  bad parameters, names, files or values
+    │   ├── LayoutMismatch          -32010  weights do not match the repository's tensor layout
+    │   └── NotSafetensors          -32011  a file that is not a well-formed safetensors file
+    ├── NotFound                    -32004
+    │   ├── RepositoryNotFound      -32005
+    │   ├── CommitNotFound          -32006
+    │   └── BranchNotFound          -32007
+    ├── AlreadyExists               -32008  a branch or repository that already exists
+    ├── RefConflict                 -32009  compare-and-swap on a branch lost: retry on the new head
+    ├── MergeError                  -32012  inputs that cannot be merged (no common base, non-finite values, ...)
+    ├── IntegrityError              -32013  stored bytes whose hash or signature do not check out
+    └── Unauthorized                -32001  missing or wrong API token (HTTP 401)
+"""
+
+from __future__ import annotations
+
+
+class FlairError(Exception):
+    """Root of Flair's errors. ``code`` is the JSON-RPC error code used when it crosses the API."""
+
+    code: int = -32000
+
+    def __init__(self, message: str, **data: str) -> None:
+        super().__init__(message)
+        self.message = message
+        #: Offending ids and names, sent as the JSON-RPC error's ``data``.
+        self.data: dict[str, str] = data
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(FlairError):
+    code = -32602
+
+
+class LayoutMismatch(InvalidInput):
+    code = -32010
+
+
+class NotSafetensors(InvalidInput):
+    code = -32011
+
+
+class NotFound(FlairError):
+    code = -32004
+
+
+class RepositoryNotFound(NotFound):
+    code = -32005
+
+
+class CommitNotFound(NotFound):
+    code = -32006
+
+
+class BranchNotFound(NotFound):
+    code = -32007
+
+
+class AlreadyExists(FlairError):
+    code = -32008
+
+
+class RefConflict(FlairError):
+    code = -32009
+
+
+class MergeError(FlairError):
+    code = -32012
+
+
+class IntegrityError(FlairError):
+    code = -32013
+
+
+class Unauthorized(FlairError):
+    code = -32001
+
+
+def error_for_code(code: int) -> type[FlairError]:
+    """The most specific error class for a JSON-RPC code (``FlairError`` when unknown)."""
+    stack: list[type[FlairError]] = [FlairError]
+    while stack:
+        cls = stack.pop()
+        if cls.code == code:
+            return cls
+        stack.extend(cls.__subclasses__())
+    return FlairError

@@ -1,0 +1,44 @@
+"""Typed ids. Every id is lower-case hex of a SHA-256 digest; the types keep them apart between layers."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import NewType
+
+from .errors import InvalidInput
+
+#: Id of a commit: SHA-256 of the commit's canonical encoding (without its signature).
+CommitId = NewType("CommitId", str)
+#: Id of a repository: SHA-256 of its genesis record's canonical encoding.
+RepoId = NewType("RepoId", str)
+#: Id of a stored payload (a delta or initial weights): SHA-256 of its bytes.
+BlobId = NewType("BlobId", str)
+#: Base58 Ed25519 public key: the node's peer id, commit author and Solana address.
+PublicKey = NewType("PublicKey", str)
+#: A branch name, validated by ``refs.check_branch_name``.
+BranchName = NewType("BranchName", str)
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX_PREFIX = re.compile(r"^[0-9a-f]{4,64}$")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_full_id(text: str) -> bool:
+    return bool(_HEX64.match(text))
+
+
+def check_id_prefix(text: str, what: str = "id") -> str:
+    """An id or an unambiguous-looking prefix of one (4 to 64 hex digits), lower-cased."""
+    lowered = text.strip().lower()
+    if not _HEX_PREFIX.match(lowered):
+        raise InvalidInput(f"{what} {text!r} is not a hex id (4 to 64 hex digits)", id=text)
+    return lowered
+
+
+def short(text: str) -> str:
+    """The first 10 characters of an id, for messages."""
+    return text[:10]

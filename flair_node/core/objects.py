@@ -1,0 +1,255 @@
+"""Commit and repository records, their canonical encodings, ids and signatures.
+
+A record's id is the SHA-256 of the canonical msgpack of everything but its signature; the signature is the
+author's Ed25519 signature of a domain tag plus the id's 32 bytes. Nothing in a record can change without
+changing its id, and a record read back is accepted only if both still check out (``verify``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import encoding
+from .errors import IntegrityError, InvalidInput
+from .identity import Identity, verify
+from .ids import BlobId, CommitId, PublicKey, RepoId, is_full_id, sha256_hex
+
+RECORD_VERSION = 1
+COMMIT_KINDS = ("init", "commit", "merge", "revert")
+#: Codecs a payload can be stored in (see ``flair_node.tensors.codec``).
+CODECS = ("full-v1", "bitdelta-v1")
+DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
+MAX_MESSAGE = 4096
+MAX_METRICS = 64
+_METRIC_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
+_COMMIT_TAG = b"flair/commit/v1\0"
+_REPO_TAG = b"flair/repository/v1\0"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class Payload:
+    """Where a commit's tensors are: the blob's id, its codec and size in bytes."""
+
+    blob: BlobId
+    codec: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Commit:
+    repo: RepoId
+    parents: tuple[CommitId, ...]
+    author: PublicKey
+    timestamp_ms: int
+    kind: str
+    message: str
+    payload: Payload
+    #: Integer and string facts: ``examples``, merge ``strategy``/``scale_bits``/``weights``/``base``, ``reverts``.
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    #: Reported metrics, kept as decimal strings so the record holds no floats.
+    metrics: Mapping[str, str] = field(default_factory=dict)
+    signature: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "v": RECORD_VERSION,
+            "type": "commit",
+            "repo": self.repo,
+            "parents": list(self.parents),
+            "author": self.author,
+            "timestamp_ms": self.timestamp_ms,
+            "kind": self.kind,
+            "message": self.message,
+            "payload": {"blob": self.payload.blob, "codec": self.payload.codec, "size": self.payload.size},
+            "meta": dict(self.meta),
+            "metrics": dict(self.metrics),
+        }
+
+    @property
+    def id(self) -> CommitId:
+        return CommitId(sha256_hex(encoding.encode(self.body())))
+
+    def signed(self, identity: Identity) -> Commit:
+        if identity.public_key != self.author:
+            raise InvalidInput("a commit is signed by its author", author=self.author)
+        return replace(self, signature=identity.sign(_COMMIT_TAG + bytes.fromhex(self.id)))
+
+    def verify(self, expected_id: str | None = None) -> None:
+        """Raise ``IntegrityError`` if the id (when given) or the author's signature does not check out."""
+        cid = self.id
+        if expected_id is not None and cid != expected_id:
+            raise IntegrityError(f"commit stored as {expected_id} hashes to {cid}", commit=expected_id)
+        verify(self.author, _COMMIT_TAG + bytes.fromhex(cid), self.signature)
+
+    def encode(self) -> bytes:
+        return encoding.encode({"body": self.body(), "sig": self.signature})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Commit:
+        outer = encoding.decode(data)
+        body, sig = _outer(outer, "commit")
+        try:
+            payload = body["payload"]
+            commit = cls(
+                repo=RepoId(_hex_id(body["repo"], "repo")),
+                parents=tuple(CommitId(_hex_id(p, "parent")) for p in _list(body["parents"], "parents")),
+                author=PublicKey(_str(body["author"], "author", 64)),
+                timestamp_ms=_int(body["timestamp_ms"], "timestamp_ms"),
+                kind=_choice(body["kind"], "kind", COMMIT_KINDS),
+                message=_str(body["message"], "message", MAX_MESSAGE),
+                payload=Payload(
+                    blob=BlobId(_hex_id(payload["blob"], "payload.blob")),
+                    codec=_choice(payload["codec"], "payload.codec", CODECS),
+                    size=_int(payload["size"], "payload.size"),
+                ),
+                meta=_dict(body["meta"], "meta"),
+                metrics={_str(k, "metric name", 64): _str(v, "metric", 64)
+                         for k, v in _dict(body["metrics"], "metrics").items()},
+                signature=sig,
+            )
+        except (KeyError, TypeError) as exc:
+            raise IntegrityError(f"commit record is missing or mistypes a field: {exc}") from exc
+        if commit.body() != body:
+            raise IntegrityError("commit record has unknown fields")
+        return commit
+
+
+@dataclass(frozen=True)
+class RepositoryRecord:
+    """A repository's genesis: its name, owner and tensor layout. The repository id is this record's hash."""
+
+    name: str
+    owner: PublicKey
+    created_ms: int
+    nonce: str
+    layout: tuple[TensorSpec, ...]
+    signature: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "v": RECORD_VERSION,
+            "type": "repository",
+            "name": self.name,
+            "owner": self.owner,
+            "created_ms": self.created_ms,
+            "nonce": self.nonce,
+            "layout": [[t.name, t.dtype, list(t.shape)] for t in self.layout],
+        }
+
+    @property
+    def id(self) -> RepoId:
+        return RepoId(sha256_hex(encoding.encode(self.body())))
+
+    def signed(self, identity: Identity) -> RepositoryRecord:
+        if identity.public_key != self.owner:
+            raise InvalidInput("a repository record is signed by its owner", owner=self.owner)
+        return replace(self, signature=identity.sign(_REPO_TAG + bytes.fromhex(self.id)))
+
+    def verify(self, expected_id: str | None = None) -> None:
+        rid = self.id
+        if expected_id is not None and rid != expected_id:
+            raise IntegrityError(f"repository stored as {expected_id} hashes to {rid}", repo=expected_id)
+        verify(self.owner, _REPO_TAG + bytes.fromhex(rid), self.signature)
+
+    def encode(self) -> bytes:
+        return encoding.encode({"body": self.body(), "sig": self.signature})
+
+    @classmethod
+    def decode(cls, data: bytes) -> RepositoryRecord:
+        body, sig = _outer(encoding.decode(data), "repository")
+        try:
+            layout = []
+            for entry in _list(body["layout"], "layout"):
+                name, dtype, shape = _list(entry, "layout entry")
+                layout.append(TensorSpec(_str(name, "tensor name", 1024), _choice(dtype, "dtype", DTYPES),
+                                         tuple(_int(d, "shape") for d in _list(shape, "shape"))))
+            record = cls(
+                name=_str(body["name"], "name", 200),
+                owner=PublicKey(_str(body["owner"], "owner", 64)),
+                created_ms=_int(body["created_ms"], "created_ms"),
+                nonce=_str(body["nonce"], "nonce", 64),
+                layout=tuple(layout),
+                signature=sig,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"repository record is missing or mistypes a field: {exc}") from exc
+        if record.body() != body:
+            raise IntegrityError("repository record has unknown fields")
+        return record
+
+
+def metric_text(name: str, value: float | int | str) -> tuple[str, str]:
+    """A metric as stored: a checked name and the shortest decimal text that round-trips the value."""
+    if not _METRIC_NAME.match(name):
+        raise InvalidInput(f"metric name {name!r}: use 1-64 of A-Z a-z 0-9 _ . : / -", metric=name)
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"metric {name}={value!r} is not a number", metric=name) from exc
+    if number != number or number in (float("inf"), float("-inf")):
+        raise InvalidInput(f"metric {name}={value!r} is not finite", metric=name)
+    return name, repr(number)
+
+
+def _outer(value: Any, kind: str) -> tuple[dict[str, Any], bytes]:
+    if not isinstance(value, dict) or set(value) != {"body", "sig"}:
+        raise IntegrityError(f"{kind} record must be a map of body and sig")
+    body, sig = value["body"], value["sig"]
+    if not isinstance(body, dict) or body.get("type") != kind or body.get("v") != RECORD_VERSION:
+        raise IntegrityError(f"record is not a version-{RECORD_VERSION} {kind}")
+    if not isinstance(sig, bytes) or len(sig) != 64:
+        raise IntegrityError(f"{kind} record has no 64-byte signature")
+    return body, sig
+
+
+def _str(value: Any, what: str, limit: int) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise IntegrityError(f"{what} must be a string of at most {limit} characters")
+    return value
+
+
+def _int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise IntegrityError(f"{what} must be a non-negative integer")
+    return value
+
+
+def _hex_id(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not is_full_id(value):
+        raise IntegrityError(f"{what} must be a 64-digit hex id")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise IntegrityError(f"{what} must be a list")
+    return value
+
+
+def _dict(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise IntegrityError(f"{what} must be a map")
+    return value
+
+
+def _choice(value: Any, what: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise IntegrityError(f"{what} {value!r} is not one of {', '.join(allowed)}")
+    return str(value)
