@@ -1,0 +1,275 @@
+"""The daemon's JSON-RPC methods: the version-control verbs over one node's repositories.
+
+Tensors never travel inside requests: the caller names a safetensors file (absolute path) that the daemon
+reads, or a path it writes. Everything else is validated by the registry before a handler runs; blocking work
+(hashing, tensor arithmetic, fsync) goes to a worker thread so the daemon keeps answering.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from .. import __version__
+from ..core.errors import InvalidInput
+from ..core.identity import Identity
+from ..core.objects import Commit
+from ..core.refs import DEFAULT_BRANCH
+from ..storage.repo import STRATEGIES, Repo
+from ..storage.repos import RepoSet
+from ..tensors.safetensors_io import load_file, save_file
+from .registry import Param, Registry
+
+T = TypeVar("T")
+
+_STR = {"type": "string", "maxLength": 4096}
+_ID = {"type": "string", "maxLength": 200}
+_PATH = {"type": "string", "maxLength": 4096}
+_COMMIT = {"type": "object", "description": "a commit: id, parents, author, kind, message, payload, meta, metrics"}
+MAX_WEIGHTS_BYTES = 64 << 30
+
+
+def commit_json(commit: Commit) -> dict[str, Any]:
+    return {
+        "id": commit.id,
+        "repo": commit.repo,
+        "parents": list(commit.parents),
+        "author": commit.author,
+        "timestamp_ms": commit.timestamp_ms,
+        "kind": commit.kind,
+        "message": commit.message,
+        "payload": {"blob": commit.payload.blob, "codec": commit.payload.codec, "size": commit.payload.size},
+        "meta": dict(commit.meta),
+        "metrics": {k: float(v) for k, v in commit.metrics.items()},
+    }
+
+
+def repo_json(repo: Repo) -> dict[str, Any]:
+    record = repo.record
+    return {
+        "repo": repo.id,
+        "name": record.name,
+        "owner": record.owner,
+        "created_ms": record.created_ms,
+        "branches": dict(repo.branches()),
+        "tensors": len(record.layout),
+        "parameters": sum(t.numel for t in record.layout),
+    }
+
+
+def _input_path(text: str, what: str) -> Path:
+    path = Path(text)
+    if not path.is_absolute():
+        raise InvalidInput(f"{what} must be an absolute path, got {text!r}", path=text)
+    if not path.is_file():
+        raise InvalidInput(f"{what} {text} does not exist or is not a file", path=text)
+    if path.stat().st_size > MAX_WEIGHTS_BYTES:
+        raise InvalidInput(f"{what} {text} is larger than {MAX_WEIGHTS_BYTES >> 30} GiB", path=text)
+    return path
+
+
+def _output_path(text: str, overwrite: bool) -> Path:
+    path = Path(text)
+    if not path.is_absolute():
+        raise InvalidInput(f"output must be an absolute path, got {text!r}", path=text)
+    if not path.parent.is_dir():
+        raise InvalidInput(f"folder {path.parent} does not exist", path=text)
+    if path.exists() and not overwrite:
+        raise InvalidInput(f"{text} exists: pass overwrite (--force) to replace it", path=text)
+    return path
+
+
+def build_registry(identity: Identity, repos: RepoSet) -> Registry:
+    registry = Registry()
+
+    async def off_thread(fn: Callable[[], T]) -> T:
+        return await trio.to_thread.run_sync(fn)
+
+    @registry.method("node.whoami", "The node's public key: its peer id, commit author and Solana address.",
+                     params=(), result={"type": "object"})
+    async def whoami() -> dict[str, Any]:
+        return {"public_key": identity.public_key}
+
+    @registry.method("node.status", "Version, identity and repositories of this node.", params=(),
+                     result={"type": "object"})
+    async def status() -> dict[str, Any]:
+        listed = await off_thread(repos.all)
+        return {"version": __version__, "public_key": identity.public_key, "pid": os.getpid(),
+                "repositories": len(listed)}
+
+    @registry.method("repo.list", "Every repository on this node.", params=(), result={"type": "array"})
+    async def repo_list() -> list[dict[str, Any]]:
+        return await off_thread(lambda: [repo_json(r) for r in repos.all()])
+
+    @registry.method(
+        "repo.init", "Create a repository whose commit 0 is the given model's weights.",
+        params=(Param("name", {"type": "string", "maxLength": 200}, "repository name"),
+                Param("model_path", _PATH, "absolute path of a .safetensors file with the initial weights")),
+        result={"type": "object"})
+    async def repo_init(name: str, model_path: str) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            state = load_file(_input_path(model_path, "model"))
+            repo = repos.create(identity, name, state)
+            return {**repo_json(repo), "commit": repo.head(DEFAULT_BRANCH)}
+        return await off_thread(work)
+
+    @registry.method(
+        "repo.commit", "Commit new weights on a branch: the delta against its head is stored.",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),
+                Param("weights_path", _PATH, "absolute path of a .safetensors file with the new weights"),
+                Param("message", _STR, "commit message"),
+                Param("branch", _ID, "branch to commit on", required=False, default=DEFAULT_BRANCH),
+                Param("examples", {"type": "integer", "minimum": 0}, "number of local training examples",
+                      required=False, default=0),
+                Param("metrics", {"type": "object", "additionalProperties": {"type": "number"}},
+                      "metrics to record, name -> number", required=False, default=None),
+                Param("expected_head", _ID, "refuse unless the branch is still at this commit", required=False,
+                      default=None)),
+        result=_COMMIT)
+    async def repo_commit(repo: str, weights_path: str, message: str, branch: str, examples: int,
+                          metrics: dict[str, float] | None, expected_head: str | None) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            r = repos.open(repo)
+            state = load_file(_input_path(weights_path, "weights"))
+            expected = r.resolve(expected_head) if expected_head else None
+            commit = r.commit_weights(identity, state, message=message, branch=branch, examples=examples,
+                                      metrics=metrics, expected_head=expected)
+            return {**commit_json(commit), "branch": branch}
+        return await off_thread(work)
+
+    @registry.method(
+        "repo.log", "Commits reachable from a branch (or from every branch), newest first.",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),
+                Param("branch", _ID, "branch or commit to start from; all branches if omitted", required=False,
+                      default=None),
+                Param("limit", {"type": "integer", "minimum": 1}, "most commits to return", required=False,
+                      default=1000)),
+        result={"type": "object"})
+    async def repo_log(repo: str, branch: str | None, limit: int) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            r = repos.open(repo)
+            branches = r.branches()
+            heads = [r.resolve(branch)] if branch else list(dict.fromkeys(branches.values()))
+            return {"commits": [commit_json(c) for c in r.log(heads, limit)], "branches": dict(branches)}
+        return await off_thread(work)
+
+    @registry.method(
+        "repo.show", "One commit, with its changes against its first parent.",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),
+                Param("commit", _ID, "commit id, prefix, or branch name")),
+        result=_COMMIT)
+    async def repo_show(repo: str, commit: str) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            r = repos.open(repo)
+            c = r.commit(r.resolve(commit))
+            changes = r.diff(c.parents[0], c.id) if c.parents else []
+            return {**commit_json(c), "changes": changes}
+        return await off_thread(work)
+
+    @registry.method(
+        "repo.diff", "Per-tensor change from commit A to commit B (L2 norm, largest change, elements changed).",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),
+                Param("a", _ID, "from: commit or branch"), Param("b", _ID, "to: commit or branch")),
+        result={"type": "object"})
+    async def repo_diff(repo: str, a: str, b: str) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            r = repos.open(repo)
+            ca, cb = r.resolve(a), r.resolve(b)
+            tensors = r.diff(ca, cb)
+            total = sum(t["l2"] ** 2 for t in tensors) ** 0.5
+            return {"a": ca, "b": cb, "tensors": tensors, "total_l2": total}
+        return await off_thread(work)
+
+    @registry.method(
+        "repo.status", "A repository's branches, heads, commit count and layout.",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),), result={"type": "object"})
+    async def repo_status(repo: str) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            r = repos.open(repo)
+            heads = {b: commit_json(r.commit(c)) for b, c in r.branches().items()}
+            return {**repo_json(r), "heads": heads, "commits": sum(1 for _ in r.commits()),
+                    "layout": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in r.record.layout]}
+        return await off_thread(work)
+
+    @registry.method(
+        "repo.branch", "List branches, or create one at a commit (default: the head of main).",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),
+                Param("name", _ID, "new branch name; omit to list", required=False, default=None),
+                Param("at", _ID, "commit or branch the new branch starts at", required=False, default=None)),
+        result={"type": "object"})
+    async def repo_branch(repo: str, name: str | None, at: str | None) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            r = repos.open(repo)
+            if name is not None:
+                r.create_branch(name, r.resolve(at or DEFAULT_BRANCH))
+            elif at is not None:
+                raise InvalidInput("'at' needs a branch name to create")
+            return {"branches": dict(r.branches()), "created": name}
+        return await off_thread(work)
+
+    @registry.method(
+        "repo.checkout", "Write a commit's full weights, bit for bit as committed, to a safetensors file.",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),
+                Param("commit", _ID, "commit id, prefix, or branch name"),
+                Param("output_path", _PATH, "absolute path of the .safetensors file to write"),
+                Param("overwrite", {"type": "boolean"}, "replace an existing file", required=False,
+                      default=False)),
+        result={"type": "object"})
+    async def repo_checkout(repo: str, commit: str, output_path: str, overwrite: bool) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            r = repos.open(repo)
+            cid = r.resolve(commit)
+            out = _output_path(output_path, overwrite)
+            save_file(r.materialize(cid), out)
+            return {"commit": cid, "path": str(out), "bytes": out.stat().st_size}
+        return await off_thread(work)
+
+    @registry.method(
+        "repo.merge", "Merge branches or commits into a branch with one merge commit (exact fixed-point).",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),
+                Param("sources", {"type": "array", "items": _ID, "maxItems": 64}, "branches or commits to merge"),
+                Param("into", _ID, "branch that receives the merge commit"),
+                Param("strategy", {"type": "string", "enum": list(STRATEGIES)},
+                      "average (weighted by examples since the merge base) or task-arithmetic (sum of changes)",
+                      required=False, default="average"),
+                Param("message", _STR, "merge commit message", required=False, default=None)),
+        result=_COMMIT)
+    async def repo_merge(repo: str, sources: list[str], into: str, strategy: str,
+                         message: str | None) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            r = repos.open(repo)
+            return commit_json(r.merge(identity, sources, into, strategy=strategy, message=message))
+        return await off_thread(work)
+
+    @registry.method(
+        "repo.revert", "A new commit on a branch that undoes one commit's change.",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),
+                Param("commit", _ID, "commit to undo"),
+                Param("branch", _ID, "branch to commit on", required=False, default=DEFAULT_BRANCH),
+                Param("message", _STR, "commit message", required=False, default=None)),
+        result=_COMMIT)
+    async def repo_revert(repo: str, commit: str, branch: str, message: str | None) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            r = repos.open(repo)
+            return commit_json(r.revert(identity, commit, branch=branch, message=message))
+        return await off_thread(work)
+
+    @registry.method(
+        "repo.fsck", "Recompute every id, signature and payload hash; report any damage.",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),), result={"type": "object"})
+    async def repo_fsck(repo: str) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            r = repos.open(repo)
+            checked, problems = r.fsck()
+            return {"repo": r.id, "checked": checked, "ok": not problems,
+                    "problems": [{"object": p.object, "what": p.what} for p in problems]}
+        return await off_thread(work)
+
+    return registry
+
+
+__all__ = ["build_registry", "commit_json", "repo_json"]

@@ -1,0 +1,241 @@
+"""``flair``: the git-like command line. It talks to the daemon only through the JSON-RPC API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..api.client import ApiClient
+from ..core.errors import FlairError
+from .graph import render_graph
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", type=Path, help="node home of the daemon to talk to (default: $FLAIR_HOME)")
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    parser = argparse.ArgumentParser(prog="flair", description="Version control for models trained together.",
+                                     parents=[common])
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+
+    verb("whoami", "print this node's public key (peer id, commit author, Solana address)")
+    verb("repos", "list the repositories on this node")
+
+    p = verb("init", "create a repository; the model's weights are commit 0")
+    p.add_argument("name")
+    p.add_argument("--model", type=Path, required=True, help="initial weights (.safetensors)")
+
+    p = verb("commit", "commit new weights on a branch (the delta against its head is stored)")
+    p.add_argument("repo")
+    p.add_argument("--weights", type=Path, required=True, help="new weights (.safetensors)")
+    p.add_argument("-m", "--message", required=True)
+    p.add_argument("--branch", default="main")
+    p.add_argument("--examples", type=int, default=0, help="number of local training examples")
+    p.add_argument("--metric", action="append", default=[], metavar="NAME=VALUE", help="a metric (repeatable)")
+
+    p = verb("log", "show the history")
+    p.add_argument("repo")
+    p.add_argument("--branch", help="start from this branch or commit (default: every branch)")
+    p.add_argument("--graph", action="store_true", help="draw the commit graph")
+    p.add_argument("-n", "--limit", type=int, default=1000)
+
+    p = verb("show", "show one commit and what it changed")
+    p.add_argument("repo")
+    p.add_argument("commit")
+
+    p = verb("diff", "per-tensor change from A to B")
+    p.add_argument("repo")
+    p.add_argument("a")
+    p.add_argument("b")
+
+    p = verb("status", "branches, heads and layout of a repository")
+    p.add_argument("repo")
+
+    p = verb("branch", "list branches, or create one")
+    p.add_argument("repo")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--at", help="commit or branch to start the new branch at (default: main)")
+
+    p = verb("checkout", "write a commit's weights to a safetensors file")
+    p.add_argument("repo")
+    p.add_argument("commit")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("-f", "--force", action="store_true", help="overwrite the output file")
+
+    p = verb("merge", "merge branches or commits into a branch")
+    p.add_argument("repo")
+    p.add_argument("sources", nargs="+", metavar="SRC")
+    p.add_argument("--into", required=True, help="branch receiving the merge commit")
+    p.add_argument("--strategy", default="average", choices=["average", "task-arithmetic"])
+    p.add_argument("-m", "--message")
+
+    p = verb("revert", "commit the undoing of a commit's change")
+    p.add_argument("repo")
+    p.add_argument("commit")
+    p.add_argument("--branch", default="main")
+    p.add_argument("-m", "--message")
+
+    p = verb("fsck", "recompute every id, signature and payload hash")
+    p.add_argument("repo")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        client = _client(args.home)
+        result, text = _dispatch(client, args)
+    except FlairError as exc:
+        if args.json:
+            print(json.dumps({"error": {"code": exc.code, "message": exc.message, "data": exc.data}}))
+        else:
+            print(f"flair: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    elif text:
+        print(text)
+    if args.verb == "fsck" and not result["ok"]:
+        return 1
+    return 0
+
+
+def _client(home: Path | None) -> ApiClient:
+    if home is None:
+        env = os.environ.get("FLAIR_HOME")
+        if not env:
+            raise FlairError("pass --home DIR or set FLAIR_HOME to the daemon's home")
+        home = Path(env)
+    return ApiClient.from_home(home)
+
+
+def _metrics(pairs: list[str]) -> dict[str, float]:
+    metrics = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            metrics[name] = float(value)
+        except ValueError:
+            raise FlairError(f"--metric {pair!r} is not NAME=NUMBER") from None
+    return metrics
+
+
+def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
+    if a.verb == "whoami":
+        r = c.call("node.whoami")
+        return r, r["public_key"]
+    if a.verb == "repos":
+        r = c.call("repo.list")
+        return r, "\n".join(f"{x['repo'][:12]}  {x['name']}  ({len(x['branches'])} branches, "
+                            f"{x['parameters']:,} parameters)" for x in r) or "no repositories"
+    if a.verb == "init":
+        r = c.call("repo.init", name=a.name, model_path=str(a.model.resolve()))
+        return r, r["repo"]
+    if a.verb == "commit":
+        r = c.call("repo.commit", repo=a.repo, weights_path=str(a.weights.resolve()), message=a.message,
+                   branch=a.branch, examples=a.examples, metrics=_metrics(a.metric))
+        return r, r["id"]
+    if a.verb == "log":
+        r = c.call("repo.log", repo=a.repo, branch=a.branch, limit=a.limit)
+        return r, _log_text(r, a.graph)
+    if a.verb == "show":
+        r = c.call("repo.show", repo=a.repo, commit=a.commit)
+        return r, _show_text(r)
+    if a.verb == "diff":
+        r = c.call("repo.diff", repo=a.repo, a=a.a, b=a.b)
+        return r, _diff_text(r["tensors"]) + f"\ntotal L2 {r['total_l2']:.6g}"
+    if a.verb == "status":
+        r = c.call("repo.status", repo=a.repo)
+        return r, _status_text(r)
+    if a.verb == "branch":
+        r = c.call("repo.branch", repo=a.repo, name=a.name, at=a.at)
+        return r, "\n".join(f"{'+' if b == a.name else ' '} {b:<24} {h[:12]}" for b, h in r["branches"].items())
+    if a.verb == "checkout":
+        r = c.call("repo.checkout", repo=a.repo, commit=a.commit, output_path=str(a.output.resolve()),
+                   overwrite=a.force)
+        return r, f"wrote {r['path']} ({r['bytes']:,} bytes) from {r['commit'][:12]}"
+    if a.verb == "merge":
+        r = c.call("repo.merge", repo=a.repo, sources=a.sources, into=a.into, strategy=a.strategy,
+                   message=a.message)
+        return r, r["id"]
+    if a.verb == "revert":
+        r = c.call("repo.revert", repo=a.repo, commit=a.commit, branch=a.branch, message=a.message)
+        return r, r["id"]
+    if a.verb == "fsck":
+        r = c.call("repo.fsck", repo=a.repo)
+        lines = [f"checked {r['checked']} commits: " + ("no damage" if r["ok"] else f"{len(r['problems'])} problems")]
+        lines += [f"  {p['object'][:12]}  {p['what']}" for p in r["problems"]]
+        return r, "\n".join(lines)
+    raise FlairError(f"unknown verb {a.verb}")
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _label(commit: dict[str, Any], tips: dict[str, list[str]]) -> str:
+    refs = f" ({', '.join(tips[commit['id']])})" if commit["id"] in tips else ""
+    first = commit["message"].splitlines()[0] if commit["message"] else ""
+    metrics = " ".join(f"{k}={v:g}" for k, v in sorted(commit["metrics"].items()))
+    return f"{commit['id'][:10]}{refs} {commit['kind']}: {first}" + (f"  [{metrics}]" if metrics else "")
+
+
+def _log_text(r: dict[str, Any], graph: bool) -> str:
+    tips: dict[str, list[str]] = {}
+    for branch, head in r["branches"].items():
+        tips.setdefault(head, []).append(branch)
+    if graph:
+        return "\n".join(render_graph(r["commits"], lambda c: _label(c, tips)))
+    blocks = []
+    for c in r["commits"]:
+        lines = [f"commit {c['id']}" + (f" ({', '.join(tips[c['id']])})" if c["id"] in tips else "")]
+        if len(c["parents"]) > 1:
+            lines.append("merge:  " + " ".join(p[:10] for p in c["parents"]))
+        lines += [f"author: {c['author']}", f"date:   {_when(c['timestamp_ms'])} UTC", "", f"    {c['message']}"]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _show_text(r: dict[str, Any]) -> str:
+    lines = [f"commit {r['id']}  ({r['kind']})", f"parents: {' '.join(p[:12] for p in r['parents']) or '-'}",
+             f"author:  {r['author']}", f"date:    {_when(r['timestamp_ms'])} UTC",
+             f"payload: {r['payload']['codec']} {r['payload']['size']:,} bytes ({r['payload']['blob'][:12]})"]
+    for key, value in sorted(r["meta"].items()):
+        lines.append(f"{key + ':':<9}{value}")
+    if r["metrics"]:
+        lines.append("metrics: " + " ".join(f"{k}={v:g}" for k, v in sorted(r["metrics"].items())))
+    lines += ["", f"    {r['message']}", ""]
+    if r["changes"]:
+        lines.append(_diff_text(r["changes"]))
+    return "\n".join(lines)
+
+
+def _diff_text(tensors: list[dict[str, Any]]) -> str:
+    width = max((len(t["name"]) for t in tensors), default=6)
+    lines = [f"{'tensor':<{width}}  {'L2':>12}  {'max |d|':>12}  changed"]
+    lines += [f"{t['name']:<{width}}  {t['l2']:>12.6g}  {t['max_abs']:>12.6g}  {t['changed']:,}" for t in tensors]
+    return "\n".join(lines)
+
+
+def _status_text(r: dict[str, Any]) -> str:
+    lines = [f"repository {r['name']} ({r['repo']})", f"owner      {r['owner']}",
+             f"model      {r['tensors']} tensors, {r['parameters']:,} parameters", f"commits    {r['commits']}",
+             "branches:"]
+    for branch, head in r["heads"].items():
+        lines.append(f"  {branch:<20} {head['id'][:12]}  {head['kind']}: {head['message'].splitlines()[0]}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The daemon's TOML configuration (``configs/node.toml`` documents every key and its default)."""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import InvalidInput
+
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    api_host: str = "127.0.0.1"
+    api_port: int = 0
+    max_request_bytes: int = 1 << 20
+    log_level: str = "info"
+
+    @classmethod
+    def from_toml(cls, text: str, source: str = "config") -> NodeConfig:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidInput(f"{source} is not valid TOML: {exc}") from exc
+        known = {"api": {"host", "port", "max_request_bytes"}, "log": {"level"}}
+        for section, values in data.items():
+            if section not in known or not isinstance(values, dict):
+                raise InvalidInput(f"{source}: unknown section [{section}] (known: {', '.join(known)})")
+            for key in values:
+                if key not in known[section]:
+                    raise InvalidInput(f"{source}: unknown key {section}.{key}")
+        api: dict[str, Any] = data.get("api", {})
+        log: dict[str, Any] = data.get("log", {})
+        config = cls(
+            api_host=api.get("host", cls.api_host),
+            api_port=api.get("port", cls.api_port),
+            max_request_bytes=api.get("max_request_bytes", cls.max_request_bytes),
+            log_level=log.get("level", cls.log_level),
+        )
+        config.check(source)
+        return config
+
+    @classmethod
+    def load(cls, path: Path) -> NodeConfig:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise InvalidInput(f"no config file at {path}") from None
+        return cls.from_toml(text, str(path))
+
+    def check(self, source: str = "config") -> None:
+        try:
+            loopback = ipaddress.ip_address(self.api_host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise InvalidInput(f"{source}: api.host {self.api_host!r} is not a loopback address")
+        if not isinstance(self.api_port, int) or not 0 <= self.api_port <= 65535:
+            raise InvalidInput(f"{source}: api.port must be an integer from 0 to 65535")
+        if not isinstance(self.max_request_bytes, int) or not 1024 <= self.max_request_bytes <= 1 << 26:
+            raise InvalidInput(f"{source}: api.max_request_bytes must be from 1024 to 67108864")
+        if self.log_level not in _LEVELS:
+            raise InvalidInput(f"{source}: log.level must be one of {', '.join(_LEVELS)}")

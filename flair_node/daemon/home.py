@@ -1,0 +1,80 @@
+"""A node's home folder: identity, config, storage, and the API file the CLI reads.
+
+    HOME/identity.json   Solana CLI keypair of the node (0600)
+    HOME/config.toml     daemon configuration (optional)
+    HOME/api.json        {"url", "token"} of the running daemon (0600), removed on a clean stop
+    HOME/objects/        content-addressed objects (commits, repository records, payloads)
+    HOME/repos/ID/refs/  branches of each repository
+    HOME/tmp/            scratch space for the CLI and SDK (0700)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import FlairError
+from ..core.identity import Identity
+from ..storage.atomic import atomic_write
+from ..storage.keyfile import read_keypair, write_keypair
+from .config import NodeConfig
+
+IDENTITY_FILE = "identity.json"
+CONFIG_FILE = "config.toml"
+API_FILE = "api.json"
+DEFAULT_CONFIG = (Path(__file__).resolve().parents[2] / "configs" / "node.toml")
+
+
+@dataclass(frozen=True)
+class Home:
+    path: Path
+
+    @property
+    def identity_file(self) -> Path:
+        return self.path / IDENTITY_FILE
+
+    @property
+    def api_file(self) -> Path:
+        return self.path / API_FILE
+
+    @property
+    def tmp(self) -> Path:
+        return self.path / "tmp"
+
+    def exists(self) -> bool:
+        return self.identity_file.exists()
+
+    def init(self) -> Identity:
+        """Create the home with a new identity; refuse to touch an existing one."""
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        identity = Identity.generate()
+        write_keypair(self.identity_file, identity)
+        self.tmp.mkdir(mode=0o700, exist_ok=True)
+        config = self.path / CONFIG_FILE
+        if not config.exists():
+            text = DEFAULT_CONFIG.read_text() if DEFAULT_CONFIG.exists() else ""
+            atomic_write(config, text.encode(), mode=0o600)
+        return identity
+
+    def identity(self) -> Identity:
+        if not self.exists():
+            raise FlairError(f"{self.path} is not a flair-node home: run `flair-node init-home {self.path}`",
+                             home=str(self.path))
+        return read_keypair(self.identity_file)
+
+    def config(self, override: Path | None = None) -> NodeConfig:
+        if override is not None:
+            return NodeConfig.load(override)
+        path = self.path / CONFIG_FILE
+        return NodeConfig.load(path) if path.exists() else NodeConfig()
+
+    def write_api_file(self, url: str, token: str) -> None:
+        atomic_write(self.api_file, json.dumps({"url": url, "token": token}).encode(), mode=0o600)
+
+    def remove_api_file(self) -> None:
+        try:
+            os.unlink(self.api_file)
+        except FileNotFoundError:
+            pass

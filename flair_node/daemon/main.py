@@ -1,0 +1,87 @@
+"""``flair-node``: run the daemon, create a home, or run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from .. import __version__
+from ..core.errors import FlairError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flair-node", description="Flair's peer-to-peer node daemon.")
+    parser.add_argument("--version", action="version", version=f"flair-node {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon until SIGINT/SIGTERM")
+    run.add_argument("--home", type=Path, default=_default_home(), help="node home (default: $FLAIR_HOME)")
+    run.add_argument("--config", type=Path, help="config TOML (default: HOME/config.toml, else built-in defaults)")
+    run.add_argument("--port", type=int, help="API port, overriding the config (0 = pick one)")
+
+    init = sub.add_parser("init-home", help="create a node home with a new identity")
+    init.add_argument("home", type=Path, nargs="?", default=_default_home())
+
+    demo = sub.add_parser("demo", help="train a small model with three contributors, merge, and show the log")
+    demo.add_argument("--keep", type=Path, help="use (and keep) this home instead of a temporary one")
+    return parser
+
+
+def _default_home() -> Path | None:
+    env = os.environ.get("FLAIR_HOME")
+    return Path(env) if env else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "init-home":
+            return _init_home(args.home)
+        if args.command == "run":
+            return _run(args)
+        from .demo import run_demo
+
+        return run_demo(keep=args.keep)
+    except FlairError as exc:
+        print(f"flair-node: {exc}", file=sys.stderr)
+        return 1
+
+
+def _init_home(path: Path | None) -> int:
+    from .home import Home
+
+    if path is None:
+        print("flair-node: name the home folder (or set FLAIR_HOME)", file=sys.stderr)
+        return 2
+    identity = Home(path).init()
+    print(identity.public_key)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .home import Home
+    from .node import Node, run_until_signalled
+
+    if args.home is None:
+        print("flair-node: pass --home DIR (or set FLAIR_HOME)", file=sys.stderr)
+        return 2
+    home = Home(args.home)
+    config = home.config(args.config)
+    if args.port is not None:
+        config = replace(config, api_port=args.port)
+        config.check("--port")
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    trio.run(run_until_signalled, Node(home, config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The node: its home, identity and repositories, and the services that run in one trio nursery."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import secrets
+import signal
+from pathlib import Path
+from typing import IO
+
+import trio
+
+from ..api.methods import build_registry
+from ..api.server import ApiServer
+from ..core.errors import FlairError
+from ..storage.repos import RepoSet
+from .config import NodeConfig
+from .home import Home
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, home: Home, config: NodeConfig) -> None:
+        self.home = home
+        self.config = config
+        self.identity = home.identity()
+        self.repos = RepoSet.on_disk(home.path)
+        self.registry = build_registry(self.identity, self.repos)
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the API until cancelled; ``task_status.started`` gets the API URL once api.json is written."""
+        lock = _lock_home(self.home.path)
+        token = secrets.token_urlsafe(32)
+        server = ApiServer(self.registry, token, host=self.config.api_host, port=self.config.api_port,
+                           max_body=self.config.max_request_bytes)
+        try:
+            async with trio.open_nursery() as nursery:
+                url = await nursery.start(server.run)
+                self.home.write_api_file(url, token)
+                log.info("flair-node %s serving %s (home %s)", self.identity.public_key, url, self.home.path)
+                task_status.started(url)
+        finally:
+            self.home.remove_api_file()
+            lock.close()
+
+
+async def run_until_signalled(node: Node) -> None:
+    """Run ``node`` until SIGINT or SIGTERM, then stop cleanly (api.json removed, nothing half-written)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+
+            async def wait_for_signal() -> None:
+                async for signum in signals:
+                    log.info("received %s, stopping", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(wait_for_signal)
+
+
+def _lock_home(path: Path) -> IO[str]:
+    lock_file = open(path / "daemon.lock", "a")  # noqa: SIM115 - held for the daemon's lifetime
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.close()
+        raise FlairError(f"another flair-node is already running with home {path}", home=str(path)) from None
+    return lock_file

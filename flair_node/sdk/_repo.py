@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..api.client import ApiClient
+from ..core.refs import DEFAULT_BRANCH
+from ..tensors.safetensors_io import StateDict, load_file, save_file
+
+
+class Repo:
+    """One repository on the node whose home is ``home``."""
+
+    def __init__(self, client: ApiClient, home: Path, repo: str) -> None:
+        self.client = client
+        self.home = Path(home)
+        info = client.call("repo.status", repo=repo)
+        #: The full repository id (``repo`` may be a prefix or a name).
+        self.id: str = info["repo"]
+        self.name: str = info["name"]
+
+    @classmethod
+    def connect(cls, home: str | os.PathLike[str], repo: str) -> Repo:
+        home = Path(home)
+        return cls(ApiClient.from_home(home), home, repo)
+
+    @classmethod
+    def init(cls, home: str | os.PathLike[str], name: str, model: torch.nn.Module | Mapping[str, torch.Tensor]) -> Repo:
+        """Create a repository on the node whose commit 0 is ``model``'s weights."""
+        home = Path(home)
+        client = ApiClient.from_home(home)
+        with _scratch(home) as path:
+            save_file(_state_dict(model), path)
+            info = client.call("repo.init", name=name, model_path=str(path))
+        return cls(client, home, info["repo"])
+
+    def pull(self, rev: str = DEFAULT_BRANCH) -> StateDict:
+        """The full weights at a branch or commit, bit for bit as committed."""
+        with _scratch(self.home) as path:
+            self.client.call("repo.checkout", repo=self.id, commit=rev, output_path=str(path))
+            return load_file(path)
+
+    def commit(self, model: torch.nn.Module | Mapping[str, torch.Tensor], *, message: str, num_examples: int = 0,
+               metrics: Mapping[str, float] | None = None, branch: str = DEFAULT_BRANCH,
+               expected_head: str | None = None) -> str:
+        """Commit ``model``'s weights on ``branch``; returns the commit id."""
+        with _scratch(self.home) as path:
+            save_file(_state_dict(model), path)
+            result = self.client.call("repo.commit", repo=self.id, weights_path=str(path), message=message,
+                                      branch=branch, examples=num_examples, metrics=dict(metrics or {}),
+                                      expected_head=expected_head)
+        return str(result["id"])
+
+    def branch(self, name: str, at: str = DEFAULT_BRANCH) -> None:
+        self.client.call("repo.branch", repo=self.id, name=name, at=at)
+
+    def branches(self) -> dict[str, str]:
+        return dict(self.client.call("repo.branch", repo=self.id)["branches"])
+
+    def merge(self, sources: Sequence[str], into: str = DEFAULT_BRANCH, *, strategy: str = "average",
+              message: str | None = None) -> str:
+        return str(self.client.call("repo.merge", repo=self.id, sources=list(sources), into=into,
+                                    strategy=strategy, message=message)["id"])
+
+    def log(self, rev: str | None = None, limit: int = 1000) -> dict[str, Any]:
+        return dict(self.client.call("repo.log", repo=self.id, branch=rev, limit=limit))
+
+
+def _state_dict(model: torch.nn.Module | Mapping[str, torch.Tensor]) -> StateDict:
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    # Own, contiguous CPU copies: safetensors refuses tensors that share storage (tied weights).
+    return {name: t.detach().to("cpu").contiguous().clone() for name, t in state.items()}
+
+
+@contextlib.contextmanager
+def _scratch(home: Path) -> Iterator[Path]:
+    folder = home / "tmp"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / f"sdk-{uuid.uuid4().hex}.safetensors"
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)

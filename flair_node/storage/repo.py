@@ -1,0 +1,385 @@
+"""A model repository assembled from an object store and a ref store (after dulwich's ``BaseRepo``).
+
+Every commit's payload is stored losslessly relative to its first parent (``bitdelta-v1``) or in full (the
+root, ``full-v1``), so materializing any commit gives back bit for bit the weights that were committed.
+Merges and reverts are computed in exact fixed-point arithmetic (``tensors.fixedpoint``) and record their
+scale and integer weights, so anyone holding the same inputs re-derives the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..core import graph
+from ..core.errors import (
+    CommitNotFound,
+    FlairError,
+    IntegrityError,
+    InvalidInput,
+    MergeError,
+    NotFound,
+    RepositoryNotFound,
+)
+from ..core.identity import Identity
+from ..core.ids import BlobId, BranchName, CommitId, RepoId, check_id_prefix, is_full_id, sha256_hex, short
+from ..core.objects import Commit, Payload, RepositoryRecord, metric_text
+from ..core.refs import DEFAULT_BRANCH, check_branch_name
+from ..tensors.codec import decode_payload, encode_payload
+from ..tensors.diff import tensor_diff
+from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine, normalize_weights
+from ..tensors.safetensors_io import StateDict, check_layout, layout_of
+from .stores import ObjectStore, RefStore
+
+STRATEGIES = ("average", "task-arithmetic")
+_CACHE_STATES = 4
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of ``fsck``: what is damaged and why."""
+
+    object: str
+    what: str
+
+
+class Repo:
+    def __init__(self, record: RepositoryRecord, objects: ObjectStore, refs: RefStore) -> None:
+        self.record = record
+        self.objects = objects
+        self.refs = refs
+        self._commits: dict[CommitId, Commit] = {}
+        self._states: OrderedDict[CommitId, StateDict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def id(self) -> RepoId:
+        return self.record.id
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    # -- creating and opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, objects: ObjectStore, refs_for: Callable[[RepoId], RefStore], identity: Identity, name: str,
+               state: StateDict, *, message: str = "initial weights") -> Repo:
+        """A new repository whose commit 0 is ``state``; ``refs_for`` gives the ref store for its id."""
+        if not name.strip() or len(name) > 200:
+            raise InvalidInput("a repository name is 1 to 200 characters", name=name)
+        if not state:
+            raise InvalidInput("the initial model has no tensors")
+        record = RepositoryRecord(
+            name=name, owner=identity.public_key, created_ms=now_ms(), nonce=os.urandom(16).hex(),
+            layout=layout_of(state),
+        ).signed(identity)
+        objects.put(record.id, record.encode())
+        repo = cls(record, objects, refs_for(record.id))
+        repo._write_commit(identity, state, parents=(), kind="init", message=message, meta={"examples": 0},
+                           metrics={}, branch=DEFAULT_BRANCH, expected=None)
+        return repo
+
+    @classmethod
+    def open(cls, repo_id: RepoId, objects: ObjectStore, refs: RefStore) -> Repo:
+        try:
+            data = objects.get(repo_id)
+        except NotFound:
+            raise RepositoryNotFound(f"repository {short(repo_id)} is not stored here", repo=repo_id) from None
+        record = RepositoryRecord.decode(data)
+        record.verify(repo_id)
+        return cls(record, objects, refs)
+
+    # -- reading ----------------------------------------------------------------------------------------
+
+    def commit(self, cid: CommitId) -> Commit:
+        """The commit ``cid``, its id and signature verified when first read from storage."""
+        cached = self._commits.get(cid)
+        if cached is not None:
+            return cached
+        commit = self._read_commit(cid)
+        self._commits[cid] = commit
+        return commit
+
+    def _read_commit(self, cid: CommitId) -> Commit:
+        try:
+            data = self.objects.get(cid)
+        except NotFound:
+            raise CommitNotFound(f"commit {short(cid)} is not in repository {self.name}", commit=cid) from None
+        commit = Commit.decode(data)
+        commit.verify(cid)
+        if commit.repo != self.id:
+            raise CommitNotFound(f"commit {short(cid)} belongs to another repository", commit=cid)
+        return commit
+
+    def _blob(self, blob: BlobId) -> bytes:
+        data = self.objects.get(blob)
+        if sha256_hex(data) != blob:
+            raise IntegrityError(f"payload {short(blob)} does not hash to its id", blob=blob)
+        return data
+
+    def branches(self) -> dict[BranchName, CommitId]:
+        return self.refs.all()
+
+    def head(self, branch: str) -> CommitId:
+        name = check_branch_name(branch)
+        head = self.refs.get(name)
+        if head is None:
+            known = ", ".join(self.branches()) or "none"
+            raise NotFound(f"no branch {branch!r} in repository {self.name} (branches: {known})", branch=branch)
+        return head
+
+    def resolve(self, rev: str) -> CommitId:
+        """A branch name, a full commit id or an unambiguous prefix of one, as a commit id."""
+        try:
+            ref = self.refs.get(check_branch_name(rev))
+        except InvalidInput:
+            ref = None
+        if ref is not None:
+            return ref
+        prefix = check_id_prefix(rev, "commit")
+        if is_full_id(prefix):
+            self.commit(CommitId(prefix))
+            return CommitId(prefix)
+        matches = [k for k in self.objects.keys(prefix) if self._is_own_commit(k)]
+        if not matches:
+            raise CommitNotFound(f"no branch or commit {rev!r} in repository {self.name}", commit=rev)
+        if len(matches) > 1:
+            raise InvalidInput(f"commit prefix {rev!r} is ambiguous: {', '.join(short(m) for m in matches)}",
+                               commit=rev)
+        return CommitId(matches[0])
+
+    def _is_own_commit(self, key: str) -> bool:
+        try:
+            self.commit(CommitId(key))
+        except FlairError:
+            return False
+        return True
+
+    def parents(self, cid: CommitId) -> tuple[CommitId, ...]:
+        return self.commit(cid).parents
+
+    def _timestamp(self, cid: CommitId) -> int:
+        return self.commit(cid).timestamp_ms
+
+    def log(self, heads: Sequence[CommitId], limit: int | None = None) -> list[Commit]:
+        out = []
+        for cid in graph.walk(heads, self.parents, self._timestamp):
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(self.commit(cid))
+        return out
+
+    def materialize(self, cid: CommitId) -> StateDict:
+        """The full weights of commit ``cid``, bit for bit as committed."""
+        chain: list[Commit] = []
+        cursor: CommitId | None = cid
+        base: StateDict | None = None
+        while cursor is not None:
+            with self._lock:
+                cached = self._states.get(cursor)
+            if cached is not None:
+                base = cached
+                break
+            commit = self.commit(cursor)
+            chain.append(commit)
+            if commit.payload.codec == "full-v1":
+                break
+            if not commit.parents:
+                raise IntegrityError(f"commit {short(cursor)} has a delta payload but no parent", commit=cursor)
+            cursor = commit.parents[0]
+        for commit in reversed(chain):
+            base = decode_payload(commit.payload.codec, self._blob(commit.payload.blob), base, self.record.layout)
+        assert base is not None
+        self._remember(cid, base)
+        return base
+
+    def _remember(self, cid: CommitId, state: StateDict) -> None:
+        with self._lock:
+            self._states[cid] = state
+            self._states.move_to_end(cid)
+            while len(self._states) > _CACHE_STATES:
+                self._states.popitem(last=False)
+
+    def diff(self, a: CommitId, b: CommitId) -> list[dict[str, Any]]:
+        return tensor_diff(self.materialize(a), self.materialize(b))
+
+    # -- writing ----------------------------------------------------------------------------------------
+
+    def _write_commit(self, identity: Identity, state: StateDict, *, parents: tuple[CommitId, ...], kind: str,
+                      message: str, meta: Mapping[str, Any], metrics: Mapping[str, str], branch: BranchName,
+                      expected: CommitId | None) -> Commit:
+        check_layout(state, self.record.layout)
+        if parents:
+            data = encode_payload("bitdelta-v1", state, self.materialize(parents[0]))
+            codec = "bitdelta-v1"
+        else:
+            data = encode_payload("full-v1", state, None)
+            codec = "full-v1"
+        blob = BlobId(sha256_hex(data))
+        self.objects.put(blob, data)
+        commit = Commit(
+            repo=self.id, parents=parents, author=identity.public_key, timestamp_ms=now_ms(), kind=kind,
+            message=message, payload=Payload(blob=blob, codec=codec, size=len(data)), meta=dict(meta),
+            metrics=dict(metrics),
+        ).signed(identity)
+        cid = commit.id
+        self.objects.put(cid, commit.encode())
+        self.refs.compare_and_swap(branch, expected, cid)
+        self._commits[cid] = commit
+        self._remember(cid, state)
+        return commit
+
+    def commit_weights(self, identity: Identity, state: StateDict, *, message: str, branch: str = DEFAULT_BRANCH,
+                       examples: int = 0, metrics: Mapping[str, float | int | str] | None = None,
+                       expected_head: CommitId | None = None) -> Commit:
+        """Commit new weights on ``branch``: the delta against its head. Raises ``RefConflict`` if it moved."""
+        name = check_branch_name(branch)
+        head = self.head(name)
+        if expected_head is not None and expected_head != head:
+            self.refs.compare_and_swap(name, expected_head, head)  # raises the conflict with the current head
+        if examples < 0:
+            raise InvalidInput("examples must be >= 0")
+        checked = dict(metric_text(k, v) for k, v in (metrics or {}).items())
+        return self._write_commit(identity, state, parents=(head,), kind="commit", message=_message(message),
+                                  meta={"examples": examples}, metrics=checked, branch=name, expected=head)
+
+    def create_branch(self, name: str, at: CommitId) -> BranchName:
+        branch = check_branch_name(name)
+        self.commit(at)
+        self.refs.compare_and_swap(branch, None, at)
+        return branch
+
+    def merge(self, identity: Identity, sources: Sequence[str], into: str, *, strategy: str = "average",
+              message: str | None = None) -> Commit:
+        """A merge commit on ``into`` with parents ``[into's head, *sources]``, combined relative to their base.
+
+        ``average`` weights each side by the examples committed on it since the merge base (equal weights if
+        none were recorded): federated averaging. ``task-arithmetic`` adds every side's change to the base.
+        """
+        if strategy not in STRATEGIES:
+            raise InvalidInput(f"unknown merge strategy {strategy!r}: use one of {', '.join(STRATEGIES)}",
+                               strategy=strategy)
+        if not sources:
+            raise InvalidInput("name at least one branch or commit to merge")
+        target = check_branch_name(into)
+        head = self.head(target)
+        heads = [head]
+        for src in sources:
+            cid = self.resolve(src)
+            if cid in heads:
+                raise MergeError(f"{src} is already named or is the head of {into}", commit=cid)
+            if graph.is_ancestor(cid, head, self.parents):
+                raise MergeError(f"{src} ({short(cid)}) is already contained in {into}: nothing to merge", commit=cid)
+            heads.append(cid)
+        base = heads[0]
+        for cid in heads[1:]:
+            found = graph.merge_base(base, cid, self.parents, self._timestamp)
+            if found is None:
+                raise MergeError(f"{short(cid)} shares no history with {into}", commit=cid)
+            base = found
+        examples = [self._examples_since(h, base) for h in heads]
+        if strategy == "average":
+            weights = normalize_weights(examples, WEIGHT_BITS)
+        else:
+            weights = [1 << WEIGHT_BITS] * len(heads)
+        merged = combine(self.materialize(base), [self.materialize(h) for h in heads], weights,
+                         scale_bits=DEFAULT_SCALE_BITS, weight_bits=WEIGHT_BITS)
+        names = ", ".join(sources)
+        meta = {"strategy": strategy, "base": base, "weights": weights, "scale_bits": DEFAULT_SCALE_BITS,
+                "weight_bits": WEIGHT_BITS, "examples": sum(examples)}
+        return self._write_commit(identity, merged, parents=tuple(heads), kind="merge",
+                                  message=_message(message or f"merge {names} into {into} ({strategy})"),
+                                  meta=meta, metrics={}, branch=target, expected=head)
+
+    def _examples_since(self, head: CommitId, base: CommitId) -> int:
+        behind = graph.ancestors(base, self.parents)
+        return sum(int(self.commit(c).meta.get("examples", 0)) for c in graph.ancestors(head, self.parents)
+                   if c not in behind and self.commit(c).kind == "commit")
+
+    def revert(self, identity: Identity, rev: str, *, branch: str = DEFAULT_BRANCH,
+               message: str | None = None) -> Commit:
+        """A new commit on ``branch`` that undoes ``rev``'s change (relative to its first parent)."""
+        target = check_branch_name(branch)
+        head = self.head(target)
+        cid = self.resolve(rev)
+        reverted = self.commit(cid)
+        if not reverted.parents:
+            raise InvalidInput(f"commit {short(cid)} is the repository's first commit: nothing to revert to",
+                               commit=cid)
+        if not graph.is_ancestor(cid, head, self.parents):
+            raise InvalidInput(f"commit {short(cid)} is not on branch {branch} (head is {short(head)})",
+                               commit=cid, branch=branch)
+        parent = reverted.parents[0]
+        state = combine(self.materialize(cid), [self.materialize(head), self.materialize(parent)],
+                        [1 << WEIGHT_BITS, 1 << WEIGHT_BITS], scale_bits=DEFAULT_SCALE_BITS,
+                        weight_bits=WEIGHT_BITS)
+        meta = {"reverts": cid, "scale_bits": DEFAULT_SCALE_BITS, "weight_bits": WEIGHT_BITS, "examples": 0}
+        first_line = reverted.message.splitlines()[0] if reverted.message else short(cid)
+        return self._write_commit(identity, state, parents=(head,), kind="revert",
+                                  message=_message(message or f'revert "{first_line}"'), meta=meta, metrics={},
+                                  branch=target, expected=head)
+
+    # -- checking ---------------------------------------------------------------------------------------
+
+    def fsck(self) -> tuple[int, list[Problem]]:
+        """Re-read every commit reachable from a branch: ids, signatures, payload hashes, layouts, parents.
+
+        Nothing is taken from memory: caches are dropped first. Returns how many commits were checked and what
+        is damaged (nothing, in a healthy repository).
+        """
+        with self._lock:
+            self._commits.clear()
+            self._states.clear()
+        problems: list[Problem] = []
+        try:
+            RepositoryRecord.decode(self.objects.get(self.id)).verify(self.id)
+        except FlairError as exc:
+            problems.append(Problem(self.id, f"repository record: {exc}"))
+        heads = list(dict.fromkeys(self.branches().values()))
+        checked: dict[CommitId, Commit] = {}
+        stack = list(heads)
+        while stack:
+            cid = stack.pop()
+            if cid in checked:
+                continue
+            try:
+                commit = self.commit(cid)
+            except FlairError as exc:
+                problems.append(Problem(cid, str(exc)))
+                continue
+            checked[cid] = commit
+            stack.extend(p for p in commit.parents if p not in checked)
+        order = list(graph.walk(heads, lambda c: checked[c].parents if c in checked else (),
+                                lambda c: checked[c].timestamp_ms if c in checked else 0))
+        for cid in reversed(order):  # parents first, so each delta applies to a cached parent
+            if cid not in checked or any(p not in checked for p in checked[cid].parents):
+                continue
+            try:
+                self.materialize(cid)
+            except FlairError as exc:
+                problems.append(Problem(cid, f"payload: {exc}"))
+        return len(checked), problems
+
+    def commits(self) -> Iterator[Commit]:
+        heads = list(dict.fromkeys(self.branches().values()))
+        for cid in graph.walk(heads, self.parents, self._timestamp):
+            yield self.commit(cid)
+
+
+def _message(message: str) -> str:
+    text = message.strip()
+    if not text:
+        raise InvalidInput("a commit needs a message (-m)")
+    if len(text) > 4096:
+        raise InvalidInput("a commit message is at most 4096 characters")
+    return text

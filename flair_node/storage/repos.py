@@ -1,0 +1,97 @@
+"""All repositories of one node: where their refs live, and finding one by id, id prefix or name."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from ..core.errors import InvalidInput, RepositoryNotFound
+from ..core.identity import Identity
+from ..core.ids import RepoId, is_full_id, short
+from ..tensors.safetensors_io import StateDict
+from .repo import Repo
+from .stores import DiskObjectStore, DiskRefStore, MemoryObjectStore, MemoryRefStore, ObjectStore, RefStore
+
+
+class RefBackend(Protocol):
+    def refs_for(self, repo_id: RepoId) -> RefStore: ...
+    def repo_ids(self) -> list[RepoId]: ...
+
+
+class MemoryRefBackend:
+    def __init__(self) -> None:
+        self._stores: dict[RepoId, MemoryRefStore] = {}
+
+    def refs_for(self, repo_id: RepoId) -> RefStore:
+        return self._stores.setdefault(repo_id, MemoryRefStore())
+
+    def repo_ids(self) -> list[RepoId]:
+        return sorted(self._stores)
+
+
+class DiskRefBackend:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def refs_for(self, repo_id: RepoId) -> RefStore:
+        return DiskRefStore(self.root / repo_id / "refs")
+
+    def repo_ids(self) -> list[RepoId]:
+        return sorted(RepoId(d) for d in os.listdir(self.root) if is_full_id(d))
+
+
+class RepoSet:
+    """The repositories one node keeps, opened once each and shared by every caller."""
+
+    def __init__(self, objects: ObjectStore, refs: RefBackend) -> None:
+        self.objects = objects
+        self._refs = refs
+        self._open: dict[RepoId, Repo] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def in_memory(cls) -> RepoSet:
+        return cls(MemoryObjectStore(), MemoryRefBackend())
+
+    @classmethod
+    def on_disk(cls, home: Path) -> RepoSet:
+        return cls(DiskObjectStore(home / "objects"), DiskRefBackend(home / "repos"))
+
+    def create(self, identity: Identity, name: str, state: StateDict) -> Repo:
+        if any(r.name == name for r in self.all()):
+            raise InvalidInput(f"a repository named {name!r} exists already here: pick another name", name=name)
+        repo = Repo.create(self.objects, self._refs.refs_for, identity, name, state)
+        with self._lock:
+            self._open[repo.id] = repo
+        return repo
+
+    def all(self) -> list[Repo]:
+        return [self.open(rid) for rid in self._refs.repo_ids()]
+
+    def open(self, key: str) -> Repo:
+        """The repository with id ``key``, an unambiguous id prefix, or the name ``key``."""
+        with self._lock:
+            for rid, repo in self._open.items():
+                if rid == key:
+                    return repo
+        ids = self._refs.repo_ids()
+        matches = [rid for rid in ids if rid == key] or [rid for rid in ids if len(key) >= 4 and rid.startswith(key)]
+        if not matches:
+            matches = [rid for rid in ids if self._open_id(rid).name == key]
+        if not matches:
+            raise RepositoryNotFound(f"no repository {key!r} on this node (see `flair repos`)", repo=key)
+        if len(matches) > 1:
+            raise InvalidInput(f"{key!r} names several repositories: {', '.join(short(m) for m in matches)}",
+                               repo=key)
+        return self._open_id(matches[0])
+
+    def _open_id(self, rid: RepoId) -> Repo:
+        with self._lock:
+            repo = self._open.get(rid)
+            if repo is None:
+                repo = Repo.open(rid, self.objects, self._refs.refs_for(rid))
+                self._open[rid] = repo
+            return repo

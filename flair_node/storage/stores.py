@@ -1,0 +1,176 @@
+"""Object and ref stores: the interfaces and their memory and disk versions.
+
+``ObjectStore`` keeps immutable bytes under a 64-hex key (the caller derives and re-checks the key: blobs are
+keyed by their SHA-256, records by their id). ``RefStore`` keeps one repository's branches and moves them only by
+compare-and-swap. A repository is assembled from one of each (see ``repo.Repo``); memory and disk versions pass
+the same contract tests.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote, unquote
+
+from ..core.errors import IntegrityError, NotFound, RefConflict
+from ..core.ids import BranchName, CommitId, is_full_id, short
+from .atomic import atomic_write, fsync_dir
+
+
+class ObjectStore(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def has(self, key: str) -> bool: ...
+    def keys(self, prefix: str = "") -> Iterator[str]: ...
+
+
+class RefStore(Protocol):
+    def get(self, name: BranchName) -> CommitId | None: ...
+    def compare_and_swap(self, name: BranchName, expected: CommitId | None, new: CommitId) -> None:
+        """Point ``name`` at ``new`` if it points at ``expected`` now (``None``: if it does not exist)."""
+        ...
+    def all(self) -> dict[BranchName, CommitId]: ...
+
+
+def _check_key(key: str) -> None:
+    if not is_full_id(key):
+        raise IntegrityError(f"object key {key!r} is not a 64-digit hex id")
+
+
+def _conflict(name: str, expected: CommitId | None, current: CommitId | None) -> RefConflict:
+    if expected is None:
+        return RefConflict(f"branch {name} already exists (at {short(current or '')})", branch=name)
+    if current is None:
+        return RefConflict(f"branch {name} does not exist any more", branch=name)
+    return RefConflict(
+        f"branch {name} moved: expected {short(expected)}, head is now {short(current)}; retry on the new head",
+        branch=name, head=current,
+    )
+
+
+class MemoryObjectStore:
+    def __init__(self) -> None:
+        self._objects: dict[str, bytes] = {}
+
+    def put(self, key: str, data: bytes) -> None:
+        _check_key(key)
+        self._objects.setdefault(key, bytes(data))
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._objects[key]
+        except KeyError:
+            raise NotFound(f"object {short(key)} is not stored", object=key) from None
+
+    def has(self, key: str) -> bool:
+        return key in self._objects
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        return iter(sorted(k for k in self._objects if k.startswith(prefix)))
+
+
+class MemoryRefStore:
+    def __init__(self) -> None:
+        self._refs: dict[BranchName, CommitId] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: BranchName) -> CommitId | None:
+        return self._refs.get(name)
+
+    def compare_and_swap(self, name: BranchName, expected: CommitId | None, new: CommitId) -> None:
+        with self._lock:
+            current = self._refs.get(name)
+            if current != expected:
+                raise _conflict(name, expected, current)
+            self._refs[name] = new
+
+    def all(self) -> dict[BranchName, CommitId]:
+        return dict(sorted(self._refs.items()))
+
+
+class DiskObjectStore:
+    """Objects as files ``ROOT/ab/cdef...``, each written atomically and never rewritten."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        _check_key(key)
+        return self.root / key[:2] / key[2:]
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        if not path.exists():
+            atomic_write(path, data, mode=0o644)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"object {short(key)} is not stored", object=key) from None
+
+    def has(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        for fan in sorted(os.listdir(self.root)):
+            if len(fan) != 2 or not fan.startswith(prefix[:2]):
+                continue
+            for rest in sorted(os.listdir(self.root / fan)):
+                key = fan + rest
+                if is_full_id(key) and key.startswith(prefix):
+                    yield key
+
+
+class DiskRefStore:
+    """Branches as files ``ROOT/<quoted name>`` holding a commit id; CAS under a lock shared by processes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def _path(self, name: str) -> Path:
+        return self.root / quote(name, safe="")
+
+    def _read(self, path: Path) -> CommitId | None:
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        if not is_full_id(text):
+            raise IntegrityError(f"ref file {path} does not hold a commit id", ref=path.name)
+        return CommitId(text)
+
+    def get(self, name: BranchName) -> CommitId | None:
+        return self._read(self._path(name))
+
+    def compare_and_swap(self, name: BranchName, expected: CommitId | None, new: CommitId) -> None:
+        path = self._path(name)
+        with self._lock, open(self.root / ".lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            current = self._read(path)
+            if current != expected:
+                raise _conflict(name, expected, current)
+            atomic_write(path, (new + "\n").encode(), mode=0o644)
+
+    def all(self) -> dict[BranchName, CommitId]:
+        refs: dict[BranchName, CommitId] = {}
+        for entry in sorted(os.listdir(self.root)):
+            if entry.startswith("."):
+                continue
+            ref = self._read(self.root / entry)
+            if ref is not None:
+                refs[BranchName(unquote(entry))] = ref
+        return refs
+
+
+__all__ = [
+    "DiskObjectStore", "DiskRefStore", "MemoryObjectStore", "MemoryRefStore", "ObjectStore", "RefStore",
+    "fsync_dir",
+]

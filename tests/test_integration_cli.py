@@ -1,0 +1,148 @@
+"""The real daemon, driven through the real CLI, on 127.0.0.1 with a port it picks itself."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from flair_node.testing.daemon import running_daemon
+from safetensors.torch import load_file, save_file
+
+from flair_node.core.errors import FlairError, RefConflict
+
+pytestmark = pytest.mark.integration
+
+
+def flair(home, *args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "flair_node.cli.main", "--home", str(home), *args],
+                          capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"flair {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+def model(seed, path):
+    g = torch.Generator().manual_seed(seed)
+    save_file({"fc.weight": torch.randn(8, 4, generator=g), "fc.bias": torch.randn(8, generator=g)}, str(path))
+    return path
+
+
+def test_cli_tour(tmp_path):
+    home = tmp_path / "home"
+    with running_daemon(home) as daemon:
+        api = json.loads((home / "api.json").read_text())
+        assert api["url"].startswith("http://127.0.0.1:")
+        assert stat.S_IMODE(os.stat(home / "api.json").st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(home / "identity.json").st_mode) == 0o600
+
+        me = flair(home, "whoami").stdout.strip()
+        assert me == daemon.client.call("node.whoami")["public_key"]
+        repo = flair(home, "init", "tour", "--model", str(model(0, tmp_path / "m0.safetensors"))).stdout.strip()
+        assert len(repo) == 64
+
+        flair(home, "branch", "tour", "alice")
+        c1 = flair(home, "commit", "tour", "--weights", str(model(1, tmp_path / "m1.safetensors")), "-m",
+                   "alice trains", "--branch", "alice", "--examples", "30", "--metric", "acc=0.75").stdout.strip()
+        flair(home, "branch", repo[:8], "bob", "--at", "main")
+        flair(home, "commit", "tour", "--weights", str(model(2, tmp_path / "m2.safetensors")), "-m",
+              "bob trains", "--branch", "bob", "--examples", "10")
+        merged = json.loads(flair(home, "merge", "tour", "alice", "bob", "--into", "main", "--json").stdout)
+        assert merged["kind"] == "merge" and len(merged["parents"]) == 3
+
+        graph = flair(home, "log", "tour", "--graph").stdout
+        assert "*" in graph and "alice trains" in graph and "\\" in graph
+        log = json.loads(flair(home, "log", "tour", "--json").stdout)
+        assert [c["kind"] for c in log["commits"]][0] == "merge" and len(log["commits"]) == 4
+
+        shown = json.loads(flair(home, "show", "tour", c1[:10], "--json").stdout)
+        assert shown["metrics"] == {"acc": 0.75} and shown["meta"]["examples"] == 30
+        assert {t["name"] for t in shown["changes"]} == {"fc.weight", "fc.bias"}
+        diff = flair(home, "diff", "tour", "main", "alice").stdout
+        assert "fc.weight" in diff and "total L2" in diff
+        assert "branches:" in flair(home, "status", "tour").stdout
+
+        out = tmp_path / "alice.safetensors"
+        flair(home, "checkout", "tour", "alice", "-o", str(out))
+        original = load_file(str(tmp_path / "m1.safetensors"))
+        assert all(torch.equal(original[k], v) for k, v in load_file(str(out)).items())
+        assert "exists" in flair(home, "checkout", "tour", "alice", "-o", str(out), check=False).stderr
+
+        reverted = flair(home, "revert", "tour", c1, "--branch", "alice").stdout.strip()
+        flair(home, "checkout", "tour", reverted, "-o", str(out), "--force")
+        assert all(torch.equal(load_file(str(tmp_path / "m0.safetensors"))[k], v)
+                   for k, v in load_file(str(out)).items())
+        assert "no damage" in flair(home, "fsck", "tour").stdout
+
+        methods = {m["name"] for m in daemon.client.call("rpc.discover")["methods"]}
+        assert {"repo.commit", "repo.merge", "repo.fsck", "rpc.discover"} <= methods
+
+
+def test_cli_errors_are_clear(tmp_path):
+    home = tmp_path / "home"
+    with running_daemon(home):
+        flair(home, "init", "r", "--model", str(model(0, tmp_path / "m.safetensors")))
+        pt = tmp_path / "model.pt"
+        torch.save({"w": torch.zeros(2)}, pt)
+        proc = flair(home, "commit", "r", "--weights", str(pt), "-m", "x", check=False)
+        assert proc.returncode == 1 and "not a safetensors file" in proc.stderr
+        wrong = tmp_path / "wrong.safetensors"
+        save_file({"fc.weight": torch.zeros(3, 3), "fc.bias": torch.zeros(8)}, str(wrong))
+        proc = flair(home, "commit", "r", "--weights", str(wrong), "-m", "x", check=False)
+        assert "fc.weight" in proc.stderr and "shape" in proc.stderr
+        proc = flair(home, "log", "nope", "--json", check=False)
+        assert json.loads(proc.stdout)["error"]["code"] == -32005
+        proc = flair(home, "show", "r", "deadbeef", check=False)
+        assert "no branch or commit" in proc.stderr
+
+        api = json.loads((home / "api.json").read_text())
+        (home / "api.json").write_text(json.dumps({**api, "token": "wrong"}))
+        proc = flair(home, "whoami", check=False)
+        assert proc.returncode == 1 and "token" in proc.stderr
+        (home / "api.json").write_text(json.dumps(api))
+    proc = flair(home, "whoami", check=False)
+    assert proc.returncode == 1 and "flair-node run" in proc.stderr
+
+
+def test_kill_9_never_loses_an_acknowledged_commit(tmp_path):
+    home = tmp_path / "home"
+    weights = [model(i, tmp_path / f"w{i}.safetensors") for i in range(4)]
+    acknowledged: list[str] = []
+    with running_daemon(home) as daemon:
+        daemon.client.call("repo.init", name="crash", model_path=str(weights[0]))
+    for attempt, delay in enumerate([0.3, 0.7, 1.1]):
+        with running_daemon(home) as daemon:
+            stop = threading.Event()
+
+            def hammer(client=daemon.client, stop=stop, attempt=attempt):
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    try:
+                        r = client.call("repo.commit", repo="crash", weights_path=str(weights[i % 4]),
+                                        message=f"attempt {attempt} commit {i}")
+                    except RefConflict:
+                        continue
+                    except (FlairError, OSError):
+                        return  # the daemon died mid-call: this commit was never acknowledged
+                    acknowledged.append(r["id"])
+
+            workers = [threading.Thread(target=hammer) for _ in range(2)]
+            for w in workers:
+                w.start()
+            time.sleep(delay)
+            daemon.kill_hard()
+            stop.set()
+            for w in workers:
+                w.join(timeout=30)
+        with running_daemon(home) as daemon:
+            history = {c["id"] for c in daemon.client.call("repo.log", repo="crash")["commits"]}
+            missing = [c for c in acknowledged if c not in history]
+            assert not missing, f"acknowledged commits lost after kill -9: {missing}"
+            fsck = daemon.client.call("repo.fsck", repo="crash")
+            assert fsck["ok"], fsck["problems"]
+    assert len(acknowledged) >= 3
