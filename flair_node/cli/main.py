@@ -16,9 +16,11 @@ from .graph import render_graph
 
 
 def _parser() -> argparse.ArgumentParser:
+    # --home and --json may come before or after the verb; after it they must not reset what came before.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", type=Path, help="node home of the daemon to talk to (default: $FLAIR_HOME)")
-    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    common.add_argument("--home", type=Path, default=argparse.SUPPRESS,
+                        help="node home of the daemon to talk to (default: $FLAIR_HOME)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print machine-readable JSON")
 
     parser = argparse.ArgumentParser(prog="flair", description="Version control for models trained together.",
                                      parents=[common])
@@ -91,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.home = getattr(args, "home", None)
+    args.json = getattr(args, "json", False)
     try:
         client = _client(args.home)
         result, text = _dispatch(client, args)

@@ -24,6 +24,7 @@ from ..core.errors import (
     InvalidInput,
     MergeError,
     NotFound,
+    RefConflict,
     RepositoryNotFound,
 )
 from ..core.identity import Identity
@@ -246,7 +247,8 @@ class Repo:
         name = check_branch_name(branch)
         head = self.head(name)
         if expected_head is not None and expected_head != head:
-            self.refs.compare_and_swap(name, expected_head, head)  # raises the conflict with the current head
+            raise RefConflict(f"branch {name} moved: expected {short(expected_head)}, head is now {short(head)}; "
+                              "retry on the new head", branch=name, head=head)
         if examples < 0:
             raise InvalidInput("examples must be >= 0")
         checked = dict(metric_text(k, v) for k, v in (metrics or {}).items())

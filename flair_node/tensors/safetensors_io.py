@@ -1,0 +1,101 @@
+"""state_dict <-> safetensors, and the repository's tensor layout. Never pickle, never ``torch.load``."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from ..core.errors import LayoutMismatch, NotSafetensors
+from ..core.objects import TensorSpec
+
+StateDict = dict[str, torch.Tensor]
+
+#: Largest safetensors header accepted (the format's own limit is 100 MB).
+MAX_HEADER_BYTES = 100_000_000
+
+DTYPE_NAMES: dict[torch.dtype, str] = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def check_header(data: bytes | memoryview, source: str) -> None:
+    if len(data) < 8:
+        raise NotSafetensors(f"{source} is not a safetensors file: only {len(data)} bytes")
+    (size,) = struct.unpack("<Q", bytes(data[:8]))
+    if size > MAX_HEADER_BYTES or 8 + size > len(data):
+        raise NotSafetensors(f"{source} is not a safetensors file: header length {size} does not fit the file")
+    try:
+        header = json.loads(bytes(data[8 : 8 + size]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NotSafetensors(f"{source} is not a safetensors file: header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise NotSafetensors(f"{source} is not a safetensors file: header is not a JSON object")
+
+
+def load_bytes(data: bytes, source: str = "data") -> StateDict:
+    """The tensors in safetensors ``data``; anything else raises ``NotSafetensors``."""
+    check_header(data, source)
+    try:
+        state = safetensors.torch.load(data)
+    except Exception as exc:  # safetensors raises its own SafetensorError and plain errors alike
+        raise NotSafetensors(f"{source} is not a valid safetensors file: {exc}") from None
+    unknown = [name for name, t in state.items() if t.dtype not in DTYPE_NAMES]
+    if unknown:
+        raise NotSafetensors(f"{source}: tensor {unknown[0]} has unsupported dtype {state[unknown[0]].dtype}")
+    return state
+
+
+def load_file(path: str | os.PathLike[str]) -> StateDict:
+    path = Path(path)
+    return load_bytes(path.read_bytes(), path.name)
+
+
+def save_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
+    return bytes(safetensors.torch.save({k: v.contiguous() for k, v in state.items()}))
+
+
+def save_file(state: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """Write ``state`` to ``path`` atomically (temp file, fsync, rename), readable only by its owner."""
+    path = Path(path)
+    data = save_bytes(state)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def layout_of(state: Mapping[str, torch.Tensor]) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(name, DTYPE_NAMES[t.dtype], tuple(t.shape)) for name, t in sorted(state.items()))
+
+
+def check_layout(state: Mapping[str, torch.Tensor], layout: Sequence[TensorSpec]) -> None:
+    """Raise ``LayoutMismatch`` naming the first tensor that is missing, extra, or of another dtype or shape."""
+    expected = {spec.name: spec for spec in layout}
+    for name in sorted(expected):
+        if name not in state:
+            raise LayoutMismatch(f"tensor {name} is missing (the repository's model has it)", tensor=name)
+    for name, tensor in sorted(state.items()):
+        spec = expected.get(name)
+        if spec is None:
+            raise LayoutMismatch(f"tensor {name} is not in the repository's model", tensor=name)
+        dtype = DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype))
+        if dtype != spec.dtype:
+            raise LayoutMismatch(f"tensor {name} has dtype {dtype}, the repository expects {spec.dtype}", tensor=name)
+        if tuple(tensor.shape) != spec.shape:
+            raise LayoutMismatch(f"tensor {name} has shape {tuple(tensor.shape)}, the repository expects "
+                                 f"{spec.shape}", tensor=name)
