@@ -25,7 +25,7 @@ from .safetensors_io import StateDict
 DEFAULT_SCALE_BITS = 24
 WEIGHT_BITS = 16
 #: Elements per step: keeps temporaries small (a few MB) whatever the model size.
-CHUNK = 1 << 18
+CHUNK = 1 << 16
 _ACC_LIMIT = 1 << 62
 
 
@@ -73,38 +73,63 @@ def _to_fixed(x: torch.Tensor, scale_bits: int, limit: int, name: str) -> torch.
 def weighted_sum_fixed(base: torch.Tensor, inputs: Sequence[torch.Tensor], weights: Sequence[int], *,
                        scale_bits: int = DEFAULT_SCALE_BITS, weight_bits: int = WEIGHT_BITS,
                        out: torch.Tensor | None = None, name: str = "tensor") -> torch.Tensor:
-    """The fixed-point ``base + Σ w_i (x_i − base) / 2^weight_bits`` of 1-D tensors, chunk by chunk."""
+    """The fixed-point ``base + Σ w_i (x_i − base) / 2^weight_bits`` of 1-D tensors of one dtype.
+
+    float32 and float64 go through the fused kernel (``_kernel``: each input read once) when every value is in
+    its exact range; other dtypes, NaNs (refused there) and huge values go through int64 torch arithmetic
+    chunk by chunk. Both compute the same integers, so the bytes never depend on the path.
+    """
     if out is None:
         out = torch.empty_like(base)
-    n = base.numel()
-    scale = scale_bits if base.is_floating_point() else 0
-    # |x_i - base| <= 2 * limit, so |acc| <= 2 * limit * Σ|w| stays below 2^62.
-    limit = _ACC_LIMIT // (2 * max(1, sum(abs(w) for w in weights)))
-    half = 1 << (weight_bits - 1)
-    mask = (1 << weight_bits) - 1
     taking = [(x, w) for x, w in zip(inputs, weights, strict=True) if w != 0]
-    for start in range(0, n, CHUNK):
-        stop = min(n, start + CHUNK)
-        fixed_base = _to_fixed(base[start:stop], scale, limit, name)
-        acc = torch.zeros_like(fixed_base)
-        for x, w in taking:
-            term = _to_fixed(x[start:stop], scale, limit, name).sub_(fixed_base)
-            acc.add_(term.mul_(w))
-        quotient = acc >> weight_bits
-        remainder = acc & mask
-        quotient += (remainder > half) | ((remainder == half) & ((quotient & 1) == 1))
-        quotient += fixed_base
-        if base.is_floating_point():
-            result = quotient.to(torch.float64).div_(float(1 << scale)).to(base.dtype)
-            if not bool(torch.isfinite(result).all()):
-                raise MergeError(f"tensor {name} overflows {base.dtype} after merging", tensor=name)
-        else:
-            info = torch.iinfo(base.dtype)
-            if bool(((quotient < info.min) | (quotient > info.max)).any()):
-                raise MergeError(f"tensor {name} overflows {base.dtype} after merging", tensor=name)
-            result = quotient.to(base.dtype)
-        out[start:stop] = result
+    magnitude = max(1, sum(abs(w) for _, w in taking))
+    scale = scale_bits if base.is_floating_point() else 0
+    if base.dtype in (torch.float32, torch.float64) and taking and _fits_float64(base, taking, scale, magnitude):
+        from ._kernel import fused_merge
+
+        # Every |fixed value| <= 2^52/Σ|w|, so |out| < 2^53 / 2^scale: always finite in float32 and float64.
+        fused_merge(base.numpy(), [x.numpy() for x, _ in taking], [w for _, w in taking], scale, weight_bits,
+                    out.numpy())
+        return out
+    for start in range(0, base.numel(), CHUNK):
+        stop = min(base.numel(), start + CHUNK)
+        out[start:stop] = _int64_chunk(base, taking, start, stop, scale, weight_bits, magnitude, name)
     return out
+
+
+def _fits_float64(base: torch.Tensor, taking: Sequence[tuple[torch.Tensor, int]], scale_bits: int,
+                  magnitude: int) -> bool:
+    """Whether every fixed-point value is at most 2^52/Σ|w| (NaN and infinities fail): the kernel is exact then."""
+    limit = float((1 << 52) // magnitude) / float(1 << scale_bits)
+    for x in (base, *(x for x, _ in taking)):
+        low, high = torch.aminmax(x)
+        if not (-limit <= float(low) and float(high) <= limit):
+            return False
+    return True
+
+
+def _int64_chunk(base: torch.Tensor, taking: Sequence[tuple[torch.Tensor, int]], start: int, stop: int,
+                 scale_bits: int, weight_bits: int, magnitude: int, name: str) -> torch.Tensor:
+    # |x_i - base| <= 2 * limit, so |acc| <= 2 * limit * Σ|w| stays below 2^62.
+    limit = _ACC_LIMIT // (2 * magnitude)
+    fixed_base = _to_fixed(base[start:stop], scale_bits, limit, name)
+    acc = torch.zeros_like(fixed_base)
+    for x, w in taking:
+        acc.add_(_to_fixed(x[start:stop], scale_bits, limit, name).sub_(fixed_base).mul_(w))
+    quotient = acc >> weight_bits
+    remainder = acc & ((1 << weight_bits) - 1)
+    half = 1 << (weight_bits - 1)
+    quotient += (remainder > half) | ((remainder == half) & ((quotient & 1) == 1))
+    quotient += fixed_base
+    if base.is_floating_point():
+        result = quotient.to(torch.float64).div_(float(1 << scale_bits)).to(base.dtype)
+        if not bool(torch.isfinite(result).all()):
+            raise MergeError(f"tensor {name} overflows {base.dtype} after merging", tensor=name)
+        return result
+    info = torch.iinfo(base.dtype)
+    if bool(((quotient < info.min) | (quotient > info.max)).any()):
+        raise MergeError(f"tensor {name} overflows {base.dtype} after merging", tensor=name)
+    return quotient.to(base.dtype)
 
 
 def combine(base: StateDict, inputs: Sequence[StateDict], weights: Sequence[int], *,
