@@ -22,7 +22,6 @@ import torch
 from tqdm import tqdm
 
 from ..cli.main import _log_text
-from ..core.errors import AlreadyExists
 from ..sdk import Repo
 from ..testing.daemon import running_daemon
 from ..testing.models import accuracy, load_digits_split, make_mlp, partition, train_local
@@ -56,12 +55,11 @@ def run_demo(keep: Path | None = None) -> int:
 
         with running_daemon(home) as daemon:
             print(f"daemon:  pid {daemon.pid}, API at {daemon.url}")
-            try:
-                repo = Repo.init(home, REPO_NAME, make_mlp(SEED))
-            except AlreadyExists:
+            if any(r["name"] == REPO_NAME for r in daemon.client.call("repo.list")):
                 print(f"flair-node: {home} already has a repository named {REPO_NAME} from an earlier demo; "
                       "pass a new --keep folder", file=sys.stderr)
                 return 1
+            repo = Repo.init(home, REPO_NAME, make_mlp(SEED))
             initial = _test_accuracy(repo, "main", x_test, y_test)
             print(f"\nrepository {REPO_NAME} ({repo.id[:10]}): commit 0 is an untrained 64-32-10 MLP, "
                   f"test accuracy {_pct(initial)}")
@@ -101,12 +99,12 @@ def _round(repo: Repo, n: int, slices: dict[str, tuple[torch.Tensor, torch.Tenso
         commit = repo.commit(model, message=f"{name}: {EPOCHS} epochs on {len(y)} local examples",
                              num_examples=len(y), metrics={"local_acc": round(local_acc, 4)}, branch=branch)
         branches.append(branch)
-        print(f"  {name:<6} {commit[:10]} on {branch:<9} local data {_pct(local_acc):>7}   "
-              f"test {_pct(accuracy(model, x_test, y_test)):>7}")
+        print(_row(f"  {name:<6} {commit[:10]} on {branch:<9} local data {_pct(local_acc):>7}",
+                   accuracy(model, x_test, y_test)))
     merge_id = repo.merge(branches, into="main", strategy="average",
                           message=f"round {n}: average of {', '.join(CONTRIBUTORS)}")
     test_acc = _test_accuracy(repo, "main", x_test, y_test)
-    print(f"  merged {merge_id[:10]} into main (weighted average){' ' * 15}test {_pct(test_acc):>7}")
+    print(_row(f"  merged {merge_id[:10]} into main, weighted by examples", test_acc))
     return RoundResult(merge_id, test_acc)
 
 
@@ -114,6 +112,10 @@ def _test_accuracy(repo: Repo, rev: str, x_test: torch.Tensor, y_test: torch.Ten
     model = make_mlp(SEED)
     model.load_state_dict(repo.pull(rev))
     return accuracy(model, x_test, y_test)
+
+
+def _row(left: str, test_acc: float) -> str:
+    return f"{left:<56}test {_pct(test_acc):>7}"
 
 
 def _pct(fraction: float) -> str:

@@ -79,7 +79,11 @@ def _run(args: argparse.Namespace) -> int:
         config.check("--port")
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    trio.run(run_until_signalled, Node(home, config))
+    node = Node(home, config)
+    try:
+        trio.run(run_until_signalled, node)
+    finally:
+        node.close()
     return 0
 
 

@@ -26,12 +26,12 @@ class Node:
         self.home = home
         self.config = config
         self.identity = home.identity()
+        self._lock = _lock_home(home.path)  # before anything else: one daemon per home
         self.repos = RepoSet.on_disk(home.path)
         self.registry = build_registry(self.identity, self.repos)
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the API until cancelled; ``task_status.started`` gets the API URL once api.json is written."""
-        lock = _lock_home(self.home.path)
         token = secrets.token_urlsafe(32)
         server = ApiServer(self.registry, token, host=self.config.api_host, port=self.config.api_port,
                            max_body=self.config.max_request_bytes)
@@ -43,7 +43,9 @@ class Node:
                 task_status.started(url)
         finally:
             self.home.remove_api_file()
-            lock.close()
+
+    def close(self) -> None:
+        self._lock.close()
 
 
 async def run_until_signalled(node: Node) -> None:

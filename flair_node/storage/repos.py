@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from ..core.errors import InvalidInput, RepositoryNotFound
+from ..core.errors import AlreadyExists, InvalidInput, RepositoryNotFound
 from ..core.identity import Identity
 from ..core.ids import RepoId, is_full_id, short
 from ..tensors.safetensors_io import StateDict
@@ -62,7 +62,7 @@ class RepoSet:
 
     def create(self, identity: Identity, name: str, state: StateDict) -> Repo:
         if any(r.name == name for r in self.all()):
-            raise InvalidInput(f"a repository named {name!r} exists already here: pick another name", name=name)
+            raise AlreadyExists(f"a repository named {name!r} exists already here: pick another name", name=name)
         repo = Repo.create(self.objects, self._refs.refs_for, identity, name, state)
         with self._lock:
             self._open[repo.id] = repo

@@ -56,15 +56,16 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _to_fixed(x: torch.Tensor, scale_bits: int, limit: int, name: str) -> torch.Tensor:
+    """A new int64 tensor (callers modify it in place; the input is never touched)."""
     if x.is_floating_point():
         if not bool(torch.isfinite(x).all()):
             raise MergeError(f"tensor {name} holds NaN or infinite values: it cannot be merged", tensor=name)
-        y = x.to(torch.float64).mul_(float(1 << scale_bits)).round_()
+        y = x.to(torch.float64, copy=True).mul_(float(1 << scale_bits)).round_()
         if bool((y.abs() > limit).any()):
             raise MergeError(f"tensor {name} has values too large for an exact merge at scale 2^-{scale_bits}",
                              tensor=name)
         return y.to(torch.int64)
-    y = x.to(torch.int64)
+    y = x.to(torch.int64, copy=True)
     if bool((y.abs() > limit).any()):
         raise MergeError(f"tensor {name} has integers too large for an exact merge", tensor=name)
     return y

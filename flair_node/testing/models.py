@@ -108,7 +108,7 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int,
         for _ in range(epochs):
             order = torch.randperm(len(y), generator=g)
             total, seen = 0.0, 0
-            for batch in order.split(batch_size):
+            for batch in torch.split(order, batch_size):
                 optimizer.zero_grad()
                 loss = loss_fn(model(x[batch]), y[batch])
                 loss.backward()
