@@ -19,7 +19,6 @@ import json
 import sys
 import time
 
-import numpy as np
 import torch
 
 from flair_node.tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, normalize_weights, weighted_sum_fixed
@@ -100,7 +99,7 @@ def main() -> int:
     results = [([d.numpy()], n) for d, n in zip(deltas, examples, strict=True)]
     flower_s = best_of(args.repeat, lambda: aggregate(results))
 
-    reference = sum(torch.from_numpy(np.asarray(d, dtype=np.float64)) * f for d, f in zip(deltas, fractions, strict=True))
+    reference = sum(d.double() * f for d, f in zip(deltas, fractions, strict=True))
     err = float((out.double() - base.double() - reference).abs().max())
     report = {
         "params": args.params,
