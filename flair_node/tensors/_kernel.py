@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import njit, prange  # type: ignore[import-untyped]
-from numba.typed import List  # type: ignore[import-untyped]
+from numba import njit, prange
+from numba.typed import List
 
 #: Elements per block: a block's accumulator stays in L1/L2 while every input streams past it.
 BLOCK = 8192
@@ -24,7 +24,7 @@ _ROUND = 6755399441055744.0
 
 
 # The loops live in small non-parallel functions: LLVM vectorizes them there, not inside a prange body.
-@njit(nogil=True, cache=True, inline="never")  # type: ignore[untyped-decorator]
+@njit(nogil=True, cache=True, inline="never")
 def _accumulate(acc: Any, x: Any, w: float, scale: float, bound: float) -> int:  # pragma: no cover - compiled
     """acc += w·rint(x·scale); returns how many values were beyond ``bound`` or NaN (then nothing is exact)."""
     outside = 0
@@ -35,7 +35,7 @@ def _accumulate(acc: Any, x: Any, w: float, scale: float, bound: float) -> int: 
     return outside
 
 
-@njit(nogil=True, cache=True, inline="never")  # type: ignore[untyped-decorator]
+@njit(nogil=True, cache=True, inline="never")
 def _finish(acc: Any, base: Any, out: Any, scale: float, shrink: float) -> None:  # pragma: no cover - compiled
     unscale = 1.0 / scale
     for i in range(acc.size):
@@ -43,7 +43,7 @@ def _finish(acc: Any, base: Any, out: Any, scale: float, shrink: float) -> None:
         out[i] = ((base[i] * scale + _ROUND) - _ROUND + q) * unscale
 
 
-@njit(parallel=True, nogil=True, cache=True)  # type: ignore[untyped-decorator]
+@njit(parallel=True, nogil=True, cache=True)
 def _merge(base: Any, inputs: Any, weights: Any, total: float, scale: float, shrink: float, bound: float,
            out: Any) -> int:  # pragma: no cover - compiled
     n = base.size
@@ -58,7 +58,7 @@ def _merge(base: Any, inputs: Any, weights: Any, total: float, scale: float, shr
             count += _accumulate(acc, inputs[k][lo:hi], weights[k], scale, bound)
         outside[b] = count
         _finish(acc, base[lo:hi], out[lo:hi], scale, shrink)
-    return outside.sum()
+    return int(outside.sum())
 
 
 def fused_merge(base: np.ndarray, inputs: list[np.ndarray], weights: list[int], scale_bits: int, weight_bits: int,
