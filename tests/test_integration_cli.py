@@ -146,3 +146,14 @@ def test_kill_9_never_loses_an_acknowledged_commit(tmp_path):
             fsck = daemon.client.call("repo.fsck", repo="crash")
             assert fsck["ok"], fsck["problems"]
     assert len(acknowledged) >= 3
+
+
+def test_one_daemon_per_home_and_clean_stop(tmp_path):
+    home = tmp_path / "home"
+    with running_daemon(home):
+        second = subprocess.run([sys.executable, "-m", "flair_node.daemon.main", "run", "--home", str(home)],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert "already running" in second.stderr and "Traceback" not in second.stderr
+        assert (home / "api.json").exists()  # the first daemon's file is untouched
+    assert not (home / "api.json").exists()
