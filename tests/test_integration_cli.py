@@ -145,6 +145,7 @@ def test_kill_9_never_loses_an_acknowledged_commit(tmp_path):
             assert not missing, f"acknowledged commits lost after kill -9: {missing}"
             fsck = daemon.client.call("repo.fsck", repo="crash")
             assert fsck["ok"], fsck["problems"]
+            assert not list(home.rglob(".*.tmp")), "temp files of interrupted writes are swept at start"
     assert len(acknowledged) >= 3
 
 

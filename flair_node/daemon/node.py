@@ -14,6 +14,7 @@ import trio
 from ..api.methods import build_registry
 from ..api.server import ApiServer
 from ..core.errors import FlairError
+from ..storage.atomic import remove_stale_temp_files
 from ..storage.repos import RepoSet
 from .config import NodeConfig
 from .home import Home
@@ -27,6 +28,9 @@ class Node:
         self.config = config
         self.identity = home.identity()
         self._lock = _lock_home(home.path)  # before anything else: one daemon per home
+        stale = remove_stale_temp_files(home.path)
+        if stale:
+            log.info("removed %d temp files left by an interrupted run", stale)
         self.repos = RepoSet.on_disk(home.path)
         self.registry = build_registry(self.identity, self.repos)
 

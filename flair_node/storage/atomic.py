@@ -33,3 +33,16 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def remove_stale_temp_files(root: Path) -> int:
+    """Delete the temp files that ``atomic_write`` leaves behind when a process dies mid-write.
+
+    Only safe while no other writer uses ``root`` (the daemon holds its home's lock). Returns how many.
+    """
+    removed = 0
+    for path in root.rglob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
