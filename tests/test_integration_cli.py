@@ -10,10 +10,10 @@ import time
 
 import pytest
 import torch
-from flair_node.testing.daemon import running_daemon
 from safetensors.torch import load_file, save_file
 
 from flair_node.core.errors import FlairError, RefConflict
+from flair_node.testing.daemon import running_daemon
 
 pytestmark = pytest.mark.integration
 

@@ -1,8 +1,33 @@
-"""The daemon's local JSON-RPC API: method registry, trio server, synchronous client."""
+"""The daemon's local JSON-RPC 2.0 API: a declarative method registry, a trio server and a synchronous client.
 
+``ApiServer`` is imported lazily, on first use: the CLI imports ``ApiClient`` from here and must not pay for
+importing trio and h11 on every start.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from .client import API_FILE as API_FILE
 from .client import ApiClient as ApiClient
+from .errors import InternalError as InternalError
+from .errors import InvalidRequest as InvalidRequest
+from .errors import MethodNotFound as MethodNotFound
+from .errors import ParseError as ParseError
 from .registry import Method as Method
 from .registry import Param as Param
 from .registry import Registry as Registry
+from .registry import openrpc_document as openrpc_document
 
-__all__ = ["ApiClient", "Method", "Param", "Registry"]
+if TYPE_CHECKING:
+    from .server import ApiServer as ApiServer
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ApiServer":
+        from .server import ApiServer
+
+        return ApiServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["API_FILE", "ApiClient", "ApiServer", "InternalError", "InvalidRequest", "Method", "MethodNotFound",
+           "Param", "ParseError", "Registry", "openrpc_document"]

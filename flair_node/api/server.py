@@ -1,7 +1,16 @@
-"""JSON-RPC 2.0 over HTTP/1.1 on trio + h11, for loopback clients holding the API token.
+"""JSON-RPC 2.0 over HTTP/1.1, on trio and h11, for clients on this machine that hold the API token.
 
-Each connection is served in its own task that catches its own errors, so one bad client or one failing
-request never takes the daemon down. Requests are bounded in size and time.
+    server = ApiServer(registry, token)            # listens on 127.0.0.1, a port of its own choosing
+    url = await nursery.start(server.run)          # "http://127.0.0.1:PORT/"
+
+The API answers ``POST /`` only, with a JSON body of at most ``max_body`` bytes and ``Authorization: Bearer
+TOKEN``. Every JSON-RPC answer -- a result or an error -- is HTTP 200; HTTP errors (401, 404, 405, 413, ...)
+carry a JSON-RPC error object too, so a client always has a message to show. ``rpc.discover`` is built in.
+
+Each connection is served in its own task that catches its own errors, so one misbehaving client or one failing
+method never takes the daemon down. A connection waits at most ``idle_timeout`` for its next request, which
+must then arrive in full within ``request_timeout``; the answer must be taken within ``request_timeout`` too.
+Handlers themselves run without a deadline (a merge of large models takes what it takes).
 """
 
 from __future__ import annotations
@@ -10,6 +19,8 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -17,158 +28,300 @@ import trio
 
 from .. import __version__
 from ..core.errors import FlairError, InvalidInput
-from .registry import Registry, openrpc_document
+from .errors import InternalError, InvalidRequest, ParseError
+from .registry import DISCOVER, Method, Registry, discover_method, json_type, validate_params
 
 log = logging.getLogger(__name__)
 
-PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INTERNAL_ERROR = -32700, -32600, -32601, -32603
-UNAUTHORIZED = -32001
 IDLE_TIMEOUT = 30.0
-READ_TIMEOUT = 30.0
-MAX_BATCH = 100
-
-
-def _error(code: int, message: str, req_id: Any = None, data: Any = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if data:
-        error["data"] = data
-    return {"jsonrpc": "2.0", "error": error, "id": req_id}
+REQUEST_TIMEOUT = 30.0
+LINGER_TIMEOUT = 2.0  # after refusing a request, how long to read (and drop) the rest of its body
+MAX_BATCH = 1000
+MAX_HEADER_BYTES = 16 * 1024
+RECEIVE_SIZE = 64 * 1024
+REFUSAL_LOG_INTERVAL = 60.0
+TOKEN_HINT = "missing or wrong API token: read it from HOME/api.json"
+UNAUTHORIZED_CODE = -32001  # core.errors.Unauthorized.code
 
 
 class ApiServer:
+    """Serves ``registry`` as JSON-RPC 2.0 on a loopback address until cancelled."""
+
     def __init__(self, registry: Registry, token: str, *, host: str = "127.0.0.1", port: int = 0,
-                 max_body: int = 1 << 20, title: str = "flair-node", version: str = __version__) -> None:
+                 max_body: int = 1 << 20, title: str = "flair-node", version: str = __version__,
+                 idle_timeout: float = IDLE_TIMEOUT, request_timeout: float = REQUEST_TIMEOUT) -> None:
         try:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
-            loopback = False
+            raise InvalidInput(f"API host {host!r} is not an IP address: use a loopback address such as 127.0.0.1",
+                               host=host) from None
         if not loopback:
-            raise InvalidInput(f"the API only listens on loopback addresses, not {host!r}", host=host)
+            raise InvalidInput(f"API host {host} is not a loopback address: the API listens only on 127.0.0.1 "
+                               "or ::1, so that only this machine can reach it", host=host)
+        if not token:
+            raise InvalidInput("the API token is empty: generate one, e.g. with secrets.token_urlsafe(32)")
+        if max_body < 1:
+            raise InvalidInput(f"max_body must be at least 1 byte, got {max_body}")
         self.registry = registry
+        self.host = host
+        self.port = port
+        self.max_body = max_body
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        #: ``http://127.0.0.1:PORT/`` once ``run`` is listening.
+        self.url: str | None = None
+        #: Requests refused for a missing or wrong token (logged at most once a minute).
+        self.refused_requests = 0
         self._token = token.encode()
-        self.host, self.port, self.max_body = host, port, max_body
-        self._discover = openrpc_document(registry, title, version)
+        self._discover = discover_method(registry, title, version)
+        self._last_refusal_log = -math.inf
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, report the URL through ``task_status.started``, and serve until cancelled."""
         listeners = await trio.open_tcp_listeners(self.port, host=self.host)
-        port = listeners[0].socket.getsockname()[1]
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        async with trio.open_nursery() as nursery:
-            task_status.started(f"http://{host}:{port}/")
-            await trio.serve_listeners(self._serve_connection, listeners, handler_nursery=nursery)
+        try:
+            address, port = listeners[0].socket.getsockname()[:2]
+            self.url = f"http://[{address}]:{port}/" if ":" in address else f"http://{address}:{port}/"
+            log.info("JSON-RPC API listening on %s", self.url)
+            task_status.started(self.url)
+            await trio.serve_listeners(self._serve_connection, listeners)
+        finally:
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await listener.aclose()
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         try:
-            while True:
-                with trio.move_on_after(IDLE_TIMEOUT) as idle:
-                    event = await self._next_event(conn, stream)
-                if idle.cancelled_caught or event is None or isinstance(event, h11.ConnectionClosed):
-                    return
-                if not isinstance(event, h11.Request):
-                    return
-                with trio.move_on_after(READ_TIMEOUT) as reading:
-                    status, body = await self._handle(conn, stream, event)
-                if reading.cancelled_caught:
-                    return
-                await self._respond(conn, stream, status, body)
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                    return
-                try:
-                    conn.start_next_cycle()
-                except h11.ProtocolError:
-                    return
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as exc:
-            log.debug("API connection dropped: %s", exc)
-        except Exception:
+            await _Connection(self, stream).serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
+            log.debug("API connection dropped: %r", exc)
+        except Exception:  # one connection's failure must not end the server
             log.exception("API connection failed")
         finally:
-            await stream.aclose()
+            await trio.aclose_forcefully(stream)
 
-    async def _next_event(self, conn: h11.Connection, stream: trio.SocketStream) -> Any:
-        while True:
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            data = await stream.receive_some(65536)
-            conn.receive_data(data)
+    async def answer(self, request: h11.Request, body: bytes) -> tuple[int, bytes | None, list[tuple[str, str]]]:
+        """HTTP status, body and extra headers answering one complete request."""
+        if request.target != b"/":
+            path = request.target.decode("ascii", "replace")
+            return 404, _error_body(InvalidRequest(f"nothing at {path}: POST JSON-RPC 2.0 requests to /")), []
+        if request.method != b"POST":
+            method = request.method.decode("ascii", "replace")
+            return 405, _error_body(InvalidRequest(f"{method} is not supported: POST JSON-RPC 2.0 requests to /")), \
+                [("allow", "POST")]
+        if not self._authorized(_header(request, b"authorization")):
+            self._note_refusal()
+            error = {"code": UNAUTHORIZED_CODE, "message": TOKEN_HINT}
+            return 401, json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode(), \
+                [("www-authenticate", 'Bearer realm="flair-node"')]
+        content_type = _header(request, b"content-type")
+        if content_type is not None and content_type.split(b";")[0].strip().lower() != b"application/json":
+            shown = content_type.decode("ascii", "replace")
+            return 415, _error_body(InvalidRequest(f"content type {shown} is not supported: send "
+                                                   "application/json")), []
+        reply = await self.dispatch(body)
+        return (204, None, []) if reply is None else (200, reply, [])
 
-    async def _handle(self, conn: h11.Connection, stream: trio.SocketStream,
-                      request: h11.Request) -> tuple[int, bytes | None]:
-        headers = {k.lower(): v for k, v in request.headers}
-        length = int(headers.get(b"content-length", b"0") or 0)
-        if length > self.max_body:
-            return 413, json.dumps(_error(INVALID_REQUEST, f"request body over {self.max_body} bytes")).encode()
+    async def dispatch(self, body: bytes) -> bytes | None:
+        """The encoded JSON-RPC answer to a request body; None when it held only notifications."""
+        try:
+            message = json.loads(body, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            return _error_body(ParseError(f"request body is not valid JSON: {exc}"))
+        if not isinstance(message, list):
+            reply = await self._call(message)
+            return None if reply is None else reply.encode()
+        if not message or len(message) > MAX_BATCH:
+            return _error_body(InvalidRequest(f"a batch must hold 1 to {MAX_BATCH} requests, got {len(message)}"))
+        replies = [r for r in [await self._call(m) for m in message] if r is not None]
+        return ("[" + ",".join(replies) + "]").encode() if replies else None
+
+    async def _call(self, message: Any) -> str | None:
+        """The encoded answer to one request object; None for a notification."""
+        if not isinstance(message, dict):
+            return _error_reply(None, InvalidRequest(f"a request must be an object, got {json_type(message)}"))
+        req_id = message.get("id")
+        if req_id is not None and json_type(req_id) not in ("string", "integer", "number"):
+            return _error_reply(None, InvalidRequest(f"id must be a string, a number or null, got "
+                                                     f"{json_type(req_id)}"))
+        if message.get("jsonrpc") != "2.0":
+            return _error_reply(req_id, InvalidRequest('not a JSON-RPC 2.0 request: set "jsonrpc": "2.0"'))
+        name = message.get("method")
+        if not isinstance(name, str):
+            return _error_reply(req_id, InvalidRequest(f"method must be a string, got {json_type(name)}"))
+        notification = "id" not in message
+        try:
+            method: Method = self._discover if name == DISCOVER else self.registry.lookup(name)
+            result = await method.handler(**validate_params(method, message.get("params")))
+            if notification:
+                return None
+            return json.dumps({"jsonrpc": "2.0", "id": req_id, "result": result}, allow_nan=False)
+        except Exception as exc:
+            error = _lone_flair_error(exc)
+            if error is not None:
+                log.debug("%s failed: %s", name, error)
+            else:
+                log.exception("internal error in %s (request id %r)", name, req_id)
+                error = InternalError(f"internal error in {name}: the daemon's log has the details", method=name)
+            return None if notification else _error_reply(req_id, error)
+
+    def _authorized(self, header: bytes | None) -> bool:
+        if header is None:
+            return False
+        scheme, _, credentials = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token)
+
+    def _note_refusal(self) -> None:
+        self.refused_requests += 1
+        now = trio.current_time()
+        if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL:
+            self._last_refusal_log = now
+            log.warning("refused an API request with a missing or wrong token (%d so far); clients read the "
+                        "token from HOME/api.json", self.refused_requests)
+
+
+class _Refused(Exception):
+    """A request answered with an HTTP error before it was read in full; the connection is closed after."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Connection:
+    """One HTTP/1.1 connection: requests one after another (keep-alive) until the client or a timeout ends it."""
+
+    def __init__(self, server: ApiServer, stream: trio.SocketStream) -> None:
+        self.server = server
+        self.stream = stream
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+
+    async def serve(self) -> None:
+        while await self._wait_for_request():
+            try:
+                with trio.fail_after(self.server.request_timeout):
+                    request, body = await self._read_request()
+            except EOFError:
+                return
+            except trio.TooSlowError:
+                await self._refuse(408, f"request not received in full within {self.server.request_timeout:g} s")
+                return
+            except _Refused as exc:
+                await self._refuse(exc.status, str(exc))
+                return
+            except h11.RemoteProtocolError as exc:
+                await self._refuse(exc.error_status_hint, f"malformed HTTP request: {exc}")
+                return
+            status, payload, headers = await self.server.answer(request, body)
+            with trio.fail_after(self.server.request_timeout):
+                await self._send(status, payload, headers)
+            if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
+                return  # the client asked to close, or spoke HTTP/1.0
+            self.conn.start_next_cycle()
+
+    async def _wait_for_request(self) -> bool:
+        """Wait up to the idle timeout for the next request to start; False when the connection should close."""
+        if self.conn.trailing_data[0]:  # the client already sent (part of) it
+            return True
+        with trio.move_on_after(self.server.idle_timeout):
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            self.conn.receive_data(data)
+            return bool(data)
+        log.debug("closing an API connection idle for %g s", self.server.idle_timeout)
+        return False
+
+    async def _read_request(self) -> tuple[h11.Request, bytes]:
+        request = await self._next_event()
+        if not isinstance(request, h11.Request):
+            raise EOFError
+        length = _header(request, b"content-length")
+        if length is not None and int(length) > self.server.max_body:
+            raise _Refused(413, f"request body of {int(length)} bytes is over the limit of "
+                                f"{self.server.max_body} bytes")
+        if self.conn.client_is_waiting_for_100_continue:
+            await self.stream.send_all(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
         body = bytearray()
         while True:
-            event = await self._next_event(conn, stream)
+            event = await self._next_event()
             if isinstance(event, h11.Data):
                 body += event.data
-                if len(body) > self.max_body:
-                    return 413, json.dumps(_error(INVALID_REQUEST, f"request body over {self.max_body} bytes")).encode()
+                if len(body) > self.server.max_body:
+                    raise _Refused(413, f"request body is over the limit of {self.server.max_body} bytes")
             elif isinstance(event, h11.EndOfMessage):
-                break
+                return request, bytes(body)
             else:
-                return 400, None
-        if request.target.split(b"?")[0] != b"/":
-            return 404, json.dumps(_error(INVALID_REQUEST, "not found: POST JSON-RPC to /")).encode()
-        if request.method != b"POST":
-            return 405, json.dumps(_error(INVALID_REQUEST, "use POST for JSON-RPC")).encode()
-        auth = headers.get(b"authorization", b"")
-        if not (auth.startswith(b"Bearer ") and hmac.compare_digest(auth[7:].strip(), self._token)):
-            refusal = _error(UNAUTHORIZED, "missing or wrong API token: read it from HOME/api.json")
-            return 401, json.dumps(refusal).encode()
-        reply = await self.dispatch(bytes(body))
-        return (200, json.dumps(reply).encode()) if reply is not None else (204, None)
+                raise EOFError
 
-    async def _respond(self, conn: h11.Connection, stream: trio.SocketStream, status: int, body: bytes | None) -> None:
-        headers = [("content-type", "application/json"), ("content-length", str(len(body or b"")))]
-        if status in (400, 413):
-            headers.append(("connection", "close"))
-        for event in (h11.Response(status_code=status, headers=headers), h11.Data(data=body or b""),
-                      h11.EndOfMessage()):
-            if isinstance(event, h11.Data) and not event.data:
-                continue
-            await stream.send_all(conn.send(event) or b"")
+    async def _next_event(self) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self.conn.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
 
-    async def dispatch(self, body: bytes) -> Any:
-        """The JSON-RPC reply to ``body`` (None when it holds only notifications)."""
+    async def _send(self, status: int, body: bytes | None, headers: list[tuple[str, str]], *,
+                    close: bool = False) -> None:
+        all_headers = [("cache-control", "no-store"), *headers]
+        if body is not None:
+            all_headers += [("content-type", "application/json"), ("content-length", str(len(body)))]
+        if close:
+            all_headers.append(("connection", "close"))
         try:
-            message = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return _error(PARSE_ERROR, f"request is not valid JSON: {exc}")
-        if isinstance(message, list):
-            if not message or len(message) > MAX_BATCH:
-                return _error(INVALID_REQUEST, f"a batch holds 1 to {MAX_BATCH} requests")
-            replies = [r for r in [await self._call(m) for m in message] if r is not None]
-            return replies or None
-        return await self._call(message)
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""
+        out = self.conn.send(h11.Response(status_code=status, headers=all_headers, reason=reason)) or b""
+        if body:
+            out += self.conn.send(h11.Data(data=body)) or b""
+        out += self.conn.send(h11.EndOfMessage()) or b""
+        await self.stream.send_all(out)
 
-    async def _call(self, message: Any) -> dict[str, Any] | None:
-        if not (isinstance(message, dict) and message.get("jsonrpc") == "2.0"
-                and isinstance(message.get("method"), str)):
-            req_id = message.get("id") if isinstance(message, dict) else None
-            return _error(INVALID_REQUEST, "not a JSON-RPC 2.0 request (needs jsonrpc: \"2.0\" and a method)", req_id)
-        req_id = message.get("id")
-        notification = "id" not in message
-        if not (req_id is None or isinstance(req_id, str | int)) or isinstance(req_id, bool):
-            return _error(INVALID_REQUEST, "id must be a string, a number or null")
-        name = message["method"]
+    async def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` if HTTP still allows an answer, then read and drop what the client still sends.
+
+        Closing a socket with unread data makes the kernel reset the connection, and the client would see
+        the reset instead of the answer; so the rest of the request is drained for a moment first.
+        """
+        log.debug("refusing an API request with HTTP %d: %s", status, message)
         try:
-            if name == "rpc.discover":
-                result: Any = self._discover
-            else:
-                method = self.registry.get(name)
-                if method is None:
-                    reply = _error(METHOD_NOT_FOUND, f"no method {name!r}: rpc.discover lists them", req_id)
-                    return None if notification else reply
-                kwargs = self.registry.validate(method, message.get("params"))
-                result = await method.handler(**kwargs)
-        except FlairError as exc:
-            reply = _error(exc.code, exc.message, req_id, exc.data)
-        except Exception:
-            log.exception("method %s failed", name)
-            reply = _error(INTERNAL_ERROR, f"internal error in {name}: see the daemon's log", req_id)
-        else:
-            reply = {"jsonrpc": "2.0", "result": result, "id": req_id}
-        return None if notification else reply
+            with trio.fail_after(self.server.request_timeout):
+                await self._send(status, _error_body(InvalidRequest(message)), [], close=True)
+        except h11.LocalProtocolError:  # too early in the request for an HTTP answer
+            return
+        with trio.move_on_after(LINGER_TIMEOUT):
+            await self.stream.send_eof()
+            while await self.stream.receive_some(RECEIVE_SIZE):
+                pass
+
+
+def _header(request: h11.Request, name: bytes) -> bytes | None:
+    for key, value in request.headers:  # h11 lower-cases header names
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _error_reply(req_id: Any, error: FlairError) -> str:
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.data:
+        body["data"] = error.data
+    return json.dumps({"jsonrpc": "2.0", "id": req_id, "error": body}, default=str)
+
+
+def _error_body(error: FlairError) -> bytes:
+    return _error_reply(None, error).encode()
+
+
+def _lone_flair_error(exc: Exception) -> FlairError | None:
+    """``exc`` if it is a FlairError, or the single FlairError a handler's nursery wrapped in a group."""
+    inner: BaseException = exc
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+    return inner if isinstance(inner, FlairError) else None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+__all__ = ["ApiServer", "IDLE_TIMEOUT", "REQUEST_TIMEOUT"]

@@ -15,7 +15,9 @@ Every error Flair raises on purpose is a ``FlairError``. Those that can cross th
     ├── RefConflict                 -32009  compare-and-swap on a branch lost: retry on the new head
     ├── MergeError                  -32012  inputs that cannot be merged (no common base, non-finite values, ...)
     ├── IntegrityError              -32013  stored bytes whose hash or signature do not check out
-    └── Unauthorized                -32001  missing or wrong API token (HTTP 401)
+    ├── Unauthorized                -32001  missing or wrong API token (HTTP 401)
+    └── (api/errors.py)                     JSON-RPC protocol errors: ParseError -32700, InvalidRequest -32600,
+                                            MethodNotFound -32601, InternalError -32603
 """
 
 from __future__ import annotations

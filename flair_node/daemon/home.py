@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..api.client import API_FILE
 from ..core.errors import FlairError
 from ..core.identity import Identity
 from ..storage.atomic import atomic_write
@@ -23,7 +24,6 @@ from .config import NodeConfig
 
 IDENTITY_FILE = "identity.json"
 CONFIG_FILE = "config.toml"
-API_FILE = "api.json"
 DEFAULT_CONFIG = (Path(__file__).resolve().parents[2] / "configs" / "node.toml")
 
 
