@@ -19,9 +19,10 @@ from ..core.errors import InvalidInput
 from ..core.identity import Identity
 from ..core.objects import Commit
 from ..core.refs import DEFAULT_BRANCH
+from ..storage.atomic import atomic_write
 from ..storage.repo import STRATEGIES, Repo
 from ..storage.repos import RepoSet
-from ..tensors.safetensors_io import load_file, save_file
+from ..tensors.safetensors_io import load_file, save_bytes
 from .registry import Param, Registry
 
 T = TypeVar("T")
@@ -224,7 +225,7 @@ def build_registry(identity: Identity, repos: RepoSet) -> Registry:
             r = repos.open(repo)
             cid = r.resolve(commit)
             out = _output_path(output_path, overwrite)
-            save_file(r.materialize(cid), out)
+            atomic_write(out, save_bytes(r.materialize(cid)), mode=0o600)
             return {"commit": cid, "path": str(out), "bytes": out.stat().st_size}
         return await off_thread(work)
 

@@ -11,7 +11,8 @@ import torch
 
 from ..api.client import ApiClient
 from ..core.refs import DEFAULT_BRANCH
-from ..tensors.safetensors_io import StateDict, load_file, save_file
+from ..storage.atomic import atomic_write
+from ..tensors.safetensors_io import StateDict, load_file, save_bytes
 
 
 class Repo:
@@ -36,7 +37,7 @@ class Repo:
         home = Path(home)
         client = ApiClient.from_home(home)
         with _scratch(home) as path:
-            save_file(_state_dict(model), path)
+            atomic_write(path, save_bytes(_state_dict(model)), mode=0o600)
             info = client.call("repo.init", name=name, model_path=str(path))
         return cls(client, home, info["repo"])
 
@@ -51,7 +52,7 @@ class Repo:
                expected_head: str | None = None) -> str:
         """Commit ``model``'s weights on ``branch``; returns the commit id."""
         with _scratch(self.home) as path:
-            save_file(_state_dict(model), path)
+            atomic_write(path, save_bytes(_state_dict(model)), mode=0o600)
             result = self.client.call("repo.commit", repo=self.id, weights_path=str(path), message=message,
                                       branch=branch, examples=num_examples, metrics=dict(metrics or {}),
                                       expected_head=expected_head)

@@ -1,4 +1,7 @@
-"""state_dict <-> safetensors, and the repository's tensor layout. Never pickle, never ``torch.load``."""
+"""state_dict <-> safetensors bytes, and the repository's tensor layout. Never pickle, never ``torch.load``.
+
+Writing files durably is storage's job (``storage.atomic.atomic_write(path, save_bytes(state))``).
+"""
 
 from __future__ import annotations
 
@@ -60,23 +63,6 @@ def load_file(path: str | os.PathLike[str]) -> StateDict:
 
 def save_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
     return bytes(safetensors.torch.save({k: v.contiguous() for k, v in state.items()}))
-
-
-def save_file(state: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
-    """Write ``state`` to ``path`` atomically (temp file, fsync, rename), readable only by its owner."""
-    path = Path(path)
-    data = save_bytes(state)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def layout_of(state: Mapping[str, torch.Tensor]) -> tuple[TensorSpec, ...]:
