@@ -60,6 +60,13 @@ def test_commit_and_checkout_are_exact(repo):
     assert dict(c1.metrics) == {"acc": "0.5"}
     assert repo.resolve(c1.id[:6]) == c1.id
     assert repo.resolve("main") == c1.id
+    c2 = repo.commit_weights(ME, tiny_state(2), message="two")
+    root = c1.parents[0]
+    assert repo.resolve("main~1") == repo.resolve("main^") == c1.id
+    assert repo.resolve("main~2") == repo.resolve(f"{c2.id[:8]}^^") == root
+    assert repo.resolve("main~0") == c2.id
+    with pytest.raises(CommitNotFound, match="no parent"):
+        repo.resolve("main~3")
 
 
 def test_layout_mismatch_names_the_tensor(repo):

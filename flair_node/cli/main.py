@@ -212,13 +212,13 @@ def _log_text(r: dict[str, Any], graph: bool) -> str:
 
 
 def _show_text(r: dict[str, Any]) -> str:
-    lines = [f"commit {r['id']}  ({r['kind']})", f"parents: {' '.join(p[:12] for p in r['parents']) or '-'}",
-             f"author:  {r['author']}", f"date:    {_when(r['timestamp_ms'])} UTC",
-             f"payload: {r['payload']['codec']} {r['payload']['size']:,} bytes ({r['payload']['blob'][:12]})"]
+    lines = [f"commit {r['id']}  ({r['kind']})", f"parents:  {' '.join(p[:12] for p in r['parents']) or '-'}",
+             f"author:   {r['author']}", f"date:     {_when(r['timestamp_ms'])} UTC",
+             f"payload:  {r['payload']['codec']} {r['payload']['size']:,} bytes ({r['payload']['blob'][:12]})"]
     for key, value in sorted(r["meta"].items()):
-        lines.append(f"{key + ':':<9}{value}")
+        lines.append(f"{key + ':':<10}{value}")
     if r["metrics"]:
-        lines.append("metrics: " + " ".join(f"{k}={v:g}" for k, v in sorted(r["metrics"].items())))
+        lines.append("metrics:  " + " ".join(f"{k}={v:g}" for k, v in sorted(r["metrics"].items())))
     lines += ["", f"    {r['message']}", ""]
     if r["changes"]:
         lines.append(_diff_text(r["changes"]))

@@ -9,6 +9,7 @@ scale and integer weights, so anyone holding the same inputs re-derives the same
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -38,6 +39,7 @@ from ..tensors.safetensors_io import StateDict, check_layout, layout_of
 from .stores import ObjectStore, RefStore
 
 STRATEGIES = ("average", "task-arithmetic")
+_ANCESTRY = re.compile(r"^(?P<rev>.+?)(?:(?P<op>~)(?P<n>\d{1,6})?|(?P<carets>\^+))$")
 _CACHE_STATES = 4
 
 
@@ -140,7 +142,20 @@ class Repo:
         return head
 
     def resolve(self, rev: str) -> CommitId:
-        """A branch name, a full commit id or an unambiguous prefix of one, as a commit id."""
+        """A branch name, a full commit id or an unambiguous prefix of one, as a commit id.
+
+        As in git, ``REV~N`` is the N-th first-parent ancestor of REV and ``REV^`` its first parent.
+        """
+        match = _ANCESTRY.match(rev)
+        if match:
+            cid = self.resolve(match["rev"])
+            steps = int(match["n"] or 1) if match["op"] == "~" else len(match["carets"])
+            for _ in range(steps):
+                parents = self.commit(cid).parents
+                if not parents:
+                    raise CommitNotFound(f"{rev}: {short(cid)} has no parent", commit=rev)
+                cid = parents[0]
+            return cid
         try:
             ref = self.refs.get(check_branch_name(rev))
         except InvalidInput:
