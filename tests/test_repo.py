@@ -4,7 +4,6 @@ import threading
 
 import pytest
 import torch
-from flair_node.tensors.fixedpoint import combine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +18,7 @@ from flair_node.core.errors import (
 )
 from flair_node.core.identity import Identity
 from flair_node.storage.repos import RepoSet
+from flair_node.tensors.fixedpoint import combine
 from flair_node.testing.graph import build_commit_graph, tiny_state
 
 ME = Identity.generate()
