@@ -6,13 +6,12 @@ import argparse
 import json
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..api.client import ApiClient
 from ..core.errors import FlairError
-from .graph import render_graph
+from .format import diff_text, log_text, show_text, status_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -152,16 +151,16 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
         return r, r["id"]
     if a.verb == "log":
         r = c.call("repo.log", repo=a.repo, branch=a.branch, limit=a.limit)
-        return r, _log_text(r, a.graph)
+        return r, log_text(r, a.graph)
     if a.verb == "show":
         r = c.call("repo.show", repo=a.repo, commit=a.commit)
-        return r, _show_text(r)
+        return r, show_text(r)
     if a.verb == "diff":
         r = c.call("repo.diff", repo=a.repo, a=a.a, b=a.b)
-        return r, _diff_text(r["tensors"]) + f"\ntotal L2 {r['total_l2']:.6g}"
+        return r, diff_text(r["tensors"]) + f"\ntotal L2 {r['total_l2']:.6g}"
     if a.verb == "status":
         r = c.call("repo.status", repo=a.repo)
-        return r, _status_text(r)
+        return r, status_text(r)
     if a.verb == "branch":
         r = c.call("repo.branch", repo=a.repo, name=a.name, at=a.at)
         return r, "\n".join(f"{'+' if b == a.name else ' '} {b:<24} {h[:12]}" for b, h in r["branches"].items())
@@ -182,63 +181,6 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
         lines += [f"  {p['object'][:12]}  {p['what']}" for p in r["problems"]]
         return r, "\n".join(lines)
     raise FlairError(f"unknown verb {a.verb}")
-
-
-def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _label(commit: dict[str, Any], tips: dict[str, list[str]]) -> str:
-    refs = f" ({', '.join(tips[commit['id']])})" if commit["id"] in tips else ""
-    first = commit["message"].splitlines()[0] if commit["message"] else ""
-    metrics = " ".join(f"{k}={v:g}" for k, v in sorted(commit["metrics"].items()))
-    return f"{commit['id'][:10]}{refs} {commit['kind']}: {first}" + (f"  [{metrics}]" if metrics else "")
-
-
-def _log_text(r: dict[str, Any], graph: bool) -> str:
-    tips: dict[str, list[str]] = {}
-    for branch, head in r["branches"].items():
-        tips.setdefault(head, []).append(branch)
-    if graph:
-        return "\n".join(render_graph(r["commits"], lambda c: _label(c, tips)))
-    blocks = []
-    for c in r["commits"]:
-        lines = [f"commit {c['id']}" + (f" ({', '.join(tips[c['id']])})" if c["id"] in tips else "")]
-        if len(c["parents"]) > 1:
-            lines.append("merge:  " + " ".join(p[:10] for p in c["parents"]))
-        lines += [f"author: {c['author']}", f"date:   {_when(c['timestamp_ms'])} UTC", "", f"    {c['message']}"]
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)
-
-
-def _show_text(r: dict[str, Any]) -> str:
-    lines = [f"commit {r['id']}  ({r['kind']})", f"parents:  {' '.join(p[:12] for p in r['parents']) or '-'}",
-             f"author:   {r['author']}", f"date:     {_when(r['timestamp_ms'])} UTC",
-             f"payload:  {r['payload']['codec']} {r['payload']['size']:,} bytes ({r['payload']['blob'][:12]})"]
-    for key, value in sorted(r["meta"].items()):
-        lines.append(f"{key + ':':<10}{value}")
-    if r["metrics"]:
-        lines.append("metrics:  " + " ".join(f"{k}={v:g}" for k, v in sorted(r["metrics"].items())))
-    lines += ["", f"    {r['message']}", ""]
-    if r["changes"]:
-        lines.append(_diff_text(r["changes"]))
-    return "\n".join(lines)
-
-
-def _diff_text(tensors: list[dict[str, Any]]) -> str:
-    width = max((len(t["name"]) for t in tensors), default=6)
-    lines = [f"{'tensor':<{width}}  {'L2':>12}  {'max |d|':>12}  changed"]
-    lines += [f"{t['name']:<{width}}  {t['l2']:>12.6g}  {t['max_abs']:>12.6g}  {t['changed']:,}" for t in tensors]
-    return "\n".join(lines)
-
-
-def _status_text(r: dict[str, Any]) -> str:
-    lines = [f"repository {r['name']} ({r['repo']})", f"owner      {r['owner']}",
-             f"model      {r['tensors']} tensors, {r['parameters']:,} parameters", f"commits    {r['commits']}",
-             "branches:"]
-    for branch, head in r["heads"].items():
-        lines.append(f"  {branch:<20} {head['id'][:12]}  {head['kind']}: {head['message'].splitlines()[0]}")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..cli.main import _log_text
+from ..cli.format import log_text
 from ..sdk import Repo
 from ..testing.daemon import running_daemon
 from ..testing.models import accuracy, load_digits_split, make_mlp, partition, train_local
@@ -67,7 +67,7 @@ def run_demo(keep: Path | None = None) -> int:
             results = [_round(repo, n, slices, x_test, y_test) for n in range(1, ROUNDS + 1)]
 
             print(f"\n$ flair log {REPO_NAME} --graph")
-            print(_log_text(repo.log(), graph=True))
+            print(log_text(repo.log(), graph=True))
 
         print("\n                 test accuracy")
         print(f"  initial model  {_pct(initial):>8}")

@@ -1,0 +1,65 @@
+"""Human-readable renderings of API results for the CLI (``--json`` prints the results themselves)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from .graph import render_graph
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def commit_label(commit: dict[str, Any], tips: dict[str, list[str]]) -> str:
+    refs = f" ({', '.join(tips[commit['id']])})" if commit["id"] in tips else ""
+    first = commit["message"].splitlines()[0] if commit["message"] else ""
+    metrics = " ".join(f"{k}={v:g}" for k, v in sorted(commit["metrics"].items()))
+    return f"{commit['id'][:10]}{refs} {commit['kind']}: {first}" + (f"  [{metrics}]" if metrics else "")
+
+
+def log_text(r: dict[str, Any], graph: bool) -> str:
+    tips: dict[str, list[str]] = {}
+    for branch, head in r["branches"].items():
+        tips.setdefault(head, []).append(branch)
+    if graph:
+        return "\n".join(render_graph(r["commits"], lambda c: commit_label(c, tips)))
+    blocks = []
+    for c in r["commits"]:
+        lines = [f"commit {c['id']}" + (f" ({', '.join(tips[c['id']])})" if c["id"] in tips else "")]
+        if len(c["parents"]) > 1:
+            lines.append("merge:  " + " ".join(p[:10] for p in c["parents"]))
+        lines += [f"author: {c['author']}", f"date:   {_when(c['timestamp_ms'])} UTC", "", f"    {c['message']}"]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def show_text(r: dict[str, Any]) -> str:
+    lines = [f"commit {r['id']}  ({r['kind']})", f"parents:  {' '.join(p[:12] for p in r['parents']) or '-'}",
+             f"author:   {r['author']}", f"date:     {_when(r['timestamp_ms'])} UTC",
+             f"payload:  {r['payload']['codec']} {r['payload']['size']:,} bytes ({r['payload']['blob'][:12]})"]
+    for key, value in sorted(r["meta"].items()):
+        lines.append(f"{key + ':':<10}{value}")
+    if r["metrics"]:
+        lines.append("metrics:  " + " ".join(f"{k}={v:g}" for k, v in sorted(r["metrics"].items())))
+    lines += ["", f"    {r['message']}", ""]
+    if r["changes"]:
+        lines.append(diff_text(r["changes"]))
+    return "\n".join(lines)
+
+
+def diff_text(tensors: list[dict[str, Any]]) -> str:
+    width = max((len(t["name"]) for t in tensors), default=6)
+    lines = [f"{'tensor':<{width}}  {'L2':>12}  {'max |d|':>12}  changed"]
+    lines += [f"{t['name']:<{width}}  {t['l2']:>12.6g}  {t['max_abs']:>12.6g}  {t['changed']:,}" for t in tensors]
+    return "\n".join(lines)
+
+
+def status_text(r: dict[str, Any]) -> str:
+    lines = [f"repository {r['name']} ({r['repo']})", f"owner      {r['owner']}",
+             f"model      {r['tensors']} tensors, {r['parameters']:,} parameters", f"commits    {r['commits']}",
+             "branches:"]
+    for branch, head in r["heads"].items():
+        lines.append(f"  {branch:<20} {head['id'][:12]}  {head['kind']}: {head['message'].splitlines()[0]}")
+    return "\n".join(lines)
