@@ -74,9 +74,9 @@ class RepoSet:
     def open(self, key: str) -> Repo:
         """The repository with id ``key``, an unambiguous id prefix, or the name ``key``."""
         with self._lock:
-            for rid, repo in self._open.items():
-                if rid == key:
-                    return repo
+            opened = self._open.get(RepoId(key))
+        if opened is not None:
+            return opened
         ids = self._refs.repo_ids()
         matches = [rid for rid in ids if rid == key] or [rid for rid in ids if len(key) >= 4 and rid.startswith(key)]
         if not matches:
