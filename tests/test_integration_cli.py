@@ -77,6 +77,9 @@ def test_cli_tour(tmp_path):
         assert all(torch.equal(load_file(str(tmp_path / "m0.safetensors"))[k], v)
                    for k, v in load_file(str(out)).items())
         assert "no damage" in flair(home, "fsck", "tour").stdout
+        gc = json.loads(flair(home, "gc", "--json").stdout)
+        assert gc["blocks_removed"] == 0 and gc["blocks_kept"] == 5  # one payload block for each of 5 commits
+        assert json.loads(flair(home, "show", "tour", "main", "--json").stdout)["payload"]["cid"].startswith("bafk")
 
         methods = {m["name"] for m in daemon.client.call("rpc.discover")["methods"]}
         assert {"repo.commit", "repo.merge", "repo.fsck", "rpc.discover"} <= methods

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flair_node.core import graph
+from flair_node.core.cid import parse_cid
 from flair_node.core.errors import (
     CommitNotFound,
     LayoutMismatch,
@@ -198,7 +199,8 @@ def test_fsck_clean_then_detects_damage(tmp_path):
     c1 = repo.commit_weights(ME, tiny_state(1), message="one")
     checked, problems = repo.fsck()
     assert checked == 2 and problems == []
-    blob = tmp_path / "home" / "objects" / c1.payload.blob[:2] / c1.payload.blob[2:]
+    key = parse_cid(c1.payload.cid).key
+    blob = tmp_path / "home" / "blocks" / key[:2] / key[2:]
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0xFF
     blob.write_bytes(bytes(data))

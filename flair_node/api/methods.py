@@ -43,7 +43,7 @@ def commit_json(commit: Commit) -> dict[str, Any]:
         "timestamp_ms": commit.timestamp_ms,
         "kind": commit.kind,
         "message": commit.message,
-        "payload": {"blob": commit.payload.blob, "codec": commit.payload.codec, "size": commit.payload.size},
+        "payload": {"cid": commit.payload.cid, "codec": commit.payload.codec, "size": commit.payload.size},
         "meta": dict(commit.meta),
         "metrics": {k: float(v) for k, v in commit.metrics.items()},
     }
@@ -101,6 +101,12 @@ def build_registry(identity: Identity, repos: RepoSet) -> Registry:
         listed = await off_thread(repos.all)
         return {"version": __version__, "public_key": identity.public_key, "pid": os.getpid(),
                 "repositories": len(listed)}
+
+    @registry.method("node.gc", "Delete every block no commit of a local repository reaches (unpinned blocks).",
+                     params=(), result={"type": "object"})
+    async def node_gc() -> dict[str, Any]:
+        kept, removed = await off_thread(repos.gc)
+        return {"blocks_kept": kept, "blocks_removed": removed}
 
     @registry.method("repo.list", "Every repository on this node.", params=(), result={"type": "array"})
     async def repo_list() -> list[dict[str, Any]]:

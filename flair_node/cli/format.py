@@ -38,7 +38,7 @@ def log_text(r: dict[str, Any], graph: bool) -> str:
 def show_text(r: dict[str, Any]) -> str:
     lines = [f"commit {r['id']}  ({r['kind']})", f"parents:  {' '.join(p[:12] for p in r['parents']) or '-'}",
              f"author:   {r['author']}", f"date:     {_when(r['timestamp_ms'])} UTC",
-             f"payload:  {r['payload']['codec']} {r['payload']['size']:,} bytes ({r['payload']['blob'][:12]})"]
+             f"payload:  {r['payload']['codec']} {r['payload']['size']:,} bytes ({r['payload']['cid']})"]
     for key, value in sorted(r["meta"].items()):
         lines.append(f"{key + ':':<10}{value}")
     if r["metrics"]:

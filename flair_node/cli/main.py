@@ -85,8 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--branch", default="main")
     p.add_argument("-m", "--message")
 
-    p = verb("fsck", "recompute every id, signature and payload hash")
+    p = verb("fsck", "recompute every id, signature and block hash")
     p.add_argument("repo")
+
+    verb("gc", "delete the blocks that no commit of a local repository reaches")
     return parser
 
 
@@ -180,6 +182,9 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
         lines = [f"checked {r['checked']} commits: " + ("no damage" if r["ok"] else f"{len(r['problems'])} problems")]
         lines += [f"  {p['object'][:12]}  {p['what']}" for p in r["problems"]]
         return r, "\n".join(lines)
+    if a.verb == "gc":
+        r = c.call("node.gc")
+        return r, f"kept {r['blocks_kept']} pinned blocks, removed {r['blocks_removed']} unpinned"
     raise FlairError(f"unknown verb {a.verb}")
 
 

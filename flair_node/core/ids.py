@@ -16,6 +16,8 @@ RepoId = NewType("RepoId", str)
 BlobId = NewType("BlobId", str)
 #: Base58 Ed25519 public key: the node's peer id, commit author and Solana address.
 PublicKey = NewType("PublicKey", str)
+#: An IPFS content identifier in text form (CIDv1 base32), see ``core.cid``.
+Cid = NewType("Cid", str)
 #: A branch name, validated by ``refs.check_branch_name``.
 BranchName = NewType("BranchName", str)
 

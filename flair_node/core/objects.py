@@ -13,9 +13,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import encoding
+from .cid import parse_cid
 from .errors import IntegrityError, InvalidInput
 from .identity import Identity, verify
-from .ids import BlobId, CommitId, PublicKey, RepoId, is_full_id, sha256_hex
+from .ids import Cid, CommitId, PublicKey, RepoId, is_full_id, sha256_hex
 
 RECORD_VERSION = 1
 COMMIT_KINDS = ("init", "commit", "merge", "revert")
@@ -45,9 +46,9 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Payload:
-    """Where a commit's tensors are: the blob's id, its codec and size in bytes."""
+    """Where a commit's tensors are: the root CID of their UnixFS DAG, the codec, and the size in bytes."""
 
-    blob: BlobId
+    cid: Cid
     codec: str
     size: int
 
@@ -77,7 +78,7 @@ class Commit:
             "timestamp_ms": self.timestamp_ms,
             "kind": self.kind,
             "message": self.message,
-            "payload": {"blob": self.payload.blob, "codec": self.payload.codec, "size": self.payload.size},
+            "payload": {"cid": self.payload.cid, "codec": self.payload.codec, "size": self.payload.size},
             "meta": dict(self.meta),
             "metrics": dict(self.metrics),
         }
@@ -115,7 +116,7 @@ class Commit:
                 kind=_choice(body["kind"], "kind", COMMIT_KINDS),
                 message=_str(body["message"], "message", MAX_MESSAGE),
                 payload=Payload(
-                    blob=BlobId(_hex_id(payload["blob"], "payload.blob")),
+                    cid=_cid(payload["cid"], "payload.cid"),
                     codec=_choice(payload["codec"], "payload.codec", CODECS),
                     size=_int(payload["size"], "payload.size"),
                 ),
@@ -235,6 +236,18 @@ def _hex_id(value: Any, what: str) -> str:
     if not isinstance(value, str) or not is_full_id(value):
         raise IntegrityError(f"{what} must be a 64-digit hex id")
     return value
+
+
+def _cid(value: Any, what: str) -> Cid:
+    if not isinstance(value, str):
+        raise IntegrityError(f"{what} must be a CID")
+    try:
+        canonical = parse_cid(value).text
+    except InvalidInput as exc:
+        raise IntegrityError(f"{what}: {exc}") from None
+    if canonical != value:
+        raise IntegrityError(f"{what} must be a CIDv1 in base32, as Flair writes them")
+    return canonical
 
 
 def _list(value: Any, what: str) -> list[Any]:

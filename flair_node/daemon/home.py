@@ -3,7 +3,8 @@
     HOME/identity.json   Solana CLI keypair of the node (0600)
     HOME/config.toml     daemon configuration (optional)
     HOME/api.json        {"url", "token"} of the running daemon (0600), removed on a clean stop
-    HOME/objects/        content-addressed objects (commits, repository records, payloads)
+    HOME/objects/        commit and repository records, under their ids
+    HOME/blocks/         payload blocks (UnixFS DAGs), under the SHA-256 of each block
     HOME/repos/ID/refs/  branches of each repository
     HOME/tmp/            scratch space for the CLI and SDK (0700)
 """

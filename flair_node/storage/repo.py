@@ -29,13 +29,14 @@ from ..core.errors import (
     RepositoryNotFound,
 )
 from ..core.identity import Identity
-from ..core.ids import BlobId, BranchName, CommitId, RepoId, check_id_prefix, is_full_id, sha256_hex, short
+from ..core.ids import BranchName, CommitId, RepoId, check_id_prefix, is_full_id, short
 from ..core.objects import Commit, Payload, RepositoryRecord, metric_text
 from ..core.refs import DEFAULT_BRANCH, check_branch_name
 from ..tensors.codec import decode_payload, encode_payload
 from ..tensors.diff import tensor_diff
 from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine, normalize_weights
 from ..tensors.safetensors_io import StateDict, check_layout, layout_of
+from . import unixfs
 from .stores import ObjectStore, RefStore
 
 STRATEGIES = ("average", "task-arithmetic")
@@ -56,9 +57,14 @@ class Problem:
 
 
 class Repo:
-    def __init__(self, record: RepositoryRecord, objects: ObjectStore, refs: RefStore) -> None:
+    def __init__(self, record: RepositoryRecord, objects: ObjectStore, blocks: unixfs.BlockStore,
+                 refs: RefStore, *, write_lock: threading.Lock | None = None) -> None:
         self.record = record
+        #: Held while a commit's blocks are written and its branch moved: garbage collection holds it too,
+        #: so it never sees blocks that are written but not yet reachable from a branch.
+        self.write_lock = write_lock or threading.Lock()
         self.objects = objects
+        self.blocks = blocks
         self.refs = refs
         self._commits: dict[CommitId, Commit] = {}
         self._states: OrderedDict[CommitId, StateDict] = OrderedDict()
@@ -75,8 +81,9 @@ class Repo:
     # -- creating and opening ---------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, objects: ObjectStore, refs_for: Callable[[RepoId], RefStore], identity: Identity, name: str,
-               state: StateDict, *, message: str = "initial weights") -> Repo:
+    def create(cls, objects: ObjectStore, blocks: unixfs.BlockStore, refs_for: Callable[[RepoId], RefStore],
+               identity: Identity, name: str, state: StateDict, *, message: str = "initial weights",
+               write_lock: threading.Lock | None = None) -> Repo:
         """A new repository whose commit 0 is ``state``; ``refs_for`` gives the ref store for its id."""
         if not name.strip() or len(name) > 200:
             raise InvalidInput("a repository name is 1 to 200 characters", name=name)
@@ -87,20 +94,21 @@ class Repo:
             layout=layout_of(state),
         ).signed(identity)
         objects.put(record.id, record.encode())
-        repo = cls(record, objects, refs_for(record.id))
+        repo = cls(record, objects, blocks, refs_for(record.id), write_lock=write_lock)
         repo._write_commit(identity, state, parents=(), kind="init", message=message, meta={"examples": 0},
                            metrics={}, branch=DEFAULT_BRANCH, expected=None)
         return repo
 
     @classmethod
-    def open(cls, repo_id: RepoId, objects: ObjectStore, refs: RefStore) -> Repo:
+    def open(cls, repo_id: RepoId, objects: ObjectStore, blocks: unixfs.BlockStore, refs: RefStore, *,
+             write_lock: threading.Lock | None = None) -> Repo:
         try:
             data = objects.get(repo_id)
         except NotFound:
             raise RepositoryNotFound(f"repository {short(repo_id)} is not stored here", repo=repo_id) from None
         record = RepositoryRecord.decode(data)
         record.verify(repo_id)
-        return cls(record, objects, refs)
+        return cls(record, objects, blocks, refs, write_lock=write_lock)
 
     # -- reading ----------------------------------------------------------------------------------------
 
@@ -124,10 +132,12 @@ class Repo:
             raise CommitNotFound(f"commit {short(cid)} belongs to another repository", commit=cid)
         return commit
 
-    def _blob(self, blob: BlobId) -> bytes:
-        data = self.objects.get(blob)
-        if sha256_hex(data) != blob:
-            raise IntegrityError(f"payload {short(blob)} does not hash to its id", blob=blob)
+    def _payload(self, commit: Commit) -> bytes:
+        """The commit's payload bytes, every block re-hashed against its CID on the way."""
+        data = unixfs.cat(self.blocks, commit.payload.cid, max_size=commit.payload.size)
+        if len(data) != commit.payload.size:
+            raise IntegrityError(f"payload {commit.payload.cid} has {len(data)} bytes, its commit says "
+                                 f"{commit.payload.size}", cid=commit.payload.cid)
         return data
 
     def branches(self) -> dict[BranchName, CommitId]:
@@ -214,7 +224,7 @@ class Repo:
                 raise IntegrityError(f"commit {short(cursor)} has a delta payload but no parent", commit=cursor)
             cursor = commit.parents[0]
         for commit in reversed(chain):
-            base = decode_payload(commit.payload.codec, self._blob(commit.payload.blob), base, self.record.layout)
+            base = decode_payload(commit.payload.codec, self._payload(commit), base, self.record.layout)
         assert base is not None
         self._remember(cid, base)
         return base
@@ -235,17 +245,23 @@ class Repo:
                       message: str, meta: Mapping[str, Any], metrics: Mapping[str, str], branch: BranchName,
                       expected: CommitId | None) -> Commit:
         check_layout(state, self.record.layout)
+        with self.write_lock:
+            return self._store_commit(identity, state, parents=parents, kind=kind, message=message, meta=meta,
+                                      metrics=metrics, branch=branch, expected=expected)
+
+    def _store_commit(self, identity: Identity, state: StateDict, *, parents: tuple[CommitId, ...], kind: str,
+                      message: str, meta: Mapping[str, Any], metrics: Mapping[str, str], branch: BranchName,
+                      expected: CommitId | None) -> Commit:
         if parents:
             data = encode_payload("bitdelta-v1", state, self.materialize(parents[0]))
             codec = "bitdelta-v1"
         else:
             data = encode_payload("full-v1", state, None)
             codec = "full-v1"
-        blob = BlobId(sha256_hex(data))
-        self.objects.put(blob, data)
+        cid = unixfs.add(self.blocks, data)
         commit = Commit(
             repo=self.id, parents=parents, author=identity.public_key, timestamp_ms=now_ms(), kind=kind,
-            message=message, payload=Payload(blob=blob, codec=codec, size=len(data)), meta=dict(meta),
+            message=message, payload=Payload(cid=cid, codec=codec, size=len(data)), meta=dict(meta),
             metrics=dict(metrics),
         ).signed(identity)
         cid = commit.id

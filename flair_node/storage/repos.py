@@ -11,8 +11,10 @@ from ..core.errors import AlreadyExists, InvalidInput, RepositoryNotFound
 from ..core.identity import Identity
 from ..core.ids import RepoId, is_full_id, short
 from ..tensors.safetensors_io import StateDict
+from . import unixfs
 from .repo import Repo
 from .stores import DiskObjectStore, DiskRefStore, MemoryObjectStore, MemoryRefStore, ObjectStore, RefStore
+from .unixfs import BlockStore
 
 
 class RefBackend(Protocol):
@@ -46,24 +48,27 @@ class DiskRefBackend:
 class RepoSet:
     """The repositories one node keeps, opened once each and shared by every caller."""
 
-    def __init__(self, objects: ObjectStore, refs: RefBackend) -> None:
+    def __init__(self, objects: ObjectStore, blocks: ObjectStore, refs: RefBackend) -> None:
         self.objects = objects
+        self.blocks = BlockStore(blocks)
+        self._write_lock = threading.Lock()  # shared by every repository's commits and by gc
         self._refs = refs
         self._open: dict[RepoId, Repo] = {}
         self._lock = threading.Lock()
 
     @classmethod
     def in_memory(cls) -> RepoSet:
-        return cls(MemoryObjectStore(), MemoryRefBackend())
+        return cls(MemoryObjectStore(), MemoryObjectStore(), MemoryRefBackend())
 
     @classmethod
     def on_disk(cls, home: Path) -> RepoSet:
-        return cls(DiskObjectStore(home / "objects"), DiskRefBackend(home / "repos"))
+        return cls(DiskObjectStore(home / "objects"), DiskObjectStore(home / "blocks"), DiskRefBackend(home / "repos"))
 
     def create(self, identity: Identity, name: str, state: StateDict) -> Repo:
         if any(r.name == name for r in self.all()):
             raise AlreadyExists(f"a repository named {name!r} exists already here: pick another name", name=name)
-        repo = Repo.create(self.objects, self._refs.refs_for, identity, name, state)
+        repo = Repo.create(self.objects, self.blocks, self._refs.refs_for, identity, name, state,
+                           write_lock=self._write_lock)
         with self._lock:
             self._open[repo.id] = repo
         return repo
@@ -92,6 +97,23 @@ class RepoSet:
         with self._lock:
             repo = self._open.get(rid)
             if repo is None:
-                repo = Repo.open(rid, self.objects, self._refs.refs_for(rid))
+                repo = Repo.open(rid, self.objects, self.blocks, self._refs.refs_for(rid), write_lock=self._write_lock)
                 self._open[rid] = repo
             return repo
+
+    def pinned(self) -> set[str]:
+        """Digests of every block reachable from a commit of a local repository: what ``gc`` keeps."""
+        keys: set[str] = set()
+        for repo in self.all():
+            for commit in repo.commits():
+                keys |= unixfs.block_keys(self.blocks, commit.payload.cid, max_size=commit.payload.size)
+        return keys
+
+    def gc(self) -> tuple[int, int]:
+        """Delete every unpinned block; returns (blocks kept, blocks removed)."""
+        with self._write_lock:
+            pinned = self.pinned()
+            unpinned = [key for key in self.blocks.keys() if key not in pinned]
+            for key in unpinned:
+                self.blocks.delete_key(key)
+        return len(pinned), len(unpinned)

@@ -26,6 +26,7 @@ class ObjectStore(Protocol):
     def get(self, key: str) -> bytes: ...
     def has(self, key: str) -> bool: ...
     def keys(self, prefix: str = "") -> Iterator[str]: ...
+    def delete(self, key: str) -> None: ...
 
 
 class RefStore(Protocol):
@@ -71,6 +72,9 @@ class MemoryObjectStore:
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         return iter(sorted(k for k in self._objects if k.startswith(prefix)))
+
+    def delete(self, key: str) -> None:
+        self._objects.pop(key, None)
 
 
 class MemoryRefStore:
@@ -125,6 +129,9 @@ class DiskObjectStore:
                 key = fan + rest
                 if is_full_id(key) and key.startswith(prefix):
                     yield key
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
 
 class DiskRefStore:
