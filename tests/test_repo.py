@@ -35,12 +35,12 @@ def same(a, b):
 
 @pytest.fixture(params=["memory", "disk"])
 def repos(request, tmp_path):
-    return RepoSet.in_memory() if request.param == "memory" else RepoSet.on_disk(tmp_path / "home")
+    return RepoSet.in_memory(ME) if request.param == "memory" else RepoSet.on_disk(tmp_path / "home", ME)
 
 
 @pytest.fixture
 def repo(repos):
-    return repos.create(ME, "tiny", tiny_state(0))
+    return repos.create("tiny", tiny_state(0))
 
 
 def test_create_and_find(repos, repo):
@@ -182,7 +182,7 @@ def test_long_histories_check_out_bit_for_bit(repos, seeds, dtype):
         x[0, 0] = float("nan") if seed % 3 == 0 else -0.0
         return {"x": x, "steps": torch.tensor([seed], dtype=torch.int64)}
 
-    repo = repos.create(ME, f"h{len(repos.all())}", state(0))
+    repo = repos.create(f"h{len(repos.all())}", state(0))
     committed = []
     for seed in seeds:
         committed.append((repo.commit_weights(ME, state(seed), message=str(seed)).id, seed))
@@ -194,8 +194,8 @@ def test_long_histories_check_out_bit_for_bit(repos, seeds, dtype):
 
 
 def test_fsck_clean_then_detects_damage(tmp_path):
-    repos = RepoSet.on_disk(tmp_path / "home")
-    repo = repos.create(ME, "tiny", tiny_state(0))
+    repos = RepoSet.on_disk(tmp_path / "home", ME)
+    repo = repos.create("tiny", tiny_state(0))
     c1 = repo.commit_weights(ME, tiny_state(1), message="one")
     checked, problems = repo.fsck()
     assert checked == 2 and problems == []

@@ -81,8 +81,8 @@ def test_deep_dags_are_refused():
 @pytest.mark.parametrize("kind", ["memory", "disk"])
 def test_gc_removes_only_unpinned_blocks(kind, tmp_path):
     me = Identity.generate()
-    repos = RepoSet.in_memory() if kind == "memory" else RepoSet.on_disk(tmp_path / "home")
-    repo = repos.create(me, "tiny", tiny_state(0))
+    repos = RepoSet.in_memory(me) if kind == "memory" else RepoSet.on_disk(tmp_path / "home", me)
+    repo = repos.create("tiny", tiny_state(0))
     repo.commit_weights(me, tiny_state(1), message="one")
     orphan = unixfs.add(repos.blocks, os.urandom(300_000))  # e.g. left by a commit that crashed before its ref
     kept, removed = repos.gc()

@@ -43,7 +43,8 @@ def commit_json(commit: Commit) -> dict[str, Any]:
         "timestamp_ms": commit.timestamp_ms,
         "kind": commit.kind,
         "message": commit.message,
-        "payload": {"cid": commit.payload.cid, "codec": commit.payload.codec, "size": commit.payload.size},
+        "payload": {"cid": commit.payload.cid, "codec": commit.payload.codec, "size": commit.payload.size,
+                    "cipher": commit.payload.cipher, "key_epoch": commit.payload.key_epoch},
         "meta": dict(commit.meta),
         "metrics": {k: float(v) for k, v in commit.metrics.items()},
     }
@@ -120,7 +121,7 @@ def build_registry(identity: Identity, repos: RepoSet) -> Registry:
     async def repo_init(name: str, model_path: str) -> dict[str, Any]:
         def work() -> dict[str, Any]:
             state = load_file(_input_path(model_path, "model"))
-            repo = repos.create(identity, name, state)
+            repo = repos.create(name, state)
             return {**repo_json(repo), "commit": repo.head(DEFAULT_BRANCH)}
         return await off_thread(work)
 

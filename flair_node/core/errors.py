@@ -16,6 +16,7 @@ Every error Flair raises on purpose is a ``FlairError``. Those that can cross th
     ├── MergeError                  -32012  inputs that cannot be merged (no common base, non-finite values, ...)
     ├── IntegrityError              -32013  stored bytes whose hash or signature do not check out
     ├── Unauthorized                -32001  missing or wrong API token (HTTP 401)
+    ├── NotAMember                  -32014  this node holds no key for the repository's payloads
     └── (api/errors.py)                     JSON-RPC protocol errors: ParseError -32700, InvalidRequest -32600,
                                             MethodNotFound -32601, InternalError -32603
 """
@@ -84,6 +85,10 @@ class IntegrityError(FlairError):
 
 class Unauthorized(FlairError):
     code = -32001
+
+
+class NotAMember(FlairError):
+    code = -32014
 
 
 def error_for_code(code: int) -> type[FlairError]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import encoding
 from .cid import parse_cid
+from .crypto import CIPHER
 from .errors import IntegrityError, InvalidInput
 from .identity import Identity, verify
 from .ids import Cid, CommitId, PublicKey, RepoId, is_full_id, sha256_hex
@@ -46,11 +47,14 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Payload:
-    """Where a commit's tensors are: the root CID of their UnixFS DAG, the codec, and the size in bytes."""
+    """Where a commit's tensors are: the root CID of their UnixFS DAG, the codec, the size in bytes of the
+    (encrypted) content, and which cipher and key epoch sealed it."""
 
     cid: Cid
     codec: str
     size: int
+    cipher: str = CIPHER
+    key_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ class Commit:
             "timestamp_ms": self.timestamp_ms,
             "kind": self.kind,
             "message": self.message,
-            "payload": {"cid": self.payload.cid, "codec": self.payload.codec, "size": self.payload.size},
+            "payload": {"cid": self.payload.cid, "codec": self.payload.codec, "size": self.payload.size,
+                        "cipher": self.payload.cipher, "key_epoch": self.payload.key_epoch},
             "meta": dict(self.meta),
             "metrics": dict(self.metrics),
         }
@@ -119,6 +124,8 @@ class Commit:
                     cid=_cid(payload["cid"], "payload.cid"),
                     codec=_choice(payload["codec"], "payload.codec", CODECS),
                     size=_int(payload["size"], "payload.size"),
+                    cipher=_choice(payload["cipher"], "payload.cipher", (CIPHER,)),
+                    key_epoch=_int(payload["key_epoch"], "payload.key_epoch"),
                 ),
                 meta=_dict(body["meta"], "meta"),
                 metrics={_str(k, "metric name", 64): _str(v, "metric", 64)
@@ -134,13 +141,18 @@ class Commit:
 
 @dataclass(frozen=True)
 class RepositoryRecord:
-    """A repository's genesis: its name, owner and tensor layout. The repository id is this record's hash."""
+    """A repository's genesis: its name, owner, tensor layout and first payload key (sealed to the owner).
+
+    The repository id is this record's hash.
+    """
 
     name: str
     owner: PublicKey
     created_ms: int
     nonce: str
     layout: tuple[TensorSpec, ...]
+    #: Payload key of epoch 0, sealed to each member (``core.crypto.seal_key``); at genesis, the owner only.
+    sealed_keys: Mapping[str, bytes] = field(default_factory=dict)
     signature: bytes = b""
 
     def body(self) -> dict[str, Any]:
@@ -152,6 +164,7 @@ class RepositoryRecord:
             "created_ms": self.created_ms,
             "nonce": self.nonce,
             "layout": [[t.name, t.dtype, list(t.shape)] for t in self.layout],
+            "keys": dict(self.sealed_keys),
         }
 
     @property
@@ -187,6 +200,8 @@ class RepositoryRecord:
                 created_ms=_int(body["created_ms"], "created_ms"),
                 nonce=_str(body["nonce"], "nonce", 64),
                 layout=tuple(layout),
+                sealed_keys={_str(k, "member key", 64): _bytes(v, "sealed key", 256)
+                             for k, v in _dict(body["keys"], "keys").items()},
                 signature=sig,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -223,6 +238,12 @@ def _outer(value: Any, kind: str) -> tuple[dict[str, Any], bytes]:
 def _str(value: Any, what: str, limit: int) -> str:
     if not isinstance(value, str) or len(value) > limit:
         raise IntegrityError(f"{what} must be a string of at most {limit} characters")
+    return value
+
+
+def _bytes(value: Any, what: str, limit: int) -> bytes:
+    if not isinstance(value, bytes) or len(value) > limit:
+        raise IntegrityError(f"{what} must be at most {limit} bytes")
     return value
 
 

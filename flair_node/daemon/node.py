@@ -31,7 +31,7 @@ class Node:
         stale = remove_stale_temp_files(home.path)
         if stale:
             log.info("removed %d temp files left by an interrupted run", stale)
-        self.repos = RepoSet.on_disk(home.path)
+        self.repos = RepoSet.on_disk(home.path, self.identity)
         self.registry = build_registry(self.identity, self.repos)
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:

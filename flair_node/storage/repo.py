@@ -17,13 +17,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..core import graph
+from ..core import crypto, graph
 from ..core.errors import (
     CommitNotFound,
     FlairError,
     IntegrityError,
     InvalidInput,
     MergeError,
+    NotAMember,
     NotFound,
     RefConflict,
     RepositoryNotFound,
@@ -58,8 +59,11 @@ class Problem:
 
 class Repo:
     def __init__(self, record: RepositoryRecord, objects: ObjectStore, blocks: unixfs.BlockStore,
-                 refs: RefStore, *, write_lock: threading.Lock | None = None) -> None:
+                 refs: RefStore, *, reader: Identity | None = None, write_lock: threading.Lock | None = None) -> None:
         self.record = record
+        #: Whose sealed payload key this node opens (its own identity); None reads no payloads.
+        self.reader = reader
+        self._payload_key: bytes | None = None
         #: Held while a commit's blocks are written and its branch moved: garbage collection holds it too,
         #: so it never sees blocks that are written but not yet reachable from a branch.
         self.write_lock = write_lock or threading.Lock()
@@ -89,26 +93,28 @@ class Repo:
             raise InvalidInput("a repository name is 1 to 200 characters", name=name)
         if not state:
             raise InvalidInput("the initial model has no tensors")
+        key = crypto.new_key()
         record = RepositoryRecord(
             name=name, owner=identity.public_key, created_ms=now_ms(), nonce=os.urandom(16).hex(),
-            layout=layout_of(state),
+            layout=layout_of(state), sealed_keys={identity.public_key: crypto.seal_key(key, identity.public_key)},
         ).signed(identity)
         objects.put(record.id, record.encode())
-        repo = cls(record, objects, blocks, refs_for(record.id), write_lock=write_lock)
+        repo = cls(record, objects, blocks, refs_for(record.id), reader=identity, write_lock=write_lock)
+        repo._payload_key = key
         repo._write_commit(identity, state, parents=(), kind="init", message=message, meta={"examples": 0},
                            metrics={}, branch=DEFAULT_BRANCH, expected=None)
         return repo
 
     @classmethod
     def open(cls, repo_id: RepoId, objects: ObjectStore, blocks: unixfs.BlockStore, refs: RefStore, *,
-             write_lock: threading.Lock | None = None) -> Repo:
+             reader: Identity | None = None, write_lock: threading.Lock | None = None) -> Repo:
         try:
             data = objects.get(repo_id)
         except NotFound:
             raise RepositoryNotFound(f"repository {short(repo_id)} is not stored here", repo=repo_id) from None
         record = RepositoryRecord.decode(data)
         record.verify(repo_id)
-        return cls(record, objects, blocks, refs, write_lock=write_lock)
+        return cls(record, objects, blocks, refs, reader=reader, write_lock=write_lock)
 
     # -- reading ----------------------------------------------------------------------------------------
 
@@ -133,12 +139,27 @@ class Repo:
         return commit
 
     def _payload(self, commit: Commit) -> bytes:
-        """The commit's payload bytes, every block re-hashed against its CID on the way."""
+        """The commit's decrypted payload, every block re-hashed against its CID on the way."""
         data = unixfs.cat(self.blocks, commit.payload.cid, max_size=commit.payload.size)
         if len(data) != commit.payload.size:
             raise IntegrityError(f"payload {commit.payload.cid} has {len(data)} bytes, its commit says "
                                  f"{commit.payload.size}", cid=commit.payload.cid)
-        return data
+        return crypto.decrypt(self._key(commit.payload.key_epoch), data, self._context(commit.payload.codec))
+
+    def _key(self, epoch: int) -> bytes:
+        if epoch != 0:
+            raise IntegrityError(f"payload key epoch {epoch} is unknown to repository {self.name}")
+        if self._payload_key is None:
+            sealed = self.record.sealed_keys.get(self.reader.public_key) if self.reader else None
+            if sealed is None or self.reader is None:
+                raise NotAMember(f"this node holds no key for repository {self.name}: its payloads stay "
+                                 "ciphertext to non-members", repo=self.id)
+            self._payload_key = crypto.open_sealed_key(sealed, self.reader)
+        return self._payload_key
+
+    def _context(self, codec: str) -> bytes:
+        """Associated data: a payload authenticates only in this repository and as this codec."""
+        return f"flair/payload/{self.id}/{codec}".encode()
 
     def branches(self) -> dict[BranchName, CommitId]:
         return self.refs.all()
@@ -258,6 +279,7 @@ class Repo:
         else:
             data = encode_payload("full-v1", state, None)
             codec = "full-v1"
+        data = crypto.encrypt(self._key(0), data, self._context(codec))
         cid = unixfs.add(self.blocks, data)
         commit = Commit(
             repo=self.id, parents=parents, author=identity.public_key, timestamp_ms=now_ms(), kind=kind,

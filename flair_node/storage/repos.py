@@ -48,7 +48,8 @@ class DiskRefBackend:
 class RepoSet:
     """The repositories one node keeps, opened once each and shared by every caller."""
 
-    def __init__(self, objects: ObjectStore, blocks: ObjectStore, refs: RefBackend) -> None:
+    def __init__(self, identity: Identity, objects: ObjectStore, blocks: ObjectStore, refs: RefBackend) -> None:
+        self.identity = identity
         self.objects = objects
         self.blocks = BlockStore(blocks)
         self._write_lock = threading.Lock()  # shared by every repository's commits and by gc
@@ -57,17 +58,19 @@ class RepoSet:
         self._lock = threading.Lock()
 
     @classmethod
-    def in_memory(cls) -> RepoSet:
-        return cls(MemoryObjectStore(), MemoryObjectStore(), MemoryRefBackend())
+    def in_memory(cls, identity: Identity) -> RepoSet:
+        return cls(identity, MemoryObjectStore(), MemoryObjectStore(), MemoryRefBackend())
 
     @classmethod
-    def on_disk(cls, home: Path) -> RepoSet:
-        return cls(DiskObjectStore(home / "objects"), DiskObjectStore(home / "blocks"), DiskRefBackend(home / "repos"))
+    def on_disk(cls, home: Path, identity: Identity) -> RepoSet:
+        return cls(identity, DiskObjectStore(home / "objects"), DiskObjectStore(home / "blocks"),
+                   DiskRefBackend(home / "repos"))
 
-    def create(self, identity: Identity, name: str, state: StateDict) -> Repo:
+    def create(self, name: str, state: StateDict) -> Repo:
+        """A new repository owned by this node's identity."""
         if any(r.name == name for r in self.all()):
             raise AlreadyExists(f"a repository named {name!r} exists already here: pick another name", name=name)
-        repo = Repo.create(self.objects, self.blocks, self._refs.refs_for, identity, name, state,
+        repo = Repo.create(self.objects, self.blocks, self._refs.refs_for, self.identity, name, state,
                            write_lock=self._write_lock)
         with self._lock:
             self._open[repo.id] = repo
@@ -97,7 +100,8 @@ class RepoSet:
         with self._lock:
             repo = self._open.get(rid)
             if repo is None:
-                repo = Repo.open(rid, self.objects, self.blocks, self._refs.refs_for(rid), write_lock=self._write_lock)
+                repo = Repo.open(rid, self.objects, self.blocks, self._refs.refs_for(rid), reader=self.identity,
+                                 write_lock=self._write_lock)
                 self._open[rid] = repo
             return repo
 

@@ -1,0 +1,68 @@
+"""Payload encryption: IPFS blocks are public to whoever has their CID, so payloads are encrypted first.
+
+Each repository has a random 32-byte key. Payloads are sealed with XChaCha20-Poly1305 (random 24-byte nonce,
+the repository id and codec as associated data, so a ciphertext cannot be replayed into another repository or
+decoded as another codec). The key is given to each member sealed to the X25519 form of their Ed25519 identity
+(libsodium's sealed boxes): only that member's secret key opens it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nacl.bindings as sodium
+import nacl.exceptions
+
+from .errors import IntegrityError, InvalidInput
+from .identity import Identity, public_key_bytes
+from .ids import PublicKey
+
+KEY_BYTES = 32
+CIPHER = "xchacha20poly1305-v1"
+_MAGIC = b"FLE1"
+_NONCE = sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+_TAG = sodium.crypto_aead_xchacha20poly1305_ietf_ABYTES
+
+
+def new_key() -> bytes:
+    return os.urandom(KEY_BYTES)
+
+
+def seal_key(key: bytes, member: PublicKey) -> bytes:
+    """``key`` sealed to ``member``: only the holder of that Ed25519 identity can open it."""
+    recipient = sodium.crypto_sign_ed25519_pk_to_curve25519(public_key_bytes(member))
+    return bytes(sodium.crypto_box_seal(key, recipient))
+
+
+def open_sealed_key(sealed: bytes, identity: Identity) -> bytes:
+    keypair = identity.keypair_bytes()
+    secret = sodium.crypto_sign_ed25519_sk_to_curve25519(keypair)
+    public = sodium.crypto_sign_ed25519_pk_to_curve25519(keypair[32:])
+    try:
+        key = bytes(sodium.crypto_box_seal_open(sealed, public, secret))
+    except nacl.exceptions.CryptoError:
+        raise IntegrityError("the repository key is not sealed to this node's identity") from None
+    if len(key) != KEY_BYTES:
+        raise IntegrityError("a sealed repository key is not 32 bytes")
+    return key
+
+
+def encrypt(key: bytes, plaintext: bytes, context: bytes) -> bytes:
+    """``FLE1 || nonce || ciphertext+tag``, authenticated together with ``context``."""
+    nonce = os.urandom(_NONCE)
+    sealed = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, _MAGIC + context, nonce, key)
+    return _MAGIC + nonce + bytes(sealed)
+
+
+def decrypt(key: bytes, data: bytes, context: bytes) -> bytes:
+    if len(key) != KEY_BYTES:
+        raise InvalidInput("a repository key is 32 bytes")
+    if len(data) < len(_MAGIC) + _NONCE + _TAG or not data.startswith(_MAGIC):
+        raise IntegrityError("encrypted payload is truncated or not in Flair's format")
+    nonce = data[len(_MAGIC):len(_MAGIC) + _NONCE]
+    try:
+        return bytes(sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(data[len(_MAGIC) + _NONCE:],
+                                                                       _MAGIC + context, nonce, key))
+    except nacl.exceptions.CryptoError:
+        raise IntegrityError("encrypted payload fails authentication: it was altered, truncated, or sealed "
+                             "with another repository's key") from None
