@@ -28,5 +28,5 @@ def test_bad_config_is_refused_with_a_reason(text, message):
 def test_sdk_exports():
     import flair_node.sdk
 
-    assert flair_node.sdk.__all__ == ["Repo"]
+    assert flair_node.sdk.__all__ == ["ErrorFeedback", "Repo"]
     assert flair_node.sdk.Repo.__module__ == "flair_node.sdk._repo"

@@ -20,8 +20,9 @@ from ..core.identity import Identity
 from ..core.objects import Commit
 from ..core.refs import DEFAULT_BRANCH
 from ..storage.atomic import atomic_write
-from ..storage.repo import STRATEGIES, Repo
+from ..storage.repo import DELTA_CODECS, STRATEGIES, Repo
 from ..storage.repos import RepoSet
+from ..tensors.lossy import DEFAULT_TOPK_RATIO
 from ..tensors.safetensors_io import load_file, save_bytes
 from .registry import Param, Registry
 
@@ -136,16 +137,22 @@ def build_registry(identity: Identity, repos: RepoSet) -> Registry:
                 Param("metrics", {"type": "object", "additionalProperties": {"type": "number"}},
                       "metrics to record, name -> number", required=False, default=None),
                 Param("expected_head", _ID, "refuse unless the branch is still at this commit", required=False,
-                      default=None)),
+                      default=None),
+                Param("codec", {"type": "string", "enum": list(DELTA_CODECS)},
+                      "how the delta is stored: bitdelta-v1 (exact) or a lossy codec", required=False,
+                      default="bitdelta-v1"),
+                Param("topk_ratio", {"type": "number", "minimum": 1e-6, "maximum": 1},
+                      "share of each tensor's elements topk-v1 keeps", required=False, default=DEFAULT_TOPK_RATIO)),
         result=_COMMIT)
     async def repo_commit(repo: str, weights_path: str, message: str, branch: str, examples: int,
-                          metrics: dict[str, float] | None, expected_head: str | None) -> dict[str, Any]:
+                          metrics: dict[str, float] | None, expected_head: str | None, codec: str,
+                          topk_ratio: float) -> dict[str, Any]:
         def work() -> dict[str, Any]:
             r = repos.open(repo)
             state = load_file(_input_path(weights_path, "weights"))
             expected = r.resolve(expected_head) if expected_head else None
             commit = r.commit_weights(identity, state, message=message, branch=branch, examples=examples,
-                                      metrics=metrics, expected_head=expected)
+                                      metrics=metrics, expected_head=expected, codec=codec, topk_ratio=topk_ratio)
             return {**commit_json(commit), "branch": branch}
         return await off_thread(work)
 

@@ -13,6 +13,8 @@ from ..api.client import ApiClient
 from ..core.errors import FlairError
 from .format import diff_text, log_text, show_text, status_text
 
+CODECS = {"exact": "bitdelta-v1", "float16": "float16-v1", "int8": "int8-v1", "topk": "topk-v1"}
+
 
 def _parser() -> argparse.ArgumentParser:
     # --home and --json may come before or after the verb; after it they must not reset what came before.
@@ -42,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--branch", default="main")
     p.add_argument("--examples", type=int, default=0, help="number of local training examples")
     p.add_argument("--metric", action="append", default=[], metavar="NAME=VALUE", help="a metric (repeatable)")
+    p.add_argument("--codec", default="exact", choices=list(CODECS),
+                   help="exact (default), or lossy to save bytes: float16, int8, topk")
+    p.add_argument("--topk-ratio", type=float, default=0.01, help="share of each tensor topk keeps (default 0.01)")
 
     p = verb("log", "show the history")
     p.add_argument("repo")
@@ -149,7 +154,8 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
         return r, r["repo"]
     if a.verb == "commit":
         r = c.call("repo.commit", repo=a.repo, weights_path=str(a.weights.resolve()), message=a.message,
-                   branch=a.branch, examples=a.examples, metrics=_metrics(a.metric))
+                   branch=a.branch, examples=a.examples, metrics=_metrics(a.metric), codec=CODECS[a.codec],
+                   topk_ratio=a.topk_ratio)
         return r, r["id"]
     if a.verb == "log":
         r = c.call("repo.log", repo=a.repo, branch=a.branch, limit=a.limit)

@@ -22,7 +22,7 @@ from .ids import Cid, CommitId, PublicKey, RepoId, is_full_id, sha256_hex
 RECORD_VERSION = 1
 COMMIT_KINDS = ("init", "commit", "merge", "revert")
 #: Codecs a payload can be stored in (see ``flair_node.tensors.codec``).
-CODECS = ("full-v1", "bitdelta-v1")
+CODECS = ("full-v1", "bitdelta-v1", "float16-v1", "int8-v1", "topk-v1")
 DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
 MAX_MESSAGE = 4096
 MAX_METRICS = 64

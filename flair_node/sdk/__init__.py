@@ -10,6 +10,7 @@ The SDK talks to the daemon through its JSON-RPC API, exchanging weights as safe
 home's private ``tmp`` folder.
 """
 
+from ..tensors.lossy import ErrorFeedback as ErrorFeedback
 from ._repo import Repo as Repo
 
-__all__ = ["Repo"]
+__all__ = ["ErrorFeedback", "Repo"]

@@ -12,6 +12,7 @@ import torch
 from ..api.client import ApiClient
 from ..core.refs import DEFAULT_BRANCH
 from ..storage.atomic import atomic_write
+from ..tensors.lossy import DEFAULT_TOPK_RATIO, ErrorFeedback
 from ..tensors.safetensors_io import StateDict, load_file, save_bytes
 
 
@@ -49,13 +50,23 @@ class Repo:
 
     def commit(self, model: torch.nn.Module | Mapping[str, torch.Tensor], *, message: str, num_examples: int = 0,
                metrics: Mapping[str, float] | None = None, branch: str = DEFAULT_BRANCH,
-               expected_head: str | None = None) -> str:
-        """Commit ``model``'s weights on ``branch``; returns the commit id."""
+               expected_head: str | None = None, codec: str = "bitdelta-v1", topk_ratio: float = DEFAULT_TOPK_RATIO,
+               error_feedback: ErrorFeedback | None = None) -> str:
+        """Commit ``model``'s weights on ``branch``; returns the commit id.
+
+        With a lossy ``codec`` the commit holds the head plus the decoded delta; pass the same
+        ``ErrorFeedback`` to every commit so what one commit dropped is carried by the next.
+        """
+        sent = _state_dict(model)
+        if error_feedback is not None:
+            sent = error_feedback.apply(sent)
         with _scratch(self.home) as path:
-            atomic_write(path, save_bytes(_state_dict(model)), mode=0o600)
+            atomic_write(path, save_bytes(sent), mode=0o600)
             result = self.client.call("repo.commit", repo=self.id, weights_path=str(path), message=message,
                                       branch=branch, examples=num_examples, metrics=dict(metrics or {}),
-                                      expected_head=expected_head)
+                                      expected_head=expected_head, codec=codec, topk_ratio=topk_ratio)
+        if error_feedback is not None:
+            error_feedback.update(sent, self.pull(result["id"]))
         return str(result["id"])
 
     def branch(self, name: str, at: str = DEFAULT_BRANCH) -> None:

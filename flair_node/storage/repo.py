@@ -36,11 +36,14 @@ from ..core.refs import DEFAULT_BRANCH, check_branch_name
 from ..tensors.codec import decode_payload, encode_payload
 from ..tensors.diff import tensor_diff
 from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine, normalize_weights
+from ..tensors.lossy import DEFAULT_TOPK_RATIO, LOSSY_CODECS
 from ..tensors.safetensors_io import StateDict, check_layout, layout_of
 from . import unixfs
 from .stores import ObjectStore, RefStore
 
 STRATEGIES = ("average", "task-arithmetic")
+#: Codecs a contribution may be committed in: exact, or lossy to save bytes.
+DELTA_CODECS = ("bitdelta-v1", *LOSSY_CODECS)
 _ANCESTRY = re.compile(r"^(?P<rev>.+?)(?:(?P<op>~)(?P<n>\d{1,6})?|(?P<carets>\^+))$")
 _CACHE_STATES = 4
 
@@ -264,39 +267,42 @@ class Repo:
 
     def _write_commit(self, identity: Identity, state: StateDict, *, parents: tuple[CommitId, ...], kind: str,
                       message: str, meta: Mapping[str, Any], metrics: Mapping[str, str], branch: BranchName,
-                      expected: CommitId | None) -> Commit:
+                      expected: CommitId | None, codec: str = "bitdelta-v1",
+                      topk_ratio: float = DEFAULT_TOPK_RATIO) -> Commit:
         check_layout(state, self.record.layout)
-        with self.write_lock:
-            return self._store_commit(identity, state, parents=parents, kind=kind, message=message, meta=meta,
-                                      metrics=metrics, branch=branch, expected=expected)
-
-    def _store_commit(self, identity: Identity, state: StateDict, *, parents: tuple[CommitId, ...], kind: str,
-                      message: str, meta: Mapping[str, Any], metrics: Mapping[str, str], branch: BranchName,
-                      expected: CommitId | None) -> Commit:
-        if parents:
-            data = encode_payload("bitdelta-v1", state, self.materialize(parents[0]))
-            codec = "bitdelta-v1"
-        else:
-            data = encode_payload("full-v1", state, None)
+        if not parents:
             codec = "full-v1"
+            data = encode_payload(codec, state, None)
+        else:
+            base = self.materialize(parents[0])
+            data = encode_payload(codec, state, base, topk_ratio=topk_ratio)
+            if codec in LOSSY_CODECS:  # the commit holds exactly what its payload decodes to
+                state = decode_payload(codec, data, base, self.record.layout)
         data = crypto.encrypt(self._key(0), data, self._context(codec))
-        cid = unixfs.add(self.blocks, data)
-        commit = Commit(
-            repo=self.id, parents=parents, author=identity.public_key, timestamp_ms=now_ms(), kind=kind,
-            message=message, payload=Payload(cid=cid, codec=codec, size=len(data)), meta=dict(meta),
-            metrics=dict(metrics),
-        ).signed(identity)
-        cid = commit.id
-        self.objects.put(cid, commit.encode())
-        self.refs.compare_and_swap(branch, expected, cid)
-        self._commits[cid] = commit
-        self._remember(cid, state)
+        # Blocks, record and branch move under the lock that gc takes: it never sees blocks of a half-made commit.
+        with self.write_lock:
+            payload = Payload(cid=unixfs.add(self.blocks, data), codec=codec, size=len(data))
+            commit = Commit(
+                repo=self.id, parents=parents, author=identity.public_key, timestamp_ms=now_ms(), kind=kind,
+                message=message, payload=payload, meta=dict(meta), metrics=dict(metrics),
+            ).signed(identity)
+            self.objects.put(commit.id, commit.encode())
+            self.refs.compare_and_swap(branch, expected, commit.id)
+        self._commits[commit.id] = commit
+        self._remember(commit.id, state)
         return commit
 
     def commit_weights(self, identity: Identity, state: StateDict, *, message: str, branch: str = DEFAULT_BRANCH,
                        examples: int = 0, metrics: Mapping[str, float | int | str] | None = None,
-                       expected_head: CommitId | None = None) -> Commit:
-        """Commit new weights on ``branch``: the delta against its head. Raises ``RefConflict`` if it moved."""
+                       expected_head: CommitId | None = None, codec: str = "bitdelta-v1",
+                       topk_ratio: float = DEFAULT_TOPK_RATIO) -> Commit:
+        """Commit new weights on ``branch``: the delta against its head. Raises ``RefConflict`` if it moved.
+
+        ``codec`` is ``bitdelta-v1`` (exact, the default) or a lossy one (``tensors.lossy``): then the commit holds
+        ``head + decoded delta``, which a contributor's ``ErrorFeedback`` compares with what it sent.
+        """
+        if codec not in DELTA_CODECS:
+            raise InvalidInput(f"unknown codec {codec!r}: use one of {', '.join(DELTA_CODECS)}", codec=codec)
         name = check_branch_name(branch)
         head = self.head(name)
         if expected_head is not None and expected_head != head:
@@ -306,6 +312,7 @@ class Repo:
             raise InvalidInput("examples must be >= 0")
         checked = dict(metric_text(k, v) for k, v in (metrics or {}).items())
         return self._write_commit(identity, state, parents=(head,), kind="commit", message=_message(message),
+                                  codec=codec, topk_ratio=topk_ratio,
                                   meta={"examples": examples}, metrics=checked, branch=name, expected=head)
 
     def create_branch(self, name: str, at: CommitId) -> BranchName:

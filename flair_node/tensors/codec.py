@@ -1,4 +1,4 @@
-"""Lossless payload codecs.
+"""Payload codecs: the lossless ones here, the lossy ones in ``lossy``.
 
 ``full-v1``: the weights themselves, as safetensors. ``bitdelta-v1``: per tensor, the wrapping integer
 difference of the bit patterns (new minus base, on an unsigned view of the same width), as safetensors.
@@ -16,6 +16,7 @@ import torch
 
 from ..core.errors import InvalidInput, NotSafetensors
 from ..core.objects import TensorSpec
+from .lossy import DEFAULT_TOPK_RATIO, LOSSY_CODECS, decode_lossy, encode_lossy
 from .safetensors_io import StateDict, check_header, check_layout, load_bytes, save_bytes
 
 _SIGNED = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -42,7 +43,12 @@ def _from_bits(bits: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return out.view(like.dtype).reshape(like.shape)
 
 
-def encode_payload(codec: str, new: StateDict, base: StateDict | None) -> bytes:
+def encode_payload(codec: str, new: StateDict, base: StateDict | None, *, topk_ratio: float = DEFAULT_TOPK_RATIO
+                   ) -> bytes:
+    if codec in LOSSY_CODECS:
+        if base is None:
+            raise InvalidInput(f"{codec} needs a base")
+        return encode_lossy(codec, new, base, topk_ratio=topk_ratio)
     if codec == "full-v1":
         return save_bytes(new)
     if codec == "bitdelta-v1":
@@ -53,6 +59,10 @@ def encode_payload(codec: str, new: StateDict, base: StateDict | None) -> bytes:
 
 
 def decode_payload(codec: str, data: bytes, base: StateDict | None, layout: Sequence[TensorSpec]) -> StateDict:
+    if codec in LOSSY_CODECS:
+        if base is None:
+            raise InvalidInput(f"{codec} needs a base")
+        return decode_lossy(codec, data, base, layout)
     if codec == "full-v1":
         state = load_bytes(data, "payload")
     elif codec == "bitdelta-v1":

@@ -27,11 +27,11 @@ class Progress(Protocol):
     def set_postfix(self, ordered_dict: object = None, refresh: bool | None = True, **kwargs: object) -> None: ...
 
 
-def make_mlp(seed: int) -> nn.Module:
-    """A 64 -> 32 -> 10 ReLU network whose initial weights depend only on ``seed``."""
+def make_mlp(seed: int, hidden: int = HIDDEN) -> nn.Module:
+    """A 64 -> ``hidden`` -> 10 ReLU network whose initial weights depend only on ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return nn.Sequential(nn.Linear(INPUTS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, CLASSES))
+        return nn.Sequential(nn.Linear(INPUTS, hidden), nn.ReLU(), nn.Linear(hidden, CLASSES))
 
 
 def load_digits_split(seed: int = 0, test_fraction: float = 0.25,

@@ -1,0 +1,34 @@
+"""The benchmark scripts keep working: a quick run of each ends with one JSON object holding its figures.
+
+No timing is asserted here; the figures are reported by the scripts and recorded in the README.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def last_json_line(script: str, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          timeout=300, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_merge_bench_reports_its_figures():
+    report = last_json_line("merge.py", "--quick")
+    assert {"exact_merge_s", "inplace_bound_s", "flower_s", "extra_memory_mb"} <= report.keys()
+    assert report["max_abs_err_vs_float64"] < 1e-7
+
+
+@pytest.mark.slow
+def test_codecs_bench_reports_bytes_and_accuracy_per_codec():
+    report = last_json_line("codecs.py", "--quick")
+    for codec in ("float32", "float16", "int8", "topk"):
+        assert report[codec]["bytes_per_commit"] > 0 and 0 <= report[codec]["accuracy"] <= 1
+    assert report["float32"]["smaller_than_float32"] == 1.0
