@@ -86,11 +86,19 @@ def _output_path(text: str, overwrite: bool) -> Path:
     return path
 
 
-def build_registry(identity: Identity, repos: RepoSet) -> Registry:
+def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[], None] = lambda: None,
+                   extra_status: Callable[[], dict[str, Any]] = dict) -> Registry:
+    """The methods over ``repos``; ``on_change`` runs after anything is committed, ``extra_status`` adds to
+    ``node.status`` (the daemon's services report there)."""
     registry = Registry()
 
     async def off_thread(fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn)
+
+    async def changing(fn: Callable[[], T]) -> T:
+        result = await off_thread(fn)
+        on_change()
+        return result
 
     @registry.method("node.whoami", "The node's public key: its peer id, commit author and Solana address.",
                      params=(), result={"type": "object"})
@@ -102,7 +110,7 @@ def build_registry(identity: Identity, repos: RepoSet) -> Registry:
     async def status() -> dict[str, Any]:
         listed = await off_thread(repos.all)
         return {"version": __version__, "public_key": identity.public_key, "pid": os.getpid(),
-                "repositories": len(listed)}
+                "repositories": len(listed), **extra_status()}
 
     @registry.method("node.gc", "Delete every block no commit of a local repository reaches (unpinned blocks).",
                      params=(), result={"type": "object"})
@@ -124,7 +132,7 @@ def build_registry(identity: Identity, repos: RepoSet) -> Registry:
             state = load_file(_input_path(model_path, "model"))
             repo = repos.create(name, state)
             return {**repo_json(repo), "commit": repo.head(DEFAULT_BRANCH)}
-        return await off_thread(work)
+        return await changing(work)
 
     @registry.method(
         "repo.commit", "Commit new weights on a branch: the delta against its head is stored.",
@@ -154,7 +162,7 @@ def build_registry(identity: Identity, repos: RepoSet) -> Registry:
             commit = r.commit_weights(identity, state, message=message, branch=branch, examples=examples,
                                       metrics=metrics, expected_head=expected, codec=codec, topk_ratio=topk_ratio)
             return {**commit_json(commit), "branch": branch}
-        return await off_thread(work)
+        return await changing(work)
 
     @registry.method(
         "repo.log", "Commits reachable from a branch (or from every branch), newest first.",
@@ -258,7 +266,7 @@ def build_registry(identity: Identity, repos: RepoSet) -> Registry:
         def work() -> dict[str, Any]:
             r = repos.open(repo)
             return commit_json(r.merge(identity, sources, into, strategy=strategy, message=message))
-        return await off_thread(work)
+        return await changing(work)
 
     @registry.method(
         "repo.revert", "A new commit on a branch that undoes one commit's change.",
@@ -271,7 +279,7 @@ def build_registry(identity: Identity, repos: RepoSet) -> Registry:
         def work() -> dict[str, Any]:
             r = repos.open(repo)
             return commit_json(r.revert(identity, commit, branch=branch, message=message))
-        return await off_thread(work)
+        return await changing(work)
 
     @registry.method(
         "repo.fsck", "Recompute every id, signature and payload hash; report any damage.",

@@ -17,6 +17,7 @@ Every error Flair raises on purpose is a ``FlairError``. Those that can cross th
     ├── IntegrityError              -32013  stored bytes whose hash or signature do not check out
     ├── Unauthorized                -32001  missing or wrong API token (HTTP 401)
     ├── NotAMember                  -32014  this node holds no key for the repository's payloads
+    ├── RemoteError                 -32015  a remote service (a Kubo node, a peer) failed or refused
     └── (api/errors.py)                     JSON-RPC protocol errors: ParseError -32700, InvalidRequest -32600,
                                             MethodNotFound -32601, InternalError -32603
 """
@@ -89,6 +90,10 @@ class Unauthorized(FlairError):
 
 class NotAMember(FlairError):
     code = -32014
+
+
+class RemoteError(FlairError):
+    code = -32015
 
 
 def error_for_code(code: int) -> type[FlairError]:

@@ -19,6 +19,7 @@ class NodeConfig:
     api_port: int = 0
     max_request_bytes: int = 1 << 20
     log_level: str = "info"
+    kubo_api: str = ""
 
     @classmethod
     def from_toml(cls, text: str, source: str = "config") -> NodeConfig:
@@ -26,7 +27,7 @@ class NodeConfig:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise InvalidInput(f"{source} is not valid TOML: {exc}") from exc
-        known = {"api": {"host", "port", "max_request_bytes"}, "log": {"level"}}
+        known = {"api": {"host", "port", "max_request_bytes"}, "log": {"level"}, "ipfs": {"kubo_api"}}
         for section, values in data.items():
             if section not in known or not isinstance(values, dict):
                 raise InvalidInput(f"{source}: unknown section [{section}] (known: {', '.join(known)})")
@@ -35,11 +36,13 @@ class NodeConfig:
                     raise InvalidInput(f"{source}: unknown key {section}.{key}")
         api: dict[str, Any] = data.get("api", {})
         log: dict[str, Any] = data.get("log", {})
+        ipfs: dict[str, Any] = data.get("ipfs", {})
         config = cls(
             api_host=api.get("host", cls.api_host),
             api_port=api.get("port", cls.api_port),
             max_request_bytes=api.get("max_request_bytes", cls.max_request_bytes),
             log_level=log.get("level", cls.log_level),
+            kubo_api=ipfs.get("kubo_api", cls.kubo_api),
         )
         config.check(source)
         return config
@@ -63,5 +66,7 @@ class NodeConfig:
             raise InvalidInput(f"{source}: api.port must be an integer from 0 to 65535")
         if not isinstance(self.max_request_bytes, int) or not 1024 <= self.max_request_bytes <= 1 << 26:
             raise InvalidInput(f"{source}: api.max_request_bytes must be from 1024 to 67108864")
+        if not isinstance(self.kubo_api, str) or (self.kubo_api and not self.kubo_api.startswith("/")):
+            raise InvalidInput(f"{source}: ipfs.kubo_api must be a multiaddr such as /ip4/127.0.0.1/tcp/5001/http")
         if self.log_level not in _LEVELS:
             raise InvalidInput(f"{source}: log.level must be one of {', '.join(_LEVELS)}")

@@ -7,17 +7,19 @@ import logging
 import secrets
 import signal
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import trio
 
 from ..api.methods import build_registry
 from ..api.server import ApiServer
 from ..core.errors import FlairError
+from ..network.kubo import KuboPinner
 from ..storage.atomic import remove_stale_temp_files
 from ..storage.repos import RepoSet
 from .config import NodeConfig
 from .home import Home
+from .pinning import KuboPinService
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,16 @@ class Node:
         if stale:
             log.info("removed %d temp files left by an interrupted run", stale)
         self.repos = RepoSet.on_disk(home.path, self.identity)
-        self.registry = build_registry(self.identity, self.repos)
+        self.pinning = KuboPinService(self.repos, KuboPinner(config.kubo_api), home.path / "kubo") \
+            if config.kubo_api else None
+        self.registry = build_registry(self.identity, self.repos, on_change=self._changed, extra_status=self._status)
+
+    def _changed(self) -> None:
+        if self.pinning is not None:
+            self.pinning.wake()
+
+    def _status(self) -> dict[str, Any]:
+        return {"kubo": self.pinning.status()} if self.pinning is not None else {}
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the API until cancelled; ``task_status.started`` gets the API URL once api.json is written."""
@@ -41,6 +52,8 @@ class Node:
                            max_body=self.config.max_request_bytes)
         try:
             async with trio.open_nursery() as nursery:
+                if self.pinning is not None:
+                    await nursery.start(self.pinning.run)
                 url = await nursery.start(server.run)
                 self.home.write_api_file(url, token)
                 log.info("flair-node %s serving %s (home %s)", self.identity.public_key, url, self.home.path)
