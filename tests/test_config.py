@@ -16,7 +16,8 @@ def test_documented_config_is_the_default():
     ('[api]\nhost = "0.0.0.0"', "loopback"),
     ("[api]\nport = 70000", "port"),
     ("[api]\nprot = 1", "unknown key api.prot"),
-    ("[p2p]\nx = 1", "unknown section"),
+    ("[gossip]\nx = 1", "unknown section"),
+    ("[p2p]\nlisten = 4001", "p2p.listen"),
     ('[log]\nlevel = "loud"', "log.level"),
     ("[api\n", "not valid TOML"),
 ])

@@ -8,17 +8,20 @@ reads, or a path it writes. Everything else is validated by the registry before 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
 from .. import __version__
-from ..core.errors import InvalidInput
+from ..core.cid import parse_cid
+from ..core.errors import FlairError, InvalidInput, NotFound
 from ..core.identity import Identity
+from ..core.ids import Cid
 from ..core.objects import Commit
 from ..core.refs import DEFAULT_BRANCH
+from ..storage import unixfs
 from ..storage.atomic import atomic_write
 from ..storage.repo import DELTA_CODECS, STRATEGIES, Repo
 from ..storage.repos import RepoSet
@@ -87,9 +90,11 @@ def _output_path(text: str, overwrite: bool) -> Path:
 
 
 def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[], None] = lambda: None,
-                   extra_status: Callable[[], dict[str, Any]] = dict) -> Registry:
+                   extra_status: Callable[[], dict[str, Any]] = dict,
+                   fetch: Callable[[Cid, str, int], Awaitable[int]] | None = None) -> Registry:
     """The methods over ``repos``; ``on_change`` runs after anything is committed, ``extra_status`` adds to
-    ``node.status`` (the daemon's services report there)."""
+    ``node.status`` (the daemon's services report there), ``fetch`` gets a DAG from a peer (the daemon's
+    block exchange)."""
     registry = Registry()
 
     async def off_thread(fn: Callable[[], T]) -> T:
@@ -117,6 +122,36 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
     async def node_gc() -> dict[str, Any]:
         kept, removed = await off_thread(repos.gc)
         return {"blocks_kept": kept, "blocks_removed": removed}
+
+    @registry.method(
+        "block.fetch", "Fetch the DAG under a CID from a peer over Bitswap; every block is re-hashed.",
+        params=(Param("cid", {"type": "string", "maxLength": 200}, "root CID (CIDv1, base32)"),
+                Param("peer", {"type": "string", "maxLength": 1000}, "the peer's multiaddr, ending in /p2p/<peer id>"),
+                Param("max_size", {"type": "integer", "minimum": 0}, "most bytes the DAG may hold", required=False,
+                      default=1 << 30)),
+        result={"type": "object"})
+    async def block_fetch(cid: str, peer: str, max_size: int) -> dict[str, Any]:
+        if fetch is None:
+            raise FlairError("this node exchanges no blocks")
+        root = parse_cid(cid).text
+        fetched = await fetch(root, peer, max_size)
+        return {"cid": root, "fetched_blocks": fetched}
+
+    @registry.method(
+        "block.has", "Whether every block of the DAG under a CID is stored on this node.",
+        params=(Param("cid", {"type": "string", "maxLength": 200}, "root CID"),
+                Param("max_size", {"type": "integer", "minimum": 0}, "most bytes the DAG may hold", required=False,
+                      default=1 << 30)),
+        result={"type": "object"})
+    async def block_has(cid: str, max_size: int) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            root = parse_cid(cid).text
+            try:
+                blocks = sum(1 for _ in unixfs.walk(repos.blocks, root, max_size=max_size))
+            except NotFound:
+                return {"cid": root, "complete": False}
+            return {"cid": root, "complete": True, "blocks": blocks}
+        return await off_thread(work)
 
     @registry.method("repo.list", "Every repository on this node.", params=(), result={"type": "array"})
     async def repo_list() -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ class NodeConfig:
     max_request_bytes: int = 1 << 20
     log_level: str = "info"
     kubo_api: str = ""
+    p2p_listen: str = "/ip4/127.0.0.1/tcp/0"
 
     @classmethod
     def from_toml(cls, text: str, source: str = "config") -> NodeConfig:
@@ -27,7 +28,8 @@ class NodeConfig:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise InvalidInput(f"{source} is not valid TOML: {exc}") from exc
-        known = {"api": {"host", "port", "max_request_bytes"}, "log": {"level"}, "ipfs": {"kubo_api"}}
+        known = {"api": {"host", "port", "max_request_bytes"}, "log": {"level"}, "ipfs": {"kubo_api"},
+                 "p2p": {"listen"}}
         for section, values in data.items():
             if section not in known or not isinstance(values, dict):
                 raise InvalidInput(f"{source}: unknown section [{section}] (known: {', '.join(known)})")
@@ -37,12 +39,14 @@ class NodeConfig:
         api: dict[str, Any] = data.get("api", {})
         log: dict[str, Any] = data.get("log", {})
         ipfs: dict[str, Any] = data.get("ipfs", {})
+        p2p: dict[str, Any] = data.get("p2p", {})
         config = cls(
             api_host=api.get("host", cls.api_host),
             api_port=api.get("port", cls.api_port),
             max_request_bytes=api.get("max_request_bytes", cls.max_request_bytes),
             log_level=log.get("level", cls.log_level),
             kubo_api=ipfs.get("kubo_api", cls.kubo_api),
+            p2p_listen=p2p.get("listen", cls.p2p_listen),
         )
         config.check(source)
         return config
@@ -68,5 +72,7 @@ class NodeConfig:
             raise InvalidInput(f"{source}: api.max_request_bytes must be from 1024 to 67108864")
         if not isinstance(self.kubo_api, str) or (self.kubo_api and not self.kubo_api.startswith("/")):
             raise InvalidInput(f"{source}: ipfs.kubo_api must be a multiaddr such as /ip4/127.0.0.1/tcp/5001/http")
+        if not isinstance(self.p2p_listen, str) or not self.p2p_listen.startswith("/"):
+            raise InvalidInput(f"{source}: p2p.listen must be a multiaddr such as /ip4/0.0.0.0/tcp/4001")
         if self.log_level not in _LEVELS:
             raise InvalidInput(f"{source}: log.level must be one of {', '.join(_LEVELS)}")

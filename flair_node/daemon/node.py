@@ -14,6 +14,9 @@ import trio
 from ..api.methods import build_registry
 from ..api.server import ApiServer
 from ..core.errors import FlairError
+from ..core.ids import Cid
+from ..network.bitswap import BlockExchange
+from ..network.host import connect, full_addrs, running_host
 from ..network.kubo import KuboPinner
 from ..storage.atomic import remove_stale_temp_files
 from ..storage.repos import RepoSet
@@ -36,14 +39,25 @@ class Node:
         self.repos = RepoSet.on_disk(home.path, self.identity)
         self.pinning = KuboPinService(self.repos, KuboPinner(config.kubo_api), home.path / "kubo") \
             if config.kubo_api else None
-        self.registry = build_registry(self.identity, self.repos, on_change=self._changed, extra_status=self._status)
+        self.exchange: BlockExchange | None = None  # set while the libp2p host runs
+        self.registry = build_registry(self.identity, self.repos, on_change=self._changed, extra_status=self._status,
+                                       fetch=self._fetch)
 
     def _changed(self) -> None:
         if self.pinning is not None:
             self.pinning.wake()
 
     def _status(self) -> dict[str, Any]:
-        return {"kubo": self.pinning.status()} if self.pinning is not None else {}
+        status: dict[str, Any] = {"kubo": self.pinning.status()} if self.pinning is not None else {}
+        if self.exchange is not None:
+            status["p2p"] = {"addrs": full_addrs(self.exchange.host), "refused_blocks": self.exchange.refused_blocks}
+        return status
+
+    async def _fetch(self, cid: Cid, peer: str, max_size: int) -> int:
+        if self.exchange is None:
+            raise FlairError("the libp2p host is not running")
+        peer_id = await connect(self.exchange.host, peer)
+        return await self.exchange.fetch_dag(cid, peer_id, max_size=max_size)
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the API until cancelled; ``task_status.started`` gets the API URL once api.json is written."""
@@ -51,7 +65,9 @@ class Node:
         server = ApiServer(self.registry, token, host=self.config.api_host, port=self.config.api_port,
                            max_body=self.config.max_request_bytes)
         try:
-            async with trio.open_nursery() as nursery:
+            async with running_host(self.identity, self.config.p2p_listen) as host, trio.open_nursery() as nursery:
+                self.exchange = BlockExchange(host, self.repos.blocks)
+                await nursery.start(self.exchange.run)
                 if self.pinning is not None:
                     await nursery.start(self.pinning.run)
                 url = await nursery.start(server.run)
@@ -59,6 +75,7 @@ class Node:
                 log.info("flair-node %s serving %s (home %s)", self.identity.public_key, url, self.home.path)
                 task_status.started(url)
         finally:
+            self.exchange = None
             self.home.remove_api_file()
 
     def close(self) -> None:
