@@ -32,3 +32,9 @@ def test_codecs_bench_reports_bytes_and_accuracy_per_codec():
     for codec in ("float32", "float16", "int8", "topk"):
         assert report[codec]["bytes_per_commit"] > 0 and 0 <= report[codec]["accuracy"] <= 1
     assert report["float32"]["smaller_than_float32"] == 1.0
+
+
+@pytest.mark.slow
+def test_transfer_bench_reports_both_rates():
+    report = last_json_line("transfer.py", "--mb", "2")
+    assert report["bitswap_mib_s"] > 0 and report["raw_stream_mib_s"] > 0 and report["bytes"] == 2_000_000

@@ -85,20 +85,21 @@ class BlockExchange:
                 with trio.CancelScope(shield=True):
                     await self._client.stop()
 
-    async def fetch_dag(self, root: Cid, peer: Any, *, max_size: int, block_timeout: float = 30.0) -> int:
+    async def fetch_dag(self, root: Cid, peer: Any, *, max_size: int, block_timeout: float = 30.0,
+                        parallel: int = 32) -> int:
         """Fetch every block of the DAG under ``root`` that this node lacks from ``peer``; returns how many.
 
-        Raises ``RemoteError`` if the peer does not deliver a block in time (or delivers bytes that do not match
-        it), ``IntegrityError`` if the DAG is deeper or larger than ``max_size`` allows.
+        A node's children are fetched concurrently (up to ``parallel`` wants in flight). Raises ``RemoteError``
+        if the peer does not deliver a block in time (or delivers bytes that do not match it),
+        ``IntegrityError`` if the DAG is deeper or larger than ``max_size`` allows.
         """
         session = self._client.new_session()
+        limiter = trio.CapacityLimiter(parallel)
         fetched = 0
-        stack: list[tuple[Cid, int, int]] = [(root, 0, max_size)]
-        while stack:
-            cid, depth, allowed = stack.pop()
-            if depth > unixfs.MAX_DEPTH:
-                raise IntegrityError(f"DAG under {root} is deeper than {unixfs.MAX_DEPTH}", cid=root)
-            if not self.blocks.has(cid):
+
+        async def get(cid: Cid) -> None:
+            nonlocal fetched
+            async with limiter:
                 self._store.wanted.add(cid)
                 try:
                     await session.get_block(cid, peer, block_timeout)
@@ -106,16 +107,35 @@ class BlockExchange:
                     log.debug("fetching %s failed: %r", cid, exc)
                 finally:
                     self._store.wanted.discard(cid)
-                if not self.blocks.has(cid):
-                    raise RemoteError(f"peer {peer} did not deliver block {cid} of {root}", cid=cid)
-                fetched += 1
-            block = self.blocks.get(cid)
-            if parse_cid(cid).codec == DAG_PB:
-                node = decode_file_node(block)
-                if node.filesize > allowed:
-                    raise IntegrityError(f"DAG under {root} declares more than {allowed} bytes", cid=root)
-                stack.extend(reversed([(link.cid, depth + 1, size)
-                                       for link, size in zip(node.links, node.blocksizes, strict=True)]))
-            elif len(block) > allowed:
-                raise IntegrityError(f"DAG under {root} holds more than its declared size", cid=root)
-        return fetched
+            if not self.blocks.has(cid):
+                raise RemoteError(f"peer {peer} did not deliver block {cid} of {root}", cid=cid)
+            fetched += 1
+
+        level: list[tuple[Cid, int]] = [(root, max_size)]  # (cid, bytes it may hold), one DAG level at a time
+        for depth in range(unixfs.MAX_DEPTH + 2):
+            if not level:
+                return fetched
+            if depth > unixfs.MAX_DEPTH:
+                break
+            missing = [cid for cid, _ in level if not self.blocks.has(cid)]
+            try:
+                async with trio.open_nursery() as nursery:
+                    for cid in missing:
+                        nursery.start_soon(get, cid)
+            except BaseExceptionGroup as group:
+                errors = group.subgroup(FlairError)
+                if errors is None:
+                    raise
+                raise errors.exceptions[0] from None
+            below: list[tuple[Cid, int]] = []
+            for cid, allowed in level:
+                block = self.blocks.get(cid)
+                if parse_cid(cid).codec == DAG_PB:
+                    node = decode_file_node(block)
+                    if node.filesize > allowed:
+                        raise IntegrityError(f"DAG under {root} declares more than {allowed} bytes", cid=root)
+                    below.extend((link.cid, size) for link, size in zip(node.links, node.blocksizes, strict=True))
+                elif len(block) > allowed:
+                    raise IntegrityError(f"DAG under {root} holds more than its declared size", cid=root)
+            level = below
+        raise IntegrityError(f"DAG under {root} is deeper than {unixfs.MAX_DEPTH}", cid=root)
