@@ -39,19 +39,9 @@ MAX_WEIGHTS_BYTES = 64 << 30
 
 
 def commit_json(commit: Commit) -> dict[str, Any]:
-    return {
-        "id": commit.id,
-        "repo": commit.repo,
-        "parents": list(commit.parents),
-        "author": commit.author,
-        "timestamp_ms": commit.timestamp_ms,
-        "kind": commit.kind,
-        "message": commit.message,
-        "payload": {"cid": commit.payload.cid, "codec": commit.payload.codec, "size": commit.payload.size,
-                    "cipher": commit.payload.cipher, "key_epoch": commit.payload.key_epoch},
-        "meta": dict(commit.meta),
-        "metrics": {k: float(v) for k, v in commit.metrics.items()},
-    }
+    """The commit's record as JSON: its id, every signed field, and metrics as numbers."""
+    body = {k: v for k, v in commit.body().items() if k not in ("v", "type")}
+    return {"id": commit.id, **body, "metrics": {k: float(v) for k, v in commit.metrics.items()}}
 
 
 def repo_json(repo: Repo) -> dict[str, Any]:
