@@ -16,8 +16,7 @@ from libp2p.bitswap import BitswapClient
 from libp2p.bitswap import BlockStore as LibBlockStore
 from libp2p.bitswap.cid import cid_to_text
 
-from ..core.cid import DAG_PB, decode_file_node, parse_cid
-from ..core.errors import FlairError, IntegrityError, NotFound, RemoteError
+from ..core.errors import FlairError, IntegrityError, RemoteError
 from ..core.ids import Cid
 from ..storage import unixfs
 
@@ -38,7 +37,7 @@ class _Store(LibBlockStore):
         text = Cid(cid_to_text(cid))
         try:
             return await trio.to_thread.run_sync(self.blocks.get, text)
-        except (NotFound, FlairError):
+        except FlairError:  # missing or damaged here: the peer asking gets nothing
             return None
 
     async def put_block(self, cid: Any, data: bytes) -> None:
@@ -112,11 +111,7 @@ class BlockExchange:
             fetched += 1
 
         level: list[tuple[Cid, int]] = [(root, max_size)]  # (cid, bytes it may hold), one DAG level at a time
-        for depth in range(unixfs.MAX_DEPTH + 2):
-            if not level:
-                return fetched
-            if depth > unixfs.MAX_DEPTH:
-                break
+        for _ in range(unixfs.MAX_DEPTH + 1):
             missing = [cid for cid, _ in level if not self.blocks.has(cid)]
             try:
                 async with trio.open_nursery() as nursery:
@@ -127,15 +122,8 @@ class BlockExchange:
                 if errors is None:
                     raise
                 raise errors.exceptions[0] from None
-            below: list[tuple[Cid, int]] = []
-            for cid, allowed in level:
-                block = self.blocks.get(cid)
-                if parse_cid(cid).codec == DAG_PB:
-                    node = decode_file_node(block)
-                    if node.filesize > allowed:
-                        raise IntegrityError(f"DAG under {root} declares more than {allowed} bytes", cid=root)
-                    below.extend((link.cid, size) for link, size in zip(node.links, node.blocksizes, strict=True))
-                elif len(block) > allowed:
-                    raise IntegrityError(f"DAG under {root} holds more than its declared size", cid=root)
-            level = below
+            level = [child for cid, allowed in level
+                     for child in unixfs.children(root, cid, self.blocks.get(cid), allowed)]
+            if not level:
+                return fetched
         raise IntegrityError(f"DAG under {root} is deeper than {unixfs.MAX_DEPTH}", cid=root)

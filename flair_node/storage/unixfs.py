@@ -72,6 +72,24 @@ def add(store: BlockStore, data: bytes) -> Cid:
     return level[0][0]
 
 
+def children(root: Cid, cid: Cid, block: bytes, allowed: int) -> list[tuple[Cid, int]]:
+    """The links of a DAG block as (child CID, bytes it may hold), after checking the block's bounds.
+
+    ``allowed`` is how many file bytes the block may stand for; a block over ``MAX_BLOCK``, a leaf larger than
+    that, or a node declaring more raises ``IntegrityError`` (naming ``root``, the DAG being read).
+    """
+    if len(block) > MAX_BLOCK:
+        raise IntegrityError(f"block {cid} is larger than {MAX_BLOCK} bytes", cid=cid)
+    if parse_cid(cid).codec == RAW:
+        if len(block) > allowed:
+            raise IntegrityError(f"DAG under {root} holds more than its declared size", cid=root)
+        return []
+    node = decode_file_node(block)
+    if node.filesize > allowed:
+        raise IntegrityError(f"DAG under {root} declares more than {allowed} bytes", cid=root)
+    return [(link.cid, size) for link, size in zip(node.links, node.blocksizes, strict=True)]
+
+
 def walk(store: BlockStore, root: Cid, *, max_size: int) -> Iterator[tuple[Cid, bytes]]:
     """Every block of the DAG under ``root`` (each re-hashed), depth first; leaves in file order."""
     stack: list[tuple[Cid, int, int]] = [(root, 0, max_size)]  # (cid, depth, bytes it may hold)
@@ -80,18 +98,7 @@ def walk(store: BlockStore, root: Cid, *, max_size: int) -> Iterator[tuple[Cid, 
         if depth > MAX_DEPTH:
             raise IntegrityError(f"DAG under {root} is deeper than {MAX_DEPTH}", cid=root)
         block = store.get(cid)
-        if len(block) > MAX_BLOCK:
-            raise IntegrityError(f"block {cid} is larger than {MAX_BLOCK} bytes", cid=cid)
-        parsed = parse_cid(cid)
-        if parsed.codec == RAW:
-            if len(block) > allowed:
-                raise IntegrityError(f"DAG under {root} holds more than its declared size", cid=root)
-        else:
-            node = decode_file_node(block)
-            if node.filesize > allowed:
-                raise IntegrityError(f"DAG under {root} declares more than {allowed} bytes", cid=root)
-            stack.extend(reversed([(link.cid, depth + 1, size)
-                                   for link, size in zip(node.links, node.blocksizes, strict=True)]))
+        stack.extend(reversed([(child, depth + 1, size) for child, size in children(root, cid, block, allowed)]))
         yield cid, block
 
 
