@@ -14,6 +14,7 @@ import base58
 
 from .errors import IntegrityError, InvalidInput
 from .ids import Cid
+from .protobuf import bytes_field, fields, int_field, read_varint, varint
 
 RAW = 0x55
 DAG_PB = 0x70
@@ -22,74 +23,21 @@ UNIXFS_FILE = 2
 _CODECS = {RAW: "raw", DAG_PB: "dag-pb"}
 
 
-# -- varints and protobuf fields ----------------------------------------------------------------------------
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise IntegrityError("truncated or oversized varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _field(number: int, wire: int) -> bytes:
-    return varint(number << 3 | wire)
-
-
-def _bytes_field(number: int, value: bytes) -> bytes:
-    return _field(number, 2) + varint(len(value)) + value
-
-
-def _fields(data: bytes) -> list[tuple[int, int | bytes]]:
-    """Protobuf fields of ``data`` in order: (number, int for varints | bytes for length-delimited)."""
-    out: list[tuple[int, int | bytes]] = []
-    pos = 0
-    while pos < len(data):
-        key, pos = read_varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = read_varint(data, pos)
-            out.append((number, value))
-        elif wire == 2:
-            length, pos = read_varint(data, pos)
-            if pos + length > len(data):
-                raise IntegrityError("protobuf field runs past the end of its block")
-            out.append((number, data[pos:pos + length]))
-            pos += length
-        else:
-            raise IntegrityError(f"unsupported protobuf wire type {wire}")
-    return out
-
-
 # -- CIDs ---------------------------------------------------------------------------------------------------
 
 def cid_for(codec: int, block: bytes) -> Cid:
     """The CIDv1 (sha2-256, base32) of ``block`` under ``codec``."""
-    raw = varint(1) + varint(codec) + bytes([SHA2_256, 32]) + hashlib.sha256(block).digest()
-    return Cid("b" + base64.b32encode(raw).decode("ascii").lower().rstrip("="))
+    return ParsedCid(codec, hashlib.sha256(block).digest()).text
+
+
+_SHA2_256_32 = bytes([SHA2_256, 32])
 
 
 @dataclass(frozen=True)
 class ParsedCid:
     codec: int
     digest: bytes
+    version: int = 1
 
     @property
     def key(self) -> str:
@@ -102,29 +50,59 @@ class ParsedCid:
 
     @property
     def text(self) -> Cid:
-        raw = varint(1) + varint(self.codec) + bytes([SHA2_256, 32]) + self.digest
+        """The canonical text form: CIDv1, base32 (a CIDv0 is shown as the CIDv1 of the same block)."""
+        raw = varint(1) + varint(self.codec) + _SHA2_256_32 + self.digest
         return Cid("b" + base64.b32encode(raw).decode("ascii").lower().rstrip("="))
+
+    @property
+    def binary(self) -> bytes:
+        """The CID's bytes as Bitswap wants and dag-pb links carry them (a CIDv0 is its bare multihash)."""
+        if self.version == 0:
+            return _SHA2_256_32 + self.digest
+        return varint(1) + varint(self.codec) + _SHA2_256_32 + self.digest
+
+    @property
+    def prefix(self) -> bytes:
+        """Version, codec and multihash type and length: what a Bitswap block carries besides its bytes."""
+        return varint(self.version) + varint(self.codec) + _SHA2_256_32
 
 
 def parse_cid(text: str) -> ParsedCid:
     """A CIDv1 in base32 (``b...``) or a CIDv0 (``Qm...``) with a sha2-256 multihash, raw or dag-pb."""
     try:
         if text.startswith("Qm") and len(text) == 46:
-            raw = base58.b58decode(text)
-            version, codec, pos = 0, DAG_PB, 0
+            parsed = parse_cid_bytes(base58.b58decode(text))
         elif text.startswith("b") and len(text) < 200:
             body = text[1:].upper()
-            raw = base64.b32decode(body + "=" * (-len(body) % 8))
-            version, pos = read_varint(raw, 0)
-            codec, pos = read_varint(raw, pos)
+            parsed = parse_cid_bytes(base64.b32decode(body + "=" * (-len(body) % 8)))
         else:
             raise ValueError("not a base32 CIDv1 or a CIDv0")
     except (ValueError, IntegrityError) as exc:
-        raise InvalidInput(f"{text[:80]!r} is not a CID: {exc}", cid=text[:80]) from None
-    if version not in (0, 1) or codec not in _CODECS or raw[pos:pos + 2] != bytes([SHA2_256, 32]) \
-            or len(raw) != pos + 34:
-        raise InvalidInput(f"{text[:80]!r} is not a sha2-256 raw or dag-pb CID", cid=text[:80])
+        raise InvalidInput(f"{text[:80]!r} is not a sha2-256 raw or dag-pb CID: {exc}", cid=text[:80]) from None
+    if parsed.version == 0 and not text.startswith("Qm"):
+        raise InvalidInput(f"{text[:80]!r} is not a CIDv1", cid=text[:80])
+    return parsed
+
+
+def parse_cid_bytes(raw: bytes) -> ParsedCid:
+    """A binary CID (a CIDv1, or a CIDv0's bare sha2-256 multihash); ``IntegrityError`` for anything else."""
+    if len(raw) == 34 and raw.startswith(_SHA2_256_32):
+        return ParsedCid(DAG_PB, raw[2:], version=0)
+    version, pos = read_varint(raw, 0)
+    codec, pos = read_varint(raw, pos)
+    if version != 1 or codec not in _CODECS or raw[pos:pos + 2] != _SHA2_256_32 or len(raw) != pos + 34:
+        raise IntegrityError("not a sha2-256 raw or dag-pb CIDv1")
     return ParsedCid(codec, raw[pos + 2:])
+
+
+def cid_from_prefix(prefix: bytes, block: bytes) -> ParsedCid:
+    """The CID ``block`` has under a Bitswap ``prefix``: hashed here, never taken from the sender."""
+    version, pos = read_varint(prefix, 0)
+    codec, pos = read_varint(prefix, pos)
+    if version not in (0, 1) or codec not in _CODECS or prefix[pos:] != _SHA2_256_32 \
+            or (version == 0 and codec != DAG_PB):
+        raise IntegrityError(f"unsupported CID prefix {prefix.hex()}")
+    return ParsedCid(codec, hashlib.sha256(block).digest(), version)
 
 
 # -- dag-pb nodes holding UnixFS file data ------------------------------------------------------------------
@@ -147,42 +125,38 @@ class FileNode:
 
 def encode_file_node(node: FileNode) -> bytes:
     """The dag-pb bytes Kubo writes for a UnixFS file node over ``links`` (links first, then Data)."""
-    unixfs = _field(1, 0) + varint(UNIXFS_FILE) + _field(3, 0) + varint(node.filesize)
+    unixfs = int_field(1, UNIXFS_FILE) + int_field(3, node.filesize)
     for size in node.blocksizes:
-        unixfs += _field(4, 0) + varint(size)
+        unixfs += int_field(4, size)
     out = b""
     for link in node.links:
-        cid = parse_cid(link.cid)
-        cid_bytes = varint(1) + varint(cid.codec) + bytes([SHA2_256, 32]) + cid.digest
-        body = _bytes_field(1, cid_bytes) + _bytes_field(2, b"") + _field(3, 0) + varint(link.tsize)
-        out += _bytes_field(2, body)
-    return out + _bytes_field(1, unixfs)
+        body = bytes_field(1, parse_cid(link.cid).binary) + bytes_field(2, b"") + int_field(3, link.tsize)
+        out += bytes_field(2, body)
+    return out + bytes_field(1, unixfs)
 
 
 def decode_file_node(block: bytes) -> FileNode:
     """A dag-pb UnixFS file node; anything else raises ``IntegrityError``."""
     links: list[Link] = []
     unixfs: bytes | None = None
-    for number, value in _fields(block):
+    for number, value in fields(block):
         if number == 2 and isinstance(value, bytes):
             cid_bytes, tsize = b"", 0
-            for n, v in _fields(value):
+            for n, v in fields(value):
                 if n == 1 and isinstance(v, bytes):
                     cid_bytes = v
                 elif n == 3 and isinstance(v, int):
                     tsize = v
-            version, pos = read_varint(cid_bytes, 0)
-            codec, pos = read_varint(cid_bytes, pos)
-            if version != 1 or codec not in _CODECS or cid_bytes[pos:pos + 2] != bytes([SHA2_256, 32]) \
-                    or len(cid_bytes) != pos + 34:
-                raise IntegrityError("dag-pb link is not a sha2-256 CIDv1")
-            links.append(Link(ParsedCid(codec, cid_bytes[pos + 2:]).text, tsize))
+            link = parse_cid_bytes(cid_bytes)
+            if link.version != 1:
+                raise IntegrityError("dag-pb link is not a CIDv1")
+            links.append(Link(link.text, tsize))
         elif number == 1 and isinstance(value, bytes):
             unixfs = value
     if unixfs is None:
         raise IntegrityError("dag-pb node carries no UnixFS data")
     kind, blocksizes = None, []
-    for number, value in _fields(unixfs):
+    for number, value in fields(unixfs):
         if number == 1 and isinstance(value, int):
             kind = value
         elif number == 4 and isinstance(value, int):
