@@ -28,7 +28,7 @@ def test_a_payload_dag_lands_in_kubo_under_the_same_cids():
                                                        max_size=commit.payload.size))
         pinner.close()
         assert kubo.pins == {commit.payload.cid}
-        assert set(kubo.blocks) == {cid for cid, _ in unixfs.walk(repos.blocks, commit.payload.cid,
+        assert set(kubo.blocks) == {cid.text for cid, _ in unixfs.walk(repos.blocks, commit.payload.cid,
                                                                   max_size=commit.payload.size)}
         assert len(kubo.blocks) == 6  # 4 leaves of 256 KiB + the last one + the root
         kubo.failing = True

@@ -50,7 +50,7 @@ class Node:
     def _status(self) -> dict[str, Any]:
         status: dict[str, Any] = {"kubo": self.pinning.status()} if self.pinning is not None else {}
         if self.exchange is not None:
-            status["p2p"] = {"addrs": full_addrs(self.exchange.host), "refused_blocks": self.exchange.refused_blocks}
+            status["p2p"] = {"addrs": full_addrs(self.exchange.host), **self.exchange.status()}
         return status
 
     async def _fetch(self, cid: Cid, peer: str, max_size: int) -> int:

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from ..core.cid import DAG_PB, parse_cid
+from ..core.cid import DAG_PB, ParsedCid
 from ..core.errors import RemoteError
 from ..core.ids import Cid
 
@@ -33,14 +33,15 @@ class KuboPinner:
             raise RemoteError(f"Kubo API address {api_multiaddr!r} is not usable: {exc}") from None
         self.address = api_multiaddr
 
-    def pin_dag(self, root: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> None:
+    def pin_dag(self, root: Cid, blocks: Iterable[tuple[ParsedCid, bytes]]) -> None:
         """Put every block of the DAG under ``root`` into Kubo, then pin ``root`` there."""
         try:
             for cid, block in blocks:
-                codec = "dag-pb" if parse_cid(cid).codec == DAG_PB else "raw"
+                codec = "dag-pb" if cid.codec == DAG_PB else "raw"
                 reply = self._client.block.put(io.BytesIO(block), opts={"cid-codec": codec, "mhtype": "sha2-256"})
-                if reply.get("Key") != cid:
-                    raise RemoteError(f"Kubo at {self.address} stored block {cid} as {reply.get('Key')}", cid=cid)
+                if reply.get("Key") != cid.text:
+                    raise RemoteError(f"Kubo at {self.address} stored block {cid.text} as {reply.get('Key')}",
+                                      cid=cid.text)
             self._client.pin.add(root)
         except self._errors as exc:
             raise RemoteError(f"Kubo at {self.address} failed: {exc}", cid=root) from None
