@@ -43,7 +43,7 @@ def run(codec: str, args: argparse.Namespace, data: tuple[torch.Tensor, ...]) ->
         branches = []
         for i, name in enumerate(CONTRIBUTORS):
             branch = f"r{round_no}/{name}"
-            repo.create_branch(branch, repo.head("main"))
+            repo.create_branch(me, branch, repo.head("main"))
             model.load_state_dict(repo.materialize(repo.head(branch)))
             x, y = slices[i]
             train_local(model, x, y, args.epochs, args.lr, 32, seed=round_no * 10 + i)

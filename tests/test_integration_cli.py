@@ -161,3 +161,29 @@ def test_one_daemon_per_home_and_clean_stop(tmp_path):
         assert "already running" in second.stderr and "Traceback" not in second.stderr
         assert (home / "api.json").exists()  # the first daemon's file is untouched
     assert not (home / "api.json").exists()
+
+
+def test_membership_through_the_cli(tmp_path):
+    from flair_node.core.identity import Identity
+
+    home, alice, bob = tmp_path / "home", Identity.generate().public_key, Identity.generate().public_key
+    with running_daemon(home):
+        flair(home, "init", "team", "--model", str(model(0, tmp_path / "m0.safetensors")))
+        flair(home, "invite", "team", alice, "--role", "maintainer", "--expires-days", "30")
+        text = flair(home, "invite", "team", bob, "--role", "reader").stdout
+        assert f"{alice}  maintainer" in text and f"{bob}  reader" in text and "until 20" in text
+        members = json.loads(flair(home, "members", "team", "--json").stdout)
+        assert [m["role"] for m in members["members"]] == ["owner", "maintainer", "reader"]
+        assert (members["epoch"], members["changes"], members["protected_branches"]) == (0, 2, ["main"])
+
+        removed = json.loads(flair(home, "remove", "team", alice, "--json").stdout)
+        assert removed["epoch"] == 1 and removed["removed"] == [alice]
+        commit = json.loads(flair(home, "commit", "team", "--weights", str(model(1, tmp_path / "m1.safetensors")),
+                                  "-m", "after the removal", "--json").stdout)
+        assert commit["payload"]["key_epoch"] == 1
+
+        again = flair(home, "remove", "team", alice, check=False)
+        assert again.returncode == 1 and "is not a member" in again.stderr
+        bad = flair(home, "invite", "team", "not-a-key", check=False)
+        assert bad.returncode == 1 and "public key" in bad.stderr
+        assert flair(home, "fsck", "team").returncode == 0

@@ -110,9 +110,9 @@ def test_concurrent_commits_one_wins_none_lost(repo):
 
 def test_branches(repo):
     root = repo.head("main")
-    repo.create_branch("alice", root)
+    repo.create_branch(ME, "alice", root)
     with pytest.raises(RefConflict):
-        repo.create_branch("alice", root)
+        repo.create_branch(ME, "alice", root)
     with pytest.raises(NotFound, match="no branch 'bob'"):
         repo.head("bob")
     repo.commit_weights(ME, tiny_state(1), message="a", branch="alice")
@@ -122,7 +122,7 @@ def test_branches(repo):
 def test_merge_average_weights_by_examples_and_is_rederivable(repo):
     root = repo.head("main")
     for name, seed, n in [("alice", 1, 30), ("bob", 2, 10)]:
-        repo.create_branch(name, root)
+        repo.create_branch(ME, name, root)
         repo.commit_weights(ME, tiny_state(seed), message=name, branch=name, examples=n)
     merged = repo.merge(ME, ["alice", "bob"], "main")
     assert merged.parents == (root, repo.head("alice"), repo.head("bob"))
@@ -141,7 +141,7 @@ def test_task_arithmetic_adds_changes(repo):
     root = repo.head("main")
     base = tiny_state(0)
     for name, delta in [("a", 0.5), ("b", 0.25)]:
-        repo.create_branch(name, root)
+        repo.create_branch(ME, name, root)
         repo.commit_weights(ME, {"w": base["w"] + delta, "b": base["b"]}, message=name, branch=name)
     merged = repo.merge(ME, ["a", "b"], "main", strategy="task-arithmetic")
     state = repo.materialize(merged.id)
@@ -162,7 +162,7 @@ def test_revert_gives_parent_exactly_and_checks_branch(repo):
     c1 = repo.commit_weights(ME, tiny_state(1), message="bad update")
     undone = repo.revert(ME, c1.id)
     assert same(repo.materialize(undone.id), repo.materialize(root))
-    repo.create_branch("other", root)
+    repo.create_branch(ME, "other", root)
     c2 = repo.commit_weights(ME, tiny_state(2), message="x", branch="other")
     with pytest.raises(Exception, match="not on branch main"):
         repo.revert(ME, c2.id)

@@ -19,6 +19,7 @@ from ..core.cid import parse_cid
 from ..core.errors import FlairError, InvalidInput, NotFound
 from ..core.identity import Identity
 from ..core.ids import Cid
+from ..core.membership import INVITABLE, PROTECTED_BRANCHES, Member, Membership
 from ..core.objects import Commit
 from ..core.refs import DEFAULT_BRANCH
 from ..storage import unixfs
@@ -55,6 +56,16 @@ def repo_json(repo: Repo) -> dict[str, Any]:
         "tensors": len(record.layout),
         "parameters": sum(t.numel for t in record.layout),
     }
+
+
+def members_json(membership: Membership) -> dict[str, Any]:
+    def member(m: Member) -> dict[str, Any]:
+        return {"key": m.key, "role": m.role, "expires_ms": m.expires_ms, "joined_epoch": m.joined_epoch}
+
+    return {"repo": membership.repo, "owner": membership.owner, "epoch": membership.epoch,
+            "changes": membership.seq, "members": [member(m) for m in membership.current()],
+            "removed": sorted(k for k, m in membership.members.items() if m.removed_epoch is not None),
+            "protected_branches": sorted(PROTECTED_BRANCHES)}
 
 
 def _input_path(text: str, what: str) -> Path:
@@ -244,6 +255,33 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
         return await off_thread(work)
 
     @registry.method(
+        "repo.members", "A repository's members, their roles, and its payload key epoch.",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),), result={"type": "object"})
+    async def repo_members(repo: str) -> dict[str, Any]:
+        return await off_thread(lambda: members_json(repos.open(repo).members.current()))
+
+    @registry.method(
+        "repo.invite", "Grant a public key a role, sealing every payload key so far to it (owner only).",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),
+                Param("member", {"type": "string", "maxLength": 64}, "the member's public key (base58)"),
+                Param("role", {"type": "string", "enum": list(INVITABLE)}, "reader, contributor or maintainer",
+                      required=False, default="contributor"),
+                Param("expires_ms", {"type": "integer", "minimum": 0}, "when the role lapses (Unix ms); 0: never",
+                      required=False, default=0)),
+        result={"type": "object"})
+    async def repo_invite(repo: str, member: str, role: str, expires_ms: int) -> dict[str, Any]:
+        return await changing(lambda: members_json(repos.open(repo).invite(identity, member, role,
+                                                                           expires_ms=expires_ms)))
+
+    @registry.method(
+        "repo.remove", "Remove a member; later payloads are sealed with a new key they never get (owner only).",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),
+                Param("member", {"type": "string", "maxLength": 64}, "the member's public key (base58)")),
+        result={"type": "object"})
+    async def repo_remove(repo: str, member: str) -> dict[str, Any]:
+        return await changing(lambda: members_json(repos.open(repo).remove(identity, member)))
+
+    @registry.method(
         "repo.branch", "List branches, or create one at a commit (default: the head of main).",
         params=(Param("repo", _ID, "repository id, id prefix or name"),
                 Param("name", _ID, "new branch name; omit to list", required=False, default=None),
@@ -253,7 +291,7 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
         def work() -> dict[str, Any]:
             r = repos.open(repo)
             if name is not None:
-                r.create_branch(name, r.resolve(at or DEFAULT_BRANCH))
+                r.create_branch(identity, name, r.resolve(at or DEFAULT_BRANCH))
             elif at is not None:
                 raise InvalidInput("'at' needs a branch name to create")
             return {"branches": dict(r.branches()), "created": name}

@@ -63,3 +63,13 @@ def status_text(r: dict[str, Any]) -> str:
     for branch, head in r["heads"].items():
         lines.append(f"  {branch:<20} {head['id'][:12]}  {head['kind']}: {head['message'].splitlines()[0]}")
     return "\n".join(lines)
+
+
+def members_text(r: dict[str, Any]) -> str:
+    lines = [f"{m['key']}  {m['role']:<11}" + (f"  until {_when(m['expires_ms'])}" if m["expires_ms"] else "")
+             for m in r["members"]]
+    lines.append(f"payload key epoch {r['epoch']} after {r['changes']} membership changes; protected branches: "
+                 f"{', '.join(r['protected_branches'])}")
+    if r["removed"]:
+        lines.append(f"removed: {', '.join(r['removed'])}")
+    return "\n".join(lines)

@@ -6,12 +6,13 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from ..api.client import ApiClient
 from ..core.errors import FlairError
-from .format import diff_text, log_text, show_text, status_text
+from .format import diff_text, log_text, members_text, show_text, status_text
 
 CODECS = {"exact": "bitdelta-v1", "float16": "float16-v1", "int8": "int8-v1", "topk": "topk-v1"}
 
@@ -94,6 +95,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("repo")
 
     verb("gc", "delete the blocks that no commit of a local repository reaches")
+
+    p = verb("members", "list a repository's members and their roles")
+    p.add_argument("repo")
+
+    p = verb("invite", "grant a public key a role (owner only); every payload key so far is sealed to it")
+    p.add_argument("repo")
+    p.add_argument("member", metavar="PUBKEY", help="the member's public key (their `flair whoami`)")
+    p.add_argument("--role", default="contributor", choices=["reader", "contributor", "maintainer"])
+    p.add_argument("--expires-days", type=float, default=0.0, metavar="DAYS",
+                   help="the role lapses after this many days (default: never)")
+
+    p = verb("remove", "remove a member (owner only); later payloads are sealed with a key they never get")
+    p.add_argument("repo")
+    p.add_argument("member", metavar="PUBKEY")
     return parser
 
 
@@ -188,6 +203,18 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
         lines = [f"checked {r['checked']} commits: " + ("no damage" if r["ok"] else f"{len(r['problems'])} problems")]
         lines += [f"  {p['object'][:12]}  {p['what']}" for p in r["problems"]]
         return r, "\n".join(lines)
+    if a.verb == "members":
+        r = c.call("repo.members", repo=a.repo)
+        return r, members_text(r)
+    if a.verb == "invite":
+        if a.expires_days < 0:
+            raise FlairError("--expires-days must be positive")
+        expires_ms = int((time.time() + a.expires_days * 86400) * 1000) if a.expires_days else 0
+        r = c.call("repo.invite", repo=a.repo, member=a.member, role=a.role, expires_ms=expires_ms)
+        return r, members_text(r)
+    if a.verb == "remove":
+        r = c.call("repo.remove", repo=a.repo, member=a.member)
+        return r, members_text(r)
     if a.verb == "gc":
         r = c.call("node.gc")
         return r, f"kept {r['blocks_kept']} pinned blocks, removed {r['blocks_removed']} unpinned"

@@ -17,6 +17,7 @@ Every error Flair raises on purpose is a ``FlairError``. Those that can cross th
     ├── IntegrityError              -32013  stored bytes whose hash or signature do not check out
     ├── Unauthorized                -32001  missing or wrong API token (HTTP 401)
     ├── NotAMember                  -32014  this node holds no key for the repository's payloads
+    ├── Forbidden                   -32016  the repository's members and roles do not allow this
     ├── RemoteError                 -32015  a remote service (a Kubo node, a peer) failed or refused
     └── (api/errors.py)                     JSON-RPC protocol errors: ParseError -32700, InvalidRequest -32600,
                                             MethodNotFound -32601, InternalError -32603
@@ -90,6 +91,10 @@ class Unauthorized(FlairError):
 
 class NotAMember(FlairError):
     code = -32014
+
+
+class Forbidden(FlairError):
+    code = -32016
 
 
 class RemoteError(FlairError):

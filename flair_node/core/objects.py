@@ -12,14 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import encoding
-from .cid import parse_cid
+from . import encoding, schema
 from .crypto import CIPHER
 from .errors import IntegrityError, InvalidInput
 from .identity import Identity, verify
-from .ids import Cid, CommitId, PublicKey, RepoId, is_full_id, sha256_hex
+from .ids import Cid, CommitId, PublicKey, RepoId, sha256_hex
+from .schema import RECORD_VERSION
 
-RECORD_VERSION = 1
 COMMIT_KINDS = ("init", "commit", "merge", "revert")
 #: Codecs a payload can be stored in (see ``flair_node.tensors.codec``).
 CODECS = ("full-v1", "bitdelta-v1", "float16-v1", "int8-v1", "topk-v1")
@@ -110,26 +109,26 @@ class Commit:
     @classmethod
     def decode(cls, data: bytes) -> Commit:
         outer = encoding.decode(data)
-        body, sig = _outer(outer, "commit")
+        body, sig = schema.outer(outer, "commit")
         try:
             payload = body["payload"]
             commit = cls(
-                repo=RepoId(_hex_id(body["repo"], "repo")),
-                parents=tuple(CommitId(_hex_id(p, "parent")) for p in _list(body["parents"], "parents")),
-                author=PublicKey(_str(body["author"], "author", 64)),
-                timestamp_ms=_int(body["timestamp_ms"], "timestamp_ms"),
-                kind=_choice(body["kind"], "kind", COMMIT_KINDS),
-                message=_str(body["message"], "message", MAX_MESSAGE),
+                repo=RepoId(schema.hex_id(body["repo"], "repo")),
+                parents=tuple(CommitId(schema.hex_id(p, "parent")) for p in schema.listing(body["parents"], "parents")),
+                author=PublicKey(schema.text(body["author"], "author", 64)),
+                timestamp_ms=schema.natural(body["timestamp_ms"], "timestamp_ms"),
+                kind=schema.choice(body["kind"], "kind", COMMIT_KINDS),
+                message=schema.text(body["message"], "message", MAX_MESSAGE),
                 payload=Payload(
-                    cid=_cid(payload["cid"], "payload.cid"),
-                    codec=_choice(payload["codec"], "payload.codec", CODECS),
-                    size=_int(payload["size"], "payload.size"),
-                    cipher=_choice(payload["cipher"], "payload.cipher", (CIPHER,)),
-                    key_epoch=_int(payload["key_epoch"], "payload.key_epoch"),
+                    cid=schema.cid(payload["cid"], "payload.cid"),
+                    codec=schema.choice(payload["codec"], "payload.codec", CODECS),
+                    size=schema.natural(payload["size"], "payload.size"),
+                    cipher=schema.choice(payload["cipher"], "payload.cipher", (CIPHER,)),
+                    key_epoch=schema.natural(payload["key_epoch"], "payload.key_epoch"),
                 ),
-                meta=_dict(body["meta"], "meta"),
-                metrics={_str(k, "metric name", 64): _str(v, "metric", 64)
-                         for k, v in _dict(body["metrics"], "metrics").items()},
+                meta=schema.mapping(body["meta"], "meta"),
+                metrics={schema.text(k, "metric name", 64): schema.text(v, "metric", 64)
+                         for k, v in schema.mapping(body["metrics"], "metrics").items()},
                 signature=sig,
             )
         except (KeyError, TypeError) as exc:
@@ -187,21 +186,21 @@ class RepositoryRecord:
 
     @classmethod
     def decode(cls, data: bytes) -> RepositoryRecord:
-        body, sig = _outer(encoding.decode(data), "repository")
+        body, sig = schema.outer(encoding.decode(data), "repository")
         try:
             layout = []
-            for entry in _list(body["layout"], "layout"):
-                name, dtype, shape = _list(entry, "layout entry")
-                layout.append(TensorSpec(_str(name, "tensor name", 1024), _choice(dtype, "dtype", DTYPES),
-                                         tuple(_int(d, "shape") for d in _list(shape, "shape"))))
+            for entry in schema.listing(body["layout"], "layout"):
+                name, dtype, shape = schema.listing(entry, "layout entry")
+                layout.append(TensorSpec(schema.text(name, "tensor name", 1024), schema.choice(dtype, "dtype", DTYPES),
+                                         tuple(schema.natural(d, "shape") for d in schema.listing(shape, "shape"))))
             record = cls(
-                name=_str(body["name"], "name", 200),
-                owner=PublicKey(_str(body["owner"], "owner", 64)),
-                created_ms=_int(body["created_ms"], "created_ms"),
-                nonce=_str(body["nonce"], "nonce", 64),
+                name=schema.text(body["name"], "name", 200),
+                owner=PublicKey(schema.text(body["owner"], "owner", 64)),
+                created_ms=schema.natural(body["created_ms"], "created_ms"),
+                nonce=schema.text(body["nonce"], "nonce", 64),
                 layout=tuple(layout),
-                sealed_keys={_str(k, "member key", 64): _bytes(v, "sealed key", 256)
-                             for k, v in _dict(body["keys"], "keys").items()},
+                sealed_keys={schema.text(k, "member key", 64): schema.blob(v, "sealed key", 256)
+                             for k, v in schema.mapping(body["keys"], "keys").items()},
                 signature=sig,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -222,68 +221,3 @@ def metric_text(name: str, value: float | int | str) -> tuple[str, str]:
     if number != number or number in (float("inf"), float("-inf")):
         raise InvalidInput(f"metric {name}={value!r} is not finite", metric=name)
     return name, repr(number)
-
-
-def _outer(value: Any, kind: str) -> tuple[dict[str, Any], bytes]:
-    if not isinstance(value, dict) or set(value) != {"body", "sig"}:
-        raise IntegrityError(f"{kind} record must be a map of body and sig")
-    body, sig = value["body"], value["sig"]
-    if not isinstance(body, dict) or body.get("type") != kind or body.get("v") != RECORD_VERSION:
-        raise IntegrityError(f"record is not a version-{RECORD_VERSION} {kind}")
-    if not isinstance(sig, bytes) or len(sig) != 64:
-        raise IntegrityError(f"{kind} record has no 64-byte signature")
-    return body, sig
-
-
-def _str(value: Any, what: str, limit: int) -> str:
-    if not isinstance(value, str) or len(value) > limit:
-        raise IntegrityError(f"{what} must be a string of at most {limit} characters")
-    return value
-
-
-def _bytes(value: Any, what: str, limit: int) -> bytes:
-    if not isinstance(value, bytes) or len(value) > limit:
-        raise IntegrityError(f"{what} must be at most {limit} bytes")
-    return value
-
-
-def _int(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise IntegrityError(f"{what} must be a non-negative integer")
-    return value
-
-
-def _hex_id(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not is_full_id(value):
-        raise IntegrityError(f"{what} must be a 64-digit hex id")
-    return value
-
-
-def _cid(value: Any, what: str) -> Cid:
-    if not isinstance(value, str):
-        raise IntegrityError(f"{what} must be a CID")
-    try:
-        canonical = parse_cid(value).text
-    except InvalidInput as exc:
-        raise IntegrityError(f"{what}: {exc}") from None
-    if canonical != value:
-        raise IntegrityError(f"{what} must be a CIDv1 in base32, as Flair writes them")
-    return canonical
-
-
-def _list(value: Any, what: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise IntegrityError(f"{what} must be a list")
-    return value
-
-
-def _dict(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise IntegrityError(f"{what} must be a map")
-    return value
-
-
-def _choice(value: Any, what: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise IntegrityError(f"{what} {value!r} is not one of {', '.join(allowed)}")
-    return str(value)

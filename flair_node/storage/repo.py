@@ -21,6 +21,7 @@ from ..core import crypto, graph
 from ..core.errors import (
     CommitNotFound,
     FlairError,
+    Forbidden,
     IntegrityError,
     InvalidInput,
     MergeError,
@@ -30,7 +31,8 @@ from ..core.errors import (
     RepositoryNotFound,
 )
 from ..core.identity import Identity
-from ..core.ids import BranchName, CommitId, RepoId, check_id_prefix, is_full_id, short
+from ..core.ids import BranchName, CommitId, PublicKey, RepoId, check_id_prefix, is_full_id, short
+from ..core.membership import Membership, invitation, removal
 from ..core.objects import Commit, Payload, RepositoryRecord, metric_text
 from ..core.refs import DEFAULT_BRANCH, check_branch_name
 from ..tensors.codec import decode_payload, encode_payload
@@ -39,6 +41,7 @@ from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine, norma
 from ..tensors.lossy import DEFAULT_TOPK_RATIO, LOSSY_CODECS
 from ..tensors.safetensors_io import StateDict, check_layout, layout_of
 from . import unixfs
+from .members import MembershipLog
 from .stores import ObjectStore, RefStore
 
 STRATEGIES = ("average", "task-arithmetic")
@@ -64,15 +67,16 @@ class Repo:
     def __init__(self, record: RepositoryRecord, objects: ObjectStore, blocks: unixfs.BlockStore,
                  refs: RefStore, *, reader: Identity | None = None, write_lock: threading.Lock | None = None) -> None:
         self.record = record
-        #: Whose sealed payload key this node opens (its own identity); None reads no payloads.
+        #: Whose sealed payload keys this node opens (its own identity); None reads no payloads.
         self.reader = reader
-        self._payload_key: bytes | None = None
+        self._keys: dict[int, bytes] = {}  # payload key per epoch, opened from the membership chain
         #: Held while a commit's blocks are written and its branch moved: garbage collection holds it too,
         #: so it never sees blocks that are written but not yet reachable from a branch.
         self.write_lock = write_lock or threading.Lock()
         self.objects = objects
         self.blocks = blocks
         self.refs = refs
+        self.members = MembershipLog(record, objects, refs)
         self._commits: dict[CommitId, Commit] = {}
         self._states: OrderedDict[CommitId, StateDict] = OrderedDict()
         self._lock = threading.Lock()
@@ -103,7 +107,7 @@ class Repo:
         ).signed(identity)
         objects.put(record.id, record.encode())
         repo = cls(record, objects, blocks, refs_for(record.id), reader=identity, write_lock=write_lock)
-        repo._payload_key = key
+        repo._keys[0] = key
         repo._write_commit(identity, state, parents=(), kind="init", message=message, meta={"examples": 0},
                            metrics={}, branch=DEFAULT_BRANCH, expected=None)
         return repo
@@ -150,15 +154,18 @@ class Repo:
         return crypto.decrypt(self._key(commit.payload.key_epoch), data, self._context(commit.payload.codec))
 
     def _key(self, epoch: int) -> bytes:
-        if epoch != 0:
-            raise IntegrityError(f"payload key epoch {epoch} is unknown to repository {self.name}")
-        if self._payload_key is None:
-            sealed = self.record.sealed_keys.get(self.reader.public_key) if self.reader else None
+        key = self._keys.get(epoch)
+        if key is None:
+            membership = self.members.current()
+            if epoch > membership.epoch:
+                raise IntegrityError(f"payload key epoch {epoch} is unknown to repository {self.name} (its "
+                                     f"membership is at epoch {membership.epoch})", repo=self.id)
+            sealed = membership.sealed_key(self.reader.public_key, epoch) if self.reader else None
             if sealed is None or self.reader is None:
-                raise NotAMember(f"this node holds no key for repository {self.name}: its payloads stay "
-                                 "ciphertext to non-members", repo=self.id)
-            self._payload_key = crypto.open_sealed_key(sealed, self.reader)
-        return self._payload_key
+                raise NotAMember(f"this node holds no key of epoch {epoch} for repository {self.name}: its "
+                                 "payloads stay ciphertext to non-members", repo=self.id)
+            key = self._keys[epoch] = crypto.open_sealed_key(sealed, self.reader)
+        return key
 
     def _context(self, codec: str) -> bytes:
         """Associated data: a payload authenticates only in this repository and as this codec."""
@@ -270,6 +277,8 @@ class Repo:
                       expected: CommitId | None, codec: str = "bitdelta-v1",
                       topk_ratio: float = DEFAULT_TOPK_RATIO) -> Commit:
         check_layout(state, self.record.layout)
+        membership, timestamp = self.members.current(), now_ms()
+        membership.require_branch_move(identity.public_key, branch, epoch=membership.epoch, at_ms=timestamp)
         if not parents:
             codec = "full-v1"
             data = encode_payload(codec, state, None)
@@ -278,12 +287,13 @@ class Repo:
             data = encode_payload(codec, state, base, topk_ratio=topk_ratio)
             if codec in LOSSY_CODECS:  # the commit holds exactly what its payload decodes to
                 state = decode_payload(codec, data, base, self.record.layout)
-        data = crypto.encrypt(self._key(0), data, self._context(codec))
+        data = crypto.encrypt(self._key(membership.epoch), data, self._context(codec))
         # Blocks, record and branch move under the lock that gc takes: it never sees blocks of a half-made commit.
         with self.write_lock:
-            payload = Payload(cid=unixfs.add(self.blocks, data), codec=codec, size=len(data))
+            payload = Payload(cid=unixfs.add(self.blocks, data), codec=codec, size=len(data),
+                              key_epoch=membership.epoch)
             commit = Commit(
-                repo=self.id, parents=parents, author=identity.public_key, timestamp_ms=now_ms(), kind=kind,
+                repo=self.id, parents=parents, author=identity.public_key, timestamp_ms=timestamp, kind=kind,
                 message=message, payload=payload, meta=dict(meta), metrics=dict(metrics),
             ).signed(identity)
             self.objects.put(commit.id, commit.encode())
@@ -315,11 +325,38 @@ class Repo:
                                   codec=codec, topk_ratio=topk_ratio,
                                   meta={"examples": examples}, metrics=checked, branch=name, expected=head)
 
-    def create_branch(self, name: str, at: CommitId) -> BranchName:
+    def create_branch(self, identity: Identity, name: str, at: CommitId) -> BranchName:
         branch = check_branch_name(name)
+        membership = self.members.current()
+        membership.require_branch_move(identity.public_key, branch, epoch=membership.epoch, at_ms=now_ms())
         self.commit(at)
         self.refs.compare_and_swap(branch, None, at)
         return branch
+
+    # -- membership -------------------------------------------------------------------------------------
+
+    def invite(self, identity: Identity, member: str, role: str, *, expires_ms: int = 0) -> Membership:
+        """Grant ``member`` (a public key) ``role``, sealing every payload key so far to them; owner only."""
+        membership = self._owner_only(identity, "invites members")
+        keys = {epoch: self._key(epoch) for epoch in range(membership.epoch + 1)}
+        return self.members.append(invitation(membership, identity, PublicKey(member), role, expires_ms=expires_ms,
+                                              keys=keys, now_ms=now_ms()))
+
+    def remove(self, identity: Identity, member: str) -> Membership:
+        """Remove ``member``: a new payload key, sealed to everyone else, seals every payload from now on."""
+        membership = self._owner_only(identity, "removes members")
+        new_key = crypto.new_key()
+        after = self.members.append(removal(membership, identity, PublicKey(member), new_key=new_key,
+                                            now_ms=now_ms()))
+        self._keys[after.epoch] = new_key
+        return after
+
+    def _owner_only(self, identity: Identity, what: str) -> Membership:
+        membership = self.members.current()
+        if identity.public_key != membership.owner:
+            raise Forbidden(f"only the owner of repository {self.name} ({short(membership.owner)}) {what}",
+                            repo=self.id)
+        return membership
 
     def merge(self, identity: Identity, sources: Sequence[str], into: str, *, strategy: str = "average",
               message: str | None = None) -> Commit:
@@ -407,6 +444,10 @@ class Repo:
             RepositoryRecord.decode(self.objects.get(self.id)).verify(self.id)
         except FlairError as exc:
             problems.append(Problem(self.id, f"repository record: {exc}"))
+        try:
+            self.members.changes()
+        except FlairError as exc:
+            problems.append(Problem(self.id, f"membership: {exc}"))
         heads = list(dict.fromkeys(self.branches().values()))
         checked: dict[CommitId, Commit] = {}
         stack = list(heads)

@@ -34,7 +34,9 @@ class RefStore(Protocol):
     def compare_and_swap(self, name: BranchName, expected: CommitId | None, new: CommitId) -> None:
         """Point ``name`` at ``new`` if it points at ``expected`` now (``None``: if it does not exist)."""
         ...
-    def all(self) -> dict[BranchName, CommitId]: ...
+    def all(self) -> dict[BranchName, CommitId]:
+        """Every branch; names starting with "." are reserved for other refs and left out."""
+        ...
 
 
 def _check_key(key: str) -> None:
@@ -93,7 +95,7 @@ class MemoryRefStore:
             self._refs[name] = new
 
     def all(self) -> dict[BranchName, CommitId]:
-        return dict(sorted(self._refs.items()))
+        return dict(sorted((k, v) for k, v in self._refs.items() if not k.startswith(".")))
 
 
 class DiskObjectStore:

@@ -28,7 +28,7 @@ def build_commit_graph(repo: Repo, identity: Identity, spec: Sequence[Sequence[i
             if ids:
                 raise ValueError("only the first commit can be a root (it is the repository's commit 0)")
             ids[n] = repo.head("main")
-            repo.create_branch(f"c{n}", ids[n])
+            repo.create_branch(identity, f"c{n}", ids[n])
             continue
         commit = repo._write_commit(  # noqa: SLF001 - the builder sets parents directly, as dulwich's does
             identity, tiny_state(n), parents=tuple(ids[p] for p in parents), kind="commit" if len(parents) == 1

@@ -1,0 +1,246 @@
+"""Who may do what in a repository: a chain of signed membership changes that every node re-checks.
+
+The repository record (the genesis) names the owner and seals key epoch 0 to them. Each later change is a
+``MembershipChange`` signed by the owner; it names the change before it (the repository id for the first) and
+its position, so the chain has exactly one order and any node holding it folds it to the same ``Membership``.
+
+- An invitation grants a role to a public key until an expiry (or for good) and carries every payload key so
+  far, sealed to that key: the new member reads the whole history, nobody else learns anything.
+- A removal starts a new key epoch whose key is sealed to each remaining member, never to the removed one:
+  payloads from then on are closed to them. What they could read before stays readable to them.
+
+Roles, from least to most: reader (pulls), contributor (commits; moves unprotected branches), maintainer (also
+moves protected branches, so merges into them), owner (also changes membership). A role holds for records
+whose (signed) timestamp is before its expiry and whose key epoch is before the member's removal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import encoding, schema
+from .crypto import seal_key
+from .errors import Forbidden, IntegrityError, InvalidInput
+from .identity import Identity, public_key_bytes, verify
+from .ids import PublicKey, RepoId, sha256_hex, short
+from .objects import RepositoryRecord
+from .schema import RECORD_VERSION
+
+ROLES = ("reader", "contributor", "maintainer", "owner")
+INVITABLE = ROLES[:3]
+ACTIONS = ("invite", "remove")
+#: Branches only maintainers and the owner move (merges into them included).
+PROTECTED_BRANCHES = frozenset({"main"})
+MAX_KEYS = 1024  # sealed keys one change may carry (one per epoch, or one per remaining member)
+_TAG = b"flair/membership/v1\0"
+
+
+@dataclass(frozen=True)
+class SealedKey:
+    member: PublicKey
+    epoch: int
+    sealed: bytes  # the epoch's payload key, sealed to ``member`` (``crypto.seal_key``)
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    repo: RepoId
+    previous: str  # id of the change before, or the repository id for the first
+    seq: int  # 1 for the first change
+    author: PublicKey
+    timestamp_ms: int
+    action: str
+    member: PublicKey
+    role: str = ""  # for an invitation
+    expires_ms: int = 0  # for an invitation; 0: until removed
+    epoch: int = 0  # the payload key epoch in force after this change
+    keys: tuple[SealedKey, ...] = ()
+    signature: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "v": RECORD_VERSION, "type": "membership", "repo": self.repo, "previous": self.previous,
+            "seq": self.seq, "author": self.author, "timestamp_ms": self.timestamp_ms, "action": self.action,
+            "member": self.member, "role": self.role, "expires_ms": self.expires_ms, "epoch": self.epoch,
+            "keys": [[k.member, k.epoch, k.sealed] for k in self.keys],
+        }
+
+    @property
+    def id(self) -> str:
+        return sha256_hex(encoding.encode(self.body()))
+
+    def signed(self, identity: Identity) -> MembershipChange:
+        if identity.public_key != self.author:
+            raise InvalidInput("a membership change is signed by its author", author=self.author)
+        return replace(self, signature=identity.sign(_TAG + bytes.fromhex(self.id)))
+
+    def verify(self, expected_id: str | None = None) -> None:
+        """Raise ``IntegrityError`` if the id (when given) or the author's signature does not check out."""
+        mid = self.id
+        if expected_id is not None and mid != expected_id:
+            raise IntegrityError(f"membership change stored as {expected_id} hashes to {mid}", change=expected_id)
+        verify(self.author, _TAG + bytes.fromhex(mid), self.signature)
+
+    def encode(self) -> bytes:
+        return encoding.encode({"body": self.body(), "sig": self.signature})
+
+    @classmethod
+    def decode(cls, data: bytes) -> MembershipChange:
+        body, sig = schema.outer(encoding.decode(data), "membership")
+        try:
+            keys = []
+            for entry in schema.listing(body["keys"], "keys")[:MAX_KEYS + 1]:
+                member, epoch, sealed = schema.listing(entry, "sealed key entry")
+                keys.append(SealedKey(PublicKey(schema.text(member, "key member", 64)),
+                                      schema.natural(epoch, "key epoch"), schema.blob(sealed, "sealed key", 256)))
+            change = cls(
+                repo=RepoId(schema.hex_id(body["repo"], "repo")),
+                previous=schema.hex_id(body["previous"], "previous"),
+                seq=schema.natural(body["seq"], "seq"),
+                author=PublicKey(schema.text(body["author"], "author", 64)),
+                timestamp_ms=schema.natural(body["timestamp_ms"], "timestamp_ms"),
+                action=schema.choice(body["action"], "action", ACTIONS),
+                member=PublicKey(schema.text(body["member"], "member", 64)),
+                role=schema.choice(body["role"], "role", ("", *INVITABLE)),
+                expires_ms=schema.natural(body["expires_ms"], "expires_ms"),
+                epoch=schema.natural(body["epoch"], "epoch"),
+                keys=tuple(keys),
+                signature=sig,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"membership change is missing or mistypes a field: {exc}") from exc
+        if change.body() != body:
+            raise IntegrityError("membership change has unknown fields or too many keys")
+        return change
+
+
+@dataclass(frozen=True)
+class Member:
+    key: PublicKey
+    role: str
+    expires_ms: int = 0  # 0: no expiry
+    joined_epoch: int = 0
+    removed_epoch: int | None = None  # first epoch closed to them
+
+    def active(self, *, epoch: int, at_ms: int) -> bool:
+        """Whether the role holds for a record of key ``epoch`` signed at ``at_ms``."""
+        return (self.removed_epoch is None or epoch < self.removed_epoch) and \
+            (not self.expires_ms or at_ms < self.expires_ms)
+
+
+@dataclass(frozen=True)
+class Membership:
+    """The members of one repository after the chain up to ``head``; change it only through ``apply``."""
+
+    repo: RepoId
+    owner: PublicKey
+    head: str
+    seq: int = 0
+    epoch: int = 0
+    members: Mapping[PublicKey, Member] = field(default_factory=dict)
+    #: Every payload key sealed so far, by (member, epoch).
+    sealed: Mapping[tuple[PublicKey, int], bytes] = field(default_factory=dict)
+
+    @classmethod
+    def genesis(cls, record: RepositoryRecord) -> Membership:
+        return cls(repo=record.id, owner=record.owner, head=record.id,
+                   members={record.owner: Member(record.owner, "owner")},
+                   sealed={(PublicKey(k), 0): v for k, v in record.sealed_keys.items()})
+
+    def apply(self, change: MembershipChange) -> Membership:
+        """The membership after ``change``; ``IntegrityError`` if it does not follow this one or breaks a rule."""
+        def refuse(why: str) -> IntegrityError:
+            return IntegrityError(f"membership change {short(change.id)} refused: {why}", change=change.id)
+
+        change.verify()
+        if change.repo != self.repo or change.previous != self.head or change.seq != self.seq + 1:
+            raise refuse(f"it does not follow change {self.seq} ({short(self.head)}) of repository "
+                         f"{short(self.repo)}")
+        if change.author != self.owner:
+            raise refuse("only the owner changes membership")
+        if change.member == self.owner:
+            raise refuse("the owner's own role does not change")
+        try:
+            public_key_bytes(change.member)
+        except InvalidInput:
+            raise refuse("the member is not an Ed25519 public key") from None
+        current = self.members.get(change.member)
+        members, sealed = dict(self.members), dict(self.sealed)
+        if change.action == "invite":
+            if change.role not in INVITABLE or change.epoch != self.epoch:
+                raise refuse("an invitation grants reader, contributor or maintainer and keeps the key epoch")
+            need = {(change.member, e) for e in range(self.epoch + 1)}
+            joined = current.joined_epoch if current is not None and current.removed_epoch is None else self.epoch
+            members[change.member] = Member(change.member, change.role, change.expires_ms, joined)
+        else:
+            if current is None or current.removed_epoch is not None or change.role or change.expires_ms \
+                    or change.epoch != self.epoch + 1:
+                raise refuse("a removal names a current member and starts the next key epoch")
+            members[change.member] = replace(current, removed_epoch=change.epoch)
+            need = {(m, change.epoch) for m, member in members.items() if member.removed_epoch is None}
+        given = {(k.member, k.epoch) for k in change.keys}
+        if given != need or len(change.keys) != len(given):
+            raise refuse("it must carry exactly one sealed key per member and epoch it opens")
+        sealed.update({(k.member, k.epoch): k.sealed for k in change.keys})
+        return replace(self, head=change.id, seq=change.seq, epoch=change.epoch, members=members, sealed=sealed)
+
+    # -- questions every node asks ------------------------------------------------------------------------
+
+    def role(self, key: str, *, epoch: int, at_ms: int) -> str | None:
+        """``key``'s role for a record of key ``epoch`` signed at ``at_ms``; None if it holds none."""
+        member = self.members.get(PublicKey(key))
+        return member.role if member is not None and member.active(epoch=epoch, at_ms=at_ms) else None
+
+    def require(self, key: str, least: str, *, epoch: int, at_ms: int, what: str) -> None:
+        """``Forbidden`` unless ``key`` holds at least role ``least`` (for a record of ``epoch`` at ``at_ms``)."""
+        role = self.role(key, epoch=epoch, at_ms=at_ms)
+        if role is None or ROLES.index(role) < ROLES.index(least):
+            held = f"holds the role {role}" if role else "is not a member"
+            raise Forbidden(f"{what} needs the role {least} or more in repository {short(self.repo)}; "
+                            f"{short(key)} {held}", member=key)
+
+    def require_branch_move(self, key: str, branch: str, *, epoch: int, at_ms: int) -> None:
+        least = "maintainer" if branch in PROTECTED_BRANCHES else "contributor"
+        self.require(key, least, epoch=epoch, at_ms=at_ms, what=f"moving branch {branch}")
+
+    def sealed_key(self, key: str, epoch: int) -> bytes | None:
+        return self.sealed.get((PublicKey(key), epoch))
+
+    def current(self) -> list[Member]:
+        """Members not removed, owner first, then by role and key."""
+        live = [m for m in self.members.values() if m.removed_epoch is None]
+        return sorted(live, key=lambda m: (-ROLES.index(m.role), m.key))
+
+
+def invitation(membership: Membership, owner: Identity, member: PublicKey, role: str, *, expires_ms: int,
+               keys: Mapping[int, bytes], now_ms: int) -> MembershipChange:
+    """The next change: ``member`` invited as ``role``, with every epoch's key (``keys``) sealed to them."""
+    if role not in INVITABLE:
+        raise InvalidInput(f"role {role!r}: invite as one of {', '.join(INVITABLE)}", role=role)
+    if expires_ms and expires_ms <= now_ms:
+        raise InvalidInput("an invitation's expiry is in the future", expires_ms=str(expires_ms))
+    sealed = tuple(SealedKey(member, e, seal_key(keys[e], member)) for e in range(membership.epoch + 1))
+    return _next(membership, owner, "invite", member, role=role, expires_ms=expires_ms, epoch=membership.epoch,
+                 keys=sealed, now_ms=now_ms)
+
+
+def removal(membership: Membership, owner: Identity, member: PublicKey, *, new_key: bytes,
+            now_ms: int) -> MembershipChange:
+    """The next change: ``member`` removed, and ``new_key`` opening the next epoch, sealed to everyone else."""
+    current = membership.members.get(member)
+    if current is None or current.removed_epoch is not None:
+        raise InvalidInput(f"{short(member)} is not a member of repository {short(membership.repo)}", member=member)
+    epoch = membership.epoch + 1
+    keys = tuple(SealedKey(m.key, epoch, seal_key(new_key, m.key)) for m in membership.current() if m.key != member)
+    return _next(membership, owner, "remove", member, epoch=epoch, keys=keys, now_ms=now_ms)
+
+
+def _next(membership: Membership, owner: Identity, action: str, member: PublicKey, *, now_ms: int,
+          **fields: Any) -> MembershipChange:
+    change = MembershipChange(repo=membership.repo, previous=membership.head, seq=membership.seq + 1,
+                              author=owner.public_key, timestamp_ms=now_ms, action=action, member=member,
+                              **fields).signed(owner)
+    membership.apply(change)  # the same checks every receiving node makes
+    return change

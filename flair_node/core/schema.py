@@ -1,0 +1,77 @@
+"""Checks for fields of records decoded from untrusted bytes: each returns the value or raises ``IntegrityError``
+naming the field. Shared by every record type (``objects``, ``membership``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .cid import parse_cid
+from .errors import IntegrityError, InvalidInput
+from .ids import Cid, is_full_id
+
+RECORD_VERSION = 1
+
+
+def outer(value: Any, kind: str) -> tuple[dict[str, Any], bytes]:
+    if not isinstance(value, dict) or set(value) != {"body", "sig"}:
+        raise IntegrityError(f"{kind} record must be a map of body and sig")
+    body, sig = value["body"], value["sig"]
+    if not isinstance(body, dict) or body.get("type") != kind or body.get("v") != RECORD_VERSION:
+        raise IntegrityError(f"record is not a version-{RECORD_VERSION} {kind}")
+    if not isinstance(sig, bytes) or len(sig) != 64:
+        raise IntegrityError(f"{kind} record has no 64-byte signature")
+    return body, sig
+
+
+def text(value: Any, what: str, limit: int) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise IntegrityError(f"{what} must be a string of at most {limit} characters")
+    return value
+
+
+def blob(value: Any, what: str, limit: int) -> bytes:
+    if not isinstance(value, bytes) or len(value) > limit:
+        raise IntegrityError(f"{what} must be at most {limit} bytes")
+    return value
+
+
+def natural(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise IntegrityError(f"{what} must be a non-negative integer")
+    return value
+
+
+def hex_id(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not is_full_id(value):
+        raise IntegrityError(f"{what} must be a 64-digit hex id")
+    return value
+
+
+def cid(value: Any, what: str) -> Cid:
+    if not isinstance(value, str):
+        raise IntegrityError(f"{what} must be a CID")
+    try:
+        canonical = parse_cid(value).text
+    except InvalidInput as exc:
+        raise IntegrityError(f"{what}: {exc}") from None
+    if canonical != value:
+        raise IntegrityError(f"{what} must be a CIDv1 in base32, as Flair writes them")
+    return canonical
+
+
+def listing(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise IntegrityError(f"{what} must be a list")
+    return value
+
+
+def mapping(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise IntegrityError(f"{what} must be a map")
+    return value
+
+
+def choice(value: Any, what: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise IntegrityError(f"{what} {value!r} is not one of {', '.join(allowed)}")
+    return str(value)

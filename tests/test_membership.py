@@ -1,0 +1,125 @@
+"""Membership: a chain of owner-signed changes that every node folds to the same members, roles and keys."""
+
+from dataclasses import replace
+
+import pytest
+
+from flair_node.core import crypto, encoding
+from flair_node.core.errors import Forbidden, IntegrityError, InvalidInput
+from flair_node.core.identity import Identity
+from flair_node.core.membership import Membership, MembershipChange, SealedKey, invitation, removal
+from flair_node.core.objects import RepositoryRecord, TensorSpec
+
+OWNER, ALICE, BOB, MALLORY = (Identity.generate() for _ in range(4))
+KEY0, KEY1 = crypto.new_key(), crypto.new_key()
+T = 1_000_000
+
+
+def genesis() -> Membership:
+    record = RepositoryRecord(name="digits", owner=OWNER.public_key, created_ms=T, nonce="n",
+                              layout=(TensorSpec("w", "F32", (2,)),),
+                              sealed_keys={OWNER.public_key: crypto.seal_key(KEY0, OWNER.public_key)}).signed(OWNER)
+    return Membership.genesis(record)
+
+
+def invite(m: Membership, who: Identity, role: str, expires_ms: int = 0) -> Membership:
+    keys = {0: KEY0, 1: KEY1}
+    return m.apply(invitation(m, OWNER, who.public_key, role, expires_ms=expires_ms, keys=keys, now_ms=T + m.seq))
+
+
+def test_at_genesis_the_owner_is_the_only_member():
+    m = genesis()
+    assert [(x.key, x.role) for x in m.current()] == [(OWNER.public_key, "owner")]
+    assert m.role(ALICE.public_key, epoch=0, at_ms=T) is None
+    assert crypto.open_sealed_key(m.sealed_key(OWNER.public_key, 0), OWNER) == KEY0
+
+
+def test_an_invited_member_gets_the_role_and_every_key_so_far():
+    m = invite(genesis(), ALICE, "contributor")
+    assert m.role(ALICE.public_key, epoch=0, at_ms=T) == "contributor"
+    assert crypto.open_sealed_key(m.sealed_key(ALICE.public_key, 0), ALICE) == KEY0
+    with pytest.raises(IntegrityError, match="not sealed to this node"):
+        crypto.open_sealed_key(m.sealed_key(ALICE.public_key, 0), MALLORY)
+    m = invite(m, ALICE, "maintainer")  # a role change is an invitation again
+    assert m.role(ALICE.public_key, epoch=0, at_ms=T) == "maintainer" and m.seq == 2
+
+
+def test_a_removal_opens_a_new_epoch_closed_to_the_removed_member():
+    m = invite(invite(genesis(), ALICE, "contributor"), BOB, "reader")
+    m = m.apply(removal(m, OWNER, ALICE.public_key, new_key=KEY1, now_ms=T + 5))
+    assert m.epoch == 1 and [x.key for x in m.current()] == [OWNER.public_key, BOB.public_key]
+    assert m.sealed_key(ALICE.public_key, 1) is None
+    assert crypto.open_sealed_key(m.sealed_key(BOB.public_key, 1), BOB) == KEY1
+    assert crypto.open_sealed_key(m.sealed_key(OWNER.public_key, 1), OWNER) == KEY1
+    assert m.role(ALICE.public_key, epoch=0, at_ms=T) == "contributor"  # what they did before stays theirs
+    assert m.role(ALICE.public_key, epoch=1, at_ms=T) is None
+    m = invite(m, ALICE, "reader")  # invited back: every key again, the new epoch's too
+    assert crypto.open_sealed_key(m.sealed_key(ALICE.public_key, 1), ALICE) == KEY1
+
+
+def test_a_role_lapses_at_its_expiry():
+    m = invite(genesis(), ALICE, "contributor", expires_ms=T + 100)
+    assert m.role(ALICE.public_key, epoch=0, at_ms=T + 99) == "contributor"
+    assert m.role(ALICE.public_key, epoch=0, at_ms=T + 100) is None
+    with pytest.raises(InvalidInput, match="future"):
+        invitation(m, OWNER, BOB.public_key, "reader", expires_ms=T, keys={0: KEY0}, now_ms=T + 1)
+
+
+def test_roles_allow_what_the_policy_says():
+    m = invite(invite(invite(genesis(), ALICE, "reader"), BOB, "contributor"), MALLORY, "maintainer")
+    with pytest.raises(Forbidden, match="needs the role contributor .* holds the role reader"):
+        m.require(ALICE.public_key, "contributor", epoch=0, at_ms=T, what="committing")
+    m.require_branch_move(BOB.public_key, "bob/experiment", epoch=0, at_ms=T)
+    with pytest.raises(Forbidden, match="moving branch main needs the role maintainer"):
+        m.require_branch_move(BOB.public_key, "main", epoch=0, at_ms=T)
+    m.require_branch_move(MALLORY.public_key, "main", epoch=0, at_ms=T)
+    m.require_branch_move(OWNER.public_key, "main", epoch=0, at_ms=T)
+    with pytest.raises(Forbidden, match="is not a member"):
+        m.require(Identity.generate().public_key, "reader", epoch=0, at_ms=T, what="pulling")
+
+
+def test_changes_that_do_not_follow_the_chain_are_refused():
+    m = genesis()
+    first = invitation(m, OWNER, ALICE.public_key, "reader", expires_ms=0, keys={0: KEY0}, now_ms=T)
+    after = m.apply(first)
+    with pytest.raises(IntegrityError, match="does not follow"):
+        after.apply(first)  # replayed
+    fork = replace(invitation(m, OWNER, BOB.public_key, "reader", expires_ms=0, keys={0: KEY0}, now_ms=T), seq=1)
+    with pytest.raises(IntegrityError, match="does not follow"):
+        after.apply(fork)  # a second change 1
+
+
+@pytest.mark.parametrize("forge", [
+    lambda c: replace(c, author=MALLORY.public_key).signed(MALLORY),          # not the owner
+    lambda c: replace(c, role="maintainer"),                                 # altered after signing
+    lambda c: replace(c, keys=()).signed(OWNER),                             # no key for the member
+    lambda c: replace(c, keys=c.keys * 2).signed(OWNER),                     # a key twice
+    lambda c: replace(c, keys=(*c.keys, SealedKey(MALLORY.public_key, 0, b"x" * 80))).signed(OWNER),  # extra key
+    lambda c: replace(c, member=OWNER.public_key).signed(OWNER),             # the owner's role
+    lambda c: replace(c, member="not-a-key").signed(OWNER),
+    lambda c: replace(c, epoch=1).signed(OWNER),                             # an invitation changing the epoch
+])
+def test_forged_changes_are_refused(forge):
+    m = genesis()
+    change = invitation(m, OWNER, ALICE.public_key, "contributor", expires_ms=0, keys={0: KEY0}, now_ms=T)
+    with pytest.raises(IntegrityError):
+        m.apply(forge(change))
+
+
+def test_removing_a_non_member_or_twice_is_refused():
+    m = invite(genesis(), ALICE, "reader")
+    with pytest.raises(InvalidInput, match="not a member"):
+        removal(m, OWNER, BOB.public_key, new_key=KEY1, now_ms=T)
+    m = m.apply(removal(m, OWNER, ALICE.public_key, new_key=KEY1, now_ms=T))
+    with pytest.raises(InvalidInput, match="not a member"):
+        removal(m, OWNER, ALICE.public_key, new_key=KEY1, now_ms=T)
+
+
+def test_a_change_survives_its_encoding_and_unknown_fields_are_refused():
+    m = genesis()
+    change = invitation(m, OWNER, ALICE.public_key, "contributor", expires_ms=T + 10, keys={0: KEY0}, now_ms=T)
+    assert MembershipChange.decode(change.encode()) == change
+    outer = encoding.decode(change.encode())
+    outer["body"]["admin"] = True
+    with pytest.raises(IntegrityError, match="unknown fields"):
+        MembershipChange.decode(encoding.encode(outer))
