@@ -187,3 +187,30 @@ def test_membership_through_the_cli(tmp_path):
         bad = flair(home, "invite", "team", "not-a-key", check=False)
         assert bad.returncode == 1 and "public key" in bad.stderr
         assert flair(home, "fsck", "team").returncode == 0
+
+
+def test_a_member_clones_from_another_daemon_and_the_owner_pulls_back(tmp_path):
+    with running_daemon(tmp_path / "owner") as owner, running_daemon(tmp_path / "alice") as alice:
+        repo = flair(owner.home, "init", "team", "--model", str(model(0, tmp_path / "m0.safetensors"))).stdout.strip()
+        alice_key = flair(alice.home, "whoami").stdout.strip()
+        owner_addr = owner.client.call("node.status")["p2p"]["addrs"][0]
+        refused = flair(alice.home, "clone", repo, "--peer", owner_addr, check=False)
+        assert refused.returncode == 1 and "members only" in refused.stderr
+
+        flair(owner.home, "invite", "team", alice_key, "--role", "contributor")
+        text = flair(alice.home, "clone", repo, "--peer", owner_addr).stdout
+        assert "1 commits, 1 membership changes; moved main" in text
+        flair(alice.home, "branch", repo, "alice")
+        mine = flair(alice.home, "commit", repo, "--weights", str(model(1, tmp_path / "m1.safetensors")), "-m",
+                     "site A", "--branch", "alice", "--examples", "5").stdout.strip()
+        main = flair(alice.home, "commit", repo, "--weights", str(model(2, tmp_path / "m2.safetensors")), "-m",
+                     "to main", check=False)
+        assert main.returncode == 1 and "needs the role maintainer" in main.stderr
+
+        alice_addr = alice.client.call("node.status")["p2p"]["addrs"][0]
+        back = json.loads(flair(owner.home, "pull", "team", "--peer", alice_addr, "--json").stdout)
+        assert (back["commits"], back["moved"], back["refused"]) == (1, ["alice"], {})
+        out = tmp_path / "alice.safetensors"
+        flair(owner.home, "checkout", "team", "alice", "-o", str(out))
+        assert torch.equal(load_file(str(out))["fc.weight"], load_file(str(tmp_path / "m1.safetensors"))["fc.weight"])
+        assert json.loads(flair(owner.home, "log", "team", "--json").stdout)["commits"][0]["id"] == mine

@@ -8,9 +8,9 @@ reads, or a path it writes. Everything else is validated by the registry before 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -18,7 +18,7 @@ from .. import __version__
 from ..core.cid import parse_cid
 from ..core.errors import FlairError, InvalidInput, NotFound
 from ..core.identity import Identity
-from ..core.ids import Cid
+from ..core.ids import Cid, is_full_id
 from ..core.membership import INVITABLE, PROTECTED_BRANCHES, Member, Membership
 from ..core.objects import Commit
 from ..core.refs import DEFAULT_BRANCH
@@ -90,12 +90,22 @@ def _output_path(text: str, overwrite: bool) -> Path:
     return path
 
 
+class Network(Protocol):
+    """What the daemon's peer-to-peer services offer the API."""
+
+    async def fetch(self, cid: Cid, peer: str, max_size: int) -> int:
+        """Fetch the DAG under ``cid`` from the peer at multiaddr ``peer``; how many blocks came."""
+        ...
+
+    async def pull(self, repo: str, peer: str) -> dict[str, Any]:
+        """Catch repository ``repo`` (a full id) up with the peer at multiaddr ``peer``."""
+        ...
+
+
 def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[], None] = lambda: None,
-                   extra_status: Callable[[], dict[str, Any]] = dict,
-                   fetch: Callable[[Cid, str, int], Awaitable[int]] | None = None) -> Registry:
+                   extra_status: Callable[[], dict[str, Any]] = dict, network: Network | None = None) -> Registry:
     """The methods over ``repos``; ``on_change`` runs after anything is committed, ``extra_status`` adds to
-    ``node.status`` (the daemon's services report there), ``fetch`` gets a DAG from a peer (the daemon's
-    block exchange)."""
+    ``node.status`` (the daemon's services report there), ``network`` reaches peers (the daemon's)."""
     registry = Registry()
 
     async def off_thread(fn: Callable[[], T]) -> T:
@@ -132,11 +142,27 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
                       default=1 << 30)),
         result={"type": "object"})
     async def block_fetch(cid: str, peer: str, max_size: int) -> dict[str, Any]:
-        if fetch is None:
-            raise FlairError("this node exchanges no blocks")
         root = parse_cid(cid).text
-        fetched = await fetch(root, peer, max_size)
+        fetched = await online().fetch(root, peer, max_size)
         return {"cid": root, "fetched_blocks": fetched}
+
+    def online() -> Network:
+        if network is None:
+            raise FlairError("this node runs no peer-to-peer services")
+        return network
+
+    @registry.method(
+        "repo.pull", "Fetch what a member's node has of a repository and this node lacks (creating it: a clone); "
+        "every record and block is checked before it is stored.",
+        params=(Param("repo", _ID, "repository id (full, for a clone) or the name or id prefix of one kept here"),
+                Param("peer", {"type": "string", "maxLength": 1000}, "the peer's multiaddr, ending in /p2p/<peer id>")),
+        result={"type": "object"})
+    async def repo_pull(repo: str, peer: str) -> dict[str, Any]:
+        if not is_full_id(repo):
+            repo = (await off_thread(lambda: repos.open(repo))).id
+        result = await online().pull(repo, peer)
+        on_change()
+        return result
 
     @registry.method(
         "block.has", "Whether every block of the DAG under a CID is stored on this node.",

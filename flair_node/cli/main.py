@@ -96,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
 
     verb("gc", "delete the blocks that no commit of a local repository reaches")
 
+    p = verb("clone", "copy a repository you are a member of from a member's node (every record checked)")
+    p.add_argument("repo", metavar="REPO_ID", help="the repository's full id")
+    p.add_argument("--peer", required=True, metavar="MULTIADDR", help="the node's address, ending in /p2p/<id>")
+
+    p = verb("pull", "fetch what a member's node has of a repository and this node lacks")
+    p.add_argument("repo")
+    p.add_argument("--peer", required=True, metavar="MULTIADDR")
+
     p = verb("members", "list a repository's members and their roles")
     p.add_argument("repo")
 
@@ -203,6 +211,11 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
         lines = [f"checked {r['checked']} commits: " + ("no damage" if r["ok"] else f"{len(r['problems'])} problems")]
         lines += [f"  {p['object'][:12]}  {p['what']}" for p in r["problems"]]
         return r, "\n".join(lines)
+    if a.verb in ("clone", "pull"):
+        r = c.call("repo.pull", repo=a.repo, peer=a.peer)
+        refused = f"; refused {len(r['refused'])} records (see the daemon's log)" if r["refused"] else ""
+        return r, (f"{r['commits']} commits, {r['changes']} membership changes; moved "
+                   f"{', '.join(r['moved']) or 'no branches'}{refused}")
     if a.verb == "members":
         r = c.call("repo.members", repo=a.repo)
         return r, members_text(r)

@@ -20,6 +20,8 @@ PublicKey = NewType("PublicKey", str)
 Cid = NewType("Cid", str)
 #: A branch name, validated by ``refs.check_branch_name``.
 BranchName = NewType("BranchName", str)
+#: Id of the signed record a ref points at (a branch move, a membership change): SHA-256 of its encoding.
+RecordId = NewType("RecordId", str)
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX_PREFIX = re.compile(r"^[0-9a-f]{4,64}$")

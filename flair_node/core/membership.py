@@ -123,11 +123,14 @@ class Member:
     expires_ms: int = 0  # 0: no expiry
     joined_epoch: int = 0
     removed_epoch: int | None = None  # first epoch closed to them
+    removed_ms: int = 0  # when they were removed
 
     def active(self, *, epoch: int, at_ms: int) -> bool:
-        """Whether the role holds for a record of key ``epoch`` signed at ``at_ms``."""
-        return (self.removed_epoch is None or epoch < self.removed_epoch) and \
-            (not self.expires_ms or at_ms < self.expires_ms)
+        """Whether the role holds for a record of key ``epoch`` signed at ``at_ms``: before any expiry, and
+        before the removal in both epoch and time (a removed member cannot date a record back into its term
+        and have it count after the fact, beyond what it could have signed while a member)."""
+        removed = self.removed_epoch is not None and (epoch >= self.removed_epoch or at_ms >= self.removed_ms)
+        return not removed and (not self.expires_ms or at_ms < self.expires_ms)
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ class Membership:
             if current is None or current.removed_epoch is not None or change.role or change.expires_ms \
                     or change.epoch != self.epoch + 1:
                 raise refuse("a removal names a current member and starts the next key epoch")
-            members[change.member] = replace(current, removed_epoch=change.epoch)
+            members[change.member] = replace(current, removed_epoch=change.epoch, removed_ms=change.timestamp_ms)
             need = {(m, change.epoch) for m, member in members.items() if member.removed_epoch is None}
         given = {(k.member, k.epoch) for k in change.keys}
         if given != need or len(change.keys) != len(given):

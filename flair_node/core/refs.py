@@ -1,14 +1,28 @@
-"""Branch names, git's rules made stricter: short, printable, no path tricks."""
+"""Branches: names (git's rules made stricter) and signed branch moves.
+
+A branch points at its latest ``BranchMove``: a record, signed by whoever moved it, saying which commit the
+branch points at now. Moves travel between nodes as they are; every node checks the mover's role and keeps, per
+branch, the move that comes last in one total order (timestamp, then mover, then id), so nodes that have seen
+the same moves agree on every head however the moves arrived.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, replace
+from typing import Any
 
-from .errors import InvalidInput
-from .ids import BranchName
+from . import encoding, schema
+from .errors import IntegrityError, InvalidInput
+from .identity import Identity, verify
+from .ids import BranchName, CommitId, PublicKey, RecordId, RepoId, sha256_hex
+from .schema import RECORD_VERSION
 
 DEFAULT_BRANCH = BranchName("main")
+#: How far ahead of a node's clock a received move may be dated.
+MAX_CLOCK_SKEW_MS = 10 * 60_000
 _ALLOWED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
+_TAG = b"flair/branch-move/v1\0"
 
 
 def check_branch_name(name: str) -> BranchName:
@@ -22,3 +36,66 @@ def check_branch_name(name: str) -> BranchName:
         raise InvalidInput(f"branch name {name!r} is not allowed: no '..', '//', '/.', or trailing '/', '.', '.lock'",
                            branch=name)
     return BranchName(name)
+
+
+@dataclass(frozen=True)
+class BranchMove:
+    """``branch`` of ``repo`` points at ``commit`` (it pointed at ``previous``, "" if new), moved by ``author``
+    while the membership was at key ``epoch``."""
+
+    repo: RepoId
+    branch: BranchName
+    commit: CommitId
+    previous: str
+    author: PublicKey
+    epoch: int
+    timestamp_ms: int
+    signature: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {"v": RECORD_VERSION, "type": "branch-move", "repo": self.repo, "branch": self.branch,
+                "commit": self.commit, "previous": self.previous, "author": self.author, "epoch": self.epoch,
+                "timestamp_ms": self.timestamp_ms}
+
+    @property
+    def id(self) -> RecordId:
+        return RecordId(sha256_hex(encoding.encode(self.body())))
+
+    def signed(self, identity: Identity) -> BranchMove:
+        if identity.public_key != self.author:
+            raise InvalidInput("a branch move is signed by its author", author=self.author)
+        return replace(self, signature=identity.sign(_TAG + bytes.fromhex(self.id)))
+
+    def verify(self, expected_id: str | None = None) -> None:
+        mid = self.id
+        if expected_id is not None and mid != expected_id:
+            raise IntegrityError(f"branch move stored as {expected_id} hashes to {mid}", move=expected_id)
+        verify(self.author, _TAG + bytes.fromhex(mid), self.signature)
+
+    def comes_after(self, other: BranchMove) -> bool:
+        """Whether this move wins over ``other``: the one total order every node applies."""
+        return (self.timestamp_ms, self.author, self.id) > (other.timestamp_ms, other.author, other.id)
+
+    def encode(self) -> bytes:
+        return encoding.encode({"body": self.body(), "sig": self.signature})
+
+    @classmethod
+    def decode(cls, data: bytes) -> BranchMove:
+        body, sig = schema.outer(encoding.decode(data), "branch-move")
+        try:
+            previous = schema.text(body["previous"], "previous", 64)
+            move = cls(
+                repo=RepoId(schema.hex_id(body["repo"], "repo")),
+                branch=check_branch_name(schema.text(body["branch"], "branch", 100)),
+                commit=CommitId(schema.hex_id(body["commit"], "commit")),
+                previous=schema.hex_id(previous, "previous") if previous else "",
+                author=PublicKey(schema.text(body["author"], "author", 64)),
+                epoch=schema.natural(body["epoch"], "epoch"),
+                timestamp_ms=schema.natural(body["timestamp_ms"], "timestamp_ms"),
+                signature=sig,
+            )
+        except (KeyError, TypeError, ValueError, InvalidInput) as exc:
+            raise IntegrityError(f"branch move is missing or mistypes a field: {exc}") from exc
+        if move.body() != body:
+            raise IntegrityError("branch move has unknown fields")
+        return move

@@ -14,10 +14,13 @@ import trio
 from ..api.methods import build_registry
 from ..api.server import ApiServer
 from ..core.errors import FlairError
-from ..core.ids import Cid
+from ..core.ids import Cid, RepoId
+from ..network import rpc
 from ..network.bitswap import BlockExchange
 from ..network.host import connect, full_addrs, running_host
 from ..network.kubo import KuboPinner
+from ..protocol import sync
+from ..protocol.sync import PeerSource
 from ..storage.atomic import remove_stale_temp_files
 from ..storage.repos import RepoSet
 from .config import NodeConfig
@@ -41,7 +44,7 @@ class Node:
             if config.kubo_api else None
         self.exchange: BlockExchange | None = None  # set while the libp2p host runs
         self.registry = build_registry(self.identity, self.repos, on_change=self._changed, extra_status=self._status,
-                                       fetch=self._fetch)
+                                       network=self)
 
     def _changed(self) -> None:
         if self.pinning is not None:
@@ -53,11 +56,19 @@ class Node:
             status["p2p"] = {"addrs": full_addrs(self.exchange.host), **self.exchange.status()}
         return status
 
-    async def _fetch(self, cid: Cid, peer: str, max_size: int) -> int:
+    def _online(self) -> BlockExchange:
         if self.exchange is None:
             raise FlairError("the libp2p host is not running")
-        peer_id = await connect(self.exchange.host, peer)
-        return await self.exchange.fetch_dag(cid, peer_id, max_size=max_size)
+        return self.exchange
+
+    async def fetch(self, cid: Cid, peer: str, max_size: int) -> int:
+        exchange = self._online()
+        return await exchange.fetch_dag(cid, await connect(exchange.host, peer), max_size=max_size)
+
+    async def pull(self, repo: str, peer: str) -> dict[str, Any]:
+        exchange = self._online()
+        source = PeerSource(exchange.host, await connect(exchange.host, peer), exchange)
+        return (await sync.pull(self.repos, RepoId(repo), source)).json()
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the API until cancelled; ``task_status.started`` gets the API URL once api.json is written."""
@@ -68,6 +79,7 @@ class Node:
             async with running_host(self.identity, self.config.p2p_listen) as host, trio.open_nursery() as nursery:
                 self.exchange = BlockExchange(host, self.repos.blocks)
                 await nursery.start(self.exchange.run)
+                rpc.serve(host, sync.PROTOCOL, sync.SyncServer(self.repos).handle)
                 if self.pinning is not None:
                     await nursery.start(self.pinning.run)
                 url = await nursery.start(server.run)

@@ -9,11 +9,13 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.ed25519 import Ed25519PublicKey, create_new_key_pair
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from ..core.errors import InvalidInput, RemoteError
-from ..core.identity import Identity
+from ..core.identity import Identity, public_key_bytes, public_key_text
+from ..core.ids import PublicKey
 
 
 @asynccontextmanager
@@ -50,3 +52,15 @@ async def connect(host: Any, address: str) -> Any:
     except Exception as exc:
         raise RemoteError(f"cannot reach peer {address}: {exc}") from None
     return info.peer_id
+
+
+def member_key(peer: Any) -> PublicKey | None:
+    """The Flair public key (base58, as ``flair whoami`` prints it) of a libp2p peer id; None for a peer whose
+    id does not embed an Ed25519 key (an RSA Kubo, say): such a peer is never a member."""
+    key = peer.extract_public_key() if isinstance(peer, ID) else None
+    return public_key_text(key.to_bytes()) if isinstance(key, Ed25519PublicKey) else None
+
+
+def peer_id(key: PublicKey) -> Any:
+    """The libp2p peer id of a Flair public key."""
+    return ID.from_pubkey(Ed25519PublicKey.from_bytes(public_key_bytes(key)))

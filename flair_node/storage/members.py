@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 from ..core.errors import IntegrityError, NotFound, RefConflict
-from ..core.ids import BranchName, CommitId, short
+from ..core.ids import BranchName, RecordId, short
 from ..core.membership import Membership, MembershipChange
 from ..core.objects import RepositoryRecord
 from .stores import ObjectStore, RefStore
@@ -53,6 +53,10 @@ class MembershipLog:
             cursor = change.previous
         return chain[::-1]
 
+    def contains(self, change_id: str) -> bool:
+        """Whether ``change_id`` is one of the stored chain's changes."""
+        return self.objects.has(change_id) and change_id in {c.id for c in self.changes()}
+
     def append(self, change: MembershipChange) -> Membership:
         """Store ``change`` after the current head, if it follows it and keeps every rule; the new membership.
 
@@ -60,9 +64,9 @@ class MembershipLog:
         current = self.current()
         after = current.apply(change)
         self.objects.put(change.id, change.encode())
-        expected = None if current.head == self.record.id else CommitId(current.head)
+        expected = None if current.head == self.record.id else RecordId(current.head)
         try:
-            self.refs.compare_and_swap(MEMBERS_REF, expected, CommitId(change.id))
+            self.refs.compare_and_swap(MEMBERS_REF, expected, RecordId(change.id))
         except RefConflict:
             raise RefConflict(f"membership of repository {short(self.record.id)} changed meanwhile; retry",
                               repo=self.record.id) from None

@@ -31,10 +31,10 @@ from ..core.errors import (
     RepositoryNotFound,
 )
 from ..core.identity import Identity
-from ..core.ids import BranchName, CommitId, PublicKey, RepoId, check_id_prefix, is_full_id, short
-from ..core.membership import Membership, invitation, removal
+from ..core.ids import BranchName, CommitId, PublicKey, RecordId, RepoId, check_id_prefix, is_full_id, short
+from ..core.membership import Membership, MembershipChange, invitation, removal
 from ..core.objects import Commit, Payload, RepositoryRecord, metric_text
-from ..core.refs import DEFAULT_BRANCH, check_branch_name
+from ..core.refs import DEFAULT_BRANCH, MAX_CLOCK_SKEW_MS, BranchMove, check_branch_name
 from ..tensors.codec import decode_payload, encode_payload
 from ..tensors.diff import tensor_diff
 from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine, normalize_weights
@@ -78,6 +78,7 @@ class Repo:
         self.refs = refs
         self.members = MembershipLog(record, objects, refs)
         self._commits: dict[CommitId, Commit] = {}
+        self._moves: dict[RecordId, BranchMove] = {}
         self._states: OrderedDict[CommitId, StateDict] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -172,15 +173,34 @@ class Repo:
         return f"flair/payload/{self.id}/{codec}".encode()
 
     def branches(self) -> dict[BranchName, CommitId]:
-        return self.refs.all()
+        return {name: self.move(mid).commit for name, mid in self.refs.all().items()}
 
     def head(self, branch: str) -> CommitId:
-        name = check_branch_name(branch)
-        head = self.refs.get(name)
-        if head is None:
+        move = self.branch_move(branch)
+        if move is None:
             known = ", ".join(self.branches()) or "none"
             raise NotFound(f"no branch {branch!r} in repository {self.name} (branches: {known})", branch=branch)
-        return head
+        return move.commit
+
+    def branch_move(self, branch: str) -> BranchMove | None:
+        """The signed move that put ``branch`` where it is; None if there is no such branch."""
+        mid = self.refs.get(check_branch_name(branch))
+        return None if mid is None else self.move(mid)
+
+    def move(self, mid: RecordId) -> BranchMove:
+        """A branch move record, its id and signature verified when first read."""
+        cached = self._moves.get(mid)
+        if cached is None:
+            try:
+                cached = BranchMove.decode(self.objects.get(mid))
+            except NotFound:
+                raise IntegrityError(f"branch move {short(mid)} of repository {self.name} is missing",
+                                     move=mid) from None
+            cached.verify(mid)
+            if cached.repo != self.id:
+                raise IntegrityError(f"branch move {short(mid)} belongs to another repository", move=mid)
+            self._moves[mid] = cached
+        return cached
 
     def resolve(self, rev: str) -> CommitId:
         """A branch name, a full commit id or an unambiguous prefix of one, as a commit id.
@@ -198,11 +218,11 @@ class Repo:
                 cid = parents[0]
             return cid
         try:
-            ref = self.refs.get(check_branch_name(rev))
+            ref = self.branch_move(rev)
         except InvalidInput:
             ref = None
         if ref is not None:
-            return ref
+            return ref.commit
         prefix = check_id_prefix(rev, "commit")
         if is_full_id(prefix):
             self.commit(CommitId(prefix))
@@ -297,7 +317,8 @@ class Repo:
                 message=message, payload=payload, meta=dict(meta), metrics=dict(metrics),
             ).signed(identity)
             self.objects.put(commit.id, commit.encode())
-            self.refs.compare_and_swap(branch, expected, commit.id)
+            self._move_branch(identity, branch, commit.id, expected=expected, epoch=membership.epoch,
+                              timestamp=timestamp)
         self._commits[commit.id] = commit
         self._remember(commit.id, state)
         return commit
@@ -327,11 +348,31 @@ class Repo:
 
     def create_branch(self, identity: Identity, name: str, at: CommitId) -> BranchName:
         branch = check_branch_name(name)
-        membership = self.members.current()
-        membership.require_branch_move(identity.public_key, branch, epoch=membership.epoch, at_ms=now_ms())
+        membership, timestamp = self.members.current(), now_ms()
+        membership.require_branch_move(identity.public_key, branch, epoch=membership.epoch, at_ms=timestamp)
         self.commit(at)
-        self.refs.compare_and_swap(branch, None, at)
+        self._move_branch(identity, branch, at, expected=None, epoch=membership.epoch, timestamp=timestamp)
         return branch
+
+    def _move_branch(self, identity: Identity, branch: BranchName, commit: CommitId, *, expected: CommitId | None,
+                     epoch: int, timestamp: int) -> BranchMove:
+        """Point ``branch`` at ``commit`` if it points at ``expected`` (None: if it does not exist), with a move
+        signed by ``identity``; ``RefConflict`` otherwise."""
+        current_id = self.refs.get(branch)
+        current = None if current_id is None else self.move(current_id)
+        if (current.commit if current else None) != expected:
+            raise _moved(branch, expected, current.commit if current else None)
+        # Never earlier than the move it replaces, or peers would keep the old one (their order is by time).
+        at = max(timestamp, current.timestamp_ms + 1) if current else timestamp
+        move = BranchMove(repo=self.id, branch=branch, commit=commit, previous=current.commit if current else "",
+                          author=identity.public_key, epoch=epoch, timestamp_ms=at).signed(identity)
+        self.objects.put(move.id, move.encode())
+        try:
+            self.refs.compare_and_swap(branch, current_id, move.id)
+        except RefConflict:
+            raise _moved(branch, expected, self.branches().get(branch)) from None
+        self._moves[move.id] = move
+        return move
 
     # -- membership -------------------------------------------------------------------------------------
 
@@ -428,6 +469,75 @@ class Repo:
                                   message=_message(message or f'revert "{first_line}"'), meta=meta, metrics={},
                                   branch=target, expected=head)
 
+    # -- receiving from peers ---------------------------------------------------------------------------
+    # Records arrive signed by their authors; each is checked here against this node's own view of the
+    # membership before it is stored, whoever relayed it. Callers bring what a record needs first: the
+    # membership change it was made under, a commit's parents and payload blocks, a move's commit.
+
+    def accept_membership(self, change: MembershipChange) -> bool:
+        """Store ``change`` if it is the next one of the chain; False if this node has it already."""
+        if self.members.contains(change.id):
+            return False
+        self.members.append(change)
+        self._keys.clear()  # a rotation may have given this node the next epoch's key
+        return True
+
+    def accept_commit(self, commit: Commit) -> bool:
+        """Store a commit from a peer; False if it is here already.
+
+        ``IntegrityError`` if its record, parents or payload blocks do not check out, ``Forbidden`` if its
+        author held no contributor role for it."""
+        commit.verify()
+        if self.objects.has(commit.id):
+            return False
+        if commit.repo != self.id:
+            raise IntegrityError(f"commit {short(commit.id)} belongs to another repository", commit=commit.id)
+        membership = self.members.current()
+        if commit.payload.key_epoch > membership.epoch:
+            raise IntegrityError(f"commit {short(commit.id)} is sealed with key epoch {commit.payload.key_epoch}; "
+                                 f"this node's membership is at epoch {membership.epoch}", commit=commit.id)
+        least = "owner" if not commit.parents else "contributor"
+        membership.require(commit.author, least, epoch=commit.payload.key_epoch, at_ms=commit.timestamp_ms,
+                           what=f"commit {short(commit.id)}")
+        for parent in commit.parents:
+            if not self.objects.has(parent):
+                raise IntegrityError(f"commit {short(commit.id)} arrived before its parent {short(parent)}",
+                                     commit=commit.id)
+        payload = unixfs.cat(self.blocks, commit.payload.cid, max_size=commit.payload.size)
+        if len(payload) != commit.payload.size:
+            raise IntegrityError(f"payload of commit {short(commit.id)} has {len(payload)} bytes, its record says "
+                                 f"{commit.payload.size}", commit=commit.id)
+        self.objects.put(commit.id, commit.encode())
+        self._commits[commit.id] = commit
+        return True
+
+    def accept_move(self, move: BranchMove) -> bool:
+        """Take a branch move from a peer if its author may make it and it comes after the branch's current
+        move; True if the branch moved."""
+        move.verify()
+        if move.repo != self.id:
+            raise IntegrityError(f"branch move {short(move.id)} belongs to another repository", move=move.id)
+        self.commit(move.commit)  # stored and verified already, or CommitNotFound
+        membership = self.members.current()
+        if move.epoch > membership.epoch:
+            raise IntegrityError(f"branch move {short(move.id)} was made at key epoch {move.epoch}; this node's "
+                                 f"membership is at epoch {membership.epoch}", move=move.id)
+        membership.require_branch_move(move.author, move.branch, epoch=move.epoch, at_ms=move.timestamp_ms)
+        if move.timestamp_ms > now_ms() + MAX_CLOCK_SKEW_MS:  # or it would outrank every honest move for long
+            raise IntegrityError(f"branch move {short(move.id)} is dated more than {MAX_CLOCK_SKEW_MS // 60_000} "
+                                 "minutes ahead of this node's clock", move=move.id)
+        self.objects.put(move.id, move.encode())
+        while True:
+            current_id = self.refs.get(move.branch)
+            if current_id == move.id or (current_id is not None and not move.comes_after(self.move(current_id))):
+                return False
+            try:
+                self.refs.compare_and_swap(move.branch, current_id, move.id)
+            except RefConflict:
+                continue  # moved meanwhile: compare with the newer move
+            self._moves[move.id] = move
+            return True
+
     # -- checking ---------------------------------------------------------------------------------------
 
     def fsck(self) -> tuple[int, list[Problem]]:
@@ -439,6 +549,7 @@ class Repo:
         with self._lock:
             self._commits.clear()
             self._states.clear()
+            self._moves.clear()
         problems: list[Problem] = []
         try:
             RepositoryRecord.decode(self.objects.get(self.id)).verify(self.id)
@@ -448,7 +559,13 @@ class Repo:
             self.members.changes()
         except FlairError as exc:
             problems.append(Problem(self.id, f"membership: {exc}"))
-        heads = list(dict.fromkeys(self.branches().values()))
+        heads = []
+        for branch, mid in self.refs.all().items():
+            try:
+                heads.append(self.move(mid).commit)
+            except FlairError as exc:
+                problems.append(Problem(mid, f"branch {branch}: {exc}"))
+        heads = list(dict.fromkeys(heads))
         checked: dict[CommitId, Commit] = {}
         stack = list(heads)
         while stack:
@@ -477,6 +594,15 @@ class Repo:
         heads = list(dict.fromkeys(self.branches().values()))
         for cid in graph.walk(heads, self.parents, self._timestamp):
             yield self.commit(cid)
+
+
+def _moved(branch: str, expected: CommitId | None, current: CommitId | None) -> RefConflict:
+    if expected is None:
+        return RefConflict(f"branch {branch} already exists (at {short(current or '')})", branch=branch)
+    if current is None:
+        return RefConflict(f"branch {branch} does not exist any more", branch=branch)
+    return RefConflict(f"branch {branch} moved: expected {short(expected)}, head is now {short(current)}; retry on "
+                       "the new head", branch=branch, head=current)
 
 
 def _message(message: str) -> str:

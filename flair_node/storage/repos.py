@@ -10,6 +10,7 @@ from typing import Protocol
 from ..core.errors import AlreadyExists, InvalidInput, RepositoryNotFound
 from ..core.identity import Identity
 from ..core.ids import RepoId, is_full_id, short
+from ..core.objects import RepositoryRecord
 from ..tensors.safetensors_io import StateDict
 from . import unixfs
 from .repo import Repo
@@ -75,6 +76,24 @@ class RepoSet:
         with self._lock:
             self._open[repo.id] = repo
         return repo
+
+    def adopt(self, record: RepositoryRecord) -> Repo:
+        """The repository of ``record`` (checked by the caller against the id it asked for), created here if this
+        node did not keep it yet: how a clone starts."""
+        with self._lock:
+            opened = self._open.get(record.id)
+        if opened is not None:
+            return opened
+        record.verify()
+        self.objects.put(record.id, record.encode())
+        self._refs.refs_for(record.id)
+        return self._open_id(record.id)
+
+    def open_id(self, repo_id: RepoId) -> Repo:
+        """The repository with exactly this id (no prefixes, no names: for peers)."""
+        if repo_id not in self._refs.repo_ids():
+            raise RepositoryNotFound(f"repository {short(repo_id)} is not kept on this node", repo=repo_id)
+        return self._open_id(repo_id)
 
     def all(self) -> list[Repo]:
         return [self.open(rid) for rid in self._refs.repo_ids()]

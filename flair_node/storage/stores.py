@@ -1,9 +1,9 @@
 """Object and ref stores: the interfaces and their memory and disk versions.
 
 ``ObjectStore`` keeps immutable bytes under a 64-hex key (the caller derives and re-checks the key: blobs are
-keyed by their SHA-256, records by their id). ``RefStore`` keeps one repository's branches and moves them only by
-compare-and-swap. A repository is assembled from one of each (see ``repo.Repo``); memory and disk versions pass
-the same contract tests.
+keyed by their SHA-256, records by their id). ``RefStore`` keeps one repository's refs, each naming a signed
+record (a branch names its latest branch move), and moves them only by compare-and-swap. A repository is
+assembled from one of each (see ``repo.Repo``); memory and disk versions pass the same contract tests.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Protocol
 from urllib.parse import quote, unquote
 
 from ..core.errors import IntegrityError, NotFound, RefConflict
-from ..core.ids import BranchName, CommitId, is_full_id, short
+from ..core.ids import BranchName, RecordId, is_full_id, short
 from .atomic import atomic_write, fsync_dir
 
 
@@ -30,11 +30,11 @@ class ObjectStore(Protocol):
 
 
 class RefStore(Protocol):
-    def get(self, name: BranchName) -> CommitId | None: ...
-    def compare_and_swap(self, name: BranchName, expected: CommitId | None, new: CommitId) -> None:
+    def get(self, name: BranchName) -> RecordId | None: ...
+    def compare_and_swap(self, name: BranchName, expected: RecordId | None, new: RecordId) -> None:
         """Point ``name`` at ``new`` if it points at ``expected`` now (``None``: if it does not exist)."""
         ...
-    def all(self) -> dict[BranchName, CommitId]:
+    def all(self) -> dict[BranchName, RecordId]:
         """Every branch; names starting with "." are reserved for other refs and left out."""
         ...
 
@@ -44,15 +44,12 @@ def _check_key(key: str) -> None:
         raise IntegrityError(f"object key {key!r} is not a 64-digit hex id")
 
 
-def _conflict(name: str, expected: CommitId | None, current: CommitId | None) -> RefConflict:
+def _conflict(name: str, expected: RecordId | None, current: RecordId | None) -> RefConflict:
     if expected is None:
-        return RefConflict(f"branch {name} already exists (at {short(current or '')})", branch=name)
+        return RefConflict(f"ref {name} already exists (at {short(current or '')})", ref=name)
     if current is None:
-        return RefConflict(f"branch {name} does not exist any more", branch=name)
-    return RefConflict(
-        f"branch {name} moved: expected {short(expected)}, head is now {short(current)}; retry on the new head",
-        branch=name, head=current,
-    )
+        return RefConflict(f"ref {name} does not exist any more", ref=name)
+    return RefConflict(f"ref {name} moved: expected {short(expected)}, it is now {short(current)}", ref=name)
 
 
 class MemoryObjectStore:
@@ -81,20 +78,20 @@ class MemoryObjectStore:
 
 class MemoryRefStore:
     def __init__(self) -> None:
-        self._refs: dict[BranchName, CommitId] = {}
+        self._refs: dict[BranchName, RecordId] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: BranchName) -> CommitId | None:
+    def get(self, name: BranchName) -> RecordId | None:
         return self._refs.get(name)
 
-    def compare_and_swap(self, name: BranchName, expected: CommitId | None, new: CommitId) -> None:
+    def compare_and_swap(self, name: BranchName, expected: RecordId | None, new: RecordId) -> None:
         with self._lock:
             current = self._refs.get(name)
             if current != expected:
                 raise _conflict(name, expected, current)
             self._refs[name] = new
 
-    def all(self) -> dict[BranchName, CommitId]:
+    def all(self) -> dict[BranchName, RecordId]:
         return dict(sorted((k, v) for k, v in self._refs.items() if not k.startswith(".")))
 
 
@@ -147,19 +144,19 @@ class DiskRefStore:
     def _path(self, name: str) -> Path:
         return self.root / quote(name, safe="")
 
-    def _read(self, path: Path) -> CommitId | None:
+    def _read(self, path: Path) -> RecordId | None:
         try:
             text = path.read_text().strip()
         except FileNotFoundError:
             return None
         if not is_full_id(text):
-            raise IntegrityError(f"ref file {path} does not hold a commit id", ref=path.name)
-        return CommitId(text)
+            raise IntegrityError(f"ref file {path} does not hold a record id", ref=path.name)
+        return RecordId(text)
 
-    def get(self, name: BranchName) -> CommitId | None:
+    def get(self, name: BranchName) -> RecordId | None:
         return self._read(self._path(name))
 
-    def compare_and_swap(self, name: BranchName, expected: CommitId | None, new: CommitId) -> None:
+    def compare_and_swap(self, name: BranchName, expected: RecordId | None, new: RecordId) -> None:
         path = self._path(name)
         with self._lock, open(self.root / ".lock", "a") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
@@ -168,8 +165,8 @@ class DiskRefStore:
                 raise _conflict(name, expected, current)
             atomic_write(path, (new + "\n").encode(), mode=0o644)
 
-    def all(self) -> dict[BranchName, CommitId]:
-        refs: dict[BranchName, CommitId] = {}
+    def all(self) -> dict[BranchName, RecordId]:
+        refs: dict[BranchName, RecordId] = {}
         for entry in sorted(os.listdir(self.root)):
             if entry.startswith("."):
                 continue

@@ -1,0 +1,107 @@
+"""One request and one reply on a libp2p stream of their own: canonical msgpack, each at most 1 MiB.
+
+py-libp2p's RequestResponse breaks on replies over ~6.5 MiB (Yamux); Flair's replies stay small by design
+(records, never tensors: those travel as blocks). Both sides bound what they read and how long they wait. The
+handler learns who asks as a Flair public key (from the peer id the connection authenticated), so a protocol
+can answer members only. A ``FlairError`` raised by the handler reaches the caller as the same kind of error,
+its message prefixed with the peer; anything else is logged here and reported as a ``RemoteError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from libp2p.custom_types import TProtocol
+
+from ..core import encoding
+from ..core.errors import FlairError, RemoteError, error_for_code
+from ..core.ids import PublicKey
+from .host import member_key
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME = encoding.MAX_RECORD_BYTES
+TIMEOUT = 30.0
+Handler = Callable[[PublicKey | None, Any], Awaitable[Any]]
+
+
+def serve(host: Any, protocol: str, handler: Handler, *, timeout: float = TIMEOUT) -> None:
+    """Answer every request on ``protocol`` with ``handler(asker's key, request)``."""
+
+    async def on_stream(stream: Any) -> None:
+        peer = stream.muxed_conn.peer_id
+        try:
+            with trio.fail_after(timeout):
+                try:
+                    reply: Any = {"ok": await handler(member_key(peer), encoding.decode(await _read_frame(stream)))}
+                except FlairError as exc:
+                    reply = {"error": {"code": exc.code, "message": exc.message}}
+                await stream.write(_frame(encoding.encode(reply)))
+        except Exception as exc:  # one asker's trouble (a handler bug included) never reaches the node
+            log.warning("%s request from %s failed: %r", protocol, peer, exc)
+        finally:
+            await _close(stream)
+
+    host.set_stream_handler(TProtocol(protocol), on_stream)
+
+
+async def request(host: Any, peer: Any, protocol: str, value: Any) -> Any:
+    """Send ``value`` to ``peer`` and return its reply (within ``TIMEOUT``); the peer's ``FlairError`` kind, or
+    ``RemoteError``."""
+    try:
+        with trio.fail_after(TIMEOUT):
+            stream = await host.new_stream(peer, [TProtocol(protocol)])
+            try:
+                await stream.write(_frame(encoding.encode(value)))
+                reply = encoding.decode(await _read_frame(stream))
+            finally:
+                await _close(stream)
+    except FlairError:
+        raise
+    except trio.TooSlowError:
+        raise RemoteError(f"peer {peer} did not answer {protocol} within {TIMEOUT:g} s") from None
+    except Exception as exc:
+        raise RemoteError(f"{protocol} request to peer {peer} failed: {exc!r}") from None
+    if isinstance(reply, dict) and set(reply) == {"ok"}:
+        return reply["ok"]
+    error = reply.get("error") if isinstance(reply, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("code"), int) and isinstance(error.get("message"), str):
+        raise error_for_code(error["code"])(f"peer {peer}: {error['message'][:500]}")
+    raise RemoteError(f"peer {peer} sent a malformed {protocol} reply")
+
+
+def _frame(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+async def _read_frame(stream: Any) -> bytes:
+    (length,) = struct.unpack(">I", await _read_exactly(stream, 4))
+    if length > MAX_FRAME:
+        raise RemoteError(f"a frame of {length} bytes is over the {MAX_FRAME}-byte limit")
+    return await _read_exactly(stream, length)
+
+
+async def _read_exactly(stream: Any, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        try:
+            data = await stream.read(n - got)
+        except EOFError:
+            data = b""
+        if not data:
+            raise RemoteError(f"stream ended after {got} of {n} bytes")
+        chunks.append(data)
+        got += len(data)
+    return b"".join(chunks)
+
+
+async def _close(stream: Any) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(2):
+        try:
+            await stream.close()
+        except Exception as exc:
+            log.debug("closing a stream: %r", exc)

@@ -1,0 +1,235 @@
+"""Catch-up: a node asks a peer for what it lacks of a repository, and checks everything before storing it.
+
+A peer answers two questions, to members of the repository only: ``heads`` (the repository record, the id of
+the last membership change, every branch's latest move) and ``records`` (records by id, at most ``MAX_IDS`` a
+request and 1 MiB a reply). Payloads come as blocks (Bitswap), never inside a reply. ``pull`` asks until this
+node holds what the peer showed it, in the order checks need: the membership chain first (it decides who may
+do what), then commits parents first, each one's payload fetched before its record is accepted
+(``Repo.accept_commit``), then the branch moves (``Repo.accept_move``: the same total order on every node, so
+nodes that pulled from each other agree on every head). A commit or move that fails its checks is refused,
+with everything built on it, and the rest still arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from ..core import encoding, schema
+from ..core.errors import Forbidden, IntegrityError, InvalidInput, RemoteError
+from ..core.ids import Cid, CommitId, PublicKey, RepoId, is_full_id, sha256_hex, short
+from ..core.membership import MembershipChange
+from ..core.objects import Commit, RepositoryRecord
+from ..core.refs import BranchMove
+from ..network import rpc
+from ..network.bitswap import BlockExchange
+from ..storage.members import MAX_CHANGES
+from ..storage.repo import Repo
+from ..storage.repos import RepoSet
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "/flair/sync/1.0.0"
+MAX_IDS = 256
+MAX_BRANCHES = 1024
+MAX_REPLY_BYTES = 900_000  # records per reply, below the 1 MiB frame with room for the envelope
+MAX_COMMITS = 1_000_000  # one pull; a longer history arrives over several
+
+
+class SyncServer:
+    """Answers ``heads`` and ``records`` from this node's repositories, to their members."""
+
+    def __init__(self, repos: RepoSet) -> None:
+        self.repos = repos
+
+    async def handle(self, asker: PublicKey | None, request: Any) -> Any:
+        if not isinstance(request, dict) or request.get("op") not in ("heads", "records"):
+            raise InvalidInput("a sync request is {op: heads | records, repo, [ids]}")
+        repo_id = request.get("repo")
+        if not isinstance(repo_id, str) or not is_full_id(repo_id):
+            raise InvalidInput("a sync request names a repository by its full id")
+        ids = request.get("ids", [])
+        if request["op"] == "records" and (not isinstance(ids, list) or len(ids) > MAX_IDS
+                                           or not all(isinstance(i, str) and is_full_id(i) for i in ids)):
+            raise InvalidInput(f"records asks for at most {MAX_IDS} full ids")
+        return await trio.to_thread.run_sync(self._answer, asker, request["op"], RepoId(repo_id), ids)
+
+    def _answer(self, asker: PublicKey | None, op: str, repo_id: RepoId, ids: list[str]) -> Any:
+        repo = self.repos.open_id(repo_id)
+        membership = repo.members.current()
+        if asker is None or membership.role(asker, epoch=membership.epoch, at_ms=0) is None:
+            raise Forbidden(f"repository {short(repo_id)} shares its history with its members only")
+        if op == "heads":
+            moves = [repo.move(mid).encode() for mid in list(repo.refs.all().values())[:MAX_BRANCHES]]
+            return {"record": repo.record.encode(), "members": membership.head, "moves": moves}
+        records, size = [], 0
+        for rid in ids:
+            if not repo.objects.has(rid):
+                continue
+            data = repo.objects.get(rid)
+            if size + len(data) > MAX_REPLY_BYTES:
+                break  # the asker asks again for the rest
+            records.append(data)
+            size += len(data)
+        return {"records": records}
+
+
+class Source(Protocol):
+    """Where ``pull`` gets a repository's records and payloads: a peer, or (in tests) another node's stores."""
+
+    async def heads(self, repo: RepoId) -> Any: ...
+    async def records(self, repo: RepoId, ids: list[str]) -> list[bytes]: ...
+    async def blocks(self, cid: Cid, max_size: int) -> None: ...
+
+
+class PeerSource:
+    """A member's node over libp2p: records by request and reply, payloads over Bitswap."""
+
+    def __init__(self, host: Any, peer: Any, exchange: BlockExchange) -> None:
+        self.host, self.peer, self.exchange = host, peer, exchange
+
+    async def heads(self, repo: RepoId) -> Any:
+        return await rpc.request(self.host, self.peer, PROTOCOL, {"op": "heads", "repo": repo})
+
+    async def records(self, repo: RepoId, ids: list[str]) -> list[bytes]:
+        reply = await rpc.request(self.host, self.peer, PROTOCOL, {"op": "records", "repo": repo, "ids": ids})
+        records = reply.get("records") if isinstance(reply, dict) else None
+        if not isinstance(records, list):
+            raise RemoteError(f"peer {self.peer} sent a malformed records reply")
+        return records
+
+    async def blocks(self, cid: Cid, max_size: int) -> None:
+        await self.exchange.fetch_dag(cid, self.peer, max_size=max_size)
+
+
+@dataclass
+class PullResult:
+    changes: int = 0
+    commits: int = 0
+    moved: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # record id -> why
+
+    def json(self) -> dict[str, Any]:
+        return {"changes": self.changes, "commits": self.commits, "moved": self.moved, "refused": self.refused}
+
+
+async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
+    """Bring this node's copy of ``repo_id`` up to what ``source`` holds (creating it: a clone)."""
+    heads = await source.heads(repo_id)
+    if not isinstance(heads, dict) or not {"record", "members", "moves"} <= heads.keys():
+        raise RemoteError("a heads reply needs record, members and moves")
+    record = RepositoryRecord.decode(_bytes(heads["record"]))
+    record.verify(repo_id)
+    repo = await trio.to_thread.run_sync(repos.adopt, record)
+    result = PullResult()
+    result.changes = await _pull_membership(repo, heads["members"], source)
+    if not isinstance(heads["moves"], list) or len(heads["moves"]) > MAX_BRANCHES:
+        raise RemoteError(f"a heads reply holds at most {MAX_BRANCHES} branch moves")
+    moves = [BranchMove.decode(_bytes(m)) for m in heads["moves"]]
+    commits = await _fetch_commits(repo, [m.commit for m in moves], source)
+    for commit in commits:
+        if any(p in result.refused for p in commit.parents):
+            result.refused[commit.id] = "built on a refused commit"
+            continue
+        try:
+            await source.blocks(commit.payload.cid, commit.payload.size)
+            if await trio.to_thread.run_sync(repo.accept_commit, commit):
+                result.commits += 1
+        except (Forbidden, IntegrityError) as exc:
+            log.warning("refused commit %s of %s: %s", short(commit.id), short(repo_id), exc)
+            result.refused[commit.id] = str(exc)
+    for move in moves:
+        if move.commit in result.refused:
+            result.refused[move.id] = f"moves {move.branch} to a refused commit"
+            continue
+        try:
+            if await trio.to_thread.run_sync(repo.accept_move, move):
+                result.moved.append(move.branch)
+        except (Forbidden, IntegrityError) as exc:
+            log.warning("refused move of %s in %s: %s", move.branch, short(repo_id), exc)
+            result.refused[move.id] = str(exc)
+    return result
+
+
+async def _pull_membership(repo: Repo, head: Any, source: Source) -> int:
+    """Fetch the membership changes after the last one held here, and apply them in order."""
+    if not isinstance(head, str) or not is_full_id(head):
+        raise RemoteError("a heads reply names its last membership change by id")
+    chain: list[MembershipChange] = []
+    cursor = head
+    while cursor != repo.id and not await trio.to_thread.run_sync(repo.members.contains, cursor):
+        if len(chain) >= MAX_CHANGES:
+            raise IntegrityError(f"membership chain of {short(repo.id)} is longer than {MAX_CHANGES}")
+        (data,) = await _records(source, repo.id, [cursor])
+        change = MembershipChange.decode(data)
+        change.verify(cursor)
+        chain.append(change)
+        cursor = change.previous
+    for change in reversed(chain):
+        await trio.to_thread.run_sync(repo.accept_membership, change)
+    return len(chain)
+
+
+async def _fetch_commits(repo: Repo, heads: list[CommitId], source: Source) -> list[Commit]:
+    """The commit records behind ``heads`` that this node lacks, parents before children."""
+    fetched: dict[CommitId, Commit] = {}
+    frontier = list(dict.fromkeys(c for c in heads if not repo.objects.has(c)))
+    while frontier:
+        if len(fetched) + len(frontier) > MAX_COMMITS:
+            raise RemoteError(f"more than {MAX_COMMITS} commits to fetch in one pull")
+        batch, frontier = frontier[:MAX_IDS], frontier[MAX_IDS:]
+        for data in await _records(source, repo.id, batch):
+            commit = Commit.decode(data)
+            fetched[commit.id] = commit
+            frontier.extend(p for p in commit.parents
+                            if p not in fetched and p not in frontier and not repo.objects.has(p))
+    order: list[Commit] = []
+    placed: set[CommitId] = set()
+    for cid in fetched:  # depth-first, parents first (iteratively: histories can be long)
+        stack = [(cid, False)]
+        while stack:
+            at, expanded = stack.pop()
+            if at in placed or at not in fetched:
+                continue
+            if expanded:
+                placed.add(at)
+                order.append(fetched[at])
+            else:
+                stack.append((at, True))
+                stack.extend((p, False) for p in fetched[at].parents if p not in placed)
+    return order
+
+
+async def _records(source: Source, repo: RepoId, ids: list[str]) -> list[bytes]:
+    """Exactly the records ``ids`` (asking again for what a reply left out), each checked to be the one asked."""
+    out: dict[str, bytes] = {}
+    missing = list(ids)
+    while missing:
+        got = await source.records(repo, missing)
+        if not isinstance(got, list) or not got:
+            raise RemoteError(f"the peer does not have record {short(missing[0])} of repository {short(repo)}")
+        for data in got:
+            rid = _record_id(_bytes(data))
+            if rid not in missing:
+                raise RemoteError(f"the peer sent record {short(rid)}, which was not asked for")
+            out[rid] = data
+        missing = [i for i in missing if i not in out]
+    return [out[i] for i in ids]
+
+
+def _record_id(data: bytes) -> str:
+    """The id of a signed record: the hash of its body (what each record type's ``id`` computes)."""
+    outer = encoding.decode(data)
+    if not isinstance(outer, dict) or "body" not in outer:
+        raise RemoteError("the peer sent something that is not a signed record")
+    return sha256_hex(encoding.encode(schema.mapping(outer["body"], "record body")))
+
+
+def _bytes(value: Any) -> bytes:
+    if not isinstance(value, bytes):
+        raise RemoteError("the peer sent a record that is not bytes")
+    return value
+
