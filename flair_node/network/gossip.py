@@ -1,0 +1,358 @@
+"""Gossip: signed announcements flooded on one topic per repository, behind Flair's own small interface.
+
+A node ``join``\\ s a topic with a validator, ``publish``\\ es bytes on it, and reads what others published from
+its ``messages`` channel as ``GossipMessage`` records. The validator sees every message that arrives on the
+topic before anything else happens to it: a message it rejects is neither delivered here nor relayed to other
+peers, so one honest node stops bad announcements from spreading through it. Everything is in Flair's types
+(``PeerId`` text, ``bytes``); no transport type crosses this interface.
+
+Two implementations keep the same contract (``tests/test_gossip.py`` runs one suite against both):
+
+- ``Libp2pGossip`` (``gossip_libp2p``): py-libp2p's GossipSub on the node's libp2p host, configured so that a
+  burst reaches every node (see that module for the knobs and their bounds).
+- ``MemoryGossip`` / ``MemoryGossipNetwork`` (here): nodes in one trio run, linked by explicit links (or all to
+  all), flooding each message once over every link, for fast tests of the layers above.
+
+Contract, in both:
+
+- A node never receives what it published itself; every other node that joined the topic and is reachable
+  through nodes that accept the message receives it exactly once.
+- The validator is called with ``(forwarder, data)`` for each distinct message (an async one, rarely, twice):
+  ``forwarder`` is the peer that handed the message to this node, not necessarily its publisher. It may be a
+  plain function or an ``async def``; an exception counts as a rejection. ``GossipMessage.from_peer`` is the
+  publisher (with libp2p, the peer whose key signed the message).
+- Messages larger than ``max_message_size`` are refused by ``publish`` (``InvalidInput``) and dropped on
+  receipt (counted in ``status()["oversize"]``, never given to the validator, never relayed).
+- Delivery never blocks the transport: ``messages`` holds up to ``queue_size`` messages; beyond that a message
+  is dropped and counted in ``status()["dropped_full"]``, which a consumer that keeps up keeps at 0.
+- ``run`` is a service: ``task_status.started()`` when ready, cancellation stops it and closes ``messages``.
+  ``join``, ``leave`` and ``publish`` need it running.
+
+Memory bounds of ``MemoryGossip``: ``queue_size`` delivered and ``INBOX_SIZE`` incoming messages per node, each at
+most ``max_message_size`` bytes, and the ids of the last ``SEEN_SIZE`` messages.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import asdict, dataclass, field, replace
+from itertools import count
+from typing import Any, NewType, Protocol
+
+import trio
+
+from ..core.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+#: A peer id as text (for libp2p, the base58 multihash of its public key). Belongs in ``core.ids`` in time.
+PeerId = NewType("PeerId", str)
+
+#: Called as ``validate(forwarder, data)``; true to accept. A plain function or an ``async def``.
+Validator = Callable[[PeerId, bytes], "Awaitable[bool] | bool"]
+
+MAX_MESSAGE_SIZE = 64 * 1024  # bytes of one message's data
+QUEUE_SIZE = 4096  # accepted messages waiting in ``messages`` for the consumer
+MAX_TOPIC_LENGTH = 256  # characters of a topic name
+INBOX_SIZE = 8192  # MemoryGossip: messages waiting to be validated
+SEEN_SIZE = 65536  # MemoryGossip: ids of recent messages remembered to drop duplicates
+LOG_EVERY = 60.0  # seconds between two log lines about the same peer's bad input
+
+
+@dataclass(frozen=True)
+class GossipMessage:
+    """A message accepted on ``topic``: ``from_peer`` published ``data`` (maybe relayed by others)."""
+
+    topic: str
+    data: bytes
+    from_peer: PeerId
+
+
+class Gossip(Protocol):
+    """What the rest of Flair uses to gossip; see the module docstring for the contract."""
+
+    #: Messages accepted by this node's validators, in arrival order, for every joined topic.
+    messages: trio.MemoryReceiveChannel[GossipMessage]
+
+    @property
+    def peer_id(self) -> PeerId: ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+    async def join(self, topic: str, validate: Validator) -> None:
+        """Subscribe to ``topic``; ``validate`` judges each message on it. Joining again replaces the validator."""
+
+    async def leave(self, topic: str) -> None:
+        """Unsubscribe: nothing more on ``topic`` is delivered or relayed by this node."""
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Send ``data`` to the peers of a joined ``topic``. Raises ``InvalidInput`` if too large or not joined."""
+
+    def peers(self, topic: str) -> list[PeerId]:
+        """The peers this node exchanges ``topic``'s messages with directly (its mesh)."""
+
+    def status(self) -> dict[str, Any]:
+        """Counters (published, delivered, rejected, oversize, dropped_full) and peers per topic."""
+
+
+@dataclass
+class Counters:
+    """What a gossip node counts; ``status()`` reports them."""
+
+    published: int = 0  # messages this node published
+    delivered: int = 0  # messages put in ``messages``
+    rejected: int = 0  # messages a validator refused (or failed on)
+    oversize: int = 0  # received messages over the size limit
+    dropped_full: int = 0  # accepted messages dropped because ``messages`` (or an inbox) was full
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class RecentIds:
+    """The last ``size`` ids seen, oldest forgotten first."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._ids: OrderedDict[Hashable, None] = OrderedDict()
+
+    def add(self, key: Hashable) -> bool:
+        """Remember ``key``; False if it was already remembered."""
+        if key in self._ids:
+            return False
+        self._ids[key] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+        return True
+
+
+@dataclass
+class BadInputLog:
+    """Logs bad input once per peer per ``LOG_EVERY`` seconds (remembering at most 1024 peers)."""
+
+    clock: Callable[[], float] = trio.current_time
+    _last: OrderedDict[str, float] = field(default_factory=OrderedDict)
+
+    def warn(self, peer: str, what: str, *args: object) -> None:
+        now = self.clock()
+        if now - self._last.get(peer, -math.inf) < LOG_EVERY:
+            return
+        self._last[peer] = now
+        self._last.move_to_end(peer)
+        if len(self._last) > 1024:
+            self._last.popitem(last=False)
+        log.warning("peer %s: " + what + " (further reports from this peer muted for %.0f s)", peer, *args,
+                    LOG_EVERY)
+
+
+def check_topic(topic: str) -> None:
+    if not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_LENGTH:
+        raise InvalidInput(f"a topic is a non-empty name of at most {MAX_TOPIC_LENGTH} characters, not {topic!r}",
+                           topic=str(topic)[:MAX_TOPIC_LENGTH])
+
+
+def check_size(topic: str, data: bytes, limit: int) -> None:
+    if not isinstance(data, bytes):
+        raise InvalidInput(f"gossip data must be bytes, not {type(data).__name__}", topic=topic)
+    if len(data) > limit:
+        raise InvalidInput(f"message of {len(data)} bytes on {topic} is over the {limit}-byte limit; "
+                           "gossip announcements, and move payloads by block exchange", topic=topic)
+
+
+def is_async_validator(validate: Validator) -> bool:
+    # an ``async def`` function, a partial of one, or an object whose ``__call__`` is ``async def``
+    return inspect.iscoroutinefunction(validate) or inspect.iscoroutinefunction(type(validate).__call__)
+
+
+def judge_sync(validate: Validator, topic: str, forwarder: PeerId, data: bytes) -> bool:
+    """Call a plain validator; an exception or an awaitable answer counts as a rejection."""
+    try:
+        verdict = validate(forwarder, data)
+    except Exception:
+        log.exception("validator of %s failed on a message from %s; message rejected", topic, forwarder)
+        return False
+    if inspect.isawaitable(verdict):
+        if inspect.iscoroutine(verdict):
+            verdict.close()
+        log.error("validator of %s returned an awaitable from a plain function; make it `async def`", topic)
+        return False
+    return bool(verdict)
+
+
+async def judge(validate: Validator, topic: str, forwarder: PeerId, data: bytes) -> bool:
+    """Call a plain or async validator; an exception counts as a rejection."""
+    if not is_async_validator(validate):
+        return judge_sync(validate, topic, forwarder, data)
+    try:
+        return bool(await validate(forwarder, data))  # type: ignore[misc]
+    except Exception:
+        log.exception("validator of %s failed on a message from %s; message rejected", topic, forwarder)
+        return False
+
+
+def deliver(send: trio.MemorySendChannel[GossipMessage], message: GossipMessage, counters: Counters) -> None:
+    """Hand ``message`` to the consumer without ever blocking the transport."""
+    try:
+        send.send_nowait(message)
+    except trio.WouldBlock:
+        counters.dropped_full += 1
+        if counters.dropped_full == 1 or counters.dropped_full % 1000 == 0:
+            log.warning("gossip consumer is behind: %d messages dropped so far", counters.dropped_full)
+    except trio.ClosedResourceError:
+        pass  # the service stopped
+    else:
+        counters.delivered += 1
+
+
+# -- in memory -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    topic: str
+    data: bytes
+    origin: PeerId
+    seqno: int
+    forwarder: PeerId
+
+
+class MemoryGossipNetwork:
+    """Memory gossip nodes in one trio run. With ``full_mesh`` every node is linked to every other; otherwise
+    ``connect`` draws the links (a line A-B-C makes B the only way between A and C)."""
+
+    def __init__(self, *, full_mesh: bool = True) -> None:
+        self._full_mesh = full_mesh
+        self._nodes: dict[PeerId, MemoryGossip] = {}
+        self._links: dict[PeerId, set[PeerId]] = {}
+        self._names = count(1)
+
+    def node(self, peer_id: str | None = None, *, max_message_size: int = MAX_MESSAGE_SIZE,
+             queue_size: int = QUEUE_SIZE) -> MemoryGossip:
+        """A new node (``run`` it before use), named ``peer_id`` or ``memory-<n>``."""
+        name = PeerId(peer_id or f"memory-{next(self._names)}")
+        if name in self._nodes:
+            raise InvalidInput(f"memory gossip network already has a node {name}", peer=name)
+        node = MemoryGossip(self, name, max_message_size=max_message_size, queue_size=queue_size)
+        self._links[name] = set(self._nodes) if self._full_mesh else set()
+        for other in self._links[name]:
+            self._links[other].add(name)
+        self._nodes[name] = node
+        return node
+
+    def connect(self, a: str, b: str) -> None:
+        """Link nodes ``a`` and ``b`` both ways."""
+        for x in (a, b):
+            if x not in self._nodes:
+                raise InvalidInput(f"no memory gossip node {x}", peer=x)
+        if a != b:
+            self._links[PeerId(a)].add(PeerId(b))
+            self._links[PeerId(b)].add(PeerId(a))
+
+    def neighbours(self, peer: PeerId) -> list[MemoryGossip]:
+        return [self._nodes[p] for p in sorted(self._links[peer])]
+
+
+class MemoryGossip:
+    """One node of a ``MemoryGossipNetwork``. Messages wait in the node's inbox until its ``run`` validates them
+    one at a time; each is relayed, once, to linked nodes that joined the topic."""
+
+    def __init__(self, network: MemoryGossipNetwork, peer_id: PeerId, *, max_message_size: int = MAX_MESSAGE_SIZE,
+                 queue_size: int = QUEUE_SIZE) -> None:
+        self._network = network
+        self._peer_id = peer_id
+        self.max_message_size = max_message_size
+        self._inbox_send, self._inbox = trio.open_memory_channel[_Envelope](INBOX_SIZE)
+        self._send, self.messages = trio.open_memory_channel[GossipMessage](queue_size)
+        self._topics: dict[str, Validator] = {}
+        self._seen = RecentIds(SEEN_SIZE)
+        self._seqno = count(1)
+        self._running = False
+        self._counters = Counters()
+        self._bad = BadInputLog()
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self._peer_id
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._running = True
+        try:
+            task_status.started()
+            async for envelope in self._inbox:
+                await self._receive(envelope)
+        finally:
+            self._running = False
+            self._inbox.close()
+            self._send.close()
+
+    async def join(self, topic: str, validate: Validator) -> None:
+        self._check_running()
+        check_topic(topic)
+        self._topics[topic] = validate
+        await trio.lowlevel.checkpoint()
+
+    async def leave(self, topic: str) -> None:
+        self._check_running()
+        self._topics.pop(topic, None)
+        await trio.lowlevel.checkpoint()
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        self._check_running()
+        check_topic(topic)
+        if topic not in self._topics:
+            raise InvalidInput(f"join {topic} before publishing on it", topic=topic)
+        check_size(topic, data, self.max_message_size)
+        envelope = _Envelope(topic, data, self._peer_id, next(self._seqno), self._peer_id)
+        self._seen.add((envelope.origin, envelope.seqno))
+        self._counters.published += 1
+        for node in self._mesh(topic):
+            try:
+                await node._inbox_send.send(envelope)  # the publisher waits for room; relays never wait
+            except trio.BrokenResourceError:
+                pass  # that node stopped
+
+    def peers(self, topic: str) -> list[PeerId]:
+        return [node.peer_id for node in self._mesh(topic)]
+
+    def status(self) -> dict[str, Any]:
+        return {**self._counters.as_dict(), "topics": {t: {"peers": len(self.peers(t))} for t in self._topics}}
+
+    def _mesh(self, topic: str) -> list[MemoryGossip]:
+        if topic not in self._topics:
+            return []
+        return [n for n in self._network.neighbours(self._peer_id) if n._running and topic in n._topics]
+
+    def _check_running(self) -> None:
+        if not self._running:
+            raise RuntimeError(f"gossip node {self._peer_id} is not running; start its run() first")
+
+    async def _receive(self, envelope: _Envelope) -> None:
+        validate = self._topics.get(envelope.topic)
+        if validate is None or not self._seen.add((envelope.origin, envelope.seqno)):
+            return  # not joined (any more), or a duplicate: each message is judged once
+        if len(envelope.data) > self.max_message_size:
+            self._counters.oversize += 1
+            self._bad.warn(envelope.forwarder, "message of %d bytes on %s is over the size limit",
+                           len(envelope.data), envelope.topic)
+            return
+        if not await judge(validate, envelope.topic, envelope.forwarder, envelope.data):
+            self._counters.rejected += 1
+            self._bad.warn(envelope.forwarder, "message on %s rejected by its validator", envelope.topic)
+            return
+        if envelope.topic not in self._topics:
+            return  # left while an async validator ran
+        deliver(self._send, GossipMessage(envelope.topic, envelope.data, envelope.origin), self._counters)
+        relayed = replace(envelope, forwarder=self._peer_id)
+        for node in self._mesh(envelope.topic):
+            if node.peer_id in (envelope.forwarder, envelope.origin):
+                continue
+            try:
+                node._inbox_send.send_nowait(relayed)
+            except trio.WouldBlock:
+                node._counters.dropped_full += 1
+            except trio.BrokenResourceError:
+                pass  # that node stopped
