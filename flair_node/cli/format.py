@@ -73,3 +73,27 @@ def members_text(r: dict[str, Any]) -> str:
     if r["removed"]:
         lines.append(f"removed: {', '.join(r['removed'])}")
     return "\n".join(lines)
+
+
+def peers_text(p2p: dict[str, Any]) -> str:
+    lines = [f"this node: {addr}" for addr in p2p["addrs"]]
+    for peer in p2p["peers"]:
+        who = f"member key {peer['key']}" if peer["key"] else "no Ed25519 key"
+        lines.append(f"{peer['peer']}  {who}  {' '.join(peer['addrs'][:2])}")
+    return "\n".join(lines) if p2p["peers"] else "\n".join([*lines, "no peers connected"])
+
+
+def node_text(r: dict[str, Any], *, bad_input: bool) -> str:
+    p2p = r["p2p"]
+    counts = p2p["announcements"]
+    lines = [f"node {r['public_key']}: {r['repositories']} repositories, {len(p2p['peers'])} peers, "
+             f"topics {len(p2p['topics'])}",
+             "announcements: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts
+             else "announcements: none yet",
+             f"refused: {p2p['refused_blocks']} blocks, {sum(p2p['bad_announcements'].values())} announcements"]
+    if bad_input:
+        blocks = {peer: rec["refused_blocks"] + rec["malformed_messages"] for peer, rec in p2p["bitswap_peers"].items()}
+        for peer in sorted(set(blocks) | set(p2p["bad_announcements"])):
+            lines.append(f"  {peer}  bad blocks/messages {blocks.get(peer, 0)}, bad announcements "
+                         f"{p2p['bad_announcements'].get(peer, 0)}")
+    return "\n".join(lines)

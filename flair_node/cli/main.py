@@ -12,7 +12,7 @@ from typing import Any
 
 from ..api.client import ApiClient
 from ..core.errors import FlairError
-from .format import diff_text, log_text, members_text, show_text, status_text
+from .format import diff_text, log_text, members_text, node_text, peers_text, show_text, status_text
 
 CODECS = {"exact": "bitdelta-v1", "float16": "float16-v1", "int8": "int8-v1", "topk": "topk-v1"}
 
@@ -64,8 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
 
-    p = verb("status", "branches, heads and layout of a repository")
-    p.add_argument("repo")
+    p = verb("status", "branches, heads and layout of a repository; without one, this node's network")
+    p.add_argument("repo", nargs="?")
+    p.add_argument("--peers", action="store_true", help="also what each peer sent that was refused")
+
+    verb("peers", "this node's addresses and the peers it is connected to")
 
     p = verb("branch", "list branches, or create one")
     p.add_argument("repo")
@@ -189,9 +192,14 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
     if a.verb == "diff":
         r = c.call("repo.diff", repo=a.repo, a=a.a, b=a.b)
         return r, diff_text(r["tensors"]) + f"\ntotal L2 {r['total_l2']:.6g}"
-    if a.verb == "status":
+    if a.verb == "status" and a.repo:
         r = c.call("repo.status", repo=a.repo)
         return r, status_text(r)
+    if a.verb in ("status", "peers"):
+        r = c.call("node.status")
+        if "p2p" not in r:
+            raise FlairError("the daemon runs no peer-to-peer services")
+        return r, (node_text(r, bad_input=a.peers) if a.verb == "status" else peers_text(r["p2p"]))
     if a.verb == "branch":
         r = c.call("repo.branch", repo=a.repo, name=a.name, at=a.at)
         return r, "\n".join(f"{'+' if b == a.name else ' '} {b:<24} {h[:12]}" for b, h in r["branches"].items())

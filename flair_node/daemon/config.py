@@ -21,6 +21,9 @@ class NodeConfig:
     log_level: str = "info"
     kubo_api: str = ""
     p2p_listen: str = "/ip4/127.0.0.1/tcp/0"
+    p2p_bootstrap: tuple[str, ...] = ()
+    p2p_sync_interval: float = 30.0
+    p2p_mdns: bool = False
 
     @classmethod
     def from_toml(cls, text: str, source: str = "config") -> NodeConfig:
@@ -29,7 +32,7 @@ class NodeConfig:
         except tomllib.TOMLDecodeError as exc:
             raise InvalidInput(f"{source} is not valid TOML: {exc}") from exc
         known = {"api": {"host", "port", "max_request_bytes"}, "log": {"level"}, "ipfs": {"kubo_api"},
-                 "p2p": {"listen"}}
+                 "p2p": {"listen", "bootstrap", "sync_interval", "mdns"}}
         for section, values in data.items():
             if section not in known or not isinstance(values, dict):
                 raise InvalidInput(f"{source}: unknown section [{section}] (known: {', '.join(known)})")
@@ -47,6 +50,10 @@ class NodeConfig:
             log_level=log.get("level", cls.log_level),
             kubo_api=ipfs.get("kubo_api", cls.kubo_api),
             p2p_listen=p2p.get("listen", cls.p2p_listen),
+            p2p_bootstrap=tuple(p2p.get("bootstrap", cls.p2p_bootstrap)) if isinstance(p2p.get("bootstrap", []), list)
+            else ("not a list",),
+            p2p_sync_interval=p2p.get("sync_interval", cls.p2p_sync_interval),
+            p2p_mdns=p2p.get("mdns", cls.p2p_mdns),
         )
         config.check(source)
         return config
@@ -74,5 +81,11 @@ class NodeConfig:
             raise InvalidInput(f"{source}: ipfs.kubo_api must be a multiaddr such as /ip4/127.0.0.1/tcp/5001/http")
         if not isinstance(self.p2p_listen, str) or not self.p2p_listen.startswith("/"):
             raise InvalidInput(f"{source}: p2p.listen must be a multiaddr such as /ip4/0.0.0.0/tcp/4001")
+        if not all(isinstance(a, str) and a.startswith("/") and "/p2p/" in a for a in self.p2p_bootstrap):
+            raise InvalidInput(f"{source}: p2p.bootstrap is a list of multiaddrs ending in /p2p/<peer id>")
+        if not isinstance(self.p2p_sync_interval, int | float) or not 0.1 <= self.p2p_sync_interval <= 86400:
+            raise InvalidInput(f"{source}: p2p.sync_interval is a number of seconds from 0.1 to 86400")
+        if not isinstance(self.p2p_mdns, bool):
+            raise InvalidInput(f"{source}: p2p.mdns is true or false")
         if self.log_level not in _LEVELS:
             raise InvalidInput(f"{source}: log.level must be one of {', '.join(_LEVELS)}")

@@ -20,11 +20,11 @@ from ..network.bitswap import BlockExchange
 from ..network.host import connect, full_addrs, running_host
 from ..network.kubo import KuboPinner
 from ..protocol import sync
-from ..protocol.sync import PeerSource
 from ..storage.atomic import remove_stale_temp_files
 from ..storage.repos import RepoSet
 from .config import NodeConfig
 from .home import Home
+from .p2p import P2PService
 from .pinning import KuboPinService
 
 log = logging.getLogger(__name__)
@@ -42,33 +42,35 @@ class Node:
         self.repos = RepoSet.on_disk(home.path, self.identity)
         self.pinning = KuboPinService(self.repos, KuboPinner(config.kubo_api), home.path / "kubo") \
             if config.kubo_api else None
-        self.exchange: BlockExchange | None = None  # set while the libp2p host runs
+        self.p2p: P2PService | None = None  # set while the libp2p host runs
         self.registry = build_registry(self.identity, self.repos, on_change=self._changed, extra_status=self._status,
                                        network=self)
 
     def _changed(self) -> None:
         if self.pinning is not None:
             self.pinning.wake()
+        if self.p2p is not None:
+            self.p2p.wake()
 
     def _status(self) -> dict[str, Any]:
         status: dict[str, Any] = {"kubo": self.pinning.status()} if self.pinning is not None else {}
-        if self.exchange is not None:
-            status["p2p"] = {"addrs": full_addrs(self.exchange.host), **self.exchange.status()}
+        if self.p2p is not None:
+            bitswap = self.p2p.exchange.status()
+            status["p2p"] = {"addrs": full_addrs(self.p2p.host), "refused_blocks": bitswap["refused_blocks"],
+                             "bitswap_peers": bitswap["peers"], **self.p2p.status()}
         return status
 
-    def _online(self) -> BlockExchange:
-        if self.exchange is None:
+    def _online(self) -> P2PService:
+        if self.p2p is None:
             raise FlairError("the libp2p host is not running")
-        return self.exchange
+        return self.p2p
 
     async def fetch(self, cid: Cid, peer: str, max_size: int) -> int:
-        exchange = self._online()
-        return await exchange.fetch_dag(cid, await connect(exchange.host, peer), max_size=max_size)
+        p2p = self._online()
+        return await p2p.exchange.fetch_dag(cid, await connect(p2p.host, peer), max_size=max_size)
 
     async def pull(self, repo: str, peer: str) -> dict[str, Any]:
-        exchange = self._online()
-        source = PeerSource(exchange.host, await connect(exchange.host, peer), exchange)
-        return (await sync.pull(self.repos, RepoId(repo), source)).json()
+        return await self._online().pull_from(RepoId(repo), peer)
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the API until cancelled; ``task_status.started`` gets the API URL once api.json is written."""
@@ -76,10 +78,15 @@ class Node:
         server = ApiServer(self.registry, token, host=self.config.api_host, port=self.config.api_port,
                            max_body=self.config.max_request_bytes)
         try:
-            async with running_host(self.identity, self.config.p2p_listen) as host, trio.open_nursery() as nursery:
-                self.exchange = BlockExchange(host, self.repos.blocks)
-                await nursery.start(self.exchange.run)
+            async with running_host(self.identity, self.config.p2p_listen, mdns=self.config.p2p_mdns) as host, \
+                    trio.open_nursery() as nursery:
+                exchange = BlockExchange(host, self.repos.blocks)
+                await nursery.start(exchange.run)
                 rpc.serve(host, sync.PROTOCOL, sync.SyncServer(self.repos).handle)
+                p2p = P2PService(host, exchange, self.repos, bootstrap=self.config.p2p_bootstrap,
+                                 sync_interval=self.config.p2p_sync_interval)
+                await nursery.start(p2p.run)
+                self.p2p = p2p
                 if self.pinning is not None:
                     await nursery.start(self.pinning.run)
                 url = await nursery.start(server.run)
@@ -87,7 +94,7 @@ class Node:
                 log.info("flair-node %s serving %s (home %s)", self.identity.public_key, url, self.home.path)
                 task_status.started(url)
         finally:
-            self.exchange = None
+            self.p2p = None
             self.home.remove_api_file()
 
     def close(self) -> None:

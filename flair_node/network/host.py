@@ -19,9 +19,10 @@ from ..core.ids import PublicKey
 
 
 @asynccontextmanager
-async def running_host(identity: Identity, listen: str = "/ip4/127.0.0.1/tcp/0") -> AsyncIterator[Any]:
-    """A started libp2p host (TCP, Noise, Yamux) listening on ``listen``."""
-    host = new_host(key_pair=create_new_key_pair(identity.keypair_bytes()[:32]))
+async def running_host(identity: Identity, listen: str = "/ip4/127.0.0.1/tcp/0", *,
+                       mdns: bool = False) -> AsyncIterator[Any]:
+    """A started libp2p host (TCP, Noise, Yamux) listening on ``listen``; ``mdns`` finds peers on the LAN."""
+    host = new_host(key_pair=create_new_key_pair(identity.keypair_bytes()[:32]), enable_mDNS=mdns)
     try:
         addrs = [multiaddr.Multiaddr(listen)]
     except Exception as exc:

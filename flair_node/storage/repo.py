@@ -77,6 +77,8 @@ class Repo:
         self.blocks = blocks
         self.refs = refs
         self.members = MembershipLog(record, objects, refs)
+        #: Told of every record this node signs here, as (kind, encoded record): what the daemon gossips.
+        self.announce: Callable[[str, bytes], None] = lambda kind, record: None
         self._commits: dict[CommitId, Commit] = {}
         self._moves: dict[RecordId, BranchMove] = {}
         self._states: OrderedDict[CommitId, StateDict] = OrderedDict()
@@ -317,8 +319,10 @@ class Repo:
                 message=message, payload=payload, meta=dict(meta), metrics=dict(metrics),
             ).signed(identity)
             self.objects.put(commit.id, commit.encode())
-            self._move_branch(identity, branch, commit.id, expected=expected, epoch=membership.epoch,
-                              timestamp=timestamp)
+            move = self._move_branch(identity, branch, commit.id, expected=expected, epoch=membership.epoch,
+                                     timestamp=timestamp)
+        self.announce("commit", commit.encode())
+        self.announce("move", move.encode())
         self._commits[commit.id] = commit
         self._remember(commit.id, state)
         return commit
@@ -351,7 +355,8 @@ class Repo:
         membership, timestamp = self.members.current(), now_ms()
         membership.require_branch_move(identity.public_key, branch, epoch=membership.epoch, at_ms=timestamp)
         self.commit(at)
-        self._move_branch(identity, branch, at, expected=None, epoch=membership.epoch, timestamp=timestamp)
+        move = self._move_branch(identity, branch, at, expected=None, epoch=membership.epoch, timestamp=timestamp)
+        self.announce("move", move.encode())
         return branch
 
     def _move_branch(self, identity: Identity, branch: BranchName, commit: CommitId, *, expected: CommitId | None,
@@ -380,16 +385,20 @@ class Repo:
         """Grant ``member`` (a public key) ``role``, sealing every payload key so far to them; owner only."""
         membership = self._owner_only(identity, "invites members")
         keys = {epoch: self._key(epoch) for epoch in range(membership.epoch + 1)}
-        return self.members.append(invitation(membership, identity, PublicKey(member), role, expires_ms=expires_ms,
-                                              keys=keys, now_ms=now_ms()))
+        change = invitation(membership, identity, PublicKey(member), role, expires_ms=expires_ms, keys=keys,
+                            now_ms=now_ms())
+        after = self.members.append(change)
+        self.announce("membership", change.encode())
+        return after
 
     def remove(self, identity: Identity, member: str) -> Membership:
         """Remove ``member``: a new payload key, sealed to everyone else, seals every payload from now on."""
         membership = self._owner_only(identity, "removes members")
         new_key = crypto.new_key()
-        after = self.members.append(removal(membership, identity, PublicKey(member), new_key=new_key,
-                                            now_ms=now_ms()))
+        change = removal(membership, identity, PublicKey(member), new_key=new_key, now_ms=now_ms())
+        after = self.members.append(change)
         self._keys[after.epoch] = new_key
+        self.announce("membership", change.encode())
         return after
 
     def _owner_only(self, identity: Identity, what: str) -> Membership:
@@ -476,11 +485,14 @@ class Repo:
 
     def accept_membership(self, change: MembershipChange) -> bool:
         """Store ``change`` if it is the next one of the chain; False if this node has it already."""
-        if self.members.contains(change.id):
-            return False
-        self.members.append(change)
-        self._keys.clear()  # a rotation may have given this node the next epoch's key
-        return True
+        while not self.members.contains(change.id):
+            try:
+                self.members.append(change)
+            except RefConflict:
+                continue  # another pull appended meanwhile (maybe this very change): look again
+            self._keys.clear()  # a rotation may have given this node the next epoch's key
+            return True
+        return False
 
     def accept_commit(self, commit: Commit) -> bool:
         """Store a commit from a peer; False if it is here already.

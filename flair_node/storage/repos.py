@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from pathlib import Path
 from typing import Protocol
 
@@ -16,6 +17,8 @@ from . import unixfs
 from .repo import Repo
 from .stores import DiskObjectStore, DiskRefStore, MemoryObjectStore, MemoryRefStore, ObjectStore, RefStore
 from .unixfs import BlockStore
+
+OUTBOX_SIZE = 100_000  # records waiting to be announced; older ones are dropped (peers catch up by pulling)
 
 
 class RefBackend(Protocol):
@@ -57,6 +60,9 @@ class RepoSet:
         self._refs = refs
         self._open: dict[RepoId, Repo] = {}
         self._lock = threading.Lock()
+        #: (repository, kind, record) for every record signed on this node, oldest first: the daemon gossips
+        #: them. Appended from worker threads, drained by the daemon (deque's append and popleft are atomic).
+        self.outbox: deque[tuple[RepoId, str, bytes]] = deque(maxlen=OUTBOX_SIZE)
 
     @classmethod
     def in_memory(cls, identity: Identity) -> RepoSet:
@@ -73,8 +79,13 @@ class RepoSet:
             raise AlreadyExists(f"a repository named {name!r} exists already here: pick another name", name=name)
         repo = Repo.create(self.objects, self.blocks, self._refs.refs_for, self.identity, name, state,
                            write_lock=self._write_lock)
+        self._announcing(repo)
         with self._lock:
             self._open[repo.id] = repo
+        return repo
+
+    def _announcing(self, repo: Repo) -> Repo:
+        repo.announce = lambda kind, record: self.outbox.append((repo.id, kind, record))
         return repo
 
     def adopt(self, record: RepositoryRecord) -> Repo:
@@ -119,8 +130,8 @@ class RepoSet:
         with self._lock:
             repo = self._open.get(rid)
             if repo is None:
-                repo = Repo.open(rid, self.objects, self.blocks, self._refs.refs_for(rid), reader=self.identity,
-                                 write_lock=self._write_lock)
+                repo = self._announcing(Repo.open(rid, self.objects, self.blocks, self._refs.refs_for(rid),
+                                                  reader=self.identity, write_lock=self._write_lock))
                 self._open[rid] = repo
             return repo
 

@@ -1,0 +1,211 @@
+"""The node's peer-to-peer side: gossip of what it signs, intake of what peers announce, and catch-up.
+
+- Announcing: records signed here (``RepoSet.outbox``: commits, branch moves, membership changes) are packed
+  into as few announcements as fit and published on their repository's topic.
+- Intake: every announcement is checked (``protocol.announce.check``) before gossip delivers or relays it.
+  Accepted membership changes and moves are taken at once; commits (whose payloads must come as blocks first)
+  and anything this node is behind on are pulled from the peer (``protocol.sync``), one pull at a time per
+  repository and peer, however many announcements ask for it.
+- Catch-up: every ``sync_interval`` seconds the node dials its bootstrap peers if it lost them and pulls each
+  repository from every connected peer that is a member of it, so a node that was offline or cut off ends
+  up with what its peers hold.
+
+Bad input (announcements failing their checks) is counted per peer and logged once per peer per minute.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import trio
+from libp2p.peer.id import ID
+
+from ..core.errors import FlairError
+from ..core.ids import RepoId, short
+from ..network.bitswap import BlockExchange
+from ..network.gossip import BadInputLog, PeerId
+from ..network.gossip_libp2p import Libp2pGossip
+from ..network.host import connect, member_key
+from ..protocol import announce, sync
+from ..storage.repo import now_ms
+from ..storage.repos import RepoSet
+
+log = logging.getLogger(__name__)
+
+MAX_PULLS = 32  # pulls running at once; more requests wait for the next catch-up round
+MAX_PEERS_COUNTED = 4096  # peers whose refused announcements are counted (the least offending forgotten first)
+
+
+class P2PService:
+    def __init__(self, host: Any, exchange: BlockExchange, repos: RepoSet, *, bootstrap: tuple[str, ...] = (),
+                 sync_interval: float = 30.0) -> None:
+        self.host, self.exchange, self.repos = host, exchange, repos
+        self.bootstrap, self.sync_interval = bootstrap, sync_interval
+        self.gossip = Libp2pGossip(host)
+        self._joined: set[RepoId] = set()
+        self._wake = trio.Event()
+        self._pulling: set[tuple[RepoId, str]] = set()
+        self._again: set[tuple[RepoId, str]] = set()
+        self._nursery: trio.Nursery | None = None
+        self._bad_log = BadInputLog()
+        self.bad_input: Counter[str] = Counter()  # peer -> announcements refused
+        self.counts: Counter[str] = Counter()  # announced, accepted, replays, lagging, pulls, pull_failures
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.gossip.run)
+            for repo in await trio.to_thread.run_sync(self.repos.all):
+                await self._join(repo.id)
+            nursery.start_soon(self._announce_loop)
+            nursery.start_soon(self._intake_loop)
+            nursery.start_soon(self._catch_up_loop)
+            task_status.started()
+
+    async def pull_from(self, repo: RepoId, address: str) -> dict[str, Any]:
+        """Catch ``repo`` up with the node at multiaddr ``address`` now (a clone if it is new here)."""
+        peer = await connect(self.host, address)
+        result = await sync.pull(self.repos, repo, sync.PeerSource(self.host, peer, self.exchange))
+        await self._join(repo)
+        return result.json()
+
+    def wake(self) -> None:
+        """Something was signed here: announce it."""
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        peers = []
+        for peer in self.host.get_connected_peers():
+            addrs = [str(a) for a in self.host.get_peerstore().addrs(peer)] if self._known(peer) else []
+            peers.append({"peer": str(peer), "key": member_key(peer), "addrs": addrs,
+                          "bad_announcements": self.bad_input.get(str(peer), 0)})
+        return {"gossip": self.gossip.status(), "announcements": dict(self.counts), "peers": peers,
+                "bad_announcements": dict(self.bad_input), "topics": sorted(announce.topic(r) for r in self._joined)}
+
+    def _known(self, peer: Any) -> bool:
+        try:
+            self.host.get_peerstore().addrs(peer)
+        except Exception:  # py-libp2p raises when it holds no address for a peer
+            return False
+        return True
+
+    # -- announcing ----------------------------------------------------------------------------------------
+
+    async def _announce_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            items: dict[RepoId, list[tuple[str, bytes]]] = {}
+            while self.repos.outbox:
+                repo, kind, record = self.repos.outbox.popleft()
+                items.setdefault(repo, []).append((kind, record))
+            for repo, records in items.items():
+                await self._join(repo)
+                try:
+                    messages = announce.pack(repo, records, self.gossip.max_message_size)
+                except FlairError as exc:  # a record too large to announce: peers get it by pulling
+                    log.info("not announcing in %s: %s", short(repo), exc)
+                    continue
+                for message in messages:
+                    try:
+                        await self.gossip.publish(announce.topic(repo), message)
+                    except FlairError as exc:
+                        log.warning("announcing in %s failed: %s", short(repo), exc)
+                    self.counts["announced"] += 1
+
+    async def _join(self, repo: RepoId) -> None:
+        if repo not in self._joined:
+            self._joined.add(repo)
+            await self.gossip.join(announce.topic(repo), self._validator(repo))
+
+    # -- intake --------------------------------------------------------------------------------------------
+
+    def _validator(self, repo_id: RepoId) -> Any:
+        def validate(forwarder: PeerId, data: bytes) -> bool:
+            try:
+                repo = self.repos.open_id(repo_id)
+                announce.check(repo, announce.decode(data, repo_id), now_ms())
+                return True
+            except announce.Replay:
+                self.counts["replays"] += 1
+            except announce.Lagging:
+                self.counts["lagging"] += 1
+                self._pull_later(repo_id, forwarder)
+            except FlairError as exc:
+                if forwarder not in self.bad_input and len(self.bad_input) >= MAX_PEERS_COUNTED:
+                    del self.bad_input[min(self.bad_input, key=self.bad_input.__getitem__)]
+                self.bad_input[forwarder] += 1
+                self._bad_log.warn(forwarder, "announcement refused in %s: %s", short(repo_id), exc)
+            return False
+        return validate
+
+    async def _intake_loop(self) -> None:
+        async for message in self.gossip.messages:
+            repo_id = RepoId(message.topic.removeprefix(announce.TOPIC_PREFIX))
+            try:
+                await self._take(repo_id, announce.decode(message.data, repo_id), message.from_peer)
+            except FlairError as exc:  # checked on arrival; the state moved meanwhile: catch up instead
+                log.info("announcement in %s from %s not taken: %s", short(repo_id), message.from_peer, exc)
+                self._pull_later(repo_id, message.from_peer)
+            self.counts["accepted"] += 1
+
+    async def _take(self, repo_id: RepoId, message: announce.Announcement, publisher: str) -> None:
+        repo = await trio.to_thread.run_sync(self.repos.open_id, repo_id)
+        for change in message.changes:
+            await trio.to_thread.run_sync(repo.accept_membership, change)
+        if any(not repo.objects.has(c.id) for c in message.commits) or \
+                any(not repo.objects.has(m.commit) for m in message.moves):
+            self._pull_later(repo_id, publisher)  # payloads come as blocks, with the records that need them
+            return
+        for move in message.moves:
+            await trio.to_thread.run_sync(repo.accept_move, move)
+
+    # -- catching up ---------------------------------------------------------------------------------------
+
+    def _pull_later(self, repo: RepoId, peer: str) -> None:
+        """Pull ``repo`` from ``peer`` soon: once, however often asked while a pull of it is under way."""
+        key = (repo, peer)
+        if key in self._pulling:
+            self._again.add(key)
+        elif len(self._pulling) < MAX_PULLS and self._nursery is not None:
+            self._pulling.add(key)
+            self._nursery.start_soon(self._pull, key)
+
+    async def _pull(self, key: tuple[RepoId, str]) -> None:
+        repo, peer = key
+        try:
+            while True:
+                self._again.discard(key)
+                self.counts["pulls"] += 1
+                try:
+                    peer_id = ID.from_base58(peer)
+                    result = await sync.pull(self.repos, repo, sync.PeerSource(self.host, peer_id, self.exchange))
+                    await self._join(repo)
+                    if result.commits or result.changes or result.moved:
+                        log.info("pulled %s from %s: %s", short(repo), peer, result.json())
+                except (FlairError, ValueError) as exc:
+                    self.counts["pull_failures"] += 1
+                    log.info("pulling %s from %s failed: %s", short(repo), peer, exc)
+                if key not in self._again:
+                    return
+        finally:
+            self._pulling.discard(key)
+
+    async def _catch_up_loop(self) -> None:
+        while True:
+            connected = {str(p) for p in self.host.get_connected_peers()}
+            for address in self.bootstrap:
+                if address.rsplit("/p2p/", 1)[-1] not in connected:
+                    try:
+                        await connect(self.host, address)
+                    except FlairError as exc:
+                        log.debug("bootstrap peer %s: %s", address, exc)
+            for repo in await trio.to_thread.run_sync(self.repos.all):
+                membership = await trio.to_thread.run_sync(repo.members.current)
+                for peer in self.host.get_connected_peers():
+                    key = member_key(peer)
+                    if key is not None and membership.role(key, epoch=membership.epoch, at_ms=now_ms()):
+                        self._pull_later(repo.id, str(peer))
+            await trio.sleep(self.sync_interval)

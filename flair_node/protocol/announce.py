@@ -1,0 +1,145 @@
+"""Announcements: what nodes gossip about a repository, and the checks every node makes before it accepts or
+relays one.
+
+An announcement is canonical msgpack ``{v: 1, repo, items: [[kind, record], ...]}`` on the repository's topic,
+at most the gossip size limit (``pack`` fills messages up to it, so a burst of changes travels in few
+messages). Kinds: ``commit`` (a commit record, signed by its author), ``move`` (a branch move, signed by the
+mover), ``membership`` (a membership change, signed by the owner). Nothing else is in it: every field a node
+acts on is inside a record its author signed.
+
+``check`` is the gate: schema, signatures, the repository, and each author's role in this node's view of the
+membership (as it would be after the message's own membership changes, in order), the mover's clock. A
+message failing it is neither delivered nor relayed. A message this node cannot judge yet (a membership change
+beyond the end of its chain, a record of a key epoch it has not reached) raises ``Lagging``: the node does not
+relay it and pulls from the peer that forwarded it instead. A message holding nothing new is a ``Replay``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..core import encoding, schema
+from ..core.errors import IntegrityError
+from ..core.ids import RepoId, short
+from ..core.membership import Membership, MembershipChange
+from ..core.objects import Commit
+from ..core.refs import MAX_CLOCK_SKEW_MS, BranchMove
+from ..storage.repo import Repo
+
+VERSION = 1
+KINDS = ("commit", "move", "membership")
+TOPIC_PREFIX = "flair/repo/"
+MAX_ITEMS = 256
+
+
+class Lagging(Exception):
+    """This node's view is behind the message's: pull from the forwarder rather than judge it."""
+
+
+class Replay(Exception):
+    """Every record in the message is one this node holds already."""
+
+
+def topic(repo: RepoId) -> str:
+    return TOPIC_PREFIX + repo
+
+
+@dataclass(frozen=True)
+class Announcement:
+    repo: RepoId
+    changes: tuple[MembershipChange, ...] = ()
+    commits: tuple[Commit, ...] = ()
+    moves: tuple[BranchMove, ...] = ()
+    items: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+
+
+def pack(repo: RepoId, items: list[tuple[str, bytes]], limit: int) -> list[bytes]:
+    """``items`` (kind, record) in as few messages of at most ``limit`` bytes as they fit, in order.
+
+    ``IntegrityError`` for an item that does not fit a message on its own (peers then learn of it by pulling)."""
+    messages, batch, size = [], [], _BASE
+    for kind, record in items:
+        cost = len(record) + _PER_ITEM
+        if _BASE + cost > limit:
+            raise IntegrityError(f"a {kind} record of {len(record)} bytes does not fit a {limit}-byte announcement")
+        if batch and (size + cost > limit or len(batch) == MAX_ITEMS):
+            messages.append(_encode(repo, batch))
+            batch, size = [], _BASE
+        batch.append((kind, record))
+        size += cost
+    if batch:
+        messages.append(_encode(repo, batch))
+    return messages
+
+
+_BASE, _PER_ITEM = 100, 24  # msgpack bytes around the items, and around each record: upper bounds
+
+
+def _encode(repo: RepoId, items: list[tuple[str, bytes]]) -> bytes:
+    return encoding.encode({"v": VERSION, "repo": repo, "items": [[kind, record] for kind, record in items]})
+
+
+def decode(data: bytes, expected_repo: RepoId) -> Announcement:
+    """An announcement from the network, every record decoded (not yet verified); ``IntegrityError`` if it is
+    malformed, has unknown fields, or is about another repository than its topic's."""
+    value = encoding.decode(data)
+    if not isinstance(value, dict) or set(value) != {"v", "repo", "items"} or value["v"] != VERSION:
+        raise IntegrityError(f"an announcement is a version-{VERSION} map of v, repo and items")
+    if value["repo"] != expected_repo:
+        raise IntegrityError(f"an announcement on the topic of {short(expected_repo)} is about another repository")
+    items = schema.listing(value["items"], "items")
+    if not 0 < len(items) <= MAX_ITEMS:
+        raise IntegrityError(f"an announcement holds 1 to {MAX_ITEMS} items")
+    changes, commits, moves, raw = [], [], [], []
+    for item in items:
+        kind, record = schema.listing(item, "item")
+        kind = schema.choice(kind, "item kind", KINDS)
+        record = schema.blob(record, "record", encoding.MAX_RECORD_BYTES)
+        if kind == "membership":
+            changes.append(MembershipChange.decode(record))
+        elif kind == "commit":
+            commits.append(Commit.decode(record))
+        else:
+            moves.append(BranchMove.decode(record))
+        raw.append((kind, record))
+    return Announcement(RepoId(expected_repo), tuple(changes), tuple(commits), tuple(moves), tuple(raw))
+
+
+def check(repo: Repo, announcement: Announcement, now_ms: int) -> Membership:
+    """Raise unless every record holds up against ``repo`` (see the module docstring); returns the membership
+    the message's own changes lead to."""
+    membership = repo.members.current()
+    new = 0
+    for change in announcement.changes:
+        change.verify()
+        if change.seq <= membership.seq:
+            if not repo.members.contains(change.id):
+                raise IntegrityError(f"membership change {short(change.id)} forks the chain at {change.seq}")
+            continue
+        if change.seq > membership.seq + 1:
+            raise Lagging(f"membership change {change.seq} is ahead of change {membership.seq} held here")
+        membership = membership.apply(change)
+        new += 1
+    for commit in announcement.commits:
+        commit.verify()
+        if commit.repo != repo.id:
+            raise IntegrityError(f"commit {short(commit.id)} belongs to another repository")
+        if commit.payload.key_epoch > membership.epoch:
+            raise Lagging(f"commit {short(commit.id)} is of key epoch {commit.payload.key_epoch}")
+        membership.require(commit.author, "contributor" if commit.parents else "owner",
+                           epoch=commit.payload.key_epoch, at_ms=commit.timestamp_ms,
+                           what=f"commit {short(commit.id)}")
+        new += not repo.objects.has(commit.id)
+    for move in announcement.moves:
+        move.verify()
+        if move.repo != repo.id:
+            raise IntegrityError(f"branch move {short(move.id)} belongs to another repository")
+        if move.epoch > membership.epoch:
+            raise Lagging(f"branch move {short(move.id)} is of key epoch {move.epoch}")
+        membership.require_branch_move(move.author, move.branch, epoch=move.epoch, at_ms=move.timestamp_ms)
+        if move.timestamp_ms > now_ms + MAX_CLOCK_SKEW_MS:
+            raise IntegrityError(f"branch move {short(move.id)} is dated ahead of this node's clock")
+        new += not repo.objects.has(move.id)
+    if not new:
+        raise Replay(f"nothing new about {short(repo.id)}")
+    return membership
