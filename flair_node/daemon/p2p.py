@@ -95,7 +95,8 @@ class P2PService:
 
     async def _announce_loop(self) -> None:
         while True:
-            await self._wake.wait()
+            with trio.move_on_after(1.0):  # woken at once after API calls; the timeout catches any other writer
+                await self._wake.wait()
             self._wake = trio.Event()
             items: dict[RepoId, list[tuple[str, bytes]]] = {}
             while self.repos.outbox:

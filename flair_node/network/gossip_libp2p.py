@@ -21,6 +21,8 @@ signing                      Pubsub(strict_signing=) pubsub.py:381        True  
                                                                                     origin's signature checked
 inbound RPC frame            Pubsub(max_inbound_rpc_size=) pubsub.py:390  1 MiB     1 MiB (a larger frame resets
                                                                                     the peer's stream)
+messages held for a peer     GossipSub(max_pending_messages_per_peer=)    100       ``OUTBOUND_QUEUE`` 4096 (older
+whose stream is not open     gossipsub.py:197, dropped at :620                      dropped with a warning)
 ===========================  ==========================================  ========  ============================
 
 How:
@@ -155,7 +157,7 @@ class Libp2pGossip:
         router = GossipSub(
             protocols=PROTOCOLS, degree=DEGREE, degree_low=DEGREE_LOW, degree_high=DEGREE_HIGH,
             heartbeat_interval=self._heartbeat,  # type: ignore[arg-type]  # annotated int, used as a float
-            max_messages_per_topic_per_second=RATE_LIMIT,
+            max_messages_per_topic_per_second=RATE_LIMIT, max_pending_messages_per_peer=OUTBOUND_QUEUE,
         )
         # Built here, not in __init__: Pubsub's connection notifee blocks new connections until Pubsub runs.
         pubsub = _Pubsub(self._host, router, on_message=self._accepted, outbound_queue=OUTBOUND_QUEUE,

@@ -6,17 +6,19 @@ import os
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..core.errors import AlreadyExists, InvalidInput, RepositoryNotFound
 from ..core.identity import Identity
 from ..core.ids import RepoId, is_full_id, short
 from ..core.objects import RepositoryRecord
-from ..tensors.safetensors_io import StateDict
 from . import unixfs
 from .repo import Repo
 from .stores import DiskObjectStore, DiskRefStore, MemoryObjectStore, MemoryRefStore, ObjectStore, RefStore
 from .unixfs import BlockStore
+
+if TYPE_CHECKING:  # not at run time: that would import torch (see storage.repo)
+    from ..tensors.safetensors_io import StateDict
 
 OUTBOX_SIZE = 100_000  # records waiting to be announced; older ones are dropped (peers catch up by pulling)
 
@@ -80,6 +82,9 @@ class RepoSet:
         repo = Repo.create(self.objects, self.blocks, self._refs.refs_for, self.identity, name, state,
                            write_lock=self._write_lock)
         self._announcing(repo)
+        main = repo.branch_move("main")
+        assert main is not None
+        self.outbox.extend([(repo.id, "commit", repo.commit(main.commit).encode()), (repo.id, "move", main.encode())])
         with self._lock:
             self._open[repo.id] = repo
         return repo
