@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 
 from flair_node.core import encoding
-from flair_node.core.errors import CommitNotFound, Forbidden, IntegrityError
+from flair_node.core.errors import CommitNotFound, Forbidden, IntegrityError, NotFound
 from flair_node.core.identity import Identity
 from flair_node.core.refs import MAX_CLOCK_SKEW_MS, BranchMove
-from flair_node.storage.repo import now_ms
+from flair_node.storage.repo import Repo, now_ms
 from flair_node.storage.repos import RepoSet
 from flair_node.testing.graph import tiny_state
 
@@ -69,3 +69,17 @@ def test_a_local_move_never_predates_the_one_it_replaces():
         repo.accept_move(move(repo, OWNER, "main", repo.head("main"), now_ms() + MAX_CLOCK_SKEW_MS + 60_000))
     commit = repo.commit_weights(OWNER, tiny_state(1), message="after")
     assert repo.head("main") == commit.id and repo.branch_move("main").comes_after(future)
+
+
+def test_reset_points_a_branch_anywhere_with_a_signed_move_and_a_role_check():
+    repo = RepoSet.in_memory(OWNER).create("r", tiny_state(0))
+    root = repo.head("main")
+    second = repo.commit_weights(OWNER, tiny_state(1), message="x").id
+    move = repo.reset_branch(OWNER, "main", root)
+    assert (repo.head("main"), move.previous, move.commit) == (root, second, root)
+    repo.invite(OWNER, ALICE.public_key, "contributor")
+    theirs = Repo.open(repo.id, repo.objects, repo.blocks, repo.refs, reader=ALICE)
+    with pytest.raises(Forbidden, match="moving branch main needs the role maintainer"):
+        theirs.reset_branch(ALICE, "main", second)
+    with pytest.raises(NotFound):
+        repo.reset_branch(OWNER, "nowhere", root)

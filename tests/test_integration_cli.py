@@ -119,9 +119,9 @@ def test_kill_9_never_loses_an_acknowledged_commit(tmp_path):
         daemon.client.call("repo.init", name="crash", model_path=str(weights[0]))
     for attempt, delay in enumerate([0.3, 0.7, 1.1]):
         with running_daemon(home) as daemon:
-            stop = threading.Event()
+            stop, committing = threading.Event(), threading.Event()
 
-            def hammer(client=daemon.client, stop=stop, attempt=attempt):
+            def hammer(client=daemon.client, stop=stop, committing=committing, attempt=attempt):
                 i = 0
                 while not stop.is_set():
                     i += 1
@@ -133,10 +133,13 @@ def test_kill_9_never_loses_an_acknowledged_commit(tmp_path):
                     except (FlairError, OSError):
                         return  # the daemon died mid-call: this commit was never acknowledged
                     acknowledged.append(r["id"])
+                    committing.set()
 
             workers = [threading.Thread(target=hammer) for _ in range(2)]
             for w in workers:
                 w.start()
+            # Counted from the first acknowledged commit: a fresh daemon imports torch on its first one (issue 4).
+            assert committing.wait(timeout=60), "no commit was acknowledged within 60 s"
             time.sleep(delay)
             daemon.kill_hard()
             stop.set()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
@@ -26,9 +26,11 @@ from ..storage import unixfs
 from ..storage.atomic import atomic_write
 from ..storage.repo import DELTA_CODECS, STRATEGIES, Repo
 from ..storage.repos import RepoSet
-from ..tensors.lossy import DEFAULT_TOPK_RATIO
-from ..tensors.safetensors_io import load_file, save_bytes
+from ..tensors.params import DEFAULT_TOPK_RATIO
 from .registry import Param, Registry
+
+if TYPE_CHECKING:
+    from ..tensors.safetensors_io import StateDict
 
 T = TypeVar("T")
 
@@ -77,6 +79,23 @@ def _input_path(text: str, what: str) -> Path:
     if path.stat().st_size > MAX_WEIGHTS_BYTES:
         raise InvalidInput(f"{what} {text} is larger than {MAX_WEIGHTS_BYTES >> 30} GiB", path=text)
     return path
+
+
+def _read_weights(text: str, what: str) -> StateDict:
+    """The tensors of the safetensors file ``text`` names (an absolute path).
+
+    Here, not at the top, is where a request first needs torch: a daemon that reads and writes no weights never
+    imports it (see ``storage.repo``).
+    """
+    from ..tensors.safetensors_io import load_file
+
+    return load_file(_input_path(text, what))
+
+
+def _write_weights(path: Path, state: StateDict) -> None:
+    from ..tensors.safetensors_io import save_bytes  # torch: see _read_weights
+
+    atomic_write(path, save_bytes(state), mode=0o600)
 
 
 def _output_path(text: str, overwrite: bool) -> Path:
@@ -191,7 +210,7 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
         result={"type": "object"})
     async def repo_init(name: str, model_path: str) -> dict[str, Any]:
         def work() -> dict[str, Any]:
-            state = load_file(_input_path(model_path, "model"))
+            state = _read_weights(model_path, "model")
             repo = repos.create(name, state)
             return {**repo_json(repo), "commit": repo.head(DEFAULT_BRANCH)}
         return await changing(work)
@@ -219,7 +238,7 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
                           topk_ratio: float) -> dict[str, Any]:
         def work() -> dict[str, Any]:
             r = repos.open(repo)
-            state = load_file(_input_path(weights_path, "weights"))
+            state = _read_weights(weights_path, "weights")
             expected = r.resolve(expected_head) if expected_head else None
             commit = r.commit_weights(identity, state, message=message, branch=branch, examples=examples,
                                       metrics=metrics, expected_head=expected, codec=codec, topk_ratio=topk_ratio)
@@ -308,7 +327,7 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
         return await changing(lambda: members_json(repos.open(repo).remove(identity, member)))
 
     @registry.method(
-        "repo.branch", "List branches, or create one at a commit (default: the head of main).",
+        "repo.branch", "List branches, or create one at a commit (default: the head of main) and return it.",
         params=(Param("repo", _ID, "repository id, id prefix or name"),
                 Param("name", _ID, "new branch name; omit to list", required=False, default=None),
                 Param("at", _ID, "commit or branch the new branch starts at", required=False, default=None)),
@@ -316,12 +335,13 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
     async def repo_branch(repo: str, name: str | None, at: str | None) -> dict[str, Any]:
         def work() -> dict[str, Any]:
             r = repos.open(repo)
-            if name is not None:
-                r.create_branch(identity, name, r.resolve(at or DEFAULT_BRANCH))
-            elif at is not None:
-                raise InvalidInput("'at' needs a branch name to create")
-            return {"branches": dict(r.branches()), "created": name}
-        return await off_thread(work)
+            if name is None:
+                if at is not None:
+                    raise InvalidInput("'at' needs a branch name to create")
+                return {"branches": dict(r.branches())}
+            head = r.resolve(at or DEFAULT_BRANCH)
+            return {"created": r.create_branch(identity, name, head), "head": head}
+        return await (changing if name is not None else off_thread)(work)
 
     @registry.method(
         "repo.checkout", "Write a commit's full weights, bit for bit as committed, to a safetensors file.",
@@ -336,7 +356,7 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
             r = repos.open(repo)
             cid = r.resolve(commit)
             out = _output_path(output_path, overwrite)
-            atomic_write(out, save_bytes(r.materialize(cid)), mode=0o600)
+            _write_weights(out, r.materialize(cid))
             return {"commit": cid, "path": str(out), "bytes": out.stat().st_size}
         return await off_thread(work)
 
@@ -368,6 +388,19 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
         def work() -> dict[str, Any]:
             r = repos.open(repo)
             return commit_json(r.revert(identity, commit, branch=branch, message=message))
+        return await changing(work)
+
+    @registry.method(
+        "repo.reset", "Point an existing branch at another commit (git's branch -f); returns the move.",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),
+                Param("branch", _ID, "the branch to move"),
+                Param("commit", _ID, "commit or branch it moves to")),
+        result={"type": "object"})
+    async def repo_reset(repo: str, branch: str, commit: str) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            r = repos.open(repo)
+            move = r.reset_branch(identity, branch, r.resolve(commit))
+            return {"branch": move.branch, "head": move.commit, "previous": move.previous, "move": move.id}
         return await changing(work)
 
     @registry.method(

@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("--at", help="commit or branch to start the new branch at (default: main)")
 
+    p = verb("reset", "point an existing branch at another commit (like git branch -f)")
+    p.add_argument("repo")
+    p.add_argument("branch")
+    p.add_argument("commit")
+
     p = verb("checkout", "write a commit's weights to a safetensors file")
     p.add_argument("repo")
     p.add_argument("commit")
@@ -202,7 +207,12 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
         return r, (node_text(r, bad_input=a.peers) if a.verb == "status" else peers_text(r["p2p"]))
     if a.verb == "branch":
         r = c.call("repo.branch", repo=a.repo, name=a.name, at=a.at)
-        return r, "\n".join(f"{'+' if b == a.name else ' '} {b:<24} {h[:12]}" for b, h in r["branches"].items())
+        if a.name:
+            return r, f"created branch {r['created']} at {r['head'][:12]}"
+        return r, "\n".join(f"  {b:<24} {h[:12]}" for b, h in r["branches"].items())
+    if a.verb == "reset":
+        r = c.call("repo.reset", repo=a.repo, branch=a.branch, commit=a.commit)
+        return r, f"{r['branch']}: {r['previous'][:12]} -> {r['head'][:12]}"
     if a.verb == "checkout":
         r = c.call("repo.checkout", repo=a.repo, commit=a.commit, output_path=str(a.output.resolve()),
                    overwrite=a.force)

@@ -24,7 +24,7 @@ from ..storage.atomic import remove_stale_temp_files
 from ..storage.repos import RepoSet
 from .config import NodeConfig
 from .home import Home
-from .p2p import P2PService
+from .p2p import P2PService, register_methods
 from .pinning import KuboPinService
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class Node:
         self.p2p: P2PService | None = None  # set while the libp2p host runs
         self.registry = build_registry(self.identity, self.repos, on_change=self._changed, extra_status=self._status,
                                        network=self)
+        register_methods(self.registry, self._online)
 
     def _changed(self) -> None:
         if self.pinning is not None:

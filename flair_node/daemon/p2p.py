@@ -1,11 +1,14 @@
 """The node's peer-to-peer side: gossip of what it signs, intake of what peers announce, and catch-up.
 
 - Announcing: records signed here (``RepoSet.outbox``: commits, branch moves, membership changes) are packed
-  into as few announcements as fit and published on their repository's topic.
+  into as few announcements as fit and published on their repository's topic: a lone record at once, a burst
+  at most every ``ANNOUNCE_EVERY`` seconds, many records a message (per-message work dominates py-libp2p).
 - Intake: every announcement is checked (``protocol.announce.check``) before gossip delivers or relays it.
-  Accepted membership changes and moves are taken at once; commits (whose payloads must come as blocks first)
-  and anything this node is behind on are pulled from the peer (``protocol.sync``), one pull at a time per
-  repository and peer, however many announcements ask for it.
+  Accepted ones are noted as they arrive and taken in batches in a worker thread: membership changes in
+  order, per branch only the move that comes last. Commits (whose payloads must come as blocks first) and
+  anything this node is behind on are pulled (``protocol.sync``): from the publisher if connected, else from
+  connected peers, each second for ``WANT_FOR`` seconds; one pull at a time per repository and peer, however
+  many announcements ask for it.
 - Catch-up: every ``sync_interval`` seconds the node dials its bootstrap peers if it lost them and pulls each
   repository from every connected peer that is a member of it, so a node that was offline or cut off ends
   up with what its peers hold.
@@ -16,14 +19,17 @@ Bad input (announcements failing their checks) is counted per peer and logged on
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 import trio
 from libp2p.peer.id import ID
 
+from ..api.registry import Param, Registry
 from ..core.errors import FlairError
-from ..core.ids import RepoId, short
+from ..core.ids import CommitId, RepoId, short
+from ..core.refs import BranchMove
 from ..network.bitswap import BlockExchange
 from ..network.gossip import BadInputLog, PeerId
 from ..network.gossip_libp2p import Libp2pGossip
@@ -34,6 +40,12 @@ from ..storage.repos import RepoSet
 
 log = logging.getLogger(__name__)
 
+WANT_FOR = 60.0  # s to keep pulling an announced commit this node lacks
+MAX_WANTED = 10_000  # announced commits awaited per repository
+ANNOUNCE_EVERY = 0.25  # s between two announcing rounds: a lone record goes at once, a burst in few messages
+INTAKE_QUEUE = 4096  # accepted announcements waiting to be written; beyond, they are pulled instead
+INTAKE_BATCH = 256  # announcements taken per worker-thread call
+ARRIVALS = 100_000  # records taken from gossip, remembered for ``node.arrivals`` (measuring propagation)
 MAX_PULLS = 32  # pulls running at once; more requests wait for the next catch-up round
 MAX_PEERS_COUNTED = 4096  # peers whose refused announcements are counted (the least offending forgotten first)
 
@@ -47,11 +59,15 @@ class P2PService:
         self._joined: set[RepoId] = set()
         self._wake = trio.Event()
         self._pulling: set[tuple[RepoId, str]] = set()
+        #: Commits announced but not here yet: who published each, and until when to keep asking.
+        self._wanted: dict[RepoId, dict[CommitId, tuple[str, float]]] = {}
         self._again: set[tuple[RepoId, str]] = set()
         self._nursery: trio.Nursery | None = None
         self._bad_log = BadInputLog()
         self.bad_input: Counter[str] = Counter()  # peer -> announcements refused
         self.counts: Counter[str] = Counter()  # announced, accepted, replays, lagging, pulls, pull_failures
+        #: (kind, record id, branch or "", signed ms, arrived ms) of records taken from gossip, newest last.
+        self.arrivals: deque[tuple[str, str, str, int, int]] = deque(maxlen=ARRIVALS)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -62,6 +78,7 @@ class P2PService:
             nursery.start_soon(self._announce_loop)
             nursery.start_soon(self._intake_loop)
             nursery.start_soon(self._catch_up_loop)
+            nursery.start_soon(self._wanted_loop)
             task_status.started()
 
     async def pull_from(self, repo: RepoId, address: str) -> dict[str, Any]:
@@ -94,10 +111,14 @@ class P2PService:
     # -- announcing ----------------------------------------------------------------------------------------
 
     async def _announce_loop(self) -> None:
+        last = -ANNOUNCE_EVERY
         while True:
             with trio.move_on_after(1.0):  # woken at once after API calls; the timeout catches any other writer
                 await self._wake.wait()
             self._wake = trio.Event()
+            if trio.current_time() - last < ANNOUNCE_EVERY:  # a burst: let records gather into fewer messages
+                await trio.sleep(ANNOUNCE_EVERY - (trio.current_time() - last))
+            last = trio.current_time()
             items: dict[RepoId, list[tuple[str, bytes]]] = {}
             while self.repos.outbox:
                 repo, kind, record = self.repos.outbox.popleft()
@@ -143,25 +164,91 @@ class P2PService:
         return validate
 
     async def _intake_loop(self) -> None:
-        async for message in self.gossip.messages:
-            repo_id = RepoId(message.topic.removeprefix(announce.TOPIC_PREFIX))
-            try:
-                await self._take(repo_id, announce.decode(message.data, repo_id), message.from_peer)
-            except FlairError as exc:  # checked on arrival; the state moved meanwhile: catch up instead
-                log.info("announcement in %s from %s not taken: %s", short(repo_id), message.from_peer, exc)
-                self._pull_later(repo_id, message.from_peer)
-            self.counts["accepted"] += 1
+        """Note each accepted announcement as it arrives; take them in batches (``_take_loop``), so records are
+        written while gossip keeps flowing."""
+        send, receive = trio.open_memory_channel[tuple[RepoId, announce.Announcement, str]](INTAKE_QUEUE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._take_loop, receive)
+            async for message in self.gossip.messages:
+                repo_id = RepoId(message.topic.removeprefix(announce.TOPIC_PREFIX))
+                try:
+                    taken = announce.decode(message.data, repo_id)
+                except FlairError as exc:  # checked by the validator already: not expected
+                    log.warning("announcement in %s from %s unreadable: %s", short(repo_id), message.from_peer, exc)
+                    continue
+                arrived = now_ms()
+                self.arrivals.extend([("commit", c.id, "", c.timestamp_ms, arrived) for c in taken.commits] +
+                                     [("move", m.id, m.branch, m.timestamp_ms, arrived) for m in taken.moves])
+                self.counts["accepted"] += 1
+                try:
+                    send.send_nowait((repo_id, taken, message.from_peer))
+                except trio.WouldBlock:  # writing fell behind: what was missed comes by pulling
+                    self.counts["intake_overflow"] += 1
+                    self._pull_later(repo_id, message.from_peer)
 
-    async def _take(self, repo_id: RepoId, message: announce.Announcement, publisher: str) -> None:
-        repo = await trio.to_thread.run_sync(self.repos.open_id, repo_id)
-        for change in message.changes:
-            await trio.to_thread.run_sync(repo.accept_membership, change)
-        if any(not repo.objects.has(c.id) for c in message.commits) or \
-                any(not repo.objects.has(m.commit) for m in message.moves):
-            self._pull_later(repo_id, publisher)  # payloads come as blocks, with the records that need them
+    async def _take_loop(self, receive: trio.MemoryReceiveChannel[tuple[RepoId, announce.Announcement, str]]) -> None:
+        async for first in receive:
+            batch = [first]
+            while len(batch) < INTAKE_BATCH:
+                try:
+                    batch.append(receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            by_repo: dict[RepoId, list[tuple[announce.Announcement, str]]] = {}
+            for repo_id, taken, publisher in batch:
+                by_repo.setdefault(repo_id, []).append((taken, publisher))
+            for repo_id, messages in by_repo.items():
+                try:
+                    missing = await trio.to_thread.run_sync(self._take, repo_id, messages)
+                except FlairError as exc:  # checked on arrival; the state moved meanwhile: catch up instead
+                    log.info("announcements in %s not taken: %s", short(repo_id), exc)
+                    missing = {cid: publisher for taken, publisher in messages
+                               for cid in [*(c.id for c in taken.commits), *(m.commit for m in taken.moves)]}
+                wanted = self._wanted.setdefault(repo_id, {})
+                for cid, publisher in missing.items():
+                    if len(wanted) < MAX_WANTED:  # beyond, the periodic catch-up brings them
+                        wanted.setdefault(cid, (publisher, trio.current_time() + WANT_FOR))
+                self._pull_wanted(repo_id)
+
+    def _take(self, repo_id: RepoId, messages: list[tuple[announce.Announcement, str]]) -> dict[CommitId, str]:
+        """Take a batch of announcements about one repository (in a worker thread): membership changes in
+        order, then per branch only the move that comes last; returns the commits to pull (by publisher): the
+        announced ones (their payloads come as blocks) and those of moves not taken for want of them."""
+        repo = self.repos.open_id(repo_id)
+        for taken, _ in messages:
+            for change in taken.changes:
+                repo.accept_membership(change)
+        latest: dict[str, tuple[BranchMove, str]] = {}
+        pull: dict[CommitId, str] = {}
+        for taken, publisher in messages:
+            pull.update((c.id, publisher) for c in taken.commits if not repo.objects.has(c.id))
+            for move in taken.moves:
+                if move.branch not in latest or move.comes_after(latest[move.branch][0]):
+                    latest[move.branch] = (move, publisher)
+        for move, publisher in latest.values():
+            if repo.objects.has(move.commit):
+                repo.accept_move(move)
+            else:
+                pull[move.commit] = publisher
+        return pull
+
+    def _pull_wanted(self, repo_id: RepoId) -> None:
+        """Pull the commits this node was told of and lacks: from their publisher if connected, else from every
+        connected peer (they relayed the news, so they are fetching it too); again each second until they
+        arrive or ``WANT_FOR`` passes (catch-up covers the rest)."""
+        wanted = self._wanted.get(repo_id, {})
+        repo = self.repos.open_id(repo_id)
+        now = trio.current_time()
+        for cid, (_, until) in list(wanted.items()):
+            if until < now or repo.objects.has(cid):
+                del wanted[cid]
+        if not wanted:
+            self._wanted.pop(repo_id, None)
             return
-        for move in message.moves:
-            await trio.to_thread.run_sync(repo.accept_move, move)
+        connected = [str(p) for p in self.host.get_connected_peers()]
+        publishers = {publisher for publisher, _ in wanted.values() if publisher in connected}
+        for peer in publishers or connected[:MAX_PULLS // 4]:
+            self._pull_later(repo_id, peer)
 
     # -- catching up ---------------------------------------------------------------------------------------
 
@@ -194,6 +281,12 @@ class P2PService:
         finally:
             self._pulling.discard(key)
 
+    async def _wanted_loop(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            for repo_id in list(self._wanted):
+                self._pull_wanted(repo_id)
+
     async def _catch_up_loop(self) -> None:
         while True:
             connected = {str(p) for p in self.host.get_connected_peers()}
@@ -210,3 +303,17 @@ class P2PService:
                     if key is not None and membership.role(key, epoch=membership.epoch, at_ms=now_ms()):
                         self._pull_later(repo.id, str(peer))
             await trio.sleep(self.sync_interval)
+
+
+def register_methods(registry: Registry, service: Callable[[], P2PService]) -> None:
+    """The daemon's API methods that need its peer-to-peer side (``service`` raises if it is not running)."""
+
+    @registry.method(
+        "node.arrivals", "Records this node took from gossip lately, oldest first, for measuring propagation: "
+        "kind, id, branch (moves), signed and arrival time (Unix ms, this node's clock).",
+        params=(Param("since_ms", {"type": "integer", "minimum": 0}, "only those arrived at or after this time",
+                      required=False, default=0),),
+        result={"type": "array"})
+    async def arrivals(since_ms: int) -> list[dict[str, Any]]:
+        return [{"kind": k, "id": i, "branch": b, "signed_ms": s, "arrived_ms": a}
+                for k, i, b, s, a in service().arrivals if a >= since_ms]

@@ -4,6 +4,10 @@ Every commit's payload is stored losslessly relative to its first parent (``bitd
 root, ``full-v1``), so materializing any commit gives back bit for bit the weights that were committed.
 Merges and reverts are computed in exact fixed-point arithmetic (``tensors.fixedpoint``) and record their
 scale and integer weights, so anyone holding the same inputs re-derives the same bytes.
+
+The methods that do tensor work import ``tensors.*`` (and with it torch) when they run, not when this module
+loads: a daemon that serves records, syncs with peers and answers the API but commits, checks out and merges
+nothing never imports torch, and stays small (issue 4; ``tests/test_idle_daemon.py`` holds it to that).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core import crypto, graph
 from ..core.errors import (
@@ -35,14 +39,13 @@ from ..core.ids import BranchName, CommitId, PublicKey, RecordId, RepoId, check_
 from ..core.membership import Membership, MembershipChange, invitation, removal
 from ..core.objects import Commit, Payload, RepositoryRecord, metric_text
 from ..core.refs import DEFAULT_BRANCH, MAX_CLOCK_SKEW_MS, BranchMove, check_branch_name
-from ..tensors.codec import decode_payload, encode_payload
-from ..tensors.diff import tensor_diff
-from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine, normalize_weights
-from ..tensors.lossy import DEFAULT_TOPK_RATIO, LOSSY_CODECS
-from ..tensors.safetensors_io import StateDict, check_layout, layout_of
+from ..tensors.params import DEFAULT_TOPK_RATIO, LOSSY_CODECS
 from . import unixfs
 from .members import MembershipLog
 from .stores import ObjectStore, RefStore
+
+if TYPE_CHECKING:  # at run time, tensor modules are imported by the methods that use them (see above)
+    from ..tensors.safetensors_io import StateDict
 
 STRATEGIES = ("average", "task-arithmetic")
 #: Codecs a contribution may be committed in: exact, or lossy to save bytes.
@@ -99,6 +102,8 @@ class Repo:
                identity: Identity, name: str, state: StateDict, *, message: str = "initial weights",
                write_lock: threading.Lock | None = None) -> Repo:
         """A new repository whose commit 0 is ``state``; ``refs_for`` gives the ref store for its id."""
+        from ..tensors.safetensors_io import layout_of
+
         if not name.strip() or len(name) > 200:
             raise InvalidInput("a repository name is 1 to 200 characters", name=name)
         if not state:
@@ -260,6 +265,8 @@ class Repo:
 
     def materialize(self, cid: CommitId) -> StateDict:
         """The full weights of commit ``cid``, bit for bit as committed."""
+        from ..tensors.codec import decode_payload
+
         chain: list[Commit] = []
         cursor: CommitId | None = cid
         base: StateDict | None = None
@@ -290,6 +297,8 @@ class Repo:
                 self._states.popitem(last=False)
 
     def diff(self, a: CommitId, b: CommitId) -> list[dict[str, Any]]:
+        from ..tensors.diff import tensor_diff
+
         return tensor_diff(self.materialize(a), self.materialize(b))
 
     # -- writing ----------------------------------------------------------------------------------------
@@ -298,6 +307,9 @@ class Repo:
                       message: str, meta: Mapping[str, Any], metrics: Mapping[str, str], branch: BranchName,
                       expected: CommitId | None, codec: str = "bitdelta-v1",
                       topk_ratio: float = DEFAULT_TOPK_RATIO) -> Commit:
+        from ..tensors.codec import decode_payload, encode_payload
+        from ..tensors.safetensors_io import check_layout
+
         check_layout(state, self.record.layout)
         membership, timestamp = self.members.current(), now_ms()
         membership.require_branch_move(identity.public_key, branch, epoch=membership.epoch, at_ms=timestamp)
@@ -351,13 +363,23 @@ class Repo:
                                   meta={"examples": examples}, metrics=checked, branch=name, expected=head)
 
     def create_branch(self, identity: Identity, name: str, at: CommitId) -> BranchName:
+        return self._point(identity, check_branch_name(name), at, expected=None).branch
+
+    def reset_branch(self, identity: Identity, name: str, to: CommitId) -> BranchMove:
+        """Point an existing branch at commit ``to`` (git's ``branch -f``): a signed move like any other."""
         branch = check_branch_name(name)
+        return self._point(identity, branch, to, expected=self.head(branch))
+
+    def _point(self, identity: Identity, branch: BranchName, commit: CommitId, *,
+               expected: CommitId | None) -> BranchMove:
+        """Move ``branch`` to a stored ``commit`` if ``identity``'s role allows it; the move is announced."""
         membership, timestamp = self.members.current(), now_ms()
         membership.require_branch_move(identity.public_key, branch, epoch=membership.epoch, at_ms=timestamp)
-        self.commit(at)
-        move = self._move_branch(identity, branch, at, expected=None, epoch=membership.epoch, timestamp=timestamp)
+        self.commit(commit)
+        move = self._move_branch(identity, branch, commit, expected=expected, epoch=membership.epoch,
+                                 timestamp=timestamp)
         self.announce("move", move.encode())
-        return branch
+        return move
 
     def _move_branch(self, identity: Identity, branch: BranchName, commit: CommitId, *, expected: CommitId | None,
                      epoch: int, timestamp: int) -> BranchMove:
@@ -415,6 +437,8 @@ class Repo:
         ``average`` weights each side by the examples committed on it since the merge base (equal weights if
         none were recorded): federated averaging. ``task-arithmetic`` adds every side's change to the base.
         """
+        from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine, normalize_weights
+
         if strategy not in STRATEGIES:
             raise InvalidInput(f"unknown merge strategy {strategy!r}: use one of {', '.join(STRATEGIES)}",
                                strategy=strategy)
@@ -458,6 +482,8 @@ class Repo:
     def revert(self, identity: Identity, rev: str, *, branch: str = DEFAULT_BRANCH,
                message: str | None = None) -> Commit:
         """A new commit on ``branch`` that undoes ``rev``'s change (relative to its first parent)."""
+        from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine
+
         target = check_branch_name(branch)
         head = self.head(target)
         cid = self.resolve(rev)

@@ -107,6 +107,10 @@ class RepoSet:
 
     def open_id(self, repo_id: RepoId) -> Repo:
         """The repository with exactly this id (no prefixes, no names: for peers)."""
+        with self._lock:
+            opened = self._open.get(repo_id)
+        if opened is not None:
+            return opened
         if repo_id not in self._refs.repo_ids():
             raise RepositoryNotFound(f"repository {short(repo_id)} is not kept on this node", repo=repo_id)
         return self._open_id(repo_id)

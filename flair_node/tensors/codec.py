@@ -16,7 +16,8 @@ import torch
 
 from ..core.errors import InvalidInput, NotSafetensors
 from ..core.objects import TensorSpec
-from .lossy import DEFAULT_TOPK_RATIO, LOSSY_CODECS, decode_lossy, encode_lossy
+from .lossy import decode_lossy, encode_lossy
+from .params import DEFAULT_TOPK_RATIO, LOSSY_CODECS
 from .safetensors_io import StateDict, check_header, check_layout, load_bytes, save_bytes
 
 _SIGNED = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

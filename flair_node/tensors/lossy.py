@@ -24,10 +24,9 @@ import torch
 
 from ..core.errors import InvalidInput, NotSafetensors
 from ..core.objects import TensorSpec
+from .params import DEFAULT_TOPK_RATIO as DEFAULT_TOPK_RATIO
+from .params import LOSSY_CODECS as LOSSY_CODECS
 from .safetensors_io import StateDict, check_layout, load_bytes
-
-LOSSY_CODECS = ("float16-v1", "int8-v1", "topk-v1")
-DEFAULT_TOPK_RATIO = 0.01
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
