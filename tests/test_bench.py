@@ -38,3 +38,11 @@ def test_codecs_bench_reports_bytes_and_accuracy_per_codec():
 def test_transfer_bench_reports_both_rates():
     report = last_json_line("transfer.py", "--mb", "2")
     assert report["bitswap_mib_s"] > 0 and report["raw_stream_mib_s"] > 0 and report["bytes"] == 2_000_000
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_gossip_bench_reports_delivery_and_latency():
+    report = last_json_line("gossip.py", "--nodes", "3", "--burst", "20", "--clients", "2")
+    assert report["published"] == 20 and report["delivered_min"] == 20
+    assert report["p99_ms"] >= report["p50_ms"] > 0 and report["idle_one_ms"] > 0
