@@ -18,7 +18,8 @@ import trio
 
 from flair_node.core.errors import InvalidInput
 from flair_node.core.identity import Identity
-from flair_node.network.gossip import MAX_MESSAGE_SIZE, Gossip, GossipMessage, MemoryGossipNetwork, PeerId
+from flair_node.core.ids import PeerId
+from flair_node.network.gossip import MAX_MESSAGE_SIZE, Gossip, GossipMessage, MemoryGossipNetwork
 from flair_node.network.gossip_libp2p import Libp2pGossip
 from flair_node.network.host import connect, full_addrs, running_host
 

@@ -20,6 +20,8 @@ PublicKey = NewType("PublicKey", str)
 Cid = NewType("Cid", str)
 #: A branch name, validated by ``refs.check_branch_name``.
 BranchName = NewType("BranchName", str)
+#: A libp2p peer id as text (base58 multihash of the peer's public key), as gossip and the network report it.
+PeerId = NewType("PeerId", str)
 #: Id of the signed record a ref points at (a branch move, a membership change): SHA-256 of its encoding.
 RecordId = NewType("RecordId", str)
 

@@ -24,16 +24,15 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-from libp2p.peer.id import ID
 
 from ..api.registry import Param, Registry
 from ..core.errors import FlairError
-from ..core.ids import CommitId, RepoId, short
+from ..core.ids import CommitId, PeerId, RepoId, short
 from ..core.refs import BranchMove
 from ..network.bitswap import BlockExchange
-from ..network.gossip import BadInputLog, PeerId
+from ..network.gossip import BadInputLog
 from ..network.gossip_libp2p import Libp2pGossip
-from ..network.host import connect, member_key
+from ..network.host import connect, member_key, peer_from_text
 from ..protocol import announce, sync
 from ..storage.repo import now_ms
 from ..storage.repos import RepoSet
@@ -268,12 +267,12 @@ class P2PService:
                 self._again.discard(key)
                 self.counts["pulls"] += 1
                 try:
-                    peer_id = ID.from_base58(peer)
+                    peer_id = peer_from_text(peer)
                     result = await sync.pull(self.repos, repo, sync.PeerSource(self.host, peer_id, self.exchange))
                     await self._join(repo)
                     if result.commits or result.changes or result.moved:
                         log.info("pulled %s from %s: %s", short(repo), peer, result.json())
-                except (FlairError, ValueError) as exc:
+                except FlairError as exc:
                     self.counts["pull_failures"] += 1
                     log.info("pulling %s from %s failed: %s", short(repo), peer, exc)
                 if key not in self._again:

@@ -41,16 +41,15 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import asdict, dataclass, field, replace
 from itertools import count
-from typing import Any, NewType, Protocol
+from typing import Any, Protocol
 
 import trio
 
 from ..core.errors import InvalidInput
+from ..core.ids import PeerId
 
 log = logging.getLogger(__name__)
 
-#: A peer id as text (for libp2p, the base58 multihash of its public key). Belongs in ``core.ids`` in time.
-PeerId = NewType("PeerId", str)
 
 #: Called as ``validate(forwarder, data)``; true to accept. A plain function or an ``async def``.
 Validator = Callable[[PeerId, bytes], "Awaitable[bool] | bool"]

@@ -72,13 +72,13 @@ from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
 
 from ..core.errors import InvalidInput, RemoteError
+from ..core.ids import PeerId
 from .gossip import (
     MAX_MESSAGE_SIZE,
     QUEUE_SIZE,
     BadInputLog,
     Counters,
     GossipMessage,
-    PeerId,
     RecentIds,
     Validator,
     check_size,

@@ -65,3 +65,11 @@ def member_key(peer: Any) -> PublicKey | None:
 def peer_id(key: PublicKey) -> Any:
     """The libp2p peer id of a Flair public key."""
     return ID.from_pubkey(Ed25519PublicKey.from_bytes(public_key_bytes(key)))
+
+
+def peer_from_text(text: str) -> Any:
+    """The libp2p peer id written as ``text`` (base58); ``InvalidInput`` if it is not one."""
+    try:
+        return ID.from_base58(text)
+    except Exception as exc:
+        raise InvalidInput(f"{text[:80]!r} is not a peer id: {exc}") from None
