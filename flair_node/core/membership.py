@@ -18,15 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from . import encoding, schema
 from .crypto import seal_key
 from .errors import Forbidden, IntegrityError, InvalidInput
-from .identity import Identity, public_key_bytes, verify
-from .ids import PublicKey, RepoId, sha256_hex, short
+from .identity import Identity, public_key_bytes
+from .ids import PublicKey, RepoId, short
 from .objects import RepositoryRecord
 from .schema import RECORD_VERSION
+from .signed import SignedRecord
 
 ROLES = ("reader", "contributor", "maintainer", "owner")
 INVITABLE = ROLES[:3]
@@ -34,7 +35,6 @@ ACTIONS = ("invite", "remove")
 #: Branches only maintainers and the owner move (merges into them included).
 PROTECTED_BRANCHES = frozenset({"main"})
 MAX_KEYS = 1024  # sealed keys one change may carry (one per epoch, or one per remaining member)
-_TAG = b"flair/membership/v1\0"
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,10 @@ class SealedKey:
 
 
 @dataclass(frozen=True)
-class MembershipChange:
+class MembershipChange(SignedRecord):
+    TAG: ClassVar[bytes] = b"flair/membership/v1\0"
+    KIND: ClassVar[str] = "membership change"
+
     repo: RepoId
     previous: str  # id of the change before, or the repository id for the first
     seq: int  # 1 for the first change
@@ -69,22 +72,7 @@ class MembershipChange:
 
     @property
     def id(self) -> str:
-        return sha256_hex(encoding.encode(self.body()))
-
-    def signed(self, identity: Identity) -> MembershipChange:
-        if identity.public_key != self.author:
-            raise InvalidInput("a membership change is signed by its author", author=self.author)
-        return replace(self, signature=identity.sign(_TAG + bytes.fromhex(self.id)))
-
-    def verify(self, expected_id: str | None = None) -> None:
-        """Raise ``IntegrityError`` if the id (when given) or the author's signature does not check out."""
-        mid = self.id
-        if expected_id is not None and mid != expected_id:
-            raise IntegrityError(f"membership change stored as {expected_id} hashes to {mid}", change=expected_id)
-        verify(self.author, _TAG + bytes.fromhex(mid), self.signature)
-
-    def encode(self) -> bytes:
-        return encoding.encode({"body": self.body(), "sig": self.signature})
+        return self.digest
 
     @classmethod
     def decode(cls, data: bytes) -> MembershipChange:

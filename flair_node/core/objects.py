@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from . import encoding, schema
 from .crypto import CIPHER
 from .errors import IntegrityError, InvalidInput
-from .identity import Identity, verify
-from .ids import Cid, CommitId, PublicKey, RepoId, sha256_hex
+from .ids import Cid, CommitId, PublicKey, RepoId
 from .schema import RECORD_VERSION
+from .signed import SignedRecord
 
 COMMIT_KINDS = ("init", "commit", "merge", "revert")
 #: Codecs a payload can be stored in (see ``flair_node.tensors.codec``).
@@ -26,8 +26,6 @@ DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
 MAX_MESSAGE = 4096
 MAX_METRICS = 64
 _METRIC_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
-_COMMIT_TAG = b"flair/commit/v1\0"
-_REPO_TAG = b"flair/repository/v1\0"
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,10 @@ class Payload:
 
 
 @dataclass(frozen=True)
-class Commit:
+class Commit(SignedRecord):
+    TAG: ClassVar[bytes] = b"flair/commit/v1\0"
+    KIND: ClassVar[str] = "commit"
+
     repo: RepoId
     parents: tuple[CommitId, ...]
     author: PublicKey
@@ -89,22 +90,7 @@ class Commit:
 
     @property
     def id(self) -> CommitId:
-        return CommitId(sha256_hex(encoding.encode(self.body())))
-
-    def signed(self, identity: Identity) -> Commit:
-        if identity.public_key != self.author:
-            raise InvalidInput("a commit is signed by its author", author=self.author)
-        return replace(self, signature=identity.sign(_COMMIT_TAG + bytes.fromhex(self.id)))
-
-    def verify(self, expected_id: str | None = None) -> None:
-        """Raise ``IntegrityError`` if the id (when given) or the author's signature does not check out."""
-        cid = self.id
-        if expected_id is not None and cid != expected_id:
-            raise IntegrityError(f"commit stored as {expected_id} hashes to {cid}", commit=expected_id)
-        verify(self.author, _COMMIT_TAG + bytes.fromhex(cid), self.signature)
-
-    def encode(self) -> bytes:
-        return encoding.encode({"body": self.body(), "sig": self.signature})
+        return CommitId(self.digest)
 
     @classmethod
     def decode(cls, data: bytes) -> Commit:
@@ -139,11 +125,15 @@ class Commit:
 
 
 @dataclass(frozen=True)
-class RepositoryRecord:
+class RepositoryRecord(SignedRecord):
     """A repository's genesis: its name, owner, tensor layout and first payload key (sealed to the owner).
 
     The repository id is this record's hash.
     """
+
+    TAG: ClassVar[bytes] = b"flair/repository/v1\0"
+    KIND: ClassVar[str] = "repository record"
+    SIGNER: ClassVar[str] = "owner"
 
     name: str
     owner: PublicKey
@@ -168,21 +158,7 @@ class RepositoryRecord:
 
     @property
     def id(self) -> RepoId:
-        return RepoId(sha256_hex(encoding.encode(self.body())))
-
-    def signed(self, identity: Identity) -> RepositoryRecord:
-        if identity.public_key != self.owner:
-            raise InvalidInput("a repository record is signed by its owner", owner=self.owner)
-        return replace(self, signature=identity.sign(_REPO_TAG + bytes.fromhex(self.id)))
-
-    def verify(self, expected_id: str | None = None) -> None:
-        rid = self.id
-        if expected_id is not None and rid != expected_id:
-            raise IntegrityError(f"repository stored as {expected_id} hashes to {rid}", repo=expected_id)
-        verify(self.owner, _REPO_TAG + bytes.fromhex(rid), self.signature)
-
-    def encode(self) -> bytes:
-        return encoding.encode({"body": self.body(), "sig": self.signature})
+        return RepoId(self.digest)
 
     @classmethod
     def decode(cls, data: bytes) -> RepositoryRecord:

@@ -9,20 +9,19 @@ the same moves agree on every head however the moves arrived.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from . import encoding, schema
 from .errors import IntegrityError, InvalidInput
-from .identity import Identity, verify
-from .ids import BranchName, CommitId, PublicKey, RecordId, RepoId, sha256_hex
+from .ids import BranchName, CommitId, PublicKey, RecordId, RepoId
 from .schema import RECORD_VERSION
+from .signed import SignedRecord
 
 DEFAULT_BRANCH = BranchName("main")
 #: How far ahead of a node's clock a received move may be dated.
 MAX_CLOCK_SKEW_MS = 10 * 60_000
 _ALLOWED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
-_TAG = b"flair/branch-move/v1\0"
 
 
 def check_branch_name(name: str) -> BranchName:
@@ -39,9 +38,12 @@ def check_branch_name(name: str) -> BranchName:
 
 
 @dataclass(frozen=True)
-class BranchMove:
+class BranchMove(SignedRecord):
     """``branch`` of ``repo`` points at ``commit`` (it pointed at ``previous``, "" if new), moved by ``author``
     while the membership was at key ``epoch``."""
+
+    TAG: ClassVar[bytes] = b"flair/branch-move/v1\0"
+    KIND: ClassVar[str] = "branch move"
 
     repo: RepoId
     branch: BranchName
@@ -59,25 +61,11 @@ class BranchMove:
 
     @property
     def id(self) -> RecordId:
-        return RecordId(sha256_hex(encoding.encode(self.body())))
-
-    def signed(self, identity: Identity) -> BranchMove:
-        if identity.public_key != self.author:
-            raise InvalidInput("a branch move is signed by its author", author=self.author)
-        return replace(self, signature=identity.sign(_TAG + bytes.fromhex(self.id)))
-
-    def verify(self, expected_id: str | None = None) -> None:
-        mid = self.id
-        if expected_id is not None and mid != expected_id:
-            raise IntegrityError(f"branch move stored as {expected_id} hashes to {mid}", move=expected_id)
-        verify(self.author, _TAG + bytes.fromhex(mid), self.signature)
+        return RecordId(self.digest)
 
     def comes_after(self, other: BranchMove) -> bool:
         """Whether this move wins over ``other``: the one total order every node applies."""
         return (self.timestamp_ms, self.author, self.id) > (other.timestamp_ms, other.author, other.id)
-
-    def encode(self) -> bytes:
-        return encoding.encode({"body": self.body(), "sig": self.signature})
 
     @classmethod
     def decode(cls, data: bytes) -> BranchMove:
