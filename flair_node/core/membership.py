@@ -133,6 +133,8 @@ class Membership:
     members: Mapping[PublicKey, Member] = field(default_factory=dict)
     #: Every payload key sealed so far, by (member, epoch).
     sealed: Mapping[tuple[PublicKey, int], bytes] = field(default_factory=dict)
+    #: Ids of the changes applied so far.
+    applied: frozenset[str] = frozenset()
 
     @classmethod
     def genesis(cls, record: RepositoryRecord) -> Membership:
@@ -175,7 +177,8 @@ class Membership:
         if given != need or len(change.keys) != len(given):
             raise refuse("it must carry exactly one sealed key per member and epoch it opens")
         sealed.update({(k.member, k.epoch): k.sealed for k in change.keys})
-        return replace(self, head=change.id, seq=change.seq, epoch=change.epoch, members=members, sealed=sealed)
+        return replace(self, head=change.id, seq=change.seq, epoch=change.epoch, members=members, sealed=sealed,
+                       applied=self.applied | {change.id})
 
     # -- questions every node asks ------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from ..core.refs import BranchMove
 from ..network.bitswap import BlockExchange
 from ..network.gossip import BadInputLog
 from ..network.gossip_libp2p import Libp2pGossip
-from ..network.host import connect, member_key, peer_from_text
+from ..network.host import connect, member_key, peer_addrs, peer_from_text
 from ..protocol import announce, sync
 from ..storage.repo import now_ms
 from ..storage.repos import RepoSet
@@ -94,18 +94,10 @@ class P2PService:
     def status(self) -> dict[str, Any]:
         peers = []
         for peer in self.host.get_connected_peers():
-            addrs = [str(a) for a in self.host.get_peerstore().addrs(peer)] if self._known(peer) else []
-            peers.append({"peer": str(peer), "key": member_key(peer), "addrs": addrs,
+            peers.append({"peer": str(peer), "key": member_key(peer), "addrs": peer_addrs(self.host, peer),
                           "bad_announcements": self.bad_input.get(str(peer), 0)})
         return {"gossip": self.gossip.status(), "announcements": dict(self.counts), "peers": peers,
                 "bad_announcements": dict(self.bad_input), "topics": sorted(announce.topic(r) for r in self._joined)}
-
-    def _known(self, peer: Any) -> bool:
-        try:
-            self.host.get_peerstore().addrs(peer)
-        except Exception:  # py-libp2p raises when it holds no address for a peer
-            return False
-        return True
 
     # -- announcing ----------------------------------------------------------------------------------------
 

@@ -220,7 +220,7 @@ class BlockExchange:
                         arrived(cid, block, in_flight.pop(cid))  # bounds checked before anything is stored
                     unstored += arrivals
                     if len(unstored) >= _STORE_BATCH:  # fewer thread hops
-                        fetched += await self._store(unstored)
+                        fetched, unstored = fetched + await self._store(unstored), []
                     continue
                 first = next(iter(in_flight)).text
                 raise RemoteError(f"peer {peer} did not deliver block {first} of {root} within {block_timeout:g} s",
@@ -237,15 +237,13 @@ class BlockExchange:
             if in_flight and not self.penalties.banned(peer):
                 await self._cancel(peer, list(in_flight))
 
-    async def _store(self, arrivals: list[tuple[ParsedCid, bytes]]) -> int:
-        """Store (and empty) ``arrivals``, off the event loop; returns how many there were."""
-        def store(batch: list[tuple[ParsedCid, bytes]]) -> None:
+    async def _store(self, batch: list[tuple[ParsedCid, bytes]]) -> int:
+        """Store ``batch`` off the event loop; returns how many blocks it held."""
+        def store() -> None:
             for cid, block in batch:  # each CID was computed from its block's bytes by wire.decode
                 self.blocks.put_hashed(cid, block)
 
-        batch = arrivals[:]
-        arrivals.clear()
-        await trio.to_thread.run_sync(store, batch)
+        await trio.to_thread.run_sync(store)
         return len(batch)
 
     async def _cancel(self, peer: Any, cids: Sequence[ParsedCid]) -> None:

@@ -73,3 +73,11 @@ def peer_from_text(text: str) -> Any:
         return ID.from_base58(text)
     except Exception as exc:
         raise InvalidInput(f"{text[:80]!r} is not a peer id: {exc}") from None
+
+
+def peer_addrs(host: Any, peer: Any) -> list[str]:
+    """The addresses ``host`` knows for ``peer`` (none if it knows none)."""
+    try:
+        return [str(a) for a in host.get_peerstore().addrs(peer)]
+    except Exception:  # py-libp2p raises when it holds no address for a peer
+        return []

@@ -55,7 +55,7 @@ class MembershipLog:
 
     def contains(self, change_id: str) -> bool:
         """Whether ``change_id`` is one of the stored chain's changes."""
-        return self.objects.has(change_id) and change_id in {c.id for c in self.changes()}
+        return change_id in self.current().applied
 
     def append(self, change: MembershipChange) -> Membership:
         """Store ``change`` after the current head, if it follows it and keeps every rule; the new membership.
