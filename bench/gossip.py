@@ -113,9 +113,9 @@ def main() -> None:
                                   message="a second commit", branch="pub")["id"]
         for k in range(args.clients):
             publisher.client.call("repo.branch", repo=repo, name=f"burst/{k}")
-        wait_until(lambda: all(n.client.call("repo.branch", repo=repo)["branches"].get("pub") == b
-                               and len(moves_at(n, since, "burst/")) >= args.clients for n in receivers),
-                   "the second commit and the burst branches everywhere", 60)
+        expected = {"pub": b, **{f"burst/{k}": a for k in range(args.clients)}}
+        wait_until(lambda: all(expected.items() <= n.client.call("repo.branch", repo=repo)["branches"].items()
+                               for n in receivers), "the second commit and the burst branches everywhere", 60)
         since = int(time.time() * 1000)
         t0 = time.monotonic()
 
@@ -136,6 +136,7 @@ def main() -> None:
         got = {i: moves_at(n, since, "burst/") for i, n in enumerate(receivers)}
         latencies = [a["arrived_ms"] - a["signed_ms"] for moves in got.values() for a in moves]
         rss = [rss_mb(n.pid) for n in nodes]
+        wires = [n.client.call("node.status")["p2p"]["gossip"] for n in receivers]
         report = {
             "nodes": args.nodes, "burst": args.burst, "published": args.burst,
             "delivered_min": min(len({a["id"] for a in moves}) for moves in got.values()),
@@ -146,6 +147,10 @@ def main() -> None:
             "p99_vs_idle": round(percentile(latencies, 0.99) / max(statistics.median(idle), 1), 1)
             if latencies else None,
             "rss_mb_mean": round(statistics.mean(rss), 1), "rss_mb_max": round(max(rss), 1),
+            # per receiving node, over the whole run: frames read, and copies of messages it already had
+            "frames_in_mean": round(statistics.mean(w["frames_in"] for w in wires)),
+            "duplicates_mean": round(statistics.mean(w["duplicates"] for w in wires)),
+            "messages_mean": round(statistics.mean(w["delivered"] for w in wires)),
         }
     print(json.dumps(report))
 

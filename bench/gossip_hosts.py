@@ -1,16 +1,18 @@
 #!/usr/bin/env python
-"""Gossip a burst between N libp2p hosts in ONE process, on 127.0.0.1: how many arrive, and how fast.
+"""Gossip a burst between N libp2p hosts in ONE process, on 127.0.0.1: Flair's GossipSub next to py-libp2p's.
 
-N hosts, all connected to each other, run ``Libp2pGossip`` and join one topic; once every mesh is full, host 0
-publishes M messages as fast as ``publish`` lets it (back-pressure included). Each message carries its index;
-its latency at a node is the time from just before its ``publish`` call to its arrival in that node's
-``messages`` channel (``time.perf_counter``, same process). All hosts share one Python thread, so the figures
-are those of py-libp2p's CPU cost per message, not of a network: a stepping stone before ``bench/gossip.py``
-starts N flair-node processes. The last line of stdout is one JSON object: ``published``, ``delivered_min``
-(fewest messages any other node got), ``p50_ms`` and ``p99_ms`` over every (message, receiving node),
-``burst_s`` (first publish to last arrival) and ``msgs_per_s``. Before the burst, ``--probes`` messages are sent
-one at a time, each once the previous one reached every node: ``idle_p50_ms`` is the latency of a lone
-announcement, without the queueing a burst adds.
+For each router in turn (Flair's ``GossipSub``, then py-libp2p 0.8.1's behind ``testing.pylibp2p_gossip``, the
+baseline), N hosts, all connected to each other, join one topic; once every mesh is full, host 0 publishes M
+messages as fast as ``publish`` lets it (back-pressure included). Each message carries its index; its latency
+at a node is the time from just before its ``publish`` call to its arrival in that node's ``messages`` channel
+(``time.perf_counter``, same process). All hosts share one Python thread, so the figures are each router's CPU
+cost per message, not a network's. Before the burst, ``--probes`` messages are sent one at a time, each once
+the previous one reached every node: ``idle_p50_ms`` is the latency of a lone message.
+
+The last line of stdout is one JSON object: ``flair`` and ``py_libp2p``, each with ``published``,
+``delivered_min`` (fewest messages any other node got), ``p50_ms`` and ``p99_ms`` over every (message,
+receiving node), ``burst_s`` (first publish to last arrival), ``msgs_per_s`` and ``idle_p50_ms``; and
+``speedup``: Flair's msgs_per_s over py-libp2p's.
 
     .venv/bin/python bench/gossip_hosts.py                          # 5 hosts, 1000 messages of 200 bytes
     .venv/bin/python bench/gossip_hosts.py --nodes 3 --messages 100  # a quick run
@@ -28,8 +30,10 @@ from typing import Any
 import trio
 
 from flair_node.core.identity import Identity
-from flair_node.network.gossip_libp2p import DEGREE_LOW, Libp2pGossip
+from flair_node.network.gossip import Gossip
+from flair_node.network.gossipsub import DEGREE_LOW, GossipSub
 from flair_node.network.host import connect, full_addrs, running_host
+from flair_node.testing.pylibp2p_gossip import Libp2pGossip
 
 TOPIC = "flair/bench"
 
@@ -42,13 +46,13 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return round(1000 * sorted_values[int(q * (len(sorted_values) - 1))], 1) if sorted_values else None
 
 
-async def bench(nodes: int, messages: int, size: int, probes: int, patience: float) -> dict[str, Any]:
+async def bench(router: type, nodes: int, messages: int, size: int, probes: int, patience: float) -> dict[str, Any]:
     sent_at: list[float] = [0.0] * (probes + messages)  # probes first, then the burst
     latencies: list[float] = []
     counts = [0] * nodes
     last_arrival = 0.0
 
-    async def collect(index: int, gossip: Libp2pGossip) -> None:
+    async def collect(index: int, gossip: Gossip) -> None:
         nonlocal last_arrival
         async for message in gossip.messages:
             now = time.perf_counter()
@@ -64,7 +68,7 @@ async def bench(nodes: int, messages: int, size: int, probes: int, patience: flo
     async with AsyncExitStack() as stack:
         hosts = [await stack.enter_async_context(running_host(Identity.generate())) for _ in range(nodes)]
         nursery = await stack.enter_async_context(trio.open_nursery())
-        gossips = [Libp2pGossip(host) for host in hosts]
+        gossips: list[Any] = [router(host) for host in hosts]
         for gossip in gossips:
             await nursery.start(gossip.run)
         start = time.perf_counter()
@@ -120,7 +124,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.nodes < 2 or args.messages < 1:
         parser.error("need at least 2 nodes and 1 message")
-    print(json.dumps(trio.run(bench, args.nodes, args.messages, args.bytes, args.probes, args.patience)))
+    report = {name: trio.run(bench, router, args.nodes, args.messages, args.bytes, args.probes, args.patience)
+              for name, router in (("flair", GossipSub), ("py_libp2p", Libp2pGossip))}
+    report["speedup"] = round(report["flair"]["msgs_per_s"] / max(report["py_libp2p"]["msgs_per_s"], 1e-9), 1)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from flair_node.core.cid import RAW, cid_for, parse_cid
 from flair_node.core.errors import IntegrityError, RemoteError
 from flair_node.core.identity import Identity
 from flair_node.network import bitswap_wire as wire
-from flair_node.network.bitswap import V120, BlockExchange, MessageReader, Penalties
+from flair_node.network.bitswap import V120, BlockExchange, Penalties
+from flair_node.network.framing import MessageReader
 from flair_node.network.host import connect, full_addrs, running_host
 from flair_node.storage import unixfs
 from flair_node.storage.stores import MemoryObjectStore
@@ -44,7 +45,7 @@ async def lying_peer(answer):
     """A host speaking Bitswap 1.2 that answers every want with the blocks ``answer(cid)`` returns."""
     async with running_host(Identity.generate()) as liar:
         async def handle(stream):
-            reader, out = MessageReader(stream), None
+            reader, out = MessageReader(stream, wire.MAX_MESSAGE, "Bitswap"), None
             while (data := await reader.next()) is not None:
                 for want in wire.decode(data).wants:
                     if not want.cancel:

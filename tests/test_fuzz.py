@@ -12,7 +12,7 @@ import trio
 from flair_node.core.errors import FlairError
 from flair_node.core.identity import Identity
 from flair_node.network import bitswap_wire as wire
-from flair_node.network.gossip_libp2p import Libp2pGossip
+from flair_node.network.gossipsub import GossipSub
 from flair_node.network.host import connect, running_host
 from flair_node.protocol import announce
 from flair_node.protocol.sync import SyncServer
@@ -152,7 +152,7 @@ async def throw_mutations(address, repo_id, home, count):
             for b in owner_view.branches()]
     with trio.fail_after(120):
         async with running_host(Identity.generate()) as host, trio.open_nursery() as nursery:
-            gossip = Libp2pGossip(host)
+            gossip = GossipSub(host)
             await nursery.start(gossip.run)
             topic = announce.topic(repo_id)
             await gossip.join(topic, lambda forwarder, data: True)

@@ -1,5 +1,6 @@
-"""The gossip contract, run against both implementations: memory nodes in one trio run, and py-libp2p GossipSub
-on real hosts on 127.0.0.1 (random ports).
+"""The gossip contract, run against every implementation: memory nodes in one trio run, Flair's GossipSub on real
+hosts on 127.0.0.1 (random ports), py-libp2p's GossipSub (the reference it must interoperate with), and a mixed
+cluster where Flair's and py-libp2p's routers alternate, so every link is an interop link.
 
 Each test draws its links explicitly (all to all, or a line A-B-C where B is the only way between A and C) and
 waits, with a bounded poll, until every node's mesh holds exactly its linked neighbours. That something did NOT
@@ -20,8 +21,9 @@ from flair_node.core.errors import InvalidInput
 from flair_node.core.identity import Identity
 from flair_node.core.ids import PeerId
 from flair_node.network.gossip import MAX_MESSAGE_SIZE, Gossip, GossipMessage, MemoryGossipNetwork
-from flair_node.network.gossip_libp2p import Libp2pGossip
+from flair_node.network.gossipsub import GossipSub
 from flair_node.network.host import connect, full_addrs, running_host
+from flair_node.testing.pylibp2p_gossip import Libp2pGossip
 
 TOPIC = "flair/repo/7f3a1c"
 QUIET = 0.5  # seconds to wait for what must not arrive
@@ -82,11 +84,13 @@ async def memory_nodes(sizes: Sequence[int], links: Sequence[tuple[int, int]]) -
 
 
 @asynccontextmanager
-async def libp2p_nodes(sizes: Sequence[int], links: Sequence[tuple[int, int]]) -> AsyncIterator[list[Gossip]]:
+async def libp2p_nodes(sizes: Sequence[int], links: Sequence[tuple[int, int]], kinds: Sequence[type]
+                       ) -> AsyncIterator[list[Gossip]]:
     async with AsyncExitStack() as stack:
         hosts = [await stack.enter_async_context(running_host(Identity.generate())) for _ in sizes]
         nursery = await stack.enter_async_context(trio.open_nursery())
-        nodes = [Libp2pGossip(host, max_message_size=size) for host, size in zip(hosts, sizes, strict=True)]
+        nodes = [kinds[i % len(kinds)](host, max_message_size=size)
+                 for i, (host, size) in enumerate(zip(hosts, sizes, strict=True))]
         for node in nodes:
             await nursery.start(node.run)
         for a, b in links:
@@ -95,16 +99,21 @@ async def libp2p_nodes(sizes: Sequence[int], links: Sequence[tuple[int, int]]) -
         nursery.cancel_scope.cancel()
 
 
-@pytest.fixture(params=["memory", pytest.param("libp2p", marks=pytest.mark.integration)])
+KINDS = {"gossipsub": [GossipSub], "py-libp2p": [Libp2pGossip], "mixed": [GossipSub, Libp2pGossip]}
+
+
+@pytest.fixture(params=["memory", *(pytest.param(kind, marks=pytest.mark.integration) for kind in KINDS)])
 def cluster(request: pytest.FixtureRequest) -> Callable:
     """``async with cluster(3, links) as c``: started, linked nodes whose messages are being collected."""
-    start = memory_nodes if request.param == "memory" else libp2p_nodes
 
     @asynccontextmanager
     async def make(n: int, links: Sequence[tuple[int, int]], sizes: Sequence[int] | None = None
                    ) -> AsyncIterator[Cluster]:
+        sizes = sizes or [MAX_MESSAGE_SIZE] * n
+        start = memory_nodes(sizes, links) if request.param == "memory" else \
+            libp2p_nodes(sizes, links, KINDS[request.param])
         with trio.fail_after(120):
-            async with start(sizes or [MAX_MESSAGE_SIZE] * n, links) as nodes, trio.open_nursery() as nursery:
+            async with start as nodes, trio.open_nursery() as nursery:
                 result = Cluster(nodes, links)
                 for i in range(n):
                     nursery.start_soon(result.collect, i)
@@ -240,20 +249,20 @@ async def test_join_publish_and_leave_need_a_running_node():
     with pytest.raises(RuntimeError):
         await node.join(TOPIC, accept)
     async with running_host(Identity.generate()) as host:
-        gossip = Libp2pGossip(host)
+        gossip = GossipSub(host)
         with pytest.raises(RuntimeError):
             await gossip.publish(TOPIC, b"x")
         assert gossip.peers(TOPIC) == []
 
 
 @pytest.mark.integration
-async def test_libp2p_gossip_reaches_peers_connected_before_it_started():
-    # py-libp2p's Pubsub learns of peers from connection events only; the daemon may dial before gossip runs.
+async def test_gossip_reaches_peers_connected_before_it_started():
+    # Connection events only tell of new peers; the daemon may dial before gossip runs.
     with trio.fail_after(30):
         async with running_host(Identity.generate()) as a, running_host(Identity.generate()) as b, \
                 trio.open_nursery() as nursery:
             await connect(b, full_addrs(a)[0])
-            nodes = [Libp2pGossip(a), Libp2pGossip(b)]
+            nodes = [GossipSub(a), GossipSub(b)]
             for node in nodes:
                 await nursery.start(node.run)
             await Cluster(nodes, [(0, 1)]).join()

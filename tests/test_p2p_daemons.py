@@ -14,7 +14,7 @@ from flair_node.core.cid import RAW, cid_for
 from flair_node.core.identity import Identity
 from flair_node.core.objects import Commit, Payload
 from flair_node.core.refs import BranchMove
-from flair_node.network.gossip_libp2p import Libp2pGossip
+from flair_node.network.gossipsub import GossipSub
 from flair_node.network.host import connect, running_host
 from flair_node.protocol import announce
 from flair_node.storage.stores import DiskObjectStore
@@ -114,7 +114,7 @@ async def forge_and_replay(boot, repo, log, genuine):
     heard = []
     with trio.fail_after(30):
         async with running_host(mallory) as host, trio.open_nursery() as nursery:
-            gossip = Libp2pGossip(host)
+            gossip = GossipSub(host)
             await nursery.start(gossip.run)
             topic = announce.topic(repo)
             await gossip.join(topic, lambda forwarder, data: True)

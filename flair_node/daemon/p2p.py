@@ -2,7 +2,7 @@
 
 - Announcing: records signed here (``RepoSet.outbox``: commits, branch moves, membership changes) are packed
   into as few announcements as fit and published on their repository's topic: a lone record at once, a burst
-  at most every ``ANNOUNCE_EVERY`` seconds, many records a message (per-message work dominates py-libp2p).
+  at most every ``ANNOUNCE_EVERY`` seconds, many records a message (each message costs every node several transport frames).
 - Intake: every announcement is checked (``protocol.announce.check``) before gossip delivers or relays it.
   Accepted ones are noted as they arrive and taken in batches in a worker thread: membership changes in
   order, per branch only the move that comes last. Commits (whose payloads must come as blocks first) and
@@ -19,7 +19,7 @@ Bad input (announcements failing their checks) is counted per peer and logged on
 from __future__ import annotations
 
 import logging
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +31,7 @@ from ..core.ids import CommitId, PeerId, RepoId, short
 from ..core.refs import BranchMove
 from ..network.bitswap import BlockExchange
 from ..network.gossip import BadInputLog
-from ..network.gossip_libp2p import Libp2pGossip
+from ..network.gossipsub import GossipSub
 from ..network.host import connect, member_key, peer_addrs, peer_from_text
 from ..protocol import announce, sync
 from ..storage.repo import now_ms
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 WANT_FOR = 60.0  # s to keep pulling an announced commit this node lacks
 MAX_WANTED = 10_000  # announced commits awaited per repository
-ANNOUNCE_EVERY = 0.25  # s between two announcing rounds: a lone record goes at once, a burst in few messages
+ANNOUNCE_EVERY = 0.05  # s between two announcing rounds: a lone record goes at once, a burst in few messages
 INTAKE_QUEUE = 4096  # accepted announcements waiting to be written; beyond, they are pulled instead
 INTAKE_BATCH = 256  # announcements taken per worker-thread call
 ARRIVALS = 100_000  # records taken from gossip, remembered for ``node.arrivals`` (measuring propagation)
@@ -54,7 +54,7 @@ class P2PService:
                  sync_interval: float = 30.0) -> None:
         self.host, self.exchange, self.repos = host, exchange, repos
         self.bootstrap, self.sync_interval = bootstrap, sync_interval
-        self.gossip = Libp2pGossip(host)
+        self.gossip = GossipSub(host)
         self._joined: set[RepoId] = set()
         self._wake = trio.Event()
         self._pulling: set[tuple[RepoId, str]] = set()
@@ -63,6 +63,7 @@ class P2PService:
         self._again: set[tuple[RepoId, str]] = set()
         self._nursery: trio.Nursery | None = None
         self._bad_log = BadInputLog()
+        self._checked: OrderedDict[bytes, announce.Announcement] = OrderedDict()  # accepted, not yet taken in
         self.bad_input: Counter[str] = Counter()  # peer -> announcements refused
         self.counts: Counter[str] = Counter()  # announced, accepted, replays, lagging, pulls, pull_failures
         #: (kind, record id, branch or "", signed ms, arrived ms) of records taken from gossip, newest last.
@@ -139,7 +140,11 @@ class P2PService:
         def validate(forwarder: PeerId, data: bytes) -> bool:
             try:
                 repo = self.repos.open_id(repo_id)
-                announce.check(repo, announce.decode(data, repo_id), now_ms())
+                taken = announce.decode(data, repo_id)
+                announce.check(repo, taken, now_ms())
+                self._checked[data] = taken  # delivered next: spare the intake decoding it again
+                if len(self._checked) > INTAKE_QUEUE:
+                    self._checked.popitem(last=False)
                 return True
             except announce.Replay:
                 self.counts["replays"] += 1
@@ -163,7 +168,7 @@ class P2PService:
             async for message in self.gossip.messages:
                 repo_id = RepoId(message.topic.removeprefix(announce.TOPIC_PREFIX))
                 try:
-                    taken = announce.decode(message.data, repo_id)
+                    taken = self._checked.pop(message.data, None) or announce.decode(message.data, repo_id)
                 except FlairError as exc:  # checked by the validator already: not expected
                     log.warning("announcement in %s from %s unreadable: %s", short(repo_id), message.from_peer, exc)
                     continue

@@ -26,9 +26,9 @@ from libp2p.custom_types import TProtocol
 from ..core.cid import ParsedCid, parse_cid
 from ..core.errors import FlairError, IntegrityError, InvalidInput, RemoteError
 from ..core.ids import Cid
-from ..core.protobuf import read_varint
 from ..storage import unixfs
 from . import bitswap_wire as wire
+from .framing import MessageReader
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ class BlockExchange:
         Also run on the streams this node opens: py-libp2p's Bitswap answers on the asker's stream. Messages
         are decoded (blocks hashed) right here: a thread hop per message costs more than hashing 1 MiB."""
         try:
-            reader = MessageReader(stream)
+            reader = MessageReader(stream, wire.MAX_MESSAGE, "Bitswap")
             while not self.penalties.banned(peer) and (data := await reader.next()) is not None:
                 try:
                     message = wire.decode(data)
@@ -429,54 +429,6 @@ class BlockExchange:
                         await _close(stream)
                     if attempt:
                         raise RemoteError(f"cannot send to peer {peer}: {exc!r}") from None
-
-
-class MessageReader:
-    """Varint-length-prefixed messages from a stream, each at most ``wire.MAX_MESSAGE`` bytes.
-
-    Each read drains everything the stream holds (py-libp2p's Yamux copies and shifts its buffer on partial
-    reads), and a message is handed out as a view into this reader's buffer, not a copy."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.buffer = bytearray()
-        self._view: memoryview | None = None  # the message handed out last, and where it ends
-        self._end = 0
-
-    async def next(self) -> memoryview | None:
-        """The next message, valid until the next call; None at a clean end of stream."""
-        if self._view is not None:
-            consumed = self._end
-            self._view.release()
-            self._view = None
-            del self.buffer[:consumed]
-        while True:
-            try:
-                length, start = read_varint(self.buffer, 0)
-                break
-            except IntegrityError:
-                if len(self.buffer) >= 10:
-                    raise
-            if not await self._fill():
-                if self.buffer:
-                    raise IntegrityError("Bitswap stream ends inside a length prefix")
-                return None
-        if length > wire.MAX_MESSAGE:
-            raise IntegrityError(f"Bitswap message of {length} bytes announced (limit {wire.MAX_MESSAGE})")
-        while len(self.buffer) < start + length:
-            if not await self._fill():
-                raise IntegrityError("Bitswap stream ends inside a message")
-        self._end = start + length
-        self._view = memoryview(self.buffer)[start:self._end]
-        return self._view
-
-    async def _fill(self) -> bool:
-        try:
-            data = await self.stream.read(wire.MAX_MESSAGE)
-        except EOFError:  # py-libp2p's StreamEOF and MuxedStreamEOF both are
-            return False
-        self.buffer += data
-        return bool(data)
 
 
 async def _close(stream: Any) -> None:

@@ -6,12 +6,15 @@ topic before anything else happens to it: a message it rejects is neither delive
 peers, so one honest node stops bad announcements from spreading through it. Everything is in Flair's types
 (``PeerId`` text, ``bytes``); no transport type crosses this interface.
 
-Two implementations keep the same contract (``tests/test_gossip.py`` runs one suite against both):
+Implementations keeping the same contract (``tests/test_gossip.py`` runs one suite against each):
 
-- ``Libp2pGossip`` (``gossip_libp2p``): py-libp2p's GossipSub on the node's libp2p host, configured so that a
-  burst reaches every node (see that module for the knobs and their bounds).
+- ``GossipSub`` (``gossipsub``): GossipSub v1.1 spoken by Flair itself on the node's libp2p host; what the
+  daemon runs.
 - ``MemoryGossip`` / ``MemoryGossipNetwork`` (here): nodes in one trio run, linked by explicit links (or all to
   all), flooding each message once over every link, for fast tests of the layers above.
+- ``Libp2pGossip`` (``testing.pylibp2p_gossip``): py-libp2p's own GossipSub, configured so that a burst
+  reaches every node; the reference peer ``GossipSub`` is tested against (mixed clusters) and the baseline of
+  ``bench/gossip_hosts.py``.
 
 Contract, in both:
 
@@ -107,6 +110,9 @@ class Counters:
     rejected: int = 0  # messages a validator refused (or failed on)
     oversize: int = 0  # received messages over the size limit
     dropped_full: int = 0  # accepted messages dropped because ``messages`` (or an inbox) was full
+    malformed: int = 0  # frames that did not parse (GossipSub; the peer's stream is closed)
+    flooded: int = 0  # messages dropped because their forwarder sent over the rate limit (GossipSub)
+    dropped_outbound: int = 0  # messages not sent because a peer's outbound queue was full (GossipSub)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -127,6 +133,9 @@ class RecentIds:
         if len(self._ids) > self._size:
             self._ids.popitem(last=False)
         return True
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._ids
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +17,11 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from ..core.errors import InvalidInput, RemoteError
 from ..core.identity import Identity, public_key_bytes, public_key_text
 from ..core.ids import PublicKey
+
+# py-libp2p's Yamux sends a window update after every read unless told to batch them as go-yamux does (an update
+# once half the window is consumed); each update is a Noise frame both sides pay for. Its own tuning variable,
+# read on every read; set here unless the user set it.
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 
 @asynccontextmanager

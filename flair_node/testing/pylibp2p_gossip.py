@@ -1,4 +1,9 @@
-"""``Libp2pGossip``: the ``Gossip`` contract on py-libp2p 0.8.1's GossipSub, on the node's running libp2p host.
+"""``Libp2pGossip``: the ``Gossip`` contract on py-libp2p 0.8.1's GossipSub, on a running libp2p host.
+
+The daemon runs Flair's own router (``network.gossipsub``); this one is the other implementation it must
+interoperate with (``tests/test_gossip.py`` runs mixed clusters) and the baseline ``bench/gossip_hosts.py``
+measures it against. It was the daemon's router until its per-message cost kept ten daemons on two cores from
+meeting the gossip latency goal.
 
 py-libp2p's defaults lose messages silently under a burst; each knob below is set where it lives:
 
@@ -73,7 +78,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from ..core.errors import InvalidInput, RemoteError
 from ..core.ids import PeerId
-from .gossip import (
+from ..network.gossip import (
     MAX_MESSAGE_SIZE,
     QUEUE_SIZE,
     BadInputLog,
