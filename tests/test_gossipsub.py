@@ -379,6 +379,7 @@ async def test_a_message_is_delivered_only_if_its_origin_signed_it():
                 await raw.send(*(wire.publish(m.encode()) for m in bad))
                 await wait_until(lambda: node.status()["rejected"] == len(bad))
                 assert node.status()["delivered"] == 0 and calls == []  # the validator never saw them
+                assert node.status()["bad_peers"] == {raw.peer_id: len(bad)}  # counted against the peer
                 # The same raw peer hands over true messages, its own and alice's: it is the signature that counts.
                 own = signed(raw.identity, b"from the raw peer")
                 alices = replace(signed(alice, b"from alice"), key=origin_of(alice)[2:])

@@ -85,15 +85,16 @@ def peers_text(p2p: dict[str, Any]) -> str:
 
 def node_text(r: dict[str, Any], *, bad_input: bool) -> str:
     p2p = r["p2p"]
-    counts = p2p["announcements"]
+    counts, gossip = p2p["announcements"], p2p["gossip"].get("bad_peers", {})
     lines = [f"node {r['public_key']}: {r['repositories']} repositories, {len(p2p['peers'])} peers, "
              f"topics {len(p2p['topics'])}",
              "announcements: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts
              else "announcements: none yet",
-             f"refused: {p2p['refused_blocks']} blocks, {sum(p2p['bad_announcements'].values())} announcements"]
+             f"refused: {p2p['refused_blocks']} blocks, {sum(p2p['bad_announcements'].values())} announcements, "
+             f"{sum(gossip.values())} gossip frames or messages"]
     if bad_input:
         blocks = {peer: rec["refused_blocks"] + rec["malformed_messages"] for peer, rec in p2p["bitswap_peers"].items()}
-        for peer in sorted(set(blocks) | set(p2p["bad_announcements"])):
+        for peer in sorted(set(blocks) | set(p2p["bad_announcements"]) | set(gossip)):
             lines.append(f"  {peer}  bad blocks/messages {blocks.get(peer, 0)}, bad announcements "
-                         f"{p2p['bad_announcements'].get(peer, 0)}")
+                         f"{p2p['bad_announcements'].get(peer, 0)}, bad gossip {gossip.get(peer, 0)}")
     return "\n".join(lines)

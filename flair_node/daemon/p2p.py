@@ -2,7 +2,8 @@
 
 - Announcing: records signed here (``RepoSet.outbox``: commits, branch moves, membership changes) are packed
   into as few announcements as fit and published on their repository's topic: a lone record at once, a burst
-  at most every ``ANNOUNCE_EVERY`` seconds, many records a message (each message costs every node several transport frames).
+  at most every ``ANNOUNCE_EVERY`` seconds, many records a message (each message costs every node several
+  transport frames).
 - Intake: every announcement is checked (``protocol.announce.check``) before gossip delivers or relays it.
   Accepted ones are noted as they arrive and taken in batches in a worker thread: membership changes in
   order, per branch only the move that comes last. Commits (whose payloads must come as blocks first) and
@@ -35,7 +36,7 @@ from ..network.gossipsub import GossipSub
 from ..network.host import connect, member_key, peer_addrs, peer_from_text
 from ..protocol import announce, sync
 from ..storage.repo import now_ms
-from ..storage.repos import RepoSet
+from ..storage.repos import Outgoing, RepoSet
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ MAX_WANTED = 10_000  # announced commits awaited per repository
 ANNOUNCE_EVERY = 0.05  # s between two announcing rounds: a lone record goes at once, a burst in few messages
 INTAKE_QUEUE = 4096  # accepted announcements waiting to be written; beyond, they are pulled instead
 INTAKE_BATCH = 256  # announcements taken per worker-thread call
-ARRIVALS = 100_000  # records taken from gossip, remembered for ``node.arrivals`` (measuring propagation)
+ARRIVALS = 100_000  # records remembered for ``node.arrivals`` and ``node.announced`` (measuring propagation)
 MAX_PULLS = 32  # pulls running at once; more requests wait for the next catch-up round
 MAX_PEERS_COUNTED = 4096  # peers whose refused announcements are counted (the least offending forgotten first)
 
@@ -68,6 +69,8 @@ class P2PService:
         self.counts: Counter[str] = Counter()  # announced, accepted, replays, lagging, pulls, pull_failures
         #: (kind, record id, branch or "", signed ms, arrived ms) of records taken from gossip, newest last.
         self.arrivals: deque[tuple[str, str, str, int, int]] = deque(maxlen=ARRIVALS)
+        #: (kind, record id, queued ms, published ms) of records this node announced, newest last.
+        self.announced: deque[tuple[str, str, int, int]] = deque(maxlen=ARRIVALS)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -111,14 +114,15 @@ class P2PService:
             if trio.current_time() - last < ANNOUNCE_EVERY:  # a burst: let records gather into fewer messages
                 await trio.sleep(ANNOUNCE_EVERY - (trio.current_time() - last))
             last = trio.current_time()
-            items: dict[RepoId, list[tuple[str, bytes]]] = {}
+            items: dict[RepoId, list[Outgoing]] = {}
             while self.repos.outbox:
-                repo, kind, record = self.repos.outbox.popleft()
-                items.setdefault(repo, []).append((kind, record))
+                outgoing = self.repos.outbox.popleft()
+                items.setdefault(outgoing.repo, []).append(outgoing)
             for repo, records in items.items():
                 await self._join(repo)
                 try:
-                    messages = announce.pack(repo, records, self.gossip.max_message_size)
+                    messages = announce.pack(repo, [(r.kind, r.record) for r in records],
+                                             self.gossip.max_message_size)
                 except FlairError as exc:  # a record too large to announce: peers get it by pulling
                     log.info("not announcing in %s: %s", short(repo), exc)
                     continue
@@ -128,6 +132,8 @@ class P2PService:
                     except FlairError as exc:
                         log.warning("announcing in %s failed: %s", short(repo), exc)
                     self.counts["announced"] += 1
+                published = now_ms()
+                self.announced.extend((r.kind, r.record_id, r.queued_ms, published) for r in records)
 
     async def _join(self, repo: RepoId) -> None:
         if repo not in self._joined:
@@ -313,3 +319,14 @@ def register_methods(registry: Registry, service: Callable[[], P2PService]) -> N
     async def arrivals(since_ms: int) -> list[dict[str, Any]]:
         return [{"kind": k, "id": i, "branch": b, "signed_ms": s, "arrived_ms": a}
                 for k, i, b, s, a in service().arrivals if a >= since_ms]
+
+    @registry.method(
+        "node.announced", "Records this node signed and announced lately, oldest first, for measuring propagation: "
+        "kind, id, when it was stored and handed to the announcer (queued) and when its announcement was published "
+        "(Unix ms, this node's clock).",
+        params=(Param("since_ms", {"type": "integer", "minimum": 0}, "only those published at or after this time",
+                      required=False, default=0),),
+        result={"type": "array"})
+    async def announced(since_ms: int) -> list[dict[str, Any]]:
+        return [{"kind": k, "id": i, "queued_ms": q, "published_ms": p}
+                for k, i, q, p in service().announced if p >= since_ms]

@@ -25,7 +25,9 @@ Not implemented: peer scoring, peer exchange on PRUNE (received PX is ignored), 
 but their own messages fail the signature check (no Flair member has such an id).
 
 Nothing a peer sends is trusted: a malformed frame closes that peer's stream; a peer handing over more than
-``RATE_LIMIT`` messages a second has the excess dropped; both are counted and logged once per peer per minute.
+``RATE_LIMIT`` messages a second has the excess dropped; these, oversized messages and bad signatures are
+counted (in ``status()``, in all and per peer in ``bad_peers``) and logged once per peer per minute. What a
+validator refuses is counted in ``rejected`` and left to the validator's owner to report.
 Bounds per node: ``OUTBOUND_QUEUE`` pieces per peer (each at most ``max_message_size`` plus a few hundred
 bytes), ``queue_size`` delivered messages, ``SEEN`` message ids, ``CACHE_BYTES`` of cached messages, and
 ``MAX_IDS`` ids asked for or served per peer per heartbeat.
@@ -36,7 +38,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from itertools import count
 from typing import Any
@@ -86,6 +88,7 @@ CACHE_BYTES = 32 << 20  # bytes of recent messages kept for IWANT
 OPEN_TIMEOUT = 10.0  # seconds to open the stream to a new peer
 _ED25519_PEER = b"\x00\x24\x08\x01\x12\x20"  # identity multihash of an Ed25519 public-key protobuf, then the key
 _KEYS = 4096  # verify keys cached, by origin
+MAX_OFFENDERS = 4096  # peers whose refused frames and messages are counted (the least offending forgotten first)
 
 
 @dataclass(eq=False)
@@ -204,6 +207,7 @@ class GossipSub:
         self._keys: OrderedDict[bytes, nacl.signing.VerifyKey] = OrderedDict()
         self._counters = Counters()
         self._bad = BadInputLog()
+        self._offences: Counter[str] = Counter()  # peer -> frames or messages refused before any validator
         self._notifee = _Notifee(self)
         self._wire = {"frames_in": 0, "frames_out": 0, "duplicates": 0}  # transport counters, for status()
         self._nursery: trio.Nursery | None = None
@@ -279,6 +283,7 @@ class GossipSub:
     def status(self) -> dict[str, Any]:
         return {**self._counters.as_dict(),
                 "outbound_queued_max": max((len(p.outbox) for p in self._peers.values()), default=0), **self._wire,
+                "bad_peers": dict(self._offences),
                 "topics": {t: {"peers": len(self._mesh.get(t, ()))} for t in self._topics}}
 
     # -- peers and streams -------------------------------------------------------------------------------
@@ -346,8 +351,7 @@ class GossipSub:
                 self._wire["frames_in"] += 1
                 await self._handle_rpc(peer, wire.decode(data))
         except IntegrityError as exc:
-            self._counters.malformed += 1
-            self._bad.warn(str(peer_id), "malformed GossipSub frame (stream closed): %s", exc)
+            self._offence(str(peer_id), "malformed", "malformed GossipSub frame (stream closed): %s", exc)
         except Exception as exc:  # a peer's stream ending badly is that peer's business
             log.debug("GossipSub stream from %s ended: %r", peer_id, exc)
         finally:
@@ -385,17 +389,14 @@ class GossipSub:
             self._wire["duplicates"] += 1  # each message is handled once
             return
         if not peer.allow(trio.current_time()):
-            self._counters.flooded += 1
-            self._bad.warn(peer.name, "over %d messages a second; the excess dropped", RATE_LIMIT)
+            self._offence(peer.name, "flooded", "over %d messages a second; the excess dropped", RATE_LIMIT)
             return
         if len(message.data) > self.max_message_size:
-            self._counters.oversize += 1
-            self._bad.warn(peer.name, "message of %d bytes on %s is over the size limit", len(message.data),
+            self._offence(peer.name, "oversize", "message of %d bytes on %s is over the size limit", len(message.data),
                            ",".join(topics))
             return
         if not self._signed(message):
-            self._counters.rejected += 1
-            self._bad.warn(peer.name, "message on %s with a missing or wrong signature", ",".join(topics))
+            self._offence(peer.name, "rejected", "message on %s with a missing or wrong signature", ",".join(topics))
             return
         # Seen only now: a forged, oversized or flooded copy must not make the true message a "duplicate".
         self._seen.add(message.id)
@@ -409,8 +410,7 @@ class GossipSub:
             else:
                 accepted = judge_sync(validate, topic, peer.name, message.data)
             if not accepted:
-                self._counters.rejected += 1
-                self._bad.warn(peer.name, "message on %s rejected by its validator", topic)
+                self._counters.rejected += 1  # the validator's owner reports what it refuses, and why
                 continue
             if topic not in self._topics:
                 continue  # left while an async validator ran
@@ -441,6 +441,14 @@ class GossipSub:
             if piece is not None:
                 peer.served += 1
                 self._queue(peer, piece)
+
+    def _offence(self, peer: str, counter: str, what: str, *args: object) -> None:
+        """Bad input from ``peer``: counted (in all and per peer) and logged once per peer per minute."""
+        setattr(self._counters, counter, getattr(self._counters, counter) + 1)
+        if peer not in self._offences and len(self._offences) >= MAX_OFFENDERS:
+            del self._offences[min(self._offences, key=self._offences.__getitem__)]
+        self._offences[peer] += 1
+        self._bad.warn(peer, what, *args)
 
     def _signed(self, message: wire.Message) -> bool:
         origin = message.origin

@@ -80,8 +80,8 @@ class Repo:
         self.blocks = blocks
         self.refs = refs
         self.members = MembershipLog(record, objects, refs)
-        #: Told of every record this node signs here, as (kind, encoded record): what the daemon gossips.
-        self.announce: Callable[[str, bytes], None] = lambda kind, record: None
+        #: Told of every record this node signs here, as (kind, record id, encoded record): what the daemon gossips.
+        self.announce: Callable[[str, str, bytes], None] = lambda kind, record_id, record: None
         self._commits: dict[CommitId, Commit] = {}
         self._moves: dict[RecordId, BranchMove] = {}
         self._states: OrderedDict[CommitId, StateDict] = OrderedDict()
@@ -333,8 +333,8 @@ class Repo:
             self.objects.put(commit.id, commit.encode())
             move = self._move_branch(identity, branch, commit.id, expected=expected, epoch=membership.epoch,
                                      timestamp=timestamp)
-        self.announce("commit", commit.encode())
-        self.announce("move", move.encode())
+        self.announce("commit", commit.id, commit.encode())
+        self.announce("move", move.id, move.encode())
         self._commits[commit.id] = commit
         self._remember(commit.id, state)
         return commit
@@ -378,7 +378,7 @@ class Repo:
         self.commit(commit)
         move = self._move_branch(identity, branch, commit, expected=expected, epoch=membership.epoch,
                                  timestamp=timestamp)
-        self.announce("move", move.encode())
+        self.announce("move", move.id, move.encode())
         return move
 
     def _move_branch(self, identity: Identity, branch: BranchName, commit: CommitId, *, expected: CommitId | None,
@@ -410,7 +410,7 @@ class Repo:
         change = invitation(membership, identity, PublicKey(member), role, expires_ms=expires_ms, keys=keys,
                             now_ms=now_ms())
         after = self.members.append(change)
-        self.announce("membership", change.encode())
+        self.announce("membership", change.id, change.encode())
         return after
 
     def remove(self, identity: Identity, member: str) -> Membership:
@@ -420,7 +420,7 @@ class Repo:
         change = removal(membership, identity, PublicKey(member), new_key=new_key, now_ms=now_ms())
         after = self.members.append(change)
         self._keys[after.epoch] = new_key
-        self.announce("membership", change.encode())
+        self.announce("membership", change.id, change.encode())
         return after
 
     def _owner_only(self, identity: Identity, what: str) -> Membership:

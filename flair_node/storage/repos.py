@@ -6,14 +6,14 @@ import os
 import threading
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ..core.errors import AlreadyExists, InvalidInput, RepositoryNotFound
 from ..core.identity import Identity
 from ..core.ids import RepoId, is_full_id, short
 from ..core.objects import RepositoryRecord
 from . import unixfs
-from .repo import Repo
+from .repo import Repo, now_ms
 from .stores import DiskObjectStore, DiskRefStore, MemoryObjectStore, MemoryRefStore, ObjectStore, RefStore
 from .unixfs import BlockStore
 
@@ -21,6 +21,16 @@ if TYPE_CHECKING:  # not at run time: that would import torch (see storage.repo)
     from ..tensors.safetensors_io import StateDict
 
 OUTBOX_SIZE = 100_000  # records waiting to be announced; older ones are dropped (peers catch up by pulling)
+
+
+class Outgoing(NamedTuple):
+    """A record signed and stored here, waiting to be announced; ``queued_ms``: when it was handed over."""
+
+    repo: RepoId
+    kind: str
+    record_id: str
+    record: bytes
+    queued_ms: int
 
 
 class RefBackend(Protocol):
@@ -62,9 +72,9 @@ class RepoSet:
         self._refs = refs
         self._open: dict[RepoId, Repo] = {}
         self._lock = threading.Lock()
-        #: (repository, kind, record) for every record signed on this node, oldest first: the daemon gossips
-        #: them. Appended from worker threads, drained by the daemon (deque's append and popleft are atomic).
-        self.outbox: deque[tuple[RepoId, str, bytes]] = deque(maxlen=OUTBOX_SIZE)
+        #: Every record signed on this node, oldest first: the daemon gossips them. Appended from worker threads,
+        #: drained by the daemon (deque's append and popleft are atomic).
+        self.outbox: deque[Outgoing] = deque(maxlen=OUTBOX_SIZE)
 
     @classmethod
     def in_memory(cls, identity: Identity) -> RepoSet:
@@ -84,13 +94,16 @@ class RepoSet:
         self._announcing(repo)
         main = repo.branch_move("main")
         assert main is not None
-        self.outbox.extend([(repo.id, "commit", repo.commit(main.commit).encode()), (repo.id, "move", main.encode())])
+        root = repo.commit(main.commit)
+        self.outbox.extend([Outgoing(repo.id, "commit", root.id, root.encode(), now_ms()),
+                            Outgoing(repo.id, "move", main.id, main.encode(), now_ms())])
         with self._lock:
             self._open[repo.id] = repo
         return repo
 
     def _announcing(self, repo: Repo) -> Repo:
-        repo.announce = lambda kind, record: self.outbox.append((repo.id, kind, record))
+        repo.announce = lambda kind, record_id, record: self.outbox.append(
+            Outgoing(repo.id, kind, record_id, record, now_ms()))
         return repo
 
     def adopt(self, record: RepositoryRecord) -> Repo:
