@@ -262,6 +262,18 @@ async def gossipsub_nodes(n: int, *, heartbeat: float = BEAT) -> AsyncIterator[t
         nursery.cancel_scope.cancel()
 
 
+@asynccontextmanager
+async def meshed_pair() -> AsyncIterator[tuple[list[Any], list[GossipSub]]]:
+    """Two GossipSub nodes, linked, joined to TOPIC and in each other's mesh: ``(hosts, nodes)``."""
+    async with gossipsub_nodes(2) as (hosts, nodes):
+        await connect(hosts[1], full_addrs(hosts[0])[0])
+        for node in nodes:
+            await node.join(TOPIC, accept)
+        await wait_until(lambda: nodes[0].peers(TOPIC) == [nodes[1].peer_id] and
+                         nodes[1].peers(TOPIC) == [nodes[0].peer_id])
+        yield hosts, nodes
+
+
 async def collect(node: GossipSub, into: list[GossipMessage]) -> None:
     async for message in node.messages:
         into.append(message)
@@ -393,11 +405,7 @@ async def test_a_message_is_delivered_only_if_its_origin_signed_it():
 @pytest.mark.integration
 async def test_a_malformed_frame_closes_that_stream_and_the_node_keeps_serving():
     with trio.fail_after(15):
-        async with gossipsub_nodes(2) as (hosts, (node, honest)):
-            await connect(hosts[1], full_addrs(hosts[0])[0])
-            for n in (node, honest):
-                await n.join(TOPIC, accept)
-            await wait_until(lambda: node.peers(TOPIC) == [honest.peer_id])
+        async with meshed_pair() as (hosts, (node, honest)):
             async with raw_peer(hosts[0]) as raw:
                 await raw.stream.write(wire.frame([int_field(2, 1)]))  # a number where a message belongs
                 await wait_until(lambda: node.status()["malformed"] == 1)
@@ -566,11 +574,7 @@ async def test_a_prune_and_a_graft_in_one_frame_leave_both_sides_agreed_on_the_m
 @pytest.mark.integration
 async def test_a_forged_copy_does_not_censor_the_true_message():
     with trio.fail_after(15):
-        async with gossipsub_nodes(2) as (hosts, (publisher, node)):
-            await connect(hosts[1], full_addrs(hosts[0])[0])
-            for n in (publisher, node):
-                await n.join(TOPIC, accept)
-            await wait_until(lambda: node.peers(TOPIC) == [publisher.peer_id])
+        async with meshed_pair() as (hosts, (publisher, node)):
             async with raw_peer(hosts[0]) as watcher, raw_peer(hosts[1]) as attacker:
                 await watcher.send(wire.subscription(TOPIC, True))
                 await wait_until(lambda: publisher.peers(TOPIC) == sorted([node.peer_id, watcher.peer_id]))

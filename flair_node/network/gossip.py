@@ -41,7 +41,7 @@ import inspect
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Container, Hashable
 from dataclasses import asdict, dataclass, field, replace
 from itertools import count
 from typing import Any, Protocol
@@ -161,6 +161,14 @@ def check_topic(topic: str) -> None:
     if not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_LENGTH:
         raise InvalidInput(f"a topic is a non-empty name of at most {MAX_TOPIC_LENGTH} characters, not {topic!r}",
                            topic=str(topic)[:MAX_TOPIC_LENGTH])
+
+
+def check_publish(joined: Container[str], topic: str, data: bytes, limit: int) -> None:
+    """What every implementation's ``publish`` refuses: a bad topic, one not joined, data over ``limit``."""
+    check_topic(topic)
+    if topic not in joined:
+        raise InvalidInput(f"join {topic} before publishing on it", topic=topic)
+    check_size(topic, data, limit)
 
 
 def check_size(topic: str, data: bytes, limit: int) -> None:
@@ -310,10 +318,7 @@ class MemoryGossip:
 
     async def publish(self, topic: str, data: bytes) -> None:
         self._check_running()
-        check_topic(topic)
-        if topic not in self._topics:
-            raise InvalidInput(f"join {topic} before publishing on it", topic=topic)
-        check_size(topic, data, self.max_message_size)
+        check_publish(self._topics, topic, data, self.max_message_size)
         envelope = _Envelope(topic, data, self._peer_id, next(self._seqno), self._peer_id)
         self._seen.add((envelope.origin, envelope.seqno))
         self._counters.published += 1

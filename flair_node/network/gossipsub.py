@@ -62,7 +62,7 @@ from .gossip import (
     GossipMessage,
     RecentIds,
     Validator,
-    check_size,
+    check_publish,
     check_topic,
     deliver,
     is_async_validator,
@@ -262,10 +262,7 @@ class GossipSub:
 
     async def publish(self, topic: str, data: bytes) -> None:
         self._running()
-        check_topic(topic)
-        if topic not in self._topics:
-            raise InvalidInput(f"join {topic} before publishing on it", topic=topic)
-        check_size(topic, data, self.max_message_size)
+        check_publish(self._topics, topic, data, self.max_message_size)
         await self._make_room(topic)
         unsigned = wire.Message(self._origin, data, next(self._seqno).to_bytes(8, "big"), (topic,))
         message = replace(unsigned, signature=self._key.sign(unsigned.signed_part()))

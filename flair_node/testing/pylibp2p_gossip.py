@@ -76,7 +76,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
 
-from ..core.errors import InvalidInput, RemoteError
+from ..core.errors import RemoteError
 from ..core.ids import PeerId
 from ..network.gossip import (
     MAX_MESSAGE_SIZE,
@@ -86,7 +86,7 @@ from ..network.gossip import (
     GossipMessage,
     RecentIds,
     Validator,
-    check_size,
+    check_publish,
     check_topic,
     deliver,
     is_async_validator,
@@ -222,10 +222,7 @@ class Libp2pGossip:
 
     async def publish(self, topic: str, data: bytes) -> None:
         pubsub = self._running()
-        check_topic(topic)
-        if topic not in self._topics:
-            raise InvalidInput(f"join {topic} before publishing on it", topic=topic)
-        check_size(topic, data, self.max_message_size)
+        check_publish(self._topics, topic, data, self.max_message_size)
         await self._make_room(pubsub, topic)
         try:
             await pubsub.publish(topic, data)
