@@ -46,3 +46,12 @@ def test_gossip_bench_reports_delivery_and_latency():
     report = last_json_line("gossip.py", "--nodes", "3", "--burst", "20", "--clients", "2")
     assert report["published"] == 20 and report["delivered_min"] == 20
     assert report["p99_ms"] >= report["p50_ms"] > 0 and report["idle_one_ms"] > 0
+
+
+@pytest.mark.slow
+def test_aggregate_bench_reports_each_strategy_next_to_flower():
+    report = last_json_line("aggregate.py", "--quick")
+    assert set(report) == {"mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan"}
+    for figures in report.values():
+        assert figures["flair_s"] > 0 and figures["flower_s"] > 0 and figures["speedup"] > 0
+        assert "extra_memory_mb" in figures and figures["coords_off"] < 100  # of 1M: only ties decided otherwise

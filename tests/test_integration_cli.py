@@ -185,6 +185,18 @@ def test_membership_through_the_cli(tmp_path):
                                   "-m", "after the removal", "--json").stdout)
         assert commit["payload"]["key_epoch"] == 1
 
+        shown = flair(home, "show", "team").stdout
+        assert "strategy       mean" in shown and "merge when     3 contributions wait" in shown
+        policy = json.loads(flair(home, "policy", "team", "--strategy", "trimmed_mean", "--param",
+                                  "fraction=0.2", "--buffer", "4", "--alpha", "1", "--json").stdout)
+        assert (policy["strategy"], policy["strategy_params"], policy["buffer"], policy["alpha"]) == \
+            ("trimmed_mean", {"fraction": "0.2"}, 4, "1")
+        assert policy["timeout_s"] == 60  # what was not given keeps its value
+        assert "staleness      weight = examples x (1 + staleness)^-1" in flair(home, "show", "team").stdout
+        unknown = flair(home, "policy", "team", "--strategy", "vote", check=False)
+        assert unknown.returncode == 1 and "unknown aggregation strategy" in unknown.stderr
+        assert json.loads(flair(home, "members", "team", "--json").stdout)["policy"] == policy
+
         again = flair(home, "remove", "team", alice, check=False)
         assert again.returncode == 1 and "is not a member" in again.stderr
         bad = flair(home, "invite", "team", "not-a-key", check=False)

@@ -6,6 +6,7 @@ import torch
 
 from flair_node.core.errors import Forbidden, InvalidInput, NotAMember
 from flair_node.core.identity import Identity
+from flair_node.core.rounds import RoundPolicy
 from flair_node.storage.members import MEMBERS_REF
 from flair_node.storage.repo import Repo
 from flair_node.storage.repos import RepoSet
@@ -76,6 +77,8 @@ def test_only_the_owner_changes_membership():
         alice.invite(ALICE, BOB.public_key, "reader")
     with pytest.raises(Forbidden, match="only the owner"):
         alice.remove(ALICE, OWNER.public_key)
+    with pytest.raises(Forbidden, match="only the owner"):
+        alice.set_policy(ALICE, RoundPolicy(strategy="median"))
     with pytest.raises(InvalidInput, match="not 32|not base58"):
         repo.invite(OWNER, "not-a-key", "reader")
 
@@ -86,9 +89,11 @@ def test_the_membership_survives_reopening_and_fsck_checks_it(tmp_path):
     repo.invite(OWNER, ALICE.public_key, "contributor")
     repo.remove(OWNER, ALICE.public_key)
     repo.invite(OWNER, BOB.public_key, "reader")
+    repo.set_policy(OWNER, RoundPolicy(strategy="krum", strategy_params={"byzantine": 1}, buffer=5))
     reopened = RepoSet.on_disk(tmp_path, OWNER).open("digits")
     membership = reopened.members.current()
-    assert (membership.seq, membership.epoch) == (3, 1)
+    assert (membership.seq, membership.epoch) == (4, 1)
+    assert membership.policy == RoundPolicy(strategy="krum", strategy_params={"byzantine": 1}, buffer=5)
     assert [m.role for m in membership.current()] == ["owner", "reader"]
     assert "." not in "".join(reopened.branches())  # the membership ref is not a branch
     assert reopened.fsck()[1] == []

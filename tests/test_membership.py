@@ -7,8 +7,9 @@ import pytest
 from flair_node.core import crypto, encoding
 from flair_node.core.errors import Forbidden, IntegrityError, InvalidInput
 from flair_node.core.identity import Identity
-from flair_node.core.membership import Membership, MembershipChange, SealedKey, invitation, removal
+from flair_node.core.membership import Membership, MembershipChange, SealedKey, invitation, policy_change, removal
 from flair_node.core.objects import RepositoryRecord, TensorSpec
+from flair_node.core.rounds import RoundPolicy
 
 OWNER, ALICE, BOB, MALLORY = (Identity.generate() for _ in range(4))
 KEY0, KEY1 = crypto.new_key(), crypto.new_key()
@@ -122,4 +123,38 @@ def test_a_change_survives_its_encoding_and_unknown_fields_are_refused():
     outer = encoding.decode(change.encode())
     outer["body"]["admin"] = True
     with pytest.raises(IntegrityError, match="unknown fields"):
+        MembershipChange.decode(encoding.encode(outer))
+
+
+def test_the_owner_sets_the_round_policy_in_the_chain():
+    m = invite(genesis(), ALICE, "maintainer")
+    assert m.policy == RoundPolicy()  # the defaults until the owner sets one
+    policy = RoundPolicy(strategy="median", buffer=5, deadline_s=30, alpha="1", max_staleness=2, timeout_s=20)
+    change = policy_change(m, OWNER, policy, now_ms=T + 9)
+    assert MembershipChange.decode(change.encode()) == change
+    after = m.apply(change)
+    assert after.policy == policy and after.seq == m.seq + 1 and after.members == m.members
+    assert after.epoch == m.epoch and after.sealed == m.sealed
+
+
+@pytest.mark.parametrize("forge", [
+    lambda c: replace(c, author=ALICE.public_key).signed(ALICE),   # a maintainer is not the owner
+    lambda c: replace(c, policy=None).signed(OWNER),               # a policy change without a policy
+    lambda c: replace(c, member=ALICE.public_key).signed(OWNER),   # naming someone
+    lambda c: replace(c, role="maintainer").signed(OWNER),         # granting a role on the side
+    lambda c: replace(c, epoch=1).signed(OWNER),                   # changing the key epoch
+    lambda c: replace(c, action="invite").signed(OWNER),           # an invitation carrying a policy
+])
+def test_forged_policy_changes_are_refused(forge):
+    m = invite(genesis(), ALICE, "maintainer")
+    change = policy_change(m, OWNER, RoundPolicy(strategy="median"), now_ms=T + 9)
+    with pytest.raises(IntegrityError):
+        m.apply(forge(change))
+
+
+def test_a_policy_that_breaks_its_own_rules_does_not_decode():
+    m = genesis()
+    outer = encoding.decode(policy_change(m, OWNER, RoundPolicy(), now_ms=T).encode())
+    outer["body"]["policy"]["buffer"] = 0
+    with pytest.raises(IntegrityError, match="buffer"):
         MembershipChange.decode(encoding.encode(outer))

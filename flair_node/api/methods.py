@@ -22,6 +22,7 @@ from ..core.ids import Cid, is_full_id
 from ..core.membership import INVITABLE, PROTECTED_BRANCHES, Member, Membership
 from ..core.objects import Commit
 from ..core.refs import DEFAULT_BRANCH
+from ..core.rounds import RoundPolicy
 from ..storage import unixfs
 from ..storage.atomic import atomic_write
 from ..storage.repo import DELTA_CODECS, STRATEGIES, Repo
@@ -67,7 +68,7 @@ def members_json(membership: Membership) -> dict[str, Any]:
     return {"repo": membership.repo, "owner": membership.owner, "epoch": membership.epoch,
             "changes": membership.seq, "members": [member(m) for m in membership.current()],
             "removed": sorted(k for k, m in membership.members.items() if m.removed_epoch is not None),
-            "protected_branches": sorted(PROTECTED_BRANCHES)}
+            "protected_branches": sorted(PROTECTED_BRANCHES), "policy": membership.policy.as_dict()}
 
 
 def _input_path(text: str, what: str) -> Path:
@@ -289,13 +290,14 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
         return await off_thread(work)
 
     @registry.method(
-        "repo.status", "A repository's branches, heads, commit count and layout.",
+        "repo.status", "A repository's branches, heads, commit count, layout and round policy.",
         params=(Param("repo", _ID, "repository id, id prefix or name"),), result={"type": "object"})
     async def repo_status(repo: str) -> dict[str, Any]:
         def work() -> dict[str, Any]:
             r = repos.open(repo)
             heads = {b: commit_json(r.commit(c)) for b, c in r.branches().items()}
             return {**repo_json(r), "heads": heads, "commits": sum(1 for _ in r.commits()),
+                    "policy": r.members.current().policy.as_dict(),
                     "layout": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in r.record.layout]}
         return await off_thread(work)
 
@@ -317,6 +319,39 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
     async def repo_invite(repo: str, member: str, role: str, expires_ms: int) -> dict[str, Any]:
         return await changing(lambda: members_json(repos.open(repo).invite(identity, member, role,
                                                                            expires_ms=expires_ms)))
+
+    @registry.method(
+        "repo.policy", "A repository's round policy; with any field given, set it (owner only): the fields not "
+        "given keep their current value.",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),
+                Param("strategy", {"type": "string", "maxLength": 64}, "aggregation strategy", required=False,
+                      default=None),
+                Param("strategy_params", {"type": "object"}, "the strategy's parameters (at most 16; "
+                      "numbers with a fraction as decimal text)", required=False, default=None),
+                Param("buffer", {"type": "integer", "minimum": 1}, "K: merge once this many contributions wait",
+                      required=False, default=None),
+                Param("deadline_s", {"type": "integer", "minimum": 1}, "... or this long after the round opened",
+                      required=False, default=None),
+                Param("alpha", {"type": "string", "maxLength": 16}, "staleness exponent, decimal text",
+                      required=False, default=None),
+                Param("max_staleness", {"type": "integer", "minimum": 0}, "merges behind the head a "
+                      "contribution may be based", required=False, default=None),
+                Param("timeout_s", {"type": "integer", "minimum": 1}, "how long each aggregator has before the "
+                      "next takes over", required=False, default=None)),
+        result={"type": "object"})
+    async def repo_policy(repo: str, **fields: Any) -> dict[str, Any]:
+        given = {k: v for k, v in fields.items() if v is not None}
+        if not given:
+            return await off_thread(lambda: repos.open(repo).members.current().policy.as_dict())
+
+        def work() -> dict[str, Any]:
+            from ..protocol.strategies import build_strategy  # loads torch: not while the daemon idles
+
+            r = repos.open(repo)
+            policy = RoundPolicy(**{**r.members.current().policy.as_dict(), **given})
+            build_strategy(policy.strategy, policy.strategy_params)  # refuse what no node could run
+            return r.set_policy(identity, policy).policy.as_dict()
+        return await changing(work)
 
     @registry.method(
         "repo.remove", "Remove a member; later payloads are sealed with a new key they never get (owner only).",

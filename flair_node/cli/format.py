@@ -62,7 +62,7 @@ def status_text(r: dict[str, Any]) -> str:
              "branches:"]
     for branch, head in r["heads"].items():
         lines.append(f"  {branch:<20} {head['id'][:12]}  {head['kind']}: {head['message'].splitlines()[0]}")
-    return "\n".join(lines)
+    return "\n".join([*lines, "rounds:", *("  " + line for line in policy_text(r["policy"]).splitlines())])
 
 
 def members_text(r: dict[str, Any]) -> str:
@@ -72,7 +72,17 @@ def members_text(r: dict[str, Any]) -> str:
                  f"{', '.join(r['protected_branches'])}")
     if r["removed"]:
         lines.append(f"removed: {', '.join(r['removed'])}")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", "rounds:", *("  " + line for line in policy_text(r["policy"]).splitlines())])
+
+
+def policy_text(p: dict[str, Any]) -> str:
+    params = " ".join(f"{k}={v}" for k, v in sorted(p["strategy_params"].items()))
+    return "\n".join([
+        f"strategy       {p['strategy']}" + (f" ({params})" if params else ""),
+        f"merge when     {p['buffer']} contributions wait, or {p['deadline_s']} s after the round opened",
+        f"staleness      weight = examples x (1 + staleness)^-{p['alpha']}; refused beyond {p['max_staleness']}",
+        f"takeover       the next-ranked aggregator after {p['timeout_s']} s more",
+    ])
 
 
 def peers_text(p2p: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..api.client import ApiClient
 from ..core.errors import FlairError
-from .format import diff_text, log_text, members_text, node_text, peers_text, show_text, status_text
+from .format import diff_text, log_text, members_text, node_text, peers_text, policy_text, show_text, status_text
 
 CODECS = {"exact": "bitdelta-v1", "float16": "float16-v1", "int8": "int8-v1", "topk": "topk-v1"}
 
@@ -55,9 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", action="store_true", help="draw the commit graph")
     p.add_argument("-n", "--limit", type=int, default=1000)
 
-    p = verb("show", "show one commit and what it changed")
+    p = verb("show", "show one commit and what it changed; without a commit, the repository and its round policy")
     p.add_argument("repo")
-    p.add_argument("commit")
+    p.add_argument("commit", nargs="?")
 
     p = verb("diff", "per-tensor change from A to B")
     p.add_argument("repo")
@@ -125,6 +125,17 @@ def _parser() -> argparse.ArgumentParser:
     p = verb("remove", "remove a member (owner only); later payloads are sealed with a key they never get")
     p.add_argument("repo")
     p.add_argument("member", metavar="PUBKEY")
+
+    p = verb("policy", "show how rounds run in a repository, or set it (owner only; unset options keep their value)")
+    p.add_argument("repo")
+    p.add_argument("--strategy", help="aggregation strategy: mean (default), median, trimmed_mean, krum, bulyan")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a strategy parameter (repeat for several; fractions as decimals, e.g. 0.2)")
+    p.add_argument("--buffer", type=int, metavar="K", help="merge once K contributions wait ...")
+    p.add_argument("--deadline", type=int, metavar="SECONDS", help="... or this long after the round opened")
+    p.add_argument("--alpha", metavar="A", help="staleness exponent: weight = examples x (1 + staleness)^-A")
+    p.add_argument("--max-staleness", type=int, metavar="N", help="refuse contributions more than N merges behind")
+    p.add_argument("--timeout", type=int, metavar="SECONDS", help="how long each aggregator has before the next")
     return parser
 
 
@@ -191,6 +202,9 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
     if a.verb == "log":
         r = c.call("repo.log", repo=a.repo, branch=a.branch, limit=a.limit)
         return r, log_text(r, a.graph)
+    if a.verb == "show" and a.commit is None:
+        r = c.call("repo.status", repo=a.repo)
+        return r, status_text(r)
     if a.verb == "show":
         r = c.call("repo.show", repo=a.repo, commit=a.commit)
         return r, show_text(r)
@@ -246,10 +260,27 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
     if a.verb == "remove":
         r = c.call("repo.remove", repo=a.repo, member=a.member)
         return r, members_text(r)
+    if a.verb == "policy":
+        fields = {"strategy": a.strategy, "buffer": a.buffer, "deadline_s": a.deadline, "alpha": a.alpha,
+                  "max_staleness": a.max_staleness, "timeout_s": a.timeout}
+        if a.param:
+            fields["strategy_params"] = dict(_param(text) for text in a.param)
+        r = c.call("repo.policy", repo=a.repo, **{k: v for k, v in fields.items() if v is not None})
+        return r, policy_text(r)
     if a.verb == "gc":
         r = c.call("node.gc")
         return r, f"kept {r['blocks_kept']} pinned blocks, removed {r['blocks_removed']} unpinned"
     raise FlairError(f"unknown verb {a.verb}")
+
+
+def _param(text: str) -> tuple[str, int | bool | str]:
+    """``NAME=VALUE`` as a strategy parameter: whole numbers and true/false typed, anything else kept as text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise FlairError(f"--param {text!r}: write NAME=VALUE")
+    if value in ("true", "false"):
+        return name, value == "true"
+    return name, int(value) if value.lstrip("-").isdigit() else value
 
 
 if __name__ == "__main__":

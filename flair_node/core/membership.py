@@ -9,9 +9,12 @@ its position, so the chain has exactly one order and any node holding it folds i
 - A removal starts a new key epoch whose key is sealed to each remaining member, never to the removed one:
   payloads from then on are closed to them. What they could read before stays readable to them.
 
+- A policy change sets how rounds run (``rounds.RoundPolicy``: strategy, buffer, deadline, staleness, timeout);
+  the chain carries it so every member applies the same one from the same point on.
+
 Roles, from least to most: reader (pulls), contributor (commits; moves unprotected branches), maintainer (also
-moves protected branches, so merges into them), owner (also changes membership). A role holds for records
-whose (signed) timestamp is before its expiry and whose key epoch is before the member's removal.
+moves protected branches, so merges into them), owner (also changes membership and policy). A role holds for
+records whose (signed) timestamp is before its expiry and whose key epoch is before the member's removal.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from .errors import Forbidden, IntegrityError, InvalidInput
 from .identity import Identity, public_key_bytes
 from .ids import PublicKey, RepoId, short
 from .objects import RepositoryRecord
+from .rounds import RoundPolicy
 from .schema import RECORD_VERSION
 from .signed import SignedRecord
 
 ROLES = ("reader", "contributor", "maintainer", "owner")
 INVITABLE = ROLES[:3]
-ACTIONS = ("invite", "remove")
+ACTIONS = ("invite", "remove", "policy")
 #: Branches only maintainers and the owner move (merges into them included).
 PROTECTED_BRANCHES = frozenset({"main"})
 MAX_KEYS = 1024  # sealed keys one change may carry (one per epoch, or one per remaining member)
@@ -60,15 +64,19 @@ class MembershipChange(SignedRecord):
     expires_ms: int = 0  # for an invitation; 0: until removed
     epoch: int = 0  # the payload key epoch in force after this change
     keys: tuple[SealedKey, ...] = ()
+    policy: RoundPolicy | None = None  # for a policy change (the key is in the body of those only)
     signature: bytes = b""
 
     def body(self) -> dict[str, Any]:
-        return {
+        body = {
             "v": RECORD_VERSION, "type": "membership", "repo": self.repo, "previous": self.previous,
             "seq": self.seq, "author": self.author, "timestamp_ms": self.timestamp_ms, "action": self.action,
             "member": self.member, "role": self.role, "expires_ms": self.expires_ms, "epoch": self.epoch,
             "keys": [[k.member, k.epoch, k.sealed] for k in self.keys],
         }
+        if self.policy is not None:
+            body["policy"] = self.policy.as_dict()
+        return body
 
     @property
     def id(self) -> str:
@@ -95,6 +103,7 @@ class MembershipChange(SignedRecord):
                 expires_ms=schema.natural(body["expires_ms"], "expires_ms"),
                 epoch=schema.natural(body["epoch"], "epoch"),
                 keys=tuple(keys),
+                policy=RoundPolicy.from_dict(body["policy"]) if "policy" in body else None,
                 signature=sig,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -135,6 +144,8 @@ class Membership:
     sealed: Mapping[tuple[PublicKey, int], bytes] = field(default_factory=dict)
     #: Ids of the changes applied so far.
     applied: frozenset[str] = frozenset()
+    #: How rounds run, as the last policy change set it (the defaults until one does).
+    policy: RoundPolicy = field(default_factory=RoundPolicy)
 
     @classmethod
     def genesis(cls, record: RepositoryRecord) -> Membership:
@@ -153,6 +164,14 @@ class Membership:
                          f"{short(self.repo)}")
         if change.author != self.owner:
             raise refuse("only the owner changes membership")
+        if (change.action == "policy") != (change.policy is not None):
+            raise refuse("a policy change, and only one, carries a policy")
+        if change.policy is not None:
+            if change.member != self.owner or change.role or change.expires_ms or change.keys \
+                    or change.epoch != self.epoch:
+                raise refuse("a policy change names the owner, grants nothing and keeps the key epoch")
+            return replace(self, head=change.id, seq=change.seq, policy=change.policy,
+                           applied=self.applied | {change.id})
         if change.member == self.owner:
             raise refuse("the owner's own role does not change")
         try:
@@ -229,6 +248,11 @@ def removal(membership: Membership, owner: Identity, member: PublicKey, *, new_k
     epoch = membership.epoch + 1
     keys = tuple(SealedKey(m.key, epoch, seal_key(new_key, m.key)) for m in membership.current() if m.key != member)
     return _next(membership, owner, "remove", member, epoch=epoch, keys=keys, now_ms=now_ms)
+
+
+def policy_change(membership: Membership, owner: Identity, policy: RoundPolicy, *, now_ms: int) -> MembershipChange:
+    """The next change: rounds run by ``policy`` from now on."""
+    return _next(membership, owner, "policy", owner.public_key, epoch=membership.epoch, policy=policy, now_ms=now_ms)
 
 
 def _next(membership: Membership, owner: Identity, action: str, member: PublicKey, *, now_ms: int,

@@ -36,9 +36,10 @@ from ..core.errors import (
 )
 from ..core.identity import Identity
 from ..core.ids import BranchName, CommitId, PublicKey, RecordId, RepoId, check_id_prefix, is_full_id, short
-from ..core.membership import Membership, MembershipChange, invitation, removal
+from ..core.membership import Membership, MembershipChange, invitation, policy_change, removal
 from ..core.objects import Commit, Payload, RepositoryRecord, metric_text
 from ..core.refs import DEFAULT_BRANCH, MAX_CLOCK_SKEW_MS, BranchMove, check_branch_name
+from ..core.rounds import RoundPolicy
 from ..tensors.params import DEFAULT_TOPK_RATIO, LOSSY_CODECS
 from . import unixfs
 from .members import MembershipLog
@@ -420,6 +421,14 @@ class Repo:
         change = removal(membership, identity, PublicKey(member), new_key=new_key, now_ms=now_ms())
         after = self.members.append(change)
         self._keys[after.epoch] = new_key
+        self.announce("membership", change.id, change.encode())
+        return after
+
+    def set_policy(self, identity: Identity, policy: RoundPolicy) -> Membership:
+        """How rounds run from now on (owner only): a signed change in the membership chain, announced."""
+        membership = self._owner_only(identity, "sets the round policy")
+        change = policy_change(membership, identity, policy, now_ms=now_ms())
+        after = self.members.append(change)
         self.announce("membership", change.id, change.encode())
         return after
 

@@ -1,0 +1,141 @@
+"""Rounds on a branch: the policy an owner sets, who aggregates each round, and how contributions are weighed.
+
+Everything here is a pure function of signed, replicated data (the membership chain, the previous merged
+commit), so every member computes the same answer with no coordinator:
+
+- **Ranking.** For the round that follows merged commit ``previous``, each eligible member's score is
+  ``sha256(previous id ‖ member key)`` (rendezvous hashing); the ranked list is by descending score, ties by key.
+  The role rotates round by round because ``previous`` changes, and a member leaving moves only its own slots.
+- **Windows.** A round opens at ``previous``'s timestamp (``opened_ms``). The first-ranked member may merge from
+  then until ``opened_ms + deadline + timeout``; the k-th ranked (k >= 1) takes over for one ``timeout`` after
+  that, and so on. A merge is entitled only if its signed timestamp falls in its author's window; members ignore
+  any other.
+- **Weights.** A contribution based ``τ`` merged commits behind the head weighs ``examples × (1 + τ)^-α``
+  (FedBuff-style staleness discount); beyond ``max_staleness`` it is refused. ``weight_counts`` computes the
+  weights in decimal arithmetic to 9 digits (no platform's ``pow`` decides them) and returns integers for the
+  fixed-point merge to normalise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from decimal import ROUND_FLOOR, Context, Decimal
+from typing import Any
+
+from .errors import IntegrityError, InvalidInput
+from .identity import public_key_bytes
+from .ids import PublicKey
+
+STRATEGY_NAME = 64  # characters of a strategy name
+MAX_STRATEGY_PARAMS = 16
+_DECIMAL = Context(prec=40)
+_WEIGHT_SCALE = Decimal(10) ** 9  # weights are examples x discount, to 9 decimal places
+
+
+@dataclass(frozen=True)
+class RoundPolicy:
+    """How rounds run in a repository; set by the owner (a signed membership-chain change), seen by all."""
+
+    strategy: str = "mean"  # an aggregation strategy's name (``protocol.strategies``)
+    #: The strategy's parameters: integers, booleans or text (fractions as decimal text, e.g. "0.2": canonical
+    #: records hold no floats).
+    strategy_params: Mapping[str, int | str | bool] = field(default_factory=dict)
+    buffer: int = 3  # K: merge once this many contributions are buffered ...
+    deadline_s: int = 60  # ... or this long after the round opened, if at least one is
+    alpha: str = "0.5"  # staleness exponent, decimal text: weight = examples x (1 + staleness)^-alpha
+    max_staleness: int = 4  # contributions based further behind the head are refused
+    timeout_s: int = 60  # how long each aggregator has before the next ranked one takes over
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.strategy, str) or not 0 < len(self.strategy) <= STRATEGY_NAME:
+            raise InvalidInput(f"strategy must be a name of 1 to {STRATEGY_NAME} characters")
+        if not isinstance(self.strategy_params, Mapping) or len(self.strategy_params) > MAX_STRATEGY_PARAMS or any(
+                not isinstance(k, str) or len(k) > STRATEGY_NAME or not isinstance(v, int | str | bool)
+                or isinstance(v, str) and len(v) > STRATEGY_NAME for k, v in self.strategy_params.items()):
+            raise InvalidInput(f"strategy_params must map at most {MAX_STRATEGY_PARAMS} names to plain values")
+        for name, low, high in (("buffer", 1, 10_000), ("deadline_s", 1, 86_400), ("max_staleness", 0, 1_000),
+                                ("timeout_s", 1, 86_400)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise InvalidInput(f"{name} must be an integer from {low} to {high}, not {value!r}")
+        if not _decimal_in(self.alpha, 0, 10):
+            raise InvalidInput(f"alpha must be a decimal number from 0 to 10 written as text, not {self.alpha!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["strategy_params"] = dict(self.strategy_params)
+        return body
+
+    @classmethod
+    def from_dict(cls, value: Any) -> RoundPolicy:
+        """From a decoded record; ``IntegrityError`` if it is not exactly a policy."""
+        if not isinstance(value, dict) or set(value) != set(cls.__dataclass_fields__):
+            raise IntegrityError(f"a round policy is a map of exactly {sorted(cls.__dataclass_fields__)}")
+        try:
+            return cls(**value)
+        except InvalidInput as exc:
+            raise IntegrityError(f"round policy: {exc}") from None
+
+
+def ranking(eligible: Sequence[PublicKey], previous: str) -> list[PublicKey]:
+    """The aggregators of the round after merged commit ``previous``, first-ranked first (rendezvous hashing)."""
+    seed = previous.encode()
+
+    def score(key: PublicKey) -> tuple[bytes, str]:
+        return hashlib.sha256(seed + public_key_bytes(key)).digest(), key
+
+    return sorted(dict.fromkeys(eligible), key=score, reverse=True)
+
+
+def window(rank: int, opened_ms: int, policy: RoundPolicy) -> tuple[int, int]:
+    """``[start, end)`` in Unix ms during which the ``rank``-th ranked aggregator (0 first) may merge."""
+    if rank < 0:
+        raise InvalidInput("rank must be >= 0")
+    first_end = opened_ms + (policy.deadline_s + policy.timeout_s) * 1000
+    if rank == 0:
+        return opened_ms, first_end
+    start = first_end + (rank - 1) * policy.timeout_s * 1000
+    return start, start + policy.timeout_s * 1000
+
+
+def entitled(ranked: Sequence[PublicKey], opened_ms: int, at_ms: int, policy: RoundPolicy) -> PublicKey | None:
+    """The aggregator entitled to merge at ``at_ms`` (None before the round opened or after the last window)."""
+    for rank, key in enumerate(ranked):
+        start, end = window(rank, opened_ms, policy)
+        if start <= at_ms < end:
+            return key
+    return None
+
+
+def discount(staleness: int, alpha: str) -> Decimal:
+    """``(1 + staleness)^-alpha``, to 40 significant digits in decimal arithmetic (the same everywhere)."""
+    if staleness < 0:
+        raise InvalidInput("staleness must be >= 0")
+    return _DECIMAL.power(Decimal(1 + staleness), -Decimal(alpha))
+
+
+def _decimal_in(text: object, low: int, high: int) -> bool:
+    if not isinstance(text, str) or not 0 < len(text) <= 16:
+        return False
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        return False
+    return value.is_finite() and low <= value <= high
+
+
+def weight_counts(contributions: Sequence[tuple[int, int]], policy: RoundPolicy) -> list[int]:
+    """Integer weights proportional to ``examples × (1 + staleness)^-alpha`` for ``(examples, staleness)`` pairs;
+    ``InvalidInput`` if one is staler than the policy allows."""
+    counts = []
+    for examples, staleness in contributions:
+        if not isinstance(examples, int) or examples < 0:
+            raise InvalidInput(f"a contribution's examples must be a non-negative integer, not {examples!r}")
+        if staleness > policy.max_staleness:
+            raise InvalidInput(f"a contribution {staleness} merges behind the head is staler than the policy's "
+                               f"{policy.max_staleness}")
+        scaled = _DECIMAL.multiply(Decimal(examples) * discount(staleness, policy.alpha), _WEIGHT_SCALE)
+        counts.append(int(scaled.to_integral_value(rounding=ROUND_FLOOR)))
+    return counts

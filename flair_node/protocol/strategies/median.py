@@ -1,0 +1,34 @@
+"""Coordinate-wise median of the updates, as Flower's ``aggregate_median``; weights are not used.
+
+Each parameter takes the median of the inputs' values: with an odd count the middle value itself (bit for bit:
+sorting the states orders the updates the same way, so that is ``base`` plus the median update, without a
+rounding step), with an even count the mean of the two middle values, computed in Flair's fixed point (see
+``_order``). Up to half the inputs minus one can be arbitrary without moving a coordinate outside the range of
+the honest values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...tensors.safetensors_io import StateDict
+from ._base import Strategy
+from ._order import Columns, merge_columns
+
+
+def median_columns(cols: Columns) -> None:
+    n = cols.count
+    if n % 2:
+        cols.take(n // 2)
+    else:
+        cols.average([cols.row(n // 2 - 1), cols.row(n // 2)])
+
+
+@dataclass(frozen=True)
+class Median(Strategy):
+    """Coordinate-wise median (even count: mean of the two middle values)."""
+
+    name = "median"
+
+    def _aggregate(self, base: StateDict, inputs: list[StateDict], weights: list[int]) -> StateDict:
+        return merge_columns(base, inputs, median_columns)

@@ -1,0 +1,79 @@
+"""The pure round rules (``core.rounds``): ranking, windows, staleness weights, the policy record."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from flair_node.core.errors import IntegrityError, InvalidInput
+from flair_node.core.identity import Identity
+from flair_node.core.ids import sha256_hex
+from flair_node.core.rounds import RoundPolicy, discount, entitled, ranking, weight_counts, window
+
+KEYS = [Identity.generate().public_key for _ in range(5)]
+
+
+def test_every_member_ranks_alike_whatever_order_it_lists_the_members_in():
+    previous = sha256_hex(b"merged commit 7")
+    assert ranking(KEYS, previous) == ranking(list(reversed(KEYS)), previous) == ranking(KEYS + KEYS[:2], previous)
+    assert sorted(ranking(KEYS, previous)) == sorted(KEYS)
+
+
+def test_the_first_ranked_aggregator_rotates_round_by_round():
+    firsts = Counter(ranking(KEYS, sha256_hex(b"merge %d" % i))[0] for i in range(500))
+    assert set(firsts) == set(KEYS)
+    assert min(firsts.values()) > 500 / 5 / 2  # roughly uniform: each first about 100 times in 500 rounds
+
+
+def test_a_member_leaving_moves_only_its_own_slot():
+    previous = sha256_hex(b"merge")
+    before = ranking(KEYS, previous)
+    leaving = before[1]
+    assert ranking([k for k in KEYS if k != leaving], previous) == [k for k in before if k != leaving]
+
+
+def test_windows_follow_each_other_and_name_one_aggregator_at_a_time():
+    policy = RoundPolicy(deadline_s=30, timeout_s=10)
+    opened = 1_000_000
+    assert window(0, opened, policy) == (opened, opened + 40_000)
+    assert window(1, opened, policy) == (opened + 40_000, opened + 50_000)
+    assert window(2, opened, policy) == (opened + 50_000, opened + 60_000)
+    ranked = ranking(KEYS, sha256_hex(b"x"))
+    assert entitled(ranked, opened, opened - 1, policy) is None
+    assert entitled(ranked, opened, opened, policy) == ranked[0]
+    assert entitled(ranked, opened, opened + 39_999, policy) == ranked[0]
+    assert entitled(ranked, opened, opened + 40_000, policy) == ranked[1]
+    assert entitled(ranked, opened, opened + 50_000, policy) == ranked[2]
+    assert entitled(ranked, opened, opened + 40_000 + 4 * 10_000, policy) is None  # every window passed
+    with pytest.raises(InvalidInput):
+        window(-1, opened, policy)
+
+
+def test_staleness_discounts_examples_and_past_the_limit_refuses():
+    policy = RoundPolicy(alpha="0.5", max_staleness=3)
+    assert discount(0, "0.5") == 1
+    assert discount(3, "0.5") == pytest.approx(0.5)
+    assert discount(3, "0") == 1
+    counts = weight_counts([(100, 0), (100, 1), (50, 3)], policy)
+    assert counts == [100_000_000_000, 70_710_678_118, 25_000_000_000]
+    with pytest.raises(InvalidInput, match="staler"):
+        weight_counts([(100, 4)], policy)
+    with pytest.raises(InvalidInput):
+        weight_counts([(-1, 0)], policy)
+
+
+def test_the_policy_travels_as_a_plain_map_and_refuses_anything_else():
+    policy = RoundPolicy(strategy="trimmed_mean", strategy_params={"fraction": "0.2"}, buffer=4,
+                         deadline_s=20, alpha="1", max_staleness=2, timeout_s=15)
+    assert RoundPolicy.from_dict(policy.as_dict()) == policy
+    assert RoundPolicy.from_dict(RoundPolicy().as_dict()) == RoundPolicy()
+    with pytest.raises(IntegrityError):
+        RoundPolicy.from_dict({**policy.as_dict(), "extra": 1})
+    with pytest.raises(IntegrityError):
+        RoundPolicy.from_dict({**policy.as_dict(), "buffer": 0})
+    for bad in ({"buffer": 0}, {"deadline_s": 1.5}, {"alpha": "-1"}, {"alpha": 0.5}, {"alpha": "nan"},
+                {"alpha": "one"}, {"strategy": ""}, {"timeout_s": True}, {"strategy_params": {"x": [1]}},
+                {"strategy_params": {"x": 0.2}}, {"max_staleness": 1001}):
+        with pytest.raises(InvalidInput):
+            RoundPolicy(**bad)
