@@ -44,6 +44,7 @@ import torch
 from flair_node.protocol.strategies import Bulyan, Krum, Mean, Median, Strategy, TrimmedMean
 from flair_node.tensors.fixedpoint import normalize_weights
 from flair_node.tensors.safetensors_io import StateDict
+from flair_node.testing.memory import own_mb, reset_peak
 
 SHARES = (0.4, 0.3, 0.2)  # the fourth tensor takes the rest
 KEEP = 3
@@ -84,23 +85,6 @@ def flower_rule(strategy: str, byzantine: int) -> Callable[[list[tuple[list[np.n
     return rules[strategy]
 
 
-def status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def release_free_memory() -> None:
     """Give freed heap pages back to the kernel, so the baseline counts only live data (glibc only)."""
     gc.collect()
@@ -113,12 +97,12 @@ def release_free_memory() -> None:
 def measure(run: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
     """(best seconds, peak extra MB of the first run, the first run's result)."""
     release_free_memory()
-    before = status_mb("VmRSS")
+    before = own_mb("VmRSS")
     peak_ok = reset_peak()
     start = time.perf_counter()
     result = run()
     times = [time.perf_counter() - start]
-    extra = max(0.0, status_mb("VmHWM") - before) if peak_ok else float("nan")
+    extra = max(0.0, own_mb("VmHWM") - before) if peak_ok else float("nan")
     for _ in range(repeat - 1):
         start = time.perf_counter()
         run()

@@ -22,23 +22,7 @@ import time
 import torch
 
 from flair_node.tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, normalize_weights, weighted_sum_fixed
-
-
-def rss_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+from flair_node.testing.memory import own_mb, reset_peak
 
 
 def best_of(repeat: int, fn) -> float:
@@ -77,10 +61,10 @@ def main() -> int:
     weighted_sum_fixed(base[:1024], [x[:1024] for x in inputs], weights)
     warmup = time.perf_counter() - start
     exact = best_of(args.repeat, lambda: weighted_sum_fixed(base, inputs, weights, out=out))
-    before = rss_mb("VmRSS")
+    before = own_mb("VmRSS")
     peak_ok = reset_peak()
     weighted_sum_fixed(base, inputs, weights, out=out)
-    extra_mb = max(0.0, rss_mb("VmHWM") - before) if peak_ok else float("nan")
+    extra_mb = max(0.0, own_mb("VmHWM") - before) if peak_ok else float("nan")
 
     log("in-place float32 weighted sum (bandwidth bound)")
     acc = torch.empty_like(base)

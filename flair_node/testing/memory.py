@@ -4,6 +4,8 @@
     pss_mb(daemon.pid)          proportional set: shared library pages split between the processes mapping them,
                                 so the PSS of 50 daemons adds up to what they take together
     maps_torch(daemon.pid)      whether torch's native library is mapped: the process imported torch
+    own_mb("VmHWM")             a ``/proc/self/status`` figure of this process (benchmarks: peak resident)
+    reset_peak()                start ``VmHWM`` again from the current resident set
 """
 
 from __future__ import annotations
@@ -26,6 +28,21 @@ def maps_torch(pid: int) -> bool:
     imported torch. Read from outside, so it needs nothing from the process itself."""
     with open(f"/proc/{pid}/maps") as maps:
         return any("/libtorch" in line for line in maps)
+
+
+def own_mb(field: str) -> float:
+    """The ``field`` line (``VmRSS``, ``VmHWM``, ...) of this process's ``/proc/self/status``, in MiB."""
+    return _kib_field(Path("/proc/self/status"), field + ":") / 1024
+
+
+def reset_peak() -> bool:
+    """Reset this process's peak resident set (``VmHWM``) to its current one; False where the kernel refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _kib_field(path: Path, name: str) -> int:
