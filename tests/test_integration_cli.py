@@ -243,3 +243,29 @@ def test_peers_and_network_status_through_the_cli(tmp_path):
         assert [p["key"] for p in peers] == [a.client.call("node.whoami")["public_key"]]
         status = flair(b.home, "status", "--peers").stdout
         assert "1 peers" in status and "refused: 0 blocks, 0 announcements" in status
+
+
+def test_a_round_through_the_cli_and_the_sdk(tmp_path):
+    from flair_node.sdk import Repo
+
+    home = tmp_path / "home"
+    with running_daemon(home):
+        flair(home, "init", "team", "--model", str(model(0, tmp_path / "m0.safetensors")))
+        flair(home, "policy", "team", "--buffer", "1")
+        first = flair(home, "contribute", "team", "--weights", str(model(1, tmp_path / "m1.safetensors")),
+                      "--examples", "30").stdout.strip()
+        status = json.loads(flair(home, "round", "status", "team", "--json").stdout)
+        assert (status["round"], status["ready"], [c["commit"] for c in status["pending"]]) == (1, True, [first])
+        assert status["aggregator"] == status["ranked"][0]  # the owner is the only one who may move main
+        sdk = Repo.connect(home, "team")
+        second = sdk.contribute(load_file(str(model(2, tmp_path / "m2.safetensors"))), num_examples=10)
+        assert [c["commit"] for c in sdk.round_status()["pending"]] == [second]  # a member's latest replaces
+        assert "pending:        1 of 1 contributions; ready to merge" in flair(home, "round", "status", "team").stdout
+
+        merged = json.loads(flair(home, "round", "merge", "team", "--json").stdout)
+        assert merged["kind"] == "round" and merged["parents"][1:] == [second]
+        assert merged["meta"]["contributions"] == [[second, 10, 0, 1 << 16]]
+        assert sdk.round_status()["round"] == 2 and sdk.round_status()["pending"] == []
+        again = flair(home, "round", "merge", "team", check=False)
+        assert again.returncode == 1 and "not ready" in again.stderr
+        assert flair(home, "fsck", "team").returncode == 0

@@ -45,7 +45,9 @@ def test_windows_follow_each_other_and_name_one_aggregator_at_a_time():
     assert entitled(ranked, opened, opened + 39_999, policy) == ranked[0]
     assert entitled(ranked, opened, opened + 40_000, policy) == ranked[1]
     assert entitled(ranked, opened, opened + 50_000, policy) == ranked[2]
-    assert entitled(ranked, opened, opened + 40_000 + 4 * 10_000, policy) is None  # every window passed
+    assert entitled(ranked, opened, opened + 40_000 + 4 * 10_000, policy) == ranked[0]  # every window passed:
+    assert entitled(ranked, opened, opened + 40_000 + 5 * 10_000, policy) == ranked[1]  # the turns come round again
+    assert entitled([], opened, opened, policy) is None
     with pytest.raises(InvalidInput):
         window(-1, opened, policy)
 

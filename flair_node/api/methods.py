@@ -247,6 +247,51 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
         return await changing(work)
 
     @registry.method(
+        "repo.contribute", "Contribute weights trained from a commit of a branch to its rounds: stored as the "
+        "delta against that commit on this member's contrib/<branch>/<key> branch, for the round's aggregator.",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),
+                Param("weights_path", _PATH, "absolute path of a .safetensors file with the trained weights"),
+                Param("examples", {"type": "integer", "minimum": 0}, "number of local training examples"),
+                Param("branch", _ID, "branch whose rounds it joins", required=False, default=DEFAULT_BRANCH),
+                Param("base", _ID, "the commit the training started from (default: the branch head)",
+                      required=False, default=None),
+                Param("message", _STR, "a note on the contribution", required=False, default=""),
+                Param("codec", {"type": "string", "enum": list(DELTA_CODECS)},
+                      "how the delta is stored: bitdelta-v1 (exact) or a lossy codec", required=False,
+                      default="bitdelta-v1")),
+        result=_COMMIT)
+    async def repo_contribute(repo: str, weights_path: str, examples: int, branch: str, base: str | None,
+                              message: str, codec: str) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            r = repos.open(repo)
+            commit = r.contribute(identity, _read_weights(weights_path, "weights"), branch=branch,
+                                  examples=examples, base=base, message=message, codec=codec)
+            return {**commit_json(commit), "branch": branch}
+        return await changing(work)
+
+    @registry.method(
+        "round.status", "The current round of a branch as this node sees it: head, round number, ranked "
+        "aggregators and the one entitled now, pending contributions, whether it may merge.",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),
+                Param("branch", _ID, "branch", required=False, default=DEFAULT_BRANCH)),
+        result={"type": "object"})
+    async def round_status(repo: str, branch: str) -> dict[str, Any]:
+        from ..protocol import rounds
+
+        return await off_thread(lambda: rounds.view(repos.open(repo), branch).json())
+
+    @registry.method(
+        "round.merge", "Merge a branch's pending contributions now, as its round's entitled aggregator.",
+        params=(Param("repo", _ID, "repository id, id prefix or name"),
+                Param("branch", _ID, "branch", required=False, default=DEFAULT_BRANCH)),
+        result=_COMMIT)
+    async def round_merge(repo: str, branch: str) -> dict[str, Any]:
+        from ..protocol import rounds
+
+        return await changing(lambda: {**commit_json(rounds.merge(repos.open(repo), identity, branch)),
+                                       "branch": branch})
+
+    @registry.method(
         "repo.log", "Commits reachable from a branch (or from every branch), newest first.",
         params=(Param("repo", _ID, "repository id, id prefix or name"),
                 Param("branch", _ID, "branch or commit to start from; all branches if omitted", required=False,

@@ -85,6 +85,19 @@ def policy_text(p: dict[str, Any]) -> str:
     ])
 
 
+def round_text(r: dict[str, Any]) -> str:
+    policy = r["policy"]
+    lines = [f"round {r['round']} of {r['branch']}, opened {_when(r['opened_ms'])} UTC at {r['head'][:12]}",
+             f"aggregator now: {r['aggregator'] or 'nobody (no member may move the branch)'}",
+             f"ranked:         {' '.join(k[:8] for k in r['ranked'])}",
+             f"pending:        {len(r['pending'])} of {policy['buffer']} contributions"
+             + ("; ready to merge" if r["ready"] else f"; merges at {policy['buffer']} or "
+                f"{_when(r['opened_ms'] + policy['deadline_s'] * 1000)} UTC")]
+    lines += [f"  {c['commit'][:12]}  by {c['author'][:8]}  {c['examples']} examples, staleness {c['staleness']}"
+              for c in r["pending"]]
+    return "\n".join(lines)
+
+
 def peers_text(p2p: dict[str, Any]) -> str:
     lines = [f"this node: {addr}" for addr in p2p["addrs"]]
     for peer in p2p["peers"]:

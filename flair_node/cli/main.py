@@ -12,7 +12,17 @@ from typing import Any
 
 from ..api.client import ApiClient
 from ..core.errors import FlairError
-from .format import diff_text, log_text, members_text, node_text, peers_text, policy_text, show_text, status_text
+from .format import (
+    diff_text,
+    log_text,
+    members_text,
+    node_text,
+    peers_text,
+    policy_text,
+    round_text,
+    show_text,
+    status_text,
+)
 
 CODECS = {"exact": "bitdelta-v1", "float16": "float16-v1", "int8": "int8-v1", "topk": "topk-v1"}
 
@@ -48,6 +58,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", default="exact", choices=list(CODECS),
                    help="exact (default), or lossy to save bytes: float16, int8, topk")
     p.add_argument("--topk-ratio", type=float, default=0.01, help="share of each tensor topk keeps (default 0.01)")
+
+    p = verb("contribute", "contribute trained weights to a branch's rounds (the aggregator of a round merges them)")
+    p.add_argument("repo")
+    p.add_argument("--weights", type=Path, required=True, help="trained weights (.safetensors)")
+    p.add_argument("--examples", type=int, required=True, help="number of local training examples")
+    p.add_argument("--branch", default="main", help="the branch whose rounds it joins (default main)")
+    p.add_argument("--base", metavar="REV", help="the commit training started from (default: the branch head)")
+    p.add_argument("-m", "--message", default="")
+    p.add_argument("--codec", default="exact", choices=list(CODECS),
+                   help="exact (default), or lossy to save bytes: float16, int8, topk")
+
+    p = verb("round", "a branch's current round: status (who aggregates, what waits) or merge (as its aggregator)")
+    p.add_argument("action", choices=["status", "merge"])
+    p.add_argument("repo")
+    p.add_argument("--branch", default="main")
 
     p = verb("log", "show the history")
     p.add_argument("repo")
@@ -199,6 +224,16 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
                    branch=a.branch, examples=a.examples, metrics=_metrics(a.metric), codec=CODECS[a.codec],
                    topk_ratio=a.topk_ratio)
         return r, r["id"]
+    if a.verb == "contribute":
+        r = c.call("repo.contribute", repo=a.repo, weights_path=str(a.weights.resolve()), examples=a.examples,
+                   branch=a.branch, base=a.base, message=a.message, codec=CODECS[a.codec])
+        return r, r["id"]
+    if a.verb == "round" and a.action == "status":
+        r = c.call("round.status", repo=a.repo, branch=a.branch)
+        return r, round_text(r)
+    if a.verb == "round":
+        r = c.call("round.merge", repo=a.repo, branch=a.branch)
+        return r, f"{r['id']}  round {r['meta']['round']} of {a.branch}: {len(r['parents']) - 1} contributions"
     if a.verb == "log":
         r = c.call("repo.log", repo=a.repo, branch=a.branch, limit=a.limit)
         return r, log_text(r, a.graph)

@@ -19,7 +19,7 @@ from .ids import Cid, CommitId, PublicKey, RepoId
 from .schema import RECORD_VERSION
 from .signed import SignedRecord
 
-COMMIT_KINDS = ("init", "commit", "merge", "revert")
+COMMIT_KINDS = ("init", "commit", "merge", "revert", "contribution", "round")
 #: Codecs a payload can be stored in (see ``flair_node.tensors.codec``).
 CODECS = ("full-v1", "bitdelta-v1", "float16-v1", "int8-v1", "topk-v1")
 DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")

@@ -8,8 +8,9 @@ commit), so every member computes the same answer with no coordinator:
   The role rotates round by round because ``previous`` changes, and a member leaving moves only its own slots.
 - **Windows.** A round opens at ``previous``'s timestamp (``opened_ms``). The first-ranked member may merge from
   then until ``opened_ms + deadline + timeout``; the k-th ranked (k >= 1) takes over for one ``timeout`` after
-  that, and so on. A merge is entitled only if its signed timestamp falls in its author's window; members ignore
-  any other.
+  that, and so on; after the last, the turn comes round again to the first, one ``timeout`` each, so a round
+  that waited long for contributions still has exactly one aggregator at any time. A merge is entitled only if
+  its signed timestamp falls in its author's window; members ignore any other.
 - **Weights.** A contribution based ``τ`` merged commits behind the head weighs ``examples × (1 + τ)^-α``
   (FedBuff-style staleness discount); beyond ``max_staleness`` it is refused. ``weight_counts`` computes the
   weights in decimal arithmetic to 9 digits (no platform's ``pow`` decides them) and returns integers for the
@@ -101,12 +102,14 @@ def window(rank: int, opened_ms: int, policy: RoundPolicy) -> tuple[int, int]:
 
 
 def entitled(ranked: Sequence[PublicKey], opened_ms: int, at_ms: int, policy: RoundPolicy) -> PublicKey | None:
-    """The aggregator entitled to merge at ``at_ms`` (None before the round opened or after the last window)."""
-    for rank, key in enumerate(ranked):
-        start, end = window(rank, opened_ms, policy)
-        if start <= at_ms < end:
-            return key
-    return None
+    """The aggregator entitled to merge at ``at_ms``: after the last window the turns cycle through ``ranked``
+    again, one ``timeout`` each. None before the round opened or if nobody is eligible."""
+    if not ranked or at_ms < opened_ms:
+        return None
+    first_end = window(0, opened_ms, policy)[1]
+    if at_ms < first_end:
+        return ranked[0]
+    return ranked[(1 + (at_ms - first_end) // (policy.timeout_s * 1000)) % len(ranked)]
 
 
 def discount(staleness: int, alpha: str) -> Decimal:

@@ -69,6 +69,22 @@ class Repo:
             error_feedback.update(sent, self.pull(result["id"]))
         return str(result["id"])
 
+    def contribute(self, model: torch.nn.Module | Mapping[str, torch.Tensor], *, num_examples: int,
+                   branch: str = DEFAULT_BRANCH, base: str | None = None, message: str = "",
+                   codec: str = "bitdelta-v1") -> str:
+        """Contribute ``model``'s weights, trained from ``base`` (default: the branch head) on ``num_examples``
+        local examples, to the rounds of ``branch``; returns the contribution's commit id. The round's aggregator
+        merges it; ``round_status`` shows where it stands."""
+        with _scratch(self.home) as path:
+            atomic_write(path, save_bytes(_state_dict(model)), mode=0o600)
+            result = self.client.call("repo.contribute", repo=self.id, weights_path=str(path),
+                                      examples=num_examples, branch=branch, base=base, message=message, codec=codec)
+        return str(result["id"])
+
+    def round_status(self, branch: str = DEFAULT_BRANCH) -> dict[str, Any]:
+        """The branch's current round: number, head, ranked and entitled aggregators, pending contributions."""
+        return dict(self.client.call("round.status", repo=self.id, branch=branch))
+
     def branch(self, name: str, at: str = DEFAULT_BRANCH) -> None:
         self.client.call("repo.branch", repo=self.id, name=name, at=at)
 

@@ -51,8 +51,14 @@ if TYPE_CHECKING:  # at run time, tensor modules are imported by the methods tha
 STRATEGIES = ("average", "task-arithmetic")
 #: Codecs a contribution may be committed in: exact, or lossy to save bytes.
 DELTA_CODECS = ("bitdelta-v1", *LOSSY_CODECS)
+CONTRIBUTION_PREFIX = "contrib/"  # branches holding members' pending contributions: contrib/<branch>/<key>
 _ANCESTRY = re.compile(r"^(?P<rev>.+?)(?:(?P<op>~)(?P<n>\d{1,6})?|(?P<carets>\^+))$")
 _CACHE_STATES = 4
+
+
+def contribution_branch(branch: str, key: str) -> str:
+    """Where a member's pending contribution to the rounds of ``branch`` sits."""
+    return f"{CONTRIBUTION_PREFIX}{branch}/{key[:16]}"
 
 
 def now_ms() -> int:
@@ -362,6 +368,34 @@ class Repo:
         return self._write_commit(identity, state, parents=(head,), kind="commit", message=_message(message),
                                   codec=codec, topk_ratio=topk_ratio,
                                   meta={"examples": examples}, metrics=checked, branch=name, expected=head)
+
+    def contribute(self, identity: Identity, state: StateDict, *, branch: str = DEFAULT_BRANCH, examples: int,
+                   base: CommitId | None = None, message: str = "", codec: str = "bitdelta-v1",
+                   topk_ratio: float = DEFAULT_TOPK_RATIO) -> Commit:
+        """A contribution to the rounds of ``branch``: weights trained from ``base`` (default: the branch head) on
+        ``examples`` local examples, stored as their delta against ``base``. It does not move ``branch``: it sits
+        on this member's own branch ``contrib/<branch>/<key>`` (each contribution replaces the previous one
+        there) until a round's aggregator merges it."""
+        if codec not in DELTA_CODECS:
+            raise InvalidInput(f"unknown codec {codec!r}: use one of {', '.join(DELTA_CODECS)}", codec=codec)
+        if not isinstance(examples, int) or examples < 0:
+            raise InvalidInput("examples must be an integer >= 0")
+        target = check_branch_name(branch)
+        start = self.resolve(base) if base is not None else self.head(target)
+        own = check_branch_name(contribution_branch(target, identity.public_key))
+        previous = self.branch_move(own)
+        return self._write_commit(identity, state, parents=(start,), kind="contribution",
+                                  message=_message(message or f"contribution to {target} ({examples} examples)"),
+                                  meta={"examples": examples, "branch": target}, metrics={}, branch=own,
+                                  expected=previous.commit if previous else None, codec=codec, topk_ratio=topk_ratio)
+
+    def write_round(self, identity: Identity, state: StateDict, *, branch: str, parents: tuple[CommitId, ...],
+                    meta: Mapping[str, Any], message: str) -> Commit:
+        """A round's merged commit on ``branch`` (its head first among ``parents``), moving the branch to it; the
+        round rules (``protocol.rounds``) decide what goes in it, this only writes it."""
+        target = check_branch_name(branch)
+        return self._write_commit(identity, state, parents=parents, kind="round", message=_message(message),
+                                  meta=meta, metrics={}, branch=target, expected=parents[0])
 
     def create_branch(self, identity: Identity, name: str, at: CommitId) -> BranchName:
         return self._point(identity, check_branch_name(name), at, expected=None).branch

@@ -1,0 +1,252 @@
+"""Rounds on a branch, as every member derives them from its own copy of the repository.
+
+A **contribution** is a commit of kind ``contribution`` (``Repo.contribute``): weights a member trained from a
+commit of the branch (its base), with the number of examples, kept on the member's own branch
+``contrib/<branch>/<key>``. A **round merge** is a commit of kind ``round`` on the branch: parents are the head
+it extends, then the contributions it merges (by id); its ``meta`` records the round number, the strategy and
+its parameters, and for each contribution its examples, staleness and integer weight.
+
+``view`` is the state of the current round: the head, when the round opened (the head's timestamp), the ranked
+aggregators (``core.rounds.ranking`` over the members allowed to move the branch), and the pending
+contributions (the latest of each member, not merged yet, at most ``max_staleness`` round merges behind).
+``merge`` is what the entitled aggregator runs; ``verify`` is what every other member runs on a round merge it
+receives, before it moves its branch: the author was entitled at the merge's signed time, every contribution is
+valid and pending, the round was ready (K contributions, or the deadline passed), the recorded weights follow the
+policy, and re-deriving the merge from the same inputs gives the same bytes.
+
+A contribution based on an older merge is moved onto the head first, exactly: ``head + (x − base)`` in the
+fixed-point merge arithmetic, so every member computes the same input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..core.errors import IntegrityError, InvalidInput
+from ..core.ids import CommitId, PublicKey, short
+from ..core.membership import PROTECTED_BRANCHES, ROLES, Membership
+from ..core.objects import Commit
+from ..core.refs import check_branch_name
+from ..core.rounds import RoundPolicy, entitled, ranking, weight_counts
+from ..storage.repo import CONTRIBUTION_PREFIX, Repo, now_ms
+
+if TYPE_CHECKING:
+    from ..tensors.safetensors_io import StateDict
+
+
+@dataclass(frozen=True)
+class Contribution:
+    commit: CommitId
+    author: PublicKey
+    base: CommitId
+    examples: int
+    staleness: int  # round merges the branch advanced since ``base``
+
+
+@dataclass(frozen=True)
+class RoundView:
+    branch: str
+    head: CommitId
+    number: int  # round merges on the branch's first-parent chain so far: the next merge is round number + 1
+    opened_ms: int
+    policy: RoundPolicy
+    ranked: tuple[PublicKey, ...]
+    pending: tuple[Contribution, ...]
+
+    def aggregator(self, at_ms: int) -> PublicKey | None:
+        """Who may merge at ``at_ms``."""
+        return entitled(self.ranked, self.opened_ms, at_ms, self.policy)
+
+    def ready(self, at_ms: int) -> bool:
+        """Whether the round may merge at ``at_ms``: K contributions wait, or the deadline passed with one."""
+        deadline = self.opened_ms + self.policy.deadline_s * 1000
+        return len(self.pending) >= self.policy.buffer or bool(self.pending) and at_ms >= deadline
+
+    def json(self) -> dict[str, Any]:
+        now = now_ms()
+        return {"branch": self.branch, "head": self.head, "round": self.number + 1, "opened_ms": self.opened_ms,
+                "policy": self.policy.as_dict(), "ranked": list(self.ranked), "aggregator": self.aggregator(now),
+                "ready": self.ready(now), "pending": [vars(c) for c in self.pending]}
+
+
+def view(repo: Repo, branch: str) -> RoundView:
+    """The current round of ``branch`` as this node sees it."""
+    target = check_branch_name(branch)
+    head = repo.head(target)
+    membership = repo.members.current()
+    chain = _chain(repo, head, membership.policy.max_staleness)
+    pending = []
+    prefix = f"{CONTRIBUTION_PREFIX}{target}/"
+    for name, cid in sorted(repo.branches().items()):
+        if name.startswith(prefix):
+            try:
+                pending.append(_contribution(repo, repo.commit(cid), target, chain, membership.policy))
+            except IntegrityError:
+                continue  # merged already, too stale, or not a contribution to this branch
+    head_commit = repo.commit(head)
+    return RoundView(branch=target, head=head, number=_rounds_before(repo, head),
+                     opened_ms=head_commit.timestamp_ms, policy=membership.policy,
+                     ranked=tuple(_ranked(membership, target, head, head_commit.timestamp_ms)),
+                     pending=tuple(sorted(pending, key=lambda c: c.commit)))
+
+
+def merge(repo: Repo, identity: Any, branch: str, *, at_ms: int | None = None) -> Commit:
+    """Merge the pending contributions of ``branch``'s round as its entitled aggregator (``identity``).
+
+    ``InvalidInput`` if this node is not entitled now or the round is not ready."""
+    current = view(repo, branch)
+    at = now_ms() if at_ms is None else at_ms
+    if current.aggregator(at) != identity.public_key:
+        raise InvalidInput(f"{short(identity.public_key)} is not the aggregator of round {current.number + 1} of "
+                           f"{branch} now (it is {current.aggregator(at)})")
+    if not current.ready(at):
+        raise InvalidInput(f"round {current.number + 1} of {branch} is not ready: {len(current.pending)} of "
+                           f"{current.policy.buffer} contributions, deadline not passed")
+    state, meta = derive(repo, current, current.pending)
+    return repo.write_round(identity, state, branch=current.branch, parents=(current.head, *meta_parents(meta)),
+                            meta=meta, message=f"round {meta['round']} of {branch}: {len(current.pending)} "
+                                                f"contributions, {meta['strategy']['name']}")
+
+
+def verify(repo: Repo, commit: Commit) -> RoundView:
+    """Check round merge ``commit`` against this node's copy of the repository (see the module docstring);
+    ``IntegrityError`` saying what is wrong. Returns the round it closes."""
+    if commit.kind != "round" or len(commit.parents) < 2:
+        raise IntegrityError(f"commit {short(commit.id)} is not a round merge")
+    branch = commit.meta.get("branch")
+    if not isinstance(branch, str):
+        raise IntegrityError(f"round merge {short(commit.id)} names no branch")
+    current = _view_at(repo, branch, commit.parents[0])
+    author = current.aggregator(commit.timestamp_ms)
+    if author != commit.author:
+        raise IntegrityError(f"round merge {short(commit.id)} is by {short(commit.author)}, but the aggregator "
+                             f"entitled at its time is {short(author) if author else 'nobody'}")
+    membership = repo.members.current()
+    chain = _chain(repo, current.head, current.policy.max_staleness)
+    merged = [_contribution(repo, repo.commit(c), current.branch, chain, current.policy) for c in commit.parents[1:]]
+    if list(commit.parents[1:]) != sorted(set(commit.parents[1:])):
+        raise IntegrityError(f"round merge {short(commit.id)} lists its contributions out of order or twice")
+    early = commit.timestamp_ms < current.opened_ms + current.policy.deadline_s * 1000
+    if early and len(merged) < current.policy.buffer:
+        raise IntegrityError(f"round merge {short(commit.id)} merges {len(merged)} contributions before the "
+                             f"deadline (the policy waits for {current.policy.buffer})")
+    state, meta = derive(repo, current, merged, membership=membership)
+    if dict(commit.meta) != meta:
+        raise IntegrityError(f"round merge {short(commit.id)} records other rounds, strategy or weights than the "
+                             "policy gives")
+    if not _same_state(repo.materialize(commit.id), state):
+        raise IntegrityError(f"round merge {short(commit.id)} is not what its inputs merge to")
+    return current
+
+
+def derive(repo: Repo, current: RoundView, contributions: Sequence[Contribution], *,
+           membership: Membership | None = None) -> tuple[StateDict, dict[str, Any]]:
+    """The merged state and the ``meta`` a round merge of ``contributions`` records."""
+    from ..tensors.fixedpoint import WEIGHT_BITS, combine, normalize_weights
+    from .strategies import build_strategy
+
+    if not contributions:
+        raise InvalidInput("a round merges at least one contribution")
+    strategy = build_strategy(current.policy.strategy, current.policy.strategy_params)
+    strategy.check_count(len(contributions))
+    weights = normalize_weights(weight_counts([(c.examples, c.staleness) for c in contributions], current.policy))
+    head = repo.materialize(current.head)
+    whole = 1 << WEIGHT_BITS
+    inputs = [repo.materialize(c.commit) if c.base == current.head else
+              combine(repo.materialize(c.base), [head, repo.materialize(c.commit)], [whole, whole])
+              for c in contributions]
+    state = strategy.aggregate(head, inputs, weights)
+    meta = {"branch": current.branch, "round": current.number + 1, "strategy": strategy.describe(),
+            "contributions": [[c.commit, c.examples, c.staleness, w] for c, w in zip(contributions, weights,
+                                                                                    strict=True)],
+            "examples": sum(c.examples for c in contributions)}
+    return state, meta
+
+
+def meta_parents(meta: dict[str, Any]) -> list[CommitId]:
+    return [CommitId(entry[0]) for entry in meta["contributions"]]
+
+
+# -- internals -----------------------------------------------------------------------------------------
+
+
+def _view_at(repo: Repo, branch: str, head: CommitId) -> RoundView:
+    """The round that ``head`` (a commit of ``branch``) opened, whatever the branch's head is now."""
+    current = view(repo, branch)
+    if current.head == head:
+        return current
+    membership = repo.members.current()
+    head_commit = repo.commit(head)
+    return RoundView(branch=current.branch, head=head, number=_rounds_before(repo, head),
+                     opened_ms=head_commit.timestamp_ms, policy=membership.policy,
+                     ranked=tuple(_ranked(membership, current.branch, head, head_commit.timestamp_ms)), pending=())
+
+
+def _ranked(membership: Membership, branch: str, head: CommitId, at_ms: int) -> list[PublicKey]:
+    """The members who may move ``branch`` at ``at_ms``, ranked for the round after ``head``."""
+    least = ROLES.index("maintainer" if branch in PROTECTED_BRANCHES else "contributor")
+    eligible = [m.key for m in membership.current()
+                if ROLES.index(m.role) >= least and m.active(epoch=membership.epoch, at_ms=at_ms)]
+    return ranking(eligible, head)
+
+
+def _chain(repo: Repo, head: CommitId, max_staleness: int) -> list[Commit]:
+    """The branch's first-parent chain from ``head`` back through ``max_staleness`` round merges (and to the
+    commit before the next one), newest first: where a pending contribution's base must be."""
+    chain, rounds, cursor = [], 0, head
+    while True:
+        commit = repo.commit(cursor)
+        chain.append(commit)
+        if commit.kind == "round":
+            rounds += 1
+            if rounds > max_staleness:
+                return chain
+        if not commit.parents:
+            return chain
+        cursor = commit.parents[0]
+
+
+def _contribution(repo: Repo, commit: Commit, branch: str, chain: list[Commit], policy: RoundPolicy
+                  ) -> Contribution:
+    """``commit`` as a pending contribution to ``branch``; ``IntegrityError`` if it is none."""
+    examples = commit.meta.get("examples")
+    if commit.kind != "contribution" or commit.meta.get("branch") != branch or len(commit.parents) != 1 \
+            or not isinstance(examples, int) or isinstance(examples, bool) or examples < 0:
+        raise IntegrityError(f"commit {short(commit.id)} is not a contribution to {branch}")
+    base, staleness = commit.parents[0], 0
+    for link in chain:
+        if link.id == base:
+            if staleness > policy.max_staleness:
+                break
+            return Contribution(commit.id, commit.author, base, examples, staleness)
+        if link.kind == "round":
+            if commit.id in link.parents[1:]:
+                raise IntegrityError(f"contribution {short(commit.id)} was merged in round merge {short(link.id)}")
+            staleness += 1
+    raise IntegrityError(f"contribution {short(commit.id)} is based more than {policy.max_staleness} round merges "
+                         f"behind the head of {branch}, or not on it")
+
+
+def _rounds_before(repo: Repo, head: CommitId) -> int:
+    """Round merges on the first-parent chain up to ``head``: its ``round`` number when it is one."""
+    commit = repo.commit(head)
+    if commit.kind == "round":
+        number = commit.meta.get("round")
+        if isinstance(number, int) and not isinstance(number, bool):
+            return number
+    count, cursor = 0, head
+    while True:
+        commit = repo.commit(cursor)
+        count += commit.kind == "round"
+        if not commit.parents:
+            return count
+        cursor = commit.parents[0]
+
+
+def _same_state(a: StateDict, b: StateDict) -> bool:
+    from .strategies._base import same_bits
+
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and a[k].dtype == b[k].dtype
+                                        and same_bits(a[k], b[k]) for k in a)
