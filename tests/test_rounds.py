@@ -43,6 +43,23 @@ def by_key(key: str) -> Identity:
     return next(i for i in [OWNER, *MEMBERS] if i.public_key == key)
 
 
+def two_contributions(examples: tuple[int, int] = (50, 50)):
+    """A team with K = 2 whose first two members contributed: the repository, its round, what merging gives."""
+    repos, repo = team(RoundPolicy(buffer=2))
+    for i, member in enumerate(MEMBERS[:2]):
+        as_node(repos, repo, member).contribute(member, shift(tiny_state(0), i + 1.0), examples=examples[i])
+    current = rounds.view(repo, "main")
+    state, meta = rounds.derive(repo, current, current.pending)
+    return repos, repo, current, state, meta
+
+
+def write_round(repos: RepoSet, repo: Repo, who: Identity, state, current: rounds.RoundView, meta, message: str):
+    """A round commit on main written by ``who`` as given, whatever the rules say."""
+    return as_node(repos, repo, who).write_round(who, state, branch="main",
+                                                 parents=(current.head, *rounds.meta_parents(meta)), meta=meta,
+                                                 message=message)
+
+
 def test_contributions_wait_then_the_entitled_aggregator_merges_and_every_member_re_derives_it():
     repos, repo = team(RoundPolicy(buffer=3))
     start = repo.head("main")
@@ -121,46 +138,26 @@ def test_a_stale_contribution_weighs_less_and_a_too_stale_one_waits_no_more():
 
 
 def test_forged_or_unentitled_merges_are_refused_by_every_member():
-    repos, repo = team(RoundPolicy(buffer=2))
-    for i, member in enumerate(MEMBERS[:2]):
-        as_node(repos, repo, member).contribute(member, shift(tiny_state(0), i + 1.0), examples=50)
-    current = rounds.view(repo, "main")
-    state, meta = rounds.derive(repo, current, current.pending)
+    repos, repo, current, state, meta = two_contributions()
     aggregator = by_key(current.aggregator(current.opened_ms + 1))
-    parents = (current.head, *rounds.meta_parents(meta))
-
-    bad = as_node(repos, repo, aggregator).write_round(aggregator, shift(state, 0.001), branch="main",
-                                                       parents=parents, meta=meta,
-                                                       message="valid signature, wrong bytes")
+    bad = write_round(repos, repo, aggregator, shift(state, 0.001), current, meta, "valid signature, wrong bytes")
     for member in [OWNER, *MEMBERS]:
         with pytest.raises(IntegrityError, match="not what its inputs merge to"):
             rounds.verify(as_node(repos, repo, member), bad)
 
-    repos, repo = team(RoundPolicy(buffer=2))
-    for i, member in enumerate(MEMBERS[:2]):
-        as_node(repos, repo, member).contribute(member, shift(tiny_state(0), i + 1.0), examples=50)
-    current = rounds.view(repo, "main")
-    state, meta = rounds.derive(repo, current, current.pending)
+    repos, repo, current, state, meta = two_contributions()
     intruder = next(i for i in [OWNER, *MEMBERS] if i.public_key != current.aggregator(current.opened_ms + 1))
-    unentitled = as_node(repos, repo, intruder).write_round(intruder, state, branch="main",
-                                                            parents=(current.head, *rounds.meta_parents(meta)),
-                                                            meta=meta, message="not my turn")
+    unentitled = write_round(repos, repo, intruder, state, current, meta, "not my turn")
     with pytest.raises(IntegrityError, match="entitled"):
         rounds.verify(repo, unentitled)
 
 
 def test_recorded_weights_must_follow_the_policy():
-    repos, repo = team(RoundPolicy(buffer=2))
-    for i, member in enumerate(MEMBERS[:2]):
-        as_node(repos, repo, member).contribute(member, shift(tiny_state(0), i + 1.0), examples=10 * (i + 1))
-    current = rounds.view(repo, "main")
-    state, meta = rounds.derive(repo, current, current.pending)
+    repos, repo, current, state, meta = two_contributions(examples=(10, 20))
     meta["contributions"] = [[c, e, s, w] for (c, e, s, _), w in zip(meta["contributions"], (32768, 32768),
                                                                       strict=True)]
-    aggregator = by_key(current.aggregator(current.opened_ms + 1))
-    skewed = as_node(repos, repo, aggregator).write_round(aggregator, state, branch="main",
-                                                          parents=(current.head, *rounds.meta_parents(meta)),
-                                                          meta=meta, message="equal weights")
+    skewed = write_round(repos, repo, by_key(current.aggregator(current.opened_ms + 1)), state, current, meta,
+                         "equal weights")
     with pytest.raises(IntegrityError, match="weights"):
         rounds.verify(repo, skewed)
 
