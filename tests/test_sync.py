@@ -115,3 +115,41 @@ async def test_a_member_clones_over_libp2p():
                 with pytest.raises(Forbidden, match="members only"):
                     await pull(RepoSet.in_memory(MALLORY), repo.id, PeerSource(m_host, m_peer, exchange))
             nursery.cancel_scope.cancel()
+
+
+async def two_nodes_with_a_pending_contribution():
+    """The owner's node and Alice's (a maintainer), in sync, with one contribution waiting and K = 1: returns
+    the aggregator's and the other's (identity, RepoSet, Repo), and the round."""
+    from flair_node.core.rounds import RoundPolicy
+    from flair_node.protocol import rounds
+
+    a = RepoSet.in_memory(OWNER)
+    repo = a.create("digits", tiny_state(0))
+    repo.invite(OWNER, ALICE.public_key, "maintainer")
+    repo.set_policy(OWNER, RoundPolicy(buffer=1))
+    repo.contribute(OWNER, tiny_state(1), examples=10)
+    b = RepoSet.in_memory(ALICE)
+    await pull(b, repo.id, LocalSource(a, ALICE.public_key, b))
+    nodes = {OWNER.public_key: (OWNER, a, repo), ALICE.public_key: (ALICE, b, b.open(repo.id))}
+    current = rounds.view(repo, "main")
+    aggregator = nodes.pop(current.aggregator(current.opened_ms + 1))
+    (other,) = nodes.values()
+    return aggregator, other, current
+
+
+async def test_a_pull_follows_a_verified_round_merge_and_refuses_a_forged_one():
+    from flair_node.protocol import rounds
+
+    (who, theirs, repo), (me, mine, my_repo), current = await two_nodes_with_a_pending_contribution()
+    state, meta = rounds.derive(repo, current, current.pending)
+    forged = repo.write_round(who, {k: v + 1 for k, v in state.items()}, branch="main",
+                              parents=(current.head, *rounds.meta_parents(meta)), meta=meta, message="forged")
+    result = await pull(mine, repo.id, LocalSource(theirs, me.public_key, mine))
+    assert "main" not in result.moved
+    assert "not what its inputs merge to" in result.refused[repo.branch_move("main").id]
+    assert my_repo.head("main") == current.head and my_repo.objects.has(forged.id)  # kept, not followed
+
+    (who, theirs, repo), (me, mine, my_repo), current = await two_nodes_with_a_pending_contribution()
+    merged = rounds.merge(repo, who, "main")
+    result = await pull(mine, repo.id, LocalSource(theirs, me.public_key, mine))
+    assert "main" in result.moved and my_repo.head("main") == merged.id

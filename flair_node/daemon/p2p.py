@@ -27,14 +27,14 @@ from typing import Any
 import trio
 
 from ..api.registry import Param, Registry
-from ..core.errors import FlairError
+from ..core.errors import FlairError, IntegrityError
 from ..core.ids import CommitId, PeerId, RepoId, short
 from ..core.refs import BranchMove
 from ..network.bitswap import BlockExchange
 from ..network.gossip import BadInputLog
 from ..network.gossipsub import GossipSub
 from ..network.host import connect, member_key, peer_addrs, peer_from_text
-from ..protocol import announce, sync
+from ..protocol import announce, rounds, sync
 from ..storage.repo import now_ms
 from ..storage.repos import Outgoing, RepoSet
 
@@ -228,10 +228,17 @@ class P2PService:
                 if move.branch not in latest or move.comes_after(latest[move.branch][0]):
                     latest[move.branch] = (move, publisher)
         for move, publisher in latest.values():
-            if repo.objects.has(move.commit):
-                repo.accept_move(move)
-            else:
+            if not repo.objects.has(move.commit):
                 pull[move.commit] = publisher
+                continue
+            try:
+                rounds.check_move(repo, move)
+            except IntegrityError as exc:  # a forged or unentitled round merge: the branch stays where it is
+                self.counts["refused_merges"] += 1
+                log.warning("refused a move of %s in %s by %s: %s", move.branch, short(repo_id), short(move.author),
+                            exc)
+                continue
+            repo.accept_move(move)
         return pull
 
     def _pull_wanted(self, repo_id: RepoId) -> None:

@@ -20,20 +20,25 @@ fixed-point merge arithmetic, so every member computes the same input.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
-from ..core.errors import IntegrityError, InvalidInput
+from ..core.errors import FlairError, IntegrityError, InvalidInput
 from ..core.ids import CommitId, PublicKey, short
 from ..core.membership import PROTECTED_BRANCHES, ROLES, Membership
 from ..core.objects import Commit
-from ..core.refs import check_branch_name
+from ..core.refs import BranchMove, check_branch_name
 from ..core.rounds import RoundPolicy, entitled, ranking, weight_counts
 from ..storage.repo import CONTRIBUTION_PREFIX, Repo, now_ms
 
 if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
+
+_VERIFIED_SIZE = 4096  # round merges remembered as verified, per object store (one per node)
+_VERIFIED: WeakKeyDictionary[Any, OrderedDict[str, None]] = WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,28 @@ def verify(repo: Repo, commit: Commit) -> RoundView:
     if not _same_state(repo.materialize(commit.id), state):
         raise IntegrityError(f"round merge {short(commit.id)} is not what its inputs merge to")
     return current
+
+
+def check_move(repo: Repo, move: BranchMove) -> None:
+    """Before a node takes ``move`` from a peer (gossip or a pull): moving a branch to one of its round merges
+    needs a merge that ``verify`` accepts (``IntegrityError`` otherwise), so a node never follows a forged or
+    unentitled merge. Any other move is left to the role checks of ``Repo.accept_move``. A merge verified once
+    is remembered (its inputs never change: every one is named by its hash)."""
+    commit = repo.commit(move.commit)
+    if commit.kind != "round" or commit.meta.get("branch") != move.branch:
+        return
+    verified = _VERIFIED.setdefault(repo.objects, OrderedDict())  # per node: what it checked itself
+    if commit.id in verified:
+        return
+    try:
+        verify(repo, commit)
+    except IntegrityError:
+        raise
+    except FlairError as exc:  # a strategy that cannot run on these inputs, a layout that does not fit, ...
+        raise IntegrityError(f"round merge {short(commit.id)} does not re-derive: {exc}") from None
+    verified[commit.id] = None
+    if len(verified) > _VERIFIED_SIZE:
+        verified.popitem(last=False)
 
 
 def derive(repo: Repo, current: RoundView, contributions: Sequence[Contribution], *,

@@ -29,6 +29,7 @@ from ..network.bitswap import BlockExchange
 from ..storage.members import MAX_CHANGES
 from ..storage.repo import Repo
 from ..storage.repos import RepoSet
+from . import rounds
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
             result.refused[move.id] = f"moves {move.branch} to a refused commit"
             continue
         try:
+            await trio.to_thread.run_sync(rounds.check_move, repo, move)
             if await trio.to_thread.run_sync(repo.accept_move, move):
                 result.moved.append(move.branch)
         except (Forbidden, IntegrityError) as exc:
