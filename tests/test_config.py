@@ -19,6 +19,7 @@ def test_documented_config_is_the_default():
     ("[gossip]\nx = 1", "unknown section"),
     ("[p2p]\nlisten = 4001", "p2p.listen"),
     ('[log]\nlevel = "loud"', "log.level"),
+    ("[rounds]\naggregate = 1", "rounds.aggregate"),
     ("[api\n", "not valid TOML"),
 ])
 def test_bad_config_is_refused_with_a_reason(text, message):

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from flair_node.core.errors import FlairError, RefConflict
-from flair_node.testing.daemon import running_daemon
+from flair_node.testing.daemon import ensure_home, running_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -249,6 +249,8 @@ def test_a_round_through_the_cli_and_the_sdk(tmp_path):
     from flair_node.sdk import Repo
 
     home = tmp_path / "home"
+    ensure_home(home)
+    (home / "config.toml").write_text("[rounds]\naggregate = false\n")  # this test merges by hand
     with running_daemon(home):
         flair(home, "init", "team", "--model", str(model(0, tmp_path / "m0.safetensors")))
         flair(home, "policy", "team", "--buffer", "1")

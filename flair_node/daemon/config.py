@@ -24,6 +24,7 @@ class NodeConfig:
     p2p_bootstrap: tuple[str, ...] = ()
     p2p_sync_interval: float = 30.0
     p2p_mdns: bool = False
+    rounds_aggregate: bool = True
 
     @classmethod
     def from_toml(cls, text: str, source: str = "config") -> NodeConfig:
@@ -32,7 +33,7 @@ class NodeConfig:
         except tomllib.TOMLDecodeError as exc:
             raise InvalidInput(f"{source} is not valid TOML: {exc}") from exc
         known = {"api": {"host", "port", "max_request_bytes"}, "log": {"level"}, "ipfs": {"kubo_api"},
-                 "p2p": {"listen", "bootstrap", "sync_interval", "mdns"}}
+                 "p2p": {"listen", "bootstrap", "sync_interval", "mdns"}, "rounds": {"aggregate"}}
         for section, values in data.items():
             if section not in known or not isinstance(values, dict):
                 raise InvalidInput(f"{source}: unknown section [{section}] (known: {', '.join(known)})")
@@ -43,6 +44,7 @@ class NodeConfig:
         log: dict[str, Any] = data.get("log", {})
         ipfs: dict[str, Any] = data.get("ipfs", {})
         p2p: dict[str, Any] = data.get("p2p", {})
+        rounds: dict[str, Any] = data.get("rounds", {})
         config = cls(
             api_host=api.get("host", cls.api_host),
             api_port=api.get("port", cls.api_port),
@@ -54,6 +56,7 @@ class NodeConfig:
             else ("not a list",),
             p2p_sync_interval=p2p.get("sync_interval", cls.p2p_sync_interval),
             p2p_mdns=p2p.get("mdns", cls.p2p_mdns),
+            rounds_aggregate=rounds.get("aggregate", cls.rounds_aggregate),
         )
         config.check(source)
         return config
@@ -87,5 +90,7 @@ class NodeConfig:
             raise InvalidInput(f"{source}: p2p.sync_interval is a number of seconds from 0.1 to 86400")
         if not isinstance(self.p2p_mdns, bool):
             raise InvalidInput(f"{source}: p2p.mdns is true or false")
+        if not isinstance(self.rounds_aggregate, bool):
+            raise InvalidInput(f"{source}: rounds.aggregate is true or false")
         if self.log_level not in _LEVELS:
             raise InvalidInput(f"{source}: log.level must be one of {', '.join(_LEVELS)}")

@@ -26,6 +26,7 @@ from .config import NodeConfig
 from .home import Home
 from .p2p import P2PService, register_methods
 from .pinning import KuboPinService
+from .rounds import RoundService
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class Node:
         self.pinning = KuboPinService(self.repos, KuboPinner(config.kubo_api), home.path / "kubo") \
             if config.kubo_api else None
         self.p2p: P2PService | None = None  # set while the libp2p host runs
+        self.rounds = RoundService(self.repos, self.identity, on_change=self._changed) \
+            if config.rounds_aggregate else None
         self.registry = build_registry(self.identity, self.repos, on_change=self._changed, extra_status=self._status,
                                        network=self)
         register_methods(self.registry, self._online)
@@ -55,6 +58,7 @@ class Node:
 
     def _status(self) -> dict[str, Any]:
         status: dict[str, Any] = {"kubo": self.pinning.status()} if self.pinning is not None else {}
+        status["rounds"] = self.rounds.status() if self.rounds is not None else {"aggregate": False}
         if self.p2p is not None:
             bitswap = self.p2p.exchange.status()
             status["p2p"] = {"addrs": full_addrs(self.p2p.host), "refused_blocks": bitswap["refused_blocks"],
@@ -90,6 +94,8 @@ class Node:
                 self.p2p = p2p
                 if self.pinning is not None:
                     await nursery.start(self.pinning.run)
+                if self.rounds is not None:
+                    await nursery.start(self.rounds.run)
                 url = await nursery.start(server.run)
                 self.home.write_api_file(url, token)
                 log.info("flair-node %s serving %s (home %s)", self.identity.public_key, url, self.home.path)

@@ -64,6 +64,14 @@ class RoundView:
         """Who may merge at ``at_ms``."""
         return entitled(self.ranked, self.opened_ms, at_ms, self.policy)
 
+    def turn_ends(self, at_ms: int) -> int:
+        """When the window of whoever may merge at ``at_ms`` ends (Unix ms)."""
+        first_end = self.opened_ms + (self.policy.deadline_s + self.policy.timeout_s) * 1000
+        if at_ms < first_end:
+            return first_end
+        step = self.policy.timeout_s * 1000
+        return first_end + ((at_ms - first_end) // step + 1) * step
+
     def ready(self, at_ms: int) -> bool:
         """Whether the round may merge at ``at_ms``: K contributions wait, or the deadline passed with one."""
         deadline = self.opened_ms + self.policy.deadline_s * 1000
@@ -128,7 +136,6 @@ def verify(repo: Repo, commit: Commit) -> RoundView:
     if author != commit.author:
         raise IntegrityError(f"round merge {short(commit.id)} is by {short(commit.author)}, but the aggregator "
                              f"entitled at its time is {short(author) if author else 'nobody'}")
-    membership = repo.members.current()
     chain = _chain(repo, current.head, current.policy.max_staleness)
     merged = [_contribution(repo, repo.commit(c), current.branch, chain, current.policy) for c in commit.parents[1:]]
     if list(commit.parents[1:]) != sorted(set(commit.parents[1:])):
@@ -137,7 +144,7 @@ def verify(repo: Repo, commit: Commit) -> RoundView:
     if early and len(merged) < current.policy.buffer:
         raise IntegrityError(f"round merge {short(commit.id)} merges {len(merged)} contributions before the "
                              f"deadline (the policy waits for {current.policy.buffer})")
-    state, meta = derive(repo, current, merged, membership=membership)
+    state, meta = derive(repo, current, merged)
     if dict(commit.meta) != meta:
         raise IntegrityError(f"round merge {short(commit.id)} records other rounds, strategy or weights than the "
                              "policy gives")
@@ -168,8 +175,8 @@ def check_move(repo: Repo, move: BranchMove) -> None:
         verified.popitem(last=False)
 
 
-def derive(repo: Repo, current: RoundView, contributions: Sequence[Contribution], *,
-           membership: Membership | None = None) -> tuple[StateDict, dict[str, Any]]:
+def derive(repo: Repo, current: RoundView, contributions: Sequence[Contribution]
+           ) -> tuple[StateDict, dict[str, Any]]:
     """The merged state and the ``meta`` a round merge of ``contributions`` records."""
     from ..tensors.fixedpoint import WEIGHT_BITS, combine, normalize_weights
     from .strategies import build_strategy

@@ -1,0 +1,65 @@
+"""Rounds across real flair-node processes on 127.0.0.1: members contribute, the node every member computes as
+the round's aggregator merges on its own, and every node follows the merge once it has re-derived it; when that
+aggregator is killed with -9, the next-ranked one completes the round when its window comes."""
+
+import pytest
+from test_p2p_daemons import address, configure, key, model, team, wait_until
+
+from flair_node.testing.daemon import running_daemon
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def head(daemon, repo, branch="main"):
+    return daemon.client.call("repo.branch", repo=repo)["branches"].get(branch)
+
+
+def contribute(tmp_path, node, repo, seed, examples):
+    return node.client.call("repo.contribute", repo=repo, weights_path=model(tmp_path / f"c{seed}.safetensors", seed),
+                            examples=examples)["id"]
+
+
+def test_the_entitled_node_merges_and_every_node_follows_then_a_backup_takes_over(tmp_path):
+    with running_daemon(configure(tmp_path / "a")) as a:
+        boot = [address(a)]
+        with running_daemon(configure(tmp_path / "b", boot)) as b, \
+                running_daemon(configure(tmp_path / "c", [*boot, address(b)])) as c:  # b and c reach each other too
+            nodes = {key(n): n for n in (a, b, c)}
+            repo = team(tmp_path, a, [b, c], role="maintainer")  # main is protected: maintainers aggregate
+            a.client.call("repo.policy", repo=repo, buffer=2, deadline_s=60, timeout_s=6)
+            wait_until(lambda: all(n.client.call("repo.policy", repo=repo)["timeout_s"] == 6 for n in nodes.values()),
+                       "the policy everywhere")
+
+            # Round 1: two contributions; whoever is entitled merges it, everyone follows.
+            start = head(a, repo)
+            contributions = {contribute(tmp_path, b, repo, 1, 100), contribute(tmp_path, c, repo, 2, 300)}
+            wait_until(lambda: all(head(n, repo) != start for n in nodes.values()), "round 1 merged everywhere", 60)
+            merged = {head(n, repo) for n in nodes.values()}
+            assert len(merged) == 1
+            record = a.client.call("repo.show", repo=repo, commit=merged.pop())
+            assert record["kind"] == "round" and set(record["parents"][1:]) == contributions
+            first = record["author"]
+            assert nodes[first].client.call("node.status")["rounds"]["merged"] == 1
+            status = a.client.call("round.status", repo=repo)
+            assert status["round"] == 2 and status["pending"] == []
+
+            # Round 2, with a short deadline: its first-ranked aggregator is killed before any contribution comes;
+            # the next-ranked completes the round once its window opens.
+            a.client.call("repo.policy", repo=repo, deadline_s=3)
+            wait_until(lambda: all(n.client.call("repo.policy", repo=repo)["deadline_s"] == 3
+                                   for n in nodes.values()), "the shorter deadline everywhere")
+            ranked = status["ranked"]
+            victim = nodes[ranked[0]]
+            others = [n for k, n in nodes.items() if k != ranked[0]]
+            victim.kill_hard()
+            opened = status["opened_ms"] / 1000
+            head_before = head(others[0], repo)
+            for seed, node in enumerate(others, start=3):
+                contribute(tmp_path, node, repo, seed, 50)
+            wait_until(lambda: all(head(n, repo) != head_before for n in others), "round 2 merged by the backup", 40)
+            second = others[0].client.call("repo.show", repo=repo, commit=head(others[0], repo))
+            assert second["kind"] == "round" and second["author"] == ranked[1]
+            # the backup's window opens after the first's (deadline + timeout), and it merged within its window:
+            # within 2x the timeout of the moment the round could first have been merged
+            assert opened + 3 + 6 <= second["timestamp_ms"] / 1000 < opened + 3 + 2 * 6
+            assert head(others[1], repo) == second["id"]
