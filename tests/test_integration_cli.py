@@ -271,3 +271,40 @@ def test_a_round_through_the_cli_and_the_sdk(tmp_path):
         again = flair(home, "round", "merge", "team", check=False)
         assert again.returncode == 1 and "not ready" in again.stderr
         assert flair(home, "fsck", "team").returncode == 0
+
+
+TRAIN_SCRIPT = '''
+import torch
+
+def train(weights):
+    # stands in for local training on private data: every weight moves by 0.5
+    return {name: t + 0.5 for name, t in weights.items()}, 42
+
+def broken(weights):
+    return "not weights"
+'''
+
+
+def test_flair_train_runs_the_script_here_and_contributes_the_result(tmp_path):
+    home = tmp_path / "home"
+    ensure_home(home)
+    (home / "config.toml").write_text("[rounds]\naggregate = false\n")
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    with running_daemon(home):
+        flair(home, "init", "team", "--model", str(model(0, tmp_path / "m0.safetensors")))
+        head = json.loads(flair(home, "status", "team", "--json").stdout)["heads"]["main"]["id"]
+        made = json.loads(flair(home, "train", "team", "--script", str(script), "--json").stdout)
+        assert (made["base"], made["examples"], made["branch"]) == (head, 42, "main")
+        pending = json.loads(flair(home, "round", "status", "team", "--json").stdout)["pending"]
+        assert [(c["commit"], c["base"], c["examples"]) for c in pending] == [(made["id"], head, 42)]
+        out = tmp_path / "trained.safetensors"
+        flair(home, "checkout", "team", made["id"], "-o", str(out))
+        start = load_file(str(tmp_path / "m0.safetensors"))
+        for name, tensor in load_file(str(out)).items():
+            assert torch.equal(tensor, start[name] + 0.5)
+
+        bad = flair(home, "train", "team", "--script", str(script), "--function", "broken", check=False)
+        assert bad.returncode == 1 and "must return (weights" in bad.stderr
+        missing = flair(home, "train", "team", "--script", str(tmp_path / "nope.py"), check=False)
+        assert missing.returncode == 1 and "no training script" in missing.stderr

@@ -2,6 +2,8 @@
 the round's aggregator merges on its own, and every node follows the merge once it has re-derived it; when that
 aggregator is killed with -9, the next-ranked one completes the round when its window comes."""
 
+import contextlib
+
 import pytest
 from test_p2p_daemons import address, configure, key, model, team, wait_until
 
@@ -63,3 +65,31 @@ def test_the_entitled_node_merges_and_every_node_follows_then_a_backup_takes_ove
             # within 2x the timeout of the moment the round could first have been merged
             assert opened + 3 + 6 <= second["timestamp_ms"] / 1000 < opened + 3 + 2 * 6
             assert head(others[1], repo) == second["id"]
+
+
+def test_five_nodes_three_rounds_a_different_aggregator_each_round(tmp_path):
+    with running_daemon(configure(tmp_path / "n0")) as first:
+        addrs = [address(first)]
+        with contextlib.ExitStack() as stack:
+            rest = []
+            for i in range(1, 5):  # each dials every earlier node: one mesh
+                rest.append(stack.enter_context(running_daemon(configure(tmp_path / f"n{i}", list(addrs)))))
+                addrs.append(address(rest[-1]))
+            nodes = [first, *rest]
+            repo = team(tmp_path, first, rest, role="maintainer")
+            first.client.call("repo.policy", repo=repo, buffer=2, deadline_s=60, timeout_s=10)
+            wait_until(lambda: all(n.client.call("repo.policy", repo=repo)["buffer"] == 2 for n in nodes),
+                       "the policy everywhere")
+            authors = []
+            for round_number in (1, 2, 3):
+                before = head(first, repo)
+                for offset in (0, 1):  # two members contribute, different ones each round
+                    node = nodes[(2 * round_number + offset) % 5]
+                    contribute(tmp_path, node, repo, 10 * round_number + offset, 20 + offset)
+                wait_until(lambda before=before: len({head(n, repo) for n in nodes}) == 1
+                           and head(first, repo) != before,
+                           f"round {round_number} merged and followed everywhere", 60)
+                merged = first.client.call("repo.show", repo=repo, commit=head(first, repo))
+                assert merged["kind"] == "round" and merged["meta"]["round"] == round_number
+                authors.append(merged["author"])
+            assert len(set(authors)) == 3, authors  # the role went round: nobody merged twice

@@ -184,3 +184,17 @@ def test_readers_cannot_contribute_and_contributions_name_their_branch():
     commit = as_node(repos, repo, MEMBERS[0]).contribute(MEMBERS[0], tiny_state(1), examples=7)
     assert (commit.kind, commit.meta) == ("contribution", {"examples": 7, "branch": "main"})
     assert repo.branches()[f"contrib/main/{MEMBERS[0].public_key[:16]}"] == commit.id
+
+
+def test_the_aggregator_role_goes_round_every_eligible_member():
+    repos, repo = team(RoundPolicy(buffer=1))
+    authors = []
+    for i in range(8):
+        member = MEMBERS[i % len(MEMBERS)]
+        as_node(repos, repo, member).contribute(member, shift(repo.materialize(repo.head("main")), 0.01),
+                                                examples=10)
+        current = rounds.view(repo, "main")
+        aggregator = by_key(current.aggregator(current.opened_ms + 1))
+        authors.append(rounds.merge(as_node(repos, repo, aggregator), aggregator, "main").author)
+    eligible = {OWNER.public_key, *(m.public_key for m in MEMBERS)}
+    assert set(authors[:4]) == eligible and set(authors[4:]) == eligible  # four turns each time round

@@ -79,3 +79,13 @@ def test_the_policy_travels_as_a_plain_map_and_refuses_anything_else():
                 {"strategy_params": {"x": 0.2}}, {"max_staleness": 1001}):
         with pytest.raises(InvalidInput):
             RoundPolicy(**bad)
+
+
+def test_who_merged_longest_ago_ranks_first_so_every_member_takes_a_turn():
+    previous = sha256_hex(b"merge 9")
+    plain = ranking(KEYS, previous)
+    assert ranking(KEYS, previous, {}) == plain
+    turns = {plain[0]: 9, plain[1]: 7}  # the two first by hash merged rounds 9 and 7
+    ranked = ranking(KEYS, previous, turns)
+    assert ranked[:3] == [k for k in plain if k not in turns]  # who never merged, in hash order
+    assert ranked[3:] == [plain[1], plain[0]]  # then round 7's aggregator, then round 9's

@@ -69,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", default="exact", choices=list(CODECS),
                    help="exact (default), or lossy to save bytes: float16, int8, topk")
 
+    p = verb("train", "run a training script on a branch's head here, and contribute what it returns to the rounds")
+    p.add_argument("repo")
+    p.add_argument("--script", type=Path, required=True,
+                   help="a Python file defining train(weights) -> (trained weights, number of examples)")
+    p.add_argument("--function", default="train", help="the function to call (default train)")
+    p.add_argument("--branch", default="main")
+    p.add_argument("--codec", default="exact", choices=list(CODECS),
+                   help="exact (default), or lossy to save bytes: float16, int8, topk")
+
     p = verb("round", "a branch's current round: status (who aggregates, what waits) or merge (as its aggregator)")
     p.add_argument("action", choices=["status", "merge"])
     p.add_argument("repo")
@@ -187,12 +196,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _client(home: Path | None) -> ApiClient:
-    if home is None:
-        env = os.environ.get("FLAIR_HOME")
-        if not env:
-            raise FlairError("pass --home DIR or set FLAIR_HOME to the daemon's home")
-        home = Path(env)
-    return ApiClient.from_home(home)
+    return ApiClient.from_home(_home(home))
+
+
+def _home(home: Path | None) -> Path:
+    if home is not None:
+        return Path(home)
+    env = os.environ.get("FLAIR_HOME")
+    if not env:
+        raise FlairError("pass --home DIR or set FLAIR_HOME to the daemon's home")
+    return Path(env)
 
 
 def _metrics(pairs: list[str]) -> dict[str, float]:
@@ -228,6 +241,12 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
         r = c.call("repo.contribute", repo=a.repo, weights_path=str(a.weights.resolve()), examples=a.examples,
                    branch=a.branch, base=a.base, message=a.message, codec=CODECS[a.codec])
         return r, r["id"]
+    if a.verb == "train":
+        from .train import train
+
+        r = train(c, _home(a.home), a.repo, a.script.resolve(), branch=a.branch, function=a.function,
+                  codec=CODECS[a.codec])
+        return r, f"{r['id']}  contributed to {a.branch} ({r['examples']} examples, from {r['base'][:12]})"
     if a.verb == "round" and a.action == "status":
         r = c.call("round.status", repo=a.repo, branch=a.branch)
         return r, round_text(r)

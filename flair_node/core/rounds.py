@@ -3,9 +3,9 @@
 Everything here is a pure function of signed, replicated data (the membership chain, the previous merged
 commit), so every member computes the same answer with no coordinator:
 
-- **Ranking.** For the round that follows merged commit ``previous``, each eligible member's score is
-  ``sha256(previous id ‖ member key)`` (rendezvous hashing); the ranked list is by descending score, ties by key.
-  The role rotates round by round because ``previous`` changes, and a member leaving moves only its own slots.
+- **Ranking.** For the round that follows merged commit ``previous``, eligible members who merged a round
+  longest ago (or never) come first, so every one takes a turn before anyone takes a second; among equals the
+  order is by ``sha256(previous id ‖ member key)`` (rendezvous hashing), unknown until ``previous`` exists.
 - **Windows.** A round opens at ``previous``'s timestamp (``opened_ms``). The first-ranked member may merge from
   then until ``opened_ms + deadline + timeout``; the k-th ranked (k >= 1) takes over for one ``timeout`` after
   that, and so on; after the last, the turn comes round again to the first, one ``timeout`` each, so a round
@@ -80,14 +80,19 @@ class RoundPolicy:
             raise IntegrityError(f"round policy: {exc}") from None
 
 
-def ranking(eligible: Sequence[PublicKey], previous: str) -> list[PublicKey]:
-    """The aggregators of the round after merged commit ``previous``, first-ranked first (rendezvous hashing)."""
-    seed = previous.encode()
+def ranking(eligible: Sequence[PublicKey], previous: str, last_turn: Mapping[str, int] | None = None
+            ) -> list[PublicKey]:
+    """The aggregators of the round after merged commit ``previous``, first-ranked first.
 
-    def score(key: PublicKey) -> tuple[bytes, str]:
-        return hashlib.sha256(seed + public_key_bytes(key)).digest(), key
+    ``last_turn`` maps members to the last round they merged: who merged longest ago (or never) comes first, so
+    the role goes round every eligible member before anyone's second turn; among equals, rendezvous hashing
+    decides (highest ``sha256(previous ‖ key)`` first), so the order is unpredictable before ``previous`` exists."""
+    seed, turns = previous.encode(), last_turn or {}
 
-    return sorted(dict.fromkeys(eligible), key=score, reverse=True)
+    def order(key: PublicKey) -> tuple[int, bytes, str]:
+        return -turns.get(key, -1), hashlib.sha256(seed + public_key_bytes(key)).digest(), key
+
+    return sorted(dict.fromkeys(eligible), key=order, reverse=True)
 
 
 def window(rank: int, opened_ms: int, policy: RoundPolicy) -> tuple[int, int]:

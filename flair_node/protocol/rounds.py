@@ -101,7 +101,7 @@ def view(repo: Repo, branch: str) -> RoundView:
     head_commit = repo.commit(head)
     return RoundView(branch=target, head=head, number=_rounds_before(repo, head),
                      opened_ms=head_commit.timestamp_ms, policy=membership.policy,
-                     ranked=tuple(_ranked(membership, target, head, head_commit.timestamp_ms)),
+                     ranked=tuple(_ranked(repo, membership, target, head, head_commit.timestamp_ms)),
                      pending=tuple(sorted(pending, key=lambda c: c.commit)))
 
 
@@ -215,15 +215,27 @@ def _view_at(repo: Repo, branch: str, head: CommitId) -> RoundView:
     head_commit = repo.commit(head)
     return RoundView(branch=current.branch, head=head, number=_rounds_before(repo, head),
                      opened_ms=head_commit.timestamp_ms, policy=membership.policy,
-                     ranked=tuple(_ranked(membership, current.branch, head, head_commit.timestamp_ms)), pending=())
+                     ranked=tuple(_ranked(repo, membership, current.branch, head, head_commit.timestamp_ms)),
+                     pending=())
 
 
-def _ranked(membership: Membership, branch: str, head: CommitId, at_ms: int) -> list[PublicKey]:
-    """The members who may move ``branch`` at ``at_ms``, ranked for the round after ``head``."""
+def _ranked(repo: Repo, membership: Membership, branch: str, head: CommitId, at_ms: int) -> list[PublicKey]:
+    """The members who may move ``branch`` at ``at_ms``, ranked for the round after ``head``: who merged one of
+    the last (as many as there are eligible members) rounds ranks after who did not, the longest ago first."""
     least = ROLES.index("maintainer" if branch in PROTECTED_BRANCHES else "contributor")
     eligible = [m.key for m in membership.current()
                 if ROLES.index(m.role) >= least and m.active(epoch=membership.epoch, at_ms=at_ms)]
-    return ranking(eligible, head)
+    last_turn: dict[str, int] = {}
+    seen, cursor = 0, head
+    while seen < len(eligible):
+        commit = repo.commit(cursor)
+        if commit.kind == "round":
+            seen += 1
+            last_turn.setdefault(commit.author, _rounds_before(repo, cursor))
+        if not commit.parents:
+            break
+        cursor = commit.parents[0]
+    return ranking(eligible, head, last_turn)
 
 
 def _chain(repo: Repo, head: CommitId, max_staleness: int) -> list[Commit]:
