@@ -335,6 +335,16 @@ async def raw_peer(node_host: Any, protocol: TProtocol = V11) -> AsyncIterator[R
         yield RawPeer(host, identity, stream, receive)
 
 
+@asynccontextmanager
+async def grafted_peer() -> AsyncIterator[tuple[GossipSub, RawPeer]]:
+    """A GossipSub node joined to TOPIC, and a raw peer it has grafted into that topic's mesh."""
+    async with gossipsub_nodes(1) as (hosts, (node,)):
+        await node.join(TOPIC, accept)
+        async with raw_peer(hosts[0]) as raw:
+            await grafted(raw, node)
+            yield node, raw
+
+
 async def grafted(raw: RawPeer, node: GossipSub) -> None:
     """``raw`` subscribes to ``TOPIC``; returns when ``node`` (joined, with room in its mesh) has grafted it."""
     await raw.send(wire.subscription(TOPIC, True))
@@ -425,46 +435,40 @@ async def test_a_malformed_frame_closes_that_stream_and_the_node_keeps_serving()
 @pytest.mark.integration
 async def test_a_lazy_peer_is_sent_ihave_for_gossip_windows_heartbeats_and_served_on_iwant():
     with trio.fail_after(15):
-        async with gossipsub_nodes(1) as (hosts, (node,)):
-            await node.join(TOPIC, accept)
-            async with raw_peer(hosts[0]) as raw:
-                await grafted(raw, node)
-                await raw.send(wire.prune(TOPIC, 60))  # out of the mesh, still subscribed: a lazy peer
-                await wait_until(lambda: node.peers(TOPIC) == [])
-                start = len(raw.received)
-                await node.publish(TOPIC, b"commit 1")
+        async with grafted_peer() as (node, raw):
+            await raw.send(wire.prune(TOPIC, 60))  # out of the mesh, still subscribed: a lazy peer
+            await wait_until(lambda: node.peers(TOPIC) == [])
+            start = len(raw.received)
+            await node.publish(TOPIC, b"commit 1")
 
-                def announced() -> list[tuple[str, list[bytes]]]:
-                    return [entry for rpc in raw.received[start:] for entry in rpc.ihave]
+            def announced() -> list[tuple[str, list[bytes]]]:
+                return [entry for rpc in raw.received[start:] for entry in rpc.ihave]
 
-                (message, published), = (await raw.next(lambda rpc: rpc.messages)).messages  # flood publishing
-                while not announced():
-                    await raw.next()
-                await raw.send(wire.iwant([message.id, b"never published"]))
-                served = await raw.next(lambda rpc: rpc.messages)
-                assert served.messages == [(message, published)]  # the very bytes, from the message cache
-                while len(announced()) < GOSSIP_WINDOWS:
-                    await raw.next()
-                assert not any(rpc.ihave for rpc in await raw.quiet(BEAT * (HISTORY + 3)))  # announced no more
-                assert announced() == [(TOPIC, [message.id])] * GOSSIP_WINDOWS  # one IHAVE a heartbeat
-                await raw.send(wire.iwant([message.id]))  # HISTORY heartbeats on, it is gone from the cache
-                assert not any(rpc.messages for rpc in await raw.quiet())
+            (message, published), = (await raw.next(lambda rpc: rpc.messages)).messages  # flood publishing
+            while not announced():
+                await raw.next()
+            await raw.send(wire.iwant([message.id, b"never published"]))
+            served = await raw.next(lambda rpc: rpc.messages)
+            assert served.messages == [(message, published)]  # the very bytes, from the message cache
+            while len(announced()) < GOSSIP_WINDOWS:
+                await raw.next()
+            assert not any(rpc.ihave for rpc in await raw.quiet(BEAT * (HISTORY + 3)))  # announced no more
+            assert announced() == [(TOPIC, [message.id])] * GOSSIP_WINDOWS  # one IHAVE a heartbeat
+            await raw.send(wire.iwant([message.id]))  # HISTORY heartbeats on, it is gone from the cache
+            assert not any(rpc.messages for rpc in await raw.quiet())
 
 
 @pytest.mark.integration
 async def test_ihave_of_an_unseen_message_on_a_joined_topic_is_answered_with_iwant():
     with trio.fail_after(10):
-        async with gossipsub_nodes(1) as (hosts, (node,)):
-            await node.join(TOPIC, accept)
-            async with raw_peer(hosts[0]) as raw:
-                await grafted(raw, node)
-                await node.publish(TOPIC, b"seen here")
-                (seen, _), = (await raw.next(lambda rpc: rpc.messages)).messages
-                unseen, elsewhere = signed(raw.identity, b"unseen"), signed(raw.identity, b"x", topics=(OTHER,))
-                await raw.send(wire.ihave(TOPIC, [seen.id, unseen.id]), wire.ihave(OTHER, [elsewhere.id]))
-                assert (await raw.next(lambda rpc: rpc.iwant)).iwant == [unseen.id]
-                await raw.send(wire.publish(unseen.encode()))
-                assert await node.messages.receive() == GossipMessage(TOPIC, b"unseen", raw.peer_id)
+        async with grafted_peer() as (node, raw):
+            await node.publish(TOPIC, b"seen here")
+            (seen, _), = (await raw.next(lambda rpc: rpc.messages)).messages
+            unseen, elsewhere = signed(raw.identity, b"unseen"), signed(raw.identity, b"x", topics=(OTHER,))
+            await raw.send(wire.ihave(TOPIC, [seen.id, unseen.id]), wire.ihave(OTHER, [elsewhere.id]))
+            assert (await raw.next(lambda rpc: rpc.iwant)).iwant == [unseen.id]
+            await raw.send(wire.publish(unseen.encode()))
+            assert await node.messages.receive() == GossipMessage(TOPIC, b"unseen", raw.peer_id)
 
 
 @pytest.mark.integration
@@ -496,44 +500,35 @@ async def test_a_message_missed_in_the_mesh_is_recovered_through_ihave_and_iwant
 @pytest.mark.integration
 async def test_leaving_prunes_the_mesh_and_unsubscribes():
     with trio.fail_after(10):
-        async with gossipsub_nodes(1) as (hosts, (node,)):
-            await node.join(TOPIC, accept)
-            async with raw_peer(hosts[0]) as raw:
-                await grafted(raw, node)
-                await node.leave(TOPIC)
-                left = await raw.next(lambda rpc: rpc.prune)
-                assert left.prune == [(TOPIC, PRUNE_BACKOFF)] and (False, TOPIC) in left.subscriptions
-                assert node.peers(TOPIC) == []
+        async with grafted_peer() as (node, raw):
+            await node.leave(TOPIC)
+            left = await raw.next(lambda rpc: rpc.prune)
+            assert left.prune == [(TOPIC, PRUNE_BACKOFF)] and (False, TOPIC) in left.subscriptions
+            assert node.peers(TOPIC) == []
 
 
 @pytest.mark.integration
 async def test_a_graft_inside_the_backoff_is_answered_with_prune_and_one_for_a_topic_not_joined_ignored():
     with trio.fail_after(10):
-        async with gossipsub_nodes(1) as (hosts, (node,)):
-            await node.join(TOPIC, accept)
-            async with raw_peer(hosts[0]) as raw:
-                await grafted(raw, node)
-                await raw.send(wire.prune(TOPIC, 0))  # no backoff given: the default one
-                await wait_until(lambda: node.peers(TOPIC) == [])
-                await raw.send(wire.graft(OTHER), wire.graft(TOPIC))
-                refused = await raw.next(lambda rpc: rpc.prune)
-                assert refused.prune == [(TOPIC, PRUNE_BACKOFF)]  # OTHER is not joined: no answer at all
-                assert node.peers(TOPIC) == []
-                assert not any(rpc.graft for rpc in await raw.quiet(BEAT * 3))  # nor regrafted at a heartbeat
+        async with grafted_peer() as (node, raw):
+            await raw.send(wire.prune(TOPIC, 0))  # no backoff given: the default one
+            await wait_until(lambda: node.peers(TOPIC) == [])
+            await raw.send(wire.graft(OTHER), wire.graft(TOPIC))
+            refused = await raw.next(lambda rpc: rpc.prune)
+            assert refused.prune == [(TOPIC, PRUNE_BACKOFF)]  # OTHER is not joined: no answer at all
+            assert node.peers(TOPIC) == []
+            assert not any(rpc.graft for rpc in await raw.quiet(BEAT * 3))  # nor regrafted at a heartbeat
 
 
 @pytest.mark.integration
 async def test_the_backoff_a_prune_asks_for_delays_regrafting_until_it_ends():
     with trio.fail_after(10):
-        async with gossipsub_nodes(1) as (hosts, (node,)):
-            await node.join(TOPIC, accept)
-            async with raw_peer(hosts[0]) as raw:
-                await grafted(raw, node)
-                pruned = trio.current_time()
-                await raw.send(wire.prune(TOPIC, 1))
-                await raw.next(lambda rpc: TOPIC in rpc.graft)  # a heartbeat finds the mesh short, once allowed
-                assert trio.current_time() - pruned >= 1
-                assert node.peers(TOPIC) == [raw.peer_id]
+        async with grafted_peer() as (node, raw):
+            pruned = trio.current_time()
+            await raw.send(wire.prune(TOPIC, 1))
+            await raw.next(lambda rpc: TOPIC in rpc.graft)  # a heartbeat finds the mesh short, once allowed
+            assert trio.current_time() - pruned >= 1
+            assert node.peers(TOPIC) == [raw.peer_id]
 
 
 # -- found by these tests, and mended ---------------------------------------------------------------------
@@ -542,33 +537,27 @@ async def test_the_backoff_a_prune_asks_for_delays_regrafting_until_it_ends():
 @pytest.mark.integration
 async def test_rejoining_does_not_graft_the_peers_pruned_on_leaving():
     with trio.fail_after(10):
-        async with gossipsub_nodes(1) as (hosts, (node,)):
+        async with grafted_peer() as (node, raw):
+            await node.leave(TOPIC)
+            await raw.next(lambda rpc: rpc.prune)
             await node.join(TOPIC, accept)
-            async with raw_peer(hosts[0]) as raw:
-                await grafted(raw, node)
-                await node.leave(TOPIC)
-                await raw.next(lambda rpc: rpc.prune)
-                await node.join(TOPIC, accept)
-                rejoined = await raw.next(lambda rpc: (True, TOPIC) in rpc.subscriptions)
-                assert TOPIC not in rejoined.graft
-                assert not any(TOPIC in rpc.graft for rpc in await raw.quiet())
+            rejoined = await raw.next(lambda rpc: (True, TOPIC) in rpc.subscriptions)
+            assert TOPIC not in rejoined.graft
+            assert not any(TOPIC in rpc.graft for rpc in await raw.quiet())
 
 
 @pytest.mark.integration
 async def test_a_prune_and_a_graft_in_one_frame_leave_both_sides_agreed_on_the_mesh():
     with trio.fail_after(10):
-        async with gossipsub_nodes(1) as (hosts, (node,)):
-            await node.join(TOPIC, accept)
-            async with raw_peer(hosts[0]) as raw:
-                await grafted(raw, node)
-                start = len(raw.received)
-                await raw.send(wire.prune(TOPIC, 0), wire.subscription(TOPIC, False), wire.subscription(TOPIC, True),
-                               wire.graft(TOPIC))
-                await raw.quiet()
-                answers = [entry for rpc in raw.received[start:] for entry in
-                           [("graft", t) for t in rpc.graft] + [("prune", t) for t, _ in rpc.prune]]
-                told_in_mesh = not answers or answers[-1] == ("graft", TOPIC)  # an unanswered GRAFT stands
-                assert (node.peers(TOPIC) == [raw.peer_id]) == told_in_mesh, (answers, node.peers(TOPIC))
+        async with grafted_peer() as (node, raw):
+            start = len(raw.received)
+            await raw.send(wire.prune(TOPIC, 0), wire.subscription(TOPIC, False), wire.subscription(TOPIC, True),
+                           wire.graft(TOPIC))
+            await raw.quiet()
+            answers = [entry for rpc in raw.received[start:] for entry in
+                       [("graft", t) for t in rpc.graft] + [("prune", t) for t, _ in rpc.prune]]
+            told_in_mesh = not answers or answers[-1] == ("graft", TOPIC)  # an unanswered GRAFT stands
+            assert (node.peers(TOPIC) == [raw.peer_id]) == told_in_mesh, (answers, node.peers(TOPIC))
 
 
 @pytest.mark.integration

@@ -42,7 +42,7 @@ class RoundService:
         while True:
             await trio.sleep(self.every)
             for repo in await trio.to_thread.run_sync(self.repos.all):
-                for branch in _round_branches(repo):
+                for branch in await trio.to_thread.run_sync(_round_branches, repo):  # reads refs: off the loop
                     try:
                         merged = await trio.to_thread.run_sync(self._merge_if_due, repo, branch)
                     except FlairError as exc:

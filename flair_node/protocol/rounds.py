@@ -276,23 +276,21 @@ def _contribution(repo: Repo, commit: Commit, branch: str, chain: list[Commit], 
 
 
 def _rounds_before(repo: Repo, head: CommitId) -> int:
-    """Round merges on the first-parent chain up to ``head``: its ``round`` number when it is one."""
-    commit = repo.commit(head)
-    if commit.kind == "round":
-        number = commit.meta.get("round")
-        if isinstance(number, int) and not isinstance(number, bool):
-            return number
-    count, cursor = 0, head
+    """The number of the last round merge on the first-parent chain up to ``head`` (0 if there is none): each
+    round merge records its number (checked when it was taken), so the walk stops at the first one."""
+    cursor = head
     while True:
         commit = repo.commit(cursor)
-        count += commit.kind == "round"
+        number = commit.meta.get("round")
+        if commit.kind == "round" and isinstance(number, int) and not isinstance(number, bool):
+            return number
         if not commit.parents:
-            return count
+            return 0
         cursor = commit.parents[0]
 
 
 def _same_state(a: StateDict, b: StateDict) -> bool:
-    from .strategies._base import same_bits
+    from ..tensors.fixedpoint import same_bits
 
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape and a[k].dtype == b[k].dtype
                                         and same_bits(a[k], b[k]) for k in a)

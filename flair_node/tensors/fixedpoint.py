@@ -48,7 +48,8 @@ def normalize_weights(counts: Sequence[int], weight_bits: int = WEIGHT_BITS) -> 
     return floors
 
 
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-for-bit equality (NaN equals itself, −0.0 differs from +0.0). Stops at the first difference."""
     if a.dtype == torch.bool or a.element_size() == 1:
         return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
     view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
@@ -122,21 +123,31 @@ def _int64_chunk(base: torch.Tensor, taking: Sequence[tuple[torch.Tensor, int]],
     return quotient.to(base.dtype)
 
 
+def check_inputs(base: StateDict, inputs: Sequence[StateDict]) -> None:
+    """Every input holds exactly the base's tensors, each of the base's shape and dtype."""
+    for i, state in enumerate(inputs):
+        for name, b in base.items():
+            x = state.get(name)
+            if x is None or x.shape != b.shape or x.dtype != b.dtype:
+                raise MergeError(f"input {i} has no tensor {name} of the base's shape and dtype", tensor=name,
+                                 input=str(i))
+        extra = sorted(state.keys() - base.keys())
+        if extra:
+            raise MergeError(f"input {i} has tensor {extra[0]}, which is not in the base", tensor=extra[0],
+                             input=str(i))
+
+
 def combine(base: StateDict, inputs: Sequence[StateDict], weights: Sequence[int], *,
             scale_bits: int = DEFAULT_SCALE_BITS, weight_bits: int = WEIGHT_BITS) -> StateDict:
     """``base + Σ w_i (x_i − base) / 2^weight_bits`` tensor by tensor, exactly (see the module docstring)."""
     if len(inputs) != len(weights) or not inputs:
         raise InvalidInput("combine needs one weight per input, and at least one input")
+    check_inputs(base, inputs)
     whole = 1 << weight_bits
     result: StateDict = {}
     for name, b in base.items():
-        xs = []
-        for i, state in enumerate(inputs):
-            x = state.get(name)
-            if x is None or x.shape != b.shape or x.dtype != b.dtype:
-                raise MergeError(f"input {i} has no tensor {name} of the base's shape and dtype", tensor=name)
-            xs.append(x)
-        changed = [(x, w) for x, w in zip(xs, weights, strict=True) if w != 0 and not _same_bits(x, b)]
+        xs = [state[name] for state in inputs]
+        changed = [(x, w) for x, w in zip(xs, weights, strict=True) if w != 0 and not same_bits(x, b)]
         if not changed:
             result[name] = b
         elif len(changed) == 1 and changed[0][1] == whole:
@@ -147,7 +158,4 @@ def combine(base: StateDict, inputs: Sequence[StateDict], weights: Sequence[int]
             flat = weighted_sum_fixed(b.reshape(-1), [x.reshape(-1) for x in xs], weights, scale_bits=scale_bits,
                                       weight_bits=weight_bits, name=name)
             result[name] = flat.reshape(b.shape)
-    extra = set().union(*(s.keys() for s in inputs)) - base.keys()
-    if extra:
-        raise MergeError(f"tensor {sorted(extra)[0]} is not in the base", tensor=sorted(extra)[0])
     return result

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...core.errors import InvalidInput, MergeError
-from ...tensors.fixedpoint import WEIGHT_BITS
+from ...tensors.fixedpoint import WEIGHT_BITS, check_inputs
 from ...tensors.safetensors_io import StateDict
 
 #: Parameters per chunk: each step holds every input's slice of one chunk (n × CHUNK values) and no more.
@@ -47,7 +47,7 @@ class Strategy(ABC):
         """
         check_weights(len(inputs), weights)
         self.check_count(len(inputs))
-        check_layout(base, inputs)
+        check_inputs(base, inputs)
         return self._aggregate(base, list(inputs), list(weights))
 
     def check_count(self, n: int) -> None:
@@ -120,28 +120,6 @@ def check_weights(count: int, weights: Sequence[int]) -> None:
         raise InvalidInput("weights must be integers >= 0")
     if sum(weights) != 1 << WEIGHT_BITS:
         raise InvalidInput(f"weights sum to {sum(weights)}, not 2^{WEIGHT_BITS}: derive them with normalize_weights")
-
-
-def check_layout(base: StateDict, inputs: Sequence[StateDict]) -> None:
-    """Every input holds exactly the base's tensors, each of the base's shape and dtype."""
-    for i, state in enumerate(inputs):
-        for name, b in base.items():
-            x = state.get(name)
-            if x is None or x.shape != b.shape or x.dtype != b.dtype:
-                raise MergeError(f"input {i} has no tensor {name} of the base's shape and dtype", tensor=name,
-                                 input=str(i))
-        extra = sorted(state.keys() - base.keys())
-        if extra:
-            raise MergeError(f"input {i} has tensor {extra[0]}, which is not in the base", tensor=extra[0],
-                             input=str(i))
-
-
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit-for-bit equality (NaN equals itself, −0.0 differs from +0.0). Stops at the first difference."""
-    if a.dtype == torch.bool or a.element_size() == 1:
-        return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
-    view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-    return torch.equal(a.view(view), b.view(view))
 
 
 def non_finite_error(name: str, slices: Sequence[torch.Tensor], indices: Sequence[int]) -> MergeError:

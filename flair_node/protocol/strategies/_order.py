@@ -26,7 +26,7 @@ from functools import lru_cache
 import torch
 from numba.typed import List
 
-from ...tensors.fixedpoint import WEIGHT_BITS, weighted_sum_fixed
+from ...tensors.fixedpoint import WEIGHT_BITS, same_bits, weighted_sum_fixed
 from ...tensors.safetensors_io import StateDict
 from . import _base
 from ._kernels import sort_columns, sorting_network
@@ -110,7 +110,7 @@ def merge_columns(base: StateDict, inputs: Sequence[StateDict], reduce: Callable
     result: StateDict = {}
     for name, b in base.items():
         xs = [state[name] for state in inputs]
-        if all(_base.same_bits(x, b) for x in xs):
+        if all(same_bits(x, b) for x in xs):
             result[name] = b
             continue
         out = torch.empty(b.shape, dtype=b.dtype)  # contiguous, even when the base's tensor is a transposed view

@@ -24,7 +24,7 @@ import torch
 from numba.typed import List
 
 from ...core.errors import InvalidInput, MergeError
-from ...tensors.fixedpoint import combine, normalize_weights
+from ...tensors.fixedpoint import combine, normalize_weights, same_bits
 from ...tensors.safetensors_io import StateDict
 from . import _base
 from ._base import Strategy, require_int
@@ -102,6 +102,6 @@ class Krum(Strategy):
         ranking = krum_ranking(pairwise_distances(base, inputs), range(len(inputs)), self.byzantine)
         if self.keep == 1:
             best = inputs[ranking[0]]
-            return {name: b if _base.same_bits(best[name], b) else best[name] for name, b in base.items()}
+            return {name: b if same_bits(best[name], b) else best[name] for name, b in base.items()}
         kept = sorted(ranking[: self.keep])
         return combine(base, [inputs[i] for i in kept], normalize_weights([weights[i] for i in kept]))
