@@ -2,7 +2,6 @@
 forged and replayed announcements change nothing anywhere; a node killed with -9 catches up when it comes
 back; two groups that could not reach each other converge once they can."""
 
-import json
 import time
 
 import pytest
@@ -18,37 +17,15 @@ from flair_node.network.gossipsub import GossipSub
 from flair_node.network.host import connect, running_host
 from flair_node.protocol import announce
 from flair_node.storage.stores import DiskObjectStore
-from flair_node.testing.daemon import ensure_home, running_daemon
+from flair_node.testing.daemon import running_daemon
+from flair_node.testing.network import address, configure, wait_until
+from flair_node.testing.network import public_key as key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def configure(home, bootstrap=()):
-    ensure_home(home)
-    peers = ", ".join(json.dumps(a) for a in bootstrap)
-    (home / "config.toml").write_text(f"[p2p]\nbootstrap = [{peers}]\nsync_interval = 1.0\n")
-    return home
-
-
-def address(daemon):
-    return daemon.client.call("node.status")["p2p"]["addrs"][0]
-
-
-def key(daemon):
-    return daemon.client.call("node.whoami")["public_key"]
-
-
 def branches(daemon, repo):
     return daemon.client.call("repo.branch", repo=repo)["branches"]
-
-
-def wait_until(check, what, timeout=40.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout:g} s: {what}")
 
 
 def model(path, seed):

@@ -4,6 +4,7 @@
         daemon.client.call("node.whoami")
         ...
         daemon.kill_hard()        # optional: crash it (kill -9) to test recovery
+        daemon.stop()             # optional: stop it before the block ends (SIGTERM)
 
 The daemon gets its own home (created with ``flair-node init-home`` if it has no identity yet), binds a port
 of its own choosing on 127.0.0.1 and logs to ``HOME/daemon.log``. Leaving the block stops it with SIGTERM
@@ -46,7 +47,7 @@ class DaemonProcess:
     url: str
     client: ApiClient
     log_start: int = 0  # offset in daemon.log where this daemon's output begins
-    killed: bool = field(default=False, repr=False)
+    killed: bool = field(default=False, repr=False)  # ended inside its block: kill_hard() or stop()
 
     @property
     def pid(self) -> int:
@@ -56,6 +57,16 @@ class DaemonProcess:
         """SIGKILL the daemon, as a crash would, and reap it. Its api.json stays behind, as after a crash."""
         self.killed = True
         _kill(self.process)
+
+    def stop(self) -> None:
+        """Stop the daemon now, as leaving its block would (SIGTERM, then SIGKILL after ``STOP_TIMEOUT``);
+        ``DaemonFailed`` if it did not stop cleanly."""
+        self.killed = True
+        status = _stop(self.process)
+        if status not in (0, -signal.SIGTERM):
+            raise _failure(self.home, self.process, self.log_start,
+                           f"was killed: it did not stop within {STOP_TIMEOUT:g} s of SIGTERM" if status is None
+                           else f"exited with status {status} when asked to stop")
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """The last ``lines`` lines this daemon wrote to ``HOME/daemon.log``."""
@@ -79,7 +90,7 @@ def running_daemon(home: Path, *, timeout: float = 30.0) -> Iterator[DaemonProce
 
     Raises ``DaemonFailed``, with the tail of ``HOME/daemon.log``, if the daemon exits or does not answer
     within ``timeout`` seconds, dies during the block, or does not stop cleanly on SIGTERM. A daemon ended
-    with ``kill_hard()`` inside the block is not an error.
+    with ``kill_hard()`` or ``stop()`` inside the block is not an error.
     """
     home = Path(home).resolve()
     ensure_home(home)
