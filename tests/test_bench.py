@@ -55,3 +55,17 @@ def test_aggregate_bench_reports_each_strategy_next_to_flower():
     for figures in report.values():
         assert figures["flair_s"] > 0 and figures["flower_s"] > 0 and figures["speedup"] > 0
         assert "extra_memory_mb" in figures and figures["coords_off"] < 100  # of 1M: only ties decided otherwise
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_fl_accuracy_bench_reports_accuracies_and_times_to_target():
+    report = last_json_line("fl_accuracy.py", "--quick")
+    keys = ("flair_accuracy", "centralized_accuracy", "flower_fedavg_accuracy", "async_time_to_target_s",
+            "sync_time_to_target_s")
+    assert set(keys) <= report.keys()
+    for name in ("flair_accuracy", "centralized_accuracy", "flower_fedavg_accuracy"):
+        assert 0 <= report[name] <= 1, (name, report[name])
+    assert report["centralized_accuracy"] > 0.5
+    for name in ("async_time_to_target_s", "sync_time_to_target_s"):
+        assert report[name] is None or report[name] > 0, (name, report[name])

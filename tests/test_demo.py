@@ -3,12 +3,15 @@
 import math
 import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
 from flair_node.daemon.demo import CONTRIBUTORS, REPO_NAME, run_demo
+from flair_node.daemon.demo_network import run_network_demo
 from flair_node.sdk import Repo
 from flair_node.testing.daemon import running_daemon
 from flair_node.testing.models import accuracy, load_digits_split, make_mlp, partition, train_local
@@ -129,3 +132,34 @@ def test_demo_trains_merges_and_stops_its_daemon(tmp_path, capsys):
             assert by_id[head]["parents"] == [previous]
             assert 0.0 < by_id[head]["metrics"]["local_acc"] <= 1.0
         assert sum(by_id[head]["meta"]["examples"] for head in contributors) == 1797 - 449
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_network_demo_rotates_the_aggregator_and_plots_accuracy(tmp_path):
+    plot = tmp_path / "rounds.png"
+    proc = subprocess.run([sys.executable, "-m", "flair_node.daemon.main", "demo", "--nodes", "3", "--rounds", "3",
+                           "--plot", str(plot), "--keep", str(tmp_path / "homes")],
+                          capture_output=True, text=True, timeout=300, check=False)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    table = re.findall(r"^\s+(\d)\s+(\w+|-)\s+([\d.]+) %$", out, re.MULTILINE)
+    assert [int(n) for n, _, _ in table] == [0, 1, 2, 3], out
+    aggregators = [name for _, name, _ in table[1:]]
+    assert len(set(aggregators)) == 3, out  # each of the three nodes merged one round
+    accuracies = [float(acc) for _, _, acc in table]
+    assert accuracies[-1] > accuracies[0] + 50, out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    pids = [int(p) for p in re.findall(r"^\s+\w+\s+pid (\d+)", out, re.MULTILINE)]
+    assert len(pids) == 3
+    for pid in pids:  # every daemon it started has stopped
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    for name in aggregators:
+        assert not (tmp_path / "homes" / name / "api.json").exists()
+
+
+def test_network_demo_refuses_impossible_sizes(capsys):
+    assert run_network_demo(1) == 2 and run_network_demo(9) == 2 and run_network_demo(3, rounds=0) == 2
+    assert "--nodes takes 2 to 8" in capsys.readouterr().err

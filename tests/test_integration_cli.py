@@ -270,6 +270,11 @@ def test_a_round_through_the_cli_and_the_sdk(tmp_path):
         assert sdk.round_status()["round"] == 2 and sdk.round_status()["pending"] == []
         again = flair(home, "round", "merge", "team", check=False)
         assert again.returncode == 1 and "not ready" in again.stderr
+        flair(home, "policy", "team", "--max-staleness", "0")  # only weights trained from the head count now
+        stale = flair(home, "contribute", "team", "--weights", str(model(3, tmp_path / "m3.safetensors")),
+                      "--examples", "5", "--base", merged["parents"][0], check=False)
+        assert stale.returncode == 1 and "a round would not take weights trained from it" in stale.stderr
+        assert sdk.round_status()["pending"] == []
         assert flair(home, "fsck", "team").returncode == 0
 
 

@@ -5,9 +5,14 @@ aggregator is killed with -9, the next-ranked one completes the round when its w
 import contextlib
 
 import pytest
-from test_p2p_daemons import address, configure, key, model, team, wait_until
+from test_p2p_daemons import model, team
 
+from flair_node.daemon.home import Home
+from flair_node.protocol import rounds
+from flair_node.storage.repos import RepoSet
 from flair_node.testing.daemon import running_daemon
+from flair_node.testing.network import address, configure, wait_until
+from flair_node.testing.network import public_key as key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -93,3 +98,73 @@ def test_five_nodes_three_rounds_a_different_aggregator_each_round(tmp_path):
                 assert merged["kind"] == "round" and merged["meta"]["round"] == round_number
                 authors.append(merged["author"])
             assert len(set(authors)) == 3, authors  # the role went round: nobody merged twice
+
+
+def test_a_forged_merge_from_the_entitled_aggregator_is_refused_by_every_member_and_the_backup_merges(tmp_path):
+    """The first-ranked aggregator signs a merge whose bytes are not what its inputs merge to (written into its
+    home with the library while its daemon is stopped, as modified software would): every other member
+    re-derives it, refuses it and says so in its status, and the next-ranked completes the round in its window."""
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(running_daemon(configure(tmp_path / "a")))
+        b = stack.enter_context(running_daemon(configure(tmp_path / "b", [address(a)])))
+        c = stack.enter_context(running_daemon(configure(tmp_path / "c", [address(a), address(b)])))
+        everyone = [a, b, c]
+        repo = team(tmp_path, a, [b, c], role="maintainer")
+        a.client.call("repo.policy", repo=repo, buffer=2, deadline_s=30, timeout_s=10)
+        wait_until(lambda: all(n.client.call("repo.policy", repo=repo)["buffer"] == 2 for n in everyone),
+                   "the policy everywhere")
+        status = a.client.call("round.status", repo=repo)
+        forger_key, backup_key = status["ranked"][:2]
+        forger = next(n for n in everyone if key(n) == forger_key)
+        honest = [n for n in everyone if n is not forger]
+        start = status["head"]
+
+        # The forger runs without its round service, so the contributions reach it and it merges nothing itself.
+        forger.stop()
+        boot = [address(n) for n in honest]
+        forger = stack.enter_context(running_daemon(configure(forger.home, boot, aggregate=False)))
+        for seed, node in enumerate(honest, start=1):
+            contribute(tmp_path, node, repo, seed, 100 * seed)
+        wait_until(lambda: len(forger.client.call("round.status", repo=repo)["pending"]) == 2,
+                   "both contributions on the forger")
+        forger.stop()
+        forged = forge_round_merge(forger.home, repo)
+        assert forged.timestamp_ms < status["opened_ms"] + (30 + 10) * 1000  # inside the forger's own window
+        forger = stack.enter_context(running_daemon(configure(forger.home, boot, aggregate=False)))
+
+        def refused_everywhere():
+            return all(any(m["commit"] == forged.id for m in n.client.call("node.status")["p2p"]["refused_merges"])
+                       for n in honest)
+
+        wait_until(refused_everywhere, "every honest member refusing the forged merge", 20)
+        for node in honest:
+            assert head(node, repo) == start
+            refused = next(m for m in node.client.call("node.status")["p2p"]["refused_merges"]
+                           if m["commit"] == forged.id)
+            assert "is not what its inputs merge to" in refused["reason"] and refused["author"] == forger_key
+
+        # The forger's window lapses; the next-ranked merges the same contributions, and every honest member
+        # follows that merge.
+        wait_until(lambda: len({head(n, repo) for n in honest}) == 1 and head(honest[0], repo) != start,
+                   "the backup's merge everywhere", 60)
+        merged = honest[0].client.call("repo.show", repo=repo, commit=head(honest[0], repo))
+        assert merged["kind"] == "round" and merged["author"] == backup_key
+        assert set(merged["parents"][1:]) == set(forged.parents[1:])
+        for node in honest:
+            log = node.client.call("repo.log", repo=repo)["commits"]
+            assert forged.id not in {commit["id"] for commit in log}
+            counts = node.client.call("node.status")["p2p"]["announcements"]
+            assert counts["refused_merges"] == 1  # counted once, however often a catch-up offered it again
+
+
+def forge_round_merge(home, repo_id):
+    """A round merge of the pending contributions, signed by ``home``'s identity, recording the right weights but
+    carrying other bytes: one weight is off by 0.01. The home's daemon must not be running."""
+    repos = RepoSet.on_disk(home, Home(home).identity())
+    repo = repos.open_id(repo_id)
+    current = rounds.view(repo, "main")
+    state, meta = rounds.derive(repo, current, current.pending)
+    first = next(iter(state))
+    state[first] = state[first] + 0.01
+    return repo.write_round(repos.identity, state, branch="main", parents=(current.head, *rounds.meta_parents(meta)),
+                            meta=meta, message=f"round {meta['round']} of main")

@@ -133,6 +133,11 @@ def test_a_stale_contribution_weighs_less_and_a_too_stale_one_waits_no_more():
     aggregator = by_key(second.aggregator(second.opened_ms + 1))
     two = rounds.merge(as_node(repos, repo, aggregator), aggregator, "main")
     rounds.verify(repo, two)
+    # and the round, half stale, steps (100 x 1/2 + 100 x 1) / 200 = 3/4 of the way: the head moves by
+    # (100 x 1/2 x 1.0 + 100 x 1 x 0.5) / 200 = 0.5, not by the 2/3 : 1/3 mean of the changes (0.667)
+    assert two.meta["step"] == 3 << 14
+    moved = {k: repo.materialize(two.id)[k] - repo.materialize(one.id)[k] for k in tiny_state(0)}
+    assert all(torch.allclose(d, torch.full_like(d, 0.5), atol=1e-6) for d in moved.values() if d.is_floating_point())
     as_node(repos, repo, late).contribute(late, shift(tiny_state(0), 3.0), examples=5, base=first_base)
     assert [c.author for c in rounds.view(repo, "main").pending] == []  # two merges behind: past max_staleness
 
@@ -198,3 +203,15 @@ def test_the_aggregator_role_goes_round_every_eligible_member():
         authors.append(rounds.merge(as_node(repos, repo, aggregator), aggregator, "main").author)
     eligible = {OWNER.public_key, *(m.public_key for m in MEMBERS)}
     assert set(authors[:4]) == eligible and set(authors[4:]) == eligible  # four turns each time round
+
+
+def test_a_merge_whose_window_ends_while_it_is_derived_is_not_written(monkeypatch):
+    repos, repo, current, _, _ = two_contributions()
+    first = by_key(current.ranked[0])
+    node = as_node(repos, repo, first)
+    heads = dict(node.branches())
+    late = current.opened_ms + (current.policy.deadline_s + current.policy.timeout_s) * 1000  # the next one's turn
+    monkeypatch.setattr("flair_node.storage.repo.now_ms", lambda: late)
+    with pytest.raises(InvalidInput, match="ended while it merged"):
+        rounds.merge(node, first, "main", at_ms=current.opened_ms + 1)  # entitled when it started
+    assert node.branches() == heads  # nothing moved, nothing to gossip

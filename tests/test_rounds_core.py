@@ -9,7 +9,7 @@ import pytest
 from flair_node.core.errors import IntegrityError, InvalidInput
 from flair_node.core.identity import Identity
 from flair_node.core.ids import sha256_hex
-from flair_node.core.rounds import RoundPolicy, discount, entitled, ranking, weight_counts, window
+from flair_node.core.rounds import RoundPolicy, discount, entitled, ranking, step_weight, weight_counts, window
 
 KEYS = [Identity.generate().public_key for _ in range(5)]
 
@@ -89,3 +89,15 @@ def test_who_merged_longest_ago_ranks_first_so_every_member_takes_a_turn():
     ranked = ranking(KEYS, previous, turns)
     assert ranked[:3] == [k for k in plain if k not in turns]  # who never merged, in hash order
     assert ranked[3:] == [plain[1], plain[0]]  # then round 7's aggregator, then round 9's
+
+
+def test_a_stale_round_takes_a_shorter_step():
+    policy = RoundPolicy(alpha="1")
+    whole = 1 << 16
+    assert step_weight([(100, 0), (300, 0)], policy, whole) == whole  # all fresh: the whole way
+    assert step_weight([(100, 1), (100, 0)], policy, whole) == 3 << 14  # (100/2 + 100) / 200
+    assert step_weight([(100, 3), (300, 3)], policy, whole) == whole // 4  # all 3 behind: a quarter
+    assert step_weight([(0, 1), (0, 0)], policy, whole) == 3 << 14  # no examples counted: the discounts' mean
+    assert step_weight([(100, 5)], RoundPolicy(alpha="0"), whole) == whole  # alpha 0: staleness costs nothing
+    with pytest.raises(InvalidInput):
+        step_weight([], policy, whole)

@@ -262,10 +262,14 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
         result=_COMMIT)
     async def repo_contribute(repo: str, weights_path: str, examples: int, branch: str, base: str | None,
                               message: str, codec: str) -> dict[str, Any]:
+        from ..protocol import rounds
+
         def work() -> dict[str, Any]:
             r = repos.open(repo)
+            start = r.resolve(base) if base is not None else r.head(branch)
+            rounds.staleness(r, branch, start)  # refuse now what no round would take
             commit = r.contribute(identity, _read_weights(weights_path, "weights"), branch=branch,
-                                  examples=examples, base=base, message=message, codec=codec)
+                                  examples=examples, base=start, message=message, codec=codec)
             return {**commit_json(commit), "branch": branch}
         return await changing(work)
 

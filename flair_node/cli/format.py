@@ -115,6 +115,11 @@ def node_text(r: dict[str, Any], *, bad_input: bool) -> str:
              else "announcements: none yet",
              f"refused: {p2p['refused_blocks']} blocks, {sum(p2p['bad_announcements'].values())} announcements, "
              f"{sum(gossip.values())} gossip frames or messages"]
+    refused = p2p.get("refused_merges", [])
+    if refused:
+        lines.append(f"round merges not followed: {counts.get('refused_merges', len(refused))}; the latest:")
+        lines.extend(f"  {m['commit'][:10]} on {m['branch']} by {m['author'][:10]}: {m['reason']}"
+                     for m in refused[-3:])
     if bad_input:
         blocks = {peer: rec["refused_blocks"] + rec["malformed_messages"] for peer, rec in p2p["bitswap_peers"].items()}
         for peer in sorted(set(blocks) | set(p2p["bad_announcements"]) | set(gossip)):

@@ -14,7 +14,11 @@ commit), so every member computes the same answer with no coordinator:
 - **Weights.** A contribution based ``τ`` merged commits behind the head weighs ``examples × (1 + τ)^-α``
   (FedBuff-style staleness discount); beyond ``max_staleness`` it is refused. ``weight_counts`` computes the
   weights in decimal arithmetic to 9 digits (no platform's ``pow`` decides them) and returns integers for the
-  fixed-point merge to normalise.
+  fixed-point merge to normalise. The weights only share a merge out among its contributions; how far the merge
+  moves is discounted too: it goes ``step = Σ examples × (1 + τ)^-α / Σ examples`` of the way from the head to
+  what the strategy gives (``step_weight``; 1 when every contribution is fresh), so for the mean the head moves
+  by ``Σ examples_i × s(τ_i) × Δ_i / Σ examples``, FedBuff's absolute discount: a round of stale updates takes
+  a smaller step instead of applying all of their change.
 """
 
 from __future__ import annotations
@@ -147,3 +151,17 @@ def weight_counts(contributions: Sequence[tuple[int, int]], policy: RoundPolicy)
         scaled = _DECIMAL.multiply(Decimal(examples) * discount(staleness, policy.alpha), _WEIGHT_SCALE)
         counts.append(int(scaled.to_integral_value(rounding=ROUND_FLOOR)))
     return counts
+
+
+def step_weight(contributions: Sequence[tuple[int, int]], policy: RoundPolicy, whole: int) -> int:
+    """How far a round merge of ``(examples, staleness)`` contributions moves from the head towards what its
+    strategy gives, as an integer out of ``whole``: ``Σ examples × (1 + τ)^-α / Σ examples``, rounded down
+    (``whole`` when all are fresh; the plain mean of the discounts if no contribution counts examples)."""
+    if not contributions or whole < 1:
+        raise InvalidInput("a step needs contributions and a positive scale")
+    examples = [e for e, _ in contributions]
+    counts = examples if sum(examples) else [1] * len(examples)
+    discounted = sum((Decimal(n) * discount(t, policy.alpha) for n, (_, t) in zip(counts, contributions,
+                                                                                     strict=True)), Decimal(0))
+    fraction = _DECIMAL.divide(discounted, Decimal(sum(counts)))
+    return min(whole, int(_DECIMAL.multiply(fraction, Decimal(whole)).to_integral_value(rounding=ROUND_FLOOR)))

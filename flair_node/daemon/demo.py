@@ -41,8 +41,12 @@ class RoundResult:
     test_acc: float
 
 
-def run_demo(keep: Path | None = None) -> int:
+def run_demo(keep: Path | None = None, rounds: int | None = None) -> int:
     """Run the demo in a temporary home, or in ``keep`` (kept afterwards); returns the exit status."""
+    rounds = ROUNDS if rounds is None else rounds
+    if rounds < 1:
+        print("flair-node: --rounds must be at least 1", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     with _home(keep) as home:
         print("Flair demo: three contributors train a digits classifier on their own data; main averages them.")
@@ -64,7 +68,7 @@ def run_demo(keep: Path | None = None) -> int:
             print(f"\nrepository {REPO_NAME} ({repo.id[:10]}): commit 0 is an untrained 64-32-10 MLP, "
                   f"test accuracy {_pct(initial)}")
 
-            results = [_round(repo, n, slices, x_test, y_test) for n in range(1, ROUNDS + 1)]
+            results = [_round(repo, n, slices, x_test, y_test) for n in range(1, rounds + 1)]
 
             print(f"\n$ flair log {REPO_NAME} --graph")
             print(log_text(repo.log(), graph=True))
@@ -75,11 +79,7 @@ def run_demo(keep: Path | None = None) -> int:
             print(f"  after round {n}  {_pct(result.test_acc):>8}")
         print(f"\ndone in {time.perf_counter() - started:.1f} s; the daemon has stopped"
               + (f", its home is kept in {home}" if keep else ""))
-    if results[-1].test_acc <= initial:
-        print(f"flair-node: the merged model ({_pct(results[-1].test_acc)}) is no better than the initial one "
-              f"({_pct(initial)})", file=sys.stderr)
-        return 1
-    return 0
+    return _exit_status(initial, results[-1].test_acc)
 
 
 def _round(repo: Repo, n: int, slices: dict[str, tuple[torch.Tensor, torch.Tensor]], x_test: torch.Tensor,
@@ -116,6 +116,15 @@ def _test_accuracy(repo: Repo, rev: str, x_test: torch.Tensor, y_test: torch.Ten
 
 def _row(left: str, test_acc: float) -> str:
     return f"{left:<56}test {_pct(test_acc):>7}"
+
+
+def _exit_status(initial: float, final: float) -> int:
+    """0 if training improved on the initial model's test accuracy, else 1 with a message."""
+    if final > initial:
+        return 0
+    print(f"flair-node: the merged model ({_pct(final)}) is no better than the initial one ({_pct(initial)})",
+          file=sys.stderr)
+    return 1
 
 
 def _pct(fraction: float) -> str:

@@ -27,8 +27,14 @@ def _parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init-home", help="create a node home with a new identity")
     init.add_argument("home", type=Path, nargs="?", default=_default_home())
 
-    demo = sub.add_parser("demo", help="train a small model with three contributors, merge, and show the log")
-    demo.add_argument("--keep", type=Path, help="use (and keep) this home instead of a temporary one")
+    demo = sub.add_parser("demo", help="train a small model with three contributors, merge, and show the log; "
+                                       "with --nodes N, N daemons train it in rounds with a rotating aggregator")
+    demo.add_argument("--keep", type=Path, help="use (and keep) this folder for the home(s), not a temporary one")
+    demo.add_argument("--nodes", type=int, default=1,
+                      help="daemons to run: 1 (default) for the single-node demo, 2 to 8 for rounds between nodes")
+    demo.add_argument("--rounds", type=int, help="rounds to train (default: 2 on one node, 5 between nodes)")
+    demo.add_argument("--plot", type=Path, help="where the network demo plots accuracy per round "
+                                                "(default: ./flair-demo-rounds.png)")
     return parser
 
 
@@ -44,9 +50,13 @@ def main(argv: list[str] | None = None) -> int:
             return _init_home(args.home)
         if args.command == "run":
             return _run(args)
+        if args.nodes != 1:
+            from .demo_network import run_network_demo
+
+            return run_network_demo(args.nodes, rounds=args.rounds, plot=args.plot, keep=args.keep)
         from .demo import run_demo
 
-        return run_demo(keep=args.keep)
+        return run_demo(keep=args.keep, rounds=args.rounds)
     except FlairError as exc:
         print(f"flair-node: {exc}", file=sys.stderr)
         return 1

@@ -47,6 +47,7 @@ INTAKE_QUEUE = 4096  # accepted announcements waiting to be written; beyond, the
 INTAKE_BATCH = 256  # announcements taken per worker-thread call
 ARRIVALS = 100_000  # records remembered for ``node.arrivals`` and ``node.announced`` (measuring propagation)
 MAX_PULLS = 32  # pulls running at once; more requests wait for the next catch-up round
+REFUSED_MERGES = 20  # refused round merges remembered for `flair status`
 MAX_PEERS_COUNTED = 4096  # peers whose refused announcements are counted (the least offending forgotten first)
 
 
@@ -71,6 +72,8 @@ class P2PService:
         self.arrivals: deque[tuple[str, str, str, int, int]] = deque(maxlen=ARRIVALS)
         #: (kind, record id, queued ms, published ms) of records this node announced, newest last.
         self.announced: deque[tuple[str, str, int, int]] = deque(maxlen=ARRIVALS)
+        #: The latest round merges this node refused to follow (``rounds.check_move`` failed), newest last.
+        self.refused_merges: deque[dict[str, Any]] = deque(maxlen=REFUSED_MERGES)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -88,6 +91,7 @@ class P2PService:
         """Catch ``repo`` up with the node at multiaddr ``address`` now (a clone if it is new here)."""
         peer = await connect(self.host, address)
         result = await sync.pull(self.repos, repo, sync.PeerSource(self.host, peer, self.exchange))
+        self._refused_merges(repo, result.refused_merges)
         await self._join(repo)
         return result.json()
 
@@ -101,7 +105,17 @@ class P2PService:
             peers.append({"peer": str(peer), "key": member_key(peer), "addrs": peer_addrs(self.host, peer),
                           "bad_announcements": self.bad_input.get(str(peer), 0)})
         return {"gossip": self.gossip.status(), "announcements": dict(self.counts), "peers": peers,
-                "bad_announcements": dict(self.bad_input), "topics": sorted(announce.topic(r) for r in self._joined)}
+                "bad_announcements": dict(self.bad_input), "topics": sorted(announce.topic(r) for r in self._joined),
+                "refused_merges": list(self.refused_merges)}
+
+    def _refused_merges(self, repo: RepoId, refused: list[tuple[BranchMove, str]]) -> None:
+        """Count and remember round merges this node would not follow: ``flair status`` shows them."""
+        for move, why in refused:
+            if any(m["commit"] == move.commit for m in self.refused_merges):
+                continue  # the same merge again, from another peer or at the next catch-up
+            self.counts["refused_merges"] += 1
+            self.refused_merges.append({"repo": repo, "branch": move.branch, "commit": move.commit,
+                                        "author": move.author, "reason": why})
 
     # -- announcing ----------------------------------------------------------------------------------------
 
@@ -234,7 +248,7 @@ class P2PService:
             try:
                 rounds.check_move(repo, move)
             except IntegrityError as exc:  # a forged or unentitled round merge: the branch stays where it is
-                self.counts["refused_merges"] += 1
+                self._refused_merges(repo_id, [(move, str(exc))])
                 log.warning("refused a move of %s in %s by %s: %s", move.branch, short(repo_id), short(move.author),
                             exc)
                 continue
@@ -279,6 +293,7 @@ class P2PService:
                 try:
                     peer_id = peer_from_text(peer)
                     result = await sync.pull(self.repos, repo, sync.PeerSource(self.host, peer_id, self.exchange))
+                    self._refused_merges(repo, result.refused_merges)
                     await self._join(repo)
                     if result.commits or result.changes or result.moved:
                         log.info("pulled %s from %s: %s", short(repo), peer, result.json())

@@ -4,7 +4,8 @@ A **contribution** is a commit of kind ``contribution`` (``Repo.contribute``): w
 commit of the branch (its base), with the number of examples, kept on the member's own branch
 ``contrib/<branch>/<key>``. A **round merge** is a commit of kind ``round`` on the branch: parents are the head
 it extends, then the contributions it merges (by id); its ``meta`` records the round number, the strategy and
-its parameters, and for each contribution its examples, staleness and integer weight.
+its parameters, for each contribution its examples, staleness and integer weight, and the step (out of
+2^WEIGHT_BITS) the merge takes from the head towards the strategy's result (``core.rounds.step_weight``).
 
 ``view`` is the state of the current round: the head, when the round opened (the head's timestamp), the ranked
 aggregators (``core.rounds.ranking`` over the members allowed to move the branch), and the pending
@@ -31,14 +32,20 @@ from ..core.ids import CommitId, PublicKey, short
 from ..core.membership import PROTECTED_BRANCHES, ROLES, Membership
 from ..core.objects import Commit
 from ..core.refs import BranchMove, check_branch_name
-from ..core.rounds import RoundPolicy, entitled, ranking, weight_counts
+from ..core.rounds import RoundPolicy, entitled, ranking, step_weight, weight_counts
 from ..storage.repo import CONTRIBUTION_PREFIX, Repo, now_ms
 
 if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
 
-_VERIFIED_SIZE = 4096  # round merges remembered as verified, per object store (one per node)
-_VERIFIED: WeakKeyDictionary[Any, OrderedDict[str, None]] = WeakKeyDictionary()
+_CHECKED_SIZE = 4096  # round merges remembered as verified or mismatched, per object store (one per node)
+#: commit id -> None (verified) or why it does not re-derive: every input is named by its hash, so neither changes.
+_CHECKED: WeakKeyDictionary[Any, OrderedDict[str, str | None]] = WeakKeyDictionary()
+
+
+class MergeMismatch(IntegrityError):
+    """A round merge whose recorded rounds, strategy or weights, or whose bytes, differ from what its inputs give:
+    final, unlike a merge whose inputs have not all arrived yet."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,23 @@ def view(repo: Repo, branch: str) -> RoundView:
                      pending=tuple(sorted(pending, key=lambda c: c.commit)))
 
 
+def staleness(repo: Repo, branch: str, base: CommitId) -> int:
+    """How many round merges ``branch`` advanced since ``base``: what a contribution trained from ``base`` would
+    count now. ``InvalidInput`` if the round would not take it (not on the branch's first-parent chain, or more
+    than ``max_staleness`` merges behind), so a contributor hears it at once instead of waiting in vain."""
+    target = check_branch_name(branch)
+    policy = repo.members.current().policy
+    behind = 0
+    for link in _chain(repo, repo.head(target), policy.max_staleness):
+        if link.id == base and behind <= policy.max_staleness:
+            return behind
+        if link.kind == "round":
+            behind += 1
+    raise InvalidInput(f"commit {short(base)} is not among the last {policy.max_staleness} round merges of "
+                       f"{target} or the commits since: a round would not take weights trained from it; train from "
+                       f"the head ({short(repo.head(target))})")
+
+
 def merge(repo: Repo, identity: Any, branch: str, *, at_ms: int | None = None) -> Commit:
     """Merge the pending contributions of ``branch``'s round as its entitled aggregator (``identity``).
 
@@ -118,9 +142,16 @@ def merge(repo: Repo, identity: Any, branch: str, *, at_ms: int | None = None) -
         raise InvalidInput(f"round {current.number + 1} of {branch} is not ready: {len(current.pending)} of "
                            f"{current.policy.buffer} contributions, deadline not passed")
     state, meta = derive(repo, current, current.pending)
+
+    def still_entitled(timestamp_ms: int) -> None:  # merging took long: a merge signed after the window is void
+        if current.aggregator(timestamp_ms) != identity.public_key:
+            raise InvalidInput(f"the window of {short(identity.public_key)} for round {current.number + 1} of "
+                               f"{branch} ended while it merged; the next aggregator takes the round")
+
     return repo.write_round(identity, state, branch=current.branch, parents=(current.head, *meta_parents(meta)),
                             meta=meta, message=f"round {meta['round']} of {branch}: {len(current.pending)} "
-                                                f"contributions, {meta['strategy']['name']}")
+                                                f"contributions, {meta['strategy']['name']}",
+                            check_time=still_entitled)
 
 
 def verify(repo: Repo, commit: Commit) -> RoundView:
@@ -146,33 +177,38 @@ def verify(repo: Repo, commit: Commit) -> RoundView:
                              f"deadline (the policy waits for {current.policy.buffer})")
     state, meta = derive(repo, current, merged)
     if dict(commit.meta) != meta:
-        raise IntegrityError(f"round merge {short(commit.id)} records other rounds, strategy or weights than the "
+        raise MergeMismatch(f"round merge {short(commit.id)} records other rounds, strategy or weights than the "
                              "policy gives")
     if not _same_state(repo.materialize(commit.id), state):
-        raise IntegrityError(f"round merge {short(commit.id)} is not what its inputs merge to")
+        raise MergeMismatch(f"round merge {short(commit.id)} is not what its inputs merge to")
     return current
 
 
 def check_move(repo: Repo, move: BranchMove) -> None:
     """Before a node takes ``move`` from a peer (gossip or a pull): moving a branch to one of its round merges
     needs a merge that ``verify`` accepts (``IntegrityError`` otherwise), so a node never follows a forged or
-    unentitled merge. Any other move is left to the role checks of ``Repo.accept_move``. A merge verified once
-    is remembered (its inputs never change: every one is named by its hash)."""
+    unentitled merge. Any other move is left to the role checks of ``Repo.accept_move``. A merge verified, or
+    found not to match its inputs, is remembered (they never change: every one is named by its hash), so a forger
+    cannot make a node re-derive the same merge at every catch-up."""
     commit = repo.commit(move.commit)
     if commit.kind != "round" or commit.meta.get("branch") != move.branch:
         return
-    verified = _VERIFIED.setdefault(repo.objects, OrderedDict())  # per node: what it checked itself
-    if commit.id in verified:
-        return
+    checked = _CHECKED.setdefault(repo.objects, OrderedDict())  # per node: what it checked itself
+    if commit.id in checked:
+        reason = checked[commit.id]
+        if reason is None:
+            return
+        raise MergeMismatch(reason)
     try:
         verify(repo, commit)
-    except IntegrityError:
+    except MergeMismatch as exc:
+        _remember(checked, commit.id, str(exc))
         raise
+    except IntegrityError:
+        raise  # perhaps only for now: a contribution it names may not have arrived yet
     except FlairError as exc:  # a strategy that cannot run on these inputs, a layout that does not fit, ...
         raise IntegrityError(f"round merge {short(commit.id)} does not re-derive: {exc}") from None
-    verified[commit.id] = None
-    if len(verified) > _VERIFIED_SIZE:
-        verified.popitem(last=False)
+    _remember(checked, commit.id, None)
 
 
 def derive(repo: Repo, current: RoundView, contributions: Sequence[Contribution]
@@ -192,10 +228,13 @@ def derive(repo: Repo, current: RoundView, contributions: Sequence[Contribution]
               combine(repo.materialize(c.base), [head, repo.materialize(c.commit)], [whole, whole])
               for c in contributions]
     state = strategy.aggregate(head, inputs, weights)
+    step = step_weight([(c.examples, c.staleness) for c in contributions], current.policy, whole)
+    if step != whole:  # stale contributions: a shorter step from the head towards the strategy's result
+        state = combine(head, [state], [step])
     meta = {"branch": current.branch, "round": current.number + 1, "strategy": strategy.describe(),
             "contributions": [[c.commit, c.examples, c.staleness, w] for c, w in zip(contributions, weights,
                                                                                     strict=True)],
-            "examples": sum(c.examples for c in contributions)}
+            "examples": sum(c.examples for c in contributions), "step": step}
     return state, meta
 
 
@@ -204,6 +243,12 @@ def meta_parents(meta: dict[str, Any]) -> list[CommitId]:
 
 
 # -- internals -----------------------------------------------------------------------------------------
+
+
+def _remember(checked: OrderedDict[str, str | None], commit: str, reason: str | None) -> None:
+    checked[commit] = reason
+    if len(checked) > _CHECKED_SIZE:
+        checked.popitem(last=False)
 
 
 def _view_at(repo: Repo, branch: str, head: CommitId) -> RoundView:

@@ -112,6 +112,7 @@ class PullResult:
     commits: int = 0
     moved: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # record id -> why
+    refused_merges: list[tuple[BranchMove, str]] = field(default_factory=list)  # moves to a round merge, and why
 
     def json(self) -> dict[str, Any]:
         return {"changes": self.changes, "commits": self.commits, "moved": self.moved, "refused": self.refused}
@@ -148,6 +149,12 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
             continue
         try:
             await trio.to_thread.run_sync(rounds.check_move, repo, move)
+        except IntegrityError as exc:  # a forged or unentitled round merge: the branch stays where it is
+            log.warning("refused move of %s in %s: %s", move.branch, short(repo_id), exc)
+            result.refused[move.id] = str(exc)
+            result.refused_merges.append((move, str(exc)))
+            continue
+        try:
             if await trio.to_thread.run_sync(repo.accept_move, move):
                 result.moved.append(move.branch)
         except (Forbidden, IntegrityError) as exc:

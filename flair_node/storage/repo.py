@@ -313,12 +313,15 @@ class Repo:
     def _write_commit(self, identity: Identity, state: StateDict, *, parents: tuple[CommitId, ...], kind: str,
                       message: str, meta: Mapping[str, Any], metrics: Mapping[str, str], branch: BranchName,
                       expected: CommitId | None, codec: str = "bitdelta-v1",
-                      topk_ratio: float = DEFAULT_TOPK_RATIO) -> Commit:
+                      topk_ratio: float = DEFAULT_TOPK_RATIO,
+                      check_time: Callable[[int], None] | None = None) -> Commit:
         from ..tensors.codec import decode_payload, encode_payload
         from ..tensors.safetensors_io import check_layout
 
         check_layout(state, self.record.layout)
         membership, timestamp = self.members.current(), now_ms()
+        if check_time is not None:
+            check_time(timestamp)
         membership.require_branch_move(identity.public_key, branch, epoch=membership.epoch, at_ms=timestamp)
         if not parents:
             codec = "full-v1"
@@ -390,12 +393,13 @@ class Repo:
                                   expected=previous.commit if previous else None, codec=codec, topk_ratio=topk_ratio)
 
     def write_round(self, identity: Identity, state: StateDict, *, branch: str, parents: tuple[CommitId, ...],
-                    meta: Mapping[str, Any], message: str) -> Commit:
+                    meta: Mapping[str, Any], message: str, check_time: Callable[[int], None] | None = None) -> Commit:
         """A round's merged commit on ``branch`` (its head first among ``parents``), moving the branch to it; the
-        round rules (``protocol.rounds``) decide what goes in it, this only writes it."""
+        round rules (``protocol.rounds``) decide what goes in it, this only writes it. ``check_time`` is called
+        with the commit's timestamp before anything is written; what it raises stops the write."""
         target = check_branch_name(branch)
         return self._write_commit(identity, state, parents=parents, kind="round", message=_message(message),
-                                  meta=meta, metrics={}, branch=target, expected=parents[0])
+                                  meta=meta, metrics={}, branch=target, expected=parents[0], check_time=check_time)
 
     def create_branch(self, identity: Identity, name: str, at: CommitId) -> BranchName:
         return self._point(identity, check_branch_name(name), at, expected=None).branch
