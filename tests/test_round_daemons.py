@@ -3,6 +3,8 @@ the round's aggregator merges on its own, and every node follows the merge once 
 aggregator is killed with -9, the next-ranked one completes the round when its window comes."""
 
 import contextlib
+import subprocess
+import sys
 
 import pytest
 from test_p2p_daemons import model, team
@@ -155,6 +157,9 @@ def test_a_forged_merge_from_the_entitled_aggregator_is_refused_by_every_member_
             assert forged.id not in {commit["id"] for commit in log}
             counts = node.client.call("node.status")["p2p"]["announcements"]
             assert counts["refused_merges"] == 1  # counted once, however often a catch-up offered it again
+        status = subprocess.run([sys.executable, "-m", "flair_node.cli.main", "--home", str(honest[0].home), "status"],
+                                capture_output=True, text=True, timeout=60, check=True).stdout
+        assert "round merges not followed: 1" in status and f"{forged.id[:10]} on main" in status, status
 
 
 def forge_round_merge(home, repo_id):
