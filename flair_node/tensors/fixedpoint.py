@@ -56,6 +56,12 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.view(view), b.view(view))
 
 
+def fixed(x: torch.Tensor, scale_bits: int = DEFAULT_SCALE_BITS, *, name: str = "tensor") -> torch.Tensor:
+    """``x`` as the merge sees it: int64 with ``scale_bits`` fraction bits if floating (round half to even),
+    as is if integer; ``MergeError`` for NaN, infinities or magnitudes of 2^53 and beyond."""
+    return _to_fixed(x, scale_bits, (1 << 53) - 1, name)
+
+
 def _to_fixed(x: torch.Tensor, scale_bits: int, limit: int, name: str) -> torch.Tensor:
     """A new int64 tensor (callers modify it in place; the input is never touched)."""
     if x.is_floating_point():

@@ -1,0 +1,269 @@
+"""EZKL behind one small interface: the circuit that proves a fixed-point weighted sum, its keys, proofs.
+
+The only module that imports ``ezkl`` (and ``onnx``, through torch's exporter). The circuit for a shape
+``(K, N)`` takes K+1 inputs, the K integer weights and K chunks of N integer values (fixed-point deltas), and
+outputs the N sums ``Σ_i w_i · d_i``. Every input and the output are *hashed*: the proof's public values are the
+Poseidon hashes of the weights, of each chunk and of the sums, in that order, so a proof says "the values
+hashing to these commitments, weighted by the values hashing to that one, sum to the values hashing to this
+one" and reveals none of them. Scales are 0 (the values are integers already: Flair's fixed-point numbers with
+24 fraction bits), so the circuit multiplies and adds in the field with no rescaling: the proven sums are exact.
+Inputs and outputs are not range-checked; nothing needs them to be, since every value is fixed by its hash.
+
+Built circuits (ONNX, settings, compiled circuit, proving and verifying keys) are cached per shape and SRS in a
+folder named by their hash; a build goes to a temporary folder first, renamed into place when complete. The SRS
+is a file: ``development_srs`` makes one with ``ezkl.gen_srs`` (its secret is not destroyed: for tests and
+development only); a production SRS from a ceremony is passed as a path. Prover and verifier must use the same
+SRS: the verifying key depends on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...core.errors import FlairError, IntegrityError, InvalidInput
+from ...storage.atomic import atomic_write
+
+#: The BN254 scalar field, where EZKL's circuits compute.
+FIELD = 21888242871839275222246405745257275088548364400416034343698204186575808495617
+ROWS_PER_VALUE = 41  # Poseidon rows per hashed value (measured: the multiply-adds are ~2 more)
+MIN_LOGROWS, MAX_LOGROWS = 12, 24
+CIRCUIT_VERSION = "flair-weighted-sum-1"  # part of every cache key: change it when the circuit changes
+
+
+class ProofError(FlairError):
+    """EZKL failed to build, prove or verify (the message says which step and why)."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """K weighted inputs of N values each."""
+
+    inputs: int
+    size: int
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.inputs <= 64 and 1 <= self.size <= 1 << 16):
+            raise InvalidInput(f"a proof circuit takes 1 to 64 inputs of 1 to 65536 values (not {self.inputs} x "
+                               f"{self.size})")
+
+    @property
+    def logrows(self) -> int:
+        """Rows for the hashes of K weights, K x N values and N sums, and headroom (measured: 64 x 2 fits 2^14)."""
+        values = self.inputs + self.inputs * self.size + self.size
+        return max(MIN_LOGROWS, min(MAX_LOGROWS, math.ceil(math.log2(values * ROWS_PER_VALUE * 1.25))))
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """A built circuit: where its files are, and the hashes a repository records to name what it accepts."""
+
+    shape: Shape
+    folder: Path
+    logrows: int
+    srs: Path
+    vk_sha256: str
+    srs_sha256: str
+
+    @property
+    def compiled(self) -> Path:
+        return self.folder / "circuit.ezkl"
+
+    @property
+    def settings(self) -> Path:
+        return self.folder / "settings.json"
+
+    @property
+    def pk(self) -> Path:
+        return self.folder / "pk.key"
+
+    @property
+    def vk(self) -> Path:
+        return self.folder / "vk.key"
+
+
+def felt(value: int) -> str:
+    """``value`` as EZKL writes a field element: 32 little-endian bytes of ``value mod p``, in hex."""
+    return (value % FIELD).to_bytes(32, "little").hex()
+
+
+def felt_value(text: str) -> int:
+    """The signed integer a field element stands for (values above p/2 are negative)."""
+    if not isinstance(text, str) or len(text) != 64:
+        raise IntegrityError("a field element is 64 hex digits")
+    try:
+        value = int.from_bytes(bytes.fromhex(text), "little")
+    except ValueError:
+        raise IntegrityError("a field element is 64 hex digits") from None
+    if value >= FIELD:
+        raise IntegrityError("a field element must be below the field's modulus")
+    return value - FIELD if value > FIELD // 2 else value
+
+
+def poseidon(values: Sequence[int]) -> str:
+    """The Poseidon hash EZKL's circuits compute over ``values`` (as field elements): a commitment."""
+    import ezkl
+
+    if not values:
+        raise InvalidInput("nothing to hash")
+    (digest,) = ezkl.poseidon_hash([felt(int(v)) for v in values])
+    return str(digest)
+
+
+def development_srs(folder: Path, logrows: int) -> Path:
+    """An SRS for ``2^logrows`` rows made here with ``ezkl.gen_srs`` (cached in ``folder``). Its toxic waste is
+    not destroyed, so proofs made with it convince only who trusts this machine: tests and development."""
+    import ezkl
+
+    path = folder / f"dev-k{logrows}.srs"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with _scratch(folder) as tmp:
+            ezkl.gen_srs(str(tmp / "srs"), logrows)
+            os.replace(tmp / "srs", path)
+    return path
+
+
+def build(cache: Path, shape: Shape, srs: Path) -> Circuit:
+    """The circuit for ``shape`` with keys for ``srs``, built once and cached under ``cache``."""
+    srs_sha = _sha256_file(srs)
+    key = hashlib.sha256(json.dumps([CIRCUIT_VERSION, _ezkl_version(), shape.inputs, shape.size, shape.logrows,
+                                     srs_sha]).encode()).hexdigest()
+    folder = cache / key[:32]
+    if not (folder / "vk.key").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with _scratch(cache) as tmp:
+            _build_into(tmp, shape, srs)
+            with contextlib.suppress(OSError):  # another process finished the same build first: keep theirs
+                os.rename(tmp, folder)
+    return Circuit(shape, folder, shape.logrows, srs, _sha256_file(folder / "vk.key"), srs_sha)
+
+
+def prove(circuit: Circuit, weights: Sequence[int], chunks: Sequence[Sequence[int]]) -> bytes:
+    """A proof that ``Σ_i weights[i] · chunks[i]`` is what it is; the proof file's bytes (JSON)."""
+    import ezkl
+
+    shape = circuit.shape
+    if len(weights) != shape.inputs or len(chunks) != shape.inputs or any(len(c) != shape.size for c in chunks):
+        raise InvalidInput(f"this circuit proves {shape.inputs} weights and {shape.inputs} chunks of {shape.size}")
+    data = {"input_data": [[float(w) for w in weights], *([float(v) for v in chunk] for chunk in chunks)]}
+    if any(abs(v) >= 1 << 53 for row in data["input_data"] for v in row):
+        raise InvalidInput("values to prove must be below 2^53 in magnitude (they travel as JSON numbers)")
+    with _scratch(circuit.folder.parent) as tmp:
+        (tmp / "input.json").write_text(json.dumps(data))
+        what = f"{shape.inputs} x {shape.size}"
+        _call(f"witness for {what}", lambda: ezkl.gen_witness(str(tmp / "input.json"), str(circuit.compiled),
+                                                               str(tmp / "witness.json")))
+        _call(f"proof of {what}", lambda: ezkl.prove(str(tmp / "witness.json"), str(circuit.compiled),
+                                                      str(circuit.pk), str(tmp / "proof.json"), str(circuit.srs)))
+        return (tmp / "proof.json").read_bytes()
+
+
+def verify(circuit: Circuit, proof: bytes) -> list[str]:
+    """Check ``proof`` with the circuit's verifying key; its public values (the Poseidon commitments: weights,
+    each chunk, the sums). ``IntegrityError`` if it does not verify or is not a proof of this shape. This checks
+    the proof against the values *in the proof*: the caller compares them with what was published."""
+    import ezkl
+
+    try:
+        parsed = json.loads(proof)
+        instances = parsed["instances"]
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError("a proof is the JSON EZKL writes, with its public values under 'instances'") from None
+    if not (isinstance(instances, list) and len(instances) == 1 and isinstance(instances[0], list)
+            and len(instances[0]) == circuit.shape.inputs + 2 and all(isinstance(v, str) for v in instances[0])):
+        raise IntegrityError(f"a proof of this circuit has {circuit.shape.inputs + 2} public values")
+    with _scratch(circuit.folder.parent) as tmp:
+        atomic_write(tmp / "proof.json", proof)
+        try:
+            _call("verification", lambda: ezkl.verify(str(tmp / "proof.json"), str(circuit.settings),
+                                                       str(circuit.vk), str(circuit.srs)))
+        except ProofError:  # false, or a panic on a malformed proof
+            raise IntegrityError("the proof does not verify against this circuit's verifying key") from None
+    for value in instances[0]:
+        felt_value(value)  # well-formed field elements
+    return list(instances[0])
+
+
+# -- internals -----------------------------------------------------------------------------------------
+
+
+def _build_into(folder: Path, shape: Shape, srs: Path) -> None:
+    import ezkl
+    import torch
+
+    class WeightedSum(torch.nn.Module):
+        def forward(self, weights: torch.Tensor, *chunks: torch.Tensor) -> torch.Tensor:
+            total = weights[0] * chunks[0]
+            for i in range(1, len(chunks)):
+                total = total + weights[i] * chunks[i]
+            return total
+
+    example = (torch.zeros(shape.inputs), *(torch.zeros(shape.size) for _ in range(shape.inputs)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; it is what EZKL's tract reads
+        torch.onnx.export(WeightedSum(), example, str(folder / "circuit.onnx"), dynamo=False,
+                          input_names=["weights", *(f"chunk{i}" for i in range(shape.inputs))],
+                          output_names=["sums"])
+    args = ezkl.PyRunArgs()
+    args.input_visibility = "hashed"
+    args.output_visibility = "hashed"
+    args.param_visibility = "fixed"
+    args.input_scale = 0
+    args.param_scale = 0
+    args.ignore_range_check_inputs_outputs = True
+    args.logrows = shape.logrows
+    steps = [("settings", lambda: ezkl.gen_settings(str(folder / "circuit.onnx"), str(folder / "settings.json"),
+                                                    py_run_args=args)),
+             ("compile", lambda: ezkl.compile_circuit(str(folder / "circuit.onnx"), str(folder / "circuit.ezkl"),
+                                                      str(folder / "settings.json"))),
+             ("setup", lambda: ezkl.setup(str(folder / "circuit.ezkl"), str(folder / "vk.key"),
+                                          str(folder / "pk.key"), str(srs)))]
+    for name, step in steps:
+        _call(f"{name} for {shape.inputs} x {shape.size}", step)
+
+
+def _call(what: str, step: Callable[[], object]) -> None:
+    """Run one EZKL step; ``ProofError`` if it raises, panics (pyo3 panics derive from BaseException) or
+    returns False."""
+    try:
+        ok = step()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        raise ProofError(f"EZKL {what} failed: {exc}") from None
+    if ok is False:
+        raise ProofError(f"EZKL {what} failed")
+
+
+@contextlib.contextmanager
+def _scratch(parent: Path) -> Iterator[Path]:
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _ezkl_version() -> str:
+    from importlib.metadata import version
+
+    return version("ezkl")

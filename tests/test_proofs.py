@@ -1,0 +1,131 @@
+"""Real EZKL proofs of a round's weighted sum (K = 2 and 3 contributions, chunks of 64 values), bound to the
+commitments each contributor published: a correct merge verifies; a tampered merged chunk, a swapped or
+substituted contributor commitment, a changed weight and a damaged proof each fail."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from flair_node.core.errors import IntegrityError, InvalidInput
+from flair_node.protocol.proofs import ezkl_backend, weighted_sum
+from flair_node.protocol.proofs.ezkl_backend import FIELD, Shape, felt, felt_value
+from flair_node.tensors.fixedpoint import normalize_weights
+
+pytestmark = pytest.mark.slow
+SIZE = 64
+
+
+def state(seed: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"layer.weight": scale * torch.randn(10, 9, generator=g), "layer.bias": scale * torch.randn(10, generator=g),
+            "steps": torch.tensor([seed], dtype=torch.int64), "mask": torch.ones(3, dtype=torch.bool)}
+
+
+@pytest.fixture(scope="module")
+def circuits(tmp_path_factory):
+    """Circuits for 2 and 3 contributions sharing one development SRS, built once for the module."""
+    cache = tmp_path_factory.mktemp("circuits")
+    shapes = [Shape(2, SIZE), Shape(3, SIZE)]
+    srs = ezkl_backend.development_srs(cache / "srs", max(s.logrows for s in shapes))
+    return {s.inputs: ezkl_backend.build(cache, s, srs) for s in shapes}
+
+
+@pytest.fixture(scope="module")
+def merge():
+    """A head, three contributions trained from it, their deltas, commitments and merge weights."""
+    head = state(0)
+    contributions = [{k: v + 0.01 * state(i)[k] if v.is_floating_point() else v if v.dtype == torch.bool else v + i
+                      for k, v in head.items()} for i in (1, 2, 3)]
+    deltas = [weighted_sum.fixed_delta(c, head) for c in contributions]
+    return {"deltas": deltas, "published": [weighted_sum.commitments(d, SIZE) for d in deltas],
+            "weights": normalize_weights([100, 300, 50])}
+
+
+def test_deltas_are_the_merge_fixed_point_and_chunks_pad_with_zeros(merge):
+    (delta, *_), published = merge["deltas"], merge["published"][0]
+    assert delta.dtype == torch.int64 and delta.numel() == 10 * 9 + 10 + 1  # the bool mask is not averaged
+    cut = weighted_sum.chunks(delta, SIZE)
+    assert len(cut) == 2 == len(published) and cut[1][101 - 64:] == [0] * (128 - 101)
+    assert published[0] == ezkl_backend.poseidon(cut[0]) != published[1]
+    assert weighted_sum.commitments(delta, SIZE) == published  # the same values, the same commitments
+    assert weighted_sum.chunks(torch.zeros(0, dtype=torch.int64), 4) == [[0, 0, 0, 0]]
+    with pytest.raises(InvalidInput):
+        weighted_sum.fixed_delta(state(1), {"layer.weight": torch.zeros(10, 9)})
+
+
+def test_field_elements_round_trip_signed_values():
+    for value in (0, 1, -1, 2**47, -(2**47)):
+        assert felt_value(felt(value)) == value
+    with pytest.raises(IntegrityError):
+        felt_value(FIELD.to_bytes(32, "little").hex())
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_a_correct_merge_verifies_against_the_published_commitments(circuits, merge, k):
+    circuit, deltas = circuits[k], merge["deltas"][:k]
+    weights = normalize_weights([100, 300, 50][:k])
+    sums = weighted_sum.weighted_sums(weights, deltas)
+    published_sums = weighted_sum.commitments(sums, SIZE)
+    proofs = weighted_sum.prove(circuit, weights, deltas, [0, 1])
+    for j, proof in proofs.items():
+        weighted_sum.check(circuit, proof, weights=weights, contributions=[p[j] for p in merge["published"][:k]],
+                           sums=published_sums[j])
+    assert circuit.vk_sha256 and circuit.srs_sha256  # what a repository will record as accepted
+
+
+def test_every_kind_of_lie_fails(circuits, merge):
+    circuit, deltas, weights = circuits[2], merge["deltas"][:2], normalize_weights([100, 300])
+    sums = weighted_sum.weighted_sums(weights, deltas)
+    published = [p[0] for p in merge["published"][:2]]
+    (proof,) = weighted_sum.prove(circuit, weights, deltas, [0]).values()
+    honest = weighted_sum.commitments(sums, SIZE)[0]
+    weighted_sum.check(circuit, proof, weights=weights, contributions=published, sums=honest)
+
+    tampered = sums.clone()
+    tampered[5] += 1  # the merged chunk published is not the proven one
+    with pytest.raises(IntegrityError, match="other sums"):
+        weighted_sum.check(circuit, proof, weights=weights, contributions=published,
+                           sums=weighted_sum.commitments(tampered, SIZE)[0])
+    with pytest.raises(IntegrityError, match="contribution 0"):  # the contributors swapped
+        weighted_sum.check(circuit, proof, weights=weights, contributions=published[::-1], sums=honest)
+    with pytest.raises(IntegrityError, match="contribution 1"):  # another member's delta in its place
+        weighted_sum.check(circuit, proof, weights=weights, contributions=[published[0], merge["published"][2][0]],
+                           sums=honest)
+    with pytest.raises(IntegrityError, match="other weights"):
+        weighted_sum.check(circuit, proof, weights=[weights[0] + 1, weights[1] - 1], contributions=published,
+                           sums=honest)
+
+    # A proof of a falsified sum cannot be made to verify: its public values are fixed by the proof itself.
+    forged = json.loads(proof)
+    forged["instances"][0][-1] = weighted_sum.commitments(tampered, SIZE)[0]
+    with pytest.raises(IntegrityError, match="does not verify"):
+        weighted_sum.check(circuit, json.dumps(forged).encode(), weights=weights, contributions=published,
+                           sums=forged["instances"][0][-1])
+    with pytest.raises(IntegrityError):
+        weighted_sum.check(circuit, b"not a proof", weights=weights, contributions=published, sums=honest)
+
+
+def test_a_proof_for_wrong_inputs_is_about_their_commitments(circuits, merge):
+    """An aggregator that merges something else than the contributions proves a statement about that something
+    else: its public values are not the contributors' commitments."""
+    circuit, weights = circuits[2], normalize_weights([1, 1])
+    other = [d + 1 for d in merge["deltas"][:2]]
+    (proof,) = weighted_sum.prove(circuit, weights, other, [0]).values()
+    sums = weighted_sum.commitments(weighted_sum.weighted_sums(weights, other), SIZE)[0]
+    with pytest.raises(IntegrityError, match="contribution 0"):
+        weighted_sum.check(circuit, proof, weights=weights, contributions=[p[0] for p in merge["published"][:2]],
+                           sums=sums)
+
+
+def test_sampled_chunks_depend_only_on_the_seed_and_catch_falsification_often_enough():
+    picked = weighted_sum.sample("ab" * 32, 100, 10)
+    assert picked == weighted_sum.sample("ab" * 32, 100, 10) and len(set(picked)) == 10
+    assert picked != weighted_sum.sample("cd" * 32, 100, 10)
+    assert weighted_sum.detection_probability(100, 0, 10) == 0.0
+    assert weighted_sum.detection_probability(100, 1, 100) == 1.0
+    assert weighted_sum.detection_probability(100, 10, 10) == pytest.approx(1 - 0.3305, abs=1e-3)
+    with pytest.raises(InvalidInput):
+        weighted_sum.sample("x", 5, 6)
