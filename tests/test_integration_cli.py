@@ -275,6 +275,16 @@ def test_a_round_through_the_cli_and_the_sdk(tmp_path):
                       "--examples", "5", "--base", merged["parents"][0], check=False)
         assert stale.returncode == 1 and "a round would not take weights trained from it" in stale.stderr
         assert sdk.round_status()["pending"] == []
+
+        # proven merges: contributions publish the commitments of their delta's chunks (40 values: 2 of 32)
+        assert "commitments to chunks of 32 values" in flair(home, "policy", "team", "--proof-chunk", "32").stdout
+        committed = sdk.contribute(load_file(str(model(4, tmp_path / "m4.safetensors"))), num_examples=7)
+        shown = json.loads(flair(home, "show", "team", committed, "--json").stdout)
+        assert len(shown["meta"]["commitments"]) == 2 and [c["commit"] for c in sdk.round_status()["pending"]] == [
+            committed]
+        lossy = flair(home, "contribute", "team", "--weights", str(model(5, tmp_path / "m5.safetensors")),
+                      "--examples", "5", "--codec", "int8", check=False)
+        assert lossy.returncode == 1 and "stored exactly" in lossy.stderr
         assert flair(home, "fsck", "team").returncode == 0
 
 

@@ -10,8 +10,13 @@ import pytest
 import torch
 
 from flair_node.core.errors import IntegrityError, InvalidInput
+from flair_node.core.identity import Identity
+from flair_node.core.rounds import RoundPolicy
+from flair_node.protocol import rounds
 from flair_node.protocol.proofs import ezkl_backend, weighted_sum
 from flair_node.protocol.proofs.ezkl_backend import FIELD, Shape, felt, felt_value
+from flair_node.storage.repo import Repo
+from flair_node.storage.repos import RepoSet
 from flair_node.tensors.fixedpoint import normalize_weights
 
 pytestmark = pytest.mark.slow
@@ -129,3 +134,87 @@ def test_sampled_chunks_depend_only_on_the_seed_and_catch_falsification_often_en
     assert weighted_sum.detection_probability(100, 10, 10) == pytest.approx(1 - 0.3305, abs=1e-3)
     with pytest.raises(InvalidInput):
         weighted_sum.sample("x", 5, 6)
+
+
+# -- proven rounds: contributions and merges publish the commitments, anyone with the records checks proofs --
+
+OWNER, ANA, BEN, CY = (Identity.generate() for _ in range(4))
+
+
+def proven_team(chunk: int = SIZE) -> tuple[RepoSet, Repo]:
+    repos = RepoSet.in_memory(OWNER)
+    repo = repos.create("proven", state(0))
+    for member in (ANA, BEN, CY):
+        repo.invite(OWNER, member.public_key, "maintainer")
+    repo.set_policy(OWNER, RoundPolicy(buffer=2, proof_chunk=chunk))
+    return repos, repo
+
+
+def node(repos: RepoSet, repo: Repo, identity: Identity | None) -> Repo:
+    return Repo.open(repo.id, repos.objects, repos.blocks, repo.refs, reader=identity)
+
+
+def contribute(repos, repo, who, seed, examples, commitments=None):
+    mine = node(repos, repo, who)
+    base = mine.head("main")
+    trained = {k: v + 0.01 * state(seed)[k] if v.is_floating_point() else v if v.dtype == torch.bool else v + 1
+               for k, v in mine.materialize(base).items()}
+    published = rounds.commitments(mine, trained, base) if commitments is None else commitments
+    return mine.contribute(who, trained, examples=examples, base=base, commitments=published)
+
+
+def test_a_proven_round_is_checked_from_the_records_alone(circuits):
+    repos, repo = proven_team()
+    contribute(repos, repo, ANA, 1, 100)
+    contribute(repos, repo, BEN, 2, 300)
+    current = rounds.view(repo, "main")
+    who = next(i for i in (OWNER, ANA, BEN, CY) if i.public_key == current.aggregator(current.opened_ms + 1))
+    merged = rounds.merge(node(repos, repo, who), who, "main")
+    rounds.verify(node(repos, repo, CY), merged)  # a member re-derives it, sums' commitments included
+
+    # the aggregator proves every chunk from the deltas it merged ...
+    aggregator = node(repos, repo, who)
+    weights = rounds.proof_weights(dict(merged.meta))
+    deltas = [weighted_sum.fixed_delta(aggregator.materialize(c), aggregator.materialize(current.head))
+              for c in rounds.meta_parents(dict(merged.meta))]
+    assert len(merged.meta["sums"]) == 2 and weights == [e[3] for e in merged.meta["contributions"]]  # all fresh
+    proofs = weighted_sum.prove(circuits[2], weights, deltas, range(len(merged.meta["sums"])))
+
+    # ... and a node that cannot read a single payload checks them against the records
+    outsider = node(repos, repo, None)
+    weights, published, sums = rounds.proof_statement(outsider, outsider.commit(merged.id))
+    for j, proof in proofs.items():
+        weighted_sum.check(circuits[2], proof, weights=weights, contributions=[p[j] for p in published], sums=sums[j])
+
+    # the merged weights are the head plus the proven sums, divided by 2^16, in the merge's fixed point
+    total = weighted_sum.weighted_sums(weights, deltas)
+    moved = weighted_sum.fixed_delta(repo.materialize(merged.id), repo.materialize(current.head))
+    assert (moved - torch.round(total.double() / 2**16).long()).abs().max() <= 16  # float32 keeps 24 bits
+
+
+def test_contributions_that_do_not_commit_to_their_delta_wait_in_vain():
+    repos, repo = proven_team()
+    contribute(repos, repo, ANA, 1, 100, commitments=[])  # none
+    contribute(repos, repo, BEN, 2, 100, commitments=["00" * 32, "00" * 32])  # not its delta's
+    good = contribute(repos, repo, CY, 3, 100)
+    assert [c.commit for c in rounds.view(repo, "main").pending] == [good.id]
+    with pytest.raises(InvalidInput, match="stored exactly"):
+        rounds.commitments(repo, state(5), repo.head("main"), "int8-v1")
+
+
+def test_a_merge_publishing_other_sums_is_refused_and_proofs_need_a_mean():
+    repos, repo = proven_team()
+    contribute(repos, repo, ANA, 1, 100)
+    contribute(repos, repo, BEN, 2, 300)
+    current = rounds.view(repo, "main")
+    state_, meta = rounds.derive(repo, current, current.pending)
+    who = next(i for i in (OWNER, ANA, BEN, CY) if i.public_key == current.aggregator(current.opened_ms + 1))
+    meta["sums"] = meta["sums"][::-1]
+    lying = node(repos, repo, who).write_round(who, state_, branch="main",
+                                               parents=(current.head, *rounds.meta_parents(meta)), meta=meta,
+                                               message="round 1")
+    with pytest.raises(IntegrityError, match="records other"):
+        rounds.verify(node(repos, repo, CY), lying)
+    with pytest.raises(InvalidInput, match="mean"):
+        RoundPolicy(strategy="median", proof_chunk=64)
+    assert "proof_chunk" not in RoundPolicy().record() and RoundPolicy(proof_chunk=8).record()["proof_chunk"] == 8

@@ -268,8 +268,10 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
             r = repos.open(repo)
             start = r.resolve(base) if base is not None else r.head(branch)
             rounds.staleness(r, branch, start)  # refuse now what no round would take
-            commit = r.contribute(identity, _read_weights(weights_path, "weights"), branch=branch,
-                                  examples=examples, base=start, message=message, codec=codec)
+            weights = _read_weights(weights_path, "weights")
+            committed = rounds.commitments(r, weights, start, codec)  # when the repository's merges are proven
+            commit = r.contribute(identity, weights, branch=branch, examples=examples, base=start,
+                                  message=message, codec=codec, commitments=committed)
             return {**commit_json(commit), "branch": branch}
         return await changing(work)
 
@@ -386,7 +388,10 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
                 Param("max_staleness", {"type": "integer", "minimum": 0}, "merges behind the head a "
                       "contribution may be based", required=False, default=None),
                 Param("timeout_s", {"type": "integer", "minimum": 1}, "how long each aggregator has before the "
-                      "next takes over", required=False, default=None)),
+                      "next takes over", required=False, default=None),
+                Param("proof_chunk", {"type": "integer", "minimum": 0}, "0: merges are not proven; N: contributions "
+                      "and merges commit to chunks of N values, so merges can be proven (needs the mean)",
+                      required=False, default=None)),
         result={"type": "object"})
     async def repo_policy(repo: str, **fields: Any) -> dict[str, Any]:
         given = {k: v for k, v in fields.items() if v is not None}

@@ -82,6 +82,8 @@ def policy_text(p: dict[str, Any]) -> str:
         f"merge when     {p['buffer']} contributions wait, or {p['deadline_s']} s after the round opened",
         f"staleness      weight = examples x (1 + staleness)^-{p['alpha']}; refused beyond {p['max_staleness']}",
         f"takeover       the next-ranked aggregator after {p['timeout_s']} s more",
+        "proofs         " + (f"commitments to chunks of {p['proof_chunk']} values: merges can be proven (EZKL)"
+                             if p.get("proof_chunk") else "off"),
     ])
 
 

@@ -170,6 +170,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", metavar="A", help="staleness exponent: weight = examples x (1 + staleness)^-A")
     p.add_argument("--max-staleness", type=int, metavar="N", help="refuse contributions more than N merges behind")
     p.add_argument("--timeout", type=int, metavar="SECONDS", help="how long each aggregator has before the next")
+    p.add_argument("--proof-chunk", type=int, metavar="N", help="0: merges are not proven; N: contributions and "
+                                                                "merges commit to chunks of N values for EZKL proofs")
     return parser
 
 
@@ -316,7 +318,7 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
         return r, members_text(r)
     if a.verb == "policy":
         fields = {"strategy": a.strategy, "buffer": a.buffer, "deadline_s": a.deadline, "alpha": a.alpha,
-                  "max_staleness": a.max_staleness, "timeout_s": a.timeout}
+                  "max_staleness": a.max_staleness, "timeout_s": a.timeout, "proof_chunk": a.proof_chunk}
         if a.param:
             fields["strategy_params"] = dict(_param(text) for text in a.param)
         r = c.call("repo.policy", repo=a.repo, **{k: v for k, v in fields.items() if v is not None})

@@ -75,7 +75,7 @@ class MembershipChange(SignedRecord):
             "keys": [[k.member, k.epoch, k.sealed] for k in self.keys],
         }
         if self.policy is not None:
-            body["policy"] = self.policy.as_dict()
+            body["policy"] = self.policy.record()
         return body
 
     @property

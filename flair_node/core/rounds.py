@@ -35,6 +35,7 @@ from .ids import PublicKey
 
 STRATEGY_NAME = 64  # characters of a strategy name
 MAX_STRATEGY_PARAMS = 16
+MAX_PROOF_CHUNK = 1 << 16
 _DECIMAL = Context(prec=40)
 _WEIGHT_SCALE = Decimal(10) ** 9  # weights are examples x discount, to 9 decimal places
 
@@ -52,6 +53,10 @@ class RoundPolicy:
     alpha: str = "0.5"  # staleness exponent, decimal text: weight = examples x (1 + staleness)^-alpha
     max_staleness: int = 4  # contributions based further behind the head are refused
     timeout_s: int = 60  # how long each aggregator has before the next ranked one takes over
+    #: 0: merges are not proven. N: each contribution commits (Poseidon) to its fixed-point delta in chunks of N
+    #: values and each merge to the chunks of its weighted sums, so EZKL can prove them (``protocol.proofs``);
+    #: the strategy must then be the mean.
+    proof_chunk: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, str) or not 0 < len(self.strategy) <= STRATEGY_NAME:
@@ -61,23 +66,33 @@ class RoundPolicy:
                 or isinstance(v, str) and len(v) > STRATEGY_NAME for k, v in self.strategy_params.items()):
             raise InvalidInput(f"strategy_params must map at most {MAX_STRATEGY_PARAMS} names to plain values")
         for name, low, high in (("buffer", 1, 10_000), ("deadline_s", 1, 86_400), ("max_staleness", 0, 1_000),
-                                ("timeout_s", 1, 86_400)):
+                                ("timeout_s", 1, 86_400), ("proof_chunk", 0, MAX_PROOF_CHUNK)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise InvalidInput(f"{name} must be an integer from {low} to {high}, not {value!r}")
         if not _decimal_in(self.alpha, 0, 10):
             raise InvalidInput(f"alpha must be a decimal number from 0 to 10 written as text, not {self.alpha!r}")
+        if self.proof_chunk and self.strategy != "mean":
+            raise InvalidInput(f"proven merges need the mean strategy (a weighted sum), not {self.strategy}")
 
     def as_dict(self) -> dict[str, Any]:
         body = asdict(self)
         body["strategy_params"] = dict(self.strategy_params)
         return body
 
+    def record(self) -> dict[str, Any]:
+        """As a signed record holds it: ``proof_chunk`` only when set, so records made before it are unchanged."""
+        body = self.as_dict()
+        if not self.proof_chunk:
+            del body["proof_chunk"]
+        return body
+
     @classmethod
     def from_dict(cls, value: Any) -> RoundPolicy:
         """From a decoded record; ``IntegrityError`` if it is not exactly a policy."""
-        if not isinstance(value, dict) or set(value) != set(cls.__dataclass_fields__):
-            raise IntegrityError(f"a round policy is a map of exactly {sorted(cls.__dataclass_fields__)}")
+        fields = set(cls.__dataclass_fields__)
+        if not isinstance(value, dict) or set(value) not in (fields, fields - {"proof_chunk"}):
+            raise IntegrityError(f"a round policy is a map of exactly {sorted(fields)}")
         try:
             return cls(**value)
         except InvalidInput as exc:

@@ -43,6 +43,10 @@ _CHECKED_SIZE = 4096  # round merges remembered as verified or mismatched, per o
 _CHECKED: WeakKeyDictionary[Any, OrderedDict[str, str | None]] = WeakKeyDictionary()
 
 
+#: "<contribution id>:<chunk>" -> whether it publishes the commitments of its own delta.
+_COMMITTED: WeakKeyDictionary[Any, OrderedDict[str, bool]] = WeakKeyDictionary()
+
+
 class MergeMismatch(IntegrityError):
     """A round merge whose recorded rounds, strategy or weights, or whose bytes, differ from what its inputs give:
     final, unlike a merge whose inputs have not all arrived yet."""
@@ -129,6 +133,20 @@ def staleness(repo: Repo, branch: str, base: CommitId) -> int:
                        f"the head ({short(repo.head(target))})")
 
 
+def commitments(repo: Repo, state: StateDict, base: CommitId, codec: str = "bitdelta-v1") -> list[str]:
+    """What a contribution of ``state`` trained from ``base`` publishes when the repository's merges are proven:
+    the Poseidon commitments of its delta's chunks (none when they are not). A lossy codec would store other
+    values than those committed: ``InvalidInput``."""
+    chunk = repo.members.current().policy.proof_chunk
+    if not chunk:
+        return []
+    if codec != "bitdelta-v1":
+        raise InvalidInput(f"this repository's merges are proven: contributions are stored exactly, not as {codec}")
+    from .proofs import weighted_sum
+
+    return weighted_sum.commitments(weighted_sum.fixed_delta(state, repo.materialize(base)), chunk)
+
+
 def merge(repo: Repo, identity: Any, branch: str, *, at_ms: int | None = None) -> Commit:
     """Merge the pending contributions of ``branch``'s round as its entitled aggregator (``identity``).
 
@@ -213,7 +231,10 @@ def check_move(repo: Repo, move: BranchMove) -> None:
 
 def derive(repo: Repo, current: RoundView, contributions: Sequence[Contribution]
            ) -> tuple[StateDict, dict[str, Any]]:
-    """The merged state and the ``meta`` a round merge of ``contributions`` records."""
+    """The merged state and the ``meta`` a round merge of ``contributions`` records. With proofs on (the policy's
+    ``proof_chunk``), the merge is exactly ``head + Σ e_i (x_i − base_i) / 2^16`` in fixed point, with the
+    effective weights ``e = proof_weights(meta)``, and ``meta["sums"]`` holds the Poseidon commitments of the
+    chunks of ``Σ e_i (x_i − base_i)``: what an EZKL proof of the merge binds to."""
     from ..tensors.fixedpoint import WEIGHT_BITS, combine, normalize_weights
     from .strategies import build_strategy
 
@@ -222,20 +243,47 @@ def derive(repo: Repo, current: RoundView, contributions: Sequence[Contribution]
     strategy = build_strategy(current.policy.strategy, current.policy.strategy_params)
     strategy.check_count(len(contributions))
     weights = normalize_weights(weight_counts([(c.examples, c.staleness) for c in contributions], current.policy))
-    head = repo.materialize(current.head)
     whole = 1 << WEIGHT_BITS
-    inputs = [repo.materialize(c.commit) if c.base == current.head else
-              combine(repo.materialize(c.base), [head, repo.materialize(c.commit)], [whole, whole])
-              for c in contributions]
-    state = strategy.aggregate(head, inputs, weights)
     step = step_weight([(c.examples, c.staleness) for c in contributions], current.policy, whole)
-    if step != whole:  # stale contributions: a shorter step from the head towards the strategy's result
-        state = combine(head, [state], [step])
     meta = {"branch": current.branch, "round": current.number + 1, "strategy": strategy.describe(),
             "contributions": [[c.commit, c.examples, c.staleness, w] for c, w in zip(contributions, weights,
                                                                                     strict=True)],
             "examples": sum(c.examples for c in contributions), "step": step}
+    head = repo.materialize(current.head)
+    if current.policy.proof_chunk:
+        state, sums = _provable(repo, head, contributions, proof_weights(meta), current.policy.proof_chunk)
+        return state, {**meta, "sums": sums}
+    inputs = [repo.materialize(c.commit) if c.base == current.head else
+              combine(repo.materialize(c.base), [head, repo.materialize(c.commit)], [whole, whole])
+              for c in contributions]
+    state = strategy.aggregate(head, inputs, weights)
+    if step != whole:  # stale contributions: a shorter step from the head towards the strategy's result
+        state = combine(head, [state], [step])
     return state, meta
+
+
+def proof_weights(meta: dict[str, Any]) -> list[int]:
+    """The integer weights a proven merge applies to its contributions' deltas: each recorded weight times the
+    merge's step, out of 2^16, rounded down (the head keeps the rest)."""
+    from ..tensors.fixedpoint import WEIGHT_BITS
+
+    return [int(entry[3]) * int(meta["step"]) >> WEIGHT_BITS for entry in meta["contributions"]]
+
+
+def proof_statement(repo: Repo, commit: Commit) -> tuple[list[int], list[list[str]], list[str]]:
+    """What a proof of round merge ``commit`` must bind, from the records alone (no payload is read, so any
+    holder of the records can check proofs): the effective weights, each contribution's chunk commitments in
+    the merge's order, and the commitments of the merged sums. ``IntegrityError`` if the merge is not proven."""
+    sums = commit.meta.get("sums")
+    if commit.kind != "round" or not isinstance(sums, list) or not sums:
+        raise IntegrityError(f"commit {short(commit.id)} is not a proven round merge")
+    published = []
+    for contribution in meta_parents(dict(commit.meta)):
+        chunks = repo.commit(contribution).meta.get("commitments")
+        if not isinstance(chunks, list) or len(chunks) != len(sums):
+            raise IntegrityError(f"contribution {short(contribution)} publishes no commitment for each chunk")
+        published.append(chunks)
+    return proof_weights(dict(commit.meta)), published, sums
 
 
 def meta_parents(meta: dict[str, Any]) -> list[CommitId]:
@@ -249,6 +297,39 @@ def _remember(checked: OrderedDict[str, str | None], commit: str, reason: str | 
     checked[commit] = reason
     if len(checked) > _CHECKED_SIZE:
         checked.popitem(last=False)
+
+
+def _provable(repo: Repo, head: StateDict, contributions: Sequence[Contribution], weights: Sequence[int],
+              chunk: int) -> tuple[StateDict, list[str]]:
+    """``head + Σ e_i (x_i − base_i)`` with no shortcut (each contribution enters as its own state with weight
+    ``e_i`` and its base with ``−e_i``), and the commitments of the chunks of the sums."""
+    from ..tensors.fixedpoint import combine
+    from .proofs import weighted_sum
+
+    states, signed, deltas = [], [], []
+    for c, e in zip(contributions, weights, strict=True):
+        x, base = repo.materialize(c.commit), repo.materialize(c.base)
+        states += [x, base]
+        signed += [e, -e]
+        deltas.append(weighted_sum.fixed_delta(x, base))
+    merged = combine(head, states, signed, shortcuts=False)
+    return merged, weighted_sum.commitments(weighted_sum.weighted_sums(weights, deltas), chunk)
+
+
+def _committed(repo: Repo, commit: Commit, chunk: int) -> bool:
+    """Whether contribution ``commit`` publishes the commitments of its own delta, in chunks of ``chunk`` values;
+    computed once per contribution and node (its record and payload never change)."""
+    known = _COMMITTED.setdefault(repo.objects, OrderedDict())
+    key = f"{commit.id}:{chunk}"
+    if key not in known:
+        from .proofs import weighted_sum
+
+        published = commit.meta.get("commitments")
+        delta = weighted_sum.fixed_delta(repo.materialize(commit.id), repo.materialize(commit.parents[0]))
+        known[key] = isinstance(published, list) and published == weighted_sum.commitments(delta, chunk)
+        if len(known) > _CHECKED_SIZE:
+            known.popitem(last=False)
+    return known[key]
 
 
 def _view_at(repo: Repo, branch: str, head: CommitId) -> RoundView:
@@ -311,6 +392,9 @@ def _contribution(repo: Repo, commit: Commit, branch: str, chain: list[Commit], 
         if link.id == base:
             if staleness > policy.max_staleness:
                 break
+            if policy.proof_chunk and not _committed(repo, commit, policy.proof_chunk):
+                raise IntegrityError(f"contribution {short(commit.id)} does not publish the commitments of its "
+                                     f"delta in chunks of {policy.proof_chunk}, which proven merges need")
             return Contribution(commit.id, commit.author, base, examples, staleness)
         if link.kind == "round":
             if commit.id in link.parents[1:]:

@@ -374,11 +374,12 @@ class Repo:
 
     def contribute(self, identity: Identity, state: StateDict, *, branch: str = DEFAULT_BRANCH, examples: int,
                    base: CommitId | None = None, message: str = "", codec: str = "bitdelta-v1",
-                   topk_ratio: float = DEFAULT_TOPK_RATIO) -> Commit:
+                   topk_ratio: float = DEFAULT_TOPK_RATIO, commitments: Sequence[str] = ()) -> Commit:
         """A contribution to the rounds of ``branch``: weights trained from ``base`` (default: the branch head) on
         ``examples`` local examples, stored as their delta against ``base``. It does not move ``branch``: it sits
         on this member's own branch ``contrib/<branch>/<key>`` (each contribution replaces the previous one
-        there) until a round's aggregator merges it."""
+        there) until a round's aggregator merges it. ``commitments``, if any, are recorded with it: the Poseidon
+        commitments of its delta's chunks, when the repository's merges are proven (``protocol.proofs``)."""
         if codec not in DELTA_CODECS:
             raise InvalidInput(f"unknown codec {codec!r}: use one of {', '.join(DELTA_CODECS)}", codec=codec)
         if not isinstance(examples, int) or examples < 0:
@@ -389,7 +390,9 @@ class Repo:
         previous = self.branch_move(own)
         return self._write_commit(identity, state, parents=(start,), kind="contribution",
                                   message=_message(message or f"contribution to {target} ({examples} examples)"),
-                                  meta={"examples": examples, "branch": target}, metrics={}, branch=own,
+                                  meta={"examples": examples, "branch": target,
+                                        **({"commitments": list(commitments)} if commitments else {})},
+                                  metrics={}, branch=own,
                                   expected=previous.commit if previous else None, codec=codec, topk_ratio=topk_ratio)
 
     def write_round(self, identity: Identity, state: StateDict, *, branch: str, parents: tuple[CommitId, ...],

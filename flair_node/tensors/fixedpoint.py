@@ -144,8 +144,10 @@ def check_inputs(base: StateDict, inputs: Sequence[StateDict]) -> None:
 
 
 def combine(base: StateDict, inputs: Sequence[StateDict], weights: Sequence[int], *,
-            scale_bits: int = DEFAULT_SCALE_BITS, weight_bits: int = WEIGHT_BITS) -> StateDict:
-    """``base + Σ w_i (x_i − base) / 2^weight_bits`` tensor by tensor, exactly (see the module docstring)."""
+            scale_bits: int = DEFAULT_SCALE_BITS, weight_bits: int = WEIGHT_BITS, shortcuts: bool = True) -> StateDict:
+    """``base + Σ w_i (x_i − base) / 2^weight_bits`` tensor by tensor, exactly (see the module docstring).
+    ``shortcuts=False`` skips the rule that takes a lone changed input with the whole weight bit for bit, so
+    every floating tensor is exactly the fixed-point formula (what a proof of the sum can speak for)."""
     if len(inputs) != len(weights) or not inputs:
         raise InvalidInput("combine needs one weight per input, and at least one input")
     check_inputs(base, inputs)
@@ -156,7 +158,7 @@ def combine(base: StateDict, inputs: Sequence[StateDict], weights: Sequence[int]
         changed = [(x, w) for x, w in zip(xs, weights, strict=True) if w != 0 and not same_bits(x, b)]
         if not changed:
             result[name] = b
-        elif len(changed) == 1 and changed[0][1] == whole:
+        elif shortcuts and len(changed) == 1 and changed[0][1] == whole:
             result[name] = changed[0][0]
         elif b.dtype == torch.bool:
             result[name] = max(changed, key=lambda xw: xw[1])[0]
