@@ -13,8 +13,8 @@ from flair_node.core.errors import IntegrityError, InvalidInput
 from flair_node.core.identity import Identity
 from flair_node.core.rounds import RoundPolicy
 from flair_node.protocol import rounds
-from flair_node.protocol.proofs import ezkl_backend, weighted_sum
-from flair_node.protocol.proofs.ezkl_backend import FIELD, Shape, felt, felt_value
+from flair_node.protocol.proofs import ezkl_backend, weighted_sum, worker
+from flair_node.protocol.proofs.ezkl_backend import FIELD, ProofError, Shape, felt, felt_value
 from flair_node.storage.repo import Repo
 from flair_node.storage.repos import RepoSet
 from flair_node.tensors.fixedpoint import normalize_weights
@@ -218,3 +218,15 @@ def test_a_merge_publishing_other_sums_is_refused_and_proofs_need_a_mean():
     with pytest.raises(InvalidInput, match="mean"):
         RoundPolicy(strategy="median", proof_chunk=64)
     assert "proof_chunk" not in RoundPolicy().record() and RoundPolicy(proof_chunk=8).record()["proof_chunk"] == 8
+
+
+def test_a_worker_process_proves_and_a_memory_cap_stops_it_with_a_clear_error(circuits, merge):
+    circuit, deltas, weights = circuits[2], merge["deltas"][:2], normalize_weights([100, 300])
+    proofs = worker.prove_chunks(circuit, weights, deltas, [1], memory_mb=4096, timeout_s=300)
+    sums = weighted_sum.commitments(weighted_sum.weighted_sums(weights, deltas), SIZE)
+    weighted_sum.check(circuit, proofs[1], weights=weights, contributions=[p[1] for p in merge["published"][:2]],
+                       sums=sums[1])
+    with pytest.raises(ProofError, match="memory cap"):
+        worker.prove_chunks(circuit, weights, deltas, [0], memory_mb=64, timeout_s=60)
+    with pytest.raises(ProofError, match="within 0.01 s"):
+        worker.prove_chunks(circuit, weights, deltas, [0], timeout_s=0.01)
