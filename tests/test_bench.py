@@ -69,3 +69,13 @@ def test_fl_accuracy_bench_reports_accuracies_and_times_to_target():
     assert report["centralized_accuracy"] > 0.5
     for name in ("async_time_to_target_s", "sync_time_to_target_s"):
         assert report[name] is None or report[name] > 0, (name, report[name])
+
+
+@pytest.mark.slow
+def test_proof_bench_reports_the_10k_update_next_to_the_naive_circuit():
+    report = last_json_line("proof.py", "--quick")
+    for key in ("params", "prove_s", "verify_s", "peak_memory_mb", "naive_prove_s"):
+        assert report[key] > 0, (key, report[key])
+    assert {"prove_10k_s", "verify_10k_s"} == report["goals"].keys()
+    assert {s["variant"] for s in report["shapes"]} >= {"hashed", "public"}
+    assert report["projection_1m"]["sampled_chunks"] > 0

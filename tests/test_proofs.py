@@ -230,3 +230,13 @@ def test_a_worker_process_proves_and_a_memory_cap_stops_it_with_a_clear_error(ci
         worker.prove_chunks(circuit, weights, deltas, [0], memory_mb=64, timeout_s=60)
     with pytest.raises(ProofError, match="within 0.01 s"):
         worker.prove_chunks(circuit, weights, deltas, [0], timeout_s=0.01)
+
+
+def test_values_ezkl_would_round_are_refused_before_proving(circuits):
+    exact = [1 << 24] + [0] * (SIZE - 1)
+    proof = ezkl_backend.prove(circuits[2], [1, 1], [exact, exact])
+    weighted_sum.check(circuits[2], proof, weights=[1, 1], contributions=[ezkl_backend.poseidon(exact)] * 2,
+                       sums=ezkl_backend.poseidon([2 << 24] + [0] * (SIZE - 1)))
+    with pytest.raises(InvalidInput, match="float32"):
+        ezkl_backend.prove(circuits[2], [1, 1], [exact, [(1 << 24) + 1] + [0] * (SIZE - 1)])
+    assert [Shape(2, 64).logrows, Shape(4, 64).logrows, Shape(4, 1024).logrows] == [14, 14, 18]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
-from ..core.errors import FlairError, IntegrityError, InvalidInput
+from ..core.errors import FlairError, IntegrityError, InvalidInput, NotAMember
 from ..core.ids import CommitId, PublicKey, short
 from ..core.membership import PROTECTED_BRANCHES, ROLES, Membership
 from ..core.objects import Commit
@@ -325,7 +325,10 @@ def _committed(repo: Repo, commit: Commit, chunk: int) -> bool:
         from .proofs import weighted_sum
 
         published = commit.meta.get("commitments")
-        delta = weighted_sum.fixed_delta(repo.materialize(commit.id), repo.materialize(commit.parents[0]))
+        try:
+            delta = weighted_sum.fixed_delta(repo.materialize(commit.id), repo.materialize(commit.parents[0]))
+        except NotAMember:
+            return True  # a node without the key cannot look: it neither merges nor re-derives
         known[key] = isinstance(published, list) and published == weighted_sum.commitments(delta, chunk)
         if len(known) > _CHECKED_SIZE:
             known.popitem(last=False)

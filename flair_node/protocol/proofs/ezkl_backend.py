@@ -29,14 +29,18 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ...core.errors import FlairError, IntegrityError, InvalidInput
 from ...storage.atomic import atomic_write
 
 #: The BN254 scalar field, where EZKL's circuits compute.
 FIELD = 21888242871839275222246405745257275088548364400416034343698204186575808495617
-ROWS_PER_VALUE = 41  # Poseidon rows per hashed value (measured: the multiply-adds are ~2 more)
+ROWS_PER_VALUE = 41  # Poseidon rows per hashed value (measured: 41.0-41.04, multiply-adds included)
+ROWS_RESERVED = 1024  # margin for the rows a circuit reserves beyond its gates
 MIN_LOGROWS, MAX_LOGROWS = 12, 24
+#: EZKL reads input values as float32: integers up to 2^24 are exact, beyond they may be rounded.
+EXACT_INPUT = 1 << 24
 CIRCUIT_VERSION = "flair-weighted-sum-1"  # part of every cache key: change it when the circuit changes
 
 
@@ -58,9 +62,10 @@ class Shape:
 
     @property
     def logrows(self) -> int:
-        """Rows for the hashes of K weights, K x N values and N sums, and headroom (measured: 64 x 2 fits 2^14)."""
+        """The fewest rows (as a power of 2) for the hashes of K weights, K x N values and N sums: proving time
+        follows 2^logrows, so no headroom beyond the margin (``build`` checks the real count)."""
         values = self.inputs + self.inputs * self.size + self.size
-        return max(MIN_LOGROWS, min(MAX_LOGROWS, math.ceil(math.log2(values * ROWS_PER_VALUE * 1.25))))
+        return max(MIN_LOGROWS, min(MAX_LOGROWS, math.ceil(math.log2(values * ROWS_PER_VALUE + ROWS_RESERVED))))
 
 
 @dataclass(frozen=True)
@@ -156,8 +161,10 @@ def prove(circuit: Circuit, weights: Sequence[int], chunks: Sequence[Sequence[in
     if len(weights) != shape.inputs or len(chunks) != shape.inputs or any(len(c) != shape.size for c in chunks):
         raise InvalidInput(f"this circuit proves {shape.inputs} weights and {shape.inputs} chunks of {shape.size}")
     data = {"input_data": [[float(w) for w in weights], *([float(v) for v in chunk] for chunk in chunks)]}
-    if any(abs(v) >= 1 << 53 for row in data["input_data"] for v in row):
-        raise InvalidInput("values to prove must be below 2^53 in magnitude (they travel as JSON numbers)")
+    if any(abs(v) > EXACT_INPUT for row in data["input_data"] for v in row):
+        raise InvalidInput("EZKL reads inputs as float32, so values beyond 2^24 in magnitude would be rounded "
+                           "before they are hashed: at 24 fraction bits, a change of 1.0 or more in one weight "
+                           "cannot be proven (yet)")
     with _scratch(circuit.folder.parent) as tmp:
         (tmp / "input.json").write_text(json.dumps(data))
         what = f"{shape.inputs} x {shape.size}"
@@ -194,11 +201,8 @@ def verify(circuit: Circuit, proof: bytes) -> list[str]:
     return list(instances[0])
 
 
-# -- internals -----------------------------------------------------------------------------------------
-
-
-def _build_into(folder: Path, shape: Shape, srs: Path) -> None:
-    import ezkl
+def export_onnx(path: Path, shape: Shape) -> None:
+    """The weighted-sum module for ``shape`` as ONNX: K weights and K chunks of N values in, N sums out."""
     import torch
 
     class WeightedSum(torch.nn.Module):
@@ -211,17 +215,33 @@ def _build_into(folder: Path, shape: Shape, srs: Path) -> None:
     example = (torch.zeros(shape.inputs), *(torch.zeros(shape.size) for _ in range(shape.inputs)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; it is what EZKL's tract reads
-        torch.onnx.export(WeightedSum(), example, str(folder / "circuit.onnx"), dynamo=False,
+        torch.onnx.export(WeightedSum(), example, str(path), dynamo=False,
                           input_names=["weights", *(f"chunk{i}" for i in range(shape.inputs))],
                           output_names=["sums"])
+
+
+def run_args(logrows: int, visibility: str = "hashed") -> Any:
+    """EZKL's run arguments for the weighted sum: integers at scale 0, no range checks on inputs and outputs,
+    inputs and outputs with ``visibility`` (Flair's: hashed)."""
+    import ezkl
+
     args = ezkl.PyRunArgs()
-    args.input_visibility = "hashed"
-    args.output_visibility = "hashed"
+    args.input_visibility = args.output_visibility = visibility
     args.param_visibility = "fixed"
-    args.input_scale = 0
-    args.param_scale = 0
+    args.input_scale = args.param_scale = 0
     args.ignore_range_check_inputs_outputs = True
-    args.logrows = shape.logrows
+    args.logrows = logrows
+    return args
+
+
+# -- internals -----------------------------------------------------------------------------------------
+
+
+def _build_into(folder: Path, shape: Shape, srs: Path) -> None:
+    import ezkl
+
+    export_onnx(folder / "circuit.onnx", shape)
+    args = run_args(shape.logrows)
     steps = [("settings", lambda: ezkl.gen_settings(str(folder / "circuit.onnx"), str(folder / "settings.json"),
                                                     py_run_args=args)),
              ("compile", lambda: ezkl.compile_circuit(str(folder / "circuit.onnx"), str(folder / "circuit.ezkl"),
@@ -230,6 +250,11 @@ def _build_into(folder: Path, shape: Shape, srs: Path) -> None:
                                           str(folder / "pk.key"), str(srs)))]
     for name, step in steps:
         _call(f"{name} for {shape.inputs} x {shape.size}", step)
+        if name == "settings":
+            rows = json.loads((folder / "settings.json").read_text()).get("num_rows", 0)
+            if rows + ROWS_RESERVED // 4 > 1 << shape.logrows:
+                raise ProofError(f"{shape.inputs} x {shape.size} needs {rows} rows, more than the 2^{shape.logrows} "
+                                 "its shape allows for")
 
 
 def _call(what: str, step: Callable[[], object]) -> None:
