@@ -240,3 +240,12 @@ def test_values_ezkl_would_round_are_refused_before_proving(circuits):
     with pytest.raises(InvalidInput, match="float32"):
         ezkl_backend.prove(circuits[2], [1, 1], [exact, [(1 << 24) + 1] + [0] * (SIZE - 1)])
     assert [Shape(2, 64).logrows, Shape(4, 64).logrows, Shape(4, 1024).logrows] == [14, 14, 18]
+
+
+def test_keys_are_built_only_from_the_srs_the_repository_accepts(circuits, tmp_path):
+    circuit = circuits[2]
+    again = ezkl_backend.build(circuit.folder.parent, circuit.shape, circuit.srs, accepted_srs=circuit.srs_sha256)
+    assert again.folder == circuit.folder and again.vk_sha256 == circuit.vk_sha256  # cached, the same keys
+    assert ezkl_backend.sha256_file(circuit.srs) == circuit.srs_sha256
+    with pytest.raises(ProofError, match="not the one the repository accepts"):
+        ezkl_backend.build(circuit.folder.parent, circuit.shape, circuit.srs, accepted_srs="ab" * 32)

@@ -101,3 +101,14 @@ def test_a_stale_round_takes_a_shorter_step():
     assert step_weight([(100, 5)], RoundPolicy(alpha="0"), whole) == whole  # alpha 0: staleness costs nothing
     with pytest.raises(InvalidInput):
         step_weight([], policy, whole)
+
+
+def test_proof_fields_are_checked_and_left_out_of_records_while_unset():
+    srs = sha256_hex(b"an srs")
+    policy = RoundPolicy(proof_chunk=64, proof_srs=srs)
+    assert RoundPolicy.from_dict(policy.record()) == policy and policy.record()["proof_srs"] == srs
+    assert not {"proof_chunk", "proof_srs"} & RoundPolicy().record().keys()
+    assert RoundPolicy.from_dict(RoundPolicy().record()) == RoundPolicy()
+    for bad in ("ABC", srs.upper(), srs[:-1]):
+        with pytest.raises(InvalidInput, match="proof_srs"):
+            RoundPolicy(proof_srs=bad)

@@ -391,7 +391,9 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
                       "next takes over", required=False, default=None),
                 Param("proof_chunk", {"type": "integer", "minimum": 0}, "0: merges are not proven; N: contributions "
                       "and merges commit to chunks of N values, so merges can be proven (needs the mean)",
-                      required=False, default=None)),
+                      required=False, default=None),
+                Param("proof_srs", {"type": "string", "maxLength": 64}, "SHA-256 (hex) of the SRS file members "
+                      "accept for proofs; empty: none chosen", required=False, default=None)),
         result={"type": "object"})
     async def repo_policy(repo: str, **fields: Any) -> dict[str, Any]:
         given = {k: v for k, v in fields.items() if v is not None}

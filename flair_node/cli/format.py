@@ -84,6 +84,7 @@ def policy_text(p: dict[str, Any]) -> str:
         f"takeover       the next-ranked aggregator after {p['timeout_s']} s more",
         "proofs         " + (f"commitments to chunks of {p['proof_chunk']} values: merges can be proven (EZKL)"
                              if p.get("proof_chunk") else "off"),
+        *([f"proof SRS      sha256 {p['proof_srs']}"] if p.get("proof_srs") else []),
     ])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -172,6 +173,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, metavar="SECONDS", help="how long each aggregator has before the next")
     p.add_argument("--proof-chunk", type=int, metavar="N", help="0: merges are not proven; N: contributions and "
                                                                 "merges commit to chunks of N values for EZKL proofs")
+    p.add_argument("--proof-srs", type=Path, metavar="FILE", help="the SRS file members accept for proofs (its "
+                                                                  "SHA-256 is recorded; every node needs the file)")
     return parser
 
 
@@ -318,7 +321,8 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
         return r, members_text(r)
     if a.verb == "policy":
         fields = {"strategy": a.strategy, "buffer": a.buffer, "deadline_s": a.deadline, "alpha": a.alpha,
-                  "max_staleness": a.max_staleness, "timeout_s": a.timeout, "proof_chunk": a.proof_chunk}
+                  "max_staleness": a.max_staleness, "timeout_s": a.timeout, "proof_chunk": a.proof_chunk,
+                  "proof_srs": _sha256(a.proof_srs) if a.proof_srs else None}
         if a.param:
             fields["strategy_params"] = dict(_param(text) for text in a.param)
         r = c.call("repo.policy", repo=a.repo, **{k: v for k, v in fields.items() if v is not None})
@@ -327,6 +331,17 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
         r = c.call("node.gc")
         return r, f"kept {r['blocks_kept']} pinned blocks, removed {r['blocks_removed']} unpinned"
     raise FlairError(f"unknown verb {a.verb}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise FlairError(f"cannot read {path}: {exc.strerror}") from None
+    return digest.hexdigest()
 
 
 def _param(text: str) -> tuple[str, int | bool | str]:

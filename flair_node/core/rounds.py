@@ -36,6 +36,7 @@ from .ids import PublicKey
 STRATEGY_NAME = 64  # characters of a strategy name
 MAX_STRATEGY_PARAMS = 16
 MAX_PROOF_CHUNK = 1 << 16
+_OPTIONAL = ("proof_chunk", "proof_srs")  # left out of records while unset
 _DECIMAL = Context(prec=40)
 _WEIGHT_SCALE = Decimal(10) ** 9  # weights are examples x discount, to 9 decimal places
 
@@ -57,6 +58,9 @@ class RoundPolicy:
     #: values and each merge to the chunks of its weighted sums, so EZKL can prove them (``protocol.proofs``);
     #: the strategy must then be the mean.
     proof_chunk: int = 0
+    #: The SHA-256 (hex) of the SRS file the members accept for proofs: keys are made from it, so a proof made
+    #: with another SRS is not one they check. Empty: not chosen yet.
+    proof_srs: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, str) or not 0 < len(self.strategy) <= STRATEGY_NAME:
@@ -72,6 +76,8 @@ class RoundPolicy:
                 raise InvalidInput(f"{name} must be an integer from {low} to {high}, not {value!r}")
         if not _decimal_in(self.alpha, 0, 10):
             raise InvalidInput(f"alpha must be a decimal number from 0 to 10 written as text, not {self.alpha!r}")
+        if not isinstance(self.proof_srs, str) or self.proof_srs and not _is_sha256(self.proof_srs):
+            raise InvalidInput("proof_srs is the SHA-256 of an SRS file as 64 lowercase hex digits, or empty")
         if self.proof_chunk and self.strategy != "mean":
             raise InvalidInput(f"proven merges need the mean strategy (a weighted sum), not {self.strategy}")
 
@@ -81,18 +87,20 @@ class RoundPolicy:
         return body
 
     def record(self) -> dict[str, Any]:
-        """As a signed record holds it: ``proof_chunk`` only when set, so records made before it are unchanged."""
+        """As a signed record holds it: the proof fields only when set, so records made before them are unchanged."""
         body = self.as_dict()
-        if not self.proof_chunk:
-            del body["proof_chunk"]
+        for name in _OPTIONAL:
+            if not body[name]:
+                del body[name]
         return body
 
     @classmethod
     def from_dict(cls, value: Any) -> RoundPolicy:
         """From a decoded record; ``IntegrityError`` if it is not exactly a policy."""
         fields = set(cls.__dataclass_fields__)
-        if not isinstance(value, dict) or set(value) not in (fields, fields - {"proof_chunk"}):
-            raise IntegrityError(f"a round policy is a map of exactly {sorted(fields)}")
+        if not isinstance(value, dict) or not fields - set(_OPTIONAL) <= set(value) <= fields:
+            raise IntegrityError(f"a round policy is a map of exactly {sorted(fields)} (the proof fields only when "
+                                 "set)")
         try:
             return cls(**value)
         except InvalidInput as exc:
@@ -141,6 +149,10 @@ def discount(staleness: int, alpha: str) -> Decimal:
     if staleness < 0:
         raise InvalidInput("staleness must be >= 0")
     return _DECIMAL.power(Decimal(1 + staleness), -Decimal(alpha))
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def _decimal_in(text: object, low: int, high: int) -> bool:

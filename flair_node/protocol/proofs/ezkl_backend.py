@@ -138,9 +138,14 @@ def development_srs(folder: Path, logrows: int) -> Path:
     return path
 
 
-def build(cache: Path, shape: Shape, srs: Path) -> Circuit:
-    """The circuit for ``shape`` with keys for ``srs``, built once and cached under ``cache``."""
-    srs_sha = _sha256_file(srs)
+def build(cache: Path, shape: Shape, srs: Path, *, accepted_srs: str = "") -> Circuit:
+    """The circuit for ``shape`` with keys for ``srs``, built once and cached under ``cache``. ``accepted_srs``
+    (a repository's ``proof_srs``), if given, must be the SRS file's SHA-256: keys from another SRS would make
+    proofs its members do not accept."""
+    srs_sha = sha256_file(srs)
+    if accepted_srs and srs_sha != accepted_srs:
+        raise ProofError(f"the SRS {srs} (sha256 {srs_sha[:16]}...) is not the one the repository accepts "
+                         f"({accepted_srs[:16]}...): prove and verify with that file")
     key = hashlib.sha256(json.dumps([CIRCUIT_VERSION, _ezkl_version(), shape.inputs, shape.size, shape.logrows,
                                      srs_sha]).encode()).hexdigest()
     folder = cache / key[:32]
@@ -150,7 +155,7 @@ def build(cache: Path, shape: Shape, srs: Path) -> Circuit:
             _build_into(tmp, shape, srs)
             with contextlib.suppress(OSError):  # another process finished the same build first: keep theirs
                 os.rename(tmp, folder)
-    return Circuit(shape, folder, shape.logrows, srs, _sha256_file(folder / "vk.key"), srs_sha)
+    return Circuit(shape, folder, shape.logrows, srs, sha256_file(folder / "vk.key"), srs_sha)
 
 
 def prove(circuit: Circuit, weights: Sequence[int], chunks: Sequence[Sequence[int]]) -> bytes:
@@ -280,7 +285,8 @@ def _scratch(parent: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, in hex: how a repository names the SRS it accepts."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
