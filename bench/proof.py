@@ -87,11 +87,6 @@ def log(msg: str) -> None:
 # -- circuits (Flair's through ezkl_backend; the others built here the same way, with other visibilities) ----------
 
 
-def export_onnx(path: Path, shape: Shape) -> None:
-    """The weighted-sum module exactly as ezkl_backend exports it: K weights and K chunks in, N sums out."""
-    ezkl_backend.export_onnx(path, shape)
-
-
 def gen_settings(folder: Path, visibility: str, logrows: int) -> int:
     """settings.json for ``folder/circuit.onnx`` (scales 0, no range checks, as Flair's); its number of rows."""
     import ezkl
@@ -104,7 +99,7 @@ def gen_settings(folder: Path, visibility: str, logrows: int) -> int:
 def tight_logrows(visibility: str, shape: Shape) -> tuple[int, int]:
     """(rows, the smallest logrows they fit in) of the weighted-sum circuit with this visibility."""
     with tempfile.TemporaryDirectory(prefix="flair-proof-probe-") as tmp:
-        export_onnx(Path(tmp) / "circuit.onnx", shape)
+        ezkl_backend.export_onnx(Path(tmp) / "circuit.onnx", shape)
         rows = gen_settings(Path(tmp), visibility, ezkl_backend.MIN_LOGROWS)
     return rows, max(6, math.ceil(math.log2(rows + RESERVED_ROWS)))
 
@@ -131,7 +126,7 @@ def build_plain(folder: Path, visibility: str, shape: Shape, logrows: int, srs: 
     import ezkl
 
     folder.mkdir(parents=True, exist_ok=True)
-    export_onnx(folder / "circuit.onnx", shape)
+    ezkl_backend.export_onnx(folder / "circuit.onnx", shape)
     gen_settings(folder, visibility, logrows)
     ok("compile", ezkl.compile_circuit(str(folder / "circuit.onnx"), str(folder / "circuit.ezkl"),
                                        str(folder / "settings.json")))

@@ -293,10 +293,10 @@ def meta_parents(meta: dict[str, Any]) -> list[CommitId]:
 # -- internals -----------------------------------------------------------------------------------------
 
 
-def _remember(checked: OrderedDict[str, str | None], commit: str, reason: str | None) -> None:
-    checked[commit] = reason
-    if len(checked) > _CHECKED_SIZE:
-        checked.popitem(last=False)
+def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+    cache[key] = value
+    if len(cache) > _CHECKED_SIZE:
+        cache.popitem(last=False)
 
 
 def _provable(repo: Repo, head: StateDict, contributions: Sequence[Contribution], weights: Sequence[int],
@@ -329,9 +329,7 @@ def _committed(repo: Repo, commit: Commit, chunk: int) -> bool:
             delta = weighted_sum.fixed_delta(repo.materialize(commit.id), repo.materialize(commit.parents[0]))
         except NotAMember:
             return True  # a node without the key cannot look: it neither merges nor re-derives
-        known[key] = isinstance(published, list) and published == weighted_sum.commitments(delta, chunk)
-        if len(known) > _CHECKED_SIZE:
-            known.popitem(last=False)
+        _remember(known, key, isinstance(published, list) and published == weighted_sum.commitments(delta, chunk))
     return known[key]
 
 
