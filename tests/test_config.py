@@ -20,6 +20,9 @@ def test_documented_config_is_the_default():
     ("[p2p]\nlisten = 4001", "p2p.listen"),
     ('[log]\nlevel = "loud"', "log.level"),
     ("[rounds]\naggregate = 1", "rounds.aggregate"),
+    ('[proofs]\nsrs = "kzg12.srs"', "absolute path"),
+    ("[proofs]\nmemory_mb = 10", "proofs.memory_mb"),
+    ("[proofs]\nprove = 0", "proofs.prove"),
     ("[api\n", "not valid TOML"),
 ])
 def test_bad_config_is_refused_with_a_reason(text, message):

@@ -143,12 +143,14 @@ def test_network_demo_rotates_the_aggregator_and_plots_accuracy(tmp_path):
                           capture_output=True, text=True, timeout=300, check=False)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
-    table = re.findall(r"^\s+(\d)\s+(\w+|-)\s+([\d.]+) %$", out, re.MULTILINE)
-    assert [int(n) for n, _, _ in table] == [0, 1, 2, 3], out
-    aggregators = [name for _, name, _ in table[1:]]
+    table = re.findall(r"^\s+(\d)\s+(\w+|-)\s+([\d.]+) %(.*)$", out, re.MULTILINE)
+    assert [int(n) for n, *_ in table] == [0, 1, 2, 3], out
+    aggregators = [name for _, name, *_ in table[1:]]
     assert len(set(aggregators)) == 3, out  # each of the three nodes merged one round
-    accuracies = [float(acc) for _, _, acc in table]
+    accuracies = [float(acc) for _, _, acc, _ in table]
     assert accuracies[-1] > accuracies[0] + 50, out
+    # every merge proven by its aggregator and verified by every node: 2,410 parameters in chunks of 256
+    assert [proof.strip() for *_, proof in table[1:]] == ["10 chunks proven, verified by all 3 nodes"] * 3, out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     pids = [int(p) for p in re.findall(r"^\s+\w+\s+pid (\d+)", out, re.MULTILINE)]

@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from flair_node.core.cid import RAW, cid_for
 from flair_node.core.errors import IntegrityError, InvalidInput
 from flair_node.core.identity import Identity
 from flair_node.core.ids import sha256_hex
@@ -104,11 +105,11 @@ def test_a_stale_round_takes_a_shorter_step():
 
 
 def test_proof_fields_are_checked_and_left_out_of_records_while_unset():
-    srs = sha256_hex(b"an srs")
-    policy = RoundPolicy(proof_chunk=64, proof_srs=srs)
+    srs = cid_for(RAW, b"an srs")
+    policy = RoundPolicy(proof_chunk=64, proof_scheme="kzg", proof_srs=srs)
     assert RoundPolicy.from_dict(policy.record()) == policy and policy.record()["proof_srs"] == srs
-    assert not {"proof_chunk", "proof_srs"} & RoundPolicy().record().keys()
+    assert not {"proof_chunk", "proof_scheme", "proof_srs"} & RoundPolicy().record().keys()
     assert RoundPolicy.from_dict(RoundPolicy().record()) == RoundPolicy()
-    for bad in ("ABC", srs.upper(), srs[:-1]):
+    for bad in ("ABC", srs.upper(), srs[:-1], sha256_hex(b"an srs")):
         with pytest.raises(InvalidInput, match="proof_srs"):
-            RoundPolicy(proof_srs=bad)
+            RoundPolicy(proof_chunk=64, proof_scheme="kzg", proof_srs=bad)

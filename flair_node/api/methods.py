@@ -8,6 +8,7 @@ reads, or a path it writes. Everything else is validated by the registry before 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -22,7 +23,7 @@ from ..core.ids import Cid, is_full_id
 from ..core.membership import INVITABLE, PROTECTED_BRANCHES, Member, Membership
 from ..core.objects import Commit
 from ..core.refs import DEFAULT_BRANCH
-from ..core.rounds import RoundPolicy
+from ..core.rounds import PROOF_SCHEMES, RoundPolicy
 from ..storage import unixfs
 from ..storage.atomic import atomic_write
 from ..storage.repo import DELTA_CODECS, STRATEGIES, Repo
@@ -123,10 +124,19 @@ class Network(Protocol):
 
 
 def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[], None] = lambda: None,
-                   extra_status: Callable[[], dict[str, Any]] = dict, network: Network | None = None) -> Registry:
+                   extra_status: Callable[[], dict[str, Any]] = dict, network: Network | None = None,
+                   proof_srs: Path | None = None, development_srs: Path | None = None) -> Registry:
     """The methods over ``repos``; ``on_change`` runs after anything is committed, ``extra_status`` adds to
-    ``node.status`` (the daemon's services report there), ``network`` reaches peers (the daemon's)."""
+    ``node.status`` (the daemon's services report there), ``network`` reaches peers (the daemon's).
+    ``proof_srs`` is the node's production SRS file (config ``proofs.srs``) and ``development_srs`` where it
+    makes development ones when it has none (default: a temporary folder)."""
     registry = Registry()
+
+    def dev_folder() -> Path:  # a private folder, made on first use
+        nonlocal development_srs
+        if development_srs is None:
+            development_srs = Path(tempfile.mkdtemp(prefix="flair-srs-"))
+        return development_srs
 
     async def off_thread(fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn)
@@ -392,8 +402,12 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
                 Param("proof_chunk", {"type": "integer", "minimum": 0}, "0: merges are not proven; N: contributions "
                       "and merges commit to chunks of N values, so merges can be proven (needs the mean)",
                       required=False, default=None),
-                Param("proof_srs", {"type": "string", "maxLength": 64}, "SHA-256 (hex) of the SRS file members "
-                      "accept for proofs; empty: none chosen", required=False, default=None)),
+                Param("proof_scheme", {"enum": list(PROOF_SCHEMES)}, "how chunks are committed: kzg (default) or "
+                      "poseidon (no SRS needed to commit, ~30x slower to prove)", required=False, default=None),
+                Param("proof_srs_file", {"type": "string", "maxLength": 4096}, "absolute path of the SRS file "
+                      "members accept (default: the node's proofs.srs, else a development SRS made here); the node "
+                      "stores it as blocks members fetch, and the policy names its CID", required=False,
+                      default=None)),
         result={"type": "object"})
     async def repo_policy(repo: str, **fields: Any) -> dict[str, Any]:
         given = {k: v for k, v in fields.items() if v is not None}
@@ -401,12 +415,29 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
             return await off_thread(lambda: repos.open(repo).members.current().policy.as_dict())
 
         def work() -> dict[str, Any]:
+            from ..protocol.proofs import circuits
             from ..protocol.strategies import build_strategy  # loads torch: not while the daemon idles
 
             r = repos.open(repo)
-            policy = RoundPolicy(**{**r.members.current().policy.as_dict(), **given})
+            srs_file = given.pop("proof_srs_file", None)
+            before = r.members.current().policy
+            merged = {**before.as_dict(), **given}
+            development = False
+            if not merged["proof_chunk"]:
+                merged.update(proof_scheme="", proof_srs="")
+            else:
+                merged["proof_scheme"] = merged["proof_scheme"] or "kzg"
+                if srs_file is not None or not before.proof_srs or merged["proof_chunk"] != before.proof_chunk \
+                        or merged["proof_scheme"] != before.proof_scheme:
+                    path, development = circuits.choose_srs(
+                        merged["proof_chunk"], merged["proof_scheme"],
+                        given=_input_path(srs_file, "proof_srs_file") if srs_file is not None else None,
+                        configured=proof_srs, development=dev_folder())
+                    merged["proof_srs"] = circuits.add_srs(r.blocks, path.read_bytes())
+            policy = RoundPolicy(**merged)
             build_strategy(policy.strategy, policy.strategy_params)  # refuse what no node could run
-            return r.set_policy(identity, policy).policy.as_dict()
+            shown = r.set_policy(identity, policy).policy.as_dict()
+            return {**shown, "development_srs": True} if development else shown
         return await changing(work)
 
     @registry.method(

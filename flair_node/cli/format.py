@@ -82,10 +82,26 @@ def policy_text(p: dict[str, Any]) -> str:
         f"merge when     {p['buffer']} contributions wait, or {p['deadline_s']} s after the round opened",
         f"staleness      weight = examples x (1 + staleness)^-{p['alpha']}; refused beyond {p['max_staleness']}",
         f"takeover       the next-ranked aggregator after {p['timeout_s']} s more",
-        "proofs         " + (f"commitments to chunks of {p['proof_chunk']} values: merges can be proven (EZKL)"
-                             if p.get("proof_chunk") else "off"),
-        *([f"proof SRS      sha256 {p['proof_srs']}"] if p.get("proof_srs") else []),
+        "proofs         " + (f"{p['proof_scheme']} commitments to chunks of {p['proof_chunk']} values: merges can be "
+                             "proven (EZKL)" if p.get("proof_chunk") else "off"),
+        *([f"proof SRS      {p['proof_srs']}"] if p.get("proof_srs") else []),
+        *(["               a development SRS made by this node: proofs convince only who trusts it; set a "
+           "production one (proofs.srs, or --proof-srs)"] if p.get("development_srs") else []),
     ])
+
+
+def verify_text(r: dict[str, Any]) -> str:
+    head = f"{r['commit'][:12]}  "
+    if r["status"] == "verified":
+        whole = r["chunks"] == r["total"]
+        covered = (f"all {r['total']} chunks proven" if whole else
+                   f"{r['chunks']} of {r['total']} chunks proven, drawn from the merge's id: a merge falsifying 1 % "
+                   f"of its chunks is caught with probability {r['detection']:.4f}")
+        return "\n".join([head + f"verified: the merge is the weighted sum of its contributions ({covered})",
+                           f"proofs by {r['author']}: {r['proofs']}"])
+    if r["status"] == "failed":
+        return "\n".join([head + f"FAILED: {r['reason']}", f"proofs by {r['author']}: {r['proofs']}"])
+    return head + f"{r['status']}: {r['reason']}"
 
 
 def round_text(r: dict[str, Any]) -> str:
@@ -123,6 +139,10 @@ def node_text(r: dict[str, Any], *, bad_input: bool) -> str:
         lines.append(f"round merges not followed: {counts.get('refused_merges', len(refused))}; the latest:")
         lines.extend(f"  {m['commit'][:10]} on {m['branch']} by {m['author'][:10]}: {m['reason']}"
                      for m in refused[-3:])
+    proofs = r.get("proofs", {})
+    if any(proofs.get(k) for k in ("proven", "prove_failed", "verified", "failed")):
+        lines.append(f"merge proofs: {proofs.get('proven', 0)} made here ({proofs.get('prove_failed', 0)} failed), "
+                     f"{proofs.get('verified', 0)} verified, {proofs.get('failed', 0)} did not hold (see the log)")
     if bad_input:
         blocks = {peer: rec["refused_blocks"] + rec["malformed_messages"] for peer, rec in p2p["bitswap_peers"].items()}
         for peer in sorted(set(blocks) | set(p2p["bad_announcements"]) | set(gossip)):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from .format import (
     round_text,
     show_text,
     status_text,
+    verify_text,
 )
 
 CODECS = {"exact": "bitdelta-v1", "float16": "float16-v1", "int8": "int8-v1", "topk": "topk-v1"}
@@ -83,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["status", "merge"])
     p.add_argument("repo")
     p.add_argument("--branch", default="main")
+
+    p = verb("verify", "whether a round merge's EZKL proofs hold: checked by this node against the published "
+                       "commitments, without any delta")
+    p.add_argument("repo")
+    p.add_argument("commit", help="the round merge (id, prefix or branch)")
 
     p = verb("log", "show the history")
     p.add_argument("repo")
@@ -173,8 +178,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, metavar="SECONDS", help="how long each aggregator has before the next")
     p.add_argument("--proof-chunk", type=int, metavar="N", help="0: merges are not proven; N: contributions and "
                                                                 "merges commit to chunks of N values for EZKL proofs")
-    p.add_argument("--proof-srs", type=Path, metavar="FILE", help="the SRS file members accept for proofs (its "
-                                                                  "SHA-256 is recorded; every node needs the file)")
+    p.add_argument("--proof-scheme", choices=("kzg", "poseidon"),
+                   help="how chunks are committed: kzg (default; fast proofs) or poseidon (~30x slower to prove)")
+    p.add_argument("--proof-srs", type=Path, metavar="FILE",
+                   help="the SRS file members accept for proofs (default: the node's proofs.srs, else a development "
+                        "SRS made here); members fetch it from this node, the policy names its CID")
     return parser
 
 
@@ -258,6 +266,9 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
     if a.verb == "round":
         r = c.call("round.merge", repo=a.repo, branch=a.branch)
         return r, f"{r['id']}  round {r['meta']['round']} of {a.branch}: {len(r['parents']) - 1} contributions"
+    if a.verb == "verify":
+        r = c.call("repo.verify", repo=a.repo, commit=a.commit)
+        return r, verify_text(r)
     if a.verb == "log":
         r = c.call("repo.log", repo=a.repo, branch=a.branch, limit=a.limit)
         return r, log_text(r, a.graph)
@@ -322,7 +333,8 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
     if a.verb == "policy":
         fields = {"strategy": a.strategy, "buffer": a.buffer, "deadline_s": a.deadline, "alpha": a.alpha,
                   "max_staleness": a.max_staleness, "timeout_s": a.timeout, "proof_chunk": a.proof_chunk,
-                  "proof_srs": _sha256(a.proof_srs) if a.proof_srs else None}
+                  "proof_scheme": a.proof_scheme,
+                  "proof_srs_file": str(a.proof_srs.resolve()) if a.proof_srs else None}
         if a.param:
             fields["strategy_params"] = dict(_param(text) for text in a.param)
         r = c.call("repo.policy", repo=a.repo, **{k: v for k, v in fields.items() if v is not None})
@@ -331,17 +343,6 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
         r = c.call("node.gc")
         return r, f"kept {r['blocks_kept']} pinned blocks, removed {r['blocks_removed']} unpinned"
     raise FlairError(f"unknown verb {a.verb}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise FlairError(f"cannot read {path}: {exc.strerror}") from None
-    return digest.hexdigest()
 
 
 def _param(text: str) -> tuple[str, int | bool | str]:

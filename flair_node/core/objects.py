@@ -197,3 +197,56 @@ def metric_text(name: str, value: float | int | str) -> tuple[str, str]:
     if number != number or number in (float("inf"), float("-inf")):
         raise InvalidInput(f"metric {name}={value!r} is not finite", metric=name)
     return name, repr(number)
+
+
+MAX_PROVEN_CHUNKS = 4096  # chunk indices one proof record lists
+
+
+@dataclass(frozen=True)
+class ProofRecord(SignedRecord):
+    """Proofs of round merge ``commit`` of ``repo``: the chunks proven (indices, ascending), and where the proofs
+    are (``proofs``: a UnixFS file of ``size`` bytes, JSON, public), signed by the merge's author."""
+
+    TAG: ClassVar[bytes] = b"flair/proof/v1\0"
+    KIND: ClassVar[str] = "proof"
+
+    repo: RepoId
+    commit: CommitId
+    chunks: tuple[int, ...]
+    proofs: Cid
+    size: int
+    author: PublicKey
+    timestamp_ms: int
+    signature: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {"v": RECORD_VERSION, "type": "proof", "repo": self.repo, "commit": self.commit,
+                "chunks": list(self.chunks), "proofs": self.proofs, "size": self.size, "author": self.author,
+                "timestamp_ms": self.timestamp_ms}
+
+    @property
+    def id(self) -> str:
+        return self.digest
+
+    @classmethod
+    def decode(cls, data: bytes) -> ProofRecord:
+        body, sig = schema.outer(encoding.decode(data), "proof")
+        try:
+            chunks = schema.listing(body["chunks"], "chunks")
+            record = cls(
+                repo=RepoId(schema.hex_id(body["repo"], "repo")),
+                commit=CommitId(schema.hex_id(body["commit"], "commit")),
+                chunks=tuple(schema.natural(j, "chunk") for j in chunks),
+                proofs=schema.cid(body["proofs"], "proofs"),
+                size=schema.natural(body["size"], "size"),
+                author=PublicKey(schema.text(body["author"], "author", 64)),
+                timestamp_ms=schema.natural(body["timestamp_ms"], "timestamp_ms"),
+                signature=sig,
+            )
+        except (KeyError, TypeError) as exc:
+            raise IntegrityError(f"proof record is missing or mistypes a field: {exc}") from exc
+        if record.body() != body:
+            raise IntegrityError("proof record has unknown fields")
+        if not 0 < len(record.chunks) <= MAX_PROVEN_CHUNKS or list(record.chunks) != sorted(set(record.chunks)):
+            raise IntegrityError(f"a proof record lists 1 to {MAX_PROVEN_CHUNKS} chunks, ascending, each once")
+        return record

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import ROUND_FLOOR, Context, Decimal
 from typing import Any
 
+from . import schema
 from .errors import IntegrityError, InvalidInput
 from .identity import public_key_bytes
 from .ids import PublicKey
@@ -36,7 +37,9 @@ from .ids import PublicKey
 STRATEGY_NAME = 64  # characters of a strategy name
 MAX_STRATEGY_PARAMS = 16
 MAX_PROOF_CHUNK = 1 << 16
-_OPTIONAL = ("proof_chunk", "proof_srs")  # left out of records while unset
+_OPTIONAL = ("proof_chunk", "proof_scheme", "proof_srs")  # left out of records while unset
+PROOF_SCHEMES = ("kzg", "poseidon")  # how contributions and merges commit to their chunks (``protocol.proofs``)
+MAX_SRS_BYTES = 1 << 26  # an SRS file (EZKL's for 2^18 rows is 16 MiB)
 _DECIMAL = Context(prec=40)
 _WEIGHT_SCALE = Decimal(10) ** 9  # weights are examples x discount, to 9 decimal places
 
@@ -54,12 +57,16 @@ class RoundPolicy:
     alpha: str = "0.5"  # staleness exponent, decimal text: weight = examples x (1 + staleness)^-alpha
     max_staleness: int = 4  # contributions based further behind the head are refused
     timeout_s: int = 60  # how long each aggregator has before the next ranked one takes over
-    #: 0: merges are not proven. N: each contribution commits (Poseidon) to its fixed-point delta in chunks of N
-    #: values and each merge to the chunks of its weighted sums, so EZKL can prove them (``protocol.proofs``);
-    #: the strategy must then be the mean.
+    #: 0: merges are not proven. N: each contribution commits to its fixed-point delta in chunks of N values and
+    #: each merge to the chunks of its weighted sums, so EZKL can prove them (``protocol.proofs``); the strategy
+    #: must then be the mean.
     proof_chunk: int = 0
-    #: The SHA-256 (hex) of the SRS file the members accept for proofs: keys are made from it, so a proof made
-    #: with another SRS is not one they check. Empty: not chosen yet.
+    #: With ``proof_chunk``: how chunks are committed, ``kzg`` (KZG commitments, made with the SRS) or
+    #: ``poseidon`` (hashes: no SRS needed to commit, ~30x slower to prove).
+    proof_scheme: str = ""
+    #: The CID of the SRS file (a UnixFS file the owner's node adds, members fetch) the members accept: keys and
+    #: KZG commitments are made from it, so a proof made with another SRS is not one they check. Required for
+    #: ``kzg``; empty: not chosen yet.
     proof_srs: str = ""
 
     def __post_init__(self) -> None:
@@ -76,10 +83,18 @@ class RoundPolicy:
                 raise InvalidInput(f"{name} must be an integer from {low} to {high}, not {value!r}")
         if not _decimal_in(self.alpha, 0, 10):
             raise InvalidInput(f"alpha must be a decimal number from 0 to 10 written as text, not {self.alpha!r}")
-        if not isinstance(self.proof_srs, str) or self.proof_srs and not _is_sha256(self.proof_srs):
-            raise InvalidInput("proof_srs is the SHA-256 of an SRS file as 64 lowercase hex digits, or empty")
-        if self.proof_chunk and self.strategy != "mean":
-            raise InvalidInput(f"proven merges need the mean strategy (a weighted sum), not {self.strategy}")
+        if not isinstance(self.proof_srs, str) or self.proof_srs and not _is_cid(self.proof_srs):
+            raise InvalidInput("proof_srs is the CID of an SRS file, or empty")
+        if self.proof_chunk:
+            if self.strategy != "mean":
+                raise InvalidInput(f"proven merges need the mean strategy (a weighted sum), not {self.strategy}")
+            if self.proof_scheme not in PROOF_SCHEMES:
+                raise InvalidInput(f"proven merges commit with one of {', '.join(PROOF_SCHEMES)}, not "
+                                   f"{self.proof_scheme!r}")
+            if self.proof_scheme == "kzg" and not self.proof_srs:
+                raise InvalidInput("KZG commitments are made with the SRS: proven merges with kzg need proof_srs")
+        elif self.proof_scheme or self.proof_srs:
+            raise InvalidInput("proof_scheme and proof_srs go with proof_chunk: without it merges are not proven")
 
     def as_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -151,8 +166,12 @@ def discount(staleness: int, alpha: str) -> Decimal:
     return _DECIMAL.power(Decimal(1 + staleness), -Decimal(alpha))
 
 
-def _is_sha256(text: str) -> bool:
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+def _is_cid(text: str) -> bool:
+    try:
+        schema.cid(text, "proof_srs")
+    except IntegrityError:
+        return False
+    return True
 
 
 def _decimal_in(text: object, low: int, high: int) -> bool:

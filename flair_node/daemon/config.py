@@ -25,6 +25,9 @@ class NodeConfig:
     p2p_sync_interval: float = 30.0
     p2p_mdns: bool = False
     rounds_aggregate: bool = True
+    proofs_srs: str = ""
+    proofs_prove: bool = True
+    proofs_memory_mb: int = 8192
 
     @classmethod
     def from_toml(cls, text: str, source: str = "config") -> NodeConfig:
@@ -33,7 +36,8 @@ class NodeConfig:
         except tomllib.TOMLDecodeError as exc:
             raise InvalidInput(f"{source} is not valid TOML: {exc}") from exc
         known = {"api": {"host", "port", "max_request_bytes"}, "log": {"level"}, "ipfs": {"kubo_api"},
-                 "p2p": {"listen", "bootstrap", "sync_interval", "mdns"}, "rounds": {"aggregate"}}
+                 "p2p": {"listen", "bootstrap", "sync_interval", "mdns"}, "rounds": {"aggregate"},
+                 "proofs": {"srs", "prove", "memory_mb"}}
         for section, values in data.items():
             if section not in known or not isinstance(values, dict):
                 raise InvalidInput(f"{source}: unknown section [{section}] (known: {', '.join(known)})")
@@ -45,6 +49,7 @@ class NodeConfig:
         ipfs: dict[str, Any] = data.get("ipfs", {})
         p2p: dict[str, Any] = data.get("p2p", {})
         rounds: dict[str, Any] = data.get("rounds", {})
+        proofs: dict[str, Any] = data.get("proofs", {})
         config = cls(
             api_host=api.get("host", cls.api_host),
             api_port=api.get("port", cls.api_port),
@@ -57,6 +62,9 @@ class NodeConfig:
             p2p_sync_interval=p2p.get("sync_interval", cls.p2p_sync_interval),
             p2p_mdns=p2p.get("mdns", cls.p2p_mdns),
             rounds_aggregate=rounds.get("aggregate", cls.rounds_aggregate),
+            proofs_srs=proofs.get("srs", cls.proofs_srs),
+            proofs_prove=proofs.get("prove", cls.proofs_prove),
+            proofs_memory_mb=proofs.get("memory_mb", cls.proofs_memory_mb),
         )
         config.check(source)
         return config
@@ -92,5 +100,12 @@ class NodeConfig:
             raise InvalidInput(f"{source}: p2p.mdns is true or false")
         if not isinstance(self.rounds_aggregate, bool):
             raise InvalidInput(f"{source}: rounds.aggregate is true or false")
+        if not isinstance(self.proofs_srs, str) or self.proofs_srs and not Path(self.proofs_srs).is_absolute():
+            raise InvalidInput(f"{source}: proofs.srs is the absolute path of an SRS file")
+        if not isinstance(self.proofs_prove, bool):
+            raise InvalidInput(f"{source}: proofs.prove is true or false")
+        if not isinstance(self.proofs_memory_mb, int) or isinstance(self.proofs_memory_mb, bool) \
+                or not 256 <= self.proofs_memory_mb <= 1 << 20:
+            raise InvalidInput(f"{source}: proofs.memory_mb is an integer from 256 to 1048576")
         if self.log_level not in _LEVELS:
             raise InvalidInput(f"{source}: log.level must be one of {', '.join(_LEVELS)}")

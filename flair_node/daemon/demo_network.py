@@ -6,7 +6,10 @@ invited as maintainers and clone it. Each round, every participant pulls the hea
 trains a few epochs on their own slice and contributes the result through their node. The aggregator every node
 computes for that round (the role goes round: who merged longest ago comes first) merges the contributions
 once all N have arrived; every other node re-derives the merge from the same inputs and follows it only if the
-bytes match. Test accuracy is printed per round and plotted to a PNG.
+bytes match. Merges are proven: each contribution publishes KZG commitments to its delta, the aggregator
+proves with EZKL (in a worker process, after publishing the merge) that the merge is the weighted sum of exactly
+those, and every node verifies the proof; the demo ends by showing what each node found. Test accuracy is
+printed per round and plotted to a PNG.
 
 One process plays all N participants here, so the training data never reaches any daemon: each daemon receives
 only trained weights, as a contributor's own machine would send them.
@@ -14,17 +17,19 @@ only trained weights, as a contributor's own machine would send them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from ..testing.models import CLASSES, accuracy, load_digits_split, make_mlp, partition, train_local
-from ..testing.network import Network, Node, running_network
+from ..testing.network import Network, Node, running_network, wait_until
 from .demo import BATCH_SIZE, LEARNING_RATE, REPO_NAME, SEED, _exit_status, _home, _pct
 
 NAMES = ("ana", "ben", "cy", "dee", "eli", "fay", "gus", "hal")
@@ -35,6 +40,8 @@ SKEW = 0.6  # each class leans this much towards one participant (partition's sk
 DEADLINE_S = 120  # the round merges once every node contributed; this is only the fallback
 TIMEOUT_S = 10  # each aggregator's window after the first one's
 MERGE_WAIT_S = DEADLINE_S + 3 * TIMEOUT_S
+PROOF_CHUNK = 256  # values per proven chunk: the 2,410 parameters make 10 chunks
+PROOF_WAIT_S = 180  # for every node to have verified every round's proofs, after the last round
 
 
 @dataclass
@@ -81,18 +88,23 @@ def run_network_demo(nodes: int, rounds: int | None = None, plot: Path | None = 
                       "pass a new --keep folder", file=sys.stderr)
                 return 1
             model = make_mlp(SEED)
-            policy = {"strategy": "mean", "buffer": nodes, "deadline_s": DEADLINE_S, "timeout_s": TIMEOUT_S}
+            policy = {"strategy": "mean", "buffer": nodes, "deadline_s": DEADLINE_S, "timeout_s": TIMEOUT_S,
+                      "proof_chunk": PROOF_CHUNK}
             repo = net.create_repo(REPO_NAME, model.state_dict(), policy=policy)
             initial = accuracy(model, x_test, y_test)
             print(f"\nrepository {REPO_NAME} ({repo[:10]}) on {net.owner.name}, cloned by every other node; "
                   f"round policy: weighted mean by examples, merge when all {nodes} contributed (K={nodes})")
+            print(f"proofs:  contributions commit to chunks of {PROOF_CHUNK} values (KZG); the SRS is a development "
+                  f"one {net.owner.name} made (ezkl.gen_srs), which every node fetched")
             print(f"commit 0: an untrained 64-32-10 MLP, test accuracy {_pct(initial)}")
             results = [_round(net, repo, n, slices, x_test, y_test) for n in range(1, rounds + 1)]
+            print(f"\nwaiting for every node to verify the proofs of the {rounds} merges ...")
+            proofs = _proofs(net, repo, results)
 
-        print("\nround  aggregator  test accuracy")
+        print("\nround  aggregator  test accuracy  EZKL proof of the merge")
         print(f"{0:>5}  {'-':<10}  {_pct(initial):>13}")
         for r in results:
-            print(f"{r.number:>5}  {r.aggregator:<10}  {_pct(r.test_acc):>13}")
+            print(f"{r.number:>5}  {r.aggregator:<10}  {_pct(r.test_acc):>13}  {proofs[r.merge_id]}")
         aggregators = [r.aggregator for r in results]
         print(f"aggregators, round by round: {' -> '.join(aggregators)} "
               f"({len(set(aggregators))} different nodes in {len(results)} rounds)")
@@ -140,6 +152,33 @@ def _round(net: Network, repo: str, n: int, slices: dict[str, tuple[torch.Tensor
           + f"); all {len(net.nodes)} nodes re-derived and followed it {seconds:.1f} s after the last contribution")
     print(f"  test accuracy of main after round {n}: {_pct(test_acc)}")
     return RoundResult(n, merged["id"], aggregator, seconds, test_acc, local, weights)
+
+
+def _proofs(net: Network, repo: str, results: list[RoundResult]) -> dict[str, str]:
+    """Wait (at most ``PROOF_WAIT_S``) until every node has checked the proofs of every merge; what they found."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def checked() -> bool:
+        for r in results:
+            for node in net.nodes:
+                seen = found.setdefault(r.merge_id, {}).get(node.name)
+                if seen is None or seen["status"] not in ("verified", "failed"):
+                    found[r.merge_id][node.name] = node.daemon.client.call("repo.verify", repo=repo,
+                                                                           commit=r.merge_id)
+        return all(f["status"] in ("verified", "failed") for by_node in found.values() for f in by_node.values())
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(checked, "every merge's proofs checked on every node", PROOF_WAIT_S, every=0.5)
+    lines = {}
+    for merge, by_node in found.items():
+        verified = [f for f in by_node.values() if f["status"] == "verified"]
+        if len(verified) == len(by_node):
+            lines[merge] = f"{verified[0]['chunks']} chunks proven, verified by all {len(by_node)} nodes"
+        else:
+            lines[merge] = f"verified by {len(verified)} of {len(by_node)} nodes; " + "; ".join(
+                f"{name}: {f['status']} ({f.get('reason', '')})" for name, f in by_node.items()
+                if f["status"] != "verified")
+    return lines
 
 
 def _started(node: Node) -> None:

@@ -89,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
         config.check("--port")
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ezkl").setLevel(max(logging.WARNING, logging.getLogger().level))  # a line per proof step
     node = Node(home, config)
     try:
         trio.run(run_until_signalled, node)

@@ -20,12 +20,15 @@ from ..network.bitswap import BlockExchange
 from ..network.host import connect, full_addrs, running_host
 from ..network.kubo import KuboPinner
 from ..protocol import sync
+from ..protocol.proofs import circuits
 from ..storage.atomic import remove_stale_temp_files
 from ..storage.repos import RepoSet
 from .config import NodeConfig
 from .home import Home
 from .p2p import P2PService, register_methods
 from .pinning import KuboPinService
+from .proofs import ProofService
+from .proofs import register_methods as register_proof_methods
 from .rounds import RoundService
 
 log = logging.getLogger(__name__)
@@ -41,14 +44,20 @@ class Node:
         if stale:
             log.info("removed %d temp files left by an interrupted run", stale)
         self.repos = RepoSet.on_disk(home.path, self.identity)
+        circuits.use(self.repos.objects, circuits.Circuits(home.path / "proofs"))
         self.pinning = KuboPinService(self.repos, KuboPinner(config.kubo_api), home.path / "kubo") \
             if config.kubo_api else None
         self.p2p: P2PService | None = None  # set while the libp2p host runs
         self.rounds = RoundService(self.repos, self.identity, on_change=self._changed) \
             if config.rounds_aggregate else None
         self.registry = build_registry(self.identity, self.repos, on_change=self._changed, extra_status=self._status,
-                                       network=self)
+                                       network=self, proof_srs=Path(config.proofs_srs) if config.proofs_srs else None,
+                                       development_srs=home.path / "proofs" / "development-srs")
         register_methods(self.registry, self._online)
+        self.proofs = ProofService(self.repos, self.identity, home.path / "proofs" / "verified",
+                                   prove=config.proofs_prove, memory_mb=config.proofs_memory_mb,
+                                   on_change=self._changed)
+        register_proof_methods(self.registry, self.repos, self.proofs)
 
     def _changed(self) -> None:
         if self.pinning is not None:
@@ -59,6 +68,7 @@ class Node:
     def _status(self) -> dict[str, Any]:
         status: dict[str, Any] = {"kubo": self.pinning.status()} if self.pinning is not None else {}
         status["rounds"] = self.rounds.status() if self.rounds is not None else {"aggregate": False}
+        status["proofs"] = self.proofs.status()
         if self.p2p is not None:
             bitswap = self.p2p.exchange.status()
             status["p2p"] = {"addrs": full_addrs(self.p2p.host), "refused_blocks": bitswap["refused_blocks"],
@@ -96,6 +106,7 @@ class Node:
                     await nursery.start(self.pinning.run)
                 if self.rounds is not None:
                     await nursery.start(self.rounds.run)
+                await nursery.start(self.proofs.run)
                 url = await nursery.start(server.run)
                 self.home.write_api_file(url, token)
                 log.info("flair-node %s serving %s (home %s)", self.identity.public_key, url, self.home.path)

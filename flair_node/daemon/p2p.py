@@ -238,6 +238,8 @@ class P2PService:
         pull: dict[CommitId, str] = {}
         for taken, publisher in messages:
             pull.update((c.id, publisher) for c in taken.commits if not repo.objects.has(c.id))
+            # a proof record comes with its proofs' blocks, by pulling from its publisher
+            pull.update((CommitId(p.id), publisher) for p in taken.proofs if not repo.objects.has(p.id))
             for move in taken.moves:
                 if move.branch not in latest or move.comes_after(latest[move.branch][0]):
                     latest[move.branch] = (move, publisher)

@@ -42,7 +42,7 @@ class RoundService:
         while True:
             await trio.sleep(self.every)
             for repo in await trio.to_thread.run_sync(self.repos.all):
-                for branch in await trio.to_thread.run_sync(_round_branches, repo):  # reads refs: off the loop
+                for branch in await trio.to_thread.run_sync(round_branches, repo):  # reads refs: off the loop
                     try:
                         merged = await trio.to_thread.run_sync(self._merge_if_due, repo, branch)
                     except FlairError as exc:
@@ -70,7 +70,7 @@ class RoundService:
         return rounds.merge(repo, self.identity, branch, at_ms=at)
 
 
-def _round_branches(repo: Repo) -> list[str]:
+def round_branches(repo: Repo) -> list[str]:
     """The branches some member contributed to: ``contrib/<branch>/<key>`` names them."""
     found = {name[len(CONTRIBUTION_PREFIX):].rsplit("/", 1)[0] for name in repo.branches()
              if name.startswith(CONTRIBUTION_PREFIX)}

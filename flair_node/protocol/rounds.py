@@ -43,7 +43,7 @@ _CHECKED_SIZE = 4096  # round merges remembered as verified or mismatched, per o
 _CHECKED: WeakKeyDictionary[Any, OrderedDict[str, str | None]] = WeakKeyDictionary()
 
 
-#: "<contribution id>:<chunk>" -> whether it publishes the commitments of its own delta.
+#: "<contribution id>:<chunk>:<scheme>:<srs>" -> whether it publishes the commitments of its own delta.
 _COMMITTED: WeakKeyDictionary[Any, OrderedDict[str, bool]] = WeakKeyDictionary()
 
 
@@ -135,16 +135,15 @@ def staleness(repo: Repo, branch: str, base: CommitId) -> int:
 
 def commitments(repo: Repo, state: StateDict, base: CommitId, codec: str = "bitdelta-v1") -> list[str]:
     """What a contribution of ``state`` trained from ``base`` publishes when the repository's merges are proven:
-    the Poseidon commitments of its delta's chunks (none when they are not). A lossy codec would store other
-    values than those committed: ``InvalidInput``."""
-    chunk = repo.members.current().policy.proof_chunk
-    if not chunk:
+    the commitments of its delta's chunks (none when they are not). A lossy codec would store other values than
+    those committed: ``InvalidInput``."""
+    if not repo.members.current().policy.proof_chunk:
         return []
     if codec != "bitdelta-v1":
         raise InvalidInput(f"this repository's merges are proven: contributions are stored exactly, not as {codec}")
     from .proofs import weighted_sum
 
-    return weighted_sum.commitments(weighted_sum.fixed_delta(state, repo.materialize(base)), chunk)
+    return _commit_chunks(repo, weighted_sum.fixed_delta(state, repo.materialize(base)))
 
 
 def merge(repo: Repo, identity: Any, branch: str, *, at_ms: int | None = None) -> Commit:
@@ -159,7 +158,8 @@ def merge(repo: Repo, identity: Any, branch: str, *, at_ms: int | None = None) -
     if not current.ready(at):
         raise InvalidInput(f"round {current.number + 1} of {branch} is not ready: {len(current.pending)} of "
                            f"{current.policy.buffer} contributions, deadline not passed")
-    state, meta = derive(repo, current, current.pending)
+    chosen = current.pending[:most_inputs(current.policy)]  # a proof circuit takes so many
+    state, meta = derive(repo, current, chosen)
 
     def still_entitled(timestamp_ms: int) -> None:  # merging took long: a merge signed after the window is void
         if current.aggregator(timestamp_ms) != identity.public_key:
@@ -167,7 +167,7 @@ def merge(repo: Repo, identity: Any, branch: str, *, at_ms: int | None = None) -
                                f"{branch} ended while it merged; the next aggregator takes the round")
 
     return repo.write_round(identity, state, branch=current.branch, parents=(current.head, *meta_parents(meta)),
-                            meta=meta, message=f"round {meta['round']} of {branch}: {len(current.pending)} "
+                            meta=meta, message=f"round {meta['round']} of {branch}: {len(chosen)} "
                                                 f"contributions, {meta['strategy']['name']}",
                             check_time=still_entitled)
 
@@ -189,6 +189,9 @@ def verify(repo: Repo, commit: Commit) -> RoundView:
     merged = [_contribution(repo, repo.commit(c), current.branch, chain, current.policy) for c in commit.parents[1:]]
     if list(commit.parents[1:]) != sorted(set(commit.parents[1:])):
         raise IntegrityError(f"round merge {short(commit.id)} lists its contributions out of order or twice")
+    if len(merged) > most_inputs(current.policy):
+        raise IntegrityError(f"round merge {short(commit.id)} merges {len(merged)} contributions, more than one "
+                             f"proof takes ({most_inputs(current.policy)})")
     early = commit.timestamp_ms < current.opened_ms + current.policy.deadline_s * 1000
     if early and len(merged) < current.policy.buffer:
         raise IntegrityError(f"round merge {short(commit.id)} merges {len(merged)} contributions before the "
@@ -233,7 +236,7 @@ def derive(repo: Repo, current: RoundView, contributions: Sequence[Contribution]
            ) -> tuple[StateDict, dict[str, Any]]:
     """The merged state and the ``meta`` a round merge of ``contributions`` records. With proofs on (the policy's
     ``proof_chunk``), the merge is exactly ``head + Σ e_i (x_i − base_i) / 2^16`` in fixed point, with the
-    effective weights ``e = proof_weights(meta)``, and ``meta["sums"]`` holds the Poseidon commitments of the
+    effective weights ``e = proof_weights(meta)``, and ``meta["sums"]`` holds the commitments of the
     chunks of ``Σ e_i (x_i − base_i)``: what an EZKL proof of the merge binds to."""
     from ..tensors.fixedpoint import WEIGHT_BITS, combine, normalize_weights
     from .strategies import build_strategy
@@ -251,7 +254,7 @@ def derive(repo: Repo, current: RoundView, contributions: Sequence[Contribution]
             "examples": sum(c.examples for c in contributions), "step": step}
     head = repo.materialize(current.head)
     if current.policy.proof_chunk:
-        state, sums = _provable(repo, head, contributions, proof_weights(meta), current.policy.proof_chunk)
+        state, sums = _provable(repo, head, contributions, proof_weights(meta))
         return state, {**meta, "sums": sums}
     inputs = [repo.materialize(c.commit) if c.base == current.head else
               combine(repo.materialize(c.base), [head, repo.materialize(c.commit)], [whole, whole])
@@ -260,6 +263,16 @@ def derive(repo: Repo, current: RoundView, contributions: Sequence[Contribution]
     if step != whole:  # stale contributions: a shorter step from the head towards the strategy's result
         state = combine(head, [state], [step])
     return state, meta
+
+
+def most_inputs(policy: RoundPolicy) -> int:
+    """How many contributions one round merge takes: as many as wait, unless merges are proven, when one proof
+    circuit must take them all."""
+    if not policy.proof_chunk:
+        return 1 << 30
+    from .proofs.ezkl_backend import KZG_INPUTS, MAX_INPUTS
+
+    return KZG_INPUTS if policy.proof_scheme == "kzg" else MAX_INPUTS
 
 
 def proof_weights(meta: dict[str, Any]) -> list[int]:
@@ -299,8 +312,16 @@ def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
         cache.popitem(last=False)
 
 
-def _provable(repo: Repo, head: StateDict, contributions: Sequence[Contribution], weights: Sequence[int],
-              chunk: int) -> tuple[StateDict, list[str]]:
+def _commit_chunks(repo: Repo, values: Any) -> list[str]:
+    """The commitments of the chunks of ``values`` (an int64 vector) under ``repo``'s policy."""
+    from .proofs import circuits, weighted_sum
+
+    chunk = repo.members.current().policy.proof_chunk
+    return weighted_sum.commitments(values, chunk, circuits.for_repo(repo).committer(repo))
+
+
+def _provable(repo: Repo, head: StateDict, contributions: Sequence[Contribution], weights: Sequence[int]
+              ) -> tuple[StateDict, list[str]]:
     """``head + Σ e_i (x_i − base_i)`` with no shortcut (each contribution enters as its own state with weight
     ``e_i`` and its base with ``−e_i``), and the commitments of the chunks of the sums."""
     from ..tensors.fixedpoint import combine
@@ -313,23 +334,30 @@ def _provable(repo: Repo, head: StateDict, contributions: Sequence[Contribution]
         signed += [e, -e]
         deltas.append(weighted_sum.fixed_delta(x, base))
     merged = combine(head, states, signed, shortcuts=False)
-    return merged, weighted_sum.commitments(weighted_sum.weighted_sums(weights, deltas), chunk)
+    return merged, _commit_chunks(repo, weighted_sum.weighted_sums(weights, deltas))
 
 
-def _committed(repo: Repo, commit: Commit, chunk: int) -> bool:
-    """Whether contribution ``commit`` publishes the commitments of its own delta, in chunks of ``chunk`` values;
-    computed once per contribution and node (its record and payload never change)."""
+def _committed(repo: Repo, commit: Commit, policy: RoundPolicy) -> bool:
+    """Whether contribution ``commit`` publishes the commitments of its own delta as ``policy`` makes them;
+    computed once per contribution, policy and node (its record and payload never change). ``IntegrityError``
+    while this node cannot tell yet (the SRS has not arrived)."""
     known = _COMMITTED.setdefault(repo.objects, OrderedDict())
-    key = f"{commit.id}:{chunk}"
+    key = f"{commit.id}:{policy.proof_chunk}:{policy.proof_scheme}:{policy.proof_srs}"
     if key not in known:
         from .proofs import weighted_sum
+        from .proofs.ezkl_backend import ProofError
 
         published = commit.meta.get("commitments")
         try:
             delta = weighted_sum.fixed_delta(repo.materialize(commit.id), repo.materialize(commit.parents[0]))
         except NotAMember:
             return True  # a node without the key cannot look: it neither merges nor re-derives
-        _remember(known, key, isinstance(published, list) and published == weighted_sum.commitments(delta, chunk))
+        try:
+            own = _commit_chunks(repo, delta)
+        except ProofError as exc:
+            raise IntegrityError(f"cannot check the commitments of contribution {short(commit.id)} yet: {exc}"
+                                 ) from None
+        _remember(known, key, isinstance(published, list) and published == own)
     return known[key]
 
 
@@ -393,7 +421,7 @@ def _contribution(repo: Repo, commit: Commit, branch: str, chain: list[Commit], 
         if link.id == base:
             if staleness > policy.max_staleness:
                 break
-            if policy.proof_chunk and not _committed(repo, commit, policy.proof_chunk):
+            if policy.proof_chunk and not _committed(repo, commit, policy):
                 raise IntegrityError(f"contribution {short(commit.id)} does not publish the commitments of its "
                                      f"delta in chunks of {policy.proof_chunk}, which proven merges need")
             return Contribution(commit.id, commit.author, base, examples, staleness)

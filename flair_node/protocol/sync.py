@@ -1,13 +1,14 @@
 """Catch-up: a node asks a peer for what it lacks of a repository, and checks everything before storing it.
 
 A peer answers two questions, to members of the repository only: ``heads`` (the repository record, the id of
-the last membership change, every branch's latest move) and ``records`` (records by id, at most ``MAX_IDS`` a
-request and 1 MiB a reply). Payloads come as blocks (Bitswap), never inside a reply. ``pull`` asks until this
-node holds what the peer showed it, in the order checks need: the membership chain first (it decides who may
-do what), then commits parents first, each one's payload fetched before its record is accepted
-(``Repo.accept_commit``), then the branch moves (``Repo.accept_move``: the same total order on every node, so
-nodes that pulled from each other agree on every head). A commit or move that fails its checks is refused,
-with everything built on it, and the rest still arrives.
+the last membership change, every branch's latest move, the proof records of recent round merges) and
+``records`` (records by id, at most ``MAX_IDS`` a request and 1 MiB a reply). Payloads come as blocks (Bitswap),
+never inside a reply. ``pull`` asks until this node holds what the peer showed it, in the order checks need: the
+membership chain first (it decides who may do what), then commits parents first, each one's payload fetched
+before its record is accepted (``Repo.accept_commit``), then the branch moves (``Repo.accept_move``: the same
+total order on every node, so nodes that pulled from each other agree on every head), then proof records, each
+one's proofs fetched before it is kept (``Repo.accept_proof``). A commit or move that fails its checks is
+refused, with everything built on it, and the rest still arrives.
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ from typing import Any, Protocol
 import trio
 
 from ..core import encoding, schema
-from ..core.errors import Forbidden, IntegrityError, InvalidInput, RemoteError
+from ..core.errors import FlairError, Forbidden, IntegrityError, InvalidInput, RemoteError
 from ..core.ids import Cid, CommitId, PublicKey, RepoId, is_full_id, sha256_hex, short
 from ..core.membership import MembershipChange
-from ..core.objects import Commit, RepositoryRecord
+from ..core.objects import Commit, ProofRecord, RepositoryRecord
 from ..core.refs import BranchMove
+from ..core.rounds import MAX_SRS_BYTES
 from ..network import rpc
 from ..network.bitswap import BlockExchange
 from ..storage.members import MAX_CHANGES
-from ..storage.repo import Repo
+from ..storage.repo import MAX_PROOFS_BYTES, Repo
 from ..storage.repos import RepoSet
 from . import rounds
 
@@ -37,6 +39,8 @@ PROTOCOL = "/flair/sync/1.0.0"
 MAX_IDS = 256
 MAX_BRANCHES = 1024
 MAX_REPLY_BYTES = 900_000  # records per reply, below the 1 MiB frame with room for the envelope
+MAX_PROOFS = 64  # proof records in one heads reply
+RECENT_MERGES = 16  # commits back from each branch head whose proofs a heads reply carries
 MAX_COMMITS = 1_000_000  # one pull; a longer history arrives over several
 
 
@@ -64,8 +68,9 @@ class SyncServer:
         if asker is None or membership.role(asker, epoch=membership.epoch, at_ms=0) is None:
             raise Forbidden(f"repository {short(repo_id)} shares its history with its members only")
         if op == "heads":
-            moves = [repo.move(mid).encode() for mid in list(repo.refs.all().values())[:MAX_BRANCHES]]
-            return {"record": repo.record.encode(), "members": membership.head, "moves": moves}
+            moves = [repo.move(mid) for mid in list(repo.refs.all().values())[:MAX_BRANCHES]]
+            return {"record": repo.record.encode(), "members": membership.head, "moves": [m.encode() for m in moves],
+                    "proofs": [p.encode() for p in _recent_proofs(repo, moves)]}
         records, size = [], 0
         for rid in ids:
             if not repo.objects.has(rid):
@@ -110,12 +115,14 @@ class PeerSource:
 class PullResult:
     changes: int = 0
     commits: int = 0
+    proofs: int = 0
     moved: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # record id -> why
     refused_merges: list[tuple[BranchMove, str]] = field(default_factory=list)  # moves to a round merge, and why
 
     def json(self) -> dict[str, Any]:
-        return {"changes": self.changes, "commits": self.commits, "moved": self.moved, "refused": self.refused}
+        return {"changes": self.changes, "commits": self.commits, "proofs": self.proofs, "moved": self.moved,
+                "refused": self.refused}
 
 
 async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
@@ -128,6 +135,12 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
     repo = await trio.to_thread.run_sync(repos.adopt, record)
     result = PullResult()
     result.changes = await _pull_membership(repo, heads["members"], source)
+    srs = repo.members.current().policy.proof_srs
+    if srs:  # the SRS the policy names: proofs and KZG commitments need the file itself
+        try:
+            await source.blocks(Cid(srs), MAX_SRS_BYTES)
+        except FlairError as exc:
+            log.warning("could not fetch the SRS %s of %s: %s", srs, short(repo_id), exc)
     if not isinstance(heads["moves"], list) or len(heads["moves"]) > MAX_BRANCHES:
         raise RemoteError(f"a heads reply holds at most {MAX_BRANCHES} branch moves")
     moves = [BranchMove.decode(_bytes(m)) for m in heads["moves"]]
@@ -160,7 +173,40 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
         except (Forbidden, IntegrityError) as exc:
             log.warning("refused move of %s in %s: %s", move.branch, short(repo_id), exc)
             result.refused[move.id] = str(exc)
+    proofs = heads.get("proofs", [])
+    if not isinstance(proofs, list) or len(proofs) > MAX_PROOFS:
+        raise RemoteError(f"a heads reply holds at most {MAX_PROOFS} proof records")
+    for data in proofs:
+        proof = ProofRecord.decode(_bytes(data))
+        if repo.objects.has(proof.id) or not repo.objects.has(proof.commit) or repo.proof(proof.commit):
+            continue  # held, about a merge not taken here, or a merge proven already
+        try:
+            if proof.size > MAX_PROOFS_BYTES:
+                raise IntegrityError(f"proof record {short(proof.id)} names more than {MAX_PROOFS_BYTES} bytes")
+            proof.verify()  # before fetching what it names
+            await source.blocks(proof.proofs, proof.size)
+            result.proofs += await trio.to_thread.run_sync(repo.accept_proof, proof)
+        except (Forbidden, IntegrityError) as exc:
+            log.warning("refused proof record %s of %s: %s", short(proof.id), short(repo_id), exc)
+            result.refused[proof.id] = str(exc)
     return result
+
+
+def _recent_proofs(repo: Repo, moves: list[BranchMove]) -> list[ProofRecord]:
+    """The proof records of the latest round merges on each branch (``RECENT_MERGES`` commits back), for a
+    peer to catch up with (at most ``MAX_PROOFS``)."""
+    found: list[ProofRecord] = []
+    for move in moves:
+        cursor: str | None = move.commit
+        for _ in range(RECENT_MERGES):
+            if cursor is None or len(found) >= MAX_PROOFS:
+                break
+            commit = repo.commit(CommitId(cursor))
+            record = repo.proof(commit.id) if commit.kind == "round" else None
+            if record is not None:
+                found.append(record)
+            cursor = commit.parents[0] if commit.parents else None
+    return found
 
 
 async def _pull_membership(repo: Repo, head: Any, source: Source) -> int:

@@ -37,7 +37,7 @@ from ..core.errors import (
 from ..core.identity import Identity
 from ..core.ids import BranchName, CommitId, PublicKey, RecordId, RepoId, check_id_prefix, is_full_id, short
 from ..core.membership import Membership, MembershipChange, invitation, policy_change, removal
-from ..core.objects import Commit, Payload, RepositoryRecord, metric_text
+from ..core.objects import Commit, Payload, ProofRecord, RepositoryRecord, metric_text
 from ..core.refs import DEFAULT_BRANCH, MAX_CLOCK_SKEW_MS, BranchMove, check_branch_name
 from ..core.rounds import RoundPolicy
 from ..tensors.params import DEFAULT_TOPK_RATIO, LOSSY_CODECS
@@ -59,6 +59,10 @@ _CACHE_STATES = 4
 def contribution_branch(branch: str, key: str) -> str:
     """Where a member's pending contribution to the rounds of ``branch`` sits."""
     return f"{CONTRIBUTION_PREFIX}{branch}/{key[:16]}"
+
+
+PROOF_REF = ".proof/"  # refs "<PROOF_REF><merge id>" -> its proof record (names with "." are not branches)
+MAX_PROOFS_BYTES = 1 << 26
 
 
 def now_ms() -> int:
@@ -625,6 +629,52 @@ class Repo:
                 continue  # moved meanwhile: compare with the newer move
             self._moves[move.id] = move
             return True
+
+    # -- proofs of round merges (``protocol.proofs``): the first record for a merge is the one kept --------
+
+    def proof(self, commit: CommitId) -> ProofRecord | None:
+        """The proof record of round merge ``commit`` this node holds, if any."""
+        rid = self.refs.get(BranchName(PROOF_REF + commit))
+        return None if rid is None else ProofRecord.decode(self.objects.get(rid))
+
+    def write_proof(self, identity: Identity, commit: CommitId, chunks: Sequence[int], proofs: bytes) -> ProofRecord:
+        """Store ``proofs`` (the bundle of proofs of ``chunks`` of round merge ``commit``, which ``identity``
+        made) as blocks and sign, keep and announce the record naming them."""
+        merge = self.commit(commit)
+        if merge.kind != "round" or merge.author != identity.public_key:
+            raise InvalidInput(f"only the author of round merge {short(commit)} proves it")
+        with self.write_lock:
+            cid = unixfs.add(self.blocks, proofs)
+            record = ProofRecord(repo=self.id, commit=commit, chunks=tuple(chunks), proofs=cid, size=len(proofs),
+                                 author=identity.public_key, timestamp_ms=now_ms()).signed(identity)
+            self._keep_proof(record)
+        self.announce("proof", record.id, record.encode())
+        return record
+
+    def accept_proof(self, record: ProofRecord) -> bool:
+        """Keep a proof record from a peer (its blocks must be here already); False if this node holds one for
+        that merge already. ``IntegrityError`` unless it is signed by the author of a round merge held here."""
+        record.verify()
+        if record.repo != self.id:
+            raise IntegrityError(f"proof record {short(record.id)} belongs to another repository")
+        merge = self.commit(record.commit)
+        if merge.kind != "round" or merge.author != record.author:
+            raise IntegrityError(f"proof record {short(record.id)} is not by the author of round merge "
+                                 f"{short(record.commit)}")
+        if record.size > MAX_PROOFS_BYTES:
+            raise IntegrityError(f"proof record {short(record.id)} names more than {MAX_PROOFS_BYTES >> 20} MiB")
+        if len(unixfs.cat(self.blocks, record.proofs, max_size=record.size)) != record.size:
+            raise IntegrityError(f"the proofs of proof record {short(record.id)} are not of the size it says")
+        with self.write_lock:
+            return self._keep_proof(record)
+
+    def _keep_proof(self, record: ProofRecord) -> bool:
+        self.objects.put(record.id, record.encode())
+        try:
+            self.refs.compare_and_swap(BranchName(PROOF_REF + record.commit), None, RecordId(record.id))
+        except RefConflict:
+            return False
+        return True
 
     # -- checking ---------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from ..core.errors import AlreadyExists, InvalidInput, RepositoryNotFound
 from ..core.identity import Identity
 from ..core.ids import RepoId, is_full_id, short
 from ..core.objects import RepositoryRecord
+from ..core.rounds import MAX_SRS_BYTES
 from . import unixfs
 from .repo import Repo, now_ms
 from .stores import DiskObjectStore, DiskRefStore, MemoryObjectStore, MemoryRefStore, ObjectStore, RefStore
@@ -158,11 +159,15 @@ class RepoSet:
             return repo
 
     def pinned(self) -> set[str]:
-        """Digests of every block reachable from a commit of a local repository: what ``gc`` keeps."""
+        """Digests of every block reachable from a commit of a local repository, or from the SRS its policy names
+        (when stored here): what ``gc`` keeps."""
         keys: set[str] = set()
         for repo in self.all():
             for commit in repo.commits():
                 keys |= unixfs.block_keys(self.blocks, commit.payload.cid, max_size=commit.payload.size)
+            srs = repo.members.current().policy.proof_srs
+            if srs and self.blocks.has(srs):
+                keys |= unixfs.block_keys(self.blocks, srs, max_size=MAX_SRS_BYTES)
         return keys
 
     def gc(self) -> tuple[int, int]:

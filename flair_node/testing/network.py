@@ -109,8 +109,12 @@ class Network:
             node.daemon.client.call("repo.pull", repo=repo, peer=self.owner.address)
         if policy:
             wanted = dict(self.owner.daemon.client.call("repo.policy", repo=repo, **policy))
+            wanted.pop("development_srs", None)  # said to the owner only
             wait_until(lambda: all(n.daemon.client.call("repo.policy", repo=repo) == wanted for n in self.nodes),
                        f"the policy of {name} on every node", timeout)
+            if wanted.get("proof_srs"):  # members need the SRS to commit: it comes with their next pull
+                wait_until(lambda: all(n.daemon.client.call("block.has", cid=wanted["proof_srs"])["complete"]
+                                       for n in self.nodes), f"the SRS of {name} on every node", timeout)
         return repo
 
     def heads(self, repo: str, branch: str = DEFAULT_BRANCH) -> list[str | None]:

@@ -2,12 +2,22 @@
 
 The only module that imports ``ezkl`` (and ``onnx``, through torch's exporter). The circuit for a shape
 ``(K, N)`` takes K+1 inputs, the K integer weights and K chunks of N integer values (fixed-point deltas), and
-outputs the N sums ``Σ_i w_i · d_i``. Every input and the output are *hashed*: the proof's public values are the
-Poseidon hashes of the weights, of each chunk and of the sums, in that order, so a proof says "the values
-hashing to these commitments, weighted by the values hashing to that one, sum to the values hashing to this
-one" and reveals none of them. Scales are 0 (the values are integers already: Flair's fixed-point numbers with
-24 fraction bits), so the circuit multiplies and adds in the field with no rescaling: the proven sums are exact.
-Inputs and outputs are not range-checked; nothing needs them to be, since every value is fixed by its hash.
+outputs the N sums ``Σ_i w_i · d_i``. No value is public: a proof carries a *commitment* to the weights, to each
+chunk and to the sums, in that order, so it says "the values committed here, weighted by the values committed
+there, sum to the values committed in that one" and reveals none of them. Scales are 0 (the values are integers
+already: Flair's fixed-point numbers with 24 fraction bits), so the circuit multiplies and adds in the field
+with no rescaling: the proven sums are exact. Inputs and outputs are not range-checked; nothing needs them to
+be, since every value is fixed by its commitment.
+
+Two commitment schemes (``SCHEMES``), chosen per repository:
+
+- ``kzg`` (EZKL's ``polycommit`` visibility): each input and the output sit alone in an unblinded advice column,
+  and the proof opens with the KZG commitments of those columns; ``commit`` computes the same point from the
+  values (``ezkl.kzg_commit``). Cheap: about 1.5 rows per multiply-add. A commitment depends on the SRS and on
+  the circuit's row count (``logrows``), so every circuit of a chunk size has the same ``logrows``, sized for up
+  to ``KZG_INPUTS`` inputs: then commitments made with any of them are the same point.
+- ``poseidon`` (``hashed`` visibility): the proof's public values are the Poseidon hashes of the values, which
+  anyone computes with no key or SRS. About 41 rows per value, so ~30x slower to prove.
 
 Built circuits (ONNX, settings, compiled circuit, proving and verifying keys) are cached per shape and SRS in a
 folder named by their hash; a build goes to a temporary folder first, renamed into place when complete. The SRS
@@ -36,11 +46,16 @@ from ...storage.atomic import atomic_write
 
 #: The BN254 scalar field, where EZKL's circuits compute.
 FIELD = 21888242871839275222246405745257275088548364400416034343698204186575808495617
+SCHEMES = ("kzg", "poseidon")
 ROWS_PER_VALUE = 41  # Poseidon rows per hashed value (measured: 41.0-41.04, multiply-adds included)
+VISIBILITY = {"kzg": "polycommit", "poseidon": "hashed"}  # EZKL's name for each scheme
+KZG_INPUTS = 16  # inputs a kzg circuit takes at most: its logrows is sized for them
+MAX_INPUTS = 64  # inputs a poseidon circuit takes at most
 ROWS_RESERVED = 1024  # margin for the rows a circuit reserves beyond its gates
 MIN_LOGROWS, MAX_LOGROWS = 12, 24
-#: EZKL reads input values as float32: integers up to 2^24 are exact, beyond they may be rounded.
-EXACT_INPUT = 1 << 24
+#: Bounds that keep EZKL's witness arithmetic (in i128) from overflowing: 64 products of a weight below 2^32
+#: and a value below 2^63 sum to less than 2^101. Flair's weights are at most 2^16, its deltas int64.
+MAX_WEIGHT, MAX_VALUE = 1 << 32, 1 << 63
 CIRCUIT_VERSION = "flair-weighted-sum-1"  # part of every cache key: change it when the circuit changes
 
 
@@ -50,22 +65,31 @@ class ProofError(FlairError):
 
 @dataclass(frozen=True)
 class Shape:
-    """K weighted inputs of N values each."""
+    """K weighted inputs of N values each, committed with ``scheme``."""
 
     inputs: int
     size: int
+    scheme: str = "kzg"
 
     def __post_init__(self) -> None:
-        if not (1 <= self.inputs <= 64 and 1 <= self.size <= 1 << 16):
-            raise InvalidInput(f"a proof circuit takes 1 to 64 inputs of 1 to 65536 values (not {self.inputs} x "
-                               f"{self.size})")
+        if self.scheme not in SCHEMES:
+            raise InvalidInput(f"unknown commitment scheme {self.scheme!r}: use one of {', '.join(SCHEMES)}")
+        most = KZG_INPUTS if self.scheme == "kzg" else MAX_INPUTS
+        if not (1 <= self.inputs <= most and 1 <= self.size <= 1 << 16):
+            raise InvalidInput(f"a {self.scheme} proof circuit takes 1 to {most} inputs of 1 to 65536 values (not "
+                               f"{self.inputs} x {self.size})")
 
     @property
     def logrows(self) -> int:
-        """The fewest rows (as a power of 2) for the hashes of K weights, K x N values and N sums: proving time
-        follows 2^logrows, so no headroom beyond the margin (``build`` checks the real count)."""
-        values = self.inputs + self.inputs * self.size + self.size
-        return max(MIN_LOGROWS, min(MAX_LOGROWS, math.ceil(math.log2(values * ROWS_PER_VALUE + ROWS_RESERVED))))
+        """The fewest rows (as a power of 2) for the circuit: proving time follows 2^logrows, so no headroom
+        beyond the margin (``build`` checks the real count). Poseidon: the hashes of K weights, K x N values and
+        N sums. KZG: the multiply-adds of ``KZG_INPUTS`` inputs (measured: (1.5 K − 0.5) N + K/2 rows), whatever
+        K is, so that every circuit of this chunk size commits alike."""
+        if self.scheme == "kzg":
+            rows = (3 * KZG_INPUTS - 1) * self.size // 2 + KZG_INPUTS
+        else:
+            rows = (self.inputs + self.inputs * self.size + self.size) * ROWS_PER_VALUE
+        return max(MIN_LOGROWS, min(MAX_LOGROWS, math.ceil(math.log2(rows + ROWS_RESERVED))))
 
 
 @dataclass(frozen=True)
@@ -124,6 +148,28 @@ def poseidon(values: Sequence[int]) -> str:
     return str(digest)
 
 
+def commit(circuit: Circuit, values: Sequence[int]) -> str:
+    """The commitment to ``values`` that ``circuit``'s proofs carry for an input or output holding them: their
+    Poseidon hash, or the KZG commitment of their column (64 bytes in hex: x then y, as the proof holds them)."""
+    import ezkl
+
+    if circuit.shape.scheme == "poseidon":
+        return poseidon(values)
+    most = max(circuit.shape.size, KZG_INPUTS)
+    if not values or len(values) > most:
+        raise InvalidInput(f"a commitment of this circuit covers 1 to {most} values")
+    point = None
+
+    def run() -> None:
+        nonlocal point
+        (point,) = ezkl.kzg_commit([felt(int(v)) for v in values], str(circuit.vk), str(circuit.settings),
+                                   str(circuit.srs))
+
+    _call("KZG commitment", run)
+    assert point is not None
+    return (bytes.fromhex(point.x)[::-1] + bytes.fromhex(point.y)[::-1]).hex()
+
+
 def development_srs(folder: Path, logrows: int) -> Path:
     """An SRS for ``2^logrows`` rows made here with ``ezkl.gen_srs`` (cached in ``folder``). Its toxic waste is
     not destroyed, so proofs made with it convince only who trusts this machine: tests and development."""
@@ -138,16 +184,27 @@ def development_srs(folder: Path, logrows: int) -> Path:
     return path
 
 
-def build(cache: Path, shape: Shape, srs: Path, *, accepted_srs: str = "") -> Circuit:
-    """The circuit for ``shape`` with keys for ``srs``, built once and cached under ``cache``. ``accepted_srs``
-    (a repository's ``proof_srs``), if given, must be the SRS file's SHA-256: keys from another SRS would make
-    proofs its members do not accept."""
+def srs_logrows(srs: Path) -> int:
+    """How many rows (as a power of 2) an SRS file is for: its first 4 bytes, little-endian."""
+    with open(srs, "rb") as f:
+        head = f.read(4)
+    if len(head) != 4 or not 1 <= int.from_bytes(head, "little") <= 30:
+        raise ProofError(f"{srs} is not an SRS file")
+    return int.from_bytes(head, "little")
+
+
+def build(cache: Path, shape: Shape, srs: Path) -> Circuit:
+    """The circuit for ``shape`` with keys for ``srs``, built once and cached under ``cache``. A KZG circuit
+    needs an SRS for exactly its rows: EZKL's prover shrinks a larger one, ``ezkl.kzg_commit`` does not, so
+    commitments made with a larger one would not be those its proofs carry."""
+    k = srs_logrows(srs)
+    if k < shape.logrows or shape.scheme == "kzg" and k != shape.logrows:
+        raise ProofError(f"the SRS {srs.name} is for 2^{k} rows; {shape.scheme} circuits for chunks of {shape.size} "
+                         f"need one for {'exactly ' if shape.scheme == 'kzg' else ''}2^{shape.logrows} (EZKL "
+                         f"publishes one per size, kzg{shape.logrows}.srs)")
     srs_sha = sha256_file(srs)
-    if accepted_srs and srs_sha != accepted_srs:
-        raise ProofError(f"the SRS {srs} (sha256 {srs_sha[:16]}...) is not the one the repository accepts "
-                         f"({accepted_srs[:16]}...): prove and verify with that file")
-    key = hashlib.sha256(json.dumps([CIRCUIT_VERSION, _ezkl_version(), shape.inputs, shape.size, shape.logrows,
-                                     srs_sha]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([CIRCUIT_VERSION, _ezkl_version(), shape.scheme, shape.inputs, shape.size,
+                                     shape.logrows, srs_sha]).encode()).hexdigest()
     folder = cache / key[:32]
     if not (folder / "vk.key").exists():
         cache.mkdir(parents=True, exist_ok=True)
@@ -165,35 +222,50 @@ def prove(circuit: Circuit, weights: Sequence[int], chunks: Sequence[Sequence[in
     shape = circuit.shape
     if len(weights) != shape.inputs or len(chunks) != shape.inputs or any(len(c) != shape.size for c in chunks):
         raise InvalidInput(f"this circuit proves {shape.inputs} weights and {shape.inputs} chunks of {shape.size}")
-    data = {"input_data": [[float(w) for w in weights], *([float(v) for v in chunk] for chunk in chunks)]}
-    if any(abs(v) > EXACT_INPUT for row in data["input_data"] for v in row):
-        raise InvalidInput("EZKL reads inputs as float32, so values beyond 2^24 in magnitude would be rounded "
-                           "before they are hashed: at 24 fraction bits, a change of 1.0 or more in one weight "
-                           "cannot be proven (yet)")
+    if any(abs(int(w)) >= MAX_WEIGHT for w in weights) or any(abs(int(v)) >= MAX_VALUE for c in chunks for v in c):
+        raise InvalidInput("proven weights are below 2^32 and values below 2^63 in magnitude")
+    # as field elements, not numbers: EZKL reads numbers as float32, which would round values beyond 2^24
+    data = {"input_data": [[felt(int(w)) for w in weights], *([felt(int(v)) for v in chunk] for chunk in chunks)]}
     with _scratch(circuit.folder.parent) as tmp:
         (tmp / "input.json").write_text(json.dumps(data))
         what = f"{shape.inputs} x {shape.size}"
+        keys = {"vk_path": str(circuit.vk), "srs_path": str(circuit.srs)} if shape.scheme == "kzg" else {}
         _call(f"witness for {what}", lambda: ezkl.gen_witness(str(tmp / "input.json"), str(circuit.compiled),
-                                                               str(tmp / "witness.json")))
+                                                               str(tmp / "witness.json"), **keys))
         _call(f"proof of {what}", lambda: ezkl.prove(str(tmp / "witness.json"), str(circuit.compiled),
                                                       str(circuit.pk), str(tmp / "proof.json"), str(circuit.srs)))
         return (tmp / "proof.json").read_bytes()
 
 
 def verify(circuit: Circuit, proof: bytes) -> list[str]:
-    """Check ``proof`` with the circuit's verifying key; its public values (the Poseidon commitments: weights,
-    each chunk, the sums). ``IntegrityError`` if it does not verify or is not a proof of this shape. This checks
-    the proof against the values *in the proof*: the caller compares them with what was published."""
+    """Check ``proof`` with the circuit's verifying key; the commitments it carries (weights, each chunk, the
+    sums: Poseidon hashes as its public values, or the KZG commitments it opens with). ``IntegrityError`` if it
+    does not verify or is not a proof of this shape. This checks the proof against the commitments *in the
+    proof*: the caller compares them with what was published."""
     import ezkl
 
+    count = circuit.shape.inputs + 2
     try:
         parsed = json.loads(proof)
-        instances = parsed["instances"]
+        instances, raw = parsed["instances"], parsed["proof"]
     except (ValueError, KeyError, TypeError):
-        raise IntegrityError("a proof is the JSON EZKL writes, with its public values under 'instances'") from None
+        raise IntegrityError("a proof is the JSON EZKL writes, with 'instances' and 'proof'") from None
     if not (isinstance(instances, list) and len(instances) == 1 and isinstance(instances[0], list)
-            and len(instances[0]) == circuit.shape.inputs + 2 and all(isinstance(v, str) for v in instances[0])):
-        raise IntegrityError(f"a proof of this circuit has {circuit.shape.inputs + 2} public values")
+            and all(isinstance(v, str) for v in instances[0])):
+        raise IntegrityError("a proof's public values are one list of field elements")
+    if circuit.shape.scheme == "kzg":
+        if instances[0]:
+            raise IntegrityError("a proof of a KZG-committed circuit has no public values")
+        if not (isinstance(raw, list) and len(raw) >= 64 * count and all(type(b) is int and 0 <= b < 256
+                                                                          for b in raw[:64 * count])):
+            raise IntegrityError(f"a proof of this circuit opens with {count} commitments of 64 bytes")
+        commitments = [bytes(raw[64 * i:64 * (i + 1)]).hex() for i in range(count)]
+    else:
+        if len(instances[0]) != count:
+            raise IntegrityError(f"a proof of this circuit has {count} public values")
+        for value in instances[0]:
+            felt_value(value)  # well-formed field elements
+        commitments = list(instances[0])
     with _scratch(circuit.folder.parent) as tmp:
         atomic_write(tmp / "proof.json", proof)
         try:
@@ -201,9 +273,7 @@ def verify(circuit: Circuit, proof: bytes) -> list[str]:
                                                        str(circuit.vk), str(circuit.srs)))
         except ProofError:  # false, or a panic on a malformed proof
             raise IntegrityError("the proof does not verify against this circuit's verifying key") from None
-    for value in instances[0]:
-        felt_value(value)  # well-formed field elements
-    return list(instances[0])
+    return commitments
 
 
 def export_onnx(path: Path, shape: Shape) -> None:
@@ -225,9 +295,9 @@ def export_onnx(path: Path, shape: Shape) -> None:
                           output_names=["sums"])
 
 
-def run_args(logrows: int, visibility: str = "hashed") -> Any:
+def run_args(logrows: int, visibility: str) -> Any:
     """EZKL's run arguments for the weighted sum: integers at scale 0, no range checks on inputs and outputs,
-    inputs and outputs with ``visibility`` (Flair's: hashed)."""
+    inputs and outputs with ``visibility`` (``polycommit`` or ``hashed``; ``public`` for the naive baseline)."""
     import ezkl
 
     args = ezkl.PyRunArgs()
@@ -246,7 +316,7 @@ def _build_into(folder: Path, shape: Shape, srs: Path) -> None:
     import ezkl
 
     export_onnx(folder / "circuit.onnx", shape)
-    args = run_args(shape.logrows)
+    args = run_args(shape.logrows, VISIBILITY[shape.scheme])
     steps = [("settings", lambda: ezkl.gen_settings(str(folder / "circuit.onnx"), str(folder / "settings.json"),
                                                     py_run_args=args)),
              ("compile", lambda: ezkl.compile_circuit(str(folder / "circuit.onnx"), str(folder / "circuit.ezkl"),

@@ -3,15 +3,15 @@
 **Deltas.** A contribution's delta is taken in the merge's own fixed point (``tensors.fixedpoint``): for every
 tensor in name order, ``fixed(x) − fixed(base)`` with 24 fraction bits for floating tensors and 0 for integer
 ones (bool tensors are not averaged, so not covered), flattened into one vector of integers and cut into chunks
-of ``size`` values, the last padded with zeros. Each chunk is committed with Poseidon (``commitments``): that is
-what a contributor publishes.
+of ``size`` values, the last padded with zeros. Each chunk is committed (``commitments``: KZG with the
+repository's SRS, or Poseidon; see ``ezkl_backend``): that is what a contributor publishes.
 
 **Sums.** A merge with integer weights ``w`` (out of 2^16) computes, per value, ``S = Σ_i w_i · d_i`` and adds
-``round_half_even(S / 2^16)`` to the head. The aggregator publishes the Poseidon commitment of each chunk of S
-and, per chunk, a proof (``prove``) whose public values are Poseidon(w), Poseidon(chunk of each d_i) and
-Poseidon(chunk of S). ``check`` is what anyone runs: the proof verifies *and* its public values are exactly the
-commitment of the recorded weights, the published commitments of exactly the recorded contributors in their
-order, and the published commitment of the sums. ``ezkl.verify`` alone would accept a proof about any values.
+``round_half_even(S / 2^16)`` to the head. The aggregator publishes the commitment of each chunk of S and, per
+chunk, a proof (``prove``) carrying the commitments C(w), C(chunk of each d_i) and C(chunk of S). ``check`` is
+what anyone runs: the proof verifies *and* the commitments it carries are exactly that of the recorded weights,
+the published ones of exactly the recorded contributors in their order, and the published one of the sums.
+``ezkl.verify`` alone would accept a proof about any values.
 
 **Sampling.** A model too big to prove whole has some chunks proven: ``sample`` picks them from a seed fixed
 only after the merge is published (its commit id), so the aggregator cannot know in advance which chunks it may
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from math import comb
 
 import torch
@@ -59,9 +60,14 @@ def chunks(values: torch.Tensor, size: int = DEFAULT_CHUNK) -> list[list[int]]:
     return [flat[i * size:(i + 1) * size] for i in range(count)]
 
 
-def commitments(values: torch.Tensor, size: int = DEFAULT_CHUNK) -> list[str]:
-    """The Poseidon commitment of each chunk of ``values``."""
-    return [ezkl_backend.poseidon(chunk) for chunk in chunks(values, size)]
+def commitments(values: torch.Tensor, size: int = DEFAULT_CHUNK, via: Circuit | None = None) -> list[str]:
+    """The commitment of each chunk of ``values``: KZG with ``via`` (a KZG circuit of chunk size ``size``), or
+    Poseidon without."""
+    if via is None:
+        return [ezkl_backend.poseidon(chunk) for chunk in chunks(values, size)]
+    if via.shape.size != size:
+        raise InvalidInput(f"a circuit for chunks of {via.shape.size} cannot commit chunks of {size}")
+    return [ezkl_backend.commit(via, chunk) for chunk in chunks(values, size)]
 
 
 def weighted_sums(weights: Sequence[int], deltas: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -91,18 +97,25 @@ def prove(circuit: Circuit, weights: Sequence[int], deltas: Sequence[torch.Tenso
 
 def check(circuit: Circuit, proof: bytes, *, weights: Sequence[int], contributions: Sequence[str], sums: str
           ) -> None:
-    """``IntegrityError`` unless ``proof`` verifies and its public values are Poseidon(``weights``), then the
-    ``contributions``' commitments of this chunk in order, then the commitment ``sums`` of the merged chunk."""
+    """``IntegrityError`` unless ``proof`` verifies and the commitments it carries are that of ``weights``, then
+    the ``contributions``' commitments of this chunk in order, then the commitment ``sums`` of the merged chunk."""
     values = ezkl_backend.verify(circuit, proof)
     if len(contributions) != circuit.shape.inputs or len(weights) != circuit.shape.inputs:
         raise IntegrityError(f"this circuit binds {circuit.shape.inputs} contributions and weights")
-    if values[0] != ezkl_backend.poseidon(list(weights)):
+    if values[0] != _weights_commitment(circuit, tuple(int(w) for w in weights)):
         raise IntegrityError("the proof is about other weights than the merge records")
     for i, (proven, published) in enumerate(zip(values[1:-1], contributions, strict=True)):
         if proven != published:
             raise IntegrityError(f"the proof is about another delta than contribution {i} published")
     if values[-1] != sums:
         raise IntegrityError("the proof is about other sums than the merge published")
+
+
+@lru_cache(maxsize=64)
+def _weights_commitment(circuit: Circuit, weights: tuple[int, ...]) -> str:
+    """The commitment to a merge's weights: the same for each of its chunks, so made once (half of a check's
+    time, measured: 12 ms of 22 for a chunk of 256)."""
+    return ezkl_backend.commit(circuit, list(weights))
 
 
 def sample(seed: str, total: int, count: int) -> list[int]:

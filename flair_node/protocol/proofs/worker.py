@@ -4,16 +4,19 @@
 safetensors: never pickle), starts ``python -m flair_node.protocol.proofs.worker FOLDER``, and reads back one
 proof file per chunk. The parent watches the child's resident memory every ``WATCH_S`` and ends it (by its PID,
 through its ``Popen``) once it passes the cap or outlives ``timeout_s``, so a shape too big for the machine fails
-with a clear error instead of swapping. (An ``RLIMIT_DATA`` cap in the child was tried first: EZKL's threads then
-hung when an allocation failed, instead of exiting.)
+with a clear error instead of swapping. The child runs at nice 10: proving may take minutes, and the daemons and
+training on the same machine should not wait for it. (An ``RLIMIT_DATA`` cap in the child was tried first:
+EZKL's threads then hung when an allocation failed, instead of exiting.)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,12 +32,15 @@ from .ezkl_backend import Circuit, ProofError, Shape
 DEFAULT_MEMORY_MB = 8192
 DEFAULT_TIMEOUT_S = 3600.0
 WATCH_S = 0.05
+NICE = 10
 _TAIL = 2000  # characters of the child's stderr quoted in an error
 
 
 def prove_chunks(circuit: Circuit, weights: Sequence[int], deltas: Sequence[torch.Tensor], indices: Sequence[int],
-                 *, memory_mb: int = DEFAULT_MEMORY_MB, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[int, bytes]:
-    """``weighted_sum.prove`` in a child process capped at ``memory_mb``; ``ProofError`` saying why if it fails."""
+                 *, memory_mb: int = DEFAULT_MEMORY_MB, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 stop: threading.Event | None = None) -> dict[int, bytes]:
+    """``weighted_sum.prove`` in a child process capped at ``memory_mb``; ``ProofError`` saying why if it fails.
+    Setting ``stop`` ends the child at once (a daemon shutting down)."""
     if memory_mb < 64 or timeout_s <= 0:
         raise InvalidInput("a proving worker needs at least 64 MB and a positive timeout")
     if len(weights) != len(deltas) or not deltas:
@@ -44,14 +50,15 @@ def prove_chunks(circuit: Circuit, weights: Sequence[int], deltas: Sequence[torc
         atomic_write(job / "deltas.safetensors", save_bytes({f"d{i}": d for i, d in enumerate(deltas)}), mode=0o600)
         atomic_write(job / "job.json", json.dumps({
             "folder": str(circuit.folder), "srs": str(circuit.srs), "inputs": circuit.shape.inputs,
-            "size": circuit.shape.size, "logrows": circuit.logrows, "vk_sha256": circuit.vk_sha256,
+            "size": circuit.shape.size, "scheme": circuit.shape.scheme, "logrows": circuit.logrows,
+            "vk_sha256": circuit.vk_sha256,
             "srs_sha256": circuit.srs_sha256, "weights": [int(w) for w in weights],
             "indices": [int(j) for j in indices]}).encode(), mode=0o600)
         with open(job / "stderr", "wb") as err:
             process = subprocess.Popen([sys.executable, "-m", "flair_node.protocol.proofs.worker", str(job)],
                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         try:
-            _watch(process, memory_mb, timeout_s, circuit)
+            _watch(process, memory_mb, timeout_s, circuit, stop or threading.Event())
         finally:
             if process.poll() is None:
                 process.kill()
@@ -62,10 +69,14 @@ def prove_chunks(circuit: Circuit, weights: Sequence[int], deltas: Sequence[torc
         return {j: (job / f"proof-{j}.json").read_bytes() for j in indices}
 
 
-def _watch(process: subprocess.Popen[bytes], memory_mb: int, timeout_s: float, circuit: Circuit) -> None:
-    """Until ``process`` exits: ``ProofError`` once it outgrows ``memory_mb`` resident or ``timeout_s``."""
+def _watch(process: subprocess.Popen[bytes], memory_mb: int, timeout_s: float, circuit: Circuit,
+           stop: threading.Event) -> None:
+    """Until ``process`` exits: ``ProofError`` once it outgrows ``memory_mb`` resident or ``timeout_s``, or
+    ``stop`` is set."""
     deadline = time.monotonic() + timeout_s
     while process.poll() is None:
+        if stop.is_set():
+            raise ProofError("proving was stopped")
         if _resident_mb(process.pid) > memory_mb:
             raise ProofError(f"the proving worker ran out of its {memory_mb} MB memory cap ({circuit.shape.inputs} "
                              f"x {circuit.shape.size}): raise the cap or use smaller chunks")
@@ -86,9 +97,10 @@ def _resident_mb(pid: int) -> float:
 
 
 def _main(folder: Path) -> int:
+    os.nice(NICE)  # proving may take long: the daemons and training on this machine come first
     job = json.loads((folder / "job.json").read_text())
-    circuit = Circuit(Shape(job["inputs"], job["size"]), Path(job["folder"]), job["logrows"], Path(job["srs"]),
-                      job["vk_sha256"], job["srs_sha256"])
+    circuit = Circuit(Shape(job["inputs"], job["size"], job["scheme"]), Path(job["folder"]), job["logrows"],
+                      Path(job["srs"]), job["vk_sha256"], job["srs_sha256"])
     loaded = load_bytes((folder / "deltas.safetensors").read_bytes())
     deltas = [loaded[f"d{i}"] for i in range(len(job["weights"]))]
     for j, proof in weighted_sum.prove(circuit, job["weights"], deltas, job["indices"]).items():
