@@ -363,13 +363,15 @@ def test_an_aggregator_proves_its_whole_merge_and_anyone_with_the_records_checks
         merges.check_merge(outsider, swapped)
     with pytest.raises(IntegrityError, match="other chunks"):
         merges.check_merge(outsider, replace(record, chunks=(0,)).signed(who))
+    with pytest.raises(IntegrityError, match="another verifying key"):  # keys not built from the SRS named
+        merges.check_merge(outsider, replace(record, vk="ab" * 32).signed(who))
 
 
 def test_a_proof_record_is_kept_only_from_the_merge_author(team):
     repos, repo, merge, who = merged_round(team)
     other = next(i for i in (OWNER, ANA, BEN, CY) if i != who)
     proofs = unixfs.add(repo.blocks, b"{}")
-    forged = ProofRecord(repo=repo.id, commit=merge.id, chunks=(0, 1), proofs=proofs, size=2,
+    forged = ProofRecord(repo=repo.id, commit=merge.id, chunks=(0, 1), proofs=proofs, size=2, vk="ab" * 32,
                          author=other.public_key, timestamp_ms=merge.timestamp_ms).signed(other)
     with pytest.raises(IntegrityError, match="not by the author"):
         node(repos, repo, None).accept_proof(forged)

@@ -98,7 +98,7 @@ def verify_text(r: dict[str, Any]) -> str:
                    f"{r['chunks']} of {r['total']} chunks proven, drawn from the merge's id: a merge falsifying 1 % "
                    f"of its chunks is caught with probability {r['detection']:.4f}")
         return "\n".join([head + f"verified: the merge is the weighted sum of its contributions ({covered})",
-                           f"proofs by {r['author']}: {r['proofs']}"])
+                           f"proofs by {r['author']}: {r['proofs']} (verifying key sha256 {r['vk'][:16]}...)"])
     if r["status"] == "failed":
         return "\n".join([head + f"FAILED: {r['reason']}", f"proofs by {r['author']}: {r['proofs']}"])
     return head + f"{r['status']}: {r['reason']}"

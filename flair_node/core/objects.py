@@ -204,8 +204,10 @@ MAX_PROVEN_CHUNKS = 4096  # chunk indices one proof record lists
 
 @dataclass(frozen=True)
 class ProofRecord(SignedRecord):
-    """Proofs of round merge ``commit`` of ``repo``: the chunks proven (indices, ascending), and where the proofs
-    are (``proofs``: a UnixFS file of ``size`` bytes, JSON, public), signed by the merge's author."""
+    """Proofs of round merge ``commit`` of ``repo``: the chunks proven (indices, ascending), where the proofs are
+    (``proofs``: a UnixFS file of ``size`` bytes, JSON, public) and the SHA-256 of the verifying key they were
+    made for (``vk``: every node builds its own from the repository's SRS, and compares), signed by the merge's
+    author."""
 
     TAG: ClassVar[bytes] = b"flair/proof/v1\0"
     KIND: ClassVar[str] = "proof"
@@ -215,14 +217,15 @@ class ProofRecord(SignedRecord):
     chunks: tuple[int, ...]
     proofs: Cid
     size: int
+    vk: str
     author: PublicKey
     timestamp_ms: int
     signature: bytes = b""
 
     def body(self) -> dict[str, Any]:
         return {"v": RECORD_VERSION, "type": "proof", "repo": self.repo, "commit": self.commit,
-                "chunks": list(self.chunks), "proofs": self.proofs, "size": self.size, "author": self.author,
-                "timestamp_ms": self.timestamp_ms}
+                "chunks": list(self.chunks), "proofs": self.proofs, "size": self.size, "vk": self.vk,
+                "author": self.author, "timestamp_ms": self.timestamp_ms}
 
     @property
     def id(self) -> str:
@@ -239,6 +242,7 @@ class ProofRecord(SignedRecord):
                 chunks=tuple(schema.natural(j, "chunk") for j in chunks),
                 proofs=schema.cid(body["proofs"], "proofs"),
                 size=schema.natural(body["size"], "size"),
+                vk=schema.hex_id(body["vk"], "vk"),
                 author=PublicKey(schema.text(body["author"], "author", 64)),
                 timestamp_ms=schema.natural(body["timestamp_ms"], "timestamp_ms"),
                 signature=sig,

@@ -81,7 +81,7 @@ class ProofService:
         record = repo.proof(merge)
         if record is None:
             raise InvalidInput(f"no proof of {short(merge)} has arrived here")
-        outcome: dict[str, Any] = {"commit": merge, "proof": record.id, "proofs": record.proofs,
+        outcome: dict[str, Any] = {"commit": merge, "proof": record.id, "proofs": record.proofs, "vk": record.vk,
                                    "author": record.author, "checked_ms": now_ms()}
         from ..protocol.proofs import merges  # loads torch: not while the daemon idles
 

@@ -637,16 +637,18 @@ class Repo:
         rid = self.refs.get(BranchName(PROOF_REF + commit))
         return None if rid is None else ProofRecord.decode(self.objects.get(rid))
 
-    def write_proof(self, identity: Identity, commit: CommitId, chunks: Sequence[int], proofs: bytes) -> ProofRecord:
+    def write_proof(self, identity: Identity, commit: CommitId, chunks: Sequence[int], proofs: bytes, *,
+                    vk: str) -> ProofRecord:
         """Store ``proofs`` (the bundle of proofs of ``chunks`` of round merge ``commit``, which ``identity``
-        made) as blocks and sign, keep and announce the record naming them."""
+        made for the verifying key whose SHA-256 is ``vk``) as blocks and sign, keep and announce the record
+        naming them."""
         merge = self.commit(commit)
         if merge.kind != "round" or merge.author != identity.public_key:
             raise InvalidInput(f"only the author of round merge {short(commit)} proves it")
         with self.write_lock:
             cid = unixfs.add(self.blocks, proofs)
             record = ProofRecord(repo=self.id, commit=commit, chunks=tuple(chunks), proofs=cid, size=len(proofs),
-                                 author=identity.public_key, timestamp_ms=now_ms()).signed(identity)
+                                 vk=vk, author=identity.public_key, timestamp_ms=now_ms()).signed(identity)
             self._keep_proof(record)
         self.announce("proof", record.id, record.encode())
         return record

@@ -11,8 +11,9 @@ file and named by a signed ``ProofRecord`` (``Repo.write_proof``). Proofs reveal
 bundle is not encrypted.
 
 **The check** (``check_merge``) needs only records and the SRS, no payload: the record lists exactly the chunks
-the merge's id selects, and each proof verifies and carries the recorded weights' commitment, the published
-commitments of exactly the merged contributions, and the published commitment of that chunk of the sums.
+the merge's id selects and names the verifying key this node builds itself, and each proof verifies and carries
+the recorded weights' commitment, the published commitments of exactly the merged contributions, and the
+published commitment of that chunk of the sums.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def prove_merge(repo: Repo, identity: Identity, merge: CommitId, *, memory_mb: i
                                  stop=stop)
     bundle = {"v": BUNDLE_VERSION, "repo": repo.id, "commit": commit.id,
               "proofs": {str(j): json.loads(proofs[j]) for j in indices}}
-    return repo.write_proof(identity, commit.id, indices, json.dumps(bundle, separators=(",", ":")).encode())
+    return repo.write_proof(identity, commit.id, indices, json.dumps(bundle, separators=(",", ":")).encode(),
+                            vk=circuit.vk_sha256)
 
 
 def check_merge(repo: Repo, record: ProofRecord) -> dict[str, Any]:
@@ -98,6 +100,10 @@ def check_merge(repo: Repo, record: ProofRecord) -> dict[str, Any]:
             and set(bundle["proofs"]) == {str(j) for j in expected}):
         raise IntegrityError(f"the proofs of {short(commit.id)} are not a bundle of one proof per chunk it selects")
     circuit = circuits.for_repo(repo).circuit(repo, len(weights))
+    if record.vk != circuit.vk_sha256:
+        raise IntegrityError(f"the proofs of {short(commit.id)} were made for another verifying key (sha256 "
+                             f"{record.vk[:16]}...) than this node builds from the repository's SRS and circuit "
+                             f"({circuit.vk_sha256[:16]}...): another EZKL version, or keys not from that SRS")
     for j in expected:
         proof = json.dumps(bundle["proofs"][str(j)]).encode()
         try:
