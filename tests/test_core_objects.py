@@ -98,3 +98,14 @@ def test_identity_keypair_round_trip():
 def test_error_codes_map_back_to_classes():
     assert error_for_code(RefConflict.code) is RefConflict
     assert error_for_code(12345) is FlairError
+
+
+def test_names_and_ids_with_a_trailing_newline_are_refused():
+    """``$`` also matches before a final newline: every pattern must match the whole text."""
+    from flair_node.core.ids import is_full_id
+    from flair_node.core.refs import check_branch_name
+
+    assert is_full_id("ab" * 32) and not is_full_id("ab" * 32 + "\n")
+    for bad in (lambda: check_branch_name("main\n"), lambda: metric_text("loss\n", 1.0)):
+        with pytest.raises(InvalidInput):
+            bad()

@@ -34,13 +34,13 @@ def sha256_hex(data: bytes) -> str:
 
 
 def is_full_id(text: str) -> bool:
-    return bool(_HEX64.match(text))
+    return bool(_HEX64.fullmatch(text))
 
 
 def check_id_prefix(text: str, what: str = "id") -> str:
     """An id or an unambiguous-looking prefix of one (4 to 64 hex digits), lower-cased."""
     lowered = text.strip().lower()
-    if not _HEX_PREFIX.match(lowered):
+    if not _HEX_PREFIX.fullmatch(lowered):
         raise InvalidInput(f"{what} {text!r} is not a hex id (4 to 64 hex digits)", id=text)
     return lowered
 

@@ -188,7 +188,7 @@ class RepositoryRecord(SignedRecord):
 
 def metric_text(name: str, value: float | int | str) -> tuple[str, str]:
     """A metric as stored: a checked name and the shortest decimal text that round-trips the value."""
-    if not _METRIC_NAME.match(name):
+    if not _METRIC_NAME.fullmatch(name):
         raise InvalidInput(f"metric name {name!r}: use 1-64 of A-Z a-z 0-9 _ . : / -", metric=name)
     try:
         number = float(value)

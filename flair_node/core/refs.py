@@ -26,7 +26,7 @@ _ALLOWED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 
 def check_branch_name(name: str) -> BranchName:
     """``name`` as a ``BranchName``, or ``InvalidInput`` saying which rule it breaks."""
-    if not _ALLOWED.match(name):
+    if not _ALLOWED.fullmatch(name):
         raise InvalidInput(
             f"branch name {name!r} is not allowed: use 1-100 of A-Z a-z 0-9 . _ / -, starting with a letter or digit",
             branch=name,

@@ -382,7 +382,7 @@ class Repo:
         """A contribution to the rounds of ``branch``: weights trained from ``base`` (default: the branch head) on
         ``examples`` local examples, stored as their delta against ``base``. It does not move ``branch``: it sits
         on this member's own branch ``contrib/<branch>/<key>`` (each contribution replaces the previous one
-        there) until a round's aggregator merges it. ``commitments``, if any, are recorded with it: the Poseidon
+        there) until a round's aggregator merges it. ``commitments``, if any, are recorded with it: the
         commitments of its delta's chunks, when the repository's merges are proven (``protocol.proofs``)."""
         if codec not in DELTA_CODECS:
             raise InvalidInput(f"unknown codec {codec!r}: use one of {', '.join(DELTA_CODECS)}", codec=codec)
