@@ -79,3 +79,19 @@ def test_proof_bench_reports_the_10k_update_next_to_the_naive_circuit():
     assert {"prove_10k_s", "verify_10k_s"} == report["goals"].keys()
     assert {s["variant"] for s in report["shapes"]} >= {"hashed", "public"}
     assert report["projection_1m"]["sampled_chunks"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_anchor_bench_reports_rates_and_lamports_next_to_memo_only():
+    report = last_json_line("anchor.py", "--quick")
+    keys = ("anchors_per_s", "anchors_per_s_concurrent", "memo_only_per_s", "anchor_vs_memo_time",
+            "anchor_vs_memo_lamports", "sol_usd", "usd_per_commit", "caveat")
+    assert set(keys) <= report.keys()
+    assert report["n"] == 20 and report["cluster"] == "localnet"
+    for name in ("anchors_per_s", "anchors_per_s_concurrent", "memo_only_per_s"):
+        assert report[name] > 0, (name, report[name])
+    assert report["lamports_per_commit"] == pytest.approx(report["fee_lamports"] + report["rent_lamports"], abs=0.2)
+    assert report["fee_lamports"] > 0 and report["rent_lamports"] > 0
+    assert report["lamports_per_commit"] > report["memo_only_lamports"] > 0
+    assert report["reference"]["cited_not_measured"] and report["reference"]["source"].startswith("https://")

@@ -1,4 +1,4 @@
-"""``flair-node``: run the daemon, create a home, or run the demo."""
+"""``flair-node``: run the daemon, create a home, run the demo, or serve a development Solana chain."""
 
 from __future__ import annotations
 
@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rounds", type=int, help="rounds to train (default: 2 on one node, 5 between nodes)")
     demo.add_argument("--plot", type=Path, help="where the network demo plots accuracy per round "
                                                 "(default: ./flair-demo-rounds.png)")
+
+    localnet = sub.add_parser("localnet", help="serve a development Solana chain (LiteSVM) as JSON-RPC on "
+                                               "127.0.0.1 until SIGINT/SIGTERM")
+    localnet.add_argument("--port", type=int, default=8899, help="port to listen on (default: 8899, 0 = pick one)")
+    localnet.add_argument("--dir", type=Path, help="state folder (default: $FLAIR_HOME/localnet, else "
+                                                   "~/.flair-localnet)")
     return parser
 
 
@@ -50,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             return _init_home(args.home)
         if args.command == "run":
             return _run(args)
+        if args.command == "localnet":
+            from .localnet import run_localnet
+
+            return run_localnet(port=args.port, state_dir=args.dir)
         if args.nodes != 1:
             from .demo_network import run_network_demo
 

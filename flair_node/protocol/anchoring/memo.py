@@ -1,0 +1,112 @@
+"""The anchor record: one line of ASCII that an SPL Memo instruction writes into a Solana transaction.
+
+When a round's aggregator merges a commit, the transaction that mints the commit's NFT also carries this record
+as a memo, so the chain holds, under the aggregator's signature and the slot's timestamp, which commit became the
+head of which branch in which round, and which proof backs it::
+
+    flair:1:<repository id>:<branch>:<round>:<merged commit id>[:<proof CID>]
+
+Ids are 64 lower-case hex digits, the round is decimal without leading zeros, the proof is a CIDv1 in base32.
+Branch names cannot hold ``:`` (``core.refs``), so the fields split unambiguously, and every value has one
+spelling, so a record has exactly one memo and ``parse_anchor_memo`` refuses every other byte string. The longest
+record (a 100-character branch, the largest round, a proof) is 309 bytes: well inside what SPL Memo logs and
+what one transaction can carry beside the NFT's instructions.
+
+The memo instruction lists the signer whose key it names as an account: SPL Memo v2 then fails unless that key
+signed, so the memo is attributable to the aggregator even when read on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from solders.instruction import AccountMeta, Instruction
+from solders.pubkey import Pubkey
+
+from ...core.cid import parse_cid
+from ...core.errors import FlairError, IntegrityError, InvalidInput
+from ...core.ids import BranchName, Cid, CommitId, RepoId, short
+from ...core.refs import check_branch_name
+
+#: SPL Memo v2 (checks its data is UTF-8 and that every account it is given signed).
+MEMO_PROGRAM_ID = Pubkey.from_string("MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr")
+MEMO_PREFIX = "flair"
+MEMO_VERSION = 1
+#: Rounds are numbered from 1. Ten digits (a round a second for 300 years) keep the largest anchor transaction
+#: inside Solana's packet size (``commit_nft``).
+MAX_ROUND = 10**10 - 1
+#: Longer than any record ``anchor_memo`` makes (309 bytes); a parser refuses anything longer unread.
+MAX_MEMO_BYTES = 400
+_ROUND = re.compile(r"[1-9][0-9]{0,9}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class AnchorRecord:
+    """A merged commit as the chain records it. Construction validates every field (``InvalidInput``)."""
+
+    repo: RepoId
+    branch: BranchName
+    round: int
+    commit: CommitId
+    proof: Cid | None = None  # the merge's proof record on IPFS, when the repository proves its rounds
+
+    def __post_init__(self) -> None:
+        # core's checks use re.match with "$", which lets a trailing newline through: fullmatch here
+        if not isinstance(self.repo, str) or not _HEX64.fullmatch(self.repo):
+            raise InvalidInput(f"repository id {self.repo!r} is not 64 lower-case hex digits", repo=str(self.repo))
+        if not isinstance(self.commit, str) or not _HEX64.fullmatch(self.commit):
+            raise InvalidInput(f"commit id {self.commit!r} is not 64 lower-case hex digits", commit=str(self.commit))
+        if not isinstance(self.branch, str) or not self.branch.isprintable():
+            raise InvalidInput(f"branch {self.branch!r} is not a branch name", branch=str(self.branch))
+        check_branch_name(self.branch)
+        if isinstance(self.round, bool) or not isinstance(self.round, int) or not 1 <= self.round <= MAX_ROUND:
+            raise InvalidInput(f"round {self.round!r} is not an integer from 1 to {MAX_ROUND}", round=str(self.round))
+        if self.proof is not None:
+            if not isinstance(self.proof, str):
+                raise InvalidInput(f"proof CID {self.proof!r} is not a string")
+            parsed = parse_cid(self.proof)
+            if parsed.version != 1 or parsed.text != self.proof:
+                raise InvalidInput(f"proof CID {self.proof!r} is not a CIDv1 in base32 (use {parsed.text})",
+                                   cid=self.proof)
+
+
+def anchor_memo(record: AnchorRecord) -> bytes:
+    """The memo bytes for ``record``: ASCII, canonical, at most 309 bytes."""
+    fields = [MEMO_PREFIX, str(MEMO_VERSION), record.repo, record.branch, str(record.round), record.commit]
+    if record.proof is not None:
+        fields.append(record.proof)
+    return ":".join(fields).encode("ascii")
+
+
+def parse_anchor_memo(data: bytes) -> AnchorRecord:
+    """The record ``data`` spells; ``IntegrityError`` for anything ``anchor_memo`` would not have written."""
+    if len(data) > MAX_MEMO_BYTES:
+        raise IntegrityError(f"memo of {len(data)} bytes is longer than any Flair anchor ({MAX_MEMO_BYTES})")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise IntegrityError("memo is not ASCII, so not a Flair anchor") from None
+    fields = text.split(":")
+    if len(fields) not in (6, 7) or fields[0] != MEMO_PREFIX:
+        raise IntegrityError(f"memo {text[:80]!r} is not a Flair anchor (flair:1:repo:branch:round:commit[:proof])")
+    if fields[1] != str(MEMO_VERSION):
+        raise IntegrityError(f"anchor memo version {fields[1][:10]!r} is not {MEMO_VERSION}: upgrade flair-node?")
+    if not _ROUND.fullmatch(fields[4]):
+        raise IntegrityError(f"anchor memo round {fields[4][:24]!r} is not a canonical decimal number")
+    try:
+        record = AnchorRecord(repo=RepoId(fields[2]), branch=BranchName(fields[3]), round=int(fields[4]),
+                              commit=CommitId(fields[5]), proof=Cid(fields[6]) if len(fields) == 7 else None)
+    except FlairError as exc:  # the fields' own checks, raised as InvalidInput for callers building a record
+        raise IntegrityError(f"anchor memo does not check out: {exc}") from None
+    if anchor_memo(record) != data:
+        raise IntegrityError(f"anchor memo for commit {short(record.commit)} is not in canonical form")
+    return record
+
+
+def memo_instruction(memo: bytes, signer: Pubkey) -> Instruction:
+    """An SPL Memo v2 instruction writing ``memo``, which fails on chain unless ``signer`` signed."""
+    if len(memo) > MAX_MEMO_BYTES:
+        raise InvalidInput(f"memo of {len(memo)} bytes is longer than {MAX_MEMO_BYTES}")
+    return Instruction(MEMO_PROGRAM_ID, memo, [AccountMeta(signer, is_signer=True, is_writable=False)])
