@@ -9,13 +9,9 @@ import asyncio
 import base64
 import json
 import queue
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -44,10 +40,10 @@ from spl.token.instructions import (
 
 from flair_node.core.errors import FlairError
 from flair_node.daemon.localnet import LocalChain, LocalnetServer
+from flair_node.testing.localnet import running_localnet
 
 MEMO_PROGRAM = Pubkey.from_string("MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr")
 SOL = 10**9
-PROCESS_TIMEOUT = 20.0
 
 
 @dataclass
@@ -364,35 +360,10 @@ def test_one_folder_serves_one_localnet(tmp_path):
             LocalChain(tmp_path / "chain")
 
 
-def start_localnet(folder: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "flair_node.daemon.main", "localnet", "--port", "0",
-                             "--dir", str(folder)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if not line.startswith("localnet serving http://127.0.0.1:"):
-        stop_localnet(proc)
-        pytest.fail(f"flair-node localnet did not start: {line!r}\n{proc.stderr.read()[-3000:]}")
-    return proc, line.split()[-1]
-
-
-def stop_localnet(proc: subprocess.Popen) -> int:
-    """SIGTERM this process (by its own Popen, never by name), SIGKILL it if it does not stop in time."""
-    try:
-        proc.send_signal(signal.SIGTERM)
-        return proc.wait(timeout=PROCESS_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
-
-
 @pytest.mark.integration
 def test_state_survives_a_restart(tmp_path):
     folder = tmp_path / "localnet"
-    proc, url = start_localnet(folder)
-    try:
+    with running_localnet(folder) as url:
         async def before(client):
             payer, to, mint = await funded(client), Keypair().pubkey(), Keypair()
             blockhash = (await client.get_latest_blockhash()).value.blockhash
@@ -405,11 +376,8 @@ def test_state_survives_a_restart(tmp_path):
             return payer, transfer, keys, accounts, (await client.get_latest_blockhash()).value.blockhash
 
         payer, transfer, keys, accounts, blockhash = Localnet(url).run(before)
-    finally:
-        assert stop_localnet(proc) == 0
 
-    proc, url = start_localnet(folder)
-    try:
+    with running_localnet(folder) as url:  # the same folder: a restart
         async def after(client):
             landed = (await client.get_transaction(transfer.signatures[0], "base64")).value
             statuses = await client.get_signature_statuses([transfer.signatures[0]], search_transaction_history=True)
@@ -421,8 +389,6 @@ def test_state_survives_a_restart(tmp_path):
             return landed, statuses, accounts_now, (await client.get_signature_statuses([more.signatures[0]])).value
 
         landed, statuses, accounts_now, (more_status,) = Localnet(url).run(after)
-    finally:
-        assert stop_localnet(proc) == 0
 
     assert landed.slot == 2 and landed.transaction.meta.err is None
     assert bytes(landed.transaction.transaction) == bytes(transfer)

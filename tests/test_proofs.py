@@ -353,6 +353,8 @@ def test_an_aggregator_proves_its_whole_merge_and_anyone_with_the_records_checks
     assert outsider.proof(merge.id) == record
     assert merges.check_merge(outsider, record) == {"chunks": 2, "total": 2, "detection": 1.0}
     assert not outsider.accept_proof(record)  # one record per merge: the first is kept
+    repos.gc()  # the proofs are pinned: still there to check
+    assert merges.check_merge(outsider, record)["chunks"] == 2
 
     # a bundle whose proofs are swapped between chunks, or that covers other chunks, fails the check
     bundle = json.loads(unixfs.cat(repo.blocks, record.proofs, max_size=record.size))

@@ -104,6 +104,22 @@ def verify_text(r: dict[str, Any]) -> str:
     return head + f"{r['status']}: {r['reason']}"
 
 
+def provenance_text(r: dict[str, Any]) -> str:
+    head = f"{r['commit'][:12]}  "
+    if r["status"] != "anchored":
+        why = r.get("error") or r.get("reason") or ""
+        return head + f"{r['status']}" + (f": {why}" if why else "") + (
+            f"\n  attempts {r['attempts']}" if r.get("attempts") else "")
+    links = r.get("explorer", {})
+    return "\n".join([
+        head + f"anchored on {r['cluster']}",
+        f"  memo         {r['memo']}",
+        f"  NFT mint     {r['mint']}   {links.get('mint', '')}",
+        f"  transaction  {r.get('signature', '?')}   {links.get('transaction', '')}",
+        f"  metadata     ipfs://{r['metadata']}",
+    ])
+
+
 def round_text(r: dict[str, Any]) -> str:
     policy = r["policy"]
     lines = [f"round {r['round']} of {r['branch']}, opened {_when(r['opened_ms'])} UTC at {r['head'][:12]}",

@@ -19,6 +19,7 @@ from .format import (
     node_text,
     peers_text,
     policy_text,
+    provenance_text,
     round_text,
     show_text,
     status_text,
@@ -86,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = verb("verify", "whether a round merge's EZKL proofs hold: checked by this node against the published "
                        "commitments, without any delta")
+    p.add_argument("repo")
+    p.add_argument("commit", help="the round merge (id, prefix or branch)")
+
+    p = verb("provenance", "where a round merge is anchored on Solana: memo, NFT mint, transaction, explorer links")
     p.add_argument("repo")
     p.add_argument("commit", help="the round merge (id, prefix or branch)")
 
@@ -269,6 +274,9 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
     if a.verb == "verify":
         r = c.call("repo.verify", repo=a.repo, commit=a.commit)
         return r, verify_text(r)
+    if a.verb == "provenance":
+        r = c.call("repo.provenance", repo=a.repo, commit=a.commit)
+        return r, provenance_text(r)
     if a.verb == "log":
         r = c.call("repo.log", repo=a.repo, branch=a.branch, limit=a.limit)
         return r, log_text(r, a.graph)

@@ -28,6 +28,8 @@ class NodeConfig:
     proofs_srs: str = ""
     proofs_prove: bool = True
     proofs_memory_mb: int = 8192
+    chain_cluster: str = ""
+    chain_commitment: str = "confirmed"
 
     @classmethod
     def from_toml(cls, text: str, source: str = "config") -> NodeConfig:
@@ -37,7 +39,7 @@ class NodeConfig:
             raise InvalidInput(f"{source} is not valid TOML: {exc}") from exc
         known = {"api": {"host", "port", "max_request_bytes"}, "log": {"level"}, "ipfs": {"kubo_api"},
                  "p2p": {"listen", "bootstrap", "sync_interval", "mdns"}, "rounds": {"aggregate"},
-                 "proofs": {"srs", "prove", "memory_mb"}}
+                 "proofs": {"srs", "prove", "memory_mb"}, "chain": {"cluster", "commitment"}}
         for section, values in data.items():
             if section not in known or not isinstance(values, dict):
                 raise InvalidInput(f"{source}: unknown section [{section}] (known: {', '.join(known)})")
@@ -50,6 +52,7 @@ class NodeConfig:
         p2p: dict[str, Any] = data.get("p2p", {})
         rounds: dict[str, Any] = data.get("rounds", {})
         proofs: dict[str, Any] = data.get("proofs", {})
+        chain: dict[str, Any] = data.get("chain", {})
         config = cls(
             api_host=api.get("host", cls.api_host),
             api_port=api.get("port", cls.api_port),
@@ -65,6 +68,8 @@ class NodeConfig:
             proofs_srs=proofs.get("srs", cls.proofs_srs),
             proofs_prove=proofs.get("prove", cls.proofs_prove),
             proofs_memory_mb=proofs.get("memory_mb", cls.proofs_memory_mb),
+            chain_cluster=chain.get("cluster", cls.chain_cluster),
+            chain_commitment=chain.get("commitment", cls.chain_commitment),
         )
         config.check(source)
         return config
@@ -107,5 +112,16 @@ class NodeConfig:
         if not isinstance(self.proofs_memory_mb, int) or isinstance(self.proofs_memory_mb, bool) \
                 or not 256 <= self.proofs_memory_mb <= 1 << 20:
             raise InvalidInput(f"{source}: proofs.memory_mb is an integer from 256 to 1048576")
+        if not isinstance(self.chain_cluster, str):
+            raise InvalidInput(f"{source}: chain.cluster is local, devnet, testnet, mainnet-beta or an RPC URL")
+        if self.chain_cluster:
+            from ..protocol.anchoring.chain import cluster_url
+
+            try:
+                cluster_url(self.chain_cluster)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{source}: {exc}") from None
+        if self.chain_commitment not in ("confirmed", "finalized"):
+            raise InvalidInput(f"{source}: chain.commitment is confirmed or finalized")
         if self.log_level not in _LEVELS:
             raise InvalidInput(f"{source}: log.level must be one of {', '.join(_LEVELS)}")

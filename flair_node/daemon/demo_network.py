@@ -8,8 +8,9 @@ computes for that round (the role goes round: who merged longest ago comes first
 once all N have arrived; every other node re-derives the merge from the same inputs and follows it only if the
 bytes match. Merges are proven: each contribution publishes KZG commitments to its delta, the aggregator
 proves with EZKL (in a worker process, after publishing the merge) that the merge is the weighted sum of exactly
-those, and every node verifies the proof; the demo ends by showing what each node found. Test accuracy is
-printed per round and plotted to a PNG.
+those, and every node verifies the proof. Each aggregator also anchors its merge on a local Solana chain
+(``flair-node localnet``, started first): a memo naming the merge and a one-of-one NFT. The demo ends by showing
+what each node found of each proof, and each anchor. Test accuracy is printed per round and plotted to a PNG.
 
 One process plays all N participants here, so the training data never reaches any daemon: each daemon receives
 only trained weights, as a contributor's own machine would send them.
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..testing.localnet import running_localnet
 from ..testing.models import CLASSES, accuracy, load_digits_split, make_mlp, partition, train_local
 from ..testing.network import Network, Node, running_network, wait_until
 from .demo import BATCH_SIZE, LEARNING_RATE, REPO_NAME, SEED, _exit_status, _home, _pct
@@ -81,8 +83,11 @@ def run_network_demo(nodes: int, rounds: int | None = None, plot: Path | None = 
         for name, (_, y) in slices.items():
             print(f"  {name:<4} {len(y):>4} examples, {_label_mix(y)}")
 
-        print(f"\nstarting {nodes} flair-node daemons on 127.0.0.1, each dialing the ones before it")
-        with running_network(root, names, on_start=_started) as net:
+        print(f"\nstarting a local Solana chain (flair-node localnet, LiteSVM) and {nodes} flair-node daemons on "
+              "127.0.0.1, each dialing the ones before it")
+        with running_localnet(root / "chain") as chain, \
+                running_network(root, names, chain=chain, on_start=_started) as net:
+            print(f"  chain {chain}: every aggregator anchors its merges there (memo + NFT)")
             if any(r["name"] == REPO_NAME for r in net.owner.daemon.client.call("repo.list")):
                 print(f"flair-node: {root} already holds a {REPO_NAME} repository from an earlier demo; "
                       "pass a new --keep folder", file=sys.stderr)
@@ -98,13 +103,17 @@ def run_network_demo(nodes: int, rounds: int | None = None, plot: Path | None = 
                   f"one {net.owner.name} made (ezkl.gen_srs), which every node fetched")
             print(f"commit 0: an untrained 64-32-10 MLP, test accuracy {_pct(initial)}")
             results = [_round(net, repo, n, slices, x_test, y_test) for n in range(1, rounds + 1)]
-            print(f"\nwaiting for every node to verify the proofs of the {rounds} merges ...")
+            print(f"\nwaiting for every node to verify the proofs of the {rounds} merges, and for the anchors ...")
             proofs = _proofs(net, repo, results)
+            anchors = _anchors(net, repo, results)
 
         print("\nround  aggregator  test accuracy  EZKL proof of the merge")
         print(f"{0:>5}  {'-':<10}  {_pct(initial):>13}")
         for r in results:
             print(f"{r.number:>5}  {r.aggregator:<10}  {_pct(r.test_acc):>13}  {proofs[r.merge_id]}")
+        print("\nround  anchored on the local chain by its aggregator (flair provenance REPO COMMIT)")
+        for r in results:
+            print(f"{r.number:>5}  {anchors[r.merge_id]}")
         aggregators = [r.aggregator for r in results]
         print(f"aggregators, round by round: {' -> '.join(aggregators)} "
               f"({len(set(aggregators))} different nodes in {len(results)} rounds)")
@@ -179,6 +188,23 @@ def _proofs(net: Network, repo: str, results: list[RoundResult]) -> dict[str, st
                 f"{name}: {f['status']} ({f.get('reason', '')})" for name, f in by_node.items()
                 if f["status"] != "verified")
     return lines
+
+
+def _anchors(net: Network, repo: str, results: list[RoundResult]) -> dict[str, str]:
+    """Wait (at most ``PROOF_WAIT_S``) until each merge's aggregator has anchored it; what each one reports."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def anchored() -> bool:
+        for r in results:
+            if found.get(r.merge_id, {}).get("status") != "anchored":
+                node = next(n for n in net.nodes if n.name == r.aggregator)
+                found[r.merge_id] = node.daemon.client.call("repo.provenance", repo=repo, commit=r.merge_id)
+        return all(f["status"] == "anchored" for f in found.values())
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(anchored, "every merge anchored", PROOF_WAIT_S, every=0.5)
+    return {merge: (f"NFT {f['mint']}, transaction {f['signature'][:16]}..." if f["status"] == "anchored"
+                    else f"{f['status']}: {f.get('error') or f.get('reason', '')}") for merge, f in found.items()}
 
 
 def _started(node: Node) -> None:

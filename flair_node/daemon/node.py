@@ -23,6 +23,8 @@ from ..protocol import sync
 from ..protocol.proofs import circuits
 from ..storage.atomic import remove_stale_temp_files
 from ..storage.repos import RepoSet
+from .anchoring import AnchorService
+from .anchoring import register_methods as register_anchor_methods
 from .config import NodeConfig
 from .home import Home
 from .p2p import P2PService, register_methods
@@ -58,6 +60,10 @@ class Node:
                                    prove=config.proofs_prove, memory_mb=config.proofs_memory_mb,
                                    on_change=self._changed)
         register_proof_methods(self.registry, self.repos, self.proofs)
+        self.anchoring = AnchorService(self.repos, self.identity, home.path / "anchoring",
+                                       cluster=config.chain_cluster, commitment=config.chain_commitment) \
+            if config.chain_cluster else None
+        register_anchor_methods(self.registry, self.repos, self.anchoring)
 
     def _changed(self) -> None:
         if self.pinning is not None:
@@ -69,6 +75,7 @@ class Node:
         status: dict[str, Any] = {"kubo": self.pinning.status()} if self.pinning is not None else {}
         status["rounds"] = self.rounds.status() if self.rounds is not None else {"aggregate": False}
         status["proofs"] = self.proofs.status()
+        status["chain"] = self.anchoring.status() if self.anchoring is not None else {"cluster": ""}
         if self.p2p is not None:
             bitswap = self.p2p.exchange.status()
             status["p2p"] = {"addrs": full_addrs(self.p2p.host), "refused_blocks": bitswap["refused_blocks"],
@@ -107,6 +114,8 @@ class Node:
                 if self.rounds is not None:
                     await nursery.start(self.rounds.run)
                 await nursery.start(self.proofs.run)
+                if self.anchoring is not None:
+                    await nursery.start(self.anchoring.run)
                 url = await nursery.start(server.run)
                 self.home.write_api_file(url, token)
                 log.info("flair-node %s serving %s (home %s)", self.identity.public_key, url, self.home.path)

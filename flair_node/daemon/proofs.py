@@ -23,14 +23,14 @@ from typing import Any
 
 import trio
 
-from ..api.registry import Param, Registry
+from ..api.registry import Registry
 from ..core.errors import FlairError, IntegrityError, InvalidInput
 from ..core.identity import Identity
 from ..core.ids import CommitId, short
 from ..storage.atomic import atomic_write
 from ..storage.repo import Repo, now_ms
 from ..storage.repos import RepoSet
-from .rounds import round_branches
+from .rounds import MERGE_PARAMS, round_branches
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +149,7 @@ def register_methods(registry: Registry, repos: RepoSet, service: ProofService) 
     @registry.method(
         "repo.verify", "What this node found of the proofs of a round merge: verified (and what was proven), "
         "failed (and why), or not proven yet; checked now if they arrived but were not checked yet.",
-        params=(Param("repo", {"type": "string", "maxLength": 128}, "repository id, id prefix or name"),
-                Param("commit", {"type": "string", "maxLength": 128}, "the round merge (id, prefix or branch)")),
-        result={"type": "object"})
+        params=MERGE_PARAMS, result={"type": "object"})
     async def repo_verify(repo: str, commit: str) -> dict[str, Any]:
         def work() -> dict[str, Any]:
             r = repos.open(repo)

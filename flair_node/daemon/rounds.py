@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from ..api.registry import Param
 from ..core.errors import FlairError
 from ..core.identity import Identity
 from ..core.ids import short
@@ -68,6 +69,11 @@ class RoundService:
         if current.turn_ends(at) - at < MARGIN_MS:
             return None  # the next one's turn is about to begin
         return rounds.merge(repo, self.identity, branch, at_ms=at)
+
+
+#: The parameters of API methods about one round merge (``repo.verify``, ``repo.provenance``).
+MERGE_PARAMS = (Param("repo", {"type": "string", "maxLength": 128}, "repository id, id prefix or name"),
+                Param("commit", {"type": "string", "maxLength": 128}, "the round merge (id, prefix or branch)"))
 
 
 def round_branches(repo: Repo) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
@@ -76,6 +77,8 @@ class RepoSet:
         #: Every record signed on this node, oldest first: the daemon gossips them. Appended from worker threads,
         #: drained by the daemon (deque's append and popleft are atomic).
         self.outbox: deque[Outgoing] = deque(maxlen=OUTBOX_SIZE)
+        #: More roots gc keeps, as (CID, most bytes) from each callable: files a service published (the daemon's).
+        self.pins: list[Callable[[], Iterable[tuple[str, int]]]] = []
 
     @classmethod
     def in_memory(cls, identity: Identity) -> RepoSet:
@@ -159,8 +162,8 @@ class RepoSet:
             return repo
 
     def pinned(self) -> set[str]:
-        """Digests of every block reachable from a commit of a local repository, or from the SRS its policy names
-        (when stored here): what ``gc`` keeps."""
+        """Digests of every block reachable from a commit of a local repository, from the SRS its policy names,
+        from the proofs of its round merges (when stored here), and from ``pins``: what ``gc`` keeps."""
         keys: set[str] = set()
         for repo in self.all():
             for commit in repo.commits():
@@ -168,6 +171,14 @@ class RepoSet:
             srs = repo.members.current().policy.proof_srs
             if srs and self.blocks.has(srs):
                 keys |= unixfs.block_keys(self.blocks, srs, max_size=MAX_SRS_BYTES)
+            for commit in repo.commits():
+                proof = repo.proof(commit.id) if commit.kind == "round" else None
+                if proof is not None and self.blocks.has(proof.proofs):
+                    keys |= unixfs.block_keys(self.blocks, proof.proofs, max_size=proof.size)
+        for roots in self.pins:
+            for cid, size in roots():
+                if self.blocks.has(cid):
+                    keys |= unixfs.block_keys(self.blocks, cid, max_size=size)
         return keys
 
     def gc(self) -> tuple[int, int]:

@@ -1,0 +1,282 @@
+"""The daemon's anchoring service: every round merge this node made is anchored on Solana (``chain.cluster``).
+
+Every ``every`` seconds it looks at the latest round merges this node made (``RECENT`` commits back from the
+head of each branch with rounds) and anchors each one that is not anchored yet, one at a time:
+
+1. With proofs on, it waits for the merge's proof record (at most ``PROOF_WAIT_MS``), so the anchor names it.
+2. It stores the NFT's metadata JSON as an unencrypted UnixFS file (``ipfs://<cid>``; ids, keys and counts
+   only) and derives the mint from this node's key and the commit (``commit_mint``).
+3. If the mint exists, an earlier attempt landed: it checks the NFT (``verify_commit_nft``) and is done.
+   Otherwise it builds the transaction (memo + NFT), writes the transaction's signature to its state file
+   *before* sending it, sends it, and waits until the cluster reports it ``chain.commitment`` or better; then
+   it reads the mint back and checks it.
+
+State lives in ``<home>/anchoring/<repo>/<merge>.json``, written atomically at each step, so a restart resumes
+where it stopped. A failure (RPC error, timeout, a cluster out of reach, too few lamports) is recorded with its
+reason and retried with exponential backoff, up to ``MAX_BACKOFF_S``: anchoring never blocks or loses a commit.
+On a local chain or devnet it asks for an airdrop when the balance is low; elsewhere it says which address
+to fund. ``provenance`` (API ``repo.provenance``, ``flair provenance``) reports it with explorer links.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..api.registry import Registry
+from ..core.errors import FlairError, InvalidInput
+from ..core.identity import Identity
+from ..core.ids import CommitId, short
+from ..storage import unixfs
+from ..storage.atomic import atomic_write
+from ..storage.repo import Repo, now_ms
+from ..storage.repos import RepoSet
+from .rounds import MERGE_PARAMS, round_branches
+
+log = logging.getLogger(__name__)
+
+RECENT = 8  # commits back from each branch head that are anchored
+PROOF_WAIT_MS = 10 * 60_000  # how long an anchor waits for the merge's proof record
+MAX_BACKOFF_S = 600
+CONFIRM_TIMEOUT_S = 60.0
+LOW_BALANCE = 50_000_000  # lamports: below this, ask local chains and devnet for an airdrop
+AIRDROP = 1_000_000_000
+ACCEPTED = {"confirmed": ("confirmed", "finalized"), "finalized": ("finalized",)}
+MAX_METADATA_BYTES = 64 * 1024
+
+
+class AnchorService:
+    def __init__(self, repos: RepoSet, identity: Identity, state_dir: Path, *, cluster: str,
+                 commitment: str = "confirmed", every: float = 1.0) -> None:
+        if commitment not in ACCEPTED:
+            raise InvalidInput(f"chain.commitment is confirmed or finalized, not {commitment!r}")
+        self.repos, self.identity, self.state_dir = repos, identity, state_dir
+        self.cluster, self.commitment, self.every = cluster, commitment, every
+        self.counts: Counter[str] = Counter()  # anchored, failed attempts
+        repos.pins.append(self._metadata_roots)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from ..protocol.anchoring.chain import Chain
+
+        chain = Chain(self.cluster)
+        task_status.started()
+        try:
+            while True:
+                await trio.sleep(self.every)
+                for repo in await trio.to_thread.run_sync(self.repos.all):
+                    for merge in await trio.to_thread.run_sync(self._due, repo):
+                        await self._attempt(chain, repo, merge)
+        finally:
+            with trio.CancelScope(shield=True):
+                await chain.close()
+
+    def status(self) -> dict[str, Any]:
+        return {"cluster": self.cluster, "address": self.identity.public_key, **self.counts}
+
+    def provenance(self, repo: Repo, merge: CommitId) -> dict[str, Any] | None:
+        """What this node knows of the anchor of ``merge``, with explorer links; None if it never tried."""
+        from ..protocol.anchoring.chain import explorer_url
+
+        state = self._load(repo, merge)
+        if state is None:
+            return None
+        shown = {k: v for k, v in state.items() if k != "next_try_ms"}
+        shown["cluster"] = self.cluster
+        links = {}
+        if state.get("signature"):
+            links["transaction"] = explorer_url(self.cluster, tx=state["signature"])
+        if state.get("mint"):
+            links["mint"] = explorer_url(self.cluster, address=state["mint"])
+        return {**shown, "explorer": links}
+
+    # -- the work ------------------------------------------------------------------------------------------
+
+    def _due(self, repo: Repo) -> list[CommitId]:
+        """This node's recent round merges that are not anchored and whose next attempt is due."""
+        due, now = [], now_ms()
+        for branch in round_branches(repo):
+            cursor: CommitId | None = repo.head(branch)
+            for _ in range(RECENT):
+                if cursor is None:
+                    break
+                commit = repo.commit(cursor)
+                if commit.kind == "round" and commit.author == self.identity.public_key:
+                    state = self._load(repo, commit.id) or {}
+                    waiting_for_proof = ("sums" in commit.meta and repo.proof(commit.id) is None
+                                         and now - commit.timestamp_ms < PROOF_WAIT_MS)
+                    if state.get("status") != "anchored" and state.get("next_try_ms", 0) <= now \
+                            and not waiting_for_proof:
+                        due.append(commit.id)
+                cursor = commit.parents[0] if commit.parents else None
+        return due
+
+    async def _attempt(self, chain: Any, repo: Repo, merge: CommitId) -> None:
+        state = await trio.to_thread.run_sync(self._load, repo, merge) or {"commit": merge, "attempts": 0}
+        try:
+            await self._anchor(chain, repo, merge, state)
+        except FlairError as exc:
+            state["attempts"] = state.get("attempts", 0) + 1
+            backoff = min(MAX_BACKOFF_S, 2 ** state["attempts"])
+            state.update(status="retrying", error=str(exc), next_try_ms=now_ms() + backoff * 1000)
+            self.counts["failed_attempts"] += 1
+            log.warning("anchoring round merge %s of %s failed (attempt %d, next in %d s): %s", short(merge),
+                        short(repo.id), state["attempts"], backoff, exc)
+        await trio.to_thread.run_sync(self._save, repo, merge, state)
+
+    async def _anchor(self, chain: Any, repo: Repo, merge: CommitId, state: dict[str, Any]) -> None:
+        from solders.keypair import Keypair
+        from solders.pubkey import Pubkey
+
+        from ..protocol.anchoring import commit_mint, commit_nft_transaction, verify_commit_nft
+        from ..protocol.anchoring.commit_nft import commit_nft_mint_size
+
+        record, uri, metadata = await trio.to_thread.run_sync(self._record, repo, merge)
+        payer = Keypair.from_bytes(self.identity.keypair_bytes())
+        mint = commit_mint(self.identity.keypair_bytes()[:32], merge)
+        state.update(mint=str(mint.pubkey()), metadata=metadata, memo=_memo_text(record))
+        landed = await chain.account(str(mint.pubkey()))
+        if landed is None:
+            if state.get("signature"):  # sent before a crash or a timeout: it may still land
+                status = await chain.status(state["signature"])
+                if status is not None and status.error is None:
+                    landed = await self._confirmed(chain, state["signature"], str(mint.pubkey()))
+        if landed is None:
+            await self._fund(chain, str(payer.pubkey()))
+            size = commit_nft_mint_size(record, uri)
+            rent = await chain.rent(size)
+            blockhash = await chain.latest_blockhash()
+            tx = commit_nft_transaction(payer=payer, mint=mint, record=record, uri=uri,
+                                        rent=lambda wanted: rent if wanted == size else _unexpected(wanted),
+                                        blockhash=blockhash)
+            state.update(signature=str(tx.signatures[0]), status="sent")
+            await trio.to_thread.run_sync(self._save, repo, merge, state)  # before sending: a crash knows it
+            await chain.send(bytes(tx))
+            landed = await self._confirmed(chain, state["signature"], str(mint.pubkey()))
+        verify_commit_nft(mint=mint.pubkey(), owner=Pubkey.from_string(landed.owner), data=landed.data,
+                          record=record, aggregator=payer.pubkey())
+        state.update(status="anchored", anchored_ms=now_ms(), error=None, next_try_ms=0)
+        self.counts["anchored"] += 1
+        log.info("anchored round merge %s of %s on %s: mint %s, transaction %s", short(merge), short(repo.id),
+                 self.cluster, state["mint"], state.get("signature"))
+
+    async def _confirmed(self, chain: Any, signature: str, mint: str) -> Any:
+        """Wait until ``signature`` reaches the configured commitment; the mint's account then."""
+        from ..protocol.anchoring.chain import ChainError
+
+        deadline = time.monotonic() + CONFIRM_TIMEOUT_S
+        while True:
+            status = await chain.status(signature)
+            if status is not None and status.error is not None:
+                raise ChainError(f"anchor transaction {signature} failed on chain: {status.error}")
+            if status is not None and status.confirmation in ACCEPTED[self.commitment]:
+                landed = await chain.account(mint)
+                if landed is None:
+                    raise ChainError(f"anchor transaction {signature} landed but mint {mint} is not there")
+                return landed
+            if time.monotonic() > deadline:
+                raise ChainError(f"anchor transaction {signature} not {self.commitment} within "
+                                 f"{CONFIRM_TIMEOUT_S:g} s")
+            await trio.sleep(0.5)
+
+    async def _fund(self, chain: Any, address: str) -> None:
+        from urllib.parse import urlparse
+
+        from ..protocol.anchoring.chain import LOOPBACK, ChainError
+
+        balance = await chain.balance(address)
+        if balance >= LOW_BALANCE:
+            return
+        if self.cluster == "devnet" or urlparse(chain.url).hostname in LOOPBACK:
+            await chain.airdrop(address, AIRDROP)
+            deadline = time.monotonic() + CONFIRM_TIMEOUT_S
+            while await chain.balance(address) < LOW_BALANCE:
+                if time.monotonic() > deadline:
+                    raise ChainError(f"the airdrop to {address} did not arrive within {CONFIRM_TIMEOUT_S:g} s")
+                await trio.sleep(0.5)
+            return
+        raise ChainError(f"this node's address {address} holds {balance} lamports, too few to anchor (about "
+                         f"7,000,000 a commit): fund it on {self.cluster}")
+
+    def _record(self, repo: Repo, merge: CommitId) -> tuple[Any, str, str]:
+        """The anchor record of ``merge``, the URI of its stored metadata JSON, and that file's CID."""
+        from ..protocol.anchoring import AnchorRecord, commit_nft_metadata, metadata_json
+
+        commit = repo.commit(merge)
+        proof = repo.proof(merge)
+        record = AnchorRecord(repo=repo.id, branch=commit.meta["branch"], round=int(commit.meta["round"]),
+                              commit=merge, proof=proof.proofs if proof is not None else None)
+        authors = sorted({repo.commit(c).author for c in commit.parents[1:]})
+        document = metadata_json(commit_nft_metadata(record, aggregator=commit.author, contributors=authors))
+        if len(document) > MAX_METADATA_BYTES:
+            raise InvalidInput(f"the metadata of {short(merge)} is larger than {MAX_METADATA_BYTES} bytes")
+        cid = unixfs.add(repo.blocks, document)
+        return record, f"ipfs://{cid}", cid
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def _path(self, repo: Repo, merge: CommitId) -> Path:
+        return self.state_dir / repo.id / f"{merge}.json"
+
+    def _load(self, repo: Repo, merge: CommitId) -> dict[str, Any] | None:
+        try:
+            state: dict[str, Any] = json.loads(self._path(repo, merge).read_text())
+        except (OSError, ValueError):
+            return None
+        return state
+
+    def _save(self, repo: Repo, merge: CommitId, state: dict[str, Any]) -> None:
+        path = self._path(repo, merge)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(state, sort_keys=True).encode())
+
+    def _metadata_roots(self) -> list[tuple[str, int]]:
+        """The metadata files this node published (gc keeps them: the NFTs' URIs name them)."""
+        roots = []
+        for path in self.state_dir.glob("*/*.json") if self.state_dir.exists() else []:
+            try:
+                cid = json.loads(path.read_text()).get("metadata")
+            except (OSError, ValueError):
+                continue
+            if isinstance(cid, str):
+                roots.append((cid, MAX_METADATA_BYTES))
+        return roots
+
+
+def _memo_text(record: Any) -> str:
+    from ..protocol.anchoring import anchor_memo
+
+    return anchor_memo(record).decode()
+
+
+def _unexpected(size: int) -> int:
+    raise InvalidInput(f"the anchor transaction asked for the rent of an unexpected size ({size} bytes)")
+
+
+def register_methods(registry: Registry, repos: RepoSet, service: AnchorService | None) -> None:
+    @registry.method(
+        "repo.provenance", "Where a round merge is anchored on Solana: its memo, NFT mint, transaction and "
+        "explorer links, as this node (its aggregator) recorded them.",
+        params=MERGE_PARAMS, result={"type": "object"})
+    async def repo_provenance(repo: str, commit: str) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            r = repos.open(repo)
+            merge = r.resolve(commit)
+            found = r.commit(merge)
+            if found.kind != "round":
+                return {"commit": merge, "status": "not anchored", "reason": "only round merges are anchored"}
+            if service is None:
+                return {"commit": merge, "status": "not anchored", "reason": "this node has no chain.cluster"}
+            known = service.provenance(r, merge)
+            if known is not None:
+                return known
+            if found.author != service.identity.public_key:
+                return {"commit": merge, "status": "unknown here", "author": found.author,
+                        "reason": "its aggregator anchors it; this node keeps anchors of its own merges only"}
+            return {"commit": merge, "status": "pending", "reason": "not attempted yet"}
+        return await trio.to_thread.run_sync(work)
