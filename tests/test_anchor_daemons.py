@@ -1,7 +1,7 @@
 """Anchoring across real processes: a `flair-node localnet` chain and two flair-node daemons configured with it.
 The round's aggregator anchors its merge (memo + commit NFT) on its own; the chain holds exactly what
-`flair provenance` reports; while the chain is down the anchor is retried with backoff from the node's
-persisted state, and it lands once the chain is back."""
+`flair provenance` reports, and the other member checks the anchor record on chain itself. While the chain is
+down the anchor is retried with backoff from the node's persisted state, and it lands once the chain is back."""
 
 import socket
 
@@ -79,8 +79,12 @@ def test_the_aggregator_anchors_its_merge_and_retries_while_the_chain_is_down(tm
                 merge, aggregator = anchored_round(tmp_path, nodes, repo, 1)
                 wait_until(lambda: provenance(aggregator, repo, merge)["status"] == "anchored", "the anchor", 60)
                 check_on_chain(url, aggregator, repo, merge, 1)
+                # the other member gets the anchor record and checks the claim on chain itself
                 other = b if aggregator is a else a
-                assert provenance(other, repo, merge)["status"] == "unknown here"
+                wait_until(lambda: provenance(other, repo, merge)["status"] == "verified", "the anchor checked", 60)
+                checked, made = provenance(other, repo, merge), provenance(aggregator, repo, merge)
+                assert (checked["mint"], checked["signature"], checked["memo"]) == (
+                    made["mint"], made["signature"], made["memo"])
 
                 # round 2 while the chain is down: the anchor is retried with backoff; it lands once it is back
                 chain.__exit__(None, None, None)
@@ -93,6 +97,9 @@ def test_the_aggregator_anchors_its_merge_and_retries_while_the_chain_is_down(tm
                 chain.__enter__()
                 wait_until(lambda: provenance(aggregator, repo, merge)["status"] == "anchored", "the late anchor", 60)
                 check_on_chain(url, aggregator, repo, merge, 2)
+                other = b if aggregator is a else a
+                wait_until(lambda: provenance(other, repo, merge)["status"] == "verified", "the late anchor checked",
+                           60)
     finally:
         if chain is not None:
             chain.__exit__(None, None, None)

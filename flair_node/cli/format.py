@@ -106,17 +106,18 @@ def verify_text(r: dict[str, Any]) -> str:
 
 def provenance_text(r: dict[str, Any]) -> str:
     head = f"{r['commit'][:12]}  "
-    if r["status"] != "anchored":
+    if r["status"] not in ("anchored", "verified"):
         why = r.get("error") or r.get("reason") or ""
         return head + f"{r['status']}" + (f": {why}" if why else "") + (
             f"\n  attempts {r['attempts']}" if r.get("attempts") else "")
     links = r.get("explorer", {})
+    who = "by this node" if r["status"] == "anchored" else f"by {r['author']}, checked on chain by this node"
     return "\n".join([
-        head + f"anchored on {r['cluster']}",
+        head + f"anchored on {r['cluster']} {who}",
         f"  memo         {r['memo']}",
         f"  NFT mint     {r['mint']}   {links.get('mint', '')}",
         f"  transaction  {r.get('signature', '?')}   {links.get('transaction', '')}",
-        f"  metadata     ipfs://{r['metadata']}",
+        *([f"  metadata     ipfs://{r['metadata']}"] if r.get("metadata") else []),
     ])
 
 

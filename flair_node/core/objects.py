@@ -254,3 +254,61 @@ class ProofRecord(SignedRecord):
         if not 0 < len(record.chunks) <= MAX_PROVEN_CHUNKS or list(record.chunks) != sorted(set(record.chunks)):
             raise IntegrityError(f"a proof record lists 1 to {MAX_PROVEN_CHUNKS} chunks, ascending, each once")
         return record
+
+
+@dataclass(frozen=True)
+class AnchorClaim(SignedRecord):
+    """Round merge ``commit`` of ``repo`` is anchored on the Solana cluster whose genesis hash is ``genesis``, by
+    transaction ``transaction`` (its signature, base58), as the NFT ``mint``: a claim the merge's author signs
+    and every node checks on chain for itself."""
+
+    TAG: ClassVar[bytes] = b"flair/anchor/v1\0"
+    KIND: ClassVar[str] = "anchor"
+
+    repo: RepoId
+    commit: CommitId
+    genesis: str
+    transaction: str
+    mint: str
+    author: PublicKey
+    timestamp_ms: int
+    signature: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {"v": RECORD_VERSION, "type": "anchor", "repo": self.repo, "commit": self.commit,
+                "genesis": self.genesis, "transaction": self.transaction, "mint": self.mint, "author": self.author,
+                "timestamp_ms": self.timestamp_ms}
+
+    @property
+    def id(self) -> str:
+        return self.digest
+
+    @classmethod
+    def decode(cls, data: bytes) -> AnchorClaim:
+        body, sig = schema.outer(encoding.decode(data), "anchor")
+        try:
+            claim = cls(
+                repo=RepoId(schema.hex_id(body["repo"], "repo")),
+                commit=CommitId(schema.hex_id(body["commit"], "commit")),
+                genesis=_base58(body["genesis"], "genesis", 44),
+                transaction=_base58(body["transaction"], "transaction", 88),
+                mint=_base58(body["mint"], "mint", 44),
+                author=PublicKey(schema.text(body["author"], "author", 64)),
+                timestamp_ms=schema.natural(body["timestamp_ms"], "timestamp_ms"),
+                signature=sig,
+            )
+        except (KeyError, TypeError) as exc:
+            raise IntegrityError(f"anchor record is missing or mistypes a field: {exc}") from exc
+        if claim.body() != body:
+            raise IntegrityError("anchor record has unknown fields")
+        return claim
+
+
+_BASE58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]+")
+
+
+def _base58(value: Any, what: str, limit: int) -> str:
+    text = schema.text(value, what, limit)
+    if not _BASE58.fullmatch(text):
+        raise IntegrityError(f"{what} must be base58")
+    return text

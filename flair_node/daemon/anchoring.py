@@ -1,7 +1,8 @@
-"""The daemon's anchoring service: every round merge this node made is anchored on Solana (``chain.cluster``).
+"""The daemon's anchoring service: the round merges this node made are anchored on Solana (``chain.cluster``),
+and the anchors other members claim for theirs are checked on chain.
 
-Every ``every`` seconds it looks at the latest round merges this node made (``RECENT`` commits back from the
-head of each branch with rounds) and anchors each one that is not anchored yet, one at a time:
+Every ``every`` seconds it looks at the latest round merges (``RECENT`` commits back from the head of each
+branch with rounds). It anchors each one this node made that is not anchored yet, one at a time:
 
 1. With proofs on, it waits for the merge's proof record (at most ``PROOF_WAIT_MS``), so the anchor names it.
 2. It stores the NFT's metadata JSON as an unencrypted UnixFS file (``ipfs://<cid>``; ids, keys and counts
@@ -10,6 +11,13 @@ head of each branch with rounds) and anchors each one that is not anchored yet, 
    Otherwise it builds the transaction (memo + NFT), writes the transaction's signature to its state file
    *before* sending it, sends it, and waits until the cluster reports it ``chain.commitment`` or better; then
    it reads the mint back and checks it.
+4. It signs an anchor record (cluster genesis hash, transaction, mint) and announces it like any record.
+
+For a merge another member made, once its anchor record arrives (gossip or pull), the node checks the claim
+itself: the same cluster (genesis hash), the transaction landed without error at ``chain.commitment``, its memo
+names exactly this merge (repository, branch, round, commit, and the proofs this node holds, if any), and the
+mint is the commit's NFT by the merge's author (``verify_commit_nft``). The verdict is recorded like the node's
+own anchors; an RPC failure is retried, a claim that does not hold is recorded as failed with the reason.
 
 State lives in ``<home>/anchoring/<repo>/<merge>.json``, written atomically at each step, so a restart resumes
 where it stopped. A failure (RPC error, timeout, a cluster out of reach, too few lamports) is recorded with its
@@ -20,6 +28,7 @@ to fund. ``provenance`` (API ``repo.provenance``, ``flair provenance``) reports 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -30,7 +39,7 @@ from typing import Any
 import trio
 
 from ..api.registry import Registry
-from ..core.errors import FlairError, InvalidInput
+from ..core.errors import FlairError, IntegrityError, InvalidInput
 from ..core.identity import Identity
 from ..core.ids import CommitId, short
 from ..storage import unixfs
@@ -53,12 +62,12 @@ MAX_METADATA_BYTES = 64 * 1024
 
 class AnchorService:
     def __init__(self, repos: RepoSet, identity: Identity, state_dir: Path, *, cluster: str,
-                 commitment: str = "confirmed", every: float = 1.0) -> None:
+                 commitment: str = "confirmed", every: float = 1.0, on_change: Any = lambda: None) -> None:
         if commitment not in ACCEPTED:
             raise InvalidInput(f"chain.commitment is confirmed or finalized, not {commitment!r}")
         self.repos, self.identity, self.state_dir = repos, identity, state_dir
-        self.cluster, self.commitment, self.every = cluster, commitment, every
-        self.counts: Counter[str] = Counter()  # anchored, failed attempts
+        self.cluster, self.commitment, self.every, self.on_change = cluster, commitment, every, on_change
+        self.counts: Counter[str] = Counter()  # anchored, verified, refuted, failed_attempts
         repos.pins.append(self._metadata_roots)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -70,8 +79,8 @@ class AnchorService:
             while True:
                 await trio.sleep(self.every)
                 for repo in await trio.to_thread.run_sync(self.repos.all):
-                    for merge in await trio.to_thread.run_sync(self._due, repo):
-                        await self._attempt(chain, repo, merge)
+                    for merge, mine in await trio.to_thread.run_sync(self._due, repo):
+                        await self._attempt(chain, repo, merge, mine)
         finally:
             with trio.CancelScope(shield=True):
                 await chain.close()
@@ -97,8 +106,9 @@ class AnchorService:
 
     # -- the work ------------------------------------------------------------------------------------------
 
-    def _due(self, repo: Repo) -> list[CommitId]:
-        """This node's recent round merges that are not anchored and whose next attempt is due."""
+    def _due(self, repo: Repo) -> list[tuple[CommitId, bool]]:
+        """Recent round merges whose next attempt is due: this node's own that are not anchored (True), and
+        others' whose anchor record arrived and is not checked yet (False)."""
         due, now = [], now_ms()
         for branch in round_branches(repo):
             cursor: CommitId | None = repo.head(branch)
@@ -106,20 +116,31 @@ class AnchorService:
                 if cursor is None:
                     break
                 commit = repo.commit(cursor)
-                if commit.kind == "round" and commit.author == self.identity.public_key:
-                    state = self._load(repo, commit.id) or {}
-                    waiting_for_proof = ("sums" in commit.meta and repo.proof(commit.id) is None
-                                         and now - commit.timestamp_ms < PROOF_WAIT_MS)
-                    if state.get("status") != "anchored" and state.get("next_try_ms", 0) <= now \
-                            and not waiting_for_proof:
-                        due.append(commit.id)
                 cursor = commit.parents[0] if commit.parents else None
+                if commit.kind != "round":
+                    continue
+                state = self._load(repo, commit.id) or {}
+                if state.get("status") in ("anchored", "verified", "failed") or state.get("next_try_ms", 0) > now:
+                    continue
+                if commit.author == self.identity.public_key:
+                    if "sums" not in commit.meta or repo.proof(commit.id) is not None \
+                            or now - commit.timestamp_ms >= PROOF_WAIT_MS:  # with proofs on, after them
+                        due.append((commit.id, True))
+                elif repo.anchor(commit.id) is not None:
+                    due.append((commit.id, False))
         return due
 
-    async def _attempt(self, chain: Any, repo: Repo, merge: CommitId) -> None:
+    async def _attempt(self, chain: Any, repo: Repo, merge: CommitId, mine: bool) -> None:
         state = await trio.to_thread.run_sync(self._load, repo, merge) or {"commit": merge, "attempts": 0}
         try:
-            await self._anchor(chain, repo, merge, state)
+            if mine:
+                await self._anchor(chain, repo, merge, state)
+            else:
+                await self._check(chain, repo, merge, state)
+        except IntegrityError as exc:  # a claim that does not hold: final
+            state.update(status="failed", error=str(exc))
+            self.counts["refuted"] += 1
+            log.warning("the anchor of round merge %s of %s does not hold: %s", short(merge), short(repo.id), exc)
         except FlairError as exc:
             state["attempts"] = state.get("attempts", 0) + 1
             backoff = min(MAX_BACKOFF_S, 2 ** state["attempts"])
@@ -164,6 +185,50 @@ class AnchorService:
         self.counts["anchored"] += 1
         log.info("anchored round merge %s of %s on %s: mint %s, transaction %s", short(merge), short(repo.id),
                  self.cluster, state["mint"], state.get("signature"))
+        if state.get("signature") and repo.anchor(merge) is None:
+            genesis = await chain.genesis_hash()
+            await trio.to_thread.run_sync(lambda: repo.write_anchor(
+                self.identity, merge, genesis=genesis, transaction=state["signature"], mint=state["mint"]))
+            self.on_change()  # announce it
+
+    async def _check(self, chain: Any, repo: Repo, merge: CommitId, state: dict[str, Any]) -> None:
+        """Check the anchor another member claims for its merge ``merge`` on this node's cluster."""
+        from solders.pubkey import Pubkey
+
+        from ..protocol.anchoring import parse_anchor_memo, verify_commit_nft
+        from ..protocol.anchoring.chain import ChainError
+
+        claim = repo.anchor(merge)
+        assert claim is not None
+        state.update(author=claim.author, signature=claim.transaction, mint=claim.mint)
+        genesis = await chain.genesis_hash()
+        if claim.genesis != genesis:
+            raise IntegrityError(f"anchored on another cluster (genesis {claim.genesis}) than this node's "
+                                 f"{self.cluster} ({genesis})")
+        status = await chain.status(claim.transaction)
+        if status is None or status.confirmation not in ACCEPTED[self.commitment]:
+            raise ChainError(f"transaction {claim.transaction} is not {self.commitment} on {self.cluster} (yet)")
+        if status.error is not None:
+            raise IntegrityError(f"transaction {claim.transaction} failed on chain: {status.error}")
+        records = []
+        for memo in await chain.memos(claim.transaction):
+            with contextlib.suppress(IntegrityError):
+                records.append(parse_anchor_memo(memo))
+        if len(records) != 1:
+            raise IntegrityError(f"transaction {claim.transaction} carries {len(records)} anchor memos, not one")
+        record, commit, proof = records[0], repo.commit(merge), repo.proof(merge)
+        if (record.repo, record.branch, record.round, record.commit) != (
+                repo.id, commit.meta.get("branch"), commit.meta.get("round"), merge):
+            raise IntegrityError(f"the memo of transaction {claim.transaction} names another merge")
+        if proof is not None and record.proof != proof.proofs:
+            raise IntegrityError(f"the memo names other proofs ({record.proof}) than this merge's ({proof.proofs})")
+        landed = await chain.account(claim.mint)
+        if landed is None:
+            raise IntegrityError(f"mint {claim.mint} does not exist on {self.cluster}")
+        verify_commit_nft(mint=Pubkey.from_string(claim.mint), owner=Pubkey.from_string(landed.owner),
+                          data=landed.data, record=record, aggregator=Pubkey.from_string(claim.author))
+        state.update(status="verified", memo=_memo_text(record), checked_ms=now_ms(), error=None, next_try_ms=0)
+        self.counts["verified"] += 1
 
     async def _confirmed(self, chain: Any, signature: str, mint: str) -> Any:
         """Wait until ``signature`` reaches the configured commitment; the mint's account then."""
@@ -261,7 +326,7 @@ def _unexpected(size: int) -> int:
 def register_methods(registry: Registry, repos: RepoSet, service: AnchorService | None) -> None:
     @registry.method(
         "repo.provenance", "Where a round merge is anchored on Solana: its memo, NFT mint, transaction and "
-        "explorer links, as this node (its aggregator) recorded them.",
+        "explorer links, as this node anchored it (its own merges) or checked it on chain (others').",
         params=MERGE_PARAMS, result={"type": "object"})
     async def repo_provenance(repo: str, commit: str) -> dict[str, Any]:
         def work() -> dict[str, Any]:
@@ -276,7 +341,7 @@ def register_methods(registry: Registry, repos: RepoSet, service: AnchorService 
             if known is not None:
                 return known
             if found.author != service.identity.public_key:
-                return {"commit": merge, "status": "unknown here", "author": found.author,
-                        "reason": "its aggregator anchors it; this node keeps anchors of its own merges only"}
+                return {"commit": merge, "status": "waiting", "author": found.author,
+                        "reason": "its aggregator anchors it; its anchor record has not been checked here yet"}
             return {"commit": merge, "status": "pending", "reason": "not attempted yet"}
         return await trio.to_thread.run_sync(work)

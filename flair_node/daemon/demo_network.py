@@ -191,20 +191,31 @@ def _proofs(net: Network, repo: str, results: list[RoundResult]) -> dict[str, st
 
 
 def _anchors(net: Network, repo: str, results: list[RoundResult]) -> dict[str, str]:
-    """Wait (at most ``PROOF_WAIT_S``) until each merge's aggregator has anchored it; what each one reports."""
-    found: dict[str, dict[str, Any]] = {}
+    """Wait (at most ``PROOF_WAIT_S``) until each merge's aggregator has anchored it and every other node has
+    checked the anchor on chain; what they report."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    done = ("anchored", "verified", "failed")
 
-    def anchored() -> bool:
+    def settled() -> bool:
         for r in results:
-            if found.get(r.merge_id, {}).get("status") != "anchored":
-                node = next(n for n in net.nodes if n.name == r.aggregator)
-                found[r.merge_id] = node.daemon.client.call("repo.provenance", repo=repo, commit=r.merge_id)
-        return all(f["status"] == "anchored" for f in found.values())
+            for node in net.nodes:
+                seen = found.setdefault(r.merge_id, {}).get(node.name)
+                if seen is None or seen["status"] not in done:
+                    found[r.merge_id][node.name] = node.daemon.client.call("repo.provenance", repo=repo,
+                                                                           commit=r.merge_id)
+        return all(f["status"] in done for by_node in found.values() for f in by_node.values())
 
     with contextlib.suppress(TimeoutError):
-        wait_until(anchored, "every merge anchored", PROOF_WAIT_S, every=0.5)
-    return {merge: (f"NFT {f['mint']}, transaction {f['signature'][:16]}..." if f["status"] == "anchored"
-                    else f"{f['status']}: {f.get('error') or f.get('reason', '')}") for merge, f in found.items()}
+        wait_until(settled, "every merge anchored and checked", PROOF_WAIT_S, every=0.5)
+    lines = {}
+    for merge, by_node in found.items():
+        made = next((f for f in by_node.values() if f["status"] == "anchored"), None)
+        checked = sum(f["status"] == "verified" for f in by_node.values())
+        lines[merge] = (f"NFT {made['mint']}, transaction {made['signature'][:16]}..., checked on chain by "
+                        f"{checked} of {len(by_node) - 1} other nodes" if made is not None else
+                        "not anchored: " + "; ".join(f"{name}: {f['status']} ({f.get('error') or f.get('reason', '')})"
+                                                     for name, f in by_node.items()))
+    return lines
 
 
 def _started(node: Node) -> None:

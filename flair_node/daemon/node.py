@@ -61,7 +61,8 @@ class Node:
                                    on_change=self._changed)
         register_proof_methods(self.registry, self.repos, self.proofs)
         self.anchoring = AnchorService(self.repos, self.identity, home.path / "anchoring",
-                                       cluster=config.chain_cluster, commitment=config.chain_commitment) \
+                                       cluster=config.chain_cluster, commitment=config.chain_commitment,
+                                       on_change=self._changed) \
             if config.chain_cluster else None
         register_anchor_methods(self.registry, self.repos, self.anchoring)
 

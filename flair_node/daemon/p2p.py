@@ -238,8 +238,9 @@ class P2PService:
         pull: dict[CommitId, str] = {}
         for taken, publisher in messages:
             pull.update((c.id, publisher) for c in taken.commits if not repo.objects.has(c.id))
-            # a proof record comes with its proofs' blocks, by pulling from its publisher
-            pull.update((CommitId(p.id), publisher) for p in taken.proofs if not repo.objects.has(p.id))
+            # proof and anchor records come by pulling from their publisher (a proof record with its blocks)
+            pull.update((CommitId(c.id), publisher) for c in (*taken.proofs, *taken.anchors)
+                        if not repo.objects.has(c.id))
             for move in taken.moves:
                 if move.branch not in latest or move.comes_after(latest[move.branch][0]):
                     latest[move.branch] = (move, publisher)

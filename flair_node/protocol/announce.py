@@ -5,7 +5,8 @@ An announcement is canonical msgpack ``{v: 1, repo, items: [[kind, record], ...]
 at most the gossip size limit (``pack`` fills messages up to it, so a burst of changes travels in few
 messages). Kinds: ``commit`` (a commit record, signed by its author), ``move`` (a branch move, signed by the
 mover), ``membership`` (a membership change, signed by the owner), ``proof`` (a proof record, naming the proofs
-of a round merge by CID, signed by the merge's author). Nothing else is in it: every field a node
+of a round merge by CID) and ``anchor`` (where a round merge is anchored on Solana), both signed by the merge's
+author. Nothing else is in it: every field a node
 acts on is inside a record its author signed.
 
 ``check`` is the gate: schema, signatures, the repository, and each author's role in this node's view of the
@@ -23,12 +24,12 @@ from ..core import encoding, schema
 from ..core.errors import IntegrityError
 from ..core.ids import RepoId, short
 from ..core.membership import Membership, MembershipChange
-from ..core.objects import Commit, ProofRecord
+from ..core.objects import AnchorClaim, Commit, ProofRecord
 from ..core.refs import MAX_CLOCK_SKEW_MS, BranchMove
 from ..storage.repo import Repo
 
 VERSION = 1
-KINDS = ("commit", "move", "membership", "proof")
+KINDS = ("commit", "move", "membership", "proof", "anchor")
 TOPIC_PREFIX = "flair/repo/"
 MAX_ITEMS = 256
 
@@ -52,6 +53,7 @@ class Announcement:
     commits: tuple[Commit, ...] = ()
     moves: tuple[BranchMove, ...] = ()
     proofs: tuple[ProofRecord, ...] = ()
+    anchors: tuple[AnchorClaim, ...] = ()
     items: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
 
 
@@ -92,7 +94,7 @@ def decode(data: bytes, expected_repo: RepoId) -> Announcement:
     items = schema.listing(value["items"], "items")
     if not 0 < len(items) <= MAX_ITEMS:
         raise IntegrityError(f"an announcement holds 1 to {MAX_ITEMS} items")
-    changes, commits, moves, proofs, raw = [], [], [], [], []
+    changes, commits, moves, proofs, anchors, raw = [], [], [], [], [], []
     for item in items:
         kind, record = schema.listing(item, "item")
         kind = schema.choice(kind, "item kind", KINDS)
@@ -103,11 +105,13 @@ def decode(data: bytes, expected_repo: RepoId) -> Announcement:
             commits.append(Commit.decode(record))
         elif kind == "proof":
             proofs.append(ProofRecord.decode(record))
+        elif kind == "anchor":
+            anchors.append(AnchorClaim.decode(record))
         else:
             moves.append(BranchMove.decode(record))
         raw.append((kind, record))
     return Announcement(RepoId(expected_repo), tuple(changes), tuple(commits), tuple(moves), tuple(proofs),
-                        tuple(raw))
+                        tuple(anchors), tuple(raw))
 
 
 def check(repo: Repo, announcement: Announcement, now_ms: int) -> Membership:
@@ -145,13 +149,13 @@ def check(repo: Repo, announcement: Announcement, now_ms: int) -> Membership:
         if move.timestamp_ms > now_ms + MAX_CLOCK_SKEW_MS:
             raise IntegrityError(f"branch move {short(move.id)} is dated ahead of this node's clock")
         new += not repo.objects.has(move.id)
-    for proof in announcement.proofs:  # whether its author made the merge is checked once both are here
-        proof.verify()
-        if proof.repo != repo.id:
-            raise IntegrityError(f"proof record {short(proof.id)} belongs to another repository")
-        membership.require(proof.author, "contributor", epoch=membership.epoch, at_ms=proof.timestamp_ms,
-                           what=f"proof record {short(proof.id)}")
-        new += not repo.objects.has(proof.id)
+    for claim in (*announcement.proofs, *announcement.anchors):  # whether its author made the merge is
+        claim.verify()                                            # checked once both are here
+        if claim.repo != repo.id:
+            raise IntegrityError(f"{claim.KIND} record {short(claim.id)} belongs to another repository")
+        membership.require(claim.author, "contributor", epoch=membership.epoch, at_ms=claim.timestamp_ms,
+                           what=f"{claim.KIND} record {short(claim.id)}")
+        new += not repo.objects.has(claim.id)
     if not new:
         raise Replay(f"nothing new about {short(repo.id)}")
     return membership

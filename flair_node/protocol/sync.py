@@ -7,15 +7,16 @@ never inside a reply. ``pull`` asks until this node holds what the peer showed i
 membership chain first (it decides who may do what), then commits parents first, each one's payload fetched
 before its record is accepted (``Repo.accept_commit``), then the branch moves (``Repo.accept_move``: the same
 total order on every node, so nodes that pulled from each other agree on every head), then proof records, each
-one's proofs fetched before it is kept (``Repo.accept_proof``). A commit or move that fails its checks is
-refused, with everything built on it, and the rest still arrives.
+one's proofs fetched before it is kept (``Repo.accept_proof``), and anchor records (``Repo.accept_anchor``).
+A commit or move that fails its checks is refused, with everything built on it, and the rest still arrives.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -23,7 +24,7 @@ from ..core import encoding, schema
 from ..core.errors import FlairError, Forbidden, IntegrityError, InvalidInput, RemoteError
 from ..core.ids import Cid, CommitId, PublicKey, RepoId, is_full_id, sha256_hex, short
 from ..core.membership import MembershipChange
-from ..core.objects import Commit, ProofRecord, RepositoryRecord
+from ..core.objects import AnchorClaim, Commit, ProofRecord, RepositoryRecord
 from ..core.refs import BranchMove
 from ..core.rounds import MAX_SRS_BYTES
 from ..network import rpc
@@ -34,6 +35,7 @@ from ..storage.repos import RepoSet
 from . import rounds
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROTOCOL = "/flair/sync/1.0.0"
 MAX_IDS = 256
@@ -70,7 +72,8 @@ class SyncServer:
         if op == "heads":
             moves = [repo.move(mid) for mid in list(repo.refs.all().values())[:MAX_BRANCHES]]
             return {"record": repo.record.encode(), "members": membership.head, "moves": [m.encode() for m in moves],
-                    "proofs": [p.encode() for p in _recent_proofs(repo, moves)]}
+                    "proofs": [p.encode() for p in _recent(repo, moves, repo.proof)],
+                    "anchors": [a.encode() for a in _recent(repo, moves, repo.anchor)]}
         records, size = [], 0
         for rid in ids:
             if not repo.objects.has(rid):
@@ -116,13 +119,14 @@ class PullResult:
     changes: int = 0
     commits: int = 0
     proofs: int = 0
+    anchors: int = 0
     moved: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # record id -> why
     refused_merges: list[tuple[BranchMove, str]] = field(default_factory=list)  # moves to a round merge, and why
 
     def json(self) -> dict[str, Any]:
-        return {"changes": self.changes, "commits": self.commits, "proofs": self.proofs, "moved": self.moved,
-                "refused": self.refused}
+        return {"changes": self.changes, "commits": self.commits, "proofs": self.proofs, "anchors": self.anchors,
+                "moved": self.moved, "refused": self.refused}
 
 
 async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
@@ -189,20 +193,32 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
         except (Forbidden, IntegrityError) as exc:
             log.warning("refused proof record %s of %s: %s", short(proof.id), short(repo_id), exc)
             result.refused[proof.id] = str(exc)
+    anchors = heads.get("anchors", [])
+    if not isinstance(anchors, list) or len(anchors) > MAX_PROOFS:
+        raise RemoteError(f"a heads reply holds at most {MAX_PROOFS} anchor records")
+    for data in anchors:
+        claim = AnchorClaim.decode(_bytes(data))
+        if repo.objects.has(claim.id) or not repo.objects.has(claim.commit) or repo.anchor(claim.commit):
+            continue
+        try:
+            result.anchors += await trio.to_thread.run_sync(repo.accept_anchor, claim)
+        except (Forbidden, IntegrityError) as exc:
+            log.warning("refused anchor record %s of %s: %s", short(claim.id), short(repo_id), exc)
+            result.refused[claim.id] = str(exc)
     return result
 
 
-def _recent_proofs(repo: Repo, moves: list[BranchMove]) -> list[ProofRecord]:
-    """The proof records of the latest round merges on each branch (``RECENT_MERGES`` commits back), for a
-    peer to catch up with (at most ``MAX_PROOFS``)."""
-    found: list[ProofRecord] = []
+def _recent(repo: Repo, moves: list[BranchMove], find: Callable[[CommitId], T | None]) -> list[T]:
+    """The records ``find`` gives for the latest round merges on each branch (``RECENT_MERGES`` commits back):
+    proof or anchor records, for a peer to catch up with (at most ``MAX_PROOFS``)."""
+    found: list[T] = []
     for move in moves:
         cursor: str | None = move.commit
         for _ in range(RECENT_MERGES):
             if cursor is None or len(found) >= MAX_PROOFS:
                 break
             commit = repo.commit(CommitId(cursor))
-            record = repo.proof(commit.id) if commit.kind == "round" else None
+            record = find(commit.id) if commit.kind == "round" else None
             if record is not None:
                 found.append(record)
             cursor = commit.parents[0] if commit.parents else None

@@ -37,7 +37,7 @@ from ..core.errors import (
 from ..core.identity import Identity
 from ..core.ids import BranchName, CommitId, PublicKey, RecordId, RepoId, check_id_prefix, is_full_id, short
 from ..core.membership import Membership, MembershipChange, invitation, policy_change, removal
-from ..core.objects import Commit, Payload, ProofRecord, RepositoryRecord, metric_text
+from ..core.objects import AnchorClaim, Commit, Payload, ProofRecord, RepositoryRecord, metric_text
 from ..core.refs import DEFAULT_BRANCH, MAX_CLOCK_SKEW_MS, BranchMove, check_branch_name
 from ..core.rounds import RoundPolicy
 from ..tensors.params import DEFAULT_TOPK_RATIO, LOSSY_CODECS
@@ -62,6 +62,7 @@ def contribution_branch(branch: str, key: str) -> str:
 
 
 PROOF_REF = ".proof/"  # refs "<PROOF_REF><merge id>" -> its proof record (names with "." are not branches)
+ANCHOR_REF = ".anchor/"  # refs "<ANCHOR_REF><merge id>" -> its anchor record
 MAX_PROOFS_BYTES = 1 << 26
 
 
@@ -649,31 +650,60 @@ class Repo:
             cid = unixfs.add(self.blocks, proofs)
             record = ProofRecord(repo=self.id, commit=commit, chunks=tuple(chunks), proofs=cid, size=len(proofs),
                                  vk=vk, author=identity.public_key, timestamp_ms=now_ms()).signed(identity)
-            self._keep_proof(record)
+            self._keep(PROOF_REF, record)
         self.announce("proof", record.id, record.encode())
         return record
 
     def accept_proof(self, record: ProofRecord) -> bool:
         """Keep a proof record from a peer (its blocks must be here already); False if this node holds one for
         that merge already. ``IntegrityError`` unless it is signed by the author of a round merge held here."""
-        record.verify()
-        if record.repo != self.id:
-            raise IntegrityError(f"proof record {short(record.id)} belongs to another repository")
-        merge = self.commit(record.commit)
-        if merge.kind != "round" or merge.author != record.author:
-            raise IntegrityError(f"proof record {short(record.id)} is not by the author of round merge "
-                                 f"{short(record.commit)}")
+        self._check_claim(record)
         if record.size > MAX_PROOFS_BYTES:
             raise IntegrityError(f"proof record {short(record.id)} names more than {MAX_PROOFS_BYTES >> 20} MiB")
         if len(unixfs.cat(self.blocks, record.proofs, max_size=record.size)) != record.size:
             raise IntegrityError(f"the proofs of proof record {short(record.id)} are not of the size it says")
         with self.write_lock:
-            return self._keep_proof(record)
+            return self._keep(PROOF_REF, record)
 
-    def _keep_proof(self, record: ProofRecord) -> bool:
+    def anchor(self, commit: CommitId) -> AnchorClaim | None:
+        """The anchor record of round merge ``commit`` this node holds, if any."""
+        rid = self.refs.get(BranchName(ANCHOR_REF + commit))
+        return None if rid is None else AnchorClaim.decode(self.objects.get(rid))
+
+    def write_anchor(self, identity: Identity, commit: CommitId, *, genesis: str, transaction: str,
+                     mint: str) -> AnchorClaim:
+        """Sign, keep and announce that ``identity``'s round merge ``commit`` is anchored (``protocol.anchoring``)."""
+        merge = self.commit(commit)
+        if merge.kind != "round" or merge.author != identity.public_key:
+            raise InvalidInput(f"only the author of round merge {short(commit)} anchors it")
+        claim = AnchorClaim(repo=self.id, commit=commit, genesis=genesis, transaction=transaction, mint=mint,
+                            author=identity.public_key, timestamp_ms=now_ms()).signed(identity)
+        self._keep(ANCHOR_REF, claim)
+        self.announce("anchor", claim.id, claim.encode())
+        return claim
+
+    def accept_anchor(self, claim: AnchorClaim) -> bool:
+        """Keep an anchor record from a peer; False if this node holds one for that merge already.
+        ``IntegrityError`` unless it is signed by the author of a round merge held here (what it claims is
+        checked on chain by ``daemon.anchoring``)."""
+        self._check_claim(claim)
+        return self._keep(ANCHOR_REF, claim)
+
+    def _check_claim(self, record: ProofRecord | AnchorClaim) -> None:
+        """A record about round merge ``record.commit`` must be signed by that merge's author."""
+        record.verify()
+        if record.repo != self.id:
+            raise IntegrityError(f"{record.KIND} record {short(record.id)} belongs to another repository")
+        merge = self.commit(record.commit)
+        if merge.kind != "round" or merge.author != record.author:
+            raise IntegrityError(f"{record.KIND} record {short(record.id)} is not by the author of round merge "
+                                 f"{short(record.commit)}")
+
+    def _keep(self, prefix: str, record: ProofRecord | AnchorClaim) -> bool:
+        """Store ``record`` as the one of its kind for its merge (ref ``<prefix><merge>``); the first is kept."""
         self.objects.put(record.id, record.encode())
         try:
-            self.refs.compare_and_swap(BranchName(PROOF_REF + record.commit), None, RecordId(record.id))
+            self.refs.compare_and_swap(BranchName(prefix + record.commit), None, RecordId(record.id))
         except RefConflict:
             return False
         return True

@@ -23,6 +23,7 @@ LOCAL_URL = "http://127.0.0.1:8899"  # flair-node localnet's default
 CLUSTERS = {"local": LOCAL_URL, "devnet": "https://api.devnet.solana.com",
             "testnet": "https://api.testnet.solana.com", "mainnet-beta": "https://api.mainnet-beta.solana.com"}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MEMO_PROGRAM = "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr"
 
 
 class ChainError(RemoteError):
@@ -107,19 +108,31 @@ class Chain:
 
     async def status(self, signature: str) -> Status | None:
         """Where transaction ``signature`` stands, searching history; None if the cluster has not seen it."""
-        from solders.signature import Signature
-
-        try:
-            parsed = Signature.from_string(signature)
-        except ValueError:
-            raise InvalidInput(f"{signature!r} is not a transaction signature") from None
         value = (await self._call("getSignatureStatuses", self._client.get_signature_statuses(
-            [parsed], search_transaction_history=True))).value[0]
+            [_signature(signature)], search_transaction_history=True))).value[0]
         if value is None:
             return None
         confirmation = value.confirmation_status
         return Status(int(value.slot), str(confirmation).rsplit(".", 1)[-1].lower() if confirmation else "processed",
                       None if value.err is None else str(value.err))
+
+    async def genesis_hash(self) -> str:
+        """The cluster's genesis hash: what tells clusters apart, whatever URL reaches them."""
+        return str((await self._call("getGenesisHash", self._client.get_genesis_hash())).value)
+
+    async def memos(self, signature: str) -> list[bytes]:
+        """The SPL Memo texts transaction ``signature`` carries, in order ([] if the cluster does not hold it)."""
+        from solders.pubkey import Pubkey
+
+        memo_program = Pubkey.from_string(MEMO_PROGRAM)
+        value = (await self._call("getTransaction", self._client.get_transaction(
+            _signature(signature), encoding="base64", max_supported_transaction_version=0))).value
+        if value is None:
+            return []
+        message = value.transaction.transaction.message
+        keys = message.account_keys
+        return [bytes(ix.data) for ix in message.instructions
+                if ix.program_id_index < len(keys) and keys[ix.program_id_index] == memo_program]
 
     async def airdrop(self, address: str, lamports: int) -> str:
         """Ask the cluster for ``lamports`` (``local`` and devnet only); the airdrop's signature."""
@@ -142,6 +155,15 @@ def _pubkey(address: str) -> Any:
         return Pubkey.from_string(address)
     except ValueError:
         raise InvalidInput(f"{address!r} is not a Solana address") from None
+
+
+def _signature(text: str) -> Any:
+    from solders.signature import Signature
+
+    try:
+        return Signature.from_string(text)
+    except ValueError:
+        raise InvalidInput(f"{text!r} is not a transaction signature") from None
 
 
 def _reason(exc: Exception) -> str:
