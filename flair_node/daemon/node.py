@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import secrets
 import signal
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import trio
 
@@ -21,7 +20,7 @@ from ..network.host import connect, full_addrs, running_host
 from ..network.kubo import KuboPinner
 from ..protocol import sync
 from ..protocol.proofs import circuits
-from ..storage.atomic import remove_stale_temp_files
+from ..storage.atomic import hold_lock, remove_stale_temp_files
 from ..storage.repos import RepoSet
 from .anchoring import AnchorService
 from .anchoring import register_methods as register_anchor_methods
@@ -41,7 +40,8 @@ class Node:
         self.home = home
         self.config = config
         self.identity = home.identity()
-        self._lock = _lock_home(home.path)  # before anything else: one daemon per home
+        self._lock = hold_lock(home.path / "daemon.lock",  # before anything else: one daemon per home
+                               f"another flair-node is already running with home {home.path}")
         stale = remove_stale_temp_files(home.path)
         if stale:
             log.info("removed %d temp files left by an interrupted run", stale)
@@ -142,13 +142,3 @@ async def run_until_signalled(node: Node) -> None:
                     return
 
             nursery.start_soon(wait_for_signal)
-
-
-def _lock_home(path: Path) -> IO[str]:
-    lock_file = open(path / "daemon.lock", "a")  # noqa: SIM115 - held for the daemon's lifetime
-    try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock_file.close()
-        raise FlairError(f"another flair-node is already running with home {path}", home=str(path)) from None
-    return lock_file

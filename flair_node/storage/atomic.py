@@ -6,8 +6,12 @@ survives a crash or a ``kill -9``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
+from typing import IO
+
+from ..core.errors import FlairError
 
 
 def fsync_dir(path: Path) -> None:
@@ -46,3 +50,15 @@ def remove_stale_temp_files(root: Path) -> int:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def hold_lock(path: Path, busy: str) -> IO[str]:
+    """An exclusive ``flock`` on the file ``path`` (created if missing), held while the returned file stays open;
+    ``FlairError(busy)`` if another process holds it."""
+    lock_file = open(path, "a")  # noqa: SIM115 - held by the caller for its lifetime
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.close()
+        raise FlairError(busy, path=str(path)) from None
+    return lock_file
