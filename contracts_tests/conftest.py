@@ -21,6 +21,10 @@ COMMIT = CommitId("91c2" + "ab" * 30)
 PROOF = cid_for(RAW, b"proof record")
 URI = "ipfs://" + cid_for(RAW, b"metadata json")
 
+#: Token-2022's token-metadata error ``ImmutableMetadata`` (the interface's errors start at 901952957; it is the
+#: fifth): the metadata has no update authority.
+IMMUTABLE_METADATA = f"custom program error: {901_952_957 + 4:#x}"
+
 
 @dataclass
 class Anchored:

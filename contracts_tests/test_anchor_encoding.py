@@ -57,6 +57,12 @@ def test_token_metadata_instructions_follow_the_interface() -> None:
     assert uri.data == t22.METADATA_UPDATE_FIELD + b"\x02\x01\x00\x00\x00u"
     with pytest.raises(InvalidInput):
         t22.update_token_metadata_field(A, B, t22.MetadataField.KEY, "u")
+    assert list(t22.METADATA_UPDATE_AUTHORITY) == [215, 228, 166, 228, 84, 100, 86, 123]
+    revoke = t22.update_token_metadata_authority(A, B, None)
+    assert revoke.data == t22.METADATA_UPDATE_AUTHORITY + bytes(32)  # OptionalNonZeroPubkey: zeros are none
+    assert t22.update_token_metadata_authority(A, B, A).data == t22.METADATA_UPDATE_AUTHORITY + bytes(A)
+    assert revoke.program_id == TOKEN_2022_PROGRAM_ID
+    assert [(m.pubkey, m.is_signer, m.is_writable) for m in revoke.accounts] == [(A, False, True), (B, True, False)]
 
 
 def test_associated_token_account() -> None:

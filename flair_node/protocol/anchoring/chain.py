@@ -9,10 +9,17 @@ or any RPC URL on this machine's loopback, such as a localnet on another port).
 solana-py's client is asyncio-flavoured but speaks HTTP through httpx, whose async client runs on trio too
 (anyio), so the daemon awaits it directly. ``explorer_url`` gives the link a person opens to audit a
 transaction or an account on the configured cluster.
+
+What a cluster answers is checked before it becomes Flair's: a landed transaction (``Chain.transaction``) must
+fit in a packet and name at most one token balance per account it touches, with raw amounts as canonical u64
+decimals, or the call fails with ``ChainError``. Whether the answer tells the truth is for the caller to judge
+with what it knows (``verify_commit_nft`` and friends check account data against records).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -24,6 +31,12 @@ CLUSTERS = {"local": LOCAL_URL, "devnet": "https://api.devnet.solana.com",
             "testnet": "https://api.testnet.solana.com", "mainnet-beta": "https://api.mainnet-beta.solana.com"}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MEMO_PROGRAM = "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr"
+PACKET_BYTES = 1232
+#: A transaction's accounts are indexed by a byte: no more token balances than that on either side.
+MAX_TOKEN_BALANCES = 256
+#: ``Landed.error`` of a transaction the cluster returned without its status meta: not known to have succeeded.
+UNKNOWN_STATUS = "unknown: the cluster returned the transaction without its status"
+_AMOUNT = re.compile(r"0|[1-9][0-9]{0,19}")
 
 
 class ChainError(RemoteError):
@@ -68,6 +81,27 @@ class Status:
     slot: int
     confirmation: str  # processed, confirmed or finalized
     error: str | None  # why the transaction failed, None if it succeeded
+
+
+@dataclass(frozen=True)
+class TokenMove:
+    """The raw amount of ``mint`` that ``owner`` held before and after a transaction, summed over the owner's
+    token accounts of that mint the transaction names (0 where it names none on that side)."""
+
+    mint: str
+    owner: str
+    before: int
+    after: int
+
+
+@dataclass(frozen=True)
+class Landed:
+    """A transaction as the cluster holds it."""
+
+    slot: int
+    error: str | None  # why it failed (``UNKNOWN_STATUS`` without a status), None if it succeeded
+    memos: tuple[bytes, ...]  # the data of its SPL Memo instructions, in order
+    token_moves: tuple[TokenMove, ...]  # sorted by mint, then owner; unchanged holdings included
 
 
 class Chain:
@@ -120,19 +154,30 @@ class Chain:
         """The cluster's genesis hash: what tells clusters apart, whatever URL reaches them."""
         return str((await self._call("getGenesisHash", self._client.get_genesis_hash())).value)
 
-    async def memos(self, signature: str) -> list[bytes]:
-        """The SPL Memo texts transaction ``signature`` carries, in order ([] if the cluster does not hold it)."""
-        from solders.pubkey import Pubkey
-
-        memo_program = Pubkey.from_string(MEMO_PROGRAM)
+    async def transaction(self, signature: str) -> Landed | None:
+        """Transaction ``signature`` as the cluster holds it (None if it holds none): its slot, error, memos and
+        what it did to token holdings (from ``preTokenBalances`` and ``postTokenBalances``)."""
         value = (await self._call("getTransaction", self._client.get_transaction(
             _signature(signature), encoding="base64", max_supported_transaction_version=0))).value
         if value is None:
-            return []
-        message = value.transaction.transaction.message
-        keys = message.account_keys
-        return [bytes(ix.data) for ix in message.instructions
-                if ix.program_id_index < len(keys) and keys[ix.program_id_index] == memo_program]
+            return None
+        return landed(value, f"getTransaction {signature} at {self.url}", signature=signature)
+
+    async def memos(self, signature: str) -> list[bytes]:
+        """The SPL Memo texts transaction ``signature`` carries, in order ([] if the cluster does not hold it)."""
+        found = await self.transaction(signature)
+        return [] if found is None else list(found.memos)
+
+    async def holds(self, holder: str, mint: str) -> bool:
+        """Whether ``holder``'s associated Token-2022 account of ``mint`` holds exactly its one token."""
+        from .nft import holds_one
+        from .token2022 import associated_token_address
+
+        holder_key, mint_key = _pubkey(holder), _pubkey(mint)
+        account = await self.account(str(associated_token_address(holder_key, mint_key)))
+        if account is None:
+            return False
+        return holds_one(holder=holder_key, mint=mint_key, owner=_pubkey(account.owner), data=account.data)
 
     async def airdrop(self, address: str, lamports: int) -> str:
         """Ask the cluster for ``lamports`` (``local`` and devnet only); the airdrop's signature."""
@@ -146,6 +191,63 @@ class Chain:
             return await pending
         except Exception as exc:  # httpx transport errors, RPC errors, malformed answers: all say the same
             raise ChainError(f"Solana RPC {method} at {self.url} failed: {_reason(exc)}") from None
+
+
+def landed(value: Any, source: str, *, signature: str | None = None) -> Landed:
+    """A ``Landed`` from solders' ``EncodedConfirmedTransactionWithStatusMeta`` (base64-encoded transaction), as
+    ``source`` answered it for ``signature``; ``ChainError`` if the answer is malformed or another transaction."""
+    from solders.pubkey import Pubkey
+    from solders.transaction import VersionedTransaction
+
+    tx, meta = value.transaction.transaction, value.transaction.meta
+    if not isinstance(tx, VersionedTransaction):
+        raise ChainError(f"{source} answered a transaction in another encoding than base64")
+    if len(bytes(tx)) > PACKET_BYTES:
+        raise ChainError(f"{source} answered a transaction of {len(bytes(tx))} bytes, larger than Solana allows")
+    if signature is not None and (not tx.signatures or str(tx.signatures[0]) != signature):
+        raise ChainError(f"{source} answered another transaction than {signature}")
+    slot = value.slot
+    if isinstance(slot, bool) or not isinstance(slot, int) or slot < 0:
+        raise ChainError(f"{source} answered slot {slot!r}")
+    memo_program = Pubkey.from_string(MEMO_PROGRAM)
+    keys = tx.message.account_keys
+    memos = tuple(bytes(ix.data) for ix in tx.message.instructions
+                  if ix.program_id_index < len(keys) and keys[ix.program_id_index] == memo_program)
+    if meta is None:
+        return Landed(slot, UNKNOWN_STATUS, memos, ())
+    return Landed(slot, None if meta.err is None else str(meta.err), memos,
+                  token_moves(meta.pre_token_balances, meta.post_token_balances, source))
+
+
+def token_moves(pre: Sequence[Any] | None, post: Sequence[Any] | None, source: str) -> tuple[TokenMove, ...]:
+    """Token holdings before and after, per (mint, owner), from an RPC's ``preTokenBalances`` and
+    ``postTokenBalances`` (solders' ``UiTransactionTokenBalance``); ``ChainError`` for malformed entries."""
+    before, after = _holdings(pre, "preTokenBalances", source), _holdings(post, "postTokenBalances", source)
+    return tuple(TokenMove(mint, owner, before.get((mint, owner), 0), after.get((mint, owner), 0))
+                 for mint, owner in sorted(before.keys() | after.keys()))
+
+
+def _holdings(balances: Sequence[Any] | None, what: str, source: str) -> dict[tuple[str, str], int]:
+    if balances is None:
+        return {}
+    if len(balances) > MAX_TOKEN_BALANCES:
+        raise ChainError(f"{source} answered {len(balances)} {what}, more than a transaction has accounts")
+    held: dict[tuple[str, str], int] = {}
+    accounts: set[int] = set()
+    for balance in balances:
+        index, owner, amount = balance.account_index, balance.owner, balance.ui_token_amount.amount
+        if index in accounts:
+            raise ChainError(f"{source} answered {what} naming account {index} twice")
+        accounts.add(index)
+        if owner is None:
+            raise ChainError(f"{source} answered {what} without the owner of account {index}: use an RPC node "
+                             "that reports token account owners")
+        if not isinstance(amount, str) or not _AMOUNT.fullmatch(amount) or int(amount) >= 1 << 64:
+            raise ChainError(f"{source} answered {what} with amount {str(amount)[:30]!r} for account {index}, "
+                             "not a u64 in decimal")
+        key = (str(balance.mint), str(owner))
+        held[key] = held.get(key, 0) + int(amount)
+    return held
 
 
 def _pubkey(address: str) -> Any:

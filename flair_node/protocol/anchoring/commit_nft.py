@@ -1,18 +1,11 @@
 """The commit NFT: one transaction that mints a one-of-one Token-2022 token for a merged commit and carries its
 anchor memo.
 
-In order, the transaction
-
-1. creates the mint account (owned by Token-2022) with room for the base mint and a metadata pointer, funded
-   with the rent of its final size, since Token-2022 grows the account for the metadata but pays nothing;
-2. points the mint's metadata at the mint itself, with no authority, so the pointer can never move;
-3. initializes the mint: 0 decimals, the payer may mint, nobody may freeze;
-4. writes the metadata on the mint: a name holding the round and the commit's short id, the ``FLAIR`` symbol,
-   the URI of the metadata JSON (on IPFS, see ``commit_nft_metadata``), and the fields ``repository`` and
-   ``commit``; the payer stays the update authority;
-5. creates the payer's associated token account (idempotently) and mints exactly one token into it;
-6. revokes the mint authority, so the supply is 1 forever;
-7. writes the anchor memo (``memo``), signed by the payer.
+It is a one-of-one NFT as ``nft`` mints them (the mint created and funded for its final size, the metadata on
+the mint itself, one token in the payer's associated token account, the mint authority revoked), whose metadata
+holds a name with the round and the commit's short id, the ``FLAIR`` symbol, the URI of the metadata JSON (on
+IPFS, see ``commit_nft_metadata``) and the fields ``repository`` and ``commit``, followed by the anchor memo
+(``memo``), signed by the payer.
 
 Either all of it lands or none of it does. It must fit in Solana's 1232-byte packet, which is why the metadata
 on chain is lean (the memo beside it names the branch and the proof, the name holds the round) and the URI is
@@ -31,7 +24,6 @@ everything above, so any node can confirm an anchor without trusting whoever rep
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -42,37 +34,35 @@ from solders.hash import Hash
 from solders.instruction import Instruction
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
-from solders.system_program import CreateAccountParams, create_account
 from solders.transaction import Transaction
 
-from ...core.errors import IntegrityError, InvalidInput
+from ...core.errors import InvalidInput
 from ...core.identity import public_key_bytes
 from ...core.ids import CommitId, PublicKey, short
 from . import token2022 as t22
-from .memo import AnchorRecord, anchor_memo, memo_instruction
+from .memo import AnchorRecord, anchor_memo
+from .nft import MAX_TRANSACTION_BYTES as MAX_TRANSACTION_BYTES  # importable from here, where they began
+from .nft import MAX_URI_BYTES as MAX_URI_BYTES
+from .nft import NFT_SYMBOL as NFT_SYMBOL
+from .nft import (
+    check_hex_id,
+    derived_keypair,
+    one_of_one_instructions,
+    one_of_one_mint_size,
+    signed_within_packet,
+    verify_one_of_one,
+)
 
-NFT_SYMBOL = "FLAIR"
-#: Solana's largest serialized transaction (its packet size).
-MAX_TRANSACTION_BYTES = 1232
-#: ``ipfs://<CIDv1>`` is 66 bytes, ``https://ipfs.io/ipfs/<CIDv1>`` 80: with the longest memo, more would not fit.
-MAX_URI_BYTES = 80
 MAX_CONTRIBUTORS = 256
 MAX_METRICS = 16
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _MINT_SEED_TAG = b"flair/commit-nft/v1\0"
-_URI = re.compile(rf"[\x21-\x7e]{{1,{MAX_URI_BYTES}}}")
 _METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
-_MINT_EXTENSIONS = {t22.ExtensionType.METADATA_POINTER: t22.METADATA_POINTER_SIZE}
 
 
 def commit_mint(seed_secret: bytes, commit: CommitId) -> Keypair:
     """The mint keypair of ``commit``'s NFT: the same for the same node secret (32 bytes) and commit, so a retry
     after a crash aims at the mint the first attempt may have created."""
-    if len(seed_secret) != 32:
-        raise InvalidInput(f"the seed secret is {len(seed_secret)} bytes, not 32")
-    if not isinstance(commit, str) or not _HEX64.fullmatch(commit):
-        raise InvalidInput(f"commit id {commit!r} is not 64 lower-case hex digits", commit=str(commit))
-    return Keypair.from_seed(hashlib.sha256(_MINT_SEED_TAG + seed_secret + bytes.fromhex(commit)).digest())
+    return derived_keypair(_MINT_SEED_TAG, seed_secret, check_hex_id(commit, "commit id", "commit"))
 
 
 def commit_nft_name(record: AnchorRecord) -> str:
@@ -85,41 +75,18 @@ def commit_nft_fields(record: AnchorRecord) -> tuple[tuple[str, str], ...]:
     return (("repository", record.repo), ("commit", record.commit))
 
 
-def _check_uri(uri: str) -> None:
-    if not isinstance(uri, str) or not _URI.fullmatch(uri):
-        raise InvalidInput(f"metadata URI {uri!r} is not 1-{MAX_URI_BYTES} printable ASCII characters")
-
-
 def commit_nft_mint_size(record: AnchorRecord, uri: str) -> int:
     """The mint account's final size once its metadata is written: the size whose rent the payer funds."""
-    _check_uri(uri)
-    metadata = t22.token_metadata_size(commit_nft_name(record), NFT_SYMBOL, uri, commit_nft_fields(record))
-    return t22.mint_space(_MINT_EXTENSIONS) + metadata
+    return one_of_one_mint_size(commit_nft_name(record), NFT_SYMBOL, uri, commit_nft_fields(record))
 
 
 def commit_nft_instructions(*, payer: Pubkey, mint: Pubkey, record: AnchorRecord, uri: str,
                             rent: Callable[[int], int]) -> list[Instruction]:
     """The instructions minting ``record``'s NFT at ``mint`` to ``payer``, then its memo. ``rent`` gives the
     rent-exempt balance of an account size (``getMinimumBalanceForRentExemption``)."""
-    lamports = rent(commit_nft_mint_size(record, uri))
-    ata = t22.associated_token_address(payer, mint)
-    instructions = [
-        create_account(CreateAccountParams(from_pubkey=payer, to_pubkey=mint, lamports=lamports,
-                                           space=t22.mint_space(_MINT_EXTENSIONS), owner=t22.TOKEN_2022_PROGRAM_ID)),
-        t22.initialize_metadata_pointer(mint, authority=None, metadata_address=mint),
-        t22.initialize_mint2(mint, decimals=0, mint_authority=payer, freeze_authority=None),
-        t22.initialize_token_metadata(mint, update_authority=payer, mint_authority=payer,
-                                      name=commit_nft_name(record), symbol=NFT_SYMBOL, uri=uri),
-    ]
-    for key, value in commit_nft_fields(record):
-        instructions.append(t22.update_token_metadata_field(mint, payer, key, value))
-    instructions += [
-        t22.create_associated_token_account_idempotent(payer, payer, mint),
-        t22.mint_to(mint, ata, payer, 1),
-        t22.set_authority(mint, payer, t22.AuthorityType.MINT_TOKENS, None),
-        memo_instruction(anchor_memo(record), payer),
-    ]
-    return instructions
+    return one_of_one_instructions(payer=payer, mint=mint, holder=payer, name=commit_nft_name(record),
+                                   symbol=NFT_SYMBOL, uri=uri, fields=commit_nft_fields(record),
+                                   memo=anchor_memo(record), rent=rent)
 
 
 def commit_nft_transaction(*, payer: Keypair, mint: Keypair, record: AnchorRecord, uri: str,
@@ -130,12 +97,9 @@ def commit_nft_transaction(*, payer: Keypair, mint: Keypair, record: AnchorRecor
         raise InvalidInput(f"the payer {payer.pubkey()} cannot be the mint of its own NFT: use commit_mint")
     instructions = commit_nft_instructions(payer=payer.pubkey(), mint=mint.pubkey(), record=record, uri=uri,
                                            rent=rent)
-    tx = Transaction.new_signed_with_payer(instructions, payer.pubkey(), [payer, mint], blockhash)
-    size = len(bytes(tx))
-    if size > MAX_TRANSACTION_BYTES:
-        raise InvalidInput(f"the anchor transaction for commit {short(record.commit)} is {size} bytes, more than "
-                           f"Solana's {MAX_TRANSACTION_BYTES}: use a shorter metadata URI", commit=record.commit)
-    return tx
+    return signed_within_packet(instructions, payer, [payer, mint], blockhash,
+                                what=f"the anchor transaction for commit {short(record.commit)}",
+                                advice="use a shorter metadata URI", commit=record.commit)
 
 
 # -- metadata JSON ----------------------------------------------------------------------------------------
@@ -196,32 +160,7 @@ def verify_commit_nft(*, mint: Pubkey, owner: Pubkey, data: bytes, record: Ancho
     """Check that the account at ``mint`` (its ``owner`` and ``data`` as an RPC node reports them) is
     ``record``'s commit NFT minted by ``aggregator``: one token, no mint or freeze authority, no extension but
     the metadata pointer and the metadata (a permanent delegate, say, could burn the token), metadata on the mint
-    naming the record. ``IntegrityError`` says what differs."""
-    what = f"commit NFT {mint} for commit {short(record.commit)}"
-    if owner != t22.TOKEN_2022_PROGRAM_ID:
-        raise IntegrityError(f"{what} is owned by {owner}, not Token-2022", commit=record.commit)
-    account = t22.parse_mint(data)
-    metadata = account.metadata
-    problems = []
-    if account.supply != 1 or account.decimals != 0:
-        problems.append(f"supply {account.supply} with {account.decimals} decimals, not exactly 1 token")
-    if account.mint_authority is not None:
-        problems.append(f"mint authority {account.mint_authority} was never revoked")
-    if account.freeze_authority is not None:
-        problems.append(f"freeze authority {account.freeze_authority} is set")
-    if account.extensions != (t22.ExtensionType.METADATA_POINTER, t22.ExtensionType.TOKEN_METADATA):
-        problems.append(f"extensions {list(account.extensions)} are not just a metadata pointer and metadata")
-    if account.metadata_pointer != t22.MetadataPointer(authority=None, metadata_address=mint):
-        problems.append("metadata pointer does not point at the mint itself, permanently")
-    if metadata is None:
-        problems.append("no metadata on the mint")
-    else:
-        if metadata.mint != mint or metadata.update_authority != aggregator:
-            problems.append(f"metadata belongs to mint {metadata.mint}, updated by {metadata.update_authority}")
-        if metadata.name != commit_nft_name(record) or metadata.symbol != NFT_SYMBOL:
-            problems.append(f"metadata names {metadata.name!r} ({metadata.symbol!r})")
-        if metadata.additional != commit_nft_fields(record):
-            problems.append(f"metadata fields {metadata.additional!r} do not name the record")
-    if problems:
-        raise IntegrityError(f"{what}: " + "; ".join(problems), commit=record.commit, mint=str(mint))
-    return account
+    naming the record (``nft.verify_one_of_one``). ``IntegrityError`` says what differs."""
+    return verify_one_of_one(what=f"commit NFT {mint} for commit {short(record.commit)}", mint=mint, owner=owner,
+                             data=data, name=commit_nft_name(record), symbol=NFT_SYMBOL,
+                             fields=commit_nft_fields(record), update_authority=aggregator, commit=record.commit)

@@ -12,13 +12,24 @@ spelling, so a record has exactly one memo and ``parse_anchor_memo`` refuses eve
 record (a 100-character branch, the largest round, a proof) is 309 bytes: well inside what SPL Memo logs and
 what one transaction can carry beside the NFT's instructions.
 
+The repository's ownership token (``ownership``) writes three more kinds, each with one spelling and a parser
+that refuses every other byte string::
+
+    flair:1:own:<repository id>                                  the token's minting
+    flair:1:handover:<repository id>:<new owner's public key>    a transfer of the token (base58 Solana key)
+    flair:1:member:<repository id>:<seq>:<membership change id>  a membership change, at its position
+
+None can be read as an anchor (whose third field is a 64-hex-digit repository id), nor as one another: the third
+field names the kind and the field count is fixed per kind.
+
 The memo instruction lists the signer whose key it names as an account: SPL Memo v2 then fails unless that key
-signed, so the memo is attributable to the aggregator even when read on its own.
+signed, so the memo is attributable to the aggregator (or the token's holder) even when read on its own.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from solders.instruction import AccountMeta, Instruction
@@ -26,7 +37,7 @@ from solders.pubkey import Pubkey
 
 from ...core.cid import parse_cid
 from ...core.errors import FlairError, IntegrityError, InvalidInput
-from ...core.ids import BranchName, Cid, CommitId, RepoId, short
+from ...core.ids import BranchName, Cid, CommitId, PublicKey, RepoId, short
 from ...core.refs import check_branch_name
 
 #: SPL Memo v2 (checks its data is UTF-8 and that every account it is given signed).
@@ -38,8 +49,12 @@ MEMO_VERSION = 1
 MAX_ROUND = 10**10 - 1
 #: Longer than any record ``anchor_memo`` makes (309 bytes); a parser refuses anything longer unread.
 MAX_MEMO_BYTES = 400
+#: Membership changes are numbered from 1; their position is a u64 in the signed record.
+MAX_SEQ = 2**64 - 1
 _ROUND = re.compile(r"[1-9][0-9]{0,9}")
+_SEQ = re.compile(r"[1-9][0-9]{0,19}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+OWNERSHIP_KIND, HANDOVER_KIND, MEMBERSHIP_KIND = "own", "handover", "member"
 
 
 @dataclass(frozen=True)
@@ -110,3 +125,100 @@ def memo_instruction(memo: bytes, signer: Pubkey) -> Instruction:
     if len(memo) > MAX_MEMO_BYTES:
         raise InvalidInput(f"memo of {len(memo)} bytes is longer than {MAX_MEMO_BYTES}")
     return Instruction(MEMO_PROGRAM_ID, memo, [AccountMeta(signer, is_signer=True, is_writable=False)])
+
+
+# -- the ownership token's memos --------------------------------------------------------------------------
+
+def _check_repo(repo: object) -> RepoId:
+    if not isinstance(repo, str) or not _HEX64.fullmatch(repo):
+        raise InvalidInput(f"repository id {repo!r} is not 64 lower-case hex digits", repo=str(repo))
+    return RepoId(repo)
+
+
+def _check_key(key: object) -> PublicKey:
+    """A Solana public key in its one base58 spelling."""
+    try:
+        canonical = isinstance(key, str) and str(Pubkey.from_string(key)) == key
+    except ValueError:
+        canonical = False
+    if not canonical:
+        raise InvalidInput(f"{key!r} is not a Solana public key in base58", key=str(key))
+    return PublicKey(str(key))
+
+
+def _check_seq(seq: object) -> int:
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ:
+        raise InvalidInput(f"membership change position {seq!r} is not an integer from 1 to {MAX_SEQ}", seq=str(seq))
+    return seq
+
+
+def ownership_memo(repo: RepoId) -> bytes:
+    """The memo of the transaction minting ``repo``'s ownership token: ``flair:1:own:<repo>``."""
+    return ":".join([MEMO_PREFIX, str(MEMO_VERSION), OWNERSHIP_KIND, _check_repo(repo)]).encode("ascii")
+
+
+def handover_memo(repo: RepoId, new_owner: PublicKey) -> bytes:
+    """The memo of the transaction moving ``repo``'s ownership token to ``new_owner`` (a base58 Solana key)."""
+    fields = [MEMO_PREFIX, str(MEMO_VERSION), HANDOVER_KIND, _check_repo(repo), _check_key(new_owner)]
+    return ":".join(fields).encode("ascii")
+
+
+def membership_memo(repo: RepoId, seq: int, change: str) -> bytes:
+    """The memo naming membership change ``change`` (its id, ``MembershipChange.id``), the ``seq``-th of
+    ``repo``'s (numbered from 1)."""
+    if not isinstance(change, str) or not _HEX64.fullmatch(change):
+        raise InvalidInput(f"membership change id {change!r} is not 64 lower-case hex digits", change=str(change))
+    fields = [MEMO_PREFIX, str(MEMO_VERSION), MEMBERSHIP_KIND, _check_repo(repo), str(_check_seq(seq)), change]
+    return ":".join(fields).encode("ascii")
+
+
+def _memo_fields(data: bytes, kind: str, count: int, spelling: str) -> list[str]:
+    """The ``count`` fields of a ``kind`` memo (``spelling`` shows its form in errors); ``IntegrityError``
+    for anything that is not one."""
+    if len(data) > MAX_MEMO_BYTES:
+        raise IntegrityError(f"memo of {len(data)} bytes is longer than any Flair {kind} memo ({MAX_MEMO_BYTES})")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise IntegrityError(f"memo is not ASCII, so not a Flair {kind} memo") from None
+    fields = text.split(":")
+    if len(fields) != count or fields[0] != MEMO_PREFIX or fields[2] != kind:
+        raise IntegrityError(f"memo {text[:80]!r} is not a Flair {kind} memo ({spelling})")
+    if fields[1] != str(MEMO_VERSION):
+        raise IntegrityError(f"{kind} memo version {fields[1][:10]!r} is not {MEMO_VERSION}: upgrade flair-node?")
+    return fields
+
+
+def _reparsed(data: bytes, kind: str, build: Callable[[], bytes]) -> None:
+    """``IntegrityError`` unless ``build`` (the memo's fields, checked as a writer checks them) spells ``data``."""
+    try:
+        canonical = build()
+    except FlairError as exc:  # the fields' own checks, raised as InvalidInput for callers writing a memo
+        raise IntegrityError(f"{kind} memo does not check out: {exc}") from None
+    if canonical != data:
+        raise IntegrityError(f"{kind} memo is not in canonical form")
+
+
+def parse_ownership_memo(data: bytes) -> RepoId:
+    """The repository an ``ownership_memo`` names; ``IntegrityError`` for any other bytes."""
+    fields = _memo_fields(data, OWNERSHIP_KIND, 4, "flair:1:own:repo")
+    _reparsed(data, OWNERSHIP_KIND, lambda: ownership_memo(RepoId(fields[3])))
+    return RepoId(fields[3])
+
+
+def parse_handover_memo(data: bytes) -> tuple[RepoId, PublicKey]:
+    """The repository and new owner a ``handover_memo`` names; ``IntegrityError`` for any other bytes."""
+    fields = _memo_fields(data, HANDOVER_KIND, 5, "flair:1:handover:repo:new-owner")
+    _reparsed(data, HANDOVER_KIND, lambda: handover_memo(RepoId(fields[3]), PublicKey(fields[4])))
+    return RepoId(fields[3]), PublicKey(fields[4])
+
+
+def parse_membership_memo(data: bytes) -> tuple[RepoId, int, str]:
+    """The repository, position and change id a ``membership_memo`` names; ``IntegrityError`` for any other
+    bytes (a position with leading zeros, a sign or spaces, upper-case hex, trailing bytes...)."""
+    fields = _memo_fields(data, MEMBERSHIP_KIND, 6, "flair:1:member:repo:seq:change")
+    if not _SEQ.fullmatch(fields[4]):
+        raise IntegrityError(f"membership memo position {fields[4][:24]!r} is not a canonical decimal number")
+    seq = int(fields[4])
+    _reparsed(data, MEMBERSHIP_KIND, lambda: membership_memo(RepoId(fields[3]), seq, fields[5]))
+    return RepoId(fields[3]), seq, fields[5]

@@ -1,17 +1,21 @@
 """Token-2022 instructions and account layouts, encoded by hand from the SPL specifications.
 
-solana-py's ``spl.token`` knows no Token-2022 extensions, so the few instructions a commit NFT needs are written
+solana-py's ``spl.token`` knows no Token-2022 extensions, so the few instructions Flair's NFTs need are written
 here, each from the program's published layout:
 
 - ``InitializeMint2`` (20): ``[20][decimals u8][mint authority 32][freeze authority: 0 | 1 + 32]``.
 - ``MintTo`` (7): ``[7][amount u64 LE]``; ``SetAuthority`` (6): ``[6][authority type u8][new: 0 | 1 + 32]``.
+- ``TransferChecked`` (12): ``[12][amount u64 LE][decimals u8]``; accounts: source (writable), mint, destination
+  (writable), the source's owner (signer). The program refuses it unless mint and decimals match the source's.
 - ``MetadataPointerExtension`` (39), sub-instruction ``Initialize`` (0): ``[39][0][authority 32][address 32]``,
   each an ``OptionalNonZeroPubkey`` (32 zero bytes mean none). It must come before ``InitializeMint2``.
 - The SPL token-metadata interface, which Token-2022 implements on the mint itself: instructions open with the
   first 8 bytes of ``sha256("spl_token_metadata_interface:<name>")``, then borsh (strings are a u32 LE length
   and UTF-8). ``Initialize`` carries name, symbol and URI; ``UpdateField`` a field (enum: Name, Symbol, Uri,
-  Key(string)) and a value. Token-2022 grows the mint account for them, but only the lamports the account already
-  holds pay its rent: the creator funds the final size up front (``mint_space`` and ``token_metadata_size``).
+  Key(string)) and a value; ``UpdateAuthority`` the new update authority as an ``OptionalNonZeroPubkey`` (32
+  zero bytes revoke it: the metadata can never change again). Token-2022 grows the mint account for them, but
+  only the lamports the account already holds pay its rent: the creator funds the final size up front
+  (``mint_space`` and ``token_metadata_size``).
 - The associated token account program's ``CreateIdempotent`` (1), which succeeds when the account exists.
 
 A mint with extensions is laid out as the 82-byte base mint, zeros up to byte 165, an account-type byte (1 for
@@ -67,6 +71,7 @@ def _interface_discriminator(name: str) -> bytes:
 
 METADATA_INITIALIZE = _interface_discriminator("initialize_account")
 METADATA_UPDATE_FIELD = _interface_discriminator("updating_field")
+METADATA_UPDATE_AUTHORITY = _interface_discriminator("update_the_authority")
 
 
 class MetadataField(IntEnum):
@@ -133,6 +138,22 @@ def mint_to(mint: Pubkey, destination: Pubkey, authority: Pubkey, amount: int) -
     ])
 
 
+def transfer_checked(source: Pubkey, mint: Pubkey, destination: Pubkey, authority: Pubkey, amount: int,
+                     decimals: int) -> Instruction:
+    """Move ``amount`` raw units of ``mint`` from token account ``source`` to token account ``destination``;
+    ``authority`` (the source's owner) signs."""
+    if not 0 < amount < 1 << 64:
+        raise InvalidInput(f"amount {amount} is not a positive u64")
+    if not 0 <= decimals <= 255:
+        raise InvalidInput(f"decimals {decimals} is not a u8")
+    return Instruction(TOKEN_2022_PROGRAM_ID, bytes([12]) + struct.pack("<QB", amount, decimals), [
+        AccountMeta(source, is_signer=False, is_writable=True),
+        AccountMeta(mint, is_signer=False, is_writable=False),
+        AccountMeta(destination, is_signer=False, is_writable=True),
+        AccountMeta(authority, is_signer=True, is_writable=False),
+    ])
+
+
 def set_authority(account: Pubkey, current: Pubkey, authority_type: AuthorityType,
                   new: Pubkey | None) -> Instruction:
     """Hand ``authority_type`` over ``account`` to ``new``; ``None`` revokes it for good."""
@@ -168,6 +189,16 @@ def update_token_metadata_field(mint: Pubkey, update_authority: Pubkey, field: M
     return Instruction(TOKEN_2022_PROGRAM_ID, METADATA_UPDATE_FIELD + encoded + _borsh_string(value), [
         AccountMeta(mint, is_signer=False, is_writable=True),
         AccountMeta(update_authority, is_signer=True, is_writable=False),
+    ])
+
+
+def update_token_metadata_authority(metadata: Pubkey, current: Pubkey, new: Pubkey | None) -> Instruction:
+    """Hand the update authority of the token metadata at ``metadata`` (the mint itself for on-mint metadata)
+    from ``current``, who signs, to ``new``; ``None`` revokes it for good, freezing name, symbol, URI and
+    fields."""
+    return Instruction(TOKEN_2022_PROGRAM_ID, METADATA_UPDATE_AUTHORITY + _optional_nonzero(new), [
+        AccountMeta(metadata, is_signer=False, is_writable=True),
+        AccountMeta(current, is_signer=True, is_writable=False),
     ])
 
 
