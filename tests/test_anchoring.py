@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from test_rounds import MEMBERS, as_node, by_key, two_contributions
+from test_rounds import MEMBERS, OWNER, as_node, by_key, two_contributions
 
 from flair_node.core.identity import Identity
 from flair_node.core.ids import BranchName, RecordId
@@ -60,5 +60,41 @@ async def test_a_member_checks_an_anchor_on_chain_and_refuses_false_claims(tmp_p
                 await checker._attempt(chain, repo, merge, False)
                 found = checker.provenance(repo, merge)
                 assert found["status"] in ("failed", "retrying") and reason in found["error"], (name, found)
+        finally:
+            await chain.close()
+
+
+async def test_with_contribution_nfts_each_contributor_receives_one_and_members_check_them(tmp_path):
+    repos, repo, _, _, _ = two_contributions()
+    repo.set_policy(OWNER, replace(repo.members.current().policy, contribution_nfts=True))
+    current = rounds.view(repo, "main")
+    who = by_key(current.aggregator(current.opened_ms + 1))
+    merge = rounds.merge(as_node(repos, repo, who), who, "main").id
+    contributions = repo.commit(merge).parents[1:]
+    other = next(m for m in MEMBERS if m != who)
+    with running_localnet(tmp_path / "chain") as url:
+        chain = Chain(url)
+        try:
+            aggregator = AnchorService(repos, who, tmp_path / "who", cluster=url)
+            await aggregator._attempt(chain, as_node(repos, repo, who), merge, True)
+            claim = repo.anchor(merge)
+            assert [c for c, _, _ in claim.contributions] == list(contributions)
+            for contribution, mint, _ in claim.contributions:  # held by the contributor, who signed nothing
+                assert await chain.holds(repo.commit(contribution).author, mint)
+            again = await aggregator._contribution_nfts(chain, repo, merge, *aggregator._record(repo, merge)[:2],
+                                                        aggregator._load(repo, merge))
+            assert again == list(claim.contributions)  # a retry mints nothing twice
+
+            checker = AnchorService(repos, other, tmp_path / "other", cluster=url)
+            await checker._attempt(chain, repo, merge, False)
+            found = checker.provenance(repo, merge)
+            assert found["status"] == "verified" and set(found["contributions"]) == set(contributions)
+
+            (c1, m1, t1), (c2, m2, t2) = claim.contributions
+            forge(repo, claim, who, contributions=((c1, m2, t2), (c2, m1, t1)))  # each other's NFT
+            checker = AnchorService(repos, other, tmp_path / "swapped", cluster=url)
+            await checker._attempt(chain, repo, merge, False)
+            found = checker.provenance(repo, merge)
+            assert found["status"] == "failed" and "does not mint NFT" in found["error"], found
         finally:
             await chain.close()

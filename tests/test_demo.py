@@ -152,8 +152,10 @@ def test_network_demo_rotates_the_aggregator_and_plots_accuracy(tmp_path):
     # every merge proven by its aggregator and verified by every node: 2,410 parameters in chunks of 256
     assert [proof.strip() for *_, proof in table[1:]] == ["10 chunks proven, verified by all 3 nodes"] * 3, out
     # and anchored by its aggregator on the demo's local Solana chain
-    anchors = r"^\s+\d\s+NFT \w{32,44}, transaction \w{16}\.\.\., checked on chain by 2 of 2 other nodes$"
+    anchors = (r"^\s+\d\s+NFT \w{32,44}, transaction \w{16}\.\.\., checked on chain by 2 of 2 other nodes; "
+               r"3 contribution NFTs, one to each contributor$")
     assert len(re.findall(anchors, out, re.MULTILINE)) == 3, out
+    assert re.search(r"^owner:   \w+ holds the repository's ownership token \w{32,44} ", out, re.MULTILINE), out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     pids = [int(p) for p in re.findall(r"^\s+\w+\s+pid (\d+)", out, re.MULTILINE)]

@@ -7,7 +7,17 @@ import pytest
 from flair_node.core import crypto, encoding
 from flair_node.core.errors import Forbidden, IntegrityError, InvalidInput
 from flair_node.core.identity import Identity
-from flair_node.core.membership import Membership, MembershipChange, SealedKey, invitation, policy_change, removal
+from flair_node.core.membership import (
+    ChainRef,
+    Membership,
+    MembershipChange,
+    SealedKey,
+    handover,
+    invitation,
+    policy_change,
+    removal,
+    token_binding,
+)
 from flair_node.core.objects import RepositoryRecord, TensorSpec
 from flair_node.core.rounds import RoundPolicy
 
@@ -158,3 +168,76 @@ def test_a_policy_that_breaks_its_own_rules_does_not_decode():
     outer["body"]["policy"]["buffer"] = 0
     with pytest.raises(IntegrityError, match="buffer"):
         MembershipChange.decode(encoding.encode(outer))
+
+
+# -- the ownership token ----------------------------------------------------------------------------------
+
+GENESIS, MINT = "EtWTRABZaYq6iMfeYKouRu166VU2xqa1wcaWoxPkrZBG", "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU"
+TX = "5VERv8NMvzbJMEkV8xnrLkEaWRtSz9CosKDYjCJjBRnbJLgp8uirBgmQpjKhoR4tjF3ZpRzrFmBV6UjKdiSZkQUW"
+
+
+def bound(m: Membership | None = None) -> Membership:
+    m = m or invite(genesis(), ALICE, "maintainer")
+    return m.apply(token_binding(m, OWNER, ChainRef(GENESIS, MINT, TX, 10), now_ms=T + 10))
+
+
+def moved(slot: int, *, mint: str = MINT) -> ChainRef:
+    return ChainRef(GENESIS, mint, TX[:-2] + str(slot % 9 + 1) + "A", slot)
+
+
+def test_the_owner_binds_the_repository_to_an_ownership_token_once():
+    m = bound()
+    assert m.token == ChainRef(GENESIS, MINT, TX, 10) and m.owner == OWNER.public_key
+    with pytest.raises(IntegrityError, match="ownership token is mint"):
+        m.apply(token_binding(m, OWNER, ChainRef(GENESIS, MINT, TX, 11), now_ms=T + 11))
+    m2 = invite(genesis(), ALICE, "maintainer")
+    with pytest.raises(IntegrityError, match="only the owner"):
+        m2.apply(token_binding(m2, ALICE, ChainRef(GENESIS, MINT, TX, 10), now_ms=T))
+
+
+@pytest.mark.parametrize("author", ["owner", "new owner"])
+def test_a_handover_makes_the_token_holder_owner_and_the_old_owner_a_maintainer(author):
+    m = bound()
+    signer = OWNER if author == "owner" else ALICE
+    after = m.apply(handover(m, signer, ALICE.public_key, moved(20), now_ms=T + 20))
+    assert after.owner == ALICE.public_key and after.token == moved(20)
+    assert after.role(ALICE.public_key, epoch=0, at_ms=T) == "owner"
+    assert after.role(OWNER.public_key, epoch=0, at_ms=T) == "maintainer"
+    assert after.epoch == m.epoch  # the keys stay: the new owner held them already
+    # the new owner now changes membership, the old one no longer does
+    after = after.apply(invitation(after, ALICE, BOB.public_key, "reader", expires_ms=0, keys={0: KEY0},
+                                   now_ms=T + 21))
+    with pytest.raises(IntegrityError, match="only the owner"):
+        after.apply(policy_change(after, OWNER, RoundPolicy(buffer=2), now_ms=T + 22))
+    back = after.apply(handover(after, OWNER, OWNER.public_key, moved(30), now_ms=T + 30))
+    assert back.owner == OWNER.public_key and back.role(ALICE.public_key, epoch=0, at_ms=T) == "maintainer"
+
+
+def test_handovers_that_break_the_rules_are_refused():
+    m = bound()
+    with pytest.raises(IntegrityError, match="no ownership token"):
+        u = invite(genesis(), ALICE, "maintainer")
+        u.apply(handover(u, OWNER, ALICE.public_key, moved(20), now_ms=T))
+    with pytest.raises(IntegrityError, match="not the repository's ownership token"):
+        m.apply(handover(m, OWNER, ALICE.public_key, moved(20, mint=GENESIS), now_ms=T))
+    with pytest.raises(IntegrityError, match="not later than the token's last move"):
+        m.apply(handover(m, OWNER, ALICE.public_key, moved(10), now_ms=T))  # a replayed transfer
+    with pytest.raises(IntegrityError, match="current member"):
+        m.apply(handover(m, OWNER, BOB.public_key, moved(20), now_ms=T))  # not invited: holds no keys
+    with pytest.raises(IntegrityError, match="owner or the new owner"):
+        withbob = invite(m, BOB, "contributor")
+        withbob.apply(handover(withbob, BOB, ALICE.public_key, moved(20), now_ms=T))
+    with pytest.raises(IntegrityError, match="only those"):
+        m.apply(replace(handover(m, OWNER, ALICE.public_key, moved(20), now_ms=T), chain=None).signed(OWNER))
+
+
+def test_ownership_changes_survive_their_encoding_and_old_changes_keep_their_ids():
+    m = invite(genesis(), ALICE, "maintainer")
+    change = token_binding(m, OWNER, ChainRef(GENESIS, MINT, TX, 10), now_ms=T)
+    assert MembershipChange.decode(change.encode()) == change
+    body = change.body()
+    body["chain"] = [GENESIS, MINT, "not-base58!", 10]
+    with pytest.raises(IntegrityError, match="base58"):
+        MembershipChange.decode(encoding.encode({"body": body, "sig": change.signature}))
+    plain = invitation(genesis(), OWNER, ALICE.public_key, "reader", expires_ms=0, keys={0: KEY0}, now_ms=T)
+    assert "chain" not in plain.body()  # changes without one are encoded as before

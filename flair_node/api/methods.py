@@ -407,7 +407,9 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
                 Param("proof_srs_file", {"type": "string", "maxLength": 4096}, "absolute path of the SRS file "
                       "members accept (default: the node's proofs.srs, else a development SRS made here); the node "
                       "stores it as blocks members fetch, and the policy names its CID", required=False,
-                      default=None)),
+                      default=None),
+                Param("contribution_nfts", {"type": "boolean"}, "with anchoring on, also mint one NFT per merged "
+                      "contribution to its contributor", required=False, default=None)),
         result={"type": "object"})
     async def repo_policy(repo: str, **fields: Any) -> dict[str, Any]:
         given = {k: v for k, v in fields.items() if v is not None}

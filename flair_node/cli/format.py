@@ -87,6 +87,8 @@ def policy_text(p: dict[str, Any]) -> str:
         *([f"proof SRS      {p['proof_srs']}"] if p.get("proof_srs") else []),
         *(["               a development SRS made by this node: proofs convince only who trusts it; set a "
            "production one (proofs.srs, or --proof-srs)"] if p.get("development_srs") else []),
+        "NFTs           " + ("the merged commit's, and one per contribution to its contributor"
+                             if p.get("contribution_nfts") else "the merged commit's"),
     ])
 
 
@@ -119,6 +121,26 @@ def provenance_text(r: dict[str, Any]) -> str:
         f"  transaction  {r.get('signature', '?')}   {links.get('transaction', '')}",
         *([f"  metadata     ipfs://{r['metadata']}"] if r.get("metadata") else []),
     ])
+
+
+def owner_text(r: dict[str, Any]) -> str:
+    lines = [f"owner        {r['owner']}"]
+    token = r.get("token")
+    if token is None:
+        return "\n".join([*lines, "token        none: the owner key in the membership chain owns the repository "
+                                   "(mint one with flair owner REPO --mint)"])
+    holds = {True: "held by the owner on chain", False: "NOT held by the owner on chain now: its holder publishes "
+             "the handover", None: f"holder unknown ({r.get('chain_error', 'no chain.cluster')})"}
+    lines += [f"token        {token['mint']}   {r.get('explorer', {}).get('mint', '')}".rstrip(),
+              f"             {holds[r.get('owner_holds_token')]}; last moved by transaction "
+              f"{token['transaction']} (slot {token['slot']}) on {r['cluster'] or 'no cluster configured'}"]
+    for h in r["handovers"]:
+        lines.append(f"handover     change {h['seq']}: to {h['to'][:8]} by transaction {h['transaction']} (slot "
+                     f"{h['slot']})")
+    for m in r.get("memos", []):
+        failed = f" ({m['error']})" if m.get("error") and m["status"] != "anchored" else ""
+        lines.append(f"memo         change {m['seq']}: {m['status']}{failed}   {m.get('explorer') or ''}".rstrip())
+    return "\n".join(lines)
 
 
 def round_text(r: dict[str, Any]) -> str:

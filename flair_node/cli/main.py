@@ -17,6 +17,7 @@ from .format import (
     log_text,
     members_text,
     node_text,
+    owner_text,
     peers_text,
     policy_text,
     provenance_text,
@@ -49,6 +50,20 @@ def _parser() -> argparse.ArgumentParser:
     p = verb("init", "create a repository; the model's weights are commit 0")
     p.add_argument("name")
     p.add_argument("--model", type=Path, required=True, help="initial weights (.safetensors)")
+    p.add_argument("--chain", action="store_true",
+                   help="also mint the repository's ownership token on Solana (chain.cluster): whoever holds it owns "
+                        "the repository")
+
+    p = verb("owner", "who owns a repository, by which token on Solana, and the handovers and membership memos")
+    p.add_argument("repo")
+    p.add_argument("--mint", action="store_true", help="mint the repository's ownership token first (owner only)")
+
+    p = verb("handover", "hand a repository over: move its ownership token to a member on chain (owner), or claim "
+                         "a transfer this node received elsewhere")
+    p.add_argument("repo")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("member", nargs="?", help="the new owner's public key: a current member")
+    who.add_argument("--claim", metavar="SIGNATURE", help="the transaction that moved the token to this node")
 
     p = verb("commit", "commit new weights on a branch (the delta against its head is stored)")
     p.add_argument("repo")
@@ -188,6 +203,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--proof-srs", type=Path, metavar="FILE",
                    help="the SRS file members accept for proofs (default: the node's proofs.srs, else a development "
                         "SRS made here); members fetch it from this node, the policy names its CID")
+    p.add_argument("--contribution-nfts", choices=("on", "off"),
+                   help="with anchoring on, also mint one NFT per merged contribution to its contributor")
     return parser
 
 
@@ -249,7 +266,20 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
                             f"{x['parameters']:,} parameters)" for x in r) or "no repositories"
     if a.verb == "init":
         r = c.call("repo.init", name=a.name, model_path=str(a.model.resolve()))
-        return r, r["repo"]
+        if not a.chain:
+            return r, r["repo"]
+        try:
+            owned = c.call("repo.owner", repo=r["repo"], mint=True)
+        except FlairError as exc:
+            raise FlairError(f"repository {r['repo']} created, but its ownership token was not minted: {exc}; "
+                             f"retry with: flair owner {r['repo']} --mint") from None
+        return {**r, "ownership": owned}, "\n".join([r["repo"], owner_text(owned)])
+    if a.verb == "owner":
+        r = c.call("repo.owner", repo=a.repo, mint=a.mint)
+        return r, owner_text(r)
+    if a.verb == "handover":
+        r = c.call("repo.handover", repo=a.repo, member=a.member, claim=a.claim)
+        return r, owner_text(r)
     if a.verb == "commit":
         r = c.call("repo.commit", repo=a.repo, weights_path=str(a.weights.resolve()), message=a.message,
                    branch=a.branch, examples=a.examples, metrics=_metrics(a.metric), codec=CODECS[a.codec],
@@ -342,6 +372,7 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
         fields = {"strategy": a.strategy, "buffer": a.buffer, "deadline_s": a.deadline, "alpha": a.alpha,
                   "max_staleness": a.max_staleness, "timeout_s": a.timeout, "proof_chunk": a.proof_chunk,
                   "proof_scheme": a.proof_scheme,
+                  "contribution_nfts": None if a.contribution_nfts is None else a.contribution_nfts == "on",
                   "proof_srs_file": str(a.proof_srs.resolve()) if a.proof_srs else None}
         if a.param:
             fields["strategy_params"] = dict(_param(text) for text in a.param)

@@ -11,6 +11,13 @@ its position, so the chain has exactly one order and any node holding it folds i
 
 - A policy change sets how rounds run (``rounds.RoundPolicy``: strategy, buffer, deadline, staleness, timeout);
   the chain carries it so every member applies the same one from the same point on.
+- A token change binds the repository to an ownership token on Solana (``ChainRef``: the cluster's genesis
+  hash, the token's mint, the transaction that minted it to the owner). From then on, whoever holds the token
+  owns the repository: a handover names the transaction that moved the token to a current member, and makes
+  them the owner and the previous owner a maintainer. The owner or the new holder publishes it; a handover's
+  transfer must come later on chain than the token's last move, so an old transfer cannot be replayed. Whether
+  the transaction did what the change says is a question for the chain, asked by the node before it applies
+  the change (``daemon.ownership``); the rules here are the ones every node checks on the records alone.
 
 Roles, from least to most: reader (pulls), contributor (commits; moves unprotected branches), maintainer (also
 moves protected branches, so merges into them), owner (also changes membership and policy). A role holds for
@@ -19,7 +26,7 @@ records whose (signed) timestamp is before its expiry and whose key epoch is bef
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -35,7 +42,7 @@ from .signed import SignedRecord
 
 ROLES = ("reader", "contributor", "maintainer", "owner")
 INVITABLE = ROLES[:3]
-ACTIONS = ("invite", "remove", "policy")
+ACTIONS = ("invite", "remove", "policy", "token", "handover")
 #: Branches only maintainers and the owner move (merges into them included).
 PROTECTED_BRANCHES = frozenset({"main"})
 MAX_KEYS = 1024  # sealed keys one change may carry (one per epoch, or one per remaining member)
@@ -46,6 +53,26 @@ class SealedKey:
     member: PublicKey
     epoch: int
     sealed: bytes  # the epoch's payload key, sealed to ``member`` (``crypto.seal_key``)
+
+
+@dataclass(frozen=True)
+class ChainRef:
+    """An event of the ownership token on Solana: on the cluster whose genesis hash is ``genesis``, transaction
+    ``transaction`` (base58 signature), landed in ``slot``, minted the token ``mint`` or moved it."""
+
+    genesis: str
+    mint: str
+    transaction: str
+    slot: int
+
+    def record(self) -> list[Any]:
+        return [self.genesis, self.mint, self.transaction, self.slot]
+
+    @classmethod
+    def from_record(cls, value: Any) -> ChainRef:
+        genesis, mint, transaction, slot = schema.listing(value, "chain reference")
+        return cls(schema.base58(genesis, "chain genesis", 44), schema.base58(mint, "token mint", 44),
+                   schema.base58(transaction, "chain transaction", 88), schema.natural(slot, "chain slot"))
 
 
 @dataclass(frozen=True)
@@ -65,6 +92,7 @@ class MembershipChange(SignedRecord):
     epoch: int = 0  # the payload key epoch in force after this change
     keys: tuple[SealedKey, ...] = ()
     policy: RoundPolicy | None = None  # for a policy change (the key is in the body of those only)
+    chain: ChainRef | None = None  # for a token change or a handover (the same)
     signature: bytes = b""
 
     def body(self) -> dict[str, Any]:
@@ -76,6 +104,8 @@ class MembershipChange(SignedRecord):
         }
         if self.policy is not None:
             body["policy"] = self.policy.record()
+        if self.chain is not None:
+            body["chain"] = self.chain.record()
         return body
 
     @property
@@ -104,6 +134,7 @@ class MembershipChange(SignedRecord):
                 epoch=schema.natural(body["epoch"], "epoch"),
                 keys=tuple(keys),
                 policy=RoundPolicy.from_dict(body["policy"]) if "policy" in body else None,
+                chain=ChainRef.from_record(body["chain"]) if "chain" in body else None,
                 signature=sig,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -146,6 +177,8 @@ class Membership:
     applied: frozenset[str] = frozenset()
     #: How rounds run, as the last policy change set it (the defaults until one does).
     policy: RoundPolicy = field(default_factory=RoundPolicy)
+    #: The ownership token's last event (its minting, then each handover); None if the repository has none.
+    token: ChainRef | None = None
 
     @classmethod
     def genesis(cls, record: RepositoryRecord) -> Membership:
@@ -162,15 +195,24 @@ class Membership:
         if change.repo != self.repo or change.previous != self.head or change.seq != self.seq + 1:
             raise refuse(f"it does not follow change {self.seq} ({short(self.head)}) of repository "
                          f"{short(self.repo)}")
-        if change.author != self.owner:
-            raise refuse("only the owner changes membership")
         if (change.action == "policy") != (change.policy is not None):
             raise refuse("a policy change, and only one, carries a policy")
-        if change.policy is not None:
+        if (change.action in ("token", "handover")) != (change.chain is not None):
+            raise refuse("a token change or a handover, and only those, name a chain transaction")
+        if change.action == "handover":
+            return self._handover(change, refuse)
+        if change.author != self.owner:
+            raise refuse("only the owner changes membership")
+        if change.action in ("policy", "token"):
             if change.member != self.owner or change.role or change.expires_ms or change.keys \
                     or change.epoch != self.epoch:
-                raise refuse("a policy change names the owner, grants nothing and keeps the key epoch")
-            return replace(self, head=change.id, seq=change.seq, policy=change.policy,
+                raise refuse(f"a {change.action} change names the owner, grants nothing and keeps the key epoch")
+            if change.policy is not None:
+                return replace(self, head=change.id, seq=change.seq, policy=change.policy,
+                               applied=self.applied | {change.id})
+            if self.token is not None:
+                raise refuse(f"the repository's ownership token is mint {self.token.mint} already")
+            return replace(self, head=change.id, seq=change.seq, token=change.chain,
                            applied=self.applied | {change.id})
         if change.member == self.owner:
             raise refuse("the owner's own role does not change")
@@ -197,6 +239,30 @@ class Membership:
             raise refuse("it must carry exactly one sealed key per member and epoch it opens")
         sealed.update({(k.member, k.epoch): k.sealed for k in change.keys})
         return replace(self, head=change.id, seq=change.seq, epoch=change.epoch, members=members, sealed=sealed,
+                       applied=self.applied | {change.id})
+
+    def _handover(self, change: MembershipChange, refuse: Callable[[str], IntegrityError]) -> Membership:
+        chain, token = change.chain, self.token
+        assert chain is not None
+        if token is None:
+            raise refuse("the repository has no ownership token to hand over")
+        if (chain.genesis, chain.mint) != (token.genesis, token.mint):
+            raise refuse(f"it moves mint {chain.mint}, not the repository's ownership token {token.mint}")
+        if chain.slot <= token.slot:
+            raise refuse(f"its transfer (slot {chain.slot}) is not later than the token's last move (slot "
+                         f"{token.slot})")
+        new = self.members.get(change.member)
+        if change.member == self.owner or new is None or new.removed_epoch is not None:
+            raise refuse("the token goes to a current member other than the owner (invite them first: only a "
+                         "member holds the payload keys an owner seals to others)")
+        if change.author not in (self.owner, change.member):
+            raise refuse("the owner or the new owner publishes a handover")
+        if change.role or change.expires_ms or change.keys or change.epoch != self.epoch:
+            raise refuse("a handover grants nothing else and keeps the key epoch")
+        members = dict(self.members)
+        members[change.member] = replace(new, role="owner", expires_ms=0)
+        members[self.owner] = replace(members[self.owner], role="maintainer")
+        return replace(self, owner=change.member, head=change.id, seq=change.seq, members=members, token=chain,
                        applied=self.applied | {change.id})
 
     # -- questions every node asks ------------------------------------------------------------------------
@@ -255,10 +321,22 @@ def policy_change(membership: Membership, owner: Identity, policy: RoundPolicy, 
     return _next(membership, owner, "policy", owner.public_key, epoch=membership.epoch, policy=policy, now_ms=now_ms)
 
 
-def _next(membership: Membership, owner: Identity, action: str, member: PublicKey, *, now_ms: int,
+def token_binding(membership: Membership, owner: Identity, chain: ChainRef, *, now_ms: int) -> MembershipChange:
+    """The next change: the repository is owned by whoever holds the token ``chain`` minted to ``owner``."""
+    return _next(membership, owner, "token", owner.public_key, epoch=membership.epoch, chain=chain, now_ms=now_ms)
+
+
+def handover(membership: Membership, author: Identity, new_owner: PublicKey, chain: ChainRef, *,
+             now_ms: int) -> MembershipChange:
+    """The next change: ``new_owner`` owns the repository, since transaction ``chain`` moved the token to them;
+    ``author`` is the owner or ``new_owner``."""
+    return _next(membership, author, "handover", new_owner, epoch=membership.epoch, chain=chain, now_ms=now_ms)
+
+
+def _next(membership: Membership, author: Identity, action: str, member: PublicKey, *, now_ms: int,
           **fields: Any) -> MembershipChange:
     change = MembershipChange(repo=membership.repo, previous=membership.head, seq=membership.seq + 1,
-                              author=owner.public_key, timestamp_ms=now_ms, action=action, member=member,
-                              **fields).signed(owner)
+                              author=author.public_key, timestamp_ms=now_ms, action=action, member=member,
+                              **fields).signed(author)
     membership.apply(change)  # the same checks every receiving node makes
     return change

@@ -260,7 +260,8 @@ class ProofRecord(SignedRecord):
 class AnchorClaim(SignedRecord):
     """Round merge ``commit`` of ``repo`` is anchored on the Solana cluster whose genesis hash is ``genesis``, by
     transaction ``transaction`` (its signature, base58), as the NFT ``mint``: a claim the merge's author signs
-    and every node checks on chain for itself."""
+    and every node checks on chain for itself. With contribution NFTs on, ``contributions`` names each merged
+    contribution's NFT as (contribution commit, mint, transaction)."""
 
     TAG: ClassVar[bytes] = b"flair/anchor/v1\0"
     KIND: ClassVar[str] = "anchor"
@@ -272,12 +273,16 @@ class AnchorClaim(SignedRecord):
     mint: str
     author: PublicKey
     timestamp_ms: int
+    contributions: tuple[tuple[CommitId, str, str], ...] = ()
     signature: bytes = b""
 
     def body(self) -> dict[str, Any]:
-        return {"v": RECORD_VERSION, "type": "anchor", "repo": self.repo, "commit": self.commit,
+        body = {"v": RECORD_VERSION, "type": "anchor", "repo": self.repo, "commit": self.commit,
                 "genesis": self.genesis, "transaction": self.transaction, "mint": self.mint, "author": self.author,
                 "timestamp_ms": self.timestamp_ms}
+        if self.contributions:  # left out when there are none, so claims made before them keep their ids
+            body["contributions"] = [list(entry) for entry in self.contributions]
+        return body
 
     @property
     def id(self) -> str:
@@ -290,25 +295,27 @@ class AnchorClaim(SignedRecord):
             claim = cls(
                 repo=RepoId(schema.hex_id(body["repo"], "repo")),
                 commit=CommitId(schema.hex_id(body["commit"], "commit")),
-                genesis=_base58(body["genesis"], "genesis", 44),
-                transaction=_base58(body["transaction"], "transaction", 88),
-                mint=_base58(body["mint"], "mint", 44),
+                genesis=schema.base58(body["genesis"], "genesis", 44),
+                transaction=schema.base58(body["transaction"], "transaction", 88),
+                mint=schema.base58(body["mint"], "mint", 44),
                 author=PublicKey(schema.text(body["author"], "author", 64)),
                 timestamp_ms=schema.natural(body["timestamp_ms"], "timestamp_ms"),
+                contributions=tuple(_contribution_nft(entry) for entry in schema.listing(
+                    body.get("contributions", []), "contributions")[:MAX_CONTRIBUTION_NFTS + 1]),
                 signature=sig,
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"anchor record is missing or mistypes a field: {exc}") from exc
-        if claim.body() != body:
-            raise IntegrityError("anchor record has unknown fields")
+        if claim.body() != body or len({c for c, _, _ in claim.contributions}) != len(claim.contributions):
+            raise IntegrityError(f"anchor record has unknown fields, more than {MAX_CONTRIBUTION_NFTS} contribution "
+                                 "NFTs, or one contribution twice")
         return claim
 
 
-_BASE58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]+")
+MAX_CONTRIBUTION_NFTS = 256
 
 
-def _base58(value: Any, what: str, limit: int) -> str:
-    text = schema.text(value, what, limit)
-    if not _BASE58.fullmatch(text):
-        raise IntegrityError(f"{what} must be base58")
-    return text
+def _contribution_nft(entry: Any) -> tuple[CommitId, str, str]:
+    commit, mint, transaction = schema.listing(entry, "contribution NFT")
+    return (CommitId(schema.hex_id(commit, "contribution")), schema.base58(mint, "contribution mint", 44),
+            schema.base58(transaction, "contribution transaction", 88))

@@ -37,7 +37,7 @@ from .ids import PublicKey
 STRATEGY_NAME = 64  # characters of a strategy name
 MAX_STRATEGY_PARAMS = 16
 MAX_PROOF_CHUNK = 1 << 16
-_OPTIONAL = ("proof_chunk", "proof_scheme", "proof_srs")  # left out of records while unset
+_OPTIONAL = ("proof_chunk", "proof_scheme", "proof_srs", "contribution_nfts")  # left out of records while unset
 PROOF_SCHEMES = ("kzg", "poseidon")  # how contributions and merges commit to their chunks (``protocol.proofs``)
 MAX_SRS_BYTES = 1 << 26  # an SRS file (EZKL's for 2^18 rows is 16 MiB)
 _DECIMAL = Context(prec=40)
@@ -68,6 +68,9 @@ class RoundPolicy:
     #: KZG commitments are made from it, so a proof made with another SRS is not one they check. Required for
     #: ``kzg``; empty: not chosen yet.
     proof_srs: str = ""
+    #: With anchoring on: the aggregator also mints one NFT per merged contribution, to its contributor's
+    #: address (``protocol.anchoring.contribution``), besides the merged commit's own.
+    contribution_nfts: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, str) or not 0 < len(self.strategy) <= STRATEGY_NAME:
@@ -83,6 +86,8 @@ class RoundPolicy:
                 raise InvalidInput(f"{name} must be an integer from {low} to {high}, not {value!r}")
         if not _decimal_in(self.alpha, 0, 10):
             raise InvalidInput(f"alpha must be a decimal number from 0 to 10 written as text, not {self.alpha!r}")
+        if not isinstance(self.contribution_nfts, bool):
+            raise InvalidInput(f"contribution_nfts is true or false, not {self.contribution_nfts!r}")
         if not isinstance(self.proof_srs, str) or self.proof_srs and not _is_cid(self.proof_srs):
             raise InvalidInput("proof_srs is the CID of an SRS file, or empty")
         if self.proof_chunk:
@@ -102,7 +107,8 @@ class RoundPolicy:
         return body
 
     def record(self) -> dict[str, Any]:
-        """As a signed record holds it: the proof fields only when set, so records made before them are unchanged."""
+        """As a signed record holds it: the proof fields and contribution_nfts only when set, so records made
+        before them are unchanged."""
         body = self.as_dict()
         for name in _OPTIONAL:
             if not body[name]:
@@ -114,8 +120,8 @@ class RoundPolicy:
         """From a decoded record; ``IntegrityError`` if it is not exactly a policy."""
         fields = set(cls.__dataclass_fields__)
         if not isinstance(value, dict) or not fields - set(_OPTIONAL) <= set(value) <= fields:
-            raise IntegrityError(f"a round policy is a map of exactly {sorted(fields)} (the proof fields only when "
-                                 "set)")
+            raise IntegrityError(f"a round policy is a map of exactly {sorted(fields)} (the proof fields and "
+                                 "contribution_nfts only when set)")
         try:
             return cls(**value)
         except InvalidInput as exc:

@@ -3,6 +3,7 @@ naming the field. Shared by every record type (``objects``, ``membership``)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .cid import parse_cid
@@ -10,6 +11,7 @@ from .errors import IntegrityError, InvalidInput
 from .ids import Cid, is_full_id
 
 RECORD_VERSION = 1
+_BASE58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]+")
 
 
 def outer(value: Any, kind: str) -> tuple[dict[str, Any], bytes]:
@@ -75,3 +77,11 @@ def choice(value: Any, what: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise IntegrityError(f"{what} {value!r} is not one of {', '.join(allowed)}")
     return str(value)
+
+
+def base58(value: Any, what: str, limit: int) -> str:
+    """A Solana address, hash or signature: 1 to ``limit`` base58 characters."""
+    text_ = text(value, what, limit)
+    if not _BASE58.fullmatch(text_):
+        raise IntegrityError(f"{what} must be base58")
+    return text_

@@ -33,6 +33,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,8 @@ class AnchorService:
             links["transaction"] = explorer_url(self.cluster, tx=state["signature"])
         if state.get("mint"):
             links["mint"] = explorer_url(self.cluster, address=state["mint"])
+        for entry in shown.get("contributions", {}).values():
+            entry["explorer"] = explorer_url(self.cluster, address=entry["mint"])
         return {**shown, "explorer": links}
 
     # -- the work ------------------------------------------------------------------------------------------
@@ -162,18 +165,15 @@ class AnchorService:
         mint = commit_mint(self.identity.keypair_bytes()[:32], merge)
         state.update(mint=str(mint.pubkey()), metadata=metadata, memo=_memo_text(record))
         landed = await chain.account(str(mint.pubkey()))
+        if landed is None and await sent_and_landed(chain, state.get("signature")):
+            landed = await self._confirmed(chain, state["signature"], str(mint.pubkey()))
         if landed is None:
-            if state.get("signature"):  # sent before a crash or a timeout: it may still land
-                status = await chain.status(state["signature"])
-                if status is not None and status.error is None:
-                    landed = await self._confirmed(chain, state["signature"], str(mint.pubkey()))
-        if landed is None:
-            await self._fund(chain, str(payer.pubkey()))
+            await fund(chain, str(payer.pubkey()))
             size = commit_nft_mint_size(record, uri)
             rent = await chain.rent(size)
             blockhash = await chain.latest_blockhash()
             tx = commit_nft_transaction(payer=payer, mint=mint, record=record, uri=uri,
-                                        rent=lambda wanted: rent if wanted == size else _unexpected(wanted),
+                                        rent=rent_of(size, rent),
                                         blockhash=blockhash)
             state.update(signature=str(tx.signatures[0]), status="sent")
             await trio.to_thread.run_sync(self._save, repo, merge, state)  # before sending: a crash knows it
@@ -181,6 +181,9 @@ class AnchorService:
             landed = await self._confirmed(chain, state["signature"], str(mint.pubkey()))
         verify_commit_nft(mint=mint.pubkey(), owner=Pubkey.from_string(landed.owner), data=landed.data,
                           record=record, aggregator=payer.pubkey())
+        policy = await trio.to_thread.run_sync(lambda: repo.members.current().policy)
+        contributions = await self._contribution_nfts(chain, repo, merge, record, uri, state) \
+            if policy.contribution_nfts else []
         state.update(status="anchored", anchored_ms=now_ms(), error=None, next_try_ms=0)
         self.counts["anchored"] += 1
         log.info("anchored round merge %s of %s on %s: mint %s, transaction %s", short(merge), short(repo.id),
@@ -188,15 +191,52 @@ class AnchorService:
         if state.get("signature") and repo.anchor(merge) is None:
             genesis = await chain.genesis_hash()
             await trio.to_thread.run_sync(lambda: repo.write_anchor(
-                self.identity, merge, genesis=genesis, transaction=state["signature"], mint=state["mint"]))
+                self.identity, merge, genesis=genesis, transaction=state["signature"], mint=state["mint"],
+                contributions=contributions))
             self.on_change()  # announce it
+
+    async def _contribution_nfts(self, chain: Any, repo: Repo, merge: CommitId, record: Any, uri: str,
+                                 state: dict[str, Any]) -> list[tuple[CommitId, str, str]]:
+        """Mint each contribution ``merge`` merged an NFT held by its contributor, idempotently like the
+        commit's own (a mint derived from this node's key, the merge and the contribution); (contribution,
+        mint, transaction) of each."""
+        from solders.keypair import Keypair
+        from solders.pubkey import Pubkey
+
+        from ..protocol.anchoring import contribution_mint, contribution_nft_transaction, verify_contribution_nft
+        from ..protocol.anchoring.contribution import contribution_nft_mint_size
+
+        payer = Keypair.from_bytes(self.identity.keypair_bytes())
+        made = state.setdefault("contributions", {})
+        parents = (await trio.to_thread.run_sync(repo.commit, merge)).parents[1:]
+        for contribution in parents:
+            contributor = (await trio.to_thread.run_sync(repo.commit, contribution)).author
+            mint = contribution_mint(self.identity.keypair_bytes()[:32], merge, contribution)
+            entry = made.setdefault(contribution, {"contributor": contributor, "mint": str(mint.pubkey())})
+            landed = await chain.account(entry["mint"])
+            if landed is None and not await sent_and_landed(chain, entry.get("signature")):
+                size = contribution_nft_mint_size(record, contribution, uri)
+                rent = await chain.rent(size)
+                tx = contribution_nft_transaction(
+                    payer=payer, mint=mint, record=record, contributor=Pubkey.from_string(contributor),
+                    contribution=contribution, uri=uri, blockhash=await chain.latest_blockhash(),
+                    rent=rent_of(size, rent))
+                entry["signature"] = str(tx.signatures[0])
+                await trio.to_thread.run_sync(self._save, repo, merge, state)  # before sending: a crash knows it
+                await chain.send(bytes(tx))
+            if not entry.get("signature"):
+                raise IntegrityError(f"contribution NFT {entry['mint']} exists, but the transaction that made it "
+                                     "is not in this node's state")
+            landed = await self._confirmed(chain, entry["signature"], entry["mint"])
+            verify_contribution_nft(mint=mint.pubkey(), owner=Pubkey.from_string(landed.owner), data=landed.data,
+                                    record=record, contribution=contribution)
+        return [(c, made[c]["mint"], made[c]["signature"]) for c in parents]
 
     async def _check(self, chain: Any, repo: Repo, merge: CommitId, state: dict[str, Any]) -> None:
         """Check the anchor another member claims for its merge ``merge`` on this node's cluster."""
         from solders.pubkey import Pubkey
 
-        from ..protocol.anchoring import parse_anchor_memo, verify_commit_nft
-        from ..protocol.anchoring.chain import ChainError
+        from ..protocol.anchoring import parse_anchor_memo, verify_commit_nft, verify_contribution_nft
 
         claim = repo.anchor(merge)
         assert claim is not None
@@ -205,13 +245,8 @@ class AnchorService:
         if claim.genesis != genesis:
             raise IntegrityError(f"anchored on another cluster (genesis {claim.genesis}) than this node's "
                                  f"{self.cluster} ({genesis})")
-        status = await chain.status(claim.transaction)
-        if status is None or status.confirmation not in ACCEPTED[self.commitment]:
-            raise ChainError(f"transaction {claim.transaction} is not {self.commitment} on {self.cluster} (yet)")
-        if status.error is not None:
-            raise IntegrityError(f"transaction {claim.transaction} failed on chain: {status.error}")
         records = []
-        for memo in await chain.memos(claim.transaction):
+        for memo in (await landed_transaction(chain, claim.transaction, self.commitment)).memos:
             with contextlib.suppress(IntegrityError):
                 records.append(parse_anchor_memo(memo))
         if len(records) != 1:
@@ -227,6 +262,24 @@ class AnchorService:
             raise IntegrityError(f"mint {claim.mint} does not exist on {self.cluster}")
         verify_commit_nft(mint=Pubkey.from_string(claim.mint), owner=Pubkey.from_string(landed.owner),
                           data=landed.data, record=record, aggregator=Pubkey.from_string(claim.author))
+        merged = set(commit.parents[1:])
+        state["contributions"] = {}
+        for contribution, mint, transaction in claim.contributions:
+            if contribution not in merged:
+                raise IntegrityError(f"the anchor names an NFT for {short(contribution)}, which the merge does not "
+                                     "merge")
+            contributor = repo.commit(contribution).author
+            if token_moves(await landed_transaction(chain, transaction, self.commitment), mint).get(
+                    contributor) != (0, 1):
+                raise IntegrityError(f"transaction {transaction} does not mint NFT {mint} to contributor "
+                                     f"{short(contributor)}")
+            landed = await chain.account(mint)
+            if landed is None:
+                raise IntegrityError(f"contribution NFT {mint} does not exist on {self.cluster}")
+            verify_contribution_nft(mint=Pubkey.from_string(mint), owner=Pubkey.from_string(landed.owner),
+                                    data=landed.data, record=record, contribution=contribution)
+            state["contributions"][contribution] = {"contributor": contributor, "mint": mint,
+                                                    "signature": transaction}
         state.update(status="verified", memo=_memo_text(record), checked_ms=now_ms(), error=None, next_try_ms=0)
         self.counts["verified"] += 1
 
@@ -234,39 +287,11 @@ class AnchorService:
         """Wait until ``signature`` reaches the configured commitment; the mint's account then."""
         from ..protocol.anchoring.chain import ChainError
 
-        deadline = time.monotonic() + CONFIRM_TIMEOUT_S
-        while True:
-            status = await chain.status(signature)
-            if status is not None and status.error is not None:
-                raise ChainError(f"anchor transaction {signature} failed on chain: {status.error}")
-            if status is not None and status.confirmation in ACCEPTED[self.commitment]:
-                landed = await chain.account(mint)
-                if landed is None:
-                    raise ChainError(f"anchor transaction {signature} landed but mint {mint} is not there")
-                return landed
-            if time.monotonic() > deadline:
-                raise ChainError(f"anchor transaction {signature} not {self.commitment} within "
-                                 f"{CONFIRM_TIMEOUT_S:g} s")
-            await trio.sleep(0.5)
-
-    async def _fund(self, chain: Any, address: str) -> None:
-        from urllib.parse import urlparse
-
-        from ..protocol.anchoring.chain import LOOPBACK, ChainError
-
-        balance = await chain.balance(address)
-        if balance >= LOW_BALANCE:
-            return
-        if self.cluster == "devnet" or urlparse(chain.url).hostname in LOOPBACK:
-            await chain.airdrop(address, AIRDROP)
-            deadline = time.monotonic() + CONFIRM_TIMEOUT_S
-            while await chain.balance(address) < LOW_BALANCE:
-                if time.monotonic() > deadline:
-                    raise ChainError(f"the airdrop to {address} did not arrive within {CONFIRM_TIMEOUT_S:g} s")
-                await trio.sleep(0.5)
-            return
-        raise ChainError(f"this node's address {address} holds {balance} lamports, too few to anchor (about "
-                         f"7,000,000 a commit): fund it on {self.cluster}")
+        await confirmed(chain, signature, self.commitment, "anchor transaction")
+        landed = await chain.account(mint)
+        if landed is None:
+            raise ChainError(f"anchor transaction {signature} landed but mint {mint} is not there")
+        return landed
 
     def _record(self, repo: Repo, merge: CommitId) -> tuple[Any, str, str]:
         """The anchor record of ``merge``, the URI of its stored metadata JSON, and that file's CID."""
@@ -313,14 +338,88 @@ class AnchorService:
         return roots
 
 
+async def landed_transaction(chain: Any, signature: str, commitment: str) -> Any:
+    """Transaction ``signature`` as the cluster holds it (``chain.Landed``), once it is ``commitment`` or better;
+    ``ChainError`` while it is not (it may still land), ``IntegrityError`` if it failed."""
+    from ..protocol.anchoring.chain import ChainError
+
+    status = await chain.status(signature)
+    if status is None or status.confirmation not in ACCEPTED[commitment]:
+        raise ChainError(f"transaction {signature} is not {commitment} on {chain.cluster} (yet)")
+    if status.error is not None:
+        raise IntegrityError(f"transaction {signature} failed on chain: {status.error}")
+    landed = await chain.transaction(signature)
+    if landed is None:
+        raise ChainError(f"{chain.cluster} does not hold transaction {signature} (yet)")
+    return landed
+
+
+def token_moves(landed: Any, mint: str) -> dict[str, tuple[int, int]]:
+    """What transaction ``landed`` did to the holdings of token ``mint``: owner -> (before, after)."""
+    return {m.owner: (m.before, m.after) for m in landed.token_moves if m.mint == mint}
+
+
+async def sent_and_landed(chain: Any, signature: str | None) -> bool:
+    """Whether transaction ``signature`` (sent before a crash or a timeout; None: never sent) landed without error."""
+    if not signature:
+        return False
+    status = await chain.status(signature)
+    return status is not None and status.error is None
+
+
+async def confirmed(chain: Any, signature: str, commitment: str, what: str) -> None:
+    """Wait until transaction ``signature`` reaches ``commitment`` (confirmed or finalized); ``ChainError`` if it
+    failed on chain or is not there within ``CONFIRM_TIMEOUT_S``."""
+    from ..protocol.anchoring.chain import ChainError
+
+    deadline = time.monotonic() + CONFIRM_TIMEOUT_S
+    while True:
+        status = await chain.status(signature)
+        if status is not None and status.error is not None:
+            raise ChainError(f"{what} {signature} failed on chain: {status.error}")
+        if status is not None and status.confirmation in ACCEPTED[commitment]:
+            return
+        if time.monotonic() > deadline:
+            raise ChainError(f"{what} {signature} not {commitment} within {CONFIRM_TIMEOUT_S:g} s")
+        await trio.sleep(0.5)
+
+
+async def fund(chain: Any, address: str) -> None:
+    """Make sure ``address`` can pay for a few transactions: an airdrop on a local chain or devnet when it runs
+    low; elsewhere ``ChainError`` saying which address to fund."""
+    from urllib.parse import urlparse
+
+    from ..protocol.anchoring.chain import LOOPBACK, ChainError
+
+    balance = await chain.balance(address)
+    if balance >= LOW_BALANCE:
+        return
+    if chain.cluster == "devnet" or urlparse(chain.url).hostname in LOOPBACK:
+        await chain.airdrop(address, AIRDROP)
+        deadline = time.monotonic() + CONFIRM_TIMEOUT_S
+        while await chain.balance(address) < LOW_BALANCE:
+            if time.monotonic() > deadline:
+                raise ChainError(f"the airdrop to {address} did not arrive within {CONFIRM_TIMEOUT_S:g} s")
+            await trio.sleep(0.5)
+        return
+    raise ChainError(f"this node's address {address} holds {balance} lamports, too few to anchor (about "
+                     f"7,000,000 a commit): fund it on {chain.cluster}")
+
+
 def _memo_text(record: Any) -> str:
     from ..protocol.anchoring import anchor_memo
 
     return anchor_memo(record).decode()
 
 
-def _unexpected(size: int) -> int:
-    raise InvalidInput(f"the anchor transaction asked for the rent of an unexpected size ({size} bytes)")
+def rent_of(size: int, lamports: int) -> Callable[[int], int]:
+    """The ``rent`` a transaction builder takes, knowing the one account size it asks for (its lamports from
+    ``getMinimumBalanceForRentExemption``); any other size is a mistake."""
+    def rent(wanted: int) -> int:
+        if wanted != size:
+            raise InvalidInput(f"the transaction asked for the rent of an unexpected size ({wanted} bytes)")
+        return lamports
+    return rent
 
 
 def register_methods(registry: Registry, repos: RepoSet, service: AnchorService | None) -> None:

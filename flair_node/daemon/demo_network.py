@@ -94,13 +94,16 @@ def run_network_demo(nodes: int, rounds: int | None = None, plot: Path | None = 
                 return 1
             model = make_mlp(SEED)
             policy = {"strategy": "mean", "buffer": nodes, "deadline_s": DEADLINE_S, "timeout_s": TIMEOUT_S,
-                      "proof_chunk": PROOF_CHUNK}
+                      "proof_chunk": PROOF_CHUNK, "contribution_nfts": True}
             repo = net.create_repo(REPO_NAME, model.state_dict(), policy=policy)
+            owned = net.owner.daemon.client.call("repo.owner", repo=repo, mint=True)
             initial = accuracy(model, x_test, y_test)
             print(f"\nrepository {REPO_NAME} ({repo[:10]}) on {net.owner.name}, cloned by every other node; "
                   f"round policy: weighted mean by examples, merge when all {nodes} contributed (K={nodes})")
             print(f"proofs:  contributions commit to chunks of {PROOF_CHUNK} values (KZG); the SRS is a development "
                   f"one {net.owner.name} made (ezkl.gen_srs), which every node fetched")
+            print(f"owner:   {net.owner.name} holds the repository's ownership token {owned['token']['mint']} "
+                  "(flair owner REPO); whoever holds it owns the repository")
             print(f"commit 0: an untrained 64-32-10 MLP, test accuracy {_pct(initial)}")
             results = [_round(net, repo, n, slices, x_test, y_test) for n in range(1, rounds + 1)]
             print(f"\nwaiting for every node to verify the proofs of the {rounds} merges, and for the anchors ...")
@@ -212,7 +215,8 @@ def _anchors(net: Network, repo: str, results: list[RoundResult]) -> dict[str, s
         made = next((f for f in by_node.values() if f["status"] == "anchored"), None)
         checked = sum(f["status"] == "verified" for f in by_node.values())
         lines[merge] = (f"NFT {made['mint']}, transaction {made['signature'][:16]}..., checked on chain by "
-                        f"{checked} of {len(by_node) - 1} other nodes" if made is not None else
+                        f"{checked} of {len(by_node) - 1} other nodes; {len(made.get('contributions', {}))} "
+                        "contribution NFTs, one to each contributor" if made is not None else
                         "not anchored: " + "; ".join(f"{name}: {f['status']} ({f.get('error') or f.get('reason', '')})"
                                                      for name, f in by_node.items()))
     return lines

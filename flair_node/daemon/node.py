@@ -26,6 +26,8 @@ from .anchoring import AnchorService
 from .anchoring import register_methods as register_anchor_methods
 from .config import NodeConfig
 from .home import Home
+from .ownership import OwnershipService
+from .ownership import register_methods as register_ownership_methods
 from .p2p import P2PService, register_methods
 from .pinning import KuboPinService
 from .proofs import ProofService
@@ -65,6 +67,11 @@ class Node:
                                        on_change=self._changed) \
             if config.chain_cluster else None
         register_anchor_methods(self.registry, self.repos, self.anchoring)
+        self.ownership = OwnershipService(self.repos, self.identity, home.path / "ownership",
+                                          cluster=config.chain_cluster, commitment=config.chain_commitment,
+                                          on_change=self._changed) \
+            if config.chain_cluster else None
+        register_ownership_methods(self.registry, self.repos, self.ownership)
 
     def _changed(self) -> None:
         if self.pinning is not None:
@@ -77,6 +84,8 @@ class Node:
         status["rounds"] = self.rounds.status() if self.rounds is not None else {"aggregate": False}
         status["proofs"] = self.proofs.status()
         status["chain"] = self.anchoring.status() if self.anchoring is not None else {"cluster": ""}
+        if self.ownership is not None:
+            status["chain"]["ownership"] = dict(self.ownership.counts)
         if self.p2p is not None:
             bitswap = self.p2p.exchange.status()
             status["p2p"] = {"addrs": full_addrs(self.p2p.host), "refused_blocks": bitswap["refused_blocks"],
@@ -117,6 +126,8 @@ class Node:
                 await nursery.start(self.proofs.run)
                 if self.anchoring is not None:
                     await nursery.start(self.anchoring.run)
+                if self.ownership is not None:
+                    await nursery.start(self.ownership.run)
                 url = await nursery.start(server.run)
                 self.home.write_api_file(url, token)
                 log.info("flair-node %s serving %s (home %s)", self.identity.public_key, url, self.home.path)

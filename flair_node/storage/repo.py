@@ -36,7 +36,16 @@ from ..core.errors import (
 )
 from ..core.identity import Identity
 from ..core.ids import BranchName, CommitId, PublicKey, RecordId, RepoId, check_id_prefix, is_full_id, short
-from ..core.membership import Membership, MembershipChange, invitation, policy_change, removal
+from ..core.membership import (
+    ChainRef,
+    Membership,
+    MembershipChange,
+    handover,
+    invitation,
+    policy_change,
+    removal,
+    token_binding,
+)
 from ..core.objects import AnchorClaim, Commit, Payload, ProofRecord, RepositoryRecord, metric_text
 from ..core.refs import DEFAULT_BRANCH, MAX_CLOCK_SKEW_MS, BranchMove, check_branch_name
 from ..core.rounds import RoundPolicy
@@ -94,6 +103,9 @@ class Repo:
         self.members = MembershipLog(record, objects, refs)
         #: Told of every record this node signs here, as (kind, record id, encoded record): what the daemon gossips.
         self.announce: Callable[[str, str, bytes], None] = lambda kind, record_id, record: None
+        #: Asked, before a peer's token change or handover is applied, whether it did on chain what it says
+        #: (the daemon's ``OwnershipService`` asks the cluster); raises if not, or if it cannot tell yet.
+        self.check_ownership: Callable[[Repo, MembershipChange], None] = check_ownership_offline
         self._commits: dict[CommitId, Commit] = {}
         self._moves: dict[RecordId, BranchMove] = {}
         self._states: OrderedDict[CommitId, StateDict] = OrderedDict()
@@ -454,26 +466,34 @@ class Repo:
         """Grant ``member`` (a public key) ``role``, sealing every payload key so far to them; owner only."""
         membership = self._owner_only(identity, "invites members")
         keys = {epoch: self._key(epoch) for epoch in range(membership.epoch + 1)}
-        change = invitation(membership, identity, PublicKey(member), role, expires_ms=expires_ms, keys=keys,
-                            now_ms=now_ms())
-        after = self.members.append(change)
-        self.announce("membership", change.id, change.encode())
-        return after
+        return self._append(invitation(membership, identity, PublicKey(member), role, expires_ms=expires_ms,
+                                       keys=keys, now_ms=now_ms()))
 
     def remove(self, identity: Identity, member: str) -> Membership:
         """Remove ``member``: a new payload key, sealed to everyone else, seals every payload from now on."""
         membership = self._owner_only(identity, "removes members")
         new_key = crypto.new_key()
-        change = removal(membership, identity, PublicKey(member), new_key=new_key, now_ms=now_ms())
-        after = self.members.append(change)
+        after = self._append(removal(membership, identity, PublicKey(member), new_key=new_key, now_ms=now_ms()))
         self._keys[after.epoch] = new_key
-        self.announce("membership", change.id, change.encode())
         return after
 
     def set_policy(self, identity: Identity, policy: RoundPolicy) -> Membership:
         """How rounds run from now on (owner only): a signed change in the membership chain, announced."""
         membership = self._owner_only(identity, "sets the round policy")
-        change = policy_change(membership, identity, policy, now_ms=now_ms())
+        return self._append(policy_change(membership, identity, policy, now_ms=now_ms()))
+
+    def bind_token(self, identity: Identity, chain: ChainRef) -> Membership:
+        """Whoever holds the token ``chain`` minted (to the owner, checked by the caller) owns the repository."""
+        membership = self._owner_only(identity, "binds the repository to an ownership token")
+        return self._append(token_binding(membership, identity, chain, now_ms=now_ms()))
+
+    def hand_over(self, identity: Identity, new_owner: str, chain: ChainRef) -> Membership:
+        """``new_owner`` owns the repository: transaction ``chain`` (checked by the caller) moved the token to
+        them. Signed by the owner or by ``new_owner``."""
+        return self._append(handover(self.members.current(), identity, PublicKey(new_owner), chain,
+                                     now_ms=now_ms()))
+
+    def _append(self, change: MembershipChange) -> Membership:
         after = self.members.append(change)
         self.announce("membership", change.id, change.encode())
         return after
@@ -565,7 +585,10 @@ class Repo:
     # membership change it was made under, a commit's parents and payload blocks, a move's commit.
 
     def accept_membership(self, change: MembershipChange) -> bool:
-        """Store ``change`` if it is the next one of the chain; False if this node has it already."""
+        """Store ``change`` if it is the next one of the chain; False if this node has it already. A token change
+        or a handover is checked first (``check_ownership``)."""
+        if change.action in ("token", "handover") and not self.members.contains(change.id):
+            self.check_ownership(self, change)
         while not self.members.contains(change.id):
             try:
                 self.members.append(change)
@@ -670,14 +693,16 @@ class Repo:
         rid = self.refs.get(BranchName(ANCHOR_REF + commit))
         return None if rid is None else AnchorClaim.decode(self.objects.get(rid))
 
-    def write_anchor(self, identity: Identity, commit: CommitId, *, genesis: str, transaction: str,
-                     mint: str) -> AnchorClaim:
-        """Sign, keep and announce that ``identity``'s round merge ``commit`` is anchored (``protocol.anchoring``)."""
+    def write_anchor(self, identity: Identity, commit: CommitId, *, genesis: str, transaction: str, mint: str,
+                     contributions: Sequence[tuple[CommitId, str, str]] = ()) -> AnchorClaim:
+        """Sign, keep and announce that ``identity``'s round merge ``commit`` is anchored (``protocol.anchoring``),
+        with its contributions' NFTs when there are some."""
         merge = self.commit(commit)
         if merge.kind != "round" or merge.author != identity.public_key:
             raise InvalidInput(f"only the author of round merge {short(commit)} anchors it")
         claim = AnchorClaim(repo=self.id, commit=commit, genesis=genesis, transaction=transaction, mint=mint,
-                            author=identity.public_key, timestamp_ms=now_ms()).signed(identity)
+                            author=identity.public_key, timestamp_ms=now_ms(),
+                            contributions=tuple(contributions)).signed(identity)
         self._keep(ANCHOR_REF, claim)
         self.announce("anchor", claim.id, claim.encode())
         return claim
@@ -764,6 +789,16 @@ class Repo:
         heads = list(dict.fromkeys(self.branches().values()))
         for cid in graph.walk(heads, self.parents, self._timestamp):
             yield self.commit(cid)
+
+
+def check_ownership_offline(repo: Repo, change: MembershipChange) -> None:
+    """Without a chain to ask: a token change or handover the owner signed is taken on the owner's word (they
+    could hand the repository over by inviting and leaving anyway); a handover only the new owner signed is not,
+    since only the chain shows the token moved to them."""
+    if change.action == "handover" and change.author != repo.members.current().owner:
+        raise IntegrityError(f"handover {short(change.id)} of repository {short(repo.id)} is signed by the new "
+                             "owner alone: only a node with chain.cluster can check that the token moved to them",
+                             change=change.id)
 
 
 def _moved(branch: str, expected: CommitId | None, current: CommitId | None) -> RefConflict:

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from ..core.errors import AlreadyExists, InvalidInput, RepositoryNotFound
 from ..core.identity import Identity
 from ..core.ids import RepoId, is_full_id, short
+from ..core.membership import MembershipChange
 from ..core.objects import RepositoryRecord
 from ..core.rounds import MAX_SRS_BYTES
 from . import unixfs
-from .repo import Repo, now_ms
+from .repo import Repo, check_ownership_offline, now_ms
 from .stores import DiskObjectStore, DiskRefStore, MemoryObjectStore, MemoryRefStore, ObjectStore, RefStore
 from .unixfs import BlockStore
 
@@ -79,6 +80,9 @@ class RepoSet:
         self.outbox: deque[Outgoing] = deque(maxlen=OUTBOX_SIZE)
         #: More roots gc keeps, as (CID, most bytes) from each callable: files a service published (the daemon's).
         self.pins: list[Callable[[], Iterable[tuple[str, int]]]] = []
+        #: How every repository here checks a peer's token change or handover before applying it (``Repo``'s
+        #: ``check_ownership``): by the records alone, until the daemon's chain service replaces it.
+        self.check_ownership: Callable[[Repo, MembershipChange], None] = check_ownership_offline
 
     @classmethod
     def in_memory(cls, identity: Identity) -> RepoSet:
@@ -108,6 +112,7 @@ class RepoSet:
     def _announcing(self, repo: Repo) -> Repo:
         repo.announce = lambda kind, record_id, record: self.outbox.append(
             Outgoing(repo.id, kind, record_id, record, now_ms()))
+        repo.check_ownership = lambda r, change: self.check_ownership(r, change)
         return repo
 
     def adopt(self, record: RepositoryRecord) -> Repo:
