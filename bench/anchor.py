@@ -42,6 +42,12 @@ data off-chain (indexed by a DAS RPC provider), which Flair's anchor does not ne
 Lamports are means over the N commits: the mint's rent grows with its metadata, and the name holds the round,
 so a round with one more digit costs one more byte of rent.
 
+The same run also measures, from the payer's balance: ``lamports_per_contribution_nft`` (the mean of three
+contribution NFTs, each minted into a new contributor's token account, which the aggregator funds),
+``lamports_repo_token`` (one repository ownership token, ``flair init --chain``) and ``lamports_handover`` (moving
+it to a new key, whose token account the old holder funds); and ``usd_per_contribution_nft``. A membership memo
+costs what ``memo_only_lamports`` says.
+
 Last line of stdout: one JSON object with ``n``, ``cluster`` ("localnet"), ``caveat``, the figures above,
 ``anchor_ms_p50`` and ``memo_only_ms_p50`` (sequential latency), ``sol_usd``, ``usd_per_commit`` and
 ``reference``. Timings are wall clock and noisy on a busy machine; lamports are exact.
@@ -82,11 +88,18 @@ from flair_node.protocol.anchoring import (
     commit_nft_metadata,
     commit_nft_mint_size,
     commit_nft_transaction,
+    contribution_mint,
+    contribution_nft_transaction,
+    handover_transaction,
     memo_instruction,
     metadata_json,
+    repo_token_mint,
+    repo_token_transaction,
     verify_commit_nft,
 )
 from flair_node.protocol.anchoring.chain import Chain
+from flair_node.protocol.anchoring.contribution import contribution_nft_mint_size
+from flair_node.protocol.anchoring.ownership import repo_token_mint_size
 
 AIRDROP_LAMPORTS = 1000 * 10**9
 STARTUP_TIMEOUT = 120.0  # seconds for the localnet to print its URL (imports LiteSVM; the machine may be busy)
@@ -245,6 +258,47 @@ async def at_once(step: Step, items: Sequence[tuple[AnchorRecord, str]], in_flig
     return time.perf_counter() - start
 
 
+async def ownership_costs(aggregator: Aggregator, rng: random.Random, repo: RepoId,
+                          merged: Sequence[tuple[AnchorRecord, str]]) -> dict[str, float]:
+    """Lamports, from the payer's balance before and after, of: one contribution NFT per merged commit in
+    ``merged`` (each to a new contributor key, a new contribution id), the repository's ownership token, and one
+    handover of it to a new key (which pays for the recipient's token account)."""
+    chain, payer = aggregator.chain, aggregator.payer
+    me = str(payer.pubkey())
+
+    async def spent(build: Callable[[Any], Awaitable[Transaction]]) -> int:
+        before = await chain.balance(me)
+        tx = await build(await chain.latest_blockhash())
+        await aggregator.confirmed(await chain.send(bytes(tx)))
+        return before - await chain.balance(me)
+
+    contributions = 0
+    for record, uri in merged:
+        contribution = CommitId(rng.randbytes(32).hex())
+        await aggregator.rent(contribution_nft_mint_size(record, contribution, uri))
+
+        async def contribution_nft(blockhash: Any, record: AnchorRecord = record, uri: str = uri,
+                                   contribution: CommitId = contribution) -> Transaction:
+            return contribution_nft_transaction(
+                payer=payer, mint=contribution_mint(aggregator.seed_secret, record.commit, contribution),
+                record=record, contributor=Keypair.from_seed(rng.randbytes(32)).pubkey(), contribution=contribution,
+                uri=uri, rent=aggregator.rents.__getitem__, blockhash=blockhash)
+        contributions += await spent(contribution_nft)
+    mint, uri = repo_token_mint(aggregator.seed_secret, repo), merged[0][1]
+    await aggregator.rent(repo_token_mint_size(repo, "bench", uri))
+
+    async def token(blockhash: Any) -> Transaction:
+        return repo_token_transaction(payer=payer, mint=mint, repo=repo, name="bench", uri=uri,
+                                      rent=aggregator.rents.__getitem__, blockhash=blockhash)
+
+    async def handover(blockhash: Any) -> Transaction:
+        return handover_transaction(holder=payer, mint=mint.pubkey(), to=Keypair.from_seed(rng.randbytes(32)).pubkey(),
+                                    repo=repo, blockhash=blockhash)
+
+    return {"lamports_per_contribution_nft": round(contributions / len(merged), 1),
+            "lamports_repo_token": float(await spent(token)), "lamports_handover": float(await spent(handover))}
+
+
 async def bench(url: str, args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     payer = Keypair.from_seed(rng.randbytes(32))
@@ -273,6 +327,8 @@ async def bench(url: str, args: argparse.Namespace) -> dict[str, Any]:
         log(f"  {anchor_concurrent_s:.2f} s; memo-only, {args.in_flight} in flight")
         memo_concurrent_s = await at_once(aggregator.memo_only, concurrent, args.in_flight)
         log(f"  {memo_concurrent_s:.2f} s; reading the rent back")
+
+        extras = await ownership_costs(aggregator, rng, repo, sequential[:CONTRIBUTORS])
 
         mint_rent = token_account_rent = 0
         for record, _ in sequential:  # what the sequential anchors left on chain: the mint and the token account
@@ -308,8 +364,10 @@ async def bench(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "anchor_vs_memo_time": round(anchor_s / memo_s, 3),
         "anchor_vs_memo_time_concurrent": round(anchor_concurrent_s / memo_concurrent_s, 3),
         "anchor_vs_memo_lamports": round(lamports_per_commit / memo_lamports, 1),
+        **extras,
         "sol_usd": args.sol_usd,
         "usd_per_commit": round(lamports_per_commit / 1e9 * args.sol_usd, 6),
+        "usd_per_contribution_nft": round(extras["lamports_per_contribution_nft"] / 1e9 * args.sol_usd, 6),
         "usd_per_memo_only": round(memo_lamports / 1e9 * args.sol_usd, 6),
         "reference": {**REFERENCE, "usd_per_cnft_1m_tree": round(REFERENCE["sol_per_cnft_1m_tree"] * args.sol_usd, 6)},
     }

@@ -94,4 +94,7 @@ def test_anchor_bench_reports_rates_and_lamports_next_to_memo_only():
     assert report["lamports_per_commit"] == pytest.approx(report["fee_lamports"] + report["rent_lamports"], abs=0.2)
     assert report["fee_lamports"] > 0 and report["rent_lamports"] > 0
     assert report["lamports_per_commit"] > report["memo_only_lamports"] > 0
+    # the ownership token, its handover and a contribution NFT: rent and fees, from the payer's balance
+    assert report["lamports_per_contribution_nft"] > report["lamports_handover"] > report["memo_only_lamports"]
+    assert report["lamports_repo_token"] > report["lamports_handover"]
     assert report["reference"]["cited_not_measured"] and report["reference"]["source"].startswith("https://")

@@ -11,12 +11,18 @@ branch with rounds). It anchors each one this node made that is not anchored yet
    Otherwise it builds the transaction (memo + NFT), writes the transaction's signature to its state file
    *before* sending it, sends it, and waits until the cluster reports it ``chain.commitment`` or better; then
    it reads the mint back and checks it.
-4. It signs an anchor record (cluster genesis hash, transaction, mint) and announces it like any record.
+4. With the policy's ``contribution_nfts``, it mints one NFT per merged contribution into the contributor's
+   token account the same way (a mint derived from its key, the merge and the contribution; the signature saved
+   before sending; the mint checked).
+5. It signs an anchor record (cluster genesis hash, transaction, mint, and the contribution NFTs) and announces
+   it like any record.
 
 For a merge another member made, once its anchor record arrives (gossip or pull), the node checks the claim
 itself: the same cluster (genesis hash), the transaction landed without error at ``chain.commitment``, its memo
 names exactly this merge (repository, branch, round, commit, and the proofs this node holds, if any), and the
-mint is the commit's NFT by the merge's author (``verify_commit_nft``). The verdict is recorded like the node's
+mint is the commit's NFT by the merge's author (``verify_commit_nft``), and each contribution NFT the record
+lists is one of a contribution the merge merged, minted by its transaction to that contribution's author
+(``verify_contribution_nft``). The verdict is recorded like the node's
 own anchors; an RPC failure is retried, a claim that does not hold is recorded as failed with the reason.
 
 State lives in ``<home>/anchoring/<repo>/<merge>.json``, written atomically at each step, so a restart resumes
@@ -215,6 +221,7 @@ class AnchorService:
             entry = made.setdefault(contribution, {"contributor": contributor, "mint": str(mint.pubkey())})
             landed = await chain.account(entry["mint"])
             if landed is None and not await sent_and_landed(chain, entry.get("signature")):
+                await fund(chain, str(payer.pubkey()))
                 size = contribution_nft_mint_size(record, contribution, uri)
                 rent = await chain.rent(size)
                 tx = contribution_nft_transaction(
