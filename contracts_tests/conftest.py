@@ -3,7 +3,10 @@ one anchored commit on it, for the contract tests."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from solders.keypair import Keypair
@@ -68,3 +71,25 @@ def record() -> AnchorRecord:
 @pytest.fixture
 def anchored(svm: LiteSVM, payer: Keypair, record: AnchorRecord) -> Anchored:
     return anchor(svm, payer, record)
+
+
+@pytest.fixture(scope="session")
+def registry_so() -> Path:
+    """flair_registry built from anchor_program/src (rebuilt only when a source is newer than the .so).
+
+    anchor_program is not a package, so its build.py is loaded by path. Without clang-19 this fails rather than
+    skips: CI installs it (scripts/bootstrap).
+    """
+    path = Path(__file__).resolve().parents[1] / "anchor_program" / "build.py"
+    build = sys.modules.get("flair_anchor_build")
+    if build is None:
+        spec = importlib.util.spec_from_file_location("flair_anchor_build", path)
+        assert spec is not None and spec.loader is not None
+        build = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = build  # before exec: dataclasses look their module up there
+        spec.loader.exec_module(build)
+    try:
+        program: Path = build.build()
+    except build.BuildError as exc:
+        pytest.fail(f"building the on-chain program failed: {exc}", pytrace=False)
+    return program

@@ -17,6 +17,8 @@ repository's ownership token: whoever holds it owns the repository, and moving i
 - ``ownership``: the repository's ownership token (its minting and check) and the handover that moves it.
 - ``contribution``: the optional NFT a round's aggregator mints to each contributor of the merge.
 - ``chain`` (not re-exported here): the one module that talks to a cluster, over solana-py's RPC client.
+- ``registry``: the client of ``flair_registry``, Flair's own program (``anchor_program/``): its addresses,
+  instructions built with anchorpy's coder from the program's IDL (the one file read here), and its accounts.
 
 Nothing else here talks to a network or reads a file: the RPC client sends what these functions build.
 """
