@@ -62,7 +62,7 @@ README_INSTRUCTIONS = {"create_repository": "f183cebb0279dffd", "set_policy": "2
                        "add_member": "0d747b827ec63922", "remove_member": "ab39e796a7801237",
                        "record_merge": "81b405b854dad24f"}
 README_ACCOUNTS = {"Repository": "64825c27facb7eaa", "Branch": "0e3f643219081d05"}
-README_ERRORS = {6000: "NotOwner", 6001: "NotMaintainer", 6002: "StaleHead", 6003: "BadRound", 6004: "MembersFull",
+README_ERRORS = {6000: "NotOwner", 6001: "MayNotMoveBranch", 6002: "StaleHead", 6003: "BadRound", 6004: "MembersFull",
                  6005: "NotAMember", 6006: "InvalidRole", 6007: "InvalidBranchName", 6008: "OwnerIsNotAMember",
                  6009: "AlreadyInUse", 6010: "RentUnknown"}
 
@@ -475,18 +475,31 @@ def test_record_merge_refuses_a_stale_head_or_a_wrong_round(reg: Registry) -> No
     assert state is not None and (state.head, state.round, state.merges) == (C1, 12, 1)
 
 
-def test_record_merge_is_for_the_owner_or_a_maintainer(reg: Registry) -> None:
+def test_record_merge_on_main_is_for_the_owner_or_a_maintainer(reg: Registry) -> None:
     contributor, reader, stranger = funded(reg.svm, 12), funded(reg.svm, 13), funded(reg.svm, 14)
     reg.add(contributor.pubkey(), Role.CONTRIBUTOR)
     reg.add(reader.pubkey(), Role.READER)
     for key in (contributor, reader, stranger):
-        assert reg.refused(reg.merge(key, ZERO, C1, 1), payer=key) == "6001 NotMaintainer"
+        assert reg.refused(reg.merge(key, ZERO, C1, 1), payer=key) == "6001 MayNotMoveBranch"
     reg.ok(reg.merge(reg.owner, ZERO, C1, 1))
-    assert reg.refused(reg.merge(contributor, C1, C2, 2), payer=contributor) == "6001 NotMaintainer"
+    assert reg.refused(reg.merge(contributor, C1, C2, 2), payer=contributor) == "6001 MayNotMoveBranch"
     reg.add(contributor.pubkey(), Role.MAINTAINER)
     reg.ok(reg.merge(contributor, C1, C2, 2), payer=contributor)
     reg.ok(remove_member(PROGRAM_ID, owner=reg.owner.pubkey(), repo_id=REPO_ID, member=contributor.pubkey()))
-    assert reg.refused(reg.merge(contributor, C2, C3, 3), payer=contributor) == "6001 NotMaintainer"
+    assert reg.refused(reg.merge(contributor, C2, C3, 3), payer=contributor) == "6001 MayNotMoveBranch"
+
+
+def test_record_merge_on_another_branch_takes_a_contributor_as_flair_nodes_do(reg: Registry) -> None:
+    contributor, reader, stranger = funded(reg.svm, 15), funded(reg.svm, 16), funded(reg.svm, 17)
+    reg.add(contributor.pubkey(), Role.CONTRIBUTOR)
+    reg.add(reader.pubkey(), Role.READER)
+    for key in (reader, stranger):
+        assert reg.refused(reg.merge(key, ZERO, C1, 1, branch="dev"), payer=key) == "6001 MayNotMoveBranch"
+    reg.ok(reg.merge(contributor, ZERO, C1, 1, branch="dev"), payer=contributor)
+    state = reg.branch("dev")
+    assert state is not None and state.last_author == str(contributor.pubkey()) and state.round == 1
+    # a name that only starts like the protected one is another branch
+    reg.ok(reg.merge(contributor, ZERO, C1, 1, branch="mainline"), payer=contributor)
 
 
 def test_record_merge_refuses_another_branchs_address(reg: Registry) -> None:

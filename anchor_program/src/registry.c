@@ -17,7 +17,7 @@
 #define ERR_INVALID_PROGRAM_ID 3008
 #define ERR_ACCOUNT_NOT_INITIALIZED 3012
 #define ERR_NOT_OWNER 6000
-#define ERR_NOT_MAINTAINER 6001
+#define ERR_MAY_NOT_MOVE_BRANCH 6001
 #define ERR_STALE_HEAD 6002
 #define ERR_BAD_ROUND 6003
 #define ERR_MEMBERS_FULL 6004
@@ -28,6 +28,7 @@
 #define ERR_ALREADY_IN_USE 6009
 #define ERR_RENT_UNKNOWN 6010
 
+#define ROLE_CONTRIBUTOR 1
 #define ROLE_MAINTAINER 2
 #define MAX_MEMBERS 32
 #define MAX_BRANCH_NAME 32
@@ -64,6 +65,7 @@ static const u8 IX_RECORD_MERGE[8] = {0x81, 0xb4, 0x05, 0xb8, 0x54, 0xda, 0xd2, 
 
 static const u8 SEED_REPOSITORY[] = "repository";
 static const u8 SEED_BRANCH[] = "branch";
+static const u8 PROTECTED_BRANCH[] = "main";
 static const SolPubkey SYSTEM_PROGRAM = {{0}};
 #define TWO_F64_BITS 0x4000000000000000ULL /* 2.0: the exemption threshold every cluster uses */
 
@@ -298,11 +300,16 @@ static u64 record_merge(SolParameters *params, const u8 *args, u64 args_len) {
       (err = require_signer(authority)) || (err = require_writable(authority)) ||
       (err = require_system_program(&params->ka[3])))
     return err;
+  /* Who may move the branch, as Flair's nodes rule (core.membership): main is protected (owner or maintainer),
+   * any other branch takes a contributor or more. The round's elected aggregator is always such a member. */
   const u8 *repo = repository->data;
   if (!bytes_eq(authority->key->x, repo + REPO_OWNER, PUBKEY_BYTES)) {
+    u8 least = name_len == sizeof(PROTECTED_BRANCH) - 1 && bytes_eq(name, PROTECTED_BRANCH, name_len)
+                   ? ROLE_MAINTAINER
+                   : ROLE_CONTRIBUTOR;
     u64 at = find_member(repo, authority->key->x);
-    if (at == MAX_MEMBERS || repo[REPO_MEMBERS + at * MEMBER_SIZE + PUBKEY_BYTES] != ROLE_MAINTAINER)
-      return FAIL(ERR_NOT_MAINTAINER, "only the owner or a maintainer records a merge");
+    if (at == MAX_MEMBERS || repo[REPO_MEMBERS + at * MEMBER_SIZE + PUBKEY_BYTES] < least)
+      return FAIL(ERR_MAY_NOT_MOVE_BRANCH, "the signer may not move this branch");
   }
   u8 bump;
   SolSignerSeed seeds[4] = {{SEED_BRANCH, sizeof(SEED_BRANCH) - 1},

@@ -219,9 +219,10 @@ def remove_member(program_id: Pubkey, *, owner: Pubkey, repo_id: bytes, member: 
 
 def record_merge(program_id: Pubkey, *, repo_id: bytes, authority: Pubkey, branch: str, previous: bytes,
                  commit: bytes, round: int) -> Instruction:
-    """Record ``commit`` as ``branch``'s head at ``round`` (the owner or a maintainer signs, and pays for a new
-    branch's account). ``previous`` must be the current head and ``round`` the next one; a branch's first merge
-    may name any round from 1 (and its ``previous`` is not compared)."""
+    """Record ``commit`` as ``branch``'s head at ``round``; ``authority`` signs (on ``main`` the owner or a
+    maintainer, elsewhere a contributor or more) and pays for a new branch's account. ``previous`` must be the
+    current head and ``round`` the next one; a branch's first merge may name any round from 1 (and its
+    ``previous`` is not compared)."""
     if isinstance(round, bool) or not isinstance(round, int) or not 1 <= round <= MAX_ROUND:
         raise InvalidInput(f"a round is an integer from 1 to 2**64 - 1, not {round!r}")
     repository, _ = repository_address(program_id, repo_id)
