@@ -3,8 +3,6 @@ one anchored commit on it, for the contract tests."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from solders.transaction_metadata import TransactionMetadata
 from flair_node.core.cid import RAW, cid_for
 from flair_node.core.ids import BranchName, CommitId, RepoId
 from flair_node.protocol.anchoring import AnchorRecord, commit_mint, commit_nft_transaction
+from flair_node.testing.program import anchor_build
 
 NODE_SECRET = bytes(range(32))
 REPO = RepoId("7f3a" + "0" * 58 + "01")
@@ -80,14 +79,7 @@ def registry_so() -> Path:
     anchor_program is not a package, so its build.py is loaded by path. Without clang-19 this fails rather than
     skips: CI installs it (scripts/bootstrap).
     """
-    path = Path(__file__).resolve().parents[1] / "anchor_program" / "build.py"
-    build = sys.modules.get("flair_anchor_build")
-    if build is None:
-        spec = importlib.util.spec_from_file_location("flair_anchor_build", path)
-        assert spec is not None and spec.loader is not None
-        build = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = build  # before exec: dataclasses look their module up there
-        spec.loader.exec_module(build)
+    build = anchor_build()
     try:
         program: Path = build.build()
     except build.BuildError as exc:

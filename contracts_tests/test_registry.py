@@ -44,6 +44,7 @@ from flair_node.protocol.anchoring.registry import (
     registry_error,
     remove_member,
     repository_address,
+    set_owner,
     set_policy,
 )
 
@@ -60,11 +61,11 @@ A, B = Keypair.from_seed(bytes([1]) * 32).pubkey(), Keypair.from_seed(bytes([2])
 #: The README's discriminators.
 README_INSTRUCTIONS = {"create_repository": "f183cebb0279dffd", "set_policy": "28850c9debca0284",
                        "add_member": "0d747b827ec63922", "remove_member": "ab39e796a7801237",
-                       "record_merge": "81b405b854dad24f"}
+                       "record_merge": "81b405b854dad24f", "set_owner": "48ca78344d8060c5"}
 README_ACCOUNTS = {"Repository": "64825c27facb7eaa", "Branch": "0e3f643219081d05"}
 README_ERRORS = {6000: "NotOwner", 6001: "MayNotMoveBranch", 6002: "StaleHead", 6003: "BadRound", 6004: "MembersFull",
                  6005: "NotAMember", 6006: "InvalidRole", 6007: "InvalidBranchName", 6008: "OwnerIsNotAMember",
-                 6009: "AlreadyInUse", 6010: "RentUnknown"}
+                 6009: "AlreadyInUse", 6010: "RentUnknown", 6011: "SameOwner", 6012: "InvalidOwner"}
 
 
 def disc(name: str) -> bytes:
@@ -103,7 +104,7 @@ def test_the_idl_is_anchors_legacy_format() -> None:
     idl = json.loads(registry.IDL_PATH.read_text())
     assert idl["name"] == "flair_registry" and idl["version"]
     assert [ix["name"] for ix in idl["instructions"]] == [
-        "createRepository", "setPolicy", "addMember", "removeMember", "recordMerge"]
+        "createRepository", "setPolicy", "addMember", "removeMember", "recordMerge", "setOwner"]
     assert [(e["code"], e["name"]) for e in idl["errors"]] == list(README_ERRORS.items())
     assert all(e["msg"] for e in idl["errors"])
     parsed = registry.load_idl()
@@ -127,6 +128,8 @@ def test_instructions_are_the_readme_bytes_and_accounts() -> None:
     branch, _ = branch_address(PROGRAM_ID, repo, "main")
     assert metas(ix) == [(repo, False, False), (branch, False, True), (B, True, True),
                          (SYSTEM_PROGRAM_ID, False, False)]
+    ix = set_owner(PROGRAM_ID, owner=A, repo_id=REPO_ID, new_owner=B)
+    assert ix.data == disc("set_owner") + bytes(B) and metas(ix) == [(repo, False, True), (A, True, False)]
 
 
 def test_the_builders_agree_with_anchorpys_program_namespace() -> None:
@@ -147,6 +150,8 @@ def test_the_builders_agree_with_anchorpys_program_namespace() -> None:
         (program.instruction["record_merge"]("dev", C1, C2, 3, ctx=Context(accounts={
             "repository": repo, "branch": branch, "authority": A, "system_program": SYSTEM_PROGRAM_ID})),
          record_merge(PROGRAM_ID, repo_id=REPO_ID, authority=A, branch="dev", previous=C1, commit=C2, round=3)),
+        (program.instruction["set_owner"](B, ctx=Context(accounts=owned)),
+         set_owner(PROGRAM_ID, owner=A, repo_id=REPO_ID, new_owner=B)),
     ]
     for theirs, ours in pairs:
         assert theirs == ours
@@ -178,6 +183,14 @@ def test_builders_refuse_bad_input() -> None:
         create_repository(PROGRAM_ID, owner=A, repo_id=REPO_ID, policy_hash=POLICY[:16])
     with pytest.raises(InvalidInput):
         repository_address(PROGRAM_ID, REPO_ID + b"\0")
+    with pytest.raises(InvalidInput, match="all-zero key"):
+        set_owner(PROGRAM_ID, owner=A, repo_id=REPO_ID, new_owner=Pubkey.default())
+    with pytest.raises(InvalidInput, match="owns the repository already"):
+        set_owner(PROGRAM_ID, owner=A, repo_id=REPO_ID, new_owner=A)
+    with pytest.raises(InvalidInput, match="a new owner is a Pubkey"):
+        set_owner(PROGRAM_ID, owner=A, repo_id=REPO_ID, new_owner=str(B))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        set_owner(PROGRAM_ID, owner=A, repo_id=REPO_ID[:31], new_owner=B)
 
 
 def test_decoders_read_the_readme_layout() -> None:
@@ -434,6 +447,68 @@ def test_remove_a_non_member_is_refused(reg: Registry) -> None:
     other = funded(reg.svm, 12)
     assert reg.refused(remove_member(PROGRAM_ID, owner=other.pubkey(), repo_id=REPO_ID, member=B),
                        payer=other) == "6000 NotOwner"
+
+
+# -- set_owner --
+
+def test_set_owner_passes_the_repository(reg: Registry) -> None:
+    old, new = reg.owner, funded(reg.svm, 12)
+    reg.add(A, Role.MAINTAINER)
+    reg.ok(set_owner(PROGRAM_ID, owner=old.pubkey(), repo_id=REPO_ID, new_owner=new.pubkey()))
+    state = reg.state()
+    assert state.owner == str(new.pubkey()) and state.members == ((str(A), 2),) and state.policy_hash == POLICY
+    # Only the new owner is the owner now.
+    assert reg.refused(set_policy(PROGRAM_ID, owner=old.pubkey(), repo_id=REPO_ID, policy_hash=POLICY_2)) == \
+        "6000 NotOwner"
+    assert reg.refused(set_owner(PROGRAM_ID, owner=old.pubkey(), repo_id=REPO_ID, new_owner=B)) == "6000 NotOwner"
+    reg.ok(set_policy(PROGRAM_ID, owner=new.pubkey(), repo_id=REPO_ID, policy_hash=POLICY_2), payer=new)
+    # The handover Flair makes: the new owner's node adds the old owner back as a maintainer.
+    reg.ok(add_member(PROGRAM_ID, owner=new.pubkey(), repo_id=REPO_ID, member=old.pubkey(), role=Role.MAINTAINER),
+           payer=new)
+    assert reg.state() == RepositoryState(repo_id=REPO_ID, owner=str(new.pubkey()), policy_hash=POLICY_2,
+                                          bump=state.bump, members=((str(A), 2), (str(old.pubkey()), 2)))
+
+
+def test_set_owner_to_a_member_takes_it_out_of_the_members(reg: Registry) -> None:
+    new = funded(reg.svm, 12)
+    c = Keypair.from_seed(bytes([3]) * 32).pubkey()
+    for key, role in ((A, 1), (new.pubkey(), 2), (B, 0), (c, 1)):
+        reg.add(key, role)
+    reg.ok(set_owner(PROGRAM_ID, owner=reg.owner.pubkey(), repo_id=REPO_ID, new_owner=new.pubkey()))
+    # As remove_member does: the last member takes the new owner's slot; the freed slot is zeroed.
+    state = reg.state()
+    assert state.owner == str(new.pubkey()) and state.members == ((str(A), 1), (str(c), 1), (str(B), 0))
+    assert state.role_of(new.pubkey()) is None
+    account = reg.svm.get_account(reg.repository)
+    assert account is not None and bytes(account.data)[106 + 3 * 33:] == bytes(33 * 29)
+    # The last member in the list leaves without moving anyone.
+    reg.ok(set_owner(PROGRAM_ID, owner=new.pubkey(), repo_id=REPO_ID, new_owner=B), payer=new)
+    assert reg.state().owner == str(B) and reg.state().members == ((str(A), 1), (str(c), 1))
+
+
+def test_set_owner_refuses_the_owner_and_the_zero_key(reg: Registry) -> None:
+    owner = reg.owner.pubkey()
+    ix = set_owner(PROGRAM_ID, owner=owner, repo_id=REPO_ID, new_owner=B)
+    # Built by hand: the client refuses both first.
+    assert reg.refused(Instruction(PROGRAM_ID, disc("set_owner") + bytes(owner), ix.accounts)) == "6011 SameOwner"
+    assert reg.refused(Instruction(PROGRAM_ID, disc("set_owner") + ZERO, ix.accounts)) == "6012 InvalidOwner"
+    assert reg.refused(Instruction(PROGRAM_ID, ix.data[:-1], ix.accounts)) == "102 InstructionDidNotDeserialize"
+    assert reg.state().owner == str(owner)
+
+
+def test_set_owner_is_for_the_owner(reg: Registry) -> None:
+    other = funded(reg.svm, 12)
+    ix = set_owner(PROGRAM_ID, owner=other.pubkey(), repo_id=REPO_ID, new_owner=B)
+    assert reg.refused(ix, payer=other) == "6000 NotOwner"
+    reg.add(other.pubkey(), Role.MAINTAINER)  # a maintainer is not the owner either
+    assert reg.refused(ix, payer=other) == "6000 NotOwner"
+    # nor to take the repository for itself (built by hand: the client refuses a new owner that is the signer)
+    take = Instruction(PROGRAM_ID, disc("set_owner") + bytes(other.pubkey()), ix.accounts)
+    assert reg.refused(take, payer=other) == "6000 NotOwner"
+    ix = set_owner(PROGRAM_ID, owner=reg.owner.pubkey(), repo_id=REPO_ID, new_owner=B)
+    unsigned = Instruction(ix.program_id, ix.data, [ix.accounts[0], replace_meta(ix.accounts[1], is_signer=False)])
+    assert reg.refused(unsigned, payer=reg.payer) == "2002 ConstraintSigner"
+    assert reg.state().owner == str(reg.owner.pubkey())
 
 
 # -- record_merge --

@@ -156,6 +156,9 @@ def test_network_demo_rotates_the_aggregator_and_plots_accuracy(tmp_path):
                r"3 contribution NFTs, one to each contributor$")
     assert len(re.findall(anchors, out, re.MULTILINE)) == 3, out
     assert re.search(r"^owner:   \w+ holds the repository's ownership token \w{32,44} ", out, re.MULTILINE), out
+    # and the flair_registry program holds the owner, the members and main's last merge
+    assert re.search(r"^the flair_registry program \(flair registry REPO\): owner \w+, 2 members, as in Flair; "
+                     r"main's head \w{10} at round 3 \(the last merge\), \d merges recorded$", out, re.MULTILINE), out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     pids = [int(p) for p in re.findall(r"^\s+\w+\s+pid (\d+)", out, re.MULTILINE)]

@@ -2,16 +2,20 @@
 Flair uses against devnet) and by raw JSON-RPC for the error cases.
 
 solana-py is asyncio-based, so each test is a plain function that runs its client with ``asyncio.run``; the server
-runs in a thread with its own trio loop (or, for the restart test, as a real ``flair-node localnet`` process).
+runs in a thread with its own trio loop (or, for the restart and ``--program`` tests, as a real
+``flair-node localnet`` process).
 """
 
 import asyncio
 import base64
 import json
 import queue
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -39,10 +43,15 @@ from spl.token.instructions import (
 )
 
 from flair_node.core.errors import FlairError
-from flair_node.daemon.localnet import LocalChain, LocalnetServer
+from flair_node.daemon.localnet import LocalChain, LocalnetServer, ProgramRefused
+from flair_node.protocol.anchoring import registry
+from flair_node.protocol.anchoring.chain import Chain
 from flair_node.testing.localnet import running_localnet
+from flair_node.testing.program import anchor_build
 
 MEMO_PROGRAM = Pubkey.from_string("MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr")
+UPGRADEABLE_LOADER = "BPFLoaderUpgradeab1e11111111111111111111111"
+REGISTRY_ID = Keypair.from_seed(bytes([42]) * 32).pubkey()  # where the tests serve flair_registry
 SOL = 10**9
 
 
@@ -396,3 +405,124 @@ def test_state_survives_a_restart(tmp_path):
     assert accounts_now == accounts  # balances, the mint and the token account, byte for byte
     assert accounts[3].owner == TOKEN_PROGRAM_ID and int.from_bytes(bytes(accounts[3].data)[64:72], "little") == 42
     assert more_status.slot == 4  # the slot keeps counting after the restart
+
+
+@pytest.fixture(scope="module")
+def registry_so() -> Path:
+    """flair_registry built by anchor_program/build.py (loaded by path: anchor_program is not a package), rebuilt
+    only when a source is newer than the .so."""
+    build = anchor_build()
+    try:
+        program: Path = build.build()
+    except build.BuildError as exc:
+        pytest.fail(f"building the on-chain program failed: {exc}", pytrace=False)
+    return program
+
+
+def on_chain(url, scenario):
+    """Run ``await scenario(chain)`` with Flair's Chain client on the localnet at ``url``, in a fresh trio loop."""
+    async def main():
+        chain = Chain(url)
+        try:
+            return await scenario(chain)
+        finally:
+            await chain.close()
+
+    return trio.run(main)
+
+
+async def land(chain: Chain, payer: Keypair, ix: Instruction):
+    tx = Transaction([payer], Message([ix], payer.pubkey()), await chain.latest_blockhash())
+    return await chain.status(await chain.send(bytes(tx)))
+
+
+@pytest.mark.integration
+def test_a_program_given_with_program_is_served_across_restarts(tmp_path, registry_so):
+    folder, elf = tmp_path / "localnet", registry_so.read_bytes()
+    programs = {str(REGISTRY_ID): registry_so}
+    repo_id, owner = bytes(range(32)), Keypair()
+    repository = str(registry.repository_address(REGISTRY_ID, repo_id)[0])
+    programdata = str(Pubkey.find_program_address([bytes(REGISTRY_ID)], Pubkey.from_string(UPGRADEABLE_LOADER))[0])
+
+    async def create(chain):
+        await chain.airdrop(str(owner.pubkey()), SOL)
+        created = await land(chain, owner, registry.create_repository(
+            REGISTRY_ID, owner=owner.pubkey(), repo_id=repo_id, policy_hash=b"\x01" * 32))
+        return (created, await chain.account(repository), await chain.account(str(REGISTRY_ID)),
+                await chain.account(programdata))
+
+    with running_localnet(folder, programs=programs) as url:
+        created, account, program, data = on_chain(url, create)
+
+    assert created.error is None and created.confirmation == "finalized"
+    assert account.owner == str(REGISTRY_ID) and len(account.data) == registry.REPOSITORY_SIZE
+    state = registry.decode_repository(account.data)
+    assert state.owner == str(owner.pubkey()) and state.policy_hash == b"\x01" * 32
+    # as a validator answers for a program deployed with the upgradeable loader, without upgrade authority
+    assert program.executable and program.owner == UPGRADEABLE_LOADER
+    assert program.data == (2).to_bytes(4, "little") + bytes(Pubkey.from_string(programdata))
+    assert not data.executable and data.owner == UPGRADEABLE_LOADER
+    assert data.data[:4] == (3).to_bytes(4, "little") and data.data[12] == 0 and data.data[45:] == elf
+
+    async def update(chain):
+        before = await chain.account(repository)
+        updated = await land(chain, owner, registry.set_policy(REGISTRY_ID, owner=owner.pubkey(), repo_id=repo_id,
+                                                               policy_hash=b"\x02" * 32))
+        return before, updated, await chain.account(repository), await chain.account(str(REGISTRY_ID))
+
+    with running_localnet(folder, programs=programs) as url:  # the same folder and --program: a restart
+        before, updated, after, program_again = on_chain(url, update)
+
+    assert before == account  # the repository account came back from the ledger
+    assert updated.error is None and updated.slot == created.slot + 1
+    assert registry.decode_repository(after.data).policy_hash == b"\x02" * 32
+    assert program_again == program
+
+
+def test_local_chain_refuses_programs_it_cannot_serve(tmp_path):
+    system_program = Pubkey.from_string("11111111111111111111111111111111")
+    with pytest.raises(ProgramRefused, match="builtin program") as refused:
+        LocalChain(tmp_path / "a", {system_program: b"\x7fELF"})
+    assert refused.value.program == system_program
+    with pytest.raises(ProgramRefused, match="LiteSVM cannot load it as an SBF program"):
+        LocalChain(tmp_path / "b", {REGISTRY_ID: b"not an ELF"})
+    with LocalChain(tmp_path / "b"):  # the refusal let go of the folder's lock
+        pass
+
+
+@pytest.mark.integration
+def test_bad_program_arguments_exit_with_status_2(tmp_path):
+    not_elf = tmp_path / "not-elf.so"
+    not_elf.write_bytes(b"not an ELF")
+    huge = tmp_path / "huge.so"
+    with huge.open("wb") as f:
+        f.truncate(10 * 1024 * 1024 + 1)  # sparse
+    missing = tmp_path / "missing.so"
+    cases = {
+        "bad id": (["--program", f"not-a-key={not_elf}"], "'not-a-key' is not a program id"),
+        "missing file": (["--program", f"{REGISTRY_ID}={missing}"],
+                         f"cannot read {missing}: No such file or directory"),
+        "directory": (["--program", f"{REGISTRY_ID}={tmp_path}"], f"{tmp_path} is not a file"),
+        "too large": (["--program", f"{REGISTRY_ID}={huge}"], "over the 10 MiB"),
+        "twice": (["--program", f"{REGISTRY_ID}={not_elf}", "--program", f"{REGISTRY_ID}={huge}"],
+                  f"program {REGISTRY_ID} is already given (with {not_elf})"),
+        "no path": (["--program", str(REGISTRY_ID)], "expected PROGRAM_ID=PATH"),
+        "not an ELF": (["--program", f"{REGISTRY_ID}={not_elf}"],
+                       f"--program {REGISTRY_ID}={not_elf}: cannot serve {not_elf}: LiteSVM cannot load it"),
+    }
+    procs = {name: subprocess.Popen([sys.executable, "-m", "flair_node.daemon.main", "localnet", "--port", "0",
+                                     "--dir", str(tmp_path / name.replace(" ", "-")), *arguments],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+             for name, (arguments, _) in cases.items()}
+    try:
+        results = {name: (*proc.communicate(timeout=30), proc.returncode) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for name, (_, message) in cases.items():
+        out, err, status = results[name]
+        assert (name, status, out) == (name, 2, ""), err
+        assert message in err, (name, err)

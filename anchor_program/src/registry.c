@@ -27,6 +27,8 @@
 #define ERR_OWNER_IS_NOT_A_MEMBER 6008
 #define ERR_ALREADY_IN_USE 6009
 #define ERR_RENT_UNKNOWN 6010
+#define ERR_SAME_OWNER 6011
+#define ERR_INVALID_OWNER 6012
 
 #define ROLE_CONTRIBUTOR 1
 #define ROLE_MAINTAINER 2
@@ -62,6 +64,7 @@ static const u8 IX_SET_POLICY[8] = {0x28, 0x85, 0x0c, 0x9d, 0xeb, 0xca, 0x02, 0x
 static const u8 IX_ADD_MEMBER[8] = {0x0d, 0x74, 0x7b, 0x82, 0x7e, 0xc6, 0x39, 0x22};
 static const u8 IX_REMOVE_MEMBER[8] = {0xab, 0x39, 0xe7, 0x96, 0xa7, 0x80, 0x12, 0x37};
 static const u8 IX_RECORD_MERGE[8] = {0x81, 0xb4, 0x05, 0xb8, 0x54, 0xda, 0xd2, 0x4f};
+static const u8 IX_SET_OWNER[8] = {0x48, 0xca, 0x78, 0x34, 0x4d, 0x80, 0x60, 0xc5};
 
 static const u8 SEED_REPOSITORY[] = "repository";
 static const u8 SEED_BRANCH[] = "branch";
@@ -264,6 +267,15 @@ static u64 add_member(SolParameters *params, const u8 *args, u64 args_len) {
   return SUCCESS;
 }
 
+/* Take the member at `at` out of the list: the last member takes its place, the freed last slot is zeroed. */
+static void drop_member(u8 *data, u64 at) {
+  u64 last = (u64)data[REPO_MEMBER_COUNT] - 1;
+  if (at != last)
+    memcpy(data + REPO_MEMBERS + at * MEMBER_SIZE, data + REPO_MEMBERS + last * MEMBER_SIZE, MEMBER_SIZE);
+  memset(data + REPO_MEMBERS + last * MEMBER_SIZE, 0, MEMBER_SIZE);
+  data[REPO_MEMBER_COUNT] = (u8)last;
+}
+
 /* remove_member(member: Pubkey): the last member takes the removed one's place. */
 static u64 remove_member(SolParameters *params, const u8 *args, u64 args_len) {
   if (args_len != 32) return FAIL(ERR_INSTRUCTION_DID_NOT_DESERIALIZE, "remove_member takes 32 bytes");
@@ -274,11 +286,24 @@ static u64 remove_member(SolParameters *params, const u8 *args, u64 args_len) {
     return FAIL(ERR_OWNER_IS_NOT_A_MEMBER, "the owner is not a member with a role");
   u64 at = find_member(data, args);
   if (at == MAX_MEMBERS) return FAIL(ERR_NOT_A_MEMBER, "not a member of the repository");
-  u64 last = (u64)data[REPO_MEMBER_COUNT] - 1;
-  if (at != last)
-    memcpy(data + REPO_MEMBERS + at * MEMBER_SIZE, data + REPO_MEMBERS + last * MEMBER_SIZE, MEMBER_SIZE);
-  memset(data + REPO_MEMBERS + last * MEMBER_SIZE, 0, MEMBER_SIZE);
-  data[REPO_MEMBER_COUNT] = (u8)last;
+  drop_member(data, at);
+  return SUCCESS;
+}
+
+/* set_owner(new_owner: Pubkey): the repository passes to new_owner, who leaves the members if it was one (the
+ * owner is not a member with a role). */
+static u64 set_owner(SolParameters *params, const u8 *args, u64 args_len) {
+  if (args_len != 32) return FAIL(ERR_INSTRUCTION_DID_NOT_DESERIALIZE, "set_owner takes 32 bytes");
+  u64 err = owner_accounts(params);
+  if (err) return err;
+  u8 *data = params->ka[0].data;
+  if (bytes_eq(args, SYSTEM_PROGRAM.x, PUBKEY_BYTES)) /* the System Program's id, not a key anyone holds */
+    return FAIL(ERR_INVALID_OWNER, "the new owner is the all-zero key");
+  if (bytes_eq(args, data + REPO_OWNER, PUBKEY_BYTES))
+    return FAIL(ERR_SAME_OWNER, "the new owner is the owner already");
+  u64 at = find_member(data, args);
+  if (at != MAX_MEMBERS) drop_member(data, at);
+  memcpy(data + REPO_OWNER, args, PUBKEY_BYTES);
   return SUCCESS;
 }
 
@@ -361,5 +386,6 @@ u64 entrypoint(u8 *input) {
   if (bytes_eq(params.data, IX_ADD_MEMBER, 8)) return add_member(&params, args, args_len);
   if (bytes_eq(params.data, IX_REMOVE_MEMBER, 8)) return remove_member(&params, args, args_len);
   if (bytes_eq(params.data, IX_RECORD_MERGE, 8)) return record_merge(&params, args, args_len);
+  if (bytes_eq(params.data, IX_SET_OWNER, 8)) return set_owner(&params, args, args_len);
   return FAIL(ERR_INSTRUCTION_FALLBACK_NOT_FOUND, "unknown instruction");
 }

@@ -143,6 +143,25 @@ def owner_text(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def registry_text(r: dict[str, Any]) -> str:
+    lines = [f"program      {r['program']} on {r['cluster']}", f"account      {r['address']}   {r['explorer']}"]
+    if not r["exists"]:
+        return "\n".join([*lines, "             not created yet (the owner's node creates it)"]
+                         + ([f"error        {r['error']}"] if r.get("error") else []))
+    def same(ok: bool) -> str:
+        return "as here" if ok else "DIFFERS from here (the owner's node brings it in line)"
+    lines += [f"owner        {r['owner']}  {same(r['owner_matches'])}",
+              f"policy       {same(r['policy_matches'])}",
+              f"members      {len(r['members'])}, {same(r['members_match'])}"]
+    for name, b in sorted(r["branches"].items()):
+        known = "" if b["known_here"] else "  (a commit this node does not hold)"
+        lines.append(f"branch       {name}: head {b['head'][:12]} at round {b['round']}, {b['merges']} merges "
+                     f"recorded, last by {b['last_author'][:8]}{known}")
+    if r.get("error"):
+        lines.append(f"error        {r['error']}")
+    return "\n".join(lines)
+
+
 def round_text(r: dict[str, Any]) -> str:
     policy = r["policy"]
     lines = [f"round {r['round']} of {r['branch']}, opened {_when(r['opened_ms'])} UTC at {r['head'][:12]}",

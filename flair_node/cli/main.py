@@ -21,6 +21,7 @@ from .format import (
     peers_text,
     policy_text,
     provenance_text,
+    registry_text,
     round_text,
     show_text,
     status_text,
@@ -57,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     p = verb("owner", "who owns a repository, by which token on Solana, and the handovers and membership memos")
     p.add_argument("repo")
     p.add_argument("--mint", action="store_true", help="mint the repository's ownership token first (owner only)")
+
+    p = verb("registry", "a repository in the flair_registry program: owner, policy, members and branch heads on "
+                         "chain next to this node's")
+    p.add_argument("repo")
 
     p = verb("handover", "hand a repository over: move its ownership token to a member on chain (owner), or claim "
                          "a transfer this node received elsewhere")
@@ -277,6 +282,9 @@ def _dispatch(c: ApiClient, a: argparse.Namespace) -> tuple[Any, str]:
     if a.verb == "owner":
         r = c.call("repo.owner", repo=a.repo, mint=a.mint)
         return r, owner_text(r)
+    if a.verb == "registry":
+        r = c.call("repo.registry", repo=a.repo)
+        return r, registry_text(r)
     if a.verb == "handover":
         r = c.call("repo.handover", repo=a.repo, member=a.member, claim=a.claim)
         return r, owner_text(r)

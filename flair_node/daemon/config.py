@@ -30,6 +30,7 @@ class NodeConfig:
     proofs_memory_mb: int = 8192
     chain_cluster: str = ""
     chain_commitment: str = "confirmed"
+    chain_registry: str = ""
 
     @classmethod
     def from_toml(cls, text: str, source: str = "config") -> NodeConfig:
@@ -39,7 +40,7 @@ class NodeConfig:
             raise InvalidInput(f"{source} is not valid TOML: {exc}") from exc
         known = {"api": {"host", "port", "max_request_bytes"}, "log": {"level"}, "ipfs": {"kubo_api"},
                  "p2p": {"listen", "bootstrap", "sync_interval", "mdns"}, "rounds": {"aggregate"},
-                 "proofs": {"srs", "prove", "memory_mb"}, "chain": {"cluster", "commitment"}}
+                 "proofs": {"srs", "prove", "memory_mb"}, "chain": {"cluster", "commitment", "registry"}}
         for section, values in data.items():
             if section not in known or not isinstance(values, dict):
                 raise InvalidInput(f"{source}: unknown section [{section}] (known: {', '.join(known)})")
@@ -70,6 +71,7 @@ class NodeConfig:
             proofs_memory_mb=proofs.get("memory_mb", cls.proofs_memory_mb),
             chain_cluster=chain.get("cluster", cls.chain_cluster),
             chain_commitment=chain.get("commitment", cls.chain_commitment),
+            chain_registry=chain.get("registry", cls.chain_registry),
         )
         config.check(source)
         return config
@@ -123,5 +125,15 @@ class NodeConfig:
                 raise InvalidInput(f"{source}: {exc}") from None
         if self.chain_commitment not in ("confirmed", "finalized"):
             raise InvalidInput(f"{source}: chain.commitment is confirmed or finalized")
+        if self.chain_registry:
+            from solders.pubkey import Pubkey
+
+            try:
+                Pubkey.from_string(self.chain_registry)
+            except (ValueError, TypeError):
+                raise InvalidInput(f"{source}: chain.registry is the flair_registry program's address (base58), "
+                                   f"not {self.chain_registry!r}") from None
+            if not self.chain_cluster:
+                raise InvalidInput(f"{source}: chain.registry needs chain.cluster")
         if self.log_level not in _LEVELS:
             raise InvalidInput(f"{source}: log.level must be one of {', '.join(_LEVELS)}")

@@ -36,6 +36,8 @@ from .demo import BATCH_SIZE, LEARNING_RATE, REPO_NAME, SEED, _exit_status, _hom
 
 NAMES = ("ana", "ben", "cy", "dee", "eli", "fay", "gus", "hal")
 MAX_NODES = len(NAMES)
+#: Where the demo's local chain serves flair_registry: sha256("flair/registry/localnet"), any address does there.
+REGISTRY_PROGRAM = "DM5FVdNu9RUuNfUuZ8D8iny77Qn9pbMGax3LrxJXaUji"
 ROUNDS = 5
 EPOCHS = 3
 SKEW = 0.6  # each class leans this much towards one participant (partition's skew)
@@ -85,9 +87,13 @@ def run_network_demo(nodes: int, rounds: int | None = None, plot: Path | None = 
 
         print(f"\nstarting a local Solana chain (flair-node localnet, LiteSVM) and {nodes} flair-node daemons on "
               "127.0.0.1, each dialing the ones before it")
-        with running_localnet(root / "chain") as chain, \
-                running_network(root, names, chain=chain, on_start=_started) as net:
+        program, registry_note = _registry_program()
+        programs = {REGISTRY_PROGRAM: program} if program is not None else {}
+        registry = REGISTRY_PROGRAM if program is not None else ""
+        with running_localnet(root / "chain", programs=programs) as chain, \
+                running_network(root, names, chain=chain, registry=registry, on_start=_started) as net:
             print(f"  chain {chain}: every aggregator anchors its merges there (memo + NFT)")
+            print(f"  {registry_note}")
             if any(r["name"] == REPO_NAME for r in net.owner.daemon.client.call("repo.list")):
                 print(f"flair-node: {root} already holds a {REPO_NAME} repository from an earlier demo; "
                       "pass a new --keep folder", file=sys.stderr)
@@ -109,6 +115,7 @@ def run_network_demo(nodes: int, rounds: int | None = None, plot: Path | None = 
             print(f"\nwaiting for every node to verify the proofs of the {rounds} merges, and for the anchors ...")
             proofs = _proofs(net, repo, results)
             anchors = _anchors(net, repo, results)
+            on_chain = _registry(net, repo, results) if registry else registry_note
 
         print("\nround  aggregator  test accuracy  EZKL proof of the merge")
         print(f"{0:>5}  {'-':<10}  {_pct(initial):>13}")
@@ -117,6 +124,7 @@ def run_network_demo(nodes: int, rounds: int | None = None, plot: Path | None = 
         print("\nround  anchored on the local chain by its aggregator (flair provenance REPO COMMIT)")
         for r in results:
             print(f"{r.number:>5}  {anchors[r.merge_id]}")
+        print(f"\nthe flair_registry program (flair registry REPO): {on_chain}")
         aggregators = [r.aggregator for r in results]
         print(f"aggregators, round by round: {' -> '.join(aggregators)} "
               f"({len(set(aggregators))} different nodes in {len(results)} rounds)")
@@ -220,6 +228,42 @@ def _anchors(net: Network, repo: str, results: list[RoundResult]) -> dict[str, s
                         "not anchored: " + "; ".join(f"{name}: {f['status']} ({f.get('error') or f.get('reason', '')})"
                                                      for name, f in by_node.items()))
     return lines
+
+
+def _registry_program() -> tuple[Path | None, str]:
+    """flair_registry built for the local chain, and what to say of it; None (the demo runs without it) when
+    clang-19 is missing."""
+    from ..testing.program import anchor_build
+
+    build = anchor_build()
+    try:
+        path: Path = build.build()
+    except build.BuildError as exc:
+        return None, f"registry: off, the flair_registry program did not build ({exc})"
+    return path, (f"registry: flair_registry ({path.stat().st_size:,} bytes, built here) at {REGISTRY_PROGRAM}; the "
+                  "owner's node keeps owner, policy and members there, each aggregator records its merge")
+
+
+def _registry(net: Network, repo: str, results: list[RoundResult]) -> str:
+    """Wait (at most ``PROOF_WAIT_S``) until the registry records the last merge; what it holds then."""
+    found: dict[str, Any] = {}
+
+    def recorded() -> bool:
+        found.update(net.owner.daemon.client.call("repo.registry", repo=repo))
+        main = found.get("branches", {}).get("main", {})
+        return bool(found.get("members_match")) and main.get("head") == results[-1].merge_id
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(recorded, "the last merge in the registry", PROOF_WAIT_S, every=0.5)
+    if not found.get("exists"):
+        return f"no account for the repository ({found.get('error') or 'not created'})"
+    main = found.get("branches", {}).get("main")
+    members = f"{len(found['members'])} members, " + ("as in Flair" if found["members_match"] else "NOT as in Flair")
+    if main is None:
+        return f"{members}; no merge recorded ({found.get('error') or 'none yet'})"
+    last = "the last merge" if main["head"] == results[-1].merge_id else f"NOT the last merge ({found.get('error')})"
+    return (f"owner {net.node(found['owner']).name}, {members}; main's head {main['head'][:10]} at round "
+            f"{main['round']} ({last}), {main['merges']} merges recorded")
 
 
 def _started(node: Node) -> None:

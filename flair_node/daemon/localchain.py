@@ -4,6 +4,11 @@
 record (the raw transaction, its meta in a validator's JSON shape, and the post-state of every account it could
 write), which ``persist`` writes durably and ``LocalChain`` replays on start. ``daemon.localnet`` serves it over
 JSON-RPC; see there for what differs from a real validator.
+
+Programs given to ``LocalChain`` (``flair-node localnet --program``) are not transactions, so they are not in the
+ledger: they are loaded after each replay, on every start, as a validator serves a program deployed with the
+upgradeable loader (a 36-byte program account pointing at its program-data account, which holds the ELF; no
+upgrade authority).
 """
 
 
@@ -14,7 +19,9 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +40,7 @@ from solders.system_program import TransferParams, transfer
 from solders.transaction import Transaction, VersionedTransaction
 from solders.transaction_metadata import FailedTransactionMetadata, TransactionMetadata
 
-from ..core.errors import FlairError
+from ..core.errors import FlairError, InvalidInput
 from ..core.identity import Identity
 from ..storage.atomic import atomic_write, hold_lock, remove_stale_temp_files
 from ..storage.keyfile import read_keypair, write_keypair
@@ -50,7 +57,23 @@ PRECOMPILES = {"Ed25519SigVerify111111111111111111111111111", "KeccakSecp256k1Ve
                "Secp256r1SigVerify1111111111111111111111111"}
 SYSTEM_PROGRAM = Pubkey.from_string("11111111111111111111111111111111")
 SYSVAR_OWNER = Pubkey.from_string("Sysvar1111111111111111111111111111111111111")
+NATIVE_LOADER = Pubkey.from_string("NativeLoader1111111111111111111111111111111")
+UPGRADEABLE_LOADER = Pubkey.from_string("BPFLoaderUpgradeab1e11111111111111111111111")
+MAX_PROGRAM_BYTES = 10 * 1024 * 1024  # an account holds at most 10 MiB (MAX_PERMITTED_DATA_LENGTH)
+#: UpgradeableLoaderState as bincode lays it out: Program {programdata_address}, and the 45-byte head of
+#: ProgramData {slot, upgrade_authority_address: Option<Pubkey>} that the ELF follows (None is padded to 45 too).
+PROGRAM_ACCOUNT = struct.Struct("<I32s")
+PROGRAMDATA_HEAD = struct.Struct("<IQB32s")
 RECORD_VERSION = 1
+
+
+class ProgramRefused(InvalidInput):
+    """A program ``LocalChain`` cannot serve: LiteSVM refuses its ELF, or its id is taken; ``program`` is its id."""
+
+    def __init__(self, program: Pubkey, reason: str) -> None:
+        super().__init__(f"cannot serve program {program}: {reason}", program=str(program))
+        self.program = program
+        self.reason = reason
 
 
 class LocalnetRpcError(FlairError):
@@ -83,20 +106,23 @@ class _Keys:
 
 
 class LocalChain:
-    """The chain: a LiteSVM, the ledger of landed transactions in ``path``, a faucet and the recent blockhashes."""
+    """The chain: a LiteSVM, the ledger of landed transactions in ``path``, a faucet and the recent blockhashes.
 
-    def __init__(self, path: Path) -> None:
+    ``programs`` maps program ids to SBF ELF images, served from the start (``ProgramRefused`` if one cannot be).
+    """
+
+    def __init__(self, path: Path, programs: Mapping[Pubkey, bytes] | None = None) -> None:
         self.path = path
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_file = hold_lock(path / "localnet.lock", f"another flair-node localnet is already serving "
                                                             f"{path}: stop it, or pass another --dir")
         try:
-            self._open()
+            self._open(programs or {})
         except BaseException:
             self._lock_file.close()
             raise
 
-    def _open(self) -> None:
+    def _open(self, programs: Mapping[Pubkey, bytes]) -> None:
         remove_stale_temp_files(self.path)
         self.ledger = self.path / "ledger"
         self.ledger.mkdir(exist_ok=True)
@@ -111,6 +137,8 @@ class LocalChain:
         for name in sorted(os.listdir(self.ledger)):
             if not name.startswith(".") and name.endswith(".json"):
                 self._replay(self.ledger / name)
+        for program_id, elf in programs.items():
+            self._add_program(program_id, elf)
         if self.svm.get_account(self.faucet.pubkey()) is None:
             self.svm.set_account(self.faucet.pubkey(), Account(FAUCET_LAMPORTS, b"", SYSTEM_PROGRAM))
         self._recent: dict[str, int] = {str(self.svm.latest_blockhash()): 0}  # blockhash -> slot, oldest first
@@ -118,7 +146,30 @@ class LocalChain:
             self._next_blockhash(slot)
         self._unix_time = int(time.time())
         self._set_clock(self.slot)
-        log.info("localnet state in %s: slot %d, %d transactions", self.path, self.slot, len(self.statuses))
+        log.info("localnet state in %s: slot %d, %d transactions, %d programs given", self.path, self.slot,
+                 len(self.statuses), len(programs))
+
+    def _add_program(self, program_id: Pubkey, elf: bytes) -> None:
+        """Serve ``elf`` at ``program_id`` as the upgradeable loader leaves a deployed program (not ``add_program``,
+        which puts the ELF itself in an account of the old BPFLoader2, unlike a validator, and panics on a bad ELF).
+        """
+        existing = self.svm.get_account(program_id)
+        if program_id == self.faucet.pubkey() or (existing is not None and existing.owner in (NATIVE_LOADER,
+                                                                                              SYSVAR_OWNER)):
+            raise ProgramRefused(program_id, "the id is a builtin program, a sysvar or the faucet: pick another")
+        if len(elf) > MAX_PROGRAM_BYTES - PROGRAMDATA_HEAD.size:
+            raise ProgramRefused(program_id, f"the program is {len(elf)} bytes, more than an account holds")
+        programdata, _ = Pubkey.find_program_address([bytes(program_id)], UPGRADEABLE_LOADER)
+        data = PROGRAMDATA_HEAD.pack(3, 0, 0, bytes(32)) + elf  # 3: ProgramData, deployed at slot 0, no authority
+        program = PROGRAM_ACCOUNT.pack(2, bytes(programdata))  # 2: Program
+        rent = self.svm.minimum_balance_for_rent_exemption
+        try:
+            self.svm.set_account(programdata, Account(rent(len(data)), data, UPGRADEABLE_LOADER))
+            # setting the executable account is what makes LiteSVM load (verify and compile) the ELF
+            self.svm.set_account(program_id, Account(rent(len(program)), program, UPGRADEABLE_LOADER, True))
+        except Exception as exc:  # solders' LiteSVMError, which it does not export
+            raise ProgramRefused(program_id, f"LiteSVM cannot load it as an SBF program ({exc})") from None
+        log.info("serving program %s (%d bytes)", program_id, len(elf))
 
     def _replay(self, path: Path) -> None:
         try:

@@ -33,10 +33,18 @@ transaction and its effects are on disk together or not at all. On start the led
 into a fresh LiteSVM with ``set_account``: balances, mints and token accounts, and the answers of
 ``getTransaction`` and ``getSignatureStatuses`` for old signatures, survive a restart; the slot keeps counting.
 
+Programs of your own are given with ``--program PROGRAM_ID=PATH`` (repeatable; PATH an SBF ``.so`` of at most 10
+MiB). They are not transactions, so they are not in the ledger: they are loaded after the replay on every start,
+and must be given again each time (the accounts they created are in the ledger and come back on their own).
+``getAccountInfo`` answers for them as a validator does for a program deployed with the upgradeable loader: an
+executable account owned by ``BPFLoaderUpgradeab1e11111111111111111111111`` pointing at its program-data account,
+which holds the ELF and has no upgrade authority.
+
 Known differences from a real validator: priority fees are not charged (LiteSVM charges 5000 lamports per
 signature only, and ``getFeeForMessage`` says the same); durable-nonce transactions are refused (only recent
 blockhashes are accepted); ``jsonParsed`` answers carry base64 data for accounts and are refused for
-transactions; ``base64+zstd`` is not offered; programs deployed by transactions are not kept across restarts.
+transactions; ``base64+zstd`` is not offered; programs deployed by transactions are not kept across restarts
+(give them with ``--program``).
 """
 
 from __future__ import annotations
@@ -46,8 +54,9 @@ import binascii
 import json
 import logging
 import signal
+import stat
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -67,9 +76,11 @@ from ..core.errors import FlairError, InvalidInput
 from .localchain import (
     FAUCET_LAMPORTS,
     MAX_PROCESSING_AGE,
+    MAX_PROGRAM_BYTES,
     PACKET_DATA_SIZE,
     LocalChain,
     LocalnetRpcError,
+    ProgramRefused,
     TxStatus,
     default_state_dir,
     refusal,
@@ -541,14 +552,64 @@ async def serve_until_signalled(server: LocalnetServer) -> None:
                 break
 
 
-def run_localnet(*, port: int, state_dir: Path | None) -> int:
-    """``flair-node localnet``: serve the chain kept in ``state_dir`` on 127.0.0.1:``port`` until signalled."""
+def read_program_arguments(arguments: Sequence[str]) -> dict[Pubkey, tuple[Path, bytes]]:
+    """The ``--program PROGRAM_ID=PATH`` arguments: each id and its file's path and bytes, read. ``InvalidInput``
+    for an id that is not a base-58 public key, a file that cannot be read or is over 10 MiB, or an id given twice.
+    """
+    programs: dict[Pubkey, tuple[Path, bytes]] = {}
+    for argument in arguments:
+        text, equals, path_text = argument.partition("=")
+        if not equals or not text or not path_text:
+            raise InvalidInput(f"--program {argument}: expected PROGRAM_ID=PATH, such as "
+                               f"--program {Pubkey.new_unique()}=target/program.so")
+        try:
+            program_id = Pubkey.from_string(text)
+        except ValueError as exc:
+            raise InvalidInput(f"--program {argument}: {text!r} is not a program id ({exc}): give a base-58 "
+                               "public key of 32 bytes", program=text) from None
+        path = Path(path_text).expanduser()
+        if program_id in programs:
+            raise InvalidInput(f"--program {argument}: program {program_id} is already given (with "
+                               f"{programs[program_id][0]}): give each program id once", program=text)
+        try:
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidInput(f"--program {argument}: {path} is not a file: give the program's .so",
+                                   path=str(path))
+            if info.st_size > MAX_PROGRAM_BYTES:
+                raise InvalidInput(f"--program {argument}: {path} is {info.st_size} bytes, over the 10 MiB an "
+                                   "account holds: is it the program's .so?", path=str(path))
+            with path.open("rb") as f:
+                elf = f.read(MAX_PROGRAM_BYTES + 1)
+        except OSError as exc:
+            raise InvalidInput(f"--program {argument}: cannot read {path}: {exc.strerror}", path=str(path)) from None
+        if len(elf) > MAX_PROGRAM_BYTES:
+            raise InvalidInput(f"--program {argument}: {path} grew over 10 MiB while being read", path=str(path))
+        programs[program_id] = (path, elf)
+    return programs
+
+
+def run_localnet(*, port: int, state_dir: Path | None, programs: Sequence[str] = ()) -> int:
+    """``flair-node localnet``: serve the chain kept in ``state_dir`` on 127.0.0.1:``port`` until signalled, with
+    ``programs`` (``PROGRAM_ID=PATH`` arguments) loaded."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 0 <= port <= 65535:
         print(f"flair-node: --port must be from 0 to 65535, got {port}", file=sys.stderr)
         return 2
+    try:
+        given = read_program_arguments(programs)
+    except InvalidInput as exc:
+        print(f"flair-node: {exc}", file=sys.stderr)
+        return 2
+    try:
+        chain = LocalChain(state_dir if state_dir is not None else default_state_dir(),
+                           {program_id: elf for program_id, (_, elf) in given.items()})
+    except ProgramRefused as exc:
+        path = given[exc.program][0]
+        print(f"flair-node: --program {exc.program}={path}: cannot serve {path}: {exc.reason}", file=sys.stderr)
+        return 2
     failure: OSError | None = None
-    with LocalChain(state_dir if state_dir is not None else default_state_dir()) as chain:
+    with chain:
         try:
             trio.run(serve_until_signalled, LocalnetServer(chain, port=port))
         except* OSError as group:
@@ -559,5 +620,5 @@ def run_localnet(*, port: int, state_dir: Path | None) -> int:
     return 0
 
 
-__all__ = ["LocalChain", "LocalnetRpcError", "LocalnetServer", "TxStatus", "default_state_dir", "run_localnet",
-           "serve_until_signalled"]
+__all__ = ["LocalChain", "LocalnetRpcError", "LocalnetServer", "ProgramRefused", "TxStatus", "default_state_dir",
+           "read_program_arguments", "run_localnet", "serve_until_signalled"]

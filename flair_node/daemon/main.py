@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     localnet.add_argument("--port", type=int, default=8899, help="port to listen on (default: 8899, 0 = pick one)")
     localnet.add_argument("--dir", type=Path, help="state folder (default: $FLAIR_HOME/localnet, else "
                                                    "~/.flair-localnet)")
+    localnet.add_argument("--program", action="append", default=[], metavar="PROGRAM_ID=PATH",
+                          help="serve the SBF program in PATH (a .so of at most 10 MiB) at PROGRAM_ID (base-58) "
+                               "from the start, as if deployed with the upgradeable loader, without upgrade "
+                               "authority; repeatable. Programs are not transactions, so they are not in the "
+                               "ledger: give them again on every start")
     return parser
 
 
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "localnet":
             from .localnet import run_localnet
 
-            return run_localnet(port=args.port, state_dir=args.dir)
+            return run_localnet(port=args.port, state_dir=args.dir, programs=args.program)
         if args.nodes != 1:
             from .demo_network import run_network_demo
 

@@ -32,6 +32,8 @@ from .p2p import P2PService, register_methods
 from .pinning import KuboPinService
 from .proofs import ProofService
 from .proofs import register_methods as register_proof_methods
+from .registry import RegistryService
+from .registry import register_methods as register_registry_methods
 from .rounds import RoundService
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,10 @@ class Node:
                                           on_change=self._changed) \
             if config.chain_cluster else None
         register_ownership_methods(self.registry, self.repos, self.ownership)
+        self.onchain_registry = RegistryService(self.repos, self.identity, cluster=config.chain_cluster,
+                                                program=config.chain_registry, commitment=config.chain_commitment) \
+            if config.chain_registry else None
+        register_registry_methods(self.registry, self.repos, self.onchain_registry)
 
     def _changed(self) -> None:
         if self.pinning is not None:
@@ -86,6 +92,8 @@ class Node:
         status["chain"] = self.anchoring.status() if self.anchoring is not None else {"cluster": ""}
         if self.ownership is not None:
             status["chain"]["ownership"] = dict(self.ownership.counts)
+        if self.onchain_registry is not None:
+            status["chain"]["registry"] = self.onchain_registry.status()
         if self.p2p is not None:
             bitswap = self.p2p.exchange.status()
             status["p2p"] = {"addrs": full_addrs(self.p2p.host), "refused_blocks": bitswap["refused_blocks"],
@@ -128,6 +136,8 @@ class Node:
                     await nursery.start(self.anchoring.run)
                 if self.ownership is not None:
                     await nursery.start(self.ownership.run)
+                if self.onchain_registry is not None:
+                    await nursery.start(self.onchain_registry.run)
                 url = await nursery.start(server.run)
                 self.home.write_api_file(url, token)
                 log.info("flair-node %s serving %s (home %s)", self.identity.public_key, url, self.home.path)

@@ -7,18 +7,20 @@ import contextlib
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 STOP_TIMEOUT_S = 20.0
 
 
 @contextlib.contextmanager
-def running_localnet(folder: Path, port: int = 0) -> Iterator[str]:
-    """A localnet keeping its chain in ``folder``, serving on ``port`` (0: any free one); yields its URL. It is
-    stopped on leaving, and must then exit with status 0 (a clean stop)."""
+def running_localnet(folder: Path, port: int = 0, programs: Mapping[str, Path] | None = None) -> Iterator[str]:
+    """A localnet keeping its chain in ``folder``, serving on ``port`` (0: any free one) and the SBF ``programs``
+    (program id in base 58 -> .so file, given as ``--program``); yields its URL. It is stopped on leaving, and must
+    then exit with status 0 (a clean stop)."""
+    program_arguments = [f"--program={program_id}={path}" for program_id, path in (programs or {}).items()]
     proc = subprocess.Popen([sys.executable, "-m", "flair_node.daemon.main", "localnet", "--port", str(port),
-                             "--dir", str(folder)],
+                             "--dir", str(folder), *program_arguments],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stderr is not None

@@ -32,15 +32,17 @@ DEFAULT_BRANCH = "main"
 
 
 def configure(home: Path, bootstrap: Sequence[str] = (), *, sync_interval: float = 1.0,
-              aggregate: bool = True, chain: str = "") -> Path:
+              aggregate: bool = True, chain: str = "", registry: str = "") -> Path:
     """Give ``home`` an identity and a config that dials ``bootstrap`` and catches up every ``sync_interval``
     seconds; ``aggregate = False`` keeps its round service from merging; ``chain`` is the Solana cluster it
-    anchors its merges on (none by default). Returns ``home``."""
+    anchors its merges on (none by default), ``registry`` the flair_registry program's address there. Returns
+    ``home``."""
     ensure_home(home)
     peers = ", ".join(json.dumps(a) for a in bootstrap)
     (home / "config.toml").write_text(f"[p2p]\nbootstrap = [{peers}]\nsync_interval = {sync_interval}\n\n"
                                       f"[rounds]\naggregate = {'true' if aggregate else 'false'}\n"
-                                      + (f"\n[chain]\ncluster = {json.dumps(chain)}\n" if chain else ""))
+                                      + (f"\n[chain]\ncluster = {json.dumps(chain)}\n" if chain else "")
+                                      + (f"registry = {json.dumps(registry)}\n" if registry else ""))
     return home
 
 
@@ -139,11 +141,11 @@ class Network:
 
 @contextlib.contextmanager
 def running_network(root: Path, names: Sequence[str], *, sync_interval: float = 1.0,
-                    aggregate: bool | Sequence[bool] = True, chain: str = "",
+                    aggregate: bool | Sequence[bool] = True, chain: str = "", registry: str = "",
                     on_start: Callable[[Node], None] | None = None) -> Iterator[Network]:
     """Start one daemon per name, homes ``root/<name>``, each dialing every earlier one; stop them all on exit.
-    ``aggregate`` may differ per node; ``chain`` is the Solana cluster they anchor on; ``on_start`` is called
-    as each node comes up (for progress)."""
+    ``aggregate`` may differ per node; ``chain`` is the Solana cluster they anchor on and ``registry`` the
+    flair_registry program's address there; ``on_start`` is called as each node comes up (for progress)."""
     if not names or len(set(names)) != len(names):
         raise FlairError(f"a network needs distinct node names (got {list(names)})")
     flags = [aggregate] * len(names) if isinstance(aggregate, bool) else list(aggregate)
@@ -153,7 +155,7 @@ def running_network(root: Path, names: Sequence[str], *, sync_interval: float = 
         nodes: list[Node] = []
         for name, flag in zip(names, flags, strict=True):
             home = configure(Path(root) / name, [n.address for n in nodes], sync_interval=sync_interval,
-                             aggregate=flag, chain=chain)
+                             aggregate=flag, chain=chain, registry=registry)
             daemon = stack.enter_context(running_daemon(home))
             nodes.append(Node(name, daemon, public_key(daemon), address(daemon)))
             if on_start is not None:

@@ -217,6 +217,20 @@ def remove_member(program_id: Pubkey, *, owner: Pubkey, repo_id: bytes, member: 
     return _instruction(program_id, "remove_member", {"member": member}, {"repository": repository, "owner": owner})
 
 
+def set_owner(program_id: Pubkey, *, owner: Pubkey, repo_id: bytes, new_owner: Pubkey) -> Instruction:
+    """Pass the repository to ``new_owner`` (the owner signs); if ``new_owner`` was a member, it leaves the members.
+    The program refuses the owner itself (``SameOwner``) and the all-zero key (``InvalidOwner``); so does this."""
+    if not isinstance(new_owner, Pubkey):
+        raise InvalidInput(f"a new owner is a Pubkey, not {new_owner!r}")
+    if new_owner == Pubkey.default():
+        raise InvalidInput("the new owner cannot be the all-zero key (the System Program's id): nobody holds it")
+    if new_owner == owner:
+        raise InvalidInput(f"{new_owner} owns the repository already; name the key it passes to",
+                           owner=str(owner))
+    repository, _ = repository_address(program_id, repo_id)
+    return _instruction(program_id, "set_owner", {"new_owner": new_owner}, {"repository": repository, "owner": owner})
+
+
 def record_merge(program_id: Pubkey, *, repo_id: bytes, authority: Pubkey, branch: str, previous: bytes,
                  commit: bytes, round: int) -> Instruction:
     """Record ``commit`` as ``branch``'s head at ``round``; ``authority`` signs (on ``main`` the owner or a

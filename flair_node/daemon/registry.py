@@ -1,0 +1,257 @@
+"""The daemon's side of flair_registry, Flair's own program (``chain.registry``): the repository's owner, policy and
+members, and each branch's round merges, kept on chain so the chain enforces them too.
+
+Every ``every`` seconds, for each repository, the node reads the program's accounts and brings them to what its
+membership chain and branches say. Reading first makes every step safe to repeat after a crash or a race: a
+transaction that another node (or an earlier attempt) already made simply finds nothing left to do.
+
+- **The owner's node** creates the repository's account (``create_repository``), then keeps its policy hash (the
+  SHA-256 of the policy's canonical record) and its members and roles equal to the membership chain's current
+  members (readers, contributors, maintainers; at most 32, by role then key). After a handover, the old owner's
+  node moves the account's owner to the new one (``set_owner``), whose node takes over from there.
+- **Every member whose role moves a branch** (on ``main`` the owner or a maintainer, elsewhere a contributor or
+  more) records the branch's round merges that are missing on chain, oldest first, each naming the head the
+  chain holds (``record_merge``): the program refuses one that does not extend it or skips a round. A node
+  records its own merges at once, and others' once they are ``GRACE_MS`` old, so their aggregator goes first.
+
+A failure (RPC error, a refusal) is logged and kept in ``status``; the next pass tries again. ``describe``
+(API ``repo.registry``, ``flair registry REPO``) compares the chain's accounts with this node's view, with
+explorer links.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from typing import Any
+
+import trio
+
+from ..api.registry import Param, Registry
+from ..core import encoding
+from ..core.errors import FlairError, InvalidInput
+from ..core.identity import Identity
+from ..core.ids import CommitId, short
+from ..core.membership import PROTECTED_BRANCHES, ROLES, Membership
+from ..storage.repo import Repo, now_ms
+from ..storage.repos import RepoSet
+from .anchoring import confirmed, fund
+from .rounds import round_branches
+
+log = logging.getLogger(__name__)
+
+RECENT = 32  # round merges back from each branch head that are recorded
+GRACE_MS = 30_000  # how long a merge's own aggregator has to record it before other members do
+MAX_INSTRUCTIONS = 6  # membership instructions sent in one transaction
+_ROLE = {"reader": 0, "contributor": 1, "maintainer": 2}
+
+
+def policy_hash(membership: Membership) -> bytes:
+    """What the registry holds of a repository's round policy: the SHA-256 of its canonical record."""
+    return hashlib.sha256(encoding.encode(membership.policy.record())).digest()
+
+
+def desired_members(membership: Membership, *, at_ms: int) -> dict[str, int]:
+    """The members the registry should hold (key -> role), the owner aside: at most 32, by role then key."""
+    live = [m for m in membership.current() if m.key != membership.owner
+            and membership.role(m.key, epoch=membership.epoch, at_ms=at_ms) is not None]
+    live.sort(key=lambda m: (-ROLES.index(m.role), m.key))
+    from ..protocol.anchoring.registry import MAX_MEMBERS
+
+    return {m.key: _ROLE[m.role] for m in live[:MAX_MEMBERS]}
+
+
+class RegistryService:
+    def __init__(self, repos: RepoSet, identity: Identity, *, cluster: str, program: str,
+                 commitment: str = "confirmed", every: float = 2.0) -> None:
+        from solders.pubkey import Pubkey
+
+        self.repos, self.identity, self.cluster = repos, identity, cluster
+        self.commitment, self.every = commitment, every
+        self.program = Pubkey.from_string(program)
+        self.counts: Counter[str] = Counter()  # transactions, merges_recorded, failures
+        self.errors: dict[str, str] = {}  # repository id -> the last failure, until a pass succeeds
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from ..protocol.anchoring.chain import Chain
+
+        chain = Chain(self.cluster)
+        task_status.started()
+        try:
+            while True:
+                await trio.sleep(self.every)
+                for repo in await trio.to_thread.run_sync(self.repos.all):
+                    await self.sync(chain, repo)
+        finally:
+            with trio.CancelScope(shield=True):
+                await chain.close()
+
+    def status(self) -> dict[str, Any]:
+        return {"program": str(self.program), **self.counts, "failing": len(self.errors)}
+
+    async def sync(self, chain: Any, repo: Repo) -> None:
+        """One pass over ``repo``: the owner's account, then the branches' merges; a failure is kept, not raised."""
+        try:
+            membership = await trio.to_thread.run_sync(repo.members.current)
+            state = await self._repository(chain, repo)
+            me = self.identity.public_key
+            if membership.owner == me or state is not None and state.owner == me:
+                state = await self._mirror(chain, repo, membership, state)
+            if state is not None:
+                await self._record_merges(chain, repo, membership, state)
+            self.errors.pop(repo.id, None)
+        except FlairError as exc:
+            self.counts["failures"] += 1
+            if self.errors.get(repo.id) != str(exc):
+                log.warning("the registry of %s on %s: %s", short(repo.id), self.cluster, exc)
+            self.errors[repo.id] = str(exc)
+
+    # -- the repository's account ------------------------------------------------------------------------------
+
+    async def _repository(self, chain: Any, repo: Repo) -> Any:
+        from ..protocol.anchoring.registry import decode_repository, repository_address
+
+        account = await chain.account(str(repository_address(self.program, bytes.fromhex(repo.id))[0]))
+        if account is None or not account.data:
+            return None
+        if account.owner != str(self.program):
+            raise InvalidInput(f"the registry address of {short(repo.id)} is held by another program")
+        return decode_repository(account.data)
+
+    async def _mirror(self, chain: Any, repo: Repo, membership: Membership, state: Any) -> Any:
+        """Bring the repository's account to the membership chain (owner's node, or the old owner's after a
+        handover); the account as it is then."""
+        from solders.pubkey import Pubkey
+
+        from ..protocol.anchoring import registry as program
+
+        me, repo_id = Pubkey.from_string(self.identity.public_key), bytes.fromhex(repo.id)
+        want_policy = policy_hash(membership)
+        if state is None:
+            await self._send(chain, [program.create_repository(self.program, owner=me, repo_id=repo_id,
+                                                               policy_hash=want_policy)])
+            log.info("created the registry account of %s", short(repo.id))
+            state = await self._repository(chain, repo)
+            if state is None:
+                raise InvalidInput(f"the registry account of {short(repo.id)} is not there after its creation")
+        if state.owner != membership.owner:  # handed over: the old owner passes the account on
+            if state.owner == str(me):
+                await self._send(chain, [program.set_owner(self.program, owner=me, repo_id=repo_id,
+                                                           new_owner=Pubkey.from_string(membership.owner))])
+            return await self._repository(chain, repo)
+        instructions = []
+        if state.policy_hash != want_policy:
+            instructions.append(program.set_policy(self.program, owner=me, repo_id=repo_id, policy_hash=want_policy))
+        want = desired_members(membership, at_ms=now_ms())
+        held = dict(state.members)
+        for key in held.keys() - want.keys():  # removals first: they free places
+            instructions.append(program.remove_member(self.program, owner=me, repo_id=repo_id,
+                                                      member=Pubkey.from_string(key)))
+        for key, role in want.items():
+            if held.get(key) != role:
+                instructions.append(program.add_member(self.program, owner=me, repo_id=repo_id,
+                                                       member=Pubkey.from_string(key), role=role))
+        for start in range(0, len(instructions), MAX_INSTRUCTIONS):
+            await self._send(chain, instructions[start:start + MAX_INSTRUCTIONS])
+        return await self._repository(chain, repo) if instructions else state
+
+    # -- the branches' merges ------------------------------------------------------------------------------
+
+    async def _record_merges(self, chain: Any, repo: Repo, membership: Membership, state: Any) -> None:
+        from solders.pubkey import Pubkey
+
+        from ..protocol.anchoring import registry as program
+
+        me, now = self.identity.public_key, now_ms()
+        for branch in await trio.to_thread.run_sync(round_branches, repo):
+            least = "maintainer" if branch in PROTECTED_BRANCHES else "contributor"
+            if me != state.owner and (state.role_of(me) is None or state.role_of(me) < _ROLE[least]):
+                continue  # the program would refuse this node's record
+            recorded = await self._branch(chain, repo, branch)
+            for merge in await trio.to_thread.run_sync(self._missing, repo, branch, recorded):
+                if merge.author != me and now - merge.timestamp_ms < GRACE_MS:
+                    break  # its aggregator records it first
+                previous = recorded.head if recorded is not None else bytes(32)
+                await self._send(chain, [program.record_merge(
+                    self.program, repo_id=bytes.fromhex(repo.id), authority=Pubkey.from_string(me), branch=branch,
+                    previous=previous, commit=bytes.fromhex(merge.id), round=int(merge.meta["round"]))])
+                self.counts["merges_recorded"] += 1
+                recorded = await self._branch(chain, repo, branch)
+
+    async def _branch(self, chain: Any, repo: Repo, branch: str) -> Any:
+        from ..protocol.anchoring.registry import branch_address, decode_branch, repository_address
+
+        repository = repository_address(self.program, bytes.fromhex(repo.id))[0]
+        account = await chain.account(str(branch_address(self.program, repository, branch)[0]))
+        return decode_branch(account.data) if account is not None and account.data else None
+
+    def _missing(self, repo: Repo, branch: str, recorded: Any) -> list[Any]:
+        """The round merges of ``branch`` (the latest ``RECENT``) after the one the chain records, oldest first;
+        none if the chain's head is not one of them (another history: nothing here extends it)."""
+        merges, cursor = [], repo.head(branch)
+        while cursor is not None and len(merges) < RECENT:
+            commit = repo.commit(cursor)
+            if recorded is not None and commit.id == recorded.head.hex():
+                return merges[::-1]
+            if commit.kind == "round":
+                merges.append(commit)
+            cursor = commit.parents[0] if commit.parents else None
+        return merges[::-1][-1:] if recorded is None else []  # a branch's first record: its latest merge
+
+    async def _send(self, chain: Any, instructions: list[Any]) -> None:
+        from solders.keypair import Keypair
+        from solders.transaction import Transaction
+
+        payer = Keypair.from_bytes(self.identity.keypair_bytes())
+        await fund(chain, str(payer.pubkey()))
+        tx = Transaction.new_signed_with_payer(instructions, payer.pubkey(), [payer], await chain.latest_blockhash())
+        signature = await chain.send(bytes(tx))
+        await confirmed(chain, signature, self.commitment, "registry transaction")
+        self.counts["transactions"] += 1
+
+    # -- what a person sees --------------------------------------------------------------------------------
+
+    async def describe(self, repo: Repo) -> dict[str, Any]:
+        """The registry's accounts for ``repo`` next to this node's view of it."""
+        from ..protocol.anchoring.chain import Chain, explorer_url
+        from ..protocol.anchoring.registry import repository_address
+
+        membership = await trio.to_thread.run_sync(repo.members.current)
+        address = str(repository_address(self.program, bytes.fromhex(repo.id))[0])
+        chain = Chain(self.cluster)
+        try:
+            state = await self._repository(chain, repo)
+            shown: dict[str, Any] = {"program": str(self.program), "cluster": self.cluster, "address": address,
+                                     "explorer": explorer_url(self.cluster, address=address),
+                                     "exists": state is not None, "error": self.errors.get(repo.id)}
+            if state is None:
+                return shown
+            shown.update(owner=state.owner, owner_matches=state.owner == membership.owner,
+                         policy_matches=state.policy_hash == policy_hash(membership),
+                         members=[{"key": k, "role": ROLES[r]} for k, r in state.members],
+                         members_match=dict(state.members) == desired_members(membership, at_ms=now_ms()),
+                         branches={})
+            for branch in await trio.to_thread.run_sync(round_branches, repo):
+                recorded = await self._branch(chain, repo, branch)
+                if recorded is not None:
+                    head = CommitId(recorded.head.hex())
+                    known = await trio.to_thread.run_sync(repo.objects.has, head)
+                    shown["branches"][branch] = {"head": head, "round": recorded.round, "merges": recorded.merges,
+                                                 "last_author": recorded.last_author, "known_here": known}
+            return shown
+        finally:
+            await chain.close()
+
+
+def register_methods(registry: Registry, repos: RepoSet, service: RegistryService | None) -> None:
+    @registry.method(
+        "repo.registry", "A repository in the flair_registry program (chain.registry): its owner, policy and members "
+        "on chain next to this node's, and each branch's recorded head merge and round.",
+        params=(Param("repo", {"type": "string", "maxLength": 200}, "repository id, id prefix or name"),),
+        result={"type": "object"})
+    async def repo_registry(repo: str) -> dict[str, Any]:
+        if service is None:
+            raise InvalidInput("this node has no chain.registry: set the flair_registry program's address in its "
+                               "config")
+        return await service.describe(await trio.to_thread.run_sync(repos.open, repo))
