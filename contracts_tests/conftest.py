@@ -15,7 +15,7 @@ from solders.transaction_metadata import TransactionMetadata
 from flair_node.core.cid import RAW, cid_for
 from flair_node.core.ids import BranchName, CommitId, RepoId
 from flair_node.protocol.anchoring import AnchorRecord, commit_mint, commit_nft_transaction
-from flair_node.testing.program import anchor_build
+from flair_node.testing.program import registry_program
 
 NODE_SECRET = bytes(range(32))
 REPO = RepoId("7f3a" + "0" * 58 + "01")
@@ -79,9 +79,4 @@ def registry_so() -> Path:
     anchor_program is not a package, so its build.py is loaded by path. Without clang-19 this fails rather than
     skips: CI installs it (scripts/bootstrap).
     """
-    build = anchor_build()
-    try:
-        program: Path = build.build()
-    except build.BuildError as exc:
-        pytest.fail(f"building the on-chain program failed: {exc}", pytrace=False)
-    return program
+    return registry_program()

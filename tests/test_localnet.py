@@ -47,7 +47,7 @@ from flair_node.daemon.localnet import LocalChain, LocalnetServer, ProgramRefuse
 from flair_node.protocol.anchoring import registry
 from flair_node.protocol.anchoring.chain import Chain
 from flair_node.testing.localnet import running_localnet
-from flair_node.testing.program import anchor_build
+from flair_node.testing.program import registry_program
 
 MEMO_PROGRAM = Pubkey.from_string("MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr")
 UPGRADEABLE_LOADER = "BPFLoaderUpgradeab1e11111111111111111111111"
@@ -409,14 +409,8 @@ def test_state_survives_a_restart(tmp_path):
 
 @pytest.fixture(scope="module")
 def registry_so() -> Path:
-    """flair_registry built by anchor_program/build.py (loaded by path: anchor_program is not a package), rebuilt
-    only when a source is newer than the .so."""
-    build = anchor_build()
-    try:
-        program: Path = build.build()
-    except build.BuildError as exc:
-        pytest.fail(f"building the on-chain program failed: {exc}", pytrace=False)
-    return program
+    """flair_registry built by anchor_program/build.py, rebuilt only when a source is newer than the .so."""
+    return registry_program()
 
 
 def on_chain(url, scenario):

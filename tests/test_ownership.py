@@ -97,7 +97,7 @@ async def test_the_token_is_minted_handed_over_and_claimed_back_and_every_move_c
 
             # every change the owner's node signed is written on chain as a memo
             for change in owner._due_memos(repo):
-                await owner._memo(repo, change)
+                await owner._memo(owner.chain(), repo, change)
             shown = await owner.describe(repo)
             assert shown["owner_holds_token"] is True and len(shown["handovers"]) == 2
             signed = [c for c in repo.members.changes() if c.author == OWNER.public_key]

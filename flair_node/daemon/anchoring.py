@@ -39,7 +39,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,19 +78,11 @@ class AnchorService:
         repos.pins.append(self._metadata_roots)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from ..protocol.anchoring.chain import Chain
+        await each_pass(self.repos, self.cluster, self.every, self._pass, task_status=task_status)
 
-        chain = Chain(self.cluster)
-        task_status.started()
-        try:
-            while True:
-                await trio.sleep(self.every)
-                for repo in await trio.to_thread.run_sync(self.repos.all):
-                    for merge, mine in await trio.to_thread.run_sync(self._due, repo):
-                        await self._attempt(chain, repo, merge, mine)
-        finally:
-            with trio.CancelScope(shield=True):
-                await chain.close()
+    async def _pass(self, chain: Any, repo: Repo) -> None:
+        for merge, mine in await trio.to_thread.run_sync(self._due, repo):
+            await self._attempt(chain, repo, merge, mine)
 
     def status(self) -> dict[str, Any]:
         return {"cluster": self.cluster, "address": self.identity.public_key, **self.counts}
@@ -343,6 +335,24 @@ class AnchorService:
             if isinstance(cid, str):
                 roots.append((cid, MAX_METADATA_BYTES))
         return roots
+
+
+async def each_pass(repos: RepoSet, cluster: str, every: float, step: Callable[[Any, Repo], Awaitable[None]], *,
+                    task_status: trio.TaskStatus[None]) -> None:
+    """A chain service's loop: every ``every`` seconds, ``step(chain, repo)`` for each repository, with one
+    client of ``cluster`` closed on the way out (also when cancelled)."""
+    from ..protocol.anchoring.chain import Chain
+
+    chain = Chain(cluster)
+    task_status.started()
+    try:
+        while True:
+            await trio.sleep(every)
+            for repo in await trio.to_thread.run_sync(repos.all):
+                await step(chain, repo)
+    finally:
+        with trio.CancelScope(shield=True):
+            await chain.close()
 
 
 async def landed_transaction(chain: Any, signature: str, commitment: str) -> Any:

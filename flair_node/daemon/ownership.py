@@ -45,6 +45,7 @@ from .anchoring import (
     MAX_BACKOFF_S,
     MAX_METADATA_BYTES,
     confirmed,
+    each_pass,
     fund,
     landed_transaction,
     rent_of,
@@ -78,17 +79,16 @@ class OwnershipService:
         return self._chain
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
         try:
-            while True:
-                await trio.sleep(self.every)
-                for repo in await trio.to_thread.run_sync(self.repos.all):
-                    for change in await trio.to_thread.run_sync(self._due_memos, repo):
-                        await self._memo(repo, change)
+            await each_pass(self.repos, self.cluster, self.every, self._memos, task_status=task_status)
         finally:
             with trio.CancelScope(shield=True):
                 if self._chain is not None:
                     await self._chain.close()
+
+    async def _memos(self, chain: Any, repo: Repo) -> None:
+        for change in await trio.to_thread.run_sync(self._due_memos, repo):
+            await self._memo(chain, repo, change)
 
     # -- minting and handing over -------------------------------------------------------------------------
 
@@ -280,13 +280,12 @@ class OwnershipService:
                 due.append(change)
         return due
 
-    async def _memo(self, repo: Repo, change: MembershipChange) -> None:
+    async def _memo(self, chain: Any, repo: Repo, change: MembershipChange) -> None:
         from solders.keypair import Keypair
         from solders.transaction import Transaction
 
         from ..protocol.anchoring import membership_memo, memo_instruction
 
-        chain = self.chain()
         state = await trio.to_thread.run_sync(self._load, repo)
         entry = state.setdefault("memos", {}).setdefault(change.id, {"seq": change.seq, "attempts": 0})
         try:

@@ -36,7 +36,7 @@ from ..core.ids import CommitId, short
 from ..core.membership import PROTECTED_BRANCHES, ROLES, Membership
 from ..storage.repo import Repo, now_ms
 from ..storage.repos import RepoSet
-from .anchoring import confirmed, fund
+from .anchoring import confirmed, each_pass, fund
 from .rounds import round_branches
 
 log = logging.getLogger(__name__)
@@ -74,18 +74,7 @@ class RegistryService:
         self.errors: dict[str, str] = {}  # repository id -> the last failure, until a pass succeeds
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from ..protocol.anchoring.chain import Chain
-
-        chain = Chain(self.cluster)
-        task_status.started()
-        try:
-            while True:
-                await trio.sleep(self.every)
-                for repo in await trio.to_thread.run_sync(self.repos.all):
-                    await self.sync(chain, repo)
-        finally:
-            with trio.CancelScope(shield=True):
-                await chain.close()
+        await each_pass(self.repos, self.cluster, self.every, self.sync, task_status=task_status)
 
     def status(self) -> dict[str, Any]:
         return {"program": str(self.program), **self.counts, "failing": len(self.errors)}
