@@ -10,7 +10,7 @@ import pytest
 from solders.keypair import Keypair
 from solders.litesvm import LiteSVM
 from solders.transaction import Transaction
-from solders.transaction_metadata import TransactionMetadata
+from solders.transaction_metadata import FailedTransactionMetadata, TransactionMetadata
 
 from flair_node.core.cid import RAW, cid_for
 from flair_node.core.ids import BranchName, CommitId, RepoId
@@ -48,6 +48,12 @@ def anchor(svm: LiteSVM, payer: Keypair, record: AnchorRecord, uri: str = URI) -
     result = svm.send_transaction(tx)
     assert isinstance(result, TransactionMetadata), result
     return Anchored(svm, payer, mint, record, uri, tx, result, before - svm.get_balance(payer.pubkey()))
+
+
+def failed(result: TransactionMetadata | FailedTransactionMetadata) -> str:
+    """The error and logs of a transaction the chain refused; the test fails if it landed."""
+    assert isinstance(result, FailedTransactionMetadata), "the transaction should have been refused"
+    return str(result.err()) + "\n" + "\n".join(result.meta().logs())
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from solders.keypair import Keypair
 from solders.message import Message
 from solders.signature import Signature
 from solders.transaction import Transaction
-from solders.transaction_metadata import FailedTransactionMetadata, TransactionMetadata
+from solders.transaction_metadata import TransactionMetadata
 
 from flair_node.core.errors import IntegrityError, InvalidInput
 from flair_node.core.ids import BranchName, CommitId
@@ -37,14 +37,9 @@ from flair_node.protocol.anchoring import (
 )
 from flair_node.protocol.anchoring import token2022 as t22
 
-from .conftest import NODE_SECRET, PROOF, URI, Anchored, anchor
+from .conftest import NODE_SECRET, PROOF, URI, Anchored, anchor, failed
 
 ATA_SIZE = 170  # a Token-2022 token account with the ImmutableOwner extension the ATA program adds
-
-
-def failed(result: TransactionMetadata | FailedTransactionMetadata) -> str:
-    assert isinstance(result, FailedTransactionMetadata), "the transaction should have been refused"
-    return str(result.err()) + "\n" + "\n".join(result.meta().logs())
 
 
 def mint_state(a: Anchored) -> t22.MintAccount:

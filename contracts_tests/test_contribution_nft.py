@@ -13,7 +13,7 @@ import pytest
 from solders.keypair import Keypair
 from solders.litesvm import LiteSVM
 from solders.transaction import Transaction
-from solders.transaction_metadata import FailedTransactionMetadata, TransactionMetadata
+from solders.transaction_metadata import TransactionMetadata
 
 from flair_node.core.errors import IntegrityError, InvalidInput
 from flair_node.core.ids import BranchName, CommitId, RepoId
@@ -45,7 +45,7 @@ from flair_node.protocol.anchoring import (
 )
 from flair_node.protocol.anchoring import token2022 as t22
 
-from .conftest import IMMUTABLE_METADATA, NODE_SECRET, PROOF, URI
+from .conftest import IMMUTABLE_METADATA, NODE_SECRET, PROOF, URI, failed
 
 CONTRIBUTION = CommitId("5e" * 32)
 LONGEST_URI = "https://ipfs.io/ipfs/" + PROOF
@@ -60,11 +60,6 @@ class Minted:
     record: AnchorRecord
     tx: Transaction
     logs: list[str]
-
-
-def failed(result: TransactionMetadata | FailedTransactionMetadata) -> str:
-    assert isinstance(result, FailedTransactionMetadata), "the transaction should have been refused"
-    return str(result.err()) + "\n" + "\n".join(result.meta().logs())
 
 
 def mint_nft(svm: LiteSVM, payer: Keypair, record: AnchorRecord, contribution: CommitId = CONTRIBUTION,

@@ -20,7 +20,7 @@ from solders.keypair import Keypair
 from solders.litesvm import LiteSVM
 from solders.pubkey import Pubkey
 from solders.transaction import Transaction
-from solders.transaction_metadata import FailedTransactionMetadata, TransactionMetadata
+from solders.transaction_metadata import TransactionMetadata
 
 from flair_node.core.errors import IntegrityError, InvalidInput
 from flair_node.core.ids import CommitId, PublicKey, RecordId, RepoId
@@ -66,7 +66,7 @@ from flair_node.protocol.anchoring.chain import (
     token_moves,
 )
 
-from .conftest import IMMUTABLE_METADATA, NODE_SECRET, PROOF, REPO, URI
+from .conftest import IMMUTABLE_METADATA, NODE_SECRET, PROOF, REPO, URI, failed
 
 NAME = "mnist-classifier"
 CHANGE = RecordId("c4" * 32)
@@ -82,11 +82,6 @@ class Minted:
     mint: Keypair
     tx: Transaction
     logs: list[str]
-
-
-def failed(result: TransactionMetadata | FailedTransactionMetadata) -> str:
-    assert isinstance(result, FailedTransactionMetadata), "the transaction should have been refused"
-    return str(result.err()) + "\n" + "\n".join(result.meta().logs())
 
 
 def mint_token(svm: LiteSVM, payer: Keypair, repo: str = REPO, name: str = NAME, uri: str = URI) -> Minted:

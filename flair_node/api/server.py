@@ -7,10 +7,9 @@ The API answers ``POST /`` only, with a JSON body of at most ``max_body`` bytes 
 TOKEN``. Every JSON-RPC answer -- a result or an error -- is HTTP 200; HTTP errors (401, 404, 405, 413, ...)
 carry a JSON-RPC error object too, so a client always has a message to show. ``rpc.discover`` is built in.
 
-Each connection is served in its own task that catches its own errors, so one misbehaving client or one failing
-method never takes the daemon down. A connection waits at most ``idle_timeout`` for its next request, which
-must then arrive in full within ``request_timeout``; the answer must be taken within ``request_timeout`` too.
-Handlers themselves run without a deadline (a merge of large models takes what it takes).
+HTTP itself (connections, timeouts, bounded bodies, refusals) is ``api.http``'s, shared with the localnet. A
+failing method never takes the daemon down, and handlers run without a deadline (a merge of large models takes
+what it takes).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import ipaddress
 import json
 import logging
 import math
-from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -29,16 +27,12 @@ import trio
 from .. import __version__
 from ..core.errors import FlairError, InvalidInput
 from .errors import InternalError, InvalidRequest, ParseError
+from .http import IDLE_TIMEOUT, REQUEST_TIMEOUT, HttpServer, header
 from .registry import DISCOVER, Method, Registry, discover_method, json_type, validate_params
 
 log = logging.getLogger(__name__)
 
-IDLE_TIMEOUT = 30.0
-REQUEST_TIMEOUT = 30.0
-LINGER_TIMEOUT = 2.0  # after refusing a request, how long to read (and drop) the rest of its body
 MAX_BATCH = 1000
-MAX_HEADER_BYTES = 16 * 1024
-RECEIVE_SIZE = 64 * 1024
 REFUSAL_LOG_INTERVAL = 60.0
 TOKEN_HINT = "missing or wrong API token: read it from HOME/api.json"
 UNAUTHORIZED_CODE = -32001  # core.errors.Unauthorized.code
@@ -64,12 +58,9 @@ class ApiServer:
             raise InvalidInput(f"max_body must be at least 1 byte, got {max_body}")
         self.registry = registry
         self.host = host
-        self.port = port
-        self.max_body = max_body
-        self.idle_timeout = idle_timeout
-        self.request_timeout = request_timeout
-        #: ``http://127.0.0.1:PORT/`` once ``run`` is listening.
-        self.url: str | None = None
+        self._http = HttpServer(self.answer, lambda message: _error_body(InvalidRequest(message)), name="API",
+                                host=host, port=port, max_body=max_body, idle_timeout=idle_timeout,
+                                request_timeout=request_timeout, url_path="/")
         #: Requests refused for a missing or wrong token (logged at most once a minute).
         self.refused_requests = 0
         self._token = token.encode()
@@ -78,27 +69,12 @@ class ApiServer:
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, report the URL through ``task_status.started``, and serve until cancelled."""
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
-        try:
-            address, port = listeners[0].socket.getsockname()[:2]
-            self.url = f"http://[{address}]:{port}/" if ":" in address else f"http://{address}:{port}/"
-            log.info("JSON-RPC API listening on %s", self.url)
-            task_status.started(self.url)
-            await trio.serve_listeners(self._serve_connection, listeners)
-        finally:
-            with trio.CancelScope(shield=True):
-                for listener in listeners:
-                    await listener.aclose()
+        await self._http.run(task_status=task_status)
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        try:
-            await _Connection(self, stream).serve()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
-            log.debug("API connection dropped: %r", exc)
-        except Exception:  # one connection's failure must not end the server
-            log.exception("API connection failed")
-        finally:
-            await trio.aclose_forcefully(stream)
+    @property
+    def url(self) -> str | None:
+        """``http://127.0.0.1:PORT/`` once ``run`` is listening."""
+        return self._http.url
 
     async def answer(self, request: h11.Request, body: bytes) -> tuple[int, bytes | None, list[tuple[str, str]]]:
         """HTTP status, body and extra headers answering one complete request."""
@@ -109,12 +85,12 @@ class ApiServer:
             method = request.method.decode("ascii", "replace")
             return 405, _error_body(InvalidRequest(f"{method} is not supported: POST JSON-RPC 2.0 requests to /")), \
                 [("allow", "POST")]
-        if not self._authorized(_header(request, b"authorization")):
+        if not self._authorized(header(request, b"authorization")):
             self._note_refusal()
             error = {"code": UNAUTHORIZED_CODE, "message": TOKEN_HINT}
             return 401, json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode(), \
                 [("www-authenticate", 'Bearer realm="flair-node"')]
-        content_type = _header(request, b"content-type")
+        content_type = header(request, b"content-type")
         if content_type is not None and content_type.split(b";")[0].strip().lower() != b"application/json":
             shown = content_type.decode("ascii", "replace")
             return 415, _error_body(InvalidRequest(f"content type {shown} is not supported: send "
@@ -178,127 +154,6 @@ class ApiServer:
             self._last_refusal_log = now
             log.warning("refused an API request with a missing or wrong token (%d so far); clients read the "
                         "token from HOME/api.json", self.refused_requests)
-
-
-class _Refused(Exception):
-    """A request answered with an HTTP error before it was read in full; the connection is closed after."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class _Connection:
-    """One HTTP/1.1 connection: requests one after another (keep-alive) until the client or a timeout ends it."""
-
-    def __init__(self, server: ApiServer, stream: trio.SocketStream) -> None:
-        self.server = server
-        self.stream = stream
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-
-    async def serve(self) -> None:
-        while await self._wait_for_request():
-            try:
-                with trio.fail_after(self.server.request_timeout):
-                    request, body = await self._read_request()
-            except EOFError:
-                return
-            except trio.TooSlowError:
-                await self._refuse(408, f"request not received in full within {self.server.request_timeout:g} s")
-                return
-            except _Refused as exc:
-                await self._refuse(exc.status, str(exc))
-                return
-            except h11.RemoteProtocolError as exc:
-                await self._refuse(exc.error_status_hint, f"malformed HTTP request: {exc}")
-                return
-            status, payload, headers = await self.server.answer(request, body)
-            with trio.fail_after(self.server.request_timeout):
-                await self._send(status, payload, headers)
-            if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
-                return  # the client asked to close, or spoke HTTP/1.0
-            self.conn.start_next_cycle()
-
-    async def _wait_for_request(self) -> bool:
-        """Wait up to the idle timeout for the next request to start; False when the connection should close."""
-        if self.conn.trailing_data[0]:  # the client already sent (part of) it
-            return True
-        with trio.move_on_after(self.server.idle_timeout):
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-            self.conn.receive_data(data)
-            return bool(data)
-        log.debug("closing an API connection idle for %g s", self.server.idle_timeout)
-        return False
-
-    async def _read_request(self) -> tuple[h11.Request, bytes]:
-        request = await self._next_event()
-        if not isinstance(request, h11.Request):
-            raise EOFError
-        length = _header(request, b"content-length")
-        if length is not None and int(length) > self.server.max_body:
-            raise _Refused(413, f"request body of {int(length)} bytes is over the limit of "
-                                f"{self.server.max_body} bytes")
-        if self.conn.client_is_waiting_for_100_continue:
-            await self.stream.send_all(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-        body = bytearray()
-        while True:
-            event = await self._next_event()
-            if isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > self.server.max_body:
-                    raise _Refused(413, f"request body is over the limit of {self.server.max_body} bytes")
-            elif isinstance(event, h11.EndOfMessage):
-                return request, bytes(body)
-            else:
-                raise EOFError
-
-    async def _next_event(self) -> Any:
-        while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            self.conn.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
-
-    async def _send(self, status: int, body: bytes | None, headers: list[tuple[str, str]], *,
-                    close: bool = False) -> None:
-        all_headers = [("cache-control", "no-store"), *headers]
-        if body is not None:
-            all_headers += [("content-type", "application/json"), ("content-length", str(len(body)))]
-        if close:
-            all_headers.append(("connection", "close"))
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = ""
-        out = self.conn.send(h11.Response(status_code=status, headers=all_headers, reason=reason)) or b""
-        if body:
-            out += self.conn.send(h11.Data(data=body)) or b""
-        out += self.conn.send(h11.EndOfMessage()) or b""
-        await self.stream.send_all(out)
-
-    async def _refuse(self, status: int, message: str) -> None:
-        """Answer ``status`` if HTTP still allows an answer, then read and drop what the client still sends.
-
-        Closing a socket with unread data makes the kernel reset the connection, and the client would see
-        the reset instead of the answer; so the rest of the request is drained for a moment first.
-        """
-        log.debug("refusing an API request with HTTP %d: %s", status, message)
-        try:
-            with trio.fail_after(self.server.request_timeout):
-                await self._send(status, _error_body(InvalidRequest(message)), [], close=True)
-        except h11.LocalProtocolError:  # too early in the request for an HTTP answer
-            return
-        with trio.move_on_after(LINGER_TIMEOUT):
-            await self.stream.send_eof()
-            while await self.stream.receive_some(RECEIVE_SIZE):
-                pass
-
-
-def _header(request: h11.Request, name: bytes) -> bytes | None:
-    for key, value in request.headers:  # h11 lower-cases header names
-        if key == name:
-            return bytes(value)
-    return None
 
 
 def _error_reply(req_id: Any, error: FlairError) -> str:

@@ -57,7 +57,6 @@ import signal
 import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +71,7 @@ from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 
 from ..api.errors import InternalError, InvalidRequest, MethodNotFound, ParseError
+from ..api.http import HttpServer, header
 from ..core.errors import FlairError, InvalidInput
 from .localchain import (
     FAUCET_LAMPORTS,
@@ -96,8 +96,6 @@ MAX_SIGNATURE_STATUSES = 256
 MAX_BASE58_ACCOUNT_BYTES = 128
 MAX_BODY = 1 << 20
 MAX_BATCH = 1000
-REQUEST_TIMEOUT = 30.0  # for the next request on a connection to arrive in full, and for its answer to be taken
-RECEIVE_SIZE = 64 * 1024
 Handler = Callable[[list[Any]], Awaitable[Any]]
 
 
@@ -109,11 +107,8 @@ class LocalnetServer:
             raise InvalidInput(f"localnet host {host} is not a loopback address: it serves only 127.0.0.1 or ::1",
                                host=host)
         self.chain = chain
-        self.host = host
-        self.port = port
-        self.max_body = max_body
-        #: ``http://127.0.0.1:PORT`` once ``run`` is listening.
-        self.url: str | None = None
+        self._http = HttpServer(self.answer, lambda message: _error_body(InvalidRequest(f"Invalid request: {message}")),
+                                name="localnet JSON-RPC", host=host, port=port, max_body=max_body)
         self._landing = trio.Lock()  # transactions land one at a time, each persisted before the next
         self._methods: dict[str, Handler] = {
             "getHealth": _constant("ok"), "getGenesisHash": _constant(chain.genesis_hash),
@@ -129,42 +124,25 @@ class LocalnetServer:
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, report the URL through ``task_status.started``, and serve until cancelled."""
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
-        try:
-            port = listeners[0].socket.getsockname()[1]
-            self.url = f"http://[{self.host}]:{port}" if ":" in self.host else f"http://{self.host}:{port}"
-            log.info("localnet JSON-RPC listening on %s", self.url)
-            task_status.started(self.url)
-            await trio.serve_listeners(self._serve_connection, listeners)
-        finally:
-            with trio.CancelScope(shield=True):
-                for listener in listeners:
-                    await listener.aclose()
+        await self._http.run(task_status=task_status)
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        try:
-            await _Connection(self, stream).serve()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, h11.ProtocolError) as exc:
-            log.debug("localnet connection dropped: %r", exc)
-        except Exception:  # one connection's failure must not end the server
-            log.exception("localnet connection failed")
-        finally:
-            await trio.aclose_forcefully(stream)
+    @property
+    def url(self) -> str | None:
+        """``http://127.0.0.1:PORT`` once ``run`` is listening."""
+        return self._http.url
 
-    async def answer(self, request: h11.Request, body: bytes) -> tuple[int, bytes, str]:
-        """HTTP status, body and content type answering one complete request."""
+    async def answer(self, request: h11.Request, body: bytes) -> tuple[int, bytes | None, list[tuple[str, str]]]:
+        """HTTP status, body and headers answering one complete request."""
         if request.method == b"GET" and request.target == b"/health":
-            return 200, b"ok", "text/plain"
+            return 200, b"ok", [("content-type", "text/plain")]
         if request.target != b"/":
-            return 404, _error_body(InvalidRequest("Invalid request: POST JSON-RPC 2.0 requests to /")), \
-                "application/json"
+            return 404, _error_body(InvalidRequest("Invalid request: POST JSON-RPC 2.0 requests to /")), []
         if request.method != b"POST":
-            return 405, _error_body(InvalidRequest("Invalid request: use POST")), "application/json"
-        content_type = _header(request, b"content-type")
+            return 405, _error_body(InvalidRequest("Invalid request: use POST")), [("allow", "POST")]
+        content_type = header(request, b"content-type")
         if content_type is not None and content_type.split(b";")[0].strip().lower() != b"application/json":
-            return 415, _error_body(InvalidRequest("Invalid request: send Content-Type application/json")), \
-                "application/json"
-        return 200, await self.dispatch(body) or b"", "application/json"
+            return 415, _error_body(InvalidRequest("Invalid request: send Content-Type application/json")), []
+        return 200, await self.dispatch(body) or b"", []
 
     async def dispatch(self, body: bytes) -> bytes | None:
         """The encoded JSON-RPC answer to a request body; None when it held only notifications."""
@@ -451,90 +429,6 @@ def _error_body(error: FlairError) -> bytes:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _header(request: h11.Request, name: bytes) -> bytes | None:
-    for key, value in request.headers:  # h11 lower-cases header names
-        if key == name:
-            return bytes(value)
-    return None
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _Connection:
-    """One HTTP/1.1 connection: requests one after another (keep-alive) until the client, an error or a timeout
-    ends it. Each request must arrive in full, and its answer be taken, within ``REQUEST_TIMEOUT``."""
-
-    def __init__(self, server: LocalnetServer, stream: trio.SocketStream) -> None:
-        self.server = server
-        self.stream = stream
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
-
-    async def serve(self) -> None:
-        while True:
-            try:
-                with trio.fail_after(REQUEST_TIMEOUT):
-                    request = await self._next_event()
-                    if not isinstance(request, h11.Request):
-                        return
-                    body = await self._read_body(request)
-            except _TooLarge:
-                limit = self.server.max_body
-                await self._send(413, _error_body(InvalidRequest(f"Invalid request: body over {limit} bytes")),
-                                 "application/json", close=True)
-                with trio.move_on_after(2.0):  # read what the client still sends, so it sees the answer
-                    while await self.stream.receive_some(RECEIVE_SIZE):
-                        pass
-                return
-            except h11.RemoteProtocolError as exc:
-                if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    await self._send(exc.error_status_hint, _error_body(InvalidRequest(f"Invalid request: {exc}")),
-                                     "application/json", close=True)
-                return
-            status, payload, content_type = await self.server.answer(request, body)
-            with trio.fail_after(REQUEST_TIMEOUT):
-                await self._send(status, payload, content_type)
-            if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
-                return  # the client asked to close, or spoke HTTP/1.0
-            self.conn.start_next_cycle()
-
-    async def _next_event(self) -> Any:
-        while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            self.conn.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
-
-    async def _read_body(self, request: h11.Request) -> bytes:
-        length = _header(request, b"content-length")
-        if length is not None and int(length) > self.server.max_body:
-            raise _TooLarge
-        if self.conn.client_is_waiting_for_100_continue:
-            await self.stream.send_all(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-        body = bytearray()
-        while True:
-            event = await self._next_event()
-            if isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > self.server.max_body:
-                    raise _TooLarge
-            elif isinstance(event, h11.EndOfMessage):
-                return bytes(body)
-            else:
-                raise h11.RemoteProtocolError("connection closed mid-request")
-
-    async def _send(self, status: int, body: bytes, content_type: str, *, close: bool = False) -> None:
-        headers = [("content-type", content_type), ("content-length", str(len(body)))]
-        if close:
-            headers.append(("connection", "close"))
-        out = self.conn.send(h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)) or b""
-        if body:
-            out += self.conn.send(h11.Data(data=body)) or b""
-        out += self.conn.send(h11.EndOfMessage()) or b""
-        await self.stream.send_all(out)
 
 
 # -- the command
