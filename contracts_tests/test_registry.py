@@ -1,5 +1,9 @@
 """flair_registry, the on-chain repository registry: its IDL read by anchorpy gives the README's bytes, and the
-program itself, deployed on a real SVM, does what the README says and refuses the rest with its error codes."""
+program itself, deployed on a real SVM, does what the README says and refuses the rest with its error codes.
+
+Registry squatting (issue 16, finding 9) is performed here: a stranger who calls ``create_repository`` for someone
+else's repository before its owner creates only an account at an address of its own, cannot create (or fund away)
+the owner's, and the owner's creation still succeeds."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from solders.litesvm import LiteSVM
 from solders.pubkey import Pubkey
 from solders.rent import Rent
 from solders.system_program import ID as SYSTEM_PROGRAM_ID
+from solders.system_program import TransferParams, transfer
 from solders.transaction import Transaction
 from solders.transaction_metadata import FailedTransactionMetadata, TransactionMetadata
 from solders.transaction_status import InstructionErrorCustom, TransactionErrorInstructionError
@@ -39,7 +44,9 @@ from flair_node.protocol.anchoring.registry import (
     branch_address,
     create_repository,
     decode_branch,
+    decode_legacy_owner,
     decode_repository,
+    legacy_repository_address,
     record_merge,
     registry_error,
     remove_member,
@@ -77,11 +84,11 @@ def metas(ix: Instruction) -> list[tuple[Pubkey, bool, bool]]:
 
 
 def repository_bytes(owner: Pubkey, members: list[tuple[Pubkey, int]], bump: int = 254,
-                     policy: bytes = POLICY) -> bytes:
-    """A Repository account laid out by hand from the README's table."""
+                     policy: bytes = POLICY, genesis: Pubkey | None = None) -> bytes:
+    """A Repository account laid out by hand from the README's table (created by ``genesis``, by default the owner)."""
     slots = b"".join(bytes(key) + bytes([role]) for key, role in members) + bytes(33 * (32 - len(members)))
-    return (bytes.fromhex(README_ACCOUNTS["Repository"]) + REPO_ID + bytes(owner) + policy + bytes([bump])
-            + bytes([len(members)]) + slots)
+    return (bytes.fromhex(README_ACCOUNTS["Repository"]) + REPO_ID + bytes(genesis or owner) + bytes(owner) + policy
+            + bytes([bump]) + bytes([len(members)]) + slots)
 
 
 def branch_bytes(repository: Pubkey, name: bytes, head: bytes, round: int, merges: int, author: Pubkey) -> bytes:
@@ -113,7 +120,7 @@ def test_the_idl_is_anchors_legacy_format() -> None:
 
 
 def test_instructions_are_the_readme_bytes_and_accounts() -> None:
-    repo, _ = repository_address(PROGRAM_ID, REPO_ID)
+    repo, _ = repository_address(PROGRAM_ID, REPO_ID, A)
     ix = create_repository(PROGRAM_ID, owner=A, repo_id=REPO_ID, policy_hash=POLICY)
     assert ix.program_id == PROGRAM_ID and ix.data == disc("create_repository") + REPO_ID + POLICY
     assert metas(ix) == [(repo, False, True), (A, True, True), (SYSTEM_PROGRAM_ID, False, False)]
@@ -123,18 +130,22 @@ def test_instructions_are_the_readme_bytes_and_accounts() -> None:
     assert ix.data == disc("add_member") + bytes(B) + b"\x02" and metas(ix) == [(repo, False, True), (A, True, False)]
     ix = remove_member(PROGRAM_ID, owner=A, repo_id=REPO_ID, member=B)
     assert ix.data == disc("remove_member") + bytes(B) and metas(ix) == [(repo, False, True), (A, True, False)]
-    ix = record_merge(PROGRAM_ID, repo_id=REPO_ID, authority=B, branch="main", previous=C1, commit=C2, round=7)
+    ix = record_merge(PROGRAM_ID, repo_id=REPO_ID, genesis_owner=A, authority=B, branch="main", previous=C1,
+                      commit=C2, round=7)
     assert ix.data == disc("record_merge") + b"\x04\x00\x00\x00main" + C1 + C2 + struct.pack("<Q", 7)
     branch, _ = branch_address(PROGRAM_ID, repo, "main")
     assert metas(ix) == [(repo, False, False), (branch, False, True), (B, True, True),
                          (SYSTEM_PROGRAM_ID, False, False)]
     ix = set_owner(PROGRAM_ID, owner=A, repo_id=REPO_ID, new_owner=B)
     assert ix.data == disc("set_owner") + bytes(B) and metas(ix) == [(repo, False, True), (A, True, False)]
+    # after a handover the owner signs for the account its genesis owner created
+    ix = set_policy(PROGRAM_ID, owner=B, repo_id=REPO_ID, policy_hash=POLICY, genesis_owner=A)
+    assert metas(ix) == [(repo, False, True), (B, True, False)]
 
 
 def test_the_builders_agree_with_anchorpys_program_namespace() -> None:
     program = Program(registry.load_idl(), PROGRAM_ID, Provider(AsyncClient("http://127.0.0.1:9"), Wallet.dummy()))
-    repo, _ = repository_address(PROGRAM_ID, REPO_ID)
+    repo, _ = repository_address(PROGRAM_ID, REPO_ID, A)
     branch, _ = branch_address(PROGRAM_ID, repo, "dev")
     owned = {"repository": repo, "owner": A}
     pairs = [
@@ -149,7 +160,8 @@ def test_the_builders_agree_with_anchorpys_program_namespace() -> None:
          remove_member(PROGRAM_ID, owner=A, repo_id=REPO_ID, member=B)),
         (program.instruction["record_merge"]("dev", C1, C2, 3, ctx=Context(accounts={
             "repository": repo, "branch": branch, "authority": A, "system_program": SYSTEM_PROGRAM_ID})),
-         record_merge(PROGRAM_ID, repo_id=REPO_ID, authority=A, branch="dev", previous=C1, commit=C2, round=3)),
+         record_merge(PROGRAM_ID, repo_id=REPO_ID, genesis_owner=A, authority=A, branch="dev", previous=C1, commit=C2,
+                      round=3)),
         (program.instruction["set_owner"](B, ctx=Context(accounts=owned)),
          set_owner(PROGRAM_ID, owner=A, repo_id=REPO_ID, new_owner=B)),
     ]
@@ -158,20 +170,24 @@ def test_the_builders_agree_with_anchorpys_program_namespace() -> None:
 
 
 def test_addresses_are_the_readme_seeds() -> None:
-    repo, bump = repository_address(PROGRAM_ID, REPO_ID)
-    assert (repo, bump) == Pubkey.find_program_address([b"repository", REPO_ID], PROGRAM_ID)
+    repo, bump = repository_address(PROGRAM_ID, REPO_ID, A)
+    assert (repo, bump) == Pubkey.find_program_address([b"repository", REPO_ID, bytes(A)], PROGRAM_ID)
+    # each genesis owner has its own address for the same id; the id alone was the earlier derivation
+    assert repository_address(PROGRAM_ID, REPO_ID, B)[0] != repo
+    assert legacy_repository_address(PROGRAM_ID, REPO_ID) == Pubkey.find_program_address(
+        [b"repository", REPO_ID], PROGRAM_ID)[0] != repo
     assert branch_address(PROGRAM_ID, repo, "main") == Pubkey.find_program_address(
         [b"branch", bytes(repo), b"main"], PROGRAM_ID)
     assert branch_address(PROGRAM_ID, repo, "é" * 16)[0] != branch_address(PROGRAM_ID, repo, "main")[0]
-    assert repository_address(Pubkey.default(), REPO_ID)[0] != repo
+    assert repository_address(Pubkey.default(), REPO_ID, A)[0] != repo
 
 
 def test_builders_refuse_bad_input() -> None:
     bad: list[dict[str, object]] = [{"repo_id": REPO_ID[:31]}, {"repo_id": REPO}, {"branch": ""},
                                     {"branch": "x" * 33}, {"branch": "é" * 17}, {"round": 0}, {"round": 2**64},
-                                    {"previous": C1[:31]}, {"commit": b""}]
-    ok: dict[str, object] = {"repo_id": REPO_ID, "authority": A, "branch": "main", "previous": C1, "commit": C2,
-                             "round": 1}
+                                    {"previous": C1[:31]}, {"commit": b""}, {"genesis_owner": str(A)}]
+    ok: dict[str, object] = {"repo_id": REPO_ID, "genesis_owner": A, "authority": A, "branch": "main",
+                             "previous": C1, "commit": C2, "round": 1}
     for change in bad:
         with pytest.raises(InvalidInput):
             record_merge(PROGRAM_ID, **{**ok, **change})  # type: ignore[arg-type]
@@ -182,7 +198,9 @@ def test_builders_refuse_bad_input() -> None:
     with pytest.raises(InvalidInput, match="32 bytes"):
         create_repository(PROGRAM_ID, owner=A, repo_id=REPO_ID, policy_hash=POLICY[:16])
     with pytest.raises(InvalidInput):
-        repository_address(PROGRAM_ID, REPO_ID + b"\0")
+        repository_address(PROGRAM_ID, REPO_ID + b"\0", A)
+    with pytest.raises(InvalidInput, match="a genesis owner is a Pubkey"):
+        set_policy(PROGRAM_ID, owner=A, repo_id=REPO_ID, policy_hash=POLICY, genesis_owner=str(A))  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="all-zero key"):
         set_owner(PROGRAM_ID, owner=A, repo_id=REPO_ID, new_owner=Pubkey.default())
     with pytest.raises(InvalidInput, match="owns the repository already"):
@@ -194,13 +212,19 @@ def test_builders_refuse_bad_input() -> None:
 
 
 def test_decoders_read_the_readme_layout() -> None:
-    data = repository_bytes(A, [(B, 2), (PROGRAM_ID, 0)], bump=251)
-    assert len(data) == REPOSITORY_SIZE == 1162
+    data = repository_bytes(A, [(B, 2), (PROGRAM_ID, 0)], bump=251, genesis=B)
+    assert len(data) == REPOSITORY_SIZE == 1194
     state = decode_repository(data)
-    assert state == RepositoryState(repo_id=REPO_ID, owner=str(A), policy_hash=POLICY, bump=251,
-                                    members=((str(B), 2), (str(PROGRAM_ID), 0)))
+    assert state == RepositoryState(repo_id=REPO_ID, genesis_owner=str(B), owner=str(A), policy_hash=POLICY,
+                                    bump=251, members=((str(B), 2), (str(PROGRAM_ID), 0)))
     assert state.member_count == 2 and state.role_of(B) == 2 and state.role_of(A) is None
-    repo, _ = repository_address(PROGRAM_ID, REPO_ID)
+    # the earlier layout (no genesis_owner), as a legacy address may still hold it: only its owner is read
+    legacy = data[:40] + data[72:]
+    assert len(legacy) == 1162 and decode_legacy_owner(legacy) == str(A)
+    for bad in (data, legacy[:-1], bytes(8) + legacy[8:]):
+        with pytest.raises(IntegrityError, match="earlier layout"):
+            decode_legacy_owner(bad)
+    repo, _ = repository_address(PROGRAM_ID, REPO_ID, A)
     data = branch_bytes(repo, "é-main".encode(), C1, 12, 3, B)
     assert len(data) == BRANCH_SIZE == 154
     assert decode_branch(data) == BranchState(repository=str(repo), name="é-main", head=C1, round=12, merges=3,
@@ -213,10 +237,10 @@ def test_decoders_refuse_malformed_accounts() -> None:
     malformed = [
         (decode_repository, branch.ljust(REPOSITORY_SIZE, b"\0"), "not a Repository account"),
         (decode_repository, bytes(REPOSITORY_SIZE), "discriminator"),
-        (decode_repository, repo[:-1], "1162 bytes"),
-        (decode_repository, repo + b"\0", "1162 bytes"),
-        (decode_repository, repo[:105] + b"\x21" + repo[106:], "33 members"),
-        (decode_repository, repo[:138] + b"\x03" + repo[139:], "unknown role"),
+        (decode_repository, repo[:-1], "1194 bytes"),
+        (decode_repository, repo + b"\0", "1194 bytes"),
+        (decode_repository, repo[:137] + b"\x21" + repo[138:], "33 members"),
+        (decode_repository, repo[:170] + b"\x03" + repo[171:], "unknown role"),
         (decode_branch, repo[:BRANCH_SIZE], "not a Branch account"),
         (decode_branch, branch[:40] + b"\x00" + branch[41:], "malformed name"),
         (decode_branch, branch[:40] + b"\x21" + branch[41:], "malformed name"),
@@ -291,8 +315,8 @@ class Registry:
         self.ok(add_member(PROGRAM_ID, owner=self.owner.pubkey(), repo_id=REPO_ID, member=member, role=role))
 
     def merge(self, author: Keypair, previous: bytes, commit: bytes, round: int, branch: str = "main") -> Instruction:
-        return record_merge(PROGRAM_ID, repo_id=REPO_ID, authority=author.pubkey(), branch=branch, previous=previous,
-                            commit=commit, round=round)
+        return record_merge(PROGRAM_ID, repo_id=REPO_ID, genesis_owner=self.owner.pubkey(), authority=author.pubkey(),
+                            branch=branch, previous=previous, commit=commit, round=round)
 
 
 def funded(svm: LiteSVM, seed: int) -> Keypair:
@@ -313,7 +337,8 @@ def replace_account_data(account: Account, data: bytes) -> Account:
 @pytest.fixture
 def deployed(svm: LiteSVM, payer: Keypair, registry_so: Path) -> Registry:
     svm.add_program(PROGRAM_ID, registry_so.read_bytes())
-    return Registry(svm, payer, funded(svm, 11), repository_address(PROGRAM_ID, REPO_ID)[0])
+    owner = funded(svm, 11)
+    return Registry(svm, payer, owner, repository_address(PROGRAM_ID, REPO_ID, owner.pubkey())[0])
 
 
 @pytest.fixture
@@ -336,15 +361,18 @@ def test_create_repository(deployed: Registry) -> None:
     assert before is not None and after is not None
     assert before - after == rent + 5000  # the rent and one signature's fee
     state = deployed.state()
-    assert state == RepositoryState(repo_id=REPO_ID, owner=str(owner), policy_hash=POLICY,
-                                    bump=repository_address(PROGRAM_ID, REPO_ID)[1], members=())
+    assert state == RepositoryState(repo_id=REPO_ID, genesis_owner=str(owner), owner=str(owner), policy_hash=POLICY,
+                                    bump=repository_address(PROGRAM_ID, REPO_ID, owner)[1], members=())
 
 
 def test_a_repository_is_created_once(reg: Registry) -> None:
+    ix = create_repository(PROGRAM_ID, owner=reg.owner.pubkey(), repo_id=REPO_ID, policy_hash=POLICY_2)
+    assert reg.refused(ix) == "6009 AlreadyInUse"
+    # nor can anyone else create it over the owner's: the address is the owner's, the signature would not be
     other = funded(reg.svm, 12)
-    for owner in (reg.owner, other):
-        ix = create_repository(PROGRAM_ID, owner=owner.pubkey(), repo_id=REPO_ID, policy_hash=POLICY_2)
-        assert reg.refused(ix, payer=owner) == "6009 AlreadyInUse"
+    theirs = create_repository(PROGRAM_ID, owner=other.pubkey(), repo_id=REPO_ID, policy_hash=POLICY_2)
+    at_owners = Instruction(PROGRAM_ID, theirs.data, [AccountMeta(reg.repository, False, True), *theirs.accounts[1:]])
+    assert reg.refused(at_owners, payer=other) == "2006 ConstraintSeeds"
     assert reg.state().owner == str(reg.owner.pubkey()) and reg.state().policy_hash == POLICY
 
 
@@ -357,7 +385,7 @@ def test_create_refuses_a_rent_it_cannot_compute(deployed: Registry) -> None:
 
 def test_create_refuses_another_address(deployed: Registry) -> None:
     ix = create_repository(PROGRAM_ID, owner=deployed.owner.pubkey(), repo_id=REPO_ID, policy_hash=POLICY)
-    elsewhere = repository_address(PROGRAM_ID, bytes(32))[0]
+    elsewhere = repository_address(PROGRAM_ID, bytes(32), deployed.owner.pubkey())[0]
     wrong = Instruction(PROGRAM_ID, ix.data, [AccountMeta(elsewhere, False, True), *ix.accounts[1:]])
     assert deployed.refused(wrong) == "2006 ConstraintSeeds"
 
@@ -371,7 +399,8 @@ def test_set_policy_by_the_owner(reg: Registry) -> None:
 
 def test_set_policy_by_another_signer_is_refused(reg: Registry) -> None:
     other = funded(reg.svm, 12)
-    ix = set_policy(PROGRAM_ID, owner=other.pubkey(), repo_id=REPO_ID, policy_hash=POLICY_2)
+    ix = set_policy(PROGRAM_ID, owner=other.pubkey(), repo_id=REPO_ID, policy_hash=POLICY_2,
+                    genesis_owner=reg.owner.pubkey())
     assert reg.refused(ix, payer=other) == "6000 NotOwner"
     reg.add(other.pubkey(), Role.MAINTAINER)  # a maintainer is not the owner either
     assert reg.refused(ix, payer=other) == "6000 NotOwner"
@@ -434,7 +463,7 @@ def test_remove_member(reg: Registry) -> None:
     # The last member takes the removed one's place; the freed slot is zeroed.
     assert reg.state().members == ((str(c), 0), (str(B), 1))
     account = reg.svm.get_account(reg.repository)
-    assert account is not None and bytes(account.data)[106 + 2 * 33:] == bytes(33 * 30)
+    assert account is not None and bytes(account.data)[138 + 2 * 33:] == bytes(33 * 30)
     reg.ok(remove_member(PROGRAM_ID, owner=reg.owner.pubkey(), repo_id=REPO_ID, member=B))
     assert reg.state().members == ((str(c), 0),)
     assert reg.state().role_of(A) is None
@@ -445,8 +474,8 @@ def test_remove_a_non_member_is_refused(reg: Registry) -> None:
     assert reg.refused(remove_member(PROGRAM_ID, owner=reg.owner.pubkey(), repo_id=REPO_ID, member=A)) == \
         "6005 NotAMember"
     other = funded(reg.svm, 12)
-    assert reg.refused(remove_member(PROGRAM_ID, owner=other.pubkey(), repo_id=REPO_ID, member=B),
-                       payer=other) == "6000 NotOwner"
+    assert reg.refused(remove_member(PROGRAM_ID, owner=other.pubkey(), repo_id=REPO_ID, member=B,
+                                     genesis_owner=reg.owner.pubkey()), payer=other) == "6000 NotOwner"
 
 
 # -- set_owner --
@@ -461,12 +490,15 @@ def test_set_owner_passes_the_repository(reg: Registry) -> None:
     assert reg.refused(set_policy(PROGRAM_ID, owner=old.pubkey(), repo_id=REPO_ID, policy_hash=POLICY_2)) == \
         "6000 NotOwner"
     assert reg.refused(set_owner(PROGRAM_ID, owner=old.pubkey(), repo_id=REPO_ID, new_owner=B)) == "6000 NotOwner"
-    reg.ok(set_policy(PROGRAM_ID, owner=new.pubkey(), repo_id=REPO_ID, policy_hash=POLICY_2), payer=new)
+    reg.ok(set_policy(PROGRAM_ID, owner=new.pubkey(), repo_id=REPO_ID, policy_hash=POLICY_2,
+                      genesis_owner=old.pubkey()), payer=new)
     # The handover Flair makes: the new owner's node adds the old owner back as a maintainer.
-    reg.ok(add_member(PROGRAM_ID, owner=new.pubkey(), repo_id=REPO_ID, member=old.pubkey(), role=Role.MAINTAINER),
-           payer=new)
-    assert reg.state() == RepositoryState(repo_id=REPO_ID, owner=str(new.pubkey()), policy_hash=POLICY_2,
-                                          bump=state.bump, members=((str(A), 2), (str(old.pubkey()), 2)))
+    reg.ok(add_member(PROGRAM_ID, owner=new.pubkey(), repo_id=REPO_ID, member=old.pubkey(), role=Role.MAINTAINER,
+                      genesis_owner=old.pubkey()), payer=new)
+    # the account stays where its genesis owner created it, and says who that was
+    assert reg.state() == RepositoryState(repo_id=REPO_ID, genesis_owner=str(old.pubkey()), owner=str(new.pubkey()),
+                                          policy_hash=POLICY_2, bump=state.bump,
+                                          members=((str(A), 2), (str(old.pubkey()), 2)))
 
 
 def test_set_owner_to_a_member_takes_it_out_of_the_members(reg: Registry) -> None:
@@ -480,9 +512,10 @@ def test_set_owner_to_a_member_takes_it_out_of_the_members(reg: Registry) -> Non
     assert state.owner == str(new.pubkey()) and state.members == ((str(A), 1), (str(c), 1), (str(B), 0))
     assert state.role_of(new.pubkey()) is None
     account = reg.svm.get_account(reg.repository)
-    assert account is not None and bytes(account.data)[106 + 3 * 33:] == bytes(33 * 29)
+    assert account is not None and bytes(account.data)[138 + 3 * 33:] == bytes(33 * 29)
     # The last member in the list leaves without moving anyone.
-    reg.ok(set_owner(PROGRAM_ID, owner=new.pubkey(), repo_id=REPO_ID, new_owner=B), payer=new)
+    reg.ok(set_owner(PROGRAM_ID, owner=new.pubkey(), repo_id=REPO_ID, new_owner=B, genesis_owner=reg.owner.pubkey()),
+           payer=new)
     assert reg.state().owner == str(B) and reg.state().members == ((str(A), 1), (str(c), 1))
 
 
@@ -498,7 +531,7 @@ def test_set_owner_refuses_the_owner_and_the_zero_key(reg: Registry) -> None:
 
 def test_set_owner_is_for_the_owner(reg: Registry) -> None:
     other = funded(reg.svm, 12)
-    ix = set_owner(PROGRAM_ID, owner=other.pubkey(), repo_id=REPO_ID, new_owner=B)
+    ix = set_owner(PROGRAM_ID, owner=other.pubkey(), repo_id=REPO_ID, new_owner=B, genesis_owner=reg.owner.pubkey())
     assert reg.refused(ix, payer=other) == "6000 NotOwner"
     reg.add(other.pubkey(), Role.MAINTAINER)  # a maintainer is not the owner either
     assert reg.refused(ix, payer=other) == "6000 NotOwner"
@@ -598,13 +631,14 @@ def test_record_merge_refuses_a_branch_name_of_33_bytes(reg: Registry) -> None:
 def test_a_repository_owned_by_another_program_is_refused(deployed: Registry) -> None:
     # The right address and the right bytes, but not this program's account: anyone could have written them.
     owner = deployed.owner.pubkey()
-    bump = repository_address(PROGRAM_ID, REPO_ID)[1]
+    bump = repository_address(PROGRAM_ID, REPO_ID, owner)[1]
     fake = Account(10**9, repository_bytes(owner, [], bump=bump), Keypair.from_seed(bytes([9]) * 32).pubkey())
     deployed.svm.set_account(deployed.repository, fake)
     assert deployed.refused(set_policy(PROGRAM_ID, owner=owner, repo_id=REPO_ID, policy_hash=POLICY_2)) == \
         "3007 AccountOwnedByWrongProgram"
-    assert deployed.refused(record_merge(PROGRAM_ID, repo_id=REPO_ID, authority=owner, branch="main",
-                                         previous=ZERO, commit=C1, round=1)) == "3007 AccountOwnedByWrongProgram"
+    assert deployed.refused(record_merge(PROGRAM_ID, repo_id=REPO_ID, genesis_owner=owner, authority=owner,
+                                         branch="main", previous=ZERO, commit=C1, round=1)) == \
+        "3007 AccountOwnedByWrongProgram"
 
 
 def test_a_repository_with_another_discriminator_is_refused(reg: Registry) -> None:
@@ -630,3 +664,58 @@ def test_unknown_instructions(reg: Registry) -> None:
         "101 InstructionFallbackNotFound"
     assert reg.refused(Instruction(PROGRAM_ID, b"\x28\x85", ix.accounts)) == "100 InstructionMissing"
     assert reg.refused(Instruction(PROGRAM_ID, ix.data[:-1], ix.accounts)) == "102 InstructionDidNotDeserialize"
+
+
+# -- squatting (issue 16, finding 9) --
+
+def test_a_squatter_who_calls_create_first_does_not_take_the_owners_account(deployed: Registry) -> None:
+    owner, squatter = deployed.owner, funded(deployed.svm, 66)
+    # First, with its own key: that creates an account at the address of (repository id, squatter), which no node
+    # derives (they use the owner the genesis record names); the owner's address stays free.
+    deployed.ok(create_repository(PROGRAM_ID, owner=squatter.pubkey(), repo_id=REPO_ID, policy_hash=POLICY_2),
+                payer=squatter)
+    squatted = repository_address(PROGRAM_ID, REPO_ID, squatter.pubkey())[0]
+    assert squatted != deployed.repository and deployed.svm.get_account(deployed.repository) is None
+    # At the owner's address: refused, signing as itself or naming the owner without the owner's signature.
+    theirs = create_repository(PROGRAM_ID, owner=squatter.pubkey(), repo_id=REPO_ID, policy_hash=POLICY_2)
+    at_owners = Instruction(PROGRAM_ID, theirs.data, [AccountMeta(deployed.repository, False, True),
+                                                      *theirs.accounts[1:]])
+    assert deployed.refused(at_owners, payer=squatter) == "2006 ConstraintSeeds"
+    forged = create_repository(PROGRAM_ID, owner=owner.pubkey(), repo_id=REPO_ID, policy_hash=POLICY_2)
+    unsigned = Instruction(PROGRAM_ID, forged.data, [forged.accounts[0], replace_meta(forged.accounts[1],
+                                                                                       is_signer=False),
+                                                     forged.accounts[2]])
+    assert deployed.refused(unsigned, payer=squatter) == "2002 ConstraintSigner"
+    # Lamports sent ahead to the owner's address do not block it either (they are topped up to rent).
+    deployed.ok(transfer(TransferParams(from_pubkey=squatter.pubkey(), to_pubkey=deployed.repository,
+                                        lamports=1_000)), payer=squatter)
+    assert deployed.svm.get_account(deployed.repository) is not None
+    # The real owner's creation, afterwards, succeeds, with the owner's policy and no trace of the squatter.
+    deployed.ok(create_repository(PROGRAM_ID, owner=owner.pubkey(), repo_id=REPO_ID, policy_hash=POLICY))
+    assert deployed.state() == RepositoryState(
+        repo_id=REPO_ID, genesis_owner=str(owner.pubkey()), owner=str(owner.pubkey()), policy_hash=POLICY,
+        bump=repository_address(PROGRAM_ID, REPO_ID, owner.pubkey())[1], members=())
+    account = deployed.svm.get_account(deployed.repository)
+    assert account is not None and account.lamports == deployed.svm.minimum_balance_for_rent_exemption(
+        REPOSITORY_SIZE)
+    # and the owner's repository works as any: the squatter is nobody in it
+    deployed.ok(deployed.merge(owner, ZERO, C1, 1))
+    assert deployed.refused(deployed.merge(squatter, C1, C2, 2), payer=squatter) == "6001 MayNotMoveBranch"
+    assert deployed.refused(set_policy(PROGRAM_ID, owner=squatter.pubkey(), repo_id=REPO_ID, policy_hash=POLICY_2,
+                                       genesis_owner=owner.pubkey()), payer=squatter) == "6000 NotOwner"
+
+
+def test_an_account_another_key_created_cannot_stand_in_for_the_owners(deployed: Registry) -> None:
+    # The squatter's account, bytes and all, placed at the owner's address (which only the program could do): its
+    # genesis owner is a seed the program re-derives, so it is not at its address and nothing accepts it.
+    owner, squatter = deployed.owner.pubkey(), funded(deployed.svm, 66)
+    deployed.ok(create_repository(PROGRAM_ID, owner=squatter.pubkey(), repo_id=REPO_ID, policy_hash=POLICY_2),
+                payer=squatter)
+    squatted = deployed.svm.get_account(repository_address(PROGRAM_ID, REPO_ID, squatter.pubkey())[0])
+    assert squatted is not None
+    deployed.svm.set_account(deployed.repository, squatted)
+    assert deployed.refused(set_policy(PROGRAM_ID, owner=squatter.pubkey(), repo_id=REPO_ID, policy_hash=POLICY,
+                                       genesis_owner=owner), payer=squatter) == "2006 ConstraintSeeds"
+    merge = record_merge(PROGRAM_ID, repo_id=REPO_ID, genesis_owner=owner, authority=squatter.pubkey(),
+                         branch="main", previous=ZERO, commit=C1, round=1)
+    assert deployed.refused(merge, payer=squatter) == "2006 ConstraintSeeds"

@@ -435,7 +435,7 @@ def test_a_program_given_with_program_is_served_across_restarts(tmp_path, regist
     folder, elf = tmp_path / "localnet", registry_so.read_bytes()
     programs = {str(REGISTRY_ID): registry_so}
     repo_id, owner = bytes(range(32)), Keypair()
-    repository = str(registry.repository_address(REGISTRY_ID, repo_id)[0])
+    repository = str(registry.repository_address(REGISTRY_ID, repo_id, owner.pubkey())[0])
     programdata = str(Pubkey.find_program_address([bytes(REGISTRY_ID)], Pubkey.from_string(UPGRADEABLE_LOADER))[0])
 
     async def create(chain):

@@ -1,7 +1,9 @@
 """The registry service against a localnet that serves the flair_registry program: the owner's node creates the
 repository's account and mirrors policy and members there; the round's aggregator records its merge; after a
-handover the old owner passes the account on and the new owner's node takes over. Each pass reads the chain
-first, so a repeated pass sends nothing."""
+handover the old owner passes the account on and the new owner's node takes over; a repository handed over
+before its account existed has it created by its genesis owner's node (the account's address is derived from that
+key), while the new owner's node says why it cannot. Each pass reads the chain first, so a repeated pass sends
+nothing. Squatting attempts are in tests/adversarial/test_chain_attacks.py."""
 
 from __future__ import annotations
 
@@ -94,5 +96,34 @@ async def test_without_the_program_the_failure_is_kept_and_commits_are_untouched
             await owner.sync(chain, repo)
             assert repo.id in owner.errors and owner.counts["failures"] == 1
             assert repo.branches() == heads
+        finally:
+            await chain.close()
+
+
+async def test_a_repository_handed_over_before_its_account_existed(tmp_path):
+    repos, repo, _, _, _ = two_contributions()
+    heir = MEMBERS[0]
+    repo.bind_token(OWNER, ChainRef(GENESIS, MINT, TX, 1))
+    repo.hand_over(OWNER, heir.public_key, ChainRef(GENESIS, MINT, TX[:-1] + "A", 2))
+    with running_localnet(tmp_path / "chain", programs={PROGRAM: registry_program()}) as url:
+        chain = Chain(url)
+        try:
+            new_owner = RegistryService(repos, heir, cluster=url, program=PROGRAM)
+            await new_owner.sync(chain, repo)  # only the genesis owner's key can create the account
+            assert "only the owner its genesis record names" in new_owner.errors[repo.id]
+            assert new_owner.counts["transactions"] == 0 and not (await new_owner.describe(repo))["exists"]
+
+            genesis = RegistryService(repos, OWNER, cluster=url, program=PROGRAM)
+            await genesis.sync(chain, repo)  # creates it and passes it on at once
+            assert genesis.errors == {}, genesis.errors
+            shown = await genesis.describe(repo)
+            assert shown["exists"] and shown["owner"] == heir.public_key and shown["owner_matches"]
+            assert shown["genesis_owner"] == OWNER.public_key
+
+            await new_owner.sync(chain, repo)  # the new owner's node takes over from there
+            shown = await new_owner.describe(repo)
+            assert new_owner.errors == {}, new_owner.errors
+            assert shown["policy_matches"] and shown["members_match"], shown
+            assert {m["key"]: m["role"] for m in shown["members"]}[OWNER.public_key] == "maintainer"
         finally:
             await chain.close()

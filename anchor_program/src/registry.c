@@ -1,5 +1,11 @@
 /* flair_registry: per repository, its owner, policy hash and members; per branch, the head merged commit and its
- * round. Anchor-compatible (discriminators, borsh, framework error codes); the interface is in ../README.md. */
+ * round. Anchor-compatible (discriminators, borsh, framework error codes); the interface is in ../README.md.
+ *
+ * A repository's account is the PDA of ["repository", repo_id, genesis_owner], and create_repository derives it
+ * from its signer: only the key that signs create_repository can create the account at the address of
+ * (repo_id, that key). Flair's nodes look the account up with the owner named in the repository's genesis record
+ * (whose hash is the repo_id), so whoever calls create_repository first for someone else's repository creates an
+ * account at an address of its own that no node reads, and the real owner's creation still succeeds. */
 #include "sol.h"
 
 /* Anchor's framework error codes, and this program's own (from 6000). */
@@ -35,13 +41,16 @@
 #define MAX_MEMBERS 32
 #define MAX_BRANCH_NAME 32
 
-/* Repository: discriminator, repo_id, owner, policy_hash, bump, member_count, members[32] {key, role}. */
+/* Repository: discriminator, repo_id, genesis_owner, owner, policy_hash, bump, member_count, members[32] {key,
+ * role}. genesis_owner is the key that created it (a seed of its address) and never changes; owner moves with
+ * set_owner. */
 #define REPO_REPO_ID 8
-#define REPO_OWNER 40
-#define REPO_POLICY 72
-#define REPO_BUMP 104
-#define REPO_MEMBER_COUNT 105
-#define REPO_MEMBERS 106
+#define REPO_GENESIS_OWNER 40
+#define REPO_OWNER 72
+#define REPO_POLICY 104
+#define REPO_BUMP 136
+#define REPO_MEMBER_COUNT 137
+#define REPO_MEMBERS 138
 #define MEMBER_SIZE 33
 #define REPO_SIZE (REPO_MEMBERS + MAX_MEMBERS * MEMBER_SIZE)
 
@@ -106,16 +115,18 @@ static u64 require_record(const SolParameters *params, const SolAccountInfo *inf
   return SUCCESS;
 }
 
-/* The repository account: this program's, a Repository, at the address its repo_id and bump give. */
+/* The repository account: this program's, a Repository, at the address its repo_id, genesis_owner and bump
+ * give. */
 static u64 require_repository(const SolParameters *params, const SolAccountInfo *info) {
   u64 err = require_record(params, info, DISC_REPOSITORY, REPO_SIZE);
   if (err) return err;
   const u8 *bump = info->data + REPO_BUMP;
-  SolSignerSeed seeds[3] = {{SEED_REPOSITORY, sizeof(SEED_REPOSITORY) - 1},
+  SolSignerSeed seeds[4] = {{SEED_REPOSITORY, sizeof(SEED_REPOSITORY) - 1},
                             {info->data + REPO_REPO_ID, PUBKEY_BYTES},
+                            {info->data + REPO_GENESIS_OWNER, PUBKEY_BYTES},
                             {bump, 1}};
   SolPubkey expected;
-  if (sol_create_program_address(seeds, 3, params->program_id, &expected) != SUCCESS ||
+  if (sol_create_program_address(seeds, 4, params->program_id, &expected) != SUCCESS ||
       !pubkey_eq(&expected, info->key))
     return FAIL(ERR_CONSTRAINT_SEEDS, "the repository is not at its program address");
   return SUCCESS;
@@ -194,7 +205,10 @@ static u64 create_program_account(SolParameters *params, SolAccountInfo *payer, 
 
 /* -- instructions ------------------------------------------------------------------------------------------ */
 
-/* create_repository(repo_id: [u8; 32], policy_hash: [u8; 32]): repository (mut), owner (signer, mut), system. */
+/* create_repository(repo_id: [u8; 32], policy_hash: [u8; 32]): repository (mut), owner (signer, mut), system.
+ * The repository is the PDA of ["repository", repo_id, owner]: the signer is its genesis owner, and a signer
+ * creating an account for someone else's repository id creates one at its own address, which Flair's nodes never
+ * read (they derive the address from the owner the repository's genesis record names). */
 static u64 create_repository(SolParameters *params, const u8 *args, u64 args_len) {
   if (params->ka_num < 3) return FAIL(ERR_ACCOUNT_NOT_ENOUGH_KEYS, "create_repository takes 3 accounts");
   if (args_len != 64) return FAIL(ERR_INSTRUCTION_DID_NOT_DESERIALIZE, "create_repository takes 64 bytes");
@@ -204,16 +218,20 @@ static u64 create_repository(SolParameters *params, const u8 *args, u64 args_len
       (err = require_system_program(&params->ka[2])))
     return err;
   u8 bump;
-  SolSignerSeed seeds[3] = {{SEED_REPOSITORY, sizeof(SEED_REPOSITORY) - 1}, {args, PUBKEY_BYTES}, {&bump, 1}};
+  SolSignerSeed seeds[4] = {{SEED_REPOSITORY, sizeof(SEED_REPOSITORY) - 1},
+                            {args, PUBKEY_BYTES},
+                            {owner->key->x, PUBKEY_BYTES},
+                            {&bump, 1}};
   SolPubkey expected;
-  if (sol_try_find_program_address(seeds, 2, params->program_id, &expected, &bump) != SUCCESS ||
+  if (sol_try_find_program_address(seeds, 3, params->program_id, &expected, &bump) != SUCCESS ||
       !pubkey_eq(&expected, repository->key))
-    return FAIL(ERR_CONSTRAINT_SEEDS, "the repository is not at the program address of its id");
-  SolSignerSeeds signer = {seeds, 3};
+    return FAIL(ERR_CONSTRAINT_SEEDS, "the repository is not at the program address of its id and its signer");
+  SolSignerSeeds signer = {seeds, 4};
   if ((err = create_program_account(params, owner, repository, REPO_SIZE, &signer))) return err;
   u8 *data = repository->data;
   memcpy(data, DISC_REPOSITORY, 8);
   memcpy(data + REPO_REPO_ID, args, PUBKEY_BYTES);
+  memcpy(data + REPO_GENESIS_OWNER, owner->key, PUBKEY_BYTES);
   memcpy(data + REPO_OWNER, owner->key, PUBKEY_BYTES);
   memcpy(data + REPO_POLICY, args + PUBKEY_BYTES, PUBKEY_BYTES);
   data[REPO_BUMP] = bump;

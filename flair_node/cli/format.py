@@ -145,8 +145,9 @@ def owner_text(r: dict[str, Any]) -> str:
 
 def registry_text(r: dict[str, Any]) -> str:
     lines = [f"program      {r['program']} on {r['cluster']}", f"account      {r['address']}   {r['explorer']}"]
+    notice = [f"notice       {r['notice']}"] if r.get("notice") else []
     if not r["exists"]:
-        return "\n".join([*lines, "             not created yet (the owner's node creates it)"]
+        return "\n".join([*lines, "             not created yet (the genesis owner's node creates it)", *notice]
                          + ([f"error        {r['error']}"] if r.get("error") else []))
     def same(ok: bool) -> str:
         return "as here" if ok else "DIFFERS from here (the owner's node brings it in line)"
@@ -157,6 +158,7 @@ def registry_text(r: dict[str, Any]) -> str:
         known = "" if b["known_here"] else "  (a commit this node does not hold)"
         lines.append(f"branch       {name}: head {b['head'][:12]} at round {b['round']}, {b['merges']} merges "
                      f"recorded, last by {b['last_author'][:8]}{known}")
+    lines += notice
     if r.get("error"):
         lines.append(f"error        {r['error']}")
     return "\n".join(lines)

@@ -5,10 +5,18 @@ Every ``every`` seconds, for each repository, the node reads the program's accou
 membership chain and branches say. Reading first makes every step safe to repeat after a crash or a race: a
 transaction that another node (or an earlier attempt) already made simply finds nothing left to do.
 
-- **The owner's node** creates the repository's account (``create_repository``), then keeps its policy hash (the
-  SHA-256 of the policy's canonical record) and its members and roles equal to the membership chain's current
-  members (readers, contributors, maintainers; at most 32, by role then key). After a handover, the old owner's
-  node moves the account's owner to the new one (``set_owner``), whose node takes over from there.
+- **The account** is the program's PDA of the repository id and the owner its genesis record names
+  (``protocol.anchoring.registry.repository_address``): only that key can create it, so nobody can take a
+  repository's account by creating it first. An account someone made for this repository at another address is
+  never read; one at the address of the program's earlier derivation (the repository id alone, which anyone could
+  take first) is looked for once per run, and if it is not the owner's the node says so (log, ``status``'s
+  ``notices``, ``describe``) and goes on with its own.
+- **The genesis owner's node** creates the repository's account (``create_repository``); **the owner's node**
+  then keeps its policy hash (the SHA-256 of the policy's canonical record) and its members and roles equal to the
+  membership chain's current members (readers, contributors, maintainers; at most 32, by role then key). After a
+  handover, the old owner's node moves the account's owner to the new one (``set_owner``), whose node takes over
+  from there; a repository handed over before its account existed has it created by its genesis owner's node,
+  which passes it on at once (the new owner's node cannot create it, and says so).
 - **Every member whose role moves a branch** (on ``main`` the owner or a maintainer, elsewhere a contributor or
   more) records the branch's round merges that are missing on chain, oldest first, each naming the head the
   chain holds (``record_merge``): the program refuses one that does not extend it or skips a round. A node
@@ -30,7 +38,7 @@ import trio
 
 from ..api.registry import Param, Registry
 from ..core import encoding
-from ..core.errors import FlairError, InvalidInput
+from ..core.errors import FlairError, IntegrityError, InvalidInput
 from ..core.identity import Identity
 from ..core.ids import CommitId, short
 from ..core.membership import PROTECTED_BRANCHES, ROLES, Membership
@@ -72,20 +80,27 @@ class RegistryService:
         self.program = Pubkey.from_string(program)
         self.counts: Counter[str] = Counter()  # transactions, merges_recorded, failures
         self.errors: dict[str, str] = {}  # repository id -> the last failure, until a pass succeeds
+        self.notices: dict[str, str] = {}  # repository id -> what sits at its legacy address, if not the owner's
+        self._looked: set[str] = set()  # repositories whose legacy address was read in this run
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await each_pass(self.repos, self.cluster, self.every, self.sync, task_status=task_status)
 
     def status(self) -> dict[str, Any]:
-        return {"program": str(self.program), **self.counts, "failing": len(self.errors)}
+        return {"program": str(self.program), **self.counts, "failing": len(self.errors),
+                "notices": len(self.notices)}
 
     async def sync(self, chain: Any, repo: Repo) -> None:
         """One pass over ``repo``: the owner's account, then the branches' merges; a failure is kept, not raised."""
         try:
             membership = await trio.to_thread.run_sync(repo.members.current)
+            if repo.id not in self._looked:
+                await self._legacy(chain, repo, membership)
+                self._looked.add(repo.id)
             state = await self._repository(chain, repo)
             me = self.identity.public_key
-            if membership.owner == me or state is not None and state.owner == me:
+            if (membership.owner == me or state is not None and state.owner == me
+                    or state is None and repo.record.owner == me):
                 state = await self._mirror(chain, repo, membership, state)
             if state is not None:
                 await self._record_merges(chain, repo, membership, state)
@@ -98,15 +113,56 @@ class RegistryService:
 
     # -- the repository's account ------------------------------------------------------------------------------
 
-    async def _repository(self, chain: Any, repo: Repo) -> Any:
-        from ..protocol.anchoring.registry import decode_repository, repository_address
+    def _address(self, repo: Repo) -> Any:
+        """The repository's account: the PDA of its id and the owner its genesis record names."""
+        from solders.pubkey import Pubkey
 
-        account = await chain.account(str(repository_address(self.program, bytes.fromhex(repo.id))[0]))
+        from ..protocol.anchoring.registry import repository_address
+
+        return repository_address(self.program, bytes.fromhex(repo.id), Pubkey.from_string(repo.record.owner))[0]
+
+    async def _repository(self, chain: Any, repo: Repo) -> Any:
+        from ..protocol.anchoring.registry import decode_repository
+
+        account = await chain.account(str(self._address(repo)))
         if account is None or not account.data:
             return None
         if account.owner != str(self.program):
             raise InvalidInput(f"the registry address of {short(repo.id)} is held by another program")
-        return decode_repository(account.data)
+        state = decode_repository(account.data)
+        if (state.repo_id.hex(), state.genesis_owner) != (repo.id, repo.record.owner):  # the program makes neither
+            raise IntegrityError(f"the registry account of {short(repo.id)} names repository "
+                                 f"{short(state.repo_id.hex())} created by {state.genesis_owner}: not this one")
+        return state
+
+    async def _legacy(self, chain: Any, repo: Repo, membership: Membership) -> dict[str, Any] | None:
+        """The account at the repository's address under the program's earlier derivation (its id alone), if the
+        program holds one there: its address, owner and whether that is this repository's owner. One that is not
+        is noted (and logged once); nothing here ever writes to or reads members from it."""
+        from ..protocol.anchoring.registry import decode_legacy_owner, legacy_repository_address
+
+        address = str(legacy_repository_address(self.program, bytes.fromhex(repo.id)))
+        account = await chain.account(address)
+        if account is None or not account.data or account.owner != str(self.program):
+            self.notices.pop(repo.id, None)
+            return None  # lamports anyone may send, or another program's: nothing this program would read
+        try:
+            holder: str | None = decode_legacy_owner(account.data)
+        except IntegrityError:
+            holder = None
+        ours = holder in (membership.owner, repo.record.owner)
+        if ours:
+            self.notices.pop(repo.id, None)
+        else:
+            notice = (f"an account at the earlier registry address of {short(repo.id)} ({address}) names "
+                      f"{holder or 'no readable owner'}, not the repository's owner {membership.owner}: someone "
+                      f"created it first under the old derivation (the repository id alone); it is ignored, the "
+                      f"registry account is {self._address(repo)}, which only the genesis owner "
+                      f"{repo.record.owner} can create")
+            if self.notices.get(repo.id) != notice:
+                log.warning("%s", notice)
+            self.notices[repo.id] = notice
+        return {"address": address, "owner": holder, "ours": ours}
 
     async def _mirror(self, chain: Any, repo: Repo, membership: Membership, state: Any) -> Any:
         """Bring the repository's account to the membership chain (owner's node, or the old owner's after a
@@ -116,8 +172,13 @@ class RegistryService:
         from ..protocol.anchoring import registry as program
 
         me, repo_id = Pubkey.from_string(self.identity.public_key), bytes.fromhex(repo.id)
+        genesis = Pubkey.from_string(repo.record.owner)
         want_policy = policy_hash(membership)
         if state is None:
+            if me != genesis:
+                raise InvalidInput(f"the registry account of {short(repo.id)} does not exist, and only the owner "
+                                   f"its genesis record names, {genesis}, can create it (the key is a seed of its "
+                                   f"address): that key's node creates it and passes it on to {membership.owner}")
             await self._send(chain, [program.create_repository(self.program, owner=me, repo_id=repo_id,
                                                                policy_hash=want_policy)])
             log.info("created the registry account of %s", short(repo.id))
@@ -127,19 +188,21 @@ class RegistryService:
         if state.owner != membership.owner:  # handed over: the old owner passes the account on
             if state.owner == str(me):
                 await self._send(chain, [program.set_owner(self.program, owner=me, repo_id=repo_id,
+                                                           genesis_owner=genesis,
                                                            new_owner=Pubkey.from_string(membership.owner))])
             return await self._repository(chain, repo)
         instructions = []
         if state.policy_hash != want_policy:
-            instructions.append(program.set_policy(self.program, owner=me, repo_id=repo_id, policy_hash=want_policy))
+            instructions.append(program.set_policy(self.program, owner=me, repo_id=repo_id, genesis_owner=genesis,
+                                                   policy_hash=want_policy))
         want = desired_members(membership, at_ms=now_ms())
         held = dict(state.members)
         for key in held.keys() - want.keys():  # removals first: they free places
-            instructions.append(program.remove_member(self.program, owner=me, repo_id=repo_id,
+            instructions.append(program.remove_member(self.program, owner=me, repo_id=repo_id, genesis_owner=genesis,
                                                       member=Pubkey.from_string(key)))
         for key, role in want.items():
             if held.get(key) != role:
-                instructions.append(program.add_member(self.program, owner=me, repo_id=repo_id,
+                instructions.append(program.add_member(self.program, owner=me, repo_id=repo_id, genesis_owner=genesis,
                                                        member=Pubkey.from_string(key), role=role))
         for start in range(0, len(instructions), MAX_INSTRUCTIONS):
             await self._send(chain, instructions[start:start + MAX_INSTRUCTIONS])
@@ -163,16 +226,16 @@ class RegistryService:
                     break  # its aggregator records it first
                 previous = recorded.head if recorded is not None else bytes(32)
                 await self._send(chain, [program.record_merge(
-                    self.program, repo_id=bytes.fromhex(repo.id), authority=Pubkey.from_string(me), branch=branch,
+                    self.program, repo_id=bytes.fromhex(repo.id), genesis_owner=Pubkey.from_string(repo.record.owner),
+                    authority=Pubkey.from_string(me), branch=branch,
                     previous=previous, commit=bytes.fromhex(merge.id), round=int(merge.meta["round"]))])
                 self.counts["merges_recorded"] += 1
                 recorded = await self._branch(chain, repo, branch)
 
     async def _branch(self, chain: Any, repo: Repo, branch: str) -> Any:
-        from ..protocol.anchoring.registry import branch_address, decode_branch, repository_address
+        from ..protocol.anchoring.registry import branch_address, decode_branch
 
-        repository = repository_address(self.program, bytes.fromhex(repo.id))[0]
-        account = await chain.account(str(branch_address(self.program, repository, branch)[0]))
+        account = await chain.account(str(branch_address(self.program, self._address(repo), branch)[0]))
         return decode_branch(account.data) if account is not None and account.data else None
 
     def _missing(self, repo: Repo, branch: str, recorded: Any) -> list[Any]:
@@ -201,19 +264,24 @@ class RegistryService:
 
     # -- what a person sees --------------------------------------------------------------------------------
 
-    async def describe(self, repo: Repo) -> dict[str, Any]:
-        """The registry's accounts for ``repo`` next to this node's view of it."""
+    async def describe(self, repo: Repo, chain: Any = None) -> dict[str, Any]:
+        """The registry's accounts for ``repo`` next to this node's view of it (read through ``chain``, or a
+        client of this service's cluster). ``legacy`` is an account at the program's earlier address for it, and
+        ``notice`` says so when it is not the owner's."""
         from ..protocol.anchoring.chain import Chain, explorer_url
-        from ..protocol.anchoring.registry import repository_address
 
         membership = await trio.to_thread.run_sync(repo.members.current)
-        address = str(repository_address(self.program, bytes.fromhex(repo.id))[0])
-        chain = Chain(self.cluster)
+        address = str(self._address(repo))
+        own = chain is None
+        chain = Chain(self.cluster) if own else chain
         try:
+            legacy = await self._legacy(chain, repo, membership)
             state = await self._repository(chain, repo)
             shown: dict[str, Any] = {"program": str(self.program), "cluster": self.cluster, "address": address,
                                      "explorer": explorer_url(self.cluster, address=address),
-                                     "exists": state is not None, "error": self.errors.get(repo.id)}
+                                     "genesis_owner": repo.record.owner, "exists": state is not None,
+                                     "error": self.errors.get(repo.id), "legacy": legacy,
+                                     "notice": self.notices.get(repo.id)}
             if state is None:
                 return shown
             shown.update(owner=state.owner, owner_matches=state.owner == membership.owner,
@@ -230,7 +298,8 @@ class RegistryService:
                                                  "last_author": recorded.last_author, "known_here": known}
             return shown
         finally:
-            await chain.close()
+            if own:
+                await chain.close()
 
 
 def register_methods(registry: Registry, repos: RepoSet, service: RegistryService | None) -> None:

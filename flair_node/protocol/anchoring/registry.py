@@ -6,6 +6,18 @@ Anchor's conventions (8-byte discriminators, borsh), and ``anchor_program/idl/fl
 the IDL format anchorpy 0.21 reads, so the bytes here are anchorpy's: instruction data from its instruction coder
 with the IDL's account order and flags, account data through its accounts coder.
 
+A repository's account is the PDA of ``["repository", repo_id, genesis_owner]``, where ``genesis_owner`` is the
+owner named in the repository's genesis record (``core.objects.RepositoryRecord``, whose hash is the repo_id), and
+the program derives it from the key that signs ``create_repository``. So only that owner can create the account
+the nodes read: anyone else who calls ``create_repository`` for the same id, first or not, creates an account at
+an address of its own, which no node derives, and the owner's creation still succeeds. (Recomputing the id on
+chain from the genesis record instead would not fit: the record carries the model's whole tensor layout, far past
+a transaction's 1,232 bytes, and the program would have to parse msgpack.) The builders therefore take the
+genesis owner: the owner's instructions as ``genesis_owner`` (default: the signing owner, right until a handover),
+``record_merge`` always. Before this derivation the address was ``["repository", repo_id]`` alone and went to
+whoever created it first; ``legacy_repository_address`` finds such an account, so a node can say it is there and
+ignore it.
+
 Nothing here talks to a network: the builders return solders ``Instruction``s for the caller to sign and send,
 and the decoders read account data as an RPC node (or LiteSVM) returns it, refusing anything malformed with
 ``IntegrityError``. The program id is a parameter, not a constant: each deployment (a test's, a cluster's) has
@@ -38,7 +50,9 @@ MAX_MEMBERS = 32
 MAX_BRANCH_NAME_BYTES = 32
 MAX_ROUND = 2**64 - 1
 #: Account sizes, discriminator included (the README's tables).
-REPOSITORY_SIZE = 8 + 32 + 32 + 32 + 1 + 1 + MAX_MEMBERS * (32 + 1)  # 1,162
+REPOSITORY_SIZE = 8 + 32 + 32 + 32 + 32 + 1 + 1 + MAX_MEMBERS * (32 + 1)  # 1,194
+#: A Repository account as the program laid it out before ``genesis_owner`` (found only at legacy addresses).
+LEGACY_REPOSITORY_SIZE = REPOSITORY_SIZE - 32  # 1,162
 BRANCH_SIZE = 8 + 32 + 1 + MAX_BRANCH_NAME_BYTES + 32 + 8 + 8 + 32 + 1  # 154
 
 #: Anchor's framework error codes the program uses for its account checks (the README's list), by code.
@@ -72,6 +86,8 @@ class RepositoryState:
     """A ``Repository`` account: keys as base58 strings, ids and hashes as bytes."""
 
     repo_id: bytes
+    #: The key that created the account (a seed of its address); it never changes, unlike ``owner``.
+    genesis_owner: str
     owner: str
     policy_hash: bytes
     bump: int
@@ -166,9 +182,24 @@ def _branch_name_bytes(name: str) -> bytes:
     return encoded
 
 
-def repository_address(program_id: Pubkey, repo_id: bytes) -> tuple[Pubkey, int]:
-    """The repository's account (PDA of ``["repository", repo_id]``) and its canonical bump."""
-    return Pubkey.find_program_address([REPOSITORY_SEED, _check_repo_id(repo_id)], program_id)
+def _check_key(what: str, key: Pubkey) -> Pubkey:
+    if not isinstance(key, Pubkey):
+        raise InvalidInput(f"{what} is a Pubkey, not {key!r}")
+    return key
+
+
+def repository_address(program_id: Pubkey, repo_id: bytes, genesis_owner: Pubkey) -> tuple[Pubkey, int]:
+    """The repository's account (PDA of ``["repository", repo_id, genesis_owner]``) and its canonical bump.
+    ``genesis_owner`` is the owner the repository's genesis record names, whoever owns the repository now."""
+    return Pubkey.find_program_address(
+        [REPOSITORY_SEED, _check_repo_id(repo_id), bytes(_check_key("a genesis owner", genesis_owner))], program_id)
+
+
+def legacy_repository_address(program_id: Pubkey, repo_id: bytes) -> Pubkey:
+    """Where the program kept a repository before the genesis owner joined the seeds (PDA of ``["repository",
+    repo_id]``): anyone could create it first. No instruction uses it now; nodes only look there to report an
+    account someone else made."""
+    return Pubkey.find_program_address([REPOSITORY_SEED, _check_repo_id(repo_id)], program_id)[0]
 
 
 def branch_address(program_id: Pubkey, repository: Pubkey, name: str) -> tuple[Pubkey, int]:
@@ -188,36 +219,47 @@ def _instruction(program_id: Pubkey, name: str, args: dict[str, Any], accounts: 
 
 
 def create_repository(program_id: Pubkey, *, owner: Pubkey, repo_id: bytes, policy_hash: bytes) -> Instruction:
-    """Create the repository's account, owned by ``owner`` (who signs and pays its rent)."""
-    repository, _ = repository_address(program_id, repo_id)
+    """Create the repository's account, owned by ``owner`` (who signs and pays its rent) and at the address of
+    ``(repo_id, owner)``: ``owner`` must be the owner the genesis record names for nodes to read the account."""
+    repository, _ = repository_address(program_id, repo_id, owner)
     return _instruction(program_id, "create_repository",
                         {"repo_id": repo_id, "policy_hash": _check_hash("a policy hash", policy_hash)},
                         {"repository": repository, "owner": owner, "system_program": SYSTEM_PROGRAM_ID})
 
 
-def set_policy(program_id: Pubkey, *, owner: Pubkey, repo_id: bytes, policy_hash: bytes) -> Instruction:
+def _owned(program_id: Pubkey, repo_id: bytes, owner: Pubkey, genesis_owner: Pubkey | None) -> Pubkey:
+    """The account an owner's instruction changes: the one ``genesis_owner`` created (the owner's own when None:
+    an owner that has not handed the repository over)."""
+    return repository_address(program_id, repo_id, owner if genesis_owner is None else genesis_owner)[0]
+
+
+def set_policy(program_id: Pubkey, *, owner: Pubkey, repo_id: bytes, policy_hash: bytes,
+               genesis_owner: Pubkey | None = None) -> Instruction:
     """Replace the repository's round policy hash (the owner signs)."""
-    repository, _ = repository_address(program_id, repo_id)
+    repository = _owned(program_id, repo_id, owner, genesis_owner)
     return _instruction(program_id, "set_policy", {"policy_hash": _check_hash("a policy hash", policy_hash)},
                         {"repository": repository, "owner": owner})
 
 
-def add_member(program_id: Pubkey, *, owner: Pubkey, repo_id: bytes, member: Pubkey, role: int) -> Instruction:
+def add_member(program_id: Pubkey, *, owner: Pubkey, repo_id: bytes, member: Pubkey, role: int,
+               genesis_owner: Pubkey | None = None) -> Instruction:
     """Add ``member`` with ``role``, or change its role (the owner signs)."""
     if isinstance(role, bool) or role not in set(Role):
         raise InvalidInput(f"a role is 0 (reader), 1 (contributor) or 2 (maintainer), not {role!r}")
-    repository, _ = repository_address(program_id, repo_id)
+    repository = _owned(program_id, repo_id, owner, genesis_owner)
     return _instruction(program_id, "add_member", {"member": member, "role": int(role)},
                         {"repository": repository, "owner": owner})
 
 
-def remove_member(program_id: Pubkey, *, owner: Pubkey, repo_id: bytes, member: Pubkey) -> Instruction:
+def remove_member(program_id: Pubkey, *, owner: Pubkey, repo_id: bytes, member: Pubkey,
+                  genesis_owner: Pubkey | None = None) -> Instruction:
     """Remove ``member`` (the owner signs)."""
-    repository, _ = repository_address(program_id, repo_id)
+    repository = _owned(program_id, repo_id, owner, genesis_owner)
     return _instruction(program_id, "remove_member", {"member": member}, {"repository": repository, "owner": owner})
 
 
-def set_owner(program_id: Pubkey, *, owner: Pubkey, repo_id: bytes, new_owner: Pubkey) -> Instruction:
+def set_owner(program_id: Pubkey, *, owner: Pubkey, repo_id: bytes, new_owner: Pubkey,
+              genesis_owner: Pubkey | None = None) -> Instruction:
     """Pass the repository to ``new_owner`` (the owner signs); if ``new_owner`` was a member, it leaves the members.
     The program refuses the owner itself (``SameOwner``) and the all-zero key (``InvalidOwner``); so does this."""
     if not isinstance(new_owner, Pubkey):
@@ -227,19 +269,19 @@ def set_owner(program_id: Pubkey, *, owner: Pubkey, repo_id: bytes, new_owner: P
     if new_owner == owner:
         raise InvalidInput(f"{new_owner} owns the repository already; name the key it passes to",
                            owner=str(owner))
-    repository, _ = repository_address(program_id, repo_id)
+    repository = _owned(program_id, repo_id, owner, genesis_owner)
     return _instruction(program_id, "set_owner", {"new_owner": new_owner}, {"repository": repository, "owner": owner})
 
 
-def record_merge(program_id: Pubkey, *, repo_id: bytes, authority: Pubkey, branch: str, previous: bytes,
-                 commit: bytes, round: int) -> Instruction:
+def record_merge(program_id: Pubkey, *, repo_id: bytes, genesis_owner: Pubkey, authority: Pubkey, branch: str,
+                 previous: bytes, commit: bytes, round: int) -> Instruction:
     """Record ``commit`` as ``branch``'s head at ``round``; ``authority`` signs (on ``main`` the owner or a
     maintainer, elsewhere a contributor or more) and pays for a new branch's account. ``previous`` must be the
     current head and ``round`` the next one; a branch's first merge may name any round from 1 (and its
     ``previous`` is not compared)."""
     if isinstance(round, bool) or not isinstance(round, int) or not 1 <= round <= MAX_ROUND:
         raise InvalidInput(f"a round is an integer from 1 to 2**64 - 1, not {round!r}")
-    repository, _ = repository_address(program_id, repo_id)
+    repository, _ = repository_address(program_id, repo_id, genesis_owner)
     branch_account, _ = branch_address(program_id, repository, branch)
     args = {"branch": branch, "previous": _check_hash("a previous commit", previous),
             "commit": _check_hash("a commit", commit), "round": round}
@@ -270,8 +312,18 @@ def decode_repository(data: bytes) -> RepositoryState:
     members = tuple((str(m.key), int(m.role)) for m in state.members[:state.member_count])
     if any(role > max(Role) for _, role in members):
         raise IntegrityError(f"repository {repo_id.hex()} has a member with an unknown role", repo=repo_id.hex())
-    return RepositoryState(repo_id=repo_id, owner=str(state.owner), policy_hash=bytes(state.policy_hash),
-                           bump=int(state.bump), members=members)
+    return RepositoryState(repo_id=repo_id, genesis_owner=str(state.genesis_owner), owner=str(state.owner),
+                           policy_hash=bytes(state.policy_hash), bump=int(state.bump), members=members)
+
+
+def decode_legacy_owner(data: bytes) -> str:
+    """The owner of a ``Repository`` account in the program's earlier layout (no ``genesis_owner``: discriminator,
+    repo_id, owner, ... in ``LEGACY_REPOSITORY_SIZE`` bytes), as found at a ``legacy_repository_address``."""
+    data = bytes(data)
+    if len(data) != LEGACY_REPOSITORY_SIZE or data[:8] != account_discriminator("Repository"):
+        raise IntegrityError(f"not a Repository account of the earlier layout ({len(data)} bytes, discriminator "
+                             f"{data[:8].hex()})")
+    return str(Pubkey.from_bytes(data[40:72]))
 
 
 def decode_branch(data: bytes) -> BranchState:
