@@ -300,7 +300,7 @@ async def test_keep_alive(api):
                 results = []
                 for text in ("a", "b"):
                     conn.request("POST", "/", json.dumps(request("echo", {"text": text})),
-                                 {"Authorization": f"Bearer {TOKEN}"})
+                                 {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
                     response = conn.getresponse()
                     results.append(json.loads(response.read())["result"])
                     assert not response.will_close
@@ -325,7 +325,8 @@ async def test_idle_and_slow_connections_are_closed(nursery):
         async with await trio.open_tcp_stream("127.0.0.1", port) as idle:
             assert await _read_all(idle) == b""  # closed by the server without a word
         async with await trio.open_tcp_stream("127.0.0.1", port) as slow:
-            await slow.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            await slow.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 100\r\n\r\n{")
             assert (await _read_all(slow)).startswith(b"HTTP/1.1 408 ")
         async with await trio.open_tcp_stream("127.0.0.1", port) as bad:
             await bad.send_all(b"NONSENSE\r\n\r\n")
@@ -338,6 +339,7 @@ async def test_expect_100_continue(api):
         body = json.dumps(request("echo", {"text": "c"})).encode()
         async with await trio.open_tcp_stream("127.0.0.1", urlsplit(api.url).port) as stream:
             await stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n"
+                                  b"Content-Type: application/json\r\n"
                                   b"Authorization: Bearer " + TOKEN.encode() +
                                   b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
             assert (await stream.receive_some()).startswith(b"HTTP/1.1 100 ")

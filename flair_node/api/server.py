@@ -3,13 +3,18 @@
     server = ApiServer(registry, token)            # listens on 127.0.0.1, a port of its own choosing
     url = await nursery.start(server.run)          # "http://127.0.0.1:PORT/"
 
-The API answers ``POST /`` only, with a JSON body of at most ``max_body`` bytes and ``Authorization: Bearer
-TOKEN``. Every JSON-RPC answer -- a result or an error -- is HTTP 200; HTTP errors (401, 404, 405, 413, ...)
-carry a JSON-RPC error object too, so a client always has a message to show. ``rpc.discover`` is built in.
+The API answers ``POST /`` only, with ``Content-Type: application/json``, a JSON body of at most ``max_body``
+bytes nesting at most ``http.MAX_JSON_DEPTH`` deep, and ``Authorization: Bearer TOKEN``. Path, method, content
+type and token are checked on the request's head, before its body is read: a client without the token never
+gets the server to read a body. Every JSON-RPC answer -- a result or an error -- is HTTP 200; HTTP errors (401,
+404, 405, 413, 415, ...) carry a JSON-RPC error object too, so a client always has a message to show.
+``rpc.discover`` is built in.
 
-HTTP itself (connections, timeouts, bounded bodies, refusals) is ``api.http``'s, shared with the localnet. A
-failing method never takes the daemon down, and handlers run without a deadline (a merge of large models takes
-what it takes).
+HTTP itself (connections and their cap, timeouts, bounded bodies, refusals) is ``api.http``'s, shared with the
+localnet. A failing method never takes the daemon down: a ``FlairError`` is answered with its code and message,
+an ``OSError`` saying the disk is full or no descriptor is left with ``ResourceExhausted``, anything else with
+``InternalError`` (the traceback goes to the log, never to the client). Handlers run without a deadline (a merge
+of large models takes what it takes).
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ import h11
 import trio
 
 from .. import __version__
-from ..core.errors import FlairError, InvalidInput
+from ..core.errors import FlairError, InvalidInput, ResourceExhausted
 from .errors import InternalError, InvalidRequest, ParseError
-from .http import IDLE_TIMEOUT, REQUEST_TIMEOUT, HttpServer, header
+from .http import IDLE_TIMEOUT, REQUEST_TIMEOUT, HttpServer, Reply, header, load_json
 from .registry import DISCOVER, Method, Registry, discover_method, json_type, validate_params
 
 log = logging.getLogger(__name__)
@@ -43,7 +48,8 @@ class ApiServer:
 
     def __init__(self, registry: Registry, token: str, *, host: str = "127.0.0.1", port: int = 0,
                  max_body: int = 1 << 20, title: str = "flair-node", version: str = __version__,
-                 idle_timeout: float = IDLE_TIMEOUT, request_timeout: float = REQUEST_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, request_timeout: float = REQUEST_TIMEOUT,
+                 max_connections: int | None = None) -> None:
         try:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
@@ -59,8 +65,8 @@ class ApiServer:
         self.registry = registry
         self.host = host
         self._http = HttpServer(self.answer, lambda message: _error_body(InvalidRequest(message)), name="API",
-                                host=host, port=port, max_body=max_body, idle_timeout=idle_timeout,
-                                request_timeout=request_timeout, url_path="/")
+                                host=host, port=port, max_body=max_body, admit=self.admit, idle_timeout=idle_timeout,
+                                request_timeout=request_timeout, max_connections=max_connections, url_path="/")
         #: Requests refused for a missing or wrong token (logged at most once a minute).
         self.refused_requests = 0
         self._token = token.encode()
@@ -76,8 +82,12 @@ class ApiServer:
         """``http://127.0.0.1:PORT/`` once ``run`` is listening."""
         return self._http.url
 
-    async def answer(self, request: h11.Request, body: bytes) -> tuple[int, bytes | None, list[tuple[str, str]]]:
-        """HTTP status, body and extra headers answering one complete request."""
+    def status(self) -> dict[str, int]:
+        """Connections open and their cap, connections closed or refused by the cap, requests without the token."""
+        return {**self._http.status(), "refused_requests": self.refused_requests}
+
+    def admit(self, request: h11.Request) -> Reply | None:
+        """The HTTP error refusing a request by its head (path, method, token), or None to read and answer it."""
         if request.target != b"/":
             path = request.target.decode("ascii", "replace")
             return 404, _error_body(InvalidRequest(f"nothing at {path}: POST JSON-RPC 2.0 requests to /")), []
@@ -90,20 +100,19 @@ class ApiServer:
             error = {"code": UNAUTHORIZED_CODE, "message": TOKEN_HINT}
             return 401, json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode(), \
                 [("www-authenticate", 'Bearer realm="flair-node"')]
-        content_type = header(request, b"content-type")
-        if content_type is not None and content_type.split(b";")[0].strip().lower() != b"application/json":
-            shown = content_type.decode("ascii", "replace")
-            return 415, _error_body(InvalidRequest(f"content type {shown} is not supported: send "
-                                                   "application/json")), []
+        return None
+
+    async def answer(self, request: h11.Request, body: bytes) -> Reply:
+        """HTTP status, body and extra headers answering one complete request that ``admit`` let through."""
         reply = await self.dispatch(body)
         return (204, None, []) if reply is None else (200, reply, [])
 
     async def dispatch(self, body: bytes) -> bytes | None:
         """The encoded JSON-RPC answer to a request body; None when it held only notifications."""
         try:
-            message = json.loads(body, parse_constant=_refuse_constant)
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            return _error_body(ParseError(f"request body is not valid JSON: {exc}"))
+            message = load_json(body)
+        except ParseError as exc:
+            return _error_body(exc)
         if not isinstance(message, list):
             reply = await self._call(message)
             return None if reply is None else reply.encode()
@@ -133,8 +142,10 @@ class ApiServer:
                 return None
             return json.dumps({"jsonrpc": "2.0", "id": req_id, "result": result}, allow_nan=False)
         except Exception as exc:
-            error = _lone_flair_error(exc)
-            if error is not None:
+            error = _lone_flair_error(exc) or _resource_error(exc)
+            if isinstance(error, ResourceExhausted):  # the operator must hear of a full disk
+                log.warning("%s failed: %s", name, error)
+            elif error is not None:
                 log.debug("%s failed: %s", name, error)
             else:
                 log.exception("internal error in %s (request id %r)", name, req_id)
@@ -175,8 +186,13 @@ def _lone_flair_error(exc: Exception) -> FlairError | None:
     return inner if isinstance(inner, FlairError) else None
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+def _resource_error(exc: Exception) -> ResourceExhausted | None:
+    """The ``ResourceExhausted`` for an ``OSError`` (alone or in a group of one) that says the disk is full or no
+    file descriptor is left, else None."""
+    inner: BaseException = exc
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+    return ResourceExhausted.from_os_error(inner) if isinstance(inner, OSError) else None
 
 
 __all__ = ["ApiServer", "IDLE_TIMEOUT", "REQUEST_TIMEOUT"]

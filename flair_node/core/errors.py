@@ -19,11 +19,15 @@ Every error Flair raises on purpose is a ``FlairError``. Those that can cross th
     ├── NotAMember                  -32014  this node holds no key for the repository's payloads
     ├── Forbidden                   -32016  the repository's members and roles do not allow this
     ├── RemoteError                 -32015  a remote service (a Kubo node, a peer) failed or refused
+    ├── ResourceExhausted           -32017  the disk is full, a quota is used up or no file descriptor is left:
+    │                                       the one operation failed, nothing acknowledged was lost
     └── (api/errors.py)                     JSON-RPC protocol errors: ParseError -32700, InvalidRequest -32600,
                                             MethodNotFound -32601, InternalError -32603
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class FlairError(Exception):
@@ -99,6 +103,38 @@ class Forbidden(FlairError):
 
 class RemoteError(FlairError):
     code = -32015
+
+
+#: The ``errno`` values of an ``OSError`` that say the machine ran out of something, not that the call was wrong.
+RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE})
+
+
+class ResourceExhausted(FlairError):
+    """The disk (or the user's quota) is full, or the process has no file descriptor left; ``path`` names the file.
+
+    Raised in place of the ``OSError`` (``from_os_error``) so that the one operation fails with a message saying
+    what ran out and what to do, and every service that isolates its items on ``FlairError`` goes on.
+    """
+
+    code = -32017
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: object = None) -> ResourceExhausted | None:
+        """The ``ResourceExhausted`` for ``exc`` when its errno is one of ``RESOURCE_ERRNOS``, else None."""
+        where = path if path is not None else exc.filename
+        target = f" {where}" if where is not None else ""
+        if exc.errno == errno.ENOSPC:
+            message = f"cannot write{target}: no space left on its disk: free some space, then retry"
+        elif exc.errno == errno.EDQUOT:
+            message = f"cannot write{target}: the disk quota is used up: free some space or raise the quota, " \
+                      "then retry"
+        elif exc.errno in (errno.EMFILE, errno.ENFILE):
+            scope = "this process" if exc.errno == errno.EMFILE else "the system"
+            message = f"cannot open{target}: {scope} has no file descriptor left: raise the limit (ulimit -n) " \
+                      "or close some connections, then retry"
+        else:
+            return None
+        return cls(message, path=str(where)) if where is not None else cls(message)
 
 
 def error_for_code(code: int) -> type[FlairError]:

@@ -2,8 +2,15 @@
 
 ``LocalChain`` runs transactions in LiteSVM (a real SVM, in process) and turns each landed one into a ledger
 record (the raw transaction, its meta in a validator's JSON shape, and the post-state of every account it could
-write), which ``persist`` writes durably and ``LocalChain`` replays on start. ``daemon.localnet`` serves it over
-JSON-RPC; see there for what differs from a real validator.
+write), which it writes durably and replays on start. ``daemon.localnet`` serves it over JSON-RPC; see there for
+what differs from a real validator.
+
+``land`` persists before it publishes: it runs the transaction in LiteSVM, writes the ledger record (temp file,
+fsync, rename), and only then counts the slot and the signature; the caller reads and writes the chain under
+one lock, so nobody sees a transaction's effects before its record is on disk, and a crash at any point loses
+only a transaction nobody was told about. If the record cannot be written (a full disk: ``ResourceExhausted``),
+the chain is rebuilt from its ledger as on a restart, so memory and disk never disagree, and the transaction
+did not land.
 
 Programs given to ``LocalChain`` (``flair-node localnet --program``) are not transactions, so they are not in the
 ledger: they are loaded after each replay, on every start, as a validator serves a program deployed with the
@@ -42,7 +49,7 @@ from solders.transaction_metadata import FailedTransactionMetadata, TransactionM
 
 from ..core.errors import FlairError, InvalidInput
 from ..core.identity import Identity
-from ..storage.atomic import atomic_write, hold_lock, remove_stale_temp_files
+from ..storage.atomic import atomic_write, hold_lock, make_dirs, remove_stale_temp_files
 from ..storage.keyfile import read_keypair, write_keypair
 
 log = logging.getLogger(__name__)
@@ -113,11 +120,12 @@ class LocalChain:
 
     def __init__(self, path: Path, programs: Mapping[Pubkey, bytes] | None = None) -> None:
         self.path = path
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(path)
         self._lock_file = hold_lock(path / "localnet.lock", f"another flair-node localnet is already serving "
                                                             f"{path}: stop it, or pass another --dir")
+        self._programs = dict(programs or {})
         try:
-            self._open(programs or {})
+            self._open(self._programs)
         except BaseException:
             self._lock_file.close()
             raise
@@ -125,7 +133,7 @@ class LocalChain:
     def _open(self, programs: Mapping[Pubkey, bytes]) -> None:
         remove_stale_temp_files(self.path)
         self.ledger = self.path / "ledger"
-        self.ledger.mkdir(exist_ok=True)
+        make_dirs(self.ledger)
         faucet_file = self.path / "faucet.json"
         if not faucet_file.exists():
             write_keypair(faucet_file, Identity.generate())
@@ -228,12 +236,35 @@ class LocalChain:
 
     # -- landing transactions
 
-    def execute(self, tx: VersionedTransaction, *, preflight: bool) -> dict[str, Any] | None:
-        """Run ``tx`` and return its ledger record, to be persisted with ``persist`` before it is acknowledged.
+    def land(self, tx: VersionedTransaction, *, preflight: bool) -> bool:
+        """Run ``tx``, write its ledger record durably, then count its slot and signature; False when ``tx``
+        already landed and ``preflight`` is off (a validator drops the duplicate).
 
-        None when ``tx`` already landed and ``preflight`` is off (a validator drops the duplicate). Raises
-        ``LocalnetRpcError`` for a transaction refused by preflight or unable to land.
+        Raises ``LocalnetRpcError`` for a transaction refused by preflight or unable to land, and the error of
+        the write (``ResourceExhausted`` for a full disk) when its record could not be written: the chain is then
+        back at its ledger's state, as if ``tx`` had never been sent. Blocking: call it off the event loop, with
+        no other call on this chain running.
         """
+        record = self._execute(tx, preflight=preflight)
+        if record is None:
+            return False
+        try:
+            self.persist(record)
+        except BaseException:
+            log.warning("could not write the ledger record of %s: reloading the chain from %s", record["signature"],
+                        self.ledger)
+            self._open(self._programs)
+            raise
+        slot = int(record["slot"])
+        self.slot = slot
+        self._next_blockhash(slot)
+        self.statuses[str(record["signature"])] = TxStatus(slot, record["meta"]["err"])
+        return True
+
+    def _execute(self, tx: VersionedTransaction, *, preflight: bool) -> dict[str, Any] | None:
+        """Run ``tx`` in LiteSVM and return its ledger record, without counting it yet (``land`` does, once the
+        record is on disk). None when ``tx`` already landed and ``preflight`` is off. Raises ``LocalnetRpcError``
+        for a transaction refused by preflight or unable to land."""
         signature = str(tx.signatures[0])
         if signature in self.statuses:
             if not preflight:
@@ -258,9 +289,6 @@ class LocalChain:
         else:
             err, meta = None, result
         post = [self.svm.get_account(key) for key in keys.all]
-        self.slot = slot
-        self._next_blockhash(slot)
-        self.statuses[signature] = TxStatus(slot, err)
         return {
             "version": RECORD_VERSION, "signature": signature, "slot": slot, "blockTime": self._unix_time,
             "transaction": base64.b64encode(bytes(tx)).decode(),

@@ -28,10 +28,14 @@ State lives in the folder given with ``--dir`` (default ``$FLAIR_HOME/localnet``
     DIR/ledger/SLOT-SIGNATURE.json  one record per landed transaction: its wire bytes, its meta, and the state
                                     after it of every account it could write (null for a closed account)
 
-A record is written atomically (temp file, fsync, rename) before the transaction is acknowledged, so a
-transaction and its effects are on disk together or not at all. On start the ledger is replayed in slot order
-into a fresh LiteSVM with ``set_account``: balances, mints and token accounts, and the answers of
-``getTransaction`` and ``getSignatureStatuses`` for old signatures, survive a restart; the slot keeps counting.
+A transaction's record is written atomically (temp file, fsync, rename) before anyone sees its effects: methods
+run one at a time, under one lock, and ``sendTransaction`` runs the transaction, persists its record and only
+then publishes its slot and signature (``LocalChain.land``), so a transaction and its effects are on disk
+together or not at all, and a crash loses only a transaction nobody saw. A record that cannot be written (a full
+disk) fails that ``sendTransaction`` with error -32017 and leaves the chain as its ledger says. On start the
+ledger is replayed in slot order into a fresh LiteSVM with ``set_account``: balances, mints and token accounts,
+and the answers of ``getTransaction`` and ``getSignatureStatuses`` for old signatures, survive a restart; the
+slot keeps counting.
 
 Programs of your own are given with ``--program PROGRAM_ID=PATH`` (repeatable; PATH an SBF ``.so`` of at most 10
 MiB). They are not transactions, so they are not in the ledger: they are loaded after the replay on every start,
@@ -39,6 +43,10 @@ and must be given again each time (the accounts they created are in the ledger a
 ``getAccountInfo`` answers for them as a validator does for a program deployed with the upgradeable loader: an
 executable account owned by ``BPFLoaderUpgradeab1e11111111111111111111111`` pointing at its program-data account,
 which holds the ELF and has no upgrade authority.
+
+The server answers ``POST /`` with ``Content-Type: application/json`` only (415 otherwise, so a web page
+cannot send it transactions with a form), bodies of at most 1 MiB nesting at most 32 deep, and keeps at most a
+quarter of its file descriptors in connections (``api.http``).
 
 Known differences from a real validator: priority fees are not charged (LiteSVM charges 5000 lamports per
 signature only, and ``getFeeForMessage`` says the same); durable-nonce transactions are refused (only recent
@@ -71,7 +79,7 @@ from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 
 from ..api.errors import InternalError, InvalidRequest, MethodNotFound, ParseError
-from ..api.http import HttpServer, header
+from ..api.http import HttpServer, Reply, load_json
 from ..core.errors import FlairError, InvalidInput
 from .localchain import (
     FAUCET_LAMPORTS,
@@ -102,14 +110,16 @@ Handler = Callable[[list[Any]], Awaitable[Any]]
 class LocalnetServer:
     """Serves ``chain`` as Solana JSON-RPC 2.0 (single and batch requests, ``POST /``) until cancelled."""
 
-    def __init__(self, chain: LocalChain, *, host: str = "127.0.0.1", port: int = 0, max_body: int = MAX_BODY) -> None:
+    def __init__(self, chain: LocalChain, *, host: str = "127.0.0.1", port: int = 0, max_body: int = MAX_BODY,
+                 max_connections: int | None = None) -> None:
         if host not in ("127.0.0.1", "::1"):
             raise InvalidInput(f"localnet host {host} is not a loopback address: it serves only 127.0.0.1 or ::1",
                                host=host)
         self.chain = chain
         self._http = HttpServer(self.answer, lambda message: _error_body(InvalidRequest(f"Invalid request: {message}")),
-                                name="localnet JSON-RPC", host=host, port=port, max_body=max_body)
-        self._landing = trio.Lock()  # transactions land one at a time, each persisted before the next
+                                name="localnet JSON-RPC", host=host, port=port, max_body=max_body, admit=self.admit,
+                                max_connections=max_connections)
+        self._chain_lock = trio.Lock()  # one method at a time: a transaction's effects show once it is persisted
         self._methods: dict[str, Handler] = {
             "getHealth": _constant("ok"), "getGenesisHash": _constant(chain.genesis_hash),
             "getVersion": _constant({"solana-core": SOLANA_CORE_VERSION, "feature-set": FEATURE_SET}),
@@ -131,24 +141,32 @@ class LocalnetServer:
         """``http://127.0.0.1:PORT`` once ``run`` is listening."""
         return self._http.url
 
-    async def answer(self, request: h11.Request, body: bytes) -> tuple[int, bytes | None, list[tuple[str, str]]]:
-        """HTTP status, body and headers answering one complete request."""
+    def status(self) -> dict[str, int]:
+        """Connections open and their cap, connections closed or refused by the cap."""
+        return self._http.status()
+
+    def admit(self, request: h11.Request) -> Reply | None:
+        """The HTTP error refusing a request by its head, or None to read and answer it."""
         if request.method == b"GET" and request.target == b"/health":
-            return 200, b"ok", [("content-type", "text/plain")]
+            return None
         if request.target != b"/":
             return 404, _error_body(InvalidRequest("Invalid request: POST JSON-RPC 2.0 requests to /")), []
         if request.method != b"POST":
             return 405, _error_body(InvalidRequest("Invalid request: use POST")), [("allow", "POST")]
-        content_type = header(request, b"content-type")
-        if content_type is not None and content_type.split(b";")[0].strip().lower() != b"application/json":
-            return 415, _error_body(InvalidRequest("Invalid request: send Content-Type application/json")), []
+        return None
+
+    async def answer(self, request: h11.Request, body: bytes) -> Reply:
+        """HTTP status, body and headers answering one complete request that ``admit`` let through."""
+        if request.method == b"GET":
+            return 200, b"ok", [("content-type", "text/plain")]
         return 200, await self.dispatch(body) or b"", []
 
     async def dispatch(self, body: bytes) -> bytes | None:
         """The encoded JSON-RPC answer to a request body; None when it held only notifications."""
         try:
-            message = json.loads(body, parse_constant=_refuse_constant)
-        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            message = load_json(body)
+        except ParseError as exc:
+            log.debug("refused a request body: %s", exc)
             return _error_body(ParseError("Parse error"))
         if not isinstance(message, list):
             reply = await self._call(message)
@@ -178,7 +196,8 @@ class LocalnetServer:
                 params = []
             if not isinstance(params, list):
                 raise InvalidInput("Invalid params: Solana methods take their parameters as an array")
-            result = await handler(params)
+            async with self._chain_lock:
+                result = await handler(params)
         except FlairError as exc:
             log.debug("%s failed: %s", name, exc)
             return None if notification else _error_reply(req_id, exc)
@@ -252,9 +271,7 @@ class LocalnetServer:
         key, lamports, config = _args(params, 2, 1)
         self._config(config)
         to, amount = _parse(Pubkey, key, "pubkey"), _uint(lamports, "lamports", FAUCET_LAMPORTS // 2)
-        async with self._landing:
-            tx = self.chain.airdrop_transaction(to, amount)
-            return await self._land(tx, preflight=True)
+        return await self._land(self.chain.airdrop_transaction(to, amount), preflight=True)
 
     async def _send_transaction(self, params: list[Any]) -> str:
         encoded, config = _args(params, 1, 1)
@@ -271,14 +288,11 @@ class LocalnetServer:
         skip = config.get("skipPreflight", False)
         if not isinstance(skip, bool):
             raise InvalidInput("Invalid params: skipPreflight must be true or false")
-        async with self._landing:
-            return await self._land(tx, preflight=not skip)
+        return await self._land(tx, preflight=not skip)
 
     async def _land(self, tx: VersionedTransaction, *, preflight: bool) -> str:
-        with trio.CancelScope(shield=True):  # once it ran, it is written down: shutdown waits for that
-            record = self.chain.execute(tx, preflight=preflight)
-            if record is not None:
-                await trio.to_thread.run_sync(self.chain.persist, record)
+        """Land ``tx`` (run, persist, publish: ``LocalChain.land``) in a thread; the caller holds the chain lock."""
+        await trio.to_thread.run_sync(lambda: self.chain.land(tx, preflight=preflight))  # runs to its end
         return str(tx.signatures[0])
 
     async def _get_signature_statuses(self, params: list[Any]) -> dict[str, Any]:
@@ -425,10 +439,6 @@ def _error_reply(req_id: Any, error: FlairError) -> dict[str, Any]:
 
 def _error_body(error: FlairError) -> bytes:
     return json.dumps(_error_reply(None, error)).encode()
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 # -- the command

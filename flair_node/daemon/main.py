@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "localnet":
             from .localnet import run_localnet
 
+            os.umask(0o077)  # the faucet's key and the ledger are the localnet's alone
             return run_localnet(port=args.port, state_dir=args.dir, programs=args.program)
         if args.nodes != 1:
             from .demo_network import run_network_demo
@@ -105,6 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ezkl").setLevel(max(logging.WARNING, logging.getLogger().level))  # a line per proof step
+    os.umask(0o077)  # the home is private: so is every file the daemon, EZKL and the proving worker make in it
     node = Node(home, config)
     try:
         trio.run(run_until_signalled, node)

@@ -1,4 +1,10 @@
-"""The node: its home, identity and repositories, and the services that run in one trio nursery."""
+"""The node: its home, identity and repositories, and the services that run in one trio nursery.
+
+On start, holding the home's lock, the node makes the home private again (0700) and sweeps what an interrupted run
+left in its own stores only (``home.OWN_FOLDERS`` and the files at the top of the home): temp files of
+interrupted writes, and scratch folders of proof steps (the worker's plaintext deltas among them). ``HOME/tmp``
+(the CLI's and SDK's) and any other folder, such as a localnet's state kept in the home, are never touched.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from ..network.bitswap import BlockExchange
 from ..network.host import connect, full_addrs, running_host
 from ..network.kubo import KuboPinner
 from ..protocol import sync
-from ..protocol.proofs import circuits
+from ..protocol.proofs import circuits, ezkl_backend
 from ..storage.atomic import hold_lock, remove_stale_temp_files
 from ..storage.repos import RepoSet
 from .anchoring import AnchorService
@@ -46,9 +52,15 @@ class Node:
         self.identity = home.identity()
         self._lock = hold_lock(home.path / "daemon.lock",  # before anything else: one daemon per home
                                f"another flair-node is already running with home {home.path}")
-        stale = remove_stale_temp_files(home.path)
+        home.make_private()
+        stale = remove_stale_temp_files(home.path, recursive=False)
+        stale += sum(remove_stale_temp_files(folder) for folder in home.own_folders if folder.is_dir())
         if stale:
             log.info("removed %d temp files left by an interrupted run", stale)
+        scratch = ezkl_backend.remove_scratch(home.path / "proofs")
+        if scratch:
+            log.info("removed %d proof scratch folders left by an interrupted run", scratch)
+        self.api: ApiServer | None = None  # set while the API serves
         self.repos = RepoSet.on_disk(home.path, self.identity)
         circuits.use(self.repos.objects, circuits.Circuits(home.path / "proofs"))
         self.pinning = KuboPinService(self.repos, KuboPinner(config.kubo_api), home.path / "kubo") \
@@ -87,6 +99,8 @@ class Node:
 
     def _status(self) -> dict[str, Any]:
         status: dict[str, Any] = {"kubo": self.pinning.status()} if self.pinning is not None else {}
+        if self.api is not None:
+            status["api"] = self.api.status()
         status["rounds"] = self.rounds.status() if self.rounds is not None else {"aggregate": False}
         status["proofs"] = self.proofs.status()
         status["chain"] = self.anchoring.status() if self.anchoring is not None else {"cluster": ""}
@@ -117,6 +131,7 @@ class Node:
         token = secrets.token_urlsafe(32)
         server = ApiServer(self.registry, token, host=self.config.api_host, port=self.config.api_port,
                            max_body=self.config.max_request_bytes)
+        self.api = server
         try:
             async with running_host(self.identity, self.config.p2p_listen, mdns=self.config.p2p_mdns) as host, \
                     trio.open_nursery() as nursery:
@@ -144,6 +159,7 @@ class Node:
                 task_status.started(url)
         finally:
             self.p2p = None
+            self.api = None
             self.home.remove_api_file()
 
     def close(self) -> None:

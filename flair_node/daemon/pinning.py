@@ -87,5 +87,5 @@ class KuboPinService:
     def _push(self, root: Cid, size: int) -> None:
         blocks = unixfs.walk(self.repos.blocks, root, max_size=size)
         self.pinner.pin_dag(root, blocks)
-        atomic_write(self.done_dir / root, b"", mode=0o644)
+        atomic_write(self.done_dir / root, b"")
         log.info("pinned %s on Kubo at %s", root, self.pinner.address)

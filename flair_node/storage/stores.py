@@ -4,6 +4,10 @@
 keyed by their SHA-256, records by their id). ``RefStore`` keeps one repository's refs, each naming a signed
 record (a branch names its latest branch move), and moves them only by compare-and-swap. A repository is
 assembled from one of each (see ``repo.Repo``); memory and disk versions pass the same contract tests.
+
+The disk versions write through ``atomic.atomic_write``: files are private (0600, folders 0700), every new folder
+is made durable with its file, and a full disk or a lack of file descriptors fails the one call with
+``ResourceExhausted`` naming the path (reads included), with nothing already stored lost or changed.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from urllib.parse import quote, unquote
 
 from ..core.errors import IntegrityError, NotFound, RefConflict
 from ..core.ids import BranchName, RecordId, is_full_id, short
-from .atomic import atomic_write, fsync_dir
+from .atomic import atomic_write, fsync_dir, make_dirs, open_private, resource_errors
 
 
 class ObjectStore(Protocol):
@@ -100,7 +104,7 @@ class DiskObjectStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        make_dirs(root)
 
     def _path(self, key: str) -> Path:
         _check_key(key)
@@ -109,11 +113,13 @@ class DiskObjectStore:
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         if not path.exists():
-            atomic_write(path, data, mode=0o644)
+            atomic_write(path, data)
 
     def get(self, key: str) -> bytes:
+        path = self._path(key)
         try:
-            return self._path(key).read_bytes()
+            with resource_errors(path):
+                return path.read_bytes()
         except FileNotFoundError:
             raise NotFound(f"object {short(key)} is not stored", object=key) from None
 
@@ -121,10 +127,14 @@ class DiskObjectStore:
         return self._path(key).exists()
 
     def keys(self, prefix: str = "") -> Iterator[str]:
-        for fan in sorted(os.listdir(self.root)):
+        with resource_errors(self.root):
+            fans = sorted(os.listdir(self.root))
+        for fan in fans:
             if len(fan) != 2 or not fan.startswith(prefix[:2]):
                 continue
-            for rest in sorted(os.listdir(self.root / fan)):
+            with resource_errors(self.root / fan):
+                rests = sorted(os.listdir(self.root / fan))
+            for rest in rests:
                 key = fan + rest
                 if is_full_id(key) and key.startswith(prefix):
                     yield key
@@ -138,7 +148,7 @@ class DiskRefStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        make_dirs(root)
         self._lock = threading.Lock()
 
     def _path(self, name: str) -> Path:
@@ -146,7 +156,8 @@ class DiskRefStore:
 
     def _read(self, path: Path) -> RecordId | None:
         try:
-            text = path.read_text().strip()
+            with resource_errors(path):
+                text = path.read_text().strip()
         except FileNotFoundError:
             return None
         if not is_full_id(text):
@@ -158,16 +169,18 @@ class DiskRefStore:
 
     def compare_and_swap(self, name: BranchName, expected: RecordId | None, new: RecordId) -> None:
         path = self._path(name)
-        with self._lock, open(self.root / ".lock", "a") as lock_file:
+        with self._lock, open_private(self.root / ".lock") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             current = self._read(path)
             if current != expected:
                 raise _conflict(name, expected, current)
-            atomic_write(path, (new + "\n").encode(), mode=0o644)
+            atomic_write(path, (new + "\n").encode())
 
     def all(self) -> dict[BranchName, RecordId]:
         refs: dict[BranchName, RecordId] = {}
-        for entry in sorted(os.listdir(self.root)):
+        with resource_errors(self.root):
+            entries = sorted(os.listdir(self.root))
+        for entry in entries:
             if entry.startswith("."):
                 continue
             ref = self._read(self.root / entry)

@@ -24,6 +24,10 @@ folder named by their hash; a build goes to a temporary folder first, renamed in
 is a file: ``development_srs`` makes one with ``ezkl.gen_srs`` (its secret is not destroyed: for tests and
 development only); a production SRS from a ceremony is passed as a path. Prover and verifier must use the same
 SRS: the verifying key depends on it.
+
+Scratch folders (``.tmp-*`` here, the proving worker's ``.job-*``) hold the values being proven, in plaintext;
+they are removed when their step ends, and ``remove_scratch`` removes those a killed process left behind (the
+daemon calls it on start, before any proof runs).
 """
 
 from __future__ import annotations
@@ -343,6 +347,26 @@ def _call(what: str, step: Callable[[], object]) -> None:
         raise ProofError(f"EZKL {what} failed: {exc}") from None
     if ok is False:
         raise ProofError(f"EZKL {what} failed")
+
+
+SCRATCH_PREFIXES = (".tmp-", ".job-")
+
+
+def remove_scratch(root: Path) -> int:
+    """Delete every scratch folder (``SCRATCH_PREFIXES``) under ``root``, left by a process killed mid-step; how
+    many. Only safe while no build, proof or worker uses ``root`` (a daemon starting, holding its home's lock)."""
+    removed = 0
+    if not root.is_dir():
+        return 0
+    for folder, subfolders, _ in os.walk(root):
+        for name in list(subfolders):
+            if name.startswith(SCRATCH_PREFIXES):
+                subfolders.remove(name)
+                path = Path(folder) / name
+                if not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed += 1
+    return removed
 
 
 @contextlib.contextmanager

@@ -7,6 +7,11 @@ through its ``Popen``) once it passes the cap or outlives ``timeout_s``, so a sh
 with a clear error instead of swapping. The child runs at nice 10: proving may take minutes, and the daemons and
 training on the same machine should not wait for it. (An ``RLIMIT_DATA`` cap in the child was tried first:
 EZKL's threads then hung when an allocation failed, instead of exiting.)
+
+The job folder holds the deltas in plaintext, so it lives as short as it can: the child deletes the deltas file
+as soon as it has read it, exits on its own once the process that started it is gone (it checks every
+``PARENT_CHECK_S``), and the parent removes the folder when the job ends. A folder left by a daemon killed with
+-9 is removed on the daemon's next start (``ezkl_backend.remove_scratch``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .ezkl_backend import Circuit, ProofError, Shape
 DEFAULT_MEMORY_MB = 8192
 DEFAULT_TIMEOUT_S = 3600.0
 WATCH_S = 0.05
+PARENT_CHECK_S = 0.5
 NICE = 10
 _TAIL = 2000  # characters of the child's stderr quoted in an error
 
@@ -54,8 +60,9 @@ def prove_chunks(circuit: Circuit, weights: Sequence[int], deltas: Sequence[torc
             "vk_sha256": circuit.vk_sha256,
             "srs_sha256": circuit.srs_sha256, "weights": [int(w) for w in weights],
             "indices": [int(j) for j in indices]}).encode(), mode=0o600)
-        with open(job / "stderr", "wb") as err:
-            process = subprocess.Popen([sys.executable, "-m", "flair_node.protocol.proofs.worker", str(job)],
+        with os.fdopen(os.open(job / "stderr", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as err:
+            process = subprocess.Popen([sys.executable, "-m", "flair_node.protocol.proofs.worker", str(job),
+                                        str(os.getpid())],
                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         try:
             _watch(process, memory_mb, timeout_s, circuit, stop or threading.Event())
@@ -96,12 +103,29 @@ def _resident_mb(pid: int) -> float:
     return 0.0
 
 
-def _main(folder: Path) -> int:
+def exit_with_parent(parent: int, every: float = PARENT_CHECK_S) -> None:
+    """End this process (``os._exit``) as soon as process ``parent`` is no longer its parent: a daemon killed with
+    -9 does not leave a worker proving, and holding plaintext, for nobody. Checks from a daemon thread."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(3)
+
+    if os.getppid() != parent:
+        os._exit(3)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _main(folder: Path, parent: int | None = None) -> int:
+    if parent is not None:
+        exit_with_parent(parent)
     os.nice(NICE)  # proving may take long: the daemons and training on this machine come first
     job = json.loads((folder / "job.json").read_text())
     circuit = Circuit(Shape(job["inputs"], job["size"], job["scheme"]), Path(job["folder"]), job["logrows"],
                       Path(job["srs"]), job["vk_sha256"], job["srs_sha256"])
-    loaded = load_bytes((folder / "deltas.safetensors").read_bytes())
+    plaintext = folder / "deltas.safetensors"
+    loaded = load_bytes(plaintext.read_bytes())
+    plaintext.unlink()  # in memory now: nothing of it stays on disk if this process is killed
     deltas = [loaded[f"d{i}"] for i in range(len(job["weights"]))]
     for j, proof in weighted_sum.prove(circuit, job["weights"], deltas, job["indices"]).items():
         atomic_write(folder / f"proof-{j}.json", proof, mode=0o600)
@@ -109,4 +133,4 @@ def _main(folder: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main(Path(sys.argv[1])))
+    sys.exit(_main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None))
