@@ -6,8 +6,14 @@ its position, so the chain has exactly one order and any node holding it folds i
 
 - An invitation grants a role to a public key until an expiry (or for good) and carries every payload key so
   far, sealed to that key: the new member reads the whole history, nobody else learns anything.
-- A removal starts a new key epoch whose key is sealed to each remaining member, never to the removed one:
-  payloads from then on are closed to them. What they could read before stays readable to them.
+- A removal starts a new key epoch whose key is sealed to each remaining member whose role has not expired at
+  the removal's time, never to the removed one: payloads from then on are closed to them. What they could read
+  before stays readable to them.
+- A rotation starts a new key epoch the same way without removing anyone. It is how an expiry stops reads: the
+  owner's node appends one when it notices a member whose role has expired still holding the current epoch's
+  key (``Membership.expired_holders``; ``storage.repo.Repo.rotate_if_expired``). Until then the sync server,
+  which judges roles at the current time, already refuses an expired member the repository's records. A new
+  key, by a removal or a rotation, is never sealed to a member whose role has expired.
 
 - A policy change sets how rounds run (``rounds.RoundPolicy``: strategy, buffer, deadline, staleness, timeout);
   the chain carries it so every member applies the same one from the same point on.
@@ -21,7 +27,11 @@ its position, so the chain has exactly one order and any node holding it folds i
 
 Roles, from least to most: reader (pulls), contributor (commits; moves unprotected branches), maintainer (also
 moves protected branches, so merges into them), owner (also changes membership and policy). A role holds for
-records whose (signed) timestamp is before its expiry and whose key epoch is before the member's removal.
+records whose (signed) timestamp is before its expiry and whose key epoch is before the member's removal; a
+commit is dated no earlier than its parents (``objects.check_commit_time``), so the time it is judged at is
+never before the history it builds on. A contribution branch ``contrib/<branch>/<key>`` is moved by the holder
+of ``<key>`` alone, whatever anyone else's role, and points only at a commit that key authored
+(``Membership.require_branch_move``, ``check_move_target``): one member, one contribution branch per branch.
 """
 
 from __future__ import annotations
@@ -35,14 +45,15 @@ from .crypto import seal_key
 from .errors import Forbidden, IntegrityError, InvalidInput
 from .identity import Identity, public_key_bytes
 from .ids import PublicKey, RepoId, short
-from .objects import RepositoryRecord
+from .objects import Commit, RepositoryRecord
+from .refs import CONTRIBUTION_KEY_CHARS, BranchMove, contribution_holder, holds_branch
 from .rounds import RoundPolicy
 from .schema import RECORD_VERSION
 from .signed import SignedRecord
 
 ROLES = ("reader", "contributor", "maintainer", "owner")
 INVITABLE = ROLES[:3]
-ACTIONS = ("invite", "remove", "policy", "token", "handover")
+ACTIONS = ("invite", "remove", "policy", "token", "handover", "rotate")
 #: Branches only maintainers and the owner move (merges into them included).
 PROTECTED_BRANCHES = frozenset({"main"})
 MAX_KEYS = 1024  # sealed keys one change may carry (one per epoch, or one per remaining member)
@@ -158,7 +169,15 @@ class Member:
         before the removal in both epoch and time (a removed member cannot date a record back into its term
         and have it count after the fact, beyond what it could have signed while a member)."""
         removed = self.removed_epoch is not None and (epoch >= self.removed_epoch or at_ms >= self.removed_ms)
-        return not removed and (not self.expires_ms or at_ms < self.expires_ms)
+        return not removed and not self.expired(at_ms)
+
+    def expired(self, at_ms: int) -> bool:
+        """Whether the role's expiry has passed at ``at_ms``."""
+        return bool(self.expires_ms) and at_ms >= self.expires_ms
+
+    def keeps_keys(self, at_ms: int) -> bool:
+        """Whether a key epoch opened at ``at_ms`` is sealed to this member: not removed, role not expired."""
+        return self.removed_epoch is None and not self.expired(at_ms)
 
 
 @dataclass(frozen=True)
@@ -203,6 +222,11 @@ class Membership:
             return self._handover(change, refuse)
         if change.author != self.owner:
             raise refuse("only the owner changes membership")
+        if change.action == "rotate":
+            if change.member != self.owner or change.role or change.expires_ms or change.epoch != self.epoch + 1:
+                raise refuse("a rotation names the owner, grants nothing and starts the next key epoch")
+            need = {(m.key, change.epoch) for m in self.members.values() if m.keeps_keys(change.timestamp_ms)}
+            return self._with_keys(change, need, dict(self.members), refuse)
         if change.action in ("policy", "token"):
             if change.member != self.owner or change.role or change.expires_ms or change.keys \
                     or change.epoch != self.epoch:
@@ -221,7 +245,7 @@ class Membership:
         except InvalidInput:
             raise refuse("the member is not an Ed25519 public key") from None
         current = self.members.get(change.member)
-        members, sealed = dict(self.members), dict(self.sealed)
+        members = dict(self.members)
         if change.action == "invite":
             if change.role not in INVITABLE or change.epoch != self.epoch:
                 raise refuse("an invitation grants reader, contributor or maintainer and keeps the key epoch")
@@ -233,10 +257,17 @@ class Membership:
                     or change.epoch != self.epoch + 1:
                 raise refuse("a removal names a current member and starts the next key epoch")
             members[change.member] = replace(current, removed_epoch=change.epoch, removed_ms=change.timestamp_ms)
-            need = {(m, change.epoch) for m, member in members.items() if member.removed_epoch is None}
+            need = {(m, change.epoch) for m, member in members.items() if member.keeps_keys(change.timestamp_ms)}
+        return self._with_keys(change, need, members, refuse)
+
+    def _with_keys(self, change: MembershipChange, need: set[tuple[PublicKey, int]],
+                   members: dict[PublicKey, Member], refuse: Callable[[str], IntegrityError]) -> Membership:
+        """The membership after ``change``, which must carry a sealed key for exactly ``need``."""
         given = {(k.member, k.epoch) for k in change.keys}
         if given != need or len(change.keys) != len(given):
-            raise refuse("it must carry exactly one sealed key per member and epoch it opens")
+            raise refuse("it must carry exactly one sealed key per member and epoch it opens (a new epoch's key "
+                         "goes to every member not removed whose role has not expired at the change's time)")
+        sealed = dict(self.sealed)
         sealed.update({(k.member, k.epoch): k.sealed for k in change.keys})
         return replace(self, head=change.id, seq=change.seq, epoch=change.epoch, members=members, sealed=sealed,
                        applied=self.applied | {change.id})
@@ -281,8 +312,24 @@ class Membership:
                             f"{short(key)} {held}", member=key)
 
     def require_branch_move(self, key: str, branch: str, *, epoch: int, at_ms: int) -> None:
+        """``Forbidden`` unless ``key`` may move ``branch`` (for a move of ``epoch`` at ``at_ms``): the rule every
+        node applies to every move, its own and its peers'. A contribution branch ``contrib/<branch>/<key>`` is
+        its holder's alone (the owner's and maintainers' roles included: nobody else moves it)."""
+        if not holds_branch(key, branch):
+            holder = contribution_holder(branch)
+            whose = f"the pending contribution of key {holder}..., and only that key moves it" if holder else \
+                f"no one's contribution: no key holds it (contribution branches are contrib/<branch>/<the first " \
+                f"{CONTRIBUTION_KEY_CHARS} characters of the holder's key>)"
+            raise Forbidden(f"branch {branch} holds {whose}; {short(key)} contributes on "
+                            f"contrib/<branch>/{key[:CONTRIBUTION_KEY_CHARS]}", member=key, branch=branch)
         least = "maintainer" if branch in PROTECTED_BRANCHES else "contributor"
         self.require(key, least, epoch=epoch, at_ms=at_ms, what=f"moving branch {branch}")
+
+    def expired_holders(self, at_ms: int) -> list[PublicKey]:
+        """Members whose role has expired at ``at_ms`` but who hold the current epoch's payload key: what a
+        rotation (by the owner) closes future payloads to."""
+        return sorted(m.key for m in self.members.values() if m.removed_epoch is None and m.expired(at_ms)
+                      and (m.key, self.epoch) in self.sealed)
 
     def sealed_key(self, key: str, epoch: int) -> bytes | None:
         return self.sealed.get((PublicKey(key), epoch))
@@ -291,6 +338,19 @@ class Membership:
         """Members not removed, owner first, then by role and key."""
         live = [m for m in self.members.values() if m.removed_epoch is None]
         return sorted(live, key=lambda m: (-ROLES.index(m.role), m.key))
+
+
+def check_move_target(move: BranchMove, commit: Commit) -> None:
+    """What a branch move must hold against the commit it points at, wherever that commit is at hand
+    (``IntegrityError`` otherwise): a contribution branch points only at a commit authored by its holder, so no
+    member makes another's contribution count twice, or anyone's count under its own name."""
+    if move.commit != commit.id:
+        raise IntegrityError(f"branch move {short(move.id)} points at {short(move.commit)}, not {short(commit.id)}",
+                             move=move.id)
+    if contribution_holder(move.branch) is not None and commit.author != move.author:
+        raise IntegrityError(f"branch move {short(move.id)} points contribution branch {move.branch} at commit "
+                             f"{short(commit.id)} by {short(commit.author)}: a contribution branch holds only its "
+                             "holder's own commits", move=move.id, commit=commit.id)
 
 
 def invitation(membership: Membership, owner: Identity, member: PublicKey, role: str, *, expires_ms: int,
@@ -312,8 +372,18 @@ def removal(membership: Membership, owner: Identity, member: PublicKey, *, new_k
     if current is None or current.removed_epoch is not None:
         raise InvalidInput(f"{short(member)} is not a member of repository {short(membership.repo)}", member=member)
     epoch = membership.epoch + 1
-    keys = tuple(SealedKey(m.key, epoch, seal_key(new_key, m.key)) for m in membership.current() if m.key != member)
+    keys = tuple(SealedKey(m.key, epoch, seal_key(new_key, m.key)) for m in membership.current()
+                 if m.key != member and m.keeps_keys(now_ms))
     return _next(membership, owner, "remove", member, epoch=epoch, keys=keys, now_ms=now_ms)
+
+
+def rotation(membership: Membership, owner: Identity, *, new_key: bytes, now_ms: int) -> MembershipChange:
+    """The next change: ``new_key`` opens the next epoch, sealed to every member not removed whose role has not
+    expired at ``now_ms`` (how an expiry closes later payloads to the expired member)."""
+    epoch = membership.epoch + 1
+    keys = tuple(SealedKey(m.key, epoch, seal_key(new_key, m.key)) for m in membership.current()
+                 if m.keeps_keys(now_ms))
+    return _next(membership, owner, "rotate", owner.public_key, epoch=epoch, keys=keys, now_ms=now_ms)
 
 
 def policy_change(membership: Membership, owner: Identity, policy: RoundPolicy, *, now_ms: int) -> MembershipChange:

@@ -3,19 +3,25 @@
 A record's id is the SHA-256 of the canonical msgpack of everything but its signature; the signature is the
 author's Ed25519 signature of a domain tag plus the id's 32 bytes. Nothing in a record can change without
 changing its id, and a record read back is accepted only if both still check out (``verify``).
+
+A commit is dated no earlier than any of its parents and no later than the clock of the node judging it plus
+``refs.MAX_CLOCK_SKEW_MS`` (``check_commit_time``): so the time at which its author's role is judged is never
+before the history it builds on (a removed member cannot date work back into its term on a head made after
+its removal), and no commit claims a time that has not come.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from . import encoding, schema
 from .crypto import CIPHER
 from .errors import IntegrityError, InvalidInput
-from .ids import Cid, CommitId, PublicKey, RepoId
+from .ids import Cid, CommitId, PublicKey, RepoId, short
+from .refs import MAX_CLOCK_SKEW_MS
 from .schema import RECORD_VERSION
 from .signed import SignedRecord
 
@@ -122,6 +128,20 @@ class Commit(SignedRecord):
         if commit.body() != body:
             raise IntegrityError("commit record has unknown fields")
         return commit
+
+
+def check_commit_time(commit: Commit, parents: Iterable[Commit], *, now_ms: int) -> None:
+    """``IntegrityError`` unless ``commit`` is dated no earlier than each of ``parents`` (those at hand: the
+    caller passes every parent it holds) and no later than ``now_ms`` plus the clock skew allowed."""
+    if commit.timestamp_ms > now_ms + MAX_CLOCK_SKEW_MS:
+        raise IntegrityError(f"commit {short(commit.id)} is dated {commit.timestamp_ms}, more than "
+                             f"{MAX_CLOCK_SKEW_MS // 60_000} minutes ahead of this node's clock ({now_ms}): it is "
+                             "taken once that time comes", commit=commit.id)
+    for parent in parents:
+        if commit.timestamp_ms < parent.timestamp_ms:
+            raise IntegrityError(f"commit {short(commit.id)} is dated {commit.timestamp_ms}, before its parent "
+                                 f"{short(parent.id)} ({parent.timestamp_ms}): a commit is dated no earlier than "
+                                 "what it builds on", commit=commit.id, parent=parent.id)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ A branch points at its latest ``BranchMove``: a record, signed by whoever moved 
 branch points at now. Moves travel between nodes as they are; every node checks the mover's role and keeps, per
 branch, the move that comes last in one total order (timestamp, then mover, then id), so nodes that have seen
 the same moves agree on every head however the moves arrived.
+
+A **contribution branch** ``contrib/<branch>/<key>`` holds one member's pending contribution to the rounds of
+``<branch>``; ``<key>`` is the first ``CONTRIBUTION_KEY_CHARS`` characters of that member's public key, and only
+that member moves it (``contribution_holder`` reads the name; ``core.membership`` enforces it).
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ from .signed import SignedRecord
 DEFAULT_BRANCH = BranchName("main")
 #: How far ahead of a node's clock a received move may be dated.
 MAX_CLOCK_SKEW_MS = 10 * 60_000
+#: Branches holding members' pending contributions: ``contrib/<branch>/<key>``.
+CONTRIBUTION_PREFIX = "contrib/"
+#: How much of its holder's public key (base58) a contribution branch's name carries: about 93 bits, so no one
+#: can make a key that another member's branch names.
+CONTRIBUTION_KEY_CHARS = 16
 _ALLOWED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 
 
@@ -35,6 +44,26 @@ def check_branch_name(name: str) -> BranchName:
         raise InvalidInput(f"branch name {name!r} is not allowed: no '..', '//', '/.', or trailing '/', '.', '.lock'",
                            branch=name)
     return BranchName(name)
+
+
+def contribution_branch(branch: str, key: str) -> str:
+    """Where the member with public key ``key`` keeps its pending contribution to the rounds of ``branch``."""
+    return f"{CONTRIBUTION_PREFIX}{branch}/{key[:CONTRIBUTION_KEY_CHARS]}"
+
+
+def contribution_holder(branch: str) -> str | None:
+    """The key part of contribution branch ``branch`` (``contrib/<branch>/<key>``); None for any other branch,
+    and "" for a name under ``contrib/`` that is not of that form (no key holds it, so no one moves it)."""
+    if not branch.startswith(CONTRIBUTION_PREFIX):
+        return None
+    target, _, key = branch[len(CONTRIBUTION_PREFIX):].rpartition("/")
+    return key if target and len(key) == CONTRIBUTION_KEY_CHARS else ""
+
+
+def holds_branch(key: str, branch: str) -> bool:
+    """Whether ``key`` may hold ``branch``: any branch but a contribution branch, and its own one of those."""
+    holder = contribution_holder(branch)
+    return holder is None or bool(holder) and holder == key[:CONTRIBUTION_KEY_CHARS]
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,11 @@ scale and integer weights, so anyone holding the same inputs re-derives the same
 The methods that do tensor work import ``tensors.*`` (and with it torch) when they run, not when this module
 loads: a daemon that serves records, syncs with peers and answers the API but commits, checks out and merges
 nothing never imports torch, and stays small (issue 4; ``tests/test_idle_daemon.py`` holds it to that).
+
+What this node writes keeps the rules it checks in what peers send (``core.membership``, ``core.objects``): a
+commit is dated no earlier than its parents, a contribution branch is moved only by its holder and only to its
+holder's commits; and on the owner's node, a payload key held by a member whose role has expired is rotated
+away before anything new is sealed with it (``rotate_if_expired``).
 """
 
 from __future__ import annotations
@@ -39,14 +44,18 @@ from ..core.membership import (
     ChainRef,
     Membership,
     MembershipChange,
+    check_move_target,
     handover,
     invitation,
     policy_change,
     removal,
+    rotation,
     token_binding,
 )
-from ..core.objects import Commit, Payload, RepositoryRecord, metric_text
+from ..core.objects import Commit, Payload, RepositoryRecord, check_commit_time, metric_text
+from ..core.refs import CONTRIBUTION_PREFIX as CONTRIBUTION_PREFIX
 from ..core.refs import DEFAULT_BRANCH, MAX_CLOCK_SKEW_MS, BranchMove, check_branch_name
+from ..core.refs import contribution_branch as contribution_branch
 from ..core.rounds import RoundPolicy
 from ..tensors.params import DEFAULT_TOPK_RATIO, LOSSY_CODECS
 from . import unixfs
@@ -63,14 +72,8 @@ if TYPE_CHECKING:  # at run time, tensor modules are imported by the methods tha
 STRATEGIES = ("average", "task-arithmetic")
 #: Codecs a contribution may be committed in: exact, or lossy to save bytes.
 DELTA_CODECS = ("bitdelta-v1", *LOSSY_CODECS)
-CONTRIBUTION_PREFIX = "contrib/"  # branches holding members' pending contributions: contrib/<branch>/<key>
 _ANCESTRY = re.compile(r"^(?P<rev>.+?)(?:(?P<op>~)(?P<n>\d{1,6})?|(?P<carets>\^+))$")
 _CACHE_STATES = 4
-
-
-def contribution_branch(branch: str, key: str) -> str:
-    """Where a member's pending contribution to the rounds of ``branch`` sits."""
-    return f"{CONTRIBUTION_PREFIX}{branch}/{key[:16]}"
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,10 @@ class Repo(MergeRecords):
         from ..tensors.safetensors_io import check_layout
 
         check_layout(state, self.record.layout)
-        membership, timestamp = self.members.current(), now_ms()
+        self.rotate_if_expired(identity)  # the owner's node: never seal a new payload to an expired member
+        membership = self.members.current()
+        # Never dated before a parent (a peer's clock may run a little ahead of this one's): see check_commit_time.
+        timestamp = max([now_ms(), *(self.commit(p).timestamp_ms for p in parents)])
         if check_time is not None:
             check_time(timestamp)
         membership.require_branch_move(identity.public_key, branch, epoch=membership.epoch, at_ms=timestamp)
@@ -351,12 +357,13 @@ class Repo(MergeRecords):
                 repo=self.id, parents=parents, author=identity.public_key, timestamp_ms=timestamp, kind=kind,
                 message=message, payload=payload, meta=dict(meta), metrics=dict(metrics),
             ).signed(identity)
+            check_commit_time(commit, [self.commit(p) for p in parents], now_ms=now_ms())
             self.objects.put(commit.id, commit.encode())
+            self._commits[commit.id] = commit
             move = self._move_branch(identity, branch, commit.id, expected=expected, epoch=membership.epoch,
                                      timestamp=timestamp)
         self.announce("commit", commit.id, commit.encode())
         self.announce("move", move.id, move.encode())
-        self._commits[commit.id] = commit
         self._remember(commit.id, state)
         return commit
 
@@ -446,6 +453,7 @@ class Repo(MergeRecords):
         at = max(timestamp, current.timestamp_ms + 1) if current else timestamp
         move = BranchMove(repo=self.id, branch=branch, commit=commit, previous=current.commit if current else "",
                           author=identity.public_key, epoch=epoch, timestamp_ms=at).signed(identity)
+        check_move_target(move, self.commit(commit))  # the same rule every peer applies to it
         self.objects.put(move.id, move.encode())
         try:
             self.refs.compare_and_swap(branch, current_id, move.id)
@@ -464,12 +472,34 @@ class Repo(MergeRecords):
                                        keys=keys, now_ms=now_ms()))
 
     def remove(self, identity: Identity, member: str) -> Membership:
-        """Remove ``member``: a new payload key, sealed to everyone else, seals every payload from now on."""
+        """Remove ``member``: a new payload key, sealed to every other member whose role has not expired, seals
+        every payload from now on."""
         membership = self._owner_only(identity, "removes members")
         new_key = crypto.new_key()
         after = self._append(removal(membership, identity, PublicKey(member), new_key=new_key, now_ms=now_ms()))
         self._keys[after.epoch] = new_key
         return after
+
+    def rotate_key(self, identity: Identity) -> Membership:
+        """Start a new payload key epoch (owner only), its key sealed to every member not removed whose role has
+        not expired: payloads from now on are closed to members whose role has expired."""
+        membership = self._owner_only(identity, "rotates the payload key")
+        new_key = crypto.new_key()
+        after = self._append(rotation(membership, identity, new_key=new_key, now_ms=now_ms()))
+        self._keys[after.epoch] = new_key
+        return after
+
+    def rotate_if_expired(self, identity: Identity) -> Membership | None:
+        """On the owner's node: rotate the payload key if a member whose role has expired still holds the
+        current one (how an expiry stops reads, see ``core.membership``); None if there is nothing to do, or
+        ``identity`` is not the owner. The daemon calls it periodically; every local commit calls it first."""
+        membership = self.members.current()
+        if identity.public_key != membership.owner or not membership.expired_holders(now_ms()):
+            return None
+        try:
+            return self.rotate_key(identity)
+        except RefConflict:
+            return None  # the chain moved meanwhile: the next call looks again
 
     def set_policy(self, identity: Identity, policy: RoundPolicy) -> Membership:
         """How rounds run from now on (owner only): a signed change in the membership chain, announced."""
@@ -595,8 +625,9 @@ class Repo(MergeRecords):
     def accept_commit(self, commit: Commit) -> bool:
         """Store a commit from a peer; False if it is here already.
 
-        ``IntegrityError`` if its record, parents or payload blocks do not check out, ``Forbidden`` if its
-        author held no contributor role for it."""
+        ``IntegrityError`` if its record, parents, date (before a parent's, or ahead of this node's clock by more
+        than the skew allowed) or payload blocks do not check out, ``Forbidden`` if its author held no
+        contributor role for it at its time."""
         commit.verify()
         if self.objects.has(commit.id):
             return False
@@ -613,6 +644,8 @@ class Repo(MergeRecords):
             if not self.objects.has(parent):
                 raise IntegrityError(f"commit {short(commit.id)} arrived before its parent {short(parent)}",
                                      commit=commit.id)
+        # Its role was judged at its own time: a time no earlier than its parents' and not yet to come.
+        check_commit_time(commit, [self.commit(p) for p in commit.parents], now_ms=now_ms())
         payload = unixfs.cat(self.blocks, commit.payload.cid, max_size=commit.payload.size)
         if len(payload) != commit.payload.size:
             raise IntegrityError(f"payload of commit {short(commit.id)} has {len(payload)} bytes, its record says "
@@ -622,17 +655,20 @@ class Repo(MergeRecords):
         return True
 
     def accept_move(self, move: BranchMove) -> bool:
-        """Take a branch move from a peer if its author may make it and it comes after the branch's current
-        move; True if the branch moved."""
+        """Take a branch move from a peer if its author may make it (``Membership.require_branch_move``: the role,
+        and a contribution branch only by its holder), it fits its commit (``check_move_target``: a contribution
+        branch only at its holder's own commit) and it comes after the branch's current move; True if the branch
+        moved."""
         move.verify()
         if move.repo != self.id:
             raise IntegrityError(f"branch move {short(move.id)} belongs to another repository", move=move.id)
-        self.commit(move.commit)  # stored and verified already, or CommitNotFound
+        commit = self.commit(move.commit)  # stored and verified already, or CommitNotFound
         membership = self.members.current()
         if move.epoch > membership.epoch:
             raise IntegrityError(f"branch move {short(move.id)} was made at key epoch {move.epoch}; this node's "
                                  f"membership is at epoch {membership.epoch}", move=move.id)
         membership.require_branch_move(move.author, move.branch, epoch=move.epoch, at_ms=move.timestamp_ms)
+        check_move_target(move, commit)
         if move.timestamp_ms > now_ms() + MAX_CLOCK_SKEW_MS:  # or it would outrank every honest move for long
             raise IntegrityError(f"branch move {short(move.id)} is dated more than {MAX_CLOCK_SKEW_MS // 60_000} "
                                  "minutes ahead of this node's clock", move=move.id)

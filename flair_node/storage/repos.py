@@ -1,7 +1,9 @@
-"""All repositories of one node: where their refs live, and finding one by id, id prefix or name."""
+"""All repositories of one node: where their refs live, and finding one by id, id prefix or name; on the owner's
+node, rotating the payload key of those where an expired member still holds it (``rotate_expired``)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import deque
@@ -9,19 +11,22 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from ..core.errors import AlreadyExists, InvalidInput, RepositoryNotFound
+from ..core.errors import AlreadyExists, FlairError, InvalidInput, RepositoryNotFound
 from ..core.identity import Identity
 from ..core.ids import RepoId, is_full_id, short
 from ..core.membership import MembershipChange
 from ..core.objects import RepositoryRecord
 from ..core.rounds import MAX_SRS_BYTES
 from . import unixfs
+from .atomic import make_dirs, resource_errors
 from .repo import Repo, check_ownership_offline, now_ms
 from .stores import DiskObjectStore, DiskRefStore, MemoryObjectStore, MemoryRefStore, ObjectStore, RefStore
 from .unixfs import BlockStore
 
 if TYPE_CHECKING:  # not at run time: that would import torch (see storage.repo)
     from ..tensors.safetensors_io import StateDict
+
+log = logging.getLogger(__name__)
 
 OUTBOX_SIZE = 100_000  # records waiting to be announced; older ones are dropped (peers catch up by pulling)
 
@@ -55,13 +60,15 @@ class MemoryRefBackend:
 class DiskRefBackend:
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        make_dirs(root)
 
     def refs_for(self, repo_id: RepoId) -> RefStore:
         return DiskRefStore(self.root / repo_id / "refs")
 
     def repo_ids(self) -> list[RepoId]:
-        return sorted(RepoId(d) for d in os.listdir(self.root) if is_full_id(d))
+        with resource_errors(self.root):
+            names = os.listdir(self.root)
+        return sorted(RepoId(d) for d in names if is_full_id(d))
 
 
 class RepoSet:
@@ -74,6 +81,7 @@ class RepoSet:
         self._write_lock = threading.Lock()  # shared by every repository's commits and by gc
         self._refs = refs
         self._open: dict[RepoId, Repo] = {}
+        self._broken: set[RepoId] = set()  # repositories all() left out, logged once each
         self._lock = threading.Lock()
         #: Every record signed on this node, oldest first: the daemon gossips them. Appended from worker threads,
         #: drained by the daemon (deque's append and popleft are atomic).
@@ -138,7 +146,18 @@ class RepoSet:
         return self._open_id(repo_id)
 
     def all(self) -> list[Repo]:
-        return [self.open(rid) for rid in self._refs.repo_ids()]
+        """Every repository here that opens; a broken one (a folder whose record is missing or damaged) is left
+        out and logged once, so one damaged folder never stops the services that walk them all."""
+        opened = []
+        for rid in self._refs.repo_ids():
+            try:
+                opened.append(self.open(rid))
+            except FlairError as exc:
+                if rid not in self._broken:
+                    self._broken.add(rid)
+                    log.warning("repository %s cannot be opened and is left out: %s",
+                                short(rid), exc)
+        return opened
 
     def open(self, key: str) -> Repo:
         """The repository with id ``key``, an unambiguous id prefix, or the name ``key``."""
@@ -165,6 +184,20 @@ class RepoSet:
                                                   reader=self.identity, write_lock=self._write_lock))
                 self._open[rid] = repo
             return repo
+
+    def rotate_expired(self) -> list[RepoId]:
+        """On the owner's node: rotate the payload key of each repository this node owns in which a member whose
+        role has expired still holds the current key (``Repo.rotate_if_expired``: how an expiry stops reads);
+        the ids of those rotated. The daemon calls it periodically; a repository that fails is logged and left
+        for the next call, and the others still go."""
+        rotated = []
+        for repo in self.all():
+            try:
+                if repo.rotate_if_expired(self.identity) is not None:
+                    rotated.append(repo.id)
+            except FlairError as exc:
+                log.warning("could not rotate the payload key of %s: %s", short(repo.id), exc)
+        return rotated
 
     def pinned(self) -> set[str]:
         """Digests of every block reachable from a commit of a local repository, from the SRS its policy names,
