@@ -31,7 +31,6 @@ Limits, so that no client -- not even one without the API token -- can hold the 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import math
 import resource
@@ -42,6 +41,8 @@ from typing import Any
 import h11
 import trio
 
+from ..core.encoding import loads_json
+from ..core.errors import IntegrityError
 from .errors import ParseError
 
 log = logging.getLogger(__name__)
@@ -196,37 +197,11 @@ def is_json(request: h11.Request) -> bool:
 
 def load_json(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``body`` parsed as JSON; ``ParseError`` if it is not JSON, holds NaN or Infinity, or nests arrays and
-    objects more than ``max_depth`` deep."""
+    objects more than ``max_depth`` deep (measured before parsing: ``core.encoding.loads_json``)."""
     try:
-        value = json.loads(body, parse_constant=_refuse_constant)
-    except RecursionError:
-        raise ParseError(f"request body nests arrays or objects more than {max_depth} deep") from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ParseError(f"request body is not valid JSON: {exc}") from None
-    if json_depth(value, max_depth) > max_depth:
-        raise ParseError(f"request body nests arrays or objects more than {max_depth} deep")
-    return value
-
-
-def json_depth(value: Any, limit: int) -> int:
-    """How deep arrays and objects nest in ``value`` (a scalar: 0), counted without recursion and only up to
-    ``limit + 1``."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return deepest
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+        return loads_json(body, max_depth=max_depth, what="request body")
+    except IntegrityError as exc:
+        raise ParseError(str(exc)) from None
 
 
 class _Refused(Exception):
@@ -399,4 +374,4 @@ class _Connection:
 
 
 __all__ = ["Admit", "Answer", "FIRST_REQUEST_TIMEOUT", "HttpServer", "IDLE_TIMEOUT", "MAX_JSON_DEPTH",
-           "REQUEST_TIMEOUT", "Reply", "connection_cap", "header", "is_json", "json_depth", "load_json"]
+           "REQUEST_TIMEOUT", "Reply", "connection_cap", "header", "is_json", "load_json"]

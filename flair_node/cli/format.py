@@ -193,7 +193,7 @@ def node_text(r: dict[str, Any], *, bad_input: bool) -> str:
              "announcements: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts
              else "announcements: none yet",
              f"refused: {p2p['refused_blocks']} blocks, {sum(p2p['bad_announcements'].values())} announcements, "
-             f"{sum(gossip.values())} gossip frames or messages"]
+             f"{sum(gossip.values())} gossip frames or messages, {sum(p2p.get('bad_pulls', {}).values())} pulls"]
     refused = p2p.get("refused_merges", [])
     if refused:
         lines.append(f"round merges not followed: {counts.get('refused_merges', len(refused))}; the latest:")
@@ -205,7 +205,9 @@ def node_text(r: dict[str, Any], *, bad_input: bool) -> str:
                      f"{proofs.get('verified', 0)} verified, {proofs.get('failed', 0)} did not hold (see the log)")
     if bad_input:
         blocks = {peer: rec["refused_blocks"] + rec["malformed_messages"] for peer, rec in p2p["bitswap_peers"].items()}
-        for peer in sorted(set(blocks) | set(p2p["bad_announcements"]) | set(gossip)):
+        pulls = p2p.get("bad_pulls", {})
+        for peer in sorted(set(blocks) | set(p2p["bad_announcements"]) | set(gossip) | set(pulls)):
             lines.append(f"  {peer}  bad blocks/messages {blocks.get(peer, 0)}, bad announcements "
-                         f"{p2p['bad_announcements'].get(peer, 0)}, bad gossip {gossip.get(peer, 0)}")
+                         f"{p2p['bad_announcements'].get(peer, 0)}, bad gossip {gossip.get(peer, 0)}, "
+                         f"bad pulls {pulls.get(peer, 0)}")
     return "\n".join(lines)

@@ -67,6 +67,13 @@ def listing(value: Any, what: str) -> list[Any]:
     return value
 
 
+def fixed(value: Any, what: str, size: int) -> list[Any]:
+    """A list of exactly ``size`` elements (to unpack: ``a, b = fixed(value, "pair", 2)``)."""
+    if not isinstance(value, list) or len(value) != size:
+        raise IntegrityError(f"{what} must be a list of {size} elements")
+    return value
+
+
 def mapping(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise IntegrityError(f"{what} must be a map")

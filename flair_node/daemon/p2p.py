@@ -6,15 +6,27 @@
   transport frames).
 - Intake: every announcement is checked (``protocol.announce.check``) before gossip delivers or relays it.
   Accepted ones are noted as they arrive and taken in batches in a worker thread: membership changes in
-  order, per branch only the move that comes last. Commits (whose payloads must come as blocks first) and
-  anything this node is behind on are pulled (``protocol.sync``): from the publisher if connected, else from
-  connected peers, each second for ``WANT_FOR`` seconds; one pull at a time per repository and peer, however
-  many announcements ask for it.
+  order, per branch only the move that comes last. Commits (whose payloads must come as blocks first) are
+  pulled (``protocol.sync``): from the publisher if connected, else from connected peers, each second for
+  ``WANT_FOR`` seconds.
+- Lagging: an announcement this node cannot judge yet (``announce.Lagging``) would make it pull, so its
+  forwarder is judged first: a forwarder that is not a current member of the repository is refused (counted as
+  bad input; no stream is opened to it); a member is pulled from at most once per ``LAGGING_EVERY`` seconds.
+  After that pull the announcement is checked again: if it now holds, it is taken; if not, the claim was
+  false, it counts as bad input and the member's next claims are ignored for ``LAGGING_PENALTY`` seconds.
+- One pull at a time per repository and peer, however many announcements ask for it and whether gossip, the
+  catch-up or the API (``pull_from``, ``flair pull``) asks: a request while one runs joins it (one more pass
+  after it), so no peer is ever asked for the same records and blocks twice at once.
 - Catch-up: every ``sync_interval`` seconds the node dials its bootstrap peers if it lost them and pulls each
   repository from every connected peer that is a member of it, so a node that was offline or cut off ends
-  up with what its peers hold.
+  up with what its peers hold. On the owner's node each pass also starts a new payload key where a member whose
+  role has expired still holds the current one (``RepoSet.rotate_expired``): how an expiry stops reads.
 
-Bad input (announcements failing their checks) is counted per peer and logged once per peer per minute.
+Nothing a peer sends ends a loop here: each item (a message, a batch, a pull, a repository in a pass) is
+isolated, and whatever it raises is logged and skipped. Bad input is counted per peer and logged once per
+peer per minute (``network.gossip.Offences``): announcements refused (``bad_announcements`` in ``status``) and
+pulls whose replies failed their checks or broke something (``bad_pulls``). A failure of this node's own
+disk (``OSError``) is nobody's bad input.
 """
 
 from __future__ import annotations
@@ -22,20 +34,21 @@ from __future__ import annotations
 import logging
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from ..api.registry import Param, Registry
-from ..core.errors import FlairError, IntegrityError
+from ..core.errors import FlairError, Forbidden, IntegrityError, InvalidInput, RemoteError
 from ..core.ids import CommitId, PeerId, RepoId, short
 from ..core.refs import BranchMove
 from ..network.bitswap import BlockExchange
-from ..network.gossip import BadInputLog
+from ..network.gossip import Offences
 from ..network.gossipsub import GossipSub
 from ..network.host import connect, member_key, peer_addrs, peer_from_text
 from ..protocol import announce, rounds, sync
-from ..storage.repo import now_ms
+from ..storage.repo import Repo, now_ms
 from ..storage.repos import Outgoing, RepoSet
 
 log = logging.getLogger(__name__)
@@ -48,7 +61,20 @@ INTAKE_BATCH = 256  # announcements taken per worker-thread call
 ARRIVALS = 100_000  # records remembered for ``node.arrivals`` and ``node.announced`` (measuring propagation)
 MAX_PULLS = 32  # pulls running at once; more requests wait for the next catch-up round
 REFUSED_MERGES = 20  # refused round merges remembered for `flair status`
-MAX_PEERS_COUNTED = 4096  # peers whose refused announcements are counted (the least offending forgotten first)
+LAGGING_EVERY = 5.0  # s: a member's announcements this node is behind on start at most one pull from it this often
+LAGGING_PENALTY = 60.0  # s a member's claims are ignored after a pull proved one false
+MAX_LAGGING = 4096  # (repository, peer) pairs whose last claim-triggered pull is remembered
+
+
+@dataclass(eq=False)
+class _Pull:
+    """A pull of one repository from one peer, and whoever waits for it (``pull_from``)."""
+
+    again: bool = False  # asked for again while running: one more pass once this one ends
+    claim: bytes | None = None  # the announcement that claimed this peer has news this node lacks (``Lagging``)
+    done: trio.Event = field(default_factory=trio.Event)
+    result: sync.PullResult | None = None  # the last pass's
+    error: FlairError | None = None  # the last pass's
 
 
 class P2PService:
@@ -59,21 +85,31 @@ class P2PService:
         self.gossip = GossipSub(host)
         self._joined: set[RepoId] = set()
         self._wake = trio.Event()
-        self._pulling: set[tuple[RepoId, str]] = set()
+        self._pulling: dict[tuple[RepoId, str], _Pull] = {}
         #: Commits announced but not here yet: who published each, and until when to keep asking.
         self._wanted: dict[RepoId, dict[CommitId, tuple[str, float]]] = {}
-        self._again: set[tuple[RepoId, str]] = set()
+        #: When each (repository, peer) last started a pull by a claim (``Lagging``), or until when it may not.
+        self._claimed: OrderedDict[tuple[RepoId, str], float] = OrderedDict()
+        self._take_send, self._take_receive = trio.open_memory_channel[tuple[RepoId, announce.Announcement, str]](
+            INTAKE_QUEUE)
         self._nursery: trio.Nursery | None = None
-        self._bad_log = BadInputLog()
+        self._bad = Offences()  # peer -> announcements refused
+        self._bad_pulls = Offences()  # peer -> pulls whose replies failed their checks or broke something
         self._checked: OrderedDict[bytes, announce.Announcement] = OrderedDict()  # accepted, not yet taken in
-        self.bad_input: Counter[str] = Counter()  # peer -> announcements refused
-        self.counts: Counter[str] = Counter()  # announced, accepted, replays, lagging, pulls, pull_failures
+        #: announced, accepted, replays, lagging (lagging_refused, lagging_limited, lagging_taken,
+        #: lagging_unfounded), pulls, pull_failures, intake_overflow, take_failures, refused_merges
+        self.counts: Counter[str] = Counter()
         #: (kind, record id, branch or "", signed ms, arrived ms) of records taken from gossip, newest last.
         self.arrivals: deque[tuple[str, str, str, int, int]] = deque(maxlen=ARRIVALS)
         #: (kind, record id, queued ms, published ms) of records this node announced, newest last.
         self.announced: deque[tuple[str, str, int, int]] = deque(maxlen=ARRIVALS)
         #: The latest round merges this node refused to follow (``rounds.check_move`` failed), newest last.
         self.refused_merges: deque[dict[str, Any]] = deque(maxlen=REFUSED_MERGES)
+
+    @property
+    def bad_input(self) -> Counter[str]:
+        """Peer -> announcements refused."""
+        return self._bad.counts
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -88,12 +124,16 @@ class P2PService:
             task_status.started()
 
     async def pull_from(self, repo: RepoId, address: str) -> dict[str, Any]:
-        """Catch ``repo`` up with the node at multiaddr ``address`` now (a clone if it is new here)."""
+        """Catch ``repo`` up with the node at multiaddr ``address`` now (a clone if it is new here). A pull of
+        ``repo`` from that peer under way is joined, not doubled: this waits for one more pass of it."""
         peer = await connect(self.host, address)
-        result = await sync.pull(self.repos, repo, sync.PeerSource(self.host, peer, self.exchange))
-        self._refused_merges(repo, result.refused_merges)
-        await self._join(repo)
-        return result.json()
+        state = self._pull_later(repo, str(peer), force=True)
+        if state is None:
+            raise FlairError("the peer-to-peer service is not running")
+        await state.done.wait()
+        if state.result is None:
+            raise state.error or RemoteError(f"pulling {short(repo)} from {peer} was stopped")
+        return state.result.json()
 
     def wake(self) -> None:
         """Something was signed here: announce it."""
@@ -103,10 +143,11 @@ class P2PService:
         peers = []
         for peer in self.host.get_connected_peers():
             peers.append({"peer": str(peer), "key": member_key(peer), "addrs": peer_addrs(self.host, peer),
-                          "bad_announcements": self.bad_input.get(str(peer), 0)})
+                          "bad_announcements": self._bad.counts.get(str(peer), 0),
+                          "bad_pulls": self._bad_pulls.counts.get(str(peer), 0)})
         return {"gossip": self.gossip.status(), "announcements": dict(self.counts), "peers": peers,
-                "bad_announcements": dict(self.bad_input), "topics": sorted(announce.topic(r) for r in self._joined),
-                "refused_merges": list(self.refused_merges)}
+                "bad_announcements": dict(self._bad.counts), "bad_pulls": dict(self._bad_pulls.counts),
+                "topics": sorted(announce.topic(r) for r in self._joined), "refused_merges": list(self.refused_merges)}
 
     def _refused_merges(self, repo: RepoId, refused: list[tuple[BranchMove, str]]) -> None:
         """Count and remember round merges this node would not follow: ``flair status`` shows them."""
@@ -133,21 +174,27 @@ class P2PService:
                 outgoing = self.repos.outbox.popleft()
                 items.setdefault(outgoing.repo, []).append(outgoing)
             for repo, records in items.items():
-                await self._join(repo)
                 try:
-                    messages = announce.pack(repo, [(r.kind, r.record) for r in records],
-                                             self.gossip.max_message_size)
-                except FlairError as exc:  # a record too large to announce: peers get it by pulling
-                    log.info("not announcing in %s: %s", short(repo), exc)
-                    continue
-                for message in messages:
-                    try:
-                        await self.gossip.publish(announce.topic(repo), message)
-                    except FlairError as exc:
-                        log.warning("announcing in %s failed: %s", short(repo), exc)
-                    self.counts["announced"] += 1
-                published = now_ms()
-                self.announced.extend((r.kind, r.record_id, r.queued_ms, published) for r in records)
+                    await self._announce(repo, records)
+                except Exception:  # one repository's trouble never stops the others' announcements
+                    log.exception("announcing %d records in %s failed; peers get them by pulling", len(records),
+                                  short(repo))
+
+    async def _announce(self, repo: RepoId, records: list[Outgoing]) -> None:
+        await self._join(repo)
+        try:
+            messages = announce.pack(repo, [(r.kind, r.record) for r in records], self.gossip.max_message_size)
+        except FlairError as exc:  # a record too large to announce: peers get it by pulling
+            log.info("not announcing in %s: %s", short(repo), exc)
+            return
+        for message in messages:
+            try:
+                await self.gossip.publish(announce.topic(repo), message)
+            except FlairError as exc:
+                log.warning("announcing in %s failed: %s", short(repo), exc)
+            self.counts["announced"] += 1
+        published = now_ms()
+        self.announced.extend((r.kind, r.record_id, r.queued_ms, published) for r in records)
 
     async def _join(self, repo: RepoId) -> None:
         if repo not in self._joined:
@@ -168,36 +215,75 @@ class P2PService:
                 return True
             except announce.Replay:
                 self.counts["replays"] += 1
-            except announce.Lagging:
+            except announce.Lagging as exc:
                 self.counts["lagging"] += 1
-                self._pull_later(repo_id, forwarder)
+                self._lagging(repo, forwarder, data, exc)
             except FlairError as exc:
-                if forwarder not in self.bad_input and len(self.bad_input) >= MAX_PEERS_COUNTED:
-                    del self.bad_input[min(self.bad_input, key=self.bad_input.__getitem__)]
-                self.bad_input[forwarder] += 1
-                self._bad_log.warn(forwarder, "announcement refused in %s: %s", short(repo_id), exc)
-            return False
+                self._bad.add(forwarder, "announcement refused in %s: %s", short(repo_id), exc)
+            return False  # anything else it raises is the gossip layer's to count (``gossip.judge``)
         return validate
+
+    def _lagging(self, repo: Repo, forwarder: str, data: bytes, why: announce.Lagging) -> None:
+        """An announcement this node is behind on, from ``forwarder``: pull from it if it is a current member
+        and has not started such a pull lately; otherwise refuse it (see the module docstring)."""
+        membership = repo.members.current()
+        try:
+            key = member_key(peer_from_text(forwarder))
+        except InvalidInput:
+            key = None
+        if key is None or membership.role(key, epoch=membership.epoch, at_ms=now_ms()) is None:
+            self.counts["lagging_refused"] += 1
+            self._bad.add(forwarder, "announcement in %s is ahead of this node (%s) and its forwarder is not a "
+                          "member to pull from: refused", short(repo.id), why)
+            return
+        now, pair = trio.current_time(), (repo.id, forwarder)
+        if now < self._claimed.get(pair, -LAGGING_EVERY) + LAGGING_EVERY:
+            self.counts["lagging_limited"] += 1  # one claim-triggered pull at a time, and not too often
+            return
+        if self._pull_later(repo.id, forwarder, claim=data) is not None:
+            self._claimed[pair] = now
+            self._claimed.move_to_end(pair)
+            if len(self._claimed) > MAX_LAGGING:
+                self._claimed.popitem(last=False)
+
+    def _judge_claim(self, repo_id: RepoId, peer: str, data: bytes) -> None:
+        """After the pull a ``Lagging`` announcement from ``peer`` started: take the announcement if it now
+        holds; if it still cannot be judged, or is refused, the peer's claim was false."""
+        try:
+            taken = announce.decode(data, repo_id)
+            announce.check(self.repos.open_id(repo_id), taken, now_ms())
+        except announce.Replay:
+            return  # what it announced is here now
+        except Exception as exc:  # still Lagging, or refused: the claim was false
+            self.counts["lagging_unfounded"] += 1
+            self._claimed[(repo_id, peer)] = trio.current_time() + LAGGING_PENALTY
+            self._bad.add(peer, "announced news of %s that pulling from it did not bear out (%s); its claims are "
+                          "ignored for %.0f s", short(repo_id), exc, LAGGING_PENALTY)
+            return
+        self.counts["lagging_taken"] += 1
+        try:
+            self._take_send.send_nowait((repo_id, taken, peer))
+        except trio.WouldBlock:
+            self.counts["intake_overflow"] += 1
 
     async def _intake_loop(self) -> None:
         """Note each accepted announcement as it arrives; take them in batches (``_take_loop``), so records are
         written while gossip keeps flowing."""
-        send, receive = trio.open_memory_channel[tuple[RepoId, announce.Announcement, str]](INTAKE_QUEUE)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._take_loop, receive)
+            nursery.start_soon(self._take_loop, self._take_receive)
             async for message in self.gossip.messages:
                 repo_id = RepoId(message.topic.removeprefix(announce.TOPIC_PREFIX))
                 try:
                     taken = self._checked.pop(message.data, None) or announce.decode(message.data, repo_id)
-                except FlairError as exc:  # checked by the validator already: not expected
-                    log.warning("announcement in %s from %s unreadable: %s", short(repo_id), message.from_peer, exc)
+                except Exception as exc:  # checked by the validator already: not expected
+                    self._bad.add(message.from_peer, "announcement in %s unreadable: %s", short(repo_id), exc)
                     continue
                 arrived = now_ms()
                 self.arrivals.extend([("commit", c.id, "", c.timestamp_ms, arrived) for c in taken.commits] +
                                      [("move", m.id, m.branch, m.timestamp_ms, arrived) for m in taken.moves])
                 self.counts["accepted"] += 1
                 try:
-                    send.send_nowait((repo_id, taken, message.from_peer))
+                    self._take_send.send_nowait((repo_id, taken, message.from_peer))
                 except trio.WouldBlock:  # writing fell behind: what was missed comes by pulling
                     self.counts["intake_overflow"] += 1
                     self._pull_later(repo_id, message.from_peer)
@@ -215,25 +301,50 @@ class P2PService:
                 by_repo.setdefault(repo_id, []).append((taken, publisher))
             for repo_id, messages in by_repo.items():
                 try:
-                    missing = await trio.to_thread.run_sync(self._take, repo_id, messages)
-                except FlairError as exc:  # checked on arrival; the state moved meanwhile: catch up instead
-                    log.info("announcements in %s not taken: %s", short(repo_id), exc)
-                    missing = {cid: publisher for taken, publisher in messages
-                               for cid in [*(c.id for c in taken.commits), *(m.commit for m in taken.moves)]}
-                wanted = self._wanted.setdefault(repo_id, {})
-                for cid, publisher in missing.items():
-                    if len(wanted) < MAX_WANTED:  # beyond, the periodic catch-up brings them
-                        wanted.setdefault(cid, (publisher, trio.current_time() + WANT_FOR))
-                self._pull_wanted(repo_id)
+                    missing = await self._take_batch(repo_id, messages)
+                    wanted = self._wanted.setdefault(repo_id, {})
+                    for cid, publisher in missing.items():
+                        if len(wanted) < MAX_WANTED:  # beyond, the periodic catch-up brings them
+                            wanted.setdefault(cid, (publisher, trio.current_time() + WANT_FOR))
+                    self._pull_wanted(repo_id)
+                except Exception as exc:  # this node's own trouble (its disk): the catch-up brings what was missed
+                    self.counts["take_failures"] += 1
+                    log.warning("announcements in %s not taken: %r", short(repo_id), exc)
+
+    async def _take_batch(self, repo_id: RepoId,
+                          messages: list[tuple[announce.Announcement, str]]) -> dict[CommitId, str]:
+        """``_take`` in a worker thread; if the batch fails on something other than a check or the disk, take its
+        messages one by one, so the one that breaks taking counts against its publisher and the rest go in."""
+        try:
+            return await trio.to_thread.run_sync(self._take, repo_id, messages)
+        except FlairError as exc:  # checked on arrival; the state moved meanwhile: catch up instead
+            log.info("announcements in %s not taken: %s", short(repo_id), exc)
+            return _announced(messages)
+        except OSError:
+            raise  # this node's disk: nobody's bad input
+        except Exception as exc:
+            if len(messages) == 1:  # what this message holds breaks taking it: its publisher's bad input
+                self.counts["take_failures"] += 1
+                self._bad.add(messages[0][1], "announcement in %s could not be taken (%s: %s)", short(repo_id),
+                              type(exc).__name__, exc)
+                return {}
+        missing: dict[CommitId, str] = {}
+        for message in messages:
+            missing.update(await self._take_batch(repo_id, [message]))
+        return missing
 
     def _take(self, repo_id: RepoId, messages: list[tuple[announce.Announcement, str]]) -> dict[CommitId, str]:
         """Take a batch of announcements about one repository (in a worker thread): membership changes in
         order, then per branch only the move that comes last; returns the commits to pull (by publisher): the
         announced ones (their payloads come as blocks) and those of moves not taken for want of them."""
         repo = self.repos.open_id(repo_id)
-        for taken, _ in messages:
+        for taken, publisher in messages:
             for change in taken.changes:
-                repo.accept_membership(change)
+                try:
+                    repo.accept_membership(change)
+                except (Forbidden, IntegrityError) as exc:  # the chain moved since it was checked: catch-up decides
+                    log.info("membership change %s in %s from %s not taken: %s", short(change.id), short(repo_id),
+                             publisher, exc)
         latest: dict[str, tuple[BranchMove, str]] = {}
         pull: dict[CommitId, str] = {}
         for taken, publisher in messages:
@@ -255,7 +366,10 @@ class P2PService:
                 log.warning("refused a move of %s in %s by %s: %s", move.branch, short(repo_id), short(move.author),
                             exc)
                 continue
-            repo.accept_move(move)
+            try:
+                repo.accept_move(move)
+            except (Forbidden, IntegrityError) as exc:  # one refused move leaves the batch's others to go in
+                self._bad.add(publisher, "move of %s in %s not taken: %s", move.branch, short(repo_id), exc)
         return pull
 
     def _pull_wanted(self, repo_id: RepoId) -> None:
@@ -278,21 +392,31 @@ class P2PService:
 
     # -- catching up ---------------------------------------------------------------------------------------
 
-    def _pull_later(self, repo: RepoId, peer: str) -> None:
-        """Pull ``repo`` from ``peer`` soon: once, however often asked while a pull of it is under way."""
+    def _pull_later(self, repo: RepoId, peer: str, *, claim: bytes | None = None,
+                    force: bool = False) -> _Pull | None:
+        """Pull ``repo`` from ``peer`` soon: once, however often asked while a pull of it is under way (then one
+        more pass follows it). ``claim``: the announcement that asked (judged after the pull); ``force``: even
+        if ``MAX_PULLS`` run (the API's). The pull, or None if none was started or joined."""
         key = (repo, peer)
-        if key in self._pulling:
-            self._again.add(key)
-        elif len(self._pulling) < MAX_PULLS and self._nursery is not None:
-            self._pulling.add(key)
-            self._nursery.start_soon(self._pull, key)
+        state = self._pulling.get(key)
+        if state is not None:
+            state.again = True
+        elif (force or len(self._pulling) < MAX_PULLS) and self._nursery is not None:
+            state = self._pulling[key] = _Pull()
+            self._nursery.start_soon(self._pull, key, state)
+        else:
+            return None
+        if claim is not None:
+            state.claim = claim
+        return state
 
-    async def _pull(self, key: tuple[RepoId, str]) -> None:
+    async def _pull(self, key: tuple[RepoId, str], state: _Pull) -> None:
         repo, peer = key
         try:
             while True:
-                self._again.discard(key)
+                state.again = False
                 self.counts["pulls"] += 1
+                state.result, state.error = None, None
                 try:
                     peer_id = peer_from_text(peer)
                     result = await sync.pull(self.repos, repo, sync.PeerSource(self.host, peer_id, self.exchange))
@@ -300,19 +424,41 @@ class P2PService:
                     await self._join(repo)
                     if result.commits or result.changes or result.moved:
                         log.info("pulled %s from %s: %s", short(repo), peer, result.json())
+                    state.result = result
+                except IntegrityError as exc:  # the peer sent what fails its checks
+                    self.counts["pull_failures"] += 1
+                    state.error = exc
+                    self._bad_pulls.add(peer, "pulling %s: %s", short(repo), exc)
                 except FlairError as exc:
                     self.counts["pull_failures"] += 1
+                    state.error = exc
                     log.info("pulling %s from %s failed: %s", short(repo), peer, exc)
-                if key not in self._again:
-                    return
+                except OSError as exc:  # this node's own disk, or its side of the connection: nobody's fault
+                    self.counts["pull_failures"] += 1
+                    state.error = RemoteError(f"pulling {short(repo)} from {peer} failed here: {exc}")
+                    log.warning("pulling %s from %s failed: %r", short(repo), peer, exc)
+                except Exception as exc:  # whatever the peer's replies broke: skipped, counted against it
+                    self.counts["pull_failures"] += 1
+                    state.error = RemoteError(f"pulling {short(repo)} from {peer} failed: {type(exc).__name__}")
+                    self._bad_pulls.add(peer, "pulling %s failed (%s: %s)", short(repo), type(exc).__name__, exc)
+                if not state.again:
+                    break
         finally:
-            self._pulling.discard(key)
+            if self._pulling.get(key) is state:
+                del self._pulling[key]
+            state.done.set()
+        if state.claim is not None:
+            self._judge_claim(repo, peer, state.claim)
 
     async def _wanted_loop(self) -> None:
         while True:
             await trio.sleep(1.0)
             for repo_id in list(self._wanted):
-                self._pull_wanted(repo_id)
+                try:
+                    self._pull_wanted(repo_id)
+                except Exception as exc:  # this node's trouble with one repository: the others go on
+                    self._wanted.pop(repo_id, None)
+                    log.warning("pulling the commits announced in %s failed: %r", short(repo_id), exc)
 
     async def _catch_up_loop(self) -> None:
         while True:
@@ -323,13 +469,35 @@ class P2PService:
                         await connect(self.host, address)
                     except FlairError as exc:
                         log.debug("bootstrap peer %s: %s", address, exc)
-            for repo in await trio.to_thread.run_sync(self.repos.all):
-                membership = await trio.to_thread.run_sync(repo.members.current)
-                for peer in self.host.get_connected_peers():
-                    key = member_key(peer)
-                    if key is not None and membership.role(key, epoch=membership.epoch, at_ms=now_ms()):
-                        self._pull_later(repo.id, str(peer))
+            try:
+                repos = await trio.to_thread.run_sync(self.repos.all)
+            except Exception as exc:  # this node's disk: try again at the next pass
+                log.warning("catch-up cannot list the repositories: %r", exc)
+                repos = []
+            try:  # on the owner's node: an expired member still holding the current key makes a new one
+                if await trio.to_thread.run_sync(self.repos.rotate_expired):
+                    self.wake()
+            except Exception as exc:  # this node's own trouble: the next pass tries again
+                log.warning("rotating the keys of expired members failed: %r", exc)
+            for repo in repos:
+                try:
+                    await self._catch_up(repo)
+                except Exception as exc:  # one repository's trouble never stops the others' catch-up
+                    log.warning("catching up %s failed: %r", short(repo.id), exc)
             await trio.sleep(self.sync_interval)
+
+    async def _catch_up(self, repo: Repo) -> None:
+        membership = await trio.to_thread.run_sync(repo.members.current)
+        for peer in self.host.get_connected_peers():
+            key = member_key(peer)
+            if key is not None and membership.role(key, epoch=membership.epoch, at_ms=now_ms()):
+                self._pull_later(repo.id, str(peer))
+
+
+def _announced(messages: list[tuple[announce.Announcement, str]]) -> dict[CommitId, str]:
+    """Every commit the announcements name (their own, and those their moves point to), by publisher."""
+    return {cid: publisher for taken, publisher in messages
+            for cid in [*(c.id for c in taken.commits), *(m.commit for m in taken.moves)]}
 
 
 def register_methods(registry: Registry, service: Callable[[], P2PService]) -> None:

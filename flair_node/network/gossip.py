@@ -22,8 +22,9 @@ Contract, in both:
   through nodes that accept the message receives it exactly once.
 - The validator is called with ``(forwarder, data)`` for each distinct message (an async one, rarely, twice):
   ``forwarder`` is the peer that handed the message to this node, not necessarily its publisher. It may be a
-  plain function or an ``async def``; an exception counts as a rejection. ``GossipMessage.from_peer`` is the
-  publisher (with libp2p, the peer whose key signed the message).
+  plain function or an ``async def``; an exception counts as a rejection and as bad input from the forwarder
+  (counted per peer, logged in one line once per peer per minute: never a traceback per message).
+  ``GossipMessage.from_peer`` is the publisher (with libp2p, the peer whose key signed the message).
 - Messages larger than ``max_message_size`` are refused by ``publish`` (``InvalidInput``) and dropped on
   receipt (counted in ``status()["oversize"]``, never given to the validator, never relayed).
 - Delivery never blocks the transport: ``messages`` holds up to ``queue_size`` messages; beyond that a message
@@ -40,7 +41,8 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections import OrderedDict
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Container, Hashable
 from dataclasses import asdict, dataclass, field, replace
 from itertools import count
@@ -63,6 +65,8 @@ MAX_TOPIC_LENGTH = 256  # characters of a topic name
 INBOX_SIZE = 8192  # MemoryGossip: messages waiting to be validated
 SEEN_SIZE = 65536  # MemoryGossip: ids of recent messages remembered to drop duplicates
 LOG_EVERY = 60.0  # seconds between two log lines about the same peer's bad input
+MAX_OFFENDERS = 4096  # peers whose bad input is counted (the least offending forgotten first)
+CLIP = 300  # characters of one text argument in a log line about bad input
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,8 @@ class RecentIds:
 
 @dataclass
 class BadInputLog:
-    """Logs bad input once per peer per ``LOG_EVERY`` seconds (remembering at most 1024 peers)."""
+    """Logs bad input once per peer per ``LOG_EVERY`` seconds (remembering at most 1024 peers), each text
+    argument clipped to ``CLIP`` characters (a peer chooses what its errors say)."""
 
     clock: Callable[[], float] = trio.current_time
     _last: OrderedDict[str, float] = field(default_factory=OrderedDict)
@@ -153,8 +158,35 @@ class BadInputLog:
         self._last.move_to_end(peer)
         if len(self._last) > 1024:
             self._last.popitem(last=False)
-        log.warning("peer %s: " + what + " (further reports from this peer muted for %.0f s)", peer, *args,
-                    LOG_EVERY)
+        log.warning("peer %s: " + what + " (further reports from this peer muted for %.0f s)", peer,
+                    *(clip(a) for a in args), LOG_EVERY)
+
+
+def clip(value: object) -> object:
+    """``value`` for a log line: numbers as they are, anything else as text of at most ``CLIP`` characters."""
+    if isinstance(value, int | float):
+        return value
+    text = repr(value) if isinstance(value, BaseException) and not str(value) else str(value)
+    return text if len(text) <= CLIP else text[:CLIP] + "..."
+
+
+@dataclass
+class Offences:
+    """Bad input per peer: counted in ``counts`` (at most ``MAX_OFFENDERS`` peers, the least offending forgotten
+    first) and logged once per peer per ``LOG_EVERY`` seconds."""
+
+    log: BadInputLog = field(default_factory=BadInputLog)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def add(self, peer: str, what: str, *args: object) -> None:
+        if peer not in self.counts and len(self.counts) >= MAX_OFFENDERS:
+            del self.counts[min(self.counts, key=self.counts.__getitem__)]
+        self.counts[peer] += 1
+        self.log.warn(peer, what, *args)
+
+
+#: Where validator failures go when the caller keeps no ``Offences`` of its own.
+_UNCOUNTED = Offences(BadInputLog(time.monotonic))
 
 
 def check_topic(topic: str) -> None:
@@ -184,12 +216,14 @@ def is_async_validator(validate: Validator) -> bool:
     return inspect.iscoroutinefunction(validate) or inspect.iscoroutinefunction(type(validate).__call__)
 
 
-def judge_sync(validate: Validator, topic: str, forwarder: PeerId, data: bytes) -> bool:
-    """Call a plain validator; an exception or an awaitable answer counts as a rejection."""
+def judge_sync(validate: Validator, topic: str, forwarder: PeerId, data: bytes,
+               offences: Offences | None = None) -> bool:
+    """Call a plain validator; an exception or an awaitable answer counts as a rejection. An exception is bad
+    input from ``forwarder``, added to ``offences``."""
     try:
         verdict = validate(forwarder, data)
-    except Exception:
-        log.exception("validator of %s failed on a message from %s; message rejected", topic, forwarder)
+    except Exception as exc:  # whatever the message made the validator raise: that message's fault
+        _failed(offences, forwarder, topic, exc)
         return False
     if inspect.isawaitable(verdict):
         if inspect.iscoroutine(verdict):
@@ -199,15 +233,21 @@ def judge_sync(validate: Validator, topic: str, forwarder: PeerId, data: bytes) 
     return bool(verdict)
 
 
-async def judge(validate: Validator, topic: str, forwarder: PeerId, data: bytes) -> bool:
-    """Call a plain or async validator; an exception counts as a rejection."""
+async def judge(validate: Validator, topic: str, forwarder: PeerId, data: bytes,
+                offences: Offences | None = None) -> bool:
+    """Call a plain or async validator; an exception counts as a rejection, and as bad input (``judge_sync``)."""
     if not is_async_validator(validate):
-        return judge_sync(validate, topic, forwarder, data)
+        return judge_sync(validate, topic, forwarder, data, offences)
     try:
         return bool(await validate(forwarder, data))  # type: ignore[misc]
-    except Exception:
-        log.exception("validator of %s failed on a message from %s; message rejected", topic, forwarder)
+    except Exception as exc:
+        _failed(offences, forwarder, topic, exc)
         return False
+
+
+def _failed(offences: Offences | None, forwarder: PeerId, topic: str, exc: Exception) -> None:
+    (offences or _UNCOUNTED).add(forwarder, "validator of %s failed on a message (%s: %s); message rejected",
+                                 topic, type(exc).__name__, exc)
 
 
 def deliver(send: trio.MemorySendChannel[GossipMessage], message: GossipMessage, counters: Counters) -> None:
@@ -288,7 +328,7 @@ class MemoryGossip:
         self._seqno = count(1)
         self._running = False
         self._counters = Counters()
-        self._bad = BadInputLog()
+        self._offences = Offences()
 
     @property
     def peer_id(self) -> PeerId:
@@ -332,7 +372,8 @@ class MemoryGossip:
         return [node.peer_id for node in self._mesh(topic)]
 
     def status(self) -> dict[str, Any]:
-        return {**self._counters.as_dict(), "topics": {t: {"peers": len(self.peers(t))} for t in self._topics}}
+        return {**self._counters.as_dict(), "bad_peers": dict(self._offences.counts),
+                "topics": {t: {"peers": len(self.peers(t))} for t in self._topics}}
 
     def _mesh(self, topic: str) -> list[MemoryGossip]:
         if topic not in self._topics:
@@ -349,12 +390,11 @@ class MemoryGossip:
             return  # not joined (any more), or a duplicate: each message is judged once
         if len(envelope.data) > self.max_message_size:
             self._counters.oversize += 1
-            self._bad.warn(envelope.forwarder, "message of %d bytes on %s is over the size limit",
-                           len(envelope.data), envelope.topic)
+            self._offences.add(envelope.forwarder, "message of %d bytes on %s is over the size limit",
+                               len(envelope.data), envelope.topic)
             return
-        if not await judge(validate, envelope.topic, envelope.forwarder, envelope.data):
-            self._counters.rejected += 1
-            self._bad.warn(envelope.forwarder, "message on %s rejected by its validator", envelope.topic)
+        if not await judge(validate, envelope.topic, envelope.forwarder, envelope.data, self._offences):
+            self._counters.rejected += 1  # the validator's owner reports what it refuses, and why
             return
         if envelope.topic not in self._topics:
             return  # left while an async validator ran

@@ -27,7 +27,8 @@ but their own messages fail the signature check (no Flair member has such an id)
 Nothing a peer sends is trusted: a malformed frame closes that peer's stream; a peer handing over more than
 ``RATE_LIMIT`` messages a second has the excess dropped; these, oversized messages and bad signatures are
 counted (in ``status()``, in all and per peer in ``bad_peers``) and logged once per peer per minute. What a
-validator refuses is counted in ``rejected`` and left to the validator's owner to report.
+validator refuses is counted in ``rejected`` and left to the validator's owner to report; a validator that
+raises on a message makes it bad input from its forwarder, counted in ``bad_peers`` too (``gossip.judge``).
 Bounds per node: ``OUTBOUND_QUEUE`` pieces per peer (each at most ``max_message_size`` plus a few hundred
 bytes), ``queue_size`` delivered messages, ``SEEN`` message ids, ``CACHE_BYTES`` of cached messages, and
 ``MAX_IDS`` ids asked for or served per peer per heartbeat.
@@ -38,7 +39,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from itertools import count
 from typing import Any
@@ -57,9 +58,9 @@ from .framing import MessageReader
 from .gossip import (
     MAX_MESSAGE_SIZE,
     QUEUE_SIZE,
-    BadInputLog,
     Counters,
     GossipMessage,
+    Offences,
     RecentIds,
     Validator,
     check_publish,
@@ -88,7 +89,6 @@ CACHE_BYTES = 32 << 20  # bytes of recent messages kept for IWANT
 OPEN_TIMEOUT = 10.0  # seconds to open the stream to a new peer
 _ED25519_PEER = b"\x00\x24\x08\x01\x12\x20"  # identity multihash of an Ed25519 public-key protobuf, then the key
 _KEYS = 4096  # verify keys cached, by origin
-MAX_OFFENDERS = 4096  # peers whose refused frames and messages are counted (the least offending forgotten first)
 
 
 @dataclass(eq=False)
@@ -206,8 +206,7 @@ class GossipSub:
         self._seqno = count(time.time_ns())  # never reused across restarts: peers remember ids
         self._keys: OrderedDict[bytes, nacl.signing.VerifyKey] = OrderedDict()
         self._counters = Counters()
-        self._bad = BadInputLog()
-        self._offences: Counter[str] = Counter()  # peer -> frames or messages refused before any validator
+        self._offences = Offences()  # peer -> frames and messages refused, before or by a validator's failure
         self._notifee = _Notifee(self)
         self._wire = {"frames_in": 0, "frames_out": 0, "duplicates": 0}  # transport counters, for status()
         self._nursery: trio.Nursery | None = None
@@ -280,7 +279,7 @@ class GossipSub:
     def status(self) -> dict[str, Any]:
         return {**self._counters.as_dict(),
                 "outbound_queued_max": max((len(p.outbox) for p in self._peers.values()), default=0), **self._wire,
-                "bad_peers": dict(self._offences),
+                "bad_peers": dict(self._offences.counts),
                 "topics": {t: {"peers": len(self._mesh.get(t, ()))} for t in self._topics}}
 
     # -- peers and streams -------------------------------------------------------------------------------
@@ -403,9 +402,9 @@ class GossipSub:
             if validate is None:
                 continue
             if is_async_validator(validate):
-                accepted = await judge(validate, topic, peer.name, message.data)
+                accepted = await judge(validate, topic, peer.name, message.data, self._offences)
             else:
-                accepted = judge_sync(validate, topic, peer.name, message.data)
+                accepted = judge_sync(validate, topic, peer.name, message.data, self._offences)
             if not accepted:
                 self._counters.rejected += 1  # the validator's owner reports what it refuses, and why
                 continue
@@ -442,10 +441,7 @@ class GossipSub:
     def _offence(self, peer: str, counter: str, what: str, *args: object) -> None:
         """Bad input from ``peer``: counted (in all and per peer) and logged once per peer per minute."""
         setattr(self._counters, counter, getattr(self._counters, counter) + 1)
-        if peer not in self._offences and len(self._offences) >= MAX_OFFENDERS:
-            del self._offences[min(self._offences, key=self._offences.__getitem__)]
-        self._offences[peer] += 1
-        self._bad.warn(peer, what, *args)
+        self._offences.add(peer, what, *args)
 
     def _signed(self, message: wire.Message) -> bool:
         origin = message.origin
@@ -494,7 +490,10 @@ class GossipSub:
     async def _heartbeat_loop(self) -> None:
         while True:
             await trio.sleep(self._heartbeat)
-            self._beat()
+            try:
+                self._beat()
+            except Exception:  # a bug here must not end the router: the next heartbeat tries again
+                log.exception("GossipSub heartbeat failed")
 
     def _beat(self) -> None:
         now = trio.current_time()

@@ -13,7 +13,10 @@ acts on is inside a record its author signed.
 membership (as it would be after the message's own membership changes, in order), the mover's clock. A
 message failing it is neither delivered nor relayed. A message this node cannot judge yet (a membership change
 beyond the end of its chain, a record of a key epoch it has not reached) raises ``Lagging``: the node does not
-relay it and pulls from the peer that forwarded it instead. A message holding nothing new is a ``Replay``.
+relay it. A pull is work a message would make the node do, so it is judged first (``daemon.p2p``): only a
+forwarder that is a current member is pulled from, at most once per ``LAGGING_EVERY`` seconds there, and a
+claim the pull does not bear out counts against it. A message holding nothing new is a ``Replay``. ``decode`` refuses
+anything malformed with ``IntegrityError`` (an item is exactly a pair of kind and record).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from dataclasses import dataclass, field
 from ..core import encoding, schema
 from ..core.errors import IntegrityError
 from ..core.ids import RepoId, short
-from ..core.membership import Membership, MembershipChange
-from ..core.objects import AnchorClaim, Commit, ProofRecord
+from ..core.membership import Membership, MembershipChange, check_move_target
+from ..core.objects import AnchorClaim, Commit, ProofRecord, check_commit_time
 from ..core.refs import MAX_CLOCK_SKEW_MS, BranchMove
 from ..storage.repo import Repo
 
@@ -96,7 +99,7 @@ def decode(data: bytes, expected_repo: RepoId) -> Announcement:
         raise IntegrityError(f"an announcement holds 1 to {MAX_ITEMS} items")
     changes, commits, moves, proofs, anchors, raw = [], [], [], [], [], []
     for item in items:
-        kind, record = schema.listing(item, "item")
+        kind, record = schema.fixed(item, "item", 2)
         kind = schema.choice(kind, "item kind", KINDS)
         record = schema.blob(record, "record", encoding.MAX_RECORD_BYTES)
         if kind == "membership":
@@ -138,6 +141,8 @@ def check(repo: Repo, announcement: Announcement, now_ms: int) -> Membership:
         membership.require(commit.author, "contributor" if commit.parents else "owner",
                            epoch=commit.payload.key_epoch, at_ms=commit.timestamp_ms,
                            what=f"commit {short(commit.id)}")
+        check_commit_time(commit, [*(repo.commit(p) for p in commit.parents if repo.objects.has(p)),
+                                   *(c for c in announcement.commits if c.id in commit.parents)], now_ms=now_ms)
         new += not repo.objects.has(commit.id)
     for move in announcement.moves:
         move.verify()
@@ -146,6 +151,11 @@ def check(repo: Repo, announcement: Announcement, now_ms: int) -> Membership:
         if move.epoch > membership.epoch:
             raise Lagging(f"branch move {short(move.id)} is of key epoch {move.epoch}")
         membership.require_branch_move(move.author, move.branch, epoch=move.epoch, at_ms=move.timestamp_ms)
+        target = next((c for c in announcement.commits if c.id == move.commit), None)
+        if target is None and repo.objects.has(move.commit):
+            target = repo.commit(move.commit)
+        if target is not None:
+            check_move_target(move, target)
         if move.timestamp_ms > now_ms + MAX_CLOCK_SKEW_MS:
             raise IntegrityError(f"branch move {short(move.id)} is dated ahead of this node's clock")
         new += not repo.objects.has(move.id)

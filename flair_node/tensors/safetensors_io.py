@@ -1,11 +1,14 @@
 """state_dict <-> safetensors bytes, and the repository's tensor layout. Never pickle, never ``torch.load``.
 
+Untrusted bytes are checked before any parser sees them (``check_header``): the header's length at most
+``MAX_HEADER_BYTES`` and within the data, and its JSON nested at most ``MAX_HEADER_DEPTH`` deep (measured without
+recursing, ``core.encoding.loads_json``), so a hostile header is ``NotSafetensors``, never a ``RecursionError``.
+
 Writing files durably is storage's job (``storage.atomic.atomic_write(path, save_bytes(state))``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from collections.abc import Mapping, Sequence
@@ -14,13 +17,16 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from ..core.errors import LayoutMismatch, NotSafetensors
+from ..core.encoding import loads_json
+from ..core.errors import IntegrityError, LayoutMismatch, NotSafetensors
 from ..core.objects import TensorSpec
 
 StateDict = dict[str, torch.Tensor]
 
 #: Largest safetensors header accepted (the format's own limit is 100 MB).
 MAX_HEADER_BYTES = 100_000_000
+#: Deepest nesting in a header: the format's is 3 (the header object, a tensor's entry, its shape or offsets).
+MAX_HEADER_DEPTH = 3
 
 DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -30,15 +36,17 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
 
 
 def check_header(data: bytes | memoryview, source: str) -> None:
+    """Raise ``NotSafetensors`` unless ``data`` starts with a bounded header of a JSON object (see the module
+    docstring)."""
     if len(data) < 8:
         raise NotSafetensors(f"{source} is not a safetensors file: only {len(data)} bytes")
     (size,) = struct.unpack("<Q", bytes(data[:8]))
     if size > MAX_HEADER_BYTES or 8 + size > len(data):
         raise NotSafetensors(f"{source} is not a safetensors file: header length {size} does not fit the file")
     try:
-        header = json.loads(bytes(data[8 : 8 + size]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NotSafetensors(f"{source} is not a safetensors file: header is not JSON ({exc})") from None
+        header = loads_json(bytes(data[8 : 8 + size]), max_depth=MAX_HEADER_DEPTH, what="header")
+    except IntegrityError as exc:
+        raise NotSafetensors(f"{source} is not a safetensors file: {exc}") from None
     if not isinstance(header, dict):
         raise NotSafetensors(f"{source} is not a safetensors file: header is not a JSON object")
 

@@ -84,6 +84,7 @@ from ..network.gossip import (
     BadInputLog,
     Counters,
     GossipMessage,
+    Offences,
     RecentIds,
     Validator,
     check_publish,
@@ -153,6 +154,7 @@ class Libp2pGossip:
         self._recent = RecentIds(RECENT)
         self._counters = Counters()
         self._bad = BadInputLog()
+        self._offences = Offences()  # validators' exceptions, per forwarder
 
     @property
     def peer_id(self) -> PeerId:
@@ -193,7 +195,8 @@ class Libp2pGossip:
                 early = self._screen(forwarder, msg)
                 if early is not None:
                     return early
-                return self._counted(await judge(validate, topic, PeerId(str(forwarder)), msg.data), forwarder, topic)
+                judged = await judge(validate, topic, PeerId(str(forwarder)), msg.data, self._offences)
+                return self._counted(judged, forwarder, topic)
 
             pubsub.set_topic_validator(topic, check_async, True)
         else:
@@ -201,7 +204,8 @@ class Libp2pGossip:
                 early = self._screen(forwarder, msg)
                 if early is not None:
                     return early
-                return self._counted(judge_sync(validate, topic, PeerId(str(forwarder)), msg.data), forwarder, topic)
+                judged = judge_sync(validate, topic, PeerId(str(forwarder)), msg.data, self._offences)
+                return self._counted(judged, forwarder, topic)
 
             pubsub.set_topic_validator(topic, check, False)
         self._topics[topic] = validate
@@ -238,7 +242,8 @@ class Libp2pGossip:
     def status(self) -> dict[str, Any]:
         queues = self._pubsub.peer_queues.values() if self._pubsub is not None else ()
         return {**self._counters.as_dict(), "outbound_queued_max": max((len(q) for q in queues), default=0),
-                "topics": {t: {"peers": len(self.peers(t))} for t in self._topics}}
+                "topics": {t: {"peers": len(self.peers(t))} for t in self._topics},
+                "bad_peers": dict(self._offences.counts)}
 
     # -- internals ---------------------------------------------------------------------------------------
 

@@ -8,7 +8,9 @@ an aggregator falsifying ``FALSIFIED`` of the chunks with probability ``CONFIDEN
 
 **The bundle.** JSON ``{"v": 1, "repo", "commit", "proofs": {"<chunk>": <EZKL proof>}}``, stored as a UnixFS
 file and named by a signed ``ProofRecord`` (``Repo.write_proof``). Proofs reveal nothing of the deltas, so the
-bundle is not encrypted.
+bundle is not encrypted. A bundle from a peer is read within bounds: at most the size its record declares
+(``MAX_PROOFS_BYTES``), JSON nested at most ``MAX_BUNDLE_DEPTH`` deep (checked without recursing,
+``core.encoding.loads_json``); anything else is an ``IntegrityError``, never a ``RecursionError``.
 
 **The check** (``check_merge``) needs only records and the SRS, no payload: the record lists exactly the chunks
 the merge's id selects and names the verifying key this node builds itself, and each proof verifies and carries
@@ -23,8 +25,9 @@ import threading
 from math import ceil
 from typing import TYPE_CHECKING, Any
 
+from ...core.encoding import loads_json
 from ...core.errors import IntegrityError
-from ...core.ids import CommitId, short
+from ...core.ids import CommitId, RepoId, short
 from ...core.objects import ProofRecord
 from ...storage import unixfs
 from ...storage.repo import MAX_PROOFS_BYTES
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
 PROVE_ALL = 64  # merges of up to this many chunks are proven whole
 FALSIFIED, CONFIDENCE = 0.01, 0.99  # a sample catches 1 % of the chunks falsified with probability 0.99
 BUNDLE_VERSION = 1
+#: Deepest nesting of a bundle's JSON: the bundle and its map of proofs, then an EZKL proof (a few levels: lists
+#: of lists of public values), with room to spare for EZKL versions.
+MAX_BUNDLE_DEPTH = 16
 
 
 def sample_size(total: int, falsified: float = FALSIFIED, confidence: float = CONFIDENCE) -> int:
@@ -81,6 +87,20 @@ def prove_merge(repo: Repo, identity: Identity, merge: CommitId, *, memory_mb: i
                             vk=circuit.vk_sha256)
 
 
+def decode_bundle(data: bytes, repo: RepoId, merge: CommitId, chunks: list[int]) -> dict[str, Any]:
+    """The bundle in ``data``: of ``repo``'s merge ``merge``, one proof for each of ``chunks``. ``IntegrityError``
+    if it is anything else, too deep included (see the module docstring)."""
+    try:
+        bundle = loads_json(data, max_depth=MAX_BUNDLE_DEPTH, what="the bundle")
+    except IntegrityError as exc:
+        raise IntegrityError(f"the proofs of {short(merge)}: {exc}") from None
+    if not (isinstance(bundle, dict) and bundle.get("v") == BUNDLE_VERSION and bundle.get("repo") == repo
+            and bundle.get("commit") == merge and isinstance(bundle.get("proofs"), dict)
+            and set(bundle["proofs"]) == {str(j) for j in chunks}):
+        raise IntegrityError(f"the proofs of {short(merge)} are not a bundle of one proof per chunk it selects")
+    return bundle
+
+
 def check_merge(repo: Repo, record: ProofRecord) -> dict[str, Any]:
     """Check the proofs ``record`` names against ``repo``'s records (see the module docstring); what was proven
     (chunks, total, the chance the sample catches 1 % falsified). ``IntegrityError`` saying what is wrong."""
@@ -91,14 +111,8 @@ def check_merge(repo: Repo, record: ProofRecord) -> dict[str, Any]:
         raise IntegrityError(f"the proofs of {short(commit.id)} cover other chunks than its id selects")
     if record.size > MAX_PROOFS_BYTES:
         raise IntegrityError(f"the proofs of {short(commit.id)} are larger than {MAX_PROOFS_BYTES >> 20} MiB")
-    try:
-        bundle = json.loads(unixfs.cat(repo.blocks, record.proofs, max_size=record.size))
-    except ValueError:
-        raise IntegrityError(f"the proofs of {short(commit.id)} are not JSON") from None
-    if not (isinstance(bundle, dict) and bundle.get("v") == BUNDLE_VERSION and bundle.get("repo") == repo.id
-            and bundle.get("commit") == commit.id and isinstance(bundle.get("proofs"), dict)
-            and set(bundle["proofs"]) == {str(j) for j in expected}):
-        raise IntegrityError(f"the proofs of {short(commit.id)} are not a bundle of one proof per chunk it selects")
+    bundle = decode_bundle(unixfs.cat(repo.blocks, record.proofs, max_size=record.size), repo.id, commit.id,
+                           expected)
     circuit = circuits.for_repo(repo).circuit(repo, len(weights))
     if record.vk != circuit.vk_sha256:
         raise IntegrityError(f"the proofs of {short(commit.id)} were made for another verifying key (sha256 "

@@ -1,0 +1,257 @@
+"""Attacks over gossip and sync on real daemons, by a stranger speaking py-libp2p (``testing.hostile``):
+
+- finding 1: a self-signed membership change ahead of the node's chain (``Lagging``), from a stranger that
+  answers ``heads`` with a record nested 600 levels deep, stopped a daemon. Now a non-member's claim is refused
+  before any work (no sync stream is opened to it) and counted against it; the deep record, when the API is made
+  to pull from that peer anyway, is an ``IntegrityError`` counted against the peer.
+- finding 11: ``Lagging`` cost its sender nothing (60 sent, 60 pulls). Now even a member's claims start at most
+  one pull per ``LAGGING_EVERY``, and a claim the pull does not bear out counts against it. Deeply nested
+  messages no longer write a traceback each (13 of 1 KB wrote 1.5 MB of log), items of 1 or 3 elements are bad
+  input like any other, and all of it is counted against the peer.
+- finding 13 (API side): ``flair pull`` joins the pull of the same repository from the same peer that gossip
+  started, instead of fetching the same records and blocks twice at once.
+
+Each asserts: the daemon still answers, nothing was accepted, and the counters name the peer."""
+
+from functools import partial
+
+import pytest
+import trio
+from libp2p.pubsub.pb import rpc_pb2
+from safetensors.torch import save_file
+
+from flair_node.core import encoding
+from flair_node.core.errors import FlairError
+from flair_node.core.identity import Identity
+from flair_node.core.membership import MembershipChange
+from flair_node.daemon.p2p import P2PService
+from flair_node.network import rpc
+from flair_node.network.bitswap import BlockExchange
+from flair_node.network.host import connect, full_addrs, peer_id, running_host
+from flair_node.protocol import announce, sync
+from flair_node.storage.repo import now_ms
+from flair_node.storage.repos import RepoSet
+from flair_node.testing.daemon import running_daemon
+from flair_node.testing.graph import tiny_state
+from flair_node.testing.hostile import deep_msgpack, hostile_peer, rpc_frame, sync_reply
+from flair_node.testing.network import address, configure
+
+ATTACK_TIMEOUT = 60.0
+
+
+def new_repo(daemon, tmp_path) -> str:
+    path = tmp_path / "m0.safetensors"
+    save_file(tiny_state(0), str(path))
+    return daemon.client.call("repo.init", name="target", model_path=str(path))["repo"]
+
+
+def state(daemon, repo):
+    """What an attack must leave unchanged: branches, members, stored objects."""
+    objects = sorted(p.name for p in (daemon.home / "objects").rglob("*") if p.is_file())
+    return (daemon.client.call("repo.branch", repo=repo)["branches"], daemon.client.call("repo.members", repo=repo),
+            objects)
+
+
+def log_size(daemon) -> int:
+    return (daemon.home / "daemon.log").stat().st_size
+
+
+def ahead(mallory: Identity, repo: str, seq: int) -> bytes:
+    """An announcement of a membership change mallory signed itself, ``seq`` far past the node's chain."""
+    change = MembershipChange(repo=repo, previous="0" * 64, seq=seq, author=mallory.public_key,
+                              timestamp_ms=now_ms(), action="invite", member=Identity.generate().public_key,
+                              role="maintainer").signed(mallory)
+    return announce.pack(repo, [("membership", change.encode())], 60_000)[0]
+
+
+def deep_heads(request) -> bytes:
+    """A heads reply whose repository record is msgpack nested 600 levels deep."""
+    return sync_reply({"record": deep_msgpack(600), "members": "0" * 64, "moves": []})
+
+
+async def claim_lagging(target: str, repo: str, count: int, *, identity: Identity | None = None,
+                        api_pull=None) -> dict:
+    """A hostile peer (``identity`` or a stranger) serving deep heads sends ``count`` Lagging announcements to
+    the daemon at ``target``; then ``api_pull(its address)`` if given. What it saw."""
+    seen: dict = {}
+    with trio.fail_after(ATTACK_TIMEOUT):
+        async with hostile_peer(identity) as mallory:
+            mallory.serve_sync(deep_heads)
+            await mallory.connect(target)
+            topic = announce.topic(repo)
+            await mallory.join(topic, mesh_with=target.rsplit("/p2p/", 1)[-1])
+            for i in range(count):
+                await mallory.publish(topic, ahead(mallory.identity, repo, 5 + i))
+            await trio.sleep(3)  # validation, and any pull it starts
+            seen["peer"], seen["gossip_requests"] = mallory.peer_id, list(mallory.sync_requests)
+            if api_pull is not None:
+                try:
+                    await trio.to_thread.run_sync(api_pull, mallory.address)
+                except FlairError as exc:
+                    seen["api_error"] = exc
+                seen["api_requests"] = mallory.sync_requests[len(seen["gossip_requests"]):]
+    return seen
+
+
+@pytest.mark.integration
+def test_a_strangers_lagging_claim_with_a_600_deep_heads_reply_stops_nothing(tmp_path):
+    with running_daemon(configure(tmp_path / "a")) as daemon:
+        repo = new_repo(daemon, tmp_path)
+        before, log_before = state(daemon, repo), log_size(daemon)
+
+        def api_pull(peer_address: str) -> None:
+            daemon.client.call("repo.pull", repo=repo, peer=peer_address)
+
+        seen = trio.run(partial(claim_lagging, address(daemon), repo, 60, api_pull=api_pull))
+
+        assert seen["gossip_requests"] == []  # no stream opened to a stranger, however much it claims
+        assert [r["op"] for r in seen["api_requests"]] == ["heads"]  # the API pull asked, and got the deep record
+        assert "nested more than" in str(seen["api_error"])  # the decoder's bound, reported to the API caller
+        assert daemon.client.call("node.whoami")["public_key"]
+        assert daemon.process.poll() is None
+        assert state(daemon, repo) == before
+        p2p = daemon.client.call("node.status")["p2p"]
+        assert p2p["bad_announcements"].get(seen["peer"], 0) == 60, p2p
+        assert p2p["announcements"]["lagging_refused"] == 60
+        assert p2p["bad_pulls"] == {seen["peer"]: 1}
+        assert log_size(daemon) - log_before < 16_000
+
+
+@pytest.mark.integration
+def test_a_members_false_lagging_claims_cost_it_and_start_one_pull(tmp_path):
+    mallory = Identity.generate()
+    with running_daemon(configure(tmp_path / "a", sync_interval=600)) as daemon:  # no catch-up pulls meanwhile
+        repo = new_repo(daemon, tmp_path)
+        daemon.client.call("repo.invite", repo=repo, member=mallory.public_key, role="contributor")
+        before = state(daemon, repo)
+        seen = trio.run(partial(claim_lagging, address(daemon), repo, 20, identity=mallory))  # within 60 s
+
+        assert [r["op"] for r in seen["gossip_requests"]] == ["heads"]  # 20 claims, one pull
+        assert daemon.client.call("node.whoami")["public_key"]
+        assert daemon.process.poll() is None
+        assert state(daemon, repo) == before
+        p2p = daemon.client.call("node.status")["p2p"]
+        counts = p2p["announcements"]
+        assert counts["lagging"] == 20 and counts["lagging_unfounded"] == 1, counts
+        assert counts.get("lagging_limited", 0) == 19, counts  # LAGGING_EVERY, then LAGGING_PENALTY
+        assert p2p["bad_pulls"] == {mallory_peer(mallory): 1}  # its deep heads reply
+        assert p2p["bad_announcements"] == {mallory_peer(mallory): 1}  # its claim, proven false
+
+
+def mallory_peer(identity: Identity) -> str:
+    return str(peer_id(identity.public_key))
+
+
+async def side_doors(target: str, repo: str) -> str:
+    """Nested messages, items of the wrong length and raw malformed frames, from one stranger."""
+    with trio.fail_after(ATTACK_TIMEOUT):
+        async with hostile_peer() as mallory:
+            await mallory.connect(target)
+            topic = announce.topic(repo)
+            await mallory.join(topic, mesh_with=target.rsplit("/p2p/", 1)[-1])
+            for _ in range(13):  # msgpack nested 1000 deep: each once wrote a 115 KB traceback
+                await mallory.publish(topic, deep_msgpack(1000))
+            for items in ([["commit"]], [["commit", b"x", b"y"]], [["membership", deep_msgpack(600)]], [[]]):
+                await mallory.publish(topic, encoding.encode({"v": 1, "repo": repo, "items": items}))
+            deep = mallory.signed_message([topic], deep_msgpack(1000), seqno=1 << 40)
+            await mallory.send_frames(target, [rpc_frame(rpc_pb2.RPC(publish=[deep]))])
+            await mallory.send_frames(target, [rpc_frame(b"\x12\x05\x0a\xff\xff\xff\x0f")])  # a broken message
+            await trio.sleep(2)
+            return mallory.peer_id
+
+
+@pytest.mark.integration
+def test_nested_and_misshapen_gossip_is_counted_against_the_peer_and_logged_once(tmp_path):
+    with running_daemon(configure(tmp_path / "a")) as daemon:
+        repo = new_repo(daemon, tmp_path)
+        before, log_before = state(daemon, repo), log_size(daemon)
+        peer = trio.run(side_doors, address(daemon), repo)
+
+        assert daemon.client.call("node.whoami")["public_key"]
+        assert daemon.process.poll() is None
+        assert state(daemon, repo) == before
+        p2p = daemon.client.call("node.status")["p2p"]
+        assert p2p["bad_announcements"].get(peer) == 13 + 4 + 1, p2p  # 13 nested, 4 misshapen, 1 raw nested
+        assert p2p["gossip"]["bad_peers"].get(peer) == 1, p2p["gossip"]  # the malformed frame
+        grown = log_size(daemon) - log_before
+        assert grown < 8_000, (daemon.home / "daemon.log").read_text()[log_before:]
+
+
+async def test_an_api_pull_joins_the_gossip_pull_of_the_same_repository_from_the_same_peer(tmp_path):
+    owner_id, member_id = Identity.generate(), Identity.generate()
+    owner = RepoSet.in_memory(owner_id)
+    repo = owner.create("r", tiny_state(0))
+    for seed in range(1, 4):
+        repo.commit_weights(owner_id, tiny_state(seed), message=f"seed {seed}")
+    repo.invite(owner_id, member_id.public_key, "reader")
+    member = RepoSet.in_memory(member_id)
+    member.adopt(repo.record)
+    serving, most = 0, 0
+    served = []
+    server = sync.SyncServer(owner)
+
+    async def slow_handler(asker, request):
+        nonlocal serving, most
+        serving += 1
+        most = max(most, serving)
+        try:
+            await trio.sleep(0.3)  # a slow peer: a second pull would overlap this one
+            served.append(request["op"])
+            return await server.handle(asker, request)
+        finally:
+            serving -= 1
+
+    with trio.fail_after(ATTACK_TIMEOUT):
+        async with running_host(owner_id) as a, running_host(member_id) as b, trio.open_nursery() as nursery:
+            exchange_a = BlockExchange(a, owner.blocks)
+            await nursery.start(exchange_a.run)
+            rpc.serve(a, sync.PROTOCOL, slow_handler)
+            exchange_b = BlockExchange(b, member.blocks)
+            await nursery.start(exchange_b.run)
+            p2p = P2PService(b, exchange_b, member, sync_interval=600)
+            await nursery.start(p2p.run)
+            target = full_addrs(a)[0]
+            result, answered = {}, trio.Event()
+
+            async def api() -> None:
+                result.update(await p2p.pull_from(repo.id, target))
+                answered.set()
+
+            peer = str(await connect(b, target))
+            p2p._pull_later(repo.id, peer)  # what an announcement of a commit it lacks starts
+            await trio.sleep(0.05)
+            nursery.start_soon(api)
+            with trio.fail_after(30):
+                await answered.wait()
+            assert result["commits"] == 0  # the gossip pull's pass brought them; the API's found them here
+            assert most == 1  # never two requests to the peer at once
+            assert served.count("heads") == 2  # the gossip pull, and the one more pass the API asked for
+            assert member.open_id(repo.id).head("main") == repo.head("main")
+            assert p2p.status()["bad_pulls"] == {} and p2p.status()["bad_announcements"] == {}
+            assert p2p.counts["pulls"] == 2
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_validator_that_raises_costs_one_log_line_per_peer_and_counts_each_message(caplog):
+    from flair_node.network.gossip import MemoryGossipNetwork
+
+    def validate(forwarder, data):
+        raise ValueError("not enough values to unpack" + "!" * 5000)  # what a misshapen item once raised
+
+    network = MemoryGossipNetwork()
+    a, mallory = network.node("a"), network.node("mallory")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await nursery.start(mallory.run)
+        await a.join("t", validate)
+        await mallory.join("t", lambda forwarder, data: True)
+        for i in range(1000):
+            await mallory.publish("t", b"%d" % i)
+        with trio.fail_after(10):
+            while a.status()["rejected"] < 1000:  # noqa: ASYNC110  (memory gossip signals no progress)
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert a.status()["bad_peers"] == {"mallory": 1000}
+    lines = [r for r in caplog.records if r.name == "flair_node.network.gossip"]
+    assert len(lines) == 1 and lines[0].exc_info is None, lines
+    assert "mallory" in lines[0].getMessage() and len(lines[0].getMessage()) < 600
