@@ -68,9 +68,13 @@ def test_the_entitled_node_merges_and_every_node_follows_then_a_backup_takes_ove
             wait_until(lambda: all(head(n, repo) != head_before for n in others), "round 2 merged by the backup", 40)
             second = others[0].client.call("repo.show", repo=repo, commit=head(others[0], repo))
             assert second["kind"] == "round" and second["author"] == ranked[1]
-            # the backup's window opens after the first's (deadline + timeout), and it merged within its window:
-            # within 2x the timeout of the moment the round could first have been merged
-            assert opened + 3 + 6 <= second["timestamp_ms"] / 1000 < opened + 3 + 2 * 6
+            # the first window ends one timeout after the round became ready (its deadline, or when it filled up,
+            # whichever came first); the backup's follows, and it merged within it: within 2x the timeout of the
+            # moment the round could first have been merged
+            filled = max(others[0].client.call("repo.show", repo=repo, commit=c)["timestamp_ms"]
+                         for c in second["parents"][1:]) / 1000  # the policy's buffer is these two
+            ready = min(opened + 3, filled)
+            assert ready + 6 <= second["timestamp_ms"] / 1000 < ready + 2 * 6
             assert head(others[1], repo) == second["id"]
 
 

@@ -136,7 +136,8 @@ def encode_file_node(node: FileNode) -> bytes:
 
 
 def decode_file_node(block: bytes) -> FileNode:
-    """A dag-pb UnixFS file node; anything else raises ``IntegrityError``."""
+    """A dag-pb UnixFS file node; anything else raises ``IntegrityError``, as does a node whose declared
+    ``filesize`` is not the sum of its links' blocksizes (the sizes a DAG walk holds each child to)."""
     links: list[Link] = []
     unixfs: bytes | None = None
     for number, value in fields(block):
@@ -155,14 +156,18 @@ def decode_file_node(block: bytes) -> FileNode:
             unixfs = value
     if unixfs is None:
         raise IntegrityError("dag-pb node carries no UnixFS data")
-    kind, blocksizes = None, []
+    kind, filesize, blocksizes = None, None, []
     for number, value in fields(unixfs):
         if number == 1 and isinstance(value, int):
             kind = value
+        elif number == 3 and isinstance(value, int):
+            filesize = value
         elif number == 4 and isinstance(value, int):
             blocksizes.append(value)
         elif number == 2:
             raise IntegrityError("UnixFS node with inline data is not a Flair payload node")
     if kind != UNIXFS_FILE or len(blocksizes) != len(links) or not links:
         raise IntegrityError("dag-pb node is not a UnixFS file node with one blocksize per link")
+    if filesize is not None and filesize != sum(blocksizes):
+        raise IntegrityError(f"UnixFS node declares {filesize} bytes but its links hold {sum(blocksizes)}")
     return FileNode(tuple(links), tuple(blocksizes))

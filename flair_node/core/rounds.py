@@ -6,11 +6,16 @@ commit), so every member computes the same answer with no coordinator:
 - **Ranking.** For the round that follows merged commit ``previous``, eligible members who merged a round
   longest ago (or never) come first, so every one takes a turn before anyone takes a second; among equals the
   order is by ``sha256(previous id ‖ member key)`` (rendezvous hashing), unknown until ``previous`` exists.
-- **Windows.** A round opens at ``previous``'s timestamp (``opened_ms``). The first-ranked member may merge from
-  then until ``opened_ms + deadline + timeout``; the k-th ranked (k >= 1) takes over for one ``timeout`` after
-  that, and so on; after the last, the turn comes round again to the first, one ``timeout`` each, so a round
-  that waited long for contributions still has exactly one aggregator at any time. A merge is entitled only if
-  its signed timestamp falls in its author's window; members ignore any other.
+- **Windows.** A round opens at ``previous``'s timestamp (``opened_ms``) and is due at the deadline
+  (``opened_ms + deadline``), or earlier when it filled up: when its K-th contribution was signed
+  (``filled_at``, from the signed timestamps of the contributions a merge takes, so every member computes it
+  from the merge alone). The first-ranked member may merge from ``opened_ms`` until one ``timeout`` after the
+  round was due; the k-th ranked (k >= 1) takes over for one ``timeout`` after that, and so on; after the last,
+  the turn comes round again to the first, one ``timeout`` each, so a round that waited long for contributions
+  still has exactly one aggregator at any time, and a dead aggregator delays a round that filled up by one
+  ``timeout`` (not by the deadline). A merge is entitled only if its signed timestamp falls in its author's
+  window; members ignore any other. A member who withholds a contribution it dated early can make the next
+  window open sooner than the others saw the round fill; it gains at most a turn it would have had anyway.
 - **Weights.** A contribution based ``τ`` merged commits behind the head weighs ``examples × (1 + τ)^-α``
   (FedBuff-style staleness discount); beyond ``max_staleness`` it is refused. ``weight_counts`` computes the
   weights in decimal arithmetic to 9 digits (no platform's ``pow`` decides them) and returns integers for the
@@ -143,26 +148,54 @@ def ranking(eligible: Sequence[PublicKey], previous: str, last_turn: Mapping[str
     return sorted(dict.fromkeys(eligible), key=order, reverse=True)
 
 
-def window(rank: int, opened_ms: int, policy: RoundPolicy) -> tuple[int, int]:
-    """``[start, end)`` in Unix ms during which the ``rank``-th ranked aggregator (0 first) may merge."""
+def filled_at(timestamps: Sequence[int], opened_ms: int, policy: RoundPolicy) -> int | None:
+    """When a round that opened at ``opened_ms`` filled up, given the signed timestamps of its contributions: the
+    K-th earliest (never before the round opened); None with fewer than K (``policy.buffer``)."""
+    if len(timestamps) < policy.buffer:
+        return None
+    return max(opened_ms, sorted(timestamps)[policy.buffer - 1])
+
+
+def first_window_end(opened_ms: int, policy: RoundPolicy, filled_ms: int | None = None) -> int:
+    """When the first-ranked aggregator's window ends: one ``timeout`` after the round was due, at its deadline
+    or when it filled up (``filled_at``), whichever came first."""
+    due = opened_ms + policy.deadline_s * 1000
+    if filled_ms is not None:
+        due = min(due, max(opened_ms, filled_ms))
+    return due + policy.timeout_s * 1000
+
+
+def window(rank: int, opened_ms: int, policy: RoundPolicy, *, filled_ms: int | None = None) -> tuple[int, int]:
+    """``[start, end)`` in Unix ms during which the ``rank``-th ranked aggregator (0 first) may merge, for a round
+    that opened at ``opened_ms`` and filled up at ``filled_ms`` (None: not before its deadline)."""
     if rank < 0:
         raise InvalidInput("rank must be >= 0")
-    first_end = opened_ms + (policy.deadline_s + policy.timeout_s) * 1000
+    first_end = first_window_end(opened_ms, policy, filled_ms)
     if rank == 0:
         return opened_ms, first_end
     start = first_end + (rank - 1) * policy.timeout_s * 1000
     return start, start + policy.timeout_s * 1000
 
 
-def entitled(ranked: Sequence[PublicKey], opened_ms: int, at_ms: int, policy: RoundPolicy) -> PublicKey | None:
+def entitled(ranked: Sequence[PublicKey], opened_ms: int, at_ms: int, policy: RoundPolicy, *,
+             filled_ms: int | None = None) -> PublicKey | None:
     """The aggregator entitled to merge at ``at_ms``: after the last window the turns cycle through ``ranked``
     again, one ``timeout`` each. None before the round opened or if nobody is eligible."""
     if not ranked or at_ms < opened_ms:
         return None
-    first_end = window(0, opened_ms, policy)[1]
+    first_end = first_window_end(opened_ms, policy, filled_ms)
     if at_ms < first_end:
         return ranked[0]
     return ranked[(1 + (at_ms - first_end) // (policy.timeout_s * 1000)) % len(ranked)]
+
+
+def turn_ends(opened_ms: int, at_ms: int, policy: RoundPolicy, *, filled_ms: int | None = None) -> int:
+    """When the window of whoever may merge at ``at_ms`` ends (Unix ms)."""
+    first_end = first_window_end(opened_ms, policy, filled_ms)
+    if at_ms < first_end:
+        return first_end
+    step = policy.timeout_s * 1000
+    return first_end + ((at_ms - first_end) // step + 1) * step
 
 
 def discount(staleness: int, alpha: str) -> Decimal:

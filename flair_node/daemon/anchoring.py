@@ -49,6 +49,7 @@ from ..api.registry import Registry
 from ..core.errors import FlairError, IntegrityError, InvalidInput
 from ..core.identity import Identity
 from ..core.ids import CommitId, short
+from ..protocol.rounds import meta_parents
 from ..storage import unixfs
 from ..storage.atomic import atomic_write
 from ..storage.repo import Repo, now_ms
@@ -206,7 +207,7 @@ class AnchorService:
 
         payer = Keypair.from_bytes(self.identity.keypair_bytes())
         made = state.setdefault("contributions", {})
-        parents = (await trio.to_thread.run_sync(repo.commit, merge)).parents[1:]
+        parents = meta_parents(dict((await trio.to_thread.run_sync(repo.commit, merge)).meta))  # not excluded ones
         for contribution in parents:
             contributor = (await trio.to_thread.run_sync(repo.commit, contribution)).author
             mint = contribution_mint(self.identity.keypair_bytes()[:32], merge, contribution)
@@ -261,7 +262,7 @@ class AnchorService:
             raise IntegrityError(f"mint {claim.mint} does not exist on {self.cluster}")
         verify_commit_nft(mint=Pubkey.from_string(claim.mint), owner=Pubkey.from_string(landed.owner),
                           data=landed.data, record=record, aggregator=Pubkey.from_string(claim.author))
-        merged = set(commit.parents[1:])
+        merged = set(meta_parents(dict(commit.meta)))
         state["contributions"] = {}
         for contribution, mint, transaction in claim.contributions:
             if contribution not in merged:
@@ -300,7 +301,7 @@ class AnchorService:
         proof = repo.proof(merge)
         record = AnchorRecord(repo=repo.id, branch=commit.meta["branch"], round=int(commit.meta["round"]),
                               commit=merge, proof=proof.proofs if proof is not None else None)
-        authors = sorted({repo.commit(c).author for c in commit.parents[1:]})
+        authors = sorted({repo.commit(c).author for c in meta_parents(dict(commit.meta))})
         document = metadata_json(commit_nft_metadata(record, aggregator=commit.author, contributors=authors))
         if len(document) > MAX_METADATA_BYTES:
             raise InvalidInput(f"the metadata of {short(merge)} is larger than {MAX_METADATA_BYTES} bytes")

@@ -61,6 +61,7 @@ class Node:
         if scratch:
             log.info("removed %d proof scratch folders left by an interrupted run", scratch)
         self.api: ApiServer | None = None  # set while the API serves
+        self._sync_served: rpc.Served | None = None  # set while the sync protocol is served
         self.repos = RepoSet.on_disk(home.path, self.identity)
         circuits.use(self.repos.objects, circuits.Circuits(home.path / "proofs"))
         self.pinning = KuboPinService(self.repos, KuboPinner(config.kubo_api), home.path / "kubo") \
@@ -111,7 +112,10 @@ class Node:
         if self.p2p is not None:
             bitswap = self.p2p.exchange.status()
             status["p2p"] = {"addrs": full_addrs(self.p2p.host), "refused_blocks": bitswap["refused_blocks"],
-                             "bitswap_peers": bitswap["peers"], **self.p2p.status()}
+                             "bitswap_peers": bitswap["peers"], "bitswap_streams": self.p2p.exchange.stream_status(),
+                             **self.p2p.status()}
+            if self._sync_served is not None:
+                status["p2p"]["sync_server"] = self._sync_served.status()
         return status
 
     def _online(self) -> P2PService:
@@ -137,7 +141,7 @@ class Node:
                     trio.open_nursery() as nursery:
                 exchange = BlockExchange(host, self.repos.blocks)
                 await nursery.start(exchange.run)
-                rpc.serve(host, sync.PROTOCOL, sync.SyncServer(self.repos).handle)
+                self._sync_served = rpc.serve(host, sync.PROTOCOL, sync.SyncServer(self.repos).handle)
                 p2p = P2PService(host, exchange, self.repos, bootstrap=self.config.p2p_bootstrap,
                                  sync_interval=self.config.p2p_sync_interval)
                 await nursery.start(p2p.run)

@@ -348,6 +348,9 @@ class P2PService:
         latest: dict[str, tuple[BranchMove, str]] = {}
         pull: dict[CommitId, str] = {}
         for taken, publisher in messages:
+            for commit in taken.commits:  # a peer's merge of a round: this node holds its own while it is checked
+                if commit.kind == "round" and rounds.note_merge(repo, commit):
+                    self.counts["held_merges"] += 1
             pull.update((c.id, publisher) for c in taken.commits if not repo.objects.has(c.id))
             # proof and anchor records come by pulling from their publisher (a proof record with its blocks)
             pull.update((CommitId(c.id), publisher) for c in (*taken.proofs, *taken.anchors)
@@ -424,6 +427,10 @@ class P2PService:
                     await self._join(repo)
                     if result.commits or result.changes or result.moved:
                         log.info("pulled %s from %s: %s", short(repo), peer, result.json())
+                    if result.refused:  # records it served that failed their checks
+                        rid, why = next(iter(result.refused.items()))
+                        self._bad_pulls.add(peer, "pulling %s: %d records refused, %s: %s", short(repo),
+                                            len(result.refused), short(rid), why)
                     state.result = result
                 except IntegrityError as exc:  # the peer sent what fails its checks
                     self.counts["pull_failures"] += 1

@@ -5,10 +5,19 @@ sends its messages on one long-lived stream it opened, so replies to our wants a
 DAG is fetched with a window of wants in flight, children queued as soon as their parent arrives.
 
 Nothing a peer sends is trusted. A block's CID is recomputed from its bytes; a block is kept only if this node
-asked that peer for exactly that CID, and only within the size its DAG declares. Forged or unrequested blocks
-and malformed messages cost the peer penalty points; at ``Penalties.BAN_AFTER`` points the peer is
-disconnected and ignored for ``BAN_SECONDS``, and fetches from it fail at once. Bad input is logged once per
-peer per minute and counted in ``status()``.
+asked that peer for exactly that CID, and only within what its DAG declares (``storage.unixfs.Bounds``: sizes,
+depth, and how many blocks a walk may visit, so a DAG bomb fails after a few blocks; nodes are decoded off the
+event loop). Forged or unrequested blocks and malformed messages cost the peer penalty points; at
+``Penalties.BAN_AFTER`` points the peer is disconnected and ignored for ``BAN_SECONDS``, and fetches from it
+fail at once. Penalties fall only on what is provably bad: a copy of a block this node asked that peer for in
+the last ``ASKED_SECONDS`` is dropped without blame, up to one copy per want sent (two fetches of one DAG each
+ask, so the peer rightly sends twice; a want withdrawn late). Bad input is logged once per peer per minute and
+counted in ``status()``.
+
+A peer holds at most ``MAX_STREAMS`` streams open to this node (one more resets its oldest); a message begun
+must arrive whole within ``framing.FRAME_TIMEOUT`` and a peer's stream that starts none for ``IDLE_SECONDS`` is
+reset, so stalled streams pin no memory. Slowness is not proof of malice: resets are counted per peer in
+``stream_status()``, without penalty points.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import Any
 import trio
 from libp2p.custom_types import TProtocol
 
-from ..core.cid import ParsedCid, parse_cid
+from ..core.cid import RAW, ParsedCid, parse_cid
 from ..core.errors import FlairError, IntegrityError, InvalidInput, RemoteError
 from ..core.ids import Cid
 from ..storage import unixfs
@@ -38,7 +47,10 @@ SEND_TARGET = 1 << 20  # bytes of blocks batched into one message
 MAX_LEDGER = 4096  # wants one peer may have queued here
 MAX_PEERS = 4096  # peers remembered (streams, ledgers, penalty records); the least recently seen go first
 _STORE_BATCH = 32  # blocks stored per thread hop while fetching
-_LATE_CANCELLED = 1024  # CIDs per peer whose late arrival after a cancel is no offence
+MAX_ASKED = 16384  # CIDs remembered per peer as asked of it: a late copy answering a want is no offence
+ASKED_SECONDS = 600.0  # for this long after the want was sent
+MAX_STREAMS = 8  # streams one peer may have open to this node; opening another resets its oldest
+IDLE_SECONDS = 300.0  # a peer's stream that starts no message for this long is reset (it reopens one to talk)
 _DONT_HAVE, _BANNED = object(), object()
 
 
@@ -121,7 +133,8 @@ class _Peer:
     lock: trio.Lock = field(default_factory=trio.Lock)
     ledger: OrderedDict[ParsedCid, wire.Want] = field(default_factory=OrderedDict)
     serving: bool = False  # a task is answering the ledger
-    cancelled: OrderedDict[ParsedCid, None] = field(default_factory=OrderedDict)
+    #: CIDs wanted of it: when last, and how many wants it has not answered with the block yet.
+    asked: OrderedDict[ParsedCid, tuple[float, int]] = field(default_factory=OrderedDict)
 
 
 class BlockExchange:
@@ -130,6 +143,11 @@ class BlockExchange:
         self.host = host
         self.blocks = blocks
         self.penalties = Penalties(clock)
+        self._clock = clock
+        #: The streams each peer has open to this node (each with the scope of its reader), oldest first.
+        self._incoming: dict[Any, deque[tuple[Any, trio.CancelScope]]] = {}
+        #: Streams reset per peer and why: "frame" (a message not completed in time), "idle", "over_cap".
+        self._reset_streams: OrderedDict[str, dict[str, int]] = OrderedDict()
         self._peers: OrderedDict[Any, _Peer] = OrderedDict()
         self._wants: dict[ParsedCid, list[_Fetch]] = {}
         self._fetches: set[_Fetch] = set()
@@ -165,66 +183,80 @@ class BlockExchange:
                         window: int = 128) -> int:
         """Fetch every block of the DAG under ``root`` that this node lacks from ``peer``; returns how many.
 
-        Up to ``window`` wants are in flight at once. Raises ``RemoteError`` if the peer lacks a block, sends
-        nothing for ``block_timeout`` seconds, or is banned; ``IntegrityError`` if the DAG is deeper than
-        ``unixfs.MAX_DEPTH`` or holds more than ``max_size`` bytes.
+        Up to ``window`` wants are in flight at once; a block linked more than once is asked for once. Raises
+        ``RemoteError`` if the peer lacks a block, sends nothing for ``block_timeout`` seconds, or is banned;
+        ``IntegrityError`` if the DAG breaks ``unixfs.Bounds`` (deeper than ``unixfs.MAX_DEPTH``, more than
+        ``max_size`` bytes, a block not of the size its parent says, more block visits than its size allows),
+        checked as each block arrives, before it is stored.
         """
         if window < 1:
             raise InvalidInput(f"a fetch needs a window of at least one want, not {window}")
         if self.penalties.banned(peer):
             raise RemoteError(f"peer {peer} is banned for sending bad blocks; not fetching {root} from it")
         fetch = _Fetch(peer, window)
-        todo: deque[tuple[ParsedCid, int, int]] = deque([(parse_cid(root), max_size, 0)])
-        in_flight: dict[ParsedCid, list[tuple[int, int]]] = {}  # cid -> (bytes it may hold, depth) per place
+        bounds = unixfs.Bounds(root, max_size)
+        shapes: dict[ParsedCid, unixfs.Shape] = {}  # blocks of this DAG checked so far (fetched or held)
+        todo: deque[tuple[ParsedCid, int, int]] = deque([(parse_cid(root), max_size, 0)])  # (cid, bytes, depth)
+        in_flight: dict[ParsedCid, list[tuple[int, int]]] = {}  # cid -> (bytes it must hold, depth) per place
         unstored: list[tuple[ParsedCid, bytes]] = []  # arrived and checked, stored a batch at a time
         fetched = 0
 
-        def arrived(cid: ParsedCid, block: bytes, places: list[tuple[int, int]]) -> None:
-            for allowed, depth in places:
-                for child, size in unixfs.children(root, cid, block, allowed):
-                    if depth + 1 > unixfs.MAX_DEPTH:
-                        raise IntegrityError(f"DAG under {root} is deeper than {unixfs.MAX_DEPTH}", cid=root)
-                    todo.append((child, size, depth + 1))
+        def place(cid: ParsedCid, allowed: int, depth: int) -> None:
+            todo.extend(bounds.place(cid, shapes[cid], allowed, depth))
 
         self._fetches.add(fetch)
         try:
             while todo or in_flight:
-                wants = []
+                wants: list[wire.Want] = []
                 # Refill the window in batches (when half of it has arrived): fewer, larger messages both ways.
                 while todo and (len(in_flight) < window // 2 or wants) and len(in_flight) < window:
                     cid, allowed, depth = todo.popleft()
-                    if cid in in_flight:  # the same block twice in one DAG: asked for once
+                    bounds.visit(depth)
+                    if cid in shapes:  # linked again: checked where it sits now, never fetched twice
+                        place(cid, allowed, depth)
+                    elif cid in in_flight:
                         in_flight[cid].append((allowed, depth))
                     elif self.blocks.has(cid):
-                        arrived(cid, await trio.to_thread.run_sync(self.blocks.get, cid), [(allowed, depth)])
+                        shapes[cid] = await trio.to_thread.run_sync(self._held_shape, root, cid)
+                        place(cid, allowed, depth)
                     else:
                         in_flight[cid] = [(allowed, depth)]
                         self._wants.setdefault(cid, []).append(fetch)
                         wants.append(wire.Want(cid, send_dont_have=True))
                 if wants:
+                    self._asked(peer, [w.cid for w in wants])
                     await self._send(peer, wire.Message(wants=tuple(wants)))
                 if not in_flight:
                     continue
+                arrivals: list[tuple[ParsedCid, Any]] = []
                 with trio.move_on_after(block_timeout):
-                    arrivals = [await fetch.receive.receive()]
-                    while len(arrivals) < window:  # and whatever else has arrived
-                        try:
-                            arrivals.append(fetch.receive.receive_nowait())
-                        except trio.WouldBlock:
-                            break
-                    for cid, block in arrivals:
-                        if block is _BANNED:
-                            raise RemoteError(f"peer {peer} was banned for sending bad blocks while sending {root}")
-                        if block is _DONT_HAVE:
-                            raise RemoteError(f"peer {peer} does not have block {cid.text} of {root}", cid=cid.text)
-                        arrived(cid, block, in_flight.pop(cid))  # bounds checked before anything is stored
-                    unstored += arrivals
-                    if len(unstored) >= _STORE_BATCH:  # fewer thread hops
-                        fetched, unstored = fetched + await self._store(unstored), []
-                    continue
-                first = next(iter(in_flight)).text
-                raise RemoteError(f"peer {peer} did not deliver block {first} of {root} within {block_timeout:g} s",
-                                  cid=first)
+                    arrivals.append(await fetch.receive.receive())
+                if not arrivals:
+                    first = next(iter(in_flight)).text
+                    raise RemoteError(f"peer {peer} did not deliver block {first} of {root} within "
+                                      f"{block_timeout:g} s", cid=first)
+                while len(arrivals) < window:  # and whatever else has arrived
+                    try:
+                        arrivals.append(fetch.receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                for cid, block in arrivals:
+                    if block is _BANNED:
+                        raise RemoteError(f"peer {peer} was banned for sending bad blocks while sending {root}")
+                    if block is _DONT_HAVE:
+                        raise RemoteError(f"peer {peer} does not have block {cid.text} of {root}", cid=cid.text)
+                # Bounds are checked before anything is stored; decoding nodes is CPU work, done off the loop.
+                if any(cid.codec != RAW for cid, _ in arrivals):
+                    arrived = await trio.to_thread.run_sync(_shapes, root, arrivals)
+                else:
+                    arrived = _shapes(root, arrivals)
+                for (cid, _), found in zip(arrivals, arrived, strict=True):
+                    shapes[cid] = found
+                    for allowed, depth in in_flight.pop(cid):
+                        place(cid, allowed, depth)
+                unstored += arrivals
+                if len(unstored) >= _STORE_BATCH:  # fewer thread hops
+                    fetched, unstored = fetched + await self._store(unstored), []
             return fetched + await self._store(unstored)
         finally:
             self._fetches.discard(fetch)
@@ -237,6 +269,9 @@ class BlockExchange:
             if in_flight and not self.penalties.banned(peer):
                 await self._cancel(peer, list(in_flight))
 
+    def _held_shape(self, root: Cid, cid: ParsedCid) -> unixfs.Shape:
+        return unixfs.shape(root, cid, self.blocks.get(cid))
+
     async def _store(self, batch: list[tuple[ParsedCid, bytes]]) -> int:
         """Store ``batch`` off the event loop; returns how many blocks it held."""
         def store() -> None:
@@ -246,14 +281,31 @@ class BlockExchange:
         await trio.to_thread.run_sync(store)
         return len(batch)
 
-    async def _cancel(self, peer: Any, cids: Sequence[ParsedCid]) -> None:
-        """Withdraw wants (best effort); blocks of these arriving late are then dropped without blame."""
-        state = self._peer(peer)
+    def _asked(self, peer: Any, cids: Sequence[ParsedCid]) -> None:
+        """Remember that ``peer`` was asked (once more) for each of ``cids``: it may send each block once per want,
+        even when an earlier copy already served every fetch waiting (two fetches of one DAG each ask, so the
+        peer rightly sends twice) or the want was withdrawn meanwhile."""
+        asked, now = self._peer(peer).asked, self._clock()
         for cid in cids:
-            state.cancelled[cid] = None
-            state.cancelled.move_to_end(cid)
-        while len(state.cancelled) > _LATE_CANCELLED:
-            state.cancelled.popitem(last=False)
+            _, unanswered = asked.pop(cid, (now, 0))
+            asked[cid] = (now, unanswered + 1)
+        while len(asked) > MAX_ASKED:
+            asked.popitem(last=False)
+
+    def _was_asked(self, peer: Any, cid: ParsedCid) -> bool:
+        """Whether a copy of ``cid`` from ``peer`` answers a want sent to it in the last ``ASKED_SECONDS`` that no
+        copy answered yet (and count it answered): more copies than wants is an offence, fewer is none."""
+        state = self._peers.get(peer)
+        if state is None:
+            return False
+        when, unanswered = state.asked.get(cid, (0.0, 0))
+        if unanswered < 1 or self._clock() - when > ASKED_SECONDS:
+            return False
+        state.asked[cid] = (when, unanswered - 1)
+        return True
+
+    async def _cancel(self, peer: Any, cids: Sequence[ParsedCid]) -> None:
+        """Withdraw wants (best effort); blocks of these arriving late are dropped without blame (``_asked``)."""
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             try:
                 await self._send(peer, wire.Message(wants=tuple(wire.Want(c, cancel=True) for c in cids)))
@@ -263,40 +315,92 @@ class BlockExchange:
     # -- receiving -----------------------------------------------------------------------------------------
 
     async def _handle_stream(self, stream: Any) -> None:
-        """A stream a peer opened to send us messages (Kubo's way of answering, and of asking)."""
+        """A stream a peer opened to send us messages (Kubo's way of answering, and of asking). A peer holds at
+        most ``MAX_STREAMS`` of them: one more resets its oldest."""
+        peer = stream.muxed_conn.peer_id
+        streams = self._incoming.setdefault(peer, deque())
+        scope = trio.CancelScope()
+        entry = (stream, scope)
+        streams.append(entry)
+        reset = False
         try:
-            await self._read(stream.muxed_conn.peer_id, stream)
+            with scope:
+                if len(streams) > MAX_STREAMS:
+                    _, oldest = streams.popleft()
+                    oldest.cancel()
+                    self._count_reset(peer, "over_cap")
+                reset = await self._read(peer, stream, idle_timeout=IDLE_SECONDS)
+            reset = reset or scope.cancelled_caught
         finally:
+            if entry in streams:
+                streams.remove(entry)
+            if not streams and self._incoming.get(peer) is streams:
+                del self._incoming[peer]
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await _close(stream)
+                await (_reset(stream) if reset else _close(stream))
 
-    async def _read(self, peer: Any, stream: Any) -> None:
+    async def _read_own(self, peer: Any, stream: Any) -> None:
+        """Read what ``peer`` sends on the stream this node opened to it; one that stalls is reset, and the next
+        send opens another."""
+        if await self._read(peer, stream):
+            state = self._peers.get(peer)
+            if state is not None and state.stream is stream:
+                state.stream = None
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await _reset(stream)
+
+    async def _read(self, peer: Any, stream: Any, *, idle_timeout: float | None = None) -> bool:
         """Read ``peer``'s messages from ``stream`` until it ends; one peer's errors never reach the others.
+        True if the stream stalled (a message not completed in time, or idle past ``idle_timeout``) and is to
+        be reset.
 
         Also run on the streams this node opens: py-libp2p's Bitswap answers on the asker's stream. Messages
         are decoded (blocks hashed) right here: a thread hop per message costs more than hashing 1 MiB."""
         try:
-            reader = MessageReader(stream, wire.MAX_MESSAGE, "Bitswap")
+            reader = MessageReader(stream, wire.MAX_MESSAGE, "Bitswap", idle_timeout=idle_timeout)
             while not self.penalties.banned(peer) and (data := await reader.next()) is not None:
                 try:
                     message = wire.decode(data)
                 except IntegrityError as exc:
                     self._penalize(peer, f"malformed Bitswap message: {exc}", block=False)
-                    return
+                    return False
                 self._received(peer, message)
         except IntegrityError as exc:
             self._penalize(peer, f"malformed Bitswap stream: {exc}", block=False)
+        except RemoteError as exc:
+            if "stalled" not in exc.data:
+                log.debug("Bitswap stream from %s ended: %s", peer, exc)
+                return False
+            self._count_reset(peer, exc.data["stalled"])  # slow is not proof of malice: counted, no penalty
+            log.debug("Bitswap stream from %s reset: %s", peer, exc)
+            return True
         except Exception as exc:  # a peer's stream ending badly is that peer's business
             log.debug("Bitswap stream from %s ended: %r", peer, exc)
+        return False
+
+    def _count_reset(self, peer: Any, why: str) -> None:
+        counts = self._reset_streams.get(str(peer))
+        if counts is None:
+            if len(self._reset_streams) >= MAX_PEERS:
+                self._reset_streams.popitem(last=False)
+            counts = self._reset_streams[str(peer)] = {"frame": 0, "idle": 0, "over_cap": 0}
+        self._reset_streams.move_to_end(str(peer))
+        counts[why] += 1
+
+    def stream_status(self) -> dict[str, Any]:
+        """Streams peers have open to this node, and those reset per peer (and why) since it started."""
+        return {"open": sum(len(s) for s in self._incoming.values()),
+                "reset": {peer: dict(counts) for peer, counts in self._reset_streams.items()}}
 
     def _received(self, peer: Any, message: wire.Message) -> None:
         for cid, block in message.blocks:
             fetches = [f for f in self._wants.get(cid, []) if f.peer == peer]
+            answers = self._was_asked(peer, cid)  # a late or second copy of a block asked for is no offence
             if fetches:
                 self._deliver(cid, fetches, block)
-            elif cid not in self._peer(peer).cancelled:
-                self._penalize(peer, f"sent block {cid.text} that this node did not ask it for "
-                               "(forged bytes or unrequested)", block=True)
+            elif not answers:
+                self._penalize(peer, f"sent block {cid.text} that this node did not ask it for (forged bytes, "
+                               "unrequested, or more copies than it was asked for)", block=True)
         for cid in message.dont_have:
             self._deliver(cid, [f for f in self._wants.get(cid, []) if f.peer == peer], _DONT_HAVE)
         if message.wants or message.full:
@@ -420,7 +524,7 @@ class BlockExchange:
                     if state.stream is None:
                         state.stream = await self.host.new_stream(peer, list(PROTOCOLS))
                         if self._nursery is not None:
-                            self._nursery.start_soon(self._read, peer, state.stream)
+                            self._nursery.start_soon(self._read_own, peer, state.stream)
                     await state.stream.write(wire.frame(message, presences=state.stream.get_protocol() == V120))
                     return
                 except Exception as exc:
@@ -436,3 +540,15 @@ async def _close(stream: Any) -> None:
         await stream.close()
     except Exception as exc:
         log.debug("closing a Bitswap stream: %r", exc)
+
+
+async def _reset(stream: Any) -> None:
+    """Drop ``stream`` both ways: the peer's further writes fail (so it opens a new one) instead of piling up."""
+    try:
+        await stream.reset()
+    except Exception as exc:
+        log.debug("resetting a Bitswap stream: %r", exc)
+
+
+def _shapes(root: Cid, blocks: list[tuple[ParsedCid, bytes]]) -> list[unixfs.Shape]:
+    return [unixfs.shape(root, cid, block) for cid, block in blocks]

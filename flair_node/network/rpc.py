@@ -1,17 +1,22 @@
 """One request and one reply on a libp2p stream of their own: canonical msgpack, each at most 1 MiB.
 
 py-libp2p's RequestResponse breaks on replies over ~6.5 MiB (Yamux); Flair's replies stay small by design
-(records, never tensors: those travel as blocks). Both sides bound what they read and how long they wait. The
-handler learns who asks as a Flair public key (from the peer id the connection authenticated), so a protocol
-can answer members only. A ``FlairError`` raised by the handler reaches the caller as the same kind of error,
-its message prefixed with the peer; anything else is logged here and reported as a ``RemoteError``.
+(records, never tensors: those travel as blocks). Both sides bound what they read and how long they wait (the
+whole exchange within ``TIMEOUT``), and a server answers at most ``MAX_PER_PEER`` requests of one peer at a time:
+a stream beyond that is reset at once. The handler learns who asks as a Flair public key (from the peer id the
+connection authenticated), so a protocol can answer members only. A ``FlairError`` raised by the handler reaches
+the caller as the same kind of error, its message prefixed with the peer; anything else is reported as a
+``RemoteError``. What goes wrong on the serving side (streams refused, requests failed) is counted per peer in
+``Served`` and logged once per peer per minute.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -20,20 +25,49 @@ from libp2p.custom_types import TProtocol
 from ..core import encoding
 from ..core.errors import FlairError, RemoteError, error_for_code
 from ..core.ids import PublicKey
+from .gossip import Offences
 from .host import member_key
 
 log = logging.getLogger(__name__)
 
 MAX_FRAME = encoding.MAX_RECORD_BYTES
 TIMEOUT = 30.0
+MAX_PER_PEER = 8  # requests of one peer answered at once
 Handler = Callable[[PublicKey | None, Any], Awaitable[Any]]
 
 
-def serve(host: Any, protocol: str, handler: Handler, *, timeout: float = TIMEOUT) -> None:
-    """Answer every request on ``protocol`` with ``handler(asker's key, request)``."""
+@dataclass
+class Served:
+    """What one served protocol is doing, per peer: requests in progress, streams refused (over the cap), and
+    requests that ended without a reply (stalled past the timeout, cut off, or a handler bug)."""
+
+    open: Counter[str] = field(default_factory=Counter)
+    refused: Offences = field(default_factory=Offences)
+    failed: Offences = field(default_factory=Offences)
+
+    def status(self) -> dict[str, Any]:
+        return {"open": sum(self.open.values()), "refused": dict(self.refused.counts),
+                "failed": dict(self.failed.counts)}
+
+
+def serve(host: Any, protocol: str, handler: Handler, *, timeout: float = TIMEOUT,
+          max_per_peer: int = MAX_PER_PEER) -> Served:
+    """Answer every request on ``protocol`` with ``handler(asker's key, request)``, at most ``max_per_peer`` of
+    one peer at a time; returns the counters of what it serves."""
+    served = Served()
 
     async def on_stream(stream: Any) -> None:
         peer = stream.muxed_conn.peer_id
+        name = str(peer)
+        if served.open[name] >= max_per_peer:
+            served.refused.add(name, "opened more than %d %s streams at once: reset", max_per_peer, protocol)
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                try:
+                    await stream.reset()
+                except Exception as exc:
+                    log.debug("resetting a stream: %r", exc)
+            return
+        served.open[name] += 1
         try:
             with trio.fail_after(timeout):
                 try:
@@ -42,11 +76,15 @@ def serve(host: Any, protocol: str, handler: Handler, *, timeout: float = TIMEOU
                     reply = {"error": {"code": exc.code, "message": exc.message}}
                 await stream.write(_frame(encoding.encode(reply)))
         except Exception as exc:  # one asker's trouble (a handler bug included) never reaches the node
-            log.warning("%s request from %s failed: %r", protocol, peer, exc)
+            served.failed.add(name, "%s request failed: %r", protocol, exc)
         finally:
+            served.open[name] -= 1
+            if served.open[name] <= 0:
+                del served.open[name]
             await _close(stream)
 
     host.set_stream_handler(TProtocol(protocol), on_stream)
+    return served
 
 
 async def request(host: Any, peer: Any, protocol: str, value: Any) -> Any:

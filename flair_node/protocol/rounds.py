@@ -3,17 +3,38 @@
 A **contribution** is a commit of kind ``contribution`` (``Repo.contribute``): weights a member trained from a
 commit of the branch (its base), with the number of examples, kept on the member's own branch
 ``contrib/<branch>/<key>``. A **round merge** is a commit of kind ``round`` on the branch: parents are the head
-it extends, then the contributions it merges (by id); its ``meta`` records the round number, the strategy and
-its parameters, for each contribution its examples, staleness and integer weight, and the step (out of
-2^WEIGHT_BITS) the merge takes from the head towards the strategy's result (``core.rounds.step_weight``).
+it extends, then the contributions it takes (by id, sorted); its ``meta`` records the round number, the strategy
+and its parameters, for each contribution it merges its examples, staleness and integer weight, and the step
+(out of 2^WEIGHT_BITS) the merge takes from the head towards the strategy's result (``core.rounds.step_weight``).
+
+One member, one contribution: a contribution counts only on its author's own branch (``contribution_branch``),
+at most one per member, and only while its author holds the contributor role or more at the merge's key epoch
+and time, so a member removed or expired since it contributed is not counted, whatever the date it signed.
+
+A contribution a round cannot use is **excluded**, not merged: one whose payload does not decode (not
+safetensors, another layout, a header nested too deep, altered ciphertext), that holds NaN or infinite values,
+or whose values (moved onto the head) are beyond ``MAX_VALUE``. It is still a parent of the merge, so it leaves
+the pending set, and ``meta["excluded"]`` lists it with the reason (``undecodable``, ``non-finite``,
+``out of range``): every member re-derives the same exclusions from the same bytes. If the contributions left
+are too few for the strategy, the merge takes only the excluded ones and changes no weight (the others stay
+pending), so one bad contribution never stalls a branch.
 
 ``view`` is the state of the current round: the head, when the round opened (the head's timestamp), the ranked
 aggregators (``core.rounds.ranking`` over the members allowed to move the branch), and the pending
-contributions (the latest of each member, not merged yet, at most ``max_staleness`` round merges behind).
-``merge`` is what the entitled aggregator runs; ``verify`` is what every other member runs on a round merge it
-receives, before it moves its branch: the author was entitled at the merge's signed time, every contribution is
-valid and pending, the round was ready (K contributions, or the deadline passed), the recorded weights follow the
-policy, and re-deriving the merge from the same inputs gives the same bytes.
+contributions (the latest of each member, not merged yet, at most ``max_staleness`` round merges behind, signed
+by now). ``merge`` is what the entitled aggregator runs; ``verify`` is what every other member runs on a round
+merge it receives, before it moves its branch: the merge is not dated ahead of the node's clock (beyond
+``MAX_CLOCK_SKEW_MS``: a merge signed for a window that has not begun would leave the branch without an
+aggregator until then), the author was entitled at the merge's signed time (windows from the signed times of
+the contributions it takes: ``core.rounds.filled_at``), every contribution is valid, pending, its member's only
+one and signed before the merge, the round was ready (K contributions, or the deadline passed), the recorded
+weights and exclusions follow the policy, and re-deriving the merge from the same inputs gives the same bytes.
+
+**Pending merges.** A peer's round merge takes seconds to pull and re-derive; meanwhile the next window may
+open. ``note_merge`` (called by the peer-to-peer side when a round merge's record arrives, before it is pulled)
+holds this node's own merge of that round while a signed merge of it by an entitled member is being checked:
+until ``check_move`` settles it, or for ``HOLD_TIMEOUTS`` policy timeouts at most, and once per author and
+round, so a member cannot hold a round up for long with merges that never arrive.
 
 A contribution based on an older merge is moved onto the head first, exactly: ``head + (x − base)`` in the
 fixed-point merge arithmetic, so every member computes the same input.
@@ -21,19 +42,20 @@ fixed-point merge arithmetic, so every member computes the same input.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
-from ..core.errors import FlairError, IntegrityError, InvalidInput, NotAMember
+from ..core.errors import FlairError, IntegrityError, InvalidInput, MergeError, NotAMember
 from ..core.ids import CommitId, PublicKey, short
 from ..core.membership import PROTECTED_BRANCHES, ROLES, Membership
 from ..core.objects import Commit
-from ..core.refs import BranchMove, check_branch_name
-from ..core.rounds import RoundPolicy, entitled, ranking, step_weight, weight_counts
-from ..storage.repo import CONTRIBUTION_PREFIX, Repo, now_ms
+from ..core.refs import MAX_CLOCK_SKEW_MS, BranchMove, check_branch_name
+from ..core.rounds import RoundPolicy, entitled, filled_at, ranking, step_weight, turn_ends, weight_counts
+from ..storage.repo import CONTRIBUTION_PREFIX, Repo, contribution_branch, now_ms
 
 if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
@@ -45,6 +67,20 @@ _CHECKED: WeakKeyDictionary[Any, OrderedDict[str, str | None]] = WeakKeyDictiona
 
 #: "<contribution id>:<chunk>:<scheme>:<srs>" -> whether it publishes the commitments of its own delta.
 _COMMITTED: WeakKeyDictionary[Any, OrderedDict[str, bool]] = WeakKeyDictionary()
+
+#: "<contribution id>:<head id>:<proven|moved>" -> why a round on that head excludes it, or None if it can be merged.
+_SCREENED: WeakKeyDictionary[Any, OrderedDict[str, str | None]] = WeakKeyDictionary()
+
+#: The largest magnitude of a floating value a round takes (moved onto the head): well inside what the exact
+#: merge arithmetic holds for any strategy and any number of inputs (``tensors.fixedpoint``).
+MAX_VALUE = float(1 << 19)
+MAX_INTEGER = 1 << 40  # the same for integer tensors (counters)
+MAX_EXCLUDED_REASON = 32
+HOLD_TIMEOUTS = 2  # a peer's merge being checked holds this node's own for at most this many policy timeouts
+_MAX_HELD = 1024
+#: (repo, branch, head, author) -> (the author's merge of that round, held until ms; 0 once settled).
+_HELD: WeakKeyDictionary[Any, OrderedDict[tuple[str, str, str, str], tuple[CommitId, int]]] = WeakKeyDictionary()
+_HELD_LOCK = threading.Lock()  # noted from peer-to-peer worker threads, read from the round service's
 
 
 class MergeMismatch(IntegrityError):
@@ -59,6 +95,7 @@ class Contribution:
     base: CommitId
     examples: int
     staleness: int  # round merges the branch advanced since ``base``
+    timestamp_ms: int  # when its author signed it
 
 
 @dataclass(frozen=True)
@@ -70,18 +107,24 @@ class RoundView:
     policy: RoundPolicy
     ranked: tuple[PublicKey, ...]
     pending: tuple[Contribution, ...]
+    #: When the round filled up (its K-th pending contribution's signed time; None: fewer than K wait).
+    filled_ms: int | None = None
+    #: Pending contributions this node found a merge on this head would exclude, and why; and those the merge
+    #: that made the head excluded (round ``number``).
+    excluded: tuple[tuple[CommitId, str, int], ...] = ()
 
     def aggregator(self, at_ms: int) -> PublicKey | None:
         """Who may merge at ``at_ms``."""
-        return entitled(self.ranked, self.opened_ms, at_ms, self.policy)
+        return entitled(self.ranked, self.opened_ms, at_ms, self.policy, filled_ms=self.filled_ms)
 
     def turn_ends(self, at_ms: int) -> int:
         """When the window of whoever may merge at ``at_ms`` ends (Unix ms)."""
-        first_end = self.opened_ms + (self.policy.deadline_s + self.policy.timeout_s) * 1000
-        if at_ms < first_end:
-            return first_end
-        step = self.policy.timeout_s * 1000
-        return first_end + ((at_ms - first_end) // step + 1) * step
+        return turn_ends(self.opened_ms, at_ms, self.policy, filled_ms=self.filled_ms)
+
+    def taking(self, contributions: Sequence[Contribution]) -> RoundView:
+        """This round as a merge of ``contributions`` sees it: windows from their signed times."""
+        return replace(self, pending=tuple(contributions),
+                       filled_ms=filled_at([c.timestamp_ms for c in contributions], self.opened_ms, self.policy))
 
     def ready(self, at_ms: int) -> bool:
         """Whether the round may merge at ``at_ms``: K contributions wait, or the deadline passed with one."""
@@ -92,28 +135,47 @@ class RoundView:
         now = now_ms()
         return {"branch": self.branch, "head": self.head, "round": self.number + 1, "opened_ms": self.opened_ms,
                 "policy": self.policy.as_dict(), "ranked": list(self.ranked), "aggregator": self.aggregator(now),
-                "ready": self.ready(now), "pending": [vars(c) for c in self.pending]}
+                "ready": self.ready(now), "filled_ms": self.filled_ms, "pending": [vars(c) for c in self.pending],
+                "excluded": [{"commit": c, "reason": why, "round": number} for c, why, number in self.excluded]}
 
 
-def view(repo: Repo, branch: str) -> RoundView:
-    """The current round of ``branch`` as this node sees it."""
+def view(repo: Repo, branch: str, *, at_ms: int | None = None) -> RoundView:
+    """The current round of ``branch`` as this node sees it, its members' roles judged at ``at_ms`` (default:
+    now). A contribution signed after this node's clock is not pending yet: a merge is dated after what it takes."""
     target = check_branch_name(branch)
+    clock = now_ms()
+    at = clock if at_ms is None else at_ms
     head = repo.head(target)
     membership = repo.members.current()
     chain = _chain(repo, head, membership.policy.max_staleness)
-    pending = []
+    latest: dict[PublicKey, Contribution] = {}
     prefix = f"{CONTRIBUTION_PREFIX}{target}/"
     for name, cid in sorted(repo.branches().items()):
-        if name.startswith(prefix):
-            try:
-                pending.append(_contribution(repo, repo.commit(cid), target, chain, membership.policy))
-            except IntegrityError:
-                continue  # merged already, too stale, or not a contribution to this branch
-    head_commit = repo.commit(head)
-    return RoundView(branch=target, head=head, number=_rounds_before(repo, head),
+        if not name.startswith(prefix):
+            continue
+        try:
+            commit = repo.commit(cid)
+            if contribution_branch(target, commit.author) != name or commit.timestamp_ms > clock:
+                continue  # on another member's branch (it counts only on its author's), or signed in the future
+            found = _contribution(repo, commit, target, chain, membership, epoch=membership.epoch, at_ms=at)
+        except IntegrityError:
+            continue  # merged already, too stale, its author no longer a contributor, or not one to this branch
+        mine = latest.get(found.author)
+        if mine is None or (found.timestamp_ms, found.commit) > (mine.timestamp_ms, mine.commit):
+            latest[found.author] = found  # one per member
+    pending = tuple(sorted(latest.values(), key=lambda c: c.commit))
+    head_commit, number = repo.commit(head), _rounds_before(repo, head)
+    screened: Mapping[str, str | None] = _SCREENED.get(repo.objects, {})
+    excluded = [(c.commit, why, number + 1) for c in pending
+                if (why := screened.get(_screen_key(c.commit, head, membership.policy)))]
+    if head_commit.kind == "round":
+        excluded += [(CommitId(c), why, number) for c, why in _excluded_meta(head_commit)]
+    return RoundView(branch=target, head=head, number=number,
                      opened_ms=head_commit.timestamp_ms, policy=membership.policy,
                      ranked=tuple(_ranked(repo, membership, target, head, head_commit.timestamp_ms)),
-                     pending=tuple(sorted(pending, key=lambda c: c.commit)))
+                     pending=pending, filled_ms=filled_at([c.timestamp_ms for c in pending],
+                                                          head_commit.timestamp_ms, membership.policy),
+                     excluded=tuple(excluded))
 
 
 def staleness(repo: Repo, branch: str, base: CommitId) -> int:
@@ -149,26 +211,48 @@ def commitments(repo: Repo, state: StateDict, base: CommitId, codec: str = "bitd
 def merge(repo: Repo, identity: Any, branch: str, *, at_ms: int | None = None) -> Commit:
     """Merge the pending contributions of ``branch``'s round as its entitled aggregator (``identity``).
 
-    ``InvalidInput`` if this node is not entitled now or the round is not ready."""
-    current = view(repo, branch)
+    ``InvalidInput`` if this node is not entitled now, the round is not ready, or a peer's merge of this round
+    is being checked (``note_merge``)."""
     at = now_ms() if at_ms is None else at_ms
+    seen = view(repo, branch, at_ms=at)
+    current = seen.taking(seen.pending[:most_inputs(seen.policy)])  # a proof circuit takes so many
     if current.aggregator(at) != identity.public_key:
         raise InvalidInput(f"{short(identity.public_key)} is not the aggregator of round {current.number + 1} of "
                            f"{branch} now (it is {current.aggregator(at)})")
     if not current.ready(at):
         raise InvalidInput(f"round {current.number + 1} of {branch} is not ready: {len(current.pending)} of "
                            f"{current.policy.buffer} contributions, deadline not passed")
-    chosen = current.pending[:most_inputs(current.policy)]  # a proof circuit takes so many
-    state, meta = derive(repo, current, chosen)
+    held = held_by(repo, current.branch, current.head, at)
+    if held is not None:
+        raise InvalidInput(f"round merge {short(held)} of round {current.number + 1} of {branch}, by an entitled "
+                           "member, is being checked: this node does not merge the round again meanwhile")
+    try:
+        state, meta = derive(repo, current, current.pending)
+    except InvalidInput:  # too few usable ones for the strategy: take out only those no round can use
+        screened: Mapping[str, str | None] = _SCREENED.get(repo.objects, {})
+        unusable = [c for c in current.pending
+                    if screened.get(_screen_key(c.commit, current.head, current.policy)) is not None]
+        if not unusable:
+            raise
+        current = current.taking(unusable)  # the windows as a merge of these alone gives them
+        if current.aggregator(at) != identity.public_key:
+            raise InvalidInput(f"round {current.number + 1} of {branch} has too few usable contributions for "
+                               f"{current.policy.strategy}, and taking out the unusable ones is "
+                               f"{short(current.aggregator(at) or '') or 'nobody'}'s turn now") from None
+        state, meta = derive(repo, current, unusable)
 
     def still_entitled(timestamp_ms: int) -> None:  # merging took long: a merge signed after the window is void
         if current.aggregator(timestamp_ms) != identity.public_key:
             raise InvalidInput(f"the window of {short(identity.public_key)} for round {current.number + 1} of "
                                f"{branch} ended while it merged; the next aggregator takes the round")
+        membership = repo.members.current()
+        for c in current.pending:  # a role that ended while it merged: verifiers would not count the contribution
+            _require_contributor(membership, c.author, c.commit, epoch=membership.epoch, at_ms=timestamp_ms)
 
-    return repo.write_round(identity, state, branch=current.branch, parents=(current.head, *meta_parents(meta)),
-                            meta=meta, message=f"round {meta['round']} of {branch}: {len(chosen)} "
-                                                f"contributions, {meta['strategy']['name']}",
+    left_out = f", {len(meta['excluded'])} excluded" if meta.get("excluded") else ""
+    return repo.write_round(identity, state, branch=current.branch, parents=(current.head, *merge_parents(meta)),
+                            meta=meta, message=f"round {meta['round']} of {branch}: {len(meta['contributions'])} "
+                                                f"contributions{left_out}, {meta['strategy']['name']}",
                             check_time=still_entitled)
 
 
@@ -180,20 +264,34 @@ def verify(repo: Repo, commit: Commit) -> RoundView:
     branch = commit.meta.get("branch")
     if not isinstance(branch, str):
         raise IntegrityError(f"round merge {short(commit.id)} names no branch")
-    current = _view_at(repo, branch, commit.parents[0])
+    ahead = commit.timestamp_ms - (now_ms() + MAX_CLOCK_SKEW_MS)
+    if ahead > 0:
+        raise IntegrityError(f"round merge {short(commit.id)} is signed for a window that has not begun: its time "
+                             f"is {ahead // 1000 + MAX_CLOCK_SKEW_MS // 1000} s ahead of this node's clock (at most "
+                             f"{MAX_CLOCK_SKEW_MS // 60_000} minutes are allowed)")
+    if list(commit.parents[1:]) != sorted(set(commit.parents[1:])):
+        raise MergeMismatch(f"round merge {short(commit.id)} lists its contributions out of order or twice")
+    at = _view_at(repo, branch, commit.parents[0])
+    if len(commit.parents) - 1 > most_inputs(at.policy):
+        raise IntegrityError(f"round merge {short(commit.id)} takes {len(commit.parents) - 1} contributions, more "
+                             f"than one proof takes ({most_inputs(at.policy)})")
+    membership = repo.members.current()
+    chain = _chain(repo, at.head, at.policy.max_staleness)
+    merged = [_contribution(repo, repo.commit(c), at.branch, chain, membership, epoch=commit.payload.key_epoch,
+                            at_ms=commit.timestamp_ms) for c in commit.parents[1:]]
+    if len({c.author for c in merged}) != len(merged):
+        raise MergeMismatch(f"round merge {short(commit.id)} takes two contributions of one member")
+    late = next((c for c in merged if c.timestamp_ms > commit.timestamp_ms), None)
+    if late is not None:
+        raise MergeMismatch(f"round merge {short(commit.id)} takes contribution {short(late.commit)}, signed after "
+                            "it")
+    current = at.taking(merged)
     author = current.aggregator(commit.timestamp_ms)
     if author != commit.author:
         raise IntegrityError(f"round merge {short(commit.id)} is by {short(commit.author)}, but the aggregator "
                              f"entitled at its time is {short(author) if author else 'nobody'}")
-    chain = _chain(repo, current.head, current.policy.max_staleness)
-    merged = [_contribution(repo, repo.commit(c), current.branch, chain, current.policy) for c in commit.parents[1:]]
-    if list(commit.parents[1:]) != sorted(set(commit.parents[1:])):
-        raise IntegrityError(f"round merge {short(commit.id)} lists its contributions out of order or twice")
-    if len(merged) > most_inputs(current.policy):
-        raise IntegrityError(f"round merge {short(commit.id)} merges {len(merged)} contributions, more than one "
-                             f"proof takes ({most_inputs(current.policy)})")
     early = commit.timestamp_ms < current.opened_ms + current.policy.deadline_s * 1000
-    if early and len(merged) < current.policy.buffer:
+    if early and len(merged) < current.policy.buffer and commit.meta.get("contributions") != []:
         raise IntegrityError(f"round merge {short(commit.id)} merges {len(merged)} contributions before the "
                              f"deadline (the policy waits for {current.policy.buffer})")
     state, meta = derive(repo, current, merged)
@@ -224,12 +322,71 @@ def check_move(repo: Repo, move: BranchMove) -> None:
         verify(repo, commit)
     except MergeMismatch as exc:
         _remember(checked, commit.id, str(exc))
+        _settle(repo, commit.id)
         raise
     except IntegrityError:
         raise  # perhaps only for now: a contribution it names may not have arrived yet
     except FlairError as exc:  # a strategy that cannot run on these inputs, a layout that does not fit, ...
+        _settle(repo, commit.id)
         raise IntegrityError(f"round merge {short(commit.id)} does not re-derive: {exc}") from None
     _remember(checked, commit.id, None)
+    _settle(repo, commit.id)
+
+
+def note_merge(repo: Repo, commit: Commit, *, at_ms: int | None = None) -> bool:
+    """A peer offers round merge ``commit`` (its record arrived, signed; its payload and contributions may not
+    have): if it is a merge of the current round of its branch, signed by a member entitled at its time (judged
+    from the contributions it takes when this node holds them all, else by the author being ranked at all),
+    this node's own merge of that round waits until ``check_move`` settles it, or ``HOLD_TIMEOUTS`` policy
+    timeouts at most; each author holds a round once. True if the round is held now. Never raises for bad
+    input: it is a hint, judged again in full by ``check_move``."""
+    branch = commit.meta.get("branch")
+    if commit.kind != "round" or len(commit.parents) < 2 or not isinstance(branch, str):
+        return False
+    at = now_ms() if at_ms is None else at_ms
+    try:
+        commit.verify()
+        current = view(repo, branch, at_ms=at)
+        if commit.parents[0] != current.head or not current.opened_ms <= commit.timestamp_ms \
+                <= at + MAX_CLOCK_SKEW_MS or commit.author not in current.ranked:
+            return False
+        if all(repo.objects.has(c) for c in commit.parents[1:]):
+            taken = [repo.commit(c) for c in commit.parents[1:]]
+            filled = filled_at([c.timestamp_ms for c in taken], current.opened_ms, current.policy)
+            if entitled(current.ranked, current.opened_ms, commit.timestamp_ms, current.policy,
+                        filled_ms=filled) != commit.author:
+                return False
+    except (FlairError, ValueError):
+        return False
+    key = (str(repo.id), current.branch, str(current.head), str(commit.author))
+    with _HELD_LOCK:
+        held = _HELD.setdefault(repo.objects, OrderedDict())
+        if key in held:
+            merge_id, until = held[key]
+            return merge_id == commit.id and until > at
+        held[key] = (commit.id, at + HOLD_TIMEOUTS * current.policy.timeout_s * 1000)
+        while len(held) > _MAX_HELD:
+            held.popitem(last=False)
+    return True
+
+
+def held_by(repo: Repo, branch: str, head: CommitId, at_ms: int) -> CommitId | None:
+    """A peer's merge of the round ``head`` opened on ``branch`` that this node is still checking at ``at_ms``
+    (``note_merge``), if any."""
+    with _HELD_LOCK:
+        for (repo_id, held_branch, held_head, _), (merge_id, until) in _HELD.get(repo.objects, {}).items():
+            if (repo_id, held_branch, held_head) == (repo.id, branch, head) and until > at_ms:
+                return merge_id
+    return None
+
+
+def _settle(repo: Repo, merge_id: CommitId) -> None:
+    """``merge_id`` was checked (taken or refused for good): it holds no round any more."""
+    with _HELD_LOCK:
+        held: MutableMapping[tuple[str, str, str, str], tuple[CommitId, int]] = _HELD.get(repo.objects, {})
+        for key, (held_merge, _) in list(held.items()):
+            if held_merge == merge_id:
+                held[key] = (held_merge, 0)
 
 
 def derive(repo: Repo, current: RoundView, contributions: Sequence[Contribution]
@@ -244,22 +401,31 @@ def derive(repo: Repo, current: RoundView, contributions: Sequence[Contribution]
     if not contributions:
         raise InvalidInput("a round merges at least one contribution")
     strategy = build_strategy(current.policy.strategy, current.policy.strategy_params)
-    strategy.check_count(len(contributions))
-    weights = normalize_weights(weight_counts([(c.examples, c.staleness) for c in contributions], current.policy))
-    whole = 1 << WEIGHT_BITS
-    step = step_weight([(c.examples, c.staleness) for c in contributions], current.policy, whole)
-    meta = {"branch": current.branch, "round": current.number + 1, "strategy": strategy.describe(),
-            "contributions": [[c.commit, c.examples, c.staleness, w] for c, w in zip(contributions, weights,
-                                                                                    strict=True)],
-            "examples": sum(c.examples for c in contributions), "step": step}
     head = repo.materialize(current.head)
+    kept, inputs, excluded = [], [], []
+    for c in contributions:
+        reason, value = _screen(repo, current, head, c)
+        if reason is None:
+            kept.append(c)
+            inputs.append(value)
+        else:
+            excluded.append([c.commit, reason])
+    shown = {"branch": current.branch, "round": current.number + 1, "strategy": strategy.describe()}
+    if excluded:
+        shown["excluded"] = excluded
+    if not kept:  # only unusable ones: the merge takes them out of the pending set and changes nothing
+        return head, {**shown, "contributions": [], "examples": 0, "step": 0}
+    strategy.check_count(len(kept))
+    weights = normalize_weights(weight_counts([(c.examples, c.staleness) for c in kept], current.policy))
+    whole = 1 << WEIGHT_BITS
+    step = step_weight([(c.examples, c.staleness) for c in kept], current.policy, whole)
+    meta = {**shown, "contributions": [[c.commit, c.examples, c.staleness, w] for c, w in zip(kept, weights,
+                                                                                          strict=True)],
+            "examples": sum(c.examples for c in kept), "step": step}
     if current.policy.proof_chunk:
-        state, sums = _provable(repo, head, contributions, proof_weights(meta))
+        state, sums = _provable(repo, head, list(zip(kept, inputs, strict=True)), proof_weights(meta))
         return state, {**meta, "sums": sums}
-    inputs = [repo.materialize(c.commit) if c.base == current.head else
-              combine(repo.materialize(c.base), [head, repo.materialize(c.commit)], [whole, whole])
-              for c in contributions]
-    state = strategy.aggregate(head, inputs, weights)
+    state = strategy.aggregate(head, inputs, weights)  # each contribution moved onto the head (``_screen``)
     if step != whole:  # stale contributions: a shorter step from the head towards the strategy's result
         state = combine(head, [state], [step])
     return state, meta
@@ -300,7 +466,13 @@ def proof_statement(repo: Repo, commit: Commit) -> tuple[list[int], list[list[st
 
 
 def meta_parents(meta: dict[str, Any]) -> list[CommitId]:
+    """The contributions a round merge merged (those it excluded left out), in its weights' order."""
     return [CommitId(entry[0]) for entry in meta["contributions"]]
+
+
+def merge_parents(meta: dict[str, Any]) -> list[CommitId]:
+    """Every contribution a round merge takes, merged or excluded, sorted: its parents after the head."""
+    return sorted([*meta_parents(meta), *(CommitId(c) for c, _ in meta.get("excluded", []))])
 
 
 # -- internals -----------------------------------------------------------------------------------------
@@ -320,16 +492,16 @@ def _commit_chunks(repo: Repo, values: Any) -> list[str]:
     return weighted_sum.commitments(values, chunk, circuits.for_repo(repo).committer(repo))
 
 
-def _provable(repo: Repo, head: StateDict, contributions: Sequence[Contribution], weights: Sequence[int]
-              ) -> tuple[StateDict, list[str]]:
-    """``head + Σ e_i (x_i − base_i)`` with no shortcut (each contribution enters as its own state with weight
-    ``e_i`` and its base with ``−e_i``), and the commitments of the chunks of the sums."""
+def _provable(repo: Repo, head: StateDict, contributions: Sequence[tuple[Contribution, StateDict]],
+              weights: Sequence[int]) -> tuple[StateDict, list[str]]:
+    """``head + Σ e_i (x_i − base_i)`` with no shortcut (each contribution ``x_i`` enters as its own state with
+    weight ``e_i`` and its base with ``−e_i``), and the commitments of the chunks of the sums."""
     from ..tensors.fixedpoint import combine
     from .proofs import weighted_sum
 
     states, signed, deltas = [], [], []
-    for c, e in zip(contributions, weights, strict=True):
-        x, base = repo.materialize(c.commit), repo.materialize(c.base)
+    for (c, x), e in zip(contributions, weights, strict=True):
+        base = repo.materialize(c.base)
         states += [x, base]
         signed += [e, -e]
         deltas.append(weighted_sum.fixed_delta(x, base))
@@ -352,6 +524,9 @@ def _committed(repo: Repo, commit: Commit, policy: RoundPolicy) -> bool:
             delta = weighted_sum.fixed_delta(repo.materialize(commit.id), repo.materialize(commit.parents[0]))
         except NotAMember:
             return True  # a node without the key cannot look: it neither merges nor re-derives
+        except (IntegrityError, InvalidInput, MergeError, RecursionError):  # undecodable or non-finite: the same
+            _remember(known, key, False)  # bytes fail the same way on every node, so it is never pending
+            return False
         try:
             own = _commit_chunks(repo, delta)
         except ProofError as exc:
@@ -409,13 +584,16 @@ def _chain(repo: Repo, head: CommitId, max_staleness: int) -> list[Commit]:
         cursor = commit.parents[0]
 
 
-def _contribution(repo: Repo, commit: Commit, branch: str, chain: list[Commit], policy: RoundPolicy
-                  ) -> Contribution:
-    """``commit`` as a pending contribution to ``branch``; ``IntegrityError`` if it is none."""
+def _contribution(repo: Repo, commit: Commit, branch: str, chain: list[Commit], membership: Membership, *,
+                  epoch: int, at_ms: int) -> Contribution:
+    """``commit`` as a pending contribution to ``branch`` for a merge of key ``epoch`` signed at ``at_ms``;
+    ``IntegrityError`` if it is none (its author's role is judged then, by ``membership``)."""
     examples = commit.meta.get("examples")
     if commit.kind != "contribution" or commit.meta.get("branch") != branch or len(commit.parents) != 1 \
             or not isinstance(examples, int) or isinstance(examples, bool) or examples < 0:
         raise IntegrityError(f"commit {short(commit.id)} is not a contribution to {branch}")
+    _require_contributor(membership, commit.author, commit.id, epoch=epoch, at_ms=at_ms)
+    policy = membership.policy
     base, staleness = commit.parents[0], 0
     for link in chain:
         if link.id == base:
@@ -424,13 +602,86 @@ def _contribution(repo: Repo, commit: Commit, branch: str, chain: list[Commit], 
             if policy.proof_chunk and not _committed(repo, commit, policy):
                 raise IntegrityError(f"contribution {short(commit.id)} does not publish the commitments of its "
                                      f"delta in chunks of {policy.proof_chunk}, which proven merges need")
-            return Contribution(commit.id, commit.author, base, examples, staleness)
+            return Contribution(commit.id, commit.author, base, examples, staleness, commit.timestamp_ms)
         if link.kind == "round":
             if commit.id in link.parents[1:]:
-                raise IntegrityError(f"contribution {short(commit.id)} was merged in round merge {short(link.id)}")
+                raise IntegrityError(f"contribution {short(commit.id)} was taken by round merge {short(link.id)}")
             staleness += 1
     raise IntegrityError(f"contribution {short(commit.id)} is based more than {policy.max_staleness} round merges "
                          f"behind the head of {branch}, or not on it")
+
+
+def _require_contributor(membership: Membership, author: PublicKey, commit: CommitId, *, epoch: int,
+                         at_ms: int) -> None:
+    """``IntegrityError`` unless ``author`` holds the contributor role or more for a merge of key ``epoch``
+    signed at ``at_ms``: a member removed or expired since it contributed is not counted."""
+    role = membership.role(author, epoch=epoch, at_ms=at_ms)
+    if role is None or ROLES.index(role) < ROLES.index("contributor"):
+        raise IntegrityError(f"contribution {short(commit)} is by {short(author)}, who holds no contributor role "
+                             "now (removed, expired or a reader): a round does not count it")
+
+
+def _screen(repo: Repo, current: RoundView, head: StateDict, c: Contribution) -> tuple[str | None, Any]:
+    """Why a round on ``current.head`` excludes contribution ``c`` (None if it can be merged), and, if it can,
+    what the merge takes of it: its state, moved onto the head if it is based on an older merge (its own state
+    when merges are proven, which take the base apart). The reasons depend only on the bytes of the
+    contribution, its base and the head (all named by their hashes), so every node finds the same; a node that
+    cannot read the payloads (``NotAMember``) or lacks a record (``NotFound``) raises instead of guessing."""
+    import torch
+
+    from ..tensors.fixedpoint import WEIGHT_BITS, combine
+
+    cache = _SCREENED.setdefault(repo.objects, OrderedDict())
+    key = _screen_key(c.commit, current.head, current.policy)
+    if cache.get(key) is not None:
+        return cache[key], None
+    reason, taken = None, None
+    try:
+        state = repo.materialize(c.commit)
+    except (IntegrityError, InvalidInput, MergeError, RecursionError):
+        reason = "undecodable"
+    else:
+        if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
+            reason = "non-finite"
+        else:
+            whole = 1 << WEIGHT_BITS
+            try:
+                taken = state if c.base == current.head or current.policy.proof_chunk else \
+                    combine(repo.materialize(c.base), [head, state], [whole, whole])
+            except MergeError:
+                taken = None
+            if taken is None or not _in_range(taken):
+                reason, taken = "out of range", None
+    _remember(cache, key, reason)
+    return reason, taken
+
+
+def _screen_key(contribution: CommitId, head: CommitId, policy: RoundPolicy) -> str:
+    return f"{contribution}:{head}:{'proven' if policy.proof_chunk else 'moved'}"
+
+
+def _in_range(state: StateDict) -> bool:
+    """Whether every value of ``state`` is within what a round takes (``MAX_VALUE``, ``MAX_INTEGER``)."""
+    import torch
+
+    for t in state.values():
+        if not t.numel() or t.dtype == torch.bool:
+            continue
+        if t.is_floating_point():
+            if float(t.abs().max()) > MAX_VALUE:
+                return False
+        elif int(t.to(torch.int64).abs().max()) > MAX_INTEGER:
+            return False
+    return True
+
+
+def _excluded_meta(commit: Commit) -> list[tuple[str, str]]:
+    """What round merge ``commit`` recorded as excluded: (contribution, reason) pairs, malformed entries left out."""
+    found = commit.meta.get("excluded")
+    if not isinstance(found, list):
+        return []
+    return [(entry[0], entry[1]) for entry in found[:1 << 16] if isinstance(entry, list) and len(entry) == 2
+            and isinstance(entry[0], str) and isinstance(entry[1], str) and len(entry[1]) <= MAX_EXCLUDED_REASON]
 
 
 def _rounds_before(repo: Repo, head: CommitId) -> int:

@@ -1,27 +1,34 @@
 """Catch-up: a node asks a peer for what it lacks of a repository, and checks everything before storing it.
 
-A peer answers two questions, to members of the repository only: ``heads`` (the repository record, the id of
-the last membership change, every branch's latest move, the proof records of recent round merges) and
-``records`` (records by id, at most ``MAX_IDS`` a request and 1 MiB a reply). Payloads come as blocks (Bitswap),
-never inside a reply. ``pull`` asks until this node holds what the peer showed it, in the order checks need: the
-membership chain first (it decides who may do what), then commits parents first, each one's payload fetched
-before its record is accepted (``Repo.accept_commit``), then the branch moves (``Repo.accept_move``: the same
-total order on every node, so nodes that pulled from each other agree on every head), then proof records, each
-one's proofs fetched before it is kept (``Repo.accept_proof``), and anchor records (``Repo.accept_anchor``).
-A commit or move that fails its checks is refused, with everything built on it, and the rest still arrives.
+A peer answers two questions, to current members of the repository only (roles judged at the time of asking, so
+a removal or an expiry stops reads from then on): ``heads`` (the repository record, the id of the last membership
+change, every branch's latest move, the proof records of recent round merges) and ``records`` (records by id, at
+most ``MAX_IDS`` a request and 1 MiB a reply). Payloads come as blocks (Bitswap), never inside a reply.
+
+``pull`` asks until this node holds what the peer showed it, in the order checks need: the membership chain
+first (it decides who may do what), then commits parents first, then the branch moves (``Repo.accept_move``: the
+same total order on every node, so nodes that pulled from each other agree on every head), then proof records
+and anchor records (``Repo.accept_anchor``). Nothing a record names is requested before the record is checked:
+a commit's signature, repository, key epoch, date and its author's role at its time (``Repo.check_commit``,
+as ``announce.check`` judges gossip) come before its payload is fetched (within the size it declares, see
+``storage.unixfs.Bounds``) and the record accepted (``Repo.accept_commit``); a proof record is checked to be
+signed by its merge's author before its proofs are fetched (``Repo.check_proof``); the SRS fetched is the one
+the owner-signed policy names, within ``MAX_SRS_BYTES``. A record that fails is refused, with everything built
+on it, without a block of it requested, and the rest still arrives. Everything a peer sends is decoded by the
+bounded decoders of ``core.encoding``; a malformed reply is a ``RemoteError``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import trio
 
 from ..core import encoding, schema
-from ..core.errors import FlairError, Forbidden, IntegrityError, InvalidInput, RemoteError
+from ..core.errors import FlairError, Forbidden, IntegrityError, InvalidInput, NotFound, RemoteError
 from ..core.ids import Cid, CommitId, PublicKey, RepoId, is_full_id, sha256_hex, short
 from ..core.membership import MembershipChange
 from ..core.objects import AnchorClaim, Commit, ProofRecord, RepositoryRecord
@@ -30,7 +37,8 @@ from ..core.rounds import MAX_SRS_BYTES
 from ..network import rpc
 from ..network.bitswap import BlockExchange
 from ..storage.members import MAX_CHANGES
-from ..storage.repo import MAX_PROOFS_BYTES, Repo
+from ..storage.records import now_ms
+from ..storage.repo import Repo
 from ..storage.repos import RepoSet
 from . import rounds
 
@@ -47,10 +55,11 @@ MAX_COMMITS = 1_000_000  # one pull; a longer history arrives over several
 
 
 class SyncServer:
-    """Answers ``heads`` and ``records`` from this node's repositories, to their members."""
+    """Answers ``heads`` and ``records`` from this node's repositories, to their members as of ``clock()`` (ms)."""
 
-    def __init__(self, repos: RepoSet) -> None:
+    def __init__(self, repos: RepoSet, *, clock: Callable[[], int] = now_ms) -> None:
         self.repos = repos
+        self.clock = clock
 
     async def handle(self, asker: PublicKey | None, request: Any) -> Any:
         if not isinstance(request, dict) or request.get("op") not in ("heads", "records"):
@@ -67,8 +76,9 @@ class SyncServer:
     def _answer(self, asker: PublicKey | None, op: str, repo_id: RepoId, ids: list[str]) -> Any:
         repo = self.repos.open_id(repo_id)
         membership = repo.members.current()
-        if asker is None or membership.role(asker, epoch=membership.epoch, at_ms=0) is None:
-            raise Forbidden(f"repository {short(repo_id)} shares its history with its members only")
+        if asker is None or membership.role(asker, epoch=membership.epoch, at_ms=self.clock()) is None:
+            raise Forbidden(f"repository {short(repo_id)} shares its history with its members only (a removed "
+                            "member or one whose role has expired is none)")
         if op == "heads":
             moves = [repo.move(mid) for mid in list(repo.refs.all().values())[:MAX_BRANCHES]]
             return {"record": repo.record.encode(), "members": membership.head, "moves": [m.encode() for m in moves],
@@ -149,16 +159,20 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
         raise RemoteError(f"a heads reply holds at most {MAX_BRANCHES} branch moves")
     moves = [BranchMove.decode(_bytes(m)) for m in heads["moves"]]
     commits = await _fetch_commits(repo, [m.commit for m in moves], source)
+    for commit in commits:  # a peer's merge of a round: this node holds its own while it is checked
+        if commit.kind == "round":
+            await trio.to_thread.run_sync(rounds.note_merge, repo, commit)
     for commit in commits:
         if any(p in result.refused for p in commit.parents):
             result.refused[commit.id] = "built on a refused commit"
             continue
         try:
+            await trio.to_thread.run_sync(repo.check_commit, commit)  # before a block of it is asked for
             await source.blocks(commit.payload.cid, commit.payload.size)
             if await trio.to_thread.run_sync(repo.accept_commit, commit):
                 result.commits += 1
         except (Forbidden, IntegrityError) as exc:
-            log.warning("refused commit %s of %s: %s", short(commit.id), short(repo_id), exc)
+            log.debug("refused commit %s of %s: %s", short(commit.id), short(repo_id), exc)
             result.refused[commit.id] = str(exc)
     for move in moves:
         if move.commit in result.refused:
@@ -167,7 +181,7 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
         try:
             await trio.to_thread.run_sync(rounds.check_move, repo, move)
         except IntegrityError as exc:  # a forged or unentitled round merge: the branch stays where it is
-            log.warning("refused move of %s in %s: %s", move.branch, short(repo_id), exc)
+            log.debug("refused move of %s in %s: %s", move.branch, short(repo_id), exc)
             result.refused[move.id] = str(exc)
             result.refused_merges.append((move, str(exc)))
             continue
@@ -175,7 +189,7 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
             if await trio.to_thread.run_sync(repo.accept_move, move):
                 result.moved.append(move.branch)
         except (Forbidden, IntegrityError) as exc:
-            log.warning("refused move of %s in %s: %s", move.branch, short(repo_id), exc)
+            log.debug("refused move of %s in %s: %s", move.branch, short(repo_id), exc)
             result.refused[move.id] = str(exc)
     proofs = heads.get("proofs", [])
     if not isinstance(proofs, list) or len(proofs) > MAX_PROOFS:
@@ -185,13 +199,11 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
         if repo.objects.has(proof.id) or not repo.objects.has(proof.commit) or repo.proof(proof.commit):
             continue  # held, about a merge not taken here, or a merge proven already
         try:
-            if proof.size > MAX_PROOFS_BYTES:
-                raise IntegrityError(f"proof record {short(proof.id)} names more than {MAX_PROOFS_BYTES} bytes")
-            proof.verify()  # before fetching what it names
+            await trio.to_thread.run_sync(repo.check_proof, proof)  # before fetching what it names
             await source.blocks(proof.proofs, proof.size)
             result.proofs += await trio.to_thread.run_sync(repo.accept_proof, proof)
-        except (Forbidden, IntegrityError) as exc:
-            log.warning("refused proof record %s of %s: %s", short(proof.id), short(repo_id), exc)
+        except (Forbidden, IntegrityError, NotFound) as exc:
+            log.debug("refused proof record %s of %s: %s", short(proof.id), short(repo_id), exc)
             result.refused[proof.id] = str(exc)
     anchors = heads.get("anchors", [])
     if not isinstance(anchors, list) or len(anchors) > MAX_PROOFS:
@@ -203,7 +215,7 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
         try:
             result.anchors += await trio.to_thread.run_sync(repo.accept_anchor, claim)
         except (Forbidden, IntegrityError) as exc:
-            log.warning("refused anchor record %s of %s: %s", short(claim.id), short(repo_id), exc)
+            log.debug("refused anchor record %s of %s: %s", short(claim.id), short(repo_id), exc)
             result.refused[claim.id] = str(exc)
     return result
 
@@ -274,7 +286,7 @@ async def _fetch_commits(repo: Repo, heads: list[CommitId], source: Source) -> l
     return order
 
 
-async def _records(source: Source, repo: RepoId, ids: list[str]) -> list[bytes]:
+async def _records(source: Source, repo: RepoId, ids: Sequence[str]) -> list[bytes]:
     """Exactly the records ``ids`` (asking again for what a reply left out), each checked to be the one asked."""
     out: dict[str, bytes] = {}
     missing = list(ids)

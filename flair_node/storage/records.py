@@ -64,9 +64,7 @@ class MergeRecords:
     def accept_proof(self, record: ProofRecord) -> bool:
         """Keep a proof record from a peer (its blocks must be here already); False if this node holds one for
         that merge already. ``IntegrityError`` unless it is signed by the author of a round merge held here."""
-        self._check_claim(record)
-        if record.size > MAX_PROOFS_BYTES:
-            raise IntegrityError(f"proof record {short(record.id)} names more than {MAX_PROOFS_BYTES >> 20} MiB")
+        self.check_proof(record)
         if len(unixfs.cat(self.blocks, record.proofs, max_size=record.size)) != record.size:
             raise IntegrityError(f"the proofs of proof record {short(record.id)} are not of the size it says")
         with self.write_lock:
@@ -97,6 +95,13 @@ class MergeRecords:
         checked on chain by ``daemon.anchoring``)."""
         self._check_claim(claim)
         return self._keep(ANCHOR_REF, claim)
+
+    def check_proof(self, record: ProofRecord) -> None:
+        """What a proof record must hold before its proofs are fetched: at most ``MAX_PROOFS_BYTES`` named, and
+        signed by the author of a round merge held here (``IntegrityError``)."""
+        if record.size > MAX_PROOFS_BYTES:
+            raise IntegrityError(f"proof record {short(record.id)} names more than {MAX_PROOFS_BYTES >> 20} MiB")
+        self._check_claim(record)
 
     def _check_claim(self, record: ProofRecord | AnchorClaim) -> None:
         """A record about round merge ``record.commit`` must be signed by that merge's author."""

@@ -622,11 +622,11 @@ class Repo(MergeRecords):
             return True
         return False
 
-    def accept_commit(self, commit: Commit) -> bool:
-        """Store a commit from a peer; False if it is here already.
+    def check_commit(self, commit: Commit) -> bool:
+        """Check a commit from a peer before anything it names is fetched; False if it is here already.
 
-        ``IntegrityError`` if its record, parents, date (before a parent's, or ahead of this node's clock by more
-        than the skew allowed) or payload blocks do not check out, ``Forbidden`` if its author held no
+        ``IntegrityError`` if its record, repository, key epoch, parents or date (before a parent's, or ahead of
+        this node's clock by more than the skew allowed) do not check out, ``Forbidden`` if its author held no
         contributor role for it at its time."""
         commit.verify()
         if self.objects.has(commit.id):
@@ -646,6 +646,14 @@ class Repo(MergeRecords):
                                      commit=commit.id)
         # Its role was judged at its own time: a time no earlier than its parents' and not yet to come.
         check_commit_time(commit, [self.commit(p) for p in commit.parents], now_ms=now_ms())
+        return True
+
+    def accept_commit(self, commit: Commit) -> bool:
+        """Store a commit from a peer whose payload blocks are here; False if it is here already.
+
+        Raises what ``check_commit`` raises, and ``IntegrityError`` if the payload blocks do not check out."""
+        if not self.check_commit(commit):
+            return False
         payload = unixfs.cat(self.blocks, commit.payload.cid, max_size=commit.payload.size)
         if len(payload) != commit.payload.size:
             raise IntegrityError(f"payload of commit {short(commit.id)} has {len(payload)} bytes, its record says "

@@ -3,12 +3,16 @@
 ``add`` cuts bytes into 256 KiB raw leaves and links them with dag-pb nodes of at most 174 links (Kubo's
 balanced layout), so the root CID is what ``ipfs add --cid-version=1 --raw-leaves`` prints for the same bytes.
 ``cat`` walks a DAG back, re-hashing every block against its CID and refusing DAGs deeper, wider or larger
-than declared, so bytes from anywhere can be read without trusting them.
+than declared, so bytes from anywhere can be read without trusting them. ``Bounds`` is what every walk (here,
+and a Bitswap fetch) holds a DAG to: no link of zero bytes, each block exactly the size its parent gives it, and
+no more block visits (a repeated link counts each time) than ``add`` makes of the declared size plus the depth
+allowed, so a DAG of a few distinct blocks linked over and over (a "DAG bomb") is refused after a few visits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from ..core.cid import DAG_PB, RAW, FileNode, Link, ParsedCid, cid_for, decode_file_node, encode_file_node, parse_cid
 from ..core.errors import IntegrityError, NotFound
@@ -18,7 +22,8 @@ from .stores import ObjectStore
 CHUNK = 256 * 1024
 MAX_LINKS = 174
 MAX_DEPTH = 8
-MAX_BLOCK = 1 << 20
+MAX_BLOCK = 1 << 20  # a leaf
+MAX_NODE = 1 << 15  # a node: MAX_LINKS links take about 9 KiB
 
 
 class BlockStore:
@@ -83,33 +88,101 @@ def add(store: BlockStore, data: bytes) -> Cid:
     return level[0][0]
 
 
-def children(root: Cid, cid: ParsedCid, block: bytes, allowed: int) -> list[tuple[ParsedCid, int]]:
-    """The links of a DAG block as (child CID, bytes it may hold), after checking the block's bounds.
+@dataclass(frozen=True)
+class Shape:
+    """A block as its DAG sees it, checked: the file bytes it stands for, and its links as (child CID, file bytes
+    the child must hold)."""
 
-    ``allowed`` is how many file bytes the block may stand for; a block over ``MAX_BLOCK``, a leaf larger than
-    that, or a node declaring more raises ``IntegrityError`` (naming ``root``, the DAG being read).
-    """
-    if len(block) > MAX_BLOCK:
-        raise IntegrityError(f"block {cid.text} is larger than {MAX_BLOCK} bytes", cid=cid.text)
+    size: int
+    links: tuple[tuple[ParsedCid, int], ...] = ()
+
+
+def shape(root: Cid, cid: ParsedCid, block: bytes) -> Shape:
+    """The shape of ``block`` (whose CID the caller has checked), refusing with ``IntegrityError`` (naming
+    ``root``, the DAG being read) a leaf over ``MAX_BLOCK`` bytes, a node over ``MAX_NODE`` bytes or
+    ``MAX_LINKS`` links, and a link of zero bytes (only a lone empty leaf, the whole of an empty file, holds
+    none). Decoding a node is CPU work: callers walking large DAGs do it off the event loop."""
     if cid.codec == RAW:
-        if len(block) > allowed:
-            raise IntegrityError(f"DAG under {root} holds more than its declared size", cid=root)
-        return []
+        if len(block) > MAX_BLOCK:
+            raise IntegrityError(f"block {cid.text} of the DAG under {root} is larger than {MAX_BLOCK} bytes",
+                                 cid=root)
+        return Shape(len(block))
+    if len(block) > MAX_NODE:
+        raise IntegrityError(f"node {cid.text} of the DAG under {root} is larger than {MAX_NODE} bytes", cid=root)
     node = decode_file_node(block)
-    if node.filesize > allowed:
-        raise IntegrityError(f"DAG under {root} declares more than {allowed} bytes", cid=root)
-    return [(parse_cid(link.cid), size) for link, size in zip(node.links, node.blocksizes, strict=True)]
+    if len(node.links) > MAX_LINKS:
+        raise IntegrityError(f"node {cid.text} of the DAG under {root} has {len(node.links)} links (at most "
+                             f"{MAX_LINKS})", cid=root)
+    if 0 in node.blocksizes:
+        raise IntegrityError(f"node {cid.text} of the DAG under {root} links a block of zero bytes", cid=root)
+    return Shape(node.filesize, tuple((parse_cid(link.cid), size)
+                                      for link, size in zip(node.links, node.blocksizes, strict=True)))
+
+
+def max_blocks(size: int) -> int:
+    """How many blocks ``add`` makes of ``size`` bytes: its leaves and the nodes over them."""
+    level = max(1, -(-size // CHUNK))
+    total = level
+    while level > 1:
+        level = -(-level // MAX_LINKS)
+        total += level
+    return total
+
+
+class Bounds:
+    """What one walk of the DAG under ``root`` may visit, for a caller allowing ``max_size`` file bytes.
+
+    Every block is held to the size its parent gives it (the root to at most ``max_size``): a leaf holds exactly
+    that many bytes and a node's links add up to exactly its own. A link may repeat (a file of zeros repeats its
+    leaves), so the same block may be visited more than once, but every visit counts: at most ``max_blocks`` of
+    the root's declared size, plus one per level of depth allowed, and never deeper than ``MAX_DEPTH``. So a
+    walk reads at most the declared bytes of leaves and a bounded number of small nodes, whatever the DAG.
+    """
+
+    def __init__(self, root: Cid, max_size: int) -> None:
+        self.root = root
+        self.limit = max_blocks(max_size) + MAX_DEPTH
+        self.visits = 0
+
+    def visit(self, depth: int) -> None:
+        """Count one visit of a block at ``depth``; ``IntegrityError`` past the depth or the number allowed."""
+        if depth > MAX_DEPTH:
+            raise IntegrityError(f"DAG under {self.root} is deeper than {MAX_DEPTH}", cid=self.root)
+        self.visits += 1
+        if self.visits > self.limit:
+            raise IntegrityError(f"DAG under {self.root} has more than {self.limit} blocks for the bytes it "
+                                 "declares", cid=self.root)
+
+    def place(self, cid: ParsedCid, shape: Shape, allowed: int, depth: int) -> list[tuple[ParsedCid, int, int]]:
+        """Check a visited block's shape against the bytes its parent gave it (``allowed``); returns its links
+        as (child, bytes it must hold, depth)."""
+        if depth == 0:
+            if shape.size > allowed:
+                what = "holds more than its declared size" if cid.codec == RAW else \
+                    f"declares more than {allowed} bytes"
+                raise IntegrityError(f"DAG under {self.root} {what}", cid=self.root)
+            self.limit = min(self.limit, max_blocks(shape.size) + MAX_DEPTH)
+        elif shape.size != allowed:
+            more = "more" if shape.size > allowed else "less"
+            raise IntegrityError(f"DAG under {self.root} holds {more} than its declared size at {cid.text} "
+                                 f"({shape.size} bytes where its parent says {allowed})", cid=self.root)
+        return [(child, size, depth + 1) for child, size in shape.links]
 
 
 def walk(store: BlockStore, root: Cid, *, max_size: int) -> Iterator[tuple[ParsedCid, bytes]]:
-    """Every block of the DAG under ``root`` (each re-hashed), depth first; leaves in file order."""
-    stack: list[tuple[ParsedCid, int, int]] = [(parse_cid(root), 0, max_size)]  # (cid, depth, bytes it may hold)
+    """Every block of the DAG under ``root`` (each re-hashed), depth first, within ``Bounds``; leaves in file
+    order, a repeated block each time it is linked."""
+    bounds = Bounds(root, max_size)
+    shapes: dict[ParsedCid, Shape] = {}  # each distinct node decoded once
+    stack: list[tuple[ParsedCid, int, int]] = [(parse_cid(root), max_size, 0)]  # (cid, bytes it holds, depth)
     while stack:
-        cid, depth, allowed = stack.pop()
-        if depth > MAX_DEPTH:
-            raise IntegrityError(f"DAG under {root} is deeper than {MAX_DEPTH}", cid=root)
+        cid, allowed, depth = stack.pop()
+        bounds.visit(depth)
         block = store.get(cid)
-        stack.extend(reversed([(child, depth + 1, size) for child, size in children(root, cid, block, allowed)]))
+        known = shapes.get(cid)
+        if known is None:
+            known = shapes[cid] = shape(root, cid, block)
+        stack.extend(reversed(bounds.place(cid, known, allowed, depth)))
         yield cid, block
 
 
