@@ -384,7 +384,8 @@ async def test_sync_requests_beyond_the_per_peer_cap_are_reset():
                 except (StreamFailure, StreamError):  # reset by the server before or as it opened
                     pass
             assert held >= rpc.MAX_PER_PEER
-            await until(lambda: served.refused.counts[str(attacker.get_id())] == 2 * rpc.MAX_PER_PEER, "surplus reset", 5)
+            refused = served.refused.counts
+            await until(lambda: refused[str(attacker.get_id())] == 2 * rpc.MAX_PER_PEER, "surplus reset", 5)
             # A member is still answered meanwhile.
             result = await pull(mine, repo.id, PeerSource(member, await connect(member, full_addrs(server)[0]),
                                                           exchange))
