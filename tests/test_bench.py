@@ -98,3 +98,20 @@ def test_anchor_bench_reports_rates_and_lamports_next_to_memo_only():
     assert report["lamports_per_contribution_nft"] > report["lamports_handover"] > report["memo_only_lamports"]
     assert report["lamports_repo_token"] > report["lamports_handover"]
     assert report["reference"]["cited_not_measured"] and report["reference"]["source"].startswith("https://")
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_fuzz_campaign_finds_no_crash_and_no_forgery():
+    # 30 mutated inputs per target in process, 3 per protocol against a daemon: the campaign of issue 16 in small.
+    # The hang bound is wider than the campaign's 2 s: the machine running the suite may be loaded.
+    report = last_json_line("fuzz.py", "--n", "30", "--live", "3", "--seed", "7", "--hang-s", "10")
+    assert list(report)[:5] == ["inputs", "crashes", "hangs", "accepted_forged", "daemon_rss_growth_mb"]
+    assert report["crashes"] == 0 and report["accepted_forged"] == 0 and report["hangs"] == 0, report["crash_kinds"]
+    assert report["inputs"] == 9 * 30 + 7 * 3 and set(report["targets"]) >= {
+        "announcements", "gossip", "meshsub", "sync_requests", "sync_replies", "bitswap", "jsonrpc", "safetensors",
+        "proof_bundles", "live_announcements", "live_sync_replies", "live_jsonrpc"}
+    assert report["daemon_rss_growth_mb"] is not None and report["baseline_rss_growth_mb"] is not None
+    assert report["daemon"]["objects_stored"] == 0 and report["daemon"]["branches_moved"] == []
+    counters = report["daemon"]["counters"]  # the daemon names the hostile peer in its counters
+    assert counters["bad_announcements"] + counters["gossip_bad_peers"] > 0, counters

@@ -30,7 +30,10 @@ def new_key() -> bytes:
 
 def seal_key(key: bytes, member: PublicKey) -> bytes:
     """``key`` sealed to ``member``: only the holder of that Ed25519 identity can open it."""
-    recipient = sodium.crypto_sign_ed25519_pk_to_curve25519(public_key_bytes(member))
+    try:
+        recipient = sodium.crypto_sign_ed25519_pk_to_curve25519(public_key_bytes(member))
+    except nacl.exceptions.RuntimeError:  # 32 bytes that are not a point of the curve
+        raise InvalidInput(f"{member} is not an Ed25519 public key", key=member) from None
     return bytes(sodium.crypto_box_seal(key, recipient))
 
 

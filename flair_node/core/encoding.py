@@ -17,6 +17,7 @@ headers and proof bundles are read through it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -112,9 +113,16 @@ def loads_json(data: bytes, *, max_depth: int, what: str) -> Any:
     if not json_depth_within(data, max_depth):
         raise IntegrityError(f"{what} is not JSON nested at most {max_depth} deep")
     try:
-        return json.loads(data, parse_constant=_refuse_constant)
+        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         raise IntegrityError(f"{what} is not JSON: {str(exc)[:200]}") from None
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is beyond a float's range")
+    return value
 
 
 def _refuse_constant(name: str) -> Any:

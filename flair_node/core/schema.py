@@ -18,7 +18,8 @@ def outer(value: Any, kind: str) -> tuple[dict[str, Any], bytes]:
     if not isinstance(value, dict) or set(value) != {"body", "sig"}:
         raise IntegrityError(f"{kind} record must be a map of body and sig")
     body, sig = value["body"], value["sig"]
-    if not isinstance(body, dict) or body.get("type") != kind or body.get("v") != RECORD_VERSION:
+    version = body.get("v") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or body.get("type") != kind or type(version) is not int or version != RECORD_VERSION:
         raise IntegrityError(f"record is not a version-{RECORD_VERSION} {kind}")
     if not isinstance(sig, bytes) or len(sig) != 64:
         raise IntegrityError(f"{kind} record has no 64-byte signature")

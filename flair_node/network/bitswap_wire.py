@@ -23,6 +23,7 @@ from ..core.errors import IntegrityError
 from ..core.protobuf import LENGTH_DELIMITED, bytes_field, fields, int_field, key, varint
 
 MAX_MESSAGE = 4 << 20  # Kubo's limit for one message (go-libp2p's network.MessageSizeMax)
+MAX_ENTRIES = 8192  # wants and block presences in one message: twice what a peer may have queued here
 _V0_PREFIX = bytes([0, DAG_PB, 0x12, 32])  # Bitswap 1.0 blocks carry no prefix: they are CIDv0 dag-pb
 _DEFAULT_PRIORITY = 1
 
@@ -88,6 +89,8 @@ def decode(data: bytes | memoryview) -> Message:
         if number == 1:
             for n, v in fields(_view(value)):
                 if n == 1:
+                    if len(wants) >= MAX_ENTRIES:
+                        raise IntegrityError(f"Bitswap message wants more than {MAX_ENTRIES} blocks")
                     wants.append(_want(_view(v)))
                 elif n == 2:
                     full = _int(v) == 1
@@ -99,6 +102,8 @@ def decode(data: bytes | memoryview) -> Message:
             prefix, block = bytes(_view(parts.get(1, b""))), bytes(_view(parts.get(2, b"")))
             blocks.append((cid_from_prefix(prefix, block), block))
         elif number == 4:
+            if len(have) + len(dont_have) >= MAX_ENTRIES:
+                raise IntegrityError(f"Bitswap message holds more than {MAX_ENTRIES} block presences")
             parts = dict(fields(_view(value)))
             cid = parse_cid_bytes(bytes(_view(parts.get(1, b""))))
             (dont_have if _int(parts.get(2, 0)) == 1 else have).append(cid)

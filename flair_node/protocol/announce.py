@@ -90,7 +90,8 @@ def decode(data: bytes, expected_repo: RepoId) -> Announcement:
     """An announcement from the network, every record decoded (not yet verified); ``IntegrityError`` if it is
     malformed, has unknown fields, or is about another repository than its topic's."""
     value = encoding.decode(data)
-    if not isinstance(value, dict) or set(value) != {"v", "repo", "items"} or value["v"] != VERSION:
+    if not isinstance(value, dict) or set(value) != {"v", "repo", "items"} or type(value["v"]) is not int \
+            or value["v"] != VERSION:
         raise IntegrityError(f"an announcement is a version-{VERSION} map of v, repo and items")
     if value["repo"] != expected_repo:
         raise IntegrityError(f"an announcement on the topic of {short(expected_repo)} is about another repository")

@@ -5,23 +5,29 @@ however deep, and nothing recurses past a small fixed depth to find out."""
 import json
 import struct
 
+import base58
 import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flair_node.core import encoding
+from flair_node.core import crypto, encoding
+from flair_node.core.cid import RAW, cid_for, parse_cid
 from flair_node.core.errors import IntegrityError, InvalidInput, NotSafetensors
+from flair_node.core.identity import Identity
 from flair_node.core.membership import MembershipChange
-from flair_node.core.objects import Commit
+from flair_node.core.objects import Commit, Payload
+from flair_node.network import bitswap_wire
 from flair_node.protocol import announce
 from flair_node.protocol.proofs import merges
 from flair_node.tensors import safetensors_io
+from flair_node.testing.fuzz import unframe
 from flair_node.testing.graph import tiny_state
 from flair_node.testing.hostile import deep_msgpack
 
 REPO = "ab" * 32
 MERGE = "cd" * 32
+SIGNER = Identity.generate()
 
 
 def deep_map(depth: int) -> bytes:
@@ -185,3 +191,45 @@ def test_an_announcement_nested_deep_is_an_integrity_error():
     inner = b"\x83\xa5items\x91" + deep_msgpack(900) + b"\xa4repo\xd9\x40" + REPO.encode() + b"\xa1v\x01"
     with pytest.raises(IntegrityError):
         announce.decode(inner, REPO)
+
+
+# What the fuzz campaign (bench/fuzz.py) found after the depth bounds were in.
+
+
+@pytest.mark.parametrize("text", [b"1e999999", b"[-1e400]", b'{"id": 1E309}'])
+def test_json_numbers_beyond_a_float_are_refused(text):
+    with pytest.raises(IntegrityError, match="beyond a float"):
+        encoding.loads_json(text, max_depth=encoding.MAX_DEPTH, what="x")
+
+
+def test_a_record_whose_version_is_true_is_not_version_one():
+    commit = Commit(repo=REPO, parents=(MERGE,), author=SIGNER.public_key, timestamp_ms=1, kind="commit",
+                    message="", payload=Payload(cid_for(RAW, b"x"), "bitdelta-v1", 1), meta={},
+                    metrics={}).signed(SIGNER)
+    assert Commit.decode(commit.encode()) == commit
+    outer = msgpack.unpackb(commit.encode(), raw=False)
+    outer["body"]["v"] = True  # True == 1 in Python: the same id and signature, other bytes
+    with pytest.raises(IntegrityError, match="version"):
+        Commit.decode(encoding.encode(outer))
+    with pytest.raises(IntegrityError):
+        announce.decode(encoding.encode({"v": True, "repo": REPO, "items": [["commit", commit.encode()]]}), REPO)
+
+
+def test_a_key_that_is_not_a_curve_point_is_invalid_input():
+    not_a_point = base58.b58encode(bytes(32)).decode()
+    with pytest.raises(InvalidInput, match="not an Ed25519 public key"):
+        crypto.seal_key(bytes(32), not_a_point)
+
+
+def test_a_bitswap_message_of_too_many_entries_is_refused_at_the_bound():
+    cid = parse_cid(cid_for(RAW, b"x"))
+    framed = bitswap_wire.frame(bitswap_wire.Message(wants=(bitswap_wire.Want(cid),) * bitswap_wire.MAX_ENTRIES))
+    message = unframe(framed)
+    assert len(bitswap_wire.decode(message).wants) == bitswap_wire.MAX_ENTRIES
+    over = unframe(bitswap_wire.frame(bitswap_wire.Message(wants=(bitswap_wire.Want(cid),) *
+                                                            (bitswap_wire.MAX_ENTRIES + 1))))
+    with pytest.raises(IntegrityError, match="more than"):
+        bitswap_wire.decode(over)
+    presences = unframe(bitswap_wire.frame(bitswap_wire.Message(have=(cid,) * (bitswap_wire.MAX_ENTRIES + 1))))
+    with pytest.raises(IntegrityError, match="more than"):
+        bitswap_wire.decode(presences)
