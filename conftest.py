@@ -1,6 +1,6 @@
-"""Shared by tests/ and contracts_tests/.
+"""Shared by every folder of tests/.
 
-Running Solana programs in LiteSVM in this process (contracts_tests, localnet servers run in-process) leaves its
+Running Solana programs in LiteSVM in this process (tests/onchain, localnet servers run in-process) leaves its
 floating-point state changed in a way no later reset undid here (measured: numpy's long double ``ldexp`` then
 reports an invalid operation, so importing scipy fails). scipy computes that constant when it is first
 imported, so it is imported here, before any test runs. Daemons never run LiteSVM: ``flair-node localnet`` is a

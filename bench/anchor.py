@@ -128,7 +128,7 @@ def log(msg: str) -> None:
 
 def start_localnet(state_dir: Path, log_file: Any) -> tuple[subprocess.Popen[str], str]:
     """``flair-node localnet --port 0`` on ``state_dir``; the process and the URL it prints once serving."""
-    proc = subprocess.Popen([sys.executable, "-m", "flair_node.daemon.main", "localnet", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "flair_node", "localnet", "--port", "0",
                              "--dir", str(state_dir)], stdout=subprocess.PIPE, stderr=log_file, text=True)
     try:
         assert proc.stdout is not None

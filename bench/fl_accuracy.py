@@ -2,8 +2,9 @@
 """Federated accuracy and time to accuracy: Flair's rounds on real daemons next to centralized training and Flower.
 
 The task: scikit-learn's digits, split into ``--nodes`` non-IID slices (``partition(..., skew=0.5)``: each class
-leans to one slice, as in tests/test_round_training.py), the 64-32-10 MLP of ``flair_node.testing.models``, Adam at
-lr 0.01, batches of 32, ``--epochs`` local epochs per step, every model starting from ``make_mlp(0)``. Client
+leans to one slice, as in tests/integration/test_round_training.py), the 64-32-10 MLP of
+``flair_node.testing.models``, Adam at lr 0.01, batches of 32, ``--epochs`` local epochs per step, every model
+starting from ``make_mlp(0)``. Client
 ``i`` training its ``n``-th step uses seed ``100 n + i``. Five runs on the same split:
 
 - **centralized**: one model trained on all of x_train in ``--rounds`` chunks of ``--epochs`` epochs (seed
@@ -75,7 +76,7 @@ def log(msg: str) -> None:
 
 
 def step_seed(step: int, client: int) -> int:
-    return 100 * step + client  # as tests/test_round_training.py
+    return 100 * step + client  # as tests/integration/test_round_training.py
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ class Client:
         trained = trained_from(self.repo.pull(head), xs, ys, self.epochs, step_seed(n, self.index))
         if clients.stop.wait(max(0.0, began + self.step_s - time.monotonic())):
             return None
-        commit = self.repo.contribute(trained, num_examples=len(ys), base=head)
+        commit = self.repo.contribute(trained, examples=len(ys), base=head)
         with clients.lock:
             clients.sent[commit] = (self.node.name, time.monotonic() - t0)
         return head

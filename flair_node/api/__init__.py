@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from .client import API_FILE as API_FILE
 from .client import ApiClient as ApiClient
+from .dispatch import Method as Method
+from .dispatch import Param as Param
+from .dispatch import Registry as Registry
+from .dispatch import openrpc_document as openrpc_document
 from .errors import InternalError as InternalError
 from .errors import InvalidRequest as InvalidRequest
 from .errors import MethodNotFound as MethodNotFound
 from .errors import ParseError as ParseError
-from .registry import Method as Method
-from .registry import Param as Param
-from .registry import Registry as Registry
-from .registry import openrpc_document as openrpc_document
 
 if TYPE_CHECKING:
     from .server import ApiServer as ApiServer

@@ -1,5 +1,5 @@
 """HTTP/1.1 on trio and h11 for Flair's servers on this machine: the daemon's API (``api.server``) and the
-development Solana RPC (``daemon.localnet``). Each brings its ``answer`` to a complete request, and may bring an
+development Solana RPC (``devchain.server``). Each brings its ``answer`` to a complete request, and may bring an
 ``admit`` check of a request's head; this module listens, reads requests, bounds them and writes the answers.
 
 Each connection is served in its own task that catches its own errors, so one misbehaving client never takes

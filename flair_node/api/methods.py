@@ -23,13 +23,13 @@ from ..core.ids import Cid, is_full_id
 from ..core.membership import INVITABLE, PROTECTED_BRANCHES, Member, Membership
 from ..core.objects import Commit
 from ..core.refs import DEFAULT_BRANCH
-from ..core.rounds import PROOF_SCHEMES, RoundPolicy
+from ..core.round_rules import PROOF_SCHEMES, RoundPolicy
 from ..storage import unixfs
 from ..storage.atomic import atomic_write
-from ..storage.repo import DELTA_CODECS, STRATEGIES, Repo
+from ..storage.repo import DELTA_CODECS, MERGE_ALIASES, MERGE_METHODS, Repository
 from ..storage.repos import RepoSet
 from ..tensors.params import DEFAULT_TOPK_RATIO
-from .registry import Param, Registry
+from .dispatch import Param, Registry
 
 if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
@@ -49,7 +49,7 @@ def commit_json(commit: Commit) -> dict[str, Any]:
     return {"id": commit.id, **body, "metrics": {k: float(v) for k, v in commit.metrics.items()}}
 
 
-def repo_json(repo: Repo) -> dict[str, Any]:
+def repo_json(repo: Repository) -> dict[str, Any]:
     record = repo.record
     return {
         "repo": repo.id,
@@ -489,9 +489,10 @@ def build_registry(identity: Identity, repos: RepoSet, *, on_change: Callable[[]
         params=(Param("repo", _ID, "repository id, id prefix or name"),
                 Param("sources", {"type": "array", "items": _ID, "maxItems": 64}, "branches or commits to merge"),
                 Param("into", _ID, "branch that receives the merge commit"),
-                Param("strategy", {"type": "string", "enum": list(STRATEGIES)},
-                      "average (weighted by examples since the merge base) or task-arithmetic (sum of changes)",
-                      required=False, default="average"),
+                Param("strategy", {"type": "string", "enum": [*MERGE_METHODS, *MERGE_ALIASES]},
+                      "mean (weighted by examples since the merge base; average is its older name) or task-arithmetic "
+                      "(sum of changes)",
+                      required=False, default="mean"),
                 Param("message", _STR, "merge commit message", required=False, default=None)),
         result=_COMMIT)
     async def repo_merge(repo: str, sources: list[str], into: str, strategy: str,

@@ -31,9 +31,9 @@ import trio
 
 from .. import __version__
 from ..core.errors import FlairError, InvalidInput, ResourceExhausted
+from .dispatch import DISCOVER, Method, Registry, discover_method, json_type, validate_params
 from .errors import InternalError, InvalidRequest, ParseError
 from .http import IDLE_TIMEOUT, REQUEST_TIMEOUT, HttpServer, Reply, header, load_json
-from .registry import DISCOVER, Method, Registry, discover_method, json_type, validate_params
 
 log = logging.getLogger(__name__)
 

@@ -155,7 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("repo")
     p.add_argument("sources", nargs="+", metavar="SRC")
     p.add_argument("--into", required=True, help="branch receiving the merge commit")
-    p.add_argument("--strategy", default="average", choices=["average", "task-arithmetic"])
+    p.add_argument("--strategy", default="mean", choices=["mean", "task-arithmetic", "average"],
+                   help="mean (weighted by examples; average is its older name) or task-arithmetic")
     p.add_argument("-m", "--message")
 
     p = verb("revert", "commit the undoing of a commit's change")

@@ -62,6 +62,6 @@ def train(client: ApiClient, home: Path, repo: str, script: Path, *, branch: str
         raise InvalidInput(f"{function} must return (weights: dict of tensors, examples: int >= 0), "
                            f"not {type(result).__name__}")
     weights, examples = result
-    commit = sdk.contribute(weights, num_examples=examples, branch=branch, base=base, codec=codec,
+    commit = sdk.contribute(weights, examples=examples, branch=branch, base=base, codec=codec,
                             message=f"trained by {script.name} on {examples} examples")
     return {"id": commit, "base": base, "branch": branch, "examples": examples}

@@ -11,7 +11,7 @@ its position, so the chain has exactly one order and any node holding it folds i
   before stays readable to them.
 - A rotation starts a new key epoch the same way without removing anyone. It is how an expiry stops reads: the
   owner's node appends one when it notices a member whose role has expired still holding the current epoch's
-  key (``Membership.expired_holders``; ``storage.repo.Repo.rotate_if_expired``). Until then the sync server,
+  key (``Membership.expired_holders``; ``storage.repo.Repository.rotate_if_expired``). Until then the sync server,
   which judges roles at the current time, already refuses an expired member the repository's records. A new
   key, by a removal or a rotation, is never sealed to a member whose role has expired.
 
@@ -47,7 +47,7 @@ from .identity import Identity, public_key_bytes
 from .ids import PublicKey, RepoId, short
 from .objects import Commit, RepositoryRecord
 from .refs import CONTRIBUTION_KEY_CHARS, BranchMove, contribution_holder, holds_branch
-from .rounds import RoundPolicy
+from .round_rules import RoundPolicy
 from .schema import RECORD_VERSION
 from .signed import SignedRecord
 

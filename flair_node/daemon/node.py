@@ -28,19 +28,19 @@ from ..protocol import sync
 from ..protocol.proofs import circuits, ezkl_backend
 from ..storage.atomic import hold_lock, remove_stale_temp_files
 from ..storage.repos import RepoSet
-from .anchoring import AnchorService
-from .anchoring import register_methods as register_anchor_methods
+from .anchor_service import AnchorService
+from .anchor_service import register_methods as register_anchor_methods
 from .config import NodeConfig
 from .home import Home
 from .ownership import OwnershipService
 from .ownership import register_methods as register_ownership_methods
 from .p2p import P2PService, register_methods
 from .pinning import KuboPinService
-from .proofs import ProofService
-from .proofs import register_methods as register_proof_methods
-from .registry import RegistryService
-from .registry import register_methods as register_registry_methods
-from .rounds import RoundService
+from .proof_service import ProofService
+from .proof_service import register_methods as register_proof_methods
+from .registry_service import RegistryService
+from .registry_service import register_methods as register_registry_methods
+from .round_service import RoundService
 
 log = logging.getLogger(__name__)
 

@@ -31,16 +31,16 @@ from typing import Any
 
 import trio
 
-from ..api.registry import Param, Registry
+from ..api.dispatch import Param, Registry
 from ..core.errors import FlairError, Forbidden, IntegrityError, InvalidInput, RemoteError
 from ..core.identity import Identity
 from ..core.ids import PublicKey, short
 from ..core.membership import ChainRef, MembershipChange
 from ..storage import unixfs
 from ..storage.atomic import atomic_write
-from ..storage.repo import Repo, check_ownership_offline, now_ms
+from ..storage.repo import Repository, check_ownership_offline, now_ms
 from ..storage.repos import RepoSet
-from .anchoring import (
+from .anchor_service import (
     ACCEPTED,
     MAX_BACKOFF_S,
     MAX_METADATA_BYTES,
@@ -86,13 +86,13 @@ class OwnershipService:
                 if self._chain is not None:
                     await self._chain.close()
 
-    async def _memos(self, chain: Any, repo: Repo) -> None:
+    async def _memos(self, chain: Any, repo: Repository) -> None:
         for change in await trio.to_thread.run_sync(self._due_memos, repo):
             await self._memo(chain, repo, change)
 
     # -- minting and handing over -------------------------------------------------------------------------
 
-    async def mint(self, repo: Repo) -> None:
+    async def mint(self, repo: Repository) -> None:
         """Mint ``repo``'s ownership token to this node (its owner) and bind the repository to it; nothing if
         it is bound already."""
         from solders.keypair import Keypair
@@ -145,7 +145,7 @@ class OwnershipService:
                  ref.transaction)
         self.on_change()
 
-    async def hand_over(self, repo: Repo, member: str) -> None:
+    async def hand_over(self, repo: Repository, member: str) -> None:
         """Move ``repo``'s token from this node (its owner) to ``member`` on chain, then record the handover."""
         from solders.keypair import Keypair
         from solders.pubkey import Pubkey
@@ -188,7 +188,7 @@ class OwnershipService:
         log.info("handed repository %s over to %s: transaction %s", short(repo.id), short(member), pending)
         self.on_change()
 
-    async def claim(self, repo: Repo, signature: str) -> None:
+    async def claim(self, repo: Repository, signature: str) -> None:
         """Record that transaction ``signature`` moved ``repo``'s token from its owner to this node."""
         async with self._busy:
             membership = await trio.to_thread.run_sync(repo.members.current)
@@ -203,8 +203,8 @@ class OwnershipService:
 
     # -- checking peers' changes -----------------------------------------------------------------------------
 
-    def check(self, repo: Repo, change: MembershipChange) -> None:
-        """``Repo.check_ownership``: called in a worker thread of the daemon's trio loop before ``change`` (a
+    def check(self, repo: Repository, change: MembershipChange) -> None:
+        """``Repository.check_ownership``: called in a worker thread of the daemon's trio loop before ``change`` (a
         token change or a handover from a peer) is applied; raises unless the chain shows it holds."""
         try:
             trio.from_thread.run(self._check, repo, change)
@@ -212,7 +212,7 @@ class OwnershipService:
             raise RemoteError(f"membership change {short(change.id)} needs a chain check, which runs in the "
                               f"daemon only ({exc})") from None
 
-    async def _check(self, repo: Repo, change: MembershipChange) -> None:
+    async def _check(self, repo: Repository, change: MembershipChange) -> None:
         from solders.pubkey import Pubkey
 
         from ..protocol.anchoring import verify_repo_token
@@ -242,7 +242,7 @@ class OwnershipService:
             raise
         self.counts["checked"] += 1
 
-    async def _checked_move(self, chain: Any, repo: Repo, giver: str | None, taker: str, signature: str, *,
+    async def _checked_move(self, chain: Any, repo: Repository, giver: str | None, taker: str, signature: str, *,
                             expect: ChainRef | None = None) -> ChainRef:
         """The reference of transaction ``signature`` after checking that it moved ``repo``'s token from
         ``giver`` (None: minted) to ``taker``, and, with ``expect``, that it is the one ``expect`` names."""
@@ -258,7 +258,7 @@ class OwnershipService:
                                  f"{short(repo.id)} {source}to {short(taker)}", repo=repo.id)
         return ChainRef(await chain.genesis_hash(), mint, signature, landed.slot)
 
-    def _bound(self, repo: Repo, membership: Any) -> ChainRef:
+    def _bound(self, repo: Repository, membership: Any) -> ChainRef:
         if membership.token is None:
             raise InvalidInput(f"repository {repo.name} has no ownership token: its owner mints one with "
                                f"flair owner {repo.name} --mint")
@@ -267,7 +267,7 @@ class OwnershipService:
 
     # -- membership memos ----------------------------------------------------------------------------------
 
-    def _due_memos(self, repo: Repo) -> list[MembershipChange]:
+    def _due_memos(self, repo: Repository) -> list[MembershipChange]:
         """The membership changes this node signed in ``repo`` (once it has a token) not yet written on chain."""
         if repo.members.current().token is None:
             return []
@@ -280,7 +280,7 @@ class OwnershipService:
                 due.append(change)
         return due
 
-    async def _memo(self, chain: Any, repo: Repo, change: MembershipChange) -> None:
+    async def _memo(self, chain: Any, repo: Repository, change: MembershipChange) -> None:
         from solders.keypair import Keypair
         from solders.transaction import Transaction
 
@@ -311,7 +311,7 @@ class OwnershipService:
 
     # -- what a person sees --------------------------------------------------------------------------------
 
-    async def describe(self, repo: Repo) -> dict[str, Any]:
+    async def describe(self, repo: Repository) -> dict[str, Any]:
         """The repository's owner and token, whether the owner holds it on chain now, the handovers, and the
         memos of the changes this node signed, with explorer links."""
         from ..protocol.anchoring.chain import explorer_url
@@ -335,7 +335,7 @@ class OwnershipService:
 
     # -- state ---------------------------------------------------------------------------------------------
 
-    def _token_metadata(self, repo: Repo) -> tuple[str, str]:
+    def _token_metadata(self, repo: Repository) -> tuple[str, str]:
         """The token's metadata JSON (Metaplex's standard) stored as a UnixFS file: its URI and CID."""
         from ..protocol.anchoring import metadata_json
         from ..protocol.anchoring.ownership import repo_token_name
@@ -351,17 +351,17 @@ class OwnershipService:
         cid = unixfs.add(repo.blocks, document)
         return f"ipfs://{cid}", cid
 
-    def _path(self, repo: Repo) -> Path:
+    def _path(self, repo: Repository) -> Path:
         return self.state_dir / f"{repo.id}.json"
 
-    def _load(self, repo: Repo) -> dict[str, Any]:
+    def _load(self, repo: Repository) -> dict[str, Any]:
         try:
             state: dict[str, Any] = json.loads(self._path(repo).read_text())
         except (OSError, ValueError):
             return {}
         return state
 
-    def _save(self, repo: Repo, state: dict[str, Any]) -> None:
+    def _save(self, repo: Repository, state: dict[str, Any]) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self._path(repo), json.dumps(state, sort_keys=True).encode())
 

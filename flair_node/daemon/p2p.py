@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 
-from ..api.registry import Param, Registry
+from ..api.dispatch import Param, Registry
 from ..core.errors import FlairError, Forbidden, IntegrityError, InvalidInput, RemoteError
 from ..core.ids import CommitId, PeerId, RepoId, short
 from ..core.refs import BranchMove
@@ -48,7 +48,7 @@ from ..network.gossip import Offences
 from ..network.gossipsub import GossipSub
 from ..network.host import connect, member_key, peer_addrs, peer_from_text
 from ..protocol import announce, rounds, sync
-from ..storage.repo import Repo, now_ms
+from ..storage.repo import Repository, now_ms
 from ..storage.repos import Outgoing, RepoSet
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ class P2PService:
             return False  # anything else it raises is the gossip layer's to count (``gossip.judge``)
         return validate
 
-    def _lagging(self, repo: Repo, forwarder: str, data: bytes, why: announce.Lagging) -> None:
+    def _lagging(self, repo: Repository, forwarder: str, data: bytes, why: announce.Lagging) -> None:
         """An announcement this node is behind on, from ``forwarder``: pull from it if it is a current member
         and has not started such a pull lately; otherwise refuse it (see the module docstring)."""
         membership = repo.members.current()
@@ -493,7 +493,7 @@ class P2PService:
                     log.warning("catching up %s failed: %r", short(repo.id), exc)
             await trio.sleep(self.sync_interval)
 
-    async def _catch_up(self, repo: Repo) -> None:
+    async def _catch_up(self, repo: Repository) -> None:
         membership = await trio.to_thread.run_sync(repo.members.current)
         for peer in self.host.get_connected_peers():
             key = member_key(peer)

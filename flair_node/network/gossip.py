@@ -6,7 +6,7 @@ topic before anything else happens to it: a message it rejects is neither delive
 peers, so one honest node stops bad announcements from spreading through it. Everything is in Flair's types
 (``PeerId`` text, ``bytes``); no transport type crosses this interface.
 
-Implementations keeping the same contract (``tests/test_gossip.py`` runs one suite against each):
+Implementations keeping the same contract (``tests/contracts/test_gossip.py`` runs one suite against each):
 
 - ``GossipSub`` (``gossipsub``): GossipSub v1.1 spoken by Flair itself on the node's libp2p host; what the
   daemon runs.

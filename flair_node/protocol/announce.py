@@ -29,7 +29,7 @@ from ..core.ids import RepoId, short
 from ..core.membership import Membership, MembershipChange, check_move_target
 from ..core.objects import AnchorClaim, Commit, ProofRecord, check_commit_time
 from ..core.refs import MAX_CLOCK_SKEW_MS, BranchMove
-from ..storage.repo import Repo
+from ..storage.repo import Repository
 
 VERSION = 1
 KINDS = ("commit", "move", "membership", "proof", "anchor")
@@ -118,7 +118,7 @@ def decode(data: bytes, expected_repo: RepoId) -> Announcement:
                         tuple(anchors), tuple(raw))
 
 
-def check(repo: Repo, announcement: Announcement, now_ms: int) -> Membership:
+def check(repo: Repository, announcement: Announcement, now_ms: int) -> Membership:
     """Raise unless every record holds up against ``repo`` (see the module docstring); returns the membership
     the message's own changes lead to."""
     membership = repo.members.current()

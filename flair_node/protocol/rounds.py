@@ -1,6 +1,6 @@
 """Rounds on a branch, as every member derives them from its own copy of the repository.
 
-A **contribution** is a commit of kind ``contribution`` (``Repo.contribute``): weights a member trained from a
+A **contribution** is a commit of kind ``contribution`` (``Repository.contribute``): weights a member trained from a
 commit of the branch (its base), with the number of examples, kept on the member's own branch
 ``contrib/<branch>/<key>``. A **round merge** is a commit of kind ``round`` on the branch: parents are the head
 it extends, then the contributions it takes (by id, sorted); its ``meta`` records the round number, the strategy
@@ -54,8 +54,8 @@ from ..core.ids import CommitId, PublicKey, short
 from ..core.membership import PROTECTED_BRANCHES, ROLES, Membership
 from ..core.objects import Commit
 from ..core.refs import MAX_CLOCK_SKEW_MS, BranchMove, check_branch_name
-from ..core.rounds import RoundPolicy, entitled, filled_at, ranking, step_weight, turn_ends, weight_counts
-from ..storage.repo import CONTRIBUTION_PREFIX, Repo, contribution_branch, now_ms
+from ..core.round_rules import RoundPolicy, entitled, filled_at, ranking, step_weight, turn_ends, weight_counts
+from ..storage.repo import CONTRIBUTION_PREFIX, Repository, contribution_branch, now_ms
 
 if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
@@ -139,7 +139,7 @@ class RoundView:
                 "excluded": [{"commit": c, "reason": why, "round": number} for c, why, number in self.excluded]}
 
 
-def view(repo: Repo, branch: str, *, at_ms: int | None = None) -> RoundView:
+def view(repo: Repository, branch: str, *, at_ms: int | None = None) -> RoundView:
     """The current round of ``branch`` as this node sees it, its members' roles judged at ``at_ms`` (default:
     now). A contribution signed after this node's clock is not pending yet: a merge is dated after what it takes."""
     target = check_branch_name(branch)
@@ -178,7 +178,7 @@ def view(repo: Repo, branch: str, *, at_ms: int | None = None) -> RoundView:
                      excluded=tuple(excluded))
 
 
-def staleness(repo: Repo, branch: str, base: CommitId) -> int:
+def staleness(repo: Repository, branch: str, base: CommitId) -> int:
     """How many round merges ``branch`` advanced since ``base``: what a contribution trained from ``base`` would
     count now. ``InvalidInput`` if the round would not take it (not on the branch's first-parent chain, or more
     than ``max_staleness`` merges behind), so a contributor hears it at once instead of waiting in vain."""
@@ -195,7 +195,7 @@ def staleness(repo: Repo, branch: str, base: CommitId) -> int:
                        f"the head ({short(repo.head(target))})")
 
 
-def commitments(repo: Repo, state: StateDict, base: CommitId, codec: str = "bitdelta-v1") -> list[str]:
+def commitments(repo: Repository, state: StateDict, base: CommitId, codec: str = "bitdelta-v1") -> list[str]:
     """What a contribution of ``state`` trained from ``base`` publishes when the repository's merges are proven:
     the commitments of its delta's chunks (none when they are not). A lossy codec would store other values than
     those committed: ``InvalidInput``."""
@@ -208,7 +208,7 @@ def commitments(repo: Repo, state: StateDict, base: CommitId, codec: str = "bitd
     return _commit_chunks(repo, weighted_sum.fixed_delta(state, repo.materialize(base)))
 
 
-def merge(repo: Repo, identity: Any, branch: str, *, at_ms: int | None = None) -> Commit:
+def merge(repo: Repository, identity: Any, branch: str, *, at_ms: int | None = None) -> Commit:
     """Merge the pending contributions of ``branch``'s round as its entitled aggregator (``identity``).
 
     ``InvalidInput`` if this node is not entitled now, the round is not ready, or a peer's merge of this round
@@ -256,7 +256,7 @@ def merge(repo: Repo, identity: Any, branch: str, *, at_ms: int | None = None) -
                             check_time=still_entitled)
 
 
-def verify(repo: Repo, commit: Commit) -> RoundView:
+def verify(repo: Repository, commit: Commit) -> RoundView:
     """Check round merge ``commit`` against this node's copy of the repository (see the module docstring);
     ``IntegrityError`` saying what is wrong. Returns the round it closes."""
     if commit.kind != "round" or len(commit.parents) < 2:
@@ -303,10 +303,10 @@ def verify(repo: Repo, commit: Commit) -> RoundView:
     return current
 
 
-def check_move(repo: Repo, move: BranchMove) -> None:
+def check_move(repo: Repository, move: BranchMove) -> None:
     """Before a node takes ``move`` from a peer (gossip or a pull): moving a branch to one of its round merges
     needs a merge that ``verify`` accepts (``IntegrityError`` otherwise), so a node never follows a forged or
-    unentitled merge. Any other move is left to the role checks of ``Repo.accept_move``. A merge verified, or
+    unentitled merge. Any other move is left to the role checks of ``Repository.accept_move``. A merge verified, or
     found not to match its inputs, is remembered (they never change: every one is named by its hash), so a forger
     cannot make a node re-derive the same merge at every catch-up."""
     commit = repo.commit(move.commit)
@@ -333,7 +333,7 @@ def check_move(repo: Repo, move: BranchMove) -> None:
     _settle(repo, commit.id)
 
 
-def note_merge(repo: Repo, commit: Commit, *, at_ms: int | None = None) -> bool:
+def note_merge(repo: Repository, commit: Commit, *, at_ms: int | None = None) -> bool:
     """A peer offers round merge ``commit`` (its record arrived, signed; its payload and contributions may not
     have): if it is a merge of the current round of its branch, signed by a member entitled at its time (judged
     from the contributions it takes when this node holds them all, else by the author being ranked at all),
@@ -370,7 +370,7 @@ def note_merge(repo: Repo, commit: Commit, *, at_ms: int | None = None) -> bool:
     return True
 
 
-def held_by(repo: Repo, branch: str, head: CommitId, at_ms: int) -> CommitId | None:
+def held_by(repo: Repository, branch: str, head: CommitId, at_ms: int) -> CommitId | None:
     """A peer's merge of the round ``head`` opened on ``branch`` that this node is still checking at ``at_ms``
     (``note_merge``), if any."""
     with _HELD_LOCK:
@@ -380,7 +380,7 @@ def held_by(repo: Repo, branch: str, head: CommitId, at_ms: int) -> CommitId | N
     return None
 
 
-def _settle(repo: Repo, merge_id: CommitId) -> None:
+def _settle(repo: Repository, merge_id: CommitId) -> None:
     """``merge_id`` was checked (taken or refused for good): it holds no round any more."""
     with _HELD_LOCK:
         held: MutableMapping[tuple[str, str, str, str], tuple[CommitId, int]] = _HELD.get(repo.objects, {})
@@ -389,7 +389,7 @@ def _settle(repo: Repo, merge_id: CommitId) -> None:
                 held[key] = (held_merge, 0)
 
 
-def derive(repo: Repo, current: RoundView, contributions: Sequence[Contribution]
+def derive(repo: Repository, current: RoundView, contributions: Sequence[Contribution]
            ) -> tuple[StateDict, dict[str, Any]]:
     """The merged state and the ``meta`` a round merge of ``contributions`` records. With proofs on (the policy's
     ``proof_chunk``), the merge is exactly ``head + Σ e_i (x_i − base_i) / 2^16`` in fixed point, with the
@@ -449,7 +449,7 @@ def proof_weights(meta: dict[str, Any]) -> list[int]:
     return [int(entry[3]) * int(meta["step"]) >> WEIGHT_BITS for entry in meta["contributions"]]
 
 
-def proof_statement(repo: Repo, commit: Commit) -> tuple[list[int], list[list[str]], list[str]]:
+def proof_statement(repo: Repository, commit: Commit) -> tuple[list[int], list[list[str]], list[str]]:
     """What a proof of round merge ``commit`` must bind, from the records alone (no payload is read, so any
     holder of the records can check proofs): the effective weights, each contribution's chunk commitments in
     the merge's order, and the commitments of the merged sums. ``IntegrityError`` if the merge is not proven."""
@@ -484,7 +484,7 @@ def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
         cache.popitem(last=False)
 
 
-def _commit_chunks(repo: Repo, values: Any) -> list[str]:
+def _commit_chunks(repo: Repository, values: Any) -> list[str]:
     """The commitments of the chunks of ``values`` (an int64 vector) under ``repo``'s policy."""
     from .proofs import circuits, weighted_sum
 
@@ -492,7 +492,7 @@ def _commit_chunks(repo: Repo, values: Any) -> list[str]:
     return weighted_sum.commitments(values, chunk, circuits.for_repo(repo).committer(repo))
 
 
-def _provable(repo: Repo, head: StateDict, contributions: Sequence[tuple[Contribution, StateDict]],
+def _provable(repo: Repository, head: StateDict, contributions: Sequence[tuple[Contribution, StateDict]],
               weights: Sequence[int]) -> tuple[StateDict, list[str]]:
     """``head + Σ e_i (x_i − base_i)`` with no shortcut (each contribution ``x_i`` enters as its own state with
     weight ``e_i`` and its base with ``−e_i``), and the commitments of the chunks of the sums."""
@@ -509,7 +509,7 @@ def _provable(repo: Repo, head: StateDict, contributions: Sequence[tuple[Contrib
     return merged, _commit_chunks(repo, weighted_sum.weighted_sums(weights, deltas))
 
 
-def _committed(repo: Repo, commit: Commit, policy: RoundPolicy) -> bool:
+def _committed(repo: Repository, commit: Commit, policy: RoundPolicy) -> bool:
     """Whether contribution ``commit`` publishes the commitments of its own delta as ``policy`` makes them;
     computed once per contribution, policy and node (its record and payload never change). ``IntegrityError``
     while this node cannot tell yet (the SRS has not arrived)."""
@@ -536,7 +536,7 @@ def _committed(repo: Repo, commit: Commit, policy: RoundPolicy) -> bool:
     return known[key]
 
 
-def _view_at(repo: Repo, branch: str, head: CommitId) -> RoundView:
+def _view_at(repo: Repository, branch: str, head: CommitId) -> RoundView:
     """The round that ``head`` (a commit of ``branch``) opened, whatever the branch's head is now."""
     current = view(repo, branch)
     if current.head == head:
@@ -549,7 +549,7 @@ def _view_at(repo: Repo, branch: str, head: CommitId) -> RoundView:
                      pending=())
 
 
-def _ranked(repo: Repo, membership: Membership, branch: str, head: CommitId, at_ms: int) -> list[PublicKey]:
+def _ranked(repo: Repository, membership: Membership, branch: str, head: CommitId, at_ms: int) -> list[PublicKey]:
     """The members who may move ``branch`` at ``at_ms``, ranked for the round after ``head``: who merged one of
     the last (as many as there are eligible members) rounds ranks after who did not, the longest ago first."""
     least = ROLES.index("maintainer" if branch in PROTECTED_BRANCHES else "contributor")
@@ -568,7 +568,7 @@ def _ranked(repo: Repo, membership: Membership, branch: str, head: CommitId, at_
     return ranking(eligible, head, last_turn)
 
 
-def _chain(repo: Repo, head: CommitId, max_staleness: int) -> list[Commit]:
+def _chain(repo: Repository, head: CommitId, max_staleness: int) -> list[Commit]:
     """The branch's first-parent chain from ``head`` back through ``max_staleness`` round merges (and to the
     commit before the next one), newest first: where a pending contribution's base must be."""
     chain, rounds, cursor = [], 0, head
@@ -584,7 +584,7 @@ def _chain(repo: Repo, head: CommitId, max_staleness: int) -> list[Commit]:
         cursor = commit.parents[0]
 
 
-def _contribution(repo: Repo, commit: Commit, branch: str, chain: list[Commit], membership: Membership, *,
+def _contribution(repo: Repository, commit: Commit, branch: str, chain: list[Commit], membership: Membership, *,
                   epoch: int, at_ms: int) -> Contribution:
     """``commit`` as a pending contribution to ``branch`` for a merge of key ``epoch`` signed at ``at_ms``;
     ``IntegrityError`` if it is none (its author's role is judged then, by ``membership``)."""
@@ -621,7 +621,7 @@ def _require_contributor(membership: Membership, author: PublicKey, commit: Comm
                              "now (removed, expired or a reader): a round does not count it")
 
 
-def _screen(repo: Repo, current: RoundView, head: StateDict, c: Contribution) -> tuple[str | None, Any]:
+def _screen(repo: Repository, current: RoundView, head: StateDict, c: Contribution) -> tuple[str | None, Any]:
     """Why a round on ``current.head`` excludes contribution ``c`` (None if it can be merged), and, if it can,
     what the merge takes of it: its state, moved onto the head if it is based on an older merge (its own state
     when merges are proven, which take the base apart). The reasons depend only on the bytes of the
@@ -684,7 +684,7 @@ def _excluded_meta(commit: Commit) -> list[tuple[str, str]]:
             and isinstance(entry[0], str) and isinstance(entry[1], str) and len(entry[1]) <= MAX_EXCLUDED_REASON]
 
 
-def _rounds_before(repo: Repo, head: CommitId) -> int:
+def _rounds_before(repo: Repository, head: CommitId) -> int:
     """The number of the last round merge on the first-parent chain up to ``head`` (0 if there is none): each
     round merge records its number (checked when it was taken), so the walk stops at the first one."""
     cursor = head

@@ -6,13 +6,13 @@ change, every branch's latest move, the proof records of recent round merges) an
 most ``MAX_IDS`` a request and 1 MiB a reply). Payloads come as blocks (Bitswap), never inside a reply.
 
 ``pull`` asks until this node holds what the peer showed it, in the order checks need: the membership chain
-first (it decides who may do what), then commits parents first, then the branch moves (``Repo.accept_move``: the
+first (it decides who may do what), then commits parents first, then the branch moves (``Repository.accept_move``: the
 same total order on every node, so nodes that pulled from each other agree on every head), then proof records
-and anchor records (``Repo.accept_anchor``). Nothing a record names is requested before the record is checked:
-a commit's signature, repository, key epoch, date and its author's role at its time (``Repo.check_commit``,
+and anchor records (``Repository.accept_anchor``). Nothing a record names is requested before the record is checked:
+a commit's signature, repository, key epoch, date and its author's role at its time (``Repository.check_commit``,
 as ``announce.check`` judges gossip) come before its payload is fetched (within the size it declares, see
-``storage.unixfs.Bounds``) and the record accepted (``Repo.accept_commit``); a proof record is checked to be
-signed by its merge's author before its proofs are fetched (``Repo.check_proof``); the SRS fetched is the one
+``storage.unixfs.Bounds``) and the record accepted (``Repository.accept_commit``); a proof record is checked to be
+signed by its merge's author before its proofs are fetched (``Repository.check_proof``); the SRS fetched is the one
 the owner-signed policy names, within ``MAX_SRS_BYTES``. A record that fails is refused, with everything built
 on it, without a block of it requested, and the rest still arrives. Everything a peer sends is decoded by the
 bounded decoders of ``core.encoding``; a malformed reply is a ``RemoteError``.
@@ -33,12 +33,12 @@ from ..core.ids import Cid, CommitId, PublicKey, RepoId, is_full_id, sha256_hex,
 from ..core.membership import MembershipChange
 from ..core.objects import AnchorClaim, Commit, ProofRecord, RepositoryRecord
 from ..core.refs import BranchMove
-from ..core.rounds import MAX_SRS_BYTES
+from ..core.round_rules import MAX_SRS_BYTES
 from ..network import rpc
 from ..network.bitswap import BlockExchange
 from ..storage.members import MAX_CHANGES
 from ..storage.records import now_ms
-from ..storage.repo import Repo
+from ..storage.repo import Repository
 from ..storage.repos import RepoSet
 from . import rounds
 
@@ -220,7 +220,7 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
     return result
 
 
-def _recent(repo: Repo, moves: list[BranchMove], find: Callable[[CommitId], T | None]) -> list[T]:
+def _recent(repo: Repository, moves: list[BranchMove], find: Callable[[CommitId], T | None]) -> list[T]:
     """The records ``find`` gives for the latest round merges on each branch (``RECENT_MERGES`` commits back):
     proof or anchor records, for a peer to catch up with (at most ``MAX_PROOFS``)."""
     found: list[T] = []
@@ -237,7 +237,7 @@ def _recent(repo: Repo, moves: list[BranchMove], find: Callable[[CommitId], T | 
     return found
 
 
-async def _pull_membership(repo: Repo, head: Any, source: Source) -> int:
+async def _pull_membership(repo: Repository, head: Any, source: Source) -> int:
     """Fetch the membership changes after the last one held here, and apply them in order."""
     if not isinstance(head, str) or not is_full_id(head):
         raise RemoteError("a heads reply names its last membership change by id")
@@ -256,7 +256,7 @@ async def _pull_membership(repo: Repo, head: Any, source: Source) -> int:
     return len(chain)
 
 
-async def _fetch_commits(repo: Repo, heads: list[CommitId], source: Source) -> list[Commit]:
+async def _fetch_commits(repo: Repository, heads: list[CommitId], source: Source) -> list[Commit]:
     """The commit records behind ``heads`` that this node lacks, parents before children."""
     fetched: dict[CommitId, Commit] = {}
     frontier = list(dict.fromkeys(c for c in heads if not repo.objects.has(c)))

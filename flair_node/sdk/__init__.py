@@ -4,7 +4,7 @@
     repo = Repo.connect(home, repo_id)
     state = repo.pull("main")
     model.load_state_dict(state); train(model)          # your data never leaves this process
-    repo.commit(model, message="one epoch on site A", num_examples=1200, metrics={"acc": 0.91})
+    repo.commit(model, message="one epoch on site A", examples=1200, metrics={"acc": 0.91})
 
 The SDK talks to the daemon through its JSON-RPC API, exchanging weights as safetensors files in the node
 home's private ``tmp`` folder.

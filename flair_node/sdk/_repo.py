@@ -48,7 +48,7 @@ class Repo:
             self.client.call("repo.checkout", repo=self.id, commit=rev, output_path=str(path))
             return load_file(path)
 
-    def commit(self, model: torch.nn.Module | Mapping[str, torch.Tensor], *, message: str, num_examples: int = 0,
+    def commit(self, model: torch.nn.Module | Mapping[str, torch.Tensor], *, message: str, examples: int = 0,
                metrics: Mapping[str, float] | None = None, branch: str = DEFAULT_BRANCH,
                expected_head: str | None = None, codec: str = "bitdelta-v1", topk_ratio: float = DEFAULT_TOPK_RATIO,
                error_feedback: ErrorFeedback | None = None) -> str:
@@ -63,22 +63,22 @@ class Repo:
         with _scratch(self.home) as path:
             atomic_write(path, save_bytes(sent), mode=0o600)
             result = self.client.call("repo.commit", repo=self.id, weights_path=str(path), message=message,
-                                      branch=branch, examples=num_examples, metrics=dict(metrics or {}),
+                                      branch=branch, examples=examples, metrics=dict(metrics or {}),
                                       expected_head=expected_head, codec=codec, topk_ratio=topk_ratio)
         if error_feedback is not None:
             error_feedback.update(sent, self.pull(result["id"]))
         return str(result["id"])
 
-    def contribute(self, model: torch.nn.Module | Mapping[str, torch.Tensor], *, num_examples: int,
+    def contribute(self, model: torch.nn.Module | Mapping[str, torch.Tensor], *, examples: int,
                    branch: str = DEFAULT_BRANCH, base: str | None = None, message: str = "",
                    codec: str = "bitdelta-v1") -> str:
-        """Contribute ``model``'s weights, trained from ``base`` (default: the branch head) on ``num_examples``
+        """Contribute ``model``'s weights, trained from ``base`` (default: the branch head) on ``examples``
         local examples, to the rounds of ``branch``; returns the contribution's commit id. The round's aggregator
         merges it; ``round_status`` shows where it stands."""
         with _scratch(self.home) as path:
             atomic_write(path, save_bytes(_state_dict(model)), mode=0o600)
             result = self.client.call("repo.contribute", repo=self.id, weights_path=str(path),
-                                      examples=num_examples, branch=branch, base=base, message=message, codec=codec)
+                                      examples=examples, branch=branch, base=base, message=message, codec=codec)
         return str(result["id"])
 
     def round_status(self, branch: str = DEFAULT_BRANCH) -> dict[str, Any]:
@@ -91,7 +91,7 @@ class Repo:
     def branches(self) -> dict[str, str]:
         return dict(self.client.call("repo.branch", repo=self.id)["branches"])
 
-    def merge(self, sources: Sequence[str], into: str = DEFAULT_BRANCH, *, strategy: str = "average",
+    def merge(self, sources: Sequence[str], into: str = DEFAULT_BRANCH, *, strategy: str = "mean",
               message: str | None = None) -> str:
         return str(self.client.call("repo.merge", repo=self.id, sources=list(sources), into=into,
                                     strategy=strategy, message=message)["id"])

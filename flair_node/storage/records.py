@@ -1,6 +1,6 @@
 """The signed records a repository keeps about its round merges: the proof record and the anchor claim, each
 kept once per merge under a ref of its own (``.proof/<merge>``, ``.anchor/<merge>``), and the clock records are
-dated by. ``Repo`` has these methods from ``MergeRecords``."""
+dated by. ``Repository`` has these methods from ``MergeRecords``."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ class MergeRecords:
     def accept_anchor(self, claim: AnchorClaim) -> bool:
         """Keep an anchor record from a peer; False if this node holds one for that merge already.
         ``IntegrityError`` unless it is signed by the author of a round merge held here (what it claims is
-        checked on chain by ``daemon.anchoring``)."""
+        checked on chain by ``daemon.anchor_service``)."""
         self._check_claim(claim)
         return self._keep(ANCHOR_REF, claim)
 

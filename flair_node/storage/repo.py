@@ -7,7 +7,7 @@ scale and integer weights, so anyone holding the same inputs re-derives the same
 
 The methods that do tensor work import ``tensors.*`` (and with it torch) when they run, not when this module
 loads: a daemon that serves records, syncs with peers and answers the API but commits, checks out and merges
-nothing never imports torch, and stays small (issue 4; ``tests/test_idle_daemon.py`` holds it to that).
+nothing never imports torch, and stays small (issue 4; ``tests/integration/test_idle_daemon.py`` holds it to that).
 
 What this node writes keeps the rules it checks in what peers send (``core.membership``, ``core.objects``): a
 commit is dated no earlier than its parents, a contribution branch is moved only by its holder and only to its
@@ -56,7 +56,7 @@ from ..core.objects import Commit, Payload, RepositoryRecord, check_commit_time,
 from ..core.refs import CONTRIBUTION_PREFIX as CONTRIBUTION_PREFIX
 from ..core.refs import DEFAULT_BRANCH, MAX_CLOCK_SKEW_MS, BranchMove, check_branch_name
 from ..core.refs import contribution_branch as contribution_branch
-from ..core.rounds import RoundPolicy
+from ..core.round_rules import RoundPolicy
 from ..tensors.params import DEFAULT_TOPK_RATIO, LOSSY_CODECS
 from . import unixfs
 from .members import MembershipLog
@@ -69,7 +69,9 @@ from .stores import ObjectStore, RefStore
 if TYPE_CHECKING:  # at run time, tensor modules are imported by the methods that use them (see above)
     from ..tensors.safetensors_io import StateDict
 
-STRATEGIES = ("average", "task-arithmetic")
+#: How ``merge`` combines branches; ``average`` is the older name of ``mean``, still accepted.
+MERGE_METHODS = ("mean", "task-arithmetic")
+MERGE_ALIASES = {"average": "mean"}
 #: Codecs a contribution may be committed in: exact, or lossy to save bytes.
 DELTA_CODECS = ("bitdelta-v1", *LOSSY_CODECS)
 _ANCESTRY = re.compile(r"^(?P<rev>.+?)(?:(?P<op>~)(?P<n>\d{1,6})?|(?P<carets>\^+))$")
@@ -84,7 +86,7 @@ class Problem:
     what: str
 
 
-class Repo(MergeRecords):
+class Repository(MergeRecords):
     def __init__(self, record: RepositoryRecord, objects: ObjectStore, blocks: unixfs.BlockStore,
                  refs: RefStore, *, reader: Identity | None = None, write_lock: threading.Lock | None = None) -> None:
         self.record = record
@@ -102,7 +104,7 @@ class Repo(MergeRecords):
         self.announce: Callable[[str, str, bytes], None] = lambda kind, record_id, record: None
         #: Asked, before a peer's token change or handover is applied, whether it did on chain what it says
         #: (the daemon's ``OwnershipService`` asks the cluster); raises if not, or if it cannot tell yet.
-        self.check_ownership: Callable[[Repo, MembershipChange], None] = check_ownership_offline
+        self.check_ownership: Callable[[Repository, MembershipChange], None] = check_ownership_offline
         self._commits: dict[CommitId, Commit] = {}
         self._moves: dict[RecordId, BranchMove] = {}
         self._states: OrderedDict[CommitId, StateDict] = OrderedDict()
@@ -121,7 +123,7 @@ class Repo(MergeRecords):
     @classmethod
     def create(cls, objects: ObjectStore, blocks: unixfs.BlockStore, refs_for: Callable[[RepoId], RefStore],
                identity: Identity, name: str, state: StateDict, *, message: str = "initial weights",
-               write_lock: threading.Lock | None = None) -> Repo:
+               write_lock: threading.Lock | None = None) -> Repository:
         """A new repository whose commit 0 is ``state``; ``refs_for`` gives the ref store for its id."""
         from ..tensors.safetensors_io import layout_of
 
@@ -143,7 +145,7 @@ class Repo(MergeRecords):
 
     @classmethod
     def open(cls, repo_id: RepoId, objects: ObjectStore, blocks: unixfs.BlockStore, refs: RefStore, *,
-             reader: Identity | None = None, write_lock: threading.Lock | None = None) -> Repo:
+             reader: Identity | None = None, write_lock: threading.Lock | None = None) -> Repository:
         try:
             data = objects.get(repo_id)
         except NotFound:
@@ -529,17 +531,18 @@ class Repo(MergeRecords):
                             repo=self.id)
         return membership
 
-    def merge(self, identity: Identity, sources: Sequence[str], into: str, *, strategy: str = "average",
+    def merge(self, identity: Identity, sources: Sequence[str], into: str, *, strategy: str = "mean",
               message: str | None = None) -> Commit:
         """A merge commit on ``into`` with parents ``[into's head, *sources]``, combined relative to their base.
 
-        ``average`` weights each side by the examples committed on it since the merge base (equal weights if
+        ``mean`` weights each side by the examples committed on it since the merge base (equal weights if
         none were recorded): federated averaging. ``task-arithmetic`` adds every side's change to the base.
         """
         from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine, normalize_weights
 
-        if strategy not in STRATEGIES:
-            raise InvalidInput(f"unknown merge strategy {strategy!r}: use one of {', '.join(STRATEGIES)}",
+        strategy = MERGE_ALIASES.get(strategy, strategy)
+        if strategy not in MERGE_METHODS:
+            raise InvalidInput(f"unknown merge strategy {strategy!r}: use one of {', '.join(MERGE_METHODS)}",
                                strategy=strategy)
         if not sources:
             raise InvalidInput("name at least one branch or commit to merge")
@@ -560,7 +563,7 @@ class Repo(MergeRecords):
                 raise MergeError(f"{short(cid)} shares no history with {into}", commit=cid)
             base = found
         examples = [self._examples_since(h, base) for h in heads]
-        if strategy == "average":
+        if strategy == "mean":
             weights = normalize_weights(examples, WEIGHT_BITS)
         else:
             weights = [1 << WEIGHT_BITS] * len(heads)
@@ -750,7 +753,7 @@ class Repo(MergeRecords):
             yield self.commit(cid)
 
 
-def check_ownership_offline(repo: Repo, change: MembershipChange) -> None:
+def check_ownership_offline(repo: Repository, change: MembershipChange) -> None:
     """Without a chain to ask: a token change or handover the owner signed is taken on the owner's word (they
     could hand the repository over by inviting and leaving anyway); a handover only the new owner signed is not,
     since only the chain shows the token moved to them."""

@@ -16,10 +16,10 @@ from ..core.identity import Identity
 from ..core.ids import RepoId, is_full_id, short
 from ..core.membership import MembershipChange
 from ..core.objects import RepositoryRecord
-from ..core.rounds import MAX_SRS_BYTES
+from ..core.round_rules import MAX_SRS_BYTES
 from . import unixfs
 from .atomic import make_dirs, resource_errors
-from .repo import Repo, check_ownership_offline, now_ms
+from .repo import Repository, check_ownership_offline, now_ms
 from .stores import DiskObjectStore, DiskRefStore, MemoryObjectStore, MemoryRefStore, ObjectStore, RefStore
 from .unixfs import BlockStore
 
@@ -80,7 +80,7 @@ class RepoSet:
         self.blocks = BlockStore(blocks)
         self._write_lock = threading.Lock()  # shared by every repository's commits and by gc
         self._refs = refs
-        self._open: dict[RepoId, Repo] = {}
+        self._open: dict[RepoId, Repository] = {}
         self._broken: set[RepoId] = set()  # repositories all() left out, logged once each
         self._lock = threading.Lock()
         #: Every record signed on this node, oldest first: the daemon gossips them. Appended from worker threads,
@@ -88,9 +88,9 @@ class RepoSet:
         self.outbox: deque[Outgoing] = deque(maxlen=OUTBOX_SIZE)
         #: More roots gc keeps, as (CID, most bytes) from each callable: files a service published (the daemon's).
         self.pins: list[Callable[[], Iterable[tuple[str, int]]]] = []
-        #: How every repository here checks a peer's token change or handover before applying it (``Repo``'s
+        #: How every repository here checks a peer's token change or handover before applying it (``Repository``'s
         #: ``check_ownership``): by the records alone, until the daemon's chain service replaces it.
-        self.check_ownership: Callable[[Repo, MembershipChange], None] = check_ownership_offline
+        self.check_ownership: Callable[[Repository, MembershipChange], None] = check_ownership_offline
 
     @classmethod
     def in_memory(cls, identity: Identity) -> RepoSet:
@@ -101,11 +101,11 @@ class RepoSet:
         return cls(identity, DiskObjectStore(home / "objects"), DiskObjectStore(home / "blocks"),
                    DiskRefBackend(home / "repos"))
 
-    def create(self, name: str, state: StateDict) -> Repo:
+    def create(self, name: str, state: StateDict) -> Repository:
         """A new repository owned by this node's identity."""
         if any(r.name == name for r in self.all()):
             raise AlreadyExists(f"a repository named {name!r} exists already here: pick another name", name=name)
-        repo = Repo.create(self.objects, self.blocks, self._refs.refs_for, self.identity, name, state,
+        repo = Repository.create(self.objects, self.blocks, self._refs.refs_for, self.identity, name, state,
                            write_lock=self._write_lock)
         self._announcing(repo)
         main = repo.branch_move("main")
@@ -117,13 +117,13 @@ class RepoSet:
             self._open[repo.id] = repo
         return repo
 
-    def _announcing(self, repo: Repo) -> Repo:
+    def _announcing(self, repo: Repository) -> Repository:
         repo.announce = lambda kind, record_id, record: self.outbox.append(
             Outgoing(repo.id, kind, record_id, record, now_ms()))
         repo.check_ownership = lambda r, change: self.check_ownership(r, change)
         return repo
 
-    def adopt(self, record: RepositoryRecord) -> Repo:
+    def adopt(self, record: RepositoryRecord) -> Repository:
         """The repository of ``record`` (checked by the caller against the id it asked for), created here if this
         node did not keep it yet: how a clone starts."""
         with self._lock:
@@ -135,7 +135,7 @@ class RepoSet:
         self._refs.refs_for(record.id)
         return self._open_id(record.id)
 
-    def open_id(self, repo_id: RepoId) -> Repo:
+    def open_id(self, repo_id: RepoId) -> Repository:
         """The repository with exactly this id (no prefixes, no names: for peers)."""
         with self._lock:
             opened = self._open.get(repo_id)
@@ -145,7 +145,7 @@ class RepoSet:
             raise RepositoryNotFound(f"repository {short(repo_id)} is not kept on this node", repo=repo_id)
         return self._open_id(repo_id)
 
-    def all(self) -> list[Repo]:
+    def all(self) -> list[Repository]:
         """Every repository here that opens; a broken one (a folder whose record is missing or damaged) is left
         out and logged once, so one damaged folder never stops the services that walk them all."""
         opened = []
@@ -159,7 +159,7 @@ class RepoSet:
                                 short(rid), exc)
         return opened
 
-    def open(self, key: str) -> Repo:
+    def open(self, key: str) -> Repository:
         """The repository with id ``key``, an unambiguous id prefix, or the name ``key``."""
         with self._lock:
             opened = self._open.get(RepoId(key))
@@ -176,18 +176,18 @@ class RepoSet:
                                repo=key)
         return self._open_id(matches[0])
 
-    def _open_id(self, rid: RepoId) -> Repo:
+    def _open_id(self, rid: RepoId) -> Repository:
         with self._lock:
             repo = self._open.get(rid)
             if repo is None:
-                repo = self._announcing(Repo.open(rid, self.objects, self.blocks, self._refs.refs_for(rid),
+                repo = self._announcing(Repository.open(rid, self.objects, self.blocks, self._refs.refs_for(rid),
                                                   reader=self.identity, write_lock=self._write_lock))
                 self._open[rid] = repo
             return repo
 
     def rotate_expired(self) -> list[RepoId]:
         """On the owner's node: rotate the payload key of each repository this node owns in which a member whose
-        role has expired still holds the current key (``Repo.rotate_if_expired``: how an expiry stops reads);
+        role has expired still holds the current key (``Repository.rotate_if_expired``: how an expiry stops reads);
         the ids of those rotated. The daemon calls it periodically; a repository that fails is logged and left
         for the next call, and the others still go."""
         rotated = []

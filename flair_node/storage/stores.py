@@ -3,7 +3,7 @@
 ``ObjectStore`` keeps immutable bytes under a 64-hex key (the caller derives and re-checks the key: blobs are
 keyed by their SHA-256, records by their id). ``RefStore`` keeps one repository's refs, each naming a signed
 record (a branch names its latest branch move), and moves them only by compare-and-swap. A repository is
-assembled from one of each (see ``repo.Repo``); memory and disk versions pass the same contract tests.
+assembled from one of each (see ``repo.Repository``); memory and disk versions pass the same contract tests.
 
 The disk versions write through ``atomic.atomic_write``: files are private (0600, folders 0700), every new folder
 is made durable with its file, and a full disk or a lack of file descriptors fails the one call with

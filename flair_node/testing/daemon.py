@@ -77,7 +77,7 @@ def ensure_home(home: Path) -> None:
     """Create ``home`` with a new identity via ``flair-node init-home``, unless it already has one."""
     if (home / IDENTITY_FILE).exists():
         return
-    proc = subprocess.run([sys.executable, "-m", "flair_node.daemon.main", "init-home", str(home)],
+    proc = subprocess.run([sys.executable, "-m", "flair_node", "init-home", str(home)],
                           capture_output=True, text=True, timeout=60, check=False)
     if proc.returncode != 0:
         raise DaemonFailed(f"`flair-node init-home {home}` failed with status {proc.returncode}: "
@@ -98,7 +98,7 @@ def running_daemon(home: Path, *, timeout: float = 30.0) -> Iterator[DaemonProce
     stale = _read(home / API_FILE)
     with open(home / LOG_FILE, "ab") as log:
         log_start = log.tell()
-        process = subprocess.Popen([sys.executable, "-m", "flair_node.daemon.main", "run", "--home", str(home)],
+        process = subprocess.Popen([sys.executable, "-m", "flair_node", "run", "--home", str(home)],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
         url, client = _wait_until_ready(home, process, log_start, stale, timeout)

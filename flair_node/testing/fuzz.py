@@ -1,5 +1,5 @@
 """Mutations of what peers and local clients send, for fuzzing Flair's decoders and services (``bench/fuzz.py``,
-``tests/test_fuzz.py``).
+``tests/integration/test_fuzz.py``).
 
 Structure-aware: besides random bytes, a valid message is decoded and changed where its structure is -- fields
 swapped, dropped or added, values of another type, extreme integers, huge lengths and long lists, deep nesting,

@@ -8,7 +8,7 @@ import torch
 
 from ..core.identity import Identity
 from ..core.ids import BranchName, CommitId
-from ..storage.repo import Repo
+from ..storage.repo import Repository
 from ..tensors.safetensors_io import StateDict
 
 
@@ -17,7 +17,7 @@ def tiny_state(seed: int) -> StateDict:
     return {"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g)}
 
 
-def build_commit_graph(repo: Repo, identity: Identity, spec: Sequence[Sequence[int]]) -> dict[int, CommitId]:
+def build_commit_graph(repo: Repository, identity: Identity, spec: Sequence[Sequence[int]]) -> dict[int, CommitId]:
     """Commits described by ``[[n, parent, ...], ...]``; ``[1]`` is the repository's root commit.
 
     Each commit ``n`` gets weights ``tiny_state(n)`` and a branch ``c<n>``; returns ``{n: commit id}``.

@@ -19,7 +19,7 @@ def running_localnet(folder: Path, port: int = 0, programs: Mapping[str, Path] |
     (program id in base 58 -> .so file, given as ``--program``); yields its URL. It is stopped on leaving, and must
     then exit with status 0 (a clean stop)."""
     program_arguments = [f"--program={program_id}={path}" for program_id, path in (programs or {}).items()]
-    proc = subprocess.Popen([sys.executable, "-m", "flair_node.daemon.main", "localnet", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "flair_node", "localnet", "--port", str(port),
                              "--dir", str(folder), *program_arguments],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

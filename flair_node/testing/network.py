@@ -2,7 +2,7 @@
 
     with running_network(tmp_path, ["ana", "ben", "cy"]) as net:
         repo = net.create_repo("digits", model_state, policy={"buffer": 3, "timeout_s": 10})
-        net.nodes[1].repo(repo).contribute(trained, num_examples=300)
+        net.nodes[1].repo(repo).contribute(trained, examples=300)
         merged = net.wait_for_merge(repo, since=head)
 
 Each node has its own home under the root folder and dials every node started before it, so the nodes form

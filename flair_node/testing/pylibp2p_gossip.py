@@ -1,7 +1,7 @@
 """``Libp2pGossip``: the ``Gossip`` contract on py-libp2p 0.8.1's GossipSub, on a running libp2p host.
 
 The daemon runs Flair's own router (``network.gossipsub``); this one is the other implementation it must
-interoperate with (``tests/test_gossip.py`` runs mixed clusters) and the baseline ``bench/gossip_hosts.py``
+interoperate with (``tests/contracts/test_gossip.py`` runs mixed clusters) and the baseline ``bench/gossip_hosts.py``
 measures it against. It was the daemon's router until its per-message cost kept ten daemons on two cores from
 meeting the gossip latency goal.
 

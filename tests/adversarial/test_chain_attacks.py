@@ -27,7 +27,7 @@ from solders.transaction import Transaction
 from solders.transaction_metadata import FailedTransactionMetadata
 
 from flair_node.core.identity import Identity
-from flair_node.daemon.registry import RegistryService
+from flair_node.daemon.registry_service import RegistryService
 from flair_node.protocol.anchoring import registry
 from flair_node.protocol.anchoring.chain import Account, Chain, ChainError, Status
 from flair_node.storage.repos import RepoSet
@@ -198,7 +198,7 @@ async def test_an_account_squatted_at_the_earlier_address_is_named_and_ignored(c
     chain = SvmChain(svm)
 
     service = RegistryService(repos, owner, cluster=chain.url, program=str(PROGRAM))
-    with caplog.at_level(logging.WARNING, logger="flair_node.daemon.registry"):
+    with caplog.at_level(logging.WARNING, logger="flair_node.daemon.registry_service"):
         await service.sync(chain, repo)
         await service.sync(chain, repo)
     # the owner's account is created and mirrored; nothing was read from or written to the squatted one

@@ -27,7 +27,7 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
 from flair_node.core.errors import ResourceExhausted
-from flair_node.daemon.localnet import LocalChain, LocalnetServer
+from flair_node.devchain.server import LocalChain, LocalnetServer
 from flair_node.protocol.proofs import worker
 from flair_node.storage import atomic
 from flair_node.storage.atomic import atomic_write

@@ -1,5 +1,5 @@
 """Members who cheat (issue 16, findings 3, 4 and 10): each test performs the attack, then checks that nothing
-was accepted, on every path a record comes in by (gossip's ``announce.check``, a pull, ``Repo.accept_*``, the
+was accepted, on every path a record comes in by (gossip's ``announce.check``, a pull, ``Repository.accept_*``, the
 node's own API), and, against a real daemon, that it still answers and its counters name the peer.
 
 - Finding 3: a member moves another member's contribution branch, or points several at one commit.
@@ -30,7 +30,7 @@ from flair_node.network.gossipsub import GossipSub
 from flair_node.network.host import connect, full_addrs, running_host
 from flair_node.protocol import announce, rounds, sync
 from flair_node.storage import unixfs
-from flair_node.storage.repo import Repo, now_ms
+from flair_node.storage.repo import Repository, now_ms
 from flair_node.storage.repos import RepoSet
 from flair_node.storage.stores import DiskObjectStore
 from flair_node.testing.daemon import running_daemon
@@ -45,7 +45,7 @@ def shift(state: dict[str, torch.Tensor], by: float) -> dict[str, torch.Tensor]:
     return {k: v + by for k, v in state.items()}
 
 
-def team() -> tuple[RepoSet, Repo]:
+def team() -> tuple[RepoSet, Repository]:
     """The owner's node with a repository; Ana, Ben and Cy are contributors."""
     node = RepoSet.in_memory(OWNER)
     repo = node.create("digits", tiny_state(0))
@@ -61,7 +61,7 @@ async def clone(who: Identity, source: RepoSet, repo_id: RepoId) -> RepoSet:
     return node
 
 
-def signed_move(who: Identity, repo: Repo, branch: str, commit: str, *, at: int | None = None,
+def signed_move(who: Identity, repo: Repository, branch: str, commit: str, *, at: int | None = None,
                 previous: str = "") -> BranchMove:
     return BranchMove(repo=repo.id, branch=branch, commit=CommitId(commit), previous=previous,
                       author=who.public_key, epoch=repo.members.current().epoch,
@@ -75,7 +75,7 @@ def plant(node: RepoSet, repo_id: RepoId, move: BranchMove) -> None:
     repo.refs.compare_and_swap(move.branch, repo.refs.get(move.branch), RecordId(move.id))
 
 
-def pending_authors(repo: Repo) -> list[str]:
+def pending_authors(repo: Repository) -> list[str]:
     return sorted(c.author for c in rounds.view(repo, "main").pending)
 
 
@@ -149,7 +149,8 @@ async def test_one_commit_counts_once_however_many_branches_point_at_it():
 # -- finding 4: commits are dated after their parents and not ahead of the clock ----------------------------
 
 
-def backdated(repo: Repo, who: Identity, key: bytes, parent: CommitId, at: int, blocks: unixfs.BlockStore) -> Commit:
+def backdated(repo: Repository, who: Identity, key: bytes, parent: CommitId, at: int,
+              blocks: unixfs.BlockStore) -> Commit:
     """A contribution by ``who`` on ``parent`` dated ``at``, its payload sealed with ``key`` (epoch 0)."""
     data = crypto.encrypt(key, os.urandom(96), f"flair/payload/{repo.id}/bitdelta-v1".encode())
     payload = Payload(cid=unixfs.add(blocks, data), codec="bitdelta-v1", size=len(data), key_epoch=0)
@@ -218,7 +219,7 @@ async def test_commits_are_not_dated_ahead_of_the_clock_and_local_ones_follow_th
 # -- finding 10: a new key is never sealed to an expired member -----------------------------------------------
 
 
-def expire(repo: Repo, who: Identity, role: str) -> None:
+def expire(repo: Repository, who: Identity, role: str) -> None:
     """``who`` invited again as ``role`` until 50 ms from now, and those 50 ms passed."""
     repo.invite(OWNER, who.public_key, role, expires_ms=now_ms() + 50)
     time.sleep(0.06)
@@ -247,8 +248,8 @@ def test_an_expired_member_cannot_open_the_key_a_later_removal_starts():
     assert commit.payload.key_epoch == 1
     for locked_out in (ANA, BEN):
         with pytest.raises(NotAMember):
-            Repo.open(repo.id, repo.objects, repo.blocks, repo.refs, reader=locked_out).materialize(commit.id)
-    assert torch.equal(Repo.open(repo.id, repo.objects, repo.blocks, repo.refs, reader=CY)
+            Repository.open(repo.id, repo.objects, repo.blocks, repo.refs, reader=locked_out).materialize(commit.id)
+    assert torch.equal(Repository.open(repo.id, repo.objects, repo.blocks, repo.refs, reader=CY)
                        .materialize(commit.id)["w"], tiny_state(3)["w"])
 
 
@@ -256,14 +257,14 @@ def test_an_expiry_rotates_the_key_on_the_owners_node():
     owner_node, repo = team()
     expire(repo, ANA, "contributor")
     with pytest.raises(Forbidden, match="only the owner"):  # only the owner rotates
-        Repo.open(repo.id, repo.objects, repo.blocks, repo.refs, reader=CY).rotate_key(CY)
-    assert Repo.open(repo.id, repo.objects, repo.blocks, repo.refs, reader=CY).rotate_if_expired(CY) is None
+        Repository.open(repo.id, repo.objects, repo.blocks, repo.refs, reader=CY).rotate_key(CY)
+    assert Repository.open(repo.id, repo.objects, repo.blocks, repo.refs, reader=CY).rotate_if_expired(CY) is None
     commit = repo.commit_weights(OWNER, tiny_state(4), message="after Ana's term")  # rotates first
     membership = repo.members.current()
     assert membership.epoch == 1 == commit.payload.key_epoch and membership.expired_holders(now_ms()) == []
     assert membership.sealed_key(ANA.public_key, 1) is None
     with pytest.raises(NotAMember):
-        Repo.open(repo.id, repo.objects, repo.blocks, repo.refs, reader=ANA).materialize(commit.id)
+        Repository.open(repo.id, repo.objects, repo.blocks, repo.refs, reader=ANA).materialize(commit.id)
     assert repo.rotate_if_expired(OWNER) is None  # once is enough
     assert owner_node.rotate_expired() == []
 

@@ -30,12 +30,12 @@ from flair_node.core.errors import IntegrityError, InvalidInput
 from flair_node.core.identity import Identity
 from flair_node.core.objects import Commit, Payload
 from flair_node.core.refs import BranchMove
-from flair_node.core.rounds import RoundPolicy, filled_at, window
+from flair_node.core.round_rules import RoundPolicy, filled_at, window
 from flair_node.daemon.home import Home
-from flair_node.daemon.rounds import RoundService
+from flair_node.daemon.round_service import RoundService
 from flair_node.protocol import rounds
 from flair_node.storage import unixfs
-from flair_node.storage.repo import Repo, contribution_branch, now_ms
+from flair_node.storage.repo import Repository, contribution_branch, now_ms
 from flair_node.storage.repos import RepoSet
 from flair_node.storage.stores import MemoryRefStore
 from flair_node.tensors.codec import encode_payload
@@ -53,7 +53,7 @@ def shift(state: dict[str, torch.Tensor], by: float) -> dict[str, torch.Tensor]:
     return {k: v + by if v.is_floating_point() else v for k, v in state.items()}
 
 
-def team(policy: RoundPolicy, role: str = "maintainer") -> tuple[RepoSet, Repo]:
+def team(policy: RoundPolicy, role: str = "maintainer") -> tuple[RepoSet, Repository]:
     repos = RepoSet.in_memory(OWNER)
     repo = repos.create("digits", tiny_state(0))
     for member in MEMBERS:
@@ -62,17 +62,17 @@ def team(policy: RoundPolicy, role: str = "maintainer") -> tuple[RepoSet, Repo]:
     return repos, repo
 
 
-def as_node(repos: RepoSet, repo: Repo, identity: Identity, refs: MemoryRefStore | None = None) -> Repo:
+def as_node(repos: RepoSet, repo: Repository, identity: Identity, refs: MemoryRefStore | None = None) -> Repository:
     """The repository as ``identity``'s node holds it: the same records and blocks, its own key, and its own
     branches if ``refs`` is given."""
-    return Repo.open(repo.id, repos.objects, repos.blocks, refs or repo.refs, reader=identity)
+    return Repository.open(repo.id, repos.objects, repos.blocks, refs or repo.refs, reader=identity)
 
 
 def by_key(key: str | None) -> Identity:
     return next(i for i in EVERYONE if i.public_key == key)
 
 
-def point(node: Repo, author: Identity, branch: str, commit: str) -> None:
+def point(node: Repository, author: Identity, branch: str, commit: str) -> None:
     """Point ``branch`` at ``commit`` with a move ``author`` signs, written straight into the refs (no role check:
     what modified software does to its own store before it gossips the move)."""
     epoch = node.members.current().epoch
@@ -83,7 +83,7 @@ def point(node: Repo, author: Identity, branch: str, commit: str) -> None:
     node.refs.compare_and_swap(branch, node.refs.get(branch), move.id)
 
 
-def hostile_contribution(node: Repo, author: Identity, payload: bytes, *, examples: int = 100) -> Commit:
+def hostile_contribution(node: Repository, author: Identity, payload: bytes, *, examples: int = 100) -> Commit:
     """A contribution to main signed by ``author`` whose payload (before encryption, with the repository's key:
     the author is a member) is ``payload`` bytes, on ``author``'s own contribution branch."""
     epoch = node.members.current().epoch
@@ -104,7 +104,7 @@ def nested_header(depth: int = 100_000) -> bytes:
     return struct.pack("<Q", len(header)) + header
 
 
-def weights_payload(node: Repo, state: dict[str, torch.Tensor]) -> bytes:
+def weights_payload(node: Repository, state: dict[str, torch.Tensor]) -> bytes:
     """``state`` as a bit-delta against main's head, however odd its values (NaN, huge)."""
     return encode_payload("bitdelta-v1", state, node.materialize(node.head("main")))
 
@@ -403,7 +403,7 @@ def test_only_an_entitled_member_s_merge_holds_a_round_and_each_author_only_once
     assert not rounds.note_merge(node, again, at_ms=at + 1_500)  # once per author and round
 
 
-def own_refs(repo: Repo) -> MemoryRefStore:
+def own_refs(repo: Repository) -> MemoryRefStore:
     """A node's own copy of ``repo``'s branches and membership, as they are now."""
     refs = MemoryRefStore()
     refs._refs = dict(repo.refs._refs)
@@ -442,7 +442,7 @@ def test_hostile_contributions_neither_stop_nor_stall_an_aggregator_and_a_dead_f
         repos = RepoSet.on_disk(home, Home(home).identity())
         mine = repos.open_id(repo)
         deep = hostile_contribution(mine, repos.identity, nested_header())
-        theirs = Repo.open(mine.id, repos.objects, repos.blocks, mine.refs, reader=accomplice)
+        theirs = Repository.open(mine.id, repos.objects, repos.blocks, mine.refs, reader=accomplice)
         nan = hostile_contribution(theirs, accomplice, weights_payload(
             theirs, {"w": torch.full((64,), math.nan)}))
         point(mine, repos.identity, f"contrib/main/{Identity.generate().public_key[:16]}", deep.id)  # no one's

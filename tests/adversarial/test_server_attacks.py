@@ -25,7 +25,7 @@ from solders.keypair import Keypair
 from flair_node.api import ApiClient, ApiServer, InternalError, Param, Registry
 from flair_node.api.http import HttpServer
 from flair_node.core.errors import ResourceExhausted
-from flair_node.daemon.localnet import LocalChain, LocalnetServer
+from flair_node.devchain.server import LocalChain, LocalnetServer
 from flair_node.testing.daemon import running_daemon
 
 TOKEN = "adversarial-token-7c1e"

@@ -18,14 +18,14 @@ from weakref import WeakKeyDictionary
 
 from ...core.errors import InvalidInput, NotFound
 from ...core.ids import Cid
-from ...core.rounds import MAX_SRS_BYTES
+from ...core.round_rules import MAX_SRS_BYTES
 from ...storage import unixfs
 from ...storage.atomic import atomic_write
 from . import ezkl_backend
 from .ezkl_backend import Circuit, ProofError, Shape
 
 if TYPE_CHECKING:
-    from ...storage.repo import Repo
+    from ...storage.repo import Repository
 
 
 class Circuits:
@@ -35,7 +35,7 @@ class Circuits:
         self.cache = cache
         self._lock = threading.Lock()  # one build at a time: two would only race to the same files
 
-    def srs(self, repo: Repo) -> Path:
+    def srs(self, repo: Repository) -> Path:
         """The SRS file ``repo``'s policy names; ``ProofError`` if it names none or its blocks are not here yet."""
         cid = repo.members.current().policy.proof_srs
         if not cid:
@@ -52,7 +52,7 @@ class Circuits:
             atomic_write(path, data)
         return path
 
-    def circuit(self, repo: Repo, inputs: int) -> Circuit:
+    def circuit(self, repo: Repository, inputs: int) -> Circuit:
         """The circuit proving a merge of ``inputs`` contributions under ``repo``'s policy."""
         policy = repo.members.current().policy
         if not policy.proof_chunk:
@@ -62,7 +62,7 @@ class Circuits:
         with self._lock:
             return ezkl_backend.build(self.cache / "circuits", shape, srs)
 
-    def committer(self, repo: Repo) -> Circuit | None:
+    def committer(self, repo: Repository) -> Circuit | None:
         """What contributions commit with under ``repo``'s policy: a KZG circuit of its chunk size (any circuit
         of that size commits alike), or None for Poseidon hashes, which need no circuit."""
         if repo.members.current().policy.proof_scheme == "poseidon":
@@ -79,7 +79,7 @@ def use(objects: Any, circuits: Circuits) -> None:
     _USED[objects] = circuits
 
 
-def for_repo(repo: Repo) -> Circuits:
+def for_repo(repo: Repository) -> Circuits:
     """The circuits of the node keeping ``repo``."""
     global _shared
     found = _USED.get(repo.objects)

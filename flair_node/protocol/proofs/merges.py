@@ -7,7 +7,7 @@ aggregator cannot know beforehand which chunks it could falsify unseen. The samp
 an aggregator falsifying ``FALSIFIED`` of the chunks with probability ``CONFIDENCE`` (``sample_size``).
 
 **The bundle.** JSON ``{"v": 1, "repo", "commit", "proofs": {"<chunk>": <EZKL proof>}}``, stored as a UnixFS
-file and named by a signed ``ProofRecord`` (``Repo.write_proof``). Proofs reveal nothing of the deltas, so the
+file and named by a signed ``ProofRecord`` (``Repository.write_proof``). Proofs reveal nothing of the deltas, so the
 bundle is not encrypted. A bundle from a peer is read within bounds: at most the size its record declares
 (``MAX_PROOFS_BYTES``), JSON nested at most ``MAX_BUNDLE_DEPTH`` deep (checked without recursing,
 ``core.encoding.loads_json``); anything else is an ``IntegrityError``, never a ``RecursionError``.
@@ -36,7 +36,7 @@ from . import circuits, weighted_sum, worker
 
 if TYPE_CHECKING:
     from ...core.identity import Identity
-    from ...storage.repo import Repo
+    from ...storage.repo import Repository
 
 PROVE_ALL = 64  # merges of up to this many chunks are proven whole
 FALSIFIED, CONFIDENCE = 0.01, 0.99  # a sample catches 1 % of the chunks falsified with probability 0.99
@@ -67,10 +67,10 @@ def chunks_to_prove(merge: CommitId, total: int) -> list[int]:
     return weighted_sum.sample(merge, total, sample_size(total))
 
 
-def prove_merge(repo: Repo, identity: Identity, merge: CommitId, *, memory_mb: int = worker.DEFAULT_MEMORY_MB,
+def prove_merge(repo: Repository, identity: Identity, merge: CommitId, *, memory_mb: int = worker.DEFAULT_MEMORY_MB,
                 timeout_s: float = worker.DEFAULT_TIMEOUT_S, stop: threading.Event | None = None) -> ProofRecord:
     """Prove round merge ``merge`` (made by ``identity``, on a node that can read its contributions) in a worker
-    process, and store, sign and announce the proofs (``Repo.write_proof``)."""
+    process, and store, sign and announce the proofs (``Repository.write_proof``)."""
     commit = repo.commit(merge)
     weights, _, sums = rounds.proof_statement(repo, commit)
     deltas = []
@@ -101,7 +101,7 @@ def decode_bundle(data: bytes, repo: RepoId, merge: CommitId, chunks: list[int])
     return bundle
 
 
-def check_merge(repo: Repo, record: ProofRecord) -> dict[str, Any]:
+def check_merge(repo: Repository, record: ProofRecord) -> dict[str, Any]:
     """Check the proofs ``record`` names against ``repo``'s records (see the module docstring); what was proven
     (chunks, total, the chance the sample catches 1 % falsified). ``IntegrityError`` saying what is wrong."""
     commit = repo.commit(record.commit)

@@ -1,0 +1,150 @@
+"""The daemon's round service: merge each round this node is entitled to, as soon as it is ready.
+
+Every ``every`` seconds it looks at each branch that has contributions (``contrib/<branch>/...`` branches) in
+each repository and asks ``protocol.rounds`` who may merge now; if it is this node and the round is ready (K
+contributions, or the deadline passed with one), it merges, in a worker thread, and the announcer gossips the
+merged commit and the branch move. Nobody coordinates: every member computes the same aggregator, and when the
+entitled one is gone its window lapses and the next one's begins. A merge is not started in the last
+``MARGIN_MS`` of this node's window, so its signed time still falls inside it, nor while a peer's merge of the
+same round is being checked (``rounds.note_merge``: counted as ``held``).
+
+Contributions are members' input: one that does not decode or holds non-finite values is excluded by the merge
+(``protocol.rounds``), counted per author in ``excluded_by_author``. Each (repository, branch) is one item: any
+error while judging or merging it (a ``FlairError``, or anything else bad input or a full disk raises) is
+counted (``failed``, and by exception type in ``errors``), logged at most once per item per ``LOG_EVERY``
+seconds, and the service goes on with the next item; listing repositories or branches failing (out of file
+descriptors, say) skips that pass only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import traceback
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..api.dispatch import Param
+from ..core.errors import FlairError
+from ..core.identity import Identity
+from ..core.ids import short
+from ..core.objects import Commit
+from ..protocol import rounds
+from ..storage.repo import CONTRIBUTION_PREFIX, Repository, now_ms
+from ..storage.repos import RepoSet
+
+log = logging.getLogger(__name__)
+
+MARGIN_MS = 2_000  # no merge started this close to the end of this node's window
+RECENT = 100  # merges remembered for status()
+LOG_EVERY = 60.0  # s between two log lines about the same failing item
+MAX_COUNTED = 1024  # authors (of excluded contributions) and error types counted; the least counted forgotten
+
+
+class RoundService:
+    def __init__(self, repos: RepoSet, identity: Identity, *, on_change: Callable[[], None],
+                 every: float = 1.0) -> None:
+        self.repos, self.identity, self.on_change, self.every = repos, identity, on_change, every
+        self.counts: Counter[str] = Counter()  # merged, failed, held, excluded, skipped_passes
+        self.errors: Counter[str] = Counter()  # exception type -> items that failed with it
+        self.excluded_by_author: Counter[str] = Counter()  # member key -> its contributions excluded by merges here
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self._logged: OrderedDict[str, float] = OrderedDict()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(self.every)
+            await self.run_once()
+
+    async def run_once(self) -> None:
+        """One pass over every repository and branch with rounds; never raises but for cancellation."""
+        try:
+            repos = await trio.to_thread.run_sync(self.repos.all)
+        except Exception as exc:  # EMFILE, ENOSPC, a damaged record: try again next pass
+            self._failed("repositories", exc, what="listing repositories")
+            self.counts["skipped_passes"] += 1
+            return
+        for repo in repos:
+            try:
+                branches = await trio.to_thread.run_sync(round_branches, repo)  # reads refs: off the loop
+            except Exception as exc:
+                self._failed(repo.id, exc, what=f"listing the branches of {short(repo.id)}")
+                continue
+            for branch in branches:
+                try:
+                    done = await trio.to_thread.run_sync(self._merge_if_due, repo, branch)
+                except Exception as exc:  # one bad item (a hostile contribution, a full disk) never ends the service
+                    self._failed(f"{repo.id}/{branch}", exc, what=f"round of {branch} in {short(repo.id)} not merged")
+                    continue
+                if done is not None:
+                    self._merged(repo, branch, *done)
+
+    def status(self) -> dict[str, Any]:
+        return {**self.counts, "errors": dict(self.errors), "excluded_by_author": dict(self.excluded_by_author),
+                "recent": list(self.recent)}
+
+    def _merge_if_due(self, repo: Repository, branch: str) -> tuple[Commit, list[dict[str, str]]] | None:
+        """The round merge this node made of ``branch`` now, if it was due, and what it excluded (with authors)."""
+        at = now_ms()
+        current = rounds.view(repo, branch, at_ms=at)
+        if current.aggregator(at) != self.identity.public_key or not current.ready(at):
+            return None
+        if current.turn_ends(at) - at < MARGIN_MS:
+            return None  # the next one's turn is about to begin
+        if rounds.held_by(repo, current.branch, current.head, at) is not None:
+            self.counts["held"] += 1  # a peer's merge of this round is being checked: it may well be the one
+            return None
+        merged = rounds.merge(repo, self.identity, branch, at_ms=at)
+        return merged, [{"commit": c, "reason": why, "author": repo.commit(c).author}
+                        for c, why in merged.meta.get("excluded", [])]
+
+    def _merged(self, repo: Repository, branch: str, merged: Commit, excluded: list[dict[str, str]]) -> None:
+        for entry in excluded:
+            _count(self.excluded_by_author, entry["author"])
+        self.counts["merged"] += 1
+        self.counts["excluded"] += len(excluded)
+        self.recent.append({"repo": repo.id, "branch": branch, "commit": merged.id, "round": merged.meta["round"],
+                            "contributions": len(merged.meta["contributions"]), "excluded": excluded})
+        log.info("merged round %s of %s in %s: %s (%d excluded)", merged.meta["round"], branch, short(repo.id),
+                 short(merged.id), len(excluded))
+        self.on_change()
+
+    def _failed(self, item: str, exc: Exception, *, what: str) -> None:
+        self.counts["failed"] += 1
+        _count(self.errors, type(exc).__name__)
+        now = trio.current_time()
+        if now - self._logged.get(item, -math.inf) < LOG_EVERY:
+            return
+        self._logged[item] = now
+        self._logged.move_to_end(item)
+        while len(self._logged) > MAX_COUNTED:
+            self._logged.popitem(last=False)
+        detail = str(exc)[:300] or repr(exc)[:300]
+        if isinstance(exc, FlairError):
+            log.warning("%s: %s (muted for %.0f s)", what, detail, LOG_EVERY)
+        else:  # not an error Flair raises on purpose: where it was raised (not the whole trace: it may be deep)
+            frames = traceback.extract_tb(exc.__traceback__)
+            where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+            log.warning("%s: %s at %s: %s (muted for %.0f s)", what, type(exc).__name__, where, detail, LOG_EVERY)
+
+
+def _count(counter: Counter[str], key: str) -> None:
+    if key not in counter and len(counter) >= MAX_COUNTED:
+        del counter[min(counter, key=counter.__getitem__)]
+    counter[key] += 1
+
+
+#: The parameters of API methods about one round merge (``repo.verify``, ``repo.provenance``).
+MERGE_PARAMS = (Param("repo", {"type": "string", "maxLength": 128}, "repository id, id prefix or name"),
+                Param("commit", {"type": "string", "maxLength": 128}, "the round merge (id, prefix or branch)"))
+
+
+def round_branches(repo: Repository) -> list[str]:
+    """The branches some member contributed to: ``contrib/<branch>/<key>`` names them."""
+    found = {name[len(CONTRIBUTION_PREFIX):].rsplit("/", 1)[0] for name in repo.branches()
+             if name.startswith(CONTRIBUTION_PREFIX)}
+    return sorted(b for b in found if b and b in repo.branches())

@@ -1,0 +1,100 @@
+"""The anchoring service's two sides, in one process against a localnet server: the aggregator anchors its
+round merge and signs an anchor record; another member checks that record on chain. A record naming another
+mint or another cluster is recorded as failed, with the reason; one naming a transaction the cluster does not
+hold is retried (it may still land)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from test_rounds import MEMBERS, OWNER, as_node, by_key, two_contributions
+
+from flair_node.core.identity import Identity
+from flair_node.core.ids import BranchName, RecordId
+from flair_node.daemon.anchor_service import AnchorService
+from flair_node.protocol import rounds
+from flair_node.protocol.anchoring.chain import Chain
+from flair_node.storage.repo import ANCHOR_REF
+from flair_node.testing.localnet import running_localnet
+
+
+def forge(repo, claim, who, **changes):
+    """Put a claim about the same merge, signed by its author but saying otherwise, in place of ``claim``."""
+    forged = replace(claim, **changes).signed(who)
+    repo.objects.put(forged.id, forged.encode())
+    ref = BranchName(ANCHOR_REF + claim.commit)
+    repo.refs.compare_and_swap(ref, repo.refs.get(ref), RecordId(forged.id))
+    return forged
+
+
+async def test_a_member_checks_an_anchor_on_chain_and_refuses_false_claims(tmp_path):
+    repos, repo, current, _, _ = two_contributions()
+    who = by_key(current.aggregator(current.opened_ms + 1))
+    merge = rounds.merge(as_node(repos, repo, who), who, "main").id
+    other = next(m for m in MEMBERS if m != who)
+    # a localnet process of its own: running Solana programs (LiteSVM) in this process would change its
+    # floating-point control state (measured: numpy's long double ldexp then fails) for every later test
+    with running_localnet(tmp_path / "chain") as url:
+        chain = Chain(url)
+        try:
+            aggregator = AnchorService(repos, who, tmp_path / "who", cluster=url)
+            await aggregator._attempt(chain, as_node(repos, repo, who), merge, True)
+            made = aggregator.provenance(repo, merge)
+            assert made["status"] == "anchored" and repo.anchor(merge).transaction == made["signature"]
+
+            def checked(name):
+                return AnchorService(repos, other, tmp_path / name, cluster=url)
+
+            checker = checked("other")
+            await checker._attempt(chain, repo, merge, False)
+            found = checker.provenance(repo, merge)
+            assert found["status"] == "verified" and found["memo"] == made["memo"], found
+
+            claim = repo.anchor(merge)
+            for name, changes, reason in (
+                    ("mint", {"mint": Identity.generate().public_key}, "does not exist"),
+                    ("cluster", {"genesis": "11111111111111111111111111111111"}, "another cluster"),
+                    ("transaction", {"transaction": made["signature"][:-4] + "1111"}, "not confirmed")):
+                forge(repo, claim, who, **changes)
+                checker = checked(name)
+                await checker._attempt(chain, repo, merge, False)
+                found = checker.provenance(repo, merge)
+                assert found["status"] in ("failed", "retrying") and reason in found["error"], (name, found)
+        finally:
+            await chain.close()
+
+
+async def test_with_contribution_nfts_each_contributor_receives_one_and_members_check_them(tmp_path):
+    repos, repo, _, _, _ = two_contributions()
+    repo.set_policy(OWNER, replace(repo.members.current().policy, contribution_nfts=True))
+    current = rounds.view(repo, "main")
+    who = by_key(current.aggregator(current.opened_ms + 1))
+    merge = rounds.merge(as_node(repos, repo, who), who, "main").id
+    contributions = repo.commit(merge).parents[1:]
+    other = next(m for m in MEMBERS if m != who)
+    with running_localnet(tmp_path / "chain") as url:
+        chain = Chain(url)
+        try:
+            aggregator = AnchorService(repos, who, tmp_path / "who", cluster=url)
+            await aggregator._attempt(chain, as_node(repos, repo, who), merge, True)
+            claim = repo.anchor(merge)
+            assert [c for c, _, _ in claim.contributions] == list(contributions)
+            for contribution, mint, _ in claim.contributions:  # held by the contributor, who signed nothing
+                assert await chain.holds(repo.commit(contribution).author, mint)
+            again = await aggregator._contribution_nfts(chain, repo, merge, *aggregator._record(repo, merge)[:2],
+                                                        aggregator._load(repo, merge))
+            assert again == list(claim.contributions)  # a retry mints nothing twice
+
+            checker = AnchorService(repos, other, tmp_path / "other", cluster=url)
+            await checker._attempt(chain, repo, merge, False)
+            found = checker.provenance(repo, merge)
+            assert found["status"] == "verified" and set(found["contributions"]) == set(contributions)
+
+            (c1, m1, t1), (c2, m2, t2) = claim.contributions
+            forge(repo, claim, who, contributions=((c1, m2, t2), (c2, m1, t1)))  # each other's NFT
+            checker = AnchorService(repos, other, tmp_path / "swapped", cluster=url)
+            await checker._attempt(chain, repo, merge, False)
+            found = checker.provenance(repo, merge)
+            assert found["status"] == "failed" and "does not mint NFT" in found["error"], found
+        finally:
+            await chain.close()
