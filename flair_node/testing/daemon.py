@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..api.client import ApiClient
+from ..api.client import API_FILE, ApiClient
 from ..core.errors import FlairError
-from ..daemon.home import API_FILE, IDENTITY_FILE
+from ..daemon.home import IDENTITY_FILE
 
 LOG_FILE = "daemon.log"
 STOP_TIMEOUT = 10.0
