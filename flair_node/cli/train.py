@@ -33,7 +33,7 @@ def load_function(script: Path, name: str) -> Callable[..., Any]:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's code: say where it failed
         raise FlairError(f"training script {script} failed while loading: {exc!r}") from exc
-    function = getattr(module, name, None)
+    function: object = getattr(module, name, None)
     if not callable(function):
         raise InvalidInput(f"{script} defines no function {name}(weights) -> (weights, examples)")
     return function

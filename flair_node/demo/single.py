@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..cli.format import log_text
+from ..cli.verbs.history import log_text
 from ..sdk import Repo
 from ..testing.daemon import running_daemon
 from ..testing.models import accuracy, load_digits_split, make_mlp, partition, train_local

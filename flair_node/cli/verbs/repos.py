@@ -1,0 +1,109 @@
+"""Verbs about whole repositories: ``repos``, ``init``, ``fsck``, ``clone``, ``pull``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ...api.client import ApiClient
+from ...core.errors import FlairError
+from ._base import Verb, repo_argument
+from .chain import owner_text
+
+
+def _repos_text(r: list[dict[str, Any]], a: argparse.Namespace) -> str:
+    return "\n".join(f"{x['repo'][:12]}  {x['name']}  ({len(x['branches'])} branches, "
+                     f"{x['parameters']:,} parameters)" for x in r) or "no repositories"
+
+
+REPOS = Verb(
+    name="repos",
+    help="list the repositories on this node",
+    call=lambda c, a: c.call("repo.list"),
+    text=_repos_text,
+)
+
+
+def _init_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+    p.add_argument("--model", type=Path, required=True, help="initial weights (.safetensors)")
+    p.add_argument("--chain", action="store_true",
+                   help="also mint the repository's ownership token on Solana (chain.cluster): whoever holds it owns "
+                        "the repository")
+
+
+def _init(c: ApiClient, a: argparse.Namespace) -> Any:
+    """``repo.init``; with ``--chain``, then ``repo.owner`` minting the token, as ``ownership`` in the result."""
+    r = c.call("repo.init", name=a.name, model_path=str(a.model.resolve()))
+    if not a.chain:
+        return r
+    try:
+        owned = c.call("repo.owner", repo=r["repo"], mint=True)
+    except FlairError as exc:
+        raise FlairError(f"repository {r['repo']} created, but its ownership token was not minted: {exc}; "
+                         f"retry with: flair owner {r['repo']} --mint") from None
+    return {**r, "ownership": owned}
+
+
+def _init_text(r: dict[str, Any], a: argparse.Namespace) -> str:
+    return "\n".join([r["repo"], owner_text(r["ownership"])]) if a.chain else str(r["repo"])
+
+
+INIT = Verb(
+    name="init",
+    help="create a repository; the model's weights are commit 0",
+    arguments=_init_arguments,
+    call=_init,
+    text=_init_text,
+)
+
+
+def _fsck_text(r: dict[str, Any], a: argparse.Namespace) -> str:
+    lines = [f"checked {r['checked']} commits: " + ("no damage" if r["ok"] else f"{len(r['problems'])} problems")]
+    lines += [f"  {p['object'][:12]}  {p['what']}" for p in r["problems"]]
+    return "\n".join(lines)
+
+
+FSCK = Verb(
+    name="fsck",
+    help="recompute every id, signature and block hash",
+    arguments=repo_argument,
+    call=lambda c, a: c.call("repo.fsck", repo=a.repo),
+    text=_fsck_text,
+    ok=lambda r: bool(r["ok"]),
+)
+
+
+def _pull_text(r: dict[str, Any], a: argparse.Namespace) -> str:
+    refused = f"; refused {len(r['refused'])} records (see the daemon's log)" if r["refused"] else ""
+    return (f"{r['commits']} commits, {r['changes']} membership changes; moved "
+            f"{', '.join(r['moved']) or 'no branches'}{refused}")
+
+
+def _clone_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo", metavar="REPO_ID", help="the repository's full id")
+    p.add_argument("--peer", required=True, metavar="MULTIADDR", help="the node's address, ending in /p2p/<id>")
+
+
+def _pull_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo")
+    p.add_argument("--peer", required=True, metavar="MULTIADDR")
+
+
+# ``clone`` is ``pull`` into a node that holds nothing of the repository yet: the same call, the same answer.
+CLONE = Verb(
+    name="clone",
+    help="copy a repository you are a member of from a member's node (every record checked)",
+    arguments=_clone_arguments,
+    call=lambda c, a: c.call("repo.pull", repo=a.repo, peer=a.peer),
+    text=_pull_text,
+)
+
+PULL = Verb(
+    name="pull",
+    help="fetch what a member's node has of a repository and this node lacks",
+    arguments=_pull_arguments,
+    call=lambda c, a: c.call("repo.pull", repo=a.repo, peer=a.peer),
+    text=_pull_text,
+)
