@@ -8,3 +8,9 @@ process of its own.
 """
 
 import scipy.stats  # noqa: F401  (see above)
+
+from flair_node.network.host import apply_process_defaults
+
+# Tests start libp2p hosts in this process, and the daemons they spawn inherit its environment: py-libp2p's
+# process-wide tuning, as `flair-node run` applies it.
+apply_process_defaults()

@@ -13,7 +13,7 @@ starting from ``make_mlp(0)``. Client
   script in-process; ``flwr run``'s simulation engine needs Ray, which is not installed) over ``--rounds`` rounds
   in which every client trains from the global model; the same slices, epochs, seeds and rounds as Flair's sync
   run.
-- **Flair sync**: ``--nodes`` real flair-node daemons on 127.0.0.1 (``running_network``), one repository with
+- **Flair sync**: ``--nodes`` real flair-node daemons on 127.0.0.1 (``running_cluster``), one repository with
   policy ``buffer = nodes`` and a long deadline; every round each client (a thread of this process, talking to its
   own node's API) reads its node's head of main, pulls that commit, trains, contributes with ``base`` = that
   commit, and waits until its node follows the next merge. The daemons' round service merges (strategy
@@ -63,7 +63,7 @@ from flair_node.api.client import ApiClient
 from flair_node.sdk import Repo
 from flair_node.tensors.safetensors_io import StateDict
 from flair_node.testing.models import accuracy, load_digits_split, make_mlp, partition, train_local
-from flair_node.testing.network import Network, Node, running_network
+from flair_node.testing.network import Cluster, ClusterNode, running_cluster
 
 LR, BATCH, SKEW, DATA_SEED = 0.01, 32, 0.5, 0
 API_TIMEOUT = 60.0  # s for any one API call from a client thread: a stuck daemon fails the bench, never hangs it
@@ -189,14 +189,14 @@ class Client:
     """One member's training loop, talking to its own node's API."""
 
     index: int
-    node: Node
+    node: ClusterNode
     repo: Repo
     data: tuple[torch.Tensor, torch.Tensor]
     epochs: int
     step_s: float
 
     @classmethod
-    def on(cls, node: Node, repo_id: str, index: int, data: tuple[torch.Tensor, torch.Tensor], epochs: int,
+    def on(cls, node: ClusterNode, repo_id: str, index: int, data: tuple[torch.Tensor, torch.Tensor], epochs: int,
            step_s: float) -> Client:
         home = node.daemon.home
         return cls(index, node, Repo(ApiClient.from_home(home, timeout=API_TIMEOUT), home, repo_id), data, epochs,
@@ -238,7 +238,7 @@ class Client:
             n += 1
 
 
-def monitor(net: Network, repo_id: str, task: Task, clients: Clients, t0: float, label: str, limit_s: float,
+def monitor(net: Cluster, repo_id: str, task: Task, clients: Clients, t0: float, label: str, limit_s: float,
             done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
     """Evaluate each merge of main as the first node gets it, until ``done(points)`` or ``limit_s`` (then stop)."""
     owner = net.owner
@@ -275,7 +275,7 @@ def monitor(net: Network, repo_id: str, task: Task, clients: Clients, t0: float,
     return points
 
 
-def run_mode(net: Network, task: Task, args: argparse.Namespace, mode: str, target: float) -> dict[str, Any]:
+def run_mode(net: Cluster, task: Task, args: argparse.Namespace, mode: str, target: float) -> dict[str, Any]:
     """One run (``sync`` or ``async``) on a fresh repository of ``net``; its figures."""
     nodes = net.nodes[:args.nodes]
     if mode == "sync":
@@ -375,7 +375,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         names = [f"n{i}" for i in range(args.nodes)]
-        with running_network(Path(tmp), names, on_start=lambda node: log(f"{node.name} up")) as net:
+        with running_cluster(Path(tmp), names, on_start=lambda node: log(f"{node.name} up")) as net:
             sync = run_mode(net, task, args, "sync", target)
             asyn = run_mode(net, task, args, "async", target)
 

@@ -120,11 +120,13 @@ async def fuzz_routers(c: Campaign, world: World, rng: random.Random, n: int, ta
     from flair_node.network.bitswap import BlockExchange
     from flair_node.network.gossipsub import GossipSub
     from flair_node.network.host import connect, full_addrs, running_host
+    from flair_node.protocol.rounds import RoundMemory
 
     topic = announce.topic(world.repo.id)
     async with running_host(world.alice) as node_host, running_host(world.stranger) as hostile_host, \
             trio.open_nursery() as nursery:
-        service = P2PService(node_host, BlockExchange(node_host, world.node_set.blocks), world.node_set)
+        service = P2PService(node_host, BlockExchange(node_host, world.node_set.blocks), world.node_set,
+                             memory=RoundMemory())
         router = service.gossip
         await nursery.start(router.run)
         hostile = GossipSub(hostile_host)
@@ -200,12 +202,14 @@ async def fuzz_sync_requests(c: Campaign, world: World, rng: random.Random, n: i
 
 async def fuzz_sync_replies(c: Campaign, world: World, rng: random.Random, n: int) -> None:
     from flair_node.protocol import sync
+    from flair_node.protocol.rounds import RoundMemory
 
     async def handle(item: tuple[str, int]) -> str:
         mode, seed = item
         into = RepoSet.in_memory(world.alice)
         try:
-            await sync.pull(into, world.repo.id, HostileSource(world, into, random.Random(seed), mode))
+            await sync.pull(into, world.repo.id, HostileSource(world, into, random.Random(seed), mode),
+                            memory=RoundMemory())
         finally:
             kept = set(into.objects.keys()) - world.genuine_keys
             heads = {h for r in into.all() for h in r.branches().values()} - world.genuine_keys
@@ -282,6 +286,7 @@ async def fuzz_bitswap(c: Campaign, world: World, rng: random.Random, n: int) ->
 async def fuzz_jsonrpc(c: Campaign, world: World, rng: random.Random, n: int, root: Path) -> None:
     import h11
 
+    from flair_node.api.context import ApiContext
     from flair_node.api.methods import build_registry
     from flair_node.api.server import ApiServer
     from flair_node.tensors.safetensors_io import save_bytes
@@ -291,7 +296,7 @@ async def fuzz_jsonrpc(c: Campaign, world: World, rng: random.Random, n: int, ro
     model.write_bytes(save_bytes(tiny_state(0)))
     repo = repos.create("api", tiny_state(0))
     token = "t0k3n-" + rng.randbytes(12).hex()
-    server = ApiServer(build_registry(world.owner, repos), token)
+    server = ApiServer(build_registry(ApiContext(world.owner, repos)), token)
     seeds = jsonrpc_seeds(repo.id, model, world.reader.public_key)
     seeds = [s for s in seeds if s["method"] not in SKIPPED_METHODS]
 
@@ -332,9 +337,11 @@ async def fuzz_proof_bundles(c: Campaign, world: World, rng: random.Random, n: i
     from flair_node.core.cid import DAG_PB, FileNode, Link, cid_for, encode_file_node, parse_cid
     from flair_node.core.ids import BranchName
     from flair_node.protocol.proofs import merges
+    from flair_node.protocol.proofs.circuits import Circuits
     from flair_node.storage import unixfs
 
     repo = world.repo
+    circuits = Circuits.in_temporary_folder()  # the fuzzing node's
     contribution = repo._write_commit(  # noqa: SLF001 - records only: what a proof statement reads
         world.owner, tiny_state(4), parents=(repo.head("main"),), kind="commit", message="c",
         meta={"examples": 1, "commitments": ["ab" * 32, "cd" * 32]}, metrics={}, branch=BranchName("pr"),
@@ -372,7 +379,8 @@ async def fuzz_proof_bundles(c: Campaign, world: World, rng: random.Random, n: i
     async def handle(item: tuple[str, int, list[str]]) -> str:
         root, size, made = item
         try:
-            await off_loop(merges.check_merge, repo, replace(record, proofs=root, size=size))
+            await off_loop(lambda: merges.check_merge(repo, replace(record, proofs=root, size=size),
+                                                      circuits=circuits))
         finally:
             for key in made:
                 repo.blocks.delete_key(key)

@@ -32,7 +32,7 @@ import trio
 from flair_node.core.identity import Identity
 from flair_node.network.gossip import Gossip
 from flair_node.network.gossipsub import DEGREE_LOW, GossipSub
-from flair_node.network.host import connect, full_addrs, running_host
+from flair_node.network.host import apply_process_defaults, connect, full_addrs, running_host
 from flair_node.testing.pylibp2p_gossip import Libp2pGossip
 
 TOPIC = "flair/bench"
@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=20, help="lone messages sent before the burst")
     parser.add_argument("--patience", type=float, default=300.0, help="seconds to wait, then report what arrived")
     args = parser.parse_args()
+    apply_process_defaults()  # py-libp2p's tuning, as `flair-node run` applies it
     if args.nodes < 2 or args.messages < 1:
         parser.error("need at least 2 nodes and 1 message")
     report = {name: trio.run(bench, router, args.nodes, args.messages, args.bytes, args.probes, args.patience)

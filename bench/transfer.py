@@ -27,7 +27,7 @@ from libp2p.custom_types import TProtocol
 
 from flair_node.core.identity import Identity
 from flair_node.network.bitswap import BlockExchange
-from flair_node.network.host import connect, full_addrs, running_host
+from flair_node.network.host import apply_process_defaults, connect, full_addrs, running_host
 from flair_node.storage import unixfs
 from flair_node.storage.stores import MemoryObjectStore
 
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # node A's side
     args = parser.parse_args()
+    apply_process_defaults()  # py-libp2p's tuning, as `flair-node run` applies it
     size = int(args.mb * 1e6)
     if args.serve:
         trio.run(serve, size, args.seed)

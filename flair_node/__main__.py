@@ -67,12 +67,15 @@ def main(argv: list[str] | None = None) -> int:
 
             os.umask(0o077)  # the faucet's key and the ledger are the localnet's alone
             return run_localnet(port=args.port, state_dir=args.dir, programs=args.program)
-        if args.nodes != 1:
+        try:
             from .demo.network import run_network_demo
-
+            from .demo.single import run_demo
+        except ModuleNotFoundError as exc:
+            print(f"flair-node: the demo needs {exc.name}, which the demo extra installs: "
+                  "pip install 'flair-node[demo]' (./scripts/demo does it for you)", file=sys.stderr)
+            return 1
+        if args.nodes != 1:
             return run_network_demo(args.nodes, rounds=args.rounds, plot=args.plot, keep=args.keep)
-        from .demo.single import run_demo
-
         return run_demo(keep=args.keep, rounds=args.rounds)
     except FlairError as exc:
         print(f"flair-node: {exc}", file=sys.stderr)
@@ -95,6 +98,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from .daemon.home import Home
     from .daemon.node import Node, run_until_signalled
+    from .network.host import apply_process_defaults
 
     if args.home is None:
         print("flair-node: pass --home DIR (or set FLAIR_HOME)", file=sys.stderr)
@@ -102,12 +106,13 @@ def _run(args: argparse.Namespace) -> int:
     home = Home(args.home)
     config = home.config(args.config)
     if args.port is not None:
-        config = replace(config, api_port=args.port)
+        config = replace(config, api=replace(config.api, port=args.port))
         config.check("--port")
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+    logging.basicConfig(level=config.log.level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ezkl").setLevel(max(logging.WARNING, logging.getLogger().level))  # a line per proof step
     os.umask(0o077)  # the home is private: so is every file the daemon, EZKL and the proving worker make in it
+    apply_process_defaults()  # py-libp2p's tuning, read from the environment
     node = Node(home, config)
     try:
         trio.run(run_until_signalled, node)

@@ -10,11 +10,20 @@
     async def repo_show(repo: str, limit: int) -> dict[str, Any]:
         ...
 
-Param schemas use a small subset of JSON Schema -- ``type`` (string, integer, number, boolean, object, array),
-``enum``, ``minLength``/``maxLength``, ``minimum``/``maximum``, ``items``/``minItems``/``maxItems`` and
-``additionalProperties`` -- and a schema using anything else is refused when the method is registered, so a
-misspelt keyword cannot silently stop checking. Handlers get every param as a keyword argument, an omitted
-optional param (or one sent as ``null``) as its default.
+The daemon's methods are declared once, at module level, in a ``MethodTable`` (``api.methods``): their handlers
+take the node's context as first argument, and ``Registry.bind(table, context)`` adds them with it bound:
+
+    methods = MethodTable()
+
+    @methods.method("repo.show", "One commit, with its changes against its first parent.", params=(REPO, COMMIT))
+    async def repo_show(ctx: ApiContext, repo: str, commit: str) -> dict[str, Any]:
+        ...
+
+    registry.bind(methods, context)
+
+Param schemas use a small subset of JSON Schema (``api.schema``), and a schema using anything else is refused when
+the method is registered, so a misspelt keyword cannot silently stop checking. Handlers get every param as a
+keyword argument, an omitted optional param (or one sent as ``null``) as its default.
 
 Nothing here does I/O, so the CLI can import it without starting trio.
 """
@@ -23,54 +32,23 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import inspect
-import json
 import keyword
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..core.errors import InvalidInput
+from ..core.errors import FlairError, InvalidInput
 from .errors import MethodNotFound
+from .schema import check_schema, check_value
+from .schema import json_type as json_type
 
 OPENRPC_VERSION = "1.2.6"
 DISCOVER = "rpc.discover"
 RESERVED_PREFIX = "rpc."
 
 H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
-
-_TYPES = ("string", "integer", "number", "boolean", "object", "array")
-_COMMON_KEYWORDS = frozenset({"type", "description", "title", "enum"})
-_TYPE_KEYWORDS: dict[str | None, frozenset[str]] = {
-    None: frozenset(),
-    "string": frozenset({"minLength", "maxLength"}),
-    "integer": frozenset({"minimum", "maximum"}),
-    "number": frozenset({"minimum", "maximum"}),
-    "boolean": frozenset(),
-    "object": frozenset({"additionalProperties"}),
-    "array": frozenset({"items", "minItems", "maxItems"}),
-}
-_ARTICLES = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean",
-             "object": "an object", "array": "an array"}
-
-
-def json_type(value: Any) -> str:
-    """The JSON type name of a decoded JSON value: ``json_type(True) == "boolean"``, ``json_type(1) == "integer"``."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
 @dataclass(frozen=True)
@@ -86,14 +64,27 @@ class Param:
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or keyword.iskeyword(self.name):
             raise ValueError(f"param name {self.name!r} is not a Python identifier; handlers take params as keywords")
-        _check_schema(self.schema, f"schema of param {self.name!r}")
+        check_schema(self.schema, f"schema of param {self.name!r}")
         if self.required and self.default is not None:
             raise ValueError(f"param {self.name!r} is required, so its default {self.default!r} would never be used")
         if self.default is not None:
             try:
-                _check_value(self.default, self.schema, f"the default of param {self.name!r}")
+                check_value(self.default, self.schema, f"the default of param {self.name!r}")
             except InvalidInput as exc:
                 raise ValueError(exc.message) from None
+
+
+def _check_handler(name: str, handler: Callable[..., Any], params: list[str], *, with_context: bool = False) -> None:
+    """Refuse, when a method is declared, a handler that cannot take its params (and first its context)."""
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):  # some callables have no signature to check
+        return
+    try:
+        signature.bind(*([None] if with_context else []), **dict.fromkeys(params))
+    except TypeError as exc:
+        what = "a context and its params" if with_context else "its params"
+        raise TypeError(f"the handler of {name} cannot be called with {what} {params}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -112,14 +103,7 @@ class Method:
         names = [p.name for p in self.params]
         if len(set(names)) != len(names):
             raise ValueError(f"method {self.name} has duplicate param names: {names}")
-        try:
-            signature = inspect.signature(self.handler)
-        except (TypeError, ValueError):  # some callables have no signature to check
-            return
-        try:
-            signature.bind(**dict.fromkeys(names))
-        except TypeError as exc:
-            raise TypeError(f"the handler of {self.name} cannot be called with its params {names}: {exc}") from None
+        _check_handler(self.name, self.handler, names)
 
     def describe(self) -> dict[str, Any]:
         """This method as an OpenRPC Method object."""
@@ -131,6 +115,65 @@ class Method:
             params.append({"name": p.name, "description": p.description, "required": p.required, "schema": schema})
         return {"name": self.name, "summary": self.summary, "paramStructure": "either", "params": params,
                 "result": {"name": "result", "schema": dict(self.result)}}
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A method declared in a ``MethodTable``: a ``Method`` whose handler still waits for its context."""
+
+    name: str
+    summary: str
+    params: tuple[Param, ...]
+    result: dict[str, Any]
+    handler: Callable[..., Awaitable[Any]]  # async (context, **params)
+
+    def bind(self, context: Any) -> Method:
+        """This method with ``context`` as its handler's first argument. With ``None``, a method that only
+        documents: calling it says no node is bound (``reference_markdown`` builds such a registry)."""
+        if context is None:
+            name = self.name
+
+            async def unbound(**params: Any) -> Any:
+                raise FlairError(f"{name} is not bound to a node: this registry only documents the API")
+
+            handler: Callable[..., Awaitable[Any]] = unbound
+        else:
+            handler = functools.partial(self.handler, context)
+        return Method(self.name, self.summary, self.params, self.result, handler)
+
+
+class MethodTable:
+    """Methods declared at module level, each an async function of (context, params...), in declaration order.
+
+    Nothing is bound or served here: ``Registry.bind(table, context)`` gives every handler its context.
+    """
+
+    def __init__(self) -> None:
+        self._declared: list[Declared] = []
+
+    def method(self, name: str, summary: str, params: Sequence[Param] = (),
+               result: dict[str, Any] | None = None) -> Callable[[H], H]:
+        """Decorator declaring an async function of (context, params...) as method ``name``; returns it unchanged.
+
+        The handler's signature is checked now, so a param it cannot take fails at import, not on first call.
+        """
+
+        def declare(handler: H) -> H:
+            function: Any = handler  # (a TypeGuard would narrow ``handler`` away from H)
+            if not inspect.iscoroutinefunction(function):
+                raise TypeError(f"the handler of {name} must be an async function, got {handler!r}")
+            _check_handler(name, function, [p.name for p in params], with_context=True)
+            self._declared.append(Declared(name, summary, tuple(params),
+                                           dict(result) if result is not None else {}, handler))
+            return handler
+
+        return declare
+
+    def __iter__(self) -> Iterator[Declared]:
+        return iter(self._declared)
+
+    def __len__(self) -> int:
+        return len(self._declared)
 
 
 class Registry:
@@ -162,6 +205,11 @@ class Registry:
             return handler
 
         return register
+
+    def bind(self, table: MethodTable, context: Any) -> None:
+        """Add every method of ``table``, its handler given ``context`` first (``None``: documentation only)."""
+        for declared in table:
+            self.add(declared.bind(context))
 
     def get(self, name: str) -> Method | None:
         return self._methods.get(name)
@@ -227,7 +275,7 @@ def validate_params(method: Method, params: Any) -> dict[str, Any]:
             kwargs[p.name] = copy.deepcopy(p.default)
             continue
         try:
-            _check_value(value, p.schema, f"param {p.name!r}")
+            check_value(value, p.schema, f"param {p.name!r}")
         except InvalidInput as exc:
             raise InvalidInput(exc.message, method=method.name, param=p.name) from None
         kwargs[p.name] = value
@@ -251,72 +299,5 @@ def openrpc_document(registry: Registry, title: str, version: str) -> dict[str, 
             "methods": [m.describe() for m in methods]}
 
 
-def _check_schema(schema: Any, where: str) -> None:
-    if not isinstance(schema, dict):
-        raise ValueError(f"{where} must be a JSON Schema object, got {schema!r}")
-    kind = schema.get("type")
-    if kind is not None and kind not in _TYPES:
-        raise ValueError(f"{where}: type {kind!r} is not one of {', '.join(_TYPES)}")
-    allowed = _COMMON_KEYWORDS | _TYPE_KEYWORDS[kind]
-    unknown = sorted(set(schema) - allowed)
-    if unknown:
-        raise ValueError(f"{where}: keyword(s) {', '.join(unknown)} not supported for type {kind}; "
-                         f"use {', '.join(sorted(allowed))}")
-    if "enum" in schema and (not isinstance(schema["enum"], list) or not schema["enum"]):
-        raise ValueError(f"{where}: enum must be a non-empty list")
-    for key in ("minLength", "maxLength", "minItems", "maxItems"):
-        if key in schema and (json_type(schema[key]) != "integer" or schema[key] < 0):
-            raise ValueError(f"{where}: {key} must be a non-negative integer")
-    for key in ("minimum", "maximum"):
-        if key in schema and json_type(schema[key]) not in ("integer", "number"):
-            raise ValueError(f"{where}: {key} must be a number")
-    if "items" in schema:
-        _check_schema(schema["items"], f"{where} items")
-    extra = schema.get("additionalProperties")
-    if extra is not None and not isinstance(extra, bool):
-        _check_schema(extra, f"{where} additionalProperties")
-
-
-def _check_value(value: Any, schema: dict[str, Any], where: str) -> None:
-    kind = schema.get("type")
-    got = json_type(value)
-    if kind is not None and not (got == kind or (kind == "number" and got == "integer")):
-        raise InvalidInput(f"{where} must be {_ARTICLES[kind]}, got {got}")
-    if "enum" in schema and not any(json_type(v) == got and v == value for v in schema["enum"]):
-        choices = ", ".join(_show(v) for v in schema["enum"])
-        raise InvalidInput(f"{where} must be one of {choices}, got {_show(value)}")
-    if got == "string":
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            raise InvalidInput(f"{where} is {len(value)} characters long, the most allowed is {schema['maxLength']}")
-        if "minLength" in schema and len(value) < schema["minLength"]:
-            raise InvalidInput(f"{where} is {len(value)} characters long, the fewest allowed is "
-                               f"{schema['minLength']}")
-    elif got in ("integer", "number"):
-        if "minimum" in schema and value < schema["minimum"]:
-            raise InvalidInput(f"{where} must be at least {schema['minimum']}, got {value}")
-        if "maximum" in schema and value > schema["maximum"]:
-            raise InvalidInput(f"{where} must be at most {schema['maximum']}, got {value}")
-    elif got == "array":
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            raise InvalidInput(f"{where} has {len(value)} items, the most allowed is {schema['maxItems']}")
-        if "minItems" in schema and len(value) < schema["minItems"]:
-            raise InvalidInput(f"{where} has {len(value)} items, the fewest allowed is {schema['minItems']}")
-        if "items" in schema:
-            for i, item in enumerate(value):
-                _check_value(item, schema["items"], f"{where} item {i}")
-    elif got == "object":
-        extra = schema.get("additionalProperties", True)
-        if extra is False and value:
-            raise InvalidInput(f"{where} must be an empty object, got key {_show(next(iter(value)))}")
-        if isinstance(extra, dict):
-            for key, item in value.items():
-                _check_value(item, extra, f"{where} key {_show(key)}")
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-__all__ = ["DISCOVER", "Method", "OPENRPC_VERSION", "Param", "Registry", "discover_method", "json_type",
-           "openrpc_document", "validate_params"]
+__all__ = ["DISCOVER", "Declared", "Method", "MethodTable", "OPENRPC_VERSION", "Param", "Registry",
+           "discover_method", "json_type", "openrpc_document", "validate_params"]

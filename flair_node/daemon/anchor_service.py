@@ -41,11 +41,10 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..api.dispatch import Registry
 from ..core.errors import FlairError, IntegrityError, InvalidInput
 from ..core.identity import Identity
 from ..core.ids import CommitId, short
@@ -54,7 +53,11 @@ from ..storage import unixfs
 from ..storage.atomic import atomic_write
 from ..storage.repo import Repository, now_ms
 from ..storage.repos import RepoSet
-from .round_service import MERGE_PARAMS, round_branches
+from .round_service import recent_round_merges
+
+if TYPE_CHECKING:
+    from ..protocol.anchoring.chain import Account, Chain, Landed
+    from ..protocol.anchoring.memo import AnchorRecord
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +74,12 @@ MAX_METADATA_BYTES = 64 * 1024
 class AnchorService:
     def __init__(self, repos: RepoSet, identity: Identity, state_dir: Path, *, cluster: str,
                  commitment: str = "confirmed", every: float = 1.0, on_change: Any = lambda: None) -> None:
+        from ..protocol.anchoring.wallet import Wallet
+
         if commitment not in ACCEPTED:
             raise InvalidInput(f"chain.commitment is confirmed or finalized, not {commitment!r}")
         self.repos, self.identity, self.state_dir = repos, identity, state_dir
+        self.wallet = Wallet(identity)  # the node's key, signing and paying for its anchors
         self.cluster, self.commitment, self.every, self.on_change = cluster, commitment, every, on_change
         self.counts: Counter[str] = Counter()  # anchored, verified, refuted, failed_attempts
         repos.pins.append(self._metadata_roots)
@@ -81,7 +87,7 @@ class AnchorService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await each_pass(self.repos, self.cluster, self.every, self._pass, task_status=task_status)
 
-    async def _pass(self, chain: Any, repo: Repository) -> None:
+    async def _pass(self, chain: Chain, repo: Repository) -> None:
         for merge, mine in await trio.to_thread.run_sync(self._due, repo):
             await self._attempt(chain, repo, merge, mine)
 
@@ -112,27 +118,19 @@ class AnchorService:
         """Recent round merges whose next attempt is due: this node's own that are not anchored (True), and
         others' whose anchor record arrived and is not checked yet (False)."""
         due, now = [], now_ms()
-        for branch in round_branches(repo):
-            cursor: CommitId | None = repo.head(branch)
-            for _ in range(RECENT):
-                if cursor is None:
-                    break
-                commit = repo.commit(cursor)
-                cursor = commit.parents[0] if commit.parents else None
-                if commit.kind != "round":
-                    continue
-                state = self._load(repo, commit.id) or {}
-                if state.get("status") in ("anchored", "verified", "failed") or state.get("next_try_ms", 0) > now:
-                    continue
-                if commit.author == self.identity.public_key:
-                    if "sums" not in commit.meta or repo.proof(commit.id) is not None \
-                            or now - commit.timestamp_ms >= PROOF_WAIT_MS:  # with proofs on, after them
-                        due.append((commit.id, True))
-                elif repo.anchor(commit.id) is not None:
-                    due.append((commit.id, False))
+        for commit in recent_round_merges(repo, RECENT):
+            state = self._load(repo, commit.id) or {}
+            if state.get("status") in ("anchored", "verified", "failed") or state.get("next_try_ms", 0) > now:
+                continue
+            if commit.author == self.identity.public_key:
+                if "sums" not in commit.meta or repo.merges.proof(commit.id) is not None \
+                        or now - commit.timestamp_ms >= PROOF_WAIT_MS:  # with proofs on, after them
+                    due.append((commit.id, True))
+            elif repo.merges.anchor(commit.id) is not None:
+                due.append((commit.id, False))
         return due
 
-    async def _attempt(self, chain: Any, repo: Repository, merge: CommitId, mine: bool) -> None:
+    async def _attempt(self, chain: Chain, repo: Repository, merge: CommitId, mine: bool) -> None:
         state = await trio.to_thread.run_sync(self._load, repo, merge) or {"commit": merge, "attempts": 0}
         try:
             if mine:
@@ -152,34 +150,23 @@ class AnchorService:
                         short(repo.id), state["attempts"], backoff, exc)
         await trio.to_thread.run_sync(self._save, repo, merge, state)
 
-    async def _anchor(self, chain: Any, repo: Repository, merge: CommitId, state: dict[str, Any]) -> None:
-        from solders.keypair import Keypair
-        from solders.pubkey import Pubkey
-
-        from ..protocol.anchoring import commit_mint, commit_nft_transaction, verify_commit_nft
-        from ..protocol.anchoring.commit_nft import commit_nft_mint_size
+    async def _anchor(self, chain: Chain, repo: Repository, merge: CommitId, state: dict[str, Any]) -> None:
+        from ..protocol.anchoring.checks import check_commit_nft
 
         record, uri, metadata = await trio.to_thread.run_sync(self._record, repo, merge)
-        payer = Keypair.from_bytes(self.identity.keypair_bytes())
-        mint = commit_mint(self.identity.keypair_bytes()[:32], merge)
-        state.update(mint=str(mint.pubkey()), metadata=metadata, memo=_memo_text(record))
-        landed = await chain.account(str(mint.pubkey()))
+        mint = self.wallet.commit_mint(merge)
+        state.update(mint=mint, metadata=metadata, memo=_memo_text(record))
+        landed = await chain.account(mint)
         if landed is None and await sent_and_landed(chain, state.get("signature")):
-            landed = await self._confirmed(chain, state["signature"], str(mint.pubkey()))
+            landed = await self._confirmed(chain, state["signature"], mint)
         if landed is None:
-            await fund(chain, str(payer.pubkey()))
-            size = commit_nft_mint_size(record, uri)
-            rent = await chain.rent(size)
-            blockhash = await chain.latest_blockhash()
-            tx = commit_nft_transaction(payer=payer, mint=mint, record=record, uri=uri,
-                                        rent=rent_of(size, rent),
-                                        blockhash=blockhash)
-            state.update(signature=str(tx.signatures[0]), status="sent")
+            await fund(chain, self.wallet.address)
+            tx = await self.wallet.commit_nft(chain, record, uri)
+            state.update(signature=tx.signature, status="sent")
             await trio.to_thread.run_sync(self._save, repo, merge, state)  # before sending: a crash knows it
-            await chain.send(bytes(tx))
-            landed = await self._confirmed(chain, state["signature"], str(mint.pubkey()))
-        verify_commit_nft(mint=mint.pubkey(), owner=Pubkey.from_string(landed.owner), data=landed.data,
-                          record=record, aggregator=payer.pubkey())
+            await chain.send(tx.raw)
+            landed = await self._confirmed(chain, state["signature"], mint)
+        check_commit_nft(landed, mint=mint, record=record, aggregator=self.wallet.address)
         policy = await trio.to_thread.run_sync(lambda: repo.members.current().policy)
         contributions = await self._contribution_nfts(chain, repo, merge, record, uri, state) \
             if policy.contribution_nfts else []
@@ -187,58 +174,46 @@ class AnchorService:
         self.counts["anchored"] += 1
         log.info("anchored round merge %s of %s on %s: mint %s, transaction %s", short(merge), short(repo.id),
                  self.cluster, state["mint"], state.get("signature"))
-        if state.get("signature") and repo.anchor(merge) is None:
+        if state.get("signature") and repo.merges.anchor(merge) is None:
             genesis = await chain.genesis_hash()
-            await trio.to_thread.run_sync(lambda: repo.write_anchor(
+            await trio.to_thread.run_sync(lambda: repo.merges.write_anchor(
                 self.identity, merge, genesis=genesis, transaction=state["signature"], mint=state["mint"],
                 contributions=contributions))
             self.on_change()  # announce it
 
-    async def _contribution_nfts(self, chain: Any, repo: Repository, merge: CommitId, record: Any, uri: str,
-                                 state: dict[str, Any]) -> list[tuple[CommitId, str, str]]:
+    async def _contribution_nfts(self, chain: Chain, repo: Repository, merge: CommitId, record: AnchorRecord,
+                                 uri: str, state: dict[str, Any]) -> list[tuple[CommitId, str, str]]:
         """Mint each contribution ``merge`` merged an NFT held by its contributor, idempotently like the
         commit's own (a mint derived from this node's key, the merge and the contribution); (contribution,
         mint, transaction) of each."""
-        from solders.keypair import Keypair
-        from solders.pubkey import Pubkey
+        from ..protocol.anchoring.checks import check_contribution_nft
 
-        from ..protocol.anchoring import contribution_mint, contribution_nft_transaction, verify_contribution_nft
-        from ..protocol.anchoring.contribution import contribution_nft_mint_size
-
-        payer = Keypair.from_bytes(self.identity.keypair_bytes())
         made = state.setdefault("contributions", {})
         parents = meta_parents(dict((await trio.to_thread.run_sync(repo.commit, merge)).meta))  # not excluded ones
         for contribution in parents:
             contributor = (await trio.to_thread.run_sync(repo.commit, contribution)).author
-            mint = contribution_mint(self.identity.keypair_bytes()[:32], merge, contribution)
-            entry = made.setdefault(contribution, {"contributor": contributor, "mint": str(mint.pubkey())})
+            mint = self.wallet.contribution_mint(merge, contribution)
+            entry = made.setdefault(contribution, {"contributor": contributor, "mint": mint})
             landed = await chain.account(entry["mint"])
             if landed is None and not await sent_and_landed(chain, entry.get("signature")):
-                await fund(chain, str(payer.pubkey()))
-                size = contribution_nft_mint_size(record, contribution, uri)
-                rent = await chain.rent(size)
-                tx = contribution_nft_transaction(
-                    payer=payer, mint=mint, record=record, contributor=Pubkey.from_string(contributor),
-                    contribution=contribution, uri=uri, blockhash=await chain.latest_blockhash(),
-                    rent=rent_of(size, rent))
-                entry["signature"] = str(tx.signatures[0])
+                await fund(chain, self.wallet.address)
+                tx = await self.wallet.contribution_nft(chain, record, contribution, contributor, uri)
+                entry["signature"] = tx.signature
                 await trio.to_thread.run_sync(self._save, repo, merge, state)  # before sending: a crash knows it
-                await chain.send(bytes(tx))
+                await chain.send(tx.raw)
             if not entry.get("signature"):
                 raise IntegrityError(f"contribution NFT {entry['mint']} exists, but the transaction that made it "
                                      "is not in this node's state")
             landed = await self._confirmed(chain, entry["signature"], entry["mint"])
-            verify_contribution_nft(mint=mint.pubkey(), owner=Pubkey.from_string(landed.owner), data=landed.data,
-                                    record=record, contribution=contribution)
+            check_contribution_nft(landed, mint=mint, record=record, contribution=contribution)
         return [(c, made[c]["mint"], made[c]["signature"]) for c in parents]
 
-    async def _check(self, chain: Any, repo: Repository, merge: CommitId, state: dict[str, Any]) -> None:
+    async def _check(self, chain: Chain, repo: Repository, merge: CommitId, state: dict[str, Any]) -> None:
         """Check the anchor another member claims for its merge ``merge`` on this node's cluster."""
-        from solders.pubkey import Pubkey
+        from ..protocol.anchoring import parse_anchor_memo
+        from ..protocol.anchoring.checks import check_commit_nft, check_contribution_nft
 
-        from ..protocol.anchoring import parse_anchor_memo, verify_commit_nft, verify_contribution_nft
-
-        claim = repo.anchor(merge)
+        claim = repo.merges.anchor(merge)
         assert claim is not None
         state.update(author=claim.author, signature=claim.transaction, mint=claim.mint)
         genesis = await chain.genesis_hash()
@@ -251,7 +226,7 @@ class AnchorService:
                 records.append(parse_anchor_memo(memo))
         if len(records) != 1:
             raise IntegrityError(f"transaction {claim.transaction} carries {len(records)} anchor memos, not one")
-        record, commit, proof = records[0], repo.commit(merge), repo.proof(merge)
+        record, commit, proof = records[0], repo.commit(merge), repo.merges.proof(merge)
         if (record.repo, record.branch, record.round, record.commit) != (
                 repo.id, commit.meta.get("branch"), commit.meta.get("round"), merge):
             raise IntegrityError(f"the memo of transaction {claim.transaction} names another merge")
@@ -260,8 +235,7 @@ class AnchorService:
         landed = await chain.account(claim.mint)
         if landed is None:
             raise IntegrityError(f"mint {claim.mint} does not exist on {self.cluster}")
-        verify_commit_nft(mint=Pubkey.from_string(claim.mint), owner=Pubkey.from_string(landed.owner),
-                          data=landed.data, record=record, aggregator=Pubkey.from_string(claim.author))
+        check_commit_nft(landed, mint=claim.mint, record=record, aggregator=claim.author)
         merged = set(meta_parents(dict(commit.meta)))
         state["contributions"] = {}
         for contribution, mint, transaction in claim.contributions:
@@ -276,14 +250,13 @@ class AnchorService:
             landed = await chain.account(mint)
             if landed is None:
                 raise IntegrityError(f"contribution NFT {mint} does not exist on {self.cluster}")
-            verify_contribution_nft(mint=Pubkey.from_string(mint), owner=Pubkey.from_string(landed.owner),
-                                    data=landed.data, record=record, contribution=contribution)
+            check_contribution_nft(landed, mint=mint, record=record, contribution=contribution)
             state["contributions"][contribution] = {"contributor": contributor, "mint": mint,
                                                     "signature": transaction}
         state.update(status="verified", memo=_memo_text(record), checked_ms=now_ms(), error=None, next_try_ms=0)
         self.counts["verified"] += 1
 
-    async def _confirmed(self, chain: Any, signature: str, mint: str) -> Any:
+    async def _confirmed(self, chain: Chain, signature: str, mint: str) -> Account:
         """Wait until ``signature`` reaches the configured commitment; the mint's account then."""
         from ..protocol.anchoring.chain import ChainError
 
@@ -293,12 +266,12 @@ class AnchorService:
             raise ChainError(f"anchor transaction {signature} landed but mint {mint} is not there")
         return landed
 
-    def _record(self, repo: Repository, merge: CommitId) -> tuple[Any, str, str]:
+    def _record(self, repo: Repository, merge: CommitId) -> tuple[AnchorRecord, str, str]:
         """The anchor record of ``merge``, the URI of its stored metadata JSON, and that file's CID."""
         from ..protocol.anchoring import AnchorRecord, commit_nft_metadata, metadata_json
 
         commit = repo.commit(merge)
-        proof = repo.proof(merge)
+        proof = repo.merges.proof(merge)
         record = AnchorRecord(repo=repo.id, branch=commit.meta["branch"], round=int(commit.meta["round"]),
                               commit=merge, proof=proof.proofs if proof is not None else None)
         authors = sorted({repo.commit(c).author for c in meta_parents(dict(commit.meta))})
@@ -338,8 +311,8 @@ class AnchorService:
         return roots
 
 
-async def each_pass(repos: RepoSet, cluster: str, every: float, step: Callable[[Any, Repository], Awaitable[None]], *,
-                    task_status: trio.TaskStatus[None]) -> None:
+async def each_pass(repos: RepoSet, cluster: str, every: float, step: Callable[[Chain, Repository], Awaitable[None]],
+                    *, task_status: trio.TaskStatus[None]) -> None:
     """A chain service's loop: every ``every`` seconds, ``step(chain, repo)`` for each repository, with one
     client of ``cluster`` closed on the way out (also when cancelled)."""
     from ..protocol.anchoring.chain import Chain
@@ -356,7 +329,7 @@ async def each_pass(repos: RepoSet, cluster: str, every: float, step: Callable[[
             await chain.close()
 
 
-async def landed_transaction(chain: Any, signature: str, commitment: str) -> Any:
+async def landed_transaction(chain: Chain, signature: str, commitment: str) -> Landed:
     """Transaction ``signature`` as the cluster holds it (``chain.Landed``), once it is ``commitment`` or better;
     ``ChainError`` while it is not (it may still land), ``IntegrityError`` if it failed."""
     from ..protocol.anchoring.chain import ChainError
@@ -372,12 +345,12 @@ async def landed_transaction(chain: Any, signature: str, commitment: str) -> Any
     return landed
 
 
-def token_moves(landed: Any, mint: str) -> dict[str, tuple[int, int]]:
+def token_moves(landed: Landed, mint: str) -> dict[str, tuple[int, int]]:
     """What transaction ``landed`` did to the holdings of token ``mint``: owner -> (before, after)."""
     return {m.owner: (m.before, m.after) for m in landed.token_moves if m.mint == mint}
 
 
-async def sent_and_landed(chain: Any, signature: str | None) -> bool:
+async def sent_and_landed(chain: Chain, signature: str | None) -> bool:
     """Whether transaction ``signature`` (sent before a crash or a timeout; None: never sent) landed without error."""
     if not signature:
         return False
@@ -385,7 +358,7 @@ async def sent_and_landed(chain: Any, signature: str | None) -> bool:
     return status is not None and status.error is None
 
 
-async def confirmed(chain: Any, signature: str, commitment: str, what: str) -> None:
+async def confirmed(chain: Chain, signature: str, commitment: str, what: str) -> None:
     """Wait until transaction ``signature`` reaches ``commitment`` (confirmed or finalized); ``ChainError`` if it
     failed on chain or is not there within ``CONFIRM_TIMEOUT_S``."""
     from ..protocol.anchoring.chain import ChainError
@@ -402,7 +375,7 @@ async def confirmed(chain: Any, signature: str, commitment: str, what: str) -> N
         await trio.sleep(0.5)
 
 
-async def fund(chain: Any, address: str) -> None:
+async def fund(chain: Chain, address: str) -> None:
     """Make sure ``address`` can pay for a few transactions: an airdrop on a local chain or devnet when it runs
     low; elsewhere ``ChainError`` saying which address to fund."""
     from urllib.parse import urlparse
@@ -424,41 +397,7 @@ async def fund(chain: Any, address: str) -> None:
                      f"7,000,000 a commit): fund it on {chain.cluster}")
 
 
-def _memo_text(record: Any) -> str:
+def _memo_text(record: AnchorRecord) -> str:
     from ..protocol.anchoring import anchor_memo
 
     return anchor_memo(record).decode()
-
-
-def rent_of(size: int, lamports: int) -> Callable[[int], int]:
-    """The ``rent`` a transaction builder takes, knowing the one account size it asks for (its lamports from
-    ``getMinimumBalanceForRentExemption``); any other size is a mistake."""
-    def rent(wanted: int) -> int:
-        if wanted != size:
-            raise InvalidInput(f"the transaction asked for the rent of an unexpected size ({wanted} bytes)")
-        return lamports
-    return rent
-
-
-def register_methods(registry: Registry, repos: RepoSet, service: AnchorService | None) -> None:
-    @registry.method(
-        "repo.provenance", "Where a round merge is anchored on Solana: its memo, NFT mint, transaction and "
-        "explorer links, as this node anchored it (its own merges) or checked it on chain (others').",
-        params=MERGE_PARAMS, result={"type": "object"})
-    async def repo_provenance(repo: str, commit: str) -> dict[str, Any]:
-        def work() -> dict[str, Any]:
-            r = repos.open(repo)
-            merge = r.resolve(commit)
-            found = r.commit(merge)
-            if found.kind != "round":
-                return {"commit": merge, "status": "not anchored", "reason": "only round merges are anchored"}
-            if service is None:
-                return {"commit": merge, "status": "not anchored", "reason": "this node has no chain.cluster"}
-            known = service.provenance(r, merge)
-            if known is not None:
-                return known
-            if found.author != service.identity.public_key:
-                return {"commit": merge, "status": "waiting", "author": found.author,
-                        "reason": "its aggregator anchors it; its anchor record has not been checked here yet"}
-            return {"commit": merge, "status": "pending", "reason": "not attempted yet"}
-        return await trio.to_thread.run_sync(work)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import secrets
 import signal
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from ..api.context import ApiContext
 from ..api.methods import build_registry
 from ..api.server import ApiServer
 from ..core.errors import FlairError
@@ -25,21 +27,19 @@ from ..network.bitswap import BlockExchange
 from ..network.host import connect, full_addrs, running_host
 from ..network.kubo import KuboPinner
 from ..protocol import sync
-from ..protocol.proofs import circuits, ezkl_backend
+from ..protocol.proofs import ezkl_backend
+from ..protocol.proofs.circuits import Circuits
+from ..protocol.rounds import RoundMemory
 from ..storage.atomic import hold_lock, remove_stale_temp_files
 from ..storage.repos import RepoSet
 from .anchor_service import AnchorService
-from .anchor_service import register_methods as register_anchor_methods
 from .config import NodeConfig
 from .home import Home
 from .ownership import OwnershipService
-from .ownership import register_methods as register_ownership_methods
-from .p2p import P2PService, register_methods
+from .p2p import P2PService
 from .pinning import KuboPinService
 from .proof_service import ProofService
-from .proof_service import register_methods as register_proof_methods
 from .registry_service import RegistryService
-from .registry_service import register_methods as register_registry_methods
 from .round_service import RoundService
 
 log = logging.getLogger(__name__)
@@ -63,34 +63,37 @@ class Node:
         self.api: ApiServer | None = None  # set while the API serves
         self._sync_served: rpc.Served | None = None  # set while the sync protocol is served
         self.repos = RepoSet.on_disk(home.path, self.identity)
-        circuits.use(self.repos.objects, circuits.Circuits(home.path / "proofs"))
-        self.pinning = KuboPinService(self.repos, KuboPinner(config.kubo_api), home.path / "kubo") \
-            if config.kubo_api else None
+        #: What this node's rounds remember (merges checked and held) and the circuits it proves with: one for all
+        #: its services, so a merge the peer-to-peer side notes holds the round service's own.
+        self.round_memory = RoundMemory(Circuits(home.path / "proofs"))
+        self.pinning = KuboPinService(self.repos, KuboPinner(config.ipfs.kubo_api), home.path / "kubo") \
+            if config.ipfs.kubo_api else None
         self.p2p: P2PService | None = None  # set while the libp2p host runs
-        self.rounds = RoundService(self.repos, self.identity, on_change=self._changed) \
-            if config.rounds_aggregate else None
-        self.registry = build_registry(self.identity, self.repos, on_change=self._changed, extra_status=self._status,
-                                       network=self, proof_srs=Path(config.proofs_srs) if config.proofs_srs else None,
-                                       development_srs=home.path / "proofs" / "development-srs")
-        register_methods(self.registry, self._online)
+        self.rounds = RoundService(self.repos, self.identity, memory=self.round_memory, on_change=self._changed) \
+            if config.rounds.aggregate else None
         self.proofs = ProofService(self.repos, self.identity, home.path / "proofs" / "verified",
-                                   prove=config.proofs_prove, memory_mb=config.proofs_memory_mb,
+                                   circuits=self.round_memory.circuits,
+                                   prove=config.proofs.prove, memory_mb=config.proofs.memory_mb,
                                    on_change=self._changed)
-        register_proof_methods(self.registry, self.repos, self.proofs)
         self.anchoring = AnchorService(self.repos, self.identity, home.path / "anchoring",
-                                       cluster=config.chain_cluster, commitment=config.chain_commitment,
+                                       cluster=config.chain.cluster, commitment=config.chain.commitment,
                                        on_change=self._changed) \
-            if config.chain_cluster else None
-        register_anchor_methods(self.registry, self.repos, self.anchoring)
+            if config.chain.cluster else None
         self.ownership = OwnershipService(self.repos, self.identity, home.path / "ownership",
-                                          cluster=config.chain_cluster, commitment=config.chain_commitment,
+                                          cluster=config.chain.cluster, commitment=config.chain.commitment,
                                           on_change=self._changed) \
-            if config.chain_cluster else None
-        register_ownership_methods(self.registry, self.repos, self.ownership)
-        self.onchain_registry = RegistryService(self.repos, self.identity, cluster=config.chain_cluster,
-                                                program=config.chain_registry, commitment=config.chain_commitment) \
-            if config.chain_registry else None
-        register_registry_methods(self.registry, self.repos, self.onchain_registry)
+            if config.chain.cluster else None
+        self.onchain_registry = RegistryService(self.repos, self.identity, cluster=config.chain.cluster,
+                                                program=config.chain.registry, commitment=config.chain.commitment) \
+            if config.chain.registry else None
+        #: What the API's methods work on: this node, with itself as their peer-to-peer side (see ``fetch``).
+        self.context = ApiContext(self.identity, self.repos, on_change=self._changed, service_status=self._status,
+                                  round_memory=self.round_memory, p2p=self, proofs=self.proofs,
+                                  anchoring=self.anchoring, ownership=self.ownership,
+                                  chain_registry=self.onchain_registry,
+                                  proof_srs=Path(config.proofs.srs) if config.proofs.srs else None,
+                                  development_srs=home.path / "proofs" / "development-srs")
+        self.registry = build_registry(self.context)
 
     def _changed(self) -> None:
         if self.pinning is not None:
@@ -123,6 +126,8 @@ class Node:
             raise FlairError("the libp2p host is not running")
         return self.p2p
 
+    # -- the API's peer-to-peer side (``api.context.PeerToPeer``): the service while the libp2p host runs --------
+
     async def fetch(self, cid: Cid, peer: str, max_size: int) -> int:
         p2p = self._online()
         return await p2p.exchange.fetch_dag(cid, await connect(p2p.host, peer), max_size=max_size)
@@ -130,20 +135,27 @@ class Node:
     async def pull(self, repo: str, peer: str) -> dict[str, Any]:
         return await self._online().pull_from(RepoId(repo), peer)
 
+    def arrivals(self) -> Iterable[tuple[str, str, str, int, int]]:
+        return self._online().arrivals
+
+    def announced(self) -> Iterable[tuple[str, str, int, int]]:
+        return self._online().announced
+
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the API until cancelled; ``task_status.started`` gets the API URL once api.json is written."""
         token = secrets.token_urlsafe(32)
-        server = ApiServer(self.registry, token, host=self.config.api_host, port=self.config.api_port,
-                           max_body=self.config.max_request_bytes)
+        server = ApiServer(self.registry, token, host=self.config.api.host, port=self.config.api.port,
+                           max_body=self.config.api.max_request_bytes)
         self.api = server
         try:
-            async with running_host(self.identity, self.config.p2p_listen, mdns=self.config.p2p_mdns) as host, \
+            async with running_host(self.identity, self.config.p2p.listen, mdns=self.config.p2p.mdns) as host, \
                     trio.open_nursery() as nursery:
                 exchange = BlockExchange(host, self.repos.blocks)
                 await nursery.start(exchange.run)
                 self._sync_served = rpc.serve(host, sync.PROTOCOL, sync.SyncServer(self.repos).handle)
-                p2p = P2PService(host, exchange, self.repos, bootstrap=self.config.p2p_bootstrap,
-                                 sync_interval=self.config.p2p_sync_interval)
+                p2p = P2PService(host, exchange, self.repos, memory=self.round_memory,
+                                 bootstrap=self.config.p2p.bootstrap,
+                                 sync_interval=self.config.p2p.sync_interval)
                 await nursery.start(p2p.run)
                 self.p2p = p2p
                 if self.pinning is not None:

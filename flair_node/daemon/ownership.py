@@ -27,11 +27,11 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..api.dispatch import Param, Registry
+from ..api.views import ownership_json
 from ..core.errors import FlairError, Forbidden, IntegrityError, InvalidInput, RemoteError
 from ..core.identity import Identity
 from ..core.ids import PublicKey, short
@@ -48,30 +48,33 @@ from .anchor_service import (
     each_pass,
     fund,
     landed_transaction,
-    rent_of,
     sent_and_landed,
     token_moves,
 )
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from ..protocol.anchoring.chain import Chain
 
-_REPO = Param("repo", {"type": "string", "maxLength": 200}, "repository id, id prefix or name")
+log = logging.getLogger(__name__)
 
 
 class OwnershipService:
     def __init__(self, repos: RepoSet, identity: Identity, state_dir: Path, *, cluster: str,
                  commitment: str = "confirmed", every: float = 2.0, on_change: Any = lambda: None) -> None:
+        from ..protocol.anchoring.wallet import Wallet
+
         if commitment not in ACCEPTED:
             raise InvalidInput(f"chain.commitment is confirmed or finalized, not {commitment!r}")
         self.repos, self.identity, self.state_dir = repos, identity, state_dir
+        self.wallet = Wallet(identity)  # the node's key, holding the tokens of the repositories it owns
         self.cluster, self.commitment, self.every, self.on_change = cluster, commitment, every, on_change
         self.counts: Counter[str] = Counter()  # tokens_minted, handovers, memos, checked, refused
-        self._chain: Any = None
+        self._chain: Chain | None = None
         self._busy = trio.Lock()  # one token transaction at a time: mints and handovers read, then write, state
         repos.pins.append(self._metadata_roots)
         repos.check_ownership = self.check
 
-    def chain(self) -> Any:
+    def chain(self) -> Chain:
         from ..protocol.anchoring.chain import Chain
 
         if self._chain is None:
@@ -86,7 +89,7 @@ class OwnershipService:
                 if self._chain is not None:
                     await self._chain.close()
 
-    async def _memos(self, chain: Any, repo: Repository) -> None:
+    async def _memos(self, chain: Chain, repo: Repository) -> None:
         for change in await trio.to_thread.run_sync(self._due_memos, repo):
             await self._memo(chain, repo, change)
 
@@ -95,11 +98,7 @@ class OwnershipService:
     async def mint(self, repo: Repository) -> None:
         """Mint ``repo``'s ownership token to this node (its owner) and bind the repository to it; nothing if
         it is bound already."""
-        from solders.keypair import Keypair
-        from solders.pubkey import Pubkey
-
-        from ..protocol.anchoring import repo_token_mint, repo_token_transaction, verify_repo_token
-        from ..protocol.anchoring.ownership import repo_token_mint_size
+        from ..protocol.anchoring.checks import check_repo_token
 
         async with self._busy:
             membership = await trio.to_thread.run_sync(repo.members.current)
@@ -109,23 +108,18 @@ class OwnershipService:
                 raise Forbidden(f"only the owner of repository {repo.name} ({short(membership.owner)}) mints its "
                                 "ownership token", repo=repo.id)
             chain = self.chain()
-            payer = Keypair.from_bytes(self.identity.keypair_bytes())
-            mint = repo_token_mint(self.identity.keypair_bytes()[:32], repo.id)
+            mint = self.wallet.repo_token_mint(repo.id)
             state = await trio.to_thread.run_sync(self._load, repo)
             uri, metadata = await trio.to_thread.run_sync(self._token_metadata, repo)
             token = state.setdefault("token", {})
-            token.update(mint=str(mint.pubkey()), metadata=metadata)
+            token.update(mint=mint, metadata=metadata)
             if await chain.account(token["mint"]) is None:
                 if not await sent_and_landed(chain, token.get("signature")):
-                    await fund(chain, str(payer.pubkey()))
-                    size = repo_token_mint_size(repo.id, repo.name, uri)
-                    rent = await chain.rent(size)
-                    tx = repo_token_transaction(payer=payer, mint=mint, repo=repo.id, name=repo.name, uri=uri,
-                                                rent=rent_of(size, rent),
-                                                blockhash=await chain.latest_blockhash())
-                    token["signature"] = str(tx.signatures[0])
+                    await fund(chain, self.wallet.address)
+                    tx = await self.wallet.repo_token(chain, repo.id, repo.name, uri)
+                    token["signature"] = tx.signature
                     await trio.to_thread.run_sync(self._save, repo, state)  # before sending: a crash knows it
-                    await chain.send(bytes(tx))
+                    await chain.send(tx.raw)
             if not token.get("signature"):
                 raise IntegrityError(f"mint {token['mint']} exists, but this node lost the transaction that made "
                                      "it: its state file is gone", repo=repo.id)
@@ -135,8 +129,7 @@ class OwnershipService:
             if account is None:
                 raise RemoteError(f"ownership token transaction {token['signature']} landed but mint "
                                   f"{token['mint']} is not there")
-            verify_repo_token(mint=mint.pubkey(), owner=Pubkey.from_string(account.owner), data=account.data,
-                              repo=repo.id, name=repo.name)
+            check_repo_token(account, mint=mint, repo=repo.id, name=repo.name)
             ref = ChainRef(await chain.genesis_hash(), token["mint"], token["signature"], landed.slot)
             await trio.to_thread.run_sync(repo.bind_token, self.identity, ref)
             await trio.to_thread.run_sync(self._save, repo, state)
@@ -147,11 +140,6 @@ class OwnershipService:
 
     async def hand_over(self, repo: Repository, member: str) -> None:
         """Move ``repo``'s token from this node (its owner) to ``member`` on chain, then record the handover."""
-        from solders.keypair import Keypair
-        from solders.pubkey import Pubkey
-
-        from ..protocol.anchoring import handover_transaction
-
         async with self._busy:
             membership = await trio.to_thread.run_sync(repo.members.current)
             token = self._bound(repo, membership)
@@ -170,14 +158,11 @@ class OwnershipService:
                     raise IntegrityError(f"this node's address does not hold the ownership token {token.mint} on "
                                          f"{self.cluster}: it moved on chain; its holder publishes the handover",
                                          repo=repo.id)
-                holder = Keypair.from_bytes(self.identity.keypair_bytes())
-                await fund(chain, str(holder.pubkey()))
-                tx = handover_transaction(holder=holder, mint=Pubkey.from_string(token.mint),
-                                          to=Pubkey.from_string(member), repo=repo.id,
-                                          blockhash=await chain.latest_blockhash())
-                pending = state["handovers"][member] = str(tx.signatures[0])
+                await fund(chain, self.wallet.address)
+                tx = await self.wallet.handover(chain, repo.id, token.mint, member)
+                pending = state["handovers"][member] = tx.signature
                 await trio.to_thread.run_sync(self._save, repo, state)
-                await chain.send(bytes(tx))
+                await chain.send(tx.raw)
             assert pending is not None
             await confirmed(chain, pending, self.commitment, "handover transaction")
             ref = await self._checked_move(chain, repo, membership.owner, member, pending)
@@ -213,9 +198,7 @@ class OwnershipService:
                               f"daemon only ({exc})") from None
 
     async def _check(self, repo: Repository, change: MembershipChange) -> None:
-        from solders.pubkey import Pubkey
-
-        from ..protocol.anchoring import verify_repo_token
+        from ..protocol.anchoring.checks import check_repo_token
 
         ref, chain = change.chain, self.chain()
         assert ref is not None
@@ -233,8 +216,7 @@ class OwnershipService:
                 account = await chain.account(ref.mint)
                 if account is None:
                     raise IntegrityError(f"mint {ref.mint} does not exist on {self.cluster}")
-                verify_repo_token(mint=Pubkey.from_string(ref.mint), owner=Pubkey.from_string(account.owner),
-                                  data=account.data, repo=repo.id, name=repo.name)
+                check_repo_token(account, mint=ref.mint, repo=repo.id, name=repo.name)
             else:
                 await self._checked_move(chain, repo, owner, change.member, ref.transaction, expect=ref)
         except IntegrityError:
@@ -242,7 +224,7 @@ class OwnershipService:
             raise
         self.counts["checked"] += 1
 
-    async def _checked_move(self, chain: Any, repo: Repository, giver: str | None, taker: str, signature: str, *,
+    async def _checked_move(self, chain: Chain, repo: Repository, giver: str | None, taker: str, signature: str, *,
                             expect: ChainRef | None = None) -> ChainRef:
         """The reference of transaction ``signature`` after checking that it moved ``repo``'s token from
         ``giver`` (None: minted) to ``taker``, and, with ``expect``, that it is the one ``expect`` names."""
@@ -280,24 +262,18 @@ class OwnershipService:
                 due.append(change)
         return due
 
-    async def _memo(self, chain: Any, repo: Repository, change: MembershipChange) -> None:
-        from solders.keypair import Keypair
-        from solders.transaction import Transaction
-
-        from ..protocol.anchoring import membership_memo, memo_instruction
+    async def _memo(self, chain: Chain, repo: Repository, change: MembershipChange) -> None:
+        from ..protocol.anchoring import membership_memo
 
         state = await trio.to_thread.run_sync(self._load, repo)
         entry = state.setdefault("memos", {}).setdefault(change.id, {"seq": change.seq, "attempts": 0})
         try:
             if not await sent_and_landed(chain, entry.get("signature")):
-                payer = Keypair.from_bytes(self.identity.keypair_bytes())
-                await fund(chain, str(payer.pubkey()))
-                memo = membership_memo(repo.id, change.seq, change.id)
-                tx = Transaction.new_signed_with_payer([memo_instruction(memo, payer.pubkey())], payer.pubkey(),
-                                                       [payer], await chain.latest_blockhash())
-                entry.update(signature=str(tx.signatures[0]), status="sent")
+                await fund(chain, self.wallet.address)
+                tx = await self.wallet.memo(chain, membership_memo(repo.id, change.seq, change.id))
+                entry.update(signature=tx.signature, status="sent")
                 await trio.to_thread.run_sync(self._save, repo, state)
-                await chain.send(bytes(tx))
+                await chain.send(tx.raw)
             await confirmed(chain, entry["signature"], self.commitment, "membership memo")
             entry.update(status="anchored", error=None, next_try_ms=0)
             self.counts["memos"] += 1
@@ -375,58 +351,3 @@ class OwnershipService:
             if isinstance(cid, str):
                 roots.append((cid, MAX_METADATA_BYTES))
         return roots
-
-
-def ownership_json(membership: Any, changes: list[MembershipChange], cluster: str) -> dict[str, Any]:
-    token = membership.token
-    return {
-        "repo": membership.repo, "owner": membership.owner, "cluster": cluster,
-        "token": None if token is None else {"genesis": token.genesis, "mint": token.mint,
-                                             "transaction": token.transaction, "slot": token.slot},
-        "handovers": [{"seq": c.seq, "to": c.member, "by": c.author, "transaction": c.chain.transaction,
-                       "slot": c.chain.slot} for c in changes if c.action == "handover" and c.chain is not None],
-    }
-
-
-def register_methods(registry: Registry, repos: RepoSet, service: OwnershipService | None) -> None:
-    def needs_chain() -> OwnershipService:
-        if service is None:
-            raise InvalidInput("this node has no chain.cluster: set one in its config to mint or move ownership "
-                               "tokens")
-        return service
-
-    @registry.method(
-        "repo.owner", "Who owns a repository and by which token on Solana; with mint, the owner's node mints the "
-        "repository's ownership token first (flair init --chain).",
-        params=(_REPO, Param("mint", {"type": "boolean"}, "mint the ownership token (owner only)", required=False,
-                             default=False)),
-        result={"type": "object"})
-    async def repo_owner(repo: str, mint: bool) -> dict[str, Any]:
-        r = await trio.to_thread.run_sync(repos.open, repo)
-        if mint:
-            await needs_chain().mint(r)
-        if service is None:
-            membership = await trio.to_thread.run_sync(r.members.current)
-            return ownership_json(membership, await trio.to_thread.run_sync(r.members.changes), "")
-        return await service.describe(r)
-
-    @registry.method(
-        "repo.handover", "Hand a repository over: move its ownership token to a current member on chain and record "
-        "it (owner); or, with claim, record a transfer to this node made elsewhere (the new holder).",
-        params=(_REPO,
-                Param("member", {"type": "string", "maxLength": 64}, "the new owner's public key (base58)",
-                      required=False, default=None),
-                Param("claim", {"type": "string", "maxLength": 88}, "the signature of a transaction that moved "
-                      "the token to this node", required=False, default=None)),
-        result={"type": "object"})
-    async def repo_handover(repo: str, member: str | None, claim: str | None) -> dict[str, Any]:
-        if (member is None) == (claim is None):
-            raise InvalidInput("give the new owner (member), or the transfer this node received (claim)")
-        chain_service = needs_chain()
-        r = await trio.to_thread.run_sync(repos.open, repo)
-        if member is not None:
-            await chain_service.hand_over(r, member)
-        else:
-            assert claim is not None
-            await chain_service.claim(r, claim)
-        return await chain_service.describe(r)

@@ -33,21 +33,20 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from ..api.dispatch import Param, Registry
 from ..core.errors import FlairError, Forbidden, IntegrityError, InvalidInput, RemoteError
 from ..core.ids import CommitId, PeerId, RepoId, short
 from ..core.refs import BranchMove
 from ..network.bitswap import BlockExchange
 from ..network.gossip import Offences
 from ..network.gossipsub import GossipSub
-from ..network.host import connect, member_key, peer_addrs, peer_from_text
+from ..network.host import Host, connect, member_key, peer_addrs, peer_from_text
 from ..protocol import announce, rounds, sync
+from ..protocol.rounds import RoundMemory
 from ..storage.repo import Repository, now_ms
 from ..storage.repos import Outgoing, RepoSet
 
@@ -78,9 +77,11 @@ class _Pull:
 
 
 class P2PService:
-    def __init__(self, host: Any, exchange: BlockExchange, repos: RepoSet, *, bootstrap: tuple[str, ...] = (),
-                 sync_interval: float = 30.0) -> None:
+    def __init__(self, host: Host, exchange: BlockExchange, repos: RepoSet, *, memory: RoundMemory,
+                 bootstrap: tuple[str, ...] = (), sync_interval: float = 30.0) -> None:
         self.host, self.exchange, self.repos = host, exchange, repos
+        #: The node's round memory: round merges peers announce are noted and checked there.
+        self.memory = memory
         self.bootstrap, self.sync_interval = bootstrap, sync_interval
         self.gossip = GossipSub(host)
         self._joined: set[RepoId] = set()
@@ -275,7 +276,7 @@ class P2PService:
                 repo_id = RepoId(message.topic.removeprefix(announce.TOPIC_PREFIX))
                 try:
                     taken = self._checked.pop(message.data, None) or announce.decode(message.data, repo_id)
-                except Exception as exc:  # checked by the validator already: not expected
+                except Exception as exc:  # per message (checked by the validator already: not expected)
                     self._bad.add(message.from_peer, "announcement in %s unreadable: %s", short(repo_id), exc)
                     continue
                 arrived = now_ms()
@@ -322,7 +323,7 @@ class P2PService:
             return _announced(messages)
         except OSError:
             raise  # this node's disk: nobody's bad input
-        except Exception as exc:
+        except Exception as exc:  # per message: the one that breaks taking counts against its publisher alone
             if len(messages) == 1:  # what this message holds breaks taking it: its publisher's bad input
                 self.counts["take_failures"] += 1
                 self._bad.add(messages[0][1], "announcement in %s could not be taken (%s: %s)", short(repo_id),
@@ -341,7 +342,7 @@ class P2PService:
         for taken, publisher in messages:
             for change in taken.changes:
                 try:
-                    repo.accept_membership(change)
+                    repo.ingest.accept_membership(change)
                 except (Forbidden, IntegrityError) as exc:  # the chain moved since it was checked: catch-up decides
                     log.info("membership change %s in %s from %s not taken: %s", short(change.id), short(repo_id),
                              publisher, exc)
@@ -349,12 +350,11 @@ class P2PService:
         pull: dict[CommitId, str] = {}
         for taken, publisher in messages:
             for commit in taken.commits:  # a peer's merge of a round: this node holds its own while it is checked
-                if commit.kind == "round" and rounds.note_merge(repo, commit):
+                if commit.kind == "round" and rounds.note_merge(repo, commit, memory=self.memory):
                     self.counts["held_merges"] += 1
             pull.update((c.id, publisher) for c in taken.commits if not repo.objects.has(c.id))
             # proof and anchor records come by pulling from their publisher (a proof record with its blocks)
-            pull.update((CommitId(c.id), publisher) for c in (*taken.proofs, *taken.anchors)
-                        if not repo.objects.has(c.id))
+            pull.update((CommitId(c.id), publisher) for c in taken.claims if not repo.objects.has(c.id))
             for move in taken.moves:
                 if move.branch not in latest or move.comes_after(latest[move.branch][0]):
                     latest[move.branch] = (move, publisher)
@@ -363,14 +363,14 @@ class P2PService:
                 pull[move.commit] = publisher
                 continue
             try:
-                rounds.check_move(repo, move)
+                rounds.check_move(repo, move, memory=self.memory)
             except IntegrityError as exc:  # a forged or unentitled round merge: the branch stays where it is
                 self._refused_merges(repo_id, [(move, str(exc))])
                 log.warning("refused a move of %s in %s by %s: %s", move.branch, short(repo_id), short(move.author),
                             exc)
                 continue
             try:
-                repo.accept_move(move)
+                repo.ingest.accept_move(move)
             except (Forbidden, IntegrityError) as exc:  # one refused move leaves the batch's others to go in
                 self._bad.add(publisher, "move of %s in %s not taken: %s", move.branch, short(repo_id), exc)
         return pull
@@ -422,7 +422,8 @@ class P2PService:
                 state.result, state.error = None, None
                 try:
                     peer_id = peer_from_text(peer)
-                    result = await sync.pull(self.repos, repo, sync.PeerSource(self.host, peer_id, self.exchange))
+                    result = await sync.pull(self.repos, repo, sync.PeerSource(self.host, peer_id, self.exchange),
+                                             memory=self.memory)
                     self._refused_merges(repo, result.refused_merges)
                     await self._join(repo)
                     if result.commits or result.changes or result.moved:
@@ -505,28 +506,3 @@ def _announced(messages: list[tuple[announce.Announcement, str]]) -> dict[Commit
     """Every commit the announcements name (their own, and those their moves point to), by publisher."""
     return {cid: publisher for taken, publisher in messages
             for cid in [*(c.id for c in taken.commits), *(m.commit for m in taken.moves)]}
-
-
-def register_methods(registry: Registry, service: Callable[[], P2PService]) -> None:
-    """The daemon's API methods that need its peer-to-peer side (``service`` raises if it is not running)."""
-
-    @registry.method(
-        "node.arrivals", "Records this node took from gossip lately, oldest first, for measuring propagation: "
-        "kind, id, branch (moves), signed and arrival time (Unix ms, this node's clock).",
-        params=(Param("since_ms", {"type": "integer", "minimum": 0}, "only those arrived at or after this time",
-                      required=False, default=0),),
-        result={"type": "array"})
-    async def arrivals(since_ms: int) -> list[dict[str, Any]]:
-        return [{"kind": k, "id": i, "branch": b, "signed_ms": s, "arrived_ms": a}
-                for k, i, b, s, a in service().arrivals if a >= since_ms]
-
-    @registry.method(
-        "node.announced", "Records this node signed and announced lately, oldest first, for measuring propagation: "
-        "kind, id, when it was stored and handed to the announcer (queued) and when its announcement was published "
-        "(Unix ms, this node's clock).",
-        params=(Param("since_ms", {"type": "integer", "minimum": 0}, "only those published at or after this time",
-                      required=False, default=0),),
-        result={"type": "array"})
-    async def announced(since_ms: int) -> list[dict[str, Any]]:
-        return [{"kind": k, "id": i, "queued_ms": q, "published_ms": p}
-                for k, i, q, p in service().announced if p >= since_ms]

@@ -23,14 +23,14 @@ from typing import Any
 
 import trio
 
-from ..api.dispatch import Registry
 from ..core.errors import FlairError, IntegrityError, InvalidInput
 from ..core.identity import Identity
 from ..core.ids import CommitId, short
+from ..protocol.proofs.circuits import Circuits
 from ..storage.atomic import atomic_write
 from ..storage.repo import Repository, now_ms
 from ..storage.repos import RepoSet
-from .round_service import MERGE_PARAMS, round_branches
+from .round_service import recent_round_merges
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,9 @@ RECENT = 8  # commits back from each branch head that are proven and verified
 
 
 class ProofService:
-    def __init__(self, repos: RepoSet, identity: Identity, state_dir: Path, *, prove: bool = True,
+    def __init__(self, repos: RepoSet, identity: Identity, state_dir: Path, *, circuits: Circuits, prove: bool = True,
                  memory_mb: int = 8192, on_change: Any = lambda: None, every: float = 1.0) -> None:
-        self.repos, self.identity, self.state_dir = repos, identity, state_dir
+        self.repos, self.identity, self.state_dir, self.circuits = repos, identity, state_dir, circuits
         self.prove, self.memory_mb, self.on_change, self.every = prove, memory_mb, on_change, every
         self.counts: Counter[str] = Counter()  # proven, prove_failed, verified, failed
         self._gave_up: set[str] = set()  # merges whose proving failed
@@ -78,7 +78,7 @@ class ProofService:
 
     def verify(self, repo: Repository, merge: CommitId) -> dict[str, Any]:
         """Check the proofs of round merge ``merge`` now and record the result (blocking: call off the loop)."""
-        record = repo.proof(merge)
+        record = repo.merges.proof(merge)
         if record is None:
             raise InvalidInput(f"no proof of {short(merge)} has arrived here")
         outcome: dict[str, Any] = {"commit": merge, "proof": record.id, "proofs": record.proofs, "vk": record.vk,
@@ -86,7 +86,7 @@ class ProofService:
         from ..protocol.proofs import merges  # loads torch: not while the daemon idles
 
         try:
-            outcome.update(status="verified", **merges.check_merge(repo, record))
+            outcome.update(status="verified", **merges.check_merge(repo, record, circuits=self.circuits))
             self.counts["verified"] += 1
         except IntegrityError as exc:
             outcome.update(status="failed", reason=str(exc))
@@ -108,19 +108,14 @@ class ProofService:
         if not repo.members.current().policy.proof_chunk:
             return []
         todo = []
-        for branch in round_branches(repo):
-            cursor: CommitId | None = repo.head(branch)
-            for _ in range(RECENT):
-                if cursor is None:
-                    break
-                commit = repo.commit(cursor)
-                if commit.kind == "round" and "sums" in commit.meta:
-                    if repo.proof(commit.id) is None:
-                        if commit.author == self.identity.public_key and self.prove and commit.id not in self._gave_up:
-                            todo.append((commit.id, True))
-                    elif self.result(repo, commit.id) is None:
-                        todo.append((commit.id, False))
-                cursor = commit.parents[0] if commit.parents else None
+        for commit in recent_round_merges(repo, RECENT):
+            if "sums" not in commit.meta:
+                continue
+            if repo.merges.proof(commit.id) is None:
+                if commit.author == self.identity.public_key and self.prove and commit.id not in self._gave_up:
+                    todo.append((commit.id, True))
+            elif self.result(repo, commit.id) is None:
+                todo.append((commit.id, False))
         return todo
 
     async def _prove(self, repo: Repository, merge: CommitId) -> None:
@@ -130,7 +125,8 @@ class ProofService:
         started = trio.current_time()
         try:
             record = await trio.to_thread.run_sync(
-                lambda: merges.prove_merge(repo, self.identity, merge, memory_mb=self.memory_mb, stop=stop),
+                lambda: merges.prove_merge(repo, self.identity, merge, circuits=self.circuits,
+                                           memory_mb=self.memory_mb, stop=stop),
                 abandon_on_cancel=True)
         except FlairError as exc:
             self._gave_up.add(merge)
@@ -143,26 +139,3 @@ class ProofService:
         log.info("proved %d chunks of round merge %s in %s in %.1f s: %s", len(record.chunks), short(merge),
                  short(repo.id), trio.current_time() - started, record.proofs)
         self.on_change()
-
-
-def register_methods(registry: Registry, repos: RepoSet, service: ProofService) -> None:
-    @registry.method(
-        "repo.verify", "What this node found of the proofs of a round merge: verified (and what was proven), "
-        "failed (and why), or not proven yet; checked now if they arrived but were not checked yet.",
-        params=MERGE_PARAMS, result={"type": "object"})
-    async def repo_verify(repo: str, commit: str) -> dict[str, Any]:
-        def work() -> dict[str, Any]:
-            r = repos.open(repo)
-            merge = r.resolve(commit)
-            found = r.commit(merge)
-            if found.kind != "round" or "sums" not in found.meta:
-                return {"commit": merge, "status": "unproven", "reason": "not a round merge made with proofs on"}
-            known = service.result(r, merge)
-            if known is not None:
-                return known
-            if r.proof(merge) is None:
-                return {"commit": merge, "status": "waiting", "author": found.author,
-                        "reason": "no proof has arrived yet: its aggregator proves it after merging"}
-            return service.verify(r, merge)
-        return await trio.to_thread.run_sync(work)
-

@@ -32,11 +32,11 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..api.dispatch import Param, Registry
 from ..core import encoding
 from ..core.errors import FlairError, IntegrityError, InvalidInput
 from ..core.identity import Identity
@@ -46,6 +46,12 @@ from ..storage.repo import Repository, now_ms
 from ..storage.repos import RepoSet
 from .anchor_service import confirmed, each_pass, fund
 from .round_service import round_branches
+
+if TYPE_CHECKING:
+    from ..core.objects import Commit
+    from ..protocol.anchoring.chain import Address, Chain
+    from ..protocol.anchoring.registry import BranchState, RepositoryState
+    from ..protocol.anchoring.registry_program import ProgramInstruction
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +79,13 @@ def desired_members(membership: Membership, *, at_ms: int) -> dict[str, int]:
 class RegistryService:
     def __init__(self, repos: RepoSet, identity: Identity, *, cluster: str, program: str,
                  commitment: str = "confirmed", every: float = 2.0) -> None:
-        from solders.pubkey import Pubkey
+        from ..protocol.anchoring.registry_program import RegistryProgram
+        from ..protocol.anchoring.wallet import Wallet
 
         self.repos, self.identity, self.cluster = repos, identity, cluster
+        self.wallet = Wallet(identity)  # the node's key, signing and paying for its registry transactions
         self.commitment, self.every = commitment, every
-        self.program = Pubkey.from_string(program)
+        self.program = RegistryProgram(program)
         self.counts: Counter[str] = Counter()  # transactions, merges_recorded, failures
         self.errors: dict[str, str] = {}  # repository id -> the last failure, until a pass succeeds
         self.notices: dict[str, str] = {}  # repository id -> what sits at its legacy address, if not the owner's
@@ -87,10 +95,10 @@ class RegistryService:
         await each_pass(self.repos, self.cluster, self.every, self.sync, task_status=task_status)
 
     def status(self) -> dict[str, Any]:
-        return {"program": str(self.program), **self.counts, "failing": len(self.errors),
+        return {"program": self.program.address, **self.counts, "failing": len(self.errors),
                 "notices": len(self.notices)}
 
-    async def sync(self, chain: Any, repo: Repository) -> None:
+    async def sync(self, chain: Chain, repo: Repository) -> None:
         """One pass over ``repo``: the owner's account, then the branches' merges; a failure is kept, not raised."""
         try:
             membership = await trio.to_thread.run_sync(repo.members.current)
@@ -113,21 +121,17 @@ class RegistryService:
 
     # -- the repository's account ------------------------------------------------------------------------------
 
-    def _address(self, repo: Repository) -> Any:
+    def _address(self, repo: Repository) -> Address:
         """The repository's account: the PDA of its id and the owner its genesis record names."""
-        from solders.pubkey import Pubkey
+        return self.program.repository_address(repo.id, repo.record.owner)
 
-        from ..protocol.anchoring.registry import repository_address
-
-        return repository_address(self.program, bytes.fromhex(repo.id), Pubkey.from_string(repo.record.owner))[0]
-
-    async def _repository(self, chain: Any, repo: Repository) -> Any:
+    async def _repository(self, chain: Chain, repo: Repository) -> RepositoryState | None:
         from ..protocol.anchoring.registry import decode_repository
 
-        account = await chain.account(str(self._address(repo)))
+        account = await chain.account(self._address(repo))
         if account is None or not account.data:
             return None
-        if account.owner != str(self.program):
+        if account.owner != self.program.address:
             raise InvalidInput(f"the registry address of {short(repo.id)} is held by another program")
         state = decode_repository(account.data)
         if (state.repo_id.hex(), state.genesis_owner) != (repo.id, repo.record.owner):  # the program makes neither
@@ -135,15 +139,15 @@ class RegistryService:
                                  f"{short(state.repo_id.hex())} created by {state.genesis_owner}: not this one")
         return state
 
-    async def _legacy(self, chain: Any, repo: Repository, membership: Membership) -> dict[str, Any] | None:
+    async def _legacy(self, chain: Chain, repo: Repository, membership: Membership) -> dict[str, Any] | None:
         """The account at the repository's address under the program's earlier derivation (its id alone), if the
         program holds one there: its address, owner and whether that is this repository's owner. One that is not
         is noted (and logged once); nothing here ever writes to or reads members from it."""
-        from ..protocol.anchoring.registry import decode_legacy_owner, legacy_repository_address
+        from ..protocol.anchoring.registry import decode_legacy_owner
 
-        address = str(legacy_repository_address(self.program, bytes.fromhex(repo.id)))
+        address = self.program.legacy_repository_address(repo.id)
         account = await chain.account(address)
-        if account is None or not account.data or account.owner != str(self.program):
+        if account is None or not account.data or account.owner != self.program.address:
             self.notices.pop(repo.id, None)
             return None  # lamports anyone may send, or another program's: nothing this program would read
         try:
@@ -164,84 +168,75 @@ class RegistryService:
             self.notices[repo.id] = notice
         return {"address": address, "owner": holder, "ours": ours}
 
-    async def _mirror(self, chain: Any, repo: Repository, membership: Membership, state: Any) -> Any:
+    async def _mirror(self, chain: Chain, repo: Repository, membership: Membership,
+                      state: RepositoryState | None) -> RepositoryState | None:
         """Bring the repository's account to the membership chain (owner's node, or the old owner's after a
         handover); the account as it is then."""
-        from solders.pubkey import Pubkey
-
-        from ..protocol.anchoring import registry as program
-
-        me, repo_id = Pubkey.from_string(self.identity.public_key), bytes.fromhex(repo.id)
-        genesis = Pubkey.from_string(repo.record.owner)
+        program, me, repo_id, genesis = self.program, self.identity.public_key, repo.id, repo.record.owner
         want_policy = policy_hash(membership)
         if state is None:
             if me != genesis:
                 raise InvalidInput(f"the registry account of {short(repo.id)} does not exist, and only the owner "
                                    f"its genesis record names, {genesis}, can create it (the key is a seed of its "
                                    f"address): that key's node creates it and passes it on to {membership.owner}")
-            await self._send(chain, [program.create_repository(self.program, owner=me, repo_id=repo_id,
-                                                               policy_hash=want_policy)])
+            await self._send(chain, [program.create_repository(owner=me, repo=repo_id, policy_hash=want_policy)])
             log.info("created the registry account of %s", short(repo.id))
             state = await self._repository(chain, repo)
             if state is None:
                 raise InvalidInput(f"the registry account of {short(repo.id)} is not there after its creation")
         if state.owner != membership.owner:  # handed over: the old owner passes the account on
-            if state.owner == str(me):
-                await self._send(chain, [program.set_owner(self.program, owner=me, repo_id=repo_id,
-                                                           genesis_owner=genesis,
-                                                           new_owner=Pubkey.from_string(membership.owner))])
+            if state.owner == me:
+                await self._send(chain, [program.set_owner(owner=me, repo=repo_id, genesis_owner=genesis,
+                                                           new_owner=membership.owner)])
             return await self._repository(chain, repo)
         instructions = []
         if state.policy_hash != want_policy:
-            instructions.append(program.set_policy(self.program, owner=me, repo_id=repo_id, genesis_owner=genesis,
+            instructions.append(program.set_policy(owner=me, repo=repo_id, genesis_owner=genesis,
                                                    policy_hash=want_policy))
         want = desired_members(membership, at_ms=now_ms())
         held = dict(state.members)
         for key in held.keys() - want.keys():  # removals first: they free places
-            instructions.append(program.remove_member(self.program, owner=me, repo_id=repo_id, genesis_owner=genesis,
-                                                      member=Pubkey.from_string(key)))
+            instructions.append(program.remove_member(owner=me, repo=repo_id, genesis_owner=genesis, member=key))
         for key, role in want.items():
             if held.get(key) != role:
-                instructions.append(program.add_member(self.program, owner=me, repo_id=repo_id, genesis_owner=genesis,
-                                                       member=Pubkey.from_string(key), role=role))
+                instructions.append(program.add_member(owner=me, repo=repo_id, genesis_owner=genesis, member=key,
+                                                       role=role))
         for start in range(0, len(instructions), MAX_INSTRUCTIONS):
             await self._send(chain, instructions[start:start + MAX_INSTRUCTIONS])
         return await self._repository(chain, repo) if instructions else state
 
     # -- the branches' merges ------------------------------------------------------------------------------
 
-    async def _record_merges(self, chain: Any, repo: Repository, membership: Membership, state: Any) -> None:
-        from solders.pubkey import Pubkey
-
-        from ..protocol.anchoring import registry as program
-
+    async def _record_merges(self, chain: Chain, repo: Repository, membership: Membership,
+                             state: RepositoryState) -> None:
         me, now = self.identity.public_key, now_ms()
         for branch in await trio.to_thread.run_sync(round_branches, repo):
             least = "maintainer" if branch in PROTECTED_BRANCHES else "contributor"
-            if me != state.owner and (state.role_of(me) is None or state.role_of(me) < _ROLE[least]):
+            role = state.role_of(me)
+            if me != state.owner and (role is None or role < _ROLE[least]):
                 continue  # the program would refuse this node's record
             recorded = await self._branch(chain, repo, branch)
             for merge in await trio.to_thread.run_sync(self._missing, repo, branch, recorded):
                 if merge.author != me and now - merge.timestamp_ms < GRACE_MS:
                     break  # its aggregator records it first
-                previous = recorded.head if recorded is not None else bytes(32)
-                await self._send(chain, [program.record_merge(
-                    self.program, repo_id=bytes.fromhex(repo.id), genesis_owner=Pubkey.from_string(repo.record.owner),
-                    authority=Pubkey.from_string(me), branch=branch,
-                    previous=previous, commit=bytes.fromhex(merge.id), round=int(merge.meta["round"]))])
+                previous = CommitId(recorded.head.hex()) if recorded is not None else None
+                await self._send(chain, [self.program.record_merge(
+                    repo=repo.id, genesis_owner=repo.record.owner, authority=me, branch=branch,
+                    previous=previous, commit=merge.id, round=int(merge.meta["round"]))])
                 self.counts["merges_recorded"] += 1
                 recorded = await self._branch(chain, repo, branch)
 
-    async def _branch(self, chain: Any, repo: Repository, branch: str) -> Any:
-        from ..protocol.anchoring.registry import branch_address, decode_branch
+    async def _branch(self, chain: Chain, repo: Repository, branch: str) -> BranchState | None:
+        from ..protocol.anchoring.registry import decode_branch
 
-        account = await chain.account(str(branch_address(self.program, self._address(repo), branch)[0]))
+        account = await chain.account(self.program.branch_address(self._address(repo), branch))
         return decode_branch(account.data) if account is not None and account.data else None
 
-    def _missing(self, repo: Repository, branch: str, recorded: Any) -> list[Any]:
+    def _missing(self, repo: Repository, branch: str, recorded: BranchState | None) -> list[Commit]:
         """The round merges of ``branch`` (the latest ``RECENT``) after the one the chain records, oldest first;
         none if the chain's head is not one of them (another history: nothing here extends it)."""
-        merges, cursor = [], repo.head(branch)
+        merges: list[Commit] = []
+        cursor: CommitId | None = repo.head(branch)
         while cursor is not None and len(merges) < RECENT:
             commit = repo.commit(cursor)
             if recorded is not None and commit.id == recorded.head.hex():
@@ -251,33 +246,29 @@ class RegistryService:
             cursor = commit.parents[0] if commit.parents else None
         return merges[::-1][-1:] if recorded is None else []  # a branch's first record: its latest merge
 
-    async def _send(self, chain: Any, instructions: list[Any]) -> None:
-        from solders.keypair import Keypair
-        from solders.transaction import Transaction
-
-        payer = Keypair.from_bytes(self.identity.keypair_bytes())
-        await fund(chain, str(payer.pubkey()))
-        tx = Transaction.new_signed_with_payer(instructions, payer.pubkey(), [payer], await chain.latest_blockhash())
-        signature = await chain.send(bytes(tx))
+    async def _send(self, chain: Chain, instructions: Sequence[ProgramInstruction]) -> None:
+        await fund(chain, self.wallet.address)
+        tx = await self.wallet.transaction(chain, instructions)
+        signature = await chain.send(tx.raw)
         await confirmed(chain, signature, self.commitment, "registry transaction")
         self.counts["transactions"] += 1
 
     # -- what a person sees --------------------------------------------------------------------------------
 
-    async def describe(self, repo: Repository, chain: Any = None) -> dict[str, Any]:
+    async def describe(self, repo: Repository, chain: Chain | None = None) -> dict[str, Any]:
         """The registry's accounts for ``repo`` next to this node's view of it (read through ``chain``, or a
         client of this service's cluster). ``legacy`` is an account at the program's earlier address for it, and
         ``notice`` says so when it is not the owner's."""
         from ..protocol.anchoring.chain import Chain, explorer_url
 
         membership = await trio.to_thread.run_sync(repo.members.current)
-        address = str(self._address(repo))
+        address = self._address(repo)
         own = chain is None
-        chain = Chain(self.cluster) if own else chain
+        chain = Chain(self.cluster) if chain is None else chain
         try:
             legacy = await self._legacy(chain, repo, membership)
             state = await self._repository(chain, repo)
-            shown: dict[str, Any] = {"program": str(self.program), "cluster": self.cluster, "address": address,
+            shown: dict[str, Any] = {"program": self.program.address, "cluster": self.cluster, "address": address,
                                      "explorer": explorer_url(self.cluster, address=address),
                                      "genesis_owner": repo.record.owner, "exists": state is not None,
                                      "error": self.errors.get(repo.id), "legacy": legacy,
@@ -300,16 +291,3 @@ class RegistryService:
         finally:
             if own:
                 await chain.close()
-
-
-def register_methods(registry: Registry, repos: RepoSet, service: RegistryService | None) -> None:
-    @registry.method(
-        "repo.registry", "A repository in the flair_registry program (chain.registry): its owner, policy and members "
-        "on chain next to this node's, and each branch's recorded head merge and round.",
-        params=(Param("repo", {"type": "string", "maxLength": 200}, "repository id, id prefix or name"),),
-        result={"type": "object"})
-    async def repo_registry(repo: str) -> dict[str, Any]:
-        if service is None:
-            raise InvalidInput("this node has no chain.registry: set the flair_registry program's address in its "
-                               "config")
-        return await service.describe(await trio.to_thread.run_sync(repos.open, repo))

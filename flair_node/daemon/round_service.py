@@ -22,15 +22,14 @@ import logging
 import math
 import traceback
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import trio
 
-from ..api.dispatch import Param
 from ..core.errors import FlairError
 from ..core.identity import Identity
-from ..core.ids import short
+from ..core.ids import CommitId, short
 from ..core.objects import Commit
 from ..protocol import rounds
 from ..storage.repo import CONTRIBUTION_PREFIX, Repository, now_ms
@@ -45,9 +44,10 @@ MAX_COUNTED = 1024  # authors (of excluded contributions) and error types counte
 
 
 class RoundService:
-    def __init__(self, repos: RepoSet, identity: Identity, *, on_change: Callable[[], None],
-                 every: float = 1.0) -> None:
+    def __init__(self, repos: RepoSet, identity: Identity, *, memory: rounds.RoundMemory,
+                 on_change: Callable[[], None], every: float = 1.0) -> None:
         self.repos, self.identity, self.on_change, self.every = repos, identity, on_change, every
+        self.memory = memory  # the node's: merges its peer-to-peer side notes hold this service's own
         self.counts: Counter[str] = Counter()  # merged, failed, held, excluded, skipped_passes
         self.errors: Counter[str] = Counter()  # exception type -> items that failed with it
         self.excluded_by_author: Counter[str] = Counter()  # member key -> its contributions excluded by merges here
@@ -71,7 +71,7 @@ class RoundService:
         for repo in repos:
             try:
                 branches = await trio.to_thread.run_sync(round_branches, repo)  # reads refs: off the loop
-            except Exception as exc:
+            except Exception as exc:  # one repository's trouble (a damaged ref) never ends the service
                 self._failed(repo.id, exc, what=f"listing the branches of {short(repo.id)}")
                 continue
             for branch in branches:
@@ -90,15 +90,15 @@ class RoundService:
     def _merge_if_due(self, repo: Repository, branch: str) -> tuple[Commit, list[dict[str, str]]] | None:
         """The round merge this node made of ``branch`` now, if it was due, and what it excluded (with authors)."""
         at = now_ms()
-        current = rounds.view(repo, branch, at_ms=at)
+        current = rounds.view(repo, branch, memory=self.memory, at_ms=at)
         if current.aggregator(at) != self.identity.public_key or not current.ready(at):
             return None
         if current.turn_ends(at) - at < MARGIN_MS:
             return None  # the next one's turn is about to begin
-        if rounds.held_by(repo, current.branch, current.head, at) is not None:
+        if rounds.held_by(repo, current.branch, current.head, at, memory=self.memory) is not None:
             self.counts["held"] += 1  # a peer's merge of this round is being checked: it may well be the one
             return None
-        merged = rounds.merge(repo, self.identity, branch, at_ms=at)
+        merged = rounds.merge(repo, self.identity, branch, memory=self.memory, at_ms=at)
         return merged, [{"commit": c, "reason": why, "author": repo.commit(c).author}
                         for c, why in merged.meta.get("excluded", [])]
 
@@ -138,13 +138,22 @@ def _count(counter: Counter[str], key: str) -> None:
     counter[key] += 1
 
 
-#: The parameters of API methods about one round merge (``repo.verify``, ``repo.provenance``).
-MERGE_PARAMS = (Param("repo", {"type": "string", "maxLength": 128}, "repository id, id prefix or name"),
-                Param("commit", {"type": "string", "maxLength": 128}, "the round merge (id, prefix or branch)"))
-
-
 def round_branches(repo: Repository) -> list[str]:
     """The branches some member contributed to: ``contrib/<branch>/<key>`` names them."""
     found = {name[len(CONTRIBUTION_PREFIX):].rsplit("/", 1)[0] for name in repo.branches()
              if name.startswith(CONTRIBUTION_PREFIX)}
     return sorted(b for b in found if b and b in repo.branches())
+
+
+def recent_round_merges(repo: Repository, depth: int) -> Iterator[Commit]:
+    """The round merges among the latest ``depth`` first-parent commits of each branch with rounds, newest first:
+    what the proof and anchor services look at on each pass."""
+    for branch in round_branches(repo):
+        cursor: CommitId | None = repo.head(branch)
+        for _ in range(depth):
+            if cursor is None:
+                break
+            commit = repo.commit(cursor)
+            cursor = commit.parents[0] if commit.parents else None
+            if commit.kind == "round":
+                yield commit

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..testing.localnet import running_localnet
 from ..testing.models import CLASSES, accuracy, load_digits_split, make_mlp, partition, train_local
-from ..testing.network import Network, Node, running_network, wait_until
+from ..testing.network import Cluster, ClusterNode, running_cluster, wait_until
 from .single import BATCH_SIZE, LEARNING_RATE, REPO_NAME, SEED, _exit_status, _home, _pct
 
 NAMES = ("ana", "ben", "cy", "dee", "eli", "fay", "gus", "hal")
@@ -91,7 +91,7 @@ def run_network_demo(nodes: int, rounds: int | None = None, plot: Path | None = 
         programs = {REGISTRY_PROGRAM: program} if program is not None else {}
         registry = REGISTRY_PROGRAM if program is not None else ""
         with running_localnet(root / "chain", programs=programs) as chain, \
-                running_network(root, names, chain=chain, registry=registry, on_start=_started) as net:
+                running_cluster(root, names, chain=chain, registry=registry, on_start=_started) as net:
             print(f"  chain {chain}: every aggregator anchors its merges there (memo + NFT)")
             print(f"  {registry_note}")
             if any(r["name"] == REPO_NAME for r in net.owner.daemon.client.call("repo.list")):
@@ -135,7 +135,7 @@ def run_network_demo(nodes: int, rounds: int | None = None, plot: Path | None = 
     return _exit_status(initial, results[-1].test_acc)
 
 
-def _round(net: Network, repo: str, n: int, slices: dict[str, tuple[torch.Tensor, torch.Tensor]],
+def _round(net: Cluster, repo: str, n: int, slices: dict[str, tuple[torch.Tensor, torch.Tensor]],
            x_test: torch.Tensor, y_test: torch.Tensor) -> NetworkRound:
     status = net.owner.repo(repo).round_status()
     head, ranked = status["head"], [net.node(key).name for key in status["ranked"]]
@@ -174,7 +174,7 @@ def _round(net: Network, repo: str, n: int, slices: dict[str, tuple[torch.Tensor
     return NetworkRound(n, merged["id"], aggregator, seconds, test_acc, local, weights)
 
 
-def _proofs(net: Network, repo: str, results: list[NetworkRound]) -> dict[str, str]:
+def _proofs(net: Cluster, repo: str, results: list[NetworkRound]) -> dict[str, str]:
     """Wait (at most ``PROOF_WAIT_S``) until every node has checked the proofs of every merge; what they found."""
     found: dict[str, dict[str, dict[str, Any]]] = {}
 
@@ -201,7 +201,7 @@ def _proofs(net: Network, repo: str, results: list[NetworkRound]) -> dict[str, s
     return lines
 
 
-def _anchors(net: Network, repo: str, results: list[NetworkRound]) -> dict[str, str]:
+def _anchors(net: Cluster, repo: str, results: list[NetworkRound]) -> dict[str, str]:
     """Wait (at most ``PROOF_WAIT_S``) until each merge's aggregator has anchored it and every other node has
     checked the anchor on chain; what they report."""
     found: dict[str, dict[str, dict[str, Any]]] = {}
@@ -244,7 +244,7 @@ def _registry_program() -> tuple[Path | None, str]:
                   "owner's node keeps owner, policy and members there, each aggregator records its merge")
 
 
-def _registry(net: Network, repo: str, results: list[NetworkRound]) -> str:
+def _registry(net: Cluster, repo: str, results: list[NetworkRound]) -> str:
     """Wait (at most ``PROOF_WAIT_S``) until the registry records the last merge; what it holds then."""
     found: dict[str, Any] = {}
 
@@ -266,7 +266,7 @@ def _registry(net: Network, repo: str, results: list[NetworkRound]) -> str:
             f"{main['round']} ({last}), {main['merges']} merges recorded")
 
 
-def _started(node: Node) -> None:
+def _started(node: ClusterNode) -> None:
     print(f"  {node.name:<4} pid {node.daemon.pid:<7} {node.address}")
 
 

@@ -38,6 +38,7 @@ from ..core.ids import Cid
 from ..storage import unixfs
 from . import bitswap_wire as wire
 from .framing import MessageReader
+from .host import Host, Peer, Stream, close_stream, map_libp2p_errors, reset_stream
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,11 @@ class Penalties:
         self._clock = clock
         self._peers: OrderedDict[str, _PeerRecord] = OrderedDict()
 
-    def banned(self, peer: Any) -> bool:
+    def banned(self, peer: Peer) -> bool:
         record = self._peers.get(str(peer))
         return record is not None and record.banned_until > self._clock()
 
-    def penalize(self, peer: Any, what: str, *, block: bool) -> bool:
+    def penalize(self, peer: Peer, what: str, *, block: bool) -> bool:
         """Count one offence of ``peer``; True if it is banned by this one."""
         now = self._clock()
         record = self._peers.get(str(peer))
@@ -115,7 +116,7 @@ class Penalties:
 class _Fetch:
     """One ``fetch_dag`` call: the peer asked, and where its blocks (or refusals) are delivered."""
 
-    peer: Any
+    peer: Peer
     window: int
     send: trio.MemorySendChannel[tuple[ParsedCid, Any]] = field(init=False)
     receive: trio.MemoryReceiveChannel[tuple[ParsedCid, Any]] = field(init=False)
@@ -129,7 +130,7 @@ class _Fetch:
 class _Peer:
     """What this node keeps per peer: the stream it sends on, and the wants it serves them."""
 
-    stream: Any = None
+    stream: Stream | None = None
     lock: trio.Lock = field(default_factory=trio.Lock)
     ledger: OrderedDict[ParsedCid, wire.Want] = field(default_factory=OrderedDict)
     serving: bool = False  # a task is answering the ledger
@@ -138,17 +139,17 @@ class _Peer:
 
 
 class BlockExchange:
-    def __init__(self, host: Any, blocks: unixfs.BlockStore, *,
+    def __init__(self, host: Host, blocks: unixfs.BlockStore, *,
                  clock: Callable[[], float] = trio.current_time) -> None:
         self.host = host
         self.blocks = blocks
         self.penalties = Penalties(clock)
         self._clock = clock
         #: The streams each peer has open to this node (each with the scope of its reader), oldest first.
-        self._incoming: dict[Any, deque[tuple[Any, trio.CancelScope]]] = {}
+        self._incoming: dict[Peer, deque[tuple[Stream, trio.CancelScope]]] = {}
         #: Streams reset per peer and why: "frame" (a message not completed in time), "idle", "over_cap".
         self._reset_streams: OrderedDict[str, dict[str, int]] = OrderedDict()
-        self._peers: OrderedDict[Any, _Peer] = OrderedDict()
+        self._peers: OrderedDict[Peer, _Peer] = OrderedDict()
         self._wants: dict[ParsedCid, list[_Fetch]] = {}
         self._fetches: set[_Fetch] = set()
         self._nursery: trio.Nursery | None = None
@@ -175,11 +176,11 @@ class BlockExchange:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     for state in self._peers.values():
                         if state.stream is not None:
-                            await _close(state.stream)
+                            await close_stream(state.stream)
 
     # -- fetching ------------------------------------------------------------------------------------------
 
-    async def fetch_dag(self, root: Cid, peer: Any, *, max_size: int, block_timeout: float = 30.0,
+    async def fetch_dag(self, root: Cid, peer: Peer, *, max_size: int, block_timeout: float = 30.0,
                         window: int = 128) -> int:
         """Fetch every block of the DAG under ``root`` that this node lacks from ``peer``; returns how many.
 
@@ -195,7 +196,7 @@ class BlockExchange:
             raise RemoteError(f"peer {peer} is banned for sending bad blocks; not fetching {root} from it")
         fetch = _Fetch(peer, window)
         bounds = unixfs.Bounds(root, max_size)
-        shapes: dict[ParsedCid, unixfs.Shape] = {}  # blocks of this DAG checked so far (fetched or held)
+        shapes: dict[ParsedCid, unixfs.NodeShape] = {}  # blocks of this DAG checked so far (fetched or held)
         todo: deque[tuple[ParsedCid, int, int]] = deque([(parse_cid(root), max_size, 0)])  # (cid, bytes, depth)
         in_flight: dict[ParsedCid, list[tuple[int, int]]] = {}  # cid -> (bytes it must hold, depth) per place
         unstored: list[tuple[ParsedCid, bytes]] = []  # arrived and checked, stored a batch at a time
@@ -269,7 +270,7 @@ class BlockExchange:
             if in_flight and not self.penalties.banned(peer):
                 await self._cancel(peer, list(in_flight))
 
-    def _held_shape(self, root: Cid, cid: ParsedCid) -> unixfs.Shape:
+    def _held_shape(self, root: Cid, cid: ParsedCid) -> unixfs.NodeShape:
         return unixfs.shape(root, cid, self.blocks.get(cid))
 
     async def _store(self, batch: list[tuple[ParsedCid, bytes]]) -> int:
@@ -281,7 +282,7 @@ class BlockExchange:
         await trio.to_thread.run_sync(store)
         return len(batch)
 
-    def _asked(self, peer: Any, cids: Sequence[ParsedCid]) -> None:
+    def _asked(self, peer: Peer, cids: Sequence[ParsedCid]) -> None:
         """Remember that ``peer`` was asked (once more) for each of ``cids``: it may send each block once per want,
         even when an earlier copy already served every fetch waiting (two fetches of one DAG each ask, so the
         peer rightly sends twice) or the want was withdrawn meanwhile."""
@@ -292,7 +293,7 @@ class BlockExchange:
         while len(asked) > MAX_ASKED:
             asked.popitem(last=False)
 
-    def _was_asked(self, peer: Any, cid: ParsedCid) -> bool:
+    def _was_asked(self, peer: Peer, cid: ParsedCid) -> bool:
         """Whether a copy of ``cid`` from ``peer`` answers a want sent to it in the last ``ASKED_SECONDS`` that no
         copy answered yet (and count it answered): more copies than wants is an offence, fewer is none."""
         state = self._peers.get(peer)
@@ -304,7 +305,7 @@ class BlockExchange:
         state.asked[cid] = (when, unanswered - 1)
         return True
 
-    async def _cancel(self, peer: Any, cids: Sequence[ParsedCid]) -> None:
+    async def _cancel(self, peer: Peer, cids: Sequence[ParsedCid]) -> None:
         """Withdraw wants (best effort); blocks of these arriving late are dropped without blame (``_asked``)."""
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             try:
@@ -314,7 +315,7 @@ class BlockExchange:
 
     # -- receiving -----------------------------------------------------------------------------------------
 
-    async def _handle_stream(self, stream: Any) -> None:
+    async def _handle_stream(self, stream: Stream) -> None:
         """A stream a peer opened to send us messages (Kubo's way of answering, and of asking). A peer holds at
         most ``MAX_STREAMS`` of them: one more resets its oldest."""
         peer = stream.muxed_conn.peer_id
@@ -337,9 +338,9 @@ class BlockExchange:
             if not streams and self._incoming.get(peer) is streams:
                 del self._incoming[peer]
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await (_reset(stream) if reset else _close(stream))
+                await (reset_stream(stream) if reset else close_stream(stream))
 
-    async def _read_own(self, peer: Any, stream: Any) -> None:
+    async def _read_own(self, peer: Peer, stream: Stream) -> None:
         """Read what ``peer`` sends on the stream this node opened to it; one that stalls is reset, and the next
         send opens another."""
         if await self._read(peer, stream):
@@ -347,9 +348,9 @@ class BlockExchange:
             if state is not None and state.stream is stream:
                 state.stream = None
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await _reset(stream)
+                await reset_stream(stream)
 
-    async def _read(self, peer: Any, stream: Any, *, idle_timeout: float | None = None) -> bool:
+    async def _read(self, peer: Peer, stream: Stream, *, idle_timeout: float | None = None) -> bool:
         """Read ``peer``'s messages from ``stream`` until it ends; one peer's errors never reach the others.
         True if the stream stalled (a message not completed in time, or idle past ``idle_timeout``) and is to
         be reset.
@@ -374,11 +375,11 @@ class BlockExchange:
             self._count_reset(peer, exc.data["stalled"])  # slow is not proof of malice: counted, no penalty
             log.debug("Bitswap stream from %s reset: %s", peer, exc)
             return True
-        except Exception as exc:  # a peer's stream ending badly is that peer's business
+        except Exception as exc:  # per peer: a stream ending badly is that peer's business, nobody else's
             log.debug("Bitswap stream from %s ended: %r", peer, exc)
         return False
 
-    def _count_reset(self, peer: Any, why: str) -> None:
+    def _count_reset(self, peer: Peer, why: str) -> None:
         counts = self._reset_streams.get(str(peer))
         if counts is None:
             if len(self._reset_streams) >= MAX_PEERS:
@@ -392,7 +393,7 @@ class BlockExchange:
         return {"open": sum(len(s) for s in self._incoming.values()),
                 "reset": {peer: dict(counts) for peer, counts in self._reset_streams.items()}}
 
-    def _received(self, peer: Any, message: wire.Message) -> None:
+    def _received(self, peer: Peer, message: wire.Message) -> None:
         for cid, block in message.blocks:
             fetches = [f for f in self._wants.get(cid, []) if f.peer == peer]
             answers = self._was_asked(peer, cid)  # a late or second copy of a block asked for is no offence
@@ -414,7 +415,7 @@ class BlockExchange:
         if fetches and not waiting:
             del self._wants[cid]
 
-    def _penalize(self, peer: Any, what: str, *, block: bool) -> None:
+    def _penalize(self, peer: Peer, what: str, *, block: bool) -> None:
         if not self.penalties.penalize(peer, what, block=block):
             return
         for fetch in [f for f in self._fetches if f.peer == peer]:
@@ -424,18 +425,19 @@ class BlockExchange:
         if self._nursery is not None:
             self._nursery.start_soon(self._disconnect, peer, state)
 
-    async def _disconnect(self, peer: Any, state: _Peer | None) -> None:
+    async def _disconnect(self, peer: Peer, state: _Peer | None) -> None:
         with trio.move_on_after(5):
+            if state is not None and state.stream is not None:
+                await close_stream(state.stream)
             try:
-                if state is not None and state.stream is not None:
-                    await _close(state.stream)
-                await self.host.disconnect(peer)
-            except Exception as exc:
-                log.debug("disconnecting banned peer %s: %r", peer, exc)
+                with map_libp2p_errors(f"disconnecting banned peer {peer}"):
+                    await self.host.disconnect(peer)
+            except RemoteError as exc:
+                log.debug("%s", exc)
 
     # -- serving -------------------------------------------------------------------------------------------
 
-    def _queue_wants(self, peer: Any, message: wire.Message) -> None:
+    def _queue_wants(self, peer: Peer, message: wire.Message) -> None:
         state = self._peer(peer)
         if message.full:
             state.ledger.clear()
@@ -448,7 +450,7 @@ class BlockExchange:
             state.serving = True
             self._nursery.start_soon(self._serve, peer, state)
 
-    async def _serve(self, peer: Any, state: _Peer) -> None:
+    async def _serve(self, peer: Peer, state: _Peer) -> None:
         """Answer ``peer``'s queued wants in order: blocks are read (off the event loop) while earlier ones are
         being sent, batched up to ``SEND_TARGET`` bytes a message."""
         send, receive = trio.open_memory_channel[list[wire.Message]](1)
@@ -466,7 +468,7 @@ class BlockExchange:
                 async for messages in receive:
                     for message in messages:
                         await self._send(peer, message)
-        except Exception as exc:  # a peer that stops reading loses its wants, nobody else's
+        except Exception as exc:  # per peer: one that stops reading loses its wants, nobody else's
             log.debug("serving %s stopped: %r", peer, exc)
             state.ledger.clear()
             state.serving = False
@@ -501,19 +503,19 @@ class BlockExchange:
 
     # -- sending -------------------------------------------------------------------------------------------
 
-    def _peer(self, peer: Any) -> _Peer:
+    def _peer(self, peer: Peer) -> _Peer:
         state = self._peers.get(peer)
         if state is None:
             if len(self._peers) >= MAX_PEERS:
                 _, evicted = self._peers.popitem(last=False)
                 evicted.ledger.clear()
                 if evicted.stream is not None and self._nursery is not None:
-                    self._nursery.start_soon(_close, evicted.stream)
+                    self._nursery.start_soon(close_stream, evicted.stream)
             state = self._peers[peer] = _Peer()
         self._peers.move_to_end(peer)
         return state
 
-    async def _send(self, peer: Any, message: wire.Message) -> None:
+    async def _send(self, peer: Peer, message: wire.Message) -> None:
         """Send on our stream to ``peer``, opening it (again) if needed; ``RemoteError`` if that fails."""
         if not (message.wants or message.blocks or message.have or message.dont_have):
             return
@@ -521,34 +523,20 @@ class BlockExchange:
         async with state.lock:
             for attempt in range(2):
                 try:
-                    if state.stream is None:
-                        state.stream = await self.host.new_stream(peer, list(PROTOCOLS))
-                        if self._nursery is not None:
-                            self._nursery.start_soon(self._read_own, peer, state.stream)
-                    await state.stream.write(wire.frame(message, presences=state.stream.get_protocol() == V120))
+                    with map_libp2p_errors(f"cannot send to peer {peer}"):
+                        if state.stream is None:
+                            state.stream = await self.host.new_stream(peer, list(PROTOCOLS))
+                            if self._nursery is not None:
+                                self._nursery.start_soon(self._read_own, peer, state.stream)
+                        await state.stream.write(wire.frame(message, presences=state.stream.get_protocol() == V120))
                     return
-                except Exception as exc:
+                except RemoteError:
                     stream, state.stream = state.stream, None
                     if stream is not None:
-                        await _close(stream)
+                        await close_stream(stream)
                     if attempt:
-                        raise RemoteError(f"cannot send to peer {peer}: {exc!r}") from None
+                        raise
 
 
-async def _close(stream: Any) -> None:
-    try:
-        await stream.close()
-    except Exception as exc:
-        log.debug("closing a Bitswap stream: %r", exc)
-
-
-async def _reset(stream: Any) -> None:
-    """Drop ``stream`` both ways: the peer's further writes fail (so it opens a new one) instead of piling up."""
-    try:
-        await stream.reset()
-    except Exception as exc:
-        log.debug("resetting a Bitswap stream: %r", exc)
-
-
-def _shapes(root: Cid, blocks: list[tuple[ParsedCid, bytes]]) -> list[unixfs.Shape]:
+def _shapes(root: Cid, blocks: list[tuple[ParsedCid, bytes]]) -> list[unixfs.NodeShape]:
     return [unixfs.shape(root, cid, block) for cid, block in blocks]

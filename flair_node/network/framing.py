@@ -11,12 +11,12 @@ inside a message is a ``RemoteError`` too (a connection can drop mid-message); o
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import trio
 
 from ..core.errors import IntegrityError, RemoteError
 from ..core.protobuf import read_varint
+from .host import Stream
 
 FRAME_TIMEOUT = 20.0  # seconds for a message to arrive whole once it has begun (4 MiB at 200 KiB/s)
 
@@ -29,7 +29,7 @@ class MessageReader:
     Each read drains everything the stream holds (py-libp2p's Yamux copies and shifts its buffer on partial
     reads), and a message is handed out as a view into this reader's buffer, not a copy."""
 
-    def __init__(self, stream: Any, limit: int, what: str, *, frame_timeout: float | None = None,
+    def __init__(self, stream: Stream, limit: int, what: str, *, frame_timeout: float | None = None,
                  idle_timeout: float | None = None) -> None:
         self.stream = stream
         self.limit, self.what = limit, what

@@ -240,7 +240,7 @@ async def judge(validate: Validator, topic: str, forwarder: PeerId, data: bytes,
         return judge_sync(validate, topic, forwarder, data, offences)
     try:
         return bool(await validate(forwarder, data))  # type: ignore[misc]
-    except Exception as exc:
+    except Exception as exc:  # per message, as in ``judge_sync``: that message's fault, never the router's end
         _failed(offences, forwarder, topic, exc)
         return False
 

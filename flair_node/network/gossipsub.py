@@ -70,6 +70,7 @@ from .gossip import (
     judge,
     judge_sync,
 )
+from .host import Host, Peer, Stream, close_stream
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ _KEYS = 4096  # verify keys cached, by origin
 class _Peer:
     """A peer speaking (or maybe speaking) GossipSub: its topics, and the pieces waiting for its stream."""
 
-    id: Any  # py-libp2p's ID
+    id: Peer
     name: PeerId
     raw: bytes  # the peer id's bytes, as in a message's ``from``
     topics: set[str] = field(default_factory=set)
@@ -186,7 +187,7 @@ class _Notifee(INotifee):
 class GossipSub:
     """GossipSub on ``host`` (a started py-libp2p host, e.g. from ``host.running_host``)."""
 
-    def __init__(self, host: Any, *, max_message_size: int = MAX_MESSAGE_SIZE, queue_size: int = QUEUE_SIZE,
+    def __init__(self, host: Host, *, max_message_size: int = MAX_MESSAGE_SIZE, queue_size: int = QUEUE_SIZE,
                  heartbeat: float = HEARTBEAT) -> None:
         if not 0 < max_message_size <= wire.MAX_RPC - 4096:
             raise InvalidInput(f"max_message_size must be 1 to {wire.MAX_RPC - 4096} bytes: one message per frame")
@@ -197,10 +198,10 @@ class GossipSub:
         self.max_message_size = max_message_size
         self._heartbeat = heartbeat
         self._send, self.messages = trio.open_memory_channel[GossipMessage](queue_size)
-        self._peers: dict[Any, _Peer] = {}
+        self._peers: dict[Peer, _Peer] = {}
         self._topics: dict[str, Validator] = {}
         self._mesh: dict[str, set[_Peer]] = {}
-        self._backoff: dict[tuple[str, Any], float] = {}
+        self._backoff: dict[tuple[str, Peer], float] = {}
         self._seen = RecentIds(SEEN)
         self._cache = _MessageCache()
         self._seqno = count(time.time_ns())  # never reused across restarts: peers remember ids
@@ -289,7 +290,7 @@ class GossipSub:
             raise RuntimeError(f"gossip on {self._self} is not running; start its run() first")
         return self._nursery
 
-    def _connected(self, peer_id: Any) -> _Peer | None:
+    def _connected(self, peer_id: Peer) -> _Peer | None:
         """A peer to speak GossipSub with: open our stream to it, with our subscriptions first."""
         peer = self._peers.get(peer_id)
         if peer is None and self._nursery is not None:
@@ -299,7 +300,7 @@ class GossipSub:
             self._nursery.start_soon(self._send_loop, peer)
         return peer
 
-    def _disconnected(self, peer_id: Any) -> None:
+    def _disconnected(self, peer_id: Peer) -> None:
         if peer_id in self._peers and peer_id not in self._host.get_connected_peers():
             self._forget(self._peers[peer_id])
 
@@ -328,14 +329,14 @@ class GossipSub:
                             pieces.append(peer.outbox.popleft())
                         await stream.write(wire.frame(pieces))
                         self._wire["frames_out"] += 1
-            except Exception as exc:  # the peer does not speak GossipSub, or went away
+            except Exception as exc:  # per peer: it does not speak GossipSub, or went away; only its stream ends
                 log.debug("no GossipSub with %s: %r", peer.name, exc)
                 self._forget(peer)
         if stream is not None:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await _close(stream)
+                await close_stream(stream)
 
-    async def _handle_stream(self, stream: Any) -> None:
+    async def _handle_stream(self, stream: Stream) -> None:
         """A stream a peer opened to send us its RPCs; read it until it ends."""
         peer_id = stream.muxed_conn.peer_id
         try:
@@ -352,7 +353,7 @@ class GossipSub:
             log.debug("GossipSub stream from %s ended: %r", peer_id, exc)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await _close(stream)
+                await close_stream(stream)
             self._disconnected(peer_id)
 
     # -- what peers send ---------------------------------------------------------------------------------
@@ -522,10 +523,3 @@ class GossipSub:
 
 def _peer_text(raw: bytes) -> str:
     return base58.b58encode(raw).decode("ascii")
-
-
-async def _close(stream: Any) -> None:
-    try:
-        await stream.close()
-    except Exception as exc:
-        log.debug("closing a GossipSub stream: %r", exc)

@@ -1,38 +1,170 @@
-"""The node's libp2p host on its own Ed25519 identity: the peer id and the Solana address share one key."""
+"""The node's libp2p host on its own Ed25519 identity (the peer id and the Solana address share one key), and the
+one boundary between Flair and py-libp2p.
+
+py-libp2p is loosely typed and its modules are large, so the rest of Flair sees it through this module only:
+
+- ``Host``, ``Stream``, ``PeerStore`` and ``Peer``: what Flair uses of py-libp2p's host, its streams, its peer
+  store and its peer ids, as typed protocols (a py-libp2p ``IHost`` is a ``Host``).
+- ``map_libp2p_errors``: every call into py-libp2p that can fail runs inside it, and what it raises becomes a
+  ``FlairError`` there (``RemoteError`` unless the caller names another), as httpx maps httpcore's errors.
+  ``close_stream`` and ``reset_stream`` end a stream best effort, for every protocol alike.
+- ``apply_process_defaults``: the process-wide tuning py-libp2p reads from the environment. ``flair-node run``
+  applies it, and so does whatever else starts hosts in its own process (the test harness, benchmarks); importing
+  this module changes nothing.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Protocol
 
 import multiaddr
 import trio
 from libp2p import new_host
+from libp2p.abc import INotifee
 from libp2p.crypto.ed25519 import Ed25519PublicKey, create_new_key_pair
+from libp2p.crypto.keys import PrivateKey
+from libp2p.crypto.keys import PublicKey as Libp2pPublicKey
+from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
-from ..core.errors import InvalidInput, RemoteError
+from ..core.errors import FlairError, InvalidInput, RemoteError
 from ..core.identity import Identity, public_key_bytes, public_key_text
 from ..core.ids import PublicKey
 
-# py-libp2p's Yamux sends a window update after every read unless told to batch them as go-yamux does (an update
-# once half the window is consumed); each update is a Noise frame both sides pay for. Its own tuning variable,
-# read on every read; set here unless the user set it.
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+log = logging.getLogger(__name__)
+
+#: A peer as py-libp2p names it (its ``ID``: hashable, ``str()`` gives the base58 text that ``core.ids.PeerId``
+#: holds, ``to_bytes()`` the multihash).
+Peer = ID
+
+#: Process-wide settings py-libp2p reads from the environment, applied unless the user set them.
+#: ``PY_YAMUX_RELEASE_ON_READ``: py-libp2p's Yamux sends a window update after every read unless told to batch
+#: them as go-yamux does (an update once half the window is consumed); each update is a Noise frame both sides
+#: pay for. Read on every read.
+PROCESS_DEFAULTS = {"PY_YAMUX_RELEASE_ON_READ": "0"}
+
+
+class Connection(Protocol):
+    """The connection a stream runs on: who is at the other end, as the connection authenticated it."""
+
+    @property
+    def peer_id(self) -> Peer: ...
+
+
+class Stream(Protocol):
+    """What Flair uses of a py-libp2p stream (``INetStream``)."""
+
+    @property
+    def muxed_conn(self) -> Connection: ...
+
+    async def read(self, n: int | None = None) -> bytes: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def reset(self) -> None: ...
+
+    def get_protocol(self) -> TProtocol | None: ...
+
+
+#: Called with each stream a peer opens on a protocol this node serves.
+StreamHandler = Callable[[Stream], Awaitable[None]]
+
+
+class PeerStore(Protocol):
+    def addrs(self, peer_id: Peer) -> list[multiaddr.Multiaddr]: ...
+
+
+class Network(Protocol):
+    """The host's swarm: whoever wants connection events registers a notifee."""
+
+    def register_notifee(self, notifee: INotifee) -> None: ...
+
+    def remove_notifee(self, notifee: INotifee) -> None: ...
+
+
+class Host(Protocol):
+    """What Flair uses of a py-libp2p host (``IHost``)."""
+
+    def get_id(self) -> Peer: ...
+
+    def get_public_key(self) -> Libp2pPublicKey: ...
+
+    def get_private_key(self) -> PrivateKey: ...
+
+    def get_addrs(self) -> list[multiaddr.Multiaddr]: ...
+
+    def get_peerstore(self) -> PeerStore: ...
+
+    def get_network(self) -> Network: ...
+
+    def get_connected_peers(self) -> list[Peer]: ...
+
+    async def connect(self, peer_info: PeerInfo) -> None: ...
+
+    async def disconnect(self, peer_id: Peer) -> None: ...
+
+    async def new_stream(self, peer_id: Peer, protocol_ids: Sequence[TProtocol]) -> Stream: ...
+
+    def set_stream_handler(self, protocol_id: TProtocol, stream_handler: StreamHandler) -> None: ...
+
+    def remove_stream_handler(self, protocol_id: TProtocol) -> None: ...
+
+
+def apply_process_defaults() -> None:
+    """Set ``PROCESS_DEFAULTS`` in this process's environment, leaving any the user set: before hosts run."""
+    for name, value in PROCESS_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+@contextmanager
+def map_libp2p_errors(message: str, *, to: type[FlairError] = RemoteError, **data: str) -> Iterator[None]:
+    """Run a call into py-libp2p: what it raises becomes ``to`` ("<message>: <its error>", with ``data``), from
+    nothing (py-libp2p's tracebacks say nothing a caller can act on). A ``FlairError`` raised inside passes as it
+    is, and so does cancellation (trio's ``Cancelled`` is a ``BaseException``)."""
+    try:
+        yield
+    except FlairError:
+        raise
+    # py-libp2p raises its own errors (``BaseLibp2pError``), but as loosely typed as it is, its calls also let
+    # through what its internals and parsers hit (trio's broken streams, OSError, multiaddr's and base58's
+    # ValueError, KeyError from its peer store): every one of them is the peer's or the transport's failure.
+    except Exception as exc:
+        raise to(f"{message}: {str(exc) or repr(exc)}", **data) from None
+
+
+async def close_stream(stream: Stream) -> None:
+    """Close ``stream``, best effort: one the other side reset or closed first cannot be closed, and that is
+    nobody's error."""
+    try:
+        with map_libp2p_errors("closing a stream"):
+            await stream.close()
+    except RemoteError as exc:
+        log.debug("%s", exc)
+
+
+async def reset_stream(stream: Stream) -> None:
+    """Reset ``stream`` (drop it both ways: the peer's further writes fail), best effort as ``close_stream``."""
+    try:
+        with map_libp2p_errors("resetting a stream"):
+            await stream.reset()
+    except RemoteError as exc:
+        log.debug("%s", exc)
 
 
 @asynccontextmanager
 async def running_host(identity: Identity, listen: str = "/ip4/127.0.0.1/tcp/0", *,
-                       mdns: bool = False) -> AsyncIterator[Any]:
+                       mdns: bool = False) -> AsyncIterator[Host]:
     """A started libp2p host (TCP, Noise, Yamux) listening on ``listen``; ``mdns`` finds peers on the LAN."""
     host = new_host(key_pair=create_new_key_pair(identity.keypair_bytes()[:32]), enable_mDNS=mdns)
-    try:
+    with map_libp2p_errors(f"listen address {listen!r} is not a multiaddr", to=InvalidInput):
         addrs = [multiaddr.Multiaddr(listen)]
-    except Exception as exc:
-        raise InvalidInput(f"listen address {listen!r} is not a multiaddr: {exc}") from None
     async with host.run(listen_addrs=addrs):
         try:
             yield host
@@ -43,47 +175,42 @@ async def running_host(identity: Identity, listen: str = "/ip4/127.0.0.1/tcp/0",
                     await host.disconnect(peer)
 
 
-def full_addrs(host: Any) -> list[str]:
+def full_addrs(host: Host) -> list[str]:
     """The host's dialable addresses, each ending in /p2p/<peer id>."""
     return [str(a) for a in host.get_addrs()]
 
 
-async def connect(host: Any, address: str) -> Any:
+async def connect(host: Host, address: str) -> Peer:
     """Dial ``address`` (a multiaddr ending in /p2p/<peer id>); returns the peer id."""
-    try:
+    with map_libp2p_errors(f"{address!r} is not a multiaddr ending in /p2p/<peer id>", to=InvalidInput):
         info = info_from_p2p_addr(multiaddr.Multiaddr(address))
-    except Exception as exc:
-        raise InvalidInput(f"{address!r} is not a multiaddr ending in /p2p/<peer id>: {exc}") from None
-    try:
+    with map_libp2p_errors(f"cannot reach peer {address}"):
         await host.connect(info)
-    except Exception as exc:
-        raise RemoteError(f"cannot reach peer {address}: {exc}") from None
     return info.peer_id
 
 
-def member_key(peer: Any) -> PublicKey | None:
+def member_key(peer: Peer) -> PublicKey | None:
     """The Flair public key (base58, as ``flair whoami`` prints it) of a libp2p peer id; None for a peer whose
     id does not embed an Ed25519 key (an RSA Kubo, say): such a peer is never a member."""
     key = peer.extract_public_key() if isinstance(peer, ID) else None
     return public_key_text(key.to_bytes()) if isinstance(key, Ed25519PublicKey) else None
 
 
-def peer_id(key: PublicKey) -> Any:
+def peer_id(key: PublicKey) -> Peer:
     """The libp2p peer id of a Flair public key."""
     return ID.from_pubkey(Ed25519PublicKey.from_bytes(public_key_bytes(key)))
 
 
-def peer_from_text(text: str) -> Any:
+def peer_from_text(text: str) -> Peer:
     """The libp2p peer id written as ``text`` (base58); ``InvalidInput`` if it is not one."""
-    try:
+    with map_libp2p_errors(f"{text[:80]!r} is not a peer id", to=InvalidInput):
         return ID.from_base58(text)
-    except Exception as exc:
-        raise InvalidInput(f"{text[:80]!r} is not a peer id: {exc}") from None
 
 
-def peer_addrs(host: Any, peer: Any) -> list[str]:
+def peer_addrs(host: Host, peer: Peer) -> list[str]:
     """The addresses ``host`` knows for ``peer`` (none if it knows none)."""
     try:
-        return [str(a) for a in host.get_peerstore().addrs(peer)]
-    except Exception:  # py-libp2p raises when it holds no address for a peer
+        with map_libp2p_errors(f"no address of {peer}"):
+            return [str(a) for a in host.get_peerstore().addrs(peer)]
+    except RemoteError:  # py-libp2p raises when it holds no address for a peer
         return []

@@ -26,7 +26,7 @@ from ..core import encoding
 from ..core.errors import FlairError, RemoteError, error_for_code
 from ..core.ids import PublicKey
 from .gossip import Offences
-from .host import member_key
+from .host import Host, Peer, Stream, close_stream, map_libp2p_errors, member_key, reset_stream
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +50,19 @@ class Served:
                 "failed": dict(self.failed.counts)}
 
 
-def serve(host: Any, protocol: str, handler: Handler, *, timeout: float = TIMEOUT,
+def serve(host: Host, protocol: str, handler: Handler, *, timeout: float = TIMEOUT,
           max_per_peer: int = MAX_PER_PEER) -> Served:
     """Answer every request on ``protocol`` with ``handler(asker's key, request)``, at most ``max_per_peer`` of
     one peer at a time; returns the counters of what it serves."""
     served = Served()
 
-    async def on_stream(stream: Any) -> None:
+    async def on_stream(stream: Stream) -> None:
         peer = stream.muxed_conn.peer_id
         name = str(peer)
         if served.open[name] >= max_per_peer:
             served.refused.add(name, "opened more than %d %s streams at once: reset", max_per_peer, protocol)
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                try:
-                    await stream.reset()
-                except Exception as exc:
-                    log.debug("resetting a stream: %r", exc)
+                await reset_stream(stream)
             return
         served.open[name] += 1
         try:
@@ -87,23 +84,19 @@ def serve(host: Any, protocol: str, handler: Handler, *, timeout: float = TIMEOU
     return served
 
 
-async def request(host: Any, peer: Any, protocol: str, value: Any) -> Any:
+async def request(host: Host, peer: Peer, protocol: str, value: Any) -> Any:
     """Send ``value`` to ``peer`` and return its reply (within ``TIMEOUT``); the peer's ``FlairError`` kind, or
     ``RemoteError``."""
     try:
-        with trio.fail_after(TIMEOUT):
+        with trio.fail_after(TIMEOUT), map_libp2p_errors(f"{protocol} request to peer {peer} failed"):
             stream = await host.new_stream(peer, [TProtocol(protocol)])
             try:
                 await stream.write(_frame(encoding.encode(value)))
                 reply = encoding.decode(await _read_frame(stream))
             finally:
                 await _close(stream)
-    except FlairError:
-        raise
     except trio.TooSlowError:
         raise RemoteError(f"peer {peer} did not answer {protocol} within {TIMEOUT:g} s") from None
-    except Exception as exc:
-        raise RemoteError(f"{protocol} request to peer {peer} failed: {exc!r}") from None
     if isinstance(reply, dict) and set(reply) == {"ok"}:
         return reply["ok"]
     error = reply.get("error") if isinstance(reply, dict) else None
@@ -116,14 +109,14 @@ def _frame(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-async def _read_frame(stream: Any) -> bytes:
+async def _read_frame(stream: Stream) -> bytes:
     (length,) = struct.unpack(">I", await _read_exactly(stream, 4))
     if length > MAX_FRAME:
         raise RemoteError(f"a frame of {length} bytes is over the {MAX_FRAME}-byte limit")
     return await _read_exactly(stream, length)
 
 
-async def _read_exactly(stream: Any, n: int) -> bytes:
+async def _read_exactly(stream: Stream, n: int) -> bytes:
     chunks, got = [], 0
     while got < n:
         try:
@@ -137,9 +130,6 @@ async def _read_exactly(stream: Any, n: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _close(stream: Any) -> None:
+async def _close(stream: Stream) -> None:
     with trio.CancelScope(shield=True), trio.move_on_after(2):
-        try:
-            await stream.close()
-        except Exception as exc:
-            log.debug("closing a stream: %r", exc)
+        await close_stream(stream)

@@ -59,12 +59,19 @@ class Announcement:
     anchors: tuple[AnchorClaim, ...] = ()
     items: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
 
+    @property
+    def claims(self) -> tuple[ProofRecord | AnchorClaim, ...]:
+        """The proof and anchor records: each about a round merge, and signed by its author."""
+        return (*self.proofs, *self.anchors)
+
 
 def pack(repo: RepoId, items: list[tuple[str, bytes]], limit: int) -> list[bytes]:
     """``items`` (kind, record) in as few messages of at most ``limit`` bytes as they fit, in order.
 
     ``IntegrityError`` for an item that does not fit a message on its own (peers then learn of it by pulling)."""
-    messages, batch, size = [], [], _BASE
+    messages: list[bytes] = []
+    batch: list[tuple[str, bytes]] = []
+    size = _BASE
     for kind, record in items:
         cost = len(record) + _PER_ITEM
         if _BASE + cost > limit:
@@ -160,8 +167,8 @@ def check(repo: Repository, announcement: Announcement, now_ms: int) -> Membersh
         if move.timestamp_ms > now_ms + MAX_CLOCK_SKEW_MS:
             raise IntegrityError(f"branch move {short(move.id)} is dated ahead of this node's clock")
         new += not repo.objects.has(move.id)
-    for claim in (*announcement.proofs, *announcement.anchors):  # whether its author made the merge is
-        claim.verify()                                            # checked once both are here
+    for claim in announcement.claims:  # whether its author made the merge is checked once both are here
+        claim.verify()
         if claim.repo != repo.id:
             raise IntegrityError(f"{claim.KIND} record {short(claim.id)} belongs to another repository")
         membership.require(claim.author, "contributor", epoch=membership.epoch, at_ms=claim.timestamp_ms,

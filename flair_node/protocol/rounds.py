@@ -36,6 +36,12 @@ holds this node's own merge of that round while a signed merge of it by an entit
 until ``check_move`` settles it, or for ``HOLD_TIMEOUTS`` policy timeouts at most, and once per author and
 round, so a member cannot hold a round up for long with merges that never arrive.
 
+**What a node remembers.** ``RoundMemory`` is one node's: the merges it verified or refused, the contributions it
+screened and whose commitments it checked (each named by its hash, so the answer never changes), the merges it
+holds its own for, and the circuits it commits and proves with. The node makes one (the daemon's ``Node``; a test,
+one per ``RepoSet``) and passes it, as ``memory``, to every function here that needs it: the peer-to-peer side
+notes merges in the same memory the round service reads.
+
 A contribution based on an older merge is moved onto the head first, exactly: ``head + (x − base)`` in the
 fixed-point merge arithmetic, so every member computes the same input.
 """
@@ -44,10 +50,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
-from weakref import WeakKeyDictionary
 
 from ..core.errors import FlairError, IntegrityError, InvalidInput, MergeError, NotAMember
 from ..core.ids import CommitId, PublicKey, short
@@ -55,22 +60,14 @@ from ..core.membership import PROTECTED_BRANCHES, ROLES, Membership
 from ..core.objects import Commit
 from ..core.refs import MAX_CLOCK_SKEW_MS, BranchMove, check_branch_name
 from ..core.round_rules import RoundPolicy, entitled, filled_at, ranking, step_weight, turn_ends, weight_counts
-from ..storage.repo import CONTRIBUTION_PREFIX, Repository, contribution_branch, now_ms
+from ..storage.clock import now_ms
+from ..storage.repo import CONTRIBUTION_PREFIX, Repository, contribution_branch
+from .proofs.circuits import Circuits
 
 if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
 
-_CHECKED_SIZE = 4096  # round merges remembered as verified or mismatched, per object store (one per node)
-#: commit id -> None (verified) or why it does not re-derive: every input is named by its hash, so neither changes.
-_CHECKED: WeakKeyDictionary[Any, OrderedDict[str, str | None]] = WeakKeyDictionary()
-
-
-#: "<contribution id>:<chunk>:<scheme>:<srs>" -> whether it publishes the commitments of its own delta.
-_COMMITTED: WeakKeyDictionary[Any, OrderedDict[str, bool]] = WeakKeyDictionary()
-
-#: "<contribution id>:<head id>:<proven|moved>" -> why a round on that head excludes it, or None if it can be merged.
-_SCREENED: WeakKeyDictionary[Any, OrderedDict[str, str | None]] = WeakKeyDictionary()
-
+_CACHE_SIZE = 4096  # answers each of a node's round caches keeps (``RoundMemory``), the oldest forgotten first
 #: The largest magnitude of a floating value a round takes (moved onto the head): well inside what the exact
 #: merge arithmetic holds for any strategy and any number of inputs (``tensors.fixedpoint``).
 MAX_VALUE = float(1 << 19)
@@ -78,9 +75,63 @@ MAX_INTEGER = 1 << 40  # the same for integer tensors (counters)
 MAX_EXCLUDED_REASON = 32
 HOLD_TIMEOUTS = 2  # a peer's merge being checked holds this node's own for at most this many policy timeouts
 _MAX_HELD = 1024
-#: (repo, branch, head, author) -> (the author's merge of that round, held until ms; 0 once settled).
-_HELD: WeakKeyDictionary[Any, OrderedDict[tuple[str, str, str, str], tuple[CommitId, int]]] = WeakKeyDictionary()
-_HELD_LOCK = threading.Lock()  # noted from peer-to-peer worker threads, read from the round service's
+
+
+class RoundMemory:
+    """What one node's rounds remember between calls, and the circuits they commit and prove with (see the module
+    docstring). The caches are read and written by this module's functions from worker threads: each single
+    operation on them is atomic, and at worst two threads compute the same answer. The held merges are noted by
+    the peer-to-peer side's threads and read by the round service's, under a lock."""
+
+    def __init__(self, circuits: Circuits | None = None) -> None:
+        self._circuits = circuits
+        #: Round merge id -> None (verified) or why it does not re-derive: every input is named by its hash, so
+        #: neither changes.
+        self.checked: OrderedDict[str, str | None] = OrderedDict()
+        #: "<contribution id>:<chunk>:<scheme>:<srs>" -> whether it publishes the commitments of its own delta.
+        self.committed: OrderedDict[str, bool] = OrderedDict()
+        #: "<contribution id>:<head id>:<proven|moved>" -> why a round on that head excludes it, or None if it
+        #: can be merged.
+        self.screened: OrderedDict[str, str | None] = OrderedDict()
+        #: (repo, branch, head, author) -> (the author's merge of that round, held until ms; 0 once settled).
+        self._held: OrderedDict[tuple[str, str, str, str], tuple[CommitId, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def circuits(self) -> Circuits:
+        """The circuits this node commits and proves with: those it was given, else a temporary folder's, made
+        when first needed."""
+        with self._lock:
+            if self._circuits is None:
+                self._circuits = Circuits.in_temporary_folder()
+            return self._circuits
+
+    def hold(self, key: tuple[str, str, str, str], merge_id: CommitId, until_ms: int, at_ms: int) -> bool:
+        """Hold the round ``key`` names for ``merge_id`` until ``until_ms``, unless its author held it before:
+        whether the round is held for ``merge_id`` at ``at_ms``."""
+        with self._lock:
+            if key in self._held:
+                held, until = self._held[key]
+                return held == merge_id and until > at_ms
+            self._held[key] = (merge_id, until_ms)
+            while len(self._held) > _MAX_HELD:
+                self._held.popitem(last=False)
+        return True
+
+    def held(self, repo: str, branch: str, head: str, at_ms: int) -> CommitId | None:
+        """The merge holding the round ``head`` opened on ``branch`` of ``repo`` at ``at_ms``, if any."""
+        with self._lock:
+            for (repo_id, held_branch, held_head, _), (merge_id, until) in self._held.items():
+                if (repo_id, held_branch, held_head) == (repo, branch, head) and until > at_ms:
+                    return merge_id
+        return None
+
+    def settle(self, merge_id: CommitId) -> None:
+        """``merge_id`` was checked (taken or refused for good): it holds no round any more."""
+        with self._lock:
+            for key, (held, _) in list(self._held.items()):
+                if held == merge_id:
+                    self._held[key] = (held, 0)
 
 
 class MergeMismatch(IntegrityError):
@@ -139,7 +190,7 @@ class RoundView:
                 "excluded": [{"commit": c, "reason": why, "round": number} for c, why, number in self.excluded]}
 
 
-def view(repo: Repository, branch: str, *, at_ms: int | None = None) -> RoundView:
+def view(repo: Repository, branch: str, *, memory: RoundMemory, at_ms: int | None = None) -> RoundView:
     """The current round of ``branch`` as this node sees it, its members' roles judged at ``at_ms`` (default:
     now). A contribution signed after this node's clock is not pending yet: a merge is dated after what it takes."""
     target = check_branch_name(branch)
@@ -157,7 +208,7 @@ def view(repo: Repository, branch: str, *, at_ms: int | None = None) -> RoundVie
             commit = repo.commit(cid)
             if contribution_branch(target, commit.author) != name or commit.timestamp_ms > clock:
                 continue  # on another member's branch (it counts only on its author's), or signed in the future
-            found = _contribution(repo, commit, target, chain, membership, epoch=membership.epoch, at_ms=at)
+            found = _contribution(memory, repo, commit, target, chain, membership, epoch=membership.epoch, at_ms=at)
         except IntegrityError:
             continue  # merged already, too stale, its author no longer a contributor, or not one to this branch
         mine = latest.get(found.author)
@@ -165,9 +216,8 @@ def view(repo: Repository, branch: str, *, at_ms: int | None = None) -> RoundVie
             latest[found.author] = found  # one per member
     pending = tuple(sorted(latest.values(), key=lambda c: c.commit))
     head_commit, number = repo.commit(head), _rounds_before(repo, head)
-    screened: Mapping[str, str | None] = _SCREENED.get(repo.objects, {})
     excluded = [(c.commit, why, number + 1) for c in pending
-                if (why := screened.get(_screen_key(c.commit, head, membership.policy)))]
+                if (why := memory.screened.get(_screen_key(c.commit, head, membership.policy)))]
     if head_commit.kind == "round":
         excluded += [(CommitId(c), why, number) for c, why in _excluded_meta(head_commit)]
     return RoundView(branch=target, head=head, number=number,
@@ -195,26 +245,27 @@ def staleness(repo: Repository, branch: str, base: CommitId) -> int:
                        f"the head ({short(repo.head(target))})")
 
 
-def commitments(repo: Repository, state: StateDict, base: CommitId, codec: str = "bitdelta-v1") -> list[str]:
+def commitments(repo: Repository, state: StateDict, base: CommitId, codec: str = "bitdelta-v1", *,
+                memory: RoundMemory) -> list[str]:
     """What a contribution of ``state`` trained from ``base`` publishes when the repository's merges are proven:
-    the commitments of its delta's chunks (none when they are not). A lossy codec would store other values than
-    those committed: ``InvalidInput``."""
+    the commitments of its delta's chunks (none when they are not), made with ``memory``'s circuits. A lossy
+    codec would store other values than those committed: ``InvalidInput``."""
     if not repo.members.current().policy.proof_chunk:
         return []
     if codec != "bitdelta-v1":
         raise InvalidInput(f"this repository's merges are proven: contributions are stored exactly, not as {codec}")
     from .proofs import weighted_sum
 
-    return _commit_chunks(repo, weighted_sum.fixed_delta(state, repo.materialize(base)))
+    return _commit_chunks(repo, weighted_sum.fixed_delta(state, repo.materialize(base)), memory.circuits)
 
 
-def merge(repo: Repository, identity: Any, branch: str, *, at_ms: int | None = None) -> Commit:
+def merge(repo: Repository, identity: Any, branch: str, *, memory: RoundMemory, at_ms: int | None = None) -> Commit:
     """Merge the pending contributions of ``branch``'s round as its entitled aggregator (``identity``).
 
     ``InvalidInput`` if this node is not entitled now, the round is not ready, or a peer's merge of this round
     is being checked (``note_merge``)."""
     at = now_ms() if at_ms is None else at_ms
-    seen = view(repo, branch, at_ms=at)
+    seen = view(repo, branch, memory=memory, at_ms=at)
     current = seen.taking(seen.pending[:most_inputs(seen.policy)])  # a proof circuit takes so many
     if current.aggregator(at) != identity.public_key:
         raise InvalidInput(f"{short(identity.public_key)} is not the aggregator of round {current.number + 1} of "
@@ -222,16 +273,15 @@ def merge(repo: Repository, identity: Any, branch: str, *, at_ms: int | None = N
     if not current.ready(at):
         raise InvalidInput(f"round {current.number + 1} of {branch} is not ready: {len(current.pending)} of "
                            f"{current.policy.buffer} contributions, deadline not passed")
-    held = held_by(repo, current.branch, current.head, at)
+    held = held_by(repo, current.branch, current.head, at, memory=memory)
     if held is not None:
         raise InvalidInput(f"round merge {short(held)} of round {current.number + 1} of {branch}, by an entitled "
                            "member, is being checked: this node does not merge the round again meanwhile")
     try:
-        state, meta = derive(repo, current, current.pending)
+        state, meta = derive(repo, current, current.pending, memory=memory)
     except InvalidInput:  # too few usable ones for the strategy: take out only those no round can use
-        screened: Mapping[str, str | None] = _SCREENED.get(repo.objects, {})
         unusable = [c for c in current.pending
-                    if screened.get(_screen_key(c.commit, current.head, current.policy)) is not None]
+                    if memory.screened.get(_screen_key(c.commit, current.head, current.policy)) is not None]
         if not unusable:
             raise
         current = current.taking(unusable)  # the windows as a merge of these alone gives them
@@ -239,7 +289,7 @@ def merge(repo: Repository, identity: Any, branch: str, *, at_ms: int | None = N
             raise InvalidInput(f"round {current.number + 1} of {branch} has too few usable contributions for "
                                f"{current.policy.strategy}, and taking out the unusable ones is "
                                f"{short(current.aggregator(at) or '') or 'nobody'}'s turn now") from None
-        state, meta = derive(repo, current, unusable)
+        state, meta = derive(repo, current, unusable, memory=memory)
 
     def still_entitled(timestamp_ms: int) -> None:  # merging took long: a merge signed after the window is void
         if current.aggregator(timestamp_ms) != identity.public_key:
@@ -256,7 +306,7 @@ def merge(repo: Repository, identity: Any, branch: str, *, at_ms: int | None = N
                             check_time=still_entitled)
 
 
-def verify(repo: Repository, commit: Commit) -> RoundView:
+def verify(repo: Repository, commit: Commit, *, memory: RoundMemory) -> RoundView:
     """Check round merge ``commit`` against this node's copy of the repository (see the module docstring);
     ``IntegrityError`` saying what is wrong. Returns the round it closes."""
     if commit.kind != "round" or len(commit.parents) < 2:
@@ -271,14 +321,14 @@ def verify(repo: Repository, commit: Commit) -> RoundView:
                              f"{MAX_CLOCK_SKEW_MS // 60_000} minutes are allowed)")
     if list(commit.parents[1:]) != sorted(set(commit.parents[1:])):
         raise MergeMismatch(f"round merge {short(commit.id)} lists its contributions out of order or twice")
-    at = _view_at(repo, branch, commit.parents[0])
+    at = _view_at(memory, repo, branch, commit.parents[0])
     if len(commit.parents) - 1 > most_inputs(at.policy):
         raise IntegrityError(f"round merge {short(commit.id)} takes {len(commit.parents) - 1} contributions, more "
                              f"than one proof takes ({most_inputs(at.policy)})")
     membership = repo.members.current()
     chain = _chain(repo, at.head, at.policy.max_staleness)
-    merged = [_contribution(repo, repo.commit(c), at.branch, chain, membership, epoch=commit.payload.key_epoch,
-                            at_ms=commit.timestamp_ms) for c in commit.parents[1:]]
+    merged = [_contribution(memory, repo, repo.commit(c), at.branch, chain, membership,
+                            epoch=commit.payload.key_epoch, at_ms=commit.timestamp_ms) for c in commit.parents[1:]]
     if len({c.author for c in merged}) != len(merged):
         raise MergeMismatch(f"round merge {short(commit.id)} takes two contributions of one member")
     late = next((c for c in merged if c.timestamp_ms > commit.timestamp_ms), None)
@@ -294,7 +344,7 @@ def verify(repo: Repository, commit: Commit) -> RoundView:
     if early and len(merged) < current.policy.buffer and commit.meta.get("contributions") != []:
         raise IntegrityError(f"round merge {short(commit.id)} merges {len(merged)} contributions before the "
                              f"deadline (the policy waits for {current.policy.buffer})")
-    state, meta = derive(repo, current, merged)
+    state, meta = derive(repo, current, merged, memory=memory)
     if dict(commit.meta) != meta:
         raise MergeMismatch(f"round merge {short(commit.id)} records other rounds, strategy or weights than the "
                              "policy gives")
@@ -303,37 +353,37 @@ def verify(repo: Repository, commit: Commit) -> RoundView:
     return current
 
 
-def check_move(repo: Repository, move: BranchMove) -> None:
+def check_move(repo: Repository, move: BranchMove, *, memory: RoundMemory) -> None:
     """Before a node takes ``move`` from a peer (gossip or a pull): moving a branch to one of its round merges
     needs a merge that ``verify`` accepts (``IntegrityError`` otherwise), so a node never follows a forged or
-    unentitled merge. Any other move is left to the role checks of ``Repository.accept_move``. A merge verified, or
+    unentitled merge. Any other move is left to the role checks of ``Ingest.accept_move``. A merge verified, or
     found not to match its inputs, is remembered (they never change: every one is named by its hash), so a forger
     cannot make a node re-derive the same merge at every catch-up."""
     commit = repo.commit(move.commit)
     if commit.kind != "round" or commit.meta.get("branch") != move.branch:
         return
-    checked = _CHECKED.setdefault(repo.objects, OrderedDict())  # per node: what it checked itself
+    checked = memory.checked  # what this node checked itself
     if commit.id in checked:
         reason = checked[commit.id]
         if reason is None:
             return
         raise MergeMismatch(reason)
     try:
-        verify(repo, commit)
+        verify(repo, commit, memory=memory)
     except MergeMismatch as exc:
         _remember(checked, commit.id, str(exc))
-        _settle(repo, commit.id)
+        memory.settle(commit.id)
         raise
     except IntegrityError:
         raise  # perhaps only for now: a contribution it names may not have arrived yet
     except FlairError as exc:  # a strategy that cannot run on these inputs, a layout that does not fit, ...
-        _settle(repo, commit.id)
+        memory.settle(commit.id)
         raise IntegrityError(f"round merge {short(commit.id)} does not re-derive: {exc}") from None
     _remember(checked, commit.id, None)
-    _settle(repo, commit.id)
+    memory.settle(commit.id)
 
 
-def note_merge(repo: Repository, commit: Commit, *, at_ms: int | None = None) -> bool:
+def note_merge(repo: Repository, commit: Commit, *, memory: RoundMemory, at_ms: int | None = None) -> bool:
     """A peer offers round merge ``commit`` (its record arrived, signed; its payload and contributions may not
     have): if it is a merge of the current round of its branch, signed by a member entitled at its time (judged
     from the contributions it takes when this node holds them all, else by the author being ranked at all),
@@ -346,7 +396,7 @@ def note_merge(repo: Repository, commit: Commit, *, at_ms: int | None = None) ->
     at = now_ms() if at_ms is None else at_ms
     try:
         commit.verify()
-        current = view(repo, branch, at_ms=at)
+        current = view(repo, branch, memory=memory, at_ms=at)
         if commit.parents[0] != current.head or not current.opened_ms <= commit.timestamp_ms \
                 <= at + MAX_CLOCK_SKEW_MS or commit.author not in current.ranked:
             return False
@@ -359,37 +409,16 @@ def note_merge(repo: Repository, commit: Commit, *, at_ms: int | None = None) ->
     except (FlairError, ValueError):
         return False
     key = (str(repo.id), current.branch, str(current.head), str(commit.author))
-    with _HELD_LOCK:
-        held = _HELD.setdefault(repo.objects, OrderedDict())
-        if key in held:
-            merge_id, until = held[key]
-            return merge_id == commit.id and until > at
-        held[key] = (commit.id, at + HOLD_TIMEOUTS * current.policy.timeout_s * 1000)
-        while len(held) > _MAX_HELD:
-            held.popitem(last=False)
-    return True
+    return memory.hold(key, commit.id, at + HOLD_TIMEOUTS * current.policy.timeout_s * 1000, at)
 
 
-def held_by(repo: Repository, branch: str, head: CommitId, at_ms: int) -> CommitId | None:
+def held_by(repo: Repository, branch: str, head: CommitId, at_ms: int, *, memory: RoundMemory) -> CommitId | None:
     """A peer's merge of the round ``head`` opened on ``branch`` that this node is still checking at ``at_ms``
     (``note_merge``), if any."""
-    with _HELD_LOCK:
-        for (repo_id, held_branch, held_head, _), (merge_id, until) in _HELD.get(repo.objects, {}).items():
-            if (repo_id, held_branch, held_head) == (repo.id, branch, head) and until > at_ms:
-                return merge_id
-    return None
+    return memory.held(repo.id, branch, head, at_ms)
 
 
-def _settle(repo: Repository, merge_id: CommitId) -> None:
-    """``merge_id`` was checked (taken or refused for good): it holds no round any more."""
-    with _HELD_LOCK:
-        held: MutableMapping[tuple[str, str, str, str], tuple[CommitId, int]] = _HELD.get(repo.objects, {})
-        for key, (held_merge, _) in list(held.items()):
-            if held_merge == merge_id:
-                held[key] = (held_merge, 0)
-
-
-def derive(repo: Repository, current: RoundView, contributions: Sequence[Contribution]
+def derive(repo: Repository, current: RoundView, contributions: Sequence[Contribution], *, memory: RoundMemory
            ) -> tuple[StateDict, dict[str, Any]]:
     """The merged state and the ``meta`` a round merge of ``contributions`` records. With proofs on (the policy's
     ``proof_chunk``), the merge is exactly ``head + Σ e_i (x_i − base_i) / 2^16`` in fixed point, with the
@@ -404,7 +433,7 @@ def derive(repo: Repository, current: RoundView, contributions: Sequence[Contrib
     head = repo.materialize(current.head)
     kept, inputs, excluded = [], [], []
     for c in contributions:
-        reason, value = _screen(repo, current, head, c)
+        reason, value = _screen(memory, repo, current, head, c)
         if reason is None:
             kept.append(c)
             inputs.append(value)
@@ -423,7 +452,8 @@ def derive(repo: Repository, current: RoundView, contributions: Sequence[Contrib
                                                                                           strict=True)],
             "examples": sum(c.examples for c in kept), "step": step}
     if current.policy.proof_chunk:
-        state, sums = _provable(repo, head, list(zip(kept, inputs, strict=True)), proof_weights(meta))
+        state, sums = _provable(repo, head, list(zip(kept, inputs, strict=True)), proof_weights(meta),
+                                memory.circuits)
         return state, {**meta, "sums": sums}
     state = strategy.aggregate(head, inputs, weights)  # each contribution moved onto the head (``_screen``)
     if step != whole:  # stale contributions: a shorter step from the head towards the strategy's result
@@ -480,20 +510,20 @@ def merge_parents(meta: dict[str, Any]) -> list[CommitId]:
 
 def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
     cache[key] = value
-    if len(cache) > _CHECKED_SIZE:
+    if len(cache) > _CACHE_SIZE:
         cache.popitem(last=False)
 
 
-def _commit_chunks(repo: Repository, values: Any) -> list[str]:
+def _commit_chunks(repo: Repository, values: Any, circuits: Circuits) -> list[str]:
     """The commitments of the chunks of ``values`` (an int64 vector) under ``repo``'s policy."""
-    from .proofs import circuits, weighted_sum
+    from .proofs import weighted_sum
 
     chunk = repo.members.current().policy.proof_chunk
-    return weighted_sum.commitments(values, chunk, circuits.for_repo(repo).committer(repo))
+    return weighted_sum.commitments(values, chunk, circuits.committer(repo))
 
 
 def _provable(repo: Repository, head: StateDict, contributions: Sequence[tuple[Contribution, StateDict]],
-              weights: Sequence[int]) -> tuple[StateDict, list[str]]:
+              weights: Sequence[int], circuits: Circuits) -> tuple[StateDict, list[str]]:
     """``head + Σ e_i (x_i − base_i)`` with no shortcut (each contribution ``x_i`` enters as its own state with
     weight ``e_i`` and its base with ``−e_i``), and the commitments of the chunks of the sums."""
     from ..tensors.fixedpoint import combine
@@ -506,14 +536,14 @@ def _provable(repo: Repository, head: StateDict, contributions: Sequence[tuple[C
         signed += [e, -e]
         deltas.append(weighted_sum.fixed_delta(x, base))
     merged = combine(head, states, signed, shortcuts=False)
-    return merged, _commit_chunks(repo, weighted_sum.weighted_sums(weights, deltas))
+    return merged, _commit_chunks(repo, weighted_sum.weighted_sums(weights, deltas), circuits)
 
 
-def _committed(repo: Repository, commit: Commit, policy: RoundPolicy) -> bool:
+def _committed(memory: RoundMemory, repo: Repository, commit: Commit, policy: RoundPolicy) -> bool:
     """Whether contribution ``commit`` publishes the commitments of its own delta as ``policy`` makes them;
     computed once per contribution, policy and node (its record and payload never change). ``IntegrityError``
     while this node cannot tell yet (the SRS has not arrived)."""
-    known = _COMMITTED.setdefault(repo.objects, OrderedDict())
+    known = memory.committed
     key = f"{commit.id}:{policy.proof_chunk}:{policy.proof_scheme}:{policy.proof_srs}"
     if key not in known:
         from .proofs import weighted_sum
@@ -528,7 +558,7 @@ def _committed(repo: Repository, commit: Commit, policy: RoundPolicy) -> bool:
             _remember(known, key, False)  # bytes fail the same way on every node, so it is never pending
             return False
         try:
-            own = _commit_chunks(repo, delta)
+            own = _commit_chunks(repo, delta, memory.circuits)
         except ProofError as exc:
             raise IntegrityError(f"cannot check the commitments of contribution {short(commit.id)} yet: {exc}"
                                  ) from None
@@ -536,9 +566,9 @@ def _committed(repo: Repository, commit: Commit, policy: RoundPolicy) -> bool:
     return known[key]
 
 
-def _view_at(repo: Repository, branch: str, head: CommitId) -> RoundView:
+def _view_at(memory: RoundMemory, repo: Repository, branch: str, head: CommitId) -> RoundView:
     """The round that ``head`` (a commit of ``branch``) opened, whatever the branch's head is now."""
-    current = view(repo, branch)
+    current = view(repo, branch, memory=memory)
     if current.head == head:
         return current
     membership = repo.members.current()
@@ -584,8 +614,8 @@ def _chain(repo: Repository, head: CommitId, max_staleness: int) -> list[Commit]
         cursor = commit.parents[0]
 
 
-def _contribution(repo: Repository, commit: Commit, branch: str, chain: list[Commit], membership: Membership, *,
-                  epoch: int, at_ms: int) -> Contribution:
+def _contribution(memory: RoundMemory, repo: Repository, commit: Commit, branch: str, chain: list[Commit],
+                  membership: Membership, *, epoch: int, at_ms: int) -> Contribution:
     """``commit`` as a pending contribution to ``branch`` for a merge of key ``epoch`` signed at ``at_ms``;
     ``IntegrityError`` if it is none (its author's role is judged then, by ``membership``)."""
     examples = commit.meta.get("examples")
@@ -599,7 +629,7 @@ def _contribution(repo: Repository, commit: Commit, branch: str, chain: list[Com
         if link.id == base:
             if staleness > policy.max_staleness:
                 break
-            if policy.proof_chunk and not _committed(repo, commit, policy):
+            if policy.proof_chunk and not _committed(memory, repo, commit, policy):
                 raise IntegrityError(f"contribution {short(commit.id)} does not publish the commitments of its "
                                      f"delta in chunks of {policy.proof_chunk}, which proven merges need")
             return Contribution(commit.id, commit.author, base, examples, staleness, commit.timestamp_ms)
@@ -621,7 +651,8 @@ def _require_contributor(membership: Membership, author: PublicKey, commit: Comm
                              "now (removed, expired or a reader): a round does not count it")
 
 
-def _screen(repo: Repository, current: RoundView, head: StateDict, c: Contribution) -> tuple[str | None, Any]:
+def _screen(memory: RoundMemory, repo: Repository, current: RoundView, head: StateDict, c: Contribution
+            ) -> tuple[str | None, Any]:
     """Why a round on ``current.head`` excludes contribution ``c`` (None if it can be merged), and, if it can,
     what the merge takes of it: its state, moved onto the head if it is based on an older merge (its own state
     when merges are proven, which take the base apart). The reasons depend only on the bytes of the
@@ -631,7 +662,7 @@ def _screen(repo: Repository, current: RoundView, head: StateDict, c: Contributi
 
     from ..tensors.fixedpoint import WEIGHT_BITS, combine
 
-    cache = _SCREENED.setdefault(repo.objects, OrderedDict())
+    cache = memory.screened
     key = _screen_key(c.commit, current.head, current.policy)
     if cache.get(key) is not None:
         return cache[key], None

@@ -6,13 +6,13 @@ change, every branch's latest move, the proof records of recent round merges) an
 most ``MAX_IDS`` a request and 1 MiB a reply). Payloads come as blocks (Bitswap), never inside a reply.
 
 ``pull`` asks until this node holds what the peer showed it, in the order checks need: the membership chain
-first (it decides who may do what), then commits parents first, then the branch moves (``Repository.accept_move``: the
+first (it decides who may do what), then commits parents first, then the branch moves (``Ingest.accept_move``: the
 same total order on every node, so nodes that pulled from each other agree on every head), then proof records
-and anchor records (``Repository.accept_anchor``). Nothing a record names is requested before the record is checked:
-a commit's signature, repository, key epoch, date and its author's role at its time (``Repository.check_commit``,
+and anchor records (``Ingest.accept_anchor``). Nothing a record names is requested before the record is checked:
+a commit's signature, repository, key epoch, date and its author's role at its time (``Ingest.check_commit``,
 as ``announce.check`` judges gossip) come before its payload is fetched (within the size it declares, see
-``storage.unixfs.Bounds``) and the record accepted (``Repository.accept_commit``); a proof record is checked to be
-signed by its merge's author before its proofs are fetched (``Repository.check_proof``); the SRS fetched is the one
+``storage.unixfs.Bounds``) and the record accepted (``Ingest.accept_commit``); a proof record is checked to be
+signed by its merge's author before its proofs are fetched (``Ingest.check_proof``); the SRS fetched is the one
 the owner-signed policy names, within ``MAX_SRS_BYTES``. A record that fails is refused, with everything built
 on it, without a block of it requested, and the rest still arrives. Everything a peer sends is decoded by the
 bounded decoders of ``core.encoding``; a malformed reply is a ``RemoteError``.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -36,11 +37,13 @@ from ..core.refs import BranchMove
 from ..core.round_rules import MAX_SRS_BYTES
 from ..network import rpc
 from ..network.bitswap import BlockExchange
+from ..network.host import Host, Peer
+from ..storage.clock import now_ms
 from ..storage.members import MAX_CHANGES
-from ..storage.records import now_ms
 from ..storage.repo import Repository
 from ..storage.repos import RepoSet
 from . import rounds
+from .rounds import RoundMemory
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,8 +85,8 @@ class SyncServer:
         if op == "heads":
             moves = [repo.move(mid) for mid in list(repo.refs.all().values())[:MAX_BRANCHES]]
             return {"record": repo.record.encode(), "members": membership.head, "moves": [m.encode() for m in moves],
-                    "proofs": [p.encode() for p in _recent(repo, moves, repo.proof)],
-                    "anchors": [a.encode() for a in _recent(repo, moves, repo.anchor)]}
+                    "proofs": [p.encode() for p in _recent(repo, moves, repo.merges.proof)],
+                    "anchors": [a.encode() for a in _recent(repo, moves, repo.merges.anchor)]}
         records, size = [], 0
         for rid in ids:
             if not repo.objects.has(rid):
@@ -107,7 +110,7 @@ class Source(Protocol):
 class PeerSource:
     """A member's node over libp2p: records by request and reply, payloads over Bitswap."""
 
-    def __init__(self, host: Any, peer: Any, exchange: BlockExchange) -> None:
+    def __init__(self, host: Host, peer: Peer, exchange: BlockExchange) -> None:
         self.host, self.peer, self.exchange = host, peer, exchange
 
     async def heads(self, repo: RepoId) -> Any:
@@ -139,8 +142,9 @@ class PullResult:
                 "moved": self.moved, "refused": self.refused}
 
 
-async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
-    """Bring this node's copy of ``repo_id`` up to what ``source`` holds (creating it: a clone)."""
+async def pull(repos: RepoSet, repo_id: RepoId, source: Source, *, memory: RoundMemory) -> PullResult:
+    """Bring this node's copy of ``repo_id`` up to what ``source`` holds (creating it: a clone); round merges are
+    noted and checked in the node's round ``memory``."""
     heads = await source.heads(repo_id)
     if not isinstance(heads, dict) or not {"record", "members", "moves"} <= heads.keys():
         raise RemoteError("a heads reply needs record, members and moves")
@@ -161,15 +165,15 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
     commits = await _fetch_commits(repo, [m.commit for m in moves], source)
     for commit in commits:  # a peer's merge of a round: this node holds its own while it is checked
         if commit.kind == "round":
-            await trio.to_thread.run_sync(rounds.note_merge, repo, commit)
+            await trio.to_thread.run_sync(partial(rounds.note_merge, repo, commit, memory=memory))
     for commit in commits:
         if any(p in result.refused for p in commit.parents):
             result.refused[commit.id] = "built on a refused commit"
             continue
         try:
-            await trio.to_thread.run_sync(repo.check_commit, commit)  # before a block of it is asked for
+            await trio.to_thread.run_sync(repo.ingest.check_commit, commit)  # before a block of it is asked for
             await source.blocks(commit.payload.cid, commit.payload.size)
-            if await trio.to_thread.run_sync(repo.accept_commit, commit):
+            if await trio.to_thread.run_sync(repo.ingest.accept_commit, commit):
                 result.commits += 1
         except (Forbidden, IntegrityError) as exc:
             log.debug("refused commit %s of %s: %s", short(commit.id), short(repo_id), exc)
@@ -179,14 +183,14 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
             result.refused[move.id] = f"moves {move.branch} to a refused commit"
             continue
         try:
-            await trio.to_thread.run_sync(rounds.check_move, repo, move)
+            await trio.to_thread.run_sync(partial(rounds.check_move, repo, move, memory=memory))
         except IntegrityError as exc:  # a forged or unentitled round merge: the branch stays where it is
             log.debug("refused move of %s in %s: %s", move.branch, short(repo_id), exc)
             result.refused[move.id] = str(exc)
             result.refused_merges.append((move, str(exc)))
             continue
         try:
-            if await trio.to_thread.run_sync(repo.accept_move, move):
+            if await trio.to_thread.run_sync(repo.ingest.accept_move, move):
                 result.moved.append(move.branch)
         except (Forbidden, IntegrityError) as exc:
             log.debug("refused move of %s in %s: %s", move.branch, short(repo_id), exc)
@@ -196,12 +200,12 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
         raise RemoteError(f"a heads reply holds at most {MAX_PROOFS} proof records")
     for data in proofs:
         proof = ProofRecord.decode(_bytes(data))
-        if repo.objects.has(proof.id) or not repo.objects.has(proof.commit) or repo.proof(proof.commit):
+        if repo.objects.has(proof.id) or not repo.objects.has(proof.commit) or repo.merges.proof(proof.commit):
             continue  # held, about a merge not taken here, or a merge proven already
         try:
-            await trio.to_thread.run_sync(repo.check_proof, proof)  # before fetching what it names
+            await trio.to_thread.run_sync(repo.ingest.check_proof, proof)  # before fetching what it names
             await source.blocks(proof.proofs, proof.size)
-            result.proofs += await trio.to_thread.run_sync(repo.accept_proof, proof)
+            result.proofs += await trio.to_thread.run_sync(repo.ingest.accept_proof, proof)
         except (Forbidden, IntegrityError, NotFound) as exc:
             log.debug("refused proof record %s of %s: %s", short(proof.id), short(repo_id), exc)
             result.refused[proof.id] = str(exc)
@@ -210,10 +214,10 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source) -> PullResult:
         raise RemoteError(f"a heads reply holds at most {MAX_PROOFS} anchor records")
     for data in anchors:
         claim = AnchorClaim.decode(_bytes(data))
-        if repo.objects.has(claim.id) or not repo.objects.has(claim.commit) or repo.anchor(claim.commit):
+        if repo.objects.has(claim.id) or not repo.objects.has(claim.commit) or repo.merges.anchor(claim.commit):
             continue
         try:
-            result.anchors += await trio.to_thread.run_sync(repo.accept_anchor, claim)
+            result.anchors += await trio.to_thread.run_sync(repo.ingest.accept_anchor, claim)
         except (Forbidden, IntegrityError) as exc:
             log.debug("refused anchor record %s of %s: %s", short(claim.id), short(repo_id), exc)
             result.refused[claim.id] = str(exc)
@@ -252,7 +256,7 @@ async def _pull_membership(repo: Repository, head: Any, source: Source) -> int:
         chain.append(change)
         cursor = change.previous
     for change in reversed(chain):
-        await trio.to_thread.run_sync(repo.accept_membership, change)
+        await trio.to_thread.run_sync(repo.ingest.accept_membership, change)
     return len(chain)
 
 

@@ -108,7 +108,8 @@ def _state_dict(model: torch.nn.Module | Mapping[str, torch.Tensor]) -> StateDic
 
 @contextlib.contextmanager
 def _scratch(home: Path) -> Iterator[Path]:
-    folder = home / "tmp"
+    """A file the daemon reads or writes for us; the API takes absolute paths only, whatever the home was given as."""
+    folder = home.absolute() / "tmp"
     folder.mkdir(mode=0o700, exist_ok=True)
     path = folder / f"sdk-{uuid.uuid4().hex}.safetensors"
     try:

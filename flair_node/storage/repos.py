@@ -13,17 +13,18 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ..core.errors import AlreadyExists, FlairError, InvalidInput, RepositoryNotFound
 from ..core.identity import Identity
-from ..core.ids import RepoId, is_full_id, short
+from ..core.ids import Cid, RepoId, is_full_id, short
 from ..core.membership import MembershipChange
 from ..core.objects import RepositoryRecord
 from ..core.round_rules import MAX_SRS_BYTES
-from . import unixfs
+from . import clock, unixfs
 from .atomic import make_dirs, resource_errors
-from .repo import Repository, check_ownership_offline, now_ms
+from .ingest import check_ownership_offline
+from .repo import Repository
 from .stores import DiskObjectStore, DiskRefStore, MemoryObjectStore, MemoryRefStore, ObjectStore, RefStore
 from .unixfs import BlockStore
 
-if TYPE_CHECKING:  # not at run time: that would import torch (see storage.repo)
+if TYPE_CHECKING:  # not at run time: that would import torch (see storage.history)
     from ..tensors.safetensors_io import StateDict
 
 log = logging.getLogger(__name__)
@@ -111,15 +112,15 @@ class RepoSet:
         main = repo.branch_move("main")
         assert main is not None
         root = repo.commit(main.commit)
-        self.outbox.extend([Outgoing(repo.id, "commit", root.id, root.encode(), now_ms()),
-                            Outgoing(repo.id, "move", main.id, main.encode(), now_ms())])
+        self.outbox.extend([Outgoing(repo.id, "commit", root.id, root.encode(), clock.now_ms()),
+                            Outgoing(repo.id, "move", main.id, main.encode(), clock.now_ms())])
         with self._lock:
             self._open[repo.id] = repo
         return repo
 
     def _announcing(self, repo: Repository) -> Repository:
         repo.announce = lambda kind, record_id, record: self.outbox.append(
-            Outgoing(repo.id, kind, record_id, record, now_ms()))
+            Outgoing(repo.id, kind, record_id, record, clock.now_ms()))
         repo.check_ownership = lambda r, change: self.check_ownership(r, change)
         return repo
 
@@ -206,15 +207,16 @@ class RepoSet:
         for repo in self.all():
             for commit in repo.commits():
                 keys |= unixfs.block_keys(self.blocks, commit.payload.cid, max_size=commit.payload.size)
-            srs = repo.members.current().policy.proof_srs
+            srs = Cid(repo.members.current().policy.proof_srs)
             if srs and self.blocks.has(srs):
                 keys |= unixfs.block_keys(self.blocks, srs, max_size=MAX_SRS_BYTES)
             for commit in repo.commits():
-                proof = repo.proof(commit.id) if commit.kind == "round" else None
+                proof = repo.merges.proof(commit.id) if commit.kind == "round" else None
                 if proof is not None and self.blocks.has(proof.proofs):
                     keys |= unixfs.block_keys(self.blocks, proof.proofs, max_size=proof.size)
         for roots in self.pins:
-            for cid, size in roots():
+            for root, size in roots():
+                cid = Cid(root)
                 if self.blocks.has(cid):
                     keys |= unixfs.block_keys(self.blocks, cid, max_size=size)
         return keys

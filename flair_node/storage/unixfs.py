@@ -89,7 +89,7 @@ def add(store: BlockStore, data: bytes) -> Cid:
 
 
 @dataclass(frozen=True)
-class Shape:
+class NodeShape:
     """A block as its DAG sees it, checked: the file bytes it stands for, and its links as (child CID, file bytes
     the child must hold)."""
 
@@ -97,7 +97,7 @@ class Shape:
     links: tuple[tuple[ParsedCid, int], ...] = ()
 
 
-def shape(root: Cid, cid: ParsedCid, block: bytes) -> Shape:
+def shape(root: Cid, cid: ParsedCid, block: bytes) -> NodeShape:
     """The shape of ``block`` (whose CID the caller has checked), refusing with ``IntegrityError`` (naming
     ``root``, the DAG being read) a leaf over ``MAX_BLOCK`` bytes, a node over ``MAX_NODE`` bytes or
     ``MAX_LINKS`` links, and a link of zero bytes (only a lone empty leaf, the whole of an empty file, holds
@@ -106,7 +106,7 @@ def shape(root: Cid, cid: ParsedCid, block: bytes) -> Shape:
         if len(block) > MAX_BLOCK:
             raise IntegrityError(f"block {cid.text} of the DAG under {root} is larger than {MAX_BLOCK} bytes",
                                  cid=root)
-        return Shape(len(block))
+        return NodeShape(len(block))
     if len(block) > MAX_NODE:
         raise IntegrityError(f"node {cid.text} of the DAG under {root} is larger than {MAX_NODE} bytes", cid=root)
     node = decode_file_node(block)
@@ -115,7 +115,7 @@ def shape(root: Cid, cid: ParsedCid, block: bytes) -> Shape:
                              f"{MAX_LINKS})", cid=root)
     if 0 in node.blocksizes:
         raise IntegrityError(f"node {cid.text} of the DAG under {root} links a block of zero bytes", cid=root)
-    return Shape(node.filesize, tuple((parse_cid(link.cid), size)
+    return NodeShape(node.filesize, tuple((parse_cid(link.cid), size)
                                       for link, size in zip(node.links, node.blocksizes, strict=True)))
 
 
@@ -153,7 +153,7 @@ class Bounds:
             raise IntegrityError(f"DAG under {self.root} has more than {self.limit} blocks for the bytes it "
                                  "declares", cid=self.root)
 
-    def place(self, cid: ParsedCid, shape: Shape, allowed: int, depth: int) -> list[tuple[ParsedCid, int, int]]:
+    def place(self, cid: ParsedCid, shape: NodeShape, allowed: int, depth: int) -> list[tuple[ParsedCid, int, int]]:
         """Check a visited block's shape against the bytes its parent gave it (``allowed``); returns its links
         as (child, bytes it must hold, depth)."""
         if depth == 0:
@@ -173,7 +173,7 @@ def walk(store: BlockStore, root: Cid, *, max_size: int) -> Iterator[tuple[Parse
     """Every block of the DAG under ``root`` (each re-hashed), depth first, within ``Bounds``; leaves in file
     order, a repeated block each time it is linked."""
     bounds = Bounds(root, max_size)
-    shapes: dict[ParsedCid, Shape] = {}  # each distinct node decoded once
+    shapes: dict[ParsedCid, NodeShape] = {}  # each distinct node decoded once
     stack: list[tuple[ParsedCid, int, int]] = [(parse_cid(root), max_size, 0)]  # (cid, bytes it holds, depth)
     while stack:
         cid, allowed, depth = stack.pop()

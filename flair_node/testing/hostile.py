@@ -34,13 +34,13 @@ import trio
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX
+from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
 
 from ..core import encoding
 from ..core.errors import FlairError, RemoteError
 from ..core.identity import Identity
 from ..core.protobuf import varint
-from ..network.host import connect, full_addrs, peer_from_text, running_host
+from ..network.host import Host, Peer, Stream, close_stream, connect, full_addrs, peer_from_text, running_host
 from ..protocol.sync import PROTOCOL as SYNC_PROTOCOL
 from .pylibp2p_gossip import Libp2pGossip
 
@@ -56,7 +56,7 @@ SyncHandler = Callable[[Any], "bytes | Awaitable[bytes]"]
 class HostilePeer:
     """A running stranger (see the module docstring); made by ``hostile_peer``."""
 
-    def __init__(self, identity: Identity, host: Any, gossip: Libp2pGossip) -> None:
+    def __init__(self, identity: Identity, host: Host, gossip: Libp2pGossip) -> None:
         self.identity, self.host, self.gossip = identity, host, gossip
         #: Sync requests received, decoded, oldest first.
         self.sync_requests: list[Any] = []
@@ -74,7 +74,7 @@ class HostilePeer:
     def address(self) -> str:
         return full_addrs(self.host)[0]
 
-    async def connect(self, address: str) -> Any:
+    async def connect(self, address: str) -> Peer:
         """Dial ``address`` (ending in /p2p/<peer id>); the peer's py-libp2p id."""
         with trio.fail_after(TIMEOUT):
             return await connect(self.host, address)
@@ -117,7 +117,7 @@ class HostilePeer:
     def serve_sync(self, handler: SyncHandler) -> None:
         """Answer ``/flair/sync/1.0.0`` with ``handler`` (see the module docstring), replacing any earlier one."""
 
-        async def on_stream(stream: Any) -> None:
+        async def on_stream(stream: Stream) -> None:
             try:
                 with trio.fail_after(TIMEOUT):
                     request = encoding.decode(await _read_frame(stream))
@@ -164,7 +164,7 @@ def deep_msgpack(depth: int) -> bytes:
     return b"\x91" * depth + b"\xc0"
 
 
-async def _read_frame(stream: Any) -> bytes:
+async def _read_frame(stream: Stream) -> bytes:
     header = await _read_exactly(stream, 4)
     (length,) = struct.unpack(">I", header)
     if length > MAX_REQUEST:
@@ -172,7 +172,7 @@ async def _read_frame(stream: Any) -> bytes:
     return await _read_exactly(stream, length)
 
 
-async def _read_exactly(stream: Any, n: int) -> bytes:
+async def _read_exactly(stream: Stream, n: int) -> bytes:
     data = b""
     while len(data) < n:
         try:
@@ -185,9 +185,6 @@ async def _read_exactly(stream: Any, n: int) -> bytes:
     return data
 
 
-async def _close(stream: Any) -> None:
+async def _close(stream: Stream) -> None:
     with trio.CancelScope(shield=True), trio.move_on_after(2):
-        try:
-            await stream.close()
-        except Exception:  # the other side may have reset it: nothing to close
-            pass
+        await close_stream(stream)

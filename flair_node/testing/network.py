@@ -1,6 +1,6 @@
 """A network of real ``flair-node`` processes on 127.0.0.1, for the multi-node demo, benchmarks and tests.
 
-    with running_network(tmp_path, ["ana", "ben", "cy"]) as net:
+    with running_cluster(tmp_path, ["ana", "ben", "cy"]) as net:
         repo = net.create_repo("digits", model_state, policy={"buffer": 3, "timeout_s": 10})
         net.nodes[1].repo(repo).contribute(trained, examples=300)
         merged = net.wait_for_merge(repo, since=head)
@@ -66,7 +66,7 @@ def wait_until(check: Callable[[], object], what: str, timeout: float = 40.0, ev
 
 
 @dataclass(frozen=True)
-class Node:
+class ClusterNode:
     name: str
     daemon: DaemonProcess
     key: str
@@ -82,14 +82,14 @@ class Node:
 
 
 @dataclass(frozen=True)
-class Network:
-    nodes: tuple[Node, ...]
+class Cluster:
+    nodes: tuple[ClusterNode, ...]
 
     @property
-    def owner(self) -> Node:
+    def owner(self) -> ClusterNode:
         return self.nodes[0]
 
-    def node(self, key: str) -> Node:
+    def node(self, key: str) -> ClusterNode:
         """The node whose identity is ``key``."""
         for node in self.nodes:
             if node.key == key:
@@ -125,7 +125,7 @@ class Network:
         return [node.head(repo, branch) for node in self.nodes]
 
     def wait_for_merge(self, repo: str, since: str | None, branch: str = DEFAULT_BRANCH, *,
-                       timeout: float = 60.0, nodes: Sequence[Node] | None = None) -> dict[str, Any]:
+                       timeout: float = 60.0, nodes: Sequence[ClusterNode] | None = None) -> dict[str, Any]:
         """Wait until every node (or ``nodes``) has the same head of ``branch``, other than ``since``; return that
         commit as ``repo.show`` gives it."""
         among = list(nodes or self.nodes)
@@ -140,9 +140,9 @@ class Network:
 
 
 @contextlib.contextmanager
-def running_network(root: Path, names: Sequence[str], *, sync_interval: float = 1.0,
+def running_cluster(root: Path, names: Sequence[str], *, sync_interval: float = 1.0,
                     aggregate: bool | Sequence[bool] = True, chain: str = "", registry: str = "",
-                    on_start: Callable[[Node], None] | None = None) -> Iterator[Network]:
+                    on_start: Callable[[ClusterNode], None] | None = None) -> Iterator[Cluster]:
     """Start one daemon per name, homes ``root/<name>``, each dialing every earlier one; stop them all on exit.
     ``aggregate`` may differ per node; ``chain`` is the Solana cluster they anchor on and ``registry`` the
     flair_registry program's address there; ``on_start`` is called as each node comes up (for progress)."""
@@ -152,12 +152,12 @@ def running_network(root: Path, names: Sequence[str], *, sync_interval: float = 
     if len(flags) != len(names):
         raise FlairError(f"{len(flags)} aggregate flags for {len(names)} nodes")
     with contextlib.ExitStack() as stack:
-        nodes: list[Node] = []
+        nodes: list[ClusterNode] = []
         for name, flag in zip(names, flags, strict=True):
             home = configure(Path(root) / name, [n.address for n in nodes], sync_interval=sync_interval,
                              aggregate=flag, chain=chain, registry=registry)
             daemon = stack.enter_context(running_daemon(home))
-            nodes.append(Node(name, daemon, public_key(daemon), address(daemon)))
+            nodes.append(ClusterNode(name, daemon, public_key(daemon), address(daemon)))
             if on_start is not None:
                 on_start(nodes[-1])
-        yield Network(tuple(nodes))
+        yield Cluster(tuple(nodes))

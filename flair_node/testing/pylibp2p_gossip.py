@@ -67,16 +67,13 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-from libp2p.exceptions import BaseLibp2pError
 from libp2p.peer.id import ID
-from libp2p.peer.peerdata import PeerDataError
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
 
-from ..core.errors import RemoteError
 from ..core.ids import PeerId
 from ..network.gossip import (
     MAX_MESSAGE_SIZE,
@@ -94,6 +91,7 @@ from ..network.gossip import (
     judge,
     judge_sync,
 )
+from ..network.host import Host, map_libp2p_errors
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +138,7 @@ class _Pubsub(Pubsub):
 class Libp2pGossip:
     """GossipSub on ``host`` (a started py-libp2p host, e.g. from ``host.running_host``)."""
 
-    def __init__(self, host: Any, *, max_message_size: int = MAX_MESSAGE_SIZE, queue_size: int = QUEUE_SIZE,
+    def __init__(self, host: Host, *, max_message_size: int = MAX_MESSAGE_SIZE, queue_size: int = QUEUE_SIZE,
                  heartbeat: float = HEARTBEAT) -> None:
         self._host = host
         self._self = host.get_id()
@@ -209,18 +207,15 @@ class Libp2pGossip:
 
             pubsub.set_topic_validator(topic, check, False)
         self._topics[topic] = validate
-        try:
+        with map_libp2p_errors(f"cannot subscribe to {topic}", topic=topic):
             await pubsub.subscribe(topic)
-        except (BaseLibp2pError, PeerDataError) as exc:
-            raise RemoteError(f"cannot subscribe to {topic}: {exc}", topic=topic) from exc
 
     async def leave(self, topic: str) -> None:
         pubsub = self._running()
         self._topics.pop(topic, None)
         try:
-            await pubsub.unsubscribe(topic)
-        except (BaseLibp2pError, PeerDataError) as exc:
-            raise RemoteError(f"cannot unsubscribe from {topic}: {exc}", topic=topic) from exc
+            with map_libp2p_errors(f"cannot unsubscribe from {topic}", topic=topic):
+                await pubsub.unsubscribe(topic)
         finally:
             pubsub.remove_topic_validator(topic)
 
@@ -228,10 +223,8 @@ class Libp2pGossip:
         pubsub = self._running()
         check_publish(self._topics, topic, data, self.max_message_size)
         await self._make_room(pubsub, topic)
-        try:
+        with map_libp2p_errors(f"cannot publish on {topic}", topic=topic):
             await pubsub.publish(topic, data)
-        except (BaseLibp2pError, PeerDataError) as exc:
-            raise RemoteError(f"cannot publish on {topic}: {exc}", topic=topic) from exc
         self._counters.published += 1
 
     def peers(self, topic: str) -> list[PeerId]:

@@ -29,9 +29,10 @@ from flair_node.network import bitswap, framing, rpc
 from flair_node.network import bitswap_wire as wire
 from flair_node.network.bitswap import V120, BlockExchange
 from flair_node.network.host import connect, full_addrs, running_host
+from flair_node.protocol.rounds import RoundMemory
 from flair_node.protocol.sync import PROTOCOL, PeerSource, SyncServer, pull
 from flair_node.storage import unixfs
-from flair_node.storage.records import now_ms
+from flair_node.storage.clock import now_ms
 from flair_node.storage.repos import RepoSet
 from flair_node.storage.stores import MemoryObjectStore
 from flair_node.testing.graph import tiny_state
@@ -197,7 +198,7 @@ async def test_a_pull_checks_a_commit_before_asking_for_a_block_of_it():
     forged = plant(repo, STRANGER, "huge", payload=payload)
     mine = RepoSet.in_memory(ALICE)
     source = RecordingSource(theirs, ALICE.public_key, mine)
-    result = await pull(mine, repo.id, source)
+    result = await pull(mine, repo.id, source, memory=RoundMemory())
     assert "is not a member" in result.refused[forged.id]
     assert payload.cid not in source.asked  # not one block of the stranger's 1 TiB was asked for
     assert source.asked == [repo.commit(repo.head("main")).payload.cid]  # the one honest payload was
@@ -388,7 +389,7 @@ async def test_sync_requests_beyond_the_per_peer_cap_are_reset():
             await until(lambda: refused[str(attacker.get_id())] == 2 * rpc.MAX_PER_PEER, "surplus reset", 5)
             # A member is still answered meanwhile.
             result = await pull(mine, repo.id, PeerSource(member, await connect(member, full_addrs(server)[0]),
-                                                          exchange))
+                                                          exchange), memory=RoundMemory())
             assert result.commits == 1 and result.refused == {}
             await until(lambda: not served.open, "the stalled requests timed out", 5)
             assert served.status() == {"open": 0, "refused": {str(attacker.get_id()): 2 * rpc.MAX_PER_PEER},

@@ -29,6 +29,7 @@ from flair_node.network import rpc
 from flair_node.network.bitswap import BlockExchange
 from flair_node.network.host import connect, full_addrs, peer_id, running_host
 from flair_node.protocol import announce, sync
+from flair_node.protocol.rounds import RoundMemory
 from flair_node.storage.repo import now_ms
 from flair_node.storage.repos import RepoSet
 from flair_node.testing.daemon import running_daemon
@@ -208,7 +209,7 @@ async def test_an_api_pull_joins_the_gossip_pull_of_the_same_repository_from_the
             rpc.serve(a, sync.PROTOCOL, slow_handler)
             exchange_b = BlockExchange(b, member.blocks)
             await nursery.start(exchange_b.run)
-            p2p = P2PService(b, exchange_b, member, sync_interval=600)
+            p2p = P2PService(b, exchange_b, member, memory=RoundMemory(), sync_interval=600)
             await nursery.start(p2p.run)
             target = full_addrs(a)[0]
             result, answered = {}, trio.Event()

@@ -1,5 +1,5 @@
 """Members who cheat (issue 16, findings 3, 4 and 10): each test performs the attack, then checks that nothing
-was accepted, on every path a record comes in by (gossip's ``announce.check``, a pull, ``Repository.accept_*``, the
+was accepted, on every path a record comes in by (gossip's ``announce.check``, a pull, ``repo.ingest.accept_*``, the
 node's own API), and, against a real daemon, that it still answers and its counters name the peer.
 
 - Finding 3: a member moves another member's contribution branch, or points several at one commit.
@@ -29,6 +29,7 @@ from flair_node.network.bitswap import BlockExchange
 from flair_node.network.gossipsub import GossipSub
 from flair_node.network.host import connect, full_addrs, running_host
 from flair_node.protocol import announce, rounds, sync
+from flair_node.protocol.rounds import RoundMemory
 from flair_node.storage import unixfs
 from flair_node.storage.repo import Repository, now_ms
 from flair_node.storage.repos import RepoSet
@@ -57,7 +58,7 @@ def team() -> tuple[RepoSet, Repository]:
 async def clone(who: Identity, source: RepoSet, repo_id: RepoId) -> RepoSet:
     """``who``'s node, with what it pulled of ``repo_id`` from ``source``."""
     node = RepoSet.in_memory(who)
-    await sync.pull(node, repo_id, LocalSource(source, who.public_key, node))
+    await sync.pull(node, repo_id, LocalSource(source, who.public_key, node), memory=RoundMemory())
     return node
 
 
@@ -76,7 +77,8 @@ def plant(node: RepoSet, repo_id: RepoId, move: BranchMove) -> None:
 
 
 def pending_authors(repo: Repository) -> list[str]:
-    return sorted(c.author for c in rounds.view(repo, "main").pending)
+    memory = rounds.RoundMemory()
+    return sorted(c.author for c in rounds.view(repo, "main", memory=memory).pending)
 
 
 # -- finding 3: contribution branches are their holder's ----------------------------------------------------
@@ -86,7 +88,7 @@ async def test_no_one_but_its_holder_moves_a_contribution_branch():
     owner_node, repo = team()
     ana = await clone(ANA, owner_node, repo.id)
     theirs = ana.open_id(repo.id).contribute(ANA, shift(tiny_state(0), 1.0), examples=10)
-    await sync.pull(owner_node, repo.id, LocalSource(ana, OWNER.public_key, owner_node))
+    await sync.pull(owner_node, repo.id, LocalSource(ana, OWNER.public_key, owner_node), memory=RoundMemory())
     anas_branch = contribution_branch("main", ANA.public_key)
     assert repo.branches()[anas_branch] == theirs.id
 
@@ -98,7 +100,7 @@ async def test_no_one_but_its_holder_moves_a_contribution_branch():
         with pytest.raises(Forbidden, match="only that key moves it"):
             announce.check(repo, announce.Announcement(repo.id, moves=(forged,)), now_ms())
         with pytest.raises(Forbidden, match="only that key moves it"):
-            repo.accept_move(forged)
+            repo.ingest.accept_move(forged)
     with pytest.raises(Forbidden, match="only that key moves it"):  # nor through one's own node
         repo.reset_branch(OWNER, anas_branch, head)
     with pytest.raises(Forbidden, match="only that key moves it"):
@@ -107,17 +109,18 @@ async def test_no_one_but_its_holder_moves_a_contribution_branch():
         repo.create_branch(OWNER, "contrib/main", head)
 
     plant(ben, repo.id, dropping)  # Ben's modified node serves the move to whoever pulls from it
-    result = await sync.pull(owner_node, repo.id, LocalSource(ben, OWNER.public_key, owner_node))
+    result = await sync.pull(owner_node, repo.id, LocalSource(ben, OWNER.public_key, owner_node), memory=RoundMemory())
     assert "only that key moves it" in result.refused[dropping.id] and anas_branch not in result.moved
     assert repo.branches()[anas_branch] == theirs.id
     assert pending_authors(repo) == [ANA.public_key]
 
 
 async def test_one_commit_counts_once_however_many_branches_point_at_it():
+    memory = rounds.RoundMemory()
     owner_node, repo = team()
     ana = await clone(ANA, owner_node, repo.id)
     anas = ana.open_id(repo.id).contribute(ANA, shift(tiny_state(0), 1.0), examples=10)
-    await sync.pull(owner_node, repo.id, LocalSource(ana, OWNER.public_key, owner_node))
+    await sync.pull(owner_node, repo.id, LocalSource(ana, OWNER.public_key, owner_node), memory=RoundMemory())
     ben = await clone(BEN, owner_node, repo.id)
     bens = ben.open_id(repo.id).contribute(BEN, shift(tiny_state(0), 2.0), examples=10)
 
@@ -128,22 +131,22 @@ async def test_one_commit_counts_once_however_many_branches_point_at_it():
         plant(ben, repo.id, forged)
         with pytest.raises(Forbidden, match="only that key moves it"):
             announce.check(repo, announce.Announcement(repo.id, moves=(forged,)), now_ms())
-    result = await sync.pull(owner_node, repo.id, LocalSource(ben, OWNER.public_key, owner_node))
+    result = await sync.pull(owner_node, repo.id, LocalSource(ben, OWNER.public_key, owner_node), memory=RoundMemory())
     assert {onto_ana.id, onto_cy.id} <= result.refused.keys()
     assert result.moved == [contribution_branch("main", BEN.public_key)]  # his own contribution, once
     assert pending_authors(repo) == sorted([ANA.public_key, BEN.public_key])
-    assert len({c.commit for c in rounds.view(repo, "main").pending}) == 2
+    assert len({c.commit for c in rounds.view(repo, "main", memory=memory).pending}) == 2
 
     # Ben's own branch pointed at Ana's contribution, so that hers counts twice: refused wherever it is judged.
     twice = signed_move(BEN, repo, contribution_branch("main", BEN.public_key), anas.id, previous=bens.id)
     with pytest.raises(IntegrityError, match="only its holder's own commits"):
         check_move_target(twice, repo.commit(anas.id))
     with pytest.raises(IntegrityError, match="only its holder's own commits"):
-        repo.accept_move(twice)
+        repo.ingest.accept_move(twice)
     plant(ben, repo.id, twice)
-    result = await sync.pull(owner_node, repo.id, LocalSource(ben, OWNER.public_key, owner_node))
+    result = await sync.pull(owner_node, repo.id, LocalSource(ben, OWNER.public_key, owner_node), memory=RoundMemory())
     assert "only its holder's own commits" in result.refused[twice.id] and not result.moved
-    assert sorted(c.commit for c in rounds.view(repo, "main").pending) == sorted([anas.id, bens.id])
+    assert sorted(c.commit for c in rounds.view(repo, "main", memory=memory).pending) == sorted([anas.id, bens.id])
 
 
 # -- finding 4: commits are dated after their parents and not ahead of the clock ----------------------------
@@ -177,18 +180,18 @@ async def test_a_removed_member_cannot_date_a_contribution_into_its_term():
     for block_cid, block in unixfs.walk(ben.blocks, forged.payload.cid, max_size=forged.payload.size):
         owner_node.blocks.put(block_cid, block)  # as if fetched: only the record's checks stand in the way
     with pytest.raises(IntegrityError, match="before its parent"):
-        repo.accept_commit(forged)
+        repo.ingest.accept_commit(forged)
     assert not repo.objects.has(forged.id)
     honest = backdated(repo, BEN, key0, head.id, head.timestamp_ms, owner_node.blocks)
     with pytest.raises(Forbidden, match="is not a member"):  # dated truthfully, it is after his removal
-        repo.accept_commit(honest)
+        repo.ingest.accept_commit(honest)
 
     # Ben's node serves the backdated contribution on his contribution branch: a pull refuses both.
     ben.objects.put(head.id, head.encode())
     ben.objects.put(forged.id, forged.encode())
     plant(ben, repo.id, signed_move(BEN, bens, contribution_branch("main", BEN.public_key), forged.id,
                                     at=removed_ms - 1))
-    result = await sync.pull(owner_node, repo.id, LocalSource(ben, OWNER.public_key, owner_node))
+    result = await sync.pull(owner_node, repo.id, LocalSource(ben, OWNER.public_key, owner_node), memory=RoundMemory())
     assert "before its parent" in result.refused[forged.id] and not result.moved
     assert not repo.objects.has(forged.id) and pending_authors(repo) == []
 
@@ -202,15 +205,15 @@ async def test_commits_are_not_dated_ahead_of_the_clock_and_local_ones_follow_th
     for block_cid, block in unixfs.walk(ana.blocks, future.payload.cid, max_size=future.payload.size):
         owner_node.blocks.put(block_cid, block)
     with pytest.raises(IntegrityError, match="ahead of this node's clock"):
-        repo.accept_commit(future)
+        repo.ingest.accept_commit(future)
 
     # Ana's clock runs a minute ahead: her commit is taken, and the owner's next commit on it is dated after it.
     ahead = now_ms() + 60_000
-    monkeypatch.setattr("flair_node.storage.repo.now_ms", lambda: ahead)
+    monkeypatch.setattr("flair_node.storage.clock.now_ms", lambda: ahead)
     anas.create_branch(ANA, "ana", anas.head("main"))
     hers = anas.commit_weights(ANA, tiny_state(1), message="a minute ahead", branch="ana")
     monkeypatch.undo()
-    await sync.pull(owner_node, repo.id, LocalSource(ana, OWNER.public_key, owner_node))
+    await sync.pull(owner_node, repo.id, LocalSource(ana, OWNER.public_key, owner_node), memory=RoundMemory())
     assert repo.head("ana") == hers.id
     mine = repo.merge(OWNER, ["ana"], "main")
     assert mine.timestamp_ms >= hers.timestamp_ms > now_ms()
@@ -239,7 +242,7 @@ def test_an_expired_member_cannot_open_the_key_a_later_removal_starts():
                               keys=tuple(SealedKey(m, 1, crypto.seal_key(new_key, m))
                                          for m in (OWNER.public_key, ANA.public_key, CY.public_key))).signed(OWNER)
     with pytest.raises(IntegrityError, match="whose role has not expired"):
-        repo.accept_membership(to_all)
+        repo.ingest.accept_membership(to_all)
 
     after = repo.remove(OWNER, BEN.public_key)
     assert after.epoch == 1 and after.sealed_key(ANA.public_key, 1) is None
@@ -293,7 +296,7 @@ async def hostile_member(daemon, repo: str, mallory: Identity, attack) -> None:
             gossip = GossipSub(host)
             await nursery.start(gossip.run)
             peer = await connect(host, address(daemon))
-            await sync.pull(node, RepoId(repo), sync.PeerSource(host, peer, exchange))
+            await sync.pull(node, RepoId(repo), sync.PeerSource(host, peer, exchange), memory=RoundMemory())
             await gossip.join(announce.topic(RepoId(repo)), lambda forwarder, data: True)
             await attack(host, gossip, node, peer)
             nursery.cancel_scope.cancel()

@@ -87,7 +87,7 @@ def hostile_contribution(node: Repository, author: Identity, payload: bytes, *, 
     """A contribution to main signed by ``author`` whose payload (before encryption, with the repository's key:
     the author is a member) is ``payload`` bytes, on ``author``'s own contribution branch."""
     epoch = node.members.current().epoch
-    data = crypto.encrypt(node._key(epoch), payload, node._context("bitdelta-v1"))
+    data = crypto.encrypt(node.keys.key(epoch), payload, node.keys.context("bitdelta-v1"))
     with node.write_lock:
         cid = unixfs.add(node.blocks, data)
     commit = Commit(repo=node.id, parents=(node.head("main"),), author=author.public_key, timestamp_ms=now_ms(),
@@ -113,6 +113,7 @@ def weights_payload(node: Repository, state: dict[str, torch.Tensor]) -> bytes:
 
 
 def test_a_member_counts_once_however_many_contribution_branches_it_moves():
+    memory = rounds.RoundMemory()
     repos, repo = team(RoundPolicy(buffer=3, deadline_s=600))
     cheat = MEMBERS[0]
     node = as_node(repos, repo, cheat)
@@ -121,59 +122,61 @@ def test_a_member_counts_once_however_many_contribution_branches_it_moves():
     third = hostile_contribution(node, cheat, weights_payload(node, shift(tiny_state(0), 3.0)))
     for victim, commit in zip(MEMBERS[1:3], (own.id, second.id), strict=True):  # other members' branches
         point(node, cheat, contribution_branch("main", victim.public_key), commit)
-    current = rounds.view(repo, "main")
+    current = rounds.view(repo, "main", memory=memory)
     assert [(c.author, c.commit) for c in current.pending] == [(cheat.public_key, third.id)]
     assert not current.ready(now_ms())  # one member does not fill a round of three
 
     # An aggregator (colluding or modified) merges three of the cheat's commits: every member refuses it.
     forced = current.taking([rounds.Contribution(c, cheat.public_key, repo.head("main"), 100, 0, now_ms())
                              for c in sorted((own.id, second.id, third.id))])
-    state, meta = rounds.derive(repo, forced, forced.pending)
+    state, meta = rounds.derive(repo, forced, forced.pending, memory=memory)
     aggregator = by_key(forced.aggregator(now_ms()))
     forged = as_node(repos, repo, aggregator).write_round(
         aggregator, state, branch="main", parents=(forced.head, *rounds.merge_parents(meta)), meta=meta,
         message="three from one")
     for member in EVERYONE:
         with pytest.raises(IntegrityError, match="two contributions of one member"):
-            rounds.verify(as_node(repos, repo, member), forged)
+            rounds.verify(as_node(repos, repo, member), forged, memory=memory)
 
 
 # -- roles are judged at merge time (finding 4) -----------------------------------------------------------
 
 
 def test_a_removed_or_expired_member_is_not_counted_whatever_the_date_it_signed():
+    memory = rounds.RoundMemory()
     repos, repo = team(RoundPolicy(buffer=2, deadline_s=600))
     leaver, honest = MEMBERS[0], MEMBERS[1]
     as_node(repos, repo, leaver).contribute(leaver, shift(tiny_state(0), 5.0), examples=1000)
     as_node(repos, repo, honest).contribute(honest, shift(tiny_state(0), 1.0), examples=10)
-    before = rounds.view(repo, "main")
+    before = rounds.view(repo, "main", memory=memory)
     assert {c.author for c in before.pending} == {leaver.public_key, honest.public_key}
-    state, meta = rounds.derive(repo, before, before.pending)  # what a merge taking both would be
+    state, meta = rounds.derive(repo, before, before.pending, memory=memory)  # what a merge taking both would be
 
     repo.remove(OWNER, leaver.public_key)  # after it contributed (dated before its removal)
-    after = rounds.view(repo, "main")
+    after = rounds.view(repo, "main", memory=memory)
     assert [c.author for c in after.pending] == [honest.public_key] and not after.ready(now_ms())
     aggregator = by_key(after.ranked[0])  # the removed member ranks no more
     stale = as_node(repos, repo, aggregator).write_round(
         aggregator, state, branch="main", parents=(before.head, *rounds.merge_parents(meta)), meta=meta,
         message="counts the removed member")
     with pytest.raises(IntegrityError, match="no contributor role"):
-        rounds.verify(as_node(repos, repo, honest), stale)
+        rounds.verify(as_node(repos, repo, honest), stale, memory=memory)
 
     # A role that expires: counted before its expiry, not after.
     repos, repo = team(RoundPolicy(buffer=1, deadline_s=600))
     brief = Identity.generate()
     repo.invite(OWNER, brief.public_key, "contributor", expires_ms=now_ms() + 400)
     as_node(repos, repo, brief).contribute(brief, shift(tiny_state(0), 1.0), examples=10)
-    assert [c.author for c in rounds.view(repo, "main").pending] == [brief.public_key]
+    assert [c.author for c in rounds.view(repo, "main", memory=memory).pending] == [brief.public_key]
     time.sleep(0.5)
-    assert rounds.view(repo, "main").pending == ()
+    assert rounds.view(repo, "main", memory=memory).pending == ()
 
 
 # -- unusable contributions are excluded, and the round goes on (findings 5 and 8) ------------------------
 
 
 def test_undecodable_nan_and_huge_contributions_are_excluded_with_their_reason_and_the_round_goes_on():
+    memory = rounds.RoundMemory()
     repos, repo = team(RoundPolicy(buffer=4, deadline_s=600))
     honest, deep, nan, huge = MEMBERS
     start = repo.head("main")
@@ -186,11 +189,11 @@ def test_undecodable_nan_and_huge_contributions_are_excluded_with_their_reason_a
         node = as_node(repos, repo, member)
         data = payload if isinstance(payload, bytes) else weights_payload(node, payload)
         bad[hostile_contribution(node, member, data).id] = member
-    current = rounds.view(repo, "main")
+    current = rounds.view(repo, "main", memory=memory)
     assert len(current.pending) == 4 and current.ready(now_ms())
 
     aggregator = by_key(current.aggregator(now_ms()))
-    merged = rounds.merge(as_node(repos, repo, aggregator), aggregator, "main")
+    merged = rounds.merge(as_node(repos, repo, aggregator), aggregator, "main", memory=memory)
     assert repo.head("main") == merged.id
     reasons = {bad[c].public_key: why for c, why in merged.meta["excluded"]}
     assert reasons == {deep.public_key: "undecodable", nan.public_key: "non-finite", huge.public_key: "out of range"}
@@ -199,8 +202,8 @@ def test_undecodable_nan_and_huge_contributions_are_excluded_with_their_reason_a
     for name, tensor in repo.materialize(merged.id).items():  # the mean of the one usable contribution
         assert torch.equal(tensor, shift(repo.materialize(start), 0.5)[name])
     for member in EVERYONE:  # every member re-derives the same exclusions
-        rounds.verify(as_node(repos, repo, member), merged)
-    after = rounds.view(repo, "main")
+        rounds.verify(as_node(repos, repo, member), merged, memory=memory)
+    after = rounds.view(repo, "main", memory=memory)
     assert after.pending == ()
     shown = after.json()["excluded"]
     assert {(e["commit"], e["reason"], e["round"]) for e in shown} == \
@@ -208,24 +211,26 @@ def test_undecodable_nan_and_huge_contributions_are_excluded_with_their_reason_a
 
 
 def test_a_merge_recording_other_exclusions_is_refused():
+    memory = rounds.RoundMemory()
     repos, repo = team(RoundPolicy(buffer=2, deadline_s=600))
     honest, cheat = MEMBERS[:2]
     as_node(repos, repo, honest).contribute(honest, shift(tiny_state(0), 0.5), examples=100)
     node = as_node(repos, repo, cheat)
     hostile_contribution(node, cheat, weights_payload(node, {k: torch.full_like(v, math.inf) if v.is_floating_point()
                                                             else v for k, v in tiny_state(0).items()}))
-    current = rounds.view(repo, "main")
-    state, meta = rounds.derive(repo, current, current.pending)
+    current = rounds.view(repo, "main", memory=memory)
+    state, meta = rounds.derive(repo, current, current.pending, memory=memory)
     meta["excluded"] = [[c, "undecodable"] for c, _ in meta["excluded"]]  # another reason than the bytes give
     aggregator = by_key(current.aggregator(now_ms()))
     lying = as_node(repos, repo, aggregator).write_round(
         aggregator, state, branch="main", parents=(current.head, *rounds.merge_parents(meta)), meta=meta,
         message="wrong reason")
     with pytest.raises(IntegrityError, match="records other"):
-        rounds.verify(as_node(repos, repo, honest), lying)
+        rounds.verify(as_node(repos, repo, honest), lying, memory=memory)
 
 
 def test_too_few_usable_contributions_for_the_strategy_are_left_pending_and_the_bad_one_taken_out():
+    memory = rounds.RoundMemory()
     repos, repo = team(RoundPolicy(strategy="krum", strategy_params={"byzantine": 1}, buffer=5, deadline_s=600))
     honest = [OWNER, *MEMBERS[:3]]
     for i, member in enumerate(honest):
@@ -233,17 +238,18 @@ def test_too_few_usable_contributions_for_the_strategy_are_left_pending_and_the_
     cheat = MEMBERS[3]
     node = as_node(repos, repo, cheat)
     poison = hostile_contribution(node, cheat, nested_header())
-    current = rounds.view(repo, "main")
+    current = rounds.view(repo, "main", memory=memory)
     assert len(current.pending) == 5  # Krum with f = 1 needs five
     aggregator = by_key(current.aggregator(now_ms()))
-    cleanup = rounds.merge(as_node(repos, repo, aggregator), aggregator, "main")
+    cleanup = rounds.merge(as_node(repos, repo, aggregator), aggregator, "main", memory=memory)
     assert cleanup.parents[1:] == (poison.id,) and cleanup.meta["contributions"] == []
     assert cleanup.meta["excluded"] == [[poison.id, "undecodable"]]
     assert repo.materialize(cleanup.id).keys() == tiny_state(0).keys()
     for name, tensor in repo.materialize(cleanup.id).items():
         assert torch.equal(tensor, tiny_state(0)[name])  # no weight changed
-    rounds.verify(as_node(repos, repo, honest[1]), cleanup)
-    assert sorted(c.author for c in rounds.view(repo, "main").pending) == sorted(m.public_key for m in honest)
+    rounds.verify(as_node(repos, repo, honest[1]), cleanup, memory=memory)
+    assert sorted(c.author for c in rounds.view(repo, "main", memory=memory).pending) == \
+        sorted(m.public_key for m in honest)
 
 
 async def test_the_round_service_survives_any_error_of_one_item_and_a_full_disk(monkeypatch):
@@ -254,7 +260,7 @@ async def test_the_round_service_survives_any_error_of_one_item_and_a_full_disk(
     other.invite(OWNER, member.public_key, "contributor")
     for r in (repo, other):
         as_node(repos, r, member).contribute(member, shift(tiny_state(0 if r is repo else 1), 0.5), examples=10)
-    service = RoundService(repos, OWNER, on_change=lambda: None, every=0.01)
+    service = RoundService(repos, OWNER, memory=rounds.RoundMemory(), on_change=lambda: None, every=0.01)
 
     real_merge = rounds.merge
 
@@ -287,23 +293,24 @@ async def test_the_round_service_survives_any_error_of_one_item_and_a_full_disk(
 
 
 def test_a_round_merge_dated_a_year_ahead_is_refused(monkeypatch):
+    memory = rounds.RoundMemory()
     repos, repo = team(RoundPolicy(buffer=2, deadline_s=60, timeout_s=10))
     for i, member in enumerate(MEMBERS[:2]):
         as_node(repos, repo, member).contribute(member, shift(tiny_state(0), i + 1.0), examples=10)
-    current = rounds.view(repo, "main")
+    current = rounds.view(repo, "main", memory=memory)
     ahead = now_ms() + 365 * 86_400_000
     forger = by_key(current.aggregator(ahead))  # the turns cycle: someone's window holds that moment
-    monkeypatch.setattr("flair_node.storage.repo.now_ms", lambda: ahead)
-    forged = rounds.merge(as_node(repos, repo, forger), forger, "main", at_ms=ahead)
+    monkeypatch.setattr("flair_node.storage.clock.now_ms", lambda: ahead)
+    forged = rounds.merge(as_node(repos, repo, forger), forger, "main", at_ms=ahead, memory=memory)
     monkeypatch.undo()
     assert forged.timestamp_ms == ahead
     move = repo.branch_move("main")
     for member in EVERYONE:
         node = as_node(repos, repo, member)
         with pytest.raises(IntegrityError, match="window that has not begun"):
-            rounds.verify(node, forged)
+            rounds.verify(node, forged, memory=memory)
         with pytest.raises(IntegrityError, match="window that has not begun"):
-            rounds.check_move(node, move)
+            rounds.check_move(node, move, memory=memory)
 
 
 # -- a round is merged once, and a dead aggregator costs little (finding 12) ------------------------------
@@ -322,10 +329,11 @@ def test_windows_follow_the_round_filling_up_or_its_deadline_whichever_is_first(
 
 
 def test_the_backup_s_window_opens_one_timeout_after_the_round_filled_up_not_after_the_deadline(monkeypatch):
+    memory = rounds.RoundMemory()
     repos, repo = team(RoundPolicy(buffer=2, deadline_s=3600, timeout_s=8))
     for i, member in enumerate(MEMBERS[:2]):
         as_node(repos, repo, member).contribute(member, shift(tiny_state(0), i + 1.0), examples=10)
-    current = rounds.view(repo, "main")
+    current = rounds.view(repo, "main", memory=memory)
     filled = max(c.timestamp_ms for c in current.pending)
     assert current.filled_ms == filled
     assert current.aggregator(filled + 7_999) == current.ranked[0]
@@ -333,55 +341,58 @@ def test_the_backup_s_window_opens_one_timeout_after_the_round_filled_up_not_aft
     assert current.aggregator(filled + 16_000) == current.ranked[2]
     backup = by_key(current.ranked[1])
     at = filled + 8_000  # the first-ranked is gone: its window lapsed
-    monkeypatch.setattr("flair_node.storage.repo.now_ms", lambda: at)
-    merged = rounds.merge(as_node(repos, repo, backup), backup, "main", at_ms=at)
+    monkeypatch.setattr("flair_node.storage.clock.now_ms", lambda: at)
+    merged = rounds.merge(as_node(repos, repo, backup), backup, "main", at_ms=at, memory=memory)
     monkeypatch.undo()
     assert merged.timestamp_ms - filled < 2 * 8_000  # within twice the timeout of the round filling up
     for member in EVERYONE:
-        rounds.verify(as_node(repos, repo, member), merged)
+        rounds.verify(as_node(repos, repo, member), merged, memory=memory)
 
 
 def test_a_node_does_not_merge_a_round_while_an_entitled_member_s_merge_of_it_is_being_checked(monkeypatch):
+    memory = rounds.RoundMemory()
     repos, repo = team(RoundPolicy(buffer=2, deadline_s=3600, timeout_s=8))
     for i, member in enumerate(MEMBERS[:2]):
         as_node(repos, repo, member).contribute(member, shift(tiny_state(0), i + 1.0), examples=10)
-    current = rounds.view(repo, "main")
+    current = rounds.view(repo, "main", memory=memory)
     backup, third = by_key(current.ranked[1]), by_key(current.ranked[2])
     node = as_node(repos, repo, third, own_refs(repo))  # its own branches: it has not taken the backup's merge yet
 
     at = current.filled_ms + 8_000  # the backup's window; the first-ranked is dead
-    monkeypatch.setattr("flair_node.storage.repo.now_ms", lambda: at)
-    merged = rounds.merge(as_node(repos, repo, backup), backup, "main", at_ms=at)
+    monkeypatch.setattr("flair_node.storage.clock.now_ms", lambda: at)
+    merged = rounds.merge(as_node(repos, repo, backup), backup, "main", at_ms=at, memory=memory)
     move = repo.branch_move("main")
     assert node.head("main") == current.head  # the third node still sees only its own head
 
     # Its record arrives (the announcement), its payload not yet: the third node holds its own merge.
-    assert rounds.note_merge(node, merged, at_ms=at + 500)
+    assert rounds.note_merge(node, merged, at_ms=at + 500, memory=memory)
     later = current.filled_ms + 16_000  # the third-ranked's window has opened meanwhile
-    monkeypatch.setattr("flair_node.storage.repo.now_ms", lambda: later)
-    assert rounds.view(node, "main", at_ms=later).aggregator(later) == third.public_key
+    monkeypatch.setattr("flair_node.storage.clock.now_ms", lambda: later)
+    assert rounds.view(node, "main", at_ms=later, memory=memory).aggregator(later) == third.public_key
     with pytest.raises(InvalidInput, match="is being checked"):
-        rounds.merge(node, third, "main", at_ms=later)
-    assert rounds.held_by(node, "main", current.head, later) == merged.id
-    assert rounds.held_by(node, "main", current.head, at + 500 + 2 * 8_000) is None  # at most two timeouts
+        rounds.merge(node, third, "main", at_ms=later, memory=memory)
+    assert rounds.held_by(node, "main", current.head, later, memory=memory) == merged.id
+    # at most two timeouts
+    assert rounds.held_by(node, "main", current.head, at + 500 + 2 * 8_000, memory=memory) is None
 
     # Checked and taken: the round is merged once.
-    rounds.check_move(node, move)
-    assert node.accept_move(move) and node.head("main") == merged.id
-    assert rounds.held_by(node, "main", current.head, later) is None
-    assert not rounds.note_merge(node, merged, at_ms=later)  # not the current round any more
+    rounds.check_move(node, move, memory=memory)
+    assert node.ingest.accept_move(move) and node.head("main") == merged.id
+    assert rounds.held_by(node, "main", current.head, later, memory=memory) is None
+    assert not rounds.note_merge(node, merged, at_ms=later, memory=memory)  # not the current round any more
 
 
 def test_only_an_entitled_member_s_merge_holds_a_round_and_each_author_only_once(monkeypatch):
+    memory = rounds.RoundMemory()
     repos, repo = team(RoundPolicy(buffer=2, deadline_s=3600, timeout_s=8))
     for i, member in enumerate(MEMBERS[:2]):
         as_node(repos, repo, member).contribute(member, shift(tiny_state(0), i + 1.0), examples=10)
-    current = rounds.view(repo, "main")
+    current = rounds.view(repo, "main", memory=memory)
     node = as_node(repos, repo, by_key(current.ranked[3]), own_refs(repo))
-    state, meta = rounds.derive(repo, current, current.pending)
+    state, meta = rounds.derive(repo, current, current.pending, memory=memory)
     first = by_key(current.ranked[0])
     at = current.filled_ms + 1_000  # the first-ranked's window
-    monkeypatch.setattr("flair_node.storage.repo.now_ms", lambda: at)
+    monkeypatch.setattr("flair_node.storage.clock.now_ms", lambda: at)
     wrong = as_node(repos, repo, first, own_refs(repo)).write_round(  # signed, in its window, wrong bytes
         first, shift(state, 0.001), branch="main", parents=(current.head, *rounds.merge_parents(meta)), meta=meta,
         message="not what its inputs merge to")
@@ -390,17 +401,19 @@ def test_only_an_entitled_member_s_merge_holds_a_round_and_each_author_only_once
     def resigned(who: Identity, timestamp_ms: int) -> Commit:
         return dataclasses.replace(wrong, author=who.public_key, timestamp_ms=timestamp_ms, signature=b"").signed(who)
 
-    assert not rounds.note_merge(node, resigned(by_key(current.ranked[2]), at), at_ms=at + 500)  # not its window
-    assert not rounds.note_merge(node, resigned(Identity.generate(), at), at_ms=at + 500)  # not a member
-    assert rounds.note_merge(node, wrong, at_ms=at + 500)
-    assert rounds.held_by(node, "main", current.head, at + 600) == wrong.id
+    assert not rounds.note_merge(node, resigned(by_key(current.ranked[2]), at), at_ms=at + 500,
+                                 memory=memory)  # not its window
+    assert not rounds.note_merge(node, resigned(Identity.generate(), at), at_ms=at + 500, memory=memory)  # not a member
+    assert rounds.note_merge(node, wrong, at_ms=at + 500, memory=memory)
+    assert rounds.held_by(node, "main", current.head, at + 600, memory=memory) == wrong.id
     move = BranchMove(repo=repo.id, branch="main", commit=wrong.id, previous=current.head, author=first.public_key,
                       epoch=0, timestamp_ms=at).signed(first)
     with pytest.raises(IntegrityError, match="not what its inputs merge to"):
-        rounds.check_move(node, move)
-    assert rounds.held_by(node, "main", current.head, at + 700) is None  # refused: it holds nothing any more
+        rounds.check_move(node, move, memory=memory)
+    # refused: it holds nothing any more
+    assert rounds.held_by(node, "main", current.head, at + 700, memory=memory) is None
     again = resigned(first, at + 1_000)
-    assert not rounds.note_merge(node, again, at_ms=at + 1_500)  # once per author and round
+    assert not rounds.note_merge(node, again, at_ms=at + 1_500, memory=memory)  # once per author and round
 
 
 def own_refs(repo: Repository) -> MemoryRefStore:

@@ -169,10 +169,11 @@ def test_a_forged_merge_from_the_entitled_aggregator_is_refused_by_every_member_
 def forge_round_merge(home, repo_id):
     """A round merge of the pending contributions, signed by ``home``'s identity, recording the right weights but
     carrying other bytes: one weight is off by 0.01. The home's daemon must not be running."""
+    memory = rounds.RoundMemory()
     repos = RepoSet.on_disk(home, Home(home).identity())
     repo = repos.open_id(repo_id)
-    current = rounds.view(repo, "main")
-    state, meta = rounds.derive(repo, current, current.pending)
+    current = rounds.view(repo, "main", memory=memory)
+    state, meta = rounds.derive(repo, current, current.pending, memory=memory)
     first = next(iter(state))
     state[first] = state[first] + 0.01
     return repo.write_round(repos.identity, state, branch="main", parents=(current.head, *rounds.meta_parents(meta)),

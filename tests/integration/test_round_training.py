@@ -14,7 +14,7 @@ from flair_node.protocol import rounds
 from flair_node.storage.repo import Repository
 from flair_node.storage.repos import RepoSet
 from flair_node.testing.models import accuracy, load_digits_split, make_mlp, partition, train_local
-from flair_node.testing.network import running_network
+from flair_node.testing.network import running_cluster
 
 ROUNDS, MEMBERS, EPOCHS = 3, 5, 3
 OWNER = Identity.generate()
@@ -56,6 +56,7 @@ def score(state: dict[str, torch.Tensor], x_test: torch.Tensor, y_test: torch.Te
 
 def run(policy: RoundPolicy, byzantine: str | None) -> float:
     """Test accuracy of main after ROUNDS rounds; member 0 is Byzantine if ``byzantine`` names an attack."""
+    memory = rounds.RoundMemory()
     slices, x_test, y_test = data()
     repos = RepoSet.in_memory(OWNER)
     model = make_mlp(seed=0)
@@ -69,11 +70,11 @@ def run(policy: RoundPolicy, byzantine: str | None) -> float:
         base = repo.materialize(repo.head("main"))
         for person, (trained, examples) in zip(PEOPLE, contributions(base, slices, n, byzantine), strict=True):
             nodes[person.public_key].contribute(person, trained, examples=examples)
-        current = rounds.view(repo, "main")
+        current = rounds.view(repo, "main", memory=memory)
         who = current.aggregator(current.opened_ms + 1)
         aggregator = next(i for i in [OWNER, *PEOPLE] if i.public_key == who)
-        merged = rounds.merge(nodes[who], aggregator, "main")
-        rounds.verify(nodes[PEOPLE[1].public_key], merged)  # another member re-derives it
+        merged = rounds.merge(nodes[who], aggregator, "main", memory=memory)
+        rounds.verify(nodes[PEOPLE[1].public_key], merged, memory=memory)  # another member re-derives it
     return score(repo.materialize(repo.head("main")), x_test, y_test)
 
 
@@ -102,7 +103,7 @@ def test_across_real_daemons_the_attacked_robust_rounds_are_byte_for_byte_the_in
     give (same inputs, same bytes), so it stays within 2 points of the clean rounds."""
     cases = {("trimmed_mean", "scaled"): {"fraction": "0.2"}, ("krum", "flipped"): {"byzantine": 1}}
     slices, x_test, y_test = data()
-    with running_network(tmp_path, [f"n{i}" for i in range(MEMBERS)]) as net:
+    with running_cluster(tmp_path, [f"n{i}" for i in range(MEMBERS)]) as net:
         repos = {case: net.create_repo(f"{case[0]}-{case[1]}", make_mlp(seed=0).state_dict(),
                                        policy={"strategy": case[0], "strategy_params": params, "buffer": MEMBERS,
                                                "deadline_s": 600, "timeout_s": 10})  # K decides

@@ -28,9 +28,10 @@ def forge(repo, claim, who, **changes):
 
 
 async def test_a_member_checks_an_anchor_on_chain_and_refuses_false_claims(tmp_path):
+    memory = rounds.RoundMemory()
     repos, repo, current, _, _ = two_contributions()
     who = by_key(current.aggregator(current.opened_ms + 1))
-    merge = rounds.merge(as_node(repos, repo, who), who, "main").id
+    merge = rounds.merge(as_node(repos, repo, who), who, "main", memory=memory).id
     other = next(m for m in MEMBERS if m != who)
     # a localnet process of its own: running Solana programs (LiteSVM) in this process would change its
     # floating-point control state (measured: numpy's long double ldexp then fails) for every later test
@@ -40,7 +41,7 @@ async def test_a_member_checks_an_anchor_on_chain_and_refuses_false_claims(tmp_p
             aggregator = AnchorService(repos, who, tmp_path / "who", cluster=url)
             await aggregator._attempt(chain, as_node(repos, repo, who), merge, True)
             made = aggregator.provenance(repo, merge)
-            assert made["status"] == "anchored" and repo.anchor(merge).transaction == made["signature"]
+            assert made["status"] == "anchored" and repo.merges.anchor(merge).transaction == made["signature"]
 
             def checked(name):
                 return AnchorService(repos, other, tmp_path / name, cluster=url)
@@ -50,7 +51,7 @@ async def test_a_member_checks_an_anchor_on_chain_and_refuses_false_claims(tmp_p
             found = checker.provenance(repo, merge)
             assert found["status"] == "verified" and found["memo"] == made["memo"], found
 
-            claim = repo.anchor(merge)
+            claim = repo.merges.anchor(merge)
             for name, changes, reason in (
                     ("mint", {"mint": Identity.generate().public_key}, "does not exist"),
                     ("cluster", {"genesis": "11111111111111111111111111111111"}, "another cluster"),
@@ -65,11 +66,12 @@ async def test_a_member_checks_an_anchor_on_chain_and_refuses_false_claims(tmp_p
 
 
 async def test_with_contribution_nfts_each_contributor_receives_one_and_members_check_them(tmp_path):
+    memory = rounds.RoundMemory()
     repos, repo, _, _, _ = two_contributions()
     repo.set_policy(OWNER, replace(repo.members.current().policy, contribution_nfts=True))
-    current = rounds.view(repo, "main")
+    current = rounds.view(repo, "main", memory=memory)
     who = by_key(current.aggregator(current.opened_ms + 1))
-    merge = rounds.merge(as_node(repos, repo, who), who, "main").id
+    merge = rounds.merge(as_node(repos, repo, who), who, "main", memory=memory).id
     contributions = repo.commit(merge).parents[1:]
     other = next(m for m in MEMBERS if m != who)
     with running_localnet(tmp_path / "chain") as url:
@@ -77,7 +79,7 @@ async def test_with_contribution_nfts_each_contributor_receives_one_and_members_
         try:
             aggregator = AnchorService(repos, who, tmp_path / "who", cluster=url)
             await aggregator._attempt(chain, as_node(repos, repo, who), merge, True)
-            claim = repo.anchor(merge)
+            claim = repo.merges.anchor(merge)
             assert [c for c, _, _ in claim.contributions] == list(contributions)
             for contribution, mint, _ in claim.contributions:  # held by the contributor, who signed nothing
                 assert await chain.holds(repo.commit(contribution).author, mint)

@@ -56,7 +56,7 @@ def test_a_membership_change_in_the_message_counts_for_the_records_after_it():
     repo, theirs, commit, _ = setup()
     membership = repo.members.current()
     change = invitation(membership, OWNER, ALICE.public_key, "contributor", expires_ms=0,
-                        keys={0: repo._key(0)}, now_ms=now_ms())
+                        keys={0: repo.keys.key(0)}, now_ms=now_ms())
     mine = BranchMove(repo=repo.id, branch="alice", commit=commit.id, previous="", author=ALICE.public_key,
                       epoch=0, timestamp_ms=now_ms()).signed(ALICE)
     with pytest.raises(Forbidden, match="is not a member"):

@@ -182,7 +182,7 @@ def test_openrpc_document_lists_every_method_with_params():
 def test_daemon_methods_register_and_document():
     from flair_node.api.methods import build_registry
 
-    registry = build_registry(None, None)  # registration only: the handlers are never called here
+    registry = build_registry(None)  # registration only: the handlers are never called here
     doc = openrpc_document(registry, "flair-node", "0")
     assert len(doc["methods"]) == len(registry) + 1
     json.dumps(doc)

@@ -42,31 +42,31 @@ def test_the_later_move_wins_whatever_order_they_arrive_in():
     second = repo.commit_weights(OWNER, tiny_state(1), message="x").id
     early, late = move(repo, OWNER, "b", root, 1_000), move(repo, OWNER, "b", second, 2_000)
     assert late.comes_after(early) and not early.comes_after(late)
-    assert repo.accept_move(late) and not repo.accept_move(early) and repo.head("b") == second
-    assert not repo.accept_move(late)  # a replay changes nothing
+    assert repo.ingest.accept_move(late) and not repo.ingest.accept_move(early) and repo.head("b") == second
+    assert not repo.ingest.accept_move(late)  # a replay changes nothing
 
 
 def test_moves_are_checked_against_the_movers_role():
     repo = RepoSet.in_memory(OWNER).create("r", tiny_state(0))
     root = repo.head("main")
     with pytest.raises(Forbidden, match="is not a member"):
-        repo.accept_move(move(repo, ALICE, "alice", root, 10**12))
+        repo.ingest.accept_move(move(repo, ALICE, "alice", root, 10**12))
     repo.invite(OWNER, ALICE.public_key, "contributor")
-    assert repo.accept_move(move(repo, ALICE, "alice", root, 10**12))
+    assert repo.ingest.accept_move(move(repo, ALICE, "alice", root, 10**12))
     with pytest.raises(Forbidden, match="moving branch main needs the role maintainer"):
-        repo.accept_move(move(repo, ALICE, "main", root, 10**12))
+        repo.ingest.accept_move(move(repo, ALICE, "main", root, 10**12))
     with pytest.raises(IntegrityError, match="epoch 3"):
-        repo.accept_move(move(repo, ALICE, "alice", root, 10**12, epoch=3))
+        repo.ingest.accept_move(move(repo, ALICE, "alice", root, 10**12, epoch=3))
     with pytest.raises(CommitNotFound):
-        repo.accept_move(move(repo, OWNER, "main", "ab" * 32, 10**12))
+        repo.ingest.accept_move(move(repo, OWNER, "main", "ab" * 32, 10**12))
 
 
 def test_a_local_move_never_predates_the_one_it_replaces():
     repo = RepoSet.in_memory(OWNER).create("r", tiny_state(0))
     future = move(repo, OWNER, "main", repo.head("main"), now_ms() + 60_000)  # a peer's clock a minute ahead
-    assert repo.accept_move(future)
+    assert repo.ingest.accept_move(future)
     with pytest.raises(IntegrityError, match="ahead of this node's clock"):
-        repo.accept_move(move(repo, OWNER, "main", repo.head("main"), now_ms() + MAX_CLOCK_SKEW_MS + 60_000))
+        repo.ingest.accept_move(move(repo, OWNER, "main", repo.head("main"), now_ms() + MAX_CLOCK_SKEW_MS + 60_000))
     commit = repo.commit_weights(OWNER, tiny_state(1), message="after")
     assert repo.head("main") == commit.id and repo.branch_move("main").comes_after(future)
 

@@ -36,7 +36,7 @@ def node_of(identity, repo, service_dir, url):
 
 async def take(repo, changes):
     for change in changes:  # as sync and gossip do: in a worker thread, which asks the chain from there
-        await trio.to_thread.run_sync(repo.accept_membership, change)
+        await trio.to_thread.run_sync(repo.ingest.accept_membership, change)
 
 
 async def test_the_token_is_minted_handed_over_and_claimed_back_and_every_move_checked_on_chain(tmp_path):
@@ -134,12 +134,12 @@ def test_a_node_without_a_chain_takes_the_owners_handover_but_not_one_the_new_ow
     repo.bind_token(OWNER, ChainRef(genesis, mint, signature, 5))
     other = RepoSet.in_memory(ALICE).adopt(repo.record)
     for change in repo.members.changes():
-        other.accept_membership(change)
+        other.ingest.accept_membership(change)
     claimed = handover(other.members.current(), ALICE, ALICE.public_key, ChainRef(genesis, mint, signature, 6),
                        now_ms=now_ms())
     with pytest.raises(IntegrityError, match="only a node with chain.cluster"):
-        other.accept_membership(claimed)
+        other.ingest.accept_membership(claimed)
     given = handover(other.members.current(), OWNER, ALICE.public_key, ChainRef(genesis, mint, signature, 6),
                      now_ms=now_ms())
-    assert other.accept_membership(given) and other.members.current().owner == ALICE.public_key
+    assert other.ingest.accept_membership(given) and other.members.current().owner == ALICE.public_key
 

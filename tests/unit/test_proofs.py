@@ -177,14 +177,24 @@ OWNER, ANA, BEN, CY = (Identity.generate() for _ in range(4))
 
 
 @pytest.fixture(scope="module")
-def team(srs, tmp_path_factory):
+def node_cache(tmp_path_factory):
+    """The circuit cache of the node the tests below run (``Circuits``), built into once for the module."""
+    return node_circuits.Circuits(tmp_path_factory.mktemp("node-circuits"))
+
+
+@pytest.fixture
+def memory(node_cache):
+    """What that node's rounds remember, proving with its circuit cache."""
+    return rounds.RoundMemory(node_cache)
+
+
+@pytest.fixture(scope="module")
+def team(srs):
     """Makes a repository of four maintainers whose merges are proven with KZG commitments (the SRS in its
-    blocks, named by the policy), on a node with its own circuit cache."""
-    cache = tmp_path_factory.mktemp("node-circuits")
+    blocks, named by the policy)."""
 
     def make() -> tuple[RepoSet, Repository]:
         repos = RepoSet.in_memory(OWNER)
-        node_circuits.use(repos.objects, node_circuits.Circuits(cache))
         repo = repos.create("proven", state(0))
         for member in (ANA, BEN, CY):
             repo.invite(OWNER, member.public_key, "maintainer")
@@ -198,28 +208,28 @@ def node(repos: RepoSet, repo: Repository, identity: Identity | None) -> Reposit
     return Repository.open(repo.id, repos.objects, repos.blocks, repo.refs, reader=identity)
 
 
-def contribute(repos, repo, who, seed, examples, commitments=None):
+def contribute(repos, repo, who, seed, examples, commitments=None, *, memory):
     mine = node(repos, repo, who)
     base = mine.head("main")
     trained = {k: v + 0.01 * state(seed)[k] if v.is_floating_point() else v if v.dtype == torch.bool else v + 1
                for k, v in mine.materialize(base).items()}
-    published = rounds.commitments(mine, trained, base) if commitments is None else commitments
+    published = rounds.commitments(mine, trained, base, memory=memory) if commitments is None else commitments
     return mine.contribute(who, trained, examples=examples, base=base, commitments=published)
 
 
-def merged_round(team):
+def merged_round(team, memory):
     """A proven round of two contributions, merged by its entitled aggregator: (repos, repo, merge, aggregator)."""
     repos, repo = team()
-    contribute(repos, repo, ANA, 1, 100)
-    contribute(repos, repo, BEN, 2, 300)
-    current = rounds.view(repo, "main")
+    contribute(repos, repo, ANA, 1, 100, memory=memory)
+    contribute(repos, repo, BEN, 2, 300, memory=memory)
+    current = rounds.view(repo, "main", memory=memory)
     who = next(i for i in (OWNER, ANA, BEN, CY) if i.public_key == current.aggregator(current.opened_ms + 1))
-    return repos, repo, rounds.merge(node(repos, repo, who), who, "main"), who
+    return repos, repo, rounds.merge(node(repos, repo, who), who, "main", memory=memory), who
 
 
-def test_a_proven_round_is_checked_from_the_records_alone(team):
-    repos, repo, merged, who = merged_round(team)
-    rounds.verify(node(repos, repo, CY), merged)  # a member re-derives it, sums' commitments included
+def test_a_proven_round_is_checked_from_the_records_alone(team, memory):
+    repos, repo, merged, who = merged_round(team, memory)
+    rounds.verify(node(repos, repo, CY), merged, memory=memory)  # a member re-derives it, sums' commitments included
 
     # the aggregator proves every chunk from the deltas it merged ...
     aggregator = node(repos, repo, who)
@@ -227,7 +237,7 @@ def test_a_proven_round_is_checked_from_the_records_alone(team):
     deltas = [weighted_sum.fixed_delta(aggregator.materialize(c), aggregator.materialize(merged.parents[0]))
               for c in rounds.meta_parents(dict(merged.meta))]
     assert len(merged.meta["sums"]) == 2 and weights == [e[3] for e in merged.meta["contributions"]]  # all fresh
-    circuit = node_circuits.for_repo(aggregator).circuit(aggregator, 2)
+    circuit = memory.circuits.circuit(aggregator, 2)
     proofs = weighted_sum.prove(circuit, weights, deltas, range(len(merged.meta["sums"])))
 
     # ... and a node that cannot read a single payload checks them against the records
@@ -242,29 +252,29 @@ def test_a_proven_round_is_checked_from_the_records_alone(team):
     assert (moved - torch.round(total.double() / 2**16).long()).abs().max() <= 16  # float32 keeps 24 bits
 
 
-def test_contributions_that_do_not_commit_to_their_delta_wait_in_vain(team):
+def test_contributions_that_do_not_commit_to_their_delta_wait_in_vain(team, memory):
     repos, repo = team()
-    contribute(repos, repo, ANA, 1, 100, commitments=[])  # none
-    contribute(repos, repo, BEN, 2, 100, commitments=["00" * 64, "00" * 64])  # not its delta's
-    good = contribute(repos, repo, CY, 3, 100)
-    assert [c.commit for c in rounds.view(repo, "main").pending] == [good.id]
+    contribute(repos, repo, ANA, 1, 100, commitments=[], memory=memory)  # none
+    contribute(repos, repo, BEN, 2, 100, commitments=["00" * 64, "00" * 64], memory=memory)  # not its delta's
+    good = contribute(repos, repo, CY, 3, 100, memory=memory)
+    assert [c.commit for c in rounds.view(repo, "main", memory=memory).pending] == [good.id]
     with pytest.raises(InvalidInput, match="stored exactly"):
-        rounds.commitments(repo, state(5), repo.head("main"), "int8-v1")
+        rounds.commitments(repo, state(5), repo.head("main"), "int8-v1", memory=memory)
 
 
-def test_a_merge_publishing_other_sums_is_refused_and_proofs_need_a_mean(team):
+def test_a_merge_publishing_other_sums_is_refused_and_proofs_need_a_mean(team, memory):
     repos, repo = team()
-    contribute(repos, repo, ANA, 1, 100)
-    contribute(repos, repo, BEN, 2, 300)
-    current = rounds.view(repo, "main")
-    state_, meta = rounds.derive(repo, current, current.pending)
+    contribute(repos, repo, ANA, 1, 100, memory=memory)
+    contribute(repos, repo, BEN, 2, 300, memory=memory)
+    current = rounds.view(repo, "main", memory=memory)
+    state_, meta = rounds.derive(repo, current, current.pending, memory=memory)
     who = next(i for i in (OWNER, ANA, BEN, CY) if i.public_key == current.aggregator(current.opened_ms + 1))
     meta["sums"] = meta["sums"][::-1]
     lying = node(repos, repo, who).write_round(who, state_, branch="main",
                                                parents=(current.head, *rounds.meta_parents(meta)), meta=meta,
                                                message="round 1")
     with pytest.raises(IntegrityError, match="records other"):
-        rounds.verify(node(repos, repo, CY), lying)
+        rounds.verify(node(repos, repo, CY), lying, memory=memory)
     with pytest.raises(InvalidInput, match="mean"):
         RoundPolicy(strategy="median", proof_chunk=64, proof_scheme="poseidon")
     with pytest.raises(InvalidInput, match="need proof_srs"):
@@ -321,21 +331,21 @@ def test_kzg_circuits_need_an_srs_for_exactly_their_rows(srs_files, tmp_path):
         ezkl_backend.build(tmp_path, Shape(2, SIZE), tmp_path / "empty")
 
 
-def test_a_node_takes_the_srs_its_repository_names_from_blocks(team, srs):
+def test_a_node_takes_the_srs_its_repository_names_from_blocks(team, srs, node_cache):
     repos, repo = team()
-    found = node_circuits.for_repo(repo)
+    found = node_cache
     path = found.srs(repo)
     assert path.read_bytes() == srs.read_bytes() and path.name == repo.members.current().policy.proof_srs
     first = found.circuit(repo, 2)
     assert found.circuit(repo, 2) == first and first.srs_sha256 == ezkl_backend.sha256_file(srs)  # cached
 
     bare = RepoSet.in_memory(OWNER)  # a node whose blocks hold no SRS yet
-    node_circuits.use(bare.objects, node_circuits.Circuits(found.cache.parent / "bare"))
+    bare_circuits = node_circuits.Circuits(found.cache.parent / "bare")
     other = bare.create("other", state(0))
     other.set_policy(OWNER, RoundPolicy(proof_chunk=SIZE, proof_scheme="kzg",
                                         proof_srs=repo.members.current().policy.proof_srs))
     with pytest.raises(ProofError, match="has not arrived"):
-        node_circuits.for_repo(other).circuit(other, 2)
+        bare_circuits.circuit(other, 2)
     with pytest.raises(InvalidInput, match="1 to 64 MiB"):
         node_circuits.add_srs(bare.blocks, b"")
 
@@ -343,18 +353,20 @@ def test_a_node_takes_the_srs_its_repository_names_from_blocks(team, srs):
 # -- proofs of whole merges: the bundle an aggregator publishes, the check every node makes -------------------
 
 
-def test_an_aggregator_proves_its_whole_merge_and_anyone_with_the_records_checks_it(team):
-    repos, repo, merge, who = merged_round(team)
+def test_an_aggregator_proves_its_whole_merge_and_anyone_with_the_records_checks_it(team, memory):
+    repos, repo, merge, who = merged_round(team, memory)
+    circuits = memory.circuits
     with pytest.raises(InvalidInput, match="only the author"):
-        merges.prove_merge(node(repos, repo, CY), CY if who != CY else ANA, merge.id)
-    record = merges.prove_merge(node(repos, repo, who), who, merge.id, memory_mb=4096, timeout_s=300)
+        merges.prove_merge(node(repos, repo, CY), CY if who != CY else ANA, merge.id, circuits=circuits)
+    record = merges.prove_merge(node(repos, repo, who), who, merge.id, circuits=circuits, memory_mb=4096,
+                                timeout_s=300)
     assert record.chunks == (0, 1) and record.author == who.public_key
     outsider = node(repos, repo, None)  # reads no payload
-    assert outsider.proof(merge.id) == record
-    assert merges.check_merge(outsider, record) == {"chunks": 2, "total": 2, "detection": 1.0}
-    assert not outsider.accept_proof(record)  # one record per merge: the first is kept
+    assert outsider.merges.proof(merge.id) == record
+    assert merges.check_merge(outsider, record, circuits=circuits) == {"chunks": 2, "total": 2, "detection": 1.0}
+    assert not outsider.ingest.accept_proof(record)  # one record per merge: the first is kept
     repos.gc()  # the proofs are pinned: still there to check
-    assert merges.check_merge(outsider, record)["chunks"] == 2
+    assert merges.check_merge(outsider, record, circuits=circuits)["chunks"] == 2
 
     # a bundle whose proofs are swapped between chunks, or that covers other chunks, fails the check
     bundle = json.loads(unixfs.cat(repo.blocks, record.proofs, max_size=record.size))
@@ -362,21 +374,21 @@ def test_an_aggregator_proves_its_whole_merge_and_anyone_with_the_records_checks
     swapped = replace(record, proofs=unixfs.add(repo.blocks, json.dumps(bundle).encode()),
                       size=len(json.dumps(bundle).encode())).signed(who)
     with pytest.raises(IntegrityError, match="chunk 0 of"):
-        merges.check_merge(outsider, swapped)
+        merges.check_merge(outsider, swapped, circuits=circuits)
     with pytest.raises(IntegrityError, match="other chunks"):
-        merges.check_merge(outsider, replace(record, chunks=(0,)).signed(who))
+        merges.check_merge(outsider, replace(record, chunks=(0,)).signed(who), circuits=circuits)
     with pytest.raises(IntegrityError, match="another verifying key"):  # keys not built from the SRS named
-        merges.check_merge(outsider, replace(record, vk="ab" * 32).signed(who))
+        merges.check_merge(outsider, replace(record, vk="ab" * 32).signed(who), circuits=circuits)
 
 
-def test_a_proof_record_is_kept_only_from_the_merge_author(team):
-    repos, repo, merge, who = merged_round(team)
+def test_a_proof_record_is_kept_only_from_the_merge_author(team, memory):
+    repos, repo, merge, who = merged_round(team, memory)
     other = next(i for i in (OWNER, ANA, BEN, CY) if i != who)
     proofs = unixfs.add(repo.blocks, b"{}")
     forged = ProofRecord(repo=repo.id, commit=merge.id, chunks=(0, 1), proofs=proofs, size=2, vk="ab" * 32,
                          author=other.public_key, timestamp_ms=merge.timestamp_ms).signed(other)
     with pytest.raises(IntegrityError, match="not by the author"):
-        node(repos, repo, None).accept_proof(forged)
+        node(repos, repo, None).ingest.accept_proof(forged)
     assert ProofRecord.decode(forged.encode()) == forged
     with pytest.raises(IntegrityError, match="ascending"):
         ProofRecord.decode(replace(forged, chunks=(1, 0)).signed(other).encode())

@@ -27,6 +27,7 @@ TX = "5VERv8NMvzbJMEkV8xnrLkEaWRtSz9CosKDYjCJjBRnbJLgp8uirBgmQpjKhoR4tjF3ZpRzrFm
 
 
 async def test_the_registry_follows_membership_merges_and_a_handover(tmp_path):
+    memory = rounds.RoundMemory()
     repos, repo, _, _, _ = two_contributions()
     with running_localnet(tmp_path / "chain", programs={PROGRAM: registry_program()}) as url:
         chain = Chain(url)
@@ -48,9 +49,9 @@ async def test_the_registry_follows_membership_merges_and_a_handover(tmp_path):
             assert owner.counts["transactions"] == sent
 
             # the round's aggregator records its merge; nobody else has to
-            current = rounds.view(repo, "main")
+            current = rounds.view(repo, "main", memory=memory)
             who = by_key(current.aggregator(current.opened_ms + 1))
-            merge = rounds.merge(as_node(repos, repo, who), who, "main")
+            merge = rounds.merge(as_node(repos, repo, who), who, "main", memory=memory)
             aggregator = service(who)
             await aggregator.sync(chain, repo)
             assert aggregator.errors == {} and aggregator.counts["merges_recorded"] == 1, aggregator.errors

@@ -45,11 +45,12 @@ def by_key(key: str) -> Identity:
 
 def two_contributions(examples: tuple[int, int] = (50, 50)):
     """A team with K = 2 whose first two members contributed: the repository, its round, what merging gives."""
+    memory = rounds.RoundMemory()
     repos, repo = team(RoundPolicy(buffer=2))
     for i, member in enumerate(MEMBERS[:2]):
         as_node(repos, repo, member).contribute(member, shift(tiny_state(0), i + 1.0), examples=examples[i])
-    current = rounds.view(repo, "main")
-    state, meta = rounds.derive(repo, current, current.pending)
+    current = rounds.view(repo, "main", memory=memory)
+    state, meta = rounds.derive(repo, current, current.pending, memory=memory)
     return repos, repo, current, state, meta
 
 
@@ -61,13 +62,14 @@ def write_round(repos: RepoSet, repo: Repository, who: Identity, state, current:
 
 
 def test_contributions_wait_then_the_entitled_aggregator_merges_and_every_member_re_derives_it():
+    memory = rounds.RoundMemory()
     repos, repo = team(RoundPolicy(buffer=3))
     start = repo.head("main")
     for i, member in enumerate(MEMBERS):
         as_node(repos, repo, member).contribute(member, shift(repo.materialize(start), 0.1 * (i + 1)),
                                                 examples=100 * (i + 1))
     assert repo.head("main") == start  # contributions do not move the branch
-    current = rounds.view(repo, "main")
+    current = rounds.view(repo, "main", memory=memory)
     assert (current.number, current.head, len(current.pending)) == (0, start, 3)
     assert sorted(current.ranked) == sorted([OWNER.public_key, *(m.public_key for m in MEMBERS)])
     assert current.ready(current.opened_ms)
@@ -75,8 +77,8 @@ def test_contributions_wait_then_the_entitled_aggregator_merges_and_every_member
     aggregator = by_key(current.aggregator(current.opened_ms + 1))
     others = [i for i in [OWNER, *MEMBERS] if i != aggregator]
     with pytest.raises(InvalidInput, match="not the aggregator"):
-        rounds.merge(as_node(repos, repo, others[0]), others[0], "main")
-    merged = rounds.merge(as_node(repos, repo, aggregator), aggregator, "main")
+        rounds.merge(as_node(repos, repo, others[0]), others[0], "main", memory=memory)
+    merged = rounds.merge(as_node(repos, repo, aggregator), aggregator, "main", memory=memory)
 
     assert repo.head("main") == merged.id and merged.kind == "round" and merged.author == aggregator.public_key
     assert merged.parents == (start, *sorted(c.commit for c in current.pending))
@@ -89,95 +91,103 @@ def test_contributions_wait_then_the_entitled_aggregator_merges_and_every_member
     for name, tensor in repo.materialize(merged.id).items():
         assert torch.allclose(tensor, expected[name], atol=1e-5)
     for other in others:
-        assert rounds.verify(as_node(repos, repo, other), merged).number == 0
-    after = rounds.view(repo, "main")
+        assert rounds.verify(as_node(repos, repo, other), merged, memory=memory).number == 0
+    after = rounds.view(repo, "main", memory=memory)
     assert (after.number, after.head, after.pending) == (1, merged.id, ())  # merged ones are not pending again
 
 
 def test_a_round_waits_for_k_contributions_or_the_deadline():
+    memory = rounds.RoundMemory()
     repos, repo = team(RoundPolicy(buffer=3, deadline_s=30))
     member = MEMBERS[0]
     as_node(repos, repo, member).contribute(member, shift(tiny_state(0), 1.0), examples=10)
-    current = rounds.view(repo, "main")
+    current = rounds.view(repo, "main", memory=memory)
     assert not current.ready(current.opened_ms + 29_999)
     assert current.ready(current.opened_ms + 30_000)
     aggregator = by_key(current.aggregator(current.opened_ms))
     with pytest.raises(InvalidInput, match="not ready"):
-        rounds.merge(as_node(repos, repo, aggregator), aggregator, "main")
+        rounds.merge(as_node(repos, repo, aggregator), aggregator, "main", memory=memory)
 
 
 def test_a_stale_contribution_weighs_less_and_a_too_stale_one_waits_no_more():
+    memory = rounds.RoundMemory()
     repos, repo = team(RoundPolicy(buffer=1, alpha="1", max_staleness=1))
     first_base = repo.head("main")
     early, late = MEMBERS[0], MEMBERS[1]
     as_node(repos, repo, early).contribute(early, shift(tiny_state(0), 1.0), examples=100)
     node = as_node(repos, repo, late)
     node.contribute(late, shift(tiny_state(0), 2.0), examples=100)  # both on the first head
-    current = rounds.view(repo, "main")
+    current = rounds.view(repo, "main", memory=memory)
     # round 1 merges only the late member's (as if the early one's had not arrived yet)
-    state, meta = rounds.derive(repo, current, [c for c in current.pending if c.author == late.public_key])
+    state, meta = rounds.derive(repo, current, [c for c in current.pending if c.author == late.public_key],
+                                memory=memory)
     aggregator = by_key(current.aggregator(current.opened_ms + 1))
     one = as_node(repos, repo, aggregator).write_round(aggregator, state, branch="main",
                                                        parents=(current.head, *rounds.meta_parents(meta)),
                                                        meta=meta, message="round 1")
-    rounds.verify(repo, one)
-    second = rounds.view(repo, "main")
+    rounds.verify(repo, one, memory=memory)
+    second = rounds.view(repo, "main", memory=memory)
     (pending,) = second.pending
     assert (pending.author, pending.base, pending.staleness) == (early.public_key, first_base, 1)
     fresh = MEMBERS[2]
     as_node(repos, repo, fresh).contribute(fresh, shift(repo.materialize(one.id), 0.5), examples=100)
     weights = {entry[0]: (entry[2], entry[3]) for entry in rounds.derive(
-        repo, rounds.view(repo, "main"), rounds.view(repo, "main").pending)[1]["contributions"]}
+        repo, rounds.view(repo, "main", memory=memory), rounds.view(repo, "main", memory=memory).pending,
+        memory=memory)[1]["contributions"]}
     assert sorted(weights.values()) == [(0, 43691), (1, 21845)]  # 100 x 1 against 100 x 1/2, out of 2^16
 
     aggregator = by_key(second.aggregator(second.opened_ms + 1))
-    two = rounds.merge(as_node(repos, repo, aggregator), aggregator, "main")
-    rounds.verify(repo, two)
+    two = rounds.merge(as_node(repos, repo, aggregator), aggregator, "main", memory=memory)
+    rounds.verify(repo, two, memory=memory)
     # and the round, half stale, steps (100 x 1/2 + 100 x 1) / 200 = 3/4 of the way: the head moves by
     # (100 x 1/2 x 1.0 + 100 x 1 x 0.5) / 200 = 0.5, not by the 2/3 : 1/3 mean of the changes (0.667)
     assert two.meta["step"] == 3 << 14
     moved = {k: repo.materialize(two.id)[k] - repo.materialize(one.id)[k] for k in tiny_state(0)}
     assert all(torch.allclose(d, torch.full_like(d, 0.5), atol=1e-6) for d in moved.values() if d.is_floating_point())
     as_node(repos, repo, late).contribute(late, shift(tiny_state(0), 3.0), examples=5, base=first_base)
-    assert [c.author for c in rounds.view(repo, "main").pending] == []  # two merges behind: past max_staleness
+    # two merges behind: past max_staleness
+    assert [c.author for c in rounds.view(repo, "main", memory=memory).pending] == []
 
 
 def test_forged_or_unentitled_merges_are_refused_by_every_member():
+    memory = rounds.RoundMemory()
     repos, repo, current, state, meta = two_contributions()
     aggregator = by_key(current.aggregator(current.opened_ms + 1))
     bad = write_round(repos, repo, aggregator, shift(state, 0.001), current, meta, "valid signature, wrong bytes")
     for member in [OWNER, *MEMBERS]:
         with pytest.raises(IntegrityError, match="not what its inputs merge to"):
-            rounds.verify(as_node(repos, repo, member), bad)
+            rounds.verify(as_node(repos, repo, member), bad, memory=memory)
 
     repos, repo, current, state, meta = two_contributions()
     intruder = next(i for i in [OWNER, *MEMBERS] if i.public_key != current.aggregator(current.opened_ms + 1))
     unentitled = write_round(repos, repo, intruder, state, current, meta, "not my turn")
     with pytest.raises(IntegrityError, match="entitled"):
-        rounds.verify(repo, unentitled)
+        rounds.verify(repo, unentitled, memory=memory)
 
 
 def test_recorded_weights_must_follow_the_policy():
+    memory = rounds.RoundMemory()
     repos, repo, current, state, meta = two_contributions(examples=(10, 20))
     meta["contributions"] = [[c, e, s, w] for (c, e, s, _), w in zip(meta["contributions"], (32768, 32768),
                                                                       strict=True)]
     skewed = write_round(repos, repo, by_key(current.aggregator(current.opened_ms + 1)), state, current, meta,
                          "equal weights")
     with pytest.raises(IntegrityError, match="weights"):
-        rounds.verify(repo, skewed)
+        rounds.verify(repo, skewed, memory=memory)
 
 
 def test_a_robust_strategy_keeps_a_byzantine_contribution_out():
+    memory = rounds.RoundMemory()
     repos, repo = team(RoundPolicy(strategy="median", buffer=3))
     honest = tiny_state(0)
     for member, delta in zip(MEMBERS, (0.10, 0.12, 100.0), strict=True):  # the third scaled x1000
         as_node(repos, repo, member).contribute(member, shift(honest, delta), examples=100)
-    current = rounds.view(repo, "main")
+    current = rounds.view(repo, "main", memory=memory)
     aggregator = by_key(current.aggregator(current.opened_ms + 1))
-    merged = rounds.merge(as_node(repos, repo, aggregator), aggregator, "main")
+    merged = rounds.merge(as_node(repos, repo, aggregator), aggregator, "main", memory=memory)
     for name, tensor in repo.materialize(merged.id).items():
         assert torch.allclose(tensor, honest[name] + 0.12, atol=1e-5)  # the median of 0.10, 0.12, 100
-    rounds.verify(repo, merged)
+    rounds.verify(repo, merged, memory=memory)
 
 
 def test_readers_cannot_contribute_and_contributions_name_their_branch():
@@ -192,26 +202,28 @@ def test_readers_cannot_contribute_and_contributions_name_their_branch():
 
 
 def test_the_aggregator_role_goes_round_every_eligible_member():
+    memory = rounds.RoundMemory()
     repos, repo = team(RoundPolicy(buffer=1))
     authors = []
     for i in range(8):
         member = MEMBERS[i % len(MEMBERS)]
         as_node(repos, repo, member).contribute(member, shift(repo.materialize(repo.head("main")), 0.01),
                                                 examples=10)
-        current = rounds.view(repo, "main")
+        current = rounds.view(repo, "main", memory=memory)
         aggregator = by_key(current.aggregator(current.opened_ms + 1))
-        authors.append(rounds.merge(as_node(repos, repo, aggregator), aggregator, "main").author)
+        authors.append(rounds.merge(as_node(repos, repo, aggregator), aggregator, "main", memory=memory).author)
     eligible = {OWNER.public_key, *(m.public_key for m in MEMBERS)}
     assert set(authors[:4]) == eligible and set(authors[4:]) == eligible  # four turns each time round
 
 
 def test_a_merge_whose_window_ends_while_it_is_derived_is_not_written(monkeypatch):
+    memory = rounds.RoundMemory()
     repos, repo, current, _, _ = two_contributions()
     first = by_key(current.ranked[0])
     node = as_node(repos, repo, first)
     heads = dict(node.branches())
     late = current.opened_ms + (current.policy.deadline_s + current.policy.timeout_s) * 1000  # the next one's turn
-    monkeypatch.setattr("flair_node.storage.repo.now_ms", lambda: late)
+    monkeypatch.setattr("flair_node.storage.clock.now_ms", lambda: late)
     with pytest.raises(InvalidInput, match="ended while it merged"):
-        rounds.merge(node, first, "main", at_ms=current.opened_ms + 1)  # entitled when it started
+        rounds.merge(node, first, "main", at_ms=current.opened_ms + 1, memory=memory)  # entitled when it started
     assert node.branches() == heads  # nothing moved, nothing to gossip

@@ -12,6 +12,7 @@ from flair_node.core.identity import Identity
 from flair_node.network import rpc
 from flair_node.network.bitswap import BlockExchange
 from flair_node.network.host import connect, full_addrs, member_key, peer_id, running_host
+from flair_node.protocol.rounds import RoundMemory
 from flair_node.protocol.sync import PROTOCOL, PeerSource, SyncServer, pull
 from flair_node.storage.repos import RepoSet
 from flair_node.testing.graph import tiny_state
@@ -38,7 +39,7 @@ def same_view(x, y):
 async def test_a_member_clones_and_both_sides_converge():
     a, repo = owner_repo()
     b = RepoSet.in_memory(ALICE)
-    result = await pull(b, repo.id, LocalSource(a, ALICE.public_key, b))
+    result = await pull(b, repo.id, LocalSource(a, ALICE.public_key, b), memory=RoundMemory())
     assert (result.changes, result.commits, sorted(result.moved), result.refused) == (1, 3, ["exp", "main"], {})
     mine = b.open(repo.id)
     same_view(mine, repo)
@@ -46,10 +47,10 @@ async def test_a_member_clones_and_both_sides_converge():
 
     mine.create_branch(ALICE, "alice", mine.head("exp"))
     mine.commit_weights(ALICE, tiny_state(3), message="site A", branch="alice")
-    back = await pull(a, repo.id, LocalSource(b, OWNER.public_key, a))
+    back = await pull(a, repo.id, LocalSource(b, OWNER.public_key, a), memory=RoundMemory())
     assert (back.commits, back.moved) == (1, ["alice"])
     same_view(mine, repo)
-    again = await pull(a, repo.id, LocalSource(b, OWNER.public_key, a))
+    again = await pull(a, repo.id, LocalSource(b, OWNER.public_key, a), memory=RoundMemory())
     assert (again.commits, again.moved, again.changes) == (0, [], 0)
 
 
@@ -57,12 +58,12 @@ async def test_concurrent_moves_of_one_branch_end_the_same_everywhere():
     a, repo = owner_repo()
     repo.invite(OWNER, ALICE.public_key, "maintainer")
     b = RepoSet.in_memory(ALICE)
-    await pull(b, repo.id, LocalSource(a, ALICE.public_key, b))
+    await pull(b, repo.id, LocalSource(a, ALICE.public_key, b), memory=RoundMemory())
     mine = b.open(repo.id)
     repo.commit_weights(OWNER, tiny_state(5), message="owner's main")  # both move main, apart
     mine.commit_weights(ALICE, tiny_state(6), message="alice's main")
-    await pull(a, repo.id, LocalSource(b, OWNER.public_key, a))
-    await pull(b, repo.id, LocalSource(a, ALICE.public_key, b))
+    await pull(a, repo.id, LocalSource(b, OWNER.public_key, a), memory=RoundMemory())
+    await pull(b, repo.id, LocalSource(a, ALICE.public_key, b), memory=RoundMemory())
     same_view(mine, repo)
 
 
@@ -82,7 +83,7 @@ async def test_a_commit_by_a_non_member_is_refused_with_what_is_built_on_it():
     repo.objects.put(forged.id, forged.encode())  # planted in the owner's store, bypassing every check
     repo._move_branch(OWNER, "exp", forged.id, expected=head.id, epoch=0, timestamp=head.timestamp_ms + 10)
     b = RepoSet.in_memory(ALICE)
-    result = await pull(b, repo.id, LocalSource(a, ALICE.public_key, b))
+    result = await pull(b, repo.id, LocalSource(a, ALICE.public_key, b), memory=RoundMemory())
     assert "is not a member" in result.refused[forged.id]
     assert "refused commit" in result.refused[repo.branch_move("exp").id]
     mine = b.open(repo.id)
@@ -106,14 +107,15 @@ async def test_a_member_clones_over_libp2p():
             exchange = BlockExchange(b_host, b.blocks)
             await nursery.start(exchange.run)
             peer = await connect(b_host, full_addrs(a_host)[0])
-            result = await pull(b, repo.id, PeerSource(b_host, peer, exchange))
+            result = await pull(b, repo.id, PeerSource(b_host, peer, exchange), memory=RoundMemory())
             assert (result.commits, result.refused) == (3, {})
             same_view(b.open(repo.id), repo)
 
             async with running_host(MALLORY) as m_host:  # a non-member over the network: refused by the peer
                 m_peer = await connect(m_host, full_addrs(a_host)[0])
                 with pytest.raises(Forbidden, match="members only"):
-                    await pull(RepoSet.in_memory(MALLORY), repo.id, PeerSource(m_host, m_peer, exchange))
+                    await pull(RepoSet.in_memory(MALLORY), repo.id, PeerSource(m_host, m_peer, exchange),
+                               memory=RoundMemory())
             nursery.cancel_scope.cancel()
 
 
@@ -123,15 +125,16 @@ async def two_nodes_with_a_pending_contribution():
     from flair_node.core.round_rules import RoundPolicy
     from flair_node.protocol import rounds
 
+    memory = RoundMemory()
     a = RepoSet.in_memory(OWNER)
     repo = a.create("digits", tiny_state(0))
     repo.invite(OWNER, ALICE.public_key, "maintainer")
     repo.set_policy(OWNER, RoundPolicy(buffer=1))
     repo.contribute(OWNER, tiny_state(1), examples=10)
     b = RepoSet.in_memory(ALICE)
-    await pull(b, repo.id, LocalSource(a, ALICE.public_key, b))
+    await pull(b, repo.id, LocalSource(a, ALICE.public_key, b), memory=RoundMemory())
     nodes = {OWNER.public_key: (OWNER, a, repo), ALICE.public_key: (ALICE, b, b.open(repo.id))}
-    current = rounds.view(repo, "main")
+    current = rounds.view(repo, "main", memory=memory)
     aggregator = nodes.pop(current.aggregator(current.opened_ms + 1))
     (other,) = nodes.values()
     return aggregator, other, current
@@ -140,16 +143,17 @@ async def two_nodes_with_a_pending_contribution():
 async def test_a_pull_follows_a_verified_round_merge_and_refuses_a_forged_one():
     from flair_node.protocol import rounds
 
+    memory = RoundMemory()
     (who, theirs, repo), (me, mine, my_repo), current = await two_nodes_with_a_pending_contribution()
-    state, meta = rounds.derive(repo, current, current.pending)
+    state, meta = rounds.derive(repo, current, current.pending, memory=memory)
     forged = repo.write_round(who, {k: v + 1 for k, v in state.items()}, branch="main",
                               parents=(current.head, *rounds.meta_parents(meta)), meta=meta, message="forged")
-    result = await pull(mine, repo.id, LocalSource(theirs, me.public_key, mine))
+    result = await pull(mine, repo.id, LocalSource(theirs, me.public_key, mine), memory=RoundMemory())
     assert "main" not in result.moved
     assert "not what its inputs merge to" in result.refused[repo.branch_move("main").id]
     assert my_repo.head("main") == current.head and my_repo.objects.has(forged.id)  # kept, not followed
 
     (who, theirs, repo), (me, mine, my_repo), current = await two_nodes_with_a_pending_contribution()
-    merged = rounds.merge(repo, who, "main")
-    result = await pull(mine, repo.id, LocalSource(theirs, me.public_key, mine))
+    merged = rounds.merge(repo, who, "main", memory=memory)
+    result = await pull(mine, repo.id, LocalSource(theirs, me.public_key, mine), memory=RoundMemory())
     assert "main" in result.moved and my_repo.head("main") == merged.id

@@ -16,13 +16,29 @@ repository's ownership token: whoever holds it owns the repository, and moving i
   for IPFS, and the check of a minted NFT against its record.
 - ``ownership``: the repository's ownership token (its minting and check) and the handover that moves it.
 - ``contribution``: the optional NFT a round's aggregator mints to each contributor of the merge.
-- ``chain`` (not re-exported here): the one module that talks to a cluster, over solana-py's RPC client.
+- ``chain`` (not re-exported here): the one module that talks to a cluster, over solana-py's RPC client; the
+  ``Address`` type and ``parse_address``; ``map_exceptions``, the one place where what solana-py, httpx and
+  solders raise becomes Flair's errors.
 - ``registry``: the client of ``flair_registry``, Flair's own program (``anchor_program/``): its addresses,
   instructions built with anchorpy's coder from the program's IDL (the one file read here), and its accounts.
 
-Nothing else here talks to a network or reads a file: the RPC client sends what these functions build.
+The modules above speak solders' types (``Pubkey``, ``Keypair``, ``Instruction``). The rest of Flair speaks its own,
+through three adapters, and never imports solders, solana-py or anchorpy (an import-linter contract in
+``pyproject.toml`` keeps it so):
+
+- ``wallet``: a node's ``Identity`` as a Solana wallet: the mints it derives, as addresses, and the transactions
+  its services send (NFTs, tokens, handovers, memos), built and signed, as a ``SignedTransaction``.
+- ``checks``: whether a mint's account, as ``Chain.account`` reads it, is the NFT or token a record says.
+- ``registry_program`` (not re-exported here): one deployment of ``flair_registry``, its addresses and
+  instructions with ids in hex and keys in base58.
+
+Nothing here talks to a network or reads a file except ``chain`` and ``registry``'s IDL: the RPC client sends
+what these functions build.
 """
 
+from .checks import check_commit_nft as check_commit_nft
+from .checks import check_contribution_nft as check_contribution_nft
+from .checks import check_repo_token as check_repo_token
 from .commit_nft import commit_mint as commit_mint
 from .commit_nft import commit_nft_fields as commit_nft_fields
 from .commit_nft import commit_nft_instructions as commit_nft_instructions
@@ -79,3 +95,5 @@ from .token2022 import associated_token_address as associated_token_address
 from .token2022 import parse_mint as parse_mint
 from .token2022 import parse_token_account as parse_token_account
 from .token2022 import transfer_checked as transfer_checked
+from .wallet import SignedTransaction as SignedTransaction
+from .wallet import Wallet as Wallet

@@ -14,17 +14,28 @@ What a cluster answers is checked before it becomes Flair's: a landed transactio
 fit in a packet and name at most one token balance per account it touches, with raw amounts as canonical u64
 decimals, or the call fails with ``ChainError``. Whether the answer tells the truth is for the caller to judge
 with what it knows (``verify_commit_nft`` and friends check account data against records).
+
+Whatever Solana's Python clients raise is translated in one place, ``map_exceptions``: solana-py's exceptions, the
+httpx errors beneath them and solders' parse errors become ``ChainError`` (a call to the cluster failed) or
+``InvalidInput`` (a key or signature given here is malformed), and nothing else is caught. Addresses cross this
+boundary as ``Address`` (base58 text, made by ``parse_address``), never as solders' ``Pubkey``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any, NewType
 from urllib.parse import quote, urlparse
 
-from ...core.errors import InvalidInput, RemoteError
+from ...core.errors import FlairError, InvalidInput, RemoteError
+
+if TYPE_CHECKING:
+    from solders.pubkey import Pubkey
+    from solders.signature import Signature
 
 LOCAL_URL = "http://127.0.0.1:8899"  # flair-node localnet's default
 CLUSTERS = {"local": LOCAL_URL, "devnet": "https://api.devnet.solana.com",
@@ -39,8 +50,67 @@ UNKNOWN_STATUS = "unknown: the cluster returned the transaction without its stat
 _AMOUNT = re.compile(r"0|[1-9][0-9]{0,19}")
 
 
+#: A Solana account address (a wallet, a mint, a program, an account a program derives): an Ed25519 public key
+#: in base58, its one spelling. ``parse_address`` makes one from text; a node's ``PublicKey`` is one too.
+Address = NewType("Address", str)
+
+
 class ChainError(RemoteError):
     """A Solana RPC call failed: the cluster is unreachable, refused the call, or answered malformed."""
+
+
+@cache
+def client_errors() -> tuple[type[Exception], ...]:
+    """What Solana's Python clients raise when a call to a cluster fails or what it answered does not parse:
+    solana-py's own exceptions (an RPC error answer, no result, and httpx's errors, which it wraps), httpx's errors
+    outside that wrapping (a malformed URL, a stream used twice), a socket error beneath them, solders' errors
+    decoding an answer, and the ``ValueError`` solders raises for malformed keys, signatures and hashes. Imported on
+    first use: solana-py takes a while to import, and a node without a cluster never needs it."""
+    import httpx
+    from solana.exceptions import SolanaExceptionBase
+    from solana.rpc.core import (
+        RPCException,
+        RPCNoResultException,
+        TransactionExpiredBlockheightExceededError,
+        UnconfirmedTxError,
+    )
+    from solders.errors import BincodeError, CborError, SerdeJSONError, SignerError
+
+    return (SolanaExceptionBase, RPCException, RPCNoResultException, UnconfirmedTxError,
+            TransactionExpiredBlockheightExceededError, httpx.HTTPError, httpx.InvalidURL, httpx.StreamError,
+            OSError, SerdeJSONError, BincodeError, CborError, SignerError, ValueError)
+
+
+@contextmanager
+def map_exceptions(message: str, error: type[FlairError] = ChainError, *, reason: bool = True) -> Iterator[None]:
+    """The one place where the exceptions of Solana's Python clients become Flair's: inside the block, one of
+    ``client_errors()`` is raised again as ``error(message)``, followed by ``": <what it said>"`` when ``reason``
+    (at most 2,000 characters of it). Anything else, a ``FlairError`` or ``trio.Cancelled`` say, passes untouched.
+    The original is dropped (``from None``): what it said is in the message, and its traceback is the client's.
+
+        with map_exceptions(f"Solana RPC getBalance at {url} failed"):
+            return await client.get_balance(key)
+    """
+    try:
+        yield
+    except client_errors() as exc:
+        raise error(f"{message}: {_reason(exc)}" if reason else message) from None
+
+
+def parse_address(text: object) -> Address:
+    """``text`` as an ``Address`` if it is a Solana address (an Ed25519 public key in base58); ``InvalidInput``
+    saying it is not otherwise."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"{text!r} is not a Solana address")
+    return Address(str(solana_key(text)))
+
+
+def solana_key(address: str) -> Pubkey:
+    """``address`` as solders' ``Pubkey``, for the builders of this package; ``InvalidInput`` if it is not one."""
+    from solders.pubkey import Pubkey
+
+    with map_exceptions(f"{address!r} is not a Solana address", InvalidInput, reason=False):
+        return Pubkey.from_string(address)
 
 
 def cluster_url(cluster: str) -> str:
@@ -118,7 +188,7 @@ class Chain:
         await self._client.close()
 
     async def balance(self, address: str) -> int:
-        return int((await self._call("getBalance", self._client.get_balance(_pubkey(address)))).value)
+        return int((await self._call("getBalance", self._client.get_balance(solana_key(address)))).value)
 
     async def latest_blockhash(self) -> Any:
         """The cluster's latest blockhash (a ``solders.hash.Hash``, as transactions take it)."""
@@ -130,7 +200,7 @@ class Chain:
                                      self._client.get_minimum_balance_for_rent_exemption(size))).value)
 
     async def account(self, address: str) -> Account | None:
-        value = (await self._call("getAccountInfo", self._client.get_account_info(_pubkey(address)))).value
+        value = (await self._call("getAccountInfo", self._client.get_account_info(solana_key(address)))).value
         if value is None:
             return None
         return Account(int(value.lamports), str(value.owner), bytes(value.data), bool(value.executable))
@@ -173,24 +243,23 @@ class Chain:
         from .nft import holds_one
         from .token2022 import associated_token_address
 
-        holder_key, mint_key = _pubkey(holder), _pubkey(mint)
+        holder_key, mint_key = solana_key(holder), solana_key(mint)
         account = await self.account(str(associated_token_address(holder_key, mint_key)))
         if account is None:
             return False
-        return holds_one(holder=holder_key, mint=mint_key, owner=_pubkey(account.owner), data=account.data)
+        return holds_one(holder=holder_key, mint=mint_key, owner=solana_key(account.owner), data=account.data)
 
     async def airdrop(self, address: str, lamports: int) -> str:
         """Ask the cluster for ``lamports`` (``local`` and devnet only); the airdrop's signature."""
         if self.cluster != "devnet" and urlparse(self.url).hostname not in LOOPBACK:
             raise InvalidInput(f"airdrops are for local chains and devnet, not {self.cluster}")
-        return str((await self._call("requestAirdrop", self._client.request_airdrop(_pubkey(address),
+        return str((await self._call("requestAirdrop", self._client.request_airdrop(solana_key(address),
                                                                                      lamports))).value)
 
     async def _call(self, method: str, pending: Any) -> Any:
-        try:
+        """Await solana-py's ``pending`` call of RPC ``method``; its failures are ``ChainError``, naming both."""
+        with map_exceptions(f"Solana RPC {method} at {self.url} failed"):
             return await pending
-        except Exception as exc:  # httpx transport errors, RPC errors, malformed answers: all say the same
-            raise ChainError(f"Solana RPC {method} at {self.url} failed: {_reason(exc)}") from None
 
 
 def landed(value: Any, source: str, *, signature: str | None = None) -> Landed:
@@ -250,22 +319,11 @@ def _holdings(balances: Sequence[Any] | None, what: str, source: str) -> dict[tu
     return held
 
 
-def _pubkey(address: str) -> Any:
-    from solders.pubkey import Pubkey
-
-    try:
-        return Pubkey.from_string(address)
-    except ValueError:
-        raise InvalidInput(f"{address!r} is not a Solana address") from None
-
-
-def _signature(text: str) -> Any:
+def _signature(text: str) -> Signature:
     from solders.signature import Signature
 
-    try:
+    with map_exceptions(f"{text!r} is not a transaction signature", InvalidInput, reason=False):
         return Signature.from_string(text)
-    except ValueError:
-        raise InvalidInput(f"{text!r} is not a transaction signature") from None
 
 
 def _reason(exc: Exception) -> str:

@@ -39,6 +39,7 @@ from ...core.cid import parse_cid
 from ...core.errors import FlairError, IntegrityError, InvalidInput
 from ...core.ids import BranchName, Cid, CommitId, PublicKey, RepoId, short
 from ...core.refs import check_branch_name
+from .chain import parse_address
 
 #: SPL Memo v2 (checks its data is UTF-8 and that every account it is given signed).
 MEMO_PROGRAM_ID = Pubkey.from_string("MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr")
@@ -138,8 +139,8 @@ def _check_repo(repo: object) -> RepoId:
 def _check_key(key: object) -> PublicKey:
     """A Solana public key in its one base58 spelling."""
     try:
-        canonical = isinstance(key, str) and str(Pubkey.from_string(key)) == key
-    except ValueError:
+        canonical = parse_address(key) == key
+    except InvalidInput:
         canonical = False
     if not canonical:
         raise InvalidInput(f"{key!r} is not a Solana public key in base58", key=str(key))

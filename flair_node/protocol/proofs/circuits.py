@@ -4,8 +4,8 @@ A repository's policy names its SRS by CID (``proof_srs``): the owner's node add
 (``add_srs``), members fetch those blocks when they pull, re-hashing each, so every member ends up with exactly
 the file the policy names, and keys and KZG commitments made from it agree everywhere. ``Circuits`` copies it
 out of the blocks once, into ``<cache>/srs/<cid>``, and builds the policy's circuits under ``<cache>/circuits``
-(``ezkl_backend.build``: once per shape and SRS). A node registers its own (``use``, keyed by its object store,
-as the round caches are); a process that registers none shares one in a temporary folder.
+(``ezkl_backend.build``: once per shape and SRS). A node has one, in its home (the daemon's ``Node`` makes it), and
+hands it to whatever commits, proves or verifies: the round code (``rounds.RoundMemory``) and the proof service.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from __future__ import annotations
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from weakref import WeakKeyDictionary
+from typing import TYPE_CHECKING
 
 from ...core.errors import InvalidInput, NotFound
 from ...core.ids import Cid
@@ -35,6 +34,11 @@ class Circuits:
         self.cache = cache
         self._lock = threading.Lock()  # one build at a time: two would only race to the same files
 
+    @classmethod
+    def in_temporary_folder(cls) -> Circuits:
+        """A cache in a new temporary folder: for a node without a home (tests, in-memory repositories)."""
+        return cls(Path(tempfile.mkdtemp(prefix="flair-circuits-")))
+
     def srs(self, repo: Repository) -> Path:
         """The SRS file ``repo``'s policy names; ``ProofError`` if it names none or its blocks are not here yet."""
         cid = repo.members.current().policy.proof_srs
@@ -44,7 +48,7 @@ class Circuits:
         path = self.cache / "srs" / cid
         if not path.exists():
             try:
-                data = unixfs.cat(repo.blocks, cid, max_size=MAX_SRS_BYTES)
+                data = unixfs.cat(repo.blocks, Cid(cid), max_size=MAX_SRS_BYTES)
             except NotFound:
                 raise ProofError(f"the SRS {cid} of repository {repo.name} has not arrived on this node yet: it "
                                  "comes with the next pull from a member") from None
@@ -68,26 +72,6 @@ class Circuits:
         if repo.members.current().policy.proof_scheme == "poseidon":
             return None
         return self.circuit(repo, 1)
-
-
-_USED: WeakKeyDictionary[Any, Circuits] = WeakKeyDictionary()
-_shared: Circuits | None = None
-
-
-def use(objects: Any, circuits: Circuits) -> None:
-    """Make ``circuits`` the ones every repository stored in ``objects`` (one node's object store) proves with."""
-    _USED[objects] = circuits
-
-
-def for_repo(repo: Repository) -> Circuits:
-    """The circuits of the node keeping ``repo``."""
-    global _shared
-    found = _USED.get(repo.objects)
-    if found is None:
-        if _shared is None:
-            _shared = Circuits(Path(tempfile.mkdtemp(prefix="flair-circuits-")))
-        found = _shared
-    return found
 
 
 def choose_srs(chunk: int, scheme: str, *, given: Path | None, configured: Path | None, development: Path

@@ -25,6 +25,9 @@ is a file: ``development_srs`` makes one with ``ezkl.gen_srs`` (its secret is no
 development only); a production SRS from a ceremony is passed as a path. Prover and verifier must use the same
 SRS: the verifying key depends on it.
 
+Every call into EZKL runs inside ``map_ezkl_errors``: whatever it raises (its Rust panics included), or a
+``False`` it returns, becomes a ``ProofError`` there, and nothing of EZKL's leaves this module.
+
 Scratch folders (``.tmp-*`` here, the proving worker's ``.job-*``) hold the values being proven, in plaintext;
 they are removed when their step ends, and ``remove_scratch`` removes those a killed process left behind (the
 daemon calls it on start, before any proof runs).
@@ -144,46 +147,39 @@ def felt_value(text: str) -> int:
 
 def poseidon(values: Sequence[int]) -> str:
     """The Poseidon hash EZKL's circuits compute over ``values`` (as field elements): a commitment."""
-    import ezkl
-
+    ezkl = _ezkl()
     if not values:
         raise InvalidInput("nothing to hash")
-    (digest,) = ezkl.poseidon_hash([felt(int(v)) for v in values])
+    with map_ezkl_errors("Poseidon hash"):
+        (digest,) = ezkl.poseidon_hash([felt(int(v)) for v in values])
     return str(digest)
 
 
 def commit(circuit: Circuit, values: Sequence[int]) -> str:
     """The commitment to ``values`` that ``circuit``'s proofs carry for an input or output holding them: their
     Poseidon hash, or the KZG commitment of their column (64 bytes in hex: x then y, as the proof holds them)."""
-    import ezkl
-
+    ezkl = _ezkl()
     if circuit.shape.scheme == "poseidon":
         return poseidon(values)
     most = max(circuit.shape.size, KZG_INPUTS)
     if not values or len(values) > most:
         raise InvalidInput(f"a commitment of this circuit covers 1 to {most} values")
-    point = None
-
-    def run() -> None:
-        nonlocal point
+    with map_ezkl_errors("KZG commitment"):
         (point,) = ezkl.kzg_commit([felt(int(v)) for v in values], str(circuit.vk), str(circuit.settings),
                                    str(circuit.srs))
-
-    _call("KZG commitment", run)
-    assert point is not None
     return (bytes.fromhex(point.x)[::-1] + bytes.fromhex(point.y)[::-1]).hex()
 
 
 def development_srs(folder: Path, logrows: int) -> Path:
     """An SRS for ``2^logrows`` rows made here with ``ezkl.gen_srs`` (cached in ``folder``). Its toxic waste is
     not destroyed, so proofs made with it convince only who trusts this machine: tests and development."""
-    import ezkl
-
+    ezkl = _ezkl()
     path = folder / f"dev-k{logrows}.srs"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         with _scratch(folder) as tmp:
-            ezkl.gen_srs(str(tmp / "srs"), logrows)
+            with map_ezkl_errors(f"SRS for 2^{logrows} rows"):
+                ezkl.gen_srs(str(tmp / "srs"), logrows)
             os.replace(tmp / "srs", path)
     return path
 
@@ -221,8 +217,7 @@ def build(cache: Path, shape: Shape, srs: Path) -> Circuit:
 
 def prove(circuit: Circuit, weights: Sequence[int], chunks: Sequence[Sequence[int]]) -> bytes:
     """A proof that ``Σ_i weights[i] · chunks[i]`` is what it is; the proof file's bytes (JSON)."""
-    import ezkl
-
+    ezkl = _ezkl()
     shape = circuit.shape
     if len(weights) != shape.inputs or len(chunks) != shape.inputs or any(len(c) != shape.size for c in chunks):
         raise InvalidInput(f"this circuit proves {shape.inputs} weights and {shape.inputs} chunks of {shape.size}")
@@ -234,10 +229,11 @@ def prove(circuit: Circuit, weights: Sequence[int], chunks: Sequence[Sequence[in
         (tmp / "input.json").write_text(json.dumps(data))
         what = f"{shape.inputs} x {shape.size}"
         keys = {"vk_path": str(circuit.vk), "srs_path": str(circuit.srs)} if shape.scheme == "kzg" else {}
-        _call(f"witness for {what}", lambda: ezkl.gen_witness(str(tmp / "input.json"), str(circuit.compiled),
-                                                               str(tmp / "witness.json"), **keys))
-        _call(f"proof of {what}", lambda: ezkl.prove(str(tmp / "witness.json"), str(circuit.compiled),
-                                                      str(circuit.pk), str(tmp / "proof.json"), str(circuit.srs)))
+        with map_ezkl_errors(f"witness for {what}") as call:
+            call(ezkl.gen_witness(str(tmp / "input.json"), str(circuit.compiled), str(tmp / "witness.json"), **keys))
+        with map_ezkl_errors(f"proof of {what}") as call:
+            call(ezkl.prove(str(tmp / "witness.json"), str(circuit.compiled), str(circuit.pk), str(tmp / "proof.json"),
+                            str(circuit.srs)))
         return (tmp / "proof.json").read_bytes()
 
 
@@ -246,8 +242,7 @@ def verify(circuit: Circuit, proof: bytes) -> list[str]:
     sums: Poseidon hashes as its public values, or the KZG commitments it opens with). ``IntegrityError`` if it
     does not verify or is not a proof of this shape. This checks the proof against the commitments *in the
     proof*: the caller compares them with what was published."""
-    import ezkl
-
+    ezkl = _ezkl()
     count = circuit.shape.inputs + 2
     try:
         parsed = json.loads(proof)
@@ -273,8 +268,8 @@ def verify(circuit: Circuit, proof: bytes) -> list[str]:
     with _scratch(circuit.folder.parent) as tmp:
         atomic_write(tmp / "proof.json", proof)
         try:
-            _call("verification", lambda: ezkl.verify(str(tmp / "proof.json"), str(circuit.settings),
-                                                       str(circuit.vk), str(circuit.srs)))
+            with map_ezkl_errors("verification") as call:
+                call(ezkl.verify(str(tmp / "proof.json"), str(circuit.settings), str(circuit.vk), str(circuit.srs)))
         except ProofError:  # false, or a panic on a malformed proof
             raise IntegrityError("the proof does not verify against this circuit's verifying key") from None
     return commitments
@@ -302,9 +297,7 @@ def export_onnx(path: Path, shape: Shape) -> None:
 def run_args(logrows: int, visibility: str) -> Any:
     """EZKL's run arguments for the weighted sum: integers at scale 0, no range checks on inputs and outputs,
     inputs and outputs with ``visibility`` (``polycommit`` or ``hashed``; ``public`` for the naive baseline)."""
-    import ezkl
-
-    args = ezkl.PyRunArgs()
+    args = _ezkl().PyRunArgs()
     args.input_visibility = args.output_visibility = visibility
     args.param_visibility = "fixed"
     args.input_scale = args.param_scale = 0
@@ -317,36 +310,46 @@ def run_args(logrows: int, visibility: str) -> Any:
 
 
 def _build_into(folder: Path, shape: Shape, srs: Path) -> None:
-    import ezkl
-
+    ezkl = _ezkl()
     export_onnx(folder / "circuit.onnx", shape)
     args = run_args(shape.logrows, VISIBILITY[shape.scheme])
-    steps = [("settings", lambda: ezkl.gen_settings(str(folder / "circuit.onnx"), str(folder / "settings.json"),
-                                                    py_run_args=args)),
-             ("compile", lambda: ezkl.compile_circuit(str(folder / "circuit.onnx"), str(folder / "circuit.ezkl"),
-                                                      str(folder / "settings.json"))),
-             ("setup", lambda: ezkl.setup(str(folder / "circuit.ezkl"), str(folder / "vk.key"),
-                                          str(folder / "pk.key"), str(srs)))]
-    for name, step in steps:
-        _call(f"{name} for {shape.inputs} x {shape.size}", step)
-        if name == "settings":
-            rows = json.loads((folder / "settings.json").read_text()).get("num_rows", 0)
-            if rows + ROWS_RESERVED // 4 > 1 << shape.logrows:
-                raise ProofError(f"{shape.inputs} x {shape.size} needs {rows} rows, more than the 2^{shape.logrows} "
-                                 "its shape allows for")
+    what = f"{shape.inputs} x {shape.size}"
+    with map_ezkl_errors(f"settings for {what}") as call:
+        call(ezkl.gen_settings(str(folder / "circuit.onnx"), str(folder / "settings.json"), py_run_args=args))
+    rows = json.loads((folder / "settings.json").read_text()).get("num_rows", 0)
+    if rows + ROWS_RESERVED // 4 > 1 << shape.logrows:
+        raise ProofError(f"{what} needs {rows} rows, more than the 2^{shape.logrows} its shape allows for")
+    with map_ezkl_errors(f"compile for {what}") as call:
+        call(ezkl.compile_circuit(str(folder / "circuit.onnx"), str(folder / "circuit.ezkl"),
+                                  str(folder / "settings.json")))
+    with map_ezkl_errors(f"setup for {what}") as call:
+        call(ezkl.setup(str(folder / "circuit.ezkl"), str(folder / "vk.key"), str(folder / "pk.key"), str(srs)))
 
 
-def _call(what: str, step: Callable[[], object]) -> None:
-    """Run one EZKL step; ``ProofError`` if it raises, panics (pyo3 panics derive from BaseException) or
-    returns False."""
+def _ezkl() -> Any:
+    """The ``ezkl`` module, imported on first use (it is large, and only proofs need it). Typed ``Any``: its
+    stubs lag its run time (they declare no attributes on ``PyRunArgs`` or ``PyG1Affine``, and no defaults for
+    ``verify``'s and ``setup``'s optional arguments), and nothing of it leaves this module untranslated."""
+    import ezkl
+
+    return ezkl
+
+
+@contextlib.contextmanager
+def map_ezkl_errors(what: str) -> Iterator[Callable[[object], None]]:
+    """Run one EZKL step: what it raises becomes ``ProofError`` ("EZKL <what> failed: <its error>"), its Rust
+    panics included (pyo3 raises those as ``BaseException``s; ``KeyboardInterrupt`` and ``SystemExit`` pass).
+    Yields ``call``, to hand it what the step returned: EZKL reports some failures by returning ``False``."""
+    def call(result: object) -> None:
+        if result is False:
+            raise ProofError(f"EZKL {what} failed")
+
     try:
-        ok = step()
-    except (KeyboardInterrupt, SystemExit):
+        yield call
+    except (KeyboardInterrupt, SystemExit, FlairError):
         raise
     except BaseException as exc:
         raise ProofError(f"EZKL {what} failed: {exc}") from None
-    if ok is False:
-        raise ProofError(f"EZKL {what} failed")
 
 
 SCRATCH_PREFIXES = (".tmp-", ".job-")

@@ -7,7 +7,7 @@ aggregator cannot know beforehand which chunks it could falsify unseen. The samp
 an aggregator falsifying ``FALSIFIED`` of the chunks with probability ``CONFIDENCE`` (``sample_size``).
 
 **The bundle.** JSON ``{"v": 1, "repo", "commit", "proofs": {"<chunk>": <EZKL proof>}}``, stored as a UnixFS
-file and named by a signed ``ProofRecord`` (``Repository.write_proof``). Proofs reveal nothing of the deltas, so the
+file and named by a signed ``ProofRecord`` (``MergeRecords.write_proof``). Proofs reveal nothing of the deltas, so the
 bundle is not encrypted. A bundle from a peer is read within bounds: at most the size its record declares
 (``MAX_PROOFS_BYTES``), JSON nested at most ``MAX_BUNDLE_DEPTH`` deep (checked without recursing,
 ``core.encoding.loads_json``); anything else is an ``IntegrityError``, never a ``RecursionError``.
@@ -32,11 +32,12 @@ from ...core.objects import ProofRecord
 from ...storage import unixfs
 from ...storage.repo import MAX_PROOFS_BYTES
 from .. import rounds
-from . import circuits, weighted_sum, worker
+from . import weighted_sum, worker
 
 if TYPE_CHECKING:
     from ...core.identity import Identity
     from ...storage.repo import Repository
+    from .circuits import Circuits
 
 PROVE_ALL = 64  # merges of up to this many chunks are proven whole
 FALSIFIED, CONFIDENCE = 0.01, 0.99  # a sample catches 1 % of the chunks falsified with probability 0.99
@@ -67,23 +68,24 @@ def chunks_to_prove(merge: CommitId, total: int) -> list[int]:
     return weighted_sum.sample(merge, total, sample_size(total))
 
 
-def prove_merge(repo: Repository, identity: Identity, merge: CommitId, *, memory_mb: int = worker.DEFAULT_MEMORY_MB,
-                timeout_s: float = worker.DEFAULT_TIMEOUT_S, stop: threading.Event | None = None) -> ProofRecord:
-    """Prove round merge ``merge`` (made by ``identity``, on a node that can read its contributions) in a worker
-    process, and store, sign and announce the proofs (``Repository.write_proof``)."""
+def prove_merge(repo: Repository, identity: Identity, merge: CommitId, *, circuits: Circuits,
+                memory_mb: int = worker.DEFAULT_MEMORY_MB, timeout_s: float = worker.DEFAULT_TIMEOUT_S,
+                stop: threading.Event | None = None) -> ProofRecord:
+    """Prove round merge ``merge`` (made by ``identity``, on a node that can read its contributions) with the
+    node's ``circuits`` in a worker process, and store, sign and announce the proofs (``MergeRecords.write_proof``)."""
     commit = repo.commit(merge)
     weights, _, sums = rounds.proof_statement(repo, commit)
     deltas = []
     for contribution in rounds.meta_parents(dict(commit.meta)):
         base = repo.commit(contribution).parents[0]
         deltas.append(weighted_sum.fixed_delta(repo.materialize(contribution), repo.materialize(base)))
-    circuit = circuits.for_repo(repo).circuit(repo, len(weights))
+    circuit = circuits.circuit(repo, len(weights))
     indices = chunks_to_prove(commit.id, len(sums))
     proofs = worker.prove_chunks(circuit, weights, deltas, indices, memory_mb=memory_mb, timeout_s=timeout_s,
                                  stop=stop)
     bundle = {"v": BUNDLE_VERSION, "repo": repo.id, "commit": commit.id,
               "proofs": {str(j): json.loads(proofs[j]) for j in indices}}
-    return repo.write_proof(identity, commit.id, indices, json.dumps(bundle, separators=(",", ":")).encode(),
+    return repo.merges.write_proof(identity, commit.id, indices, json.dumps(bundle, separators=(",", ":")).encode(),
                             vk=circuit.vk_sha256)
 
 
@@ -101,9 +103,10 @@ def decode_bundle(data: bytes, repo: RepoId, merge: CommitId, chunks: list[int])
     return bundle
 
 
-def check_merge(repo: Repository, record: ProofRecord) -> dict[str, Any]:
-    """Check the proofs ``record`` names against ``repo``'s records (see the module docstring); what was proven
-    (chunks, total, the chance the sample catches 1 % falsified). ``IntegrityError`` saying what is wrong."""
+def check_merge(repo: Repository, record: ProofRecord, *, circuits: Circuits) -> dict[str, Any]:
+    """Check the proofs ``record`` names against ``repo``'s records (see the module docstring) with the node's
+    ``circuits``; what was proven (chunks, total, the chance the sample catches 1 % falsified). ``IntegrityError``
+    saying what is wrong."""
     commit = repo.commit(record.commit)
     weights, published, sums = rounds.proof_statement(repo, commit)
     expected = chunks_to_prove(commit.id, len(sums))
@@ -113,7 +116,7 @@ def check_merge(repo: Repository, record: ProofRecord) -> dict[str, Any]:
         raise IntegrityError(f"the proofs of {short(commit.id)} are larger than {MAX_PROOFS_BYTES >> 20} MiB")
     bundle = decode_bundle(unixfs.cat(repo.blocks, record.proofs, max_size=record.size), repo.id, commit.id,
                            expected)
-    circuit = circuits.for_repo(repo).circuit(repo, len(weights))
+    circuit = circuits.circuit(repo, len(weights))
     if record.vk != circuit.vk_sha256:
         raise IntegrityError(f"the proofs of {short(commit.id)} were made for another verifying key (sha256 "
                              f"{record.vk[:16]}...) than this node builds from the repository's SRS and circuit "

@@ -52,7 +52,7 @@ def jsonrpc_seeds(repo: str, model: Path, key: str) -> list[dict[str, Any]]:
     return [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in enumerate(calls)]
 
 
-class InternalError(Exception):
+class InternalErrorReply(Exception):
     """The API answered JSON-RPC -32603: a handler failed with something other than a FlairError."""
 
     def __init__(self, message: str, method: str) -> None:
@@ -61,13 +61,14 @@ class InternalError(Exception):
 
 
 def judge_reply(status: int, reply: bytes | None, authorized: bool) -> str:
-    """How the API answered: "refused", "accepted", "forged" (a result without the token); ``InternalError``."""
+    """How the API answered: "refused", "accepted", "forged" (a result without the token); ``InternalErrorReply``."""
     answers = json.loads(reply) if reply else []
     answers = answers if isinstance(answers, list) else [answers]
     for answer in answers:
         error = answer.get("error") if isinstance(answer, dict) else None
         if isinstance(error, dict) and error.get("code") == -32603:
-            raise InternalError(f"internal error: {(reply or b'')[:300]!r}", str(error.get("data", {}).get("method")))
+            method = str(error.get("data", {}).get("method"))
+            raise InternalErrorReply(f"internal error: {(reply or b'')[:300]!r}", method)
     results = [a for a in answers if isinstance(a, dict) and "result" in a]
     if results and not authorized:
         return "forged"
@@ -117,6 +118,8 @@ class Live:
             self.c.tally("live_daemon").hangs += 1
 
     async def run(self, k: int) -> dict[str, Any]:
+        from libp2p.custom_types import TProtocol
+
         from flair_node.network.gossipsub import GossipSub
         from flair_node.network.host import connect, running_host
         from flair_node.protocol import sync
@@ -126,7 +129,7 @@ class Live:
             self.gossip = GossipSub(host)
             await nursery.start(self.gossip.run)
             await self.gossip.join(announce.topic(self.repo_id), lambda forwarder, data: False)
-            host.set_stream_handler(sync.PROTOCOL, self._serve_sync)
+            host.set_stream_handler(TProtocol(sync.PROTOCOL), self._serve_sync)
             self.peer = await connect(host, self.address)
             with trio.fail_after(20):
                 while not self.gossip.peers(announce.topic(self.repo_id)):  # noqa: ASYNC110 - no event to wait on
@@ -368,7 +371,7 @@ def live_api(c: Campaign, daemon: Any, repo_id: RepoId, world: World, rng: rando
             daemon.client.call("repo.commit", repo=repo_id, weights_path=str(path), message="fuzz", branch="fuzz")
         except FlairError as exc:
             if exc.code == -32603:
-                raise InternalError(f"repo.commit of a mutated file: {exc}", "repo.commit") from None
+                raise InternalErrorReply(f"repo.commit of a mutated file: {exc}", "repo.commit") from None
             raise
         return "accepted"
 

@@ -1,0 +1,77 @@
+"""``repo.*`` that read history: the log, one commit, the change between two, and a commit's weights written out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import files
+from ..context import ApiContext
+from ..dispatch import MethodTable, Param
+from ..params import COMMIT, COMMIT_RESULT, ID, OBJECT, PATH, REPO
+from ..views import commit_json
+
+methods = MethodTable()
+
+
+@methods.method(
+    "repo.log", "Commits reachable from a branch (or from every branch), newest first.",
+    params=(REPO,
+            Param("branch", ID, "branch or commit to start from; all branches if omitted", required=False,
+                  default=None),
+            Param("limit", {"type": "integer", "minimum": 1}, "most commits to return", required=False,
+                  default=1000)),
+    result=OBJECT)
+async def repo_log(ctx: ApiContext, repo: str, branch: str | None, limit: int) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        r = ctx.repos.open(repo)
+        branches = r.branches()
+        heads = [r.resolve(branch)] if branch else list(dict.fromkeys(branches.values()))
+        return {"commits": [commit_json(c) for c in r.log(heads, limit)], "branches": dict(branches)}
+
+    return await ctx.off_thread(work)
+
+
+@methods.method("repo.show", "One commit, with its changes against its first parent.", params=(REPO, COMMIT),
+                result=COMMIT_RESULT)
+async def repo_show(ctx: ApiContext, repo: str, commit: str) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        r = ctx.repos.open(repo)
+        c = r.commit(r.resolve(commit))
+        changes = r.diff(c.parents[0], c.id) if c.parents else []
+        return {**commit_json(c), "changes": changes}
+
+    return await ctx.off_thread(work)
+
+
+@methods.method(
+    "repo.diff", "Per-tensor change from commit A to commit B (L2 norm, largest change, elements changed).",
+    params=(REPO, Param("a", ID, "from: commit or branch"), Param("b", ID, "to: commit or branch")),
+    result=OBJECT)
+async def repo_diff(ctx: ApiContext, repo: str, a: str, b: str) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        r = ctx.repos.open(repo)
+        ca, cb = r.resolve(a), r.resolve(b)
+        tensors = r.diff(ca, cb)
+        total = sum(t["l2"] ** 2 for t in tensors) ** 0.5
+        return {"a": ca, "b": cb, "tensors": tensors, "total_l2": total}
+
+    return await ctx.off_thread(work)
+
+
+@methods.method(
+    "repo.checkout", "Write a commit's full weights, bit for bit as committed, to a safetensors file.",
+    params=(REPO, COMMIT,
+            Param("output_path", PATH, "absolute path of the .safetensors file to write"),
+            Param("overwrite", {"type": "boolean"}, "replace an existing file", required=False, default=False)),
+    result=OBJECT)
+async def repo_checkout(ctx: ApiContext, repo: str, commit: str, output_path: str,
+                        overwrite: bool) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        r = ctx.repos.open(repo)
+        cid = r.resolve(commit)
+        out = files.output_path(output_path, overwrite)
+        files.write_weights(out, r.materialize(cid))
+        return {"commit": cid, "path": str(out), "bytes": out.stat().st_size}
+
+    return await ctx.off_thread(work)
+

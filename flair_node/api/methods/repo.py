@@ -1,0 +1,152 @@
+"""``repo.*`` for whole repositories and new work: listing, creating, committing, contributing to rounds,
+pulling from a peer, status and fsck.
+
+Weights never travel inside requests: ``repo.init``, ``repo.commit`` and ``repo.contribute`` name a safetensors
+file (absolute path) the daemon reads (``api.files``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from ...core.ids import is_full_id
+from ...core.refs import DEFAULT_BRANCH
+from ...tensors.params import DEFAULT_TOPK_RATIO
+from ..context import ApiContext
+from ..dispatch import MethodTable, Param
+from ..files import read_weights
+from ..params import (
+    ARRAY,
+    BRANCH,
+    CODEC,
+    COMMIT_RESULT,
+    EXAMPLES,
+    ID,
+    MESSAGE,
+    OBJECT,
+    PATH,
+    PEER,
+    REPO,
+)
+from ..views import commit_json, repo_json
+
+methods = MethodTable()
+
+
+@methods.method("repo.list", "Every repository on this node.", result=ARRAY)
+async def repo_list(ctx: ApiContext) -> list[dict[str, Any]]:
+    return await ctx.off_thread(lambda: [repo_json(r) for r in ctx.repos.all()])
+
+
+@methods.method(
+    "repo.init", "Create a repository whose commit 0 is the given model's weights.",
+    params=(Param("name", ID, "repository name"),
+            Param("model_path", PATH, "absolute path of a .safetensors file with the initial weights")),
+    result=OBJECT)
+async def repo_init(ctx: ApiContext, name: str, model_path: str) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        state = read_weights(model_path, "model")
+        repo = ctx.repos.create(name, state)
+        return {**repo_json(repo), "commit": repo.head(DEFAULT_BRANCH)}
+
+    return await ctx.changing(work)
+
+
+@methods.method(
+    "repo.commit", "Commit new weights on a branch: the delta against its head is stored.",
+    params=(REPO,
+            Param("weights_path", PATH, "absolute path of a .safetensors file with the new weights"),
+            MESSAGE,
+            replace(BRANCH, description="branch to commit on"),
+            replace(EXAMPLES, required=False, default=0),
+            Param("metrics", {"type": "object", "additionalProperties": {"type": "number"}},
+                  "metrics to record, name -> number", required=False, default=None),
+            Param("expected_head", ID, "refuse unless the branch is still at this commit", required=False,
+                  default=None),
+            CODEC,
+            Param("topk_ratio", {"type": "number", "minimum": 1e-6, "maximum": 1},
+                  "share of each tensor's elements topk-v1 keeps", required=False, default=DEFAULT_TOPK_RATIO)),
+    result=COMMIT_RESULT)
+async def repo_commit(ctx: ApiContext, repo: str, weights_path: str, message: str, branch: str, examples: int,
+                      metrics: dict[str, float] | None, expected_head: str | None, codec: str,
+                      topk_ratio: float) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        r = ctx.repos.open(repo)
+        state = read_weights(weights_path, "weights")
+        expected = r.resolve(expected_head) if expected_head else None
+        commit = r.commit_weights(ctx.identity, state, message=message, branch=branch, examples=examples,
+                                  metrics=metrics, expected_head=expected, codec=codec, topk_ratio=topk_ratio)
+        return {**commit_json(commit), "branch": branch}
+
+    return await ctx.changing(work)
+
+
+@methods.method(
+    "repo.contribute", "Contribute weights trained from a commit of a branch to its rounds: stored as the "
+    "delta against that commit on this member's contrib/<branch>/<key> branch, for the round's aggregator.",
+    params=(REPO,
+            Param("weights_path", PATH, "absolute path of a .safetensors file with the trained weights"),
+            EXAMPLES,
+            replace(BRANCH, description="branch whose rounds it joins"),
+            Param("base", ID, "the commit the training started from (default: the branch head)", required=False,
+                  default=None),
+            replace(MESSAGE, description="a note on the contribution", required=False, default=""),
+            CODEC),
+    result=COMMIT_RESULT)
+async def repo_contribute(ctx: ApiContext, repo: str, weights_path: str, examples: int, branch: str,
+                          base: str | None, message: str, codec: str) -> dict[str, Any]:
+    from ...protocol import rounds
+
+    def work() -> dict[str, Any]:
+        r = ctx.repos.open(repo)
+        start = r.resolve(base) if base is not None else r.head(branch)
+        rounds.staleness(r, branch, start)  # refuse now what no round would take
+        weights = read_weights(weights_path, "weights")
+        # the commitments of its chunks, when the repository's merges are proven
+        committed = rounds.commitments(r, weights, start, codec, memory=ctx.round_memory)
+        commit = r.contribute(ctx.identity, weights, branch=branch, examples=examples, base=start,
+                              message=message, codec=codec, commitments=committed)
+        return {**commit_json(commit), "branch": branch}
+
+    return await ctx.changing(work)
+
+
+@methods.method(
+    "repo.pull", "Fetch what a member's node has of a repository and this node lacks (creating it: a clone); "
+    "every record and block is checked before it is stored.",
+    params=(replace(REPO, description="repository id (full, for a clone) or the name or id prefix of one kept "
+                                      "here"),
+            PEER),
+    result=OBJECT)
+async def repo_pull(ctx: ApiContext, repo: str, peer: str) -> dict[str, Any]:
+    if not is_full_id(repo):
+        repo = (await ctx.off_thread(lambda: ctx.repos.open(repo))).id
+    result = await ctx.need_p2p().pull(repo, peer)
+    ctx.on_change()
+    return result
+
+
+@methods.method("repo.status", "A repository's branches, heads, commit count, layout and round policy.",
+                params=(REPO,), result=OBJECT)
+async def repo_status(ctx: ApiContext, repo: str) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        r = ctx.repos.open(repo)
+        heads = {b: commit_json(r.commit(c)) for b, c in r.branches().items()}
+        return {**repo_json(r), "heads": heads, "commits": sum(1 for _ in r.commits()),
+                "policy": r.members.current().policy.as_dict(),
+                "layout": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in r.record.layout]}
+
+    return await ctx.off_thread(work)
+
+
+@methods.method("repo.fsck", "Recompute every id, signature and payload hash; report any damage.",
+                params=(REPO,), result=OBJECT)
+async def repo_fsck(ctx: ApiContext, repo: str) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        r = ctx.repos.open(repo)
+        checked, problems = r.fsck()
+        return {"repo": r.id, "checked": checked, "ok": not problems,
+                "problems": [{"object": p.object, "what": p.what} for p in problems]}
+
+    return await ctx.off_thread(work)

@@ -1,0 +1,244 @@
+"""A repository's history as any node holding it reads it: commits and branch moves (each verified when first
+read), revisions, the log, and the weights of any commit; and the two ways a checked record is stored
+(``store_commit``, ``swap_branch``), which keep what was read in step with what is stored.
+
+``History`` is assembled from an object store, a block store and a ref store (after dulwich's ``BaseRepo``), and
+holds two parts: the membership chain (``members``) and the payload keys (``keys``). ``storage.repo.Repository`` is
+a ``History`` that this node also writes commits and branch moves to; the modules that work on a repository's
+records without writing any of their own (``storage.merging``, ``storage.fsck``, ``storage.ingest``) take a
+``History``, so they cannot reach the writing side.
+
+Every commit's payload is stored losslessly relative to its first parent (``bitdelta-v1``) or in full (the root,
+``full-v1``), so materializing any commit gives back bit for bit the weights that were committed. Tensor modules
+(and with them torch) are imported by the methods that decode weights, when they run: a daemon that serves
+records and syncs with peers but checks out nothing never imports torch (``tests/integration/test_idle_daemon.py``).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..core import graph
+from ..core.errors import CommitNotFound, FlairError, IntegrityError, InvalidInput, NotFound
+from ..core.identity import Identity
+from ..core.ids import BranchName, CommitId, RecordId, RepoId, check_id_prefix, is_full_id, short
+from ..core.objects import Commit, RepositoryRecord
+from ..core.refs import BranchMove, check_branch_name
+from . import unixfs
+from .keys import PayloadKeys
+from .members import MembershipLog
+from .stores import ObjectStore, RefStore
+
+if TYPE_CHECKING:  # at run time, tensor modules are imported by the methods that use them (see above)
+    from ..tensors.safetensors_io import StateDict
+
+_ANCESTRY = re.compile(r"^(?P<rev>.+?)(?:(?P<op>~)(?P<n>\d{1,6})?|(?P<carets>\^+))$")
+_CACHE_STATES = 4  # materialized commits kept: a commit's parent is usually among them
+
+
+class History:
+    """The records and weights of the repository ``record``; payloads are read with ``reader``'s keys (its own
+    identity, for a node that is a member; None reads no payloads)."""
+
+    def __init__(self, record: RepositoryRecord, objects: ObjectStore, blocks: unixfs.BlockStore,
+                 refs: RefStore, *, reader: Identity | None = None) -> None:
+        self.record = record
+        self.objects = objects
+        self.blocks = blocks
+        self.refs = refs
+        self.members = MembershipLog(record, objects, refs)
+        self.keys = PayloadKeys(record, self.members, reader)
+        self._commits: dict[CommitId, Commit] = {}
+        self._moves: dict[RecordId, BranchMove] = {}
+        self._states: OrderedDict[CommitId, StateDict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def id(self) -> RepoId:
+        return self.record.id
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    # -- records ----------------------------------------------------------------------------------------
+
+    def commit(self, cid: CommitId) -> Commit:
+        """The commit ``cid``, its id and signature verified when first read from storage."""
+        cached = self._commits.get(cid)
+        if cached is not None:
+            return cached
+        try:
+            data = self.objects.get(cid)
+        except NotFound:
+            raise CommitNotFound(f"commit {short(cid)} is not in repository {self.name}", commit=cid) from None
+        commit = Commit.decode(data)
+        commit.verify(cid)
+        if commit.repo != self.id:
+            raise CommitNotFound(f"commit {short(cid)} belongs to another repository", commit=cid)
+        self._commits[cid] = commit
+        return commit
+
+    def move(self, mid: RecordId) -> BranchMove:
+        """A branch move record, its id and signature verified when first read."""
+        cached = self._moves.get(mid)
+        if cached is None:
+            try:
+                cached = BranchMove.decode(self.objects.get(mid))
+            except NotFound:
+                raise IntegrityError(f"branch move {short(mid)} of repository {self.name} is missing",
+                                     move=mid) from None
+            cached.verify(mid)
+            if cached.repo != self.id:
+                raise IntegrityError(f"branch move {short(mid)} belongs to another repository", move=mid)
+            self._moves[mid] = cached
+        return cached
+
+    def store_commit(self, commit: Commit) -> None:
+        """Store ``commit``: one signed here, or a peer's checked already (``ingest.Ingest.check_commit``)."""
+        self.objects.put(commit.id, commit.encode())
+        self._commits[commit.id] = commit
+
+    def swap_branch(self, branch: BranchName, current: RecordId | None, move: BranchMove) -> None:
+        """Point ``branch`` from move ``current`` (None: no such branch) to ``move``, a checked record stored
+        already; ``RefConflict`` if the branch moved meanwhile."""
+        self.refs.compare_and_swap(branch, current, move.id)
+        self._moves[move.id] = move
+
+    def drop_caches(self) -> None:
+        """Forget every record and weights read so far: what is read next comes from storage (``storage.fsck``)."""
+        with self._lock:
+            self._commits.clear()
+            self._states.clear()
+            self._moves.clear()
+
+    # -- branches and revisions -------------------------------------------------------------------------
+
+    def branches(self) -> dict[BranchName, CommitId]:
+        return {name: self.move(mid).commit for name, mid in self.refs.all().items()}
+
+    def head(self, branch: str) -> CommitId:
+        move = self.branch_move(branch)
+        if move is None:
+            known = ", ".join(self.branches()) or "none"
+            raise NotFound(f"no branch {branch!r} in repository {self.name} (branches: {known})", branch=branch)
+        return move.commit
+
+    def branch_move(self, branch: str) -> BranchMove | None:
+        """The signed move that put ``branch`` where it is; None if there is no such branch."""
+        mid = self.refs.get(check_branch_name(branch))
+        return None if mid is None else self.move(mid)
+
+    def resolve(self, rev: str) -> CommitId:
+        """A branch name, a full commit id or an unambiguous prefix of one, as a commit id.
+
+        As in git, ``REV~N`` is the N-th first-parent ancestor of REV and ``REV^`` its first parent.
+        """
+        match = _ANCESTRY.match(rev)
+        if match:
+            cid = self.resolve(match["rev"])
+            steps = int(match["n"] or 1) if match["op"] == "~" else len(match["carets"])
+            for _ in range(steps):
+                parents = self.commit(cid).parents
+                if not parents:
+                    raise CommitNotFound(f"{rev}: {short(cid)} has no parent", commit=rev)
+                cid = parents[0]
+            return cid
+        try:
+            ref = self.branch_move(rev)
+        except InvalidInput:
+            ref = None
+        if ref is not None:
+            return ref.commit
+        prefix = check_id_prefix(rev, "commit")
+        if is_full_id(prefix):
+            self.commit(CommitId(prefix))
+            return CommitId(prefix)
+        matches = [k for k in self.objects.keys(prefix) if self._is_own_commit(k)]
+        if not matches:
+            raise CommitNotFound(f"no branch or commit {rev!r} in repository {self.name}", commit=rev)
+        if len(matches) > 1:
+            raise InvalidInput(f"commit prefix {rev!r} is ambiguous: {', '.join(short(m) for m in matches)}",
+                               commit=rev)
+        return CommitId(matches[0])
+
+    def _is_own_commit(self, key: str) -> bool:
+        try:
+            self.commit(CommitId(key))
+        except FlairError:
+            return False
+        return True
+
+    # -- the graph --------------------------------------------------------------------------------------
+
+    def parents(self, cid: CommitId) -> tuple[CommitId, ...]:
+        return self.commit(cid).parents
+
+    def _timestamp(self, cid: CommitId) -> int:
+        return self.commit(cid).timestamp_ms
+
+    def log(self, heads: Sequence[CommitId], limit: int | None = None) -> list[Commit]:
+        out: list[Commit] = []
+        for cid in graph.walk(heads, self.parents, self._timestamp):
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(self.commit(cid))
+        return out
+
+    def commits(self) -> Iterator[Commit]:
+        """Every commit reachable from a branch, newest first."""
+        heads = list(dict.fromkeys(self.branches().values()))
+        for cid in graph.walk(heads, self.parents, self._timestamp):
+            yield self.commit(cid)
+
+    # -- weights ----------------------------------------------------------------------------------------
+
+    def materialize(self, cid: CommitId) -> StateDict:
+        """The full weights of commit ``cid``, bit for bit as committed."""
+        from ..tensors.codec import decode_payload
+
+        chain: list[Commit] = []
+        cursor: CommitId | None = cid
+        base: StateDict | None = None
+        while cursor is not None:
+            with self._lock:
+                cached = self._states.get(cursor)
+            if cached is not None:
+                base = cached
+                break
+            commit = self.commit(cursor)
+            chain.append(commit)
+            if commit.payload.codec == "full-v1":
+                break
+            if not commit.parents:
+                raise IntegrityError(f"commit {short(cursor)} has a delta payload but no parent", commit=cursor)
+            cursor = commit.parents[0]
+        for commit in reversed(chain):
+            base = decode_payload(commit.payload.codec, self._payload(commit), base, self.record.layout)
+        assert base is not None
+        self._remember(cid, base)
+        return base
+
+    def _payload(self, commit: Commit) -> bytes:
+        """The commit's decrypted payload, every block re-hashed against its CID on the way."""
+        data = unixfs.cat(self.blocks, commit.payload.cid, max_size=commit.payload.size)
+        if len(data) != commit.payload.size:
+            raise IntegrityError(f"payload {commit.payload.cid} has {len(data)} bytes, its commit says "
+                                 f"{commit.payload.size}", cid=commit.payload.cid)
+        return self.keys.decrypt(data, epoch=commit.payload.key_epoch, codec=commit.payload.codec)
+
+    def _remember(self, cid: CommitId, state: StateDict) -> None:
+        with self._lock:
+            self._states[cid] = state
+            self._states.move_to_end(cid)
+            while len(self._states) > _CACHE_STATES:
+                self._states.popitem(last=False)
+
+    def diff(self, a: CommitId, b: CommitId) -> list[dict[str, Any]]:
+        from ..tensors.diff import tensor_diff
+
+        return tensor_diff(self.materialize(a), self.materialize(b))

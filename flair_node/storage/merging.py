@@ -1,0 +1,118 @@
+"""Merges and reverts: which commits go in, with which weights, and the weights they add up to.
+
+Both are computed in exact fixed-point arithmetic (``tensors.fixedpoint``) and record their scale and integer
+weights, so anyone holding the same inputs re-derives the same bytes.
+
+``Repository.merge`` and ``Repository.revert`` stay the verbs (the API, the CLI and the tests call them, next to
+``commit_weights`` and ``contribute``): each asks this module what to write (a ``NewCommit``) and writes it the
+way every commit of this node is written. This module only reads the repository's ``History``.
+
+Like the rest of storage's tensor work, torch is imported when a merge runs, not when this module loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..core import graph
+from ..core.errors import InvalidInput, MergeError
+from ..core.ids import BranchName, CommitId, short
+from ..core.refs import DEFAULT_BRANCH, check_branch_name
+from .history import History
+
+if TYPE_CHECKING:  # at run time, tensor modules are imported by the functions that use them (see above)
+    from ..tensors.safetensors_io import StateDict
+
+#: How ``merge`` combines branches; ``average`` is the older name of ``mean``, still accepted.
+MERGE_METHODS = ("mean", "task-arithmetic")
+MERGE_ALIASES = {"average": "mean"}
+
+
+@dataclass(frozen=True)
+class NewCommit:
+    """A commit to write: its weights, parents, kind, record fields, and the move of ``branch`` from ``expected``.
+
+    ``message`` is the one given, or the default; the writer checks it."""
+
+    state: StateDict
+    parents: tuple[CommitId, ...]
+    kind: str
+    message: str
+    meta: dict[str, Any]
+    branch: BranchName
+    expected: CommitId
+
+
+def merge(history: History, sources: Sequence[str], into: str, *, strategy: str = "mean",
+          message: str | None = None) -> NewCommit:
+    """A merge commit on ``into`` with parents ``[into's head, *sources]``, combined relative to their base.
+
+    ``mean`` weights each side by the examples committed on it since the merge base (equal weights if none were
+    recorded): federated averaging. ``task-arithmetic`` adds every side's change to the base.
+    """
+    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine, normalize_weights
+
+    strategy = MERGE_ALIASES.get(strategy, strategy)
+    if strategy not in MERGE_METHODS:
+        raise InvalidInput(f"unknown merge strategy {strategy!r}: use one of {', '.join(MERGE_METHODS)}",
+                           strategy=strategy)
+    if not sources:
+        raise InvalidInput("name at least one branch or commit to merge")
+    target = check_branch_name(into)
+    head = history.head(target)
+    heads = [head]
+    for src in sources:
+        cid = history.resolve(src)
+        if cid in heads:
+            raise MergeError(f"{src} is already named or is the head of {into}", commit=cid)
+        if graph.is_ancestor(cid, head, history.parents):
+            raise MergeError(f"{src} ({short(cid)}) is already contained in {into}: nothing to merge", commit=cid)
+        heads.append(cid)
+    base = heads[0]
+    for cid in heads[1:]:
+        found = graph.merge_base(base, cid, history.parents, lambda c: history.commit(c).timestamp_ms)
+        if found is None:
+            raise MergeError(f"{short(cid)} shares no history with {into}", commit=cid)
+        base = found
+    examples = [_examples_since(history, h, base) for h in heads]
+    if strategy == "mean":
+        weights = normalize_weights(examples, WEIGHT_BITS)
+    else:
+        weights = [1 << WEIGHT_BITS] * len(heads)
+    merged = combine(history.materialize(base), [history.materialize(h) for h in heads], weights,
+                     scale_bits=DEFAULT_SCALE_BITS, weight_bits=WEIGHT_BITS)
+    meta = {"strategy": strategy, "base": base, "weights": weights, "scale_bits": DEFAULT_SCALE_BITS,
+            "weight_bits": WEIGHT_BITS, "examples": sum(examples)}
+    return NewCommit(merged, tuple(heads), "merge", message or f"merge {', '.join(sources)} into {into} ({strategy})",
+                     meta, target, head)
+
+
+def revert(history: History, rev: str, *, branch: str = DEFAULT_BRANCH, message: str | None = None) -> NewCommit:
+    """A new commit on ``branch`` that undoes ``rev``'s change (relative to its first parent)."""
+    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine
+
+    target = check_branch_name(branch)
+    head = history.head(target)
+    cid = history.resolve(rev)
+    reverted = history.commit(cid)
+    if not reverted.parents:
+        raise InvalidInput(f"commit {short(cid)} is the repository's first commit: nothing to revert to",
+                           commit=cid)
+    if not graph.is_ancestor(cid, head, history.parents):
+        raise InvalidInput(f"commit {short(cid)} is not on branch {branch} (head is {short(head)})",
+                           commit=cid, branch=branch)
+    parent = reverted.parents[0]
+    state = combine(history.materialize(cid), [history.materialize(head), history.materialize(parent)],
+                    [1 << WEIGHT_BITS, 1 << WEIGHT_BITS], scale_bits=DEFAULT_SCALE_BITS, weight_bits=WEIGHT_BITS)
+    meta = {"reverts": cid, "scale_bits": DEFAULT_SCALE_BITS, "weight_bits": WEIGHT_BITS, "examples": 0}
+    first_line = reverted.message.splitlines()[0] if reverted.message else short(cid)
+    return NewCommit(state, (head,), "revert", message or f'revert "{first_line}"', meta, target, head)
+
+
+def _examples_since(history: History, head: CommitId, base: CommitId) -> int:
+    """The examples committed (by plain commits) on the way from ``base`` to ``head``: a side's weight in ``mean``."""
+    behind = graph.ancestors(base, history.parents)
+    return sum(int(history.commit(c).meta.get("examples", 0)) for c in graph.ancestors(head, history.parents)
+               if c not in behind and history.commit(c).kind == "commit")
