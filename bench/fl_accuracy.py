@@ -62,8 +62,8 @@ import torch
 from flair_node.api.client import ApiClient
 from flair_node.sdk import Repo
 from flair_node.tensors.safetensors_io import StateDict
+from flair_node.testing.cluster import Cluster, ClusterNode, running_cluster
 from flair_node.testing.models import accuracy, load_digits_split, make_mlp, partition, train_local
-from flair_node.testing.network import Cluster, ClusterNode, running_cluster
 
 LR, BATCH, SKEW, DATA_SEED = 0.01, 32, 0.5, 0
 API_TIMEOUT = 60.0  # s for any one API call from a client thread: a stuck daemon fails the bench, never hangs it

@@ -77,9 +77,9 @@ from flair_node.protocol import announce
 from flair_node.storage.repo import now_ms
 from flair_node.storage.repos import RepoSet
 from flair_node.testing import fuzz
+from flair_node.testing.commit_graph import tiny_state
 from flair_node.testing.fuzz import CLASSES, Campaign, HostileSource, Publisher, Tally, World, off_loop
 from flair_node.testing.fuzz.live import SKIPPED_METHODS, jsonrpc_seeds, judge_reply, run_live
-from flair_node.testing.graph import tiny_state
 
 log = logging.getLogger("bench.fuzz")
 TARGETS = ("announcements", "gossip", "meshsub", "sync_requests", "sync_replies", "bitswap", "jsonrpc",

@@ -35,8 +35,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from flair_node.testing.commit_graph import tiny_state
 from flair_node.testing.daemon import ensure_home, running_daemon
-from flair_node.testing.graph import tiny_state
 
 
 def configure(home: Path, bootstrap: list[str]) -> Path:

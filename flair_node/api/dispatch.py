@@ -21,7 +21,7 @@ take the node's context as first argument, and ``Registry.bind(table, context)``
 
     registry.bind(methods, context)
 
-Param schemas use a small subset of JSON Schema (``api.schema``), and a schema using anything else is refused when
+Param schemas use a small subset of JSON Schema (``api.json_schema``), and a schema using anything else is refused when
 the method is registered, so a misspelt keyword cannot silently stop checking. Handlers get every param as a
 keyword argument, an omitted optional param (or one sent as ``null``) as its default.
 
@@ -41,8 +41,8 @@ from typing import Any, TypeVar
 
 from ..core.errors import FlairError, InvalidInput
 from .errors import MethodNotFound
-from .schema import check_schema, check_value
-from .schema import json_type as json_type
+from .json_schema import check_schema, check_value
+from .json_schema import json_type as json_type
 
 OPENRPC_VERSION = "1.2.6"
 DISCOVER = "rpc.discover"

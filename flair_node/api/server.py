@@ -141,7 +141,7 @@ class ApiServer:
             if notification:
                 return None
             return json.dumps({"jsonrpc": "2.0", "id": req_id, "result": result}, allow_nan=False)
-        except Exception as exc:
+        except Exception as exc:  # per request: a handler's failure is that request's answer, never the server's end
             error = _lone_flair_error(exc) or _resource_error(exc)
             if isinstance(error, ResourceExhausted):  # the operator must hear of a full disk
                 log.warning("%s failed: %s", name, error)

@@ -23,7 +23,7 @@ its position, so the chain has exactly one order and any node holding it folds i
   them the owner and the previous owner a maintainer. The owner or the new holder publishes it; a handover's
   transfer must come later on chain than the token's last move, so an old transfer cannot be replayed. Whether
   the transaction did what the change says is a question for the chain, asked by the node before it applies
-  the change (``daemon.ownership``); the rules here are the ones every node checks on the records alone.
+  the change (``daemon.ownership_service``); the rules here are the ones every node checks on the records alone.
 
 Roles, from least to most: reader (pulls), contributor (commits; moves unprotected branches), maintainer (also
 moves protected branches, so merges into them), owner (also changes membership and policy). A role holds for

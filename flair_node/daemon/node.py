@@ -35,7 +35,7 @@ from ..storage.repos import RepoSet
 from .anchor_service import AnchorService
 from .config import NodeConfig
 from .home import Home
-from .ownership import OwnershipService
+from .ownership_service import OwnershipService
 from .p2p import P2PService
 from .pinning import KuboPinService
 from .proof_service import ProofService

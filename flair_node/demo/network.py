@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..testing.cluster import Cluster, ClusterNode, running_cluster, wait_until
 from ..testing.localnet import running_localnet
 from ..testing.models import CLASSES, accuracy, load_digits_split, make_mlp, partition, train_local
-from ..testing.network import Cluster, ClusterNode, running_cluster, wait_until
 from .single import BATCH_SIZE, LEARNING_RATE, REPO_NAME, SEED, _exit_status, _home, _pct
 
 NAMES = ("ana", "ben", "cy", "dee", "eli", "fay", "gus", "hal")

@@ -81,7 +81,7 @@ from solders.transaction import VersionedTransaction
 from ..api.errors import InternalError, InvalidRequest, MethodNotFound, ParseError
 from ..api.http import HttpServer, Reply, load_json
 from ..core.errors import FlairError, InvalidInput
-from .chain import (
+from .local_chain import (
     FAUCET_LAMPORTS,
     MAX_PROCESSING_AGE,
     MAX_PROGRAM_BYTES,
@@ -201,7 +201,7 @@ class LocalnetServer:
         except FlairError as exc:
             log.debug("%s failed: %s", name, exc)
             return None if notification else _error_reply(req_id, exc)
-        except Exception:
+        except Exception:  # a bug in one method fails that request only: the chain and the server go on
             log.exception("internal error in %s", name)
             return None if notification else _error_reply(req_id, InternalError("Internal error", method=name))
         return None if notification else {"jsonrpc": "2.0", "result": result, "id": req_id}

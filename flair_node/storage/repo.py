@@ -53,7 +53,7 @@ from ..core.refs import CONTRIBUTION_PREFIX as CONTRIBUTION_PREFIX
 from ..core.refs import DEFAULT_BRANCH, BranchMove, check_branch_name
 from ..core.refs import contribution_branch as contribution_branch
 from ..core.round_rules import RoundPolicy
-from ..tensors.params import DEFAULT_TOPK_RATIO, LOSSY_CODECS
+from ..tensors.codec_params import DEFAULT_TOPK_RATIO, LOSSY_CODECS
 from . import clock, merging, unixfs
 from .clock import now_ms as now_ms
 from .fsck import Problem

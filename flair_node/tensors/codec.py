@@ -16,8 +16,8 @@ import torch
 
 from ..core.errors import InvalidInput, NotSafetensors
 from ..core.objects import TensorSpec
+from .codec_params import DEFAULT_TOPK_RATIO, LOSSY_CODECS
 from .lossy import decode_lossy, encode_lossy
-from .params import DEFAULT_TOPK_RATIO, LOSSY_CODECS
 from .safetensors_io import StateDict, check_header, check_layout, load_bytes, save_bytes
 
 _SIGNED = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -72,7 +72,7 @@ def decode_payload(codec: str, data: bytes, base: StateDict | None, layout: Sequ
         check_header(data, "payload")  # bounds checks before numpy sees the bytes
         try:
             deltas = safetensors.numpy.load(data)
-        except Exception as exc:
+        except Exception as exc:  # safetensors raises its own SafetensorError and plain errors alike
             raise NotSafetensors(f"payload is not a valid bit-delta: {exc}") from None
         state = {}
         for name, delta in deltas.items():

@@ -24,8 +24,8 @@ import torch
 
 from ..core.errors import InvalidInput, NotSafetensors
 from ..core.objects import TensorSpec
-from .params import DEFAULT_TOPK_RATIO as DEFAULT_TOPK_RATIO
-from .params import LOSSY_CODECS as LOSSY_CODECS
+from .codec_params import DEFAULT_TOPK_RATIO as DEFAULT_TOPK_RATIO
+from .codec_params import LOSSY_CODECS as LOSSY_CODECS
 from .safetensors_io import StateDict, check_layout, load_bytes
 
 

@@ -32,10 +32,10 @@ from flair_node.protocol.anchoring import registry
 from flair_node.protocol.anchoring.chain import Account, Chain, ChainError, Status
 from flair_node.storage.repos import RepoSet
 from flair_node.tensors.safetensors_io import save_bytes
+from flair_node.testing.cluster import configure, public_key, wait_until
+from flair_node.testing.commit_graph import tiny_state
 from flair_node.testing.daemon import running_daemon
-from flair_node.testing.graph import tiny_state
 from flair_node.testing.localnet import running_localnet
-from flair_node.testing.network import configure, public_key, wait_until
 from flair_node.testing.program import registry_program
 
 PROGRAM = Pubkey(hashlib.sha256(b"flair/test/registry-squatting").digest())

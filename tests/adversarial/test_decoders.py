@@ -21,8 +21,8 @@ from flair_node.network import bitswap_wire
 from flair_node.protocol import announce
 from flair_node.protocol.proofs import merges
 from flair_node.tensors import safetensors_io
+from flair_node.testing.commit_graph import tiny_state
 from flair_node.testing.fuzz import unframe
-from flair_node.testing.graph import tiny_state
 from flair_node.testing.hostile import deep_msgpack
 
 REPO = "ab" * 32

@@ -35,7 +35,7 @@ from flair_node.storage import unixfs
 from flair_node.storage.clock import now_ms
 from flair_node.storage.repos import RepoSet
 from flair_node.storage.stores import MemoryObjectStore
-from flair_node.testing.graph import tiny_state
+from flair_node.testing.commit_graph import tiny_state
 from flair_node.testing.sync import LocalSource
 
 WIDE = unixfs.MAX_LINKS

@@ -32,10 +32,10 @@ from flair_node.protocol import announce, sync
 from flair_node.protocol.rounds import RoundMemory
 from flair_node.storage.repo import now_ms
 from flair_node.storage.repos import RepoSet
+from flair_node.testing.cluster import address, configure
+from flair_node.testing.commit_graph import tiny_state
 from flair_node.testing.daemon import running_daemon
-from flair_node.testing.graph import tiny_state
 from flair_node.testing.hostile import deep_msgpack, hostile_peer, rpc_frame, sync_reply
-from flair_node.testing.network import address, configure
 
 ATTACK_TIMEOUT = 60.0
 

@@ -34,9 +34,9 @@ from flair_node.storage import unixfs
 from flair_node.storage.repo import Repository, now_ms
 from flair_node.storage.repos import RepoSet
 from flair_node.storage.stores import DiskObjectStore
+from flair_node.testing.cluster import address, configure, wait_until
+from flair_node.testing.commit_graph import tiny_state
 from flair_node.testing.daemon import running_daemon
-from flair_node.testing.graph import tiny_state
-from flair_node.testing.network import address, configure, wait_until
 from flair_node.testing.sync import LocalSource
 
 OWNER, ANA, BEN, CY = (Identity.generate() for _ in range(4))

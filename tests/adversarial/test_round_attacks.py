@@ -39,10 +39,10 @@ from flair_node.storage.repo import Repository, contribution_branch, now_ms
 from flair_node.storage.repos import RepoSet
 from flair_node.storage.stores import MemoryRefStore
 from flair_node.tensors.codec import encode_payload
+from flair_node.testing.cluster import address, configure, wait_until
+from flair_node.testing.cluster import public_key as key
+from flair_node.testing.commit_graph import tiny_state
 from flair_node.testing.daemon import running_daemon
-from flair_node.testing.graph import tiny_state
-from flair_node.testing.network import address, configure, wait_until
-from flair_node.testing.network import public_key as key
 
 OWNER = Identity.generate()
 MEMBERS = [Identity.generate() for _ in range(4)]

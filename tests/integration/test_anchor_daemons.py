@@ -13,9 +13,9 @@ from test_round_daemons import contribute, head
 
 from flair_node.protocol.anchoring import AnchorRecord, parse_anchor_memo, verify_commit_nft
 from flair_node.protocol.anchoring.chain import Chain
+from flair_node.testing.cluster import address, configure, wait_until
 from flair_node.testing.daemon import running_daemon
 from flair_node.testing.localnet import running_localnet
-from flair_node.testing.network import address, configure, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,9 +19,9 @@ from flair_node.protocol import announce
 from flair_node.protocol.sync import SyncServer
 from flair_node.storage.repo import now_ms
 from flair_node.storage.repos import RepoSet
+from flair_node.testing.commit_graph import tiny_state
 from flair_node.testing.daemon import running_daemon
 from flair_node.testing.fuzz import CLASSES, World, mutate_announcement, mutate_bytes
-from flair_node.testing.graph import tiny_state
 
 OWNER, ALICE = Identity.generate(), Identity.generate()
 

@@ -14,8 +14,8 @@ from flair_node.core.identity import Identity
 from flair_node.network.kubo import KuboPinner
 from flair_node.storage import unixfs
 from flair_node.storage.repos import RepoSet
+from flair_node.testing.commit_graph import tiny_state
 from flair_node.testing.daemon import running_daemon
-from flair_node.testing.graph import tiny_state
 
 
 def test_a_payload_dag_lands_in_kubo_under_the_same_cids():

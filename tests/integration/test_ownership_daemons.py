@@ -11,10 +11,10 @@ import pytest
 from test_anchor_daemons import free_port
 from test_p2p_daemons import model
 
+from flair_node.testing.cluster import address, configure, wait_until
+from flair_node.testing.cluster import public_key as key
 from flair_node.testing.daemon import running_daemon
 from flair_node.testing.localnet import running_localnet
-from flair_node.testing.network import address, configure, wait_until
-from flair_node.testing.network import public_key as key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -17,9 +17,9 @@ from flair_node.network.gossipsub import GossipSub
 from flair_node.network.host import connect, running_host
 from flair_node.protocol import announce
 from flair_node.storage.stores import DiskObjectStore
+from flair_node.testing.cluster import address, configure, wait_until
+from flair_node.testing.cluster import public_key as key
 from flair_node.testing.daemon import running_daemon
-from flair_node.testing.network import address, configure, wait_until
-from flair_node.testing.network import public_key as key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from test_p2p_daemons import model, team
 
 from flair_node.core.errors import FlairError
+from flair_node.testing.cluster import address, configure, wait_until
 from flair_node.testing.daemon import running_daemon
-from flair_node.testing.network import address, configure, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

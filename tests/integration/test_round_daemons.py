@@ -12,9 +12,9 @@ from test_p2p_daemons import model, team
 from flair_node.daemon.home import Home
 from flair_node.protocol import rounds
 from flair_node.storage.repos import RepoSet
+from flair_node.testing.cluster import address, configure, wait_until
+from flair_node.testing.cluster import public_key as key
 from flair_node.testing.daemon import running_daemon
-from flair_node.testing.network import address, configure, wait_until
-from flair_node.testing.network import public_key as key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

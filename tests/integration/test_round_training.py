@@ -13,8 +13,8 @@ from flair_node.core.round_rules import RoundPolicy
 from flair_node.protocol import rounds
 from flair_node.storage.repo import Repository
 from flair_node.storage.repos import RepoSet
+from flair_node.testing.cluster import running_cluster
 from flair_node.testing.models import accuracy, load_digits_split, make_mlp, partition, train_local
-from flair_node.testing.network import running_cluster
 
 ROUNDS, MEMBERS, EPOCHS = 3, 5, 3
 OWNER = Identity.generate()

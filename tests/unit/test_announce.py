@@ -14,7 +14,7 @@ from flair_node.core.refs import BranchMove
 from flair_node.protocol import announce
 from flair_node.storage.repo import now_ms
 from flair_node.storage.repos import RepoSet
-from flair_node.testing.graph import tiny_state
+from flair_node.testing.commit_graph import tiny_state
 
 OWNER, ALICE, MALLORY = Identity.generate(), Identity.generate(), Identity.generate()
 

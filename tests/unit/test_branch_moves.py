@@ -10,7 +10,7 @@ from flair_node.core.identity import Identity
 from flair_node.core.refs import MAX_CLOCK_SKEW_MS, BranchMove
 from flair_node.storage.repo import Repository, now_ms
 from flair_node.storage.repos import RepoSet
-from flair_node.testing.graph import tiny_state
+from flair_node.testing.commit_graph import tiny_state
 
 OWNER, ALICE = Identity.generate(), Identity.generate()
 

@@ -10,7 +10,7 @@ from flair_node.core.round_rules import RoundPolicy
 from flair_node.storage.members import MEMBERS_REF
 from flair_node.storage.repo import Repository
 from flair_node.storage.repos import RepoSet
-from flair_node.testing.graph import tiny_state
+from flair_node.testing.commit_graph import tiny_state
 
 OWNER, ALICE, BOB = Identity.generate(), Identity.generate(), Identity.generate()
 

@@ -17,7 +17,7 @@ from test_rounds import MEMBERS, OWNER, team
 from flair_node.core.errors import Forbidden, IntegrityError, InvalidInput
 from flair_node.core.membership import ChainRef, handover
 from flair_node.daemon.anchor_service import confirmed, fund
-from flair_node.daemon.ownership import OwnershipService
+from flair_node.daemon.ownership_service import OwnershipService
 from flair_node.protocol.anchoring import handover_transaction, membership_memo
 from flair_node.protocol.anchoring.chain import ChainError
 from flair_node.storage.repo import now_ms

@@ -20,7 +20,7 @@ from flair_node.core.errors import (
 from flair_node.core.identity import Identity
 from flair_node.storage.repos import RepoSet
 from flair_node.tensors.fixedpoint import combine
-from flair_node.testing.graph import build_commit_graph, tiny_state
+from flair_node.testing.commit_graph import build_commit_graph, tiny_state
 
 ME = Identity.generate()
 

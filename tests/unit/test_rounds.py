@@ -12,7 +12,7 @@ from flair_node.core.round_rules import RoundPolicy
 from flair_node.protocol import rounds
 from flair_node.storage.repo import Repository
 from flair_node.storage.repos import RepoSet
-from flair_node.testing.graph import tiny_state
+from flair_node.testing.commit_graph import tiny_state
 
 OWNER = Identity.generate()
 MEMBERS = [Identity.generate() for _ in range(3)]

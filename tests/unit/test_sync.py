@@ -15,7 +15,7 @@ from flair_node.network.host import connect, full_addrs, member_key, peer_id, ru
 from flair_node.protocol.rounds import RoundMemory
 from flair_node.protocol.sync import PROTOCOL, PeerSource, SyncServer, pull
 from flair_node.storage.repos import RepoSet
-from flair_node.testing.graph import tiny_state
+from flair_node.testing.commit_graph import tiny_state
 from flair_node.testing.sync import LocalSource
 
 OWNER, ALICE, MALLORY = Identity.generate(), Identity.generate(), Identity.generate()

@@ -11,7 +11,7 @@ from flair_node.core.identity import Identity
 from flair_node.storage import unixfs
 from flair_node.storage.repos import RepoSet
 from flair_node.storage.stores import MemoryObjectStore
-from flair_node.testing.graph import tiny_state
+from flair_node.testing.commit_graph import tiny_state
 
 
 def kubo_cid(data: bytes) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ...core.ids import is_full_id
 from ...core.refs import DEFAULT_BRANCH
-from ...tensors.params import DEFAULT_TOPK_RATIO
+from ...tensors.codec_params import DEFAULT_TOPK_RATIO
 from ..context import ApiContext
 from ..dispatch import MethodTable, Param
 from ..files import read_weights

@@ -9,7 +9,7 @@ from typing import Any
 from ...api.client import ApiClient
 from ...core.errors import FlairError
 from ..format import status_text, when
-from ..graph import render_graph
+from ..log_graph import render_graph
 from ._base import CODECS, Verb, add_codec, id_text
 
 

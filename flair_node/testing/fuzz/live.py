@@ -26,7 +26,7 @@ from ...core.ids import RepoId
 from ...protocol import announce
 from ...storage.repos import RepoSet
 from .. import fuzz
-from ..graph import tiny_state
+from ..commit_graph import tiny_state
 from ..memory import rss_mb
 from .campaign import Campaign, off_loop, progress
 from .world import CLASSES, Publisher, World, lie

@@ -19,7 +19,7 @@ from ...core.objects import AnchorClaim, Commit, ProofRecord, RepositoryRecord
 from ...core.refs import BranchMove
 from ...protocol import announce
 from ...storage.repos import RepoSet
-from ..graph import tiny_state
+from ..commit_graph import tiny_state
 from .mutate import deep, membership_ahead, mutate_bytes, mutate_msgpack, mutate_protobuf, mutate_value, pack, resign
 
 # -- what inputs are mutations of ---------------------------------------------------------------------------------
