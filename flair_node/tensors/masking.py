@@ -1,0 +1,99 @@
+"""Masks over Flair's int64 fixed-point ring, for secure aggregation (the key material is ``core.secagg``).
+
+An update in Flair's exact merge arithmetic is a vector of int64 (``tensors.fixedpoint``). A mask is a vector of
+the same length drawn from a 32-byte seed with SHAKE-256, read as int64; masking adds it with wraparound, i.e. in
+the ring Z/2^64. A contributor's masked update is
+
+    y = x + PRG(self seed) + sum over neighbours j of sign(i, j) * PRG(pair seed i,j)       (mod 2^64)
+
+and since each pair mask is added by one side and subtracted by the other, the sum of all masked updates minus
+the contributors' self masks is exactly the sum of the updates, bit for bit, whenever that sum fits in int64 (the
+merge's range checks see to it). A masked update on its own is uniformly distributed: it says nothing of ``x``.
+
+If a contributor masked and then dropped out, its neighbours' masked updates still hold their pair masks with it;
+``pair_correction`` rebuilds those from the seeds the survivors recover and the sum is freed of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from ..core.errors import InvalidInput
+from ..core.secagg import SEED_BYTES, sign_of
+
+MAX_VALUES = 1 << 31  # one mask is at most 16 GiB of SHAKE output; far above any model here
+
+
+def prg(seed: bytes, count: int) -> np.ndarray:
+    """``count`` int64 drawn from ``seed``: SHAKE-256's output read as little-endian int64."""
+    if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
+        raise InvalidInput(f"a mask seed is {SEED_BYTES} bytes")
+    if not 0 <= count <= MAX_VALUES:
+        raise InvalidInput(f"a mask has from 0 to {MAX_VALUES} values, not {count}")
+    stream = hashlib.shake_256(b"flair-secagg-mask" + seed).digest(8 * count)
+    return np.frombuffer(stream, dtype="<i8").copy()
+
+
+def _add(total: np.ndarray, other: np.ndarray, sign: int = 1) -> None:
+    """``total += sign * other`` in Z/2^64, in place (unsigned views: numpy's int64 overflow is a wraparound
+    there, with no warning)."""
+    out = total.view(np.uint64)
+    if sign > 0:
+        np.add(out, other.view(np.uint64), out=out)
+    else:
+        np.subtract(out, other.view(np.uint64), out=out)
+
+
+def mask(values: np.ndarray, self_seed: bytes, mine: bytes, pair_seeds: Mapping[bytes, bytes]) -> np.ndarray:
+    """``values`` (int64) masked by the self seed and the pair seeds shared with each neighbour (keyed by the
+    neighbour's public key; ``mine`` is this contributor's), as a new int64 array."""
+    if values.dtype != np.int64 or values.ndim != 1:
+        raise InvalidInput("only a flat int64 vector can be masked")
+    masked = values.copy()
+    _add(masked, prg(self_seed, values.size))
+    for theirs, seed in pair_seeds.items():
+        _add(masked, prg(seed, values.size), sign_of(mine, theirs))
+    return masked
+
+
+def ring_sum(vectors: Iterable[np.ndarray]) -> np.ndarray:
+    """The sum of int64 vectors of one length in Z/2^64."""
+    total: np.ndarray | None = None
+    for vector in vectors:
+        if vector.dtype != np.int64 or vector.ndim != 1:
+            raise InvalidInput("masked updates are flat int64 vectors")
+        if total is None:
+            total = vector.copy()
+        elif vector.size != total.size:
+            raise InvalidInput(f"masked updates of {total.size} and {vector.size} values cannot be summed")
+        else:
+            _add(total, vector)
+    if total is None:
+        raise InvalidInput("no masked update to sum")
+    return total
+
+
+def unmask(masked_sum: np.ndarray, self_seeds: Iterable[bytes], corrections: Iterable[np.ndarray] = ()) -> np.ndarray:
+    """The plain sum: ``masked_sum`` minus the survivors' self masks and minus each ``pair_correction`` of a
+    contributor who dropped out after its neighbours masked."""
+    plain = masked_sum.copy()
+    for seed in self_seeds:
+        _add(plain, prg(seed, plain.size), -1)
+    for correction in corrections:
+        if correction.size != plain.size:
+            raise InvalidInput("a correction must have as many values as the sum")
+        _add(plain, correction, -1)
+    return plain
+
+
+def pair_correction(dropped: bytes, survivors_seeds: Mapping[bytes, bytes], count: int) -> np.ndarray:
+    """What the survivors' masked updates still hold of their pair masks with ``dropped`` (its public key):
+    ``survivors_seeds`` maps each surviving neighbour's public key to the seed it shared with ``dropped``
+    (recomputed from ``dropped``'s recovered ephemeral secret)."""
+    total = np.zeros(count, dtype=np.int64)
+    for survivor, seed in survivors_seeds.items():
+        _add(total, prg(seed, count), sign_of(survivor, dropped))
+    return total
