@@ -101,8 +101,8 @@ def _round(repo: Repo, n: int, slices: dict[str, tuple[torch.Tensor, torch.Tenso
         branches.append(branch)
         print(_row(f"  {name:<6} {commit[:10]} on {branch:<9} local data {_pct(local_acc):>7}",
                    accuracy(model, x_test, y_test)))
-    merge_id = repo.merge(branches, into="main", strategy="average",
-                          message=f"round {n}: average of {', '.join(CONTRIBUTORS)}")
+    merge_id = repo.merge(branches, into="main", strategy="mean",
+                          message=f"round {n}: mean of {', '.join(CONTRIBUTORS)}")
     test_acc = _test_accuracy(repo, "main", x_test, y_test)
     print(_row(f"  merged {merge_id[:10]} into main, weighted by examples", test_acc))
     return DemoRound(merge_id, test_acc)
