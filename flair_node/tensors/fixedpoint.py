@@ -26,7 +26,8 @@ DEFAULT_SCALE_BITS = 24
 WEIGHT_BITS = 16
 #: Elements per step: keeps temporaries small (a few MB) whatever the model size.
 CHUNK = 1 << 16
-_ACC_LIMIT = 1 << 62
+#: The largest magnitude a merge accumulator reaches: sums of weighted changes stay below it, in int64.
+ACC_LIMIT = 1 << 62
 
 
 def normalize_weights(counts: Sequence[int], weight_bits: int = WEIGHT_BITS) -> list[int]:
@@ -59,11 +60,12 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 def fixed(x: torch.Tensor, scale_bits: int = DEFAULT_SCALE_BITS, *, name: str = "tensor") -> torch.Tensor:
     """``x`` as the merge sees it: int64 with ``scale_bits`` fraction bits if floating (round half to even),
     as is if integer; ``MergeError`` for NaN, infinities or magnitudes of 2^53 and beyond."""
-    return _to_fixed(x, scale_bits, (1 << 53) - 1, name)
+    return to_fixed_within(x, scale_bits, (1 << 53) - 1, name)
 
 
-def _to_fixed(x: torch.Tensor, scale_bits: int, limit: int, name: str) -> torch.Tensor:
-    """A new int64 tensor (callers modify it in place; the input is never touched)."""
+def to_fixed_within(x: torch.Tensor, scale_bits: int, limit: int, name: str) -> torch.Tensor:
+    """``x`` in fixed point as a new int64 tensor (callers modify it in place; the input is never touched);
+    ``MergeError`` for NaN, infinities or a magnitude beyond ``limit``."""
     if x.is_floating_point():
         if not bool(torch.isfinite(x).all()):
             raise MergeError(f"tensor {name} holds NaN or infinite values: it cannot be merged", tensor=name)
@@ -108,11 +110,11 @@ def weighted_sum_fixed(base: torch.Tensor, inputs: Sequence[torch.Tensor], weigh
 def _int64_chunk(base: torch.Tensor, taking: Sequence[tuple[torch.Tensor, int]], start: int, stop: int,
                  scale_bits: int, weight_bits: int, magnitude: int, name: str) -> torch.Tensor:
     # |x_i - base| <= 2 * limit, so |acc| <= 2 * limit * Σ|w| stays below 2^62.
-    limit = _ACC_LIMIT // (2 * magnitude)
-    fixed_base = _to_fixed(base[start:stop], scale_bits, limit, name)
+    limit = ACC_LIMIT // (2 * magnitude)
+    fixed_base = to_fixed_within(base[start:stop], scale_bits, limit, name)
     acc = torch.zeros_like(fixed_base)
     for x, w in taking:
-        acc.add_(_to_fixed(x[start:stop], scale_bits, limit, name).sub_(fixed_base).mul_(w))
+        acc.add_(to_fixed_within(x[start:stop], scale_bits, limit, name).sub_(fixed_base).mul_(w))
     quotient = acc >> weight_bits
     remainder = acc & ((1 << weight_bits) - 1)
     half = 1 << (weight_bits - 1)

@@ -148,3 +148,77 @@ def test_masks_are_bounded_and_typed():
     with pytest.raises(InvalidInput, match="cannot be summed"):
         masking.ring_sum([np.zeros(3, dtype=np.int64), np.zeros(4, dtype=np.int64)])
     assert np.array_equal(masking.prg(bytes(32), 8), masking.prg(bytes(32), 8))
+
+
+# -- the merge arithmetic, cut around the masks (tensors.secure_sum) ----------------------------------------
+
+
+def states(count: int, seed: int) -> tuple[dict, list[dict]]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    base = {"w": torch.randn(64, 16, generator=g), "b": torch.randn(16, generator=g).half(),
+            "steps": torch.tensor([7, -3], dtype=torch.int32), "same": torch.full((4,), 1e-9)}
+    inputs = [{"w": base["w"] + torch.randn(64, 16, generator=g) * 0.1, "b": (base["b"] + 0.5 * i).half(),
+               "steps": base["steps"] + i, "same": base["same"].clone()} for i in range(count)]
+    return base, inputs
+
+
+def test_a_secure_merge_of_every_contribution_is_the_plain_merge_bit_for_bit():
+    from flair_node.tensors import secure_sum
+    from flair_node.tensors.fixedpoint import combine, normalize_weights, same_bits
+
+    base, inputs = states(5, 0)
+    weights = normalize_weights([120, 40, 300, 7, 55])
+    people, links = ring(5)
+    masked = [p.masked(secure_sum.term(base, x, w), links) for p, x, w in zip(people, inputs, weights, strict=True)]
+    total = masking.unmask(masking.ring_sum(masked), [p.self_seed for p in people])
+    merged = secure_sum.merge_sum(base, total, sum(weights))
+    plain = combine(base, inputs, weights, shortcuts=False)
+    assert all(same_bits(merged[name], plain[name]) for name in base)
+    assert merged["same"] is base["same"]  # no change to sum: the base's bits, 1e-9 included
+
+
+def test_a_secure_merge_after_a_dropout_is_the_survivors_exact_weighted_mean():
+    from flair_node.tensors import secure_sum
+    from flair_node.tensors.fixedpoint import normalize_weights, same_bits
+
+    base, inputs = states(6, 1)
+    weights = normalize_weights([10, 20, 30, 40, 50, 60])
+    people, links = ring(6)
+    terms = [secure_sum.term(base, x, w) for x, w in zip(inputs, weights, strict=True)]
+    masked = [p.masked(t, links) for p, t in zip(people, terms, strict=True)]
+    gone = 4
+    holders = sorted(links[people[gone].public])
+    shares = dict(zip(holders, secagg.split(people[gone].secret, 3, len(holders)), strict=True))
+    secret = secagg.recover([shares[h] for h in holders[:3]], 3, secagg.commitment(people[gone].secret))
+    seeds = {h: secagg.pair_seed(secret, people[gone].public, h, CONTEXT) for h in holders}
+    kept = [i for i in range(6) if i != gone]
+    total = masking.unmask(masking.ring_sum(masked[i] for i in kept), [people[i].self_seed for i in kept],
+                           [masking.pair_correction(people[gone].public, seeds, terms[0].size)])
+    survivors = sum(weights[i] for i in kept)
+    merged = secure_sum.merge_sum(base, total, survivors)
+    reference = secure_sum.merge_sum(base, masking.ring_sum(terms[i] for i in kept), survivors)
+    assert all(same_bits(merged[name], reference[name]) for name in base)
+    # and it is the survivors' weighted mean: within float32's rounding of it plus the fixed point's
+    expected = base["w"].double() + sum(weights[i] * (inputs[i]["w"].double() - base["w"].double())
+                                        for i in kept) / survivors
+    assert bool(((merged["w"].double() - expected).abs() <= expected.abs() * 2**-23 + 2**-23).all())
+
+
+def test_what_a_sum_cannot_merge_is_refused():
+    import torch
+
+    from flair_node.core.errors import MergeError
+    from flair_node.tensors import secure_sum
+
+    base = {"mask": torch.tensor([True, False])}
+    with pytest.raises(MergeError, match="bool"):
+        secure_sum.term(base, {"mask": torch.tensor([False, False])}, 1)
+    base, inputs = states(1, 2)
+    with pytest.raises(InvalidInput, match="weight"):
+        secure_sum.term(base, inputs[0], 1 << 17)
+    with pytest.raises(MergeError, match="too large"):
+        secure_sum.term(base, {**inputs[0], "w": inputs[0]["w"] * 1e9}, 1)
+    with pytest.raises(InvalidInput, match="int64 values"):
+        secure_sum.merge_sum(base, np.zeros(3, dtype=np.int64), 1)
