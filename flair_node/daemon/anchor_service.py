@@ -48,7 +48,7 @@ import trio
 from ..core.errors import FlairError, IntegrityError, InvalidInput
 from ..core.identity import Identity
 from ..core.ids import CommitId, short
-from ..protocol.rounds import meta_parents
+from ..protocol.round_merges import meta_parents
 from ..storage import unixfs
 from ..storage.atomic import atomic_write
 from ..storage.repo import Repository, now_ms

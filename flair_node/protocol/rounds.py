@@ -63,6 +63,7 @@ from ..core.round_rules import RoundPolicy, entitled, filled_at, ranking, step_w
 from ..storage.clock import now_ms
 from ..storage.repo import CONTRIBUTION_PREFIX, Repository, contribution_branch
 from .proofs.circuits import Circuits
+from .round_merges import commit_chunks, merge_parents, most_inputs, proof_weights, provable_merge
 
 if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
@@ -243,20 +244,6 @@ def staleness(repo: Repository, branch: str, base: CommitId) -> int:
     raise InvalidInput(f"commit {short(base)} is not among the last {policy.max_staleness} round merges of "
                        f"{target} or the commits since: a round would not take weights trained from it; train from "
                        f"the head ({short(repo.head(target))})")
-
-
-def commitments(repo: Repository, state: StateDict, base: CommitId, codec: str = "bitdelta-v1", *,
-                memory: RoundMemory) -> list[str]:
-    """What a contribution of ``state`` trained from ``base`` publishes when the repository's merges are proven:
-    the commitments of its delta's chunks (none when they are not), made with ``memory``'s circuits. A lossy
-    codec would store other values than those committed: ``InvalidInput``."""
-    if not repo.members.current().policy.proof_chunk:
-        return []
-    if codec != "bitdelta-v1":
-        raise InvalidInput(f"this repository's merges are proven: contributions are stored exactly, not as {codec}")
-    from .proofs import weighted_sum
-
-    return _commit_chunks(repo, weighted_sum.fixed_delta(state, repo.materialize(base)), memory.circuits)
 
 
 def merge(repo: Repository, identity: Any, branch: str, *, memory: RoundMemory, at_ms: int | None = None) -> Commit:
@@ -452,57 +439,13 @@ def derive(repo: Repository, current: RoundView, contributions: Sequence[Contrib
                                                                                           strict=True)],
             "examples": sum(c.examples for c in kept), "step": step}
     if current.policy.proof_chunk:
-        state, sums = _provable(repo, head, list(zip(kept, inputs, strict=True)), proof_weights(meta),
-                                memory.circuits)
+        state, sums = provable_merge(repo, head, [(c.base, x) for c, x in zip(kept, inputs, strict=True)],
+                                     proof_weights(meta), memory.circuits)
         return state, {**meta, "sums": sums}
     state = strategy.aggregate(head, inputs, weights)  # each contribution moved onto the head (``_screen``)
     if step != whole:  # stale contributions: a shorter step from the head towards the strategy's result
         state = combine(head, [state], [step])
     return state, meta
-
-
-def most_inputs(policy: RoundPolicy) -> int:
-    """How many contributions one round merge takes: as many as wait, unless merges are proven, when one proof
-    circuit must take them all."""
-    if not policy.proof_chunk:
-        return 1 << 30
-    from .proofs.ezkl_backend import KZG_INPUTS, MAX_INPUTS
-
-    return KZG_INPUTS if policy.proof_scheme == "kzg" else MAX_INPUTS
-
-
-def proof_weights(meta: dict[str, Any]) -> list[int]:
-    """The integer weights a proven merge applies to its contributions' deltas: each recorded weight times the
-    merge's step, out of 2^16, rounded down (the head keeps the rest)."""
-    from ..tensors.fixedpoint import WEIGHT_BITS
-
-    return [int(entry[3]) * int(meta["step"]) >> WEIGHT_BITS for entry in meta["contributions"]]
-
-
-def proof_statement(repo: Repository, commit: Commit) -> tuple[list[int], list[list[str]], list[str]]:
-    """What a proof of round merge ``commit`` must bind, from the records alone (no payload is read, so any
-    holder of the records can check proofs): the effective weights, each contribution's chunk commitments in
-    the merge's order, and the commitments of the merged sums. ``IntegrityError`` if the merge is not proven."""
-    sums = commit.meta.get("sums")
-    if commit.kind != "round" or not isinstance(sums, list) or not sums:
-        raise IntegrityError(f"commit {short(commit.id)} is not a proven round merge")
-    published = []
-    for contribution in meta_parents(dict(commit.meta)):
-        chunks = repo.commit(contribution).meta.get("commitments")
-        if not isinstance(chunks, list) or len(chunks) != len(sums):
-            raise IntegrityError(f"contribution {short(contribution)} publishes no commitment for each chunk")
-        published.append(chunks)
-    return proof_weights(dict(commit.meta)), published, sums
-
-
-def meta_parents(meta: dict[str, Any]) -> list[CommitId]:
-    """The contributions a round merge merged (those it excluded left out), in its weights' order."""
-    return [CommitId(entry[0]) for entry in meta["contributions"]]
-
-
-def merge_parents(meta: dict[str, Any]) -> list[CommitId]:
-    """Every contribution a round merge takes, merged or excluded, sorted: its parents after the head."""
-    return sorted([*meta_parents(meta), *(CommitId(c) for c, _ in meta.get("excluded", []))])
 
 
 # -- internals -----------------------------------------------------------------------------------------
@@ -512,31 +455,6 @@ def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
     cache[key] = value
     if len(cache) > _CACHE_SIZE:
         cache.popitem(last=False)
-
-
-def _commit_chunks(repo: Repository, values: Any, circuits: Circuits) -> list[str]:
-    """The commitments of the chunks of ``values`` (an int64 vector) under ``repo``'s policy."""
-    from .proofs import weighted_sum
-
-    chunk = repo.members.current().policy.proof_chunk
-    return weighted_sum.commitments(values, chunk, circuits.committer(repo))
-
-
-def _provable(repo: Repository, head: StateDict, contributions: Sequence[tuple[Contribution, StateDict]],
-              weights: Sequence[int], circuits: Circuits) -> tuple[StateDict, list[str]]:
-    """``head + Σ e_i (x_i − base_i)`` with no shortcut (each contribution ``x_i`` enters as its own state with
-    weight ``e_i`` and its base with ``−e_i``), and the commitments of the chunks of the sums."""
-    from ..tensors.fixedpoint import combine
-    from .proofs import weighted_sum
-
-    states, signed, deltas = [], [], []
-    for (c, x), e in zip(contributions, weights, strict=True):
-        base = repo.materialize(c.base)
-        states += [x, base]
-        signed += [e, -e]
-        deltas.append(weighted_sum.fixed_delta(x, base))
-    merged = combine(head, states, signed, shortcuts=False)
-    return merged, _commit_chunks(repo, weighted_sum.weighted_sums(weights, deltas), circuits)
 
 
 def _committed(memory: RoundMemory, repo: Repository, commit: Commit, policy: RoundPolicy) -> bool:
@@ -558,7 +476,7 @@ def _committed(memory: RoundMemory, repo: Repository, commit: Commit, policy: Ro
             _remember(known, key, False)  # bytes fail the same way on every node, so it is never pending
             return False
         try:
-            own = _commit_chunks(repo, delta, memory.circuits)
+            own = commit_chunks(repo, delta, memory.circuits)
         except ProofError as exc:
             raise IntegrityError(f"cannot check the commitments of contribution {short(commit.id)} yet: {exc}"
                                  ) from None

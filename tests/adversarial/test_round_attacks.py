@@ -33,7 +33,7 @@ from flair_node.core.refs import BranchMove
 from flair_node.core.round_rules import RoundPolicy, filled_at, window
 from flair_node.daemon.home import Home
 from flair_node.daemon.round_service import RoundService
-from flair_node.protocol import rounds
+from flair_node.protocol import round_merges, rounds
 from flair_node.storage import unixfs
 from flair_node.storage.repo import Repository, contribution_branch, now_ms
 from flair_node.storage.repos import RepoSet
@@ -132,7 +132,7 @@ def test_a_member_counts_once_however_many_contribution_branches_it_moves():
     state, meta = rounds.derive(repo, forced, forced.pending, memory=memory)
     aggregator = by_key(forced.aggregator(now_ms()))
     forged = as_node(repos, repo, aggregator).write_round(
-        aggregator, state, branch="main", parents=(forced.head, *rounds.merge_parents(meta)), meta=meta,
+        aggregator, state, branch="main", parents=(forced.head, *round_merges.merge_parents(meta)), meta=meta,
         message="three from one")
     for member in EVERYONE:
         with pytest.raises(IntegrityError, match="two contributions of one member"):
@@ -157,7 +157,7 @@ def test_a_removed_or_expired_member_is_not_counted_whatever_the_date_it_signed(
     assert [c.author for c in after.pending] == [honest.public_key] and not after.ready(now_ms())
     aggregator = by_key(after.ranked[0])  # the removed member ranks no more
     stale = as_node(repos, repo, aggregator).write_round(
-        aggregator, state, branch="main", parents=(before.head, *rounds.merge_parents(meta)), meta=meta,
+        aggregator, state, branch="main", parents=(before.head, *round_merges.merge_parents(meta)), meta=meta,
         message="counts the removed member")
     with pytest.raises(IntegrityError, match="no contributor role"):
         rounds.verify(as_node(repos, repo, honest), stale, memory=memory)
@@ -197,7 +197,7 @@ def test_undecodable_nan_and_huge_contributions_are_excluded_with_their_reason_a
     assert repo.head("main") == merged.id
     reasons = {bad[c].public_key: why for c, why in merged.meta["excluded"]}
     assert reasons == {deep.public_key: "undecodable", nan.public_key: "non-finite", huge.public_key: "out of range"}
-    assert rounds.meta_parents(dict(merged.meta)) == [good.id]
+    assert round_merges.meta_parents(dict(merged.meta)) == [good.id]
     assert sorted(merged.parents[1:]) == sorted([good.id, *bad])  # taken out of the pending set
     for name, tensor in repo.materialize(merged.id).items():  # the mean of the one usable contribution
         assert torch.equal(tensor, shift(repo.materialize(start), 0.5)[name])
@@ -223,7 +223,7 @@ def test_a_merge_recording_other_exclusions_is_refused():
     meta["excluded"] = [[c, "undecodable"] for c, _ in meta["excluded"]]  # another reason than the bytes give
     aggregator = by_key(current.aggregator(now_ms()))
     lying = as_node(repos, repo, aggregator).write_round(
-        aggregator, state, branch="main", parents=(current.head, *rounds.merge_parents(meta)), meta=meta,
+        aggregator, state, branch="main", parents=(current.head, *round_merges.merge_parents(meta)), meta=meta,
         message="wrong reason")
     with pytest.raises(IntegrityError, match="records other"):
         rounds.verify(as_node(repos, repo, honest), lying, memory=memory)
@@ -394,7 +394,7 @@ def test_only_an_entitled_member_s_merge_holds_a_round_and_each_author_only_once
     at = current.filled_ms + 1_000  # the first-ranked's window
     monkeypatch.setattr("flair_node.storage.clock.now_ms", lambda: at)
     wrong = as_node(repos, repo, first, own_refs(repo)).write_round(  # signed, in its window, wrong bytes
-        first, shift(state, 0.001), branch="main", parents=(current.head, *rounds.merge_parents(meta)), meta=meta,
+        first, shift(state, 0.001), branch="main", parents=(current.head, *round_merges.merge_parents(meta)), meta=meta,
         message="not what its inputs merge to")
     monkeypatch.undo()
 

@@ -10,7 +10,7 @@ import pytest
 from test_p2p_daemons import model, team
 
 from flair_node.daemon.home import Home
-from flair_node.protocol import rounds
+from flair_node.protocol import round_merges, rounds
 from flair_node.storage.repos import RepoSet
 from flair_node.testing.cluster import address, configure, wait_until
 from flair_node.testing.cluster import public_key as key
@@ -176,5 +176,6 @@ def forge_round_merge(home, repo_id):
     state, meta = rounds.derive(repo, current, current.pending, memory=memory)
     first = next(iter(state))
     state[first] = state[first] + 0.01
-    return repo.write_round(repos.identity, state, branch="main", parents=(current.head, *rounds.meta_parents(meta)),
-                            meta=meta, message=f"round {meta['round']} of main")
+    return repo.write_round(repos.identity, state, branch="main",
+                            parents=(current.head, *round_merges.meta_parents(meta)), meta=meta,
+                            message=f"round {meta['round']} of main")

@@ -15,7 +15,7 @@ from flair_node.core.errors import IntegrityError, InvalidInput
 from flair_node.core.identity import Identity
 from flair_node.core.objects import ProofRecord
 from flair_node.core.round_rules import RoundPolicy
-from flair_node.protocol import rounds
+from flair_node.protocol import round_merges, rounds
 from flair_node.protocol.proofs import circuits as node_circuits
 from flair_node.protocol.proofs import ezkl_backend, merges, weighted_sum, worker
 from flair_node.protocol.proofs.ezkl_backend import FIELD, ProofError, Shape, felt, felt_value
@@ -213,8 +213,9 @@ def contribute(repos, repo, who, seed, examples, commitments=None, *, memory):
     base = mine.head("main")
     trained = {k: v + 0.01 * state(seed)[k] if v.is_floating_point() else v if v.dtype == torch.bool else v + 1
                for k, v in mine.materialize(base).items()}
-    published = rounds.commitments(mine, trained, base, memory=memory) if commitments is None else commitments
-    return mine.contribute(who, trained, examples=examples, base=base, commitments=published)
+    if commitments is None:
+        commitments = round_merges.commitments(mine, trained, base, circuits=memory.circuits)
+    return mine.contribute(who, trained, examples=examples, base=base, commitments=commitments)
 
 
 def merged_round(team, memory):
@@ -233,16 +234,16 @@ def test_a_proven_round_is_checked_from_the_records_alone(team, memory):
 
     # the aggregator proves every chunk from the deltas it merged ...
     aggregator = node(repos, repo, who)
-    weights = rounds.proof_weights(dict(merged.meta))
+    weights = round_merges.proof_weights(dict(merged.meta))
     deltas = [weighted_sum.fixed_delta(aggregator.materialize(c), aggregator.materialize(merged.parents[0]))
-              for c in rounds.meta_parents(dict(merged.meta))]
+              for c in round_merges.meta_parents(dict(merged.meta))]
     assert len(merged.meta["sums"]) == 2 and weights == [e[3] for e in merged.meta["contributions"]]  # all fresh
     circuit = memory.circuits.circuit(aggregator, 2)
     proofs = weighted_sum.prove(circuit, weights, deltas, range(len(merged.meta["sums"])))
 
     # ... and a node that cannot read a single payload checks them against the records
     outsider = node(repos, repo, None)
-    weights, published, sums = rounds.proof_statement(outsider, outsider.commit(merged.id))
+    weights, published, sums = round_merges.proof_statement(outsider, outsider.commit(merged.id))
     for j, proof in proofs.items():
         weighted_sum.check(circuit, proof, weights=weights, contributions=[p[j] for p in published], sums=sums[j])
 
@@ -259,7 +260,7 @@ def test_contributions_that_do_not_commit_to_their_delta_wait_in_vain(team, memo
     good = contribute(repos, repo, CY, 3, 100, memory=memory)
     assert [c.commit for c in rounds.view(repo, "main", memory=memory).pending] == [good.id]
     with pytest.raises(InvalidInput, match="stored exactly"):
-        rounds.commitments(repo, state(5), repo.head("main"), "int8-v1", memory=memory)
+        round_merges.commitments(repo, state(5), repo.head("main"), "int8-v1", circuits=memory.circuits)
 
 
 def test_a_merge_publishing_other_sums_is_refused_and_proofs_need_a_mean(team, memory):
@@ -271,7 +272,7 @@ def test_a_merge_publishing_other_sums_is_refused_and_proofs_need_a_mean(team, m
     who = next(i for i in (OWNER, ANA, BEN, CY) if i.public_key == current.aggregator(current.opened_ms + 1))
     meta["sums"] = meta["sums"][::-1]
     lying = node(repos, repo, who).write_round(who, state_, branch="main",
-                                               parents=(current.head, *rounds.meta_parents(meta)), meta=meta,
+                                               parents=(current.head, *round_merges.meta_parents(meta)), meta=meta,
                                                message="round 1")
     with pytest.raises(IntegrityError, match="records other"):
         rounds.verify(node(repos, repo, CY), lying, memory=memory)

@@ -9,7 +9,7 @@ import torch
 from flair_node.core.errors import Forbidden, IntegrityError, InvalidInput
 from flair_node.core.identity import Identity
 from flair_node.core.round_rules import RoundPolicy
-from flair_node.protocol import rounds
+from flair_node.protocol import round_merges, rounds
 from flair_node.storage.repo import Repository
 from flair_node.storage.repos import RepoSet
 from flair_node.testing.commit_graph import tiny_state
@@ -57,7 +57,7 @@ def two_contributions(examples: tuple[int, int] = (50, 50)):
 def write_round(repos: RepoSet, repo: Repository, who: Identity, state, current: rounds.RoundView, meta, message: str):
     """A round commit on main written by ``who`` as given, whatever the rules say."""
     return as_node(repos, repo, who).write_round(who, state, branch="main",
-                                                 parents=(current.head, *rounds.meta_parents(meta)), meta=meta,
+                                                 parents=(current.head, *round_merges.meta_parents(meta)), meta=meta,
                                                  message=message)
 
 
@@ -123,7 +123,7 @@ def test_a_stale_contribution_weighs_less_and_a_too_stale_one_waits_no_more():
                                 memory=memory)
     aggregator = by_key(current.aggregator(current.opened_ms + 1))
     one = as_node(repos, repo, aggregator).write_round(aggregator, state, branch="main",
-                                                       parents=(current.head, *rounds.meta_parents(meta)),
+                                                       parents=(current.head, *round_merges.meta_parents(meta)),
                                                        meta=meta, message="round 1")
     rounds.verify(repo, one, memory=memory)
     second = rounds.view(repo, "main", memory=memory)

@@ -141,13 +141,13 @@ async def two_nodes_with_a_pending_contribution():
 
 
 async def test_a_pull_follows_a_verified_round_merge_and_refuses_a_forged_one():
-    from flair_node.protocol import rounds
+    from flair_node.protocol import round_merges, rounds
 
     memory = RoundMemory()
     (who, theirs, repo), (me, mine, my_repo), current = await two_nodes_with_a_pending_contribution()
     state, meta = rounds.derive(repo, current, current.pending, memory=memory)
     forged = repo.write_round(who, {k: v + 1 for k, v in state.items()}, branch="main",
-                              parents=(current.head, *rounds.meta_parents(meta)), meta=meta, message="forged")
+                              parents=(current.head, *round_merges.meta_parents(meta)), meta=meta, message="forged")
     result = await pull(mine, repo.id, LocalSource(theirs, me.public_key, mine), memory=RoundMemory())
     assert "main" not in result.moved
     assert "not what its inputs merge to" in result.refused[repo.branch_move("main").id]

@@ -96,7 +96,7 @@ async def repo_commit(ctx: ApiContext, repo: str, weights_path: str, message: st
     result=COMMIT_RESULT)
 async def repo_contribute(ctx: ApiContext, repo: str, weights_path: str, examples: int, branch: str,
                           base: str | None, message: str, codec: str) -> dict[str, Any]:
-    from ...protocol import rounds
+    from ...protocol import round_merges, rounds
 
     def work() -> dict[str, Any]:
         r = ctx.repos.open(repo)
@@ -104,7 +104,7 @@ async def repo_contribute(ctx: ApiContext, repo: str, weights_path: str, example
         rounds.staleness(r, branch, start)  # refuse now what no round would take
         weights = read_weights(weights_path, "weights")
         # the commitments of its chunks, when the repository's merges are proven
-        committed = rounds.commitments(r, weights, start, codec, memory=ctx.round_memory)
+        committed = round_merges.commitments(r, weights, start, codec, circuits=ctx.round_memory.circuits)
         commit = r.contribute(ctx.identity, weights, branch=branch, examples=examples, base=start,
                               message=message, codec=codec, commitments=committed)
         return {**commit_json(commit), "branch": branch}

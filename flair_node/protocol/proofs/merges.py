@@ -31,7 +31,7 @@ from ...core.ids import CommitId, RepoId, short
 from ...core.objects import ProofRecord
 from ...storage import unixfs
 from ...storage.repo import MAX_PROOFS_BYTES
-from .. import rounds
+from .. import round_merges
 from . import weighted_sum, worker
 
 if TYPE_CHECKING:
@@ -74,9 +74,9 @@ def prove_merge(repo: Repository, identity: Identity, merge: CommitId, *, circui
     """Prove round merge ``merge`` (made by ``identity``, on a node that can read its contributions) with the
     node's ``circuits`` in a worker process, and store, sign and announce the proofs (``MergeRecords.write_proof``)."""
     commit = repo.commit(merge)
-    weights, _, sums = rounds.proof_statement(repo, commit)
+    weights, _, sums = round_merges.proof_statement(repo, commit)
     deltas = []
-    for contribution in rounds.meta_parents(dict(commit.meta)):
+    for contribution in round_merges.meta_parents(dict(commit.meta)):
         base = repo.commit(contribution).parents[0]
         deltas.append(weighted_sum.fixed_delta(repo.materialize(contribution), repo.materialize(base)))
     circuit = circuits.circuit(repo, len(weights))
@@ -108,7 +108,7 @@ def check_merge(repo: Repository, record: ProofRecord, *, circuits: Circuits) ->
     ``circuits``; what was proven (chunks, total, the chance the sample catches 1 % falsified). ``IntegrityError``
     saying what is wrong."""
     commit = repo.commit(record.commit)
-    weights, published, sums = rounds.proof_statement(repo, commit)
+    weights, published, sums = round_merges.proof_statement(repo, commit)
     expected = chunks_to_prove(commit.id, len(sums))
     if list(record.chunks) != expected:
         raise IntegrityError(f"the proofs of {short(commit.id)} cover other chunks than its id selects")
