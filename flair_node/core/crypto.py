@@ -30,24 +30,36 @@ def new_key() -> bytes:
 
 def seal_key(key: bytes, member: PublicKey) -> bytes:
     """``key`` sealed to ``member``: only the holder of that Ed25519 identity can open it."""
+    return seal_to(member, key)
+
+
+def open_sealed_key(sealed: bytes, identity: Identity) -> bytes:
+    key = open_sealed(sealed, identity, "the repository key")
+    if len(key) != KEY_BYTES:
+        raise IntegrityError("a sealed repository key is not 32 bytes")
+    return key
+
+
+def seal_to(member: PublicKey, data: bytes) -> bytes:
+    """``data`` sealed to ``member`` (a sealed box to the X25519 form of its Ed25519 key): only that member
+    opens it, and the box does not say who sealed it (a signed record around it does)."""
     try:
         recipient = sodium.crypto_sign_ed25519_pk_to_curve25519(public_key_bytes(member))
     except nacl.exceptions.RuntimeError:  # 32 bytes that are not a point of the curve
         raise InvalidInput(f"{member} is not an Ed25519 public key", key=member) from None
-    return bytes(sodium.crypto_box_seal(key, recipient))
+    return bytes(sodium.crypto_box_seal(data, recipient))
 
 
-def open_sealed_key(sealed: bytes, identity: Identity) -> bytes:
+def open_sealed(sealed: bytes, identity: Identity, what: str) -> bytes:
+    """What ``seal_to`` sealed to ``identity``; ``IntegrityError`` naming ``what`` if it was sealed to another
+    key or altered."""
     keypair = identity.keypair_bytes()
     secret = sodium.crypto_sign_ed25519_sk_to_curve25519(keypair)
     public = sodium.crypto_sign_ed25519_pk_to_curve25519(keypair[32:])
     try:
-        key = bytes(sodium.crypto_box_seal_open(sealed, public, secret))
+        return bytes(sodium.crypto_box_seal_open(sealed, public, secret))
     except nacl.exceptions.CryptoError:
-        raise IntegrityError("the repository key is not sealed to this node's identity") from None
-    if len(key) != KEY_BYTES:
-        raise IntegrityError("a sealed repository key is not 32 bytes")
-    return key
+        raise IntegrityError(f"{what} is not sealed to this node's identity") from None
 
 
 def encrypt(key: bytes, plaintext: bytes, context: bytes) -> bytes:

@@ -42,7 +42,10 @@ from .ids import PublicKey
 STRATEGY_NAME = 64  # characters of a strategy name
 MAX_STRATEGY_PARAMS = 16
 MAX_PROOF_CHUNK = 1 << 16
-_OPTIONAL = ("proof_chunk", "proof_scheme", "proof_srs", "contribution_nfts")  # left out of records while unset
+#: Left out of records while they hold these values, so records made before the fields existed are unchanged.
+_OPTIONAL = {"proof_chunk": 0, "proof_scheme": "", "proof_srs": "", "contribution_nfts": False, "privacy": "plain",
+             "secure_threshold": "0.5"}
+PRIVACY = ("plain", "secure")
 PROOF_SCHEMES = ("kzg", "poseidon")  # how contributions and merges commit to their chunks (``protocol.proofs``)
 MAX_SRS_BYTES = 1 << 26  # an SRS file (EZKL's for 2^18 rows is 16 MiB)
 _DECIMAL = Context(prec=40)
@@ -76,6 +79,13 @@ class RoundPolicy:
     #: With anchoring on: the aggregator also mints one NFT per merged contribution, to its contributor's
     #: address (``protocol.anchoring.contribution``), besides the merged commit's own.
     contribution_nfts: bool = False
+    #: ``plain``: members read each contribution. ``secure``: contributions are masked (``protocol.secure_rounds``)
+    #: and members, the aggregator included, read only merges.
+    privacy: str = "plain"
+    #: With ``secure``: a contributor's secrets are recovered from more than this fraction of the members holding
+    #: shares of them (decimal text from 0.5, a majority, to below 1). Higher resists more colluding members and
+    #: tolerates fewer absent ones.
+    secure_threshold: str = "0.5"
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, str) or not 0 < len(self.strategy) <= STRATEGY_NAME:
@@ -105,6 +115,36 @@ class RoundPolicy:
                 raise InvalidInput("KZG commitments are made with the SRS: proven merges with kzg need proof_srs")
         elif self.proof_scheme or self.proof_srs:
             raise InvalidInput("proof_scheme and proof_srs go with proof_chunk: without it merges are not proven")
+        if self.privacy not in PRIVACY:
+            raise InvalidInput(f"privacy is one of {', '.join(PRIVACY)}, not {self.privacy!r}")
+        if self.privacy == "secure":
+            self._check_secure()
+        elif self.secure_threshold != "0.5":
+            raise InvalidInput("secure_threshold goes with privacy secure")
+
+    def _check_secure(self) -> None:
+        """What a secure round can compute from a sum alone (``protocol.secure_rounds``)."""
+        if self.strategy != "mean":
+            raise InvalidInput(f"secure rounds merge by the mean: {self.strategy} needs each contribution's values, "
+                               "which nobody may read in a secure repository")
+        if self.strategy_params:
+            raise InvalidInput("the mean of a secure round takes no strategy parameters")
+        if self.max_staleness:
+            raise InvalidInput("secure rounds take only contributions trained from the round's head (max_staleness "
+                               "0): a stale one would have to be moved onto the head, which needs its values")
+        if self.proof_chunk:
+            raise InvalidInput("secure merges are checked by every member re-deriving them from the masked "
+                               "updates; proving them with EZKL is not supported yet")
+        if self.contribution_nfts:
+            raise InvalidInput("contribution NFTs are not minted for secure rounds yet")
+        if not _decimal_in(self.secure_threshold, 0, 1) or not Decimal("0.5") <= Decimal(self.secure_threshold) < 1:
+            raise InvalidInput(f"secure_threshold is a decimal from 0.5 to below 1 written as text, not "
+                               f"{self.secure_threshold!r}")
+
+    def holders_needed(self, holders: int) -> int:
+        """How many of a secret's ``holders`` must reveal their shares to recover it: more than
+        ``secure_threshold`` of them."""
+        return int(Decimal(self.secure_threshold) * holders) + 1
 
     def as_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -112,11 +152,11 @@ class RoundPolicy:
         return body
 
     def record(self) -> dict[str, Any]:
-        """As a signed record holds it: the proof fields and contribution_nfts only when set, so records made
-        before them are unchanged."""
+        """As a signed record holds it: the fields of ``_OPTIONAL`` only when set, so records made before them
+        are unchanged."""
         body = self.as_dict()
-        for name in _OPTIONAL:
-            if not body[name]:
+        for name, unset in _OPTIONAL.items():
+            if body[name] == unset:
                 del body[name]
         return body
 
@@ -125,8 +165,8 @@ class RoundPolicy:
         """From a decoded record; ``IntegrityError`` if it is not exactly a policy."""
         fields = set(cls.__dataclass_fields__)
         if not isinstance(value, dict) or not fields - set(_OPTIONAL) <= set(value) <= fields:
-            raise IntegrityError(f"a round policy is a map of exactly {sorted(fields)} (the proof fields and "
-                                 "contribution_nfts only when set)")
+            raise IntegrityError(f"a round policy is a map of exactly {sorted(fields)} (the proof, privacy and "
+                                 "contribution_nfts fields only when set)")
         try:
             return cls(**value)
         except InvalidInput as exc:

@@ -212,6 +212,9 @@ class Repository(History):
             raise InvalidInput(f"unknown codec {codec!r}: use one of {', '.join(DELTA_CODECS)}", codec=codec)
         if not isinstance(examples, int) or examples < 0:
             raise InvalidInput("examples must be an integer >= 0")
+        if self.members.current().policy.privacy == "secure":
+            raise InvalidInput(f"repository {short(self.id)} runs secure rounds: a contribution is never stored "
+                               "where members could read it, it is masked (protocol.secure_rounds)")
         target = check_branch_name(branch)
         start = self.resolve(base) if base is not None else self.head(target)
         own = check_branch_name(contribution_branch(target, identity.public_key))

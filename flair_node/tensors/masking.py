@@ -97,3 +97,49 @@ def pair_correction(dropped: bytes, survivors_seeds: Mapping[bytes, bytes], coun
     for survivor, seed in survivors_seeds.items():
         _add(total, prg(seed, count), sign_of(survivor, dropped))
     return total
+
+
+# -- the round's ring ------------------------------------------------------------------------------------
+# A secure round masks in Z/2^(8w), the smallest whole number of bytes that holds its sum: a masked update
+# travels as w bytes per value, not 8. Masks drawn in Z/2^64 and cut to w bytes are uniform there too, and
+# cancel there as they do in Z/2^64.
+
+
+def ring_width(bits: int, weight_bits: int) -> int:
+    """Bytes per value of the ring a round masks in, when each contribution's change is below ``2^bits`` (in
+    fixed point) and the weights add up to ``2^weight_bits``: room for the weighted sum and its sign."""
+    if not 0 <= bits <= 62 or not 0 <= weight_bits <= 32:
+        raise InvalidInput(f"changes of {bits} bits weighted by {weight_bits} bits do not fit a ring of int64")
+    return min(8, (bits + weight_bits + 1 + 7) // 8)
+
+
+def to_ring(values: np.ndarray, width: int) -> bytes:
+    """``values`` (int64, already masked) cut to ``width`` bytes each, little-endian: what is published."""
+    if values.dtype != np.int64 or values.ndim != 1 or not 1 <= width <= 8:
+        raise InvalidInput("a flat int64 vector is cut to 1 to 8 bytes per value")
+    return values.astype("<i8", copy=False).view(np.uint8).reshape(-1, 8)[:, :width].tobytes()
+
+
+def ring_total(published: Iterable[bytes], width: int, count: int) -> np.ndarray:
+    """The sum, in Z/2^(8 ``width``), of vectors of ``count`` values that ``to_ring`` cut, as uint64."""
+    total = np.zeros(count, dtype=np.uint64)
+    wide = np.zeros((count, 8), dtype=np.uint8)
+    for data in published:
+        if len(data) != width * count:
+            raise InvalidInput(f"a masked update of {count} values in a ring of {width} bytes is "
+                               f"{width * count} bytes, not {len(data)}")
+        wide[:, :width] = np.frombuffer(data, dtype=np.uint8).reshape(count, width)
+        np.add(total, wide.view("<u8").reshape(count), out=total)
+    return total
+
+
+def from_ring(total: np.ndarray, width: int, corrections: Iterable[np.ndarray] = ()) -> np.ndarray:
+    """``total`` (uint64, a ``ring_total``) minus each of ``corrections`` (int64 masks), reduced to the ring
+    of ``width`` bytes and read as signed: the plain sum, when it fits the ring."""
+    plain = total.copy()
+    for correction in corrections:
+        if correction.size != plain.size:
+            raise InvalidInput("a correction must have as many values as the sum")
+        np.subtract(plain, correction.view(np.uint64), out=plain)
+    shift = np.uint64(64 - 8 * width)
+    return (plain << shift).view(np.int64) >> np.int64(shift)

@@ -3,8 +3,9 @@
 A plain merge computes ``base + Σ w_i (x_i − base) / 2^weight_bits`` tensor by tensor. Secure aggregation needs the
 sum without the terms, so the same arithmetic is cut in two:
 
-- each contributor computes its ``term``: ``w_i · (fixed(x_i) − fixed(base))`` for every tensor, in the base's
-  order, flattened into one int64 vector -- what it masks (``tensors.masking``) and publishes;
+- each contributor computes its ``term``: ``w_i · (fixed(x_i) − fixed(base))`` for every tensor, by name (so
+  every node lays it out the same, whatever order its copy of the base holds the tensors in), flattened into
+  one int64 vector -- what it masks (``tensors.masking``) and publishes;
 - whoever holds the (unmasked) sum of the terms and the total weight ``W`` of the contributions in it computes
   ``merge_sum``: ``base + round_half_even(sum / W)``, tensor by tensor.
 
@@ -36,7 +37,8 @@ def term_size(base: StateDict) -> int:
 
 def term(base: StateDict, state: StateDict, weight: int, *, scale_bits: int = DEFAULT_SCALE_BITS,
          weight_bits: int = WEIGHT_BITS) -> np.ndarray:
-    """``weight · (fixed(state) − fixed(base))``, every tensor in the base's order, as one flat int64 vector.
+    """``weight · (fixed(state) − fixed(base))``, every tensor in the order of their names, as one flat int64
+    vector.
 
     Values are bounded as a plain merge bounds them when the weights of all inputs sum to ``2^weight_bits``, so the
     sum of every contribution's term fits in int64 (``MergeError`` otherwise, naming the tensor).
@@ -46,7 +48,7 @@ def term(base: StateDict, state: StateDict, weight: int, *, scale_bits: int = DE
     check_inputs(base, [state])
     limit = ACC_LIMIT // (2 << weight_bits)
     parts = []
-    for name, b in base.items():
+    for name, b in sorted(base.items()):
         if b.dtype == torch.bool:
             raise MergeError(f"tensor {name} is bool: a secure merge sums changes, and a bool has none to sum",
                              tensor=name)
@@ -66,7 +68,7 @@ def merge_sum(base: StateDict, total: np.ndarray, weight: int, *, scale_bits: in
         raise InvalidInput("a merge needs contributions of positive total weight")
     result: StateDict = {}
     at = 0
-    for name, b in base.items():
+    for name, b in sorted(base.items()):
         count = b.numel()
         acc = torch.from_numpy(total[at:at + count].copy())
         at += count

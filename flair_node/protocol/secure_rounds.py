@@ -1,0 +1,621 @@
+"""Secure rounds: the round of a repository whose policy is ``privacy = "secure"``, in which members, the
+aggregator included, read the merge and never one contribution (SecAgg, Bonawitz et al. CCS 2017, with the
+logarithmic neighbour graph of SecAgg+, Bell et al. CCS 2020).
+
+A plain contribution is a commit whose payload every member decrypts. A secure one never exists in the clear
+outside its contributor's node: the round runs as signed messages (``core.round_messages``), and the merge
+is computed from their sum.
+
+1. **Advert** (``advertise``, each contributor, once it has trained): its example count, the bit length of its
+   largest change, the X25519 key its pair masks are agreed with, and Shamir shares of its two secrets (the
+   self-mask seed and that key's secret), one for each other member, sealed to the member's identity.
+2. **Roster** (``roster``, the entitled aggregator, when the round is ready as a plain one is: ``buffer``
+   adverts, or the deadline with at least ``MIN_CONTRIBUTORS``): which adverts the round takes. From it every
+   member derives the same ``Plan``: the weights (the plain round's, over the roster), the ring (``bits`` plus
+   the weights' 16 bits and a sign, in whole bytes) and the neighbour graph, seeded by the roster's id.
+3. **Masked** (``mask``, each contributor of the roster): its weighted change in the merge's fixed point
+   (``tensors.secure_sum.term``), plus its self mask, plus or minus a pair mask with each neighbour, cut to
+   the ring, encrypted under the repository key and added as a UnixFS file.
+4. **Unmask** (``unmask``, the entitled aggregator): which masked updates the merge takes. The roster's other
+   contributors dropped out.
+5. **Reveal** (``reveal``, every member holding shares): for each contributor of the roster, its share of the
+   self-mask seed if the contributor's update is taken, else its share of the mask key's secret. A member
+   answers one unmask per roster, so no contributor's two secrets are ever both revealed.
+
+The **merge** (``merge``, the entitled aggregator) is a round commit on the branch with the head as its only
+parent; its ``meta["secure"]`` names the unmask and the reveals it used. Every member re-derives it
+(``derive``): recover each taken contributor's self seed and each dropped one's mask key from more than
+``secure_threshold`` of their holders' shares (each share checked against the hash its dealer published,
+each secret against its commitment), add the masked updates in the ring, take away the self masks and the
+pair masks the dropped contributors' neighbours still hold, and divide by the taken contributors' weight
+(``tensors.secure_sum.merge_sum``). With every contributor in, the result is the plain round's merge bit for
+bit; with some dropped out, it is the exact weighted mean of those taken. A merge that does not re-derive is
+refused (``verify``).
+
+Who may send what: adverts and masked updates come from members holding the contributor role, each once per
+round (``check_advert``); rosters, unmasks and merges from the member entitled at their signed time, by the
+windows of ``core.round_rules`` over the roster's adverts; reveals from any member holding shares. Times
+follow the phases: a roster is signed after its adverts, an unmask after its masked updates, a merge after
+the reveals it uses.
+
+What a secure round cannot do: anything that needs one contribution's values. The mean is the only strategy;
+a contribution must be trained from the round's head (the policy's ``max_staleness`` is 0); the ring holds the
+sum only if each contributor's change is within the ``bits`` it declared, which nobody can check (a
+contributor who lies corrupts the merge, as one who sends a bad update in a plain round does; there it can
+at least be screened). Each advert tells members the magnitude of its author's largest change (``bits``).
+``MIN_CONTRIBUTORS`` is three: with two, each would read the other's update off the merge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from ..core import crypto, secagg
+from ..core.errors import IntegrityError, InvalidInput, NotFound
+from ..core.ids import CommitId, PublicKey, short
+from ..core.membership import ROLES, Membership
+from ..core.objects import Commit
+from ..core.refs import check_branch_name
+from ..core.round_messages import (
+    Advert,
+    DealtShare,
+    Masked,
+    Reveal,
+    RevealedShare,
+    Roster,
+    RoundMessage,
+    Unmask,
+    share_hash,
+)
+from ..core.round_rules import RoundPolicy, weight_counts
+from ..storage import unixfs
+from ..storage.clock import now_ms
+from ..storage.repo import Repository
+from .rounds import Contribution, RoundMemory, RoundView
+
+if TYPE_CHECKING:
+    from ..tensors.safetensors_io import StateDict
+
+MIN_CONTRIBUTORS = 3
+MASKED_CODEC = "masked-v1"  # what a masked update's encryption is bound to (``storage.keys``)
+MAX_TERM_BITS = 46  # a change of more than 2^45 fixed-point units is out of the merge's range anyway
+
+
+class NotReady(InvalidInput):
+    """A phase that cannot run yet: too few of its messages have arrived (more may)."""
+
+
+class MessageSource(Protocol):
+    """Where the messages of secure rounds are found (the daemon's store; a ``MessageBook`` in tests)."""
+
+    def message(self, message_id: str) -> RoundMessage: ...
+
+    def of_round(self, repo: str, branch: str, head: str, phase: str) -> list[RoundMessage]: ...
+
+
+class MessageBook:
+    """Secure round messages held in memory, by id and by round: each checked (signature, id) on the way in."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, RoundMessage] = {}
+
+    def add(self, message: RoundMessage) -> RoundMessage:
+        message.verify()
+        self._by_id.setdefault(message.id, message)
+        return message
+
+    def message(self, message_id: str) -> RoundMessage:
+        found = self._by_id.get(message_id)
+        if found is None:
+            raise NotFound(f"secure round message {short(message_id)} has not arrived")
+        return found
+
+    def of_round(self, repo: str, branch: str, head: str, phase: str) -> list[RoundMessage]:
+        return sorted((m for m in self._by_id.values() if (m.repo, m.branch, m.head, m.phase) ==
+                       (repo, branch, head, phase)), key=lambda m: m.id)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """A contributor's secrets for one round: never sent, kept by its node until the round is merged."""
+
+    mask_secret: bytes  # the X25519 secret its pair masks are agreed with
+    self_seed: bytes  # the seed of its self mask
+
+    @classmethod
+    def fresh(cls) -> Secrets:
+        secret, _ = secagg.ephemeral_keypair()
+        return cls(secret, os.urandom(secagg.SEED_BYTES))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a roster fixes, derived by every member the same way (see the module docstring)."""
+
+    roster: RoundMessage
+    adverts: tuple[RoundMessage, ...]  # in the roster's order (by id)
+    weights: Mapping[str, int]  # advert id -> weight, out of 2^WEIGHT_BITS
+    width: int  # bytes per value of the ring
+    context: bytes  # what every pair seed of the round is bound to
+    links: Mapping[bytes, frozenset[bytes]]  # mask key -> its neighbours' mask keys
+
+    def advert_of(self, author: str) -> RoundMessage | None:
+        return next((a for a in self.adverts if a.author == author), None)
+
+    def by_key(self, mask_key: bytes) -> RoundMessage:
+        return next(a for a in self.adverts if _advert(a).mask_key == mask_key)
+
+
+# -- each contributor --------------------------------------------------------------------------------------
+
+
+def advertise(repo: Repository, identity: Any, branch: str, state: StateDict, examples: int, *,
+              secrets: Secrets | None = None) -> tuple[RoundMessage, Secrets]:
+    """The advert of ``identity``'s contribution of ``state`` (trained from the head of ``branch`` on
+    ``examples`` examples) to the secure round the head opened, and the secrets its node keeps."""
+    from ..tensors.secure_sum import term
+
+    policy = _secure_policy(repo)
+    target = check_branch_name(branch)
+    head = repo.head(target)
+    if not isinstance(examples, int) or isinstance(examples, bool) or examples < 0:
+        raise InvalidInput("examples must be an integer >= 0")
+    at = now_ms()
+    membership = repo.members.current()
+    _require_role(membership, identity.public_key, "contributor", at, "contributing to a secure round")
+    change = term(repo.materialize(head), state, 1)
+    bits = int(np.abs(change).max()).bit_length() if change.size else 0
+    holders = _holders(membership, identity.public_key, at)
+    needed = policy.holders_needed(len(holders))
+    secrets = secrets or Secrets.fresh()
+    self_shares = secagg.split(secrets.self_seed, needed, len(holders))
+    key_shares = secagg.split(secrets.mask_secret, needed, len(holders))
+    dealt = tuple(DealtShare(holder=holder, sealed=crypto.seal_to(holder, bytes([s.x]) + s.y + k.y),
+                             self_hash=share_hash("self", s.x, s.y), key_hash=share_hash("key", k.x, k.y))
+                  for holder, s, k in zip(holders, self_shares, key_shares, strict=True))
+    advert = Advert(examples=examples, bits=bits, mask_key=secagg.public_of(secrets.mask_secret),
+                    self_commit=secagg.commitment(secrets.self_seed),
+                    key_commit=secagg.commitment(secrets.mask_secret), shares=dealt)
+    return _signed(repo, identity, target, head, advert, at), secrets
+
+
+def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMessage, state: StateDict,
+         secrets: Secrets) -> RoundMessage:
+    """``identity``'s masked update for ``roster``: its weighted change plus its masks, cut to the round's ring,
+    encrypted and added to the repository's blocks."""
+    from ..tensors import masking
+    from ..tensors.secure_sum import term
+
+    plan = make_plan(repo, source, roster)
+    mine = plan.advert_of(identity.public_key)
+    if mine is None:
+        raise InvalidInput(f"roster {short(roster.id)} does not take {short(identity.public_key)}'s advert")
+    advert = _advert(mine)
+    if advert.mask_key != secagg.public_of(secrets.mask_secret) \
+            or advert.self_commit != secagg.commitment(secrets.self_seed):
+        raise InvalidInput("these are not the secrets of the advert the roster takes")
+    head = repo.materialize(roster.head)
+    values = term(head, state, plan.weights[mine.id])
+    if int(np.abs(term(head, state, 1)).max(initial=0)).bit_length() > advert.bits:
+        raise InvalidInput("the update is not the one advertised: its change needs more bits than the advert said")
+    seeds = secagg.pair_seeds(secrets.mask_secret, advert.mask_key, plan.links, plan.context)
+    published = masking.to_ring(masking.mask(values, secrets.self_seed, advert.mask_key, seeds), plan.width)
+    membership = repo.members.current()
+    data = repo.keys.encrypt(published, epoch=membership.epoch, codec=MASKED_CODEC)
+    with repo.write_lock:
+        cid = unixfs.add(repo.blocks, data)
+    content = Masked(roster=roster.id, cid=cid, size=len(data), key_epoch=membership.epoch)
+    return _signed(repo, identity, roster.branch, roster.head, content, now_ms())
+
+
+def reveal(repo: Repository, identity: Any, source: MessageSource, unmask_message: RoundMessage) -> RoundMessage:
+    """``identity``'s shares for ``unmask_message``: of each taken contributor's self seed, of each dropped
+    one's mask key. ``InvalidInput`` if this member revealed for another unmask of the same roster (it answers
+    one, so it never reveals both secrets of anyone)."""
+    content = _unmask(unmask_message)
+    plan = make_plan(repo, source, source.message(content.roster))
+    _check_unmask(repo, source, plan, unmask_message)
+    for earlier in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "reveal"):
+        if earlier.author == identity.public_key and _reveal(earlier).unmask != unmask_message.id \
+                and _unmask(source.message(_reveal(earlier).unmask)).roster == content.roster:
+            raise InvalidInput(f"{short(identity.public_key)} revealed its shares for another unmask of roster "
+                               f"{short(content.roster)}: it answers only one")
+    taken = {source.message(m).author for m in content.masked}
+    shares = []
+    for advert_message in plan.adverts:
+        advert = _advert(advert_message)
+        at = next((i for i, s in enumerate(advert.shares) if s.holder == identity.public_key), None)
+        if at is None:
+            continue
+        dealt = advert.shares[at]
+        opened = crypto.open_sealed(dealt.sealed, identity, f"a share of advert {short(advert_message.id)}")
+        if len(opened) != 1 + 2 * secagg.SHARE_BYTES or opened[0] != at + 1:
+            raise IntegrityError(f"advert {short(advert_message.id)} sealed a malformed share to this member")
+        kind = "self" if advert_message.author in taken else "key"
+        y = opened[1:33] if kind == "self" else opened[33:]
+        if share_hash(kind, at + 1, y) != (dealt.self_hash if kind == "self" else dealt.key_hash):
+            raise IntegrityError(f"advert {short(advert_message.id)} sealed this member a share that is not the one "
+                                 "it published the hash of")
+        shares.append(RevealedShare(advert=advert_message.id, kind=kind, x=at + 1, y=y))
+    if not shares:
+        raise InvalidInput(f"{short(identity.public_key)} holds no share of this round's contributors")
+    return _signed(repo, identity, unmask_message.branch, unmask_message.head,
+                   Reveal(unmask=unmask_message.id, shares=tuple(shares)), now_ms())
+
+
+# -- the aggregator ----------------------------------------------------------------------------------------
+
+
+def roster(repo: Repository, identity: Any, source: MessageSource, branch: str, *, memory: RoundMemory
+           ) -> RoundMessage:
+    """The roster of the secure round the head of ``branch`` opened, by its entitled aggregator: every valid
+    advert, the latest of each member. ``NotReady`` until the round is ready."""
+    policy = _secure_policy(repo)
+    target = check_branch_name(branch)
+    head = repo.head(target)
+    latest: dict[str, RoundMessage] = {}
+    for message in source.of_round(repo.id, target, head, "advert"):
+        try:
+            check_advert(repo, message)
+        except IntegrityError:
+            continue
+        mine = latest.get(message.author)
+        if mine is None or (message.timestamp_ms, message.id) > (mine.timestamp_ms, mine.id):
+            latest[message.author] = message
+    adverts = sorted(latest.values(), key=lambda m: m.id)
+    at = now_ms()
+    current = _round(repo, target, head, adverts, memory=memory)
+    if len(adverts) < MIN_CONTRIBUTORS or not current.ready(at):
+        raise NotReady(f"the secure round of {target} on {short(head)} has {len(adverts)} adverts: it waits for "
+                       f"{max(MIN_CONTRIBUTORS, policy.buffer)}, or {MIN_CONTRIBUTORS} by its deadline")
+    _require_entitled(current, identity.public_key, at, "roster")
+    return _signed(repo, identity, target, head, Roster(tuple(a.id for a in adverts)), at)
+
+
+def unmask(repo: Repository, identity: Any, source: MessageSource, roster_message: RoundMessage, *,
+           memory: RoundMemory) -> RoundMessage:
+    """The unmask of ``roster_message`` by the entitled aggregator: every masked update that arrived for it.
+    ``NotReady`` with fewer than ``MIN_CONTRIBUTORS``."""
+    plan = make_plan(repo, source, roster_message)
+    taken: dict[str, RoundMessage] = {}
+    for message in source.of_round(repo.id, roster_message.branch, roster_message.head, "masked"):
+        try:
+            _check_masked(repo, plan, message)
+        except IntegrityError:
+            continue
+        taken.setdefault(message.author, message)  # one each: a second would be refused by every member
+    if len(taken) < MIN_CONTRIBUTORS:
+        raise NotReady(f"{len(taken)} masked updates for roster {short(roster_message.id)}: a merge needs "
+                       f"{MIN_CONTRIBUTORS}")
+    at = now_ms()
+    _require_entitled(_round(repo, roster_message.branch, roster_message.head, plan.adverts, memory=memory),
+                      identity.public_key, at, "unmask")
+    return _signed(repo, identity, roster_message.branch, roster_message.head,
+                   Unmask(roster=roster_message.id, masked=tuple(sorted(m.id for m in taken.values()))), at)
+
+
+def merge(repo: Repository, identity: Any, source: MessageSource, unmask_message: RoundMessage, *,
+          memory: RoundMemory) -> Commit:
+    """The round merge of ``unmask_message`` by the aggregator entitled now, from the reveals that arrived.
+    ``NotReady`` while too few have."""
+    reveals = [m.id for m in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "reveal")
+               if _reveal(m).unmask == unmask_message.id]
+    state, meta = derive(repo, source, unmask_message, reveals)
+    plan = make_plan(repo, source, source.message(_unmask(unmask_message).roster))
+    current = _round(repo, unmask_message.branch, unmask_message.head, plan.adverts, memory=memory)
+
+    def still_entitled(timestamp_ms: int) -> None:
+        _require_entitled(current, identity.public_key, timestamp_ms, "merge")
+
+    return repo.write_round(identity, state, branch=unmask_message.branch, parents=(unmask_message.head,),
+                            meta=meta, check_time=still_entitled,
+                            message=f"round {meta['round']} of {unmask_message.branch}: "
+                                    f"{len(meta['secure']['contributions'])} masked contributions, mean")
+
+
+# -- every member ------------------------------------------------------------------------------------------
+
+
+def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage, reveals: Sequence[str]
+           ) -> tuple[StateDict, dict[str, Any]]:
+    """The merged state and the ``meta`` of the merge of ``unmask_message`` from the reveals named (see the
+    module docstring). ``NotReady`` if they recover too few secrets; ``IntegrityError`` if a message does not
+    fit the round."""
+    from ..tensors import masking
+    from ..tensors.fixedpoint import WEIGHT_BITS
+    from ..tensors.secure_sum import merge_sum, term_size
+
+    content = _unmask(unmask_message)
+    plan = make_plan(repo, source, source.message(content.roster))
+    masked = _check_unmask(repo, source, plan, unmask_message)
+    taken = {m.author for m in masked}
+    if list(reveals) != sorted(set(reveals)):
+        raise IntegrityError("a secure merge lists the reveals it used sorted, each once")
+    shares: dict[tuple[str, str], list[secagg.Share]] = {}
+    for reveal_id in reveals:
+        for advert_id, kind, share in _check_reveal(repo, plan, unmask_message, source.message(reveal_id), taken):
+            shares.setdefault((advert_id, kind), []).append(share)
+    head = repo.materialize(unmask_message.head)
+    count = term_size(head)
+    corrections: list[np.ndarray] = []
+    dropped = []
+    for advert_message in plan.adverts:
+        advert = _advert(advert_message)
+        kind = "self" if advert_message.author in taken else "key"
+        found = shares.get((advert_message.id, kind), [])
+        needed = _policy(repo).holders_needed(len(advert.shares))
+        if len(found) < needed:
+            raise NotReady(f"{len(found)} of the {needed} shares needed to recover the "
+                           f"{'self seed' if kind == 'self' else 'mask key'} of advert {short(advert_message.id)} "
+                           "have been revealed")
+        secret = secagg.recover(found, needed, advert.self_commit if kind == "self" else advert.key_commit)
+        if kind == "self":
+            corrections.append(masking.prg(secret, count))
+            continue
+        dropped.append(advert_message.id)
+        if secagg.public_of(secret) != advert.mask_key:
+            raise IntegrityError(f"advert {short(advert_message.id)} committed to a mask key secret that is not "
+                                 "its mask key's")
+        survivors = {key: secagg.pair_seed(secret, advert.mask_key, key, plan.context)
+                     for key in plan.links[advert.mask_key] if plan.by_key(key).author in taken}
+        corrections.append(masking.pair_correction(advert.mask_key, survivors, count))
+    published = [_masked_bytes(repo, m) for m in masked]
+    plain = masking.from_ring(masking.ring_total(published, plan.width, count), plan.width, corrections)
+    masked_of = {m.author: m.id for m in masked}
+    entries: list[list[Any]] = [[masked_of[a.author], a.author, _advert(a).examples, plan.weights[a.id]]
+                                for a in plan.adverts if a.author in masked_of]
+    weight = sum(int(e[3]) for e in entries)
+    if weight < 1:
+        raise IntegrityError("the contributions a secure merge takes weigh nothing")
+    state = merge_sum(head, plain, weight)
+    from .strategies import build_strategy
+
+    meta = {"branch": unmask_message.branch, "round": _round_number(repo, unmask_message.head),
+            "strategy": build_strategy("mean", {}).describe(),
+            "secure": {"roster": content.roster, "unmask": unmask_message.id, "reveals": list(reveals),
+                       "contributions": entries, "dropped": dropped, "ring_bytes": plan.width},
+            "examples": sum(int(e[2]) for e in entries), "step": 1 << WEIGHT_BITS}
+    return state, meta
+
+
+def verify(repo: Repository, commit: Commit, source: MessageSource, *, memory: RoundMemory) -> None:
+    """Check secure round merge ``commit``: signed by the aggregator entitled at its time, after the reveals it
+    names, and re-deriving to the same meta and bytes. ``MergeMismatch`` if it does not (final);
+    ``IntegrityError`` saying what is wrong otherwise (perhaps only for now: messages it names may not have
+    arrived)."""
+    from .rounds import MergeMismatch, _same_state
+
+    secure = commit.meta.get("secure")
+    if commit.kind != "round" or len(commit.parents) != 1 or not isinstance(secure, dict):
+        raise IntegrityError(f"commit {short(commit.id)} is not a secure round merge")
+    try:
+        unmask_message = source.message(secure["unmask"])
+        reveals = secure["reveals"]
+        if not isinstance(reveals, list) or not all(isinstance(r, str) for r in reveals):
+            raise MergeMismatch(f"secure merge {short(commit.id)} does not list its reveals")
+        if unmask_message.head != commit.parents[0] or unmask_message.branch != commit.meta.get("branch"):
+            raise MergeMismatch(f"secure merge {short(commit.id)} names the unmask of another round")
+        late = [r for r in reveals if source.message(r).timestamp_ms > commit.timestamp_ms]
+        if late:
+            raise MergeMismatch(f"secure merge {short(commit.id)} uses reveal {short(late[0])}, signed after it")
+        plan = make_plan(repo, source, source.message(_unmask(unmask_message).roster))
+        current = _round(repo, unmask_message.branch, unmask_message.head, plan.adverts, memory=memory)
+        if current.aggregator(commit.timestamp_ms) != commit.author:
+            raise IntegrityError(f"secure merge {short(commit.id)} is by {short(commit.author)}, who was not the "
+                                 "aggregator entitled at its time")
+        state, meta = derive(repo, source, unmask_message, reveals)
+    except (NotFound, NotReady) as exc:
+        raise IntegrityError(f"secure merge {short(commit.id)} cannot be checked yet: {exc}") from None
+    if dict(commit.meta) != meta:
+        raise MergeMismatch(f"secure merge {short(commit.id)} records other contributions or weights than its "
+                            "messages give")
+    if not _same_state(repo.materialize(commit.id), state):
+        raise MergeMismatch(f"secure merge {short(commit.id)} is not what its masked updates sum to")
+
+
+def make_plan(repo: Repository, source: MessageSource, roster_message: RoundMessage) -> Plan:
+    """The ``Plan`` roster ``roster_message`` fixes; ``IntegrityError`` if it is no valid roster (its adverts
+    invalid, fewer than ``MIN_CONTRIBUTORS``, two of one member, signed before one of them)."""
+    from ..tensors.fixedpoint import WEIGHT_BITS, normalize_weights
+    from ..tensors.masking import ring_width
+
+    if roster_message.phase != "roster" or roster_message.repo != repo.id:
+        raise IntegrityError(f"message {short(roster_message.id)} is not a roster of this repository")
+    ids = _roster(roster_message).adverts
+    if len(ids) < MIN_CONTRIBUTORS:
+        raise IntegrityError(f"roster {short(roster_message.id)} takes {len(ids)} adverts; a secure round needs "
+                             f"{MIN_CONTRIBUTORS}")
+    adverts = tuple(source.message(i) for i in ids)
+    for advert in adverts:
+        check_advert(repo, advert)
+        if (advert.branch, advert.head) != (roster_message.branch, roster_message.head):
+            raise IntegrityError(f"roster {short(roster_message.id)} takes an advert of another round")
+        if advert.timestamp_ms > roster_message.timestamp_ms:
+            raise IntegrityError(f"roster {short(roster_message.id)} takes advert {short(advert.id)}, signed after it")
+    if len({a.author for a in adverts}) != len(adverts) or len({_advert(a).mask_key for a in adverts}) != len(adverts):
+        raise IntegrityError(f"roster {short(roster_message.id)} takes two adverts of one member, or of one key")
+    policy = _policy(repo)
+    counts = weight_counts([(_advert(a).examples, 0) for a in adverts], policy)
+    weights = dict(zip(ids, normalize_weights(counts), strict=True))
+    context = hashlib.sha256(b"flair-secure-round\0" + b"\0".join(
+        part.encode() for part in (repo.id, roster_message.branch, roster_message.head, roster_message.id))).digest()
+    keys = [_advert(a).mask_key for a in adverts]
+    return Plan(roster=roster_message, adverts=adverts, weights=weights,
+                width=ring_width(max(_advert(a).bits for a in adverts), WEIGHT_BITS), context=context,
+                links=secagg.neighbours(keys, context))
+
+
+def check_advert(repo: Repository, message: RoundMessage) -> None:
+    """``IntegrityError`` unless ``message`` is an advert of this repository by a member holding the contributor
+    role at its time, dealing one share to each of two or more members, with a change the merge can hold."""
+    if message.phase != "advert" or message.repo != repo.id:
+        raise IntegrityError(f"message {short(message.id)} is not an advert of this repository")
+    advert = _advert(message)
+    membership = repo.members.current()
+    try:
+        _require_role(membership, message.author, "contributor", message.timestamp_ms, "a secure contribution")
+    except InvalidInput as exc:
+        raise IntegrityError(str(exc)) from None
+    if advert.bits > MAX_TERM_BITS:
+        raise IntegrityError(f"advert {short(message.id)} declares a change of {advert.bits} bits, beyond what a "
+                             "merge holds")
+    members = {m.key for m in membership.current()}
+    if message.author in {s.holder for s in advert.shares} or not {s.holder for s in advert.shares} <= members:
+        raise IntegrityError(f"advert {short(message.id)} deals shares to itself or to keys that are not members")
+
+
+# -- internals -----------------------------------------------------------------------------------------------
+
+
+def _policy(repo: Repository) -> RoundPolicy:
+    return repo.members.current().policy
+
+
+def _secure_policy(repo: Repository) -> RoundPolicy:
+    policy = _policy(repo)
+    if policy.privacy != "secure":
+        raise InvalidInput(f"repository {short(repo.id)} runs plain rounds: its policy's privacy is "
+                           f"{policy.privacy}")
+    return policy
+
+
+def _require_role(membership: Membership, key: str, least: str, at_ms: int, what: str) -> None:
+    role = membership.role(key, epoch=membership.epoch, at_ms=at_ms)
+    if role is None or ROLES.index(role) < ROLES.index(least):
+        raise InvalidInput(f"{what} needs the role {least} or more; {short(key)} holds {role or 'none'}")
+
+
+def _holders(membership: Membership, author: str, at_ms: int) -> list[PublicKey]:
+    """Who holds shares of ``author``'s secrets: every other member whose role holds at ``at_ms``."""
+    holders = sorted(m.key for m in membership.current()
+                     if m.key != author and m.active(epoch=membership.epoch, at_ms=at_ms))
+    if not 2 <= len(holders) <= secagg.MAX_HOLDERS:
+        raise InvalidInput(f"a secure round needs 3 to {secagg.MAX_HOLDERS + 1} members to share secrets among; "
+                           f"this repository has {len(holders) + 1}")
+    return holders
+
+
+def _signed(repo: Repository, identity: Any, branch: str, head: CommitId, content: Any, at_ms: int
+            ) -> RoundMessage:
+    return RoundMessage(repo=repo.id, branch=check_branch_name(branch), head=head, author=identity.public_key,
+                        timestamp_ms=at_ms, content=content).signed(identity)
+
+
+def _round(repo: Repository, branch: str, head: CommitId, adverts: Iterable[RoundMessage], *,
+           memory: RoundMemory) -> RoundView:
+    """The round ``head`` opened, as a merge of ``adverts`` sees it: its ranked aggregators and windows."""
+    from .rounds import _view_at
+
+    seen = _view_at(memory, repo, branch, head)
+    return seen.taking([Contribution(CommitId(a.id), a.author, head, _advert(a).examples, 0, a.timestamp_ms)
+                        for a in adverts])
+
+
+def _require_entitled(current: RoundView, key: str, at_ms: int, what: str) -> None:
+    entitled = current.aggregator(at_ms)
+    if entitled != key:
+        raise InvalidInput(f"{short(key)} may not {what} round {current.number + 1} of {current.branch} now: the "
+                           f"aggregator entitled is {short(entitled) if entitled else 'nobody'}")
+
+
+def _check_masked(repo: Repository, plan: Plan, message: RoundMessage) -> None:
+    if message.phase != "masked" or message.repo != repo.id:
+        raise IntegrityError(f"message {short(message.id)} is not a masked update of this repository")
+    content = _masked(message)
+    if content.roster != plan.roster.id or plan.advert_of(message.author) is None:
+        raise IntegrityError(f"masked update {short(message.id)} is not by a contributor of roster "
+                             f"{short(plan.roster.id)}")
+    if message.timestamp_ms < plan.roster.timestamp_ms:
+        raise IntegrityError(f"masked update {short(message.id)} is signed before its roster")
+
+
+def _check_unmask(repo: Repository, source: MessageSource, plan: Plan, message: RoundMessage
+                  ) -> list[RoundMessage]:
+    """The masked updates unmask ``message`` takes, checked; ``IntegrityError`` if it is no unmask of ``plan``."""
+    content = _unmask(message)
+    if content.roster != plan.roster.id or (message.branch, message.head) != (plan.roster.branch, plan.roster.head):
+        raise IntegrityError(f"unmask {short(message.id)} is not one of roster {short(plan.roster.id)}")
+    masked = [source.message(m) for m in content.masked]
+    for m in masked:
+        _check_masked(repo, plan, m)
+        if m.timestamp_ms > message.timestamp_ms:
+            raise IntegrityError(f"unmask {short(message.id)} takes masked update {short(m.id)}, signed after it")
+    if len({m.author for m in masked}) != len(masked) or len(masked) < MIN_CONTRIBUTORS:
+        raise IntegrityError(f"unmask {short(message.id)} takes two updates of one contributor, or fewer than "
+                             f"{MIN_CONTRIBUTORS}")
+    return masked
+
+
+def _check_reveal(repo: Repository, plan: Plan, unmask_message: RoundMessage, message: RoundMessage,
+                  taken: set[PublicKey]) -> list[tuple[str, str, secagg.Share]]:
+    """The shares reveal ``message`` holds, each checked against the hash its dealer published and of the kind
+    the unmask asks for (``IntegrityError`` otherwise)."""
+    if message.phase != "reveal" or _reveal(message).unmask != unmask_message.id:
+        raise IntegrityError(f"message {short(message.id)} is not a reveal for unmask {short(unmask_message.id)}")
+    if message.timestamp_ms < unmask_message.timestamp_ms:
+        raise IntegrityError(f"reveal {short(message.id)} is signed before its unmask")
+    by_id = {a.id: a for a in plan.adverts}
+    found = []
+    for share in _reveal(message).shares:
+        advert_message = by_id.get(share.advert)
+        if advert_message is None:
+            raise IntegrityError(f"reveal {short(message.id)} holds a share of an advert the roster does not take")
+        advert = _advert(advert_message)
+        want = "self" if advert_message.author in taken else "key"
+        dealt = next((s for s in advert.shares if s.holder == message.author), None)
+        if share.kind != want or dealt is None or share.x != advert.shares.index(dealt) + 1 \
+                or share_hash(share.kind, share.x, share.y) != (dealt.self_hash if want == "self" else dealt.key_hash):
+            raise IntegrityError(f"reveal {short(message.id)} holds a share of advert {short(share.advert)} that its "
+                                 "dealer did not deal to its author, or of the other secret")
+        found.append((share.advert, share.kind, secagg.Share(share.x, share.y)))
+    return found
+
+
+def _masked_bytes(repo: Repository, message: RoundMessage) -> bytes:
+    content = _masked(message)
+    data = unixfs.cat(repo.blocks, content.cid, max_size=content.size)
+    if len(data) != content.size:
+        raise IntegrityError(f"masked update {short(message.id)} is {len(data)} bytes, not the {content.size} it says")
+    return repo.keys.decrypt(data, epoch=content.key_epoch, codec=MASKED_CODEC)
+
+
+def _round_number(repo: Repository, head: CommitId) -> int:
+    from .rounds import _rounds_before
+
+    return _rounds_before(repo, head) + 1
+
+
+def _advert(message: RoundMessage) -> Advert:
+    if not isinstance(message.content, Advert):
+        raise IntegrityError(f"message {short(message.id)} is not an advert")
+    return message.content
+
+
+def _roster(message: RoundMessage) -> Roster:
+    if not isinstance(message.content, Roster):
+        raise IntegrityError(f"message {short(message.id)} is not a roster")
+    return message.content
+
+
+def _masked(message: RoundMessage) -> Masked:
+    if not isinstance(message.content, Masked):
+        raise IntegrityError(f"message {short(message.id)} is not a masked update")
+    return message.content
+
+
+def _unmask(message: RoundMessage) -> Unmask:
+    if not isinstance(message.content, Unmask):
+        raise IntegrityError(f"message {short(message.id)} is not an unmask")
+    return message.content
+
+
+def _reveal(message: RoundMessage) -> Reveal:
+    if not isinstance(message.content, Reveal):
+        raise IntegrityError(f"message {short(message.id)} is not a reveal")
+    return message.content

@@ -1,0 +1,257 @@
+"""Secure rounds on one shared copy of a repository (``protocol.secure_rounds``): five members advertise, mask
+and reveal; the aggregator merges; every member re-derives the merge, and nobody reads one contribution."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from flair_node.core import crypto
+from flair_node.core.errors import IntegrityError, InvalidInput
+from flair_node.core.identity import Identity
+from flair_node.core.round_messages import Advert, RoundMessage
+from flair_node.core.round_rules import RoundPolicy, weight_counts
+from flair_node.protocol import rounds, secure_rounds
+from flair_node.protocol.rounds import MergeMismatch
+from flair_node.protocol.secure_rounds import MessageBook, NotReady
+from flair_node.storage.repo import Repository
+from flair_node.storage.repos import RepoSet
+from flair_node.tensors import masking
+from flair_node.tensors.fixedpoint import combine, normalize_weights, same_bits
+from flair_node.tensors.secure_sum import merge_sum, term
+
+OWNER = Identity.generate()
+MEMBERS = [Identity.generate() for _ in range(4)]
+EVERYONE = [OWNER, *MEMBERS]
+SECURE = RoundPolicy(privacy="secure", buffer=5, max_staleness=0)
+PARAMETERS = 100_000
+
+
+def model(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(PARAMETERS - 10, generator=g) * 0.1, "b": torch.randn(10, generator=g)}
+
+
+def trained(base: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + seed)
+    return {k: v + torch.randn(v.shape, generator=g) * 0.01 for k, v in base.items()}
+
+
+def as_node(repo: Repository, identity: Identity) -> Repository:
+    return Repository.open(repo.id, repo.objects, repo.blocks, repo.refs, reader=identity)
+
+
+def team(policy: RoundPolicy = SECURE) -> Repository:
+    repos = RepoSet.in_memory(OWNER)
+    repo = repos.create("private", model(0))
+    for member in MEMBERS:
+        repo.invite(OWNER, member.public_key, "contributor")
+    repo.set_policy(OWNER, policy)
+    return repo
+
+
+class Round:
+    """One secure round driven by hand: each member's node is the shared repository read with its key."""
+
+    def __init__(self, repo: Repository, contributors: list[Identity]) -> None:
+        self.repo, self.book, self.memory = repo, MessageBook(), rounds.RoundMemory()
+        self.head = repo.head("main")
+        self.base = repo.materialize(self.head)
+        self.states = {c.public_key: trained(self.base, i) for i, c in enumerate(contributors)}
+        self.examples = {c.public_key: 100 + 37 * i for i, c in enumerate(contributors)}
+        self.secrets = {}
+        for c in contributors:
+            advert, self.secrets[c.public_key] = secure_rounds.advertise(
+                as_node(repo, c), c, "main", self.states[c.public_key], self.examples[c.public_key])
+            self.book.add(advert)
+
+    def adverts(self) -> list[RoundMessage]:
+        return self.book.of_round(self.repo.id, "main", self.head, "advert")
+
+    def aggregator(self) -> Identity:
+        current = secure_rounds._round(self.repo, "main", self.head, self.adverts(), memory=self.memory)
+        key = current.aggregator(rounds.now_ms())
+        return next(i for i in EVERYONE if i.public_key == key)
+
+    def roster(self) -> RoundMessage:
+        agg = self.aggregator()
+        return self.book.add(secure_rounds.roster(as_node(self.repo, agg), agg, self.book, "main", memory=self.memory))
+
+    def mask(self, roster: RoundMessage, who: list[Identity]) -> None:
+        for c in who:
+            self.book.add(secure_rounds.mask(as_node(self.repo, c), c, self.book, roster, self.states[c.public_key],
+                                             self.secrets[c.public_key]))
+
+    def unmask(self, roster: RoundMessage) -> RoundMessage:
+        agg = self.aggregator()
+        return self.book.add(secure_rounds.unmask(as_node(self.repo, agg), agg, self.book, roster,
+                                                  memory=self.memory))
+
+    def reveal(self, unmask: RoundMessage, who: list[Identity]) -> None:
+        for member in who:
+            self.book.add(secure_rounds.reveal(as_node(self.repo, member), member, self.book, unmask))
+
+    def merge(self, unmask: RoundMessage):
+        agg = self.aggregator()
+        return secure_rounds.merge(as_node(self.repo, agg), agg, self.book, unmask, memory=self.memory)
+
+    def plain_mean(self, who: list[Identity], weights: list[int]) -> dict[str, torch.Tensor]:
+        """The exact mean of ``who``'s contributions with ``weights``, computed in the clear."""
+        total = sum((term(self.base, self.states[c.public_key], w) for c, w in zip(who, weights, strict=True)),
+                    start=np.zeros(PARAMETERS, dtype=np.int64))
+        return merge_sum(self.base, total, sum(weights))
+
+
+def full_round(repo: Repository) -> tuple[Round, RoundMessage, RoundMessage]:
+    r = Round(repo, EVERYONE)
+    roster = r.roster()
+    r.mask(roster, EVERYONE)
+    unmask = r.unmask(roster)
+    r.reveal(unmask, EVERYONE)
+    return r, roster, unmask
+
+
+def same_state(a, b) -> bool:
+    return a.keys() == b.keys() and all(same_bits(a[k], b[k]) for k in a)
+
+
+def test_every_contribution_in_merges_to_the_plain_round_merge_bit_for_bit_and_every_member_checks_it():
+    repo = team()
+    r, roster, unmask = full_round(repo)
+    merged = r.merge(unmask)
+    assert repo.head("main") == merged.id and merged.parents == (r.head,)
+    counts = weight_counts([(r.examples[c.public_key], 0) for c in EVERYONE], SECURE)
+    order = [next(i for i in EVERYONE if i.public_key == a.author) for a in
+             (r.book.message(a) for a in roster.content.adverts)]
+    weights = normalize_weights([counts[EVERYONE.index(c)] for c in order])
+    plain = combine(r.base, [r.states[c.public_key] for c in order], weights, shortcuts=False)
+    assert same_state(repo.materialize(merged.id), plain)  # what a plain round of the same updates merges to
+    assert merged.meta["secure"]["dropped"] == [] and merged.meta["examples"] == sum(r.examples.values())
+    for member in EVERYONE:
+        secure_rounds.verify(as_node(repo, member), merged, r.book, memory=rounds.RoundMemory())
+
+
+def test_no_member_can_read_a_contribution_from_what_it_holds():
+    """A member's node holds every block and message: the masked updates it decrypts are uncorrelated with the
+    true changes, and no plaintext change is stored anywhere."""
+    repo = team()
+    r, roster, unmask = full_round(repo)
+    plan = secure_rounds.make_plan(repo, r.book, roster)
+    reader = as_node(repo, MEMBERS[0])
+    for masked in r.book.of_round(repo.id, "main", r.head, "masked"):
+        values = masking.from_ring(masking.ring_total([secure_rounds._masked_bytes(reader, masked)], plan.width,
+                                                      PARAMETERS), plan.width).astype(np.float64)
+        for c in EVERYONE:
+            change = term(r.base, r.states[c.public_key], 1).astype(np.float64)
+            assert abs(np.corrcoef(values, change)[0, 1]) < 0.01
+    stored = b"".join(repo.objects.get(k) for k in repo.objects.keys())  # every block and record
+    for state in r.states.values():
+        assert state["w"][:64].numpy().tobytes() not in stored
+    with pytest.raises(IntegrityError):  # a share sealed to another member does not open
+        crypto.open_sealed(r.adverts()[0].content.shares[0].sealed, Identity.generate(), "a share")
+
+
+@pytest.mark.parametrize("gone", ["after masking", "before masking"])
+def test_a_contributor_gone_after_masking_is_recovered_and_one_gone_before_is_dropped(gone):
+    """With five members, each secret's four holders need three to reveal: one member may vanish."""
+    repo = team()
+    r = Round(repo, EVERYONE)
+    roster = r.roster()
+    vanished = next(c for c in EVERYONE if c != r.aggregator())
+    r.mask(roster, [c for c in EVERYONE if gone == "after masking" or c != vanished])
+    unmask = r.unmask(roster)
+    alive = [c for c in EVERYONE if c != vanished]
+    r.reveal(unmask, alive[:2])
+    with pytest.raises(NotReady):
+        r.merge(unmask)
+    r.reveal(unmask, alive[2:])
+    merged = r.merge(unmask)
+    taken = EVERYONE if gone == "after masking" else alive
+    plan = secure_rounds.make_plan(repo, r.book, roster)
+    weights = [plan.weights[plan.advert_of(c.public_key).id] for c in taken]
+    assert same_state(repo.materialize(merged.id), r.plain_mean(taken, weights))
+    dropped = [] if gone == "after masking" else [plan.advert_of(vanished.public_key).id]
+    assert merged.meta["secure"]["dropped"] == dropped
+    for member in alive:
+        secure_rounds.verify(as_node(repo, member), merged, r.book, memory=rounds.RoundMemory())
+
+
+def test_a_forged_merge_is_refused_by_every_member():
+    repo = team()
+    r, roster, unmask = full_round(repo)
+    reveals = [m.id for m in r.book.of_round(repo.id, "main", r.head, "reveal")]
+    state, meta = secure_rounds.derive(repo, r.book, unmask, reveals)
+    agg = r.aggregator()
+    forged_state = {k: v + 1e-3 for k, v in state.items()}
+    forged = as_node(repo, agg).write_round(agg, forged_state, branch="main", parents=(r.head,), meta=meta,
+                                            message="forged")
+    for member in EVERYONE:
+        with pytest.raises(MergeMismatch, match="not what its masked updates sum to"):
+            secure_rounds.verify(as_node(repo, member), forged, r.book, memory=rounds.RoundMemory())
+    entries = [[*e[:3], e[3] + (1 if i == 0 else -1 if i == 1 else 0)]
+               for i, e in enumerate(meta["secure"]["contributions"])]
+    reweighed = {**meta, "secure": {**meta["secure"], "contributions": entries}}
+    with pytest.raises(MergeMismatch, match="other contributions or weights"):
+        secure_rounds.verify(repo, dataclasses.replace(forged, meta=reweighed).signed(agg), r.book,
+                             memory=rounds.RoundMemory())
+
+
+def test_a_member_answers_one_unmask_per_roster_so_no_secret_pair_is_revealed():
+    repo = team()
+    r = Round(repo, EVERYONE)
+    roster = r.roster()
+    r.mask(roster, EVERYONE)
+    first = r.unmask(roster)
+    r.reveal(first, MEMBERS[:1])
+    masked = sorted(first.content.masked)[:-1]  # the aggregator tells others one contributor dropped
+    agg = r.aggregator()
+    second = r.book.add(secure_rounds._signed(repo, agg, "main", r.head,
+                                              dataclasses.replace(first.content, masked=tuple(masked)),
+                                              rounds.now_ms()))
+    with pytest.raises(InvalidInput, match="answers only one"):
+        secure_rounds.reveal(as_node(repo, MEMBERS[0]), MEMBERS[0], r.book, second)
+
+
+def test_what_a_secure_round_refuses():
+    with pytest.raises(InvalidInput, match="needs each contribution's values"):
+        RoundPolicy(privacy="secure", strategy="median", max_staleness=0)
+    with pytest.raises(InvalidInput, match="max_staleness 0"):
+        RoundPolicy(privacy="secure")
+    with pytest.raises(InvalidInput, match="secure_threshold"):
+        RoundPolicy(privacy="secure", max_staleness=0, secure_threshold="0.4")
+    assert RoundPolicy(privacy="secure", max_staleness=0).holders_needed(4) == 3
+    assert "privacy" not in RoundPolicy().record()
+    assert RoundPolicy.from_dict(SECURE.record()) == SECURE
+    plain = team(RoundPolicy())
+    with pytest.raises(InvalidInput, match="runs plain rounds"):
+        secure_rounds.advertise(plain, OWNER, "main", model(1), 10)
+    repo = team()
+    with pytest.raises(InvalidInput, match="runs secure rounds"):  # never a payload every member decrypts
+        as_node(repo, MEMBERS[0]).contribute(MEMBERS[0], model(1), examples=10)
+    reader = Identity.generate()
+    repo.invite(OWNER, reader.public_key, "reader")
+    with pytest.raises(InvalidInput, match="role contributor"):
+        secure_rounds.advertise(as_node(repo, reader), reader, "main", model(1), 10)
+    r = Round(repo, EVERYONE[:2])
+    with pytest.raises(NotReady):  # two contributors would each read the other's update off the merge
+        r.roster()
+
+
+def test_messages_decode_only_as_written_and_bounded():
+    repo = team()
+    r = Round(repo, EVERYONE[:3])
+    advert = r.adverts()[0]
+    assert RoundMessage.decode(advert.encode()) == advert
+    assert isinstance(advert.content, Advert) and len(advert.content.shares) == 4
+    body = advert.body()
+    body["content"]["bits"] = 63
+    from flair_node.core import encoding
+
+    with pytest.raises(IntegrityError, match="bits"):
+        RoundMessage.decode(encoding.encode({"body": body, "sig": advert.signature}))
+    tampered = dataclasses.replace(advert, content=dataclasses.replace(advert.content, examples=10**6))
+    with pytest.raises(IntegrityError):
+        tampered.verify()
