@@ -341,11 +341,12 @@ def verify(repo: Repository, commit: Commit, *, memory: RoundMemory) -> RoundVie
 
 
 def check_move(repo: Repository, move: BranchMove, *, memory: RoundMemory) -> None:
-    """Before a node takes ``move`` from a peer (gossip or a pull): moving a branch to one of its round merges
-    needs a merge that ``verify`` accepts (``IntegrityError`` otherwise), so a node never follows a forged or
-    unentitled merge. Any other move is left to the role checks of ``Ingest.accept_move``. A merge verified, or
-    found not to match its inputs, is remembered (they never change: every one is named by its hash), so a forger
-    cannot make a node re-derive the same merge at every catch-up."""
+    """Before a node takes ``move`` from a peer (gossip or a pull): moving a branch to one of its round merges needs a
+    merge that ``verify`` accepts, or ``secure_rounds.verify`` for a secure round's (``IntegrityError``
+    otherwise), so a node never follows a forged or unentitled merge. Any other move is left to the role checks
+    of ``Ingest.accept_move``. A merge verified, or found not to match its inputs, is remembered (they never
+    change: every one is named by its hash), so a forger cannot make a node re-derive the same merge at every
+    catch-up."""
     commit = repo.commit(move.commit)
     if commit.kind != "round" or commit.meta.get("branch") != move.branch:
         return
@@ -356,7 +357,12 @@ def check_move(repo: Repository, move: BranchMove, *, memory: RoundMemory) -> No
             return
         raise MergeMismatch(reason)
     try:
-        verify(repo, commit, memory=memory)
+        if isinstance(commit.meta.get("secure"), dict):
+            from .secure_rounds import verify as verify_secure
+
+            verify_secure(repo, commit, repo.secure, memory=memory)
+        else:
+            verify(repo, commit, memory=memory)
     except MergeMismatch as exc:
         _remember(checked, commit.id, str(exc))
         memory.settle(commit.id)
@@ -485,15 +491,17 @@ def _committed(memory: RoundMemory, repo: Repository, commit: Commit, policy: Ro
 
 
 def _view_at(memory: RoundMemory, repo: Repository, branch: str, head: CommitId) -> RoundView:
-    """The round that ``head`` (a commit of ``branch``) opened, whatever the branch's head is now."""
-    current = view(repo, branch, memory=memory)
-    if current.head == head:
-        return current
+    """The round that ``head`` (a commit of ``branch``) opened, whatever the branch's head is now (or before this
+    node holds the branch at all: a clone checking the move that makes it)."""
+    target = check_branch_name(branch)
+    moved = repo.branch_move(target)
+    if moved is not None and moved.commit == head:
+        return view(repo, target, memory=memory)
     membership = repo.members.current()
     head_commit = repo.commit(head)
-    return RoundView(branch=current.branch, head=head, number=_rounds_before(repo, head),
+    return RoundView(branch=target, head=head, number=_rounds_before(repo, head),
                      opened_ms=head_commit.timestamp_ms, policy=membership.policy,
-                     ranked=tuple(_ranked(repo, membership, current.branch, head, head_commit.timestamp_ms)),
+                     ranked=tuple(_ranked(repo, membership, target, head, head_commit.timestamp_ms)),
                      pending=())
 
 

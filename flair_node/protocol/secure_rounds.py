@@ -92,33 +92,11 @@ class NotReady(InvalidInput):
 
 
 class MessageSource(Protocol):
-    """Where the messages of secure rounds are found (the daemon's store; a ``MessageBook`` in tests)."""
+    """Where the messages of secure rounds are found: a repository's ``secure`` (``storage.round_messages``)."""
 
     def message(self, message_id: str) -> RoundMessage: ...
 
     def of_round(self, repo: str, branch: str, head: str, phase: str) -> list[RoundMessage]: ...
-
-
-class MessageBook:
-    """Secure round messages held in memory, by id and by round: each checked (signature, id) on the way in."""
-
-    def __init__(self) -> None:
-        self._by_id: dict[str, RoundMessage] = {}
-
-    def add(self, message: RoundMessage) -> RoundMessage:
-        message.verify()
-        self._by_id.setdefault(message.id, message)
-        return message
-
-    def message(self, message_id: str) -> RoundMessage:
-        found = self._by_id.get(message_id)
-        if found is None:
-            raise NotFound(f"secure round message {short(message_id)} has not arrived")
-        return found
-
-    def of_round(self, repo: str, branch: str, head: str, phase: str) -> list[RoundMessage]:
-        return sorted((m for m in self._by_id.values() if (m.repo, m.branch, m.head, m.phase) ==
-                       (repo, branch, head, phase)), key=lambda m: m.id)
 
 
 @dataclass(frozen=True)

@@ -2,20 +2,23 @@
 
 A peer answers two questions, to current members of the repository only (roles judged at the time of asking, so
 a removal or an expiry stops reads from then on): ``heads`` (the repository record, the id of the last membership
-change, every branch's latest move, the proof records of recent round merges) and ``records`` (records by id, at
+change, every branch's latest move, the proof records of recent round merges, the ids of the messages of each
+branch's secure round and of the one its head merged) and ``records`` (records by id, at
 most ``MAX_IDS`` a request and 1 MiB a reply). Payloads come as blocks (Bitswap), never inside a reply.
 
-``pull`` asks until this node holds what the peer showed it, in the order checks need: the membership chain
-first (it decides who may do what), then commits parents first, then the branch moves (``Ingest.accept_move``: the
-same total order on every node, so nodes that pulled from each other agree on every head), then proof records
-and anchor records (``Ingest.accept_anchor``). Nothing a record names is requested before the record is checked:
-a commit's signature, repository, key epoch, date and its author's role at its time (``Ingest.check_commit``,
-as ``announce.check`` judges gossip) come before its payload is fetched (within the size it declares, see
-``storage.unixfs.Bounds``) and the record accepted (``Ingest.accept_commit``); a proof record is checked to be
-signed by its merge's author before its proofs are fetched (``Ingest.check_proof``); the SRS fetched is the one
-the owner-signed policy names, within ``MAX_SRS_BYTES``. A record that fails is refused, with everything built
-on it, without a block of it requested, and the rest still arrives. Everything a peer sends is decoded by the
-bounded decoders of ``core.encoding``; a malformed reply is a ``RemoteError``.
+``pull`` asks until this node holds what the peer showed it, in the order checks need: the membership chain first
+(it decides who may do what), then commits parents first, then the branch moves (``Ingest.accept_move``: the same
+total order on every node, so nodes that pulled from each other agree on every head), then proof records and anchor
+records (``Ingest.accept_anchor``); the messages of secure rounds come before the moves (a secure merge is checked
+against them), each checked before a masked update's blocks are fetched (``Ingest.accept_round_message``). Nothing a
+record names is requested before the record is checked: a commit's signature, repository, key epoch, date and its
+author's role at its time (``Ingest.check_commit``, as ``announce.check`` judges gossip) come before its payload is
+fetched (within the size it declares, see ``storage.unixfs.Bounds``) and the record accepted
+(``Ingest.accept_commit``); a proof record is checked to be signed by its merge's author before its proofs are
+fetched (``Ingest.check_proof``); the SRS fetched is the one the owner-signed policy names, within
+``MAX_SRS_BYTES``. A record that fails is refused, with everything built on it, without a block of it requested, and
+the rest still arrives. Everything a peer sends is decoded by the bounded decoders of ``core.encoding``; a malformed
+reply is a ``RemoteError``.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ MAX_IDS = 256
 MAX_BRANCHES = 1024
 MAX_REPLY_BYTES = 900_000  # records per reply, below the 1 MiB frame with room for the envelope
 MAX_PROOFS = 64  # proof records in one heads reply
+MAX_SECURE = 8192  # secure round message ids in one heads reply: two rounds' worth (``storage.round_messages``)
 RECENT_MERGES = 16  # commits back from each branch head whose proofs a heads reply carries
 MAX_COMMITS = 1_000_000  # one pull; a longer history arrives over several
 
@@ -86,7 +90,8 @@ class SyncServer:
             moves = [repo.move(mid) for mid in list(repo.refs.all().values())[:MAX_BRANCHES]]
             return {"record": repo.record.encode(), "members": membership.head, "moves": [m.encode() for m in moves],
                     "proofs": [p.encode() for p in _recent(repo, moves, repo.merges.proof)],
-                    "anchors": [a.encode() for a in _recent(repo, moves, repo.merges.anchor)]}
+                    "anchors": [a.encode() for a in _recent(repo, moves, repo.merges.anchor)],
+                    "secure": _secure_ids(repo, moves)}
         records, size = [], 0
         for rid in ids:
             if not repo.objects.has(rid):
@@ -133,13 +138,14 @@ class PullResult:
     commits: int = 0
     proofs: int = 0
     anchors: int = 0
+    secure: int = 0  # secure round messages
     moved: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # record id -> why
     refused_merges: list[tuple[BranchMove, str]] = field(default_factory=list)  # moves to a round merge, and why
 
     def json(self) -> dict[str, Any]:
         return {"changes": self.changes, "commits": self.commits, "proofs": self.proofs, "anchors": self.anchors,
-                "moved": self.moved, "refused": self.refused}
+                "secure": self.secure, "moved": self.moved, "refused": self.refused}
 
 
 async def pull(repos: RepoSet, repo_id: RepoId, source: Source, *, memory: RoundMemory) -> PullResult:
@@ -178,6 +184,7 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source, *, memory: Round
         except (Forbidden, IntegrityError) as exc:
             log.debug("refused commit %s of %s: %s", short(commit.id), short(repo_id), exc)
             result.refused[commit.id] = str(exc)
+    result.secure = await _pull_secure(repo, heads.get("secure", []), source, result)  # a secure merge's inputs
     for move in moves:
         if move.commit in result.refused:
             result.refused[move.id] = f"moves {move.branch} to a refused commit"
@@ -222,6 +229,47 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source, *, memory: Round
             log.debug("refused anchor record %s of %s: %s", short(claim.id), short(repo_id), exc)
             result.refused[claim.id] = str(exc)
     return result
+
+
+def _secure_ids(repo: Repository, moves: list[BranchMove]) -> list[str]:
+    """The ids of the messages of each branch's secure round, and of the round its head merged (members check
+    that merge against them): none unless the repository runs secure rounds. At most ``MAX_SECURE``."""
+    if repo.members.current().policy.privacy != "secure":
+        return []
+    ids: list[str] = []
+    for move in moves:
+        heads = [move.commit]
+        head = repo.commit(move.commit)
+        if head.kind == "round" and head.parents:
+            heads.append(head.parents[0])
+        for opened in heads:
+            ids += repo.secure.ids(move.branch, opened)[:MAX_SECURE - len(ids)]
+    return ids
+
+
+async def _pull_secure(repo: Repository, ids: Any, source: Source, result: PullResult) -> int:
+    """Fetch the secure round messages of ``ids`` this node lacks, each checked before the blocks of a masked
+    update are fetched (``Ingest.check_round_message``); returns how many were kept."""
+    from ..core.round_messages import Masked, RoundMessage
+
+    if not isinstance(ids, list) or len(ids) > MAX_SECURE or not all(isinstance(i, str) and is_full_id(i)
+                                                                     for i in ids):
+        raise RemoteError(f"a heads reply lists at most {MAX_SECURE} secure round messages by id")
+    missing = [i for i in dict.fromkeys(ids) if not repo.secure.has(i)]
+    kept = 0
+    for start in range(0, len(missing), MAX_IDS):
+        for data in await _records(source, repo.id, missing[start:start + MAX_IDS]):
+            message = RoundMessage.decode(data)
+            try:
+                if not await trio.to_thread.run_sync(repo.ingest.check_round_message, message):
+                    continue
+                if isinstance(message.content, Masked):
+                    await source.blocks(message.content.cid, message.content.size)
+                kept += await trio.to_thread.run_sync(repo.ingest.accept_round_message, message)
+            except (IntegrityError, NotFound) as exc:
+                log.debug("refused secure round message %s of %s: %s", short(message.id), short(repo.id), exc)
+                result.refused[message.id] = str(exc)
+    return kept
 
 
 def _recent(repo: Repository, moves: list[BranchMove], find: Callable[[CommitId], T | None]) -> list[T]:

@@ -19,22 +19,28 @@ from collections.abc import Callable
 
 from ..core.errors import IntegrityError, RefConflict
 from ..core.ids import short
-from ..core.membership import MembershipChange, check_move_target
+from ..core.membership import ROLES, MembershipChange, check_move_target
 from ..core.objects import AnchorClaim, Commit, ProofRecord, check_commit_time
 from ..core.refs import MAX_CLOCK_SKEW_MS, BranchMove
+from ..core.round_messages import Masked, RoundMessage
 from . import clock, unixfs
 from .history import History
 from .merge_records import MAX_PROOFS_BYTES, MergeRecords
+from .round_messages import RoundMessages
+
+#: What a masked update's encryption adds to its values (``core.crypto``: magic, nonce, tag), with room to spare.
+_SEALED_OVERHEAD = 64
 
 
 class Ingest:
     """Checks and stores peers' records into ``history``; ``check_ownership`` is asked, before a token change or
     a handover is applied, whether the chain shows it (``Repository.check_ownership``)."""
 
-    def __init__(self, history: History, merges: MergeRecords, *,
+    def __init__(self, history: History, merges: MergeRecords, secure: RoundMessages, *,
                  check_ownership: Callable[[MembershipChange], None]) -> None:
         self.history = history
         self.merges = merges
+        self.secure = secure
         self._check_ownership = check_ownership
 
     def accept_membership(self, change: MembershipChange) -> bool:
@@ -143,6 +149,44 @@ class Ingest:
         checked on chain by ``daemon.anchor_service``)."""
         self._check_claim(claim)
         return self.merges.keep_anchor(claim)
+
+    def check_round_message(self, message: RoundMessage) -> bool:
+        """Check a secure round message from a peer before anything it names is fetched; False if it is kept
+        here already. ``IntegrityError`` unless it is signed, of this repository, by a member at its time (a
+        contributor, for an advert or a masked update), not dated ahead of this node's clock beyond the skew
+        allowed, and a masked update names at most what the largest ring holds for the repository's layout;
+        ``NotFound`` if the commit that opened its round has not arrived."""
+        message.verify()
+        if message.repo != self.history.id:
+            raise IntegrityError(f"secure round message {short(message.id)} belongs to another repository")
+        if self.secure.has(message.id) and message.id in self.secure.ids(message.branch, message.head):
+            return False
+        membership = self.history.members.current()
+        role = membership.role(message.author, epoch=membership.epoch, at_ms=message.timestamp_ms)
+        least = "contributor" if message.phase in ("advert", "masked") else "reader"
+        if role is None or ROLES.index(role) < ROLES.index(least):
+            raise IntegrityError(f"secure round message {short(message.id)} is by {short(message.author)}, who "
+                                 f"held no {least} role at its time")
+        if message.timestamp_ms > clock.now_ms() + MAX_CLOCK_SKEW_MS:
+            raise IntegrityError(f"secure round message {short(message.id)} is dated ahead of this node's clock")
+        self.history.commit(message.head)
+        if isinstance(message.content, Masked):
+            values = sum(spec.numel for spec in self.history.record.layout)
+            if message.content.size > 8 * values + _SEALED_OVERHEAD:
+                raise IntegrityError(f"masked update {short(message.id)} names {message.content.size} bytes, more "
+                                     f"than a model of {values} values masks to")
+        return True
+
+    def accept_round_message(self, message: RoundMessage) -> bool:
+        """Keep a secure round message from a peer (a masked update's blocks must be here already); False if it
+        is kept already. ``IntegrityError`` as ``check_round_message`` says, or if its round is full."""
+        if not self.check_round_message(message):
+            return False
+        if isinstance(message.content, Masked):
+            size = message.content.size
+            if len(unixfs.cat(self.history.blocks, message.content.cid, max_size=size)) != size:
+                raise IntegrityError(f"masked update {short(message.id)} is not of the size it says")
+        return self.secure.add(message)
 
     def _check_claim(self, record: ProofRecord | AnchorClaim) -> None:
         """A record about round merge ``record.commit`` must be signed by that merge's author."""

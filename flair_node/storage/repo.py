@@ -67,6 +67,7 @@ from .merge_records import PROOF_REF as PROOF_REF
 from .merge_records import MergeRecords
 from .merging import MERGE_ALIASES as MERGE_ALIASES
 from .merging import MERGE_METHODS as MERGE_METHODS
+from .round_messages import RoundMessages
 from .stores import ObjectStore, RefStore
 
 if TYPE_CHECKING:  # at run time, tensor modules are imported by the methods that use them (see above)
@@ -95,7 +96,10 @@ class Repository(History):
         # a repository is opened (``RepoSet``).
         self.merges = MergeRecords(record.id, objects, blocks, refs, write_lock=self.write_lock, commit=self.commit,
                                    announce=lambda kind, record_id, data: self.announce(kind, record_id, data))
-        self.ingest = Ingest(self, self.merges, check_ownership=lambda change: self.check_ownership(self, change))
+        #: The messages of its secure rounds (``protocol.secure_rounds``).
+        self.secure = RoundMessages(record.id, objects, refs)
+        self.ingest = Ingest(self, self.merges, self.secure,
+                             check_ownership=lambda change: self.check_ownership(self, change))
 
     # -- creating and opening ---------------------------------------------------------------------------
 

@@ -4,10 +4,12 @@ and reveal; the aggregator merges; every member re-derives the merge, and nobody
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
+import trio
 
 from flair_node.core import crypto
 from flair_node.core.errors import IntegrityError, InvalidInput
@@ -16,12 +18,14 @@ from flair_node.core.round_messages import Advert, RoundMessage
 from flair_node.core.round_rules import RoundPolicy, weight_counts
 from flair_node.protocol import rounds, secure_rounds
 from flair_node.protocol.rounds import MergeMismatch
-from flair_node.protocol.secure_rounds import MessageBook, NotReady
+from flair_node.protocol.secure_rounds import NotReady
+from flair_node.protocol.sync import pull
 from flair_node.storage.repo import Repository
 from flair_node.storage.repos import RepoSet
 from flair_node.tensors import masking
 from flair_node.tensors.fixedpoint import combine, normalize_weights, same_bits
-from flair_node.tensors.secure_sum import merge_sum, term
+from flair_node.tensors.secure_sum import merge_sum, term, term_size
+from flair_node.testing.sync import LocalSource
 
 OWNER = Identity.generate()
 MEMBERS = [Identity.generate() for _ in range(4)]
@@ -30,9 +34,9 @@ SECURE = RoundPolicy(privacy="secure", buffer=5, max_staleness=0)
 PARAMETERS = 100_000
 
 
-def model(seed: int) -> dict[str, torch.Tensor]:
+def model(seed: int, size: int = PARAMETERS) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"w": torch.randn(PARAMETERS - 10, generator=g) * 0.1, "b": torch.randn(10, generator=g)}
+    return {"w": torch.randn(size - 10, generator=g) * 0.1, "b": torch.randn(10, generator=g)}
 
 
 def trained(base: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
@@ -44,9 +48,13 @@ def as_node(repo: Repository, identity: Identity) -> Repository:
     return Repository.open(repo.id, repo.objects, repo.blocks, repo.refs, reader=identity)
 
 
-def team(policy: RoundPolicy = SECURE) -> Repository:
+NODES: dict[str, RepoSet] = {}  # the owner's node of each repository made here
+
+
+def team(policy: RoundPolicy = SECURE, size: int = PARAMETERS) -> Repository:
     repos = RepoSet.in_memory(OWNER)
-    repo = repos.create("private", model(0))
+    repo = repos.create("private", model(0, size))
+    NODES[repo.id] = repos
     for member in MEMBERS:
         repo.invite(OWNER, member.public_key, "contributor")
     repo.set_policy(OWNER, policy)
@@ -57,7 +65,7 @@ class Round:
     """One secure round driven by hand: each member's node is the shared repository read with its key."""
 
     def __init__(self, repo: Repository, contributors: list[Identity]) -> None:
-        self.repo, self.book, self.memory = repo, MessageBook(), rounds.RoundMemory()
+        self.repo, self.book, self.memory = repo, repo.secure, rounds.RoundMemory()
         self.head = repo.head("main")
         self.base = repo.materialize(self.head)
         self.states = {c.public_key: trained(self.base, i) for i, c in enumerate(contributors)}
@@ -66,7 +74,12 @@ class Round:
         for c in contributors:
             advert, self.secrets[c.public_key] = secure_rounds.advertise(
                 as_node(repo, c), c, "main", self.states[c.public_key], self.examples[c.public_key])
-            self.book.add(advert)
+            self.put(advert)
+
+    def put(self, message: RoundMessage) -> RoundMessage:
+        """``message`` as a member's node takes it from a peer: checked, then kept."""
+        self.repo.ingest.accept_round_message(message)
+        return message
 
     def adverts(self) -> list[RoundMessage]:
         return self.book.of_round(self.repo.id, "main", self.head, "advert")
@@ -78,21 +91,21 @@ class Round:
 
     def roster(self) -> RoundMessage:
         agg = self.aggregator()
-        return self.book.add(secure_rounds.roster(as_node(self.repo, agg), agg, self.book, "main", memory=self.memory))
+        return self.put(secure_rounds.roster(as_node(self.repo, agg), agg, self.book, "main", memory=self.memory))
 
     def mask(self, roster: RoundMessage, who: list[Identity]) -> None:
         for c in who:
-            self.book.add(secure_rounds.mask(as_node(self.repo, c), c, self.book, roster, self.states[c.public_key],
+            self.put(secure_rounds.mask(as_node(self.repo, c), c, self.book, roster, self.states[c.public_key],
                                              self.secrets[c.public_key]))
 
     def unmask(self, roster: RoundMessage) -> RoundMessage:
         agg = self.aggregator()
-        return self.book.add(secure_rounds.unmask(as_node(self.repo, agg), agg, self.book, roster,
+        return self.put(secure_rounds.unmask(as_node(self.repo, agg), agg, self.book, roster,
                                                   memory=self.memory))
 
     def reveal(self, unmask: RoundMessage, who: list[Identity]) -> None:
         for member in who:
-            self.book.add(secure_rounds.reveal(as_node(self.repo, member), member, self.book, unmask))
+            self.put(secure_rounds.reveal(as_node(self.repo, member), member, self.book, unmask))
 
     def merge(self, unmask: RoundMessage):
         agg = self.aggregator()
@@ -101,7 +114,7 @@ class Round:
     def plain_mean(self, who: list[Identity], weights: list[int]) -> dict[str, torch.Tensor]:
         """The exact mean of ``who``'s contributions with ``weights``, computed in the clear."""
         total = sum((term(self.base, self.states[c.public_key], w) for c, w in zip(who, weights, strict=True)),
-                    start=np.zeros(PARAMETERS, dtype=np.int64))
+                    start=np.zeros(term_size(self.base), dtype=np.int64))
         return merge_sum(self.base, total, sum(weights))
 
 
@@ -136,14 +149,16 @@ def test_every_contribution_in_merges_to_the_plain_round_merge_bit_for_bit_and_e
 
 def test_no_member_can_read_a_contribution_from_what_it_holds():
     """A member's node holds every block and message: the masked updates it decrypts are uncorrelated with the
-    true changes, and no plaintext change is stored anywhere."""
-    repo = team()
+    true changes (|r| < 0.01; with a million values, ten times the standard error of independent ones), and no
+    plaintext change is stored anywhere."""
+    size = 1_000_000
+    repo = team(size=size)
     r, roster, unmask = full_round(repo)
     plan = secure_rounds.make_plan(repo, r.book, roster)
     reader = as_node(repo, MEMBERS[0])
     for masked in r.book.of_round(repo.id, "main", r.head, "masked"):
         values = masking.from_ring(masking.ring_total([secure_rounds._masked_bytes(reader, masked)], plan.width,
-                                                      PARAMETERS), plan.width).astype(np.float64)
+                                                      size), plan.width).astype(np.float64)
         for c in EVERYONE:
             change = term(r.base, r.states[c.public_key], 1).astype(np.float64)
             assert abs(np.corrcoef(values, change)[0, 1]) < 0.01
@@ -208,7 +223,7 @@ def test_a_member_answers_one_unmask_per_roster_so_no_secret_pair_is_revealed():
     r.reveal(first, MEMBERS[:1])
     masked = sorted(first.content.masked)[:-1]  # the aggregator tells others one contributor dropped
     agg = r.aggregator()
-    second = r.book.add(secure_rounds._signed(repo, agg, "main", r.head,
+    second = r.put(secure_rounds._signed(repo, agg, "main", r.head,
                                               dataclasses.replace(first.content, masked=tuple(masked)),
                                               rounds.now_ms()))
     with pytest.raises(InvalidInput, match="answers only one"):
@@ -255,3 +270,27 @@ def test_messages_decode_only_as_written_and_bounded():
     tampered = dataclasses.replace(advert, content=dataclasses.replace(advert.content, examples=10**6))
     with pytest.raises(IntegrityError):
         tampered.verify()
+
+
+@pytest.mark.parametrize("forged", [False, True])
+def test_a_member_that_pulls_the_round_checks_the_merge_against_its_messages_before_following_it(forged):
+    repo = team()
+    r, _, unmask = full_round(repo)
+    if forged:
+        reveals = [m.id for m in r.book.of_round(repo.id, "main", r.head, "reveal")]
+        state, meta = secure_rounds.derive(repo, r.book, unmask, reveals)
+        agg = r.aggregator()
+        merged = as_node(repo, agg).write_round(agg, {k: v + 1e-3 for k, v in state.items()}, branch="main",
+                                                parents=(r.head,), meta=meta, message="forged")
+    else:
+        merged = r.merge(unmask)
+    peer = RepoSet.in_memory(MEMBERS[0])  # a member's own node, holding nothing yet
+    result = trio.run(partial(pull, peer, repo.id, LocalSource(NODES[repo.id], MEMBERS[0].public_key, peer),
+                              memory=rounds.RoundMemory()))
+    assert result.secure == len(repo.secure.ids("main", r.head))  # every message of the round came with it
+    copy = peer.open_id(repo.id)
+    if forged:
+        assert "main" not in copy.branches()  # a fresh clone: main exists only at the forged merge
+        assert "not what its masked updates sum to" in result.refused_merges[0][1]
+    else:
+        assert copy.head("main") == merged.id and not result.refused
