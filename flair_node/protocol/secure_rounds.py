@@ -19,8 +19,9 @@ is computed from their sum.
 4. **Unmask** (``unmask``, the entitled aggregator): which masked updates the merge takes. The roster's other
    contributors dropped out.
 5. **Reveal** (``reveal``, every member holding shares): for each contributor of the roster, its share of the
-   self-mask seed if the contributor's update is taken, else its share of the mask key's secret. A member
-   answers one unmask per roster, so no contributor's two secrets are ever both revealed.
+   self-mask seed if the contributor's update is taken, else its share of the mask key's secret. A member never
+   reveals both secrets of one advert, whatever unmasks or rosters ask, and a contributor masks for one roster
+   of a round only.
 
 The **merge** (``merge``, the entitled aggregator) is a round commit on the branch with the head as its only
 parent; its ``meta["secure"]`` names the unmask and the reveals it used. Every member re-derives it
@@ -171,6 +172,10 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
     from ..tensors.secure_sum import term
 
     plan = make_plan(repo, source, roster)
+    if any(m.author == identity.public_key and _masked(m).roster != roster.id
+           for m in source.of_round(repo.id, roster.branch, roster.head, "masked")):
+        raise InvalidInput(f"{short(identity.public_key)} masked its update for another roster of this round: it "
+                           "masks for one only (two masked updates of one change would give it away)")
     mine = plan.advert_of(identity.public_key)
     if mine is None:
         raise InvalidInput(f"roster {short(roster.id)} does not take {short(identity.public_key)}'s advert")
@@ -194,16 +199,14 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
 
 def reveal(repo: Repository, identity: Any, source: MessageSource, unmask_message: RoundMessage) -> RoundMessage:
     """``identity``'s shares for ``unmask_message``: of each taken contributor's self seed, of each dropped
-    one's mask key. ``InvalidInput`` if this member revealed for another unmask of the same roster (it answers
-    one, so it never reveals both secrets of anyone)."""
+    one's mask key. ``InvalidInput`` if that would reveal the other secret of an advert than this member revealed
+    before, for whatever unmask or roster: it never reveals both secrets of anyone."""
     content = _unmask(unmask_message)
     plan = make_plan(repo, source, source.message(content.roster))
     _check_unmask(repo, source, plan, unmask_message)
-    for earlier in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "reveal"):
-        if earlier.author == identity.public_key and _reveal(earlier).unmask != unmask_message.id \
-                and _unmask(source.message(_reveal(earlier).unmask)).roster == content.roster:
-            raise InvalidInput(f"{short(identity.public_key)} revealed its shares for another unmask of roster "
-                               f"{short(content.roster)}: it answers only one")
+    revealed = {share.advert: share.kind  # what this member revealed before in this round, whatever asked
+                for earlier in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "reveal")
+                if earlier.author == identity.public_key for share in _reveal(earlier).shares}
     taken = {source.message(m).author for m in content.masked}
     shares = []
     for advert_message in plan.adverts:
@@ -216,6 +219,9 @@ def reveal(repo: Repository, identity: Any, source: MessageSource, unmask_messag
         if len(opened) != 1 + 2 * secagg.SHARE_BYTES or opened[0] != at + 1:
             raise IntegrityError(f"advert {short(advert_message.id)} sealed a malformed share to this member")
         kind = "self" if advert_message.author in taken else "key"
+        if revealed.get(advert_message.id, kind) != kind:
+            raise InvalidInput(f"{short(identity.public_key)} revealed the other secret of advert "
+                               f"{short(advert_message.id)} before: it never reveals both")
         y = opened[1:33] if kind == "self" else opened[33:]
         if share_hash(kind, at + 1, y) != (dealt.self_hash if kind == "self" else dealt.key_hash):
             raise IntegrityError(f"advert {short(advert_message.id)} sealed this member a share that is not the one "
@@ -280,12 +286,20 @@ def unmask(repo: Repository, identity: Any, source: MessageSource, roster_messag
 
 def merge(repo: Repository, identity: Any, source: MessageSource, unmask_message: RoundMessage, *,
           memory: RoundMemory) -> Commit:
-    """The round merge of ``unmask_message`` by the aggregator entitled now, from the reveals that arrived.
-    ``NotReady`` while too few have."""
-    reveals = [m.id for m in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "reveal")
-               if _reveal(m).unmask == unmask_message.id]
-    state, meta = derive(repo, source, unmask_message, reveals)
+    """The round merge of ``unmask_message`` by the aggregator entitled now, from the valid reveals that arrived
+    (one holding a share its dealer did not deal is left out). ``NotReady`` while too few have."""
     plan = make_plan(repo, source, source.message(_unmask(unmask_message).roster))
+    taken = {m.author for m in _check_unmask(repo, source, plan, unmask_message)}
+    reveals = []
+    for message in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "reveal"):
+        if _reveal(message).unmask != unmask_message.id:
+            continue
+        try:
+            _check_reveal(repo, plan, unmask_message, message, taken)
+        except IntegrityError:
+            continue  # a reveal holding a wrong share: left out, never believed
+        reveals.append(message.id)
+    state, meta = derive(repo, source, unmask_message, reveals)
     current = _round(repo, unmask_message.branch, unmask_message.head, plan.adverts, memory=memory)
 
     def still_entitled(timestamp_ms: int) -> None:

@@ -214,7 +214,7 @@ def test_a_forged_merge_is_refused_by_every_member():
                              memory=rounds.RoundMemory())
 
 
-def test_a_member_answers_one_unmask_per_roster_so_no_secret_pair_is_revealed():
+def test_no_member_reveals_both_secrets_of_anyone_and_no_contributor_masks_for_two_rosters():
     repo = team()
     r = Round(repo, EVERYONE)
     roster = r.roster()
@@ -224,10 +224,30 @@ def test_a_member_answers_one_unmask_per_roster_so_no_secret_pair_is_revealed():
     masked = sorted(first.content.masked)[:-1]  # the aggregator tells others one contributor dropped
     agg = r.aggregator()
     second = r.put(secure_rounds._signed(repo, agg, "main", r.head,
-                                              dataclasses.replace(first.content, masked=tuple(masked)),
-                                              rounds.now_ms()))
-    with pytest.raises(InvalidInput, match="answers only one"):
+                                         dataclasses.replace(first.content, masked=tuple(masked)), rounds.now_ms()))
+    with pytest.raises(InvalidInput, match="never reveals both"):
         secure_rounds.reveal(as_node(repo, MEMBERS[0]), MEMBERS[0], r.book, second)
+    other = r.put(secure_rounds._signed(repo, agg, "main", r.head, roster.content, rounds.now_ms() + 1))
+    assert other.id != roster.id  # a second roster of the same adverts
+    with pytest.raises(InvalidInput, match="masks for one only"):
+        r.mask(other, EVERYONE[:1])
+
+
+def test_a_wrong_reveal_is_left_out_and_the_merge_goes_on():
+    repo = team()
+    r = Round(repo, EVERYONE)
+    roster = r.roster()
+    r.mask(roster, EVERYONE)
+    unmask = r.unmask(roster)
+    liar = MEMBERS[-1]
+    honest = secure_rounds.reveal(as_node(repo, liar), liar, r.book, unmask)
+    bad = [dataclasses.replace(s, y=bytes(32)) for s in honest.content.shares]
+    r.put(secure_rounds._signed(repo, liar, "main", r.head,
+                                dataclasses.replace(honest.content, shares=tuple(bad)), rounds.now_ms()))
+    r.reveal(unmask, [c for c in EVERYONE if c != liar])
+    merged = r.merge(unmask)
+    assert len(merged.meta["secure"]["reveals"]) == len(EVERYONE) - 1
+    secure_rounds.verify(as_node(repo, OWNER), merged, r.book, memory=rounds.RoundMemory())
 
 
 def test_what_a_secure_round_refuses():
