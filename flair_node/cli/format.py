@@ -36,4 +36,7 @@ def policy_text(p: dict[str, Any]) -> str:
            "production one (proofs.srs, or --proof-srs)"] if p.get("development_srs") else []),
         "NFTs           " + ("the merged commit's, and one per contribution to its contributor"
                              if p.get("contribution_nfts") else "the merged commit's"),
+        "privacy        " + (f"secure: contributions are masked, members read only merges; a contributor's secrets "
+                             f"are recovered from more than {p['secure_threshold']} of their holders"
+                             if p.get("privacy") == "secure" else "plain: members read each contribution"),
     ])

@@ -152,7 +152,7 @@ class RoundsConfig:
         "Merge the rounds this node is entitled to as soon as they are ready (K contributions, or the deadline "
         "passed): every member computes the same aggregator for each round, and when it is gone the next one takes "
         "over. Off: this node never aggregates on its own (`flair round merge` still does, when it is this node's "
-        "turn).")
+        "turn); in secure rounds it still masks its own contributions and reveals its shares.")
 
 
 @dataclass(frozen=True)

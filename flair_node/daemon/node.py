@@ -69,8 +69,8 @@ class Node:
         self.pinning = KuboPinService(self.repos, KuboPinner(config.ipfs.kubo_api), home.path / "kubo") \
             if config.ipfs.kubo_api else None
         self.p2p: P2PService | None = None  # set while the libp2p host runs
-        self.rounds = RoundService(self.repos, self.identity, memory=self.round_memory, on_change=self._changed) \
-            if config.rounds.aggregate else None
+        self.rounds = RoundService(self.repos, self.identity, memory=self.round_memory, on_change=self._changed,
+                                   aggregate=config.rounds.aggregate)
         self.proofs = ProofService(self.repos, self.identity, home.path / "proofs" / "verified",
                                    circuits=self.round_memory.circuits,
                                    prove=config.proofs.prove, memory_mb=config.proofs.memory_mb,
@@ -105,7 +105,7 @@ class Node:
         status: dict[str, Any] = {"kubo": self.pinning.status()} if self.pinning is not None else {}
         if self.api is not None:
             status["api"] = self.api.status()
-        status["rounds"] = self.rounds.status() if self.rounds is not None else {"aggregate": False}
+        status["rounds"] = self.rounds.status()
         status["proofs"] = self.proofs.status()
         status["chain"] = self.anchoring.status() if self.anchoring is not None else {"cluster": ""}
         if self.ownership is not None:
@@ -160,8 +160,7 @@ class Node:
                 self.p2p = p2p
                 if self.pinning is not None:
                     await nursery.start(self.pinning.run)
-                if self.rounds is not None:
-                    await nursery.start(self.rounds.run)
+                await nursery.start(self.rounds.run)
                 await nursery.start(self.proofs.run)
                 if self.anchoring is not None:
                     await nursery.start(self.anchoring.run)

@@ -8,7 +8,9 @@
   Accepted ones are noted as they arrive and taken in batches in a worker thread: membership changes in
   order, per branch only the move that comes last. Commits (whose payloads must come as blocks first) are
   pulled (``protocol.sync``): from the publisher if connected, else from connected peers, each second for
-  ``WANT_FOR`` seconds.
+  ``WANT_FOR`` seconds. Secure round messages are kept as they come, before the moves (a secure merge is checked
+  against them), except a masked update whose blocks are not here yet: it is pulled like a commit (a pull
+  brings it with its blocks).
 - Lagging: an announcement this node cannot judge yet (``announce.Lagging``) would make it pull, so its
   forwarder is judged first: a forwarder that is not a current member of the repository is refused (counted as
   bad input; no stream is opened to it); a member is pulled from at most once per ``LAGGING_EVERY`` seconds.
@@ -32,17 +34,19 @@ disk (``OSError``) is nobody's bad input.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from ..core.errors import FlairError, Forbidden, IntegrityError, InvalidInput, RemoteError
+from ..core.errors import FlairError, Forbidden, IntegrityError, InvalidInput, NotFound, RemoteError
 from ..core.ids import CommitId, PeerId, RepoId, short
 from ..core.refs import BranchMove
+from ..core.round_messages import RoundMessage
 from ..network.bitswap import BlockExchange
-from ..network.gossip import Offences
+from ..network.gossip import BadInputLog, Offences
 from ..network.gossipsub import GossipSub
 from ..network.host import Host, connect, member_key, peer_addrs, peer_from_text
 from ..protocol import announce, rounds, sync
@@ -94,7 +98,9 @@ class P2PService:
         self._take_send, self._take_receive = trio.open_memory_channel[tuple[RepoId, announce.Announcement, str]](
             INTAKE_QUEUE)
         self._nursery: trio.Nursery | None = None
-        self._bad = Offences()  # peer -> announcements refused
+        # peer -> announcements refused; on a clock a worker thread can read (``_take`` reports from one)
+        self._bad = Offences(BadInputLog(time.monotonic))
+        self._refused_log = BadInputLog(time.monotonic)  # round messages refused when taken: nobody's fault
         self._bad_pulls = Offences()  # peer -> pulls whose replies failed their checks or broke something
         self._checked: OrderedDict[bytes, announce.Announcement] = OrderedDict()  # accepted, not yet taken in
         #: announced, accepted, replays, lagging (lagging_refused, lagging_limited, lagging_taken,
@@ -336,8 +342,9 @@ class P2PService:
 
     def _take(self, repo_id: RepoId, messages: list[tuple[announce.Announcement, str]]) -> dict[CommitId, str]:
         """Take a batch of announcements about one repository (in a worker thread): membership changes in
-        order, then per branch only the move that comes last; returns the commits to pull (by publisher): the
-        announced ones (their payloads come as blocks) and those of moves not taken for want of them."""
+        order, then secure round messages, then per branch only the move that comes last; returns the records
+        to pull (by publisher): the announced commits (their payloads come as blocks), the commits of moves not
+        taken for want of them, and masked updates whose blocks are not here."""
         repo = self.repos.open_id(repo_id)
         for taken, publisher in messages:
             for change in taken.changes:
@@ -355,6 +362,9 @@ class P2PService:
             pull.update((c.id, publisher) for c in taken.commits if not repo.objects.has(c.id))
             # proof and anchor records come by pulling from their publisher (a proof record with its blocks)
             pull.update((CommitId(c.id), publisher) for c in taken.claims if not repo.objects.has(c.id))
+            for message in taken.messages:
+                if self._take_round_message(repo, message, publisher):
+                    pull[CommitId(message.id)] = publisher  # the wanted set takes any record's id
             for move in taken.moves:
                 if move.branch not in latest or move.comes_after(latest[move.branch][0]):
                     latest[move.branch] = (move, publisher)
@@ -374,6 +384,19 @@ class P2PService:
             except (Forbidden, IntegrityError) as exc:  # one refused move leaves the batch's others to go in
                 self._bad.add(publisher, "move of %s in %s not taken: %s", move.branch, short(repo_id), exc)
         return pull
+
+    def _take_round_message(self, repo: Repository, message: RoundMessage, publisher: str) -> bool:
+        """Keep a peer's secure round message (in a worker thread); True if it must be pulled instead: a masked
+        update whose blocks are not here (a pull from its publisher brings them with it). A message refused now
+        (its round full, the membership moved since it was checked) is logged, counted against nobody."""
+        try:
+            repo.ingest.accept_round_message(message)
+        except NotFound:  # a masked update's blocks (or its round's commit, if this node moved on meanwhile)
+            return True
+        except (Forbidden, IntegrityError) as exc:
+            self._refused_log.warn(publisher, "secure round %s %s in %s not taken: %s", message.phase,
+                                   short(message.id), short(repo.id), exc)
+        return False
 
     def _pull_wanted(self, repo_id: RepoId) -> None:
         """Pull the commits this node was told of and lacks: from their publisher if connected, else from every
@@ -426,7 +449,7 @@ class P2PService:
                                              memory=self.memory)
                     self._refused_merges(repo, result.refused_merges)
                     await self._join(repo)
-                    if result.commits or result.changes or result.moved:
+                    if result.commits or result.changes or result.moved or result.secure:
                         log.info("pulled %s from %s: %s", short(repo), peer, result.json())
                     if result.refused:  # records it served that failed their checks
                         rid, why = next(iter(result.refused.items()))
@@ -503,6 +526,8 @@ class P2PService:
 
 
 def _announced(messages: list[tuple[announce.Announcement, str]]) -> dict[CommitId, str]:
-    """Every commit the announcements name (their own, and those their moves point to), by publisher."""
+    """Every commit the announcements name (their own, and those their moves point to) and every secure round
+    message they hold, by publisher."""
     return {cid: publisher for taken, publisher in messages
-            for cid in [*(c.id for c in taken.commits), *(m.commit for m in taken.moves)]}
+            for cid in [*(c.id for c in taken.commits), *(m.commit for m in taken.moves),
+                        *(CommitId(m.id) for m in taken.messages)]}

@@ -1,4 +1,5 @@
-"""The daemon's round service: merge each round this node is entitled to, as soon as it is ready.
+"""The daemon's round service: merge each round this node is entitled to, as soon as it is ready, and take this
+node's part in each secure round.
 
 Every ``every`` seconds it looks at each branch that has contributions (``contrib/<branch>/...`` branches) in
 each repository and asks ``protocol.rounds`` who may merge now; if it is this node and the round is ready (K
@@ -14,6 +15,12 @@ error while judging or merging it (a ``FlairError``, or anything else bad input 
 counted (``failed``, and by exception type in ``errors``), logged at most once per item per ``LOG_EVERY``
 seconds, and the service goes on with the next item; listing repositories or branches failing (out of file
 descriptors, say) skips that pass only.
+
+In a repository with secure rounds, each pass also runs ``protocol.secure_node.step`` for each branch whose
+current round has messages (one item each, isolated the same way): this node masks its own contribution, reveals
+its shares, and, when entitled and ``aggregate`` is on, signs the roster and the unmask and merges. Contributions
+whose round is over are forgotten first (``secure_node.tidy``). With ``aggregate`` off the node never merges or
+signs for a round, but still takes its part as a contributor and a holder.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import math
 import traceback
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import trio
@@ -31,7 +39,7 @@ from ..core.errors import FlairError
 from ..core.identity import Identity
 from ..core.ids import CommitId, short
 from ..core.objects import Commit
-from ..protocol import rounds
+from ..protocol import rounds, secure_node
 from ..storage.repo import CONTRIBUTION_PREFIX, Repository, now_ms
 from ..storage.repos import RepoSet
 
@@ -45,8 +53,11 @@ MAX_COUNTED = 1024  # authors (of excluded contributions) and error types counte
 
 class RoundService:
     def __init__(self, repos: RepoSet, identity: Identity, *, memory: rounds.RoundMemory,
-                 on_change: Callable[[], None], every: float = 1.0) -> None:
+                 on_change: Callable[[], None], every: float = 1.0, aggregate: bool = True) -> None:
         self.repos, self.identity, self.on_change, self.every = repos, identity, on_change, every
+        #: Whether this node merges (and, in secure rounds, signs rosters and unmasks) when it is entitled; it
+        #: masks its own secure contributions and reveals its shares either way.
+        self.aggregate = aggregate
         self.memory = memory  # the node's: merges its peer-to-peer side notes hold this service's own
         self.counts: Counter[str] = Counter()  # merged, failed, held, excluded, skipped_passes
         self.errors: Counter[str] = Counter()  # exception type -> items that failed with it
@@ -71,10 +82,22 @@ class RoundService:
         for repo in repos:
             try:
                 branches = await trio.to_thread.run_sync(round_branches, repo)  # reads refs: off the loop
+                for advert in await trio.to_thread.run_sync(secure_node.tidy, repo, self.repos.pending):
+                    log.info("secure contribution %s in %s: its round is over", short(advert), short(repo.id))
+                secure = await trio.to_thread.run_sync(secure_branches, repo)
             except Exception as exc:  # one repository's trouble (a damaged ref) never ends the service
                 self._failed(repo.id, exc, what=f"listing the branches of {short(repo.id)}")
                 continue
-            for branch in branches:
+            for branch in secure:
+                try:
+                    step = await trio.to_thread.run_sync(partial(
+                        secure_node.step, repo, self.identity, self.repos.pending, branch, memory=self.memory,
+                        aggregate=self.aggregate))
+                except Exception as exc:  # one bad item (a hostile message, a full disk) never ends the service
+                    self._failed(f"{repo.id}/{branch}", exc, what=f"secure round of {branch} in {short(repo.id)}")
+                    continue
+                self._stepped(repo, branch, step)
+            for branch in branches if self.aggregate else ():
                 try:
                     done = await trio.to_thread.run_sync(self._merge_if_due, repo, branch)
                 except Exception as exc:  # one bad item (a hostile contribution, a full disk) never ends the service
@@ -84,8 +107,8 @@ class RoundService:
                     self._merged(repo, branch, *done)
 
     def status(self) -> dict[str, Any]:
-        return {**self.counts, "errors": dict(self.errors), "excluded_by_author": dict(self.excluded_by_author),
-                "recent": list(self.recent)}
+        return {"aggregate": self.aggregate, **self.counts, "errors": dict(self.errors),
+                "excluded_by_author": dict(self.excluded_by_author), "recent": list(self.recent)}
 
     def _merge_if_due(self, repo: Repository, branch: str) -> tuple[Commit, list[dict[str, str]]] | None:
         """The round merge this node made of ``branch`` now, if it was due, and what it excluded (with authors)."""
@@ -101,6 +124,23 @@ class RoundService:
         merged = rounds.merge(repo, self.identity, branch, memory=self.memory, at_ms=at)
         return merged, [{"commit": c, "reason": why, "author": repo.commit(c).author}
                         for c, why in merged.meta.get("excluded", [])]
+
+    def _stepped(self, repo: Repository, branch: str, step: secure_node.Step) -> None:
+        for done in step.published:
+            self.counts[f"secure_{done.split()[0]}"] += 1
+        self.counts["secure_refused"] += len(step.refused)
+        for why in step.refused:
+            log.warning("secure round of %s in %s: %s", branch, short(repo.id), why[:300])
+        if step.merged is not None:
+            self.counts["merged"] += 1
+            secure = step.merged.meta["secure"]
+            self.recent.append({"repo": repo.id, "branch": branch, "commit": step.merged.id,
+                                "round": step.merged.meta["round"], "contributions": len(secure["contributions"]),
+                                "dropped": len(secure["dropped"]), "secure": True})
+            log.info("merged secure round %s of %s in %s: %s", step.merged.meta["round"], branch, short(repo.id),
+                     short(step.merged.id))
+        if step.published or step.merged is not None:
+            self.on_change()
 
     def _merged(self, repo: Repository, branch: str, merged: Commit, excluded: list[dict[str, str]]) -> None:
         for entry in excluded:
@@ -143,6 +183,15 @@ def round_branches(repo: Repository) -> list[str]:
     found = {name[len(CONTRIBUTION_PREFIX):].rsplit("/", 1)[0] for name in repo.branches()
              if name.startswith(CONTRIBUTION_PREFIX)}
     return sorted(b for b in found if b and b in repo.branches())
+
+
+def secure_branches(repo: Repository) -> list[str]:
+    """The branches with a secure round going on: messages in the round their head opened (none unless the
+    repository runs secure rounds)."""
+    if repo.members.current().policy.privacy != "secure":
+        return []
+    return sorted(branch for branch, head in repo.branches().items()
+                  if not branch.startswith(CONTRIBUTION_PREFIX) and repo.secure.ids(branch, head))
 
 
 def recent_round_merges(repo: Repository, depth: int) -> Iterator[Commit]:

@@ -6,17 +6,19 @@ at most the gossip size limit (``pack`` fills messages up to it, so a burst of c
 messages). Kinds: ``commit`` (a commit record, signed by its author), ``move`` (a branch move, signed by the
 mover), ``membership`` (a membership change, signed by the owner), ``proof`` (a proof record, naming the proofs
 of a round merge by CID) and ``anchor`` (where a round merge is anchored on Solana), both signed by the merge's
-author. Nothing else is in it: every field a node
-acts on is inside a record its author signed.
+author, and ``secure`` (a message of a secure round, ``core.round_messages``, signed by its author; a masked
+update names its blocks by CID). Nothing else is in it: every field a node acts on is inside a record its author
+signed.
 
 ``check`` is the gate: schema, signatures, the repository, and each author's role in this node's view of the
-membership (as it would be after the message's own membership changes, in order), the mover's clock. A
-message failing it is neither delivered nor relayed. A message this node cannot judge yet (a membership change
-beyond the end of its chain, a record of a key epoch it has not reached) raises ``Lagging``: the node does not
-relay it. A pull is work a message would make the node do, so it is judged first (``daemon.p2p``): only a
-forwarder that is a current member is pulled from, at most once per ``LAGGING_EVERY`` seconds there, and a
-claim the pull does not bear out counts against it. A message holding nothing new is a ``Replay``. ``decode`` refuses
-anything malformed with ``IntegrityError`` (an item is exactly a pair of kind and record).
+membership (as it would be after the message's own membership changes, in order), the clock of movers and of
+secure round messages. A message failing it is neither delivered nor relayed. A message this node cannot judge
+yet (a membership change beyond the end of its chain, a record of a key epoch it has not reached, a secure round
+message about a round opened by a commit it does not hold) raises ``Lagging``: the node does not relay it. A pull
+is work a message would make the node do, so it is judged first (``daemon.p2p``): only a forwarder that is a
+current member is pulled from, at most once per ``LAGGING_EVERY`` seconds there, and a claim the pull does not
+bear out counts against it. A message holding nothing new is a ``Replay``. ``decode`` refuses anything malformed
+with ``IntegrityError`` (an item is exactly a pair of kind and record).
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from ..core.ids import RepoId, short
 from ..core.membership import Membership, MembershipChange, check_move_target
 from ..core.objects import AnchorClaim, Commit, ProofRecord, check_commit_time
 from ..core.refs import MAX_CLOCK_SKEW_MS, BranchMove
+from ..core.round_messages import Masked, RoundMessage
 from ..storage.repo import Repository
 
 VERSION = 1
-KINDS = ("commit", "move", "membership", "proof", "anchor")
+KINDS = ("commit", "move", "membership", "proof", "anchor", "secure")
 TOPIC_PREFIX = "flair/repo/"
 MAX_ITEMS = 256
 
@@ -57,6 +60,7 @@ class Announcement:
     moves: tuple[BranchMove, ...] = ()
     proofs: tuple[ProofRecord, ...] = ()
     anchors: tuple[AnchorClaim, ...] = ()
+    messages: tuple[RoundMessage, ...] = ()  # of secure rounds
     items: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
 
     @property
@@ -105,7 +109,7 @@ def decode(data: bytes, expected_repo: RepoId) -> Announcement:
     items = schema.listing(value["items"], "items")
     if not 0 < len(items) <= MAX_ITEMS:
         raise IntegrityError(f"an announcement holds 1 to {MAX_ITEMS} items")
-    changes, commits, moves, proofs, anchors, raw = [], [], [], [], [], []
+    changes, commits, moves, proofs, anchors, messages, raw = [], [], [], [], [], [], []
     for item in items:
         kind, record = schema.fixed(item, "item", 2)
         kind = schema.choice(kind, "item kind", KINDS)
@@ -118,11 +122,13 @@ def decode(data: bytes, expected_repo: RepoId) -> Announcement:
             proofs.append(ProofRecord.decode(record))
         elif kind == "anchor":
             anchors.append(AnchorClaim.decode(record))
+        elif kind == "secure":
+            messages.append(RoundMessage.decode(record))
         else:
             moves.append(BranchMove.decode(record))
         raw.append((kind, record))
     return Announcement(RepoId(expected_repo), tuple(changes), tuple(commits), tuple(moves), tuple(proofs),
-                        tuple(anchors), tuple(raw))
+                        tuple(anchors), tuple(messages), tuple(raw))
 
 
 def check(repo: Repository, announcement: Announcement, now_ms: int) -> Membership:
@@ -174,6 +180,20 @@ def check(repo: Repository, announcement: Announcement, now_ms: int) -> Membersh
         membership.require(claim.author, "contributor", epoch=membership.epoch, at_ms=claim.timestamp_ms,
                            what=f"{claim.KIND} record {short(claim.id)}")
         new += not repo.objects.has(claim.id)
+    for message in announcement.messages:  # whether it fits its round is judged when the round reads it
+        message.verify()
+        what = f"secure round {message.phase} {short(message.id)}"
+        if message.repo != repo.id:
+            raise IntegrityError(f"{what} belongs to another repository")
+        if isinstance(message.content, Masked) and message.content.key_epoch > membership.epoch:
+            raise Lagging(f"{what} is sealed with key epoch {message.content.key_epoch}")
+        membership.require(message.author, "contributor" if message.phase in ("advert", "masked") else "reader",
+                           epoch=membership.epoch, at_ms=message.timestamp_ms, what=what)
+        if message.timestamp_ms > now_ms + MAX_CLOCK_SKEW_MS:
+            raise IntegrityError(f"{what} is dated ahead of this node's clock")
+        if not repo.objects.has(message.head):
+            raise Lagging(f"{what} is about the round opened by commit {short(message.head)}, not held here")
+        new += not repo.secure.has(message.id)
     if not new:
         raise Replay(f"nothing new about {short(repo.id)}")
     return membership

@@ -112,6 +112,15 @@ class Secrets:
         secret, _ = secagg.ephemeral_keypair()
         return cls(secret, os.urandom(secagg.SEED_BYTES))
 
+    def encode(self) -> bytes:
+        return self.mask_secret + self.self_seed
+
+    @classmethod
+    def decode(cls, data: bytes) -> Secrets:
+        if len(data) != secagg.KEY_BYTES + secagg.SEED_BYTES:
+            raise IntegrityError("a secure contribution's secrets are 64 bytes")
+        return cls(data[:secagg.KEY_BYTES], data[secagg.KEY_BYTES:])
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -128,7 +137,7 @@ class Plan:
         return next((a for a in self.adverts if a.author == author), None)
 
     def by_key(self, mask_key: bytes) -> RoundMessage:
-        return next(a for a in self.adverts if _advert(a).mask_key == mask_key)
+        return next(a for a in self.adverts if as_advert(a).mask_key == mask_key)
 
 
 # -- each contributor --------------------------------------------------------------------------------------
@@ -172,14 +181,14 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
     from ..tensors.secure_sum import term
 
     plan = make_plan(repo, source, roster)
-    if any(m.author == identity.public_key and _masked(m).roster != roster.id
+    if any(m.author == identity.public_key and as_masked(m).roster != roster.id
            for m in source.of_round(repo.id, roster.branch, roster.head, "masked")):
         raise InvalidInput(f"{short(identity.public_key)} masked its update for another roster of this round: it "
                            "masks for one only (two masked updates of one change would give it away)")
     mine = plan.advert_of(identity.public_key)
     if mine is None:
         raise InvalidInput(f"roster {short(roster.id)} does not take {short(identity.public_key)}'s advert")
-    advert = _advert(mine)
+    advert = as_advert(mine)
     if advert.mask_key != secagg.public_of(secrets.mask_secret) \
             or advert.self_commit != secagg.commitment(secrets.self_seed):
         raise InvalidInput("these are not the secrets of the advert the roster takes")
@@ -200,17 +209,18 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
 def reveal(repo: Repository, identity: Any, source: MessageSource, unmask_message: RoundMessage) -> RoundMessage:
     """``identity``'s shares for ``unmask_message``: of each taken contributor's self seed, of each dropped
     one's mask key. ``InvalidInput`` if that would reveal the other secret of an advert than this member revealed
-    before, for whatever unmask or roster: it never reveals both secrets of anyone."""
-    content = _unmask(unmask_message)
+    before, for whatever unmask or roster (it never reveals both secrets of anyone), or if this node holds another
+    unmask of the same roster (an aggregator equivocating: members shown different unmasks could be split)."""
+    content = as_unmask(unmask_message)
     plan = make_plan(repo, source, source.message(content.roster))
     _check_unmask(repo, source, plan, unmask_message)
     revealed = {share.advert: share.kind  # what this member revealed before in this round, whatever asked
                 for earlier in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "reveal")
-                if earlier.author == identity.public_key for share in _reveal(earlier).shares}
+                if earlier.author == identity.public_key for share in as_reveal(earlier).shares}
     taken = {source.message(m).author for m in content.masked}
     shares = []
     for advert_message in plan.adverts:
-        advert = _advert(advert_message)
+        advert = as_advert(advert_message)
         at = next((i for i, s in enumerate(advert.shares) if s.holder == identity.public_key), None)
         if at is None:
             continue
@@ -229,6 +239,12 @@ def reveal(repo: Repository, identity: Any, source: MessageSource, unmask_messag
         shares.append(RevealedShare(advert=advert_message.id, kind=kind, x=at + 1, y=y))
     if not shares:
         raise InvalidInput(f"{short(identity.public_key)} holds no share of this round's contributors")
+    rivals = [m.id for m in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "unmask")
+              if m.id != unmask_message.id and as_unmask(m).roster == content.roster]
+    if rivals:
+        raise InvalidInput(f"roster {short(content.roster)} has two unmasks ({short(unmask_message.id)}, "
+                           f"{short(rivals[0])}): an aggregator showing members different ones could learn an "
+                           "update, so this member reveals nothing for either")
     return _signed(repo, identity, unmask_message.branch, unmask_message.head,
                    Reveal(unmask=unmask_message.id, shares=tuple(shares)), now_ms())
 
@@ -288,11 +304,11 @@ def merge(repo: Repository, identity: Any, source: MessageSource, unmask_message
           memory: RoundMemory) -> Commit:
     """The round merge of ``unmask_message`` by the aggregator entitled now, from the valid reveals that arrived
     (one holding a share its dealer did not deal is left out). ``NotReady`` while too few have."""
-    plan = make_plan(repo, source, source.message(_unmask(unmask_message).roster))
+    plan = make_plan(repo, source, source.message(as_unmask(unmask_message).roster))
     taken = {m.author for m in _check_unmask(repo, source, plan, unmask_message)}
     reveals = []
     for message in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "reveal"):
-        if _reveal(message).unmask != unmask_message.id:
+        if as_reveal(message).unmask != unmask_message.id:
             continue
         try:
             _check_reveal(repo, plan, unmask_message, message, taken)
@@ -323,7 +339,7 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
     from ..tensors.fixedpoint import WEIGHT_BITS
     from ..tensors.secure_sum import merge_sum, term_size
 
-    content = _unmask(unmask_message)
+    content = as_unmask(unmask_message)
     plan = make_plan(repo, source, source.message(content.roster))
     masked = _check_unmask(repo, source, plan, unmask_message)
     taken = {m.author for m in masked}
@@ -338,7 +354,7 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
     corrections: list[np.ndarray] = []
     dropped = []
     for advert_message in plan.adverts:
-        advert = _advert(advert_message)
+        advert = as_advert(advert_message)
         kind = "self" if advert_message.author in taken else "key"
         found = shares.get((advert_message.id, kind), [])
         needed = _policy(repo).holders_needed(len(advert.shares))
@@ -360,7 +376,7 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
     published = [_masked_bytes(repo, m) for m in masked]
     plain = masking.from_ring(masking.ring_total(published, plan.width, count), plan.width, corrections)
     masked_of = {m.author: m.id for m in masked}
-    entries: list[list[Any]] = [[masked_of[a.author], a.author, _advert(a).examples, plan.weights[a.id]]
+    entries: list[list[Any]] = [[masked_of[a.author], a.author, as_advert(a).examples, plan.weights[a.id]]
                                 for a in plan.adverts if a.author in masked_of]
     weight = sum(int(e[3]) for e in entries)
     if weight < 1:
@@ -396,7 +412,7 @@ def verify(repo: Repository, commit: Commit, source: MessageSource, *, memory: R
         late = [r for r in reveals if source.message(r).timestamp_ms > commit.timestamp_ms]
         if late:
             raise MergeMismatch(f"secure merge {short(commit.id)} uses reveal {short(late[0])}, signed after it")
-        plan = make_plan(repo, source, source.message(_unmask(unmask_message).roster))
+        plan = make_plan(repo, source, source.message(as_unmask(unmask_message).roster))
         current = _round(repo, unmask_message.branch, unmask_message.head, plan.adverts, memory=memory)
         if current.aggregator(commit.timestamp_ms) != commit.author:
             raise IntegrityError(f"secure merge {short(commit.id)} is by {short(commit.author)}, who was not the "
@@ -419,7 +435,7 @@ def make_plan(repo: Repository, source: MessageSource, roster_message: RoundMess
 
     if roster_message.phase != "roster" or roster_message.repo != repo.id:
         raise IntegrityError(f"message {short(roster_message.id)} is not a roster of this repository")
-    ids = _roster(roster_message).adverts
+    ids = as_roster(roster_message).adverts
     if len(ids) < MIN_CONTRIBUTORS:
         raise IntegrityError(f"roster {short(roster_message.id)} takes {len(ids)} adverts; a secure round needs "
                              f"{MIN_CONTRIBUTORS}")
@@ -430,16 +446,16 @@ def make_plan(repo: Repository, source: MessageSource, roster_message: RoundMess
             raise IntegrityError(f"roster {short(roster_message.id)} takes an advert of another round")
         if advert.timestamp_ms > roster_message.timestamp_ms:
             raise IntegrityError(f"roster {short(roster_message.id)} takes advert {short(advert.id)}, signed after it")
-    if len({a.author for a in adverts}) != len(adverts) or len({_advert(a).mask_key for a in adverts}) != len(adverts):
+    keys = [as_advert(a).mask_key for a in adverts]
+    if len({a.author for a in adverts}) != len(adverts) or len(set(keys)) != len(adverts):
         raise IntegrityError(f"roster {short(roster_message.id)} takes two adverts of one member, or of one key")
     policy = _policy(repo)
-    counts = weight_counts([(_advert(a).examples, 0) for a in adverts], policy)
+    counts = weight_counts([(as_advert(a).examples, 0) for a in adverts], policy)
     weights = dict(zip(ids, normalize_weights(counts), strict=True))
     context = hashlib.sha256(b"flair-secure-round\0" + b"\0".join(
         part.encode() for part in (repo.id, roster_message.branch, roster_message.head, roster_message.id))).digest()
-    keys = [_advert(a).mask_key for a in adverts]
     return Plan(roster=roster_message, adverts=adverts, weights=weights,
-                width=ring_width(max(_advert(a).bits for a in adverts), WEIGHT_BITS), context=context,
+                width=ring_width(max(as_advert(a).bits for a in adverts), WEIGHT_BITS), context=context,
                 links=secagg.neighbours(keys, context))
 
 
@@ -448,7 +464,7 @@ def check_advert(repo: Repository, message: RoundMessage) -> None:
     role at its time, dealing one share to each of two or more members, with a change the merge can hold."""
     if message.phase != "advert" or message.repo != repo.id:
         raise IntegrityError(f"message {short(message.id)} is not an advert of this repository")
-    advert = _advert(message)
+    advert = as_advert(message)
     membership = repo.members.current()
     try:
         _require_role(membership, message.author, "contributor", message.timestamp_ms, "a secure contribution")
@@ -460,6 +476,37 @@ def check_advert(repo: Repository, message: RoundMessage) -> None:
     members = {m.key for m in membership.current()}
     if message.author in {s.holder for s in advert.shares} or not {s.holder for s in advert.shares} <= members:
         raise IntegrityError(f"advert {short(message.id)} deals shares to itself or to keys that are not members")
+
+
+def as_advert(message: RoundMessage) -> Advert:
+    """``message``'s content, if it is an advert; ``IntegrityError`` otherwise (and so for each phase below)."""
+    if not isinstance(message.content, Advert):
+        raise IntegrityError(f"message {short(message.id)} is not an advert")
+    return message.content
+
+
+def as_roster(message: RoundMessage) -> Roster:
+    if not isinstance(message.content, Roster):
+        raise IntegrityError(f"message {short(message.id)} is not a roster")
+    return message.content
+
+
+def as_masked(message: RoundMessage) -> Masked:
+    if not isinstance(message.content, Masked):
+        raise IntegrityError(f"message {short(message.id)} is not a masked update")
+    return message.content
+
+
+def as_unmask(message: RoundMessage) -> Unmask:
+    if not isinstance(message.content, Unmask):
+        raise IntegrityError(f"message {short(message.id)} is not an unmask")
+    return message.content
+
+
+def as_reveal(message: RoundMessage) -> Reveal:
+    if not isinstance(message.content, Reveal):
+        raise IntegrityError(f"message {short(message.id)} is not a reveal")
+    return message.content
 
 
 # -- internals -----------------------------------------------------------------------------------------------
@@ -505,7 +552,7 @@ def _round(repo: Repository, branch: str, head: CommitId, adverts: Iterable[Roun
     from .rounds import _view_at
 
     seen = _view_at(memory, repo, branch, head)
-    return seen.taking([Contribution(CommitId(a.id), a.author, head, _advert(a).examples, 0, a.timestamp_ms)
+    return seen.taking([Contribution(CommitId(a.id), a.author, head, as_advert(a).examples, 0, a.timestamp_ms)
                         for a in adverts])
 
 
@@ -519,7 +566,7 @@ def _require_entitled(current: RoundView, key: str, at_ms: int, what: str) -> No
 def _check_masked(repo: Repository, plan: Plan, message: RoundMessage) -> None:
     if message.phase != "masked" or message.repo != repo.id:
         raise IntegrityError(f"message {short(message.id)} is not a masked update of this repository")
-    content = _masked(message)
+    content = as_masked(message)
     if content.roster != plan.roster.id or plan.advert_of(message.author) is None:
         raise IntegrityError(f"masked update {short(message.id)} is not by a contributor of roster "
                              f"{short(plan.roster.id)}")
@@ -530,7 +577,7 @@ def _check_masked(repo: Repository, plan: Plan, message: RoundMessage) -> None:
 def _check_unmask(repo: Repository, source: MessageSource, plan: Plan, message: RoundMessage
                   ) -> list[RoundMessage]:
     """The masked updates unmask ``message`` takes, checked; ``IntegrityError`` if it is no unmask of ``plan``."""
-    content = _unmask(message)
+    content = as_unmask(message)
     if content.roster != plan.roster.id or (message.branch, message.head) != (plan.roster.branch, plan.roster.head):
         raise IntegrityError(f"unmask {short(message.id)} is not one of roster {short(plan.roster.id)}")
     masked = [source.message(m) for m in content.masked]
@@ -548,17 +595,17 @@ def _check_reveal(repo: Repository, plan: Plan, unmask_message: RoundMessage, me
                   taken: set[PublicKey]) -> list[tuple[str, str, secagg.Share]]:
     """The shares reveal ``message`` holds, each checked against the hash its dealer published and of the kind
     the unmask asks for (``IntegrityError`` otherwise)."""
-    if message.phase != "reveal" or _reveal(message).unmask != unmask_message.id:
+    if message.phase != "reveal" or as_reveal(message).unmask != unmask_message.id:
         raise IntegrityError(f"message {short(message.id)} is not a reveal for unmask {short(unmask_message.id)}")
     if message.timestamp_ms < unmask_message.timestamp_ms:
         raise IntegrityError(f"reveal {short(message.id)} is signed before its unmask")
     by_id = {a.id: a for a in plan.adverts}
     found = []
-    for share in _reveal(message).shares:
+    for share in as_reveal(message).shares:
         advert_message = by_id.get(share.advert)
         if advert_message is None:
             raise IntegrityError(f"reveal {short(message.id)} holds a share of an advert the roster does not take")
-        advert = _advert(advert_message)
+        advert = as_advert(advert_message)
         want = "self" if advert_message.author in taken else "key"
         dealt = next((s for s in advert.shares if s.holder == message.author), None)
         if share.kind != want or dealt is None or share.x != advert.shares.index(dealt) + 1 \
@@ -570,7 +617,7 @@ def _check_reveal(repo: Repository, plan: Plan, unmask_message: RoundMessage, me
 
 
 def _masked_bytes(repo: Repository, message: RoundMessage) -> bytes:
-    content = _masked(message)
+    content = as_masked(message)
     data = unixfs.cat(repo.blocks, content.cid, max_size=content.size)
     if len(data) != content.size:
         raise IntegrityError(f"masked update {short(message.id)} is {len(data)} bytes, not the {content.size} it says")
@@ -582,32 +629,3 @@ def _round_number(repo: Repository, head: CommitId) -> int:
 
     return _rounds_before(repo, head) + 1
 
-
-def _advert(message: RoundMessage) -> Advert:
-    if not isinstance(message.content, Advert):
-        raise IntegrityError(f"message {short(message.id)} is not an advert")
-    return message.content
-
-
-def _roster(message: RoundMessage) -> Roster:
-    if not isinstance(message.content, Roster):
-        raise IntegrityError(f"message {short(message.id)} is not a roster")
-    return message.content
-
-
-def _masked(message: RoundMessage) -> Masked:
-    if not isinstance(message.content, Masked):
-        raise IntegrityError(f"message {short(message.id)} is not a masked update")
-    return message.content
-
-
-def _unmask(message: RoundMessage) -> Unmask:
-    if not isinstance(message.content, Unmask):
-        raise IntegrityError(f"message {short(message.id)} is not an unmask")
-    return message.content
-
-
-def _reveal(message: RoundMessage) -> Reveal:
-    if not isinstance(message.content, Reveal):
-        raise IntegrityError(f"message {short(message.id)} is not a reveal")
-    return message.content

@@ -45,6 +45,7 @@ from ..storage.clock import now_ms
 from ..storage.members import MAX_CHANGES
 from ..storage.repo import Repository
 from ..storage.repos import RepoSet
+from ..storage.round_messages import live_rounds
 from . import rounds
 from .rounds import RoundMemory
 
@@ -91,7 +92,7 @@ class SyncServer:
             return {"record": repo.record.encode(), "members": membership.head, "moves": [m.encode() for m in moves],
                     "proofs": [p.encode() for p in _recent(repo, moves, repo.merges.proof)],
                     "anchors": [a.encode() for a in _recent(repo, moves, repo.merges.anchor)],
-                    "secure": _secure_ids(repo, moves)}
+                    "secure": _secure_ids(repo)}
         records, size = [], 0
         for rid in ids:
             if not repo.objects.has(rid):
@@ -231,19 +232,12 @@ async def pull(repos: RepoSet, repo_id: RepoId, source: Source, *, memory: Round
     return result
 
 
-def _secure_ids(repo: Repository, moves: list[BranchMove]) -> list[str]:
-    """The ids of the messages of each branch's secure round, and of the round its head merged (members check
-    that merge against them): none unless the repository runs secure rounds. At most ``MAX_SECURE``."""
-    if repo.members.current().policy.privacy != "secure":
-        return []
+def _secure_ids(repo: Repository) -> list[str]:
+    """The ids of the messages of the secure rounds a node keeps (``round_messages.live_rounds``), at most
+    ``MAX_SECURE``."""
     ids: list[str] = []
-    for move in moves:
-        heads = [move.commit]
-        head = repo.commit(move.commit)
-        if head.kind == "round" and head.parents:
-            heads.append(head.parents[0])
-        for opened in heads:
-            ids += repo.secure.ids(move.branch, opened)[:MAX_SECURE - len(ids)]
+    for branch, opened in live_rounds(repo):
+        ids += repo.secure.ids(branch, opened)[:MAX_SECURE - len(ids)]
     return ids
 
 

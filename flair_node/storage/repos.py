@@ -16,11 +16,14 @@ from ..core.identity import Identity
 from ..core.ids import Cid, RepoId, is_full_id, short
 from ..core.membership import MembershipChange
 from ..core.objects import RepositoryRecord
+from ..core.round_messages import Masked
 from ..core.round_rules import MAX_SRS_BYTES
 from . import clock, unixfs
 from .atomic import make_dirs, resource_errors
 from .ingest import check_ownership_offline
 from .repo import Repository
+from .round_messages import live_rounds
+from .secure_pending import PendingContributions
 from .stores import DiskObjectStore, DiskRefStore, MemoryObjectStore, MemoryRefStore, ObjectStore, RefStore
 from .unixfs import BlockStore
 
@@ -75,8 +78,11 @@ class DiskRefBackend:
 class RepoSet:
     """The repositories one node keeps, opened once each and shared by every caller."""
 
-    def __init__(self, identity: Identity, objects: ObjectStore, blocks: ObjectStore, refs: RefBackend) -> None:
+    def __init__(self, identity: Identity, objects: ObjectStore, blocks: ObjectStore, refs: RefBackend, *,
+                 pending: PendingContributions | None = None) -> None:
         self.identity = identity
+        #: This node's own secure contributions while their rounds run (never shared).
+        self.pending = pending or PendingContributions(None)
         self.objects = objects
         self.blocks = BlockStore(blocks)
         self._write_lock = threading.Lock()  # shared by every repository's commits and by gc
@@ -100,7 +106,7 @@ class RepoSet:
     @classmethod
     def on_disk(cls, home: Path, identity: Identity) -> RepoSet:
         return cls(identity, DiskObjectStore(home / "objects"), DiskObjectStore(home / "blocks"),
-                   DiskRefBackend(home / "repos"))
+                   DiskRefBackend(home / "repos"), pending=PendingContributions(home / "secure"))
 
     def create(self, name: str, state: StateDict) -> Repository:
         """A new repository owned by this node's identity."""
@@ -202,7 +208,8 @@ class RepoSet:
 
     def pinned(self) -> set[str]:
         """Digests of every block reachable from a commit of a local repository, from the SRS its policy names,
-        from the proofs of its round merges (when stored here), and from ``pins``: what ``gc`` keeps."""
+        from the proofs of its round merges (when stored here), from the masked updates of its live secure rounds
+        (``round_messages.live_rounds``), and from ``pins``: what ``gc`` keeps."""
         keys: set[str] = set()
         for repo in self.all():
             for commit in repo.commits():
@@ -214,6 +221,11 @@ class RepoSet:
                 proof = repo.merges.proof(commit.id) if commit.kind == "round" else None
                 if proof is not None and self.blocks.has(proof.proofs):
                     keys |= unixfs.block_keys(self.blocks, proof.proofs, max_size=proof.size)
+            for branch, opened in live_rounds(repo):  # the masked updates of live secure rounds
+                for message in repo.secure.of_round(repo.id, branch, opened, "masked"):
+                    masked = message.content
+                    if isinstance(masked, Masked) and self.blocks.has(masked.cid):
+                        keys |= unixfs.block_keys(self.blocks, masked.cid, max_size=masked.size)
         for roots in self.pins:
             for root, size in roots():
                 cid = Cid(root)

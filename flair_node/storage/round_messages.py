@@ -18,8 +18,10 @@ from typing import NamedTuple
 
 from ..core import encoding, schema
 from ..core.errors import IntegrityError, NotFound, RefConflict
-from ..core.ids import BranchName, RecordId, RepoId, sha256_hex, short
+from ..core.ids import BranchName, CommitId, RecordId, RepoId, sha256_hex, short
+from ..core.refs import CONTRIBUTION_PREFIX
 from ..core.round_messages import RoundMessage
+from .history import History
 from .stores import ObjectStore, RefStore
 
 SECURE_REF = ".secure/"
@@ -108,6 +110,22 @@ class RoundMessages:
         self._decoded[message.id] = message
         while len(self._decoded) > _CACHE:
             self._decoded.popitem(last=False)
+
+
+def live_rounds(history: History) -> list[tuple[str, CommitId]]:
+    """The secure rounds a node keeps the messages (and masked updates) of: each branch's current round, and the
+    round its head merged (members check that merge against them). None unless the repository runs secure rounds."""
+    if history.members.current().policy.privacy != "secure":
+        return []
+    found: list[tuple[str, CommitId]] = []
+    for branch, head_id in sorted(history.branches().items()):
+        if branch.startswith(CONTRIBUTION_PREFIX):
+            continue
+        head = history.commit(head_id)
+        found.append((branch, head.id))
+        if head.kind == "round" and head.parents:
+            found.append((branch, head.parents[0]))
+    return found
 
 
 def _ref(branch: str, head: str) -> BranchName:

@@ -10,9 +10,14 @@
   input like any other, and all of it is counted against the peer.
 - finding 13 (API side): ``flair pull`` joins the pull of the same repository from the same peer that gossip
   started, instead of fetching the same records and blocks twice at once.
+- issue 18: secure round messages travel on gossip; a stranger's or a removed member's (backdated or not) are
+  refused at the gate, counted against their peer, neither kept nor relayed, while a member's pass through. A
+  member who overfills a round or withholds a masked update's blocks stops nothing: the excess is refused
+  without holding up the rest of the batch, and the masked update is only wanted, never kept without its blocks.
 
 Each asserts: the daemon still answers, nothing was accepted, and the counters name the peer."""
 
+import dataclasses
 from functools import partial
 
 import pytest
@@ -24,14 +29,18 @@ from flair_node.core import encoding
 from flair_node.core.errors import FlairError
 from flair_node.core.identity import Identity
 from flair_node.core.membership import MembershipChange
+from flair_node.core.round_messages import Masked, Roster, RoundMessage
+from flair_node.core.round_rules import RoundPolicy
 from flair_node.daemon.p2p import P2PService
 from flair_node.network import rpc
 from flair_node.network.bitswap import BlockExchange
 from flair_node.network.host import connect, full_addrs, peer_id, running_host
-from flair_node.protocol import announce, sync
+from flair_node.protocol import announce, secure_rounds, sync
 from flair_node.protocol.rounds import RoundMemory
-from flair_node.storage.repo import now_ms
+from flair_node.storage import round_messages, unixfs
+from flair_node.storage.repo import Repository, now_ms
 from flair_node.storage.repos import RepoSet
+from flair_node.storage.stores import MemoryObjectStore
 from flair_node.testing.cluster import address, configure
 from flair_node.testing.commit_graph import tiny_state
 from flair_node.testing.daemon import running_daemon
@@ -256,3 +265,135 @@ async def test_a_validator_that_raises_costs_one_log_line_per_peer_and_counts_ea
     lines = [r for r in caplog.records if r.name == "flair_node.network.gossip"]
     assert len(lines) == 1 and lines[0].exc_info is None, lines
     assert "mallory" in lines[0].getMessage() and len(lines[0].getMessage()) < 600
+
+
+# -- secure round messages from outside the repository -------------------------------------------------------
+
+
+def signed_as(message: RoundMessage, author: Identity, **changes) -> RoundMessage:
+    return dataclasses.replace(message, author=author.public_key, **changes).signed(author)
+
+
+def an_advert(repo: str, head: str) -> RoundMessage:
+    """A well-formed advert, dealt on a team of this test's own: ``signed_as`` puts it in ``repo``'s round on
+    ``head`` under any author (whose team holds its shares is no business of the gossip gate)."""
+    owner, members = Identity.generate(), [Identity.generate() for _ in range(3)]
+    team = RepoSet.in_memory(owner).create("elsewhere", tiny_state(0))
+    for member in members:
+        team.invite(owner, member.public_key, "contributor")
+    team.set_policy(owner, RoundPolicy(privacy="secure", max_staleness=0))
+    node = Repository.open(team.id, team.objects, team.blocks, team.refs, reader=members[0])
+    message, _ = secure_rounds.advertise(node, members[0], "main", tiny_state(1), 10)
+    return dataclasses.replace(message, repo=repo, head=head)
+
+
+def held(daemon, record_id: str) -> bool:
+    return (daemon.home / "objects" / record_id[:2] / record_id[2:]).exists()
+
+
+async def secure_gossip(target: str, repo: str, attacks: list[tuple[Identity, list[RoundMessage]]],
+                        control: tuple[Identity, RoundMessage], *, between, kept) -> dict:
+    """A listener meshes with the daemon at ``target``; each attacker publishes its messages, one announcement
+    each; ``between()`` runs (in a thread); then a member publishes ``control`` and this waits until the daemon
+    relayed it and ``kept(its id)``. What was seen: the ids of the secure round messages the daemon relayed to
+    the listener, the sync requests the attackers got, and what ``between`` returned."""
+    daemon_peer = target.rsplit("/p2p/", 1)[-1]
+    topic, relayed, asked = announce.topic(repo), set(), []
+
+    async def listen(listener) -> None:
+        async for gossiped in listener.gossip.messages:
+            relayed.update(m.id for m in announce.decode(gossiped.data, repo).messages)
+
+    async def publish(identity: Identity, messages: list[RoundMessage]) -> None:
+        async with hostile_peer(identity) as peer:
+            await peer.connect(target)
+            await peer.join(topic, mesh_with=daemon_peer)
+            for message in messages:
+                await peer.publish(topic, announce.pack(repo, [("secure", message.encode())], 60_000)[0])
+            await trio.sleep(1)  # validation, and any relay or pull it starts
+            asked.extend(peer.sync_requests)
+
+    with trio.fail_after(ATTACK_TIMEOUT):
+        async with hostile_peer() as listener, trio.open_nursery() as nursery:
+            await listener.connect(target)
+            await listener.join(topic, mesh_with=daemon_peer)
+            nursery.start_soon(listen, listener)
+            for identity, messages in attacks:
+                await publish(identity, messages)
+            checked = await trio.to_thread.run_sync(between)
+            await publish(control[0], [control[1]])
+            while control[1].id not in relayed or not kept(control[1].id):  # noqa: ASYNC110
+                await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+    return {"relayed": relayed, "asked": asked, "between": checked}
+
+
+@pytest.mark.integration
+def test_strangers_and_removed_members_secure_round_messages_are_neither_kept_nor_relayed(tmp_path):
+    stranger, removed = Identity.generate(), Identity.generate()
+    members = [Identity.generate() for _ in range(3)]
+    with running_daemon(configure(tmp_path / "a", sync_interval=600)) as daemon:
+        repo = new_repo(daemon, tmp_path)
+        for member in [*members, removed]:
+            daemon.client.call("repo.invite", repo=repo, member=member.public_key, role="contributor")
+        daemon.client.call("repo.policy", repo=repo, privacy="secure")
+        invited_ms = now_ms()
+        daemon.client.call("repo.remove", repo=repo, member=removed.public_key)
+        head = daemon.client.call("repo.branch", repo=repo)["branches"]["main"]
+        advert = an_advert(repo, head)
+        roster = RoundMessage(repo=repo, branch="main", head=head, author=removed.public_key, timestamp_ms=now_ms(),
+                              content=Roster((signed_as(advert, members[1]).id,))).signed(removed)
+        attacks = [(stranger, [signed_as(advert, stranger),
+                               signed_as(advert, stranger, head="ab" * 32)]),  # a round on a head it lacks
+                   (removed, [signed_as(advert, removed), signed_as(advert, removed, timestamp_ms=invited_ms),
+                              roster])]
+        control = signed_as(advert, members[0])
+        before = state(daemon, repo)
+        seen = trio.run(partial(secure_gossip, address(daemon), repo, attacks, (members[0], control),
+                                between=partial(state, daemon, repo), kept=partial(held, daemon)))
+
+        sent = [m.id for _, messages in attacks for m in messages]
+        assert seen["between"] == before  # nothing kept, before the member's message
+        assert not any(held(daemon, i) for i in sent)
+        assert seen["relayed"].isdisjoint(sent) and control.id in seen["relayed"]  # the gate relays members' only
+        assert seen["asked"] == []  # no pull from a stranger, whatever round it claims
+        assert daemon.client.call("node.whoami")["public_key"]
+        assert daemon.process.poll() is None
+        p2p = daemon.client.call("node.status")["p2p"]
+        assert p2p["bad_announcements"].get(mallory_peer(stranger)) == 2, p2p
+        assert p2p["bad_announcements"].get(mallory_peer(removed)) == 3, p2p
+        assert mallory_peer(members[0]) not in p2p["bad_announcements"]
+
+
+async def test_a_member_overfilling_a_round_or_withholding_a_masked_updates_blocks_stops_nothing(caplog):
+    owner, members = Identity.generate(), [Identity.generate() for _ in range(3)]
+    repos = RepoSet.in_memory(owner)
+    repo = repos.create("private", tiny_state(0))
+    for member in members:
+        repo.invite(owner, member.public_key, "contributor")
+    repo.set_policy(owner, RoundPolicy(privacy="secure", max_staleness=0))
+    head = repo.head("main")
+    flood = [signed_as(an_advert(repo.id, head), members[1]) for _ in range(round_messages.MAX_PER_PHASE + 1)]
+    data = b"masked" * 20  # within what a model of 15 values masks to
+    cid = unixfs.add(unixfs.BlockStore(MemoryObjectStore()), data)  # blocks only its author holds
+    masked = RoundMessage(repo=repo.id, branch="main", head=head, author=members[0].public_key, timestamp_ms=now_ms(),
+                          content=Masked(roster="cd" * 32, cid=cid, size=len(data),
+                                         key_epoch=repo.members.current().epoch)).signed(members[0])
+    ann = announce.decode(announce.pack(repo.id, [("secure", m.encode()) for m in [*flood, masked]], 60_000)[0],
+                          repo.id)
+    announce.check(repo, ann, now_ms())  # each new, by a contributor: the gate cannot know the round is full
+
+    async with running_host(owner) as host:
+        p2p = P2PService(host, BlockExchange(host, repos.blocks), repos, memory=RoundMemory())
+        pull = await trio.to_thread.run_sync(p2p._take, repo.id, [(ann, "publisher")])
+        assert pull == {masked.id: "publisher"}  # wanted from its publisher: catch-up brings it with its blocks
+        assert [repo.secure.has(m.id) for m in flood] == [True] * round_messages.MAX_PER_PHASE + [False]
+        assert not repo.secure.has(masked.id)
+        assert p2p.bad_input == {} and not p2p.counts["take_failures"]  # the round's bound, nobody's offence
+        refused = [r.getMessage() for r in caplog.records if "not taken" in r.getMessage()]
+        assert len(refused) == 1 and "advert messages in this round already" in refused[0], refused
+
+        unixfs.add(repo.blocks, data)  # its blocks arrived
+        assert await trio.to_thread.run_sync(p2p._take, repo.id, [(ann, "publisher")]) == {}
+        assert repo.secure.has(masked.id)
+        assert len([r for r in caplog.records if "not taken" in r.getMessage()]) == 1  # logged once a minute

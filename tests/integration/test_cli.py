@@ -187,6 +187,15 @@ def test_membership_through_the_cli(tmp_path):
 
         shown = flair(home, "show", "team").stdout
         assert "strategy       mean" in shown and "merge when     3 contributions wait" in shown
+        assert "privacy        plain: members read each contribution" in shown
+        private = flair(home, "policy", "team", "--privacy", "secure", "--secure-threshold", "0.75").stdout
+        assert "privacy        secure: " in private and "more than 0.75 of their holders" in private
+        assert "refused beyond 0" in private  # switching to secure: only contributions trained from the head
+        refused = flair(home, "policy", "team", "--strategy", "median", check=False)
+        assert refused.returncode == 1 and "secure rounds merge by the mean: median needs" in refused.stderr
+        public = json.loads(flair(home, "policy", "team", "--privacy", "plain", "--max-staleness", "4",
+                                  "--json").stdout)
+        assert (public["privacy"], public["secure_threshold"], public["max_staleness"]) == ("plain", "0.5", 4)
         policy = json.loads(flair(home, "policy", "team", "--strategy", "trimmed_mean", "--param",
                                   "fraction=0.2", "--buffer", "4", "--alpha", "1", "--json").stdout)
         assert (policy["strategy"], policy["strategy_params"], policy["buffer"], policy["alpha"]) == \

@@ -11,8 +11,10 @@ from flair_node.core.errors import Forbidden, IntegrityError
 from flair_node.core.identity import Identity
 from flair_node.core.membership import invitation
 from flair_node.core.refs import BranchMove
-from flair_node.protocol import announce
-from flair_node.storage.repo import now_ms
+from flair_node.core.round_messages import Masked, Roster, RoundMessage
+from flair_node.core.round_rules import RoundPolicy
+from flair_node.protocol import announce, secure_rounds
+from flair_node.storage.repo import Repository, now_ms
 from flair_node.storage.repos import RepoSet
 from flair_node.testing.commit_graph import tiny_state
 
@@ -106,3 +108,77 @@ def test_a_node_behind_on_membership_does_not_judge_and_pulls_instead():
     assert latest.seq == second.seq == 2
     with pytest.raises(announce.Lagging):
         announce.check(theirs, message(repo, [("membership", latest.encode())]), now_ms())
+
+
+# -- secure round messages ---------------------------------------------------------------------------------
+
+CONTRIBUTORS = [Identity.generate() for _ in range(3)]
+READER = Identity.generate()
+
+
+def secure_team() -> Repository:
+    """The owner's repository running secure rounds: three contributors and a reader."""
+    repo = RepoSet.in_memory(OWNER).create("private", tiny_state(0))
+    for member in CONTRIBUTORS:
+        repo.invite(OWNER, member.public_key, "contributor")
+    repo.invite(OWNER, READER.public_key, "reader")
+    repo.set_policy(OWNER, RoundPolicy(privacy="secure", max_staleness=0))
+    return repo
+
+
+def advert(repo: Repository, who: Identity) -> RoundMessage:
+    node = Repository.open(repo.id, repo.objects, repo.blocks, repo.refs, reader=who)
+    return secure_rounds.advertise(node, who, "main", tiny_state(1), 10)[0]
+
+
+def payload_cid(repo: Repository) -> str:
+    return repo.commit(repo.head("main")).payload.cid
+
+
+def resigned(message: RoundMessage, who: Identity, **changes) -> RoundMessage:
+    return dataclasses.replace(message, author=who.public_key, **changes).signed(who)
+
+
+def test_a_members_secure_round_message_round_trips_and_is_checked_once():
+    repo = secure_team()
+    sent = advert(repo, CONTRIBUTORS[0])
+    ann = message(repo, [("secure", sent.encode())])
+    assert ann.messages == (sent,) and ann.items == (("secure", sent.encode()),)
+    announce.check(repo, ann, now_ms())
+    assert repo.ingest.accept_round_message(sent)
+    with pytest.raises(announce.Replay):  # held: nothing new to take or relay
+        announce.check(repo, ann, now_ms())
+    roster = RoundMessage(repo=repo.id, branch="main", head=sent.head, author=READER.public_key,
+                          timestamp_ms=now_ms(), content=Roster((sent.id,))).signed(READER)
+    announce.check(repo, message(repo, [("secure", roster.encode())]), now_ms())  # any member, past the advert
+
+
+@pytest.mark.parametrize("forge, error, match", [
+    (lambda m, repo: resigned(m, MALLORY), Forbidden, "is not a member"),
+    (lambda m, repo: resigned(m, READER), Forbidden, "needs the role contributor"),
+    (lambda m, repo: dataclasses.replace(m, author=CONTRIBUTORS[1].public_key), IntegrityError, "signature"),
+    (lambda m, repo: resigned(m, CONTRIBUTORS[0], timestamp_ms=now_ms() + 3_600_000), IntegrityError,
+     "ahead of this node's clock"),
+    (lambda m, repo: resigned(m, CONTRIBUTORS[0], repo="ab" * 32), IntegrityError, "another repository"),
+    (lambda m, repo: resigned(m, CONTRIBUTORS[0], head="ab" * 32), announce.Lagging, "not held here"),
+    (lambda m, repo: resigned(m, CONTRIBUTORS[0], content=Masked(roster="cd" * 32, cid=payload_cid(repo),
+                                                                  size=10, key_epoch=9)),
+     announce.Lagging, "key epoch 9"),
+])
+def test_secure_round_messages_that_do_not_hold_up_are_refused(forge, error, match):
+    repo = secure_team()
+    forged = forge(advert(repo, CONTRIBUTORS[0]), repo)
+    with pytest.raises(error, match=match):
+        announce.check(repo, message(repo, [("secure", forged.encode())]), now_ms())
+
+
+def test_a_member_invited_in_the_same_message_may_advertise():
+    repo = secure_team()
+    newcomer = Identity.generate()
+    membership = repo.members.current()
+    change = invitation(membership, OWNER, newcomer.public_key, "contributor", expires_ms=0,
+                        keys={membership.epoch: repo.keys.key(membership.epoch)}, now_ms=now_ms())
+    theirs = resigned(advert(repo, CONTRIBUTORS[0]), newcomer)
+    with pytest.raises(Forbidden, match="is not a member"):
+        announce.check(repo, message(repo, [("secure", theirs.encode())]), now_ms())
+    announce.check(repo, message(repo, [("membership", change.encode()), ("secure", theirs.encode())]), now_ms())

@@ -102,3 +102,43 @@ def test_the_membership_survives_reopening_and_fsck_checks_it(tmp_path):
     (tmp_path / "objects" / head[:2] / head[2:]).write_bytes(b"\x00damaged")
     problems = RepoSet.on_disk(tmp_path, OWNER).open("digits").fsck()[1]
     assert [p.what for p in problems if p.what.startswith("membership")]
+
+
+async def test_the_owner_makes_a_repository_private_through_the_api():
+    from flair_node.api.context import ApiContext
+    from flair_node.api.methods import build_registry
+
+    repos = RepoSet.in_memory(OWNER)
+    repos.create("digits", tiny_state(0))
+    registry = build_registry(ApiContext(OWNER, repos))
+
+    async def policy(**params):
+        return await registry.lookup("repo.policy").handler(**registry.validate("repo.policy",
+                                                                                {"repo": "digits", **params}))
+
+    secure = await policy(privacy="secure")
+    assert (secure["privacy"], secure["max_staleness"], secure["secure_threshold"]) == ("secure", 0, "0.5")
+    assert (await policy(secure_threshold="0.75"))["secure_threshold"] == "0.75"
+    with pytest.raises(InvalidInput, match="secure rounds merge by the mean: median needs each contribution"):
+        await policy(strategy="median")
+    with pytest.raises(InvalidInput, match="only contributions trained from the round's head"):
+        await policy(max_staleness=2)
+    with pytest.raises(InvalidInput, match="proving them with EZKL is not supported yet"):
+        await policy(proof_chunk=16)  # refused before any SRS is made for it
+    with pytest.raises(InvalidInput, match="secure_threshold is a decimal from 0.5 to below 1"):
+        await policy(secure_threshold="1")
+    assert repos.open("digits").members.current().policy == RoundPolicy(privacy="secure", max_staleness=0,
+                                                                        secure_threshold="0.75")
+
+    plain = await policy(privacy="plain", max_staleness=4)
+    assert (plain["privacy"], plain["secure_threshold"], plain["max_staleness"]) == ("plain", "0.5", 4)
+    with pytest.raises(InvalidInput, match="secure_threshold goes with privacy secure"):
+        await policy(secure_threshold="0.6")
+    with pytest.raises(InvalidInput, match="param 'privacy'"):
+        await policy(privacy="private")
+    again = await policy(privacy="secure", max_staleness=0, secure_threshold="0.6")
+    assert (again["privacy"], again["secure_threshold"]) == ("secure", "0.6")
+    assert await policy() == again
+    await policy(privacy="plain", strategy="trimmed_mean", strategy_params={"fraction": "0.2"})
+    back = await policy(strategy="mean", privacy="secure")  # the old strategy's parameters go with it
+    assert (back["strategy"], back["strategy_params"], back["privacy"]) == ("mean", {}, "secure")

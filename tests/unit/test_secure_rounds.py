@@ -16,12 +16,13 @@ from flair_node.core.errors import IntegrityError, InvalidInput
 from flair_node.core.identity import Identity
 from flair_node.core.round_messages import Advert, RoundMessage
 from flair_node.core.round_rules import RoundPolicy, weight_counts
-from flair_node.protocol import rounds, secure_rounds
+from flair_node.protocol import rounds, secure_node, secure_rounds
 from flair_node.protocol.rounds import MergeMismatch
 from flair_node.protocol.secure_rounds import NotReady
 from flair_node.protocol.sync import pull
 from flair_node.storage.repo import Repository
 from flair_node.storage.repos import RepoSet
+from flair_node.storage.secure_pending import PendingContributions
 from flair_node.tensors import masking
 from flair_node.tensors.fixedpoint import combine, normalize_weights, same_bits
 from flair_node.tensors.secure_sum import merge_sum, term, term_size
@@ -221,12 +222,15 @@ def test_no_member_reveals_both_secrets_of_anyone_and_no_contributor_masks_for_t
     r.mask(roster, EVERYONE)
     first = r.unmask(roster)
     r.reveal(first, MEMBERS[:1])
-    masked = sorted(first.content.masked)[:-1]  # the aggregator tells others one contributor dropped
+    dropped = next(m for m in first.content.masked if r.book.message(m).author != MEMBERS[0].public_key)
+    masked = [m for m in first.content.masked if m != dropped]  # the aggregator says a contributor dropped
     agg = r.aggregator()
     second = r.put(secure_rounds._signed(repo, agg, "main", r.head,
                                          dataclasses.replace(first.content, masked=tuple(masked)), rounds.now_ms()))
     with pytest.raises(InvalidInput, match="never reveals both"):
         secure_rounds.reveal(as_node(repo, MEMBERS[0]), MEMBERS[0], r.book, second)
+    with pytest.raises(InvalidInput, match="reveals nothing for either"):  # a member that saw both unmasks
+        secure_rounds.reveal(as_node(repo, MEMBERS[1]), MEMBERS[1], r.book, first)
     other = r.put(secure_rounds._signed(repo, agg, "main", r.head, roster.content, rounds.now_ms() + 1))
     assert other.id != roster.id  # a second roster of the same adverts
     with pytest.raises(InvalidInput, match="masks for one only"):
@@ -314,3 +318,44 @@ def test_a_member_that_pulls_the_round_checks_the_merge_against_its_messages_bef
         assert "not what its masked updates sum to" in result.refused_merges[0][1]
     else:
         assert copy.head("main") == merged.id and not result.refused
+
+
+def test_nodes_that_step_run_a_whole_round_and_forget_their_secrets_after(monkeypatch):
+    """``secure_node``: each member's node contributes, then does what is due on each pass, until the merge."""
+    monkeypatch.setattr(secure_node, "SETTLE_MS", 0)
+    repo = team()
+    head, base = repo.head("main"), repo.materialize(repo.head("main"))
+    pending = {c.public_key: PendingContributions(None) for c in EVERYONE}
+    for i, c in enumerate(EVERYONE):
+        secure_node.contribute(as_node(repo, c), c, pending[c.public_key], "main", trained(base, i), 50 + i)
+    before = secure_node.progress(repo, pending[OWNER.public_key], "main")
+    assert (before["adverts"], before["roster"], before["waiting_here"]) == (5, None, pending[OWNER.public_key]
+                                                                             .adverts(repo.id))
+    merged, done = None, []
+    for _ in range(6):
+        for c in EVERYONE:
+            step = secure_node.step(as_node(repo, c), c, pending[c.public_key], "main", memory=rounds.RoundMemory())
+            assert not step.refused
+            done += [p.split()[0] for p in step.published]
+            merged = merged or step.merged
+        if merged:
+            break
+    assert merged is not None and repo.head("main") == merged.id and merged.parents == (head,)
+    assert secure_node.progress(repo, pending[OWNER.public_key], "main") == {  # the next round: nothing yet
+        "head": merged.id, "adverts": 0, "roster": None, "taken": 0, "masked": 0, "unmask": None, "reveals": 0,
+        "waiting_here": []}
+    assert sorted(set(done)) == ["masked", "reveal", "roster", "unmask"] and done.count("masked") == 5
+    for c in EVERYONE:
+        assert secure_node.tidy(as_node(repo, c), pending[c.public_key]) != []
+        assert pending[c.public_key].adverts(repo.id) == []
+
+
+def test_waiting_contributions_are_kept_private_and_survive_a_restart(tmp_path):
+    store = PendingContributions(tmp_path / "secure")
+    repo, advert = "ab" * 32, "cd" * 32
+    store.save(repo, advert, bytes(range(64)), b"weights")
+    assert PendingContributions(tmp_path / "secure").load(repo, advert) == (bytes(range(64)), b"weights")
+    for name in (f"{advert}.secrets", f"{advert}.weights"):
+        assert (tmp_path / "secure" / repo / name).stat().st_mode & 0o777 == 0o600
+    store.drop(repo, advert)
+    assert store.adverts(repo) == []

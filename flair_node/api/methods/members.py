@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...core.membership import INVITABLE
-from ...core.round_rules import PROOF_SCHEMES, RoundPolicy
+from ...core.round_rules import PRIVACY, PROOF_SCHEMES, RoundPolicy
 from ..context import ApiContext
 from ..dispatch import MethodTable, Param
 from ..files import input_path
@@ -69,7 +69,16 @@ async def repo_remove(ctx: ApiContext, repo: str, member: str) -> dict[str, Any]
                   "proofs.srs, else a development SRS made here); the node stores it as blocks members fetch, "
                   "and the policy names its CID", required=False, default=None),
             Param("contribution_nfts", {"type": "boolean"}, "with anchoring on, also mint one NFT per merged "
-                  "contribution to its contributor", required=False, default=None)),
+                  "contribution to its contributor", required=False, default=None),
+            Param("privacy", {"enum": list(PRIVACY)}, "plain: members read each contribution; secure: "
+                  "contributions are masked and members, the aggregator included, read only merges (see the secure "
+                  "rounds design page). Switching to secure without max_staleness sets it to 0 (secure rounds take "
+                  "only fresh contributions); switching to plain without secure_threshold resets it to 0.5",
+                  required=False, default=None),
+            Param("secure_threshold", {"type": "string", "maxLength": 16}, "with secure: a contributor's secrets "
+                  "are recovered from more than this fraction of the members holding shares of them, decimal text "
+                  "(from 0.5 to below 1; higher resists more colluding members, tolerates fewer absent ones)",
+                  required=False, default=None)),
     result=OBJECT)
 async def repo_policy(ctx: ApiContext, repo: str, **fields: Any) -> dict[str, Any]:
     given = {k: v for k, v in fields.items() if v is not None}
@@ -83,12 +92,17 @@ async def repo_policy(ctx: ApiContext, repo: str, **fields: Any) -> dict[str, An
         r = ctx.repos.open(repo)
         srs_file = given.pop("proof_srs_file", None)
         before = r.members.current().policy
-        merged = {**before.as_dict(), **given}
+        merged = {**before.as_dict(), **_switch_defaults(before, given), **given}
         development = False
         if not merged["proof_chunk"]:
             merged.update(proof_scheme="", proof_srs="")
         else:
             merged["proof_scheme"] = merged["proof_scheme"] or "kzg"
+        # refuse a policy no SRS would mend before making or storing one: the check commits with poseidon, which
+        # needs none
+        RoundPolicy(**{**merged, **({"proof_scheme": "poseidon", "proof_srs": ""} if merged["proof_chunk"] else {})})
+        build_strategy(merged["strategy"], merged["strategy_params"])  # refuse what no node could run
+        if merged["proof_chunk"]:
             if srs_file is not None or not before.proof_srs or merged["proof_chunk"] != before.proof_chunk \
                     or merged["proof_scheme"] != before.proof_scheme:
                 path, development = circuits.choose_srs(
@@ -96,9 +110,21 @@ async def repo_policy(ctx: ApiContext, repo: str, **fields: Any) -> dict[str, An
                     given=input_path(srs_file, "proof_srs_file") if srs_file is not None else None,
                     configured=ctx.proof_srs, development=ctx.development_folder())
                 merged["proof_srs"] = circuits.add_srs(r.blocks, path.read_bytes())
-        policy = RoundPolicy(**merged)
-        build_strategy(policy.strategy, policy.strategy_params)  # refuse what no node could run
-        shown = r.set_policy(ctx.identity, policy).policy.as_dict()
+        shown = r.set_policy(ctx.identity, RoundPolicy(**merged)).policy.as_dict()
         return {**shown, "development_srs": True} if development else shown
 
     return await ctx.changing(work)
+
+
+def _switch_defaults(before: RoundPolicy, given: dict[str, Any]) -> dict[str, Any]:
+    """The fields a call changes unless it gives them: another strategy starts with no parameters (the old
+    one's would not fit it); a secure policy refuses stale contributions (``max_staleness`` 0), a plain one any
+    ``secure_threshold`` but the default."""
+    changed: dict[str, Any] = {}
+    if given.get("strategy", before.strategy) != before.strategy:
+        changed["strategy_params"] = {}
+    privacy = given.get("privacy", before.privacy)
+    if privacy != before.privacy:
+        changed.update({"max_staleness": 0} if privacy == "secure" else
+                       {"secure_threshold": RoundPolicy.secure_threshold})
+    return changed

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from ...core.errors import InvalidInput
 from ...core.ids import is_full_id
 from ...core.refs import DEFAULT_BRANCH
 from ...tensors.codec_params import DEFAULT_TOPK_RATIO
@@ -84,7 +85,9 @@ async def repo_commit(ctx: ApiContext, repo: str, weights_path: str, message: st
 
 @methods.method(
     "repo.contribute", "Contribute weights trained from a commit of a branch to its rounds: stored as the "
-    "delta against that commit on this member's contrib/<branch>/<key> branch, for the round's aggregator.",
+    "delta against that commit on this member's contrib/<branch>/<key> branch, for the round's aggregator; in a "
+    "repository with secure rounds, kept on this node and advertised to the round instead (the result is the "
+    "advert, kind advert), then masked when the round's roster takes it.",
     params=(REPO,
             Param("weights_path", PATH, "absolute path of a .safetensors file with the trained weights"),
             EXAMPLES,
@@ -96,13 +99,19 @@ async def repo_commit(ctx: ApiContext, repo: str, weights_path: str, message: st
     result=COMMIT_RESULT)
 async def repo_contribute(ctx: ApiContext, repo: str, weights_path: str, examples: int, branch: str,
                           base: str | None, message: str, codec: str) -> dict[str, Any]:
-    from ...protocol import round_merges, rounds
+    from ...protocol import round_merges, rounds, secure_node
 
     def work() -> dict[str, Any]:
         r = ctx.repos.open(repo)
         start = r.resolve(base) if base is not None else r.head(branch)
         rounds.staleness(r, branch, start)  # refuse now what no round would take
         weights = read_weights(weights_path, "weights")
+        if r.members.current().policy.privacy == "secure":  # masked, never a commit every member decrypts
+            if codec != "bitdelta-v1":
+                raise InvalidInput(f"a secure round masks the exact change: it takes no {codec} codec")
+            advert = secure_node.contribute(r, ctx.identity, ctx.repos.pending, branch, weights, examples)
+            return {"id": advert.id, "kind": "advert", "branch": branch, "base": start, "examples": examples,
+                    "author": advert.author, "timestamp_ms": advert.timestamp_ms, "secure": True}
         # the commitments of its chunks, when the repository's merges are proven
         committed = round_merges.commitments(r, weights, start, codec, circuits=ctx.round_memory.circuits)
         commit = r.contribute(ctx.identity, weights, branch=branch, examples=examples, base=start,

@@ -14,12 +14,20 @@ methods = MethodTable()
 
 @methods.method(
     "round.status", "The current round of a branch as this node sees it: head, round number, ranked "
-    "aggregators and the one entitled now, pending contributions, whether it may merge.",
+    "aggregators and the one entitled now, pending contributions, whether it may merge; in a repository with "
+    "secure rounds, how far its secure round has come (adverts, roster, masked updates, unmask, reveals).",
     params=(REPO, BRANCH), result=OBJECT)
 async def round_status(ctx: ApiContext, repo: str, branch: str) -> dict[str, Any]:
-    from ...protocol import rounds
+    from ...protocol import rounds, secure_node
 
-    return await ctx.off_thread(lambda: rounds.view(ctx.repos.open(repo), branch, memory=ctx.round_memory).json())
+    def work() -> dict[str, Any]:
+        r = ctx.repos.open(repo)
+        shown = rounds.view(r, branch, memory=ctx.round_memory).json()
+        if r.members.current().policy.privacy == "secure":
+            shown["secure"] = secure_node.progress(r, ctx.repos.pending, branch)
+        return shown
+
+    return await ctx.off_thread(work)
 
 
 @methods.method("round.merge", "Merge a branch's pending contributions now, as its round's entitled aggregator.",

@@ -78,6 +78,13 @@ def _policy_arguments(p: argparse.ArgumentParser) -> None:
                         "SRS made here); members fetch it from this node, the policy names its CID")
     p.add_argument("--contribution-nfts", choices=("on", "off"),
                    help="with anchoring on, also mint one NFT per merged contribution to its contributor")
+    p.add_argument("--privacy", choices=("plain", "secure"),
+                   help="plain: members read each contribution; secure: contributions are masked and members, the "
+                        "aggregator included, read only merges (switching to it sets --max-staleness 0 unless given)")
+    p.add_argument("--secure-threshold", metavar="F",
+                   help="with secure: a contributor's secrets are recovered from more than this fraction of the "
+                        "members holding shares of them (0.5 to below 1; higher resists more colluding members, "
+                        "tolerates fewer absent ones)")
 
 
 def _policy(c: ApiClient, a: argparse.Namespace) -> Any:
@@ -86,7 +93,8 @@ def _policy(c: ApiClient, a: argparse.Namespace) -> Any:
               "max_staleness": a.max_staleness, "timeout_s": a.timeout, "proof_chunk": a.proof_chunk,
               "proof_scheme": a.proof_scheme,
               "contribution_nfts": None if a.contribution_nfts is None else a.contribution_nfts == "on",
-              "proof_srs_file": str(a.proof_srs.resolve()) if a.proof_srs else None}
+              "proof_srs_file": str(a.proof_srs.resolve()) if a.proof_srs else None, "privacy": a.privacy,
+              "secure_threshold": a.secure_threshold}
     if a.param:
         fields["strategy_params"] = dict(strategy_param(text) for text in a.param)
     return c.call("repo.policy", repo=a.repo, **{k: v for k, v in fields.items() if v is not None})

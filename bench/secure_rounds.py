@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""Plain and secure rounds between real flair-node processes on 127.0.0.1, in the same run (issue 18).
+
+For each member count, starts that many daemons (each its own home, each dialing every earlier one), makes node 0
+the owner of two repositories of the same model (``--parameters`` float32 values), one with plain rounds and one
+with secure rounds (``privacy = secure``), every other node a maintainer that cloned both, and the policy's
+buffer the member count. Then, ``--rounds`` times for each repository, every member contributes weights trained
+from the head (the base plus noise) through its API, and the bench waits until every node follows the merge.
+
+- **time**: from the last contribution's API call returning to every node following the merge (seconds);
+- **bytes**: TCP bytes every daemon sent during the round (``ss -ti`` counters of the daemons' sockets, before the
+  first contribution and after every node followed), divided by the member count.
+
+Each figure is the median over the rounds. Last line of stdout, one JSON object: per member count, ``plain_round_s``,
+``secure_round_s``, ``secure_time_ratio``, ``plain_bytes_per_member``, ``secure_bytes_per_member``,
+``secure_bytes_ratio``; at the top level the same keys for the largest member count (the issue's goal: at 10
+members a secure round takes at most 1.5x the time and 1.3x the bytes of a plain one).
+
+    .venv/bin/python bench/secure_rounds.py                       # 5 and 10 members, 1M parameters, 2 rounds
+    .venv/bin/python bench/secure_rounds.py --quick               # 3 members, 100k parameters, 1 round
+
+Flower's own SecAgg+ (``flwr`` SecAggPlusWorkflow) is not in this run: it needs Flower's simulation engine or a
+SuperLink with SuperNodes, which this bench does not start (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from flair_node.tensors.safetensors_io import save_bytes
+from flair_node.testing.cluster import Cluster, ClusterNode, running_cluster
+
+_USERS = re.compile(r"pid=(\d+)")
+_SENT = re.compile(r"bytes_sent:(\d+)")
+
+
+def model(parameters: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(parameters - 10, generator=g) * 0.1, "b": torch.randn(10, generator=g)}
+
+
+def bytes_sent(pids: set[int]) -> int:
+    """TCP bytes sent so far on the established sockets of processes ``pids`` (``ss -tinp``)."""
+    out = subprocess.run(["ss", "-tinpH", "state", "established"], capture_output=True, text=True, check=True).stdout
+    total, owner = 0, None
+    for line in out.splitlines():
+        users = _USERS.search(line)
+        if users:
+            owner = int(users.group(1))
+        sent = _SENT.search(line)
+        if sent and owner in pids:
+            total += int(sent.group(1))
+            owner = None
+    return total
+
+
+def one_round(cluster: Cluster, repo: str, parameters: int, seed: int) -> tuple[float, int]:
+    """Every member contributes; (seconds from the last contribution to every node following, bytes sent)."""
+    pids = {node.daemon.process.pid for node in cluster.nodes}
+    head = cluster.owner.head(repo)
+    base = cluster.owner.daemon.home / "tmp" / "base.safetensors"
+    cluster.owner.daemon.client.call("repo.checkout", repo=repo, commit=head, output_path=str(base), overwrite=True)
+    from flair_node.tensors.safetensors_io import load_bytes
+
+    start_state = load_bytes(base.read_bytes())
+    paths = []
+    for i, node in enumerate(cluster.nodes):
+        g = torch.Generator().manual_seed(seed * 1000 + i)
+        trained = {k: v + torch.randn(v.shape, generator=g) * 0.01 for k, v in start_state.items()}
+        path = node.daemon.home / "tmp" / f"bench-{seed}-{i}.safetensors"
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        path.write_bytes(save_bytes(trained))
+        paths.append(path)
+    sent_before = bytes_sent(pids)
+    for node, path in zip(cluster.nodes, paths, strict=True):
+        node.daemon.client.call("repo.contribute", repo=repo, weights_path=str(path), examples=100 + seed)
+    last = time.monotonic()
+    cluster.wait_for_merge(repo, head, timeout=600)
+    took = time.monotonic() - last
+    sent = bytes_sent(pids) - sent_before
+    for path in paths:
+        path.unlink(missing_ok=True)
+    return took, sent
+
+
+def measure(members: int, parameters: int, rounds: int, root: Path) -> dict[str, float]:
+    def started(node: ClusterNode) -> None:
+        print(f"  node {node.name} up", file=sys.stderr)
+
+    names = [f"n{i}" for i in range(members)]
+    with running_cluster(root / f"m{members}", names, sync_interval=2.0, on_start=started) as cluster:
+        common = {"buffer": members, "deadline_s": 600, "timeout_s": 120}
+        repos = {"plain": cluster.create_repo("plain", model(parameters, 0), policy=common),
+                 "secure": cluster.create_repo("secure", model(parameters, 0),
+                                               policy={**common, "privacy": "secure"})}
+        figures: dict[str, list[tuple[float, int]]] = {"plain": [], "secure": []}
+        for r in range(rounds):
+            for mode in ("plain", "secure"):  # interleaved, so drift in the machine's load hits both
+                took, sent = one_round(cluster, repos[mode], parameters, r + 1)
+                figures[mode].append((took, sent))
+                print(f"{members} members, {mode} round {r + 1}: {took:.2f} s, {sent / members / 1e6:.2f} MB sent "
+                      "per member", file=sys.stderr)
+    plain_s = statistics.median(t for t, _ in figures["plain"])
+    secure_s = statistics.median(t for t, _ in figures["secure"])
+    plain_b = statistics.median(b for _, b in figures["plain"]) / members
+    secure_b = statistics.median(b for _, b in figures["secure"]) / members
+    return {"members": members, "parameters": parameters, "rounds": rounds, "plain_round_s": round(plain_s, 3),
+            "secure_round_s": round(secure_s, 3), "secure_time_ratio": round(secure_s / plain_s, 3),
+            "plain_bytes_per_member": int(plain_b), "secure_bytes_per_member": int(secure_b),
+            "secure_bytes_ratio": round(secure_b / plain_b, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--members", type=int, nargs="+", default=[5, 10])
+    parser.add_argument("--parameters", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="3 members, 100k parameters, 1 round")
+    args = parser.parse_args()
+    if args.quick:
+        args.members, args.parameters, args.rounds = [3], 100_000, 1
+    if min(args.members) < 3:
+        parser.error("a secure round needs 3 members")
+    with tempfile.TemporaryDirectory(prefix="flair-secure-bench-") as tmp:
+        results = [measure(m, args.parameters, args.rounds, Path(tmp)) for m in args.members]
+    largest = results[-1]
+    print(json.dumps({**{k: largest[k] for k in ("plain_round_s", "secure_round_s", "secure_time_ratio",
+                                                 "secure_bytes_ratio", "members", "parameters")},
+                      "by_members": {str(r["members"]): r for r in results}}))
+
+
+if __name__ == "__main__":
+    main()

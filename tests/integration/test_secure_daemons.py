@@ -1,0 +1,122 @@
+"""Secure rounds across five real flair-node processes on 127.0.0.1 (issue 18): members contribute a model of
+100k parameters, the round runs over gossip and catch-up, and every node follows a merge that is, to the last
+bit, the exact weighted mean of the contributions; no node holds any contribution in the clear; a contributor
+killed after masking is recovered from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flair_node.core.round_rules import RoundPolicy, weight_counts
+from flair_node.tensors.fixedpoint import combine, normalize_weights, same_bits
+from flair_node.tensors.safetensors_io import load_bytes, save_bytes
+from flair_node.tensors.secure_sum import merge_sum, term, term_size
+from flair_node.testing.cluster import running_cluster, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PARAMETERS = 100_000
+POLICY = {"privacy": "secure", "buffer": 5, "deadline_s": 120, "timeout_s": 30}
+
+
+def base_model() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"w": torch.randn(PARAMETERS - 10, generator=g) * 0.1, "b": torch.randn(10, generator=g)}
+
+
+def trained(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + seed)
+    return {k: v + torch.randn(v.shape, generator=g) * 0.01 for k, v in base_model().items()}
+
+
+def contribute(node, repo: str, seed: int, examples: int) -> str:
+    path = node.daemon.home / "tmp" / f"trained-{seed}.safetensors"
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.write_bytes(save_bytes(trained(seed)))
+    try:
+        return str(node.daemon.client.call("repo.contribute", repo=repo, weights_path=str(path),
+                                           examples=examples)["id"])
+    finally:
+        path.unlink()
+
+
+def merged_weights(node, repo: str, commit: str) -> dict[str, torch.Tensor]:
+    out = node.daemon.home / "tmp" / "merged.safetensors"
+    node.daemon.client.call("repo.checkout", repo=repo, commit=commit, output_path=str(out), overwrite=True)
+    return load_bytes(out.read_bytes())
+
+
+def waiting(node) -> list:
+    """The contributions a node keeps while their round runs (``storage.secure_pending``)."""
+    folder = node.daemon.home / "secure"
+    return list(folder.rglob("*.weights")) if folder.exists() else []
+
+
+def stored_bytes(home) -> bytes:
+    """Everything a node keeps of its repositories: objects, blocks, refs and its waiting contributions."""
+    return b"".join(p.read_bytes() for folder in ("objects", "blocks", "repos", "secure")
+                    for p in sorted((home / folder).rglob("*")) if p.is_file())
+
+
+def test_five_daemons_merge_a_secure_round_exactly_and_none_holds_a_contribution_in_the_clear(tmp_path):
+    with running_cluster(tmp_path, ["a", "b", "c", "d", "e"]) as cluster:
+        repo = cluster.create_repo("private", base_model(), role="maintainer", policy=POLICY)
+        start = cluster.owner.head(repo)
+        examples = {node.key: 100 + 40 * i for i, node in enumerate(cluster.nodes)}
+        seeds = {node.key: i for i, node in enumerate(cluster.nodes)}
+        for node in cluster.nodes:
+            contribute(node, repo, seeds[node.key], examples[node.key])
+        merge = cluster.wait_for_merge(repo, start, timeout=120)
+        secure = merge["meta"]["secure"]
+        assert merge["parents"] == [start] and secure["dropped"] == []
+        authors = [entry[1] for entry in secure["contributions"]]
+        assert sorted(authors) == sorted(examples)
+        # the weights are the plain round's, and the merge is the plain round's merge to the last bit
+        weights = normalize_weights(weight_counts([(examples[a], 0) for a in authors],
+                                                  RoundPolicy(privacy="secure", max_staleness=0)))
+        assert [entry[3] for entry in secure["contributions"]] == weights
+        expected = combine(base_model(), [trained(seeds[a]) for a in authors], weights, shortcuts=False)
+        for node in cluster.nodes:
+            got = merged_weights(node, repo, merge["id"])
+            assert all(same_bits(got[k], expected[k]) for k in expected)
+        # no node holds any contribution in the clear: not its own (forgotten after the round), nor another's
+        wait_until(lambda: not any(waiting(n) for n in cluster.nodes), "waiting contributions forgotten", 30)
+        for node in cluster.nodes:
+            kept = stored_bytes(node.daemon.home)
+            for seed in seeds.values():
+                change = trained(seed)["w"][:1000].numpy()
+                for start_at in (0, 400, 936):
+                    assert change[start_at:start_at + 16].tobytes() not in kept
+
+
+def test_a_contributor_killed_after_masking_is_recovered_from(tmp_path):
+    with running_cluster(tmp_path, ["a", "b", "c", "d", "e"]) as cluster:
+        repo = cluster.create_repo("private", base_model(), role="maintainer", policy=POLICY)
+        start = cluster.owner.head(repo)
+        ranked = cluster.owner.daemon.client.call("round.status", repo=repo)["ranked"]
+        victim = next(n for n in cluster.nodes if n.key not in ranked[:2])  # neither aggregator nor its backup
+        for i, node in enumerate(cluster.nodes):
+            contribute(node, repo, i, 100)
+
+        survivors = [n for n in cluster.nodes if n is not victim]
+
+        def masked() -> bool:  # every survivor holds the victim's masked update (its blocks come from it alone)
+            return all(n.daemon.client.call("round.status", repo=repo)["secure"]["masked"] == len(cluster.nodes)
+                       for n in survivors)
+
+        wait_until(masked, "every masked update everywhere", 60, every=0.05)
+        victim.daemon.kill_hard()
+        merge = cluster.wait_for_merge(repo, start, timeout=120, nodes=survivors)
+        secure = merge["meta"]["secure"]
+        assert victim.key in [entry[1] for entry in secure["contributions"]] and secure["dropped"] == []
+        weights = [entry[3] for entry in secure["contributions"]]
+        order = [next(i for i, n in enumerate(cluster.nodes) if n.key == entry[1]) for entry in
+                 secure["contributions"]]
+        base = base_model()
+        total = sum((term(base, trained(i), w) for i, w in zip(order, weights, strict=True)),
+                    start=np.zeros(term_size(base), dtype=np.int64))
+        expected = merge_sum(base, total, sum(weights))
+        got = merged_weights(survivors[0], repo, merge["id"])
+        assert all(same_bits(got[k], expected[k]) for k in expected)
