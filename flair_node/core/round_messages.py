@@ -12,8 +12,8 @@ message, each a ``RoundMessage`` signed by its author, in this order:
   pairs with whom.
 - ``masked`` (each contributor in the roster): where its masked update is (a UnixFS file, encrypted under the
   repository key like every payload, though the masks alone hide it).
-- ``unmask`` (the aggregator): which masked updates the merge takes; the other contributors of the roster count
-  as dropped out.
+- ``unmask`` (the aggregator): which masked updates the merge takes, and the adverts of their contributors; the
+  other contributors of the roster count as dropped out.
 - ``reveal`` (each holder): for each contributor of the roster, the share it holds of the self-mask seed if the
   contributor's update is taken, or of the mask key's secret if it dropped out; never both.
 
@@ -138,13 +138,20 @@ class Unmask:
 
     roster: str
     masked: tuple[str, ...]  # masked-message ids, sorted
+    #: The adverts of their contributors, sorted: what a holder needs to know which share to reveal, before the
+    #: masked updates themselves (megabytes each) have reached it.
+    adverts: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"roster": self.roster, "masked": list(self.masked)}
+        return {"roster": self.roster, "masked": list(self.masked), "adverts": list(self.adverts)}
 
     @classmethod
     def from_dict(cls, body: dict[str, Any]) -> Unmask:
-        return cls(schema.hex_id(body["roster"], "roster"), _ids(body["masked"], "masked"))
+        unmask = cls(schema.hex_id(body["roster"], "roster"), _ids(body["masked"], "masked"),
+                     _ids(body["adverts"], "adverts"))
+        if len(unmask.adverts) != len(unmask.masked):
+            raise IntegrityError("an unmask names as many adverts as masked updates")
+        return unmask
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ In a repository with secure rounds, each pass also runs ``protocol.secure_node.s
 current round has messages (one item each, isolated the same way): this node masks its own contribution, reveals
 its shares, and, when entitled and ``aggregate`` is on, signs the roster and the unmask and merges. Contributions
 whose round is over are forgotten first (``secure_node.tidy``). With ``aggregate`` off the node never merges or
-signs for a round, but still takes its part as a contributor and a holder.
+signs for a round, but still takes its part as a contributor and a holder. While a secure round is going on,
+passes come every ``SECURE_EVERY`` seconds instead of ``every``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ from ..storage.repos import RepoSet
 log = logging.getLogger(__name__)
 
 MARGIN_MS = 2_000  # no merge started this close to the end of this node's window
+#: Seconds between passes while a secure round is going on: each of its five phases waits for a pass of some
+#: node, so the round takes about five of them more than a plain one.
+SECURE_EVERY = 0.2
 RECENT = 100  # merges remembered for status()
 LOG_EVERY = 60.0  # s between two log lines about the same failing item
 MAX_COUNTED = 1024  # authors (of excluded contributions) and error types counted; the least counted forgotten
@@ -63,12 +67,13 @@ class RoundService:
         self.errors: Counter[str] = Counter()  # exception type -> items that failed with it
         self.excluded_by_author: Counter[str] = Counter()  # member key -> its contributions excluded by merges here
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self._live = False  # a secure round was going on at the last pass: the next one comes sooner
         self._logged: OrderedDict[str, float] = OrderedDict()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            await trio.sleep(self.every)
+            await trio.sleep(SECURE_EVERY if self._live else self.every)
             await self.run_once()
 
     async def run_once(self) -> None:
@@ -79,12 +84,14 @@ class RoundService:
             self._failed("repositories", exc, what="listing repositories")
             self.counts["skipped_passes"] += 1
             return
+        self._live = False
         for repo in repos:
             try:
                 branches = await trio.to_thread.run_sync(round_branches, repo)  # reads refs: off the loop
                 for advert in await trio.to_thread.run_sync(secure_node.tidy, repo, self.repos.pending):
                     log.info("secure contribution %s in %s: its round is over", short(advert), short(repo.id))
                 secure = await trio.to_thread.run_sync(secure_branches, repo)
+                self._live = self._live or bool(secure)
             except Exception as exc:  # one repository's trouble (a damaged ref) never ends the service
                 self._failed(repo.id, exc, what=f"listing the branches of {short(repo.id)}")
                 continue

@@ -19,6 +19,7 @@ signs is kept (``repo.secure``) and announced (``repo.announce``: the daemon gos
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -91,10 +92,15 @@ def step(repo: Repository, identity: Any, pending: PendingContributions, branch:
     target = check_branch_name(branch)
     head = repo.head(target)
     at = now_ms()
-    _as_contributor(repo, identity, pending, target, head, done)
-    _as_holder(repo, identity, target, head, at, done)
+    roles: list[Callable[[], None]] = [lambda: _as_contributor(repo, identity, pending, target, head, done),
+                                       lambda: _as_holder(repo, identity, target, head, at, done)]
     if aggregate:
-        _as_aggregator(repo, identity, target, head, at, memory, done)
+        roles.append(lambda: _as_aggregator(repo, identity, target, head, at, memory, done))
+    for role in roles:
+        try:
+            role()
+        except NotFound:
+            continue  # a message or block it needs has not arrived yet: the next pass, and the other roles, go on
     return done
 
 

@@ -213,11 +213,10 @@ def reveal(repo: Repository, identity: Any, source: MessageSource, unmask_messag
     unmask of the same roster (an aggregator equivocating: members shown different unmasks could be split)."""
     content = as_unmask(unmask_message)
     plan = make_plan(repo, source, source.message(content.roster))
-    _check_unmask(repo, source, plan, unmask_message)
+    taken = _taken(plan, unmask_message)  # from the unmask alone: the masked updates may still be on their way
     revealed = {share.advert: share.kind  # what this member revealed before in this round, whatever asked
                 for earlier in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "reveal")
                 if earlier.author == identity.public_key for share in as_reveal(earlier).shares}
-    taken = {source.message(m).author for m in content.masked}
     shares = []
     for advert_message in plan.adverts:
         advert = as_advert(advert_message)
@@ -297,7 +296,8 @@ def unmask(repo: Repository, identity: Any, source: MessageSource, roster_messag
     _require_entitled(_round(repo, roster_message.branch, roster_message.head, plan.adverts, memory=memory),
                       identity.public_key, at, "unmask")
     return _signed(repo, identity, roster_message.branch, roster_message.head,
-                   Unmask(roster=roster_message.id, masked=tuple(sorted(m.id for m in taken.values()))), at)
+                   Unmask(roster=roster_message.id, masked=tuple(sorted(m.id for m in taken.values())),
+                          adverts=tuple(sorted(a.id for a in plan.adverts if a.author in taken))), at)
 
 
 def merge(repo: Repository, identity: Any, source: MessageSource, unmask_message: RoundMessage, *,
@@ -574,20 +574,32 @@ def _check_masked(repo: Repository, plan: Plan, message: RoundMessage) -> None:
         raise IntegrityError(f"masked update {short(message.id)} is signed before its roster")
 
 
+def _taken(plan: Plan, message: RoundMessage) -> set[PublicKey]:
+    """The contributors unmask ``message`` says it takes, from its adverts; ``IntegrityError`` if it is no unmask
+    of ``plan`` (that they are the authors of its masked updates is checked once those arrive: ``_check_unmask``)."""
+    content = as_unmask(message)
+    if content.roster != plan.roster.id or (message.branch, message.head) != (plan.roster.branch, plan.roster.head):
+        raise IntegrityError(f"unmask {short(message.id)} is not one of roster {short(plan.roster.id)}")
+    by_id = {a.id: a for a in plan.adverts}
+    if not set(content.adverts) <= by_id.keys() or len(content.adverts) < MIN_CONTRIBUTORS:
+        raise IntegrityError(f"unmask {short(message.id)} takes adverts its roster does not, or fewer than "
+                             f"{MIN_CONTRIBUTORS}")
+    return {by_id[a].author for a in content.adverts}
+
+
 def _check_unmask(repo: Repository, source: MessageSource, plan: Plan, message: RoundMessage
                   ) -> list[RoundMessage]:
     """The masked updates unmask ``message`` takes, checked; ``IntegrityError`` if it is no unmask of ``plan``."""
     content = as_unmask(message)
-    if content.roster != plan.roster.id or (message.branch, message.head) != (plan.roster.branch, plan.roster.head):
-        raise IntegrityError(f"unmask {short(message.id)} is not one of roster {short(plan.roster.id)}")
+    taken = _taken(plan, message)
     masked = [source.message(m) for m in content.masked]
     for m in masked:
         _check_masked(repo, plan, m)
         if m.timestamp_ms > message.timestamp_ms:
             raise IntegrityError(f"unmask {short(message.id)} takes masked update {short(m.id)}, signed after it")
-    if len({m.author for m in masked}) != len(masked) or len(masked) < MIN_CONTRIBUTORS:
-        raise IntegrityError(f"unmask {short(message.id)} takes two updates of one contributor, or fewer than "
-                             f"{MIN_CONTRIBUTORS}")
+    if len({m.author for m in masked}) != len(masked) or {m.author for m in masked} != taken:
+        raise IntegrityError(f"unmask {short(message.id)} takes two updates of one contributor, or names other "
+                             "adverts than its masked updates'")
     return masked
 
 

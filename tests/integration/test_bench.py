@@ -115,3 +115,12 @@ def test_fuzz_campaign_finds_no_crash_and_no_forgery():
     assert report["daemon"]["objects_stored"] == 0 and report["daemon"]["branches_moved"] == []
     counters = report["daemon"]["counters"]  # the daemon names the hostile peer in its counters
     assert counters["bad_announcements"] + counters["gossip_bad_peers"] > 0, counters
+
+
+@pytest.mark.slow
+def test_secure_rounds_bench_reports_plain_and_secure_rounds_of_the_same_run():
+    report = last_json_line("secure_rounds.py", "--quick")
+    assert {"plain_round_s", "secure_round_s", "secure_time_ratio", "secure_bytes_ratio"} <= report.keys()
+    figures = report["by_members"]["3"]
+    assert figures["plain_bytes_per_member"] > 0 and figures["secure_bytes_per_member"] > 0
+    assert report["secure_time_ratio"] == round(report["secure_round_s"] / report["plain_round_s"], 3)

@@ -225,8 +225,11 @@ def test_no_member_reveals_both_secrets_of_anyone_and_no_contributor_masks_for_t
     dropped = next(m for m in first.content.masked if r.book.message(m).author != MEMBERS[0].public_key)
     masked = [m for m in first.content.masked if m != dropped]  # the aggregator says a contributor dropped
     agg = r.aggregator()
+    plan = secure_rounds.make_plan(repo, r.book, roster)
+    adverts = sorted(plan.advert_of(r.book.message(m).author).id for m in masked)
     second = r.put(secure_rounds._signed(repo, agg, "main", r.head,
-                                         dataclasses.replace(first.content, masked=tuple(masked)), rounds.now_ms()))
+                                         dataclasses.replace(first.content, masked=tuple(masked),
+                                                             adverts=tuple(adverts)), rounds.now_ms()))
     with pytest.raises(InvalidInput, match="never reveals both"):
         secure_rounds.reveal(as_node(repo, MEMBERS[0]), MEMBERS[0], r.book, second)
     with pytest.raises(InvalidInput, match="reveals nothing for either"):  # a member that saw both unmasks
