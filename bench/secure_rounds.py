@@ -39,6 +39,7 @@ import torch
 
 from flair_node.tensors.safetensors_io import save_bytes
 from flair_node.testing.cluster import Cluster, ClusterNode, running_cluster
+from flair_node.testing.daemon import DaemonFailed
 
 _USERS = re.compile(r"pid=(\d+)")
 _SENT = re.compile(r"bytes_sent:(\d+)")
@@ -98,18 +99,23 @@ def measure(members: int, parameters: int, rounds: int, root: Path) -> dict[str,
         print(f"  node {node.name} up", file=sys.stderr)
 
     names = [f"n{i}" for i in range(members)]
-    with running_cluster(root / f"m{members}", names, sync_interval=2.0, on_start=started) as cluster:
-        common = {"buffer": members, "deadline_s": 600, "timeout_s": 120}
-        repos = {"plain": cluster.create_repo("plain", model(parameters, 0), policy=common),
-                 "secure": cluster.create_repo("secure", model(parameters, 0),
-                                               policy={**common, "privacy": "secure"})}
-        figures: dict[str, list[tuple[float, int]]] = {"plain": [], "secure": []}
-        for r in range(rounds):
-            for mode in ("plain", "secure"):  # interleaved, so drift in the machine's load hits both
-                took, sent = one_round(cluster, repos[mode], parameters, r + 1)
-                figures[mode].append((took, sent))
-                print(f"{members} members, {mode} round {r + 1}: {took:.2f} s, {sent / members / 1e6:.2f} MB sent "
-                      "per member", file=sys.stderr)
+    figures: dict[str, list[tuple[float, int]]] = {"plain": [], "secure": []}
+    try:
+        with running_cluster(root / f"m{members}", names, sync_interval=2.0, on_start=started) as cluster:
+            common = {"buffer": members, "deadline_s": 600, "timeout_s": 120}
+            repos = {"plain": cluster.create_repo("plain", model(parameters, 0), policy=common),
+                     "secure": cluster.create_repo("secure", model(parameters, 0),
+                                                   policy={**common, "privacy": "secure"})}
+            for r in range(rounds):
+                for mode in ("plain", "secure"):  # interleaved, so drift in the machine's load hits both
+                    took, sent = one_round(cluster, repos[mode], parameters, r + 1)
+                    figures[mode].append((took, sent))
+                    print(f"{members} members, {mode} round {r + 1}: {took:.2f} s, {sent / members / 1e6:.2f} MB "
+                          "sent per member", file=sys.stderr)
+    except DaemonFailed as exc:  # a daemon slow to stop once every round was measured: the figures stand
+        if len(figures["secure"]) < rounds:
+            raise
+        print(f"warning: after the rounds, {exc}".splitlines()[0], file=sys.stderr)
     plain_s = statistics.median(t for t, _ in figures["plain"])
     secure_s = statistics.median(t for t, _ in figures["secure"])
     plain_b = statistics.median(b for _, b in figures["plain"]) / members

@@ -50,6 +50,7 @@ MARGIN_MS = 2_000  # no merge started this close to the end of this node's windo
 #: Seconds between passes while a secure round is going on: each of its five phases waits for a pass of some
 #: node, so the round takes about five of them more than a plain one.
 SECURE_EVERY = 0.2
+SLOW_STEP_S = 1.0  # a secure pass taking longer is logged, with what each role took
 RECENT = 100  # merges remembered for status()
 LOG_EVERY = 60.0  # s between two log lines about the same failing item
 MAX_COUNTED = 1024  # authors (of excluded contributions) and error types counted; the least counted forgotten
@@ -133,6 +134,10 @@ class RoundService:
                         for c, why in merged.meta.get("excluded", [])]
 
     def _stepped(self, repo: Repository, branch: str, step: secure_node.Step) -> None:
+        if sum(step.took.values()) > SLOW_STEP_S:
+            log.info("secure round of %s in %s: a slow pass (%s; %s)", branch, short(repo.id),
+                     ", ".join(f"{role} {s:.2f} s" for role, s in step.took.items()),
+                     ", ".join(p.split()[0] for p in step.published) or ("merged" if step.merged else "nothing done"))
         for done in step.published:
             self.counts[f"secure_{done.split()[0]}"] += 1
         self.counts["secure_refused"] += len(step.refused)

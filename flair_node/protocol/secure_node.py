@@ -19,6 +19,7 @@ signs is kept (``repo.secure``) and announced (``repo.announce``: the daemon gos
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,7 @@ class Step:
     published: list[str] = field(default_factory=list)  # "<phase> <message id>"
     merged: Any = None  # the round merge commit, if this node made it
     refused: list[str] = field(default_factory=list)
+    took: dict[str, float] = field(default_factory=dict)  # seconds each role took
 
 
 def publish(repo: Repository, message: RoundMessage) -> RoundMessage:
@@ -92,15 +94,18 @@ def step(repo: Repository, identity: Any, pending: PendingContributions, branch:
     target = check_branch_name(branch)
     head = repo.head(target)
     at = now_ms()
-    roles: list[Callable[[], None]] = [lambda: _as_contributor(repo, identity, pending, target, head, done),
-                                       lambda: _as_holder(repo, identity, target, head, at, done)]
+    roles: dict[str, Callable[[], None]] = {
+        "contributor": lambda: _as_contributor(repo, identity, pending, target, head, done),
+        "holder": lambda: _as_holder(repo, identity, target, head, at, done)}
     if aggregate:
-        roles.append(lambda: _as_aggregator(repo, identity, target, head, at, memory, done))
-    for role in roles:
+        roles["aggregator"] = lambda: _as_aggregator(repo, identity, target, head, at, memory, done)
+    for name, role in roles.items():
+        began = time.monotonic()
         try:
             role()
         except NotFound:
-            continue  # a message or block it needs has not arrived yet: the next pass, and the other roles, go on
+            pass  # a message or block it needs has not arrived yet: the next pass, and the other roles, go on
+        done.took[name] = time.monotonic() - began
     return done
 
 

@@ -282,6 +282,9 @@ def unmask(repo: Repository, identity: Any, source: MessageSource, roster_messag
     """The unmask of ``roster_message`` by the entitled aggregator: every masked update that arrived for it.
     ``NotReady`` with fewer than ``MIN_CONTRIBUTORS``."""
     plan = make_plan(repo, source, roster_message)
+    at = now_ms()
+    _require_entitled(_round(repo, roster_message.branch, roster_message.head, plan.adverts, memory=memory),
+                      identity.public_key, at, "unmask")
     taken: dict[str, RoundMessage] = {}
     for message in source.of_round(repo.id, roster_message.branch, roster_message.head, "masked"):
         try:
@@ -292,9 +295,6 @@ def unmask(repo: Repository, identity: Any, source: MessageSource, roster_messag
     if len(taken) < MIN_CONTRIBUTORS:
         raise NotReady(f"{len(taken)} masked updates for roster {short(roster_message.id)}: a merge needs "
                        f"{MIN_CONTRIBUTORS}")
-    at = now_ms()
-    _require_entitled(_round(repo, roster_message.branch, roster_message.head, plan.adverts, memory=memory),
-                      identity.public_key, at, "unmask")
     return _signed(repo, identity, roster_message.branch, roster_message.head,
                    Unmask(roster=roster_message.id, masked=tuple(sorted(m.id for m in taken.values())),
                           adverts=tuple(sorted(a.id for a in plan.adverts if a.author in taken))), at)
@@ -305,6 +305,8 @@ def merge(repo: Repository, identity: Any, source: MessageSource, unmask_message
     """The round merge of ``unmask_message`` by the aggregator entitled now, from the valid reveals that arrived
     (one holding a share its dealer did not deal is left out). ``NotReady`` while too few have."""
     plan = make_plan(repo, source, source.message(as_unmask(unmask_message).roster))
+    current = _round(repo, unmask_message.branch, unmask_message.head, plan.adverts, memory=memory)
+    _require_entitled(current, identity.public_key, now_ms(), "merge")  # before the work, which only it may use
     taken = {m.author for m in _check_unmask(repo, source, plan, unmask_message)}
     reveals = []
     for message in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "reveal"):
@@ -316,7 +318,6 @@ def merge(repo: Repository, identity: Any, source: MessageSource, unmask_message
             continue  # a reveal holding a wrong share: left out, never believed
         reveals.append(message.id)
     state, meta = derive(repo, source, unmask_message, reveals)
-    current = _round(repo, unmask_message.branch, unmask_message.head, plan.adverts, memory=memory)
 
     def still_entitled(timestamp_ms: int) -> None:
         _require_entitled(current, identity.public_key, timestamp_ms, "merge")
