@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from . import encoding, schema
 from .errors import IntegrityError
@@ -194,6 +194,7 @@ class Reveal:
 
 
 Content = Advert | Roster | Masked | Unmask | Reveal
+C = TypeVar("C", Advert, Roster, Masked, Unmask, Reveal)
 _CONTENT: dict[str, Any] = {c.PHASE: c for c in (Advert, Roster, Masked, Unmask, Reveal)}
 
 
@@ -244,6 +245,13 @@ class RoundMessage(SignedRecord):
         if message.body() != body:
             raise IntegrityError("secure round message has unknown fields")
         return message
+
+
+def content_of(message: RoundMessage, kind: type[C]) -> C:
+    """``message``'s content if it is of ``kind`` (``Advert``, ``Roster``, ...); ``IntegrityError`` otherwise."""
+    if not isinstance(message.content, kind):
+        raise IntegrityError(f"message {message.id[:10]} is not a {kind.PHASE} message")
+    return message.content
 
 
 def _exact(value: Any, what: str, size: int) -> bytes:

@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import FlairError, IntegrityError, InvalidInput, NotFound
 from ..core.ids import short
 from ..core.refs import check_branch_name
-from ..core.round_messages import RoundMessage
+from ..core.round_messages import Masked, Reveal, Roster, RoundMessage, Unmask, content_of
 from ..storage.clock import now_ms
 from ..storage.repo import Repository
 from ..storage.secure_pending import PendingContributions
 from . import secure_rounds
 from .rounds import RoundMemory
-from .secure_rounds import NotReady, Secrets, as_masked, as_reveal, as_roster, as_unmask
+from .secure_rounds import NotReady, Secrets
 
 if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
@@ -119,7 +119,8 @@ def progress(repo: Repository, pending: PendingContributions, branch: str) -> di
     rosters = _rosters(repo, branch, head)
     unmasks = sorted(phases["unmask"], key=_signed_order)
     return {"head": head, "adverts": len(phases["advert"]), "roster": rosters[0].id if rosters else None,
-            "taken": len(as_roster(rosters[0]).adverts) if rosters else 0, "masked": len(phases["masked"]),
+            "taken": len(content_of(rosters[0], Roster).adverts) if rosters else 0,
+            "masked": len(phases["masked"]),
             "unmask": unmasks[0].id if unmasks else None, "reveals": len(phases["reveal"]),
             "waiting_here": [a for a in pending.adverts(repo.id) if repo.secure.has(a)
                              and repo.secure.message(a).head == head]}
@@ -136,7 +137,7 @@ def _as_contributor(repo: Repository, identity: Any, pending: PendingContributio
         if (advert.branch, advert.head) != (branch, head):
             continue  # another round's (``tidy`` forgets those that are over)
         for roster in _rosters(repo, branch, head):
-            if advert_id not in as_roster(roster).adverts:
+            if advert_id not in content_of(roster, Roster).adverts:
                 continue
             secrets, weights = pending.load(repo.id, advert_id)
             message = secure_rounds.mask(repo, identity, repo.secure, roster, load_bytes(weights),
@@ -146,7 +147,7 @@ def _as_contributor(repo: Repository, identity: Any, pending: PendingContributio
 
 
 def _as_holder(repo: Repository, identity: Any, branch: str, head: str, at: int, done: Step) -> None:
-    answered = {as_reveal(m).unmask for m in repo.secure.of_round(repo.id, branch, head, "reveal")
+    answered = {content_of(m, Reveal).unmask for m in repo.secure.of_round(repo.id, branch, head, "reveal")
                 if m.author == identity.public_key}
     for unmask in repo.secure.of_round(repo.id, branch, head, "unmask"):
         if unmask.id in answered or at - unmask.timestamp_ms < SETTLE_MS:
@@ -168,11 +169,12 @@ def _as_aggregator(repo: Repository, identity: Any, branch: str, head: str, at: 
             done.published.append(f"roster {publish(repo, message).id}")
             return
         roster = rosters[0]
-        unmasks = [m for m in repo.secure.of_round(repo.id, branch, head, "unmask") if as_unmask(m).roster == roster.id]
+        unmasks = [m for m in repo.secure.of_round(repo.id, branch, head, "unmask")
+                   if content_of(m, Unmask).roster == roster.id]
         if not unmasks:
             masked = {m.author for m in repo.secure.of_round(repo.id, branch, head, "masked")
-                      if as_masked(m).roster == roster.id}
-            if len(masked) < len(as_roster(roster).adverts) and at - roster.timestamp_ms < MASK_WAIT_MS:
+                      if content_of(m, Masked).roster == roster.id}
+            if len(masked) < len(content_of(roster, Roster).adverts) and at - roster.timestamp_ms < MASK_WAIT_MS:
                 return
             message = secure_rounds.unmask(repo, identity, repo.secure, roster, memory=memory)
             done.published.append(f"unmask {publish(repo, message).id}")

@@ -72,6 +72,7 @@ from ..core.round_messages import (
     Roster,
     RoundMessage,
     Unmask,
+    content_of,
     share_hash,
 )
 from ..core.round_rules import RoundPolicy, weight_counts
@@ -137,7 +138,7 @@ class Plan:
         return next((a for a in self.adverts if a.author == author), None)
 
     def by_key(self, mask_key: bytes) -> RoundMessage:
-        return next(a for a in self.adverts if as_advert(a).mask_key == mask_key)
+        return next(a for a in self.adverts if content_of(a, Advert).mask_key == mask_key)
 
 
 # -- each contributor --------------------------------------------------------------------------------------
@@ -181,14 +182,14 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
     from ..tensors.secure_sum import term
 
     plan = make_plan(repo, source, roster)
-    if any(m.author == identity.public_key and as_masked(m).roster != roster.id
+    if any(m.author == identity.public_key and content_of(m, Masked).roster != roster.id
            for m in source.of_round(repo.id, roster.branch, roster.head, "masked")):
         raise InvalidInput(f"{short(identity.public_key)} masked its update for another roster of this round: it "
                            "masks for one only (two masked updates of one change would give it away)")
     mine = plan.advert_of(identity.public_key)
     if mine is None:
         raise InvalidInput(f"roster {short(roster.id)} does not take {short(identity.public_key)}'s advert")
-    advert = as_advert(mine)
+    advert = content_of(mine, Advert)
     if advert.mask_key != secagg.public_of(secrets.mask_secret) \
             or advert.self_commit != secagg.commitment(secrets.self_seed):
         raise InvalidInput("these are not the secrets of the advert the roster takes")
@@ -211,15 +212,15 @@ def reveal(repo: Repository, identity: Any, source: MessageSource, unmask_messag
     one's mask key. ``InvalidInput`` if that would reveal the other secret of an advert than this member revealed
     before, for whatever unmask or roster (it never reveals both secrets of anyone), or if this node holds another
     unmask of the same roster (an aggregator equivocating: members shown different unmasks could be split)."""
-    content = as_unmask(unmask_message)
+    content = content_of(unmask_message, Unmask)
     plan = make_plan(repo, source, source.message(content.roster))
     taken = _taken(plan, unmask_message)  # from the unmask alone: the masked updates may still be on their way
     revealed = {share.advert: share.kind  # what this member revealed before in this round, whatever asked
                 for earlier in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "reveal")
-                if earlier.author == identity.public_key for share in as_reveal(earlier).shares}
+                if earlier.author == identity.public_key for share in content_of(earlier, Reveal).shares}
     shares = []
     for advert_message in plan.adverts:
-        advert = as_advert(advert_message)
+        advert = content_of(advert_message, Advert)
         at = next((i for i, s in enumerate(advert.shares) if s.holder == identity.public_key), None)
         if at is None:
             continue
@@ -239,7 +240,7 @@ def reveal(repo: Repository, identity: Any, source: MessageSource, unmask_messag
     if not shares:
         raise InvalidInput(f"{short(identity.public_key)} holds no share of this round's contributors")
     rivals = [m.id for m in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "unmask")
-              if m.id != unmask_message.id and as_unmask(m).roster == content.roster]
+              if m.id != unmask_message.id and content_of(m, Unmask).roster == content.roster]
     if rivals:
         raise InvalidInput(f"roster {short(content.roster)} has two unmasks ({short(unmask_message.id)}, "
                            f"{short(rivals[0])}): an aggregator showing members different ones could learn an "
@@ -304,13 +305,13 @@ def merge(repo: Repository, identity: Any, source: MessageSource, unmask_message
           memory: RoundMemory) -> Commit:
     """The round merge of ``unmask_message`` by the aggregator entitled now, from the valid reveals that arrived
     (one holding a share its dealer did not deal is left out). ``NotReady`` while too few have."""
-    plan = make_plan(repo, source, source.message(as_unmask(unmask_message).roster))
+    plan = make_plan(repo, source, source.message(content_of(unmask_message, Unmask).roster))
     current = _round(repo, unmask_message.branch, unmask_message.head, plan.adverts, memory=memory)
     _require_entitled(current, identity.public_key, now_ms(), "merge")  # before the work, which only it may use
     taken = {m.author for m in _check_unmask(repo, source, plan, unmask_message)}
     reveals = []
     for message in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "reveal"):
-        if as_reveal(message).unmask != unmask_message.id:
+        if content_of(message, Reveal).unmask != unmask_message.id:
             continue
         try:
             _check_reveal(repo, plan, unmask_message, message, taken)
@@ -340,7 +341,7 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
     from ..tensors.fixedpoint import WEIGHT_BITS
     from ..tensors.secure_sum import merge_sum, term_size
 
-    content = as_unmask(unmask_message)
+    content = content_of(unmask_message, Unmask)
     plan = make_plan(repo, source, source.message(content.roster))
     masked = _check_unmask(repo, source, plan, unmask_message)
     taken = {m.author for m in masked}
@@ -355,7 +356,7 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
     corrections: list[np.ndarray] = []
     dropped = []
     for advert_message in plan.adverts:
-        advert = as_advert(advert_message)
+        advert = content_of(advert_message, Advert)
         kind = "self" if advert_message.author in taken else "key"
         found = shares.get((advert_message.id, kind), [])
         needed = _policy(repo).holders_needed(len(advert.shares))
@@ -377,7 +378,7 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
     published = [_masked_bytes(repo, m) for m in masked]
     plain = masking.from_ring(masking.ring_total(published, plan.width, count), plan.width, corrections)
     masked_of = {m.author: m.id for m in masked}
-    entries: list[list[Any]] = [[masked_of[a.author], a.author, as_advert(a).examples, plan.weights[a.id]]
+    entries: list[list[Any]] = [[masked_of[a.author], a.author, content_of(a, Advert).examples, plan.weights[a.id]]
                                 for a in plan.adverts if a.author in masked_of]
     weight = sum(int(e[3]) for e in entries)
     if weight < 1:
@@ -413,7 +414,7 @@ def verify(repo: Repository, commit: Commit, source: MessageSource, *, memory: R
         late = [r for r in reveals if source.message(r).timestamp_ms > commit.timestamp_ms]
         if late:
             raise MergeMismatch(f"secure merge {short(commit.id)} uses reveal {short(late[0])}, signed after it")
-        plan = make_plan(repo, source, source.message(as_unmask(unmask_message).roster))
+        plan = make_plan(repo, source, source.message(content_of(unmask_message, Unmask).roster))
         current = _round(repo, unmask_message.branch, unmask_message.head, plan.adverts, memory=memory)
         if current.aggregator(commit.timestamp_ms) != commit.author:
             raise IntegrityError(f"secure merge {short(commit.id)} is by {short(commit.author)}, who was not the "
@@ -436,7 +437,7 @@ def make_plan(repo: Repository, source: MessageSource, roster_message: RoundMess
 
     if roster_message.phase != "roster" or roster_message.repo != repo.id:
         raise IntegrityError(f"message {short(roster_message.id)} is not a roster of this repository")
-    ids = as_roster(roster_message).adverts
+    ids = content_of(roster_message, Roster).adverts
     if len(ids) < MIN_CONTRIBUTORS:
         raise IntegrityError(f"roster {short(roster_message.id)} takes {len(ids)} adverts; a secure round needs "
                              f"{MIN_CONTRIBUTORS}")
@@ -447,16 +448,16 @@ def make_plan(repo: Repository, source: MessageSource, roster_message: RoundMess
             raise IntegrityError(f"roster {short(roster_message.id)} takes an advert of another round")
         if advert.timestamp_ms > roster_message.timestamp_ms:
             raise IntegrityError(f"roster {short(roster_message.id)} takes advert {short(advert.id)}, signed after it")
-    keys = [as_advert(a).mask_key for a in adverts]
+    keys = [content_of(a, Advert).mask_key for a in adverts]
     if len({a.author for a in adverts}) != len(adverts) or len(set(keys)) != len(adverts):
         raise IntegrityError(f"roster {short(roster_message.id)} takes two adverts of one member, or of one key")
     policy = _policy(repo)
-    counts = weight_counts([(as_advert(a).examples, 0) for a in adverts], policy)
+    counts = weight_counts([(content_of(a, Advert).examples, 0) for a in adverts], policy)
     weights = dict(zip(ids, normalize_weights(counts), strict=True))
     context = hashlib.sha256(b"flair-secure-round\0" + b"\0".join(
         part.encode() for part in (repo.id, roster_message.branch, roster_message.head, roster_message.id))).digest()
     return Plan(roster=roster_message, adverts=adverts, weights=weights,
-                width=ring_width(max(as_advert(a).bits for a in adverts), WEIGHT_BITS), context=context,
+                width=ring_width(max(content_of(a, Advert).bits for a in adverts), WEIGHT_BITS), context=context,
                 links=secagg.neighbours(keys, context))
 
 
@@ -465,7 +466,7 @@ def check_advert(repo: Repository, message: RoundMessage) -> None:
     role at its time, dealing one share to each of two or more members, with a change the merge can hold."""
     if message.phase != "advert" or message.repo != repo.id:
         raise IntegrityError(f"message {short(message.id)} is not an advert of this repository")
-    advert = as_advert(message)
+    advert = content_of(message, Advert)
     membership = repo.members.current()
     try:
         _require_role(membership, message.author, "contributor", message.timestamp_ms, "a secure contribution")
@@ -477,37 +478,6 @@ def check_advert(repo: Repository, message: RoundMessage) -> None:
     members = {m.key for m in membership.current()}
     if message.author in {s.holder for s in advert.shares} or not {s.holder for s in advert.shares} <= members:
         raise IntegrityError(f"advert {short(message.id)} deals shares to itself or to keys that are not members")
-
-
-def as_advert(message: RoundMessage) -> Advert:
-    """``message``'s content, if it is an advert; ``IntegrityError`` otherwise (and so for each phase below)."""
-    if not isinstance(message.content, Advert):
-        raise IntegrityError(f"message {short(message.id)} is not an advert")
-    return message.content
-
-
-def as_roster(message: RoundMessage) -> Roster:
-    if not isinstance(message.content, Roster):
-        raise IntegrityError(f"message {short(message.id)} is not a roster")
-    return message.content
-
-
-def as_masked(message: RoundMessage) -> Masked:
-    if not isinstance(message.content, Masked):
-        raise IntegrityError(f"message {short(message.id)} is not a masked update")
-    return message.content
-
-
-def as_unmask(message: RoundMessage) -> Unmask:
-    if not isinstance(message.content, Unmask):
-        raise IntegrityError(f"message {short(message.id)} is not an unmask")
-    return message.content
-
-
-def as_reveal(message: RoundMessage) -> Reveal:
-    if not isinstance(message.content, Reveal):
-        raise IntegrityError(f"message {short(message.id)} is not a reveal")
-    return message.content
 
 
 # -- internals -----------------------------------------------------------------------------------------------
@@ -553,7 +523,7 @@ def _round(repo: Repository, branch: str, head: CommitId, adverts: Iterable[Roun
     from .rounds import _view_at
 
     seen = _view_at(memory, repo, branch, head)
-    return seen.taking([Contribution(CommitId(a.id), a.author, head, as_advert(a).examples, 0, a.timestamp_ms)
+    return seen.taking([Contribution(CommitId(a.id), a.author, head, content_of(a, Advert).examples, 0, a.timestamp_ms)
                         for a in adverts])
 
 
@@ -567,7 +537,7 @@ def _require_entitled(current: RoundView, key: str, at_ms: int, what: str) -> No
 def _check_masked(repo: Repository, plan: Plan, message: RoundMessage) -> None:
     if message.phase != "masked" or message.repo != repo.id:
         raise IntegrityError(f"message {short(message.id)} is not a masked update of this repository")
-    content = as_masked(message)
+    content = content_of(message, Masked)
     if content.roster != plan.roster.id or plan.advert_of(message.author) is None:
         raise IntegrityError(f"masked update {short(message.id)} is not by a contributor of roster "
                              f"{short(plan.roster.id)}")
@@ -578,7 +548,7 @@ def _check_masked(repo: Repository, plan: Plan, message: RoundMessage) -> None:
 def _taken(plan: Plan, message: RoundMessage) -> set[PublicKey]:
     """The contributors unmask ``message`` says it takes, from its adverts; ``IntegrityError`` if it is no unmask
     of ``plan`` (that they are the authors of its masked updates is checked once those arrive: ``_check_unmask``)."""
-    content = as_unmask(message)
+    content = content_of(message, Unmask)
     if content.roster != plan.roster.id or (message.branch, message.head) != (plan.roster.branch, plan.roster.head):
         raise IntegrityError(f"unmask {short(message.id)} is not one of roster {short(plan.roster.id)}")
     by_id = {a.id: a for a in plan.adverts}
@@ -591,7 +561,7 @@ def _taken(plan: Plan, message: RoundMessage) -> set[PublicKey]:
 def _check_unmask(repo: Repository, source: MessageSource, plan: Plan, message: RoundMessage
                   ) -> list[RoundMessage]:
     """The masked updates unmask ``message`` takes, checked; ``IntegrityError`` if it is no unmask of ``plan``."""
-    content = as_unmask(message)
+    content = content_of(message, Unmask)
     taken = _taken(plan, message)
     masked = [source.message(m) for m in content.masked]
     for m in masked:
@@ -608,17 +578,17 @@ def _check_reveal(repo: Repository, plan: Plan, unmask_message: RoundMessage, me
                   taken: set[PublicKey]) -> list[tuple[str, str, secagg.Share]]:
     """The shares reveal ``message`` holds, each checked against the hash its dealer published and of the kind
     the unmask asks for (``IntegrityError`` otherwise)."""
-    if message.phase != "reveal" or as_reveal(message).unmask != unmask_message.id:
+    if message.phase != "reveal" or content_of(message, Reveal).unmask != unmask_message.id:
         raise IntegrityError(f"message {short(message.id)} is not a reveal for unmask {short(unmask_message.id)}")
     if message.timestamp_ms < unmask_message.timestamp_ms:
         raise IntegrityError(f"reveal {short(message.id)} is signed before its unmask")
     by_id = {a.id: a for a in plan.adverts}
     found = []
-    for share in as_reveal(message).shares:
+    for share in content_of(message, Reveal).shares:
         advert_message = by_id.get(share.advert)
         if advert_message is None:
             raise IntegrityError(f"reveal {short(message.id)} holds a share of an advert the roster does not take")
-        advert = as_advert(advert_message)
+        advert = content_of(advert_message, Advert)
         want = "self" if advert_message.author in taken else "key"
         dealt = next((s for s in advert.shares if s.holder == message.author), None)
         if share.kind != want or dealt is None or share.x != advert.shares.index(dealt) + 1 \
@@ -630,7 +600,7 @@ def _check_reveal(repo: Repository, plan: Plan, unmask_message: RoundMessage, me
 
 
 def _masked_bytes(repo: Repository, message: RoundMessage) -> bytes:
-    content = as_masked(message)
+    content = content_of(message, Masked)
     data = unixfs.cat(repo.blocks, content.cid, max_size=content.size)
     if len(data) != content.size:
         raise IntegrityError(f"masked update {short(message.id)} is {len(data)} bytes, not the {content.size} it says")
