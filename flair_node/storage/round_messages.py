@@ -28,6 +28,7 @@ SECURE_REF = ".secure/"
 MAX_ROUND_MESSAGES = 4096
 MAX_PER_PHASE = 4  # messages of one kind by one member in one round (a contributor may advertise again)
 _CACHE = 8192
+_ROUNDS_CACHED = 64  # rounds whose index ``ids`` remembers
 
 
 class RoundMessages:
@@ -40,6 +41,8 @@ class RoundMessages:
         self.refs = refs
         self._lock = threading.Lock()
         self._decoded: OrderedDict[str, RoundMessage] = OrderedDict()
+        #: Per round's ref: its newest link when last read, and the ids up to it.
+        self._indexed: OrderedDict[str, tuple[RecordId, list[str]]] = OrderedDict()
 
     def has(self, message_id: str) -> bool:
         return self.objects.has(message_id)
@@ -61,14 +64,23 @@ class RoundMessages:
         return message
 
     def ids(self, branch: str, head: str) -> list[str]:
-        """The ids of the messages of the round ``head`` opened on ``branch``, oldest first."""
-        ids: list[str] = []
-        link = self.refs.get(_ref(branch, head))
-        while link is not None and len(ids) <= MAX_ROUND_MESSAGES:
+        """The ids of the messages of the round ``head`` opened on ``branch``, oldest first. Only the links added
+        since the last call are read: the round service asks several times a second."""
+        name = _ref(branch, head)
+        newest = self.refs.get(name)
+        known, ids = self._indexed.get(name, (None, []))
+        fresh: list[str] = []
+        link = newest
+        while link is not None and link != known and len(fresh) <= MAX_ROUND_MESSAGES:
             entry = _link(self.objects.get(link))
-            ids.append(entry.message)
+            fresh.append(entry.message)
             link = RecordId(entry.prev) if entry.prev else None
-        return ids[::-1]
+        ids = ids + fresh[::-1] if link == known else fresh[::-1]  # else: the chain is not the one seen before
+        if newest is not None:
+            self._indexed[name] = (newest, ids)
+            while len(self._indexed) > _ROUNDS_CACHED:
+                self._indexed.popitem(last=False)
+        return list(ids)
 
     def of_round(self, repo: str, branch: str, head: str, phase: str) -> list[RoundMessage]:
         """The messages of one kind of a round, by id."""

@@ -61,6 +61,9 @@ def test_messages_kept_survive_a_restart_in_their_round_order(tmp_path):
     reopened = RepoSet.on_disk(tmp_path, OWNER).open_id(repo.id)
     assert reopened.secure.ids("main", repo.head("main")) == [m.id for m in sent]
     assert reopened.secure.of_round(repo.id, "main", repo.head("main"), "advert") == sorted(sent, key=lambda m: m.id)
+    later = advert(repo, MEMBERS[0], 0.02)
+    assert repo.ingest.accept_round_message(later)  # written through the other copy: this one reads it too
+    assert reopened.secure.ids("main", repo.head("main")) == [*(m.id for m in sent), later.id]
 
 
 def test_strangers_readers_and_forgers_are_refused_before_anything_is_kept():
