@@ -7,7 +7,7 @@ funds an aggregator key with an airdrop, and anchors ``--n`` merged commits thro
 (``commit_mint``), check the mint account is absent (``getAccountInfo``), fetch a blockhash, build the transaction
 (``commit_nft_transaction``, the mint's rent from ``getMinimumBalanceForRentExemption``, cached per size), send
 it, poll ``getSignatureStatuses`` until confirmed or finalized, read the mint back and ``verify_commit_nft`` it.
-The records are realistic: one random repository id, random commit ids, branch ``main``, rounds 1, 2, 3, ... and a
+The records are realistic: one random repository id, random commit ids, a random branch tag, rounds 1, 2, 3, ... and a
 proof CID each; the URI names the CID of the commit's metadata JSON (``commit_nft_metadata``, three contributors),
 all made before the clock starts (a node has them from its merge).
 
@@ -78,8 +78,7 @@ from solders.pubkey import Pubkey
 from solders.transaction import Transaction
 
 from flair_node.core.cid import RAW, cid_for
-from flair_node.core.identity import public_key_text
-from flair_node.core.ids import BranchName, CommitId, PublicKey, RepoId
+from flair_node.core.ids import BranchName, CommitId, RepoId
 from flair_node.protocol.anchoring import (
     AnchorRecord,
     anchor_memo,
@@ -164,17 +163,14 @@ def stop_localnet(proc: subprocess.Popen[str]) -> None:
 # -- the records a node would anchor
 
 
-def make_records(rng: random.Random, repo: RepoId, first_round: int, n: int,
-                 aggregator: PublicKey) -> list[tuple[AnchorRecord, str]]:
+def make_records(rng: random.Random, repo: RepoId, first_round: int, n: int) -> list[tuple[AnchorRecord, str]]:
     """``n`` merged commits of ``repo`` in rounds from ``first_round``, each with a proof CID, and the IPFS URI
     of its metadata JSON."""
     out = []
     for round_ in range(first_round, first_round + n):
-        record = AnchorRecord(repo=repo, branch=BranchName("main"), round=round_,
+        record = AnchorRecord(repo=repo, branch=BranchName(rng.randbytes(16).hex()), round=round_,  # a branch tag
                               commit=CommitId(rng.randbytes(32).hex()), proof=cid_for(RAW, rng.randbytes(64)))
-        contributors = [public_key_text(rng.randbytes(32)) for _ in range(CONTRIBUTORS)]
-        document = commit_nft_metadata(record, aggregator=aggregator, contributors=contributors,
-                                       metrics={"accuracy": round(rng.random(), 4), "examples": rng.randrange(10**6)})
+        document = commit_nft_metadata(record, contributors=CONTRIBUTORS)
         out.append((record, "ipfs://" + cid_for(RAW, metadata_json(document))))
     return out
 
@@ -304,7 +300,7 @@ async def bench(url: str, args: argparse.Namespace) -> dict[str, Any]:
     payer = Keypair.from_seed(rng.randbytes(32))
     me = str(payer.pubkey())
     repo = RepoId(rng.randbytes(32).hex())
-    warmup, sequential, concurrent = (make_records(rng, repo, first, count, PublicKey(me))
+    warmup, sequential, concurrent = (make_records(rng, repo, first, count)
                                       for first, count in ((1, 1), (2, args.n), (2 + args.n, args.n)))
     chain = Chain(url)
     try:

@@ -8,6 +8,8 @@ decoded as another codec). The key is given to each member sealed to the X25519 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 
 import nacl.bindings as sodium
@@ -60,6 +62,12 @@ def open_sealed(sealed: bytes, identity: Identity, what: str) -> bytes:
         return bytes(sodium.crypto_box_seal_open(sealed, public, secret))
     except nacl.exceptions.CryptoError:
         raise IntegrityError(f"{what} is not sealed to this node's identity") from None
+
+
+def keyed_tag(key: bytes, context: bytes, value: str, *, size: int = 16) -> str:
+    """``size`` bytes (hex) of HMAC-SHA256 of ``value`` under ``key`` in ``context``: a stand-in for a name that
+    whoever holds ``key`` can recompute and nobody else can tell from a random string."""
+    return hmac.new(key, context + b"\0" + value.encode(), hashlib.sha256).digest()[:size].hex()
 
 
 def encrypt(key: bytes, plaintext: bytes, context: bytes) -> bytes:

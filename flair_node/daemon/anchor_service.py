@@ -5,8 +5,9 @@ Every ``every`` seconds it looks at the latest round merges (``RECENT`` commits 
 branch with rounds). It anchors each one this node made that is not anchored yet, one at a time:
 
 1. With proofs on, it waits for the merge's proof record (at most ``PROOF_WAIT_MS``), so the anchor names it.
-2. It stores the NFT's metadata JSON as an unencrypted UnixFS file (``ipfs://<cid>``; ids, keys and counts
-   only) and derives the mint from this node's key and the commit (``commit_mint``).
+2. It stores the NFT's metadata JSON as an unencrypted UnixFS file (``ipfs://<cid>``; the ids, the branch's
+   tag and the count of contributions: what the chain shows, never a key, a name or a metric) and derives the
+   mint from this node's key and the commit (``commit_mint``).
 3. If the mint exists, an earlier attempt landed: it checks the NFT (``verify_commit_nft``) and is done.
    Otherwise it builds the transaction (memo + NFT), writes the transaction's signature to its state file
    *before* sending it, sends it, and waits until the cluster reports it ``chain.commitment`` or better; then
@@ -19,11 +20,11 @@ branch with rounds). It anchors each one this node made that is not anchored yet
 
 For a merge another member made, once its anchor record arrives (gossip or pull), the node checks the claim
 itself: the same cluster (genesis hash), the transaction landed without error at ``chain.commitment``, its memo
-names exactly this merge (repository, branch, round, commit, and the proofs this node holds, if any), and the
-mint is the commit's NFT by the merge's author (``verify_commit_nft``), and each contribution NFT the record
-lists is one of a contribution the merge merged, minted by its transaction to that contribution's author
-(``verify_contribution_nft``). The verdict is recorded like the node's
-own anchors; an RPC failure is retried, a claim that does not hold is recorded as failed with the reason.
+names exactly this merge (repository, the branch's tag, round, commit, and the proofs this node holds, if any),
+and the mint is the commit's NFT by the merge's author (``verify_commit_nft``), and each contribution NFT the
+record lists is one of a contribution the merge merged, minted by its transaction to that contribution's author
+(``verify_contribution_nft``). The verdict is recorded like the node's own anchors; an RPC failure is retried,
+a claim that does not hold is recorded as failed with the reason.
 
 State lives in ``<home>/anchoring/<repo>/<merge>.json``, written atomically at each step, so a restart resumes
 where it stopped. A failure (RPC error, timeout, a cluster out of reach, too few lamports) is recorded with its
@@ -47,7 +48,8 @@ import trio
 
 from ..core.errors import FlairError, IntegrityError, InvalidInput
 from ..core.identity import Identity
-from ..core.ids import CommitId, short
+from ..core.ids import BranchName, CommitId, short
+from ..core.objects import Commit
 from ..protocol.round_merges import meta_parents
 from ..storage import unixfs
 from ..storage.atomic import atomic_write
@@ -228,7 +230,7 @@ class AnchorService:
             raise IntegrityError(f"transaction {claim.transaction} carries {len(records)} anchor memos, not one")
         record, commit, proof = records[0], repo.commit(merge), repo.merges.proof(merge)
         if (record.repo, record.branch, record.round, record.commit) != (
-                repo.id, commit.meta.get("branch"), commit.meta.get("round"), merge):
+                repo.id, _branch_tag(repo, commit), commit.meta.get("round"), merge):
             raise IntegrityError(f"the memo of transaction {claim.transaction} names another merge")
         if proof is not None and record.proof != proof.proofs:
             raise IntegrityError(f"the memo names other proofs ({record.proof}) than this merge's ({proof.proofs})")
@@ -272,10 +274,9 @@ class AnchorService:
 
         commit = repo.commit(merge)
         proof = repo.merges.proof(merge)
-        record = AnchorRecord(repo=repo.id, branch=commit.meta["branch"], round=int(commit.meta["round"]),
+        record = AnchorRecord(repo=repo.id, branch=_branch_tag(repo, commit), round=int(commit.meta["round"]),
                               commit=merge, proof=proof.proofs if proof is not None else None)
-        authors = sorted({repo.commit(c).author for c in meta_parents(dict(commit.meta))})
-        document = metadata_json(commit_nft_metadata(record, aggregator=commit.author, contributors=authors))
+        document = metadata_json(commit_nft_metadata(record, contributors=len(meta_parents(dict(commit.meta)))))
         if len(document) > MAX_METADATA_BYTES:
             raise InvalidInput(f"the metadata of {short(merge)} is larger than {MAX_METADATA_BYTES} bytes")
         cid = unixfs.add(repo.blocks, document)
@@ -401,3 +402,8 @@ def _memo_text(record: AnchorRecord) -> str:
     from ..protocol.anchoring import anchor_memo
 
     return anchor_memo(record).decode()
+
+
+def _branch_tag(repo: Repository, merge: Commit) -> BranchName:
+    """What the chain shows of ``merge``'s branch: its tag under the merge's payload key (``anchoring.memo``)."""
+    return BranchName(repo.keys.tag(str(merge.meta.get("branch")), epoch=merge.payload.key_epoch, purpose="branch"))

@@ -318,9 +318,8 @@ class OwnershipService:
 
         document = metadata_json({
             "name": repo_token_name(repo.id), "symbol": "FLAIR",
-            "description": f"Ownership of Flair repository {repo.name} ({repo.id}): whoever holds this token owns "
-                           "the repository.",
-            "attributes": [{"trait_type": "repository", "value": repo.id}, {"trait_type": "name", "value": repo.name}],
+            "description": f"Ownership of Flair repository {repo.id}: whoever holds this token owns the repository.",
+            "attributes": [{"trait_type": "repository", "value": repo.id}],  # public: never the name
         })
         if len(document) > MAX_METADATA_BYTES:
             raise InvalidInput(f"the token metadata of {short(repo.id)} is larger than {MAX_METADATA_BYTES} bytes")

@@ -4,6 +4,9 @@
   into as few announcements as fit and published on their repository's topic: a lone record at once, a burst
   at most every ``ANNOUNCE_EVERY`` seconds, many records a message (each message costs every node several
   transport frames).
+- Members only: each repository's topic is joined with a closed mesh (``network.gossip``) that admits the
+  peers whose keys are current members in this node's view: a non-member is never told this node is on the
+  topic, never sent or relayed an announcement, and what it sends there is ignored before any check.
 - Intake: every announcement is checked (``protocol.announce.check``) before gossip delivers or relays it.
   Accepted ones are noted as they arrive and taken in batches in a worker thread: membership changes in
   order, per branch only the move that comes last. Commits (whose payloads must come as blocks first) are
@@ -48,7 +51,7 @@ from ..core.round_messages import RoundMessage
 from ..network.bitswap import BlockExchange
 from ..network.gossip import BadInputLog, Offences
 from ..network.gossipsub import GossipSub
-from ..network.host import Host, connect, member_key, peer_addrs, peer_from_text
+from ..network.host import Host, Peer, connect, member_key, peer_addrs, peer_from_text
 from ..protocol import announce, rounds, sync
 from ..protocol.rounds import RoundMemory
 from ..storage.repo import Repository, now_ms
@@ -206,7 +209,17 @@ class P2PService:
     async def _join(self, repo: RepoId) -> None:
         if repo not in self._joined:
             self._joined.add(repo)
-            await self.gossip.join(announce.topic(repo), self._validator(repo))
+            await self.gossip.join(announce.topic(repo), self._validator(repo), admit=self._admission(repo))
+
+    def _admission(self, repo_id: RepoId) -> Any:
+        """The repository's topic is its current members' (as this node knows them) and nobody else's: a peer
+        that is not one is never told this node is on it, never sent an announcement and never listened to."""
+        def admit(peer: PeerId) -> bool:
+            try:
+                return _is_member(self.repos.open_id(repo_id), peer_from_text(peer))
+            except (NotFound, InvalidInput):  # deleted here, or a peer id that is no key
+                return False
+        return admit
 
     # -- intake --------------------------------------------------------------------------------------------
 
@@ -233,12 +246,11 @@ class P2PService:
     def _lagging(self, repo: Repository, forwarder: str, data: bytes, why: announce.Lagging) -> None:
         """An announcement this node is behind on, from ``forwarder``: pull from it if it is a current member
         and has not started such a pull lately; otherwise refuse it (see the module docstring)."""
-        membership = repo.members.current()
         try:
-            key = member_key(peer_from_text(forwarder))
+            member = _is_member(repo, peer_from_text(forwarder))
         except InvalidInput:
-            key = None
-        if key is None or membership.role(key, epoch=membership.epoch, at_ms=now_ms()) is None:
+            member = False
+        if not member:
             self.counts["lagging_refused"] += 1
             self._bad.add(forwarder, "announcement in %s is ahead of this node (%s) and its forwarder is not a "
                           "member to pull from: refused", short(repo.id), why)
@@ -518,11 +530,17 @@ class P2PService:
             await trio.sleep(self.sync_interval)
 
     async def _catch_up(self, repo: Repository) -> None:
-        membership = await trio.to_thread.run_sync(repo.members.current)
+        await trio.to_thread.run_sync(repo.members.current)  # read (and cached) off the event loop
         for peer in self.host.get_connected_peers():
-            key = member_key(peer)
-            if key is not None and membership.role(key, epoch=membership.epoch, at_ms=now_ms()):
+            if _is_member(repo, peer):
                 self._pull_later(repo.id, str(peer))
+
+
+def _is_member(repo: Repository, peer: Peer) -> bool:
+    """Whether ``peer``'s key has a role in ``repo`` now, in this node's view of its membership."""
+    key = member_key(peer)
+    membership = repo.members.current()
+    return key is not None and membership.role(key, epoch=membership.epoch, at_ms=now_ms()) is not None
 
 
 def _announced(messages: list[tuple[announce.Announcement, str]]) -> dict[CommitId, str]:

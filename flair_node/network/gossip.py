@@ -31,6 +31,13 @@ Contract, in both:
   is dropped and counted in ``status()["dropped_full"]``, which a consumer that keeps up keeps at 0.
 - ``run`` is a service: ``task_status.started()`` when ready, cancellation stops it and closes ``messages``.
   ``join``, ``leave`` and ``publish`` need it running.
+- A topic joined with ``admit`` has a closed mesh: a peer the function refuses (it is asked again at every
+  heartbeat, so a verdict may change) is never told this node subscribes, never sent or relayed a message of the
+  topic, never in its mesh, and whatever it sends on the topic (subscriptions, grafts, messages, IHAVE, IWANT)
+  is ignored without reaching the validator (counted in ``status()["unadmitted"]``). Flair gives each repository's
+  topic its current members (``daemon.p2p``): a peer that is not one receives none of the repository's
+  announcements. ``Libp2pGossip`` cannot keep a closed mesh (py-libp2p's router has no hook for it) and refuses
+  ``admit``.
 
 Memory bounds of ``MemoryGossip``: ``queue_size`` delivered and ``INBOX_SIZE`` incoming messages per node, each at
 most ``max_message_size`` bytes, and the ids of the last ``SEEN_SIZE`` messages.
@@ -58,6 +65,8 @@ log = logging.getLogger(__name__)
 
 #: Called as ``validate(forwarder, data)``; true to accept. A plain function or an ``async def``.
 Validator = Callable[[PeerId, bytes], "Awaitable[bool] | bool"]
+#: Whether a peer may be in a topic's mesh (see the contract: a closed mesh).
+Admission = Callable[[PeerId], bool]
 
 MAX_MESSAGE_SIZE = 64 * 1024  # bytes of one message's data
 QUEUE_SIZE = 4096  # accepted messages waiting in ``messages`` for the consumer
@@ -89,8 +98,9 @@ class Gossip(Protocol):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
 
-    async def join(self, topic: str, validate: Validator) -> None:
-        """Subscribe to ``topic``; ``validate`` judges each message on it. Joining again replaces the validator."""
+    async def join(self, topic: str, validate: Validator, *, admit: Admission | None = None) -> None:
+        """Subscribe to ``topic``; ``validate`` judges each message on it, and only peers ``admit`` lets in (all,
+        without it) exchange anything of it with this node. Joining again replaces both."""
 
     async def leave(self, topic: str) -> None:
         """Unsubscribe: nothing more on ``topic`` is delivered or relayed by this node."""
@@ -117,6 +127,7 @@ class Counters:
     malformed: int = 0  # frames that did not parse (GossipSub; the peer's stream is closed)
     flooded: int = 0  # messages dropped because their forwarder sent over the rate limit (GossipSub)
     dropped_outbound: int = 0  # messages not sent because a peer's outbound queue was full (GossipSub)
+    unadmitted: int = 0  # messages (and grafts) of a closed topic ignored because their sender is not admitted
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -209,6 +220,17 @@ def check_size(topic: str, data: bytes, limit: int) -> None:
     if len(data) > limit:
         raise InvalidInput(f"message of {len(data)} bytes on {topic} is over the {limit}-byte limit; "
                            "gossip announcements, and move payloads by block exchange", topic=topic)
+
+
+def admits(admit: Admission | None, peer: PeerId) -> bool:
+    """Whether ``admit`` lets ``peer`` in (``None`` lets everyone in); one that raises lets nobody in."""
+    if admit is None:
+        return True
+    try:
+        return bool(admit(peer))
+    except Exception:  # the admission's bug must not open the mesh, nor stop the router
+        log.exception("admission of %s failed; not admitted", peer)
+        return False
 
 
 def is_async_validator(validate: Validator) -> bool:
@@ -324,6 +346,7 @@ class MemoryGossip:
         self._inbox_send, self._inbox = trio.open_memory_channel[_Envelope](INBOX_SIZE)
         self._send, self.messages = trio.open_memory_channel[GossipMessage](queue_size)
         self._topics: dict[str, Validator] = {}
+        self._admit: dict[str, Admission | None] = {}
         self._seen = RecentIds(SEEN_SIZE)
         self._seqno = count(1)
         self._running = False
@@ -345,15 +368,17 @@ class MemoryGossip:
             self._inbox.close()
             self._send.close()
 
-    async def join(self, topic: str, validate: Validator) -> None:
+    async def join(self, topic: str, validate: Validator, *, admit: Admission | None = None) -> None:
         self._check_running()
         check_topic(topic)
         self._topics[topic] = validate
+        self._admit[topic] = admit
         await trio.lowlevel.checkpoint()
 
     async def leave(self, topic: str) -> None:
         self._check_running()
         self._topics.pop(topic, None)
+        self._admit.pop(topic, None)
         await trio.lowlevel.checkpoint()
 
     async def publish(self, topic: str, data: bytes) -> None:
@@ -378,7 +403,8 @@ class MemoryGossip:
     def _mesh(self, topic: str) -> list[MemoryGossip]:
         if topic not in self._topics:
             return []
-        return [n for n in self._network.neighbours(self._peer_id) if n._running and topic in n._topics]
+        return [n for n in self._network.neighbours(self._peer_id) if n._running and topic in n._topics
+                and admits(self._admit.get(topic), n.peer_id) and admits(n._admit.get(topic), self._peer_id)]
 
     def _check_running(self) -> None:
         if not self._running:
@@ -386,8 +412,13 @@ class MemoryGossip:
 
     async def _receive(self, envelope: _Envelope) -> None:
         validate = self._topics.get(envelope.topic)
-        if validate is None or not self._seen.add((envelope.origin, envelope.seqno)):
-            return  # not joined (any more), or a duplicate: each message is judged once
+        if validate is None:
+            return  # not joined (any more)
+        if not admits(self._admit.get(envelope.topic), envelope.forwarder):
+            self._counters.unadmitted += 1  # before ``seen``: its copy must not hide an admitted peer's
+            return
+        if not self._seen.add((envelope.origin, envelope.seqno)):
+            return  # a duplicate: each message is judged once
         if len(envelope.data) > self.max_message_size:
             self._counters.oversize += 1
             self._offences.add(envelope.forwarder, "message of %d bytes on %s is over the size limit",

@@ -20,6 +20,11 @@ peer-record envelope built and verified on every RPC, one RPC per message, a 32-
   to ``DEGREE_LAZY`` subscribed peers outside the mesh for ``GOSSIP_WINDOWS`` heartbeats, so a node that
   missed it asks for it.
 
+A topic joined with ``admit`` keeps a closed mesh (the contract in ``gossip``): each peer's verdict is asked once
+per heartbeat and kept until the next; this node's subscription is told to a peer when it is admitted and
+withdrawn (UNSUBSCRIBE) when it no longer is, and a peer's subscription is remembered either way, so a peer
+admitted later joins the mesh at the next heartbeat without subscribing again.
+
 Not implemented: peer scoring, peer exchange on PRUNE (received PX is ignored), fanout (publishing needs
 ``join``), direct peers, and v1.2's IDONTWANT. Peers whose id is not an Ed25519 key can subscribe and relay,
 but their own messages fail the signature check (no Flair member has such an id).
@@ -58,11 +63,13 @@ from .framing import MessageReader
 from .gossip import (
     MAX_MESSAGE_SIZE,
     QUEUE_SIZE,
+    Admission,
     Counters,
     GossipMessage,
     Offences,
     RecentIds,
     Validator,
+    admits,
     check_publish,
     check_topic,
     deliver,
@@ -99,7 +106,8 @@ class _Peer:
     id: Peer
     name: PeerId
     raw: bytes  # the peer id's bytes, as in a message's ``from``
-    topics: set[str] = field(default_factory=set)
+    topics: set[str] = field(default_factory=set)  # what it subscribed to
+    told: set[str] = field(default_factory=set)  # the topics it was told this node subscribes to
     outbox: deque[bytes] = field(default_factory=deque)
     ready: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -140,9 +148,10 @@ class _MessageCache:
         while self._bytes > CACHE_BYTES:
             self._bytes -= len(self._entries.popitem(last=False)[1][1])
 
-    def get(self, message_id: bytes) -> bytes | None:
+    def get(self, message_id: bytes) -> tuple[str, bytes] | None:
+        """The topic and piece of a cached message."""
         entry = self._entries.get(message_id)
-        return entry[1] if entry else None
+        return entry[:2] if entry else None
 
     def recent(self, topic: str) -> list[bytes]:
         """Ids of ``topic``'s messages of the last ``GOSSIP_WINDOWS`` heartbeats, oldest first."""
@@ -200,6 +209,8 @@ class GossipSub:
         self._send, self.messages = trio.open_memory_channel[GossipMessage](queue_size)
         self._peers: dict[Peer, _Peer] = {}
         self._topics: dict[str, Validator] = {}
+        self._admit: dict[str, Admission | None] = {}
+        self._verdicts: dict[tuple[str, Peer], bool] = {}  # admissions asked this heartbeat
         self._mesh: dict[str, set[_Peer]] = {}
         self._backoff: dict[tuple[str, Peer], float] = {}
         self._seen = RecentIds(SEEN)
@@ -237,27 +248,31 @@ class GossipSub:
             self._mesh.clear()
             self._send.close()
 
-    async def join(self, topic: str, validate: Validator) -> None:
+    async def join(self, topic: str, validate: Validator, *, admit: Admission | None = None) -> None:
         self._running()
         check_topic(topic)
         joined = topic in self._topics
-        self._topics[topic] = validate
+        self._topics[topic], self._admit[topic] = validate, admit
+        self._verdicts = {key: v for key, v in self._verdicts.items() if key[0] != topic}
+        self._mesh.setdefault(topic, set())
+        for peer in self._peers.values():
+            self._tell(peer)
         if not joined:
-            self._mesh[topic] = set()
-            for peer in self._peers.values():
-                peer.send(wire.subscription(topic, True))
             self._fill_mesh(topic, DEGREE)
         await trio.lowlevel.checkpoint()
 
     async def leave(self, topic: str) -> None:
         self._running()
         if self._topics.pop(topic, None) is not None:
+            self._admit.pop(topic, None)
             until = trio.current_time() + PRUNE_BACKOFF
             for peer in self._mesh.pop(topic, set()):
                 peer.send(wire.prune(topic, PRUNE_BACKOFF))
                 self._backoff[(topic, peer.id)] = until  # both sides back off, as the spec asks
             for peer in self._peers.values():
-                peer.send(wire.subscription(topic, False))
+                if topic in peer.told:
+                    peer.told.discard(topic)
+                    peer.send(wire.subscription(topic, False))
         await trio.lowlevel.checkpoint()
 
     async def publish(self, topic: str, data: bytes) -> None:
@@ -270,7 +285,7 @@ class GossipSub:
         piece = wire.publish(message.encode())
         self._cache.add(message.id, topic, piece)
         for peer in self._peers.values():
-            if topic in peer.topics:
+            if self._subscribed(topic, peer):
                 self._queue(peer, piece)
         self._counters.published += 1
 
@@ -295,8 +310,7 @@ class GossipSub:
         peer = self._peers.get(peer_id)
         if peer is None and self._nursery is not None:
             peer = self._peers[peer_id] = _Peer(peer_id, PeerId(str(peer_id)), peer_id.to_bytes())
-            for topic in self._topics:
-                peer.send(wire.subscription(topic, True))
+            self._tell(peer)
             self._nursery.start_soon(self._send_loop, peer)
         return peer
 
@@ -356,6 +370,33 @@ class GossipSub:
                 await close_stream(stream)
             self._disconnected(peer_id)
 
+    # -- closed meshes ----------------------------------------------------------------------------------
+
+    def _admitted(self, topic: str, peer: _Peer) -> bool:
+        """Whether ``peer`` may exchange ``topic``'s messages with this node (asked once per heartbeat)."""
+        admit = self._admit.get(topic)
+        if admit is None:
+            return True
+        verdict = self._verdicts.get((topic, peer.id))
+        if verdict is None:
+            verdict = self._verdicts[(topic, peer.id)] = admits(admit, peer.name)
+        return verdict
+
+    def _subscribed(self, topic: str, peer: _Peer) -> bool:
+        return topic in peer.topics and self._admitted(topic, peer)
+
+    def _tell(self, peer: _Peer) -> None:
+        """Bring what ``peer`` was told of this node's subscriptions to what it is admitted to."""
+        for topic in self._topics:
+            if self._admitted(topic, peer):
+                if topic not in peer.told:
+                    peer.told.add(topic)
+                    peer.send(wire.subscription(topic, True))
+            elif topic in peer.told:
+                peer.told.discard(topic)
+                self._mesh[topic].discard(peer)
+                peer.send(wire.subscription(topic, False))
+
     # -- what peers send ---------------------------------------------------------------------------------
 
     async def _handle_rpc(self, peer: _Peer, rpc: wire.Rpc) -> None:
@@ -379,8 +420,11 @@ class GossipSub:
         self._control(peer, rpc)
 
     async def _received(self, peer: _Peer, message: wire.Message, raw: bytes) -> None:
-        topics = [t for t in message.topics if t in self._topics]
+        joined = [t for t in message.topics if t in self._topics]
+        topics = [t for t in joined if self._admitted(t, peer)]
         if not topics:
+            if joined:  # before ``seen``: its copy must not hide an admitted peer's
+                self._counters.unadmitted += 1
             return  # not joined here
         if message.id in self._seen or message.origin == self._origin:
             self._wire["duplicates"] += 1  # each message is handled once
@@ -423,21 +467,24 @@ class GossipSub:
         for topic in rpc.graft:
             if topic not in self._topics:
                 continue  # not joined here: ignored, as go-libp2p does (answering would let a peer make us talk)
-            if self._backoff.get((topic, peer.id), 0) > now:
+            if not self._admitted(topic, peer):
+                self._counters.unadmitted += 1  # ignored too: a PRUNE would tell it this node is on the topic
+            elif self._backoff.get((topic, peer.id), 0) > now:
                 peer.send(wire.prune(topic, PRUNE_BACKOFF))
             else:
                 peer.topics.add(topic)
                 self._mesh[topic].add(peer)
-        wanted = [mid for topic, ids in rpc.ihave if topic in self._topics for mid in ids if mid not in self._seen]
+        wanted = [mid for topic, ids in rpc.ihave if topic in self._topics and self._admitted(topic, peer)
+                  for mid in ids if mid not in self._seen]
         wanted = wanted[:max(0, wire.MAX_IDS - peer.asked)]
         if wanted:
             peer.asked += len(wanted)
             peer.send(wire.iwant(wanted))
         for mid in rpc.iwant[:max(0, wire.MAX_IDS - peer.served)]:
-            piece = self._cache.get(mid)
-            if piece is not None:
+            cached = self._cache.get(mid)
+            if cached is not None and self._admitted(cached[0], peer):
                 peer.served += 1
-                self._queue(peer, piece)
+                self._queue(peer, cached[1])
 
     def _offence(self, peer: str, counter: str, what: str, *args: object) -> None:
         """Bad input from ``peer``: counted (in all and per peer) and logged once per peer per minute."""
@@ -474,7 +521,7 @@ class GossipSub:
         """Back-pressure: wait while a peer subscribed to ``topic`` has over ``HIGH_WATER`` pieces waiting."""
         with trio.move_on_after(PUBLISH_WAIT) as waited:
             # noqa below: a queue fills and drains in frames; a short poll costs less than an event per piece
-            while any(len(p.outbox) > HIGH_WATER for p in self._peers.values() if topic in p.topics):  # noqa: ASYNC110
+            while any(len(p.outbox) > HIGH_WATER for p in self._peers.values() if self._subscribed(topic, p)):  # noqa: ASYNC110
                 await trio.sleep(0.002)
         if waited.cancelled_caught:
             log.warning("a peer is not reading %s; publishing anyway (it may miss messages)", topic)
@@ -483,7 +530,7 @@ class GossipSub:
         """Graft peers subscribed to ``topic`` (from ``candidates``, or any) until the mesh has ``size``."""
         mesh, now = self._mesh[topic], trio.current_time()
         pool = [p for p in (self._peers.values() if candidates is None else candidates)
-                if topic in p.topics and p not in mesh and self._backoff.get((topic, p.id), 0) <= now]
+                if self._subscribed(topic, p) and p not in mesh and self._backoff.get((topic, p.id), 0) <= now]
         for peer in random.sample(pool, min(len(pool), max(0, size - len(mesh)))):
             mesh.add(peer)
             peer.send(wire.graft(topic))
@@ -502,8 +549,11 @@ class GossipSub:
         for peer in [p for p in self._peers.values() if p.id not in connected]:
             self._forget(peer)
         self._backoff = {k: until for k, until in self._backoff.items() if until > now}
+        self._verdicts.clear()  # admissions are asked afresh: memberships change
+        for peer in self._peers.values():
+            self._tell(peer)
         for topic, mesh in self._mesh.items():
-            mesh.difference_update([p for p in mesh if topic not in p.topics])
+            mesh.difference_update([p for p in mesh if not self._subscribed(topic, p)])
             if len(mesh) < DEGREE_LOW:
                 self._fill_mesh(topic, DEGREE)
             elif len(mesh) > DEGREE_HIGH:
@@ -513,7 +563,7 @@ class GossipSub:
                     self._backoff[(topic, peer.id)] = now + PRUNE_BACKOFF
             ids = self._cache.recent(topic)[-wire.MAX_IDS // 2:]
             if ids:
-                lazy = [p for p in self._peers.values() if topic in p.topics and p not in mesh]
+                lazy = [p for p in self._peers.values() if self._subscribed(topic, p) and p not in mesh]
                 for peer in random.sample(lazy, min(DEGREE_LAZY, len(lazy))):
                     peer.send(wire.ihave(topic, ids))
         self._cache.shift()

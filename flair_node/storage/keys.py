@@ -57,6 +57,11 @@ class PayloadKeys:
         """Associated data: a payload authenticates only in this repository and as this codec."""
         return f"flair/payload/{self.record.id}/{codec}".encode()
 
+    def tag(self, value: str, *, epoch: int, purpose: str) -> str:
+        """The tag of ``value`` (a branch name, say) under the key of ``epoch``, for ``purpose``: what is written
+        where non-members read (on chain) in place of the name, which members recompute to check it."""
+        return crypto.keyed_tag(self.key(epoch), f"flair/tag/{self.record.id}/{purpose}".encode(), value)
+
     def encrypt(self, data: bytes, *, epoch: int, codec: str) -> bytes:
         """``data`` sealed with the key of ``epoch``, as a payload of this repository in ``codec``."""
         return crypto.encrypt(self.key(epoch), data, self.context(codec))

@@ -8,10 +8,13 @@ Flair's routers in ``network/``, so what it sends is what a foreign implementati
         await mallory.connect(daemon_address)
         await mallory.join(topic)                              # subscribed, and the daemon is in its mesh
         await mallory.publish(topic, b"any bytes")             # signed by mallory, as GossipSub requires
+        await mallory.push(daemon_address, topic, [b"any bytes"])  # the same, to a router that never meshed
         await mallory.send_frames(daemon_address, [rpc_frame(b"\\x0a\\xff")])  # raw meshsub frames
 
 - ``publish`` hands bytes to py-libp2p's GossipSub (signed by this peer, so the daemon's router passes them to
   its validator): the way to test what a node does with an announcement's content.
+- ``push`` writes signed messages straight onto a new ``/meshsub/1.1.0`` stream, one frame each, whether or not
+  the daemon told this peer it is on the topic: what a peer outside a closed mesh can still make a router read.
 - ``send_frames`` writes bytes as they are on a new ``/meshsub/1.1.0`` stream: the way to test the router's
   parsing. ``rpc_frame`` length-prefixes an RPC (py-libp2p's ``rpc_pb2.RPC`` or its bytes) and
   ``signed_message`` builds a message this peer signed, carrying any data and topics.
@@ -19,15 +22,22 @@ Flair's routers in ``network/``, so what it sends is what a foreign implementati
   the reply frame's bytes, which may be anything (``sync_reply`` wraps a value as a well-formed reply;
   ``deep_msgpack`` makes a record nested past every decoder's bound). ``sync_requests`` lists what was asked.
 
+``wiretap()`` records every byte the hosts of this process read off their connections, as they are once
+decrypted (Noise handshake payloads and transport messages alike): what a peer received, whoever it came from
+and whatever protocol carried it. It patches py-libp2p's Noise reader for the block's duration, so it is for a
+test process whose only host is the hostile peer (the daemons under test run in their own processes).
+
 Everything waits with a deadline, and leaving the block closes the host and its connections.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import trio
@@ -35,6 +45,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
+from libp2p.security.noise.io import BaseNoiseMsgReadWriter
 
 from ..core import encoding
 from ..core.errors import FlairError, RemoteError
@@ -58,6 +69,7 @@ class HostilePeer:
 
     def __init__(self, identity: Identity, host: Host, gossip: Libp2pGossip) -> None:
         self.identity, self.host, self.gossip = identity, host, gossip
+        self._seqno = itertools.count(time.time_ns())
         #: Sync requests received, decoded, oldest first.
         self.sync_requests: list[Any] = []
 
@@ -105,6 +117,12 @@ class HostilePeer:
             finally:
                 await _close(stream)
 
+    async def push(self, address_or_peer: str, topic: str, messages: Sequence[bytes]) -> None:
+        """Each of ``messages`` on ``topic``, signed by this peer, written to a connected peer as raw frames."""
+        await self.send_frames(address_or_peer, [
+            rpc_frame(rpc_pb2.RPC(publish=[self.signed_message([topic], data, next(self._seqno))]))
+            for data in messages])
+
     def signed_message(self, topics: Sequence[str], data: bytes, seqno: int) -> rpc_pb2.Message:
         """A pubsub message from this peer, signed as py-libp2p signs (StrictSign), with any data and topics."""
         message = rpc_pb2.Message(from_id=self.host.get_id().to_bytes(), data=data, seqno=seqno.to_bytes(8, "big"),
@@ -145,6 +163,24 @@ async def hostile_peer(identity: Identity | None = None) -> AsyncIterator[Hostil
             yield HostilePeer(identity, host, gossip)
         finally:
             nursery.cancel_scope.cancel()
+
+
+@contextmanager
+def wiretap() -> Iterator[list[bytes]]:
+    """Every decrypted message this process's libp2p connections read while the block runs, in order."""
+    heard: list[bytes] = []
+    read_msg = BaseNoiseMsgReadWriter.read_msg
+
+    async def tapped(self: BaseNoiseMsgReadWriter, prefix_encoded: bool = False) -> bytes:
+        message = await read_msg(self, prefix_encoded)
+        heard.append(bytes(message))
+        return message
+
+    BaseNoiseMsgReadWriter.read_msg = tapped  # type: ignore[method-assign]
+    try:
+        yield heard
+    finally:
+        BaseNoiseMsgReadWriter.read_msg = read_msg  # type: ignore[method-assign]
 
 
 def rpc_frame(rpc: rpc_pb2.RPC | bytes) -> bytes:

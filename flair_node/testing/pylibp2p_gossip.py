@@ -74,10 +74,12 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
 
+from ..core.errors import InvalidInput
 from ..core.ids import PeerId
 from ..network.gossip import (
     MAX_MESSAGE_SIZE,
     QUEUE_SIZE,
+    Admission,
     BadInputLog,
     Counters,
     GossipMessage,
@@ -185,9 +187,11 @@ class Libp2pGossip:
             pubsub.seen_messages.stop()  # py-libp2p starts a sweeper thread per Pubsub and never stops it
             self._send.close()
 
-    async def join(self, topic: str, validate: Validator) -> None:
+    async def join(self, topic: str, validate: Validator, *, admit: Admission | None = None) -> None:
         pubsub = self._running()
         check_topic(topic)
+        if admit is not None:
+            raise InvalidInput("py-libp2p's GossipSub has no hook to keep a topic's mesh closed: join without admit")
         if is_async_validator(validate):
             async def check_async(forwarder: ID, msg: rpc_pb2.Message) -> bool:
                 early = self._screen(forwarder, msg)

@@ -102,16 +102,14 @@ async def libp2p_nodes(sizes: Sequence[int], links: Sequence[tuple[int, int]], k
 KINDS = {"gossipsub": [GossipSub], "py-libp2p": [Libp2pGossip], "mixed": [GossipSub, Libp2pGossip]}
 
 
-@pytest.fixture(params=["memory", *(pytest.param(kind, marks=pytest.mark.integration) for kind in KINDS)])
-def cluster(request: pytest.FixtureRequest) -> Callable:
-    """``async with cluster(3, links) as c``: started, linked nodes whose messages are being collected."""
+def _clusters(kind: str) -> Callable:
+    """``async with make(3, links) as c``: started, linked nodes of ``kind`` whose messages are being collected."""
 
     @asynccontextmanager
     async def make(n: int, links: Sequence[tuple[int, int]], sizes: Sequence[int] | None = None
                    ) -> AsyncIterator[Cluster]:
         sizes = sizes or [MAX_MESSAGE_SIZE] * n
-        start = memory_nodes(sizes, links) if request.param == "memory" else \
-            libp2p_nodes(sizes, links, KINDS[request.param])
+        start = memory_nodes(sizes, links) if kind == "memory" else libp2p_nodes(sizes, links, KINDS[kind])
         with trio.fail_after(120):
             async with start as nodes, trio.open_nursery() as nursery:
                 result = Cluster(nodes, links)
@@ -121,6 +119,17 @@ def cluster(request: pytest.FixtureRequest) -> Callable:
                 nursery.cancel_scope.cancel()
 
     return make
+
+
+@pytest.fixture(params=["memory", *(pytest.param(kind, marks=pytest.mark.integration) for kind in KINDS)])
+def cluster(request: pytest.FixtureRequest) -> Callable:
+    return _clusters(request.param)
+
+
+@pytest.fixture(params=["memory", pytest.param("gossipsub", marks=pytest.mark.integration)])
+def closed_cluster(request: pytest.FixtureRequest) -> Callable:
+    """The implementations that keep a closed mesh (``Libp2pGossip`` refuses ``admit``)."""
+    return _clusters(request.param)
 
 
 class Recorder:
@@ -240,6 +249,59 @@ async def test_a_burst_of_1000_reaches_every_node(cluster):
             status = c.nodes[i].status()
             assert (status["delivered"], status["dropped_full"], status["rejected"]) == (1000, 0, 0)
         assert c.nodes[0].status()["published"] == 1000 and c.received[0] == []
+
+
+async def test_a_closed_mesh_sends_nothing_to_whom_it_does_not_admit(closed_cluster):
+    # A and B admit each other; Z (everyone's neighbour, admitting all) is let in for a while, then out again.
+    async with closed_cluster(3, FULL3) as c:
+        a, b, z = c.nodes
+        members = {a.peer_id, b.peer_id}
+        for node in (a, b):
+            await node.join(TOPIC, accept, admit=lambda peer: peer in members)
+        await z.join(TOPIC, accept)
+        await wait_until(lambda: a.peers(TOPIC) == [b.peer_id] and b.peers(TOPIC) == [a.peer_id])
+        await a.publish(TOPIC, b"members only 1")
+        await z.publish(TOPIC, b"from a stranger")
+        await wait_until(lambda: len(c.received[1]) == 1)
+        await trio.sleep(QUIET)
+        assert c.data(1) == [b"members only 1"] and c.received[2] == [] and c.received[0] == []
+        assert z.peers(TOPIC) == []
+
+        members.add(z.peer_id)  # admitted from the next heartbeat on
+        await wait_until(lambda: z.peer_id in a.peers(TOPIC) and a.peer_id in z.peers(TOPIC))
+        await a.publish(TOPIC, b"members only 2")
+        await wait_until(lambda: c.data(2) == [b"members only 2"])
+
+        members.discard(z.peer_id)
+        await wait_until(lambda: z.peers(TOPIC) == [] and z.peer_id not in a.peers(TOPIC) + b.peers(TOPIC))
+        await a.publish(TOPIC, b"members only 3")
+        await wait_until(lambda: len(c.received[1]) == 3)
+        await trio.sleep(QUIET)
+        assert c.data(2) == [b"members only 2"]
+
+
+async def test_an_admission_that_raises_admits_nobody(closed_cluster):
+    def broken(peer: PeerId) -> bool:
+        raise ValueError("admission bug")
+
+    async with closed_cluster(2, [(0, 1)]) as c:
+        a, b = c.nodes
+        await a.join(TOPIC, accept, admit=broken)
+        await b.join(TOPIC, accept)
+        await b.publish(TOPIC, b"not heard")
+        await a.publish(TOPIC, b"not sent")
+        await trio.sleep(QUIET)
+        assert c.received == [[], []] and a.peers(TOPIC) == []
+
+
+@pytest.mark.integration
+async def test_py_libp2p_cannot_keep_a_closed_mesh():
+    async with running_host(Identity.generate()) as host, trio.open_nursery() as nursery:
+        gossip = Libp2pGossip(host)
+        await nursery.start(gossip.run)
+        with pytest.raises(InvalidInput, match="closed"):
+            await gossip.join(TOPIC, accept, admit=lambda peer: True)
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.integration

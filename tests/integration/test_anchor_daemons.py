@@ -3,6 +3,7 @@ The round's aggregator anchors its merge (memo + commit NFT) on its own; the cha
 `flair provenance` reports, and the other member checks the anchor record on chain itself. While the chain is
 down the anchor is retried with backoff from the node's persisted state, and it lands once the chain is back."""
 
+import re
 import socket
 
 import pytest
@@ -54,7 +55,8 @@ def anchored_round(tmp_path, nodes, repo, seed):
 def check_on_chain(url, node, repo, merge, round_number):
     found = provenance(node, repo, merge)
     record = parse_anchor_memo(found["memo"].encode())
-    assert record == AnchorRecord(repo=repo, branch="main", round=round_number, commit=merge, proof=None)
+    assert re.fullmatch("[0-9a-f]{32}", record.branch)  # the branch's tag: the name is not for the chain
+    assert record == AnchorRecord(repo=repo, branch=record.branch, round=round_number, commit=merge, proof=None)
     landed = on_chain(url, found["mint"])
     verify_commit_nft(mint=Pubkey.from_string(found["mint"]), owner=Pubkey.from_string(landed.owner),
                       data=landed.data, record=record,

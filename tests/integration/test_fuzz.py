@@ -95,11 +95,13 @@ def test_a_running_daemon_survives_a_thousand_mutated_announcements(tmp_path):
         save_file(tiny_state(0), str(model))
         repo = daemon.client.call("repo.init", name="r", model_path=str(model))["repo"]
         daemon.client.call("repo.branch", repo=repo, name="exp")
+        thrower = Identity.generate()  # a member: a stranger's messages are not even read (closed mesh)
+        daemon.client.call("repo.invite", repo=repo, member=thrower.public_key, role="reader")
         address = daemon.client.call("node.status")["p2p"]["addrs"][0]
         before = daemon.client.call("repo.branch", repo=repo)["branches"]
         objects = sorted(p.name for p in (daemon.home / "objects").rglob("*") if p.is_file())
 
-        sent = trio.run(throw_mutations, address, repo, daemon.home, 1_000)
+        sent = trio.run(throw_mutations, address, repo, daemon.home, 1_000, thrower)
         time.sleep(2)
         status = daemon.client.call("node.status")["p2p"]
         assert daemon.client.call("repo.branch", repo=repo)["branches"] == before
@@ -109,7 +111,7 @@ def test_a_running_daemon_survives_a_thousand_mutated_announcements(tmp_path):
         assert 0 < refused <= sent, json.dumps(status)
 
 
-async def throw_mutations(address, repo_id, home, count):
+async def throw_mutations(address, repo_id, home, count, identity):
     from flair_node.storage.repos import RepoSet as Stores
 
     owner_view = Stores.on_disk(home, Identity.generate()).open_id(repo_id)  # read-only use of its records
@@ -117,7 +119,7 @@ async def throw_mutations(address, repo_id, home, count):
     pool = [announce.pack(repo_id, [("move", owner_view.branch_move(b).encode())], 60_000)[0]
             for b in owner_view.branches()]
     with trio.fail_after(120):
-        async with running_host(Identity.generate()) as host, trio.open_nursery() as nursery:
+        async with running_host(identity) as host, trio.open_nursery() as nursery:
             gossip = GossipSub(host)
             await nursery.start(gossip.run)
             topic = announce.topic(repo_id)

@@ -19,8 +19,8 @@ GOOD = AnchorRecord(repo=REPO, branch="main", round=12, commit=COMMIT, proof=PRO
 
 
 def test_the_memo_spells_the_record() -> None:
-    assert anchor_memo(GOOD) == f"flair:1:{REPO}:main:12:{COMMIT}:{PROOF}".encode()
-    assert anchor_memo(dataclasses.replace(GOOD, proof=None)) == f"flair:1:{REPO}:main:12:{COMMIT}".encode()
+    assert anchor_memo(GOOD) == f"flair:2:{REPO}:main:12:{COMMIT}:{PROOF}".encode()
+    assert anchor_memo(dataclasses.replace(GOOD, proof=None)) == f"flair:2:{REPO}:main:12:{COMMIT}".encode()
     assert parse_anchor_memo(anchor_memo(GOOD)) == GOOD
 
 
@@ -42,15 +42,15 @@ def test_a_record_refuses_bad_fields(change: dict[str, object]) -> None:
 
 
 @pytest.mark.parametrize("memo", [
-    b"", b"flair", b"flair:1", f"flair:2:{REPO}:main:12:{COMMIT}".encode(),
+    b"", b"flair", b"flair:1", f"flair:1:{REPO}:main:12:{COMMIT}".encode(),  # version 1 named branches
     f"flare:1:{REPO}:main:12:{COMMIT}".encode(), f"FLAIR:1:{REPO}:main:12:{COMMIT}".encode(),
-    f"flair:1:{REPO}:main:012:{COMMIT}".encode(), f"flair:1:{REPO}:main:+12:{COMMIT}".encode(),
-    f"flair:1:{REPO}:main:12 :{COMMIT}".encode(), f"flair:1:{REPO}:main:0:{COMMIT}".encode(),
-    f"flair:1:{REPO}:main:12:{COMMIT}\n".encode(), f"flair:1:{REPO}:main\n:12:{COMMIT}".encode(),
-    f"flair:1:{REPO}:main:12:{COMMIT}:".encode(), f"flair:1:{REPO}:main:12:{COMMIT}:{PROOF}:x".encode(),
-    f"flair:1:{REPO.upper()}:main:12:{COMMIT}".encode(), f"flair:1:{REPO}::12:{COMMIT}".encode(),
-    f"flair:1:{REPO}:ma..in:12:{COMMIT}".encode(), f"flair:1:{REPO}:main:12:{COMMIT}:{PROOF.upper()}".encode(),
-    f"flair:1:{REPO}:main:١٢:{COMMIT}".encode(), f"flair:1:{REPO}:mäin:12:{COMMIT}".encode(),
+    f"flair:2:{REPO}:main:012:{COMMIT}".encode(), f"flair:2:{REPO}:main:+12:{COMMIT}".encode(),
+    f"flair:2:{REPO}:main:12 :{COMMIT}".encode(), f"flair:2:{REPO}:main:0:{COMMIT}".encode(),
+    f"flair:2:{REPO}:main:12:{COMMIT}\n".encode(), f"flair:2:{REPO}:main\n:12:{COMMIT}".encode(),
+    f"flair:2:{REPO}:main:12:{COMMIT}:".encode(), f"flair:2:{REPO}:main:12:{COMMIT}:{PROOF}:x".encode(),
+    f"flair:2:{REPO.upper()}:main:12:{COMMIT}".encode(), f"flair:2:{REPO}::12:{COMMIT}".encode(),
+    f"flair:2:{REPO}:ma..in:12:{COMMIT}".encode(), f"flair:2:{REPO}:main:12:{COMMIT}:{PROOF.upper()}".encode(),
+    f"flair:2:{REPO}:main:١٢:{COMMIT}".encode(), f"flair:2:{REPO}:mäin:12:{COMMIT}".encode(),
     b"\xff" * 10, b"flair:1:" + b"a" * 1000,
 ])
 def test_parsing_refuses_anything_else(memo: bytes) -> None:

@@ -8,7 +8,7 @@ IPFS, see ``commit_nft_metadata``) and the fields ``repository`` and ``commit``,
 (``memo``), signed by the payer.
 
 Either all of it lands or none of it does. It must fit in Solana's 1232-byte packet, which is why the metadata
-on chain is lean (the memo beside it names the branch and the proof, the name holds the round) and the URI is
+on chain is lean (the memo beside it names the branch's tag and the proof, the name holds the round) and the URI is
 bounded: with the longest memo and URI the transaction is 1232 bytes, exactly the limit (a test keeps it so).
 
 Retrying is safe because the mint's key is derived from a node secret and the commit id (``commit_mint``): a
@@ -25,9 +25,7 @@ everything above, so any node can confirm an anchor without trusting whoever rep
 from __future__ import annotations
 
 import json
-import math
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from solders.hash import Hash
@@ -37,8 +35,7 @@ from solders.pubkey import Pubkey
 from solders.transaction import Transaction
 
 from ...core.errors import InvalidInput
-from ...core.identity import public_key_bytes
-from ...core.ids import CommitId, PublicKey, short
+from ...core.ids import CommitId, short
 from . import token2022 as t22
 from .memo import AnchorRecord, anchor_memo
 from .nft import MAX_TRANSACTION_BYTES as MAX_TRANSACTION_BYTES  # importable from here, where they began
@@ -54,9 +51,7 @@ from .nft import (
 )
 
 MAX_CONTRIBUTORS = 256
-MAX_METRICS = 16
 _MINT_SEED_TAG = b"flair/commit-nft/v1\0"
-_METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
 def commit_mint(seed_secret: bytes, commit: CommitId) -> Keypair:
@@ -104,46 +99,28 @@ def commit_nft_transaction(*, payer: Keypair, mint: Keypair, record: AnchorRecor
 
 # -- metadata JSON ----------------------------------------------------------------------------------------
 
-def commit_nft_metadata(record: AnchorRecord, *, aggregator: PublicKey, contributors: Sequence[PublicKey],
-                        metrics: Mapping[str, int | float | str] | None = None) -> dict[str, Any]:
+def commit_nft_metadata(record: AnchorRecord, *, contributors: int) -> dict[str, Any]:
     """The NFT's off-chain metadata in Metaplex's JSON standard, for the caller to store on IPFS and name in
-    the URI. Only ids, counts, keys and named scalar metrics: never weights or anything derived from data."""
-    if isinstance(contributors, str):
-        raise InvalidInput("contributors is one string: give a list of public keys")
-    for key in (aggregator, *contributors):
-        public_key_bytes(key)
-    if len(contributors) > MAX_CONTRIBUTORS or len(set(contributors)) != len(contributors):
-        raise InvalidInput(f"contributors must be at most {MAX_CONTRIBUTORS} distinct keys")
-    metrics = dict(metrics or {})
-    if len(metrics) > MAX_METRICS:
-        raise InvalidInput(f"{len(metrics)} metrics, at most {MAX_METRICS} may be published")
-    for name, value in metrics.items():
-        if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):
-            raise InvalidInput(f"metric name {name!r} is not 1-64 of A-Z a-z 0-9 _ . -, starting with a letter")
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise InvalidInput(f"metric {name} is {type(value).__name__}: publish a number or short text")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidInput(f"metric {name} is {value}: publish a finite number")
-        if isinstance(value, str) and len(value) > 64:
-            raise InvalidInput(f"metric {name} is {len(value)} characters of text, at most 64")
+    the URI. It is public (an unencrypted block anyone holding its CID may fetch), so it holds what the chain
+    shows already and a count: ids, the branch's tag, the round and how many contributions were merged. Never
+    a key, a branch name, a metric or anything derived from data."""
+    if isinstance(contributors, bool) or not isinstance(contributors, int) or not 0 < contributors <= MAX_CONTRIBUTORS:
+        raise InvalidInput(f"contributors is a count from 1 to {MAX_CONTRIBUTORS}")
     attributes: list[dict[str, Any]] = [
         {"trait_type": "repository", "value": record.repo},
-        {"trait_type": "branch", "value": record.branch},
+        {"trait_type": "branch tag", "value": record.branch},
         {"trait_type": "round", "value": record.round},
         {"trait_type": "commit", "value": record.commit},
-        {"trait_type": "aggregator", "value": aggregator},
-        {"trait_type": "contributors", "value": len(contributors)},
+        {"trait_type": "contributors", "value": contributors},
     ]
     if record.proof is not None:
         attributes.append({"trait_type": "proof", "value": record.proof})
-    attributes += [{"trait_type": f"metric:{name}", "value": metrics[name]} for name in sorted(metrics)]
     return {
         "name": commit_nft_name(record),
         "symbol": NFT_SYMBOL,
-        "description": f"Flair merged commit {record.commit} of repository {record.repo}, "
-                       f"branch {record.branch}, round {record.round}.",
+        "description": f"Flair merged commit {record.commit} of repository {record.repo}, round {record.round}.",
         "attributes": attributes,
-        "properties": {"category": "model", "contributors": list(contributors)},
+        "properties": {"category": "model"},
     }
 
 

@@ -4,7 +4,11 @@ When a round's aggregator merges a commit, the transaction that mints the commit
 as a memo, so the chain holds, under the aggregator's signature and the slot's timestamp, which commit became the
 head of which branch in which round, and which proof backs it::
 
-    flair:1:<repository id>:<branch>:<round>:<merged commit id>[:<proof CID>]
+    flair:2:<repository id>:<branch>:<round>:<merged commit id>[:<proof CID>]
+
+The chain is public, so the daemon never writes a branch's name there: the ``branch`` field holds the branch's
+tag (``storage.keys.PayloadKeys.tag``, 32 hex digits keyed with the merge's payload key), which members recompute
+to check the memo and nobody else can tell from random. (Version 1 wrote the name; it is refused.)
 
 Ids are 64 lower-case hex digits, the round is decimal without leading zeros, the proof is a CIDv1 in base32.
 Branch names cannot hold ``:`` (``core.refs``), so the fields split unambiguously, and every value has one
@@ -45,6 +49,7 @@ from .chain import parse_address
 MEMO_PROGRAM_ID = Pubkey.from_string("MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr")
 MEMO_PREFIX = "flair"
 MEMO_VERSION = 1
+ANCHOR_VERSION = 2  # version 1 anchors named the branch
 #: Rounds are numbered from 1. Ten digits (a round a second for 300 years) keep the largest anchor transaction
 #: inside Solana's packet size (``commit_nft``).
 MAX_ROUND = 10**10 - 1
@@ -63,7 +68,7 @@ class AnchorRecord:
     """A merged commit as the chain records it. Construction validates every field (``InvalidInput``)."""
 
     repo: RepoId
-    branch: BranchName
+    branch: BranchName  # as the chain shows it: the daemon writes the branch's tag, never its name
     round: int
     commit: CommitId
     proof: Cid | None = None  # the merge's proof record on IPFS, when the repository proves its rounds
@@ -90,7 +95,7 @@ class AnchorRecord:
 
 def anchor_memo(record: AnchorRecord) -> bytes:
     """The memo bytes for ``record``: ASCII, canonical, at most 309 bytes."""
-    fields = [MEMO_PREFIX, str(MEMO_VERSION), record.repo, record.branch, str(record.round), record.commit]
+    fields = [MEMO_PREFIX, str(ANCHOR_VERSION), record.repo, record.branch, str(record.round), record.commit]
     if record.proof is not None:
         fields.append(record.proof)
     return ":".join(fields).encode("ascii")
@@ -106,9 +111,9 @@ def parse_anchor_memo(data: bytes) -> AnchorRecord:
         raise IntegrityError("memo is not ASCII, so not a Flair anchor") from None
     fields = text.split(":")
     if len(fields) not in (6, 7) or fields[0] != MEMO_PREFIX:
-        raise IntegrityError(f"memo {text[:80]!r} is not a Flair anchor (flair:1:repo:branch:round:commit[:proof])")
-    if fields[1] != str(MEMO_VERSION):
-        raise IntegrityError(f"anchor memo version {fields[1][:10]!r} is not {MEMO_VERSION}: upgrade flair-node?")
+        raise IntegrityError(f"memo {text[:80]!r} is not a Flair anchor (flair:2:repo:branch:round:commit[:proof])")
+    if fields[1] != str(ANCHOR_VERSION):
+        raise IntegrityError(f"anchor memo version {fields[1][:10]!r} is not {ANCHOR_VERSION}: upgrade flair-node?")
     if not _ROUND.fullmatch(fields[4]):
         raise IntegrityError(f"anchor memo round {fields[4][:24]!r} is not a canonical decimal number")
     try:
