@@ -366,6 +366,43 @@ async def test_the_first_frame_to_a_new_peer_carries_the_nodes_topics():
 
 
 @pytest.mark.integration
+async def test_a_closed_topic_tells_an_unadmitted_peer_nothing_and_hears_nothing_from_it():
+    def about(rpc: wire.Rpc) -> bool:
+        """Whether the node said anything of TOPIC to the raw peer."""
+        return (any(topic == TOPIC for _, topic in rpc.subscriptions) or TOPIC in rpc.graft
+                or any(topic == TOPIC for topic, _ in rpc.prune) or any(t == TOPIC for t, _ in rpc.ihave)
+                or bool(rpc.iwant) or any(TOPIC in m.topics for m, _ in rpc.messages))
+
+    allowed: set[PeerId] = set()
+    with trio.fail_after(15):
+        async with gossipsub_nodes(1) as (hosts, (node,)):
+            await node.join(TOPIC, accept, admit=lambda peer: peer in allowed)
+            await node.join(OTHER, accept)
+            async with raw_peer(hosts[0]) as raw:
+                assert (await raw.next()).subscriptions == [(True, OTHER)]  # the open topic only
+                await node.publish(TOPIC, b"members only")
+                unseen = signed(raw.identity, b"unseen")
+                await raw.send(wire.subscription(TOPIC, True), wire.graft(TOPIC), wire.ihave(TOPIC, [unseen.id]),
+                               wire.publish(signed(raw.identity, b"from a stranger").encode()))
+                assert not any(about(rpc) for rpc in await raw.quiet(BEAT * 5))  # nor does a heartbeat tell it
+                status = node.status()
+                assert (status["unadmitted"], status["delivered"], node.peers(TOPIC)) == (2, 0, [])  # graft, message
+
+                allowed.add(raw.peer_id)  # let in: told at the next heartbeat, and grafted (its subscription held)
+                start = len(raw.received)
+                await raw.next(lambda rpc: TOPIC in rpc.graft)  # the same frame may carry both
+                assert any((True, TOPIC) in rpc.subscriptions for rpc in raw.received[start:])
+                await node.publish(TOPIC, b"for members")
+                (message, _), = (await raw.next(lambda rpc: rpc.messages)).messages
+
+                allowed.discard(raw.peer_id)  # let out: told, dropped from the mesh, and served nothing
+                await raw.next(lambda rpc: (False, TOPIC) in rpc.subscriptions)
+                assert node.peers(TOPIC) == []
+                await raw.send(wire.iwant([message.id]))
+                assert not any(about(rpc) for rpc in await raw.quiet(BEAT * 5))
+
+
+@pytest.mark.integration
 async def test_a_meshsub_1_0_peer_is_heard_and_answered_on_1_0():
     with trio.fail_after(10):
         async with gossipsub_nodes(1) as (hosts, (node,)):
