@@ -11,6 +11,11 @@ from the head (the base plus noise) through its API, and the bench waits until e
 - **bytes**: TCP bytes every daemon sent during the round (``ss -ti`` counters of the daemons' sockets, before the
   first contribution and after every node followed), divided by the member count.
 
+Before each round the bench waits (up to a minute) until the daemons are back to the CPU rate they use idle
+(measured once the repositories are made: catch-up passes every 2 s cost 10 daemons over half a core): a
+round's trailing work otherwise lands in the next round's time, and the rounds alternate between the two
+repositories.
+
 Each figure is the median over the rounds. Last line of stdout, one JSON object: per member count, ``plain_round_s``,
 ``secure_round_s``, ``secure_time_ratio``, ``plain_bytes_per_member``, ``secure_bytes_per_member``,
 ``secure_bytes_ratio``; at the top level the same keys for the largest member count (the issue's goal: at 10
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -65,8 +71,46 @@ def bytes_sent(pids: set[int]) -> int:
     return total
 
 
-def one_round(cluster: Cluster, repo: str, parameters: int, seed: int) -> tuple[float, int]:
-    """Every member contributes; (seconds from the last contribution to every node following, bytes sent)."""
+def cpu_seconds(pids: set[int]) -> float:
+    """CPU time (user and system) the processes ``pids`` have used so far (``/proc/<pid>/stat``)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15, in clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def idle_rate(pids: set[int], samples: int = 5) -> float:
+    """The cores the idle daemons use between them (their catch-up and round-service passes): the median of
+    ``samples`` one-second samples."""
+    rates = []
+    used = cpu_seconds(pids)
+    for _ in range(samples):
+        time.sleep(1.0)
+        now = cpu_seconds(pids)
+        rates.append(now - used)
+        used = now
+    return statistics.median(rates)
+
+
+def quiet(pids: set[int], idle: float, *, longest: float = 60.0) -> float:
+    """Wait until the daemons are back to about their ``idle`` rate over a second (at most ``longest`` seconds):
+    what the last round left running (checks of its merge, catch-up) must not land in the next one's time.
+    Seconds waited."""
+    began = time.monotonic()
+    used = cpu_seconds(pids)
+    while time.monotonic() - began < longest:
+        time.sleep(1.0)
+        now = cpu_seconds(pids)
+        if now - used < 1.25 * idle + 0.1:
+            break
+        used = now
+    return time.monotonic() - began
+
+
+def one_round(cluster: Cluster, repo: str, parameters: int, seed: int, idle: float = 0.0) -> tuple[float, int]:
+    """Once the daemons are back to their ``idle`` rate, every member contributes; (seconds from the last
+    contribution to every node following, bytes sent)."""
     pids = {node.daemon.process.pid for node in cluster.nodes}
     head = cluster.owner.head(repo)
     base = cluster.owner.daemon.home / "tmp" / "base.safetensors"
@@ -82,6 +126,9 @@ def one_round(cluster: Cluster, repo: str, parameters: int, seed: int) -> tuple[
         path.parent.mkdir(mode=0o700, exist_ok=True)
         path.write_bytes(save_bytes(trained))
         paths.append(path)
+    waited = quiet(pids, idle)
+    if waited > 2:
+        print(f"  (waited {waited:.1f} s for the daemons to go quiet)", file=sys.stderr)
     sent_before = bytes_sent(pids)
     for node, path in zip(cluster.nodes, paths, strict=True):
         node.daemon.client.call("repo.contribute", repo=repo, weights_path=str(path), examples=100 + seed)
@@ -106,9 +153,11 @@ def measure(members: int, parameters: int, rounds: int, root: Path) -> dict[str,
             repos = {"plain": cluster.create_repo("plain", model(parameters, 0), policy=common),
                      "secure": cluster.create_repo("secure", model(parameters, 0),
                                                    policy={**common, "privacy": "secure"})}
+            idle = idle_rate({node.daemon.process.pid for node in cluster.nodes})
+            print(f"  idle daemons use {idle:.2f} cores between them", file=sys.stderr)
             for r in range(rounds):
                 for mode in ("plain", "secure"):  # interleaved, so drift in the machine's load hits both
-                    took, sent = one_round(cluster, repos[mode], parameters, r + 1)
+                    took, sent = one_round(cluster, repos[mode], parameters, r + 1, idle)
                     figures[mode].append((took, sent))
                     print(f"{members} members, {mode} round {r + 1}: {took:.2f} s, {sent / members / 1e6:.2f} MB "
                           "sent per member", file=sys.stderr)

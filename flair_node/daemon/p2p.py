@@ -404,6 +404,7 @@ class P2PService:
         try:
             repo.ingest.accept_round_message(message)
         except NotFound:  # a masked update's blocks (or its round's commit, if this node moved on meanwhile)
+            repo.secure.arriving(message)  # its round's aggregator waits for it
             return True
         except (Forbidden, IntegrityError) as exc:
             self._refused_log.warn(publisher, "secure round %s %s in %s not taken: %s", message.phase,

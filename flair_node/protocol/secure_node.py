@@ -10,8 +10,10 @@ the rules; this decides when to apply them).
     signed time first, so that a rival unmask of the same roster, which would make it reveal nothing, has time
     to arrive.
   - as the **entitled aggregator**, signs the roster once the round is ready. It signs the unmask once every
-    contributor of the roster has masked, or ``MASK_WAIT_MS`` after the roster (never a second unmask of a
-    roster, whoever signed the first). It then merges as soon as the reveals recover every secret.
+    contributor of the roster has masked, or ``MASK_WAIT_MS`` after the roster, or, while masked updates that
+    were announced to it are still arriving (their blocks are megabytes: ``RoundMessages.arriving``), up to
+    ``ARRIVING_WAIT_MS`` after it (never a second unmask of a roster, whoever signed the first). It then merges
+    as soon as the reveals recover every secret.
 
 ``tidy`` forgets the weights and secrets of a contribution once its round is over. Every message this node
 signs is kept (``repo.secure``) and announced (``repo.announce``: the daemon gossips it).
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
 SETTLE_MS = 500  # a holder reveals this long after an unmask's signed time, at the earliest
 MASK_WAIT_MS = 5_000  # the aggregator unmasks without the contributors of a roster that have not masked by then
+ARRIVING_WAIT_MS = 60_000  # ... or by then, for masked updates announced to it whose blocks are still arriving
 
 
 @dataclass
@@ -174,8 +177,12 @@ def _as_aggregator(repo: Repository, identity: Any, branch: str, head: str, at: 
         if not unmasks:
             masked = {m.author for m in repo.secure.of_round(repo.id, branch, head, "masked")
                       if content_of(m, Masked).roster == roster.id}
-            if len(masked) < len(content_of(roster, Roster).adverts) and at - roster.timestamp_ms < MASK_WAIT_MS:
-                return
+            if len(masked) < len(content_of(roster, Roster).adverts):
+                waited = at - roster.timestamp_ms
+                arriving = {m.author for m in repo.secure.still_arriving(branch, head)
+                            if isinstance(m.content, Masked) and m.content.roster == roster.id} - masked
+                if waited < MASK_WAIT_MS or (arriving and waited < ARRIVING_WAIT_MS):
+                    return
             message = secure_rounds.unmask(repo, identity, repo.secure, roster, memory=memory)
             done.published.append(f"unmask {publish(repo, message).id}")
             return

@@ -351,10 +351,9 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
     for reveal_id in reveals:
         for advert_id, kind, share in _check_reveal(repo, plan, unmask_message, source.message(reveal_id), taken):
             shares.setdefault((advert_id, kind), []).append(share)
-    head = repo.materialize(unmask_message.head)
-    count = term_size(head)
-    corrections: list[np.ndarray] = []
-    dropped = []
+    # Everything the derivation reads is here before a mask is expanded (the costly part): a merge that cannot
+    # be checked yet, which a node is asked to follow again and again while its inputs arrive, costs little.
+    recoverable = []
     for advert_message in plan.adverts:
         advert = content_of(advert_message, Advert)
         kind = "self" if advert_message.author in taken else "key"
@@ -364,6 +363,13 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
             raise NotReady(f"{len(found)} of the {needed} shares needed to recover the "
                            f"{'self seed' if kind == 'self' else 'mask key'} of advert {short(advert_message.id)} "
                            "have been revealed")
+        recoverable.append((advert_message, advert, kind, found, needed))
+    published = [_masked_bytes(repo, m) for m in masked]
+    head = repo.materialize(unmask_message.head)
+    count = term_size(head)
+    corrections: list[np.ndarray] = []
+    dropped = []
+    for advert_message, advert, kind, found, needed in recoverable:
         secret = secagg.recover(found, needed, advert.self_commit if kind == "self" else advert.key_commit)
         if kind == "self":
             corrections.append(masking.prg(secret, count))
@@ -375,7 +381,6 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
         survivors = {key: secagg.pair_seed(secret, advert.mask_key, key, plan.context)
                      for key in plan.links[advert.mask_key] if plan.by_key(key).author in taken}
         corrections.append(masking.pair_correction(advert.mask_key, survivors, count))
-    published = [_masked_bytes(repo, m) for m in masked]
     plain = masking.from_ring(masking.ring_total(published, plan.width, count), plan.width, corrections)
     masked_of = {m.author: m.id for m in masked}
     entries: list[list[Any]] = [[masked_of[a.author], a.author, content_of(a, Advert).examples, plan.weights[a.id]]

@@ -43,6 +43,8 @@ class RoundMessages:
         self._decoded: OrderedDict[str, RoundMessage] = OrderedDict()
         #: Per round's ref: its newest link when last read, and the ids up to it.
         self._indexed: OrderedDict[str, tuple[RecordId, list[str]]] = OrderedDict()
+        #: Masked updates announced to this node whose blocks are on their way, by id (``arriving``).
+        self._arriving: OrderedDict[str, RoundMessage] = OrderedDict()
 
     def has(self, message_id: str) -> bool:
         return self.objects.has(message_id)
@@ -89,6 +91,22 @@ class RoundMessages:
         found = (self.message(i) for i in self.ids(branch, head))
         return sorted((m for m in found if m.phase == phase), key=lambda m: m.id)
 
+    def arriving(self, message: RoundMessage) -> None:
+        """Note a masked update that passed the gossip gate but whose blocks are still on their way (it is kept,
+        and ``of_round`` lists it, once they are here): the aggregator waits for it a while longer
+        (``protocol.secure_node``). In memory only, at most ``MAX_ROUND_MESSAGES``."""
+        with self._lock:
+            self._arriving[message.id] = message
+            self._arriving.move_to_end(message.id)
+            while len(self._arriving) > MAX_ROUND_MESSAGES:
+                self._arriving.popitem(last=False)
+
+    def still_arriving(self, branch: str, head: str) -> list[RoundMessage]:
+        """The messages of a round noted by ``arriving`` and not kept yet."""
+        with self._lock:
+            noted = [m for m in self._arriving.values() if (m.branch, m.head) == (branch, head)]
+        return [m for m in noted if not self.objects.has(m.id)]
+
     def add(self, message: RoundMessage) -> bool:
         """Keep ``message`` (checked by the caller) and index it under its round; False if it was kept already.
         ``IntegrityError`` if its round, or its author's share of it, is full."""
@@ -116,6 +134,7 @@ class RoundMessages:
                 except RefConflict:
                     continue  # another process added one meanwhile: link after it
                 self._remember(message)
+                self._arriving.pop(message.id, None)
                 return True
 
     def _remember(self, message: RoundMessage) -> None:

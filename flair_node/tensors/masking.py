@@ -1,8 +1,8 @@
 """Masks over Flair's int64 fixed-point ring, for secure aggregation (the key material is ``core.secagg``).
 
 An update in Flair's exact merge arithmetic is a vector of int64 (``tensors.fixedpoint``). A mask is a vector of
-the same length drawn from a 32-byte seed with SHAKE-256, read as int64; masking adds it with wraparound, i.e. in
-the ring Z/2^64. A contributor's masked update is
+the same length drawn from a 32-byte seed (``core.secagg.expand``: AES-256-CTR), read as int64; masking adds it
+with wraparound, i.e. in the ring Z/2^64. A contributor's masked update is
 
     y = x + PRG(self seed) + sum over neighbours j of sign(i, j) * PRG(pair seed i,j)       (mod 2^64)
 
@@ -16,25 +16,21 @@ If a contributor masked and then dropped out, its neighbours' masked updates sti
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from ..core.errors import InvalidInput
-from ..core.secagg import SEED_BYTES, sign_of
+from ..core.secagg import MAX_STREAM, expand, sign_of
 
-MAX_VALUES = 1 << 31  # one mask is at most 16 GiB of SHAKE output; far above any model here
+MAX_VALUES = MAX_STREAM // 8  # int64 values of one mask
 
 
 def prg(seed: bytes, count: int) -> np.ndarray:
-    """``count`` int64 drawn from ``seed``: SHAKE-256's output read as little-endian int64."""
-    if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
-        raise InvalidInput(f"a mask seed is {SEED_BYTES} bytes")
+    """``count`` int64 drawn from ``seed``: its expansion (``secagg.expand``) read as little-endian int64."""
     if not 0 <= count <= MAX_VALUES:
         raise InvalidInput(f"a mask has from 0 to {MAX_VALUES} values, not {count}")
-    stream = hashlib.shake_256(b"flair-secagg-mask" + seed).digest(8 * count)
-    return np.frombuffer(stream, dtype="<i8").copy()
+    return np.frombuffer(expand(seed, 8 * count), dtype="<i8")
 
 
 def _add(total: np.ndarray, other: np.ndarray, sign: int = 1) -> None:

@@ -123,4 +123,5 @@ def test_secure_rounds_bench_reports_plain_and_secure_rounds_of_the_same_run():
     assert {"plain_round_s", "secure_round_s", "secure_time_ratio", "secure_bytes_ratio"} <= report.keys()
     figures = report["by_members"]["3"]
     assert figures["plain_bytes_per_member"] > 0 and figures["secure_bytes_per_member"] > 0
-    assert report["secure_time_ratio"] == round(report["secure_round_s"] / report["plain_round_s"], 3)
+    # the ratio is of the unrounded times: against the rounded ones it agrees to within their rounding
+    assert report["secure_time_ratio"] == pytest.approx(report["secure_round_s"] / report["plain_round_s"], abs=2e-3)

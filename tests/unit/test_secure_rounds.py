@@ -353,6 +353,37 @@ def test_nodes_that_step_run_a_whole_round_and_forget_their_secrets_after(monkey
         assert pending[c.public_key].adverts(repo.id) == []
 
 
+@pytest.mark.parametrize("arrives", [True, False], ids=["arrives", "never-arrives"])
+def test_the_aggregator_waits_for_a_masked_update_still_arriving_but_not_forever(monkeypatch, arrives):
+    """A masked update announced to the aggregator whose blocks are on their way holds the unmask past
+    ``MASK_WAIT_MS`` (it would otherwise be dropped, and its contributor's work lost), up to ``ARRIVING_WAIT_MS``."""
+    repo = team()
+    r = Round(repo, EVERYONE)
+    roster = r.roster()
+    late = EVERYONE[-1]
+    r.mask(roster, EVERYONE[:-1])
+    masked = secure_rounds.mask(as_node(repo, late), late, r.book, roster, r.states[late.public_key],
+                                r.secrets[late.public_key])
+    agg = r.aggregator()
+    node = as_node(repo, agg)
+    node.secure.arriving(masked)  # as the daemon's gossip intake notes it, blocks not here yet
+
+    def step_at(after_ms: int) -> list[str]:
+        monkeypatch.setattr(secure_node, "now_ms", lambda: roster.timestamp_ms + after_ms)
+        done = secure_node.step(node, agg, PendingContributions(None), "main", memory=r.memory)
+        return [p.split()[0] for p in done.published]
+
+    assert "unmask" not in step_at(secure_node.MASK_WAIT_MS + 1_000)
+    if arrives:
+        node.secure.add(masked)  # its blocks came: kept now, and no longer arriving
+        assert node.secure.still_arriving("main", r.head) == []
+        assert "unmask" in step_at(secure_node.MASK_WAIT_MS + 1_000)
+    else:
+        assert "unmask" in step_at(secure_node.ARRIVING_WAIT_MS + 1_000)
+    unmask = node.secure.of_round(repo.id, "main", r.head, "unmask")[0]
+    assert len(unmask.content.masked) == (5 if arrives else 4)
+
+
 def test_waiting_contributions_are_kept_private_and_survive_a_restart(tmp_path):
     store = PendingContributions(tmp_path / "secure")
     repo, advert = "ab" * 32, "cd" * 32
