@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from ..core.identity import Identity
 from ..core.ids import BranchName, CommitId
+from ..core.round_rules import RoundPolicy
 from ..storage.repo import Repository
 from ..tensors.safetensors_io import StateDict
 
@@ -15,6 +16,17 @@ from ..tensors.safetensors_io import StateDict
 def tiny_state(seed: int) -> StateDict:
     g = torch.Generator().manual_seed(seed)
     return {"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g)}
+
+
+def make_secure(repo: Repository, owner: Identity, contributors: Iterable[Identity],
+                readers: Iterable[Identity] = ()) -> Repository:
+    """``repo``, owned by ``owner``, with ``contributors`` and ``readers`` invited and secure rounds on."""
+    for member in contributors:
+        repo.invite(owner, member.public_key, "contributor")
+    for member in readers:
+        repo.invite(owner, member.public_key, "reader")
+    repo.set_policy(owner, RoundPolicy(privacy="secure", max_staleness=0))
+    return repo
 
 
 def build_commit_graph(repo: Repository, identity: Identity, spec: Sequence[Sequence[int]]) -> dict[int, CommitId]:

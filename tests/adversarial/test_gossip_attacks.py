@@ -31,7 +31,6 @@ from flair_node.core.errors import FlairError
 from flair_node.core.identity import Identity
 from flair_node.core.membership import MembershipChange
 from flair_node.core.round_messages import Masked, Roster, RoundMessage
-from flair_node.core.round_rules import RoundPolicy
 from flair_node.daemon.p2p import P2PService
 from flair_node.network import rpc
 from flair_node.network.bitswap import BlockExchange
@@ -43,7 +42,7 @@ from flair_node.storage.repo import Repository, now_ms
 from flair_node.storage.repos import RepoSet
 from flair_node.storage.stores import MemoryObjectStore
 from flair_node.testing.cluster import address, configure
-from flair_node.testing.commit_graph import tiny_state
+from flair_node.testing.commit_graph import make_secure, tiny_state
 from flair_node.testing.daemon import running_daemon
 from flair_node.testing.hostile import deep_msgpack, hostile_peer, rpc_frame, sync_reply
 
@@ -279,10 +278,7 @@ def an_advert(repo: str, head: str) -> RoundMessage:
     """A well-formed advert, dealt on a team of this test's own: ``signed_as`` puts it in ``repo``'s round on
     ``head`` under any author (whose team holds its shares is no business of the gossip gate)."""
     owner, members = Identity.generate(), [Identity.generate() for _ in range(3)]
-    team = RepoSet.in_memory(owner).create("elsewhere", tiny_state(0))
-    for member in members:
-        team.invite(owner, member.public_key, "contributor")
-    team.set_policy(owner, RoundPolicy(privacy="secure", max_staleness=0))
+    team = make_secure(RepoSet.in_memory(owner).create("elsewhere", tiny_state(0)), owner, members)
     node = Repository.open(team.id, team.objects, team.blocks, team.refs, reader=members[0])
     message, _ = secure_rounds.advertise(node, members[0], "main", tiny_state(1), 10)
     return dataclasses.replace(message, repo=repo, head=head)
@@ -369,10 +365,7 @@ def test_strangers_and_removed_members_secure_round_messages_are_neither_kept_no
 async def test_a_member_overfilling_a_round_or_withholding_a_masked_updates_blocks_stops_nothing(caplog):
     owner, members = Identity.generate(), [Identity.generate() for _ in range(3)]
     repos = RepoSet.in_memory(owner)
-    repo = repos.create("private", tiny_state(0))
-    for member in members:
-        repo.invite(owner, member.public_key, "contributor")
-    repo.set_policy(owner, RoundPolicy(privacy="secure", max_staleness=0))
+    repo = make_secure(repos.create("private", tiny_state(0)), owner, members)
     head = repo.head("main")
     flood = [signed_as(an_advert(repo.id, head), members[1]) for _ in range(round_messages.MAX_PER_PHASE + 1)]
     data = b"masked" * 20  # within what a model of 15 values masks to

@@ -12,12 +12,12 @@ from flair_node.core.errors import IntegrityError, NotFound
 from flair_node.core.identity import Identity
 from flair_node.core.ids import CommitId
 from flair_node.core.round_messages import Masked, RoundMessage
-from flair_node.core.round_rules import RoundPolicy
 from flair_node.protocol import secure_rounds
 from flair_node.storage import round_messages
 from flair_node.storage.clock import now_ms
 from flair_node.storage.repo import Repository
 from flair_node.storage.repos import RepoSet
+from flair_node.testing.commit_graph import make_secure
 
 OWNER = Identity.generate()
 MEMBERS = [Identity.generate() for _ in range(3)]
@@ -30,12 +30,7 @@ def state(shift: float = 0.0) -> dict[str, torch.Tensor]:
 
 
 def team(repos: RepoSet) -> Repository:
-    repo = repos.create("private", state())
-    for member in MEMBERS:
-        repo.invite(OWNER, member.public_key, "contributor")
-    repo.invite(OWNER, READER.public_key, "reader")
-    repo.set_policy(OWNER, RoundPolicy(privacy="secure", max_staleness=0))
-    return repo
+    return make_secure(repos.create("private", state()), OWNER, MEMBERS, [READER])
 
 
 def as_node(repo: Repository, identity: Identity) -> Repository:

@@ -12,11 +12,10 @@ from flair_node.core.identity import Identity
 from flair_node.core.membership import invitation
 from flair_node.core.refs import BranchMove
 from flair_node.core.round_messages import Masked, Roster, RoundMessage
-from flair_node.core.round_rules import RoundPolicy
 from flair_node.protocol import announce, secure_rounds
 from flair_node.storage.repo import Repository, now_ms
 from flair_node.storage.repos import RepoSet
-from flair_node.testing.commit_graph import tiny_state
+from flair_node.testing.commit_graph import make_secure, tiny_state
 
 OWNER, ALICE, MALLORY = Identity.generate(), Identity.generate(), Identity.generate()
 
@@ -118,12 +117,7 @@ READER = Identity.generate()
 
 def secure_team() -> Repository:
     """The owner's repository running secure rounds: three contributors and a reader."""
-    repo = RepoSet.in_memory(OWNER).create("private", tiny_state(0))
-    for member in CONTRIBUTORS:
-        repo.invite(OWNER, member.public_key, "contributor")
-    repo.invite(OWNER, READER.public_key, "reader")
-    repo.set_policy(OWNER, RoundPolicy(privacy="secure", max_staleness=0))
-    return repo
+    return make_secure(RepoSet.in_memory(OWNER).create("private", tiny_state(0)), OWNER, CONTRIBUTORS, [READER])
 
 
 def advert(repo: Repository, who: Identity) -> RoundMessage:
