@@ -177,10 +177,11 @@ def _as_aggregator(repo: Repository, identity: Any, branch: str, head: str, at: 
         if not unmasks:
             masked = {m.author for m in repo.secure.of_round(repo.id, branch, head, "masked")
                       if content_of(m, Masked).roster == roster.id}
-            if len(masked) < len(content_of(roster, Roster).adverts):
+            taking = {repo.secure.message(a).author for a in content_of(roster, Roster).adverts}
+            if not taking <= masked:
                 waited = at - roster.timestamp_ms
-                arriving = {m.author for m in repo.secure.still_arriving(branch, head)
-                            if isinstance(m.content, Masked) and m.content.roster == roster.id} - masked
+                arriving = {m.author for m in repo.secure.still_arriving(branch, head)  # of the roster's only
+                            if isinstance(m.content, Masked) and m.content.roster == roster.id} & taking - masked
                 if waited < MASK_WAIT_MS or (arriving and waited < ARRIVING_WAIT_MS):
                     return
             message = secure_rounds.unmask(repo, identity, repo.secure, roster, memory=memory)

@@ -353,10 +353,11 @@ def test_nodes_that_step_run_a_whole_round_and_forget_their_secrets_after(monkey
         assert pending[c.public_key].adverts(repo.id) == []
 
 
-@pytest.mark.parametrize("arrives", [True, False], ids=["arrives", "never-arrives"])
+@pytest.mark.parametrize("arrives", [True, False, None], ids=["arrives", "never-arrives", "not-the-rosters"])
 def test_the_aggregator_waits_for_a_masked_update_still_arriving_but_not_forever(monkeypatch, arrives):
     """A masked update announced to the aggregator whose blocks are on their way holds the unmask past
-    ``MASK_WAIT_MS`` (it would otherwise be dropped, and its contributor's work lost), up to ``ARRIVING_WAIT_MS``."""
+    ``MASK_WAIT_MS`` (it would otherwise be dropped, and its contributor's work lost), up to ``ARRIVING_WAIT_MS``;
+    one whose author the roster does not take holds nothing."""
     repo = team()
     r = Round(repo, EVERYONE)
     roster = r.roster()
@@ -366,19 +367,24 @@ def test_the_aggregator_waits_for_a_masked_update_still_arriving_but_not_forever
                                 r.secrets[late.public_key])
     agg = r.aggregator()
     node = as_node(repo, agg)
-    node.secure.arriving(masked)  # as the daemon's gossip intake notes it, blocks not here yet
+    outsider = Identity.generate()
+    node.secure.arriving(masked if arrives is not None else  # as the daemon's gossip intake notes it
+                         dataclasses.replace(masked, author=outsider.public_key).signed(outsider))
 
     def step_at(after_ms: int) -> list[str]:
         monkeypatch.setattr(secure_node, "now_ms", lambda: roster.timestamp_ms + after_ms)
         done = secure_node.step(node, agg, PendingContributions(None), "main", memory=r.memory)
         return [p.split()[0] for p in done.published]
 
-    assert "unmask" not in step_at(secure_node.MASK_WAIT_MS + 1_000)
-    if arrives:
+    if arrives is None:
+        assert "unmask" in step_at(secure_node.MASK_WAIT_MS + 1_000)
+    elif arrives:
+        assert "unmask" not in step_at(secure_node.MASK_WAIT_MS + 1_000)
         node.secure.add(masked)  # its blocks came: kept now, and no longer arriving
         assert node.secure.still_arriving("main", r.head) == []
         assert "unmask" in step_at(secure_node.MASK_WAIT_MS + 1_000)
     else:
+        assert "unmask" not in step_at(secure_node.MASK_WAIT_MS + 1_000)
         assert "unmask" in step_at(secure_node.ARRIVING_WAIT_MS + 1_000)
     unmask = node.secure.of_round(repo.id, "main", r.head, "unmask")[0]
     assert len(unmask.content.masked) == (5 if arrives else 4)
