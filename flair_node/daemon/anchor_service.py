@@ -276,7 +276,9 @@ class AnchorService:
         proof = repo.merges.proof(merge)
         record = AnchorRecord(repo=repo.id, branch=_branch_tag(repo, commit), round=int(commit.meta["round"]),
                               commit=merge, proof=proof.proofs if proof is not None else None)
-        document = metadata_json(commit_nft_metadata(record, contributors=len(meta_parents(dict(commit.meta)))))
+        secure = commit.meta.get("secure")  # a secure merge lists its (masked) contributions there
+        merged = secure["contributions"] if isinstance(secure, dict) else meta_parents(dict(commit.meta))
+        document = metadata_json(commit_nft_metadata(record, contributors=len(merged)))
         if len(document) > MAX_METADATA_BYTES:
             raise InvalidInput(f"the metadata of {short(merge)} is larger than {MAX_METADATA_BYTES} bytes")
         cid = unixfs.add(repo.blocks, document)

@@ -5,6 +5,7 @@ hold is retried (it may still land)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 from test_rounds import MEMBERS, OWNER, as_node, by_key, two_contributions
@@ -14,6 +15,7 @@ from flair_node.core.ids import BranchName, RecordId
 from flair_node.daemon.anchor_service import AnchorService
 from flair_node.protocol import rounds
 from flair_node.protocol.anchoring.chain import Chain
+from flair_node.storage import unixfs
 from flair_node.storage.repo import ANCHOR_REF
 from flair_node.testing.localnet import running_localnet
 
@@ -100,3 +102,23 @@ async def test_with_contribution_nfts_each_contributor_receives_one_and_members_
             assert found["status"] == "failed" and "does not mint NFT" in found["error"], found
         finally:
             await chain.close()
+
+
+def test_a_secure_merge_is_anchored_with_its_count_of_contributions_and_no_name(tmp_path):
+    """A secure merge lists its contributions under ``meta["secure"]``, not as parents: its anchor record and NFT
+    metadata are made from those (they failed on a plain merge's fields once)."""
+    import test_secure_rounds as secure
+
+    repo = secure.team()
+    r = secure.Round(repo, secure.EVERYONE)
+    roster = r.roster()
+    r.mask(roster, secure.EVERYONE)
+    unmask = r.unmask(roster)
+    r.reveal(unmask, secure.EVERYONE)
+    merged = r.merge(unmask)
+    service = AnchorService(secure.NODES[repo.id], secure.OWNER, tmp_path / "anchoring", cluster="http://127.0.0.1:1")
+    record, uri, cid = service._record(repo, merged.id)
+    assert record.branch not in ("main", "") and len(record.branch) == 32 and uri == f"ipfs://{cid}"
+    document = json.loads(unixfs.cat(repo.blocks, cid, max_size=1 << 16))
+    assert {a["trait_type"]: a["value"] for a in document["attributes"]}["contributors"] == len(secure.EVERYONE)
+

@@ -104,8 +104,8 @@ def commit_nft_metadata(record: AnchorRecord, *, contributors: int) -> dict[str,
     the URI. It is public (an unencrypted block anyone holding its CID may fetch), so it holds what the chain
     shows already and a count: ids, the branch's tag, the round and how many contributions were merged. Never
     a key, a branch name, a metric or anything derived from data."""
-    if isinstance(contributors, bool) or not isinstance(contributors, int) or not 0 < contributors <= MAX_CONTRIBUTORS:
-        raise InvalidInput(f"contributors is a count from 1 to {MAX_CONTRIBUTORS}")
+    if isinstance(contributors, bool) or not isinstance(contributors, int) or not 0 <= contributors <= MAX_CONTRIBUTORS:
+        raise InvalidInput(f"contributors is a count from 0 to {MAX_CONTRIBUTORS}")
     attributes: list[dict[str, Any]] = [
         {"trait_type": "repository", "value": record.repo},
         {"trait_type": "branch tag", "value": record.branch},
