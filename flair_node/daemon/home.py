@@ -1,6 +1,7 @@
 """A node's home folder: identity, config, storage, and the API file the CLI reads.
 
-    HOME/identity.json   Solana CLI keypair of the node (0600)
+    HOME/identity.json   Solana CLI keypair of the node: its member key, which signs what it writes (0600)
+    HOME/transport.json  the keypair of its libp2p identity, made on first start, never a member key (0600)
     HOME/config.toml     daemon configuration (optional)
     HOME/api.json        {"url", "token"} of the running daemon (0600), removed on a clean stop
     HOME/daemon.lock     held by the running daemon: one daemon per home
@@ -32,6 +33,7 @@ from ..storage.keyfile import read_keypair, write_keypair
 from .config import NodeConfig
 
 IDENTITY_FILE = "identity.json"
+TRANSPORT_FILE = "transport.json"
 CONFIG_FILE = "config.toml"
 #: The folders only the daemon writes (besides files at the top of the home), swept for leftovers on start.
 OWN_FOLDERS = ("objects", "blocks", "repos", "proofs", "anchoring", "ownership", "kubo")
@@ -84,6 +86,14 @@ class Home:
             raise FlairError(f"{self.path} is not a flair-node home: run `flair-node init-home {self.path}`",
                              home=str(self.path))
         return read_keypair(self.identity_file)
+
+    def transport(self) -> Identity:
+        """The key of this node's libp2p identity (its peer id), made on first use: a key of its own, so that a
+        connection tells a peer nothing about which member the node is (``protocol.hello``)."""
+        path = self.path / TRANSPORT_FILE
+        if not path.exists():
+            write_keypair(path, Identity.generate())
+        return read_keypair(path)
 
     def config(self, override: Path | None = None) -> NodeConfig:
         if override is not None:

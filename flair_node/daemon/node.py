@@ -148,11 +148,11 @@ class Node:
                            max_body=self.config.api.max_request_bytes)
         self.api = server
         try:
-            async with running_host(self.identity, self.config.p2p.listen, mdns=self.config.p2p.mdns) as host, \
+            async with running_host(self.home.transport(), self.config.p2p.listen, mdns=self.config.p2p.mdns) as host, \
                     trio.open_nursery() as nursery:
                 exchange = BlockExchange(host, self.repos.blocks)
                 await nursery.start(exchange.run)
-                self._sync_served = rpc.serve(host, sync.PROTOCOL, sync.SyncServer(self.repos).handle)
+                self._sync_served = sync.serve(host, self.repos)
                 p2p = P2PService(host, exchange, self.repos, memory=self.round_memory,
                                  bootstrap=self.config.p2p.bootstrap,
                                  sync_interval=self.config.p2p.sync_interval)

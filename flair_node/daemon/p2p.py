@@ -5,8 +5,9 @@
   at most every ``ANNOUNCE_EVERY`` seconds, many records a message (each message costs every node several
   transport frames).
 - Members only: each repository's topic is joined with a closed mesh (``network.gossip``) that admits the
-  peers whose keys are current members in this node's view: a non-member is never told this node is on the
-  topic, never sent or relayed an announcement, and what it sends there is ignored before any check.
+  peers that proved a member key (``peer_cards``) of a current member in this node's view: a non-member is
+  never told this node is on the topic, never sent or relayed an announcement, and what it sends there is
+  ignored before any check.
 - Intake: every announcement is checked (``protocol.announce.check``) before gossip delivers or relays it.
   Accepted ones are noted as they arrive and taken in batches in a worker thread: membership changes in
   order, per branch only the move that comes last. Commits (whose payloads must come as blocks first) are
@@ -23,9 +24,10 @@
   catch-up or the API (``pull_from``, ``flair pull``) asks: a request while one runs joins it (one more pass
   after it), so no peer is ever asked for the same records and blocks twice at once.
 - Catch-up: every ``sync_interval`` seconds the node dials its bootstrap peers if it lost them and pulls each
-  repository from every connected peer that is a member of it, so a node that was offline or cut off ends
-  up with what its peers hold. On the owner's node each pass also starts a new payload key where a member whose
-  role has expired still holds the current one (``RepoSet.rotate_expired``): how an expiry stops reads.
+  repository from every connected peer that proved to be a member of it (and at once from one that just did),
+  so a node that was offline or cut off ends up with what its peers hold. On the owner's node each pass also
+  starts a new payload key where a member whose role has expired still holds the current one
+  (``RepoSet.rotate_expired``): how an expiry stops reads.
 
 Nothing a peer sends ends a loop here: each item (a message, a batch, a pull, a repository in a pass) is
 isolated, and whatever it raises is logged and skipped. Bad input is counted per peer and logged once per
@@ -44,18 +46,19 @@ from typing import Any
 
 import trio
 
-from ..core.errors import FlairError, Forbidden, IntegrityError, InvalidInput, NotFound, RemoteError
+from ..core.errors import FlairError, Forbidden, IntegrityError, NotFound, RemoteError
 from ..core.ids import CommitId, PeerId, RepoId, short
 from ..core.refs import BranchMove
 from ..core.round_messages import RoundMessage
 from ..network.bitswap import BlockExchange
 from ..network.gossip import BadInputLog, Offences
 from ..network.gossipsub import GossipSub
-from ..network.host import Host, Peer, connect, member_key, peer_addrs, peer_from_text
+from ..network.host import Host, connect, peer_addrs, peer_from_text
 from ..protocol import announce, rounds, sync
 from ..protocol.rounds import RoundMemory
 from ..storage.repo import Repository, now_ms
 from ..storage.repos import Outgoing, RepoSet
+from .peer_cards import PeerCards
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ class _Pull:
     again: bool = False  # asked for again while running: one more pass once this one ends
     claim: bytes | None = None  # the announcement that claimed this peer has news this node lacks (``Lagging``)
     done: trio.Event = field(default_factory=trio.Event)
-    result: sync.PullResult | None = None  # the last pass's
+    result: sync.PullResult | None = None  # what its passes brought, together
     error: FlairError | None = None  # the last pass's
 
 
@@ -91,6 +94,8 @@ class P2PService:
         self.memory = memory
         self.bootstrap, self.sync_interval = bootstrap, sync_interval
         self.gossip = GossipSub(host)
+        #: Which member key each peer proved: a peer learned to be a member is pulled from at once.
+        self.cards = PeerCards(host, repos, on_learned=self._learned)
         self._joined: set[RepoId] = set()
         self._wake = trio.Event()
         self._pulling: dict[tuple[RepoId, str], _Pull] = {}
@@ -125,6 +130,7 @@ class P2PService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.gossip.run)
+            await nursery.start(self.cards.run)
             for repo in await trio.to_thread.run_sync(self.repos.all):
                 await self._join(repo.id)
             nursery.start_soon(self._announce_loop)
@@ -135,7 +141,8 @@ class P2PService:
 
     async def pull_from(self, repo: RepoId, address: str) -> dict[str, Any]:
         """Catch ``repo`` up with the node at multiaddr ``address`` now (a clone if it is new here). A pull of
-        ``repo`` from that peer under way is joined, not doubled: this waits for one more pass of it."""
+        ``repo`` from that peer under way is joined, not doubled: this waits for one more pass of it, and
+        reports what its passes brought together."""
         peer = await connect(self.host, address)
         state = self._pull_later(repo, str(peer), force=True)
         if state is None:
@@ -145,6 +152,11 @@ class P2PService:
             raise state.error or RemoteError(f"pulling {short(repo)} from {peer} was stopped")
         return state.result.json()
 
+    def _learned(self, repo: RepoId, peer: str) -> None:
+        """``peer`` just proved a member key of ``repo``: admit it to the topic now, and catch up from it."""
+        self.gossip.reconsider(PeerId(peer))
+        self._pull_later(repo, peer)
+
     def wake(self) -> None:
         """Something was signed here: announce it."""
         self._wake.set()
@@ -152,7 +164,7 @@ class P2PService:
     def status(self) -> dict[str, Any]:
         peers = []
         for peer in self.host.get_connected_peers():
-            peers.append({"peer": str(peer), "key": member_key(peer), "addrs": peer_addrs(self.host, peer),
+            peers.append({"peer": str(peer), "key": self.cards.key(str(peer)), "addrs": peer_addrs(self.host, peer),
                           "bad_announcements": self._bad.counts.get(str(peer), 0),
                           "bad_pulls": self._bad_pulls.counts.get(str(peer), 0)})
         return {"gossip": self.gossip.status(), "announcements": dict(self.counts), "peers": peers,
@@ -216,8 +228,8 @@ class P2PService:
         that is not one is never told this node is on it, never sent an announcement and never listened to."""
         def admit(peer: PeerId) -> bool:
             try:
-                return _is_member(self.repos.open_id(repo_id), peer_from_text(peer))
-            except (NotFound, InvalidInput):  # deleted here, or a peer id that is no key
+                return self._is_member(self.repos.open_id(repo_id), peer)
+            except NotFound:  # deleted here
                 return False
         return admit
 
@@ -246,11 +258,7 @@ class P2PService:
     def _lagging(self, repo: Repository, forwarder: str, data: bytes, why: announce.Lagging) -> None:
         """An announcement this node is behind on, from ``forwarder``: pull from it if it is a current member
         and has not started such a pull lately; otherwise refuse it (see the module docstring)."""
-        try:
-            member = _is_member(repo, peer_from_text(forwarder))
-        except InvalidInput:
-            member = False
-        if not member:
+        if not self._is_member(repo, forwarder):
             self.counts["lagging_refused"] += 1
             self._bad.add(forwarder, "announcement in %s is ahead of this node (%s) and its forwarder is not a "
                           "member to pull from: refused", short(repo.id), why)
@@ -455,11 +463,11 @@ class P2PService:
             while True:
                 state.again = False
                 self.counts["pulls"] += 1
-                state.result, state.error = None, None
+                state.error = None
                 try:
                     peer_id = peer_from_text(peer)
-                    result = await sync.pull(self.repos, repo, sync.PeerSource(self.host, peer_id, self.exchange),
-                                             memory=self.memory)
+                    source = sync.PeerSource(self.host, peer_id, self.exchange, self.repos.identity)
+                    result = await sync.pull(self.repos, repo, source, memory=self.memory)
                     self._refused_merges(repo, result.refused_merges)
                     await self._join(repo)
                     if result.commits or result.changes or result.moved or result.secure:
@@ -468,7 +476,7 @@ class P2PService:
                         rid, why = next(iter(result.refused.items()))
                         self._bad_pulls.add(peer, "pulling %s: %d records refused, %s: %s", short(repo),
                                             len(result.refused), short(rid), why)
-                    state.result = result
+                    state.result = result if state.result is None else state.result.then(result)
                 except IntegrityError as exc:  # the peer sent what fails its checks
                     self.counts["pull_failures"] += 1
                     state.error = exc
@@ -533,15 +541,15 @@ class P2PService:
     async def _catch_up(self, repo: Repository) -> None:
         await trio.to_thread.run_sync(repo.members.current)  # read (and cached) off the event loop
         for peer in self.host.get_connected_peers():
-            if _is_member(repo, peer):
+            if self._is_member(repo, str(peer)):
                 self._pull_later(repo.id, str(peer))
 
-
-def _is_member(repo: Repository, peer: Peer) -> bool:
-    """Whether ``peer``'s key has a role in ``repo`` now, in this node's view of its membership."""
-    key = member_key(peer)
-    membership = repo.members.current()
-    return key is not None and membership.role(key, epoch=membership.epoch, at_ms=now_ms()) is not None
+    def _is_member(self, repo: Repository, peer: str) -> bool:
+        """Whether ``peer`` proved a member key of ``repo`` (``peer_cards``) that has a role now, in this node's
+        view of its membership."""
+        key = self.cards.member(repo.id, peer)
+        membership = repo.members.current()
+        return key is not None and membership.role(key, epoch=membership.epoch, at_ms=now_ms()) is not None
 
 
 def _announced(messages: list[tuple[announce.Announcement, str]]) -> dict[CommitId, str]:

@@ -21,9 +21,9 @@ peer-record envelope built and verified on every RPC, one RPC per message, a 32-
   missed it asks for it.
 
 A topic joined with ``admit`` keeps a closed mesh (the contract in ``gossip``): each peer's verdict is asked once
-per heartbeat and kept until the next; this node's subscription is told to a peer when it is admitted and
-withdrawn (UNSUBSCRIBE) when it no longer is, and a peer's subscription is remembered either way, so a peer
-admitted later joins the mesh at the next heartbeat without subscribing again.
+per heartbeat and kept until the next (or until ``reconsider``); this node's subscription is told to a peer when
+it is admitted and withdrawn (UNSUBSCRIBE) when it no longer is, and a peer's subscription is remembered either
+way, so a peer admitted later joins the mesh at the next heartbeat without subscribing again.
 
 Not implemented: peer scoring, peer exchange on PRUNE (received PX is ignored), fanout (publishing needs
 ``join``), direct peers, and v1.2's IDONTWANT. Peers whose id is not an Ed25519 key can subscribe and relay,
@@ -291,6 +291,14 @@ class GossipSub:
 
     def peers(self, topic: str) -> list[PeerId]:
         return sorted(peer.name for peer in self._mesh.get(topic, ()))
+
+    def reconsider(self, peer: PeerId) -> None:
+        """Ask the admission of ``peer`` afresh now, not at the next heartbeat (it proved something: say it
+        became a member), and tell it the topics it is now admitted to."""
+        self._verdicts = {key: v for key, v in self._verdicts.items() if str(key[1]) != peer}
+        for known in self._peers.values():
+            if known.name == peer:
+                self._tell(known)
 
     def status(self) -> dict[str, Any]:
         return {**self._counters.as_dict(),

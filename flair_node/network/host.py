@@ -33,7 +33,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
 from ..core.errors import FlairError, InvalidInput, RemoteError
-from ..core.identity import Identity, public_key_bytes, public_key_text
+from ..core.identity import Identity, public_key_bytes
 from ..core.ids import PublicKey
 
 log = logging.getLogger(__name__)
@@ -161,11 +161,18 @@ async def reset_stream(stream: Stream) -> None:
 @asynccontextmanager
 async def running_host(identity: Identity, listen: str = "/ip4/127.0.0.1/tcp/0", *,
                        mdns: bool = False) -> AsyncIterator[Host]:
-    """A started libp2p host (TCP, Noise, Yamux) listening on ``listen``; ``mdns`` finds peers on the LAN."""
+    """A started libp2p host (TCP, Noise, Yamux) with ``identity`` as its key (a node's transport key, never its
+    member key), listening on ``listen``; ``mdns`` finds peers on the LAN."""
     host = new_host(key_pair=create_new_key_pair(identity.keypair_bytes()[:32]), enable_mDNS=mdns)
     with map_libp2p_errors(f"listen address {listen!r} is not a multiaddr", to=InvalidInput):
         addrs = [multiaddr.Multiaddr(listen)]
     async with host.run(listen_addrs=addrs):
+        # py-libp2p's auto-connector dials every peer its peerstore holds whenever a connection closes: a node
+        # redials its own bootstrap peers (``daemon.p2p``), and a dial still under way when the host stops
+        # leaks its socket.
+        connector = getattr(host.get_network(), "auto_connector", None)
+        if connector is not None:
+            await connector.stop()
         try:
             yield host
         finally:
@@ -189,15 +196,8 @@ async def connect(host: Host, address: str) -> Peer:
     return info.peer_id
 
 
-def member_key(peer: Peer) -> PublicKey | None:
-    """The Flair public key (base58, as ``flair whoami`` prints it) of a libp2p peer id; None for a peer whose
-    id does not embed an Ed25519 key (an RSA Kubo, say): such a peer is never a member."""
-    key = peer.extract_public_key() if isinstance(peer, ID) else None
-    return public_key_text(key.to_bytes()) if isinstance(key, Ed25519PublicKey) else None
-
-
 def peer_id(key: PublicKey) -> Peer:
-    """The libp2p peer id of a Flair public key."""
+    """The libp2p peer id of a host whose key is ``key`` (a transport key: see ``daemon.home``)."""
     return ID.from_pubkey(Ed25519PublicKey.from_bytes(public_key_bytes(key)))
 
 

@@ -1,11 +1,11 @@
 """One request and one reply on a libp2p stream of their own: canonical msgpack, each at most 1 MiB.
 
-py-libp2p's RequestResponse breaks on replies over ~6.5 MiB (Yamux); Flair's replies stay small by design
-(records, never tensors: those travel as blocks). Both sides bound what they read and how long they wait (the
-whole exchange within ``TIMEOUT``), and a server answers at most ``MAX_PER_PEER`` requests of one peer at a time:
-a stream beyond that is reset at once. The handler learns who asks as a Flair public key (from the peer id the
-connection authenticated), so a protocol can answer members only. A ``FlairError`` raised by the handler reaches
-the caller as the same kind of error, its message prefixed with the peer; anything else is reported as a
+py-libp2p's RequestResponse breaks on replies over ~6.5 MiB (Yamux); Flair's replies stay small by design (records,
+never tensors: those travel as blocks). Both sides bound what they read and how long they wait (the whole exchange
+within ``TIMEOUT``), and a server answers at most ``MAX_PER_PEER`` requests of one peer at a time: a stream beyond
+that is reset at once. The handler learns who asks as the peer id the connection authenticated (a transport key:
+which member it is, a protocol proves for itself, as ``protocol.sync`` does). A ``FlairError`` raised by the handler
+reaches the caller as the same kind of error, its message prefixed with the peer; anything else is reported as a
 ``RemoteError``. What goes wrong on the serving side (streams refused, requests failed) is counted per peer in
 ``Served`` and logged once per peer per minute.
 """
@@ -24,16 +24,15 @@ from libp2p.custom_types import TProtocol
 
 from ..core import encoding
 from ..core.errors import FlairError, RemoteError, error_for_code
-from ..core.ids import PublicKey
 from .gossip import Offences
-from .host import Host, Peer, Stream, close_stream, map_libp2p_errors, member_key, reset_stream
+from .host import Host, Peer, Stream, close_stream, map_libp2p_errors, reset_stream
 
 log = logging.getLogger(__name__)
 
 MAX_FRAME = encoding.MAX_RECORD_BYTES
 TIMEOUT = 30.0
 MAX_PER_PEER = 8  # requests of one peer answered at once
-Handler = Callable[[PublicKey | None, Any], Awaitable[Any]]
+Handler = Callable[[str, Any], Awaitable[Any]]  # (the asking peer's id, the request)
 
 
 @dataclass
@@ -52,7 +51,7 @@ class Served:
 
 def serve(host: Host, protocol: str, handler: Handler, *, timeout: float = TIMEOUT,
           max_per_peer: int = MAX_PER_PEER) -> Served:
-    """Answer every request on ``protocol`` with ``handler(asker's key, request)``, at most ``max_per_peer`` of
+    """Answer every request on ``protocol`` with ``handler(asker's peer id, request)``, at most ``max_per_peer`` of
     one peer at a time; returns the counters of what it serves."""
     served = Served()
 
@@ -68,7 +67,7 @@ def serve(host: Host, protocol: str, handler: Handler, *, timeout: float = TIMEO
         try:
             with trio.fail_after(timeout):
                 try:
-                    reply: Any = {"ok": await handler(member_key(peer), encoding.decode(await _read_frame(stream)))}
+                    reply: Any = {"ok": await handler(name, encoding.decode(await _read_frame(stream)))}
                 except FlairError as exc:
                     reply = {"error": {"code": exc.code, "message": exc.message}}
                 await stream.write(_frame(encoding.encode(reply)))

@@ -4,7 +4,11 @@ A peer answers two questions, to current members of the repository only (roles j
 a removal or an expiry stops reads from then on): ``heads`` (the repository record, the id of the last membership
 change, every branch's latest move, the proof records of recent round merges, the ids of the messages of each
 branch's secure round and of the one its head merged) and ``records`` (records by id, at
-most ``MAX_IDS`` a request and 1 MiB a reply). Payloads come as blocks (Bitswap), never inside a reply.
+most ``MAX_IDS`` a request and 1 MiB a reply). Payloads come as blocks (Bitswap), never inside a reply. A node's
+peer id is its transport key, not its member key, so each request carries the asker's claim (``as``): its member
+key and its signature of the repository id and both peer ids, good for that one pair of peers (``claim``,
+``claimed``). An asker tells its member key only to the peers it asks: members it recognised by their cards
+(``protocol.hello``), or the peer a user named (``flair clone``, ``flair pull``).
 
 ``pull`` asks until this node holds what the peer showed it, in the order checks need: the membership chain first
 (it decides who may do what), then commits parents first, then the branch moves (``Ingest.accept_move``: the same
@@ -33,6 +37,7 @@ import trio
 
 from ..core import encoding, schema
 from ..core.errors import FlairError, Forbidden, IntegrityError, InvalidInput, NotFound, RemoteError
+from ..core.identity import Identity, verify
 from ..core.ids import Cid, CommitId, PublicKey, RepoId, is_full_id, sha256_hex, short
 from ..core.membership import MembershipChange
 from ..core.objects import AnchorClaim, Commit, ProofRecord, RepositoryRecord
@@ -62,12 +67,47 @@ RECENT_MERGES = 16  # commits back from each branch head whose proofs a heads re
 MAX_COMMITS = 1_000_000  # one pull; a longer history arrives over several
 
 
-class SyncServer:
-    """Answers ``heads`` and ``records`` from this node's repositories, to their members as of ``clock()`` (ms)."""
+def claim(identity: Identity, repo: RepoId, asker: str, server: str) -> dict[str, Any]:
+    """``identity``'s claim, as peer ``asker``, to be a member of ``repo`` when it asks peer ``server``."""
+    return {"key": identity.public_key, "sig": identity.sign(_claimed_statement(repo, asker, server))}
 
-    def __init__(self, repos: RepoSet, *, clock: Callable[[], int] = now_ms) -> None:
+
+def claimed(request: Any, asker: str, server: str) -> PublicKey | None:
+    """The member key ``request``'s claim proves peer ``asker`` holds, asking ``server``; None if it has none
+    or it does not verify."""
+    made = request.get("as") if isinstance(request, dict) else None
+    repo = request.get("repo") if isinstance(request, dict) else None
+    if not (isinstance(made, dict) and isinstance(made.get("key"), str) and isinstance(made.get("sig"), bytes)
+            and isinstance(repo, str)):
+        return None
+    try:
+        verify(PublicKey(made["key"]), _claimed_statement(RepoId(repo), asker, server), made["sig"])
+    except (IntegrityError, InvalidInput):
+        return None
+    return PublicKey(made["key"])
+
+
+def _claimed_statement(repo: RepoId, asker: str, server: str) -> bytes:
+    return f"flair/sync/1\0{repo}\0{asker}\0{server}".encode()
+
+
+def serve(host: Host, repos: RepoSet, **options: Any) -> rpc.Served:
+    """Answer sync requests on ``host`` from ``repos`` (``options``: ``rpc.serve``'s)."""
+    return rpc.serve(host, PROTOCOL, SyncServer(repos, me=str(host.get_id())).on_request, **options)
+
+
+class SyncServer:
+    """Answers ``heads`` and ``records`` from this node's repositories, to their members as of ``clock()`` (ms);
+    ``me`` is this node's peer id (claims name it)."""
+
+    def __init__(self, repos: RepoSet, *, clock: Callable[[], int] = now_ms, me: str = "") -> None:
         self.repos = repos
         self.clock = clock
+        self.me = me
+
+    async def on_request(self, peer: str, request: Any) -> Any:
+        """A request from peer ``peer`` as it came off the wire: its asker is whoever its claim proves."""
+        return await self.handle(claimed(request, peer, self.me), request)
 
     async def handle(self, asker: PublicKey | None, request: Any) -> Any:
         if not isinstance(request, dict) or request.get("op") not in ("heads", "records"):
@@ -114,16 +154,21 @@ class Source(Protocol):
 
 
 class PeerSource:
-    """A member's node over libp2p: records by request and reply, payloads over Bitswap."""
+    """A member's node over libp2p: records by request and reply, each claiming ``identity``'s membership,
+    payloads over Bitswap."""
 
-    def __init__(self, host: Host, peer: Peer, exchange: BlockExchange) -> None:
-        self.host, self.peer, self.exchange = host, peer, exchange
+    def __init__(self, host: Host, peer: Peer, exchange: BlockExchange, identity: Identity) -> None:
+        self.host, self.peer, self.exchange, self.identity = host, peer, exchange, identity
+
+    def _as(self, repo: RepoId) -> dict[str, Any]:
+        return claim(self.identity, repo, str(self.host.get_id()), str(self.peer))
 
     async def heads(self, repo: RepoId) -> Any:
-        return await rpc.request(self.host, self.peer, PROTOCOL, {"op": "heads", "repo": repo})
+        return await rpc.request(self.host, self.peer, PROTOCOL, {"op": "heads", "repo": repo, "as": self._as(repo)})
 
     async def records(self, repo: RepoId, ids: list[str]) -> list[bytes]:
-        reply = await rpc.request(self.host, self.peer, PROTOCOL, {"op": "records", "repo": repo, "ids": ids})
+        reply = await rpc.request(self.host, self.peer, PROTOCOL,
+                                  {"op": "records", "repo": repo, "ids": ids, "as": self._as(repo)})
         records = reply.get("records") if isinstance(reply, dict) else None
         if not isinstance(records, list):
             raise RemoteError(f"peer {self.peer} sent a malformed records reply")
@@ -143,6 +188,13 @@ class PullResult:
     moved: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # record id -> why
     refused_merges: list[tuple[BranchMove, str]] = field(default_factory=list)  # moves to a round merge, and why
+
+    def then(self, later: PullResult) -> PullResult:
+        """What this pass and a ``later`` one brought together."""
+        return PullResult(self.changes + later.changes, self.commits + later.commits, self.proofs + later.proofs,
+                          self.anchors + later.anchors, self.secure + later.secure,
+                          [*self.moved, *(b for b in later.moved if b not in self.moved)],
+                          {**self.refused, **later.refused}, [*self.refused_merges, *later.refused_merges])
 
     def json(self) -> dict[str, Any]:
         return {"changes": self.changes, "commits": self.commits, "proofs": self.proofs, "anchors": self.anchors,

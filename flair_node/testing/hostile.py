@@ -4,6 +4,7 @@ It is built on py-libp2p's own host and its own pubsub and GossipSub (``testing.
 Flair's routers in ``network/``, so what it sends is what a foreign implementation could send::
 
     async with hostile_peer() as mallory:                    # a fresh identity, nobody's member
+        await mallory.introduce(daemon_address, repo)          # or a member's, proving it as a member's node does
         mallory.serve_sync(lambda request: sync_reply({...}))  # answer /flair/sync/1.0.0 as it likes
         await mallory.connect(daemon_address)
         await mallory.join(topic)                              # subscribed, and the daemon is in its mesh
@@ -11,6 +12,10 @@ Flair's routers in ``network/``, so what it sends is what a foreign implementati
         await mallory.push(daemon_address, topic, [b"any bytes"])  # the same, to a router that never meshed
         await mallory.send_frames(daemon_address, [rpc_frame(b"\\x0a\\xff")])  # raw meshsub frames
 
+- ``introduce`` is how a peer holding a member's identity gets recognised: it clones the repository from the
+  daemon (its sync requests claiming the membership) and greets it with its member cards (``protocol.hello``);
+  unless ``serve_sync`` set a handler, it then answers sync from its clone, as a member's node does. Without
+  it, a daemon treats even a member's identity as a stranger, whatever the peer id.
 - ``publish`` hands bytes to py-libp2p's GossipSub (signed by this peer, so the daemon's router passes them to
   its validator): the way to test what a node does with an announcement's content.
 - ``push`` writes signed messages straight onto a new ``/meshsub/1.1.0`` stream, one frame each, whether or not
@@ -50,9 +55,15 @@ from libp2p.security.noise.io import BaseNoiseMsgReadWriter
 from ..core import encoding
 from ..core.errors import FlairError, RemoteError
 from ..core.identity import Identity
+from ..core.ids import RepoId
 from ..core.protobuf import varint
+from ..network import rpc
+from ..network.bitswap import BlockExchange
 from ..network.host import Host, Peer, Stream, close_stream, connect, full_addrs, peer_from_text, running_host
+from ..protocol import hello, sync
+from ..protocol.rounds import RoundMemory
 from ..protocol.sync import PROTOCOL as SYNC_PROTOCOL
+from ..storage.repos import RepoSet
 from .pylibp2p_gossip import Libp2pGossip
 
 MESHSUB = "/meshsub/1.1.0"
@@ -67,11 +78,14 @@ SyncHandler = Callable[[Any], "bytes | Awaitable[bytes]"]
 class HostilePeer:
     """A running stranger (see the module docstring); made by ``hostile_peer``."""
 
-    def __init__(self, identity: Identity, host: Host, gossip: Libp2pGossip) -> None:
+    def __init__(self, identity: Identity, host: Host, gossip: Libp2pGossip, repos: RepoSet,
+                 exchange: BlockExchange) -> None:
         self.identity, self.host, self.gossip = identity, host, gossip
+        self.repos, self.exchange = repos, exchange  # what ``introduce`` cloned, and how its blocks came
         self._seqno = itertools.count(time.time_ns())
         #: Sync requests received, decoded, oldest first.
         self.sync_requests: list[Any] = []
+        self._serving_sync = False  # a handler of the test's own answers sync
 
     @property
     def peer_id(self) -> str:
@@ -90,6 +104,18 @@ class HostilePeer:
         """Dial ``address`` (ending in /p2p/<peer id>); the peer's py-libp2p id."""
         with trio.fail_after(TIMEOUT):
             return await connect(self.host, address)
+
+    async def introduce(self, address_or_peer: str, repo: str) -> None:
+        """Clone ``repo`` from a connected peer, claiming this peer's identity as a member, then greet it with
+        this peer's member cards: from then on it knows this peer as that member (see the module docstring)."""
+        peer = peer_from_text(address_or_peer.rsplit("/p2p/", 1)[-1])
+        with trio.fail_after(TIMEOUT):
+            await sync.pull(self.repos, RepoId(repo), sync.PeerSource(self.host, peer, self.exchange, self.identity),
+                            memory=RoundMemory())
+            if not self._serving_sync:  # answer sync from the clone, as a member's node does
+                sync.serve(self.host, self.repos)
+            cards = hello.cards(self.repos.all(), self.identity, self.peer_id, str(peer))
+            await rpc.request(self.host, peer, hello.PROTOCOL, {"cards": cards})
 
     async def join(self, topic: str, *, mesh_with: str | None = None) -> None:
         """Subscribe to ``topic`` (accepting everything) and wait until a peer (``mesh_with``, a peer id, or any)
@@ -150,6 +176,7 @@ class HostilePeer:
                 await _close(stream)
 
         self.host.set_stream_handler(TProtocol(SYNC_PROTOCOL), on_stream)
+        self._serving_sync = True
 
 
 @asynccontextmanager
@@ -159,8 +186,11 @@ async def hostile_peer(identity: Identity | None = None) -> AsyncIterator[Hostil
     async with running_host(identity) as host, trio.open_nursery() as nursery:
         gossip = Libp2pGossip(host, max_message_size=MAX_MESSAGE_SIZE)
         await nursery.start(gossip.run)
+        repos = RepoSet.in_memory(identity)
+        exchange = BlockExchange(host, repos.blocks)
+        await nursery.start(exchange.run)
         try:
-            yield HostilePeer(identity, host, gossip)
+            yield HostilePeer(identity, host, gossip, repos, exchange)
         finally:
             nursery.cancel_scope.cancel()
 

@@ -29,6 +29,7 @@ from flair_node.network import bitswap, framing, rpc
 from flair_node.network import bitswap_wire as wire
 from flair_node.network.bitswap import V120, BlockExchange
 from flair_node.network.host import connect, full_addrs, running_host
+from flair_node.protocol import sync
 from flair_node.protocol.rounds import RoundMemory
 from flair_node.protocol.sync import PROTOCOL, PeerSource, SyncServer, pull
 from flair_node.storage import unixfs
@@ -370,7 +371,7 @@ async def test_sync_requests_beyond_the_per_peer_cap_are_reset():
     with trio.fail_after(30):
         async with running_host(OWNER) as server, running_host(STRANGER) as attacker, \
                 running_host(ALICE) as member, trio.open_nursery() as nursery:
-            served = rpc.serve(server, PROTOCOL, SyncServer(theirs).handle, timeout=2)
+            served = sync.serve(server, theirs, timeout=2)
             mine = RepoSet.in_memory(ALICE)
             exchange = BlockExchange(member, mine.blocks)
             await nursery.start(exchange.run)
@@ -389,7 +390,7 @@ async def test_sync_requests_beyond_the_per_peer_cap_are_reset():
             await until(lambda: refused[str(attacker.get_id())] == 2 * rpc.MAX_PER_PEER, "surplus reset", 5)
             # A member is still answered meanwhile.
             result = await pull(mine, repo.id, PeerSource(member, await connect(member, full_addrs(server)[0]),
-                                                          exchange), memory=RoundMemory())
+                                                          exchange, ALICE), memory=RoundMemory())
             assert result.commits == 1 and result.refused == {}
             await until(lambda: not served.open, "the stalled requests timed out", 5)
             assert served.status() == {"open": 0, "refused": {str(attacker.get_id()): 2 * rpc.MAX_PER_PEER},
@@ -419,11 +420,11 @@ async def test_a_member_whose_role_expired_reads_nothing_over_the_network():
     repo.invite(OWNER, ALICE.public_key, "reader", expires_ms=expires)
     with trio.fail_after(30):
         async with running_host(OWNER) as server, running_host(ALICE) as member, trio.open_nursery() as nursery:
-            rpc.serve(server, PROTOCOL, SyncServer(theirs).handle)
+            sync.serve(server, theirs)
             await nursery.start(BlockExchange(server, theirs.blocks).run)
             exchange = BlockExchange(member, RepoSet.in_memory(ALICE).blocks)
             await nursery.start(exchange.run)
-            source = PeerSource(member, await connect(member, full_addrs(server)[0]), exchange)
+            source = PeerSource(member, await connect(member, full_addrs(server)[0]), exchange, ALICE)
             assert "moves" in await source.heads(repo.id)  # while the role holds
             await trio.sleep(max(0.0, (expires - now_ms()) / 1000) + 0.1)
             with pytest.raises(Forbidden, match="members only"):
@@ -455,7 +456,7 @@ async def test_a_daemon_pulling_from_a_hostile_peer_fetches_nothing_unchecked_an
                                                                              key_epoch=base.key_epoch)).id] = root
         with trio.fail_after(90):
             async with running_host(OWNER) as host, trio.open_nursery() as nursery:
-                rpc.serve(host, PROTOCOL, SyncServer(hostile).handle)
+                sync.serve(host, hostile)
                 await nursery.start(BlockExchange(host, blocks).run)
                 address = full_addrs(host)[0]
                 started = trio.current_time()

@@ -86,8 +86,11 @@ async def claim_lagging(target: str, repo: str, count: int, *, identity: Identit
     seen: dict = {}
     with trio.fail_after(ATTACK_TIMEOUT):
         async with hostile_peer(identity) as mallory:
-            mallory.serve_sync(deep_heads)
             await mallory.connect(target)
+            if identity is not None:
+                await mallory.introduce(target, repo)  # a member's node: its pull on being known is answered
+                await trio.sleep(1)
+            mallory.serve_sync(deep_heads)
             await mallory.push(target, announce.topic(repo), [ahead(mallory.identity, repo, 5 + i)
                                                               for i in range(count)])
             await trio.sleep(3)  # validation, and any pull it starts
@@ -155,6 +158,7 @@ async def side_doors(target: str, repo: str, mallory_id: Identity) -> str:
     with trio.fail_after(ATTACK_TIMEOUT):
         async with hostile_peer(mallory_id) as mallory:
             await mallory.connect(target)
+            await mallory.introduce(target, repo)
             topic = announce.topic(repo)
             await mallory.join(topic, mesh_with=target.rsplit("/p2p/", 1)[-1])
             for _ in range(13):  # msgpack nested 1000 deep: each once wrote a 115 KB traceback
@@ -200,14 +204,14 @@ async def test_an_api_pull_joins_the_gossip_pull_of_the_same_repository_from_the
     served = []
     server = sync.SyncServer(owner)
 
-    async def slow_handler(asker, request):
+    async def slow_handler(peer, request):
         nonlocal serving, most
         serving += 1
         most = max(most, serving)
         try:
             await trio.sleep(0.3)  # a slow peer: a second pull would overlap this one
             served.append(request["op"])
-            return await server.handle(asker, request)
+            return await server.on_request(peer, request)
         finally:
             serving -= 1
 
@@ -215,6 +219,7 @@ async def test_an_api_pull_joins_the_gossip_pull_of_the_same_repository_from_the
         async with running_host(owner_id) as a, running_host(member_id) as b, trio.open_nursery() as nursery:
             exchange_a = BlockExchange(a, owner.blocks)
             await nursery.start(exchange_a.run)
+            server.me = str(a.get_id())
             rpc.serve(a, sync.PROTOCOL, slow_handler)
             exchange_b = BlockExchange(b, member.blocks)
             await nursery.start(exchange_b.run)
@@ -233,7 +238,7 @@ async def test_an_api_pull_joins_the_gossip_pull_of_the_same_repository_from_the
             nursery.start_soon(api)
             with trio.fail_after(30):
                 await answered.wait()
-            assert result["commits"] == 0  # the gossip pull's pass brought them; the API's found them here
+            assert result["commits"] == 4  # what the pull it joined brought: the gossip pull's pass, then its own
             assert most == 1  # never two requests to the peer at once
             assert served.count("heads") == 2  # the gossip pull, and the one more pass the API asked for
             assert member.open_id(repo.id).head("main") == repo.head("main")
@@ -301,9 +306,11 @@ async def secure_gossip(target: str, repo: str, attacks: list[tuple[Identity, li
         async for gossiped in listener.gossip.messages:
             relayed.update(m.id for m in announce.decode(gossiped.data, repo).messages)
 
-    async def publish(identity: Identity, messages: list[RoundMessage]) -> None:
+    async def publish(identity: Identity, messages: list[RoundMessage], *, member: bool = False) -> None:
         async with hostile_peer(identity) as peer:
             await peer.connect(target)
+            if member:
+                await peer.introduce(target, repo)
             await peer.push(target, topic, [announce.pack(repo, [("secure", m.encode())], 60_000)[0]
                                             for m in messages])
             await trio.sleep(1)  # validation, and any relay or pull it starts
@@ -312,12 +319,13 @@ async def secure_gossip(target: str, repo: str, attacks: list[tuple[Identity, li
     with trio.fail_after(ATTACK_TIMEOUT):
         async with hostile_peer(listener_id) as listener, trio.open_nursery() as nursery:
             await listener.connect(target)
+            await listener.introduce(target, repo)
             await listener.join(topic, mesh_with=daemon_peer)
             nursery.start_soon(listen, listener)
             for identity, messages in attacks:
                 await publish(identity, messages)
             checked = await trio.to_thread.run_sync(between)
-            await publish(control[0], [control[1]])
+            await publish(control[0], [control[1]], member=True)
             while control[1].id not in relayed or not kept(control[1].id):  # noqa: ASYNC110
                 await trio.sleep(0.1)
             nursery.cancel_scope.cancel()

@@ -28,7 +28,7 @@ from flair_node.network import rpc
 from flair_node.network.bitswap import BlockExchange
 from flair_node.network.gossipsub import GossipSub
 from flair_node.network.host import connect, full_addrs, running_host
-from flair_node.protocol import announce, rounds, sync
+from flair_node.protocol import announce, hello, rounds, sync
 from flair_node.protocol.rounds import RoundMemory
 from flair_node.storage import unixfs
 from flair_node.storage.repo import Repository, now_ms
@@ -292,11 +292,13 @@ async def hostile_member(daemon, repo: str, mallory: Identity, attack) -> None:
         async with running_host(mallory) as host, trio.open_nursery() as nursery:
             exchange = BlockExchange(host, node.blocks)
             await nursery.start(exchange.run)
-            rpc.serve(host, sync.PROTOCOL, sync.SyncServer(node).handle)
+            sync.serve(host, node)
             gossip = GossipSub(host)
             await nursery.start(gossip.run)
             peer = await connect(host, address(daemon))
-            await sync.pull(node, RepoId(repo), sync.PeerSource(host, peer, exchange), memory=RoundMemory())
+            await sync.pull(node, RepoId(repo), sync.PeerSource(host, peer, exchange, mallory), memory=RoundMemory())
+            await rpc.request(host, peer, hello.PROTOCOL,  # the daemon knows Mallory as the member it is
+                              {"cards": hello.cards(node.all(), mallory, str(host.get_id()), str(peer))})
             await gossip.join(announce.topic(RepoId(repo)), lambda forwarder, data: True)
             await attack(host, gossip, node, peer)
             nursery.cancel_scope.cancel()

@@ -13,8 +13,6 @@ import trio
 from flair_node.core.errors import FlairError
 from flair_node.core.identity import Identity
 from flair_node.network import bitswap_wire as wire
-from flair_node.network.gossipsub import GossipSub
-from flair_node.network.host import connect, running_host
 from flair_node.protocol import announce
 from flair_node.protocol.sync import SyncServer
 from flair_node.storage.repo import now_ms
@@ -22,6 +20,7 @@ from flair_node.storage.repos import RepoSet
 from flair_node.testing.commit_graph import tiny_state
 from flair_node.testing.daemon import running_daemon
 from flair_node.testing.fuzz import CLASSES, World, mutate_announcement, mutate_bytes
+from flair_node.testing.hostile import hostile_peer
 
 OWNER, ALICE = Identity.generate(), Identity.generate()
 
@@ -119,18 +118,12 @@ async def throw_mutations(address, repo_id, home, count, identity):
     pool = [announce.pack(repo_id, [("move", owner_view.branch_move(b).encode())], 60_000)[0]
             for b in owner_view.branches()]
     with trio.fail_after(120):
-        async with running_host(identity) as host, trio.open_nursery() as nursery:
-            gossip = GossipSub(host)
-            await nursery.start(gossip.run)
+        async with hostile_peer(identity) as thrower:
             topic = announce.topic(repo_id)
-            await gossip.join(topic, lambda forwarder, data: True)
-            await connect(host, address)
-            for _ in range(200):
-                if gossip.peers(topic):
-                    break
-                await trio.sleep(0.1)
+            await thrower.connect(address)
+            await thrower.introduce(address, repo_id)  # a member's node, known to the daemon as one
+            await thrower.join(topic, mesh_with=address.rsplit("/p2p/", 1)[-1])
             for _ in range(count):
-                await gossip.publish(topic, mutate_bytes(rng, rng.choice(pool))[:60_000])
+                await thrower.publish(topic, mutate_bytes(rng, rng.choice(pool))[:60_000])
             await trio.sleep(1)
-            nursery.cancel_scope.cancel()
     return count

@@ -17,6 +17,7 @@ from test_p2p_daemons import model, team
 from test_proof_daemons import contributed
 
 from flair_node.core.errors import FlairError
+from flair_node.core.identity import public_key_bytes
 from flair_node.core.ids import Cid
 from flair_node.network import rpc
 from flair_node.network.bitswap import BlockExchange
@@ -130,4 +131,6 @@ def test_a_non_member_connected_to_every_node_learns_nothing_of_the_repository(t
                 assert secret.encode() not in chain, secret
             for packed in (struct.pack(">d", VALUE), struct.pack("<d", VALUE)):  # the metric as msgpack holds it
                 assert packed not in heard and packed not in chain
+            for key in keys:  # nor the member keys' bytes: a node's peer id is its transport key, not its member key
+                assert public_key_bytes(key) not in heard, key
             assert seen["memo"].repo == repo and seen["memo"].branch not in (BRANCH, "main")

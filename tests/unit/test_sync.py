@@ -9,11 +9,13 @@ import trio
 
 from flair_node.core.errors import Forbidden
 from flair_node.core.identity import Identity
+from flair_node.core.ids import RepoId
 from flair_node.network import rpc
 from flair_node.network.bitswap import BlockExchange
-from flair_node.network.host import connect, full_addrs, member_key, peer_id, running_host
+from flair_node.network.host import connect, full_addrs, peer_id, running_host
+from flair_node.protocol import sync
 from flair_node.protocol.rounds import RoundMemory
-from flair_node.protocol.sync import PROTOCOL, PeerSource, SyncServer, pull
+from flair_node.protocol.sync import PROTOCOL, PeerSource, SyncServer, claim, claimed, pull
 from flair_node.storage.repos import RepoSet
 from flair_node.testing.commit_graph import tiny_state
 from flair_node.testing.sync import LocalSource
@@ -91,31 +93,43 @@ async def test_a_commit_by_a_non_member_is_refused_with_what_is_built_on_it():
     assert list(mine.branches()) == ["main"]  # exp's only move offered points at the forgery
 
 
-def test_peer_ids_and_flair_keys_are_one_identity():
-    assert member_key(peer_id(ALICE.public_key)) == ALICE.public_key
+def test_a_sync_claim_holds_only_for_the_pair_of_peers_it_names():
+    made = claim(ALICE, RepoId("a" * 64), "asker", "server")
+    request = {"op": "heads", "repo": "a" * 64, "as": made}
+    assert claimed(request, "asker", "server") == ALICE.public_key
+    assert claimed(request, "mallory", "server") is None  # replayed by another peer
+    assert claimed(request, "asker", "elsewhere") is None  # or by the server, to another one
+    assert claimed({**request, "repo": "b" * 64}, "asker", "server") is None  # or for another repository
+    assert claimed({**request, "as": {"key": MALLORY.public_key, "sig": made["sig"]}}, "asker", "server") is None
+    assert claimed({"op": "heads", "repo": "a" * 64}, "asker", "server") is None
 
 
 @pytest.mark.integration
 async def test_a_member_clones_over_libp2p():
+    """Hosts run on transport keys of their own: the server learns the asker's membership from its claim."""
     a, repo = owner_repo()
     b = RepoSet.in_memory(ALICE)
     with trio.fail_after(30):
-        async with running_host(OWNER) as a_host, running_host(ALICE) as b_host, trio.open_nursery() as nursery:
-            assert a_host.get_id() == peer_id(OWNER.public_key)
-            rpc.serve(a_host, PROTOCOL, SyncServer(a).handle)
+        async with running_host(Identity.generate()) as a_host, running_host(Identity.generate()) as b_host, \
+                trio.open_nursery() as nursery:
+            assert a_host.get_id() != peer_id(OWNER.public_key)
+            sync.serve(a_host, a)
             await nursery.start(BlockExchange(a_host, a.blocks).run)
             exchange = BlockExchange(b_host, b.blocks)
             await nursery.start(exchange.run)
             peer = await connect(b_host, full_addrs(a_host)[0])
-            result = await pull(b, repo.id, PeerSource(b_host, peer, exchange), memory=RoundMemory())
+            result = await pull(b, repo.id, PeerSource(b_host, peer, exchange, ALICE), memory=RoundMemory())
             assert (result.commits, result.refused) == (3, {})
             same_view(b.open(repo.id), repo)
 
-            async with running_host(MALLORY) as m_host:  # a non-member over the network: refused by the peer
+            async with running_host(Identity.generate()) as m_host:  # a non-member over the network: refused
                 m_peer = await connect(m_host, full_addrs(a_host)[0])
                 with pytest.raises(Forbidden, match="members only"):
-                    await pull(RepoSet.in_memory(MALLORY), repo.id, PeerSource(m_host, m_peer, exchange),
+                    await pull(RepoSet.in_memory(MALLORY), repo.id, PeerSource(m_host, m_peer, exchange, MALLORY),
                                memory=RoundMemory())
+                stolen = claim(ALICE, repo.id, str(b_host.get_id()), str(a_host.get_id()))  # Alice's, replayed
+                with pytest.raises(Forbidden, match="members only"):
+                    await rpc.request(m_host, m_peer, PROTOCOL, {"op": "heads", "repo": repo.id, "as": stolen})
             nursery.cancel_scope.cancel()
 
 

@@ -13,8 +13,8 @@ from ..params import ARRAY, OBJECT
 methods = MethodTable()
 
 
-@methods.method("node.whoami", "The node's public key: its peer id, commit author and Solana address.",
-                result=OBJECT)
+@methods.method("node.whoami", "The node's member key: commit author and Solana address (its peer id is a "
+                "transport key of its own).", result=OBJECT)
 async def node_whoami(ctx: ApiContext) -> dict[str, Any]:
     return {"public_key": ctx.identity.public_key}
 

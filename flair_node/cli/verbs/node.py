@@ -12,7 +12,7 @@ from ._base import Verb
 
 WHOAMI = Verb(
     name="whoami",
-    help="print this node's public key (peer id, commit author, Solana address)",
+    help="print this node's member key (commit author, Solana address; its peer id is a key of its own)",
     call=lambda c, a: c.call("node.whoami"),
     text=lambda r, a: str(r["public_key"]),
 )
@@ -66,7 +66,7 @@ def peers_text(p2p: dict[str, Any]) -> str:
     """This node's addresses, then each connected peer with its member key and first addresses."""
     lines = [f"this node: {addr}" for addr in p2p["addrs"]]
     for peer in p2p["peers"]:
-        who = f"member key {peer['key']}" if peer["key"] else "no Ed25519 key"
+        who = f"member key {peer['key']}" if peer["key"] else "member key unknown (no repository in common)"
         lines.append(f"{peer['peer']}  {who}  {' '.join(peer['addrs'][:2])}")
     return "\n".join(lines) if p2p["peers"] else "\n".join([*lines, "no peers connected"])
 

@@ -1,6 +1,6 @@
 """A node's key as a Solana wallet: the transactions the daemon's chain services send, built and signed here.
 
-One Ed25519 key is a node's peer id, the author of its commits and its Solana wallet (``core.identity``). A
+One Ed25519 key, the member key, is the author of a node's commits and its Solana wallet (``core.identity``). A
 ``Wallet`` holds that ``Identity`` and turns it into solders' keypair only inside this package: the daemon's
 services give it Flair's values (anchor records, repository and commit ids, base58 keys, metadata URIs) and get
 back an ``Address`` or a ``SignedTransaction``. A service saves the transaction's signature before it sends the

@@ -76,7 +76,8 @@ def judge_reply(status: int, reply: bytes | None, authorized: bool) -> str:
 
 
 class Live:
-    """One daemon, and a py-libp2p host with a reader's key that speaks to it as a hostile member would."""
+    """One daemon, and a py-libp2p host with a reader's key that speaks to it as a hostile member would (it
+    greets the daemon with the reader's member cards, and claims the reader's membership in sync requests)."""
 
     PHASES = ("announcements", "meshsub", "sync_requests", "sync_replies", "bitswap")
 
@@ -120,9 +121,10 @@ class Live:
     async def run(self, k: int) -> dict[str, Any]:
         from libp2p.custom_types import TProtocol
 
+        from flair_node.network import rpc
         from flair_node.network.gossipsub import GossipSub
         from flair_node.network.host import connect, running_host
-        from flair_node.protocol import sync
+        from flair_node.protocol import hello, sync
 
         async with running_host(self.world.reader) as host, trio.open_nursery() as nursery:
             self.host = host
@@ -131,6 +133,9 @@ class Live:
             await self.gossip.join(announce.topic(self.repo_id), lambda forwarder, data: False)
             host.set_stream_handler(TProtocol(sync.PROTOCOL), self._serve_sync)
             self.peer = await connect(host, self.address)
+            cards = await trio.to_thread.run_sync(
+                lambda: hello.cards(self.view.all(), self.world.reader, str(host.get_id()), str(self.peer)))
+            await rpc.request(host, self.peer, hello.PROTOCOL, {"cards": cards})  # known as the reader it is
             with trio.fail_after(20):
                 while not self.gossip.peers(announce.topic(self.repo_id)):  # noqa: ASYNC110 - no event to wait on
                     await trio.sleep(0.1)
@@ -256,8 +261,9 @@ class Live:
 
         ids = sorted({hashlib.sha256(encoding.encode(msgpack.unpackb(r, raw=False)["body"])).hexdigest()
                       for _, r in self.records})
-        seeds = [encoding.encode({"op": "heads", "repo": self.repo_id}),
-                 encoding.encode({"op": "records", "repo": self.repo_id, "ids": ids[:sync.MAX_IDS]})]
+        claim = sync.claim(self.world.reader, self.repo_id, str(self.host.get_id()), str(self.peer))
+        seeds = [encoding.encode({"op": "heads", "repo": self.repo_id, "as": claim}),
+                 encoding.encode({"op": "records", "repo": self.repo_id, "ids": ids[:sync.MAX_IDS], "as": claim})]
 
         async def send(data: bytes) -> str:
             raw = await self._raw(sync.PROTOCOL, len(data).to_bytes(4, "big") + data, reply=True)
