@@ -11,10 +11,11 @@ from the head (the base plus noise) through its API, and the bench waits until e
 - **bytes**: TCP bytes every daemon sent during the round (``ss -ti`` counters of the daemons' sockets, before the
   first contribution and after every node followed), divided by the member count.
 
-Before each round the bench waits (up to a minute) until the daemons are back to the CPU rate they use idle
-(measured once the repositories are made: catch-up passes every 2 s cost 10 daemons over half a core): a
-round's trailing work otherwise lands in the next round's time, and the rounds alternate between the two
-repositories.
+The daemons catch up every ``--sync-interval`` seconds, by default the daemon's own default (30 s): the
+catch-up passes of a test cluster (every 2 s) cost 10 idle daemons about one of the two cores, which no
+deployment pays and which weighed on both kinds of round. Before each round the bench waits (up to a minute)
+until the daemons are back to the CPU rate they use idle (measured once the repositories are made): a round's
+trailing work otherwise lands in the next round's time, and the rounds alternate between the two repositories.
 
 Each figure is the median over the rounds. Last line of stdout, one JSON object: per member count, ``plain_round_s``,
 ``secure_round_s``, ``secure_time_ratio``, ``plain_bytes_per_member``, ``secure_bytes_per_member``,
@@ -23,6 +24,7 @@ members a secure round takes at most 1.5x the time and 1.3x the bytes of a plain
 
     .venv/bin/python bench/secure_rounds.py                       # 5 and 10 members, 1M parameters, 2 rounds
     .venv/bin/python bench/secure_rounds.py --quick               # 3 members, 100k parameters, 1 round
+    .venv/bin/python bench/secure_rounds.py --sync-interval 2     # catching up as often as the tests' clusters
 
 Flower's own SecAgg+ (``flwr`` SecAggPlusWorkflow) is not in this run: it needs Flower's simulation engine or a
 SuperLink with SuperNodes, which this bench does not start (see docs/benchmarks.md).
@@ -43,6 +45,7 @@ from pathlib import Path
 
 import torch
 
+from flair_node.daemon.config import P2PConfig
 from flair_node.tensors.safetensors_io import save_bytes
 from flair_node.testing.cluster import Cluster, ClusterNode, running_cluster
 from flair_node.testing.daemon import DaemonFailed
@@ -141,14 +144,14 @@ def one_round(cluster: Cluster, repo: str, parameters: int, seed: int, idle: flo
     return took, sent
 
 
-def measure(members: int, parameters: int, rounds: int, root: Path) -> dict[str, float]:
+def measure(members: int, parameters: int, rounds: int, root: Path, sync_interval: float) -> dict[str, float]:
     def started(node: ClusterNode) -> None:
         print(f"  node {node.name} up", file=sys.stderr)
 
     names = [f"n{i}" for i in range(members)]
     figures: dict[str, list[tuple[float, int]]] = {"plain": [], "secure": []}
     try:
-        with running_cluster(root / f"m{members}", names, sync_interval=2.0, on_start=started) as cluster:
+        with running_cluster(root / f"m{members}", names, sync_interval=sync_interval, on_start=started) as cluster:
             common = {"buffer": members, "deadline_s": 600, "timeout_s": 120}
             repos = {"plain": cluster.create_repo("plain", model(parameters, 0), policy=common),
                      "secure": cluster.create_repo("secure", model(parameters, 0),
@@ -180,6 +183,8 @@ def main() -> None:
     parser.add_argument("--members", type=int, nargs="+", default=[5, 10])
     parser.add_argument("--parameters", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sync-interval", type=float, default=P2PConfig().sync_interval,
+                        help="seconds between catch-up passes (default: the daemon's own default)")
     parser.add_argument("--quick", action="store_true", help="3 members, 100k parameters, 1 round")
     args = parser.parse_args()
     if args.quick:
@@ -187,7 +192,7 @@ def main() -> None:
     if min(args.members) < 3:
         parser.error("a secure round needs 3 members")
     with tempfile.TemporaryDirectory(prefix="flair-secure-bench-") as tmp:
-        results = [measure(m, args.parameters, args.rounds, Path(tmp)) for m in args.members]
+        results = [measure(m, args.parameters, args.rounds, Path(tmp), args.sync_interval) for m in args.members]
     largest = results[-1]
     print(json.dumps({**{k: largest[k] for k in ("plain_round_s", "secure_round_s", "secure_time_ratio",
                                                  "secure_bytes_ratio", "members", "parameters")},

@@ -125,7 +125,7 @@ class P2PConfig:
 
     listen: str = setting(
         "/ip4/127.0.0.1/tcp/0",
-        "Where the node's libp2p host (TCP, Noise, Yamux; peer id from the node's Ed25519 identity) listens. Port 0 "
+        "Where the node's libp2p host (TCP, Noise, Yamux; peer id from the node's transport key) listens. Port 0 "
         "picks a free one; `node.status` shows the full addresses. Peers fetch payload blocks from it over Bitswap.",
         expect="a multiaddr such as /ip4/0.0.0.0/tcp/4001", valid=_is_multiaddr)
     bootstrap: tuple[str, ...] = setting(

@@ -222,3 +222,15 @@ def test_what_a_sum_cannot_merge_is_refused():
         secure_sum.term(base, {**inputs[0], "w": inputs[0]["w"] * 1e9}, 1)
     with pytest.raises(InvalidInput, match="int64 values"):
         secure_sum.merge_sum(base, np.zeros(3, dtype=np.int64), 1)
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 4096 + 3])
+def test_a_seed_expands_to_its_aes_256_ctr_keystream_as_an_independent_implementation_computes_it(size):
+    """Every member must expand a seed to the same bytes, whatever library computes it: OpenSSL's (through
+    ``cryptography``) against pycryptodome's, with the counter block Flair names (nonce, then a 64-bit counter)."""
+    from Crypto.Cipher import AES
+
+    seed = bytes(range(32))
+    reference = AES.new(seed, AES.MODE_CTR, nonce=b"flairmsk").encrypt(bytes(size))
+    assert bytes(secagg.expand(seed, size)) == reference
+    assert secagg.expand(seed, size) == secagg.expand(seed, size + 9)[:size]  # a prefix of any longer stream
