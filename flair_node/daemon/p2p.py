@@ -167,7 +167,8 @@ class P2PService:
             peers.append({"peer": str(peer), "key": self.cards.key(str(peer)), "addrs": peer_addrs(self.host, peer),
                           "bad_announcements": self._bad.counts.get(str(peer), 0),
                           "bad_pulls": self._bad_pulls.counts.get(str(peer), 0)})
-        return {"gossip": self.gossip.status(), "announcements": dict(self.counts), "peers": peers,
+        return {"gossip": self.gossip.status(), "cards": self.cards.status(), "announcements": dict(self.counts),
+                "peers": peers,
                 "bad_announcements": dict(self._bad.counts), "bad_pulls": dict(self._bad_pulls.counts),
                 "topics": sorted(announce.topic(r) for r in self._joined), "refused_merges": list(self.refused_merges)}
 

@@ -3,8 +3,9 @@
 A node greets each connected peer once it is connected and again whenever the node's own repositories or
 memberships change (their membership heads, checked every ``GREET_EVERY`` seconds): it sends its cards for
 that peer on ``/flair/hello/1.0.0`` and gets the peer's cards back in the reply. Whoever greets first, both
-learn what the other proves. The last cards heard from each peer are kept, so that when this node gets a new
-key (it cloned a repository, a key was rotated) it reads them again and needs no second greeting.
+learn what the other proves. The last well-formed cards of each connected peer are kept, so that when this node
+gets a new key (it cloned a repository, a key was rotated) it reads them again and needs no second greeting; a
+peer that disconnects is forgotten there, and greeted again if it comes back.
 
 Everything is bounded: ``MAX_PEERS`` peers remembered (the least recently heard forgotten), a hello's cards
 capped (``protocol.hello.MAX_CARDS``) and its size by ``network.rpc``. A peer whose hello does not parse, or
@@ -77,12 +78,14 @@ class PeerCards:
                         self._mine = mine
                         for heard in list(self._heard):  # a new key may open cards heard before
                             await self._read(heard, self._heard[heard])
-                    for peer in self.host.get_connected_peers():
-                        if self._greeted.get(str(peer)) != mine:
-                            self._greeted[str(peer)] = mine
-                            nursery.start_soon(self._greet, str(peer), limit)
-                    while len(self._greeted) > MAX_PEERS:
-                        self._greeted.pop(next(iter(self._greeted)))
+                    connected = {str(peer) for peer in self.host.get_connected_peers()}
+                    for gone in (self._heard.keys() | self._greeted.keys()) - connected:
+                        self._heard.pop(gone, None)  # greeted again, and heard again, if it comes back
+                        self._greeted.pop(gone, None)
+                    for peer in connected:
+                        if self._greeted.get(peer) != mine:
+                            self._greeted[peer] = mine
+                            nursery.start_soon(self._greet, peer, limit)
                 except Exception as exc:  # this node's own trouble (a damaged repository): the next look retries
                     log.warning("greeting peers failed: %r", exc)
                 await trio.sleep(GREET_EVERY)
@@ -101,15 +104,15 @@ class PeerCards:
         return {"cards": await trio.to_thread.run_sync(self._cards, peer)}
 
     async def _read(self, peer: str, cards: Any) -> None:
-        self._heard[peer] = cards
-        self._heard.move_to_end(peer)
-        while len(self._heard) > MAX_PEERS:
-            self._heard.popitem(last=False)
         try:
             found = await trio.to_thread.run_sync(lambda: hello.read(cards, self.repos.all(), self.me, peer))
         except FlairError as exc:
             self.bad.add(peer, "a hello that does not hold: %s", exc)
             return
+        self._heard[peer] = cards  # well-formed: kept while the peer is connected, read again on a new key
+        self._heard.move_to_end(peer)
+        while len(self._heard) > MAX_PEERS:
+            self._heard.popitem(last=False)
         before = self._known.get(peer, {})
         self._known[peer] = {**before, **found}
         self._known.move_to_end(peer)

@@ -34,8 +34,8 @@ from flair_node.core.round_messages import Masked, Roster, RoundMessage
 from flair_node.daemon.p2p import P2PService
 from flair_node.network import rpc
 from flair_node.network.bitswap import BlockExchange
-from flair_node.network.host import connect, full_addrs, peer_id, running_host
-from flair_node.protocol import announce, secure_rounds, sync
+from flair_node.network.host import connect, full_addrs, peer_from_text, peer_id, running_host
+from flair_node.protocol import announce, hello, secure_rounds, sync
 from flair_node.protocol.rounds import RoundMemory
 from flair_node.storage import round_messages, unixfs
 from flair_node.storage.repo import Repository, now_ms
@@ -399,3 +399,45 @@ async def test_a_member_overfilling_a_round_or_withholding_a_masked_updates_bloc
         assert await trio.to_thread.run_sync(p2p._take, repo.id, [(ann, "publisher")]) == {}
         assert repo.secure.has(masked.id)
         assert len([r for r in caplog.records if "not taken" in r.getMessage()]) == 1  # logged once a minute
+
+
+# -- member cards (``protocol.hello``) from strangers ------------------------------------------------------------
+
+
+async def hellos(target: str, repo: str, member: Identity, status) -> dict:
+    """A member's node introduces itself; a stranger sends malformed hellos, then replays the member's genuine
+    cards (written for the member's connection), then pushes onto the topic. What the stranger got, and
+    ``status()`` while both are connected."""
+    daemon = peer_from_text(target.rsplit("/p2p/", 1)[-1])
+    with trio.fail_after(ATTACK_TIMEOUT):
+        async with hostile_peer(member) as alice, hostile_peer() as eve:
+            await alice.connect(target)
+            await alice.introduce(target, repo)
+            await eve.connect(target)
+            for bad in (None, "cards", [{"tag": b"x"}], [{"tag": b"t" * 16, "box": b"b" * 600}],
+                        [{"tag": b"t" * 16, "box": b"b"}] * 300):
+                await rpc.request(eve.host, daemon, hello.PROTOCOL, {"cards": bad})
+            stolen = hello.cards(alice.repos.all(), member, alice.peer_id, str(daemon))
+            reply = await rpc.request(eve.host, daemon, hello.PROTOCOL, {"cards": stolen})
+            await eve.push(target, announce.topic(repo), [b"anything"])
+            await trio.sleep(1)
+            return {"read": hello.read(reply["cards"], eve.repos.all(), eve.peer_id, str(daemon)),
+                    "cards": len(reply["cards"]), "eve": eve.peer_id, "alice": alice.peer_id,
+                    "status": await trio.to_thread.run_sync(status)}
+
+
+@pytest.mark.integration
+def test_a_strangers_malformed_or_replayed_hellos_prove_nothing_and_cost_it(tmp_path):
+    member = Identity.generate()
+    with running_daemon(configure(tmp_path / "a", sync_interval=600)) as daemon:
+        repo = new_repo(daemon, tmp_path)
+        daemon.client.call("repo.invite", repo=repo, member=member.public_key, role="reader")
+        seen = trio.run(hellos, address(daemon), repo, member, lambda: daemon.client.call("node.status")["p2p"])
+
+        assert seen["read"] == {} and seen["cards"] == hello.PAD_TO  # its answer: one sealed card, padded
+        assert daemon.process.poll() is None
+        p2p = seen["status"]
+        assert p2p["cards"]["bad"] == {seen["eve"]: 5}, p2p["cards"]  # the malformed ones; the replay opened nothing
+        keys = {p["peer"]: p["key"] for p in p2p["peers"]}
+        assert keys == {seen["alice"]: member.public_key, seen["eve"]: None}
+        assert p2p["gossip"]["unadmitted"] >= 1  # still a stranger on the topic
