@@ -168,8 +168,7 @@ class P2PService:
                           "bad_announcements": self._bad.counts.get(str(peer), 0),
                           "bad_pulls": self._bad_pulls.counts.get(str(peer), 0)})
         return {"gossip": self.gossip.status(), "cards": self.cards.status(), "announcements": dict(self.counts),
-                "peers": peers,
-                "bad_announcements": dict(self._bad.counts), "bad_pulls": dict(self._bad_pulls.counts),
+                "peers": peers, "bad_announcements": dict(self._bad.counts), "bad_pulls": dict(self._bad_pulls.counts),
                 "topics": sorted(announce.topic(r) for r in self._joined), "refused_merges": list(self.refused_merges)}
 
     def _refused_merges(self, repo: RepoId, refused: list[tuple[BranchMove, str]]) -> None:
