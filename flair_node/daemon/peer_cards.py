@@ -94,8 +94,7 @@ class PeerCards:
         async with limit:
             try:
                 mine = await trio.to_thread.run_sync(self._cards, peer)
-                reply = await rpc.request(self.host, peer_from_text(peer), hello.PROTOCOL, {"cards": mine})
-                await self._read(peer, reply.get("cards") if isinstance(reply, dict) else None)
+                await self._read(peer, await hello.greet(self.host, peer_from_text(peer), mine))
             except FlairError as exc:  # gone, or not a Flair node: greeted again once this node's holdings change
                 log.debug("greeting %s failed: %s", peer, exc)
 

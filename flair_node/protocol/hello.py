@@ -20,8 +20,6 @@ stranger learns from a hello at most roughly how many repositories its writer is
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -30,11 +28,13 @@ from ..core import crypto, encoding
 from ..core.errors import FlairError, IntegrityError, InvalidInput
 from ..core.identity import Identity, verify
 from ..core.ids import PublicKey, RepoId
+from ..network import rpc
+from ..network.host import Host, Peer
 from ..storage.clock import now_ms
 from ..storage.repo import Repository
 
 PROTOCOL = "/flair/hello/1.0.0"
-MAX_CARDS = 256  # cards read from one hello; a node in more repositories is recognised in the first 256
+MAX_CARDS = 256  # cards in one hello: a node in more repositories makes itself known in its first 256
 PAD_TO = 4
 TAG_BYTES = 16
 MAX_BOX = 512  # a box holds a key (44 chars) and a signature (64 bytes), sealed
@@ -45,8 +45,10 @@ def cards(repos: Iterable[Repository], identity: Identity, me: str, them: str) -
     """This node's cards for peer ``them`` (transport peer ids, as text): one per repository in ``repos`` where
     ``identity`` holds a role at the latest epoch it has a key of, then random padding (see the module
     docstring)."""
-    out = []
+    out: list[dict[str, bytes]] = []
     for repo in repos:
+        if len(out) == MAX_CARDS:
+            break
         membership = repo.members.current()
         if membership.role(identity.public_key, epoch=membership.epoch, at_ms=now_ms()) is None:
             continue
@@ -70,19 +72,16 @@ def read(hello: Any, repos: Iterable[Repository], me: str, them: str) -> dict[Re
     verify is ``IntegrityError``: a member (present or past) sent nonsense."""
     if not isinstance(hello, list) or len(hello) > MAX_CARDS + PAD_TO:
         raise InvalidInput(f"a hello is a list of at most {MAX_CARDS} cards")
-    expected = {}
-    for repo in repos:
-        for epoch, key in held_keys(repo).items():
-            expected[_tag(key, repo.id, them, me)] = (repo.id, key, epoch)
+    expected = {_tag(key, repo.id, them, me): (repo.id, key) for repo in repos for key in _held_keys(repo)}
     found: dict[RepoId, PublicKey] = {}
-    for card in hello[:MAX_CARDS + PAD_TO]:
+    for card in hello:
         if not (isinstance(card, Mapping) and isinstance(card.get("tag"), bytes)
                 and isinstance(card.get("box"), bytes) and len(card["box"]) <= MAX_BOX):
             raise InvalidInput("a card is {tag: bytes, box: bytes}")
         match = expected.get(card["tag"])
         if match is None:
             continue
-        repo_id, key, _ = match
+        repo_id, key = match
         opened = encoding.decode(crypto.decrypt(key, card["box"], _context(repo_id, them, me)))
         member, signature = (opened.get("key"), opened.get("sig")) if isinstance(opened, dict) else (None, None)
         if not isinstance(member, str) or not isinstance(signature, bytes):
@@ -92,19 +91,26 @@ def read(hello: Any, repos: Iterable[Repository], me: str, them: str) -> dict[Re
     return found
 
 
-def held_keys(repo: Repository) -> dict[int, bytes]:
-    """Every payload key of ``repo`` this node holds or can open, by epoch."""
-    held = {}
+async def greet(host: Host, peer: Peer, cards: list[dict[str, bytes]]) -> Any:
+    """Send ``cards`` to ``peer`` and return what it sent back (its cards, unchecked: ``read`` them)."""
+    reply = await rpc.request(host, peer, PROTOCOL, {"cards": cards})
+    return reply.get("cards") if isinstance(reply, dict) else None
+
+
+def _held_keys(repo: Repository) -> list[bytes]:
+    """Every payload key of ``repo`` this node holds or can open."""
+    held = []
     for epoch in range(repo.members.current().epoch + 1):
         try:
-            held[epoch] = repo.keys.key(epoch)
+            held.append(repo.keys.key(epoch))
         except FlairError:
             continue
     return held
 
 
 def _tag(key: bytes, repo: RepoId, writer: str, reader: str) -> bytes:
-    return hmac.new(key, f"flair/hello/tag/{repo}\0{writer}\0{reader}".encode(), hashlib.sha256).digest()[:TAG_BYTES]
+    return bytes.fromhex(crypto.keyed_tag(key, f"flair/hello/tag/{repo}".encode(), f"{writer}\0{reader}",
+                                          size=TAG_BYTES))
 
 
 def _statement(repo: RepoId, writer: str, reader: str) -> bytes:

@@ -57,7 +57,6 @@ from ..core.errors import FlairError, RemoteError
 from ..core.identity import Identity
 from ..core.ids import RepoId
 from ..core.protobuf import varint
-from ..network import rpc
 from ..network.bitswap import BlockExchange
 from ..network.host import Host, Peer, Stream, close_stream, connect, full_addrs, peer_from_text, running_host
 from ..protocol import hello, sync
@@ -115,7 +114,7 @@ class HostilePeer:
             if not self._serving_sync:  # answer sync from the clone, as a member's node does
                 sync.serve(self.host, self.repos)
             cards = hello.cards(self.repos.all(), self.identity, self.peer_id, str(peer))
-            await rpc.request(self.host, peer, hello.PROTOCOL, {"cards": cards})
+            await hello.greet(self.host, peer, cards)
 
     async def join(self, topic: str, *, mesh_with: str | None = None) -> None:
         """Subscribe to ``topic`` (accepting everything) and wait until a peer (``mesh_with``, a peer id, or any)

@@ -24,7 +24,6 @@ from flair_node.core.ids import CommitId, RecordId, RepoId
 from flair_node.core.membership import MembershipChange, SealedKey, check_move_target
 from flair_node.core.objects import Commit, Payload, check_commit_time
 from flair_node.core.refs import MAX_CLOCK_SKEW_MS, BranchMove, contribution_branch
-from flair_node.network import rpc
 from flair_node.network.bitswap import BlockExchange
 from flair_node.network.gossipsub import GossipSub
 from flair_node.network.host import connect, full_addrs, running_host
@@ -297,8 +296,8 @@ async def hostile_member(daemon, repo: str, mallory: Identity, attack) -> None:
             await nursery.start(gossip.run)
             peer = await connect(host, address(daemon))
             await sync.pull(node, RepoId(repo), sync.PeerSource(host, peer, exchange, mallory), memory=RoundMemory())
-            await rpc.request(host, peer, hello.PROTOCOL,  # the daemon knows Mallory as the member it is
-                              {"cards": hello.cards(node.all(), mallory, str(host.get_id()), str(peer))})
+            # the daemon knows Mallory as the member it is
+            await hello.greet(host, peer, hello.cards(node.all(), mallory, str(host.get_id()), str(peer)))
             await gossip.join(announce.topic(RepoId(repo)), lambda forwarder, data: True)
             await attack(host, gossip, node, peer)
             nursery.cancel_scope.cancel()

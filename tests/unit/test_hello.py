@@ -78,3 +78,15 @@ async def test_a_malformed_hello_is_invalid_input(hello_):
     sets, _ = await three_nodes()
     with pytest.raises(InvalidInput):
         hello.read(hello_, sets["owner"].all(), "owner-peer", "alice-peer")
+
+
+async def test_a_node_in_more_repositories_than_a_hello_holds_writes_as_many_cards_as_one_reads(monkeypatch):
+    sets, repo = await three_nodes()
+    second = sets["owner"].create("other", tiny_state(1))
+    second.invite(OWNER, ALICE.public_key, "reader")
+    await pull(sets["alice"], second.id, LocalSource(sets["owner"], ALICE.public_key, sets["alice"]),
+               memory=RoundMemory())
+    monkeypatch.setattr(hello, "MAX_CARDS", 1)
+    cards = hello.cards(sets["alice"].all(), ALICE, "alice-peer", "owner-peer")
+    assert len(cards) == hello.PAD_TO  # one card, padded: a hello the reader takes whole
+    assert len(hello.read(cards, sets["owner"].all(), "owner-peer", "alice-peer")) == 1

@@ -121,7 +121,6 @@ class Live:
     async def run(self, k: int) -> dict[str, Any]:
         from libp2p.custom_types import TProtocol
 
-        from flair_node.network import rpc
         from flair_node.network.gossipsub import GossipSub
         from flair_node.network.host import connect, running_host
         from flair_node.protocol import hello, sync
@@ -135,7 +134,7 @@ class Live:
             self.peer = await connect(host, self.address)
             cards = await trio.to_thread.run_sync(
                 lambda: hello.cards(self.view.all(), self.world.reader, str(host.get_id()), str(self.peer)))
-            await rpc.request(host, self.peer, hello.PROTOCOL, {"cards": cards})  # known as the reader it is
+            await hello.greet(host, self.peer, cards)  # known as the reader it is
             with trio.fail_after(20):
                 while not self.gossip.peers(announce.topic(self.repo_id)):  # noqa: ASYNC110 - no event to wait on
                     await trio.sleep(0.1)
