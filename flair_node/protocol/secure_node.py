@@ -10,10 +10,10 @@ the rules; this decides when to apply them).
     signed time first, so that a rival unmask of the same roster, which would make it reveal nothing, has time
     to arrive.
   - as the **entitled aggregator**, signs the roster once the round is ready. It signs the unmask once every
-    contributor of the roster has masked, or ``MASK_WAIT_MS`` after the roster, or, while masked updates that
-    were announced to it are still arriving (their blocks are megabytes: ``RoundMessages.arriving``), up to
-    ``ARRIVING_WAIT_MS`` after it (never a second unmask of a roster, whoever signed the first). It then merges
-    as soon as the reveals recover every secret.
+    contributor of the roster has masked, or ``mask_wait_ms`` after the roster (half the aggregator's turn, at
+    most a minute), or, while masked updates that were announced to it are still arriving (their blocks are
+    megabytes: ``RoundMessages.arriving``), up to ``ARRIVING_WAIT_MS`` after it (never a second unmask of a
+    roster, whoever signed the first). It then merges as soon as the reveals recover every secret.
 
 ``tidy`` forgets the weights and secrets of a contribution once its round is over. Every message this node
 signs is kept (``repo.secure``) and announced (``repo.announce``: the daemon gossips it).
@@ -30,6 +30,7 @@ from ..core.errors import FlairError, IntegrityError, InvalidInput, NotFound
 from ..core.ids import short
 from ..core.refs import check_branch_name
 from ..core.round_messages import Masked, Reveal, Roster, RoundMessage, Unmask, content_of
+from ..core.round_rules import RoundPolicy
 from ..storage.clock import now_ms
 from ..storage.repo import Repository
 from ..storage.secure_pending import PendingContributions
@@ -41,8 +42,16 @@ if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
 
 SETTLE_MS = 500  # a holder reveals this long after an unmask's signed time, at the earliest
-MASK_WAIT_MS = 5_000  # the aggregator unmasks without the contributors of a roster that have not masked by then
-ARRIVING_WAIT_MS = 60_000  # ... or by then, for masked updates announced to it whose blocks are still arriving
+ARRIVING_WAIT_MS = 60_000  # the aggregator unmasks without masked updates announced to it whose blocks are
+#                            still arriving by then
+
+
+def mask_wait_ms(policy: RoundPolicy) -> int:
+    """How long after its roster the aggregator waits for contributors that have not masked (nor announced a
+    masked update) before it unmasks without them: half its turn, at most ``ARRIVING_WAIT_MS``. A contributor
+    learns of the roster by gossip, or at its next catch-up if gossip missed it, then masks: a wait much shorter
+    drops contributors of a busy node, and their work with them."""
+    return min(policy.timeout_s * 500, ARRIVING_WAIT_MS)
 
 
 @dataclass
@@ -182,7 +191,7 @@ def _as_aggregator(repo: Repository, identity: Any, branch: str, head: str, at: 
                 waited = at - roster.timestamp_ms
                 arriving = {m.author for m in repo.secure.still_arriving(branch, head)  # of the roster's only
                             if isinstance(m.content, Masked) and m.content.roster == roster.id} & taking - masked
-                if waited < MASK_WAIT_MS or (arriving and waited < ARRIVING_WAIT_MS):
+                if waited < mask_wait_ms(repo.members.current().policy) or (arriving and waited < ARRIVING_WAIT_MS):
                     return
             message = secure_rounds.unmask(repo, identity, repo.secure, roster, memory=memory)
             done.published.append(f"unmask {publish(repo, message).id}")

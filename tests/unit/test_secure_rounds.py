@@ -356,7 +356,7 @@ def test_nodes_that_step_run_a_whole_round_and_forget_their_secrets_after(monkey
 @pytest.mark.parametrize("arrives", [True, False, None], ids=["arrives", "never-arrives", "not-the-rosters"])
 def test_the_aggregator_waits_for_a_masked_update_still_arriving_but_not_forever(monkeypatch, arrives):
     """A masked update announced to the aggregator whose blocks are on their way holds the unmask past
-    ``MASK_WAIT_MS`` (it would otherwise be dropped, and its contributor's work lost), up to ``ARRIVING_WAIT_MS``;
+    ``mask_wait_ms`` (it would otherwise be dropped, and its contributor's work lost), up to ``ARRIVING_WAIT_MS``;
     one whose author the roster does not take holds nothing."""
     repo = team()
     r = Round(repo, EVERYONE)
@@ -371,20 +371,23 @@ def test_the_aggregator_waits_for_a_masked_update_still_arriving_but_not_forever
     node.secure.arriving(masked if arrives is not None else  # as the daemon's gossip intake notes it
                          dataclasses.replace(masked, author=outsider.public_key).signed(outsider))
 
+    waited = secure_node.mask_wait_ms(repo.members.current().policy) + 1_000
+
     def step_at(after_ms: int) -> list[str]:
         monkeypatch.setattr(secure_node, "now_ms", lambda: roster.timestamp_ms + after_ms)
         done = secure_node.step(node, agg, PendingContributions(None), "main", memory=r.memory)
         return [p.split()[0] for p in done.published]
 
     if arrives is None:
-        assert "unmask" in step_at(secure_node.MASK_WAIT_MS + 1_000)
+        assert "unmask" not in step_at(waited - 2_000)  # a contributor that has not masked yet is waited for
+        assert "unmask" in step_at(waited)
     elif arrives:
-        assert "unmask" not in step_at(secure_node.MASK_WAIT_MS + 1_000)
+        assert "unmask" not in step_at(waited)
         node.secure.add(masked)  # its blocks came: kept now, and no longer arriving
         assert node.secure.still_arriving("main", r.head) == []
-        assert "unmask" in step_at(secure_node.MASK_WAIT_MS + 1_000)
+        assert "unmask" in step_at(waited)
     else:
-        assert "unmask" not in step_at(secure_node.MASK_WAIT_MS + 1_000)
+        assert "unmask" not in step_at(waited)
         assert "unmask" in step_at(secure_node.ARRIVING_WAIT_MS + 1_000)
     unmask = node.secure.of_round(repo.id, "main", r.head, "unmask")[0]
     assert len(unmask.content.masked) == (5 if arrives else 4)
