@@ -12,7 +12,7 @@ is computed from their sum.
 2. **Roster** (``roster``, the entitled aggregator, when the round is ready as a plain one is: ``buffer``
    adverts, or the deadline with at least ``MIN_CONTRIBUTORS``): which adverts the round takes. From it every
    member derives the same ``Plan``: the weights (the plain round's, over the roster), the ring (``bits`` plus
-   the weights' 16 bits and a sign, in whole bytes) and the neighbour graph, seeded by the roster's id.
+   the weights' 16 bits and a sign, packed) and the neighbour graph, seeded by the roster's id.
 3. **Masked** (``mask``, each contributor of the roster): its weighted change in the merge's fixed point
    (``tensors.secure_sum.term``), plus its self mask, plus or minus a pair mask with each neighbour, cut to
    the ring, encrypted under the repository key and added as a UnixFS file.
@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ..core import crypto, secagg
-from ..core.errors import IntegrityError, InvalidInput, NotFound
+from ..core.errors import IntegrityError, InvalidInput, NotAMember, NotFound
 from ..core.ids import CommitId, PublicKey, short
 from ..core.membership import ROLES, Membership
 from ..core.objects import Commit
@@ -130,7 +130,7 @@ class Plan:
     roster: RoundMessage
     adverts: tuple[RoundMessage, ...]  # in the roster's order (by id)
     weights: Mapping[str, int]  # advert id -> weight, out of 2^WEIGHT_BITS
-    width: int  # bytes per value of the ring
+    ring: int  # bits per value of the ring
     context: bytes  # what every pair seed of the round is bound to
     links: Mapping[bytes, frozenset[bytes]]  # mask key -> its neighbours' mask keys
 
@@ -198,7 +198,7 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
     if int(np.abs(term(head, state, 1)).max(initial=0)).bit_length() > advert.bits:
         raise InvalidInput("the update is not the one advertised: its change needs more bits than the advert said")
     seeds = secagg.pair_seeds(secrets.mask_secret, advert.mask_key, plan.links, plan.context)
-    published = masking.to_ring(masking.mask(values, secrets.self_seed, advert.mask_key, seeds), plan.width)
+    published = masking.to_ring(masking.mask(values, secrets.self_seed, advert.mask_key, seeds), plan.ring)
     membership = repo.members.current()
     data = repo.keys.encrypt(published, epoch=membership.epoch, codec=MASKED_CODEC)
     with repo.write_lock:
@@ -286,11 +286,15 @@ def unmask(repo: Repository, identity: Any, source: MessageSource, roster_messag
     at = now_ms()
     _require_entitled(_round(repo, roster_message.branch, roster_message.head, plan.adverts, memory=memory),
                       identity.public_key, at, "unmask")
+    from ..tensors.secure_sum import term_size
+
+    count = term_size(repo.materialize(roster_message.head))
     taken: dict[str, RoundMessage] = {}
     for message in source.of_round(repo.id, roster_message.branch, roster_message.head, "masked"):
         try:
             _check_masked(repo, plan, message)
-        except IntegrityError:
+            _masked_bytes(repo, message, plan.ring, count)  # one every member could not sum would stall the round
+        except (IntegrityError, NotAMember):
             continue
         taken.setdefault(message.author, message)  # one each: a second would be refused by every member
     if len(taken) < MIN_CONTRIBUTORS:
@@ -364,9 +368,9 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
                            f"{'self seed' if kind == 'self' else 'mask key'} of advert {short(advert_message.id)} "
                            "have been revealed")
         recoverable.append((advert_message, advert, kind, found, needed))
-    published = [_masked_bytes(repo, m) for m in masked]
     head = repo.materialize(unmask_message.head)
     count = term_size(head)
+    published = [_masked_bytes(repo, m, plan.ring, count) for m in masked]
     corrections: list[np.ndarray] = []
     dropped = []
     for advert_message, advert, kind, found, needed in recoverable:
@@ -381,7 +385,7 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
         survivors = {key: secagg.pair_seed(secret, advert.mask_key, key, plan.context)
                      for key in plan.links[advert.mask_key] if plan.by_key(key).author in taken}
         corrections.append(masking.pair_correction(advert.mask_key, survivors, count))
-    plain = masking.from_ring(masking.ring_total(published, plan.width, count), plan.width, corrections)
+    plain = masking.from_ring(masking.ring_total(published, plan.ring, count), plan.ring, corrections)
     masked_of = {m.author: m.id for m in masked}
     entries: list[list[Any]] = [[masked_of[a.author], a.author, content_of(a, Advert).examples, plan.weights[a.id]]
                                 for a in plan.adverts if a.author in masked_of]
@@ -394,7 +398,7 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
     meta = {"branch": unmask_message.branch, "round": _round_number(repo, unmask_message.head),
             "strategy": build_strategy("mean", {}).describe(),
             "secure": {"roster": content.roster, "unmask": unmask_message.id, "reveals": list(reveals),
-                       "contributions": entries, "dropped": dropped, "ring_bytes": plan.width},
+                       "contributions": entries, "dropped": dropped, "ring_bits": plan.ring},
             "examples": sum(int(e[2]) for e in entries), "step": 1 << WEIGHT_BITS}
     return state, meta
 
@@ -438,7 +442,7 @@ def make_plan(repo: Repository, source: MessageSource, roster_message: RoundMess
     """The ``Plan`` roster ``roster_message`` fixes; ``IntegrityError`` if it is no valid roster (its adverts
     invalid, fewer than ``MIN_CONTRIBUTORS``, two of one member, signed before one of them)."""
     from ..tensors.fixedpoint import WEIGHT_BITS, normalize_weights
-    from ..tensors.masking import ring_width
+    from ..tensors.masking import ring_bits
 
     if roster_message.phase != "roster" or roster_message.repo != repo.id:
         raise IntegrityError(f"message {short(roster_message.id)} is not a roster of this repository")
@@ -462,7 +466,7 @@ def make_plan(repo: Repository, source: MessageSource, roster_message: RoundMess
     context = hashlib.sha256(b"flair-secure-round\0" + b"\0".join(
         part.encode() for part in (repo.id, roster_message.branch, roster_message.head, roster_message.id))).digest()
     return Plan(roster=roster_message, adverts=adverts, weights=weights,
-                width=ring_width(max(content_of(a, Advert).bits for a in adverts), WEIGHT_BITS), context=context,
+                ring=ring_bits(max(content_of(a, Advert).bits for a in adverts), WEIGHT_BITS), context=context,
                 links=secagg.neighbours(keys, context))
 
 
@@ -604,12 +608,20 @@ def _check_reveal(repo: Repository, plan: Plan, unmask_message: RoundMessage, me
     return found
 
 
-def _masked_bytes(repo: Repository, message: RoundMessage) -> bytes:
+def _masked_bytes(repo: Repository, message: RoundMessage, ring: int, count: int) -> bytes:
+    """The packed values of masked update ``message``, decrypted; ``IntegrityError`` unless they are ``count``
+    values of ``ring`` bits."""
+    from ..tensors.masking import packed_size
+
     content = content_of(message, Masked)
     data = unixfs.cat(repo.blocks, content.cid, max_size=content.size)
     if len(data) != content.size:
         raise IntegrityError(f"masked update {short(message.id)} is {len(data)} bytes, not the {content.size} it says")
-    return repo.keys.decrypt(data, epoch=content.key_epoch, codec=MASKED_CODEC)
+    values = repo.keys.decrypt(data, epoch=content.key_epoch, codec=MASKED_CODEC)
+    if len(values) != packed_size(count, ring):
+        raise IntegrityError(f"masked update {short(message.id)} holds {len(values)} bytes, not {count} values of "
+                             f"{ring} bits")
+    return values
 
 
 def _round_number(repo: Repository, head: CommitId) -> int:

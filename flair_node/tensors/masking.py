@@ -96,46 +96,102 @@ def pair_correction(dropped: bytes, survivors_seeds: Mapping[bytes, bytes], coun
 
 
 # -- the round's ring ------------------------------------------------------------------------------------
-# A secure round masks in Z/2^(8w), the smallest whole number of bytes that holds its sum: a masked update
-# travels as w bytes per value, not 8. Masks drawn in Z/2^64 and cut to w bytes are uniform there too, and
-# cancel there as they do in Z/2^64.
+# A secure round masks in Z/2^r, for the smallest r that holds its sum: a masked update travels as r bits per
+# value, packed, not 64. Masks drawn in Z/2^64 and cut to r bits are uniform there too, and cancel there as
+# they do in Z/2^64.
+#
+# Packing: values go in groups of 64, and a group's 64 r-bit values fill exactly r 64-bit words, value k at bit
+# k·r of the group (little-endian words, a value crossing a word boundary split across the two). Each of the
+# 64 positions of a group is one vectorised shift over every group at once, so packing costs a few passes over
+# the data whatever r is. The last group is padded with zeros, and the packed bytes cut to ceil(count·r / 8).
+
+GROUP = 64  # values per group: r words of 64 bits
 
 
-def ring_width(bits: int, weight_bits: int) -> int:
-    """Bytes per value of the ring a round masks in, when each contribution's change is below ``2^bits`` (in
+def ring_bits(bits: int, weight_bits: int) -> int:
+    """Bits per value of the ring a round masks in, when each contribution's change is below ``2^bits`` (in
     fixed point) and the weights add up to ``2^weight_bits``: room for the weighted sum and its sign."""
     if not 0 <= bits <= 62 or not 0 <= weight_bits <= 32:
         raise InvalidInput(f"changes of {bits} bits weighted by {weight_bits} bits do not fit a ring of int64")
-    return min(8, (bits + weight_bits + 1 + 7) // 8)
+    return min(64, bits + weight_bits + 1)
 
 
-def to_ring(values: np.ndarray, width: int) -> bytes:
-    """``values`` (int64, already masked) cut to ``width`` bytes each, little-endian: what is published."""
-    if values.dtype != np.int64 or values.ndim != 1 or not 1 <= width <= 8:
-        raise InvalidInput("a flat int64 vector is cut to 1 to 8 bytes per value")
-    return values.astype("<i8", copy=False).view(np.uint8).reshape(-1, 8)[:, :width].tobytes()
+def packed_size(count: int, ring: int) -> int:
+    """Bytes of ``count`` values of ``ring`` bits packed."""
+    return (count * ring + 7) // 8
 
 
-def ring_total(published: Iterable[bytes], width: int, count: int) -> np.ndarray:
-    """The sum, in Z/2^(8 ``width``), of vectors of ``count`` values that ``to_ring`` cut, as uint64."""
+def _check_ring(ring: int) -> None:
+    if not 1 <= ring <= 64:
+        raise InvalidInput(f"a ring has 1 to 64 bits per value, not {ring}")
+
+
+def _placements(ring: int) -> Iterable[tuple[int, int, int]]:
+    """For each position k of a group: the word its value starts in, the bit it starts at, and whether it runs
+    over into the next word."""
+    for k in range(GROUP):
+        word, shift = divmod(k * ring, 64)
+        yield k, word, shift
+
+
+def to_ring(values: np.ndarray, ring: int) -> bytes:
+    """``values`` (int64, already masked) cut to ``ring`` bits each and packed: what is published."""
+    if values.dtype != np.int64 or values.ndim != 1:
+        raise InvalidInput("a flat int64 vector is cut to the ring")
+    _check_ring(ring)
+    groups = -(-values.size // GROUP)
+    cut = np.zeros(groups * GROUP, dtype=np.uint64)
+    cut[:values.size] = values.view(np.uint64)
+    if ring < 64:
+        cut &= np.uint64((1 << ring) - 1)
+    by_position = cut.reshape(groups, GROUP).T.copy()  # each position's values contiguous
+    words = np.zeros((ring, groups), dtype=np.uint64)
+    for k, word, shift in _placements(ring):
+        words[word] |= by_position[k] << np.uint64(shift)
+        if shift + ring > 64:
+            words[word + 1] |= by_position[k] >> np.uint64(64 - shift)
+    return words.T.astype("<u8", copy=False).tobytes()[:packed_size(values.size, ring)]
+
+
+def from_packed(data: bytes, ring: int, count: int) -> np.ndarray:
+    """The ``count`` values of ``ring`` bits ``to_ring`` packed into ``data``, as uint64 below ``2^ring``;
+    ``InvalidInput`` unless ``data`` is exactly their size."""
+    _check_ring(ring)
+    if len(data) != packed_size(count, ring):
+        raise InvalidInput(f"{count} values of {ring} bits pack into {packed_size(count, ring)} bytes, "
+                           f"not {len(data)}")
+    groups = -(-count // GROUP)
+    padded = np.zeros(groups * ring * 8, dtype=np.uint8)
+    padded[:len(data)] = np.frombuffer(data, dtype=np.uint8)
+    words = padded.view("<u8").reshape(groups, ring).T.copy()
+    by_position = np.empty((GROUP, groups), dtype=np.uint64)
+    for k, word, shift in _placements(ring):
+        np.right_shift(words[word], np.uint64(shift), out=by_position[k])
+        if shift + ring > 64:
+            by_position[k] |= words[word + 1] << np.uint64(64 - shift)
+    values = by_position.T.reshape(-1)[:count]
+    if ring < 64:
+        values &= np.uint64((1 << ring) - 1)
+    return values
+
+
+def ring_total(published: Iterable[bytes], ring: int, count: int) -> np.ndarray:
+    """The sum, in Z/2^``ring``, of vectors of ``count`` values that ``to_ring`` packed, as uint64 (reduced by
+    ``from_ring``)."""
     total = np.zeros(count, dtype=np.uint64)
-    wide = np.zeros((count, 8), dtype=np.uint8)
     for data in published:
-        if len(data) != width * count:
-            raise InvalidInput(f"a masked update of {count} values in a ring of {width} bytes is "
-                               f"{width * count} bytes, not {len(data)}")
-        wide[:, :width] = np.frombuffer(data, dtype=np.uint8).reshape(count, width)
-        np.add(total, wide.view("<u8").reshape(count), out=total)
+        np.add(total, from_packed(data, ring, count), out=total)
     return total
 
 
-def from_ring(total: np.ndarray, width: int, corrections: Iterable[np.ndarray] = ()) -> np.ndarray:
+def from_ring(total: np.ndarray, ring: int, corrections: Iterable[np.ndarray] = ()) -> np.ndarray:
     """``total`` (uint64, a ``ring_total``) minus each of ``corrections`` (int64 masks), reduced to the ring
-    of ``width`` bytes and read as signed: the plain sum, when it fits the ring."""
+    of ``ring`` bits and read as signed: the plain sum, when it fits the ring."""
+    _check_ring(ring)
     plain = total.copy()
     for correction in corrections:
         if correction.size != plain.size:
             raise InvalidInput("a correction must have as many values as the sum")
         np.subtract(plain, correction.view(np.uint64), out=plain)
-    shift = np.uint64(64 - 8 * width)
+    shift = np.uint64(64 - ring)
     return (plain << shift).view(np.int64) >> np.int64(shift)

@@ -150,6 +150,46 @@ def test_masks_are_bounded_and_typed():
     assert np.array_equal(masking.prg(bytes(32), 8), masking.prg(bytes(32), 8))
 
 
+# -- the round's ring: r bits a value, packed ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [1, 7, 8, 17, 33, 37, 63, 64])
+@pytest.mark.parametrize("count", [0, 1, 63, 64, 65, 1000])
+def test_values_packed_to_the_ring_take_r_bits_each_and_unpack_to_themselves_cut_to_r_bits(bits, count):
+    values = np.random.default_rng(bits * 1000 + count).integers(-(2**63), 2**63 - 1, count, dtype=np.int64)
+    packed = masking.to_ring(values, bits)
+    assert len(packed) == masking.packed_size(count, bits) == (count * bits + 7) // 8
+    cut = values.view(np.uint64) & np.uint64((1 << bits) - 1) if bits < 64 else values.view(np.uint64)
+    assert np.array_equal(masking.from_packed(packed, bits, count), cut)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(3, 8), st.integers(1, 130), st.integers(0, 40), st.integers(0, 2**32))
+def test_masks_cut_to_a_ring_that_holds_the_sum_cancel_there_exactly(n, count, bits, salt):
+    """Each term below ``2^bits`` in magnitude: the sum of ``n`` fits ``bits + log2(n) + 1`` bits, and the masked
+    terms packed to that ring, summed and freed of the self masks, give it back exactly, sign included."""
+    people, links = ring(n)
+    ring_bits = bits + n.bit_length() + 1
+    rng = np.random.default_rng(salt)
+    values = [rng.integers(-(2**bits) + 1, 2**bits, count, dtype=np.int64) for _ in people]
+    published = [masking.to_ring(p.masked(v, links), ring_bits) for p, v in zip(people, values, strict=True)]
+    total = masking.ring_total(published, ring_bits, count)
+    plain = masking.from_ring(total, ring_bits, [masking.prg(p.self_seed, count) for p in people])
+    assert np.array_equal(plain, plain_sum(values))
+
+
+def test_the_ring_refuses_what_does_not_fit_it():
+    with pytest.raises(InvalidInput, match="1 to 64 bits"):
+        masking.to_ring(np.zeros(3, dtype=np.int64), 0)
+    with pytest.raises(InvalidInput, match="1 to 64 bits"):
+        masking.from_packed(b"", 65, 0)
+    with pytest.raises(InvalidInput, match="pack into 14 bytes, not 15"):
+        masking.ring_total([bytes(15)], 37, 3)
+    with pytest.raises(InvalidInput, match="do not fit"):
+        masking.ring_bits(63, 16)
+    assert masking.ring_bits(20, 16) == 37 and masking.ring_bits(62, 32) == 64
+
+
 # -- the merge arithmetic, cut around the masks (tensors.secure_sum) ----------------------------------------
 
 

@@ -14,12 +14,13 @@ import trio
 from flair_node.core import crypto
 from flair_node.core.errors import IntegrityError, InvalidInput
 from flair_node.core.identity import Identity
-from flair_node.core.round_messages import Advert, RoundMessage
+from flair_node.core.round_messages import Advert, Masked, RoundMessage
 from flair_node.core.round_rules import RoundPolicy, weight_counts
 from flair_node.protocol import rounds, secure_node, secure_rounds
 from flair_node.protocol.rounds import MergeMismatch
 from flair_node.protocol.secure_rounds import NotReady
 from flair_node.protocol.sync import pull
+from flair_node.storage import unixfs
 from flair_node.storage.repo import Repository
 from flair_node.storage.repos import RepoSet
 from flair_node.storage.secure_pending import PendingContributions
@@ -158,8 +159,8 @@ def test_no_member_can_read_a_contribution_from_what_it_holds():
     plan = secure_rounds.make_plan(repo, r.book, roster)
     reader = as_node(repo, MEMBERS[0])
     for masked in r.book.of_round(repo.id, "main", r.head, "masked"):
-        values = masking.from_ring(masking.ring_total([secure_rounds._masked_bytes(reader, masked)], plan.width,
-                                                      size), plan.width).astype(np.float64)
+        packed = secure_rounds._masked_bytes(reader, masked, plan.ring, size)
+        values = masking.from_ring(masking.ring_total([packed], plan.ring, size), plan.ring).astype(np.float64)
         for c in EVERYONE:
             change = term(r.base, r.states[c.public_key], 1).astype(np.float64)
             assert abs(np.corrcoef(values, change)[0, 1]) < 0.01
@@ -254,6 +255,35 @@ def test_a_wrong_reveal_is_left_out_and_the_merge_goes_on():
     r.reveal(unmask, [c for c in EVERYONE if c != liar])
     merged = r.merge(unmask)
     assert len(merged.meta["secure"]["reveals"]) == len(EVERYONE) - 1
+    secure_rounds.verify(as_node(repo, OWNER), merged, r.book, memory=rounds.RoundMemory())
+
+
+@pytest.mark.parametrize("bad", ["too short", "not sealed"])
+def test_a_masked_update_no_member_could_sum_is_left_out_and_its_contributor_dropped(bad):
+    """A contributor's masked update that does not decrypt, or holds other than the round's values in its ring,
+    would stall the round if an unmask took it (every member's derivation would fail, and a roster has one
+    unmask): the aggregator leaves it out, and the round merges as if its contributor had not masked."""
+    repo = team()
+    r = Round(repo, EVERYONE)
+    roster = r.roster()
+    cheat = next(c for c in MEMBERS if c != r.aggregator())
+    r.mask(roster, [c for c in EVERYONE if c != cheat])
+    plan = secure_rounds.make_plan(repo, r.book, roster)
+    epoch = repo.members.current().epoch
+    data = bytes(masking.packed_size(term_size(r.base), plan.ring) - 1)
+    data = repo.keys.encrypt(data, epoch=epoch, codec=secure_rounds.MASKED_CODEC) if bad == "too short" else data
+    with repo.write_lock:
+        cid = unixfs.add(repo.blocks, data)
+    r.put(secure_rounds._signed(repo, cheat, "main", r.head, Masked(roster=roster.id, cid=cid, size=len(data),
+                                                                     key_epoch=epoch), rounds.now_ms()))
+    unmask = r.unmask(roster)
+    assert cheat.public_key not in {r.book.message(m).author for m in unmask.content.masked}
+    r.reveal(unmask, EVERYONE)
+    merged = r.merge(unmask)
+    assert merged.meta["secure"]["dropped"] == [plan.advert_of(cheat.public_key).id]
+    honest = [c for c in EVERYONE if c != cheat]
+    weights = [plan.weights[plan.advert_of(c.public_key).id] for c in honest]
+    assert same_state(repo.materialize(merged.id), r.plain_mean(honest, weights))
     secure_rounds.verify(as_node(repo, OWNER), merged, r.book, memory=rounds.RoundMemory())
 
 
