@@ -1,4 +1,9 @@
-"""Ed25519 identities: one key is the peer id, the commit author and the Solana wallet.
+"""Ed25519 identities: the member key, which signs commits and records, and the keys derived from it.
+
+A node's member key never appears on chain or on the wire in the clear: its libp2p host runs on a transport key of
+its own, and in each repository it pays for and holds what it puts on Solana with a wallet derived from the member
+key's secret for that repository (``wallet``), which nobody without the secret can tie to the member key or to the
+node's wallets in other repositories. Members learn it from the records the member signs.
 
 The secret is kept as a Solana CLI keypair (64 bytes: 32-byte seed then 32-byte public key); the public key's
 base58 text is the Solana address. This module only computes; reading and writing the key file is storage's job.
@@ -11,6 +16,8 @@ from dataclasses import dataclass, field
 import base58
 import nacl.exceptions
 import nacl.signing
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import IntegrityError, InvalidInput
 from .ids import PublicKey
@@ -59,6 +66,19 @@ class Identity:
 
     def sign(self, message: bytes) -> bytes:
         return bytes(self._signing_key.sign(message).signature)
+
+    def derived(self, label: str) -> Identity:
+        """A key of its own, derived from this one's secret for ``label`` (HKDF-SHA256): the same label gives the
+        same key, and without the secret neither key tells anything of the other."""
+        seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=b"flair/derived-key/v1\0" + label.encode()).derive(bytes(self._signing_key))
+        return Identity(nacl.signing.SigningKey(seed))
+
+
+def wallet(identity: Identity, repo: str) -> Identity:
+    """``identity``'s wallet in repository ``repo``: the Solana key that signs, pays for and holds what its node
+    puts on chain for that repository (anchors, NFTs), in place of the member key."""
+    return identity.derived(f"wallet/{repo}")
 
 
 def verify(public_key: PublicKey, message: bytes, signature: bytes) -> None:

@@ -294,7 +294,13 @@ class AnchorClaim(SignedRecord):
     author: PublicKey
     timestamp_ms: int
     contributions: tuple[tuple[CommitId, str, str], ...] = ()
+    wallet: str = ""  # the author's wallet in the repository, which signed the transaction ("": the author's key)
     signature: bytes = b""
+
+    @property
+    def payer(self) -> str:
+        """The key that signed the transaction and holds the NFT's authority: the wallet, or the author's key."""
+        return self.wallet or self.author
 
     def body(self) -> dict[str, Any]:
         body = {"v": RECORD_VERSION, "type": "anchor", "repo": self.repo, "commit": self.commit,
@@ -302,6 +308,8 @@ class AnchorClaim(SignedRecord):
                 "timestamp_ms": self.timestamp_ms}
         if self.contributions:  # left out when there are none, so claims made before them keep their ids
             body["contributions"] = [list(entry) for entry in self.contributions]
+        if self.wallet:  # the same
+            body["wallet"] = self.wallet
         return body
 
     @property
@@ -322,6 +330,7 @@ class AnchorClaim(SignedRecord):
                 timestamp_ms=schema.natural(body["timestamp_ms"], "timestamp_ms"),
                 contributions=tuple(_contribution_nft(entry) for entry in schema.listing(
                     body.get("contributions", []), "contributions")[:MAX_CONTRIBUTION_NFTS + 1]),
+                wallet=schema.base58(body["wallet"], "wallet", 44) if "wallet" in body else "",
                 signature=sig,
             )
         except (KeyError, TypeError, ValueError) as exc:

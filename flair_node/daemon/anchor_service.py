@@ -7,24 +7,27 @@ branch with rounds). It anchors each one this node made that is not anchored yet
 1. With proofs on, it waits for the merge's proof record (at most ``PROOF_WAIT_MS``), so the anchor names it.
 2. It stores the NFT's metadata JSON as an unencrypted UnixFS file (``ipfs://<cid>``; the ids, the branch's
    tag and the count of contributions: what the chain shows, never a key, a name or a metric) and derives the
-   mint from this node's key and the commit (``commit_mint``).
+   mint from this node's wallet in the repository and the commit (``commit_mint``). That wallet
+   (``core.identity.wallet``), not the member key, signs, pays and holds the NFT's authority: the chain never
+   shows a member key.
 3. If the mint exists, an earlier attempt landed: it checks the NFT (``verify_commit_nft``) and is done.
    Otherwise it builds the transaction (memo + NFT), writes the transaction's signature to its state file
    *before* sending it, sends it, and waits until the cluster reports it ``chain.commitment`` or better; then
    it reads the mint back and checks it.
-4. With the policy's ``contribution_nfts``, it mints one NFT per merged contribution into the contributor's
-   token account the same way (a mint derived from its key, the merge and the contribution; the signature saved
-   before sending; the mint checked).
-5. It signs an anchor record (cluster genesis hash, transaction, mint, and the contribution NFTs) and announces
-   it like any record.
+4. With the policy's ``contribution_nfts``, it mints one NFT per merged contribution into the token account
+   of the wallet the contribution names (``meta["wallet"]``, the contributor's in the repository) the same
+   way (a mint derived from its wallet, the merge and the contribution; the signature saved before sending;
+   the mint checked).
+5. It signs an anchor record (cluster genesis hash, transaction, mint, its wallet, and the contribution NFTs)
+   and announces it like any record: members learn there which wallet is the aggregator's.
 
 For a merge another member made, once its anchor record arrives (gossip or pull), the node checks the claim
 itself: the same cluster (genesis hash), the transaction landed without error at ``chain.commitment``, its memo
 names exactly this merge (repository, the branch's tag, round, commit, and the proofs this node holds, if any),
-and the mint is the commit's NFT by the merge's author (``verify_commit_nft``), and each contribution NFT the
-record lists is one of a contribution the merge merged, minted by its transaction to that contribution's author
-(``verify_contribution_nft``). The verdict is recorded like the node's own anchors; an RPC failure is retried,
-a claim that does not hold is recorded as failed with the reason.
+and the mint is the commit's NFT by the wallet the record names (``verify_commit_nft``), and each contribution NFT
+the record lists is one of a contribution the merge merged, minted by its transaction to the wallet that
+contribution names (``verify_contribution_nft``). The verdict is recorded like the node's own anchors; an RPC
+failure is retried, a claim that does not hold is recorded as failed with the reason.
 
 State lives in ``<home>/anchoring/<repo>/<merge>.json``, written atomically at each step, so a restart resumes
 where it stopped. A failure (RPC error, timeout, a cluster out of reach, too few lamports) is recorded with its
@@ -60,6 +63,7 @@ from .round_service import recent_round_merges
 if TYPE_CHECKING:
     from ..protocol.anchoring.chain import Account, Chain, Landed
     from ..protocol.anchoring.memo import AnchorRecord
+    from ..protocol.anchoring.wallet import Wallet
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +80,9 @@ MAX_METADATA_BYTES = 64 * 1024
 class AnchorService:
     def __init__(self, repos: RepoSet, identity: Identity, state_dir: Path, *, cluster: str,
                  commitment: str = "confirmed", every: float = 1.0, on_change: Any = lambda: None) -> None:
-        from ..protocol.anchoring.wallet import Wallet
-
         if commitment not in ACCEPTED:
             raise InvalidInput(f"chain.commitment is confirmed or finalized, not {commitment!r}")
         self.repos, self.identity, self.state_dir = repos, identity, state_dir
-        self.wallet = Wallet(identity)  # the node's key, signing and paying for its anchors
         self.cluster, self.commitment, self.every, self.on_change = cluster, commitment, every, on_change
         self.counts: Counter[str] = Counter()  # anchored, verified, refuted, failed_attempts
         repos.pins.append(self._metadata_roots)
@@ -94,7 +95,7 @@ class AnchorService:
             await self._attempt(chain, repo, merge, mine)
 
     def status(self) -> dict[str, Any]:
-        return {"cluster": self.cluster, "address": self.identity.public_key, **self.counts}
+        return {"cluster": self.cluster, **self.counts}
 
     def provenance(self, repo: Repository, merge: CommitId) -> dict[str, Any] | None:
         """What this node knows of the anchor of ``merge``, with explorer links; None if it never tried."""
@@ -156,19 +157,20 @@ class AnchorService:
         from ..protocol.anchoring.checks import check_commit_nft
 
         record, uri, metadata = await trio.to_thread.run_sync(self._record, repo, merge)
-        mint = self.wallet.commit_mint(merge)
-        state.update(mint=mint, metadata=metadata, memo=_memo_text(record))
+        wallet = repo_wallet(self.identity, repo.id)
+        mint = wallet.commit_mint(merge)
+        state.update(mint=mint, metadata=metadata, memo=_memo_text(record), wallet=wallet.address)
         landed = await chain.account(mint)
         if landed is None and await sent_and_landed(chain, state.get("signature")):
             landed = await self._confirmed(chain, state["signature"], mint)
         if landed is None:
-            await fund(chain, self.wallet.address)
-            tx = await self.wallet.commit_nft(chain, record, uri)
+            await fund(chain, wallet.address)
+            tx = await wallet.commit_nft(chain, record, uri)
             state.update(signature=tx.signature, status="sent")
             await trio.to_thread.run_sync(self._save, repo, merge, state)  # before sending: a crash knows it
             await chain.send(tx.raw)
             landed = await self._confirmed(chain, state["signature"], mint)
-        check_commit_nft(landed, mint=mint, record=record, aggregator=self.wallet.address)
+        check_commit_nft(landed, mint=mint, record=record, aggregator=wallet.address)
         policy = await trio.to_thread.run_sync(lambda: repo.members.current().policy)
         contributions = await self._contribution_nfts(chain, repo, merge, record, uri, state) \
             if policy.contribution_nfts else []
@@ -180,26 +182,33 @@ class AnchorService:
             genesis = await chain.genesis_hash()
             await trio.to_thread.run_sync(lambda: repo.merges.write_anchor(
                 self.identity, merge, genesis=genesis, transaction=state["signature"], mint=state["mint"],
-                contributions=contributions))
+                wallet=wallet.address, contributions=contributions))
             self.on_change()  # announce it
 
     async def _contribution_nfts(self, chain: Chain, repo: Repository, merge: CommitId, record: AnchorRecord,
                                  uri: str, state: dict[str, Any]) -> list[tuple[CommitId, str, str]]:
-        """Mint each contribution ``merge`` merged an NFT held by its contributor, idempotently like the
-        commit's own (a mint derived from this node's key, the merge and the contribution); (contribution,
+        """Mint each contribution ``merge`` merged an NFT held by its contributor's wallet, idempotently like
+        the commit's own (a mint derived from this node's wallet, the merge and the contribution); (contribution,
         mint, transaction) of each."""
         from ..protocol.anchoring.checks import check_contribution_nft
 
+        wallet = repo_wallet(self.identity, repo.id)
         made = state.setdefault("contributions", {})
         parents = meta_parents(dict((await trio.to_thread.run_sync(repo.commit, merge)).meta))  # not excluded ones
+        minted = []
         for contribution in parents:
-            contributor = (await trio.to_thread.run_sync(repo.commit, contribution)).author
-            mint = self.wallet.contribution_mint(merge, contribution)
+            contributor = contributor_wallet(await trio.to_thread.run_sync(repo.commit, contribution))
+            if contributor is None:  # its author's own doing: the others' NFTs, and the anchor, go on
+                log.warning("contribution %s of %s names a wallet that is no Solana address: it gets no NFT",
+                            short(contribution), short(repo.id))
+                continue
+            minted.append(contribution)
+            mint = wallet.contribution_mint(merge, contribution)
             entry = made.setdefault(contribution, {"contributor": contributor, "mint": mint})
             landed = await chain.account(entry["mint"])
             if landed is None and not await sent_and_landed(chain, entry.get("signature")):
-                await fund(chain, self.wallet.address)
-                tx = await self.wallet.contribution_nft(chain, record, contribution, contributor, uri)
+                await fund(chain, wallet.address)
+                tx = await wallet.contribution_nft(chain, record, contribution, contributor, uri)
                 entry["signature"] = tx.signature
                 await trio.to_thread.run_sync(self._save, repo, merge, state)  # before sending: a crash knows it
                 await chain.send(tx.raw)
@@ -208,7 +217,7 @@ class AnchorService:
                                      "is not in this node's state")
             landed = await self._confirmed(chain, entry["signature"], entry["mint"])
             check_contribution_nft(landed, mint=mint, record=record, contribution=contribution)
-        return [(c, made[c]["mint"], made[c]["signature"]) for c in parents]
+        return [(c, made[c]["mint"], made[c]["signature"]) for c in minted]
 
     async def _check(self, chain: Chain, repo: Repository, merge: CommitId, state: dict[str, Any]) -> None:
         """Check the anchor another member claims for its merge ``merge`` on this node's cluster."""
@@ -217,13 +226,17 @@ class AnchorService:
 
         claim = repo.merges.anchor(merge)
         assert claim is not None
-        state.update(author=claim.author, signature=claim.transaction, mint=claim.mint)
+        state.update(author=claim.author, wallet=claim.payer, signature=claim.transaction, mint=claim.mint)
         genesis = await chain.genesis_hash()
         if claim.genesis != genesis:
             raise IntegrityError(f"anchored on another cluster (genesis {claim.genesis}) than this node's "
                                  f"{self.cluster} ({genesis})")
+        found = await landed_transaction(chain, claim.transaction, self.commitment)
+        if found.signers[:1] != (claim.payer,):
+            raise IntegrityError(f"transaction {claim.transaction} is not paid for by the wallet its anchor record "
+                                 f"names ({claim.payer})")
         records = []
-        for memo in (await landed_transaction(chain, claim.transaction, self.commitment)).memos:
+        for memo in found.memos:
             with contextlib.suppress(IntegrityError):
                 records.append(parse_anchor_memo(memo))
         if len(records) != 1:
@@ -237,14 +250,16 @@ class AnchorService:
         landed = await chain.account(claim.mint)
         if landed is None:
             raise IntegrityError(f"mint {claim.mint} does not exist on {self.cluster}")
-        check_commit_nft(landed, mint=claim.mint, record=record, aggregator=claim.author)
+        check_commit_nft(landed, mint=claim.mint, record=record, aggregator=claim.payer)
         merged = set(meta_parents(dict(commit.meta)))
         state["contributions"] = {}
         for contribution, mint, transaction in claim.contributions:
             if contribution not in merged:
                 raise IntegrityError(f"the anchor names an NFT for {short(contribution)}, which the merge does not "
                                      "merge")
-            contributor = repo.commit(contribution).author
+            contributor = contributor_wallet(repo.commit(contribution))
+            if contributor is None:
+                raise IntegrityError(f"the anchor names an NFT for {short(contribution)}, which names no wallet")
             if token_moves(await landed_transaction(chain, transaction, self.commitment), mint).get(
                     contributor) != (0, 1):
                 raise IntegrityError(f"transaction {transaction} does not mint NFT {mint} to contributor "
@@ -396,8 +411,8 @@ async def fund(chain: Chain, address: str) -> None:
                 raise ChainError(f"the airdrop to {address} did not arrive within {CONFIRM_TIMEOUT_S:g} s")
             await trio.sleep(0.5)
         return
-    raise ChainError(f"this node's address {address} holds {balance} lamports, too few to anchor (about "
-                     f"7,000,000 a commit): fund it on {chain.cluster}")
+    raise ChainError(f"this node's address {address} holds {balance} lamports, too few to pay for its "
+                     f"transactions (about 7,000,000 an anchor): fund it on {chain.cluster}")
 
 
 def _memo_text(record: AnchorRecord) -> str:
@@ -409,3 +424,25 @@ def _memo_text(record: AnchorRecord) -> str:
 def _branch_tag(repo: Repository, merge: Commit) -> BranchName:
     """What the chain shows of ``merge``'s branch: its tag under the merge's payload key (``anchoring.memo``)."""
     return BranchName(repo.keys.tag(str(merge.meta.get("branch")), epoch=merge.payload.key_epoch, purpose="branch"))
+
+
+def repo_wallet(identity: Identity, repo: str) -> Wallet:
+    """This node's wallet in ``repo`` (``core.identity.wallet``), as the chain services sign with it."""
+    from ..core.identity import wallet
+    from ..protocol.anchoring.wallet import Wallet
+
+    return Wallet(wallet(identity, repo))
+
+
+def contributor_wallet(contribution: Commit) -> str | None:
+    """Where ``contribution``'s NFT goes: the wallet its author named in it (``meta["wallet"]``), or, in a
+    contribution that names none, the author's key; None if what it names is no Solana address."""
+    from ..protocol.anchoring.chain import parse_address
+
+    named = contribution.meta.get("wallet")
+    if named is None:
+        return contribution.author
+    try:
+        return str(parse_address(named))
+    except InvalidInput:
+        return None

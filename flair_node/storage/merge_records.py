@@ -68,13 +68,13 @@ class MergeRecords:
         return record
 
     def write_anchor(self, identity: Identity, commit: CommitId, *, genesis: str, transaction: str, mint: str,
-                     contributions: Sequence[tuple[CommitId, str, str]] = ()) -> AnchorClaim:
-        """Sign, keep and announce that ``identity``'s round merge ``commit`` is anchored (``protocol.anchoring``),
-        with its contributions' NFTs when there are some."""
+                     wallet: str = "", contributions: Sequence[tuple[CommitId, str, str]] = ()) -> AnchorClaim:
+        """Sign, keep and announce that ``identity``'s round merge ``commit`` is anchored (``protocol.anchoring``)
+        by ``identity``'s ``wallet`` in the repository, with its contributions' NFTs when there are some."""
         self._require_author(identity, commit, "anchors")
         claim = AnchorClaim(repo=self.repo, commit=commit, genesis=genesis, transaction=transaction, mint=mint,
                             author=identity.public_key, timestamp_ms=clock.now_ms(),
-                            contributions=tuple(contributions)).signed(identity)
+                            contributions=tuple(contributions), wallet=wallet).signed(identity)
         self._keep(ANCHOR_REF, claim)
         self._announce("anchor", claim.id, claim.encode())
         return claim

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import crypto
 from ..core.errors import Forbidden, InvalidInput, NotFound, RefConflict, RepositoryNotFound
-from ..core.identity import Identity
+from ..core.identity import Identity, wallet
 from ..core.ids import BranchName, CommitId, PublicKey, RepoId, short
 from ..core.membership import (
     ChainRef,
@@ -226,6 +226,7 @@ class Repository(History):
         return self._write_commit(identity, state, parents=(start,), kind="contribution",
                                   message=_message(message or f"contribution to {target} ({examples} examples)"),
                                   meta={"examples": examples, "branch": target,
+                                        "wallet": wallet(identity, self.id).public_key,  # its NFTs go there
                                         **({"commitments": list(commitments)} if commitments else {})},
                                   metrics={}, branch=own,
                                   expected=previous.commit if previous else None, codec=codec, topk_ratio=topk_ratio)

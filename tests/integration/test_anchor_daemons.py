@@ -58,9 +58,9 @@ def check_on_chain(url, node, repo, merge, round_number):
     assert re.fullmatch("[0-9a-f]{32}", record.branch)  # the branch's tag: the name is not for the chain
     assert record == AnchorRecord(repo=repo, branch=record.branch, round=round_number, commit=merge, proof=None)
     landed = on_chain(url, found["mint"])
+    assert found["wallet"] != node.client.call("node.whoami")["public_key"]  # its wallet here, not its member key
     verify_commit_nft(mint=Pubkey.from_string(found["mint"]), owner=Pubkey.from_string(landed.owner),
-                      data=landed.data, record=record,
-                      aggregator=Pubkey.from_string(node.client.call("node.whoami")["public_key"]))
+                      data=landed.data, record=record, aggregator=Pubkey.from_string(found["wallet"]))
     assert found["explorer"]["transaction"].startswith("https://explorer.solana.com/tx/")
 
 

@@ -3,11 +3,12 @@ proves and anchors its rounds, subscribed to the repository's topic (its id is p
 for the repository's heads, reading the chain, and fetching over Bitswap the one block the chain names (the NFT's
 metadata). Through a whole round, and a commit on a branch whose name, message and metric are secret, none of
 those strings, nor any member's key as Flair spells it, is in any byte it received, decrypted off its
-connections (``testing.hostile.wiretap``), nor in what the chain holds of the round.
+connections (``testing.hostile.wiretap``), nor in what the chain holds of the round: the anchor is signed, paid
+for and its NFT held by the aggregator's wallet in the repository, a key derived from its member key.
 
 What it does learn, and the test checks it is all: that the nodes exist (their libp2p identities), and the
-sizes and timing of what flows. The nodes' libp2p identities are their member keys (``network.host``): the
-raw key is in every handshake, though nothing tells the stranger of which repository it is a member."""
+sizes and timing of what flows. The nodes' libp2p identities are transport keys of their own
+(``network.host``), which tell the stranger neither who they are nor of which repository they are members."""
 
 import struct
 
@@ -97,7 +98,9 @@ async def stranger(tmp_path, url, nodes, repo) -> dict:
                                          max_size=1 << 16)
                 nursery.cancel_scope.cancel()
             seen["metadata"] = unixfs.cat(blocks, cid, max_size=1 << 16)
-            seen["chain"] = b"".join([*landed.memos, mint.data, seen["metadata"]])
+            signers = [k.encode() for k in landed.signers]
+            seen["chain"] = b"".join([*landed.memos, mint.data, seen["metadata"], *signers])
+            seen["signers"] = landed.signers
             seen["memo"] = parse_anchor_memo(landed.memos[-1])
             seen["mesh"] = eve.gossip.peers(announce.topic(repo))
             seen["gossip"] = eve.gossip.status()
@@ -133,4 +136,6 @@ def test_a_non_member_connected_to_every_node_learns_nothing_of_the_repository(t
                 assert packed not in heard and packed not in chain
             for key in keys:  # nor the member keys' bytes: a node's peer id is its transport key, not its member key
                 assert public_key_bytes(key) not in heard, key
+                assert public_key_bytes(key) not in chain, key  # the NFT's authority is the aggregator's wallet
+            assert seen["signers"] and not set(seen["signers"]) & set(keys)  # the anchor is paid by that wallet
             assert seen["memo"].repo == repo and seen["memo"].branch not in (BRANCH, "main")

@@ -374,7 +374,7 @@ async def test_the_chain_client_reads_a_handover_back(tmp_path: Path, payer: Key
         assert found == Landed(slot=status.slot, error=None, memos=(f"flair:1:handover:{REPO}:{to}".encode(),),
                                token_moves=tuple(sorted([TokenMove(str(mint.pubkey()), me, 1, 0),
                                                          TokenMove(str(mint.pubkey()), str(to), 0, 1)],
-                                                        key=lambda m: m.owner)))
+                                                        key=lambda m: m.owner)), signers=(me,))
         assert found.slot > created.slot
         assert await chain.memos(signature) == [handover_memo(REPO, PublicKey(str(to)))]
         assert await chain.holds(str(to), str(mint.pubkey())) and not await chain.holds(me, str(mint.pubkey()))
@@ -427,7 +427,8 @@ def test_a_transaction_without_status_is_not_taken_for_a_success(minted: Minted)
 
     tx = VersionedTransaction.from_legacy(minted.tx)
     value = SimpleNamespace(slot=5, transaction=SimpleNamespace(transaction=tx, meta=None))
-    assert landed(value, "rpc") == Landed(5, UNKNOWN_STATUS, (ownership_memo(REPO),), ())
+    assert landed(value, "rpc") == Landed(5, UNKNOWN_STATUS, (ownership_memo(REPO),), (),
+                                          (str(minted.payer.pubkey()), str(minted.mint.pubkey())))
     with pytest.raises(ChainError, match="slot"):
         landed(SimpleNamespace(slot=-1, transaction=value.transaction), "rpc")
     assert landed(value, "rpc", signature=str(tx.signatures[0])).slot == 5

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 from test_rounds import MEMBERS, OWNER, as_node, by_key, two_contributions
 
-from flair_node.core.identity import Identity
+from flair_node.core.identity import Identity, wallet
 from flair_node.core.ids import BranchName, RecordId
-from flair_node.daemon.anchor_service import AnchorService
+from flair_node.daemon.anchor_service import AnchorService, contributor_wallet
 from flair_node.protocol import rounds
 from flair_node.protocol.anchoring.chain import Chain
 from flair_node.storage import unixfs
@@ -44,6 +45,11 @@ async def test_a_member_checks_an_anchor_on_chain_and_refuses_false_claims(tmp_p
             await aggregator._attempt(chain, as_node(repos, repo, who), merge, True)
             made = aggregator.provenance(repo, merge)
             assert made["status"] == "anchored" and repo.merges.anchor(merge).transaction == made["signature"]
+            # signed, paid and held by the aggregator's wallet in the repository: its member key is not on chain
+            landed = await chain.transaction(made["signature"])
+            assert made["wallet"] == repo.merges.anchor(merge).wallet == wallet(who, repo.id).public_key
+            assert landed is not None and landed.signers[0] == made["wallet"] != who.public_key
+            assert who.public_key not in landed.signers
 
             def checked(name):
                 return AnchorService(repos, other, tmp_path / name, cluster=url)
@@ -57,7 +63,9 @@ async def test_a_member_checks_an_anchor_on_chain_and_refuses_false_claims(tmp_p
             for name, changes, reason in (
                     ("mint", {"mint": Identity.generate().public_key}, "does not exist"),
                     ("cluster", {"genesis": "11111111111111111111111111111111"}, "another cluster"),
-                    ("transaction", {"transaction": made["signature"][:-4] + "1111"}, "not confirmed")):
+                    ("transaction", {"transaction": made["signature"][:-4] + "1111"}, "not confirmed"),
+                    ("wallet", {"wallet": wallet(other, repo.id).public_key}, "not paid for by the wallet"),
+                    ("no wallet", {"wallet": ""}, "not paid for by the wallet")):
                 forge(repo, claim, who, **changes)
                 checker = checked(name)
                 await checker._attempt(chain, repo, merge, False)
@@ -83,8 +91,12 @@ async def test_with_contribution_nfts_each_contributor_receives_one_and_members_
             await aggregator._attempt(chain, as_node(repos, repo, who), merge, True)
             claim = repo.merges.anchor(merge)
             assert [c for c, _, _ in claim.contributions] == list(contributions)
-            for contribution, mint, _ in claim.contributions:  # held by the contributor, who signed nothing
-                assert await chain.holds(repo.commit(contribution).author, mint)
+            for contribution, mint, _ in claim.contributions:  # held by the contributor's wallet, which signed nothing
+                author = repo.commit(contribution).author
+                contributor = next(m for m in MEMBERS if m.public_key == author)
+                assert contributor_wallet(repo.commit(contribution)) == wallet(contributor, repo.id).public_key
+                assert await chain.holds(wallet(contributor, repo.id).public_key, mint)
+                assert not await chain.holds(author, mint)
             again = await aggregator._contribution_nfts(chain, repo, merge, *aggregator._record(repo, merge)[:2],
                                                         aggregator._load(repo, merge))
             assert again == list(claim.contributions)  # a retry mints nothing twice
@@ -100,6 +112,40 @@ async def test_with_contribution_nfts_each_contributor_receives_one_and_members_
             await checker._attempt(chain, repo, merge, False)
             found = checker.provenance(repo, merge)
             assert found["status"] == "failed" and "does not mint NFT" in found["error"], found
+        finally:
+            await chain.close()
+
+
+async def test_a_contribution_naming_no_address_gets_no_nft_and_stops_nothing(tmp_path, monkeypatch):
+    """A contributor whose contribution names garbage as its wallet hurts only itself: the merge is anchored, the
+    other contributor's NFT minted, and members check the anchor as usual."""
+    import flair_node.storage.repo as storage_repo
+
+    liar = MEMBERS[1]
+    honest_wallet = storage_repo.wallet
+    monkeypatch.setattr(storage_repo, "wallet", lambda who, repo: SimpleNamespace(public_key="not an address")
+                        if who == liar else honest_wallet(who, repo))
+    memory = rounds.RoundMemory()
+    repos, repo, _, _, _ = two_contributions()
+    monkeypatch.setattr(storage_repo, "wallet", honest_wallet)
+    repo.set_policy(OWNER, replace(repo.members.current().policy, contribution_nfts=True))
+    current = rounds.view(repo, "main", memory=memory)
+    who = by_key(current.aggregator(current.opened_ms + 1))
+    merge = rounds.merge(as_node(repos, repo, who), who, "main", memory=memory).id
+    lying = next(c for c in repo.commit(merge).parents[1:] if repo.commit(c).author == liar.public_key)
+    assert contributor_wallet(repo.commit(lying)) is None
+    other = next(m for m in MEMBERS if m != who)
+    with running_localnet(tmp_path / "chain") as url:
+        chain = Chain(url)
+        try:
+            await AnchorService(repos, who, tmp_path / "who", cluster=url)._attempt(
+                chain, as_node(repos, repo, who), merge, True)
+            claim = repo.merges.anchor(merge)
+            assert [c for c, _, _ in claim.contributions] == [c for c in repo.commit(merge).parents[1:]
+                                                              if c != lying]
+            checker = AnchorService(repos, other, tmp_path / "other", cluster=url)
+            await checker._attempt(chain, repo, merge, False)
+            assert checker.provenance(repo, merge)["status"] == "verified"
         finally:
             await chain.close()
 

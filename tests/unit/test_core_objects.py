@@ -4,10 +4,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flair_node.core import encoding
 from flair_node.core.cid import RAW, cid_for
 from flair_node.core.errors import FlairError, IntegrityError, InvalidInput, RefConflict, error_for_code
-from flair_node.core.identity import Identity
-from flair_node.core.objects import Commit, Payload, RepositoryRecord, TensorSpec, metric_text
+from flair_node.core.identity import Identity, wallet
+from flair_node.core.ids import CommitId, RepoId
+from flair_node.core.objects import AnchorClaim, Commit, Payload, RepositoryRecord, TensorSpec, metric_text
 
 ALICE = Identity.generate()
 CID = cid_for(RAW, b"delta")
@@ -93,6 +95,31 @@ def test_identity_keypair_round_trip():
     broken[40] ^= 1
     with pytest.raises(InvalidInput, match="does not belong"):
         Identity.from_keypair_bytes(bytes(broken))
+
+
+def test_a_derived_key_is_the_same_for_its_label_and_no_other_and_is_not_the_member_key():
+    member = Identity.generate()
+    one, again = member.derived("wallet/repo-a"), Identity.from_keypair_bytes(member.keypair_bytes()).derived(
+        "wallet/repo-a")
+    assert one.public_key == again.public_key  # the same secret and label: the same key, on any node
+    keys = {member.public_key, one.public_key, member.derived("wallet/repo-b").public_key,
+            Identity.generate().derived("wallet/repo-a").public_key}
+    assert len(keys) == 4  # another label, or another member's secret, gives another key
+    assert wallet(member, "repo-a").public_key == one.public_key
+
+
+def test_an_anchor_record_names_the_wallet_that_paid_and_only_an_address():
+    member = Identity.generate()
+    paid = wallet(member, "ab" * 32).public_key
+    claim = AnchorClaim(repo=RepoId("ab" * 32), commit=CommitId("cd" * 32), genesis="1" * 44,
+                        transaction="2" * 88, mint="3" * 44, author=member.public_key, timestamp_ms=1,
+                        wallet=paid).signed(member)
+    back = AnchorClaim.decode(claim.encode())
+    assert back == claim and back.payer == paid != member.public_key
+    assert dataclasses.replace(claim, wallet="").payer == member.public_key  # naming none: the author paid
+    body = claim.body() | {"wallet": "0OIl not base58"}
+    with pytest.raises(IntegrityError, match="wallet must be base58"):
+        AnchorClaim.decode(encoding.encode({"body": body, "sig": claim.signature}))
 
 
 def test_error_codes_map_back_to_classes():

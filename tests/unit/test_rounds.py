@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flair_node.core.errors import Forbidden, IntegrityError, InvalidInput
-from flair_node.core.identity import Identity
+from flair_node.core.identity import Identity, wallet
 from flair_node.core.round_rules import RoundPolicy
 from flair_node.protocol import round_merges, rounds
 from flair_node.storage.repo import Repository
@@ -197,7 +197,8 @@ def test_readers_cannot_contribute_and_contributions_name_their_branch():
     with pytest.raises(InvalidInput):
         as_node(repos, repo, MEMBERS[0]).contribute(MEMBERS[0], tiny_state(1), examples=-1)
     commit = as_node(repos, repo, MEMBERS[0]).contribute(MEMBERS[0], tiny_state(1), examples=7)
-    assert (commit.kind, commit.meta) == ("contribution", {"examples": 7, "branch": "main"})
+    assert (commit.kind, commit.meta) == ("contribution", {"examples": 7, "branch": "main",  # and where its NFT goes
+                                                           "wallet": wallet(MEMBERS[0], repo.id).public_key})
     assert repo.branches()[f"contrib/main/{MEMBERS[0].public_key[:16]}"] == commit.id
 
 

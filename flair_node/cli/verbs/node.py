@@ -12,7 +12,7 @@ from ._base import Verb
 
 WHOAMI = Verb(
     name="whoami",
-    help="print this node's member key (commit author, Solana address; its peer id is a key of its own)",
+    help="print this node's member key (the author of its commits; its peer id and its wallets are keys of their own)",
     call=lambda c, a: c.call("node.whoami"),
     text=lambda r, a: str(r["public_key"]),
 )

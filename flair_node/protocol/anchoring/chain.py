@@ -172,6 +172,7 @@ class Landed:
     error: str | None  # why it failed (``UNKNOWN_STATUS`` without a status), None if it succeeded
     memos: tuple[bytes, ...]  # the data of its SPL Memo instructions, in order
     token_moves: tuple[TokenMove, ...]  # sorted by mint, then owner; unchanged holdings included
+    signers: tuple[str, ...] = ()  # the keys that signed it, fee payer first
 
 
 class Chain:
@@ -225,8 +226,8 @@ class Chain:
         return str((await self._call("getGenesisHash", self._client.get_genesis_hash())).value)
 
     async def transaction(self, signature: str) -> Landed | None:
-        """Transaction ``signature`` as the cluster holds it (None if it holds none): its slot, error, memos and
-        what it did to token holdings (from ``preTokenBalances`` and ``postTokenBalances``)."""
+        """Transaction ``signature`` as the cluster holds it (None if it holds none): its slot, error, memos, what
+        it did to token holdings (from ``preTokenBalances`` and ``postTokenBalances``) and its signers."""
         value = (await self._call("getTransaction", self._client.get_transaction(
             _signature(signature), encoding="base64", max_supported_transaction_version=0))).value
         if value is None:
@@ -282,10 +283,11 @@ def landed(value: Any, source: str, *, signature: str | None = None) -> Landed:
     keys = tx.message.account_keys
     memos = tuple(bytes(ix.data) for ix in tx.message.instructions
                   if ix.program_id_index < len(keys) and keys[ix.program_id_index] == memo_program)
+    signers = tuple(str(key) for key in keys[:tx.message.header.num_required_signatures])
     if meta is None:
-        return Landed(slot, UNKNOWN_STATUS, memos, ())
+        return Landed(slot, UNKNOWN_STATUS, memos, (), signers)
     return Landed(slot, None if meta.err is None else str(meta.err), memos,
-                  token_moves(meta.pre_token_balances, meta.post_token_balances, source))
+                  token_moves(meta.pre_token_balances, meta.post_token_balances, source), signers)
 
 
 def token_moves(pre: Sequence[Any] | None, post: Sequence[Any] | None, source: str) -> tuple[TokenMove, ...]:

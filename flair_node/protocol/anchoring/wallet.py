@@ -1,7 +1,9 @@
-"""A node's key as a Solana wallet: the transactions the daemon's chain services send, built and signed here.
+"""A key as a Solana wallet: the transactions the daemon's chain services send, built and signed here.
 
-One Ed25519 key, the member key, is the author of a node's commits and its Solana wallet (``core.identity``). A
-``Wallet`` holds that ``Identity`` and turns it into solders' keypair only inside this package: the daemon's
+Anchors and NFTs are signed, paid for and held by the node's wallet in their repository (``core.identity.wallet``,
+derived from the member key's secret); the ownership token and the registry's transactions by the member key
+itself, since they publish who owns and who is a member. A ``Wallet`` holds such an ``Identity`` and turns it
+into solders' keypair only inside this package: the daemon's
 services give it Flair's values (anchor records, repository and commit ids, base58 keys, metadata URIs) and get
 back an ``Address`` or a ``SignedTransaction``. A service saves the transaction's signature before it sends the
 bytes, so that after a crash it knows which transaction to look for instead of sending another.
@@ -55,8 +57,8 @@ def _signed(transaction: Transaction) -> SignedTransaction:
 
 
 class Wallet:
-    """``identity`` as the Solana wallet that signs and pays for this node's transactions. Its ``repr`` shows the
-    address, never the secret."""
+    """``identity`` as the Solana wallet that signs and pays for transactions. Its ``repr`` shows the address,
+    never the secret."""
 
     def __init__(self, identity: Identity) -> None:
         self._identity = identity
@@ -66,14 +68,14 @@ class Wallet:
 
     @property
     def address(self) -> Address:
-        """The wallet's address: the node's public key."""
+        """The wallet's address: its key's public half."""
         return Address(self._identity.public_key)
 
     def _keypair(self) -> Keypair:
         return Keypair.from_bytes(self._identity.keypair_bytes())
 
     def _seed(self) -> bytes:
-        """The node secret the mints' keys are derived from: the keypair's first 32 bytes."""
+        """The secret the mints' keys are derived from: the keypair's first 32 bytes."""
         return self._identity.keypair_bytes()[:32]
 
     # -- the mints this wallet derives ---------------------------------------------------------------------
