@@ -134,7 +134,8 @@ class RoundPolicy:
                                "0): a stale one would have to be moved onto the head, which needs its values")
         if self.proof_chunk:
             raise InvalidInput("secure merges are checked by every member re-deriving them from the masked "
-                               "updates; proving them with EZKL is not supported yet")
+                               "updates: a proof would rest on mask corrections only members can compute, so it "
+                               "could convince no one else (docs: Secure rounds, Proofs and masked inputs)")
         if self.contribution_nfts:
             raise InvalidInput("contribution NFTs are not minted for secure rounds yet")
         if not _decimal_in(self.secure_threshold, 0, 1) or not Decimal("0.5") <= Decimal(self.secure_threshold) < 1:

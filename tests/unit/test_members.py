@@ -123,7 +123,7 @@ async def test_the_owner_makes_a_repository_private_through_the_api():
         await policy(strategy="median")
     with pytest.raises(InvalidInput, match="only contributions trained from the round's head"):
         await policy(max_staleness=2)
-    with pytest.raises(InvalidInput, match="proving them with EZKL is not supported yet"):
+    with pytest.raises(InvalidInput, match="could convince no one else"):
         await policy(proof_chunk=16)  # refused before any SRS is made for it
     with pytest.raises(InvalidInput, match="secure_threshold is a decimal from 0.5 to below 1"):
         await policy(secure_threshold="1")
