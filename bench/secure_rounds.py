@@ -26,8 +26,15 @@ members a secure round takes at most 1.5x the time and 1.3x the bytes of a plain
     .venv/bin/python bench/secure_rounds.py --quick               # 3 members, 100k parameters, 1 round
     .venv/bin/python bench/secure_rounds.py --sync-interval 2     # catching up as often as the tests' clusters
 
-Flower's own SecAgg+ (``flwr`` SecAggPlusWorkflow) is not in this run: it needs Flower's simulation engine or a
-SuperLink with SuperNodes, which this bench does not start (see docs/benchmarks.md).
+**Flower's own SecAgg+** runs in the same run, before the daemons start (``flower``): Flower's ``DefaultWorkflow``
+with ``FedAvg``, once as is and once with ``SecAggPlusWorkflow`` on the server and ``secaggplus_mod`` on each
+``ClientApp``, for the same member count, model and example counts. Flower's simulation engine needs Ray and a
+deployment needs a SuperLink and SuperNodes; instead an in-process ``Grid`` (``LocalGrid``) hands each message,
+serialized to Flower's protobuf and back, to the destination node's ``ClientApp`` with that node's own
+``Context``. So Flower's figures are its protocol's computation and message sizes with no network: **time** is
+the fit round's wall time, **bytes** what each client sent (protobuf sizes), per client. Under ``"flower"`` in
+the JSON: the same keys as Flair's, and ``secure_max_error``, the largest difference between the SecAgg+ and the
+plain aggregate (SecAgg+ quantizes; Flair's secure merge is the plain one bit for bit). ``--no-flower`` skips it.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -144,6 +152,122 @@ def one_round(cluster: Cluster, repo: str, parameters: int, seed: int, idle: flo
     return took, sent
 
 
+# -- Flower's SecAgg+, in one process --------------------------------------------------------------------
+
+
+def flower(members: int, parameters: int, rounds: int) -> dict[str, float]:
+    """Flower's FedAvg round, plain and with SecAgg+, on ``members`` clients of ``model(parameters)``: medians over
+    ``rounds`` (see the module docstring)."""
+    import logging
+
+    import numpy as np
+    from flwr.supercore.task_identity import TaskIdentity
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # what a ServerApp process sets
+    base = model(parameters, 0)["w"].numpy()
+    times: dict[str, list[float]] = {"plain": [], "secure": []}
+    sent: dict[str, list[float]] = {"plain": [], "secure": []}
+    results: dict[str, np.ndarray] = {}
+    for r in range(rounds):
+        for mode in ("plain", "secure"):
+            took, per_client, merged = _flower_round(members, base, r + 1, secure=mode == "secure")
+            times[mode].append(took)
+            sent[mode].append(per_client)
+            results[mode] = merged
+            print(f"Flower, {members} clients, {mode} round {r + 1}: {took:.2f} s, {per_client / 1e6:.2f} MB sent "
+                  "per client", file=sys.stderr)
+    plain_s, secure_s = statistics.median(times["plain"]), statistics.median(times["secure"])
+    plain_b, secure_b = statistics.median(sent["plain"]), statistics.median(sent["secure"])
+    return {"members": members, "parameters": parameters, "rounds": rounds, "plain_round_s": round(plain_s, 3),
+            "secure_round_s": round(secure_s, 3), "secure_time_ratio": round(secure_s / plain_s, 3),
+            "plain_bytes_per_member": int(plain_b), "secure_bytes_per_member": int(secure_b),
+            "secure_bytes_ratio": round(secure_b / plain_b, 3),
+            "secure_max_error": float(np.abs(results["secure"] - results["plain"]).max())}
+
+
+def _flower_round(members: int, base: Any, seed: int, *, secure: bool) -> tuple[float, float, Any]:
+    """One Flower fit round; its wall time, the bytes each client sent (mean), and the aggregate."""
+    import numpy as np
+    from flwr.app import Context, RecordDict
+    from flwr.client import ClientApp, NumPyClient
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common import ndarrays_to_parameters
+    from flwr.server import ServerConfig
+    from flwr.server.compat import LegacyContext
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+
+    class Member(NumPyClient):  # type: ignore[misc]
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        def fit(self, parameters: list[Any], config: Any) -> tuple[list[Any], int, dict[str, Any]]:
+            noise = torch.randn(base.shape, generator=torch.Generator().manual_seed(seed * 1000 + self.index))
+            return [parameters[0] + noise.numpy() * 0.01], 100 + 40 * self.index, {}
+
+    client_app = ClientApp(client_fn=lambda context: Member(context.node_id - FIRST_NODE).to_client(),
+                           mods=[secaggplus_mod] if secure else [])
+    grid = LocalGrid(client_app, members)
+    strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=members,
+                      min_available_clients=members, initial_parameters=ndarrays_to_parameters([base]))
+    context = LegacyContext(Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={}),
+                            config=ServerConfig(num_rounds=1), strategy=strategy)
+    # SecAgg+ wants an odd number of shares (each client's own among them) and more than half to reconstruct
+    fit = SecAggPlusWorkflow(num_shares=members if members % 2 else members - 1,
+                             reconstruction_threshold=members // 2 + 1) if secure else None
+    started = time.perf_counter()
+    DefaultWorkflow(fit_workflow=fit)(grid, context)
+    took = time.perf_counter() - started
+    merged = context.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()[0]
+    return took, sum(grid.sent.values()) / members, np.asarray(merged)
+
+
+FIRST_NODE = 1000  # node ids of Flower's clients: 1000, 1001, ...
+
+
+class LocalGrid:
+    """Flower's ``Grid`` in one process: each message goes to its node's ``ClientApp`` as protobuf bytes and back
+    (what a SuperLink and a SuperNode would carry), each node with a ``Context`` of its own across messages."""
+
+    def __init__(self, client_app: Any, members: int) -> None:
+        from types import SimpleNamespace
+
+        from flwr.app import Context, RecordDict
+
+        self.client_app = client_app
+        self.contexts = {FIRST_NODE + i: Context(run_id=1, node_id=FIRST_NODE + i, node_config={},
+                                                 state=RecordDict(), run_config={}) for i in range(members)}
+        self.sent = dict.fromkeys(self.contexts, 0)
+        self.run = SimpleNamespace(run_id=1)
+
+    def set_run(self, run: Any) -> None:
+        self.run = run
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
+        import uuid
+
+        from flwr.common.serde import message_from_proto, message_to_proto
+
+        replies = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())  # what a SuperLink sets
+            node = message.metadata.dst_node_id
+            reply = self.client_app(message_from_proto(message_to_proto(message)), self.contexts[node])
+            reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            wire = message_to_proto(reply)
+            self.sent[node] += wire.ByteSize()
+            replies.append(message_from_proto(wire))
+        return replies
+
+
+# -- Flair's daemons ----------------------------------------------------------------------------------------
+
+
 def measure(members: int, parameters: int, rounds: int, root: Path, sync_interval: float) -> dict[str, float]:
     def started(node: ClusterNode) -> None:
         print(f"  node {node.name} up", file=sys.stderr)
@@ -186,17 +310,23 @@ def main() -> None:
     parser.add_argument("--sync-interval", type=float, default=P2PConfig().sync_interval,
                         help="seconds between catch-up passes (default: the daemon's own default)")
     parser.add_argument("--quick", action="store_true", help="3 members, 100k parameters, 1 round")
+    parser.add_argument("--no-flower", action="store_true", help="leave Flower's SecAgg+ out of the run")
     args = parser.parse_args()
     if args.quick:
         args.members, args.parameters, args.rounds = [3], 100_000, 1
     if min(args.members) < 3:
         parser.error("a secure round needs 3 members")
+    flowers = {} if args.no_flower else {m: flower(m, args.parameters, args.rounds) for m in args.members}
     with tempfile.TemporaryDirectory(prefix="flair-secure-bench-") as tmp:
         results = [measure(m, args.parameters, args.rounds, Path(tmp), args.sync_interval) for m in args.members]
     largest = results[-1]
-    print(json.dumps({**{k: largest[k] for k in ("plain_round_s", "secure_round_s", "secure_time_ratio",
-                                                 "secure_bytes_ratio", "members", "parameters")},
-                      "by_members": {str(r["members"]): r for r in results}}))
+    out = {**{k: largest[k] for k in ("plain_round_s", "secure_round_s", "secure_time_ratio", "secure_bytes_ratio",
+                                      "members", "parameters")},
+           "by_members": {str(r["members"]): r for r in results}}
+    if flowers:
+        out["flower"] = flowers[largest["members"]]
+        out["flower_by_members"] = {str(m): f for m, f in flowers.items()}
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

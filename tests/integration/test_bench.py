@@ -125,3 +125,8 @@ def test_secure_rounds_bench_reports_plain_and_secure_rounds_of_the_same_run():
     assert figures["plain_bytes_per_member"] > 0 and figures["secure_bytes_per_member"] > 0
     # the ratio is of the unrounded times: against the rounded ones it agrees to within their rounding
     assert report["secure_time_ratio"] == pytest.approx(report["secure_round_s"] / report["plain_round_s"], abs=2e-3)
+    # Flower's own SecAgg+ in the same run: each client sent its masked update, and the aggregate is FedAvg's
+    # up to SecAgg+'s quantization (a change of 0.01 a value is well above it)
+    flower = report["flower"]
+    assert flower["members"] == 3 and flower["secure_bytes_per_member"] > flower["plain_bytes_per_member"] > 400_000
+    assert 0 < flower["secure_max_error"] < 1e-3
