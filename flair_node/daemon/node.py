@@ -115,7 +115,9 @@ class Node:
         if self.p2p is not None:
             bitswap = self.p2p.exchange.status()
             status["p2p"] = {"addrs": full_addrs(self.p2p.host), "refused_blocks": bitswap["refused_blocks"],
-                             "bitswap_peers": bitswap["peers"], "bitswap_streams": self.p2p.exchange.stream_status(),
+                             "duplicate_blocks": bitswap["duplicate_blocks"],
+                             "duplicate_bytes": bitswap["duplicate_bytes"], "bitswap_peers": bitswap["peers"],
+                             "bitswap_streams": self.p2p.exchange.stream_status(),
                              **self.p2p.status()}
             if self._sync_served is not None:
                 status["p2p"]["sync_server"] = self._sync_served.status()

@@ -153,13 +153,17 @@ class BlockExchange:
         self._wants: dict[ParsedCid, list[_Fetch]] = {}
         self._fetches: set[_Fetch] = set()
         self._nursery: trio.Nursery | None = None
+        #: Copies of blocks that arrived once no fetch waited for them (a second copy, or a late one): what
+        #: asking two peers for one block costs.
+        self.duplicates = {"blocks": 0, "bytes": 0}
 
     @property
     def refused_blocks(self) -> int:
         return sum(r["refused_blocks"] for r in self.penalties.status().values())
 
     def status(self) -> dict[str, Any]:
-        return {"refused_blocks": self.refused_blocks, "peers": self.penalties.status()}
+        return {"refused_blocks": self.refused_blocks, "duplicate_blocks": self.duplicates["blocks"],
+                "duplicate_bytes": self.duplicates["bytes"], "peers": self.penalties.status()}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -399,7 +403,10 @@ class BlockExchange:
             answers = self._was_asked(peer, cid)  # a late or second copy of a block asked for is no offence
             if fetches:
                 self._deliver(cid, fetches, block)
-            elif not answers:
+            elif answers:
+                self.duplicates["blocks"] += 1
+                self.duplicates["bytes"] += len(block)
+            else:
                 self._penalize(peer, f"sent block {cid.text} that this node did not ask it for (forged bytes, "
                                "unrequested, or more copies than it was asked for)", block=True)
         for cid in message.dont_have:

@@ -273,7 +273,8 @@ def test_a_peer_may_send_one_copy_per_want_and_no_more():
     copy = wire.Message(blocks=((cid, block),))
     for _ in range(2):
         exchange._received("honest", copy)
-    assert exchange.status() == {"refused_blocks": 0, "peers": {}}
+    # no fetch waits for it: both copies are counted as duplicates, against no one
+    assert exchange.status() == {"refused_blocks": 0, "duplicate_blocks": 2, "duplicate_bytes": 200, "peers": {}}
     exchange._received("honest", copy)  # a third copy of a block asked for twice is not an answer
     exchange._received("stranger", copy)  # nor is a copy from a peer never asked
     assert {p: r["refused_blocks"] for p, r in exchange.status()["peers"].items()} == {"honest": 1, "stranger": 1}
@@ -308,7 +309,9 @@ async def test_two_fetches_of_one_dag_from_one_honest_peer_cost_it_nothing():
                     b_blocks.delete_key(key)
             assert fetcher.excused > 0, "the peer never sent a block twice: the attack did not happen"
             assert max(counts) == unixfs.max_blocks(len(data))  # the first fetched every block
-            assert fetcher.status() == {"refused_blocks": 0, "peers": {}}  # no points, no ban
+            status = fetcher.status()
+            assert (status["refused_blocks"], status["peers"]) == (0, {})  # no points, no ban
+            assert status["duplicate_blocks"] == fetcher.excused > 0  # each excused copy counted as a duplicate
             nursery.cancel_scope.cancel()
 
 
@@ -359,7 +362,8 @@ async def test_stalled_and_surplus_bitswap_streams_are_reset_and_pin_no_memory(m
             with trio.fail_after(5), pytest.raises((StreamError, EOFError)):  # reset by the victim
                 await idle.read(1)
             assert victim.stream_status()["reset"][me]["idle"] == 1
-            assert victim.status() == {"refused_blocks": 0, "peers": {}}  # slow is no offence: no points
+            status = victim.status()
+            assert (status["refused_blocks"], status["peers"]) == (0, {})  # slow is no offence: no points
             assert await attacker_exchange.fetch_dag(root, peer, max_size=len(data)) == 1  # still served
 
 

@@ -65,7 +65,7 @@ async def test_a_node_fetches_a_dag_only_its_peer_has():
             assert await b.fetch_dag(root, peer, max_size=len(data), block_timeout=10) == 4
             assert unixfs.cat(b_blocks, root, max_size=len(data)) == data
             assert await b.fetch_dag(root, peer, max_size=len(data)) == 0  # nothing left to fetch
-            assert b.status() == {"refused_blocks": 0, "peers": {}}
+            assert b.status() == {"refused_blocks": 0, "duplicate_blocks": 0, "duplicate_bytes": 0, "peers": {}}
 
 
 async def test_a_block_repeated_in_a_dag_is_fetched_once():

@@ -81,6 +81,8 @@ def node_text(r: dict[str, Any], *, bad_input: bool) -> str:
              else "announcements: none yet",
              f"refused: {p2p['refused_blocks']} blocks, {sum(p2p['bad_announcements'].values())} announcements, "
              f"{sum(gossip.values())} gossip frames or messages, {sum(p2p.get('bad_pulls', {}).values())} pulls"]
+    if p2p.get("duplicate_blocks"):  # blocks that came twice (two peers asked for one): bandwidth, not an offence
+        lines.append(f"duplicate blocks: {p2p['duplicate_blocks']} ({p2p['duplicate_bytes'] / 1e6:.1f} MB)")
     refused = p2p.get("refused_merges", [])
     if refused:
         lines.append(f"round merges not followed: {counts.get('refused_merges', len(refused))}; the latest:")
