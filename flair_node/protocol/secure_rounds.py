@@ -209,36 +209,34 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
 
 def reveal(repo: Repository, identity: Any, source: MessageSource, unmask_message: RoundMessage) -> RoundMessage:
     """``identity``'s shares for ``unmask_message``: of each taken contributor's self seed, of each dropped
-    one's mask key. ``InvalidInput`` if that would reveal the other secret of an advert than this member revealed
-    before, for whatever unmask or roster (it never reveals both secrets of anyone), or if this node holds another
-    unmask of the same roster (an aggregator equivocating: members shown different unmasks could be split)."""
+    one's mask key. A share its dealer sealed wrong (malformed, or not the one whose hash it published) is left
+    out, and the others go out all the same; ``IntegrityError`` if none is left. ``InvalidInput`` if that would
+    reveal the other secret of an advert than this member revealed before, for whatever unmask or roster (it
+    never reveals both secrets of anyone), or if this node holds another unmask of the same roster (an
+    aggregator equivocating: members shown different unmasks could be split)."""
     content = content_of(unmask_message, Unmask)
     plan = make_plan(repo, source, source.message(content.roster))
     taken = _taken(plan, unmask_message)  # from the unmask alone: the masked updates may still be on their way
     revealed = {share.advert: share.kind  # what this member revealed before in this round, whatever asked
                 for earlier in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "reveal")
                 if earlier.author == identity.public_key for share in content_of(earlier, Reveal).shares}
-    shares = []
+    shares, bad = [], []
     for advert_message in plan.adverts:
         advert = content_of(advert_message, Advert)
         at = next((i for i, s in enumerate(advert.shares) if s.holder == identity.public_key), None)
         if at is None:
             continue
-        dealt = advert.shares[at]
-        opened = crypto.open_sealed(dealt.sealed, identity, f"a share of advert {short(advert_message.id)}")
-        if len(opened) != 1 + 2 * secagg.SHARE_BYTES or opened[0] != at + 1:
-            raise IntegrityError(f"advert {short(advert_message.id)} sealed a malformed share to this member")
         kind = "self" if advert_message.author in taken else "key"
         if revealed.get(advert_message.id, kind) != kind:
             raise InvalidInput(f"{short(identity.public_key)} revealed the other secret of advert "
                                f"{short(advert_message.id)} before: it never reveals both")
-        y = opened[1:33] if kind == "self" else opened[33:]
-        if share_hash(kind, at + 1, y) != (dealt.self_hash if kind == "self" else dealt.key_hash):
-            raise IntegrityError(f"advert {short(advert_message.id)} sealed this member a share that is not the one "
-                                 "it published the hash of")
-        shares.append(RevealedShare(advert=advert_message.id, kind=kind, x=at + 1, y=y))
+        try:
+            shares.append(_my_share(identity, advert_message, at, kind))
+        except IntegrityError as exc:  # its dealer's doing: the other contributors' shares still go out
+            bad.append(str(exc))
     if not shares:
-        raise InvalidInput(f"{short(identity.public_key)} holds no share of this round's contributors")
+        raise (IntegrityError(bad[0]) if bad else
+               InvalidInput(f"{short(identity.public_key)} holds no share of this round's contributors"))
     rivals = [m.id for m in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "unmask")
               if m.id != unmask_message.id and content_of(m, Unmask).roster == content.roster]
     if rivals:
@@ -247,6 +245,20 @@ def reveal(repo: Repository, identity: Any, source: MessageSource, unmask_messag
                            "update, so this member reveals nothing for either")
     return _signed(repo, identity, unmask_message.branch, unmask_message.head,
                    Reveal(unmask=unmask_message.id, shares=tuple(shares)), now_ms())
+
+
+def _my_share(identity: Any, advert_message: RoundMessage, at: int, kind: str) -> RevealedShare:
+    """The share of ``kind`` that ``advert_message`` dealt ``identity`` (its holder number ``at``), checked
+    against the hash its dealer published; ``IntegrityError`` if the dealer sealed it a malformed or wrong one."""
+    dealt = content_of(advert_message, Advert).shares[at]
+    opened = crypto.open_sealed(dealt.sealed, identity, f"a share of advert {short(advert_message.id)}")
+    if len(opened) != 1 + 2 * secagg.SHARE_BYTES or opened[0] != at + 1:
+        raise IntegrityError(f"advert {short(advert_message.id)} sealed a malformed share to this member")
+    y = opened[1:33] if kind == "self" else opened[33:]
+    if share_hash(kind, at + 1, y) != (dealt.self_hash if kind == "self" else dealt.key_hash):
+        raise IntegrityError(f"advert {short(advert_message.id)} sealed this member a share that is not the one "
+                             "it published the hash of")
+    return RevealedShare(advert=advert_message.id, kind=kind, x=at + 1, y=y)
 
 
 # -- the aggregator ----------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ and reveal; the aggregator merges; every member re-derives the merge, and nobody
 from __future__ import annotations
 
 import dataclasses
+import os
 from functools import partial
 
 import numpy as np
@@ -256,6 +257,32 @@ def test_a_wrong_reveal_is_left_out_and_the_merge_goes_on():
     merged = r.merge(unmask)
     assert len(merged.meta["secure"]["reveals"]) == len(EVERYONE) - 1
     secure_rounds.verify(as_node(repo, OWNER), merged, r.book, memory=rounds.RoundMemory())
+
+
+def test_a_share_its_dealer_sealed_wrong_is_left_out_and_the_holder_reveals_the_others():
+    """A contributor that seals one holder garbage in place of its share costs that holder nothing but that
+    share: its reveal carries every other contributor's, and the cheat's own secret comes from its other holders."""
+    repo = team()
+    cheat, victim = MEMBERS[-1], MEMBERS[0]
+    r = Round(repo, [c for c in EVERYONE if c != cheat])
+    state = trained(r.base, 9)
+    honest, secrets = secure_rounds.advertise(as_node(repo, cheat), cheat, "main", state, 150)
+    shares = tuple(dataclasses.replace(s, sealed=crypto.seal_to(s.holder, os.urandom(65)))
+                   if s.holder == victim.public_key else s for s in honest.content.shares)
+    forged = r.put(secure_rounds._signed(repo, cheat, "main", r.head,
+                                         dataclasses.replace(honest.content, shares=shares), honest.timestamp_ms))
+    r.states[cheat.public_key], r.secrets[cheat.public_key], r.examples[cheat.public_key] = state, secrets, 150
+    roster = r.roster()
+    r.mask(roster, EVERYONE)
+    unmask = r.unmask(roster)
+    r.reveal(unmask, EVERYONE)
+    revealed = next(m for m in r.book.of_round(repo.id, "main", r.head, "reveal") if m.author == victim.public_key)
+    others = {a.id for a in r.adverts() if a.author not in (victim.public_key, cheat.public_key)}  # none of its own
+    assert {share.advert for share in revealed.content.shares} == others
+    merged = r.merge(unmask)
+    plan = secure_rounds.make_plan(repo, r.book, roster)
+    weights = [plan.weights[plan.advert_of(c.public_key).id] for c in EVERYONE]
+    assert same_state(repo.materialize(merged.id), r.plain_mean(EVERYONE, weights))
 
 
 @pytest.mark.parametrize("bad", ["too short", "not sealed"])
