@@ -77,11 +77,15 @@ class Advert:
     self_commit: bytes  # core.secagg.commitment of the self-mask seed
     key_commit: bytes  # ... and of the mask key's secret
     shares: tuple[DealtShare, ...]  # one per holder, sorted by holder; holder i (from 0) holds the point i + 1
+    wallet: str = ""  # where the contribution's NFT goes (its author's wallet in the repository); "": its key
 
     def as_dict(self) -> dict[str, Any]:
-        return {"examples": self.examples, "bits": self.bits, "mask_key": self.mask_key,
+        body = {"examples": self.examples, "bits": self.bits, "mask_key": self.mask_key,
                 "self_commit": self.self_commit, "key_commit": self.key_commit,
                 "shares": [s.as_list() for s in self.shares]}
+        if self.wallet:
+            body["wallet"] = self.wallet
+        return body
 
     @classmethod
     def from_dict(cls, body: dict[str, Any]) -> Advert:
@@ -93,7 +97,8 @@ class Advert:
                      mask_key=_exact(body["mask_key"], "mask_key", KEY_BYTES),
                      self_commit=_exact(body["self_commit"], "self_commit", 32),
                      key_commit=_exact(body["key_commit"], "key_commit", 32),
-                     shares=tuple(DealtShare.from_list(s) for s in shares))
+                     shares=tuple(DealtShare.from_list(s) for s in shares),
+                     wallet=schema.base58(body["wallet"], "wallet", 44) if "wallet" in body else "")
         holders = [s.holder for s in advert.shares]
         if holders != sorted(set(holders)):
             raise IntegrityError("an advert deals its shares to each holder once, sorted by holder")

@@ -136,8 +136,6 @@ class RoundPolicy:
             raise InvalidInput("secure merges are checked by every member re-deriving them from the masked "
                                "updates: a proof would rest on mask corrections only members can compute, so it "
                                "could convince no one else (docs: Secure rounds, Proofs and masked inputs)")
-        if self.contribution_nfts:
-            raise InvalidInput("contribution NFTs are not minted for secure rounds yet")
         if not _decimal_in(self.secure_threshold, 0, 1) or not Decimal("0.5") <= Decimal(self.secure_threshold) < 1:
             raise InvalidInput(f"secure_threshold is a decimal from 0.5 to below 1 written as text, not "
                                f"{self.secure_threshold!r}")

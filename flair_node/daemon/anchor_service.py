@@ -194,10 +194,8 @@ class AnchorService:
 
         wallet = repo_wallet(self.identity, repo.id)
         made = state.setdefault("contributions", {})
-        parents = meta_parents(dict((await trio.to_thread.run_sync(repo.commit, merge)).meta))  # not excluded ones
         minted = []
-        for contribution in parents:
-            contributor = contributor_wallet(await trio.to_thread.run_sync(repo.commit, contribution))
+        for contribution, contributor in await trio.to_thread.run_sync(merged_contributions, repo, merge):
             if contributor is None:  # its author's own doing: the others' NFTs, and the anchor, go on
                 log.warning("contribution %s of %s names a wallet that is no Solana address: it gets no NFT",
                             short(contribution), short(repo.id))
@@ -251,13 +249,13 @@ class AnchorService:
         if landed is None:
             raise IntegrityError(f"mint {claim.mint} does not exist on {self.cluster}")
         check_commit_nft(landed, mint=claim.mint, record=record, aggregator=claim.payer)
-        merged = set(meta_parents(dict(commit.meta)))
+        merged = dict(merged_contributions(repo, merge))
         state["contributions"] = {}
         for contribution, mint, transaction in claim.contributions:
             if contribution not in merged:
                 raise IntegrityError(f"the anchor names an NFT for {short(contribution)}, which the merge does not "
                                      "merge")
-            contributor = contributor_wallet(repo.commit(contribution))
+            contributor = merged[contribution]
             if contributor is None:
                 raise IntegrityError(f"the anchor names an NFT for {short(contribution)}, which names no wallet")
             if token_moves(await landed_transaction(chain, transaction, self.commitment), mint).get(
@@ -434,14 +432,32 @@ def repo_wallet(identity: Identity, repo: str) -> Wallet:
     return Wallet(wallet(identity, repo))
 
 
+def merged_contributions(repo: Repository, merge: CommitId) -> list[tuple[CommitId, str | None]]:
+    """The contributions round merge ``merge`` took, each with where its NFT goes (``contributor_wallet``): the
+    contribution commits of a plain merge (not those it excluded), the masked updates of a secure one (the wallet
+    in each one's advert)."""
+    from ..core.round_messages import Advert, Roster, content_of
+
+    meta = dict(repo.commit(merge).meta)
+    secure = meta.get("secure")
+    if not isinstance(secure, dict):
+        return [(c, contributor_wallet(repo.commit(c))) for c in meta_parents(meta)]
+    adverts = [repo.secure.message(a) for a in content_of(repo.secure.message(secure["roster"]), Roster).adverts]
+    wallets = {a.author: _address(content_of(a, Advert).wallet or a.author) for a in adverts}
+    return [(CommitId(entry[0]), wallets.get(entry[1])) for entry in secure["contributions"]]
+
+
 def contributor_wallet(contribution: Commit) -> str | None:
     """Where ``contribution``'s NFT goes: the wallet its author named in it (``meta["wallet"]``), or, in a
     contribution that names none, the author's key; None if what it names is no Solana address."""
+    named = contribution.meta.get("wallet")
+    return contribution.author if named is None else _address(named)
+
+
+def _address(named: object) -> str | None:
+    """``named`` if it is a Solana address, else None."""
     from ..protocol.anchoring.chain import parse_address
 
-    named = contribution.meta.get("wallet")
-    if named is None:
-        return contribution.author
     try:
         return str(parse_address(named))
     except InvalidInput:

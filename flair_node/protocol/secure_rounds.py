@@ -59,6 +59,7 @@ import numpy as np
 
 from ..core import crypto, secagg
 from ..core.errors import IntegrityError, InvalidInput, NotAMember, NotFound
+from ..core.identity import wallet
 from ..core.ids import CommitId, PublicKey, short
 from ..core.membership import ROLES, Membership
 from ..core.objects import Commit
@@ -170,7 +171,8 @@ def advertise(repo: Repository, identity: Any, branch: str, state: StateDict, ex
                   for holder, s, k in zip(holders, self_shares, key_shares, strict=True))
     advert = Advert(examples=examples, bits=bits, mask_key=secagg.public_of(secrets.mask_secret),
                     self_commit=secagg.commitment(secrets.self_seed),
-                    key_commit=secagg.commitment(secrets.mask_secret), shares=dealt)
+                    key_commit=secagg.commitment(secrets.mask_secret), shares=dealt,
+                    wallet=wallet(identity, repo.id).public_key)  # where its NFT goes, with contribution NFTs on
     return _signed(repo, identity, target, head, advert, at), secrets
 
 

@@ -168,3 +168,44 @@ def test_a_secure_merge_is_anchored_with_its_count_of_contributions_and_no_name(
     document = json.loads(unixfs.cat(repo.blocks, cid, max_size=1 << 16))
     assert {a["trait_type"]: a["value"] for a in document["attributes"]}["contributors"] == len(secure.EVERYONE)
 
+
+async def test_a_secure_rounds_contributors_each_receive_an_nft_in_their_wallet_and_members_check_them(tmp_path):
+    """With contribution NFTs on, a secure merge's NFTs are one per masked update it took, held by the wallet
+    each contributor named in its advert; a member checks them as it checks a plain merge's."""
+    import test_secure_rounds as secure
+
+    repo = secure.team(replace(secure.SECURE, contribution_nfts=True))
+    r = secure.Round(repo, secure.EVERYONE)
+    roster = r.roster()
+    r.mask(roster, secure.EVERYONE)
+    unmask = r.unmask(roster)
+    r.reveal(unmask, secure.EVERYONE)
+    merged = r.merge(unmask)
+    who, repos = r.aggregator(), secure.NODES[repo.id]
+    other = next(m for m in secure.EVERYONE if m != who)
+    taken = {entry[0]: entry[1] for entry in merged.meta["secure"]["contributions"]}  # masked update -> author
+    with running_localnet(tmp_path / "chain") as url:
+        chain = Chain(url)
+        try:
+            await AnchorService(repos, who, tmp_path / "who", cluster=url)._attempt(
+                chain, secure.as_node(repo, who), merged.id, True)
+            claim = repo.merges.anchor(merged.id)
+            assert {c for c, _, _ in claim.contributions} == set(taken)
+            for masked, mint, _ in claim.contributions:
+                author = next(m for m in secure.EVERYONE if m.public_key == taken[masked])
+                assert await chain.holds(wallet(author, repo.id).public_key, mint)
+                assert not await chain.holds(author.public_key, mint)
+            checker = AnchorService(repos, other, tmp_path / "other", cluster=url)
+            await checker._attempt(chain, secure.as_node(repo, other), merged.id, False)
+            found = checker.provenance(repo, merged.id)
+            assert found["status"] == "verified" and set(found["contributions"]) == set(taken), found
+
+            (c1, m1, t1), (c2, m2, t2), *rest = claim.contributions
+            forge(repo, claim, who, contributions=((c1, m2, t2), (c2, m1, t1), *rest))  # each other's NFT
+            checker = AnchorService(repos, other, tmp_path / "swapped", cluster=url)
+            await checker._attempt(chain, secure.as_node(repo, other), merged.id, False)
+            found = checker.provenance(repo, merged.id)
+            assert found["status"] == "failed" and "does not mint NFT" in found["error"], found
+        finally:
+            await chain.close()
+

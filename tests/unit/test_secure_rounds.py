@@ -269,8 +269,8 @@ def test_a_share_its_dealer_sealed_wrong_is_left_out_and_the_holder_reveals_the_
     honest, secrets = secure_rounds.advertise(as_node(repo, cheat), cheat, "main", state, 150)
     shares = tuple(dataclasses.replace(s, sealed=crypto.seal_to(s.holder, os.urandom(65)))
                    if s.holder == victim.public_key else s for s in honest.content.shares)
-    forged = r.put(secure_rounds._signed(repo, cheat, "main", r.head,
-                                         dataclasses.replace(honest.content, shares=shares), honest.timestamp_ms))
+    r.put(secure_rounds._signed(repo, cheat, "main", r.head, dataclasses.replace(honest.content, shares=shares),
+                                honest.timestamp_ms))
     r.states[cheat.public_key], r.secrets[cheat.public_key], r.examples[cheat.public_key] = state, secrets, 150
     roster = r.roster()
     r.mask(roster, EVERYONE)
