@@ -50,6 +50,7 @@ at least be screened). Each advert tells members the magnitude of its author's l
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -84,6 +85,8 @@ from .rounds import Contribution, RoundMemory, RoundView
 
 if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
+
+log = logging.getLogger(__name__)
 
 MIN_CONTRIBUTORS = 3
 MASKED_CODEC = "masked-v1"  # what a masked update's encryption is bound to (``storage.keys``)
@@ -235,6 +238,7 @@ def reveal(repo: Repository, identity: Any, source: MessageSource, unmask_messag
         try:
             shares.append(_my_share(identity, advert_message, at, kind))
         except IntegrityError as exc:  # its dealer's doing: the other contributors' shares still go out
+            log.warning("left out of the reveal for unmask %s: %s", short(unmask_message.id), exc)
             bad.append(str(exc))
     if not shares:
         raise (IntegrityError(bad[0]) if bad else

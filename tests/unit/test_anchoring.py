@@ -156,11 +156,7 @@ def test_a_secure_merge_is_anchored_with_its_count_of_contributions_and_no_name(
     import test_secure_rounds as secure
 
     repo = secure.team()
-    r = secure.Round(repo, secure.EVERYONE)
-    roster = r.roster()
-    r.mask(roster, secure.EVERYONE)
-    unmask = r.unmask(roster)
-    r.reveal(unmask, secure.EVERYONE)
+    r, _, unmask = secure.full_round(repo)
     merged = r.merge(unmask)
     service = AnchorService(secure.NODES[repo.id], secure.OWNER, tmp_path / "anchoring", cluster="http://127.0.0.1:1")
     record, uri, cid = service._record(repo, merged.id)
@@ -175,11 +171,7 @@ async def test_a_secure_rounds_contributors_each_receive_an_nft_in_their_wallet_
     import test_secure_rounds as secure
 
     repo = secure.team(replace(secure.SECURE, contribution_nfts=True))
-    r = secure.Round(repo, secure.EVERYONE)
-    roster = r.roster()
-    r.mask(roster, secure.EVERYONE)
-    unmask = r.unmask(roster)
-    r.reveal(unmask, secure.EVERYONE)
+    r, _, unmask = secure.full_round(repo)
     merged = r.merge(unmask)
     who, repos = r.aggregator(), secure.NODES[repo.id]
     other = next(m for m in secure.EVERYONE if m != who)
