@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import FlairError, IntegrityError, InvalidInput, NotFound
 from ..core.ids import short
 from ..core.refs import check_branch_name
-from ..core.round_messages import Masked, Reveal, Roster, RoundMessage, Unmask, content_of
+from ..core.round_messages import Advert, Masked, Reveal, Roster, RoundMessage, Unmask, content_of
 from ..core.round_rules import RoundPolicy
 from ..storage.clock import now_ms
 from ..storage.repo import Repository
@@ -123,8 +123,9 @@ def step(repo: Repository, identity: Any, pending: PendingContributions, branch:
 
 def progress(repo: Repository, pending: PendingContributions, branch: str) -> dict[str, Any]:
     """How far the secure round of ``branch`` has come, as this node holds its messages: how many adverts,
-    masked updates and reveals, the roster and unmask this node would follow (earliest signed), and this node's
-    own contributions waiting for it."""
+    masked updates and reveals, the roster and unmask this node would follow (earliest signed), this node's
+    own contributions waiting for it, and, once there is an unmask, the secrets its reveals do not recover yet
+    (``recovering``: advert, author, which secret, shares revealed and needed, the holders yet to reveal)."""
     head = repo.head(check_branch_name(branch))
     phases = {phase: repo.secure.of_round(repo.id, branch, head, phase)
               for phase in ("advert", "roster", "masked", "unmask", "reveal")}
@@ -135,7 +136,35 @@ def progress(repo: Repository, pending: PendingContributions, branch: str) -> di
             "masked": len(phases["masked"]),
             "unmask": unmasks[0].id if unmasks else None, "reveals": len(phases["reveal"]),
             "waiting_here": [a for a in pending.adverts(repo.id) if repo.secure.has(a)
-                             and repo.secure.message(a).head == head]}
+                             and repo.secure.message(a).head == head],
+            "recovering": _recovering(repo, unmasks[0], phases["reveal"]) if unmasks else []}
+
+
+def _recovering(repo: Repository, unmask: RoundMessage, reveals: list[RoundMessage]) -> list[dict[str, Any]]:
+    """The secrets ``unmask``'s merge needs that the reveals held here do not recover yet (see ``progress``).
+    Shares are counted as revealed, not checked: this says who a stalled round waits for."""
+    try:
+        plan = secure_rounds.make_plan(repo, repo.secure, repo.secure.message(content_of(unmask, Unmask).roster))
+    except FlairError:
+        return []  # its roster has not arrived, or is no valid one: the merge will say
+    taken = set(content_of(unmask, Unmask).adverts)
+    revealed: dict[tuple[str, str], set[str]] = {}
+    for message in reveals:
+        if content_of(message, Reveal).unmask == unmask.id:
+            for share in content_of(message, Reveal).shares:
+                revealed.setdefault((share.advert, share.kind), set()).add(message.author)
+    policy = repo.members.current().policy
+    short_of = []
+    for advert_message in plan.adverts:
+        advert = content_of(advert_message, Advert)
+        kind = "self" if advert_message.id in taken else "key"
+        found = revealed.get((advert_message.id, kind), set())
+        needed = policy.holders_needed(len(advert.shares))
+        if len(found) < needed:
+            short_of.append({"advert": advert_message.id, "author": advert_message.author,
+                             "secret": "self seed" if kind == "self" else "mask key", "revealed": len(found),
+                             "needed": needed, "silent": [s.holder for s in advert.shares if s.holder not in found]})
+    return short_of
 
 
 def _as_contributor(repo: Repository, identity: Any, pending: PendingContributions, branch: str, head: str,

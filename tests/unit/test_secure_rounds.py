@@ -403,7 +403,7 @@ def test_nodes_that_step_run_a_whole_round_and_forget_their_secrets_after(monkey
     assert merged is not None and repo.head("main") == merged.id and merged.parents == (head,)
     assert secure_node.progress(repo, pending[OWNER.public_key], "main") == {  # the next round: nothing yet
         "head": merged.id, "adverts": 0, "roster": None, "taken": 0, "masked": 0, "unmask": None, "reveals": 0,
-        "waiting_here": []}
+        "waiting_here": [], "recovering": []}
     assert sorted(set(done)) == ["masked", "reveal", "roster", "unmask"] and done.count("masked") == 5
     for c in EVERYONE:
         assert secure_node.tidy(as_node(repo, c), pending[c.public_key]) != []
@@ -448,6 +448,31 @@ def test_the_aggregator_waits_for_a_masked_update_still_arriving_but_not_forever
         assert "unmask" in step_at(secure_node.ARRIVING_WAIT_MS + 1_000)
     unmask = node.secure.of_round(repo.id, "main", r.head, "unmask")[0]
     assert len(unmask.content.masked) == (5 if arrives else 4)
+
+
+def test_a_stalled_round_says_which_secrets_it_waits_for_and_from_whom():
+    """Once there is an unmask, ``progress`` (``round.status``, ``flair round``) names each secret the reveals do
+    not recover yet, with the holders that have not revealed: who a stalled round waits for."""
+    from flair_node.cli.verbs.rounds import round_text
+
+    repo = team()
+    r = Round(repo, EVERYONE)
+    roster = r.roster()
+    r.mask(roster, EVERYONE)
+    unmask = r.unmask(roster)
+    r.reveal(unmask, EVERYONE[:2])  # three members have gone quiet
+    shown = secure_node.progress(repo, PendingContributions(None), "main")
+    gaps = {g["author"]: g for g in shown["recovering"]}
+    assert set(gaps) == {c.public_key for c in EVERYONE}  # every self seed: 1 or 2 of 3 shares
+    for c in EVERYONE:
+        silent = {m.public_key for m in EVERYONE[2:]} - {c.public_key}
+        assert gaps[c.public_key]["secret"] == "self seed" and set(gaps[c.public_key]["silent"]) == silent
+        assert (gaps[c.public_key]["revealed"], gaps[c.public_key]["needed"]) == (4 - len(silent), 3)
+    status = {**rounds.view(repo, "main", memory=r.memory).json(), "secure": shown}
+    text = round_text(status)
+    assert f"unmask:         {unmask.id[:12]}; 2 reveals" in text and "not yet from" in text
+    r.reveal(unmask, EVERYONE[2:])
+    assert secure_node.progress(repo, PendingContributions(None), "main")["recovering"] == []
 
 
 def test_waiting_contributions_are_kept_private_and_survive_a_restart(tmp_path):

@@ -15,7 +15,8 @@ methods = MethodTable()
 @methods.method(
     "round.status", "The current round of a branch as this node sees it: head, round number, ranked "
     "aggregators and the one entitled now, pending contributions, whether it may merge; in a repository with "
-    "secure rounds, how far its secure round has come (adverts, roster, masked updates, unmask, reveals).",
+    "secure rounds, how far its secure round has come (adverts, roster, masked updates, unmask, reveals) and "
+    "which secrets its reveals do not recover yet, with the holders yet to reveal.",
     params=(REPO, BRANCH), result=OBJECT)
 async def round_status(ctx: ApiContext, repo: str, branch: str) -> dict[str, Any]:
     from ...protocol import rounds, secure_node

@@ -88,10 +88,28 @@ def round_text(r: dict[str, Any]) -> str:
     policy = r["policy"]
     lines = [f"round {r['round']} of {r['branch']}, opened {when(r['opened_ms'])} UTC at {r['head'][:12]}",
              f"aggregator now: {r['aggregator'] or 'nobody (no member may move the branch)'}",
-             f"ranked:         {' '.join(k[:8] for k in r['ranked'])}",
-             f"pending:        {len(r['pending'])} of {policy['buffer']} contributions"
-             + ("; ready to merge" if r["ready"] else f"; merges at {policy['buffer']} or "
-                f"{when(r['opened_ms'] + policy['deadline_s'] * 1000)} UTC")]
+             f"ranked:         {' '.join(k[:8] for k in r['ranked'])}"]
+    if "secure" in r:
+        return "\n".join(lines + secure_lines(r["secure"], policy))
+    lines.append(f"pending:        {len(r['pending'])} of {policy['buffer']} contributions"
+                 + ("; ready to merge" if r["ready"] else f"; merges at {policy['buffer']} or "
+                    f"{when(r['opened_ms'] + policy['deadline_s'] * 1000)} UTC"))
     lines += [f"  {c['commit'][:12]}  by {c['author'][:8]}  {c['examples']} examples, staleness {c['staleness']}"
               for c in r["pending"]]
     return "\n".join(lines)
+
+
+def secure_lines(s: dict[str, Any], policy: dict[str, Any]) -> list[str]:
+    """A secure round's progress (``round.status``'s ``secure``), phase by phase, and what a stalled one waits
+    for."""
+    roster = f"{s['roster'][:12]}, taking {s['taken']} adverts" if s["roster"] else "not yet"
+    lines = [f"adverts:        {s['adverts']} of {policy['buffer']} (masked contributions, none readable)",
+             f"roster:         {roster}",
+             f"masked:         {s['masked']}",
+             f"unmask:         {s['unmask'][:12] if s['unmask'] else 'not yet'}; {s['reveals']} reveals"]
+    if s["waiting_here"]:
+        lines.append(f"yours waiting:  {', '.join(a[:12] for a in s['waiting_here'])}")
+    for gap in s.get("recovering", []):
+        lines.append(f"  {gap['secret']} of {gap['author'][:8]}: {gap['revealed']} of {gap['needed']} shares "
+                     f"revealed; not yet from {' '.join(k[:8] for k in gap['silent'])}")
+    return lines
