@@ -127,8 +127,8 @@ def _check_ring(ring: int) -> None:
 
 
 def _placements(ring: int) -> Iterable[tuple[int, int, int]]:
-    """For each position k of a group: the word its value starts in, the bit it starts at, and whether it runs
-    over into the next word."""
+    """For each position k of a group: k, the word its value starts in, and the bit it starts at (a value that
+    starts within ``ring`` bits of the word's end runs over into the next word)."""
     for k in range(GROUP):
         word, shift = divmod(k * ring, 64)
         yield k, word, shift
