@@ -155,7 +155,7 @@ def one_round(cluster: Cluster, repo: str, parameters: int, seed: int, idle: flo
 # -- Flower's SecAgg+, in one process --------------------------------------------------------------------
 
 
-def flower(members: int, parameters: int, rounds: int) -> dict[str, float]:
+def flower(members: int, parameters: int, rounds: int) -> dict[str, Any]:
     """Flower's FedAvg round, plain and with SecAgg+, on ``members`` clients of ``model(parameters)``: medians over
     ``rounds`` (see the module docstring)."""
     import logging
@@ -177,13 +177,20 @@ def flower(members: int, parameters: int, rounds: int) -> dict[str, float]:
             results[mode] = merged
             print(f"Flower, {members} clients, {mode} round {r + 1}: {took:.2f} s, {per_client / 1e6:.2f} MB sent "
                   "per client", file=sys.stderr)
+    return {**summary(members, parameters, rounds, times, sent),
+            "secure_max_error": float(np.abs(results["secure"] - results["plain"]).max())}
+
+
+def summary(members: int, parameters: int, rounds: int, times: dict[str, list[float]],
+            sent: dict[str, list[float]]) -> dict[str, Any]:
+    """The JSON figures of a run: the medians over its rounds of each mode's time and bytes a member sent, and
+    their ratios."""
     plain_s, secure_s = statistics.median(times["plain"]), statistics.median(times["secure"])
     plain_b, secure_b = statistics.median(sent["plain"]), statistics.median(sent["secure"])
     return {"members": members, "parameters": parameters, "rounds": rounds, "plain_round_s": round(plain_s, 3),
             "secure_round_s": round(secure_s, 3), "secure_time_ratio": round(secure_s / plain_s, 3),
             "plain_bytes_per_member": int(plain_b), "secure_bytes_per_member": int(secure_b),
-            "secure_bytes_ratio": round(secure_b / plain_b, 3),
-            "secure_max_error": float(np.abs(results["secure"] - results["plain"]).max())}
+            "secure_bytes_ratio": round(secure_b / plain_b, 3)}
 
 
 def _flower_round(members: int, base: Any, seed: int, *, secure: bool) -> tuple[float, float, Any]:
@@ -268,7 +275,7 @@ class LocalGrid:
 # -- Flair's daemons ----------------------------------------------------------------------------------------
 
 
-def measure(members: int, parameters: int, rounds: int, root: Path, sync_interval: float) -> dict[str, float]:
+def measure(members: int, parameters: int, rounds: int, root: Path, sync_interval: float) -> dict[str, Any]:
     def started(node: ClusterNode) -> None:
         print(f"  node {node.name} up", file=sys.stderr)
 
@@ -292,14 +299,8 @@ def measure(members: int, parameters: int, rounds: int, root: Path, sync_interva
         if len(figures["secure"]) < rounds:
             raise
         print(f"warning: after the rounds, {exc}".splitlines()[0], file=sys.stderr)
-    plain_s = statistics.median(t for t, _ in figures["plain"])
-    secure_s = statistics.median(t for t, _ in figures["secure"])
-    plain_b = statistics.median(b for _, b in figures["plain"]) / members
-    secure_b = statistics.median(b for _, b in figures["secure"]) / members
-    return {"members": members, "parameters": parameters, "rounds": rounds, "plain_round_s": round(plain_s, 3),
-            "secure_round_s": round(secure_s, 3), "secure_time_ratio": round(secure_s / plain_s, 3),
-            "plain_bytes_per_member": int(plain_b), "secure_bytes_per_member": int(secure_b),
-            "secure_bytes_ratio": round(secure_b / plain_b, 3)}
+    return summary(members, parameters, rounds, {m: [t for t, _ in f] for m, f in figures.items()},
+                   {m: [b / members for _, b in f] for m, f in figures.items()})
 
 
 def main() -> None:
