@@ -129,7 +129,7 @@ def progress(repo: Repository, pending: PendingContributions, branch: str) -> di
     head = repo.head(check_branch_name(branch))
     phases = {phase: repo.secure.of_round(repo.id, branch, head, phase)
               for phase in ("advert", "roster", "masked", "unmask", "reveal")}
-    rosters = _rosters(repo, branch, head)
+    rosters = secure_rounds.rosters(repo, branch, head)
     unmasks = sorted(phases["unmask"], key=_signed_order)
     return {"head": head, "adverts": len(phases["advert"]), "roster": rosters[0].id if rosters else None,
             "taken": len(content_of(rosters[0], Roster).adverts) if rosters else 0,
@@ -177,7 +177,7 @@ def _as_contributor(repo: Repository, identity: Any, pending: PendingContributio
         advert = repo.secure.message(advert_id)
         if (advert.branch, advert.head) != (branch, head):
             continue  # another round's (``tidy`` forgets those that are over)
-        for roster in _rosters(repo, branch, head):
+        for roster in secure_rounds.rosters(repo, branch, head):
             if advert_id not in content_of(roster, Roster).adverts:
                 continue
             secrets, weights = pending.load(repo.id, advert_id)
@@ -203,7 +203,7 @@ def _as_holder(repo: Repository, identity: Any, branch: str, head: str, at: int,
 
 def _as_aggregator(repo: Repository, identity: Any, branch: str, head: str, at: int, memory: RoundMemory,
                    done: Step) -> None:
-    rosters = _rosters(repo, branch, head)
+    rosters = secure_rounds.rosters(repo, branch, head)
     try:
         if not rosters:
             message = secure_rounds.roster(repo, identity, repo.secure, branch, memory=memory)
@@ -231,18 +231,6 @@ def _as_aggregator(repo: Repository, identity: Any, branch: str, head: str, at: 
     except InvalidInput as exc:
         if "aggregator entitled" not in str(exc):  # not this node's turn is the common case: nothing to say
             done.refused.append(str(exc))
-
-
-def _rosters(repo: Repository, branch: str, head: str) -> list[RoundMessage]:
-    """The valid rosters of the round, earliest signed first."""
-    valid = []
-    for roster in sorted(repo.secure.of_round(repo.id, branch, head, "roster"), key=_signed_order):
-        try:
-            secure_rounds.make_plan(repo, repo.secure, roster)
-        except FlairError:
-            continue
-        valid.append(roster)
-    return valid
 
 
 def _signed_order(message: RoundMessage) -> tuple[int, str]:

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ..core import crypto, secagg
-from ..core.errors import IntegrityError, InvalidInput, NotAMember, NotFound
+from ..core.errors import FlairError, IntegrityError, InvalidInput, NotAMember, NotFound
 from ..core.identity import wallet
 from ..core.ids import CommitId, PublicKey, short
 from ..core.membership import ROLES, Membership
@@ -277,16 +277,7 @@ def roster(repo: Repository, identity: Any, source: MessageSource, branch: str, 
     policy = _secure_policy(repo)
     target = check_branch_name(branch)
     head = repo.head(target)
-    latest: dict[str, RoundMessage] = {}
-    for message in source.of_round(repo.id, target, head, "advert"):
-        try:
-            check_advert(repo, message)
-        except IntegrityError:
-            continue
-        mine = latest.get(message.author)
-        if mine is None or (message.timestamp_ms, message.id) > (mine.timestamp_ms, mine.id):
-            latest[message.author] = message
-    adverts = sorted(latest.values(), key=lambda m: m.id)
+    adverts = latest_adverts(repo, source, target, head)
     at = now_ms()
     current = _round(repo, target, head, adverts, memory=memory)
     if len(adverts) < MIN_CONTRIBUTORS or not current.ready(at):
@@ -321,6 +312,45 @@ def unmask(repo: Repository, identity: Any, source: MessageSource, roster_messag
     return _signed(repo, identity, roster_message.branch, roster_message.head,
                    Unmask(roster=roster_message.id, masked=tuple(sorted(m.id for m in taken.values())),
                           adverts=tuple(sorted(a.id for a in plan.adverts if a.author in taken))), at)
+
+
+def latest_adverts(repo: Repository, source: MessageSource, branch: str, head: CommitId) -> list[RoundMessage]:
+    """The valid adverts of the round ``head`` opened on ``branch``, the latest of each member, by id."""
+    latest: dict[str, RoundMessage] = {}
+    for message in source.of_round(repo.id, branch, head, "advert"):
+        try:
+            check_advert(repo, message)
+        except IntegrityError:
+            continue
+        mine = latest.get(message.author)
+        if mine is None or (message.timestamp_ms, message.id) > (mine.timestamp_ms, mine.id):
+            latest[message.author] = message
+    return sorted(latest.values(), key=lambda m: m.id)
+
+
+def rosters(repo: Repository, branch: str, head: str) -> list[RoundMessage]:
+    """The valid rosters of the round ``head`` opened on ``branch`` that this node holds, earliest signed first."""
+    valid = []
+    for roster_message in sorted(repo.secure.of_round(repo.id, branch, head, "roster"),
+                                 key=lambda m: (m.timestamp_ms, m.id)):
+        try:
+            make_plan(repo, repo.secure, roster_message)
+        except FlairError:
+            continue
+        valid.append(roster_message)
+    return valid
+
+
+def view(repo: Repository, branch: str, *, memory: RoundMemory) -> RoundView:
+    """The secure round of ``branch`` as a round's view (``rounds.RoundView``): its ranked aggregators, windows
+    and readiness over its adverts (those of its earliest roster, once there is one), each a pending
+    contribution."""
+    target = check_branch_name(branch)
+    head = repo.head(target)
+    taken = rosters(repo, target, head)
+    adverts = ([repo.secure.message(a) for a in content_of(taken[0], Roster).adverts] if taken
+               else latest_adverts(repo, repo.secure, target, head))
+    return _round(repo, target, head, adverts, memory=memory)
 
 
 def merge(repo: Repository, identity: Any, source: MessageSource, unmask_message: RoundMessage, *,

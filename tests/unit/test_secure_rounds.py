@@ -468,7 +468,9 @@ def test_a_stalled_round_says_which_secrets_it_waits_for_and_from_whom():
         silent = {m.public_key for m in EVERYONE[2:]} - {c.public_key}
         assert gaps[c.public_key]["secret"] == "self seed" and set(gaps[c.public_key]["silent"]) == silent
         assert (gaps[c.public_key]["revealed"], gaps[c.public_key]["needed"]) == (4 - len(silent), 3)
-    status = {**rounds.view(repo, "main", memory=r.memory).json(), "secure": shown}
+    status = {**secure_rounds.view(repo, "main", memory=r.memory).json(), "secure": shown}  # as round.status
+    assert status["aggregator"] == r.aggregator().public_key and status["ready"]  # over the roster's adverts
+    assert sorted(c["author"] for c in status["pending"]) == sorted(c.public_key for c in EVERYONE)
     text = round_text(status)
     assert f"unmask:         {unmask.id[:12]}; 2 reveals" in text and "not yet from" in text
     r.reveal(unmask, EVERYONE[2:])

@@ -19,14 +19,15 @@ methods = MethodTable()
     "which secrets its reveals do not recover yet, with the holders yet to reveal.",
     params=(REPO, BRANCH), result=OBJECT)
 async def round_status(ctx: ApiContext, repo: str, branch: str) -> dict[str, Any]:
-    from ...protocol import rounds, secure_node
+    from ...protocol import rounds, secure_node, secure_rounds
 
     def work() -> dict[str, Any]:
         r = ctx.repos.open(repo)
-        shown = rounds.view(r, branch, memory=ctx.round_memory).json()
-        if r.members.current().policy.privacy == "secure":
-            shown["secure"] = secure_node.progress(r, ctx.repos.pending, branch)
-        return shown
+        if r.members.current().policy.privacy != "secure":
+            return rounds.view(r, branch, memory=ctx.round_memory).json()
+        # a secure round's aggregators and windows are computed over its adverts, not contribution branches
+        return {**secure_rounds.view(r, branch, memory=ctx.round_memory).json(),
+                "secure": secure_node.progress(r, ctx.repos.pending, branch)}
 
     return await ctx.off_thread(work)
 
