@@ -39,4 +39,7 @@ def policy_text(p: dict[str, Any]) -> str:
         "privacy        " + (f"secure: contributions are masked, members read only merges; a contributor's secrets "
                              f"are recovered from more than {p['secure_threshold']} of their holders"
                              if p.get("privacy") == "secure" else "plain: members read each contribution"),
+        "diff. privacy  " + (f"each contribution clipped to L2 norm {p['dp_clip']}, plus Gaussian noise of "
+                             f"{p['dp_noise']} x that; each member may spend epsilon {p['dp_epsilon']} at delta "
+                             f"{p['dp_delta']}" if p.get("dp_clip") else "off"),
     ])

@@ -44,7 +44,8 @@ MAX_STRATEGY_PARAMS = 16
 MAX_PROOF_CHUNK = 1 << 16
 #: Left out of records while they hold these values, so records made before the fields existed are unchanged.
 _OPTIONAL = {"proof_chunk": 0, "proof_scheme": "", "proof_srs": "", "contribution_nfts": False, "privacy": "plain",
-             "secure_threshold": "0.5"}
+             "secure_threshold": "0.5", "dp_clip": "", "dp_noise": "", "dp_delta": "", "dp_epsilon": ""}
+DP_FIELDS = ("dp_clip", "dp_noise", "dp_delta", "dp_epsilon")
 PRIVACY = ("plain", "secure")
 PROOF_SCHEMES = ("kzg", "poseidon")  # how contributions and merges commit to their chunks (``protocol.proofs``)
 MAX_SRS_BYTES = 1 << 26  # an SRS file (EZKL's for 2^18 rows is 16 MiB)
@@ -86,6 +87,14 @@ class RoundPolicy:
     #: shares of them (decimal text from 0.5, a majority, to below 1). Higher resists more colluding members and
     #: tolerates fewer absent ones.
     secure_threshold: str = "0.5"
+    #: Differential privacy (``core.dp``), all four set or none, each decimal text. ``dp_clip``: the L2 norm C a
+    #: contribution's whole update is clipped to; ``dp_noise``: the noise multiplier z (Gaussian noise of
+    #: standard deviation z x C on every value); ``dp_delta``: the delta the privacy loss is accounted at;
+    #: ``dp_epsilon``: each member's budget, the epsilon its contributions to this repository may spend in all.
+    dp_clip: str = ""
+    dp_noise: str = ""
+    dp_delta: str = ""
+    dp_epsilon: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, str) or not 0 < len(self.strategy) <= STRATEGY_NAME:
@@ -121,6 +130,30 @@ class RoundPolicy:
             self._check_secure()
         elif self.secure_threshold != "0.5":
             raise InvalidInput("secure_threshold goes with privacy secure")
+        if any(getattr(self, name) for name in DP_FIELDS):
+            self._check_dp()
+
+    @property
+    def dp(self) -> bool:
+        """Whether contributions are clipped, noised and accounted (``core.dp``)."""
+        return bool(self.dp_clip)
+
+    def _check_dp(self) -> None:
+        missing = [name for name in DP_FIELDS if not getattr(self, name)]
+        if missing:
+            raise InvalidInput(f"differential privacy takes all of {', '.join(DP_FIELDS)}; {', '.join(missing)} "
+                               "missing")
+        for name, low, high in (("dp_clip", 0, 10**6), ("dp_noise", 0, 1000), ("dp_epsilon", 0, 10**4)):
+            if not _decimal_in(getattr(self, name), low, high) or Decimal(getattr(self, name)) <= low:
+                raise InvalidInput(f"{name} is a decimal above {low} and at most {high} written as text, not "
+                                   f"{getattr(self, name)!r}")
+        if not _decimal_in(self.dp_delta, 0, 1) or not 0 < Decimal(self.dp_delta) < Decimal("0.1"):
+            raise InvalidInput(f"dp_delta is a decimal above 0 and below 0.1 written as text (1e-5, say), not "
+                               f"{self.dp_delta!r}")
+        if self.privacy == "secure":
+            raise InvalidInput("differential privacy in secure repositories needs noise shared out among the "
+                               "contributors in the masked ring, which Flair does not add yet: use it with plain "
+                               "rounds")
 
     def _check_secure(self) -> None:
         """What a secure round can compute from a sum alone (``protocol.secure_rounds``)."""
@@ -164,7 +197,7 @@ class RoundPolicy:
         """From a decoded record; ``IntegrityError`` if it is not exactly a policy."""
         fields = set(cls.__dataclass_fields__)
         if not isinstance(value, dict) or not fields - set(_OPTIONAL) <= set(value) <= fields:
-            raise IntegrityError(f"a round policy is a map of exactly {sorted(fields)} (the proof, privacy and "
+            raise IntegrityError(f"a round policy is a map of exactly {sorted(fields)} (the proof, privacy, dp and "
                                  "contribution_nfts fields only when set)")
         try:
             return cls(**value)

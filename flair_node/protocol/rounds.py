@@ -94,6 +94,9 @@ class RoundMemory:
         #: "<contribution id>:<head id>:<proven|moved>" -> why a round on that head excludes it, or None if it
         #: can be merged.
         self.screened: OrderedDict[str, str | None] = OrderedDict()
+        #: Commit id -> per member, what the round merges up to it took of its differentially private
+        #: contributions (``protocol.dp.spent``).
+        self.dp_spent: OrderedDict[str, dict[PublicKey, tuple[int, int]]] = OrderedDict()
         #: (repo, branch, head, author) -> (the author's merge of that round, held until ms; 0 once settled).
         self._held: OrderedDict[tuple[str, str, str, str], tuple[CommitId, int]] = OrderedDict()
         self._lock = threading.Lock()
@@ -106,6 +109,9 @@ class RoundMemory:
             if self._circuits is None:
                 self._circuits = Circuits.in_temporary_folder()
             return self._circuits
+
+    def remember_dp(self, commit: CommitId, totals: dict[PublicKey, tuple[int, int]]) -> None:
+        _remember(self.dp_spent, commit, dict(totals))
 
     def hold(self, key: tuple[str, str, str, str], merge_id: CommitId, until_ms: int, at_ms: int) -> bool:
         """Hold the round ``key`` names for ``merge_id`` until ``until_ms``, unless its author held it before:
@@ -558,6 +564,10 @@ def _contribution(memory: RoundMemory, repo: Repository, commit: Commit, branch:
             if policy.proof_chunk and not _committed(memory, repo, commit, policy):
                 raise IntegrityError(f"contribution {short(commit.id)} does not publish the commitments of its "
                                      f"delta in chunks of {policy.proof_chunk}, which proven merges need")
+            if policy.dp:
+                from . import dp
+
+                dp.check(repo, commit, chain[0].id, memory)
             return Contribution(commit.id, commit.author, base, examples, staleness, commit.timestamp_ms)
         if link.kind == "round":
             if commit.id in link.parents[1:]:

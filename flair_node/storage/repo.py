@@ -206,12 +206,15 @@ class Repository(History):
 
     def contribute(self, identity: Identity, state: StateDict, *, branch: str = DEFAULT_BRANCH, examples: int,
                    base: CommitId | None = None, message: str = "", codec: str = "bitdelta-v1",
-                   topk_ratio: float = DEFAULT_TOPK_RATIO, commitments: Sequence[str] = ()) -> Commit:
+                   topk_ratio: float = DEFAULT_TOPK_RATIO, commitments: Sequence[str] = (),
+                   dp: Mapping[str, Any] | None = None) -> Commit:
         """A contribution to the rounds of ``branch``: weights trained from ``base`` (default: the branch head) on
         ``examples`` local examples, stored as their delta against ``base``. It does not move ``branch``: it sits
         on this member's own branch ``contrib/<branch>/<key>`` (each contribution replaces the previous one
         there) until a round's aggregator merges it. ``commitments``, if any, are recorded with it: the
-        commitments of its delta's chunks, when the repository's merges are proven (``protocol.proofs``)."""
+        commitments of its delta's chunks, when the repository's merges are proven (``protocol.proofs``); ``dp``,
+        if any, what it spent of its author's privacy budget (``core.dp``: the weights are clipped and noised
+        already, by ``protocol.dp``)."""
         if codec not in DELTA_CODECS:
             raise InvalidInput(f"unknown codec {codec!r}: use one of {', '.join(DELTA_CODECS)}", codec=codec)
         if not isinstance(examples, int) or examples < 0:
@@ -227,7 +230,8 @@ class Repository(History):
                                   message=_message(message or f"contribution to {target} ({examples} examples)"),
                                   meta={"examples": examples, "branch": target,
                                         "wallet": wallet(identity, self.id).public_key,  # its NFTs go there
-                                        **({"commitments": list(commitments)} if commitments else {})},
+                                        **({"commitments": list(commitments)} if commitments else {}),
+                                        **({"dp": dict(dp)} if dp else {})},
                                   metrics={}, branch=own,
                                   expected=previous.commit if previous else None, codec=codec, topk_ratio=topk_ratio)
 

@@ -213,6 +213,36 @@ def test_membership_through_the_cli(tmp_path):
         assert flair(home, "fsck", "team").returncode == 0
 
 
+def test_differential_privacy_through_the_cli(tmp_path):
+    """The owner sets the policy; each contribution is clipped, noised and numbered by the node, which refuses
+    one past the member's budget; ``flair members`` shows what each member spent."""
+    from flair_node.core import dp
+
+    home = tmp_path / "home"
+    ensure_home(home)
+    (home / "config.toml").write_text("[rounds]\naggregate = false\n")
+    with running_daemon(home):
+        flair(home, "init", "team", "--model", str(model(0, tmp_path / "m0.safetensors")))
+        shown = flair(home, "policy", "team", "--buffer", "1", "--dp-clip", "0.5", "--dp-noise", "2",
+                      "--dp-delta", "1e-5", "--dp-epsilon", "3.5").stdout
+        assert "each contribution clipped to L2 norm 0.5, plus Gaussian noise of 2 x that; each member may spend " \
+               "epsilon 3.5 at delta 1e-5" in shown
+        partial = flair(home, "policy", "team", "--no-dp", "--dp-clip", "1", check=False)
+        assert partial.returncode == 1 and "takes no --dp-* value" in partial.stderr
+        weights = str(model(1, tmp_path / "m1.safetensors"))
+        spent = [json.loads(flair(home, "contribute", "team", "--weights", weights, "--examples", "10",
+                                  "--json").stdout) for _ in range(2)]
+        assert [c["dp"]["count"] for c in spent] == [1, 2] and [c["meta"]["dp"]["count"] for c in spent] == [1, 2]
+        assert spent[1]["dp"]["epsilon"] == dp.text(dp.epsilon("2", 2, "1e-5"))
+        assert float(spent[0]["dp"]["update_norm"]) > 0.5  # the model moved further than the clip: clipped
+        over = flair(home, "contribute", "team", "--weights", weights, "--examples", "10", check=False)
+        assert over.returncode == 1 and "past the repository's budget of 3.5" in over.stderr
+        members = flair(home, "members", "team").stdout
+        assert f"epsilon {spent[1]['dp']['epsilon']} of 3.5 spent (2 contributions)" in members
+        assert json.loads(flair(home, "policy", "team", "--no-dp", "--json").stdout)["dp_clip"] == ""
+        assert "diff. privacy  off" in flair(home, "show", "team").stdout
+
+
 def test_a_member_clones_from_another_daemon_and_the_owner_pulls_back(tmp_path):
     with running_daemon(tmp_path / "owner") as owner, running_daemon(tmp_path / "alice") as alice:
         repo = flair(owner.home, "init", "team", "--model", str(model(0, tmp_path / "m0.safetensors"))).stdout.strip()

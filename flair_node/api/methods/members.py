@@ -16,10 +16,20 @@ from ..views import members_json
 methods = MethodTable()
 
 
-@methods.method("repo.members", "A repository's members, their roles, and its payload key epoch.",
+@methods.method("repo.members", "A repository's members, their roles, and its payload key epoch; with differential "
+                "privacy, what each member's contributions have spent of its budget (dp_spent).",
                 params=(REPO,), result=OBJECT)
 async def repo_members(ctx: ApiContext, repo: str) -> dict[str, Any]:
-    return await ctx.off_thread(lambda: members_json(ctx.repos.open(repo).members.current()))
+    def work() -> dict[str, Any]:
+        from ...protocol import dp
+
+        r = ctx.repos.open(repo)
+        shown = members_json(r.members.current())
+        if r.members.current().policy.dp:  # what each has spent of its privacy budget
+            shown["dp_spent"] = dp.spent_by_member(r, ctx.round_memory)
+        return shown
+
+    return await ctx.off_thread(work)
 
 
 @methods.method(
@@ -40,6 +50,9 @@ async def repo_invite(ctx: ApiContext, repo: str, member: str, role: str, expire
                 params=(REPO, MEMBER), result=OBJECT)
 async def repo_remove(ctx: ApiContext, repo: str, member: str) -> dict[str, Any]:
     return await ctx.changing(lambda: members_json(ctx.repos.open(repo).remove(ctx.identity, member)))
+
+
+DP_TEXT = {"type": "string", "maxLength": 16}
 
 
 @methods.method(
@@ -78,7 +91,16 @@ async def repo_remove(ctx: ApiContext, repo: str, member: str) -> dict[str, Any]
             Param("secure_threshold", {"type": "string", "maxLength": 16}, "with secure: a contributor's secrets "
                   "are recovered from more than this fraction of the members holding shares of them, decimal text "
                   "(from 0.5 to below 1; higher resists more colluding members, tolerates fewer absent ones)",
-                  required=False, default=None)),
+                  required=False, default=None),
+            Param("dp_clip", DP_TEXT, "differential privacy: the L2 norm each contribution's whole update is "
+                  "clipped to, decimal text; set the four dp_ fields together, each \"\" to turn it off",
+                  required=False, default=None),
+            Param("dp_noise", DP_TEXT, "differential privacy: the noise multiplier z (Gaussian noise of standard "
+                  "deviation z x dp_clip on every value), decimal text", required=False, default=None),
+            Param("dp_delta", DP_TEXT, "differential privacy: the delta the privacy loss is accounted at, "
+                  "decimal text below 0.1 (1e-5, say)", required=False, default=None),
+            Param("dp_epsilon", DP_TEXT, "differential privacy: each member's budget, the epsilon all its "
+                  "contributions to this repository may spend, decimal text", required=False, default=None)),
     result=OBJECT)
 async def repo_policy(ctx: ApiContext, repo: str, **fields: Any) -> dict[str, Any]:
     given = {k: v for k, v in fields.items() if v is not None}

@@ -99,7 +99,7 @@ async def repo_commit(ctx: ApiContext, repo: str, weights_path: str, message: st
     result=COMMIT_RESULT)
 async def repo_contribute(ctx: ApiContext, repo: str, weights_path: str, examples: int, branch: str,
                           base: str | None, message: str, codec: str) -> dict[str, Any]:
-    from ...protocol import round_merges, rounds, secure_node
+    from ...protocol import dp, round_merges, rounds, secure_node
 
     def work() -> dict[str, Any]:
         r = ctx.repos.open(repo)
@@ -112,11 +112,16 @@ async def repo_contribute(ctx: ApiContext, repo: str, weights_path: str, example
             advert = secure_node.contribute(r, ctx.identity, ctx.repos.pending, branch, weights, examples)
             return {"id": advert.id, "kind": "advert", "branch": branch, "base": start, "examples": examples,
                     "author": advert.author, "timestamp_ms": advert.timestamp_ms, "secure": True}
+        spent, norm = None, None
+        if r.members.current().policy.dp:  # clipped and noised here, before anything is stored
+            weights, spent, norm = dp.prepare(r, ctx.identity.public_key, branch, start, weights,
+                                              memory=ctx.round_memory)
         # the commitments of its chunks, when the repository's merges are proven
         committed = round_merges.commitments(r, weights, start, codec, circuits=ctx.round_memory.circuits)
         commit = r.contribute(ctx.identity, weights, branch=branch, examples=examples, base=start,
-                              message=message, codec=codec, commitments=committed)
-        return {**commit_json(commit), "branch": branch}
+                              message=message, codec=codec, commitments=committed, dp=spent)
+        return {**commit_json(commit), "branch": branch,
+                **({"dp": {**spent, "update_norm": f"{norm:.6g}"}} if spent is not None else {})}
 
     return await ctx.changing(work)
 

@@ -85,6 +85,14 @@ def _policy_arguments(p: argparse.ArgumentParser) -> None:
                    help="with secure: a contributor's secrets are recovered from more than this fraction of the "
                         "members holding shares of them (0.5 to below 1; higher resists more colluding members, "
                         "tolerates fewer absent ones)")
+    dp = p.add_argument_group("differential privacy (set all four together; see docs: Differential privacy)")
+    dp.add_argument("--dp-clip", metavar="C", help="clip each contribution's whole update to this L2 norm")
+    dp.add_argument("--dp-noise", metavar="Z", help="noise multiplier: Gaussian noise of standard deviation Z x C "
+                                                    "on every value")
+    dp.add_argument("--dp-delta", metavar="D", help="the delta the privacy loss is accounted at (1e-5, say)")
+    dp.add_argument("--dp-epsilon", metavar="E", help="each member's budget: the epsilon its contributions to this "
+                                                      "repository may spend in all")
+    dp.add_argument("--no-dp", action="store_true", help="turn differential privacy off")
 
 
 def _policy(c: ApiClient, a: argparse.Namespace) -> Any:
@@ -94,7 +102,12 @@ def _policy(c: ApiClient, a: argparse.Namespace) -> Any:
               "proof_scheme": a.proof_scheme,
               "contribution_nfts": None if a.contribution_nfts is None else a.contribution_nfts == "on",
               "proof_srs_file": str(a.proof_srs.resolve()) if a.proof_srs else None, "privacy": a.privacy,
-              "secure_threshold": a.secure_threshold}
+              "secure_threshold": a.secure_threshold, "dp_clip": a.dp_clip, "dp_noise": a.dp_noise,
+              "dp_delta": a.dp_delta, "dp_epsilon": a.dp_epsilon}
+    if a.no_dp:
+        if any(fields[name] for name in ("dp_clip", "dp_noise", "dp_delta", "dp_epsilon")):
+            raise FlairError("--no-dp turns differential privacy off; it takes no --dp-* value")
+        fields.update(dp_clip="", dp_noise="", dp_delta="", dp_epsilon="")
     if a.param:
         fields["strategy_params"] = dict(strategy_param(text) for text in a.param)
     return c.call("repo.policy", repo=a.repo, **{k: v for k, v in fields.items() if v is not None})
@@ -121,7 +134,11 @@ def strategy_param(text: str) -> tuple[str, int | bool | str]:
 
 def members_text(r: dict[str, Any]) -> str:
     """Members with their roles and expiries, the payload key's epoch, the removed, then the round policy."""
+    spent = r.get("dp_spent", {})
+    budget = r["policy"].get("dp_epsilon")
     lines = [f"{m['key']}  {m['role']:<11}" + (f"  until {when(m['expires_ms'])}" if m["expires_ms"] else "")
+             + (f"  epsilon {spent[m['key']]['epsilon'] if m['key'] in spent else '0'} of {budget} spent"
+                f" ({spent.get(m['key'], {}).get('contributions', 0)} contributions)" if budget else "")
              for m in r["members"]]
     lines.append(f"payload key epoch {r['epoch']} after {r['changes']} membership changes; protected branches: "
                  f"{', '.join(r['protected_branches'])}")

@@ -1,0 +1,117 @@
+"""Differential privacy in a repository's rounds (``core.dp`` says what is promised and how it is accounted).
+
+- **The contributor's node** (``prepare``) numbers the contribution (one more than the member's latest, merged or
+  waiting on one of its contribution branches), refuses it if that number would spend more than the budget
+  (``core.dp.BudgetExceeded``), and publishes the trained weights only clipped and noised
+  (``tensors.dp_noise``), with what it spent in ``meta["dp"]``.
+- **Every verifier** (``check``, from ``protocol.rounds`` wherever a contribution is judged: as pending, and in
+  a merge that takes it) refuses a contribution whose ``meta["dp"]`` is missing, made with other parameters than
+  the policy's, not the accountant's figures for its number, past the budget, or numbered lower than the
+  member's merged contributions allow (``spent``: counted over the round merges of the branch's history).
+
+What a verifier cannot see in a plain repository is whether the update was really clipped before the noise:
+the noise hides it. ``docs/design/differential-privacy.md`` says what that leaves open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from ..core import dp
+from ..core.errors import IntegrityError
+from ..core.ids import CommitId, PublicKey, short
+from ..core.objects import Commit
+from ..storage.repo import CONTRIBUTION_PREFIX, Repository
+
+if TYPE_CHECKING:
+    from ..tensors.safetensors_io import StateDict
+    from .rounds import RoundMemory
+
+
+def spent(repo: Repository, head: CommitId, memory: RoundMemory) -> dict[PublicKey, tuple[int, int]]:
+    """For each member, over the round merges from ``head`` back along first parents: how many of its
+    contributions made under differential privacy they took, and the largest number such a contribution
+    records. Remembered per commit, so a new head costs its own rounds only."""
+    cache, walked, cursor = memory.dp_spent, [], head
+    totals: dict[PublicKey, tuple[int, int]] = {}
+    while True:
+        if cursor in cache:
+            totals = dict(cache[cursor])
+            break
+        commit = repo.commit(cursor)
+        walked.append(commit)
+        if not commit.parents:
+            break
+        cursor = commit.parents[0]
+    for commit in reversed(walked):
+        if commit.kind == "round":
+            for taken in commit.parents[1:]:
+                contribution = repo.commit(taken)
+                number = _number(contribution)
+                if number is not None:
+                    merged, top = totals.get(contribution.author, (0, 0))
+                    totals[contribution.author] = (merged + 1, max(top, number))
+        memory.remember_dp(commit.id, totals)
+    return totals
+
+
+def at_least(repo: Repository, author: PublicKey, head: CommitId, memory: RoundMemory) -> int:
+    """The lowest number ``author``'s next contribution on ``head`` may record."""
+    merged, top = spent(repo, head, memory).get(author, (0, 0))
+    return 1 + max(merged, top)
+
+
+def spent_by_member(repo: Repository, memory: RoundMemory) -> dict[PublicKey, dict[str, Any]]:
+    """What each member has spent of its budget as this node sees it: its latest contribution's number, over the
+    round merges of every branch and the contributions waiting on contribution branches, and the ε the
+    accountant gives for it (``flair members``)."""
+    policy = repo.members.current().policy
+    counts: dict[PublicKey, int] = {}
+    for name, cid in repo.branches().items():
+        if name.startswith(CONTRIBUTION_PREFIX):
+            commit = repo.commit(cid)
+            number = _number(commit)
+            if number is not None:
+                counts[commit.author] = max(counts.get(commit.author, 0), number)
+            continue
+        for author, (merged, top) in spent(repo, cid, memory).items():
+            counts[author] = max(counts.get(author, 0), merged, top)
+    return {author: {"contributions": count, "epsilon": dp.text(dp.epsilon(policy.dp_noise, count,
+                                                                            policy.dp_delta))}
+            for author, count in sorted(counts.items())}
+
+
+def prepare(repo: Repository, author: PublicKey, branch: str, start: CommitId, trained: StateDict, *,
+            memory: RoundMemory) -> tuple[StateDict, dict[str, Any], float]:
+    """What ``author``'s node publishes of weights ``trained`` from ``start`` for the rounds of ``branch``: the
+    clipped and noised weights, their ``meta["dp"]``, and the update's norm before clipping (for the caller to
+    report, never to record). ``BudgetExceeded`` past the member's budget."""
+    from ..tensors.dp_noise import clip_and_noise
+
+    policy = repo.members.current().policy
+    waiting = [_number(commit) for commit in (repo.commit(cid) for name, cid in repo.branches().items()
+                                               if name.startswith(CONTRIBUTION_PREFIX)) if commit.author == author]
+    count = max([at_least(repo, author, repo.head(branch), memory), *(1 + n for n in waiting if n is not None)])
+    meta = dp.record(policy, count)
+    clip = Decimal(policy.dp_clip)
+    state, norm = clip_and_noise(repo.materialize(start), trained, float(clip), float(clip * Decimal(policy.dp_noise)))
+    return state, meta, norm
+
+
+def check(repo: Repository, commit: Commit, head: CommitId, memory: RoundMemory) -> None:
+    """``IntegrityError`` unless contribution ``commit``, judged on ``head``, records what the policy's
+    differential privacy requires (see the module docstring)."""
+    policy = repo.members.current().policy
+    try:
+        dp.check(commit.meta.get("dp"), policy, at_least=at_least(repo, commit.author, head, memory))
+    except IntegrityError as exc:
+        raise IntegrityError(f"contribution {short(commit.id)} breaks the repository's differential privacy: "
+                             f"{exc}") from None
+
+
+def _number(commit: Commit) -> int | None:
+    made = commit.meta.get("dp")
+    number = made.get("count") if isinstance(made, Mapping) else None
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
