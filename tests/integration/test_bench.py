@@ -130,3 +130,14 @@ def test_secure_rounds_bench_reports_plain_and_secure_rounds_of_the_same_run():
     flower = report["flower"]
     assert flower["members"] == 3 and flower["secure_bytes_per_member"] > flower["plain_bytes_per_member"] > 400_000
     assert 0 < flower["secure_max_error"] < 1e-3
+
+
+@pytest.mark.slow
+def test_privacy_bench_reports_what_the_attack_reconstructs_in_each_case():
+    report = last_json_line("privacy.py", "--trials", "1", "--steps", "200")
+    cases = ("plain", "eps8", "eps1", "secure", "baseline")
+    assert {f"attack_{m}_{c}" for m in ("ssim", "accuracy") for c in cases} <= report.keys()
+    # the table is honest only if the attack works where nothing protects the update: a plain delta of one step
+    # on four digits gives them back
+    assert report["attack_ssim_plain"] > 0.9 and report["attack_accuracy_plain"] == 1.0
+    assert report["noise_multiplier_eps1"] > report["noise_multiplier_eps8"] > 0
