@@ -239,6 +239,9 @@ def test_differential_privacy_through_the_cli(tmp_path):
         assert over.returncode == 1 and "past the repository's budget of 3.5" in over.stderr
         members = flair(home, "members", "team").stdout
         assert f"epsilon {spent[1]['dp']['epsilon']} of 3.5 spent (2 contributions)" in members
+        status = flair(home, "round", "status", "team").stdout
+        assert "privacy spent:  of a budget of epsilon 3.5 per member at delta 1e-5" in status
+        assert f"epsilon {spent[1]['dp']['epsilon']} (2 contributions)" in status
         assert json.loads(flair(home, "policy", "team", "--no-dp", "--json").stdout)["dp_clip"] == ""
         assert "diff. privacy  off" in flair(home, "show", "team").stdout
 

@@ -16,15 +16,19 @@ methods = MethodTable()
     "round.status", "The current round of a branch as this node sees it: head, round number, ranked "
     "aggregators and the one entitled now, pending contributions, whether it may merge; in a repository with "
     "secure rounds, how far its secure round has come (adverts, roster, masked updates, unmask, reveals) and "
-    "which secrets its reveals do not recover yet, with the holders yet to reveal.",
+    "which secrets its reveals do not recover yet, with the holders yet to reveal; with differential privacy, "
+    "what each member has spent of its budget (dp_spent).",
     params=(REPO, BRANCH), result=OBJECT)
 async def round_status(ctx: ApiContext, repo: str, branch: str) -> dict[str, Any]:
-    from ...protocol import rounds, secure_node, secure_rounds
+    from ...protocol import dp, rounds, secure_node, secure_rounds
 
     def work() -> dict[str, Any]:
         r = ctx.repos.open(repo)
         if r.members.current().policy.privacy != "secure":
-            return rounds.view(r, branch, memory=ctx.round_memory).json()
+            shown = rounds.view(r, branch, memory=ctx.round_memory).json()
+            if r.members.current().policy.dp:  # what each member has spent of its privacy budget
+                shown["dp_spent"] = dp.spent_by_member(r, ctx.round_memory)
+            return shown
         # a secure round's aggregators and windows are computed over its adverts, not contribution branches
         return {**secure_rounds.view(r, branch, memory=ctx.round_memory).json(),
                 "secure": secure_node.progress(r, ctx.repos.pending, branch)}

@@ -96,6 +96,11 @@ def round_text(r: dict[str, Any]) -> str:
                     f"{when(r['opened_ms'] + policy['deadline_s'] * 1000)} UTC"))
     lines += [f"  {c['commit'][:12]}  by {c['author'][:8]}  {c['examples']} examples, staleness {c['staleness']}"
               for c in r["pending"]]
+    if "dp_spent" in r:
+        lines.append(f"privacy spent:  of a budget of epsilon {policy['dp_epsilon']} per member at delta "
+                     f"{policy['dp_delta']}")
+        lines += [f"  {key[:8]}  epsilon {spent['epsilon']} ({spent['contributions']} contributions)"
+                  for key, spent in r["dp_spent"].items()]
     return "\n".join(lines)
 
 
