@@ -15,6 +15,16 @@ the 8x8 digits MLP of ``flair_node.testing.models``, through Flair's own reposit
   secure merge is the plain merge of the same contributions bit for bit, so the bench takes the plain round's
   merge), its change from the head inverted as if it were one update.
 
+**Utility** (``--utility-rounds``, 0 to skip): the 5-member non-IID digits task of ``bench/fl_accuracy.py``
+(``partition(..., skew=0.5)``, the 64-32-10 MLP from ``make_mlp(0)``, Adam at lr 0.01, batches of 32, 2 local
+epochs a round), run in process through Flair's repositories: every member trains from the head, contributes,
+and the round's aggregator merges (the mean), ``--utility-rounds`` times. Non-private, then with the
+repository's differential privacy at ε = 1, 4 and 8 for all of a member's contributions (the noise multiplier
+the accountant gives that ε for ``--utility-rounds`` contributions at δ = 1e-5, and C = ``UTILITY_CLIP``, fixed
+in advance as DP needs: about the median update norm the non-private run shows). In a plain repository the
+noise is local, each contribution carrying all of it: this is what local noise costs. The final merge's test
+accuracy is ``accuracy_nonprivate`` and ``accuracy_local_eps1`` (4, 8).
+
 The labels are inferred from the last layer's bias change (the most negative entries), as the attack would.
 Each reconstruction is matched to the victim's images (Hungarian matching on SSIM) and scored by SSIM
 (``pytorch_msssim``, 3x3 Gaussian window: the images are 8x8) and by the accuracy of a digits classifier trained
@@ -26,7 +36,9 @@ The figures are medians over ``--trials`` victims.
 
 Last line of stdout, one JSON object: ``attack_ssim_plain``, ``attack_ssim_eps8``, ``attack_ssim_eps1``,
 ``attack_ssim_secure``, ``attack_ssim_baseline``, the same with ``attack_accuracy_`` (the classifier's accuracy
-on the reconstructions), ``noise_multiplier_eps8`` and ``noise_multiplier_eps1``.
+on the reconstructions), ``noise_multiplier_eps8`` and ``noise_multiplier_eps1``; ``accuracy_nonprivate``,
+``accuracy_local_eps1``, ``accuracy_local_eps4``, ``accuracy_local_eps8``, with ``utility_noise_multipliers``
+and the median update norm of the non-private run (``utility_update_norm``).
 """
 
 from __future__ import annotations
@@ -50,18 +62,20 @@ from flair_node.protocol import dp as protocol_dp
 from flair_node.protocol import rounds
 from flair_node.storage.repo import Repository
 from flair_node.storage.repos import RepoSet
-from flair_node.testing.models import accuracy, load_digits_split, make_mlp, train_local
+from flair_node.tensors.dp_noise import update_norm
+from flair_node.testing.models import accuracy, load_digits_split, make_mlp, partition, train_local
 
 LR = 0.1  # the victim's one step of SGD
 DELTA = "1e-5"
+UTILITY_CLIP = "2"  # C for the utility runs, fixed before them (the non-private run's median update norm is ~2)
 
 
-def noise_for(epsilon: float) -> str:
-    """The noise multiplier whose one contribution spends ``epsilon`` at δ (bisection on the accountant)."""
-    low, high = 0.05, 100.0
+def noise_for(epsilon: float, contributions: int = 1) -> str:
+    """The noise multiplier whose ``contributions`` spend ``epsilon`` at δ (bisection on the accountant)."""
+    low, high = 0.05, 1000.0
     for _ in range(60):
         mid = (low + high) / 2
-        if dp.epsilon(f"{mid:.6f}", 1, DELTA) > epsilon:
+        if dp.epsilon(f"{mid:.6f}", contributions, DELTA) > epsilon:
             low = mid
         else:
             high = mid
@@ -185,16 +199,50 @@ def trial(seed: int, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor,
     return results
 
 
+def utility(policy: RoundPolicy, rounds_to_run: int, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor,
+            y_test: torch.Tensor) -> tuple[float, list[float]]:
+    """The test accuracy of the last merge of ``rounds_to_run`` rounds of 5 members on non-IID slices under
+    ``policy``, and the members' update norms (before clipping)."""
+    owner, members = Identity.generate(), [Identity.generate() for _ in range(5)]
+    slices = partition(x, y, len(members), seed=0, skew=0.5)
+    repos = RepoSet.in_memory(owner)
+    repo = repos.create("digits", as_state(make_mlp(0)))
+    for member in members:
+        repo.invite(owner, member.public_key, "maintainer")
+    repo.set_policy(owner, policy)
+    memory, norms = rounds.RoundMemory(), []
+    for n in range(rounds_to_run):
+        for i, (member, (mx, my)) in enumerate(zip(members, slices, strict=True)):
+            node = Repository.open(repo.id, repos.objects, repos.blocks, repo.refs, reader=member)
+            head = node.head("main")
+            model = make_mlp(0)
+            model.load_state_dict(node.materialize(head))
+            train_local(model, mx, my, epochs=2, lr=0.01, batch_size=32, seed=100 * n + i)
+            weights, spent = as_state(model), None
+            norms.append(update_norm(node.materialize(head), weights))
+            if policy.dp:
+                weights, spent, _ = protocol_dp.prepare(node, member.public_key, "main", head, weights, memory=memory)
+            node.contribute(member, weights, examples=len(my), dp=spent)
+        current = rounds.view(repo, "main", memory=memory)
+        aggregator = next(i for i in [owner, *members] if i.public_key == current.aggregator(current.opened_ms))
+        rounds.merge(Repository.open(repo.id, repos.objects, repos.blocks, repo.refs, reader=aggregator),
+                     aggregator, "main", memory=memory)
+    final = make_mlp(0)
+    final.load_state_dict(repo.materialize(repo.head("main")))
+    return accuracy(final, x_test, y_test), norms
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4, help="images in the victim's batch (at most 10)")
     parser.add_argument("--members", type=int, default=5, help="contributions in the secure round's merge")
     parser.add_argument("--steps", type=int, default=2000, help="attack steps (Adam)")
-    parser.add_argument("--quick", action="store_true", help="2 trials of 500 steps")
+    parser.add_argument("--utility-rounds", type=int, default=10, help="rounds of the utility runs (0: none)")
+    parser.add_argument("--quick", action="store_true", help="2 trials of 500 steps, 3 utility rounds")
     args = parser.parse_args(argv)
     if args.quick:
-        args.trials, args.steps = 2, 500
+        args.trials, args.steps, args.utility_rounds = 2, 500, 3
     torch.manual_seed(0)
     x, y, x_test, y_test = load_digits_split(seed=0)
     judge = make_mlp(1, hidden=64)
@@ -208,6 +256,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for case in ("plain", "eps8", "eps1", "secure", "baseline"):
         out[f"attack_ssim_{case}"] = round(statistics.median(r[case][0] for r in runs), 4)
         out[f"attack_accuracy_{case}"] = round(statistics.median(r[case][1] for r in runs), 4)
+    if args.utility_rounds:
+        out["accuracy_nonprivate"], norms = utility(RoundPolicy(buffer=5), args.utility_rounds, x, y, x_test, y_test)
+        out["utility_update_norm"] = round(statistics.median(norms), 4)
+        out["utility_noise_multipliers"] = {}
+        for epsilon in (1, 4, 8):
+            z = noise_for(float(epsilon), args.utility_rounds)
+            out["utility_noise_multipliers"][f"eps{epsilon}"] = float(z)
+            policy = RoundPolicy(buffer=5, dp_clip=UTILITY_CLIP, dp_noise=z, dp_delta=DELTA,
+                                 dp_epsilon=str(epsilon + 0.001))  # the bisection's z spends ε to 6 digits
+            found, _ = utility(policy, args.utility_rounds, x, y, x_test, y_test)
+            out[f"accuracy_local_eps{epsilon}"] = round(found, 4)
+            print(f"local DP at epsilon {epsilon} (z = {z}): accuracy {out[f'accuracy_local_eps{epsilon}']}",
+                  file=sys.stderr)
+        print(f"non-private accuracy {out['accuracy_nonprivate']:.4f}", file=sys.stderr)
     print(json.dumps(out))
     return out
 

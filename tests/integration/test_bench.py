@@ -134,10 +134,15 @@ def test_secure_rounds_bench_reports_plain_and_secure_rounds_of_the_same_run():
 
 @pytest.mark.slow
 def test_privacy_bench_reports_what_the_attack_reconstructs_in_each_case():
-    report = last_json_line("privacy.py", "--trials", "1", "--steps", "200")
+    report = last_json_line("privacy.py", "--trials", "1", "--steps", "200", "--utility-rounds", "3")
     cases = ("plain", "eps8", "eps1", "secure", "baseline")
     assert {f"attack_{m}_{c}" for m in ("ssim", "accuracy") for c in cases} <= report.keys()
     # the table is honest only if the attack works where nothing protects the update: a plain delta of one step
     # on four digits gives them back
     assert report["attack_ssim_plain"] > 0.9 and report["attack_accuracy_plain"] == 1.0
     assert report["noise_multiplier_eps1"] > report["noise_multiplier_eps8"] > 0
+    # the utility runs: the non-private rounds learn; every local-noise level is reported next to them
+    assert report["accuracy_nonprivate"] > 0.5 and report["utility_update_norm"] > 0
+    assert {"accuracy_local_eps1", "accuracy_local_eps4", "accuracy_local_eps8"} <= report.keys()
+    noise = report["utility_noise_multipliers"]
+    assert noise["eps1"] > noise["eps4"] > noise["eps8"] > 0
