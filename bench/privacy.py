@@ -21,9 +21,13 @@ epochs a round), run in process through Flair's repositories: every member train
 and the round's aggregator merges (the mean), ``--utility-rounds`` times. Non-private, then with the
 repository's differential privacy at ε = 1, 4 and 8 for all of a member's contributions (the noise multiplier
 the accountant gives that ε for ``--utility-rounds`` contributions at δ = 1e-5, and C = ``UTILITY_CLIP``, fixed
-in advance as DP needs: about the median update norm the non-private run shows). In a plain repository the
-noise is local, each contribution carrying all of it: this is what local noise costs. The final merge's test
-accuracy is ``accuracy_nonprivate`` and ``accuracy_local_eps1`` (4, 8).
+in advance as DP needs: about the median update norm the non-private run shows), twice: in a plain repository,
+where each contribution carries all the noise (``accuracy_local_eps1``, 4, 8: what local noise costs), and in a
+secure one, where each contributor adds its share in the masked ring and the merge carries it once
+(``accuracy_eps1``, 4, 8; every member's ``secure_node`` passes run in process until the merge). A secure round
+admits a contributor only if its budget would hold were just 3 of the 5 taken, so the budget is set with room
+for that; ``utility_epsilon_spent`` is what the last merge records the members spent. The final merge's test
+accuracy is ``accuracy_nonprivate`` for the non-private run.
 
 The labels are inferred from the last layer's bias change (the most negative entries), as the attack would.
 Each reconstruction is matched to the victim's images (Hungarian matching on SSIM) and scored by SSIM
@@ -37,8 +41,10 @@ The figures are medians over ``--trials`` victims.
 Last line of stdout, one JSON object: ``attack_ssim_plain``, ``attack_ssim_eps8``, ``attack_ssim_eps1``,
 ``attack_ssim_secure``, ``attack_ssim_baseline``, the same with ``attack_accuracy_`` (the classifier's accuracy
 on the reconstructions), ``noise_multiplier_eps8`` and ``noise_multiplier_eps1``; ``accuracy_nonprivate``,
-``accuracy_local_eps1``, ``accuracy_local_eps4``, ``accuracy_local_eps8``, with ``utility_noise_multipliers``
-and the median update norm of the non-private run (``utility_update_norm``).
+``accuracy_eps1``, ``accuracy_eps4``, ``accuracy_eps8``, the same with ``accuracy_local_``, with
+``utility_noise_multipliers``, ``utility_epsilon_spent`` and the median update norm of the non-private run
+(``utility_update_norm``). The norm proof's cost (``norm_proof_prove_s``) is not measured yet: there is no norm
+proof yet.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -59,9 +66,10 @@ from flair_node.core import dp
 from flair_node.core.identity import Identity
 from flair_node.core.round_rules import RoundPolicy
 from flair_node.protocol import dp as protocol_dp
-from flair_node.protocol import rounds
+from flair_node.protocol import rounds, secure_node
 from flair_node.storage.repo import Repository
 from flair_node.storage.repos import RepoSet
+from flair_node.storage.secure_pending import PendingContributions
 from flair_node.tensors.dp_noise import update_norm
 from flair_node.testing.models import accuracy, load_digits_split, make_mlp, partition, train_local
 
@@ -200,36 +208,51 @@ def trial(seed: int, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor,
 
 
 def utility(policy: RoundPolicy, rounds_to_run: int, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor,
-            y_test: torch.Tensor) -> tuple[float, list[float]]:
+            y_test: torch.Tensor) -> tuple[float, list[float], dict[str, Any]]:
     """The test accuracy of the last merge of ``rounds_to_run`` rounds of 5 members on non-IID slices under
-    ``policy``, and the members' update norms (before clipping)."""
-    owner, members = Identity.generate(), [Identity.generate() for _ in range(5)]
-    slices = partition(x, y, len(members), seed=0, skew=0.5)
+    ``policy`` (secure rounds driven through each member's ``secure_node`` passes if it says so), the members'
+    update norms (before clipping), and the last merge's ``meta``."""
+    owner, members = Identity.generate(), [Identity.generate() for _ in range(4)]
+    everyone = [owner, *members]
+    slices = partition(x, y, len(everyone), seed=0, skew=0.5)
     repos = RepoSet.in_memory(owner)
     repo = repos.create("digits", as_state(make_mlp(0)))
     for member in members:
-        repo.invite(owner, member.public_key, "maintainer")
+        repo.invite(owner, member.public_key, "contributor" if policy.privacy == "secure" else "maintainer")
     repo.set_policy(owner, policy)
     memory, norms = rounds.RoundMemory(), []
+    pending = {m.public_key: PendingContributions(None) for m in everyone}
+
+    def node_of(member: Identity) -> Repository:
+        return Repository.open(repo.id, repos.objects, repos.blocks, repo.refs, reader=member)
+
     for n in range(rounds_to_run):
-        for i, (member, (mx, my)) in enumerate(zip(members, slices, strict=True)):
-            node = Repository.open(repo.id, repos.objects, repos.blocks, repo.refs, reader=member)
-            head = node.head("main")
+        start = repo.head("main")
+        for i, (member, (mx, my)) in enumerate(zip(everyone, slices, strict=True)):
+            node = node_of(member)
             model = make_mlp(0)
-            model.load_state_dict(node.materialize(head))
+            model.load_state_dict(node.materialize(start))
             train_local(model, mx, my, epochs=2, lr=0.01, batch_size=32, seed=100 * n + i)
             weights, spent = as_state(model), None
-            norms.append(update_norm(node.materialize(head), weights))
+            norms.append(update_norm(node.materialize(start), weights))
+            if policy.privacy == "secure":  # clipped, masked and noised by the member's node
+                secure_node.contribute(node, member, pending[member.public_key], "main", weights, len(my))
+                continue
             if policy.dp:
-                weights, spent, _ = protocol_dp.prepare(node, member.public_key, "main", head, weights, memory=memory)
+                weights, spent, _ = protocol_dp.prepare(node, member.public_key, "main", start, weights, memory=memory)
             node.contribute(member, weights, examples=len(my), dp=spent)
+        if policy.privacy == "secure":
+            while repo.head("main") == start:  # each node does what is due, as its round service would
+                for member in everyone:
+                    secure_node.step(node_of(member), member, pending[member.public_key], "main", memory=memory)
+                time.sleep(0.05)
+            continue
         current = rounds.view(repo, "main", memory=memory)
-        aggregator = next(i for i in [owner, *members] if i.public_key == current.aggregator(current.opened_ms))
-        rounds.merge(Repository.open(repo.id, repos.objects, repos.blocks, repo.refs, reader=aggregator),
-                     aggregator, "main", memory=memory)
+        aggregator = next(i for i in everyone if i.public_key == current.aggregator(current.opened_ms))
+        rounds.merge(node_of(aggregator), aggregator, "main", memory=memory)
     final = make_mlp(0)
     final.load_state_dict(repo.materialize(repo.head("main")))
-    return accuracy(final, x_test, y_test), norms
+    return accuracy(final, x_test, y_test), norms, dict(repo.commit(repo.head("main")).meta)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -257,18 +280,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out[f"attack_ssim_{case}"] = round(statistics.median(r[case][0] for r in runs), 4)
         out[f"attack_accuracy_{case}"] = round(statistics.median(r[case][1] for r in runs), 4)
     if args.utility_rounds:
-        out["accuracy_nonprivate"], norms = utility(RoundPolicy(buffer=5), args.utility_rounds, x, y, x_test, y_test)
-        out["utility_update_norm"] = round(statistics.median(norms), 4)
-        out["utility_noise_multipliers"] = {}
+        found, norms, _ = utility(RoundPolicy(buffer=5), args.utility_rounds, x, y, x_test, y_test)
+        out["accuracy_nonprivate"], out["utility_update_norm"] = round(found, 4), round(statistics.median(norms), 4)
+        out["utility_noise_multipliers"], out["utility_epsilon_spent"] = {}, {}
+        secure = {"privacy": "secure", "max_staleness": 0, "deadline_s": 600}
         for epsilon in (1, 4, 8):
             z = noise_for(float(epsilon), args.utility_rounds)
             out["utility_noise_multipliers"][f"eps{epsilon}"] = float(z)
-            policy = RoundPolicy(buffer=5, dp_clip=UTILITY_CLIP, dp_noise=z, dp_delta=DELTA,
-                                 dp_epsilon=str(epsilon + 0.001))  # the bisection's z spends ε to 6 digits
-            found, _ = utility(policy, args.utility_rounds, x, y, x_test, y_test)
-            out[f"accuracy_local_eps{epsilon}"] = round(found, 4)
-            print(f"local DP at epsilon {epsilon} (z = {z}): accuracy {out[f'accuracy_local_eps{epsilon}']}",
-                  file=sys.stderr)
+            dp_fields = {"dp_clip": UTILITY_CLIP, "dp_noise": z, "dp_delta": DELTA}
+            local = RoundPolicy(buffer=5, dp_epsilon=str(epsilon + 0.001), **dp_fields)  # z spends ε to 6 digits
+            out[f"accuracy_local_eps{epsilon}"] = round(utility(local, args.utility_rounds, x, y, x_test, y_test)[0], 4)
+            # a secure round admits a contributor only if its budget would hold were just 3 of the 5 taken: the
+            # budget leaves room for that in the last round; what the rounds spend is the merges' record
+            rho = dp.round_rho(z, 5, 5)
+            room = dp.secure_epsilon([rho] * (args.utility_rounds - 1) + [dp.round_rho(z, 3, 5)], DELTA)
+            shared = RoundPolicy(buffer=5, dp_epsilon=f"{room + 0.001:.3f}", **dp_fields, **secure)
+            found, _, meta = utility(shared, args.utility_rounds, x, y, x_test, y_test)
+            out[f"accuracy_eps{epsilon}"] = round(found, 4)
+            out["utility_epsilon_spent"][f"eps{epsilon}"] = max(float(e) for e in meta["dp"]["spent"].values())
+            print(f"epsilon {epsilon} (z = {z}): local noise {out[f'accuracy_local_eps{epsilon}']}, shared out in "
+                  f"secure rounds {out[f'accuracy_eps{epsilon}']}", file=sys.stderr)
         print(f"non-private accuracy {out['accuracy_nonprivate']:.4f}", file=sys.stderr)
     print(json.dumps(out))
     return out

@@ -22,7 +22,7 @@ as decimal text (records hold no floats), ε to 6 significant digits. ``check`` 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -98,6 +98,35 @@ def check(meta: Any, policy: RoundPolicy, *, at_least: int) -> int:
         raise IntegrityError(f"its author's contributions spend ε = {meta['epsilon']}, past the budget of "
                              f"{policy.dp_epsilon}")
     return count
+
+
+# -- secure rounds: the noise shared out in the masked ring -------------------------------------------------
+
+
+def round_rho(noise: str, taken: int, roster: int) -> float:
+    """The zero-concentrated DP parameter ρ a secure round gives each contributor it takes: each of the
+    ``roster``'s contributors added discrete Gaussian noise of parameter z·Δ/√roster (``noise`` is z, Δ the
+    sensitivity), and the merge sums ``taken`` of them. The sum of n such discrete Gaussians is
+    ρ = Δ² / (2 n σ²)-concentrated up to a term τ = 10 Σₖ exp(−2π² σ² k / (k + 1)) (Kairouz, Liu and Steinke,
+    ICML 2021, Theorem 1), which underflows to 0 at the parameters Flair draws (σ of 16 or more, which
+    ``protocol.secure_rounds`` requires), so
+    ρ = roster / (2 · taken · z²). The accountant composes and converts it (``secure_epsilon``)."""
+    if not 1 <= taken <= roster:
+        raise InvalidInput(f"a round takes from 1 to all of its roster's {roster} contributions, not {taken}")
+    return roster / (2 * taken * float(Decimal(noise)) ** 2)
+
+
+def secure_epsilon(rhos: Sequence[float], delta: str) -> float:
+    """The ε at ``delta`` of a member's secure rounds, each ``rhos``-concentrated (dp-accounting's RDP
+    accountant composing ``ZCDpEvent``s); 0 for none."""
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    if not rhos:
+        return 0.0
+    accountant = RdpAccountant()
+    accountant.compose(dp_accounting.ComposedDpEvent([dp_accounting.ZCDpEvent(rho) for rho in rhos]))
+    return float(accountant.get_epsilon(float(Decimal(delta))))
 
 
 def _close(recorded: Any, expected: float) -> bool:

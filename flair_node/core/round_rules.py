@@ -150,10 +150,6 @@ class RoundPolicy:
         if not _decimal_in(self.dp_delta, 0, 1) or not 0 < Decimal(self.dp_delta) < Decimal("0.1"):
             raise InvalidInput(f"dp_delta is a decimal above 0 and below 0.1 written as text (1e-5, say), not "
                                f"{self.dp_delta!r}")
-        if self.privacy == "secure":
-            raise InvalidInput("differential privacy in secure repositories needs noise shared out among the "
-                               "contributors in the masked ring, which Flair does not add yet: use it with plain "
-                               "rounds")
 
     def _check_secure(self) -> None:
         """What a secure round can compute from a sum alone (``protocol.secure_rounds``)."""

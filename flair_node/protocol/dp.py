@@ -24,10 +24,14 @@ from ..core.errors import IntegrityError
 from ..core.ids import CommitId, PublicKey, short
 from ..core.objects import Commit
 from ..storage.repo import CONTRIBUTION_PREFIX, Repository
+from .rounds import RoundMemory
 
 if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
-    from .rounds import RoundMemory
+
+#: What the secure round functions, which take no ``RoundMemory``, remember of members' spending (``secure_spent``):
+#: keyed by commit ids, which name their content, so one cache serves every repository of the process.
+SHARED = RoundMemory()
 
 
 def spent(repo: Repository, head: CommitId, memory: RoundMemory) -> dict[PublicKey, tuple[int, int]]:
@@ -57,6 +61,41 @@ def spent(repo: Repository, head: CommitId, memory: RoundMemory) -> dict[PublicK
     return totals
 
 
+def secure_spent(repo: Repository, head: CommitId, memory: RoundMemory) -> dict[PublicKey, tuple[float, ...]]:
+    """For each member, the ρ of each secure round merge from ``head`` back along first parents that took one of
+    its contributions under differential privacy (what ``core.dp.secure_epsilon`` composes). Remembered per
+    commit."""
+    cache, walked, cursor = memory.dp_rhos, [], head
+    totals: dict[PublicKey, tuple[float, ...]] = {}
+    while True:
+        if cursor in cache:
+            totals = dict(cache[cursor])
+            break
+        commit = repo.commit(cursor)
+        walked.append(commit)
+        if not commit.parents:
+            break
+        cursor = commit.parents[0]
+    for commit in reversed(walked):
+        made, secure = commit.meta.get("dp"), commit.meta.get("secure")
+        if commit.kind == "round" and isinstance(made, Mapping) and isinstance(secure, Mapping):
+            rho = float(Decimal(made["rho"]))  # a merge this node follows re-derived to this meta
+            for entry in secure["contributions"]:
+                totals[entry[1]] = (*totals.get(entry[1], ()), rho)
+        memory.remember_rhos(commit.id, totals)
+    return totals
+
+
+def secure_affordable(repo: Repository, author: PublicKey, head: CommitId, roster: int, least_taken: int,
+                      memory: RoundMemory) -> bool:
+    """Whether a secure round on ``head`` whose roster takes ``roster`` adverts, ``author``'s among them, keeps
+    ``author`` within its budget however few of them (down to ``least_taken``) the merge takes."""
+    policy = repo.members.current().policy
+    worst = dp.round_rho(policy.dp_noise, least_taken, roster)
+    rhos = (*secure_spent(repo, head, memory).get(author, ()), worst)
+    return dp.secure_epsilon(rhos, policy.dp_delta) <= float(Decimal(policy.dp_epsilon))
+
+
 def at_least(repo: Repository, author: PublicKey, head: CommitId, memory: RoundMemory) -> int:
     """The lowest number ``author``'s next contribution on ``head`` may record."""
     merged, top = spent(repo, head, memory).get(author, (0, 0))
@@ -68,6 +107,14 @@ def spent_by_member(repo: Repository, memory: RoundMemory) -> dict[PublicKey, di
     round merges of every branch and the contributions waiting on contribution branches, and the ε the
     accountant gives for it (``flair members``)."""
     policy = repo.members.current().policy
+    if policy.privacy == "secure":
+        rounds_of: dict[PublicKey, tuple[float, ...]] = {}
+        for name, cid in repo.branches().items():
+            if not name.startswith(CONTRIBUTION_PREFIX):
+                for author, rhos in secure_spent(repo, cid, memory).items():
+                    rounds_of[author] = max(rounds_of.get(author, ()), rhos, key=len)
+        return {author: {"contributions": len(rhos), "epsilon": dp.text(dp.secure_epsilon(rhos, policy.dp_delta))}
+                for author, rhos in sorted(rounds_of.items())}
     counts: dict[PublicKey, int] = {}
     for name, cid in repo.branches().items():
         if name.startswith(CONTRIBUTION_PREFIX):

@@ -97,6 +97,8 @@ class RoundMemory:
         #: Commit id -> per member, what the round merges up to it took of its differentially private
         #: contributions (``protocol.dp.spent``).
         self.dp_spent: OrderedDict[str, dict[PublicKey, tuple[int, int]]] = OrderedDict()
+        #: Commit id -> per member, the ρ of each secure round merge up to it that took it (``protocol.dp``).
+        self.dp_rhos: OrderedDict[str, dict[PublicKey, tuple[float, ...]]] = OrderedDict()
         #: (repo, branch, head, author) -> (the author's merge of that round, held until ms; 0 once settled).
         self._held: OrderedDict[tuple[str, str, str, str], tuple[CommitId, int]] = OrderedDict()
         self._lock = threading.Lock()
@@ -112,6 +114,9 @@ class RoundMemory:
 
     def remember_dp(self, commit: CommitId, totals: dict[PublicKey, tuple[int, int]]) -> None:
         _remember(self.dp_spent, commit, dict(totals))
+
+    def remember_rhos(self, commit: CommitId, totals: dict[PublicKey, tuple[float, ...]]) -> None:
+        _remember(self.dp_rhos, commit, dict(totals))
 
     def hold(self, key: tuple[str, str, str, str], merge_id: CommitId, until_ms: int, at_ms: int) -> bool:
         """Hold the round ``key`` names for ``merge_id`` until ``until_ms``, unless its author held it before:

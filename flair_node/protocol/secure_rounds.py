@@ -23,6 +23,11 @@ is computed from their sum.
    reveals both secrets of one advert, whatever unmasks or rosters ask, and a contributor masks for one roster
    of a round only.
 
+With the policy's **differential privacy** (``core.dp``, ``protocol.dp``), each contributor clips its update when
+it advertises and masks, and adds its share of the round's discrete Gaussian noise to its term when it masks;
+every contribution weighs the same; a roster takes only adverts whose authors' budgets hold however few of them
+the merge takes; and the merge records the ρ it gives each contribution it takes, and each author's ε since.
+
 The **merge** (``merge``, the entitled aggregator) is a round commit on the branch with the head as its only
 parent; its ``meta["secure"]`` names the unmask and the reveals it used. Every member re-derives it
 (``derive``): recover each taken contributor's self seed and each dropped one's mask key from more than
@@ -51,9 +56,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -90,6 +97,7 @@ log = logging.getLogger(__name__)
 
 MIN_CONTRIBUTORS = 3
 MASKED_CODEC = "masked-v1"  # what a masked update's encryption is bound to (``storage.keys``)
+MIN_NOISE_STD = 16.0  # a noise share's parameter, at least: the accounting's correction term is 0 from there
 MAX_TERM_BITS = 46  # a change of more than 2^45 fixed-point units is out of the merge's range anyway
 
 
@@ -162,8 +170,12 @@ def advertise(repo: Repository, identity: Any, branch: str, state: StateDict, ex
     at = now_ms()
     membership = repo.members.current()
     _require_role(membership, identity.public_key, "contributor", at, "contributing to a secure round")
-    change = term(repo.materialize(head), state, 1)
-    bits = int(np.abs(change).max()).bit_length() if change.size else 0
+    base = repo.materialize(head)
+    state = _clipped(policy, base, state)
+    change = term(base, state, 1)
+    bits = (int(np.abs(change).max()) + _noise_bound(policy, change.size)).bit_length() if change.size else 0
+    if bits > MAX_TERM_BITS:
+        raise InvalidInput(f"the update and its noise need {bits} bits a value; a secure merge holds {MAX_TERM_BITS}")
     holders = _holders(membership, identity.public_key, at)
     needed = policy.holders_needed(len(holders))
     secrets = secrets or Secrets.fresh()
@@ -184,6 +196,7 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
     """``identity``'s masked update for ``roster``: its weighted change plus its masks, cut to the round's ring,
     encrypted and added to the repository's blocks."""
     from ..tensors import masking
+    from ..tensors.dp_noise import discrete_gaussian
     from ..tensors.secure_sum import term
 
     plan = make_plan(repo, source, roster)
@@ -199,9 +212,15 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
             or advert.self_commit != secagg.commitment(secrets.self_seed):
         raise InvalidInput("these are not the secrets of the advert the roster takes")
     head = repo.materialize(roster.head)
+    policy = _policy(repo)
+    state = _clipped(policy, head, state)
     values = term(head, state, plan.weights[mine.id])
     if int(np.abs(term(head, state, 1)).max(initial=0)).bit_length() > advert.bits:
         raise InvalidInput("the update is not the one advertised: its change needs more bits than the advert said")
+    if policy.dp:  # this contributor's share of the round's noise
+        values += discrete_gaussian(_noise_std(policy, values.size, len(plan.adverts)), values.size)
+        if int(np.abs(values).max(initial=0)).bit_length() > advert.bits:
+            raise InvalidInput("the noise drawn is beyond the bound the advert allowed for: mask again")
     seeds = secagg.pair_seeds(secrets.mask_secret, advert.mask_key, plan.links, plan.context)
     published = masking.to_ring(masking.mask(values, secrets.self_seed, advert.mask_key, seeds), plan.ring)
     membership = repo.members.current()
@@ -278,6 +297,9 @@ def roster(repo: Repository, identity: Any, source: MessageSource, branch: str, 
     target = check_branch_name(branch)
     head = repo.head(target)
     adverts = latest_adverts(repo, source, target, head)
+    if policy.dp:  # those whose authors' budgets hold whatever the round takes, fewer and fewer until all do
+        while adverts and not all(_affordable(repo, a.author, head, len(adverts)) for a in adverts):
+            adverts = [a for a in adverts if _affordable(repo, a.author, head, len(adverts))]
     at = now_ms()
     current = _round(repo, target, head, adverts, memory=memory)
     if len(adverts) < MIN_CONTRIBUTORS or not current.ready(at):
@@ -448,6 +470,9 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
             "secure": {"roster": content.roster, "unmask": unmask_message.id, "reveals": list(reveals),
                        "contributions": entries, "dropped": dropped, "ring_bits": plan.ring},
             "examples": sum(int(e[2]) for e in entries), "step": 1 << WEIGHT_BITS}
+    policy = _policy(repo)
+    if policy.dp:
+        meta["dp"] = _spent(repo, policy, unmask_message.head, [e[1] for e in entries], len(plan.adverts))
     return state, meta
 
 
@@ -510,7 +535,14 @@ def make_plan(repo: Repository, source: MessageSource, roster_message: RoundMess
         raise IntegrityError(f"roster {short(roster_message.id)} takes two adverts of one member, or of one key")
     policy = _policy(repo)
     counts = weight_counts([(content_of(a, Advert).examples, 0) for a in adverts], policy)
-    weights = dict(zip(ids, normalize_weights(counts), strict=True))
+    if policy.dp:  # member-level privacy: a member's weight must not grow with its data, so all weigh the same
+        weights = dict.fromkeys(ids, 1)
+        poor = next((a for a in adverts if not _affordable(repo, a.author, roster_message.head, len(ids))), None)
+        if poor is not None:
+            raise IntegrityError(f"roster {short(roster_message.id)} takes advert {short(poor.id)}, whose author's "
+                                 "privacy budget would not hold if the merge took only the fewest it may")
+    else:
+        weights = dict(zip(ids, normalize_weights(counts), strict=True))
     context = hashlib.sha256(b"flair-secure-round\0" + b"\0".join(
         part.encode() for part in (repo.id, roster_message.branch, roster_message.head, roster_message.id))).digest()
     return Plan(roster=roster_message, adverts=adverts, weights=weights,
@@ -654,6 +686,60 @@ def _check_reveal(repo: Repository, plan: Plan, unmask_message: RoundMessage, me
                                  "dealer did not deal to its author, or of the other secret")
         found.append((share.advert, share.kind, secagg.Share(share.x, share.y)))
     return found
+
+
+def _clipped(policy: RoundPolicy, base: StateDict, state: StateDict) -> StateDict:
+    """``state`` with its update clipped to the policy's norm, if it sets differential privacy."""
+    from ..tensors.dp_noise import clip
+
+    return clip(base, state, float(Decimal(policy.dp_clip))) if policy.dp else state
+
+
+def _noise_std(policy: RoundPolicy, count: int, roster: int) -> float:
+    """The discrete Gaussian parameter of each of ``roster`` contributors' share of the noise, in the term's
+    units: z · Δ / √roster, so the merge of all of them carries z · Δ (Δ: ``dp_noise.fixed_sensitivity``)."""
+    from ..tensors.dp_noise import fixed_sensitivity
+    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS
+
+    sensitivity = fixed_sensitivity(float(Decimal(policy.dp_clip)), count, DEFAULT_SCALE_BITS)
+    std = float(Decimal(policy.dp_noise)) * sensitivity / math.sqrt(roster)
+    if std < MIN_NOISE_STD:
+        raise InvalidInput(f"each contributor's share of the noise would have a parameter of {std:.3g}: the "
+                           f"accounting needs {MIN_NOISE_STD:g} or more (a larger dp_clip or dp_noise)")
+    return std
+
+
+def _noise_bound(policy: RoundPolicy, count: int) -> int:
+    """How far a contributor's share of the noise may reach, at most: 14 parameters of the largest share (of a
+    roster of ``MIN_CONTRIBUTORS``); a draw beyond it has odds below 2^-140 a value."""
+    return int(np.ceil(14 * _noise_std(policy, count, MIN_CONTRIBUTORS))) if policy.dp else 0
+
+
+def _affordable(repo: Repository, author: PublicKey, head: CommitId, roster: int) -> bool:
+    from . import dp
+
+    return dp.secure_affordable(repo, author, head, roster, MIN_CONTRIBUTORS, dp.SHARED)
+
+
+def _spent(repo: Repository, policy: RoundPolicy, head: CommitId, authors: Sequence[PublicKey], roster: int
+           ) -> dict[str, Any]:
+    """What a secure merge taking ``authors``' contributions of a roster of ``roster`` records of differential
+    privacy: its parameters, how many it took of how many, the ρ it gives each, and each one's ε in all since
+    (``IntegrityError`` if one is past its budget)."""
+    from ..core import dp as accounting
+    from . import dp
+
+    rho = accounting.text(accounting.round_rho(policy.dp_noise, len(authors), roster))
+    history = dp.secure_spent(repo, head, dp.SHARED)
+    spent = {}
+    for author in authors:
+        epsilon = accounting.secure_epsilon((*history.get(author, ()), float(rho)), policy.dp_delta)
+        if epsilon > float(Decimal(policy.dp_epsilon)):
+            raise IntegrityError(f"a merge taking {short(author)}'s contribution would spend ε = "
+                                 f"{accounting.text(epsilon)} of its budget of {policy.dp_epsilon}")
+        spent[author] = accounting.text(epsilon)
+    return {"clip": policy.dp_clip, "noise": policy.dp_noise, "delta": policy.dp_delta, "taken": len(authors),
+            "roster": roster, "rho": rho, "spent": spent}
 
 
 def _masked_bytes(repo: Repository, message: RoundMessage, ring: int, count: int) -> bytes:

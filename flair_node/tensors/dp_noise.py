@@ -13,6 +13,7 @@ low bits can leak for the Laplace mechanism); the accounting of ``core.dp`` assu
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -61,3 +62,41 @@ def _check_layout(base: StateDict, trained: StateDict) -> None:
     if set(base) != set(trained) or any(base[n].shape != t.shape or base[n].dtype != t.dtype
                                         for n, t in trained.items()):
         raise InvalidInput("the trained weights must have the base's tensors, shapes and dtypes to be clipped")
+
+
+def clip(base: StateDict, trained: StateDict, norm: float) -> StateDict:
+    """``trained`` with its update from ``base`` scaled down to L2 norm ``norm`` at most (no noise): the same
+    bytes on every machine, so a secure round's contributor clips its weights alike when it advertises and when
+    it masks."""
+    return clip_and_noise(base, trained, norm, 0.0)[0]
+
+
+def fixed_sensitivity(clip_norm: float, count: int, scale_bits: int) -> float:
+    """The L2 norm a clipped update can reach in the merge's fixed point (``count`` values at ``scale_bits``
+    fraction bits): its norm at that scale, plus one unit a value for the rounding of the weights and of the
+    base."""
+    return clip_norm * float(1 << scale_bits) + math.sqrt(count)
+
+
+def discrete_gaussian(std: float, size: int, *, seed: bytes | None = None) -> np.ndarray:
+    """``size`` draws of the discrete Gaussian of parameter ``std`` (int64): Canonne, Kamath and Steinke's
+    sampler ("The Discrete Gaussian for Differential Privacy", NeurIPS 2020, Algorithm 3), vectorised: discrete
+    Laplace proposals of scale ``floor(std) + 1``, each kept with probability
+    ``exp(-(|y| - std²/t)² / (2 std²))``, computed in float64 (the paper's exact version uses rational
+    arithmetic). ``seed`` (16 bytes) fixes the draws, for tests only."""
+    if not 1.0 <= std <= 2.0 ** 40 or size < 0:
+        raise InvalidInput(f"discrete Gaussian noise takes a parameter from 1 to 2^40 and a size >= 0, not {std}, "
+                           f"{size}")
+    rng = np.random.Generator(np.random.PCG64(int.from_bytes(seed if seed is not None else os.urandom(16), "big")))
+    t = float(np.floor(std) + 1)
+    p = -np.expm1(-1.0 / t)  # a geometric's success probability: the discrete Laplace of scale t is G1 - G2
+    out = np.empty(size, dtype=np.int64)
+    filled = 0
+    while filled < size:
+        want = max(1024, int((size - filled) * 1.6))
+        y = rng.geometric(p, want).astype(np.int64) - rng.geometric(p, want).astype(np.int64)
+        keep = rng.random(want) < np.exp(-((np.abs(y) - std * std / t) ** 2) / (2 * std * std))
+        kept = y[keep][:size - filled]
+        out[filled:filled + len(kept)] = kept
+        filled += len(kept)
+    return out

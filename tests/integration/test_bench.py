@@ -143,6 +143,8 @@ def test_privacy_bench_reports_what_the_attack_reconstructs_in_each_case():
     assert report["noise_multiplier_eps1"] > report["noise_multiplier_eps8"] > 0
     # the utility runs: the non-private rounds learn; every local-noise level is reported next to them
     assert report["accuracy_nonprivate"] > 0.5 and report["utility_update_norm"] > 0
-    assert {"accuracy_local_eps1", "accuracy_local_eps4", "accuracy_local_eps8"} <= report.keys()
+    assert {f"accuracy_{kind}eps{e}" for kind in ("", "local_") for e in (1, 4, 8)} <= report.keys()
     noise = report["utility_noise_multipliers"]
     assert noise["eps1"] > noise["eps4"] > noise["eps8"] > 0
+    # the secure rounds' merges record what their members spent: the ε each run was set to reach
+    assert report["utility_epsilon_spent"] == pytest.approx({"eps1": 1, "eps4": 4, "eps8": 8}, rel=1e-4)

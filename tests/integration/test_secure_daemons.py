@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from flair_node.core import dp
 from flair_node.core.round_rules import RoundPolicy, weight_counts
+from flair_node.tensors.dp_noise import clip, fixed_sensitivity
 from flair_node.tensors.fixedpoint import combine, normalize_weights, same_bits
 from flair_node.tensors.safetensors_io import load_bytes, save_bytes
 from flair_node.tensors.secure_sum import merge_sum, term, term_size
@@ -122,3 +124,29 @@ def test_a_contributor_killed_after_masking_is_recovered_from(tmp_path):
         expected = merge_sum(base, total, sum(weights))
         got = merged_weights(survivors[0], repo, merge["id"])
         assert all(same_bits(got[k], expected[k]) for k in expected)
+
+
+def test_five_daemons_share_out_differential_privacy_s_noise_in_a_secure_round(tmp_path):
+    """With the policy's differential privacy, each node clips its update and masks it with its share of the
+    noise; every node follows a merge that is the clipped mean plus noise of z·Δ over the five, and says what each
+    member spent."""
+    policy = {**POLICY, "dp_clip": "0.5", "dp_noise": "1", "dp_delta": "1e-5", "dp_epsilon": "10"}
+    with running_cluster(tmp_path, ["a", "b", "c", "d", "e"]) as cluster:
+        repo = cluster.create_repo("private", base_model(), role="maintainer", policy=policy)
+        start = cluster.owner.head(repo)
+        for i, node in enumerate(cluster.nodes):
+            contribute(node, repo, i, 100)
+        merge = cluster.wait_for_merge(repo, start, timeout=120)
+        rho = dp.round_rho("1", 5, 5)
+        assert (merge["meta"]["dp"]["taken"], merge["meta"]["dp"]["rho"]) == (5, dp.text(rho))
+        base = base_model()
+        total = sum((term(base, clip(base, trained(i), 0.5), 1) for i in range(5)),
+                    start=np.zeros(term_size(base), dtype=np.int64))
+        exact = merge_sum(base, total, 5)
+        got = merged_weights(cluster.nodes[-1], repo, merge["id"])
+        noise = torch.cat([(got[k].double() - exact[k].double()).reshape(-1) for k in exact])
+        expected = fixed_sensitivity(0.5, PARAMETERS, 24) / 5 / (1 << 24)
+        assert float(noise.std()) == pytest.approx(expected, rel=0.05)
+        spent = cluster.nodes[1].daemon.client.call("repo.members", repo=repo)["dp_spent"]
+        assert spent == {n.key: {"contributions": 1, "epsilon": dp.text(dp.secure_epsilon([rho], "1e-5"))}
+                         for n in cluster.nodes}

@@ -39,7 +39,7 @@ def as_node(repos: RepoSet, repo: Repository, identity: Identity) -> Repository:
     return Repository.open(repo.id, repos.objects, repos.blocks, repo.refs, reader=identity)
 
 
-def test_the_policy_takes_all_four_fields_or_none_and_refuses_secure_rounds_for_now():
+def test_the_policy_takes_all_four_fields_or_none():
     assert POLICY.dp and not RoundPolicy().dp
     assert RoundPolicy.from_dict(POLICY.record()) == POLICY
     assert "dp_clip" not in RoundPolicy().record()  # records made before the fields are unchanged
@@ -48,8 +48,7 @@ def test_the_policy_takes_all_four_fields_or_none_and_refuses_secure_rounds_for_
     for name, bad in (("dp_clip", "0"), ("dp_noise", "-1"), ("dp_delta", "0.5"), ("dp_epsilon", "lots")):
         with pytest.raises(InvalidInput, match=name):
             RoundPolicy(**{**DP, name: bad})
-    with pytest.raises(InvalidInput, match="secure repositories"):
-        RoundPolicy(privacy="secure", max_staleness=0, **DP)
+    assert RoundPolicy(privacy="secure", max_staleness=0, **DP).dp  # the noise is shared out in the ring there
 
 
 @pytest.mark.parametrize(("noise", "count", "delta"), [("2", 1, "1e-5"), ("1.1", 7, "1e-6"), ("0.8", 100, "0.001")])

@@ -12,7 +12,7 @@ import pytest
 import torch
 import trio
 
-from flair_node.core import crypto
+from flair_node.core import crypto, dp
 from flair_node.core.errors import IntegrityError, InvalidInput
 from flair_node.core.identity import Identity
 from flair_node.core.round_messages import Advert, Masked, RoundMessage
@@ -26,6 +26,7 @@ from flair_node.storage.repo import Repository
 from flair_node.storage.repos import RepoSet
 from flair_node.storage.secure_pending import PendingContributions
 from flair_node.tensors import masking
+from flair_node.tensors.dp_noise import clip, fixed_sensitivity
 from flair_node.tensors.fixedpoint import combine, normalize_weights, same_bits
 from flair_node.tensors.secure_sum import merge_sum, term, term_size
 from flair_node.testing.sync import LocalSource
@@ -486,3 +487,54 @@ def test_waiting_contributions_are_kept_private_and_survive_a_restart(tmp_path):
         assert (tmp_path / "secure" / repo / name).stat().st_mode & 0o777 == 0o600
     store.drop(repo, advert)
     assert store.adverts(repo) == []
+
+
+DP = {"dp_clip": "0.5", "dp_noise": "1", "dp_delta": "1e-5"}
+
+
+def test_with_differential_privacy_each_contributor_adds_its_share_of_the_noise_and_the_merge_accounts_it():
+    """Each of the 5 clips its update and masks it with noise of parameter z·Δ/√5: the merge of all five carries
+    z·Δ once, and records the ρ it gives each and their ε, which every member re-derives."""
+    repo = team(RoundPolicy(**{**SECURE.as_dict(), **DP, "dp_epsilon": "10"}))
+    r, roster, unmask = full_round(repo)
+    merged = r.merge(unmask)
+    rho = dp.round_rho("1", 5, 5)
+    assert merged.meta["dp"] == {**{k[3:]: v for k, v in DP.items()}, "taken": 5, "roster": 5, "rho": dp.text(rho),
+                                 "spent": {c.public_key: dp.text(dp.secure_epsilon([rho], "1e-5")) for c in EVERYONE}}
+    assert all(e[3] == 1 for e in merged.meta["secure"]["contributions"])  # each member weighs the same
+    for member in EVERYONE:
+        secure_rounds.verify(as_node(repo, member), merged, r.book, memory=rounds.RoundMemory())
+    # the merge is the mean of the clipped updates plus noise of z·Δ over the five, in the merge's fixed point
+    clipped = [clip(r.base, r.states[c.public_key], 0.5) for c in EVERYONE]
+    exact = merge_sum(r.base, sum((term(r.base, s, 1) for s in clipped),
+                                  start=np.zeros(term_size(r.base), dtype=np.int64)), 5)
+    noise = torch.cat([(repo.materialize(merged.id)[k].double() - exact[k].double()).reshape(-1) for k in exact])
+    expected = fixed_sensitivity(0.5, term_size(r.base), 24) / 5 / (1 << 24)
+    assert float(noise.std()) == pytest.approx(expected, rel=0.03) and abs(float(noise.mean())) < expected / 100
+
+
+def test_a_secure_round_takes_no_advert_whose_author_could_go_past_its_budget():
+    """The budget must hold however few contributions the merge takes (down to 3 of the roster's 5): a second
+    round would not keep it, so no roster takes anyone, and one that does is refused by every member."""
+    worst, actual = dp.round_rho("1", 3, 5), dp.round_rho("1", 5, 5)
+    budget = (dp.secure_epsilon([worst], "1e-5") + dp.secure_epsilon([actual, worst], "1e-5")) / 2
+    repo = team(RoundPolicy(**{**SECURE.as_dict(), **DP, "dp_epsilon": f"{budget:.3f}"}))
+    r, roster, unmask = full_round(repo)
+    r.merge(unmask)
+    second = Round(repo, EVERYONE)
+    with pytest.raises(NotReady):
+        second.roster()
+    agg = second.aggregator()
+    forced = RoundMessage(repo=repo.id, branch="main", head=second.head, author=agg.public_key,
+                          timestamp_ms=rounds.now_ms(),
+                          content=dataclasses.replace(roster.content, adverts=tuple(sorted(
+                              a.id for a in second.adverts())))).signed(agg)
+    with pytest.raises(IntegrityError, match="privacy budget would not hold"):
+        secure_rounds.make_plan(repo, second.book, forced)
+
+
+def test_noise_too_small_to_account_for_is_refused_when_a_contributor_advertises():
+    repo = team(RoundPolicy(**{**SECURE.as_dict(), "dp_clip": "0.000001", "dp_noise": "0.1", "dp_delta": "1e-5",
+                               "dp_epsilon": "10"}), size=100)
+    with pytest.raises(InvalidInput, match="the accounting needs 16 or more"):
+        secure_rounds.advertise(as_node(repo, MEMBERS[0]), MEMBERS[0], "main", trained(model(0, 100), 1), 10)

@@ -24,14 +24,15 @@ async def round_status(ctx: ApiContext, repo: str, branch: str) -> dict[str, Any
 
     def work() -> dict[str, Any]:
         r = ctx.repos.open(repo)
-        if r.members.current().policy.privacy != "secure":
+        policy = r.members.current().policy
+        if policy.privacy != "secure":
             shown = rounds.view(r, branch, memory=ctx.round_memory).json()
-            if r.members.current().policy.dp:  # what each member has spent of its privacy budget
-                shown["dp_spent"] = dp.spent_by_member(r, ctx.round_memory)
-            return shown
-        # a secure round's aggregators and windows are computed over its adverts, not contribution branches
-        return {**secure_rounds.view(r, branch, memory=ctx.round_memory).json(),
-                "secure": secure_node.progress(r, ctx.repos.pending, branch)}
+        else:  # a secure round's aggregators and windows are computed over its adverts, not contribution branches
+            shown = {**secure_rounds.view(r, branch, memory=ctx.round_memory).json(),
+                     "secure": secure_node.progress(r, ctx.repos.pending, branch)}
+        if policy.dp:  # what each member has spent of its privacy budget
+            shown["dp_spent"] = dp.spent_by_member(r, ctx.round_memory)
+        return shown
 
     return await ctx.off_thread(work)
 

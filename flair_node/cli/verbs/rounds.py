@@ -90,18 +90,23 @@ def round_text(r: dict[str, Any]) -> str:
              f"aggregator now: {r['aggregator'] or 'nobody (no member may move the branch)'}",
              f"ranked:         {' '.join(k[:8] for k in r['ranked'])}"]
     if "secure" in r:
-        return "\n".join(lines + secure_lines(r["secure"], policy))
+        return "\n".join(lines + secure_lines(r["secure"], policy) + dp_lines(r))
     lines.append(f"pending:        {len(r['pending'])} of {policy['buffer']} contributions"
                  + ("; ready to merge" if r["ready"] else f"; merges at {policy['buffer']} or "
                     f"{when(r['opened_ms'] + policy['deadline_s'] * 1000)} UTC"))
     lines += [f"  {c['commit'][:12]}  by {c['author'][:8]}  {c['examples']} examples, staleness {c['staleness']}"
               for c in r["pending"]]
-    if "dp_spent" in r:
-        lines.append(f"privacy spent:  of a budget of epsilon {policy['dp_epsilon']} per member at delta "
-                     f"{policy['dp_delta']}")
-        lines += [f"  {key[:8]}  epsilon {spent['epsilon']} ({spent['contributions']} contributions)"
-                  for key, spent in r["dp_spent"].items()]
-    return "\n".join(lines)
+    return "\n".join(lines + dp_lines(r))
+
+
+def dp_lines(r: dict[str, Any]) -> list[str]:
+    """What each member has spent of its privacy budget (``round.status``'s ``dp_spent``), if the policy sets one."""
+    if "dp_spent" not in r:
+        return []
+    policy = r["policy"]
+    return [f"privacy spent:  of a budget of epsilon {policy['dp_epsilon']} per member at delta {policy['dp_delta']}",
+            *(f"  {key[:8]}  epsilon {spent['epsilon']} ({spent['contributions']} contributions)"
+              for key, spent in r["dp_spent"].items())]
 
 
 def secure_lines(s: dict[str, Any], policy: dict[str, Any]) -> list[str]:
