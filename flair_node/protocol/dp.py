@@ -9,20 +9,27 @@
   the policy's, not the accountant's figures for its number, past the budget, or numbered lower than the
   member's merged contributions allow (``spent``: counted over the round merges of the branch's history).
 
+- **Secure rounds** (``protocol.secure_rounds`` calls these): each contributor clips (``clipped``) and adds its
+  share of the round's discrete Gaussian noise (``noise_std``) when it masks; a roster takes only adverts whose
+  authors can afford the round however few it takes (``affordable``, over ``secure_spent``: the ρ of each merge
+  that took them); the merge records what it gives each (``secure_record``).
+
 What a verifier cannot see in a plain repository is whether the update was really clipped before the noise:
 the noise hides it. ``docs/design/differential-privacy.md`` says what that leaves open.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ..core import dp
-from ..core.errors import IntegrityError
+from ..core.errors import IntegrityError, InvalidInput
 from ..core.ids import CommitId, PublicKey, short
 from ..core.objects import Commit
+from ..core.round_rules import RoundPolicy
 from ..storage.repo import CONTRIBUTION_PREFIX, Repository
 from .rounds import RoundMemory
 
@@ -38,18 +45,8 @@ def spent(repo: Repository, head: CommitId, memory: RoundMemory) -> dict[PublicK
     """For each member, over the round merges from ``head`` back along first parents: how many of its
     contributions made under differential privacy they took, and the largest number such a contribution
     records. Remembered per commit, so a new head costs its own rounds only."""
-    cache, walked, cursor = memory.dp_spent, [], head
-    totals: dict[PublicKey, tuple[int, int]] = {}
-    while True:
-        if cursor in cache:
-            totals = dict(cache[cursor])
-            break
-        commit = repo.commit(cursor)
-        walked.append(commit)
-        if not commit.parents:
-            break
-        cursor = commit.parents[0]
-    for commit in reversed(walked):
+    totals, newer = _since(repo, head, memory.dp_spent)
+    for commit in newer:
         if commit.kind == "round":
             for taken in commit.parents[1:]:
                 contribution = repo.commit(taken)
@@ -65,18 +62,8 @@ def secure_spent(repo: Repository, head: CommitId, memory: RoundMemory) -> dict[
     """For each member, the ρ of each secure round merge from ``head`` back along first parents that took one of
     its contributions under differential privacy (what ``core.dp.secure_epsilon`` composes). Remembered per
     commit."""
-    cache, walked, cursor = memory.dp_rhos, [], head
-    totals: dict[PublicKey, tuple[float, ...]] = {}
-    while True:
-        if cursor in cache:
-            totals = dict(cache[cursor])
-            break
-        commit = repo.commit(cursor)
-        walked.append(commit)
-        if not commit.parents:
-            break
-        cursor = commit.parents[0]
-    for commit in reversed(walked):
+    totals, newer = _since(repo, head, memory.dp_rhos)
+    for commit in newer:
         made, secure = commit.meta.get("dp"), commit.meta.get("secure")
         if commit.kind == "round" and isinstance(made, Mapping) and isinstance(secure, Mapping):
             rho = float(Decimal(made["rho"]))  # a merge this node follows re-derived to this meta
@@ -86,14 +73,64 @@ def secure_spent(repo: Repository, head: CommitId, memory: RoundMemory) -> dict[
     return totals
 
 
-def secure_affordable(repo: Repository, author: PublicKey, head: CommitId, roster: int, least_taken: int,
-                      memory: RoundMemory) -> bool:
+def affordable(repo: Repository, author: PublicKey, head: CommitId, roster: int, least_taken: int,
+               memory: RoundMemory = SHARED) -> bool:
     """Whether a secure round on ``head`` whose roster takes ``roster`` adverts, ``author``'s among them, keeps
     ``author`` within its budget however few of them (down to ``least_taken``) the merge takes."""
     policy = repo.members.current().policy
     worst = dp.round_rho(policy.dp_noise, least_taken, roster)
     rhos = (*secure_spent(repo, head, memory).get(author, ()), worst)
     return dp.secure_epsilon(rhos, policy.dp_delta) <= float(Decimal(policy.dp_epsilon))
+
+
+# -- secure rounds: clipping, each contributor's share of the noise, and the merge's record ------------------
+
+MIN_NOISE_STD = 16.0  # a noise share's parameter, at least: the accounting's correction term is 0 from there
+
+
+def clipped(policy: RoundPolicy, base: StateDict, state: StateDict) -> StateDict:
+    """``state`` with its update clipped to the policy's norm, if it sets differential privacy."""
+    from ..tensors.dp_noise import clip
+
+    return clip(base, state, float(Decimal(policy.dp_clip))) if policy.dp else state
+
+
+def noise_std(policy: RoundPolicy, count: int, roster: int) -> float:
+    """The discrete Gaussian parameter of each of ``roster`` contributors' share of the noise, in the term's
+    units: z · Δ / √roster, so the merge of all of them carries z · Δ (Δ: ``dp_noise.fixed_sensitivity``)."""
+    from ..tensors.dp_noise import fixed_sensitivity
+    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS
+
+    sensitivity = fixed_sensitivity(float(Decimal(policy.dp_clip)), count, DEFAULT_SCALE_BITS)
+    std = float(Decimal(policy.dp_noise)) * sensitivity / math.sqrt(roster)
+    if std < MIN_NOISE_STD:
+        raise InvalidInput(f"each contributor's share of the noise would have a parameter of {std:.3g}: the "
+                           f"accounting needs {MIN_NOISE_STD:g} or more (a larger dp_clip or dp_noise)")
+    return std
+
+
+def noise_bound(policy: RoundPolicy, count: int, least: int) -> int:
+    """How far a contributor's share of the noise may reach, at most: 14 parameters of the largest share (of a
+    roster of ``least``, the fewest a round takes); a draw beyond it has odds below 2^-140 a value."""
+    return math.ceil(14 * noise_std(policy, count, least)) if policy.dp else 0
+
+
+def secure_record(repo: Repository, policy: RoundPolicy, head: CommitId, authors: Sequence[PublicKey], roster: int
+           ) -> dict[str, Any]:
+    """What a secure merge taking ``authors``' contributions of a roster of ``roster`` records of differential
+    privacy: its parameters, how many it took of how many, the ρ it gives each, and each one's ε in all since
+    (``IntegrityError`` if one is past its budget)."""
+    rho = dp.text(dp.round_rho(policy.dp_noise, len(authors), roster))
+    history = secure_spent(repo, head, SHARED)
+    spent = {}
+    for author in authors:
+        epsilon = dp.secure_epsilon((*history.get(author, ()), float(rho)), policy.dp_delta)
+        if epsilon > float(Decimal(policy.dp_epsilon)):
+            raise IntegrityError(f"a merge taking {short(author)}'s contribution would spend ε = "
+                                 f"{dp.text(epsilon)} of its budget of {policy.dp_epsilon}")
+        spent[author] = dp.text(epsilon)
+    return {"clip": policy.dp_clip, "noise": policy.dp_noise, "delta": policy.dp_delta, "taken": len(authors),
+            "roster": roster, "rho": rho, "spent": spent}
 
 
 def at_least(repo: Repository, author: PublicKey, head: CommitId, memory: RoundMemory) -> int:
@@ -162,3 +199,17 @@ def _number(commit: Commit) -> int | None:
     made = commit.meta.get("dp")
     number = made.get("count") if isinstance(made, Mapping) else None
     return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+
+def _since(repo: Repository, head: CommitId, cache: Mapping[str, dict[PublicKey, Any]]
+           ) -> tuple[dict[PublicKey, Any], list[Commit]]:
+    """What ``cache`` holds for the nearest commit at or before ``head`` along first parents (empty if none), and
+    the commits after it up to ``head``, oldest first."""
+    walked, cursor = [], head
+    while cursor not in cache:
+        commit = repo.commit(cursor)
+        walked.append(commit)
+        if not commit.parents:
+            return {}, walked[::-1]
+        cursor = commit.parents[0]
+    return dict(cache[cursor]), walked[::-1]

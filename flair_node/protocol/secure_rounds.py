@@ -56,11 +56,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -88,6 +86,7 @@ from ..core.round_rules import RoundPolicy, weight_counts
 from ..storage import unixfs
 from ..storage.clock import now_ms
 from ..storage.repo import Repository
+from . import dp
 from .rounds import Contribution, RoundMemory, RoundView
 
 if TYPE_CHECKING:
@@ -97,7 +96,6 @@ log = logging.getLogger(__name__)
 
 MIN_CONTRIBUTORS = 3
 MASKED_CODEC = "masked-v1"  # what a masked update's encryption is bound to (``storage.keys``)
-MIN_NOISE_STD = 16.0  # a noise share's parameter, at least: the accounting's correction term is 0 from there
 MAX_TERM_BITS = 46  # a change of more than 2^45 fixed-point units is out of the merge's range anyway
 
 
@@ -171,9 +169,10 @@ def advertise(repo: Repository, identity: Any, branch: str, state: StateDict, ex
     membership = repo.members.current()
     _require_role(membership, identity.public_key, "contributor", at, "contributing to a secure round")
     base = repo.materialize(head)
-    state = _clipped(policy, base, state)
+    state = dp.clipped(policy, base, state)
     change = term(base, state, 1)
-    bits = (int(np.abs(change).max()) + _noise_bound(policy, change.size)).bit_length() if change.size else 0
+    reach = int(np.abs(change).max(initial=0)) + dp.noise_bound(policy, change.size, MIN_CONTRIBUTORS)
+    bits = reach.bit_length() if change.size else 0
     if bits > MAX_TERM_BITS:
         raise InvalidInput(f"the update and its noise need {bits} bits a value; a secure merge holds {MAX_TERM_BITS}")
     holders = _holders(membership, identity.public_key, at)
@@ -213,12 +212,12 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
         raise InvalidInput("these are not the secrets of the advert the roster takes")
     head = repo.materialize(roster.head)
     policy = _policy(repo)
-    state = _clipped(policy, head, state)
+    state = dp.clipped(policy, head, state)
     values = term(head, state, plan.weights[mine.id])
     if int(np.abs(term(head, state, 1)).max(initial=0)).bit_length() > advert.bits:
         raise InvalidInput("the update is not the one advertised: its change needs more bits than the advert said")
     if policy.dp:  # this contributor's share of the round's noise
-        values += discrete_gaussian(_noise_std(policy, values.size, len(plan.adverts)), values.size)
+        values += discrete_gaussian(dp.noise_std(policy, values.size, len(plan.adverts)), values.size)
         if int(np.abs(values).max(initial=0)).bit_length() > advert.bits:
             raise InvalidInput("the noise drawn is beyond the bound the advert allowed for: mask again")
     seeds = secagg.pair_seeds(secrets.mask_secret, advert.mask_key, plan.links, plan.context)
@@ -298,8 +297,8 @@ def roster(repo: Repository, identity: Any, source: MessageSource, branch: str, 
     head = repo.head(target)
     adverts = latest_adverts(repo, source, target, head)
     if policy.dp:  # those whose authors' budgets hold whatever the round takes, fewer and fewer until all do
-        while adverts and not all(_affordable(repo, a.author, head, len(adverts)) for a in adverts):
-            adverts = [a for a in adverts if _affordable(repo, a.author, head, len(adverts))]
+        while adverts and not all(dp.affordable(repo, a.author, head, len(adverts), MIN_CONTRIBUTORS) for a in adverts):
+            adverts = [a for a in adverts if dp.affordable(repo, a.author, head, len(adverts), MIN_CONTRIBUTORS)]
     at = now_ms()
     current = _round(repo, target, head, adverts, memory=memory)
     if len(adverts) < MIN_CONTRIBUTORS or not current.ready(at):
@@ -472,7 +471,7 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
             "examples": sum(int(e[2]) for e in entries), "step": 1 << WEIGHT_BITS}
     policy = _policy(repo)
     if policy.dp:
-        meta["dp"] = _spent(repo, policy, unmask_message.head, [e[1] for e in entries], len(plan.adverts))
+        meta["dp"] = dp.secure_record(repo, policy, unmask_message.head, [e[1] for e in entries], len(plan.adverts))
     return state, meta
 
 
@@ -537,7 +536,8 @@ def make_plan(repo: Repository, source: MessageSource, roster_message: RoundMess
     counts = weight_counts([(content_of(a, Advert).examples, 0) for a in adverts], policy)
     if policy.dp:  # member-level privacy: a member's weight must not grow with its data, so all weigh the same
         weights = dict.fromkeys(ids, 1)
-        poor = next((a for a in adverts if not _affordable(repo, a.author, roster_message.head, len(ids))), None)
+        poor = next((a for a in adverts
+                     if not dp.affordable(repo, a.author, roster_message.head, len(ids), MIN_CONTRIBUTORS)), None)
         if poor is not None:
             raise IntegrityError(f"roster {short(roster_message.id)} takes advert {short(poor.id)}, whose author's "
                                  "privacy budget would not hold if the merge took only the fewest it may")
@@ -686,60 +686,6 @@ def _check_reveal(repo: Repository, plan: Plan, unmask_message: RoundMessage, me
                                  "dealer did not deal to its author, or of the other secret")
         found.append((share.advert, share.kind, secagg.Share(share.x, share.y)))
     return found
-
-
-def _clipped(policy: RoundPolicy, base: StateDict, state: StateDict) -> StateDict:
-    """``state`` with its update clipped to the policy's norm, if it sets differential privacy."""
-    from ..tensors.dp_noise import clip
-
-    return clip(base, state, float(Decimal(policy.dp_clip))) if policy.dp else state
-
-
-def _noise_std(policy: RoundPolicy, count: int, roster: int) -> float:
-    """The discrete Gaussian parameter of each of ``roster`` contributors' share of the noise, in the term's
-    units: z · Δ / √roster, so the merge of all of them carries z · Δ (Δ: ``dp_noise.fixed_sensitivity``)."""
-    from ..tensors.dp_noise import fixed_sensitivity
-    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS
-
-    sensitivity = fixed_sensitivity(float(Decimal(policy.dp_clip)), count, DEFAULT_SCALE_BITS)
-    std = float(Decimal(policy.dp_noise)) * sensitivity / math.sqrt(roster)
-    if std < MIN_NOISE_STD:
-        raise InvalidInput(f"each contributor's share of the noise would have a parameter of {std:.3g}: the "
-                           f"accounting needs {MIN_NOISE_STD:g} or more (a larger dp_clip or dp_noise)")
-    return std
-
-
-def _noise_bound(policy: RoundPolicy, count: int) -> int:
-    """How far a contributor's share of the noise may reach, at most: 14 parameters of the largest share (of a
-    roster of ``MIN_CONTRIBUTORS``); a draw beyond it has odds below 2^-140 a value."""
-    return int(np.ceil(14 * _noise_std(policy, count, MIN_CONTRIBUTORS))) if policy.dp else 0
-
-
-def _affordable(repo: Repository, author: PublicKey, head: CommitId, roster: int) -> bool:
-    from . import dp
-
-    return dp.secure_affordable(repo, author, head, roster, MIN_CONTRIBUTORS, dp.SHARED)
-
-
-def _spent(repo: Repository, policy: RoundPolicy, head: CommitId, authors: Sequence[PublicKey], roster: int
-           ) -> dict[str, Any]:
-    """What a secure merge taking ``authors``' contributions of a roster of ``roster`` records of differential
-    privacy: its parameters, how many it took of how many, the ρ it gives each, and each one's ε in all since
-    (``IntegrityError`` if one is past its budget)."""
-    from ..core import dp as accounting
-    from . import dp
-
-    rho = accounting.text(accounting.round_rho(policy.dp_noise, len(authors), roster))
-    history = dp.secure_spent(repo, head, dp.SHARED)
-    spent = {}
-    for author in authors:
-        epsilon = accounting.secure_epsilon((*history.get(author, ()), float(rho)), policy.dp_delta)
-        if epsilon > float(Decimal(policy.dp_epsilon)):
-            raise IntegrityError(f"a merge taking {short(author)}'s contribution would spend ε = "
-                                 f"{accounting.text(epsilon)} of its budget of {policy.dp_epsilon}")
-        spent[author] = accounting.text(epsilon)
-    return {"clip": policy.dp_clip, "noise": policy.dp_noise, "delta": policy.dp_delta, "taken": len(authors),
-            "roster": roster, "rho": rho, "spent": spent}
 
 
 def _masked_bytes(repo: Repository, message: RoundMessage, ring: int, count: int) -> bytes:
