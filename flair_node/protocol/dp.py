@@ -8,7 +8,6 @@
   a merge that takes it) refuses a contribution whose ``meta["dp"]`` is missing, made with other parameters than
   the policy's, not the accountant's figures for its number, past the budget, or numbered lower than the
   member's merged contributions allow (``spent``: counted over the round merges of the branch's history).
-
 - **Secure rounds** (``protocol.secure_rounds`` calls these): each contributor clips (``clipped``) and adds its
   share of the round's discrete Gaussian noise (``noise_std``) when it masks; a roster takes only adverts whose
   authors can afford the round however few it takes (``affordable``, over ``secure_spent``: the ρ of each merge
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
 #: What the secure round functions, which take no ``RoundMemory``, remember of members' spending (``secure_spent``):
 #: keyed by commit ids, which name their content, so one cache serves every repository of the process.
 SHARED = RoundMemory()
+MIN_NOISE_STD = 16.0  # a noise share's parameter, at least: the accounting's correction term is 0 from there
 
 
 def spent(repo: Repository, head: CommitId, memory: RoundMemory) -> dict[PublicKey, tuple[int, int]]:
@@ -56,81 +56,6 @@ def spent(repo: Repository, head: CommitId, memory: RoundMemory) -> dict[PublicK
                     totals[contribution.author] = (merged + 1, max(top, number))
         memory.remember_dp(commit.id, totals)
     return totals
-
-
-def secure_spent(repo: Repository, head: CommitId, memory: RoundMemory) -> dict[PublicKey, tuple[float, ...]]:
-    """For each member, the ρ of each secure round merge from ``head`` back along first parents that took one of
-    its contributions under differential privacy (what ``core.dp.secure_epsilon`` composes). Remembered per
-    commit."""
-    totals, newer = _since(repo, head, memory.dp_rhos)
-    for commit in newer:
-        made, secure = commit.meta.get("dp"), commit.meta.get("secure")
-        if commit.kind == "round" and isinstance(made, Mapping) and isinstance(secure, Mapping):
-            rho = float(Decimal(made["rho"]))  # a merge this node follows re-derived to this meta
-            for entry in secure["contributions"]:
-                totals[entry[1]] = (*totals.get(entry[1], ()), rho)
-        memory.remember_rhos(commit.id, totals)
-    return totals
-
-
-def affordable(repo: Repository, author: PublicKey, head: CommitId, roster: int, least_taken: int,
-               memory: RoundMemory = SHARED) -> bool:
-    """Whether a secure round on ``head`` whose roster takes ``roster`` adverts, ``author``'s among them, keeps
-    ``author`` within its budget however few of them (down to ``least_taken``) the merge takes."""
-    policy = repo.members.current().policy
-    worst = dp.round_rho(policy.dp_noise, least_taken, roster)
-    rhos = (*secure_spent(repo, head, memory).get(author, ()), worst)
-    return dp.secure_epsilon(rhos, policy.dp_delta) <= float(Decimal(policy.dp_epsilon))
-
-
-# -- secure rounds: clipping, each contributor's share of the noise, and the merge's record ------------------
-
-MIN_NOISE_STD = 16.0  # a noise share's parameter, at least: the accounting's correction term is 0 from there
-
-
-def clipped(policy: RoundPolicy, base: StateDict, state: StateDict) -> StateDict:
-    """``state`` with its update clipped to the policy's norm, if it sets differential privacy."""
-    from ..tensors.dp_noise import clip
-
-    return clip(base, state, float(Decimal(policy.dp_clip))) if policy.dp else state
-
-
-def noise_std(policy: RoundPolicy, count: int, roster: int) -> float:
-    """The discrete Gaussian parameter of each of ``roster`` contributors' share of the noise, in the term's
-    units: z · Δ / √roster, so the merge of all of them carries z · Δ (Δ: ``dp_noise.fixed_sensitivity``)."""
-    from ..tensors.dp_noise import fixed_sensitivity
-    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS
-
-    sensitivity = fixed_sensitivity(float(Decimal(policy.dp_clip)), count, DEFAULT_SCALE_BITS)
-    std = float(Decimal(policy.dp_noise)) * sensitivity / math.sqrt(roster)
-    if std < MIN_NOISE_STD:
-        raise InvalidInput(f"each contributor's share of the noise would have a parameter of {std:.3g}: the "
-                           f"accounting needs {MIN_NOISE_STD:g} or more (a larger dp_clip or dp_noise)")
-    return std
-
-
-def noise_bound(policy: RoundPolicy, count: int, least: int) -> int:
-    """How far a contributor's share of the noise may reach, at most: 14 parameters of the largest share (of a
-    roster of ``least``, the fewest a round takes); a draw beyond it has odds below 2^-140 a value."""
-    return math.ceil(14 * noise_std(policy, count, least)) if policy.dp else 0
-
-
-def secure_record(repo: Repository, policy: RoundPolicy, head: CommitId, authors: Sequence[PublicKey], roster: int
-           ) -> dict[str, Any]:
-    """What a secure merge taking ``authors``' contributions of a roster of ``roster`` records of differential
-    privacy: its parameters, how many it took of how many, the ρ it gives each, and each one's ε in all since
-    (``IntegrityError`` if one is past its budget)."""
-    rho = dp.text(dp.round_rho(policy.dp_noise, len(authors), roster))
-    history = secure_spent(repo, head, SHARED)
-    spent = {}
-    for author in authors:
-        epsilon = dp.secure_epsilon((*history.get(author, ()), float(rho)), policy.dp_delta)
-        if epsilon > float(Decimal(policy.dp_epsilon)):
-            raise IntegrityError(f"a merge taking {short(author)}'s contribution would spend ε = "
-                                 f"{dp.text(epsilon)} of its budget of {policy.dp_epsilon}")
-        spent[author] = dp.text(epsilon)
-    return {"clip": policy.dp_clip, "noise": policy.dp_noise, "delta": policy.dp_delta, "taken": len(authors),
-            "roster": roster, "rho": rho, "spent": spent}
 
 
 def at_least(repo: Repository, author: PublicKey, head: CommitId, memory: RoundMemory) -> int:
@@ -193,6 +118,78 @@ def check(repo: Repository, commit: Commit, head: CommitId, memory: RoundMemory)
     except IntegrityError as exc:
         raise IntegrityError(f"contribution {short(commit.id)} breaks the repository's differential privacy: "
                              f"{exc}") from None
+
+
+# -- secure rounds ----------------------------------------------------------------------------------------
+
+def secure_spent(repo: Repository, head: CommitId, memory: RoundMemory) -> dict[PublicKey, tuple[float, ...]]:
+    """For each member, the ρ of each secure round merge from ``head`` back along first parents that took one of
+    its contributions under differential privacy (what ``core.dp.secure_epsilon`` composes). Remembered per
+    commit."""
+    totals, newer = _since(repo, head, memory.dp_rhos)
+    for commit in newer:
+        made, secure = commit.meta.get("dp"), commit.meta.get("secure")
+        if commit.kind == "round" and isinstance(made, Mapping) and isinstance(secure, Mapping):
+            rho = float(Decimal(made["rho"]))  # a merge this node follows re-derived to this meta
+            for entry in secure["contributions"]:
+                totals[entry[1]] = (*totals.get(entry[1], ()), rho)
+        memory.remember_rhos(commit.id, totals)
+    return totals
+
+
+def affordable(repo: Repository, author: PublicKey, head: CommitId, roster: int, least_taken: int,
+               memory: RoundMemory = SHARED) -> bool:
+    """Whether a secure round on ``head`` whose roster takes ``roster`` adverts, ``author``'s among them, keeps
+    ``author`` within its budget however few of them (down to ``least_taken``) the merge takes."""
+    policy = repo.members.current().policy
+    worst = dp.round_rho(policy.dp_noise, least_taken, roster)
+    rhos = (*secure_spent(repo, head, memory).get(author, ()), worst)
+    return dp.secure_epsilon(rhos, policy.dp_delta) <= float(Decimal(policy.dp_epsilon))
+
+
+def clipped(policy: RoundPolicy, base: StateDict, state: StateDict) -> StateDict:
+    """``state`` with its update clipped to the policy's norm, if it sets differential privacy."""
+    from ..tensors.dp_noise import clip
+
+    return clip(base, state, float(Decimal(policy.dp_clip))) if policy.dp else state
+
+
+def noise_std(policy: RoundPolicy, count: int, roster: int) -> float:
+    """The discrete Gaussian parameter of each of ``roster`` contributors' share of the noise, in the term's
+    units: z · Δ / √roster, so the merge of all of them carries z · Δ (Δ: ``dp_noise.fixed_sensitivity``)."""
+    from ..tensors.dp_noise import fixed_sensitivity
+    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS
+
+    sensitivity = fixed_sensitivity(float(Decimal(policy.dp_clip)), count, DEFAULT_SCALE_BITS)
+    std = float(Decimal(policy.dp_noise)) * sensitivity / math.sqrt(roster)
+    if std < MIN_NOISE_STD:
+        raise InvalidInput(f"each contributor's share of the noise would have a parameter of {std:.3g}: the "
+                           f"accounting needs {MIN_NOISE_STD:g} or more (a larger dp_clip or dp_noise)")
+    return std
+
+
+def noise_bound(policy: RoundPolicy, count: int, least: int) -> int:
+    """How far a contributor's share of the noise may reach, at most: 14 parameters of the largest share (of a
+    roster of ``least``, the fewest a round takes); a draw beyond it has odds below 2^-140 a value."""
+    return math.ceil(14 * noise_std(policy, count, least)) if policy.dp else 0
+
+
+def secure_record(repo: Repository, policy: RoundPolicy, head: CommitId, authors: Sequence[PublicKey],
+                  roster: int) -> dict[str, Any]:
+    """What a secure merge taking ``authors``' contributions of a roster of ``roster`` records of differential
+    privacy: its parameters, how many it took of how many, the ρ it gives each, and each one's ε in all since
+    (``IntegrityError`` if one is past its budget)."""
+    rho = dp.text(dp.round_rho(policy.dp_noise, len(authors), roster))
+    history = secure_spent(repo, head, SHARED)
+    spent = {}
+    for author in authors:
+        epsilon = dp.secure_epsilon((*history.get(author, ()), float(rho)), policy.dp_delta)
+        if epsilon > float(Decimal(policy.dp_epsilon)):
+            raise IntegrityError(f"a merge taking {short(author)}'s contribution would spend ε = "
+                                 f"{dp.text(epsilon)} of its budget of {policy.dp_epsilon}")
+        spent[author] = dp.text(epsilon)
+    return {"clip": policy.dp_clip, "noise": policy.dp_noise, "delta": policy.dp_delta, "taken": len(authors),
+            "roster": roster, "rho": rho, "spent": spent}
 
 
 def _number(commit: Commit) -> int | None:
