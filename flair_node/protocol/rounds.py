@@ -353,7 +353,7 @@ def verify(repo: Repository, commit: Commit, *, memory: RoundMemory) -> RoundVie
 
 def check_move(repo: Repository, move: BranchMove, *, memory: RoundMemory) -> None:
     """Before a node takes ``move`` from a peer (gossip or a pull): moving a branch to one of its round merges needs a
-    merge that ``verify`` accepts, or ``secure_rounds.verify`` for a secure round's (``IntegrityError``
+    merge that ``verify`` accepts, or ``secure_merges.verify`` for a secure round's (``IntegrityError``
     otherwise), so a node never follows a forged or unentitled merge. Any other move is left to the role checks
     of ``Ingest.accept_move``. A merge verified, or found not to match its inputs, is remembered (they never
     change: every one is named by its hash), so a forger cannot make a node re-derive the same merge at every
@@ -369,7 +369,7 @@ def check_move(repo: Repository, move: BranchMove, *, memory: RoundMemory) -> No
         raise MergeMismatch(reason)
     try:
         if isinstance(commit.meta.get("secure"), dict):
-            from .secure_rounds import verify as verify_secure
+            from .secure_merges import verify as verify_secure
 
             verify_secure(repo, commit, repo.secure, memory=memory)
         else:

@@ -34,7 +34,7 @@ from ..core.round_rules import RoundPolicy
 from ..storage.clock import now_ms
 from ..storage.repo import Repository
 from ..storage.secure_pending import PendingContributions
-from . import secure_rounds
+from . import secure_merges, secure_rounds
 from .rounds import RoundMemory
 from .secure_rounds import NotReady, Secrets
 
@@ -225,7 +225,7 @@ def _as_aggregator(repo: Repository, identity: Any, branch: str, head: str, at: 
             message = secure_rounds.unmask(repo, identity, repo.secure, roster, memory=memory)
             done.published.append(f"unmask {publish(repo, message).id}")
             return
-        done.merged = secure_rounds.merge(repo, identity, repo.secure, min(unmasks, key=_signed_order), memory=memory)
+        done.merged = secure_merges.merge(repo, identity, repo.secure, min(unmasks, key=_signed_order), memory=memory)
     except NotReady:
         return  # more messages to wait for
     except InvalidInput as exc:

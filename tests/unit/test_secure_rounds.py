@@ -17,7 +17,7 @@ from flair_node.core.errors import IntegrityError, InvalidInput
 from flair_node.core.identity import Identity
 from flair_node.core.round_messages import Advert, Masked, RoundMessage
 from flair_node.core.round_rules import RoundPolicy, weight_counts
-from flair_node.protocol import rounds, secure_node, secure_rounds
+from flair_node.protocol import rounds, secure_merges, secure_node, secure_rounds
 from flair_node.protocol.rounds import MergeMismatch
 from flair_node.protocol.secure_rounds import NotReady
 from flair_node.protocol.sync import pull
@@ -113,7 +113,7 @@ class Round:
 
     def merge(self, unmask: RoundMessage):
         agg = self.aggregator()
-        return secure_rounds.merge(as_node(self.repo, agg), agg, self.book, unmask, memory=self.memory)
+        return secure_merges.merge(as_node(self.repo, agg), agg, self.book, unmask, memory=self.memory)
 
     def plain_mean(self, who: list[Identity], weights: list[int]) -> dict[str, torch.Tensor]:
         """The exact mean of ``who``'s contributions with ``weights``, computed in the clear."""
@@ -148,7 +148,7 @@ def test_every_contribution_in_merges_to_the_plain_round_merge_bit_for_bit_and_e
     assert same_state(repo.materialize(merged.id), plain)  # what a plain round of the same updates merges to
     assert merged.meta["secure"]["dropped"] == [] and merged.meta["examples"] == sum(r.examples.values())
     for member in EVERYONE:
-        secure_rounds.verify(as_node(repo, member), merged, r.book, memory=rounds.RoundMemory())
+        secure_merges.verify(as_node(repo, member), merged, r.book, memory=rounds.RoundMemory())
 
 
 def test_no_member_can_read_a_contribution_from_what_it_holds():
@@ -195,26 +195,26 @@ def test_a_contributor_gone_after_masking_is_recovered_and_one_gone_before_is_dr
     dropped = [] if gone == "after masking" else [plan.advert_of(vanished.public_key).id]
     assert merged.meta["secure"]["dropped"] == dropped
     for member in alive:
-        secure_rounds.verify(as_node(repo, member), merged, r.book, memory=rounds.RoundMemory())
+        secure_merges.verify(as_node(repo, member), merged, r.book, memory=rounds.RoundMemory())
 
 
 def test_a_forged_merge_is_refused_by_every_member():
     repo = team()
     r, roster, unmask = full_round(repo)
     reveals = [m.id for m in r.book.of_round(repo.id, "main", r.head, "reveal")]
-    state, meta = secure_rounds.derive(repo, r.book, unmask, reveals)
+    state, meta = secure_merges.derive(repo, r.book, unmask, reveals)
     agg = r.aggregator()
     forged_state = {k: v + 1e-3 for k, v in state.items()}
     forged = as_node(repo, agg).write_round(agg, forged_state, branch="main", parents=(r.head,), meta=meta,
                                             message="forged")
     for member in EVERYONE:
         with pytest.raises(MergeMismatch, match="not what its masked updates sum to"):
-            secure_rounds.verify(as_node(repo, member), forged, r.book, memory=rounds.RoundMemory())
+            secure_merges.verify(as_node(repo, member), forged, r.book, memory=rounds.RoundMemory())
     entries = [[*e[:3], e[3] + (1 if i == 0 else -1 if i == 1 else 0)]
                for i, e in enumerate(meta["secure"]["contributions"])]
     reweighed = {**meta, "secure": {**meta["secure"], "contributions": entries}}
     with pytest.raises(MergeMismatch, match="other contributions or weights"):
-        secure_rounds.verify(repo, dataclasses.replace(forged, meta=reweighed).signed(agg), r.book,
+        secure_merges.verify(repo, dataclasses.replace(forged, meta=reweighed).signed(agg), r.book,
                              memory=rounds.RoundMemory())
 
 
@@ -257,7 +257,7 @@ def test_a_wrong_reveal_is_left_out_and_the_merge_goes_on():
     r.reveal(unmask, [c for c in EVERYONE if c != liar])
     merged = r.merge(unmask)
     assert len(merged.meta["secure"]["reveals"]) == len(EVERYONE) - 1
-    secure_rounds.verify(as_node(repo, OWNER), merged, r.book, memory=rounds.RoundMemory())
+    secure_merges.verify(as_node(repo, OWNER), merged, r.book, memory=rounds.RoundMemory())
 
 
 def test_a_share_its_dealer_sealed_wrong_is_left_out_and_the_holder_reveals_the_others():
@@ -312,7 +312,7 @@ def test_a_masked_update_no_member_could_sum_is_left_out_and_its_contributor_dro
     honest = [c for c in EVERYONE if c != cheat]
     weights = [plan.weights[plan.advert_of(c.public_key).id] for c in honest]
     assert same_state(repo.materialize(merged.id), r.plain_mean(honest, weights))
-    secure_rounds.verify(as_node(repo, OWNER), merged, r.book, memory=rounds.RoundMemory())
+    secure_merges.verify(as_node(repo, OWNER), merged, r.book, memory=rounds.RoundMemory())
 
 
 def test_what_a_secure_round_refuses():
@@ -363,7 +363,7 @@ def test_a_member_that_pulls_the_round_checks_the_merge_against_its_messages_bef
     r, _, unmask = full_round(repo)
     if forged:
         reveals = [m.id for m in r.book.of_round(repo.id, "main", r.head, "reveal")]
-        state, meta = secure_rounds.derive(repo, r.book, unmask, reveals)
+        state, meta = secure_merges.derive(repo, r.book, unmask, reveals)
         agg = r.aggregator()
         merged = as_node(repo, agg).write_round(agg, {k: v + 1e-3 for k, v in state.items()}, branch="main",
                                                 parents=(r.head,), meta=meta, message="forged")
@@ -503,7 +503,7 @@ def test_with_differential_privacy_each_contributor_adds_its_share_of_the_noise_
                                  "spent": {c.public_key: dp.text(dp.secure_epsilon([rho], "1e-5")) for c in EVERYONE}}
     assert all(e[3] == 1 for e in merged.meta["secure"]["contributions"])  # each member weighs the same
     for member in EVERYONE:
-        secure_rounds.verify(as_node(repo, member), merged, r.book, memory=rounds.RoundMemory())
+        secure_merges.verify(as_node(repo, member), merged, r.book, memory=rounds.RoundMemory())
     # the merge is the mean of the clipped updates plus noise of z·Δ over the five, in the merge's fixed point
     clipped = [clip(r.base, r.states[c.public_key], 0.5) for c in EVERYONE]
     exact = merge_sum(r.base, sum((term(r.base, s, 1) for s in clipped),
