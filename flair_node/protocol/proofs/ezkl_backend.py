@@ -9,6 +9,12 @@ already: Flair's fixed-point numbers with 24 fraction bits), so the circuit mult
 with no rescaling: the proven sums are exact. Inputs and outputs are not range-checked; nothing needs them to
 be, since every value is fixed by its commitment.
 
+Two more circuits (``KINDS``) prove that a vector committed chunk by chunk has a bounded L2 norm (``norms``
+uses them; KZG only, since it adds their commitments): ``squares`` takes G chunks and a salt and outputs the pair
+``[Σ x², salt]`` (committed, so the sum of squares stays hidden); ``bound`` takes the pair ``[S, R]`` of totals
+and K bits with a salt, and outputs, in public, ``S + Σ_k b_k 2^k`` and each ``b_k² − b_k``: a verifier who
+reads B² and K zeros there knows ``S = B² − (a number below 2^K)``, that is S <= B².
+
 Two commitment schemes (``SCHEMES``), chosen per repository:
 
 - ``kzg`` (EZKL's ``polycommit`` visibility): each input and the output sit alone in an unblinded advice column,
@@ -54,15 +60,21 @@ from ...storage.atomic import atomic_write
 #: The BN254 scalar field, where EZKL's circuits compute.
 FIELD = 21888242871839275222246405745257275088548364400416034343698204186575808495617
 SCHEMES = ("kzg", "poseidon")
+KINDS = ("sum", "squares", "bound")  # what a circuit proves: see the module docstring
 ROWS_PER_VALUE = 41  # Poseidon rows per hashed value (measured: 41.0-41.04, multiply-adds included)
 VISIBILITY = {"kzg": "polycommit", "poseidon": "hashed"}  # EZKL's name for each scheme
 KZG_INPUTS = 16  # inputs a kzg circuit takes at most: its logrows is sized for them
 MAX_INPUTS = 64  # inputs a poseidon circuit takes at most
+#: Bits a ``bound`` circuit takes at most: EZKL computes witnesses in i128, and S + Σ b_k 2^k stays below 2^126.
+MAX_BOUND_BITS = 125
 ROWS_RESERVED = 1024  # margin for the rows a circuit reserves beyond its gates
 MIN_LOGROWS, MAX_LOGROWS = 12, 24
 #: Bounds that keep EZKL's witness arithmetic (in i128) from overflowing: 64 products of a weight below 2^32
 #: and a value below 2^63 sum to less than 2^101. Flair's weights are at most 2^16, its deltas int64.
 MAX_WEIGHT, MAX_VALUE = 1 << 32, 1 << 63
+#: Values a ``squares`` proof takes: 16 chunks of up to 65536 squares of them sum to less than 2^120.
+MAX_SQUARED = 1 << 50
+MAX_SALT = 1 << 110  # the salt a ``squares`` proof passes through: thousands of them sum inside i128
 CIRCUIT_VERSION = "flair-weighted-sum-1"  # part of every cache key: change it when the circuit changes
 
 
@@ -72,15 +84,24 @@ class ProofError(FlairError):
 
 @dataclass(frozen=True)
 class Shape:
-    """K weighted inputs of N values each, committed with ``scheme``."""
+    """K weighted inputs of N values each, committed with ``scheme``. For the norm circuits (``kind``), K is the
+    chunks a ``squares`` proof takes, or the bits a ``bound`` proof takes; N is the chunk size, which fixes the
+    rows (so that their commitments are those of the repository's chunks)."""
 
     inputs: int
     size: int
     scheme: str = "kzg"
+    kind: str = "sum"
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise InvalidInput(f"unknown commitment scheme {self.scheme!r}: use one of {', '.join(SCHEMES)}")
+        if self.kind not in KINDS or self.kind != "sum" and self.scheme != "kzg":
+            raise InvalidInput(f"unknown circuit {self.kind!r} for {self.scheme}: norm circuits are KZG ones")
+        if self.kind == "bound":
+            if not (1 <= self.inputs <= MAX_BOUND_BITS and 1 <= self.size <= 1 << 16):
+                raise InvalidInput(f"a bound circuit takes 1 to {MAX_BOUND_BITS} bits (not {self.inputs})")
+            return
         most = KZG_INPUTS if self.scheme == "kzg" else MAX_INPUTS
         if not (1 <= self.inputs <= most and 1 <= self.size <= 1 << 16):
             raise InvalidInput(f"a {self.scheme} proof circuit takes 1 to {most} inputs of 1 to 65536 values (not "
@@ -203,8 +224,10 @@ def build(cache: Path, shape: Shape, srs: Path) -> Circuit:
                          f"need one for {'exactly ' if shape.scheme == 'kzg' else ''}2^{shape.logrows} (EZKL "
                          f"publishes one per size, kzg{shape.logrows}.srs)")
     srs_sha = sha256_file(srs)
-    key = hashlib.sha256(json.dumps([CIRCUIT_VERSION, _ezkl_version(), shape.scheme, shape.inputs, shape.size,
-                                     shape.logrows, srs_sha]).encode()).hexdigest()
+    named = [CIRCUIT_VERSION, _ezkl_version(), shape.scheme, shape.inputs, shape.size, shape.logrows, srs_sha]
+    if shape.kind != "sum":
+        named.append(shape.kind)
+    key = hashlib.sha256(json.dumps(named).encode()).hexdigest()
     folder = cache / key[:32]
     if not (folder / "vk.key").exists():
         cache.mkdir(parents=True, exist_ok=True)
@@ -217,14 +240,41 @@ def build(cache: Path, shape: Shape, srs: Path) -> Circuit:
 
 def prove(circuit: Circuit, weights: Sequence[int], chunks: Sequence[Sequence[int]]) -> bytes:
     """A proof that ``Σ_i weights[i] · chunks[i]`` is what it is; the proof file's bytes (JSON)."""
-    ezkl = _ezkl()
     shape = circuit.shape
+    if shape.kind != "sum":
+        raise InvalidInput(f"a {shape.kind} circuit does not prove weighted sums")
     if len(weights) != shape.inputs or len(chunks) != shape.inputs or any(len(c) != shape.size for c in chunks):
         raise InvalidInput(f"this circuit proves {shape.inputs} weights and {shape.inputs} chunks of {shape.size}")
     if any(abs(int(w)) >= MAX_WEIGHT for w in weights) or any(abs(int(v)) >= MAX_VALUE for c in chunks for v in c):
         raise InvalidInput("proven weights are below 2^32 and values below 2^63 in magnitude")
+    return _prove(circuit, [weights, *chunks])
+
+
+def prove_squares(circuit: Circuit, salt: int, chunks: Sequence[Sequence[int]]) -> bytes:
+    """A proof that the pair ``[Σ x², salt]`` over ``chunks`` is what it is (a ``squares`` circuit)."""
+    shape = circuit.shape
+    if shape.kind != "squares" or len(chunks) != shape.inputs or any(len(c) != shape.size for c in chunks):
+        raise InvalidInput(f"this circuit does not prove the squares of {len(chunks)} chunks")
+    if not 0 <= salt < MAX_SALT or any(abs(int(v)) >= MAX_SQUARED for c in chunks for v in c):
+        raise InvalidInput(f"a salt is below 2^{MAX_SALT.bit_length() - 1} and squared values below "
+                           f"2^{MAX_SQUARED.bit_length() - 1}")
+    return _prove(circuit, [[salt], *chunks])
+
+
+def prove_bound(circuit: Circuit, totals: Sequence[int], bits: Sequence[int], salt: int) -> bytes:
+    """A proof that ``totals[0] + Σ_k bits[k] 2^k`` and each ``bits[k]² − bits[k]`` are what they are (a ``bound``
+    circuit), with ``totals`` and the bits (followed by ``salt``, which hides them) committed."""
+    shape = circuit.shape
+    if shape.kind != "bound" or len(totals) != 2 or len(bits) != shape.inputs:
+        raise InvalidInput(f"this circuit does not prove a bound with {len(bits)} bits")
+    return _prove(circuit, [totals, [*bits, salt]])
+
+
+def _prove(circuit: Circuit, columns: Sequence[Sequence[int]]) -> bytes:
+    ezkl = _ezkl()
+    shape = circuit.shape
     # as field elements, not numbers: EZKL reads numbers as float32, which would round values beyond 2^24
-    data = {"input_data": [[felt(int(w)) for w in weights], *([felt(int(v)) for v in chunk] for chunk in chunks)]}
+    data = {"input_data": [[felt(int(v)) for v in column] for column in columns]}
     with _scratch(circuit.folder.parent) as tmp:
         (tmp / "input.json").write_text(json.dumps(data))
         what = f"{shape.inputs} x {shape.size}"
@@ -241,9 +291,12 @@ def verify(circuit: Circuit, proof: bytes) -> list[str]:
     """Check ``proof`` with the circuit's verifying key; the commitments it carries (weights, each chunk, the
     sums: Poseidon hashes as its public values, or the KZG commitments it opens with). ``IntegrityError`` if it
     does not verify or is not a proof of this shape. This checks the proof against the commitments *in the
-    proof*: the caller compares them with what was published."""
+    proof*: the caller compares them with what was published. For a ``squares`` circuit: the salt's, each
+    chunk's and the pair's; for a ``bound`` circuit: the totals', the bits', then its 1 + K public values."""
     ezkl = _ezkl()
-    count = circuit.shape.inputs + 2
+    shape = circuit.shape
+    count = 2 if shape.kind == "bound" else shape.inputs + 2
+    public = shape.inputs + 1 if shape.kind == "bound" else 0
     try:
         parsed = json.loads(proof)
         instances, raw = parsed["instances"], parsed["proof"]
@@ -252,13 +305,15 @@ def verify(circuit: Circuit, proof: bytes) -> list[str]:
     if not (isinstance(instances, list) and len(instances) == 1 and isinstance(instances[0], list)
             and all(isinstance(v, str) for v in instances[0])):
         raise IntegrityError("a proof's public values are one list of field elements")
-    if circuit.shape.scheme == "kzg":
-        if instances[0]:
-            raise IntegrityError("a proof of a KZG-committed circuit has no public values")
+    if shape.scheme == "kzg":
+        if len(instances[0]) != public:
+            raise IntegrityError(f"a proof of this circuit has {public} public values")
+        for value in instances[0]:
+            felt_value(value)  # well-formed field elements
         if not (isinstance(raw, list) and len(raw) >= 64 * count and all(type(b) is int and 0 <= b < 256
                                                                           for b in raw[:64 * count])):
             raise IntegrityError(f"a proof of this circuit opens with {count} commitments of 64 bytes")
-        commitments = [bytes(raw[64 * i:64 * (i + 1)]).hex() for i in range(count)]
+        commitments = [bytes(raw[64 * i:64 * (i + 1)]).hex() for i in range(count)] + list(instances[0])
     else:
         if len(instances[0]) != count:
             raise IntegrityError(f"a proof of this circuit has {count} public values")
@@ -276,8 +331,13 @@ def verify(circuit: Circuit, proof: bytes) -> list[str]:
 
 
 def export_onnx(path: Path, shape: Shape) -> None:
-    """The weighted-sum module for ``shape`` as ONNX: K weights and K chunks of N values in, N sums out."""
+    """The module for ``shape`` as ONNX: for a weighted sum, K weights and K chunks of N values in, N sums out;
+    for the norm circuits, see the module docstring."""
     import torch
+
+    if shape.kind != "sum":
+        _export_norm_onnx(path, shape)
+        return
 
     class WeightedSum(torch.nn.Module):
         def forward(self, weights: torch.Tensor, *chunks: torch.Tensor) -> torch.Tensor:
@@ -292,6 +352,35 @@ def export_onnx(path: Path, shape: Shape) -> None:
         torch.onnx.export(WeightedSum(), example, str(path), dynamo=False,
                           input_names=["weights", *(f"chunk{i}" for i in range(shape.inputs))],
                           output_names=["sums"])
+
+
+def _export_norm_onnx(path: Path, shape: Shape) -> None:
+    import torch
+
+    class Squares(torch.nn.Module):
+        def forward(self, salt: torch.Tensor, *chunks: torch.Tensor) -> torch.Tensor:
+            total = (chunks[0] * chunks[0]).sum(dim=0, keepdim=True)
+            for chunk in chunks[1:]:
+                total = total + (chunk * chunk).sum(dim=0, keepdim=True)
+            return torch.cat([total, salt])
+
+    class Bound(torch.nn.Module):
+        def forward(self, totals: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+            bits = bits[:-1]  # the last value is the salt: committed with the bits, hiding them
+            value = bits[-1:]
+            for k in range(bits.shape[0] - 2, -1, -1):  # Horner: only the constant 2, exact at scale 0
+                value = value * 2 + bits[k:k + 1]
+            return torch.cat([totals[:1] + value, bits * bits - bits])
+
+    if shape.kind == "squares":
+        module: torch.nn.Module = Squares()
+        example: tuple[torch.Tensor, ...] = (torch.zeros(1), *(torch.zeros(shape.size) for _ in range(shape.inputs)))
+        names = ["salt", *(f"chunk{i}" for i in range(shape.inputs))]
+    else:
+        module, example, names = Bound(), (torch.zeros(2), torch.zeros(shape.inputs + 1)), ["totals", "bits"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as in export_onnx
+        torch.onnx.export(module, example, str(path), dynamo=False, input_names=names, output_names=["out"])
 
 
 def run_args(logrows: int, visibility: str) -> Any:
@@ -313,6 +402,8 @@ def _build_into(folder: Path, shape: Shape, srs: Path) -> None:
     ezkl = _ezkl()
     export_onnx(folder / "circuit.onnx", shape)
     args = run_args(shape.logrows, VISIBILITY[shape.scheme])
+    if shape.kind == "bound":
+        args.output_visibility = "public"
     what = f"{shape.inputs} x {shape.size}"
     with map_ezkl_errors(f"settings for {what}") as call:
         call(ezkl.gen_settings(str(folder / "circuit.onnx"), str(folder / "settings.json"), py_run_args=args))
