@@ -43,17 +43,31 @@ Last line of stdout, one JSON object: ``attack_ssim_plain``, ``attack_ssim_eps8`
 on the reconstructions), ``noise_multiplier_eps8`` and ``noise_multiplier_eps1``; ``accuracy_nonprivate``,
 ``accuracy_eps1``, ``accuracy_eps4``, ``accuracy_eps8``, the same with ``accuracy_local_``, with
 ``utility_noise_multipliers``, ``utility_epsilon_spent`` and the median update norm of the non-private run
-(``utility_update_norm``). The norm proof's cost (``norm_proof_prove_s``) is not measured yet: there is no norm
-proof yet.
+(``utility_update_norm``).
+
+**Cost** (``--norm-groups``, 0 to skip): the norm proof (``protocol.proofs.norms``: L2 norm at most C = 1) of a
+1M-parameter update in chunks of ``NORM_CHUNK``, next to the merge proof of ``--members`` such updates, both
+with development SRSs and KZG commitments. ``norms.prove`` runs on the whole update with ``--norm-groups`` of its
+groups proven (so the pairs of every group, the sums of squares and the bound proof are all measured), and
+``norms.check`` on that bundle; the rest of the groups Flair proves of an update that big
+(``norms.groups_to_prove``, 192 of 245) are projected from the measured seconds per group. The merge proof is
+measured on one chunk (``weighted_sum.prove`` and ``weighted_sum.check``) and projected to the chunks Flair proves
+of a 1M merge (``merges.chunks_to_prove``, 423 of 3,907). Setup (circuits and keys, once per shape) is timed apart.
+``norm_proof_prove_s`` and ``norm_proof_verify_s`` are per contribution of 1M parameters, sampled as Flair
+samples; ``merge_proof_prove_s`` and ``merge_proof_verify_s`` the same for the merge; ``norm_proof`` holds the
+measured parts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,14 +81,19 @@ from flair_node.core.identity import Identity
 from flair_node.core.round_rules import RoundPolicy
 from flair_node.protocol import dp as protocol_dp
 from flair_node.protocol import rounds, secure_node
+from flair_node.protocol.proofs import ezkl_backend, merges, norms, weighted_sum
+from flair_node.protocol.proofs.ezkl_backend import Shape
 from flair_node.storage.repo import Repository
 from flair_node.storage.repos import RepoSet
 from flair_node.storage.secure_pending import PendingContributions
 from flair_node.tensors.dp_noise import update_norm
+from flair_node.tensors.fixedpoint import normalize_weights
 from flair_node.testing.models import accuracy, load_digits_split, make_mlp, partition, train_local
 
 LR = 0.1  # the victim's one step of SGD
 DELTA = "1e-5"
+NORM_CHUNK = 256  # values per chunk in the cost runs
+PROJECTED_PARAMS = 1_000_000
 UTILITY_CLIP = "2"  # C for the utility runs, fixed before them (the non-private run's median update norm is ~2)
 
 
@@ -255,6 +274,76 @@ def utility(policy: RoundPolicy, rounds_to_run: int, x: torch.Tensor, y: torch.T
     return accuracy(final, x_test, y_test), norms, dict(repo.commit(repo.head("main")).meta)
 
 
+def proof_cost(groups: int, members: int) -> dict[str, Any]:
+    """The norm proof of a 1M-parameter update and the merge proof of ``members`` of them (see the docstring)."""
+    cache = Path(tempfile.mkdtemp(prefix="flair-privacy-bench-"))
+    try:
+        srs = ezkl_backend.development_srs(cache, Shape(1, NORM_CHUNK).logrows)
+        started = time.perf_counter()
+        circuits = norms.build(cache, NORM_CHUNK, srs, norms.squared_bound(1.0))
+        merge_circuit = ezkl_backend.build(cache, Shape(members, NORM_CHUNK), srs)
+        setup_s = time.perf_counter() - started
+        g = torch.Generator().manual_seed(7)
+        updates = [torch.randn(PROJECTED_PARAMS, generator=g, dtype=torch.float64) for _ in range(members)]
+        deltas = [(u / u.norm() * 0.9 * (1 << norms.FRACTION_BITS)).round().to(torch.int64) for u in updates]
+        chunks = -(-PROJECTED_PARAMS // NORM_CHUNK)
+        total = norms.group_count(chunks)
+        proven = list(range(groups))
+        started = time.perf_counter()
+        bundle = norms.prove(circuits, deltas[0], norms.squared_bound(1.0), proven)
+        prove_s = time.perf_counter() - started
+        # the check reads the published commitments of the proven groups only: the others stay unread
+        published = [circuits.zero_chunk] * chunks
+        head = weighted_sum.commitments(deltas[0][:groups * norms.GROUP * NORM_CHUNK], NORM_CHUNK, circuits.squares)
+        published[:len(head)] = head
+        started = time.perf_counter()
+        norms.check(circuits, bundle, published, norms.squared_bound(1.0), proven)
+        verify_s = time.perf_counter() - started
+        per_group_prove, per_group_verify = group_seconds(circuits, deltas[0], bundle, published)
+        sampled = len(norms.groups_to_prove("a merge id", total))
+        weights = normalize_weights([1] * members)
+        first = [d[:NORM_CHUNK] for d in deltas]
+        started = time.perf_counter()
+        merge_proof = weighted_sum.prove(merge_circuit, weights, first, [0])[0]
+        merge_prove_s = time.perf_counter() - started
+        contributions = [weighted_sum.commitments(d, NORM_CHUNK, merge_circuit)[0] for d in first]
+        sums = weighted_sum.commitments(weighted_sum.weighted_sums(weights, first), NORM_CHUNK, merge_circuit)[0]
+        started = time.perf_counter()
+        weighted_sum.check(merge_circuit, merge_proof, weights=weights, contributions=contributions, sums=sums)
+        merge_verify_s = time.perf_counter() - started
+        merged_chunks = len(merges.chunks_to_prove("a merge id", chunks))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    norm_prove = prove_s + (sampled - groups) * per_group_prove
+    norm_verify = verify_s + (sampled - groups) * per_group_verify
+    merge_prove, merge_verify = merged_chunks * merge_prove_s, merged_chunks * merge_verify_s
+    print(f"norm proof of 1M parameters: {norm_prove:.0f} s to prove, {norm_verify:.1f} s to verify ({sampled} of "
+          f"{total} groups); merge proof: {merge_prove:.0f} s, {merge_verify:.1f} s", file=sys.stderr)
+    return {"norm_proof_prove_s": round(norm_prove, 1), "norm_proof_verify_s": round(norm_verify, 2),
+            "merge_proof_prove_s": round(merge_prove, 1), "merge_proof_verify_s": round(merge_verify, 2),
+            "norm_proof": {"params": PROJECTED_PARAMS, "chunk": NORM_CHUNK, "groups": total, "sampled_groups": sampled,
+                           "measured_groups": groups, "measured_prove_s": round(prove_s, 2),
+                           "measured_verify_s": round(verify_s, 3), "group_prove_s": round(per_group_prove, 3),
+                           "group_verify_s": round(per_group_verify, 4), "setup_s": round(setup_s, 1),
+                           "bundle_bytes_measured": len(json.dumps(bundle)), "merge_chunks": merged_chunks,
+                           "merge_chunk_prove_s": round(merge_prove_s, 3),
+                           "merge_chunk_verify_s": round(merge_verify_s, 4)}}
+
+
+def group_seconds(circuits: norms.NormCircuits, delta: torch.Tensor, bundle: dict[str, Any],
+                  published: list[str]) -> tuple[float, float]:
+    """Seconds to prove and to check one more group's squares (group 0, again), as ``norms`` does it."""
+    cut = weighted_sum.chunks(delta[:norms.GROUP * NORM_CHUNK], NORM_CHUNK)
+    started = time.perf_counter()
+    proof = ezkl_backend.prove_squares(circuits.squares, 1, cut)
+    prove_s = time.perf_counter() - started
+    started = time.perf_counter()
+    carried = ezkl_backend.verify(circuits.squares, proof)
+    if carried[1:-1] != published[:norms.GROUP]:
+        raise SystemExit("the squares proof is about other chunks than were published")
+    return prove_s, time.perf_counter() - started
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=5)
@@ -262,10 +351,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--members", type=int, default=5, help="contributions in the secure round's merge")
     parser.add_argument("--steps", type=int, default=2000, help="attack steps (Adam)")
     parser.add_argument("--utility-rounds", type=int, default=10, help="rounds of the utility runs (0: none)")
-    parser.add_argument("--quick", action="store_true", help="2 trials of 500 steps, 3 utility rounds")
+    parser.add_argument("--norm-groups", type=int, default=2, help="groups of the norm proof proven (0: no cost)")
+    parser.add_argument("--quick", action="store_true", help="2 trials of 500 steps, 3 utility rounds, 1 group")
     args = parser.parse_args(argv)
     if args.quick:
-        args.trials, args.steps, args.utility_rounds = 2, 500, 3
+        args.trials, args.steps, args.utility_rounds, args.norm_groups = 2, 500, 3, min(args.norm_groups, 1)
     torch.manual_seed(0)
     x, y, x_test, y_test = load_digits_split(seed=0)
     judge = make_mlp(1, hidden=64)
@@ -301,6 +391,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"epsilon {epsilon} (z = {z}): local noise {out[f'accuracy_local_eps{epsilon}']}, shared out in "
                   f"secure rounds {out[f'accuracy_eps{epsilon}']}", file=sys.stderr)
         print(f"non-private accuracy {out['accuracy_nonprivate']:.4f}", file=sys.stderr)
+    if args.norm_groups:
+        out.update(proof_cost(args.norm_groups, args.members))
     print(json.dumps(out))
     return out
 

@@ -134,7 +134,8 @@ def test_secure_rounds_bench_reports_plain_and_secure_rounds_of_the_same_run():
 
 @pytest.mark.slow
 def test_privacy_bench_reports_what_the_attack_reconstructs_in_each_case():
-    report = last_json_line("privacy.py", "--trials", "1", "--steps", "200", "--utility-rounds", "3")
+    report = last_json_line("privacy.py", "--trials", "1", "--steps", "200", "--utility-rounds", "3",
+                            "--norm-groups", "1")
     cases = ("plain", "eps8", "eps1", "secure", "baseline")
     assert {f"attack_{m}_{c}" for m in ("ssim", "accuracy") for c in cases} <= report.keys()
     # the table is honest only if the attack works where nothing protects the update: a plain delta of one step
@@ -148,3 +149,9 @@ def test_privacy_bench_reports_what_the_attack_reconstructs_in_each_case():
     assert noise["eps1"] > noise["eps4"] > noise["eps8"] > 0
     # the secure rounds' merges record what their members spent: the ε each run was set to reach
     assert report["utility_epsilon_spent"] == pytest.approx({"eps1": 1, "eps4": 4, "eps8": 8}, rel=1e-4)
+    # the norm proof's cost, per 1M-parameter contribution, next to the merge proof's: a real proof was made and
+    # checked (of one group), and the rest of Flair's sample projected from it
+    cost = report["norm_proof"]
+    assert cost["measured_groups"] == 1 and 0 < cost["sampled_groups"] < cost["groups"]
+    assert report["norm_proof_prove_s"] > cost["measured_prove_s"] > 0 and report["norm_proof_verify_s"] > 0
+    assert report["merge_proof_prove_s"] > 0 and report["merge_proof_verify_s"] > 0
