@@ -29,8 +29,10 @@ def policy_text(p: dict[str, Any]) -> str:
         f"merge when     {p['buffer']} contributions wait, or {p['deadline_s']} s after the round opened",
         f"staleness      weight = examples x (1 + staleness)^-{p['alpha']}; refused beyond {p['max_staleness']}",
         f"takeover       the next-ranked aggregator after {p['timeout_s']} s more",
-        "proofs         " + (f"{p['proof_scheme']} commitments to chunks of {p['proof_chunk']} values: merges can be "
-                             "proven (EZKL)" if p.get("proof_chunk") else "off"),
+        "proofs         " + ("off" if not p.get("proof_chunk") else
+                             f"{p['proof_scheme']} commitments to chunks of {p['proof_chunk']} values: "
+                             + (f"each masked update clipped to L2 norm {p['norm_bound']} and proven within it "
+                                "(EZKL)" if p.get("norm_bound") else "merges can be proven (EZKL)")),
         *([f"proof SRS      {p['proof_srs']}"] if p.get("proof_srs") else []),
         *(["               a development SRS made by this node: proofs convince only who trusts it; set a "
            "production one (proofs.srs, or --proof-srs)"] if p.get("development_srs") else []),

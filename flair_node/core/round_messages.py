@@ -11,7 +11,8 @@ message, each a ``RoundMessage`` signed by its author, in this order:
 - ``roster`` (the aggregator): which adverts the round takes. It fixes the weights, the ring's width and who
   pairs with whom.
 - ``masked`` (each contributor in the roster): where its masked update is (a UnixFS file, encrypted under the
-  repository key like every payload, though the masks alone hide it).
+  repository key like every payload, though the masks alone hide it) and, in a repository with norm proofs,
+  where the proof that what it masks is within the norm bound is (a UnixFS file).
 - ``unmask`` (the aggregator): which masked updates the merge takes, and the adverts of their contributors; the
   other contributors of the roster count as dropped out.
 - ``reveal`` (each holder): for each contributor of the roster, the share it holds of the self-mask seed if the
@@ -127,14 +128,28 @@ class Masked:
     cid: Cid  # the masked update: a UnixFS file, encrypted under the repository key of ``key_epoch``
     size: int
     key_epoch: int
+    #: With the policy's ``norm_bound``: the norm proof of what it masks (``protocol.proofs.norms``: its chunks'
+    #: commitments and the proof), a UnixFS file of ``proof_size`` bytes; absent otherwise.
+    proof: Cid | None = None
+    proof_size: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"roster": self.roster, "cid": self.cid, "size": self.size, "key_epoch": self.key_epoch}
+        body: dict[str, Any] = {"roster": self.roster, "cid": self.cid, "size": self.size, "key_epoch": self.key_epoch}
+        if self.proof is not None:
+            body.update(proof=self.proof, proof_size=self.proof_size)
+        return body
 
     @classmethod
     def from_dict(cls, body: dict[str, Any]) -> Masked:
+        proven = "proof" in body
         return cls(schema.hex_id(body["roster"], "roster"), schema.cid(body["cid"], "cid"),
-                   schema.natural(body["size"], "size"), schema.natural(body["key_epoch"], "key_epoch"))
+                   schema.natural(body["size"], "size"), schema.natural(body["key_epoch"], "key_epoch"),
+                   schema.cid(body["proof"], "proof") if proven else None,
+                   schema.natural(body["proof_size"], "proof_size") if proven else 0)
+
+    def files(self) -> list[tuple[Cid, int]]:
+        """The UnixFS files it names, with their sizes: the masked update, and its norm proof if it has one."""
+        return [(self.cid, self.size), *([(self.proof, self.proof_size)] if self.proof is not None else [])]
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,14 @@ MAX_STRATEGY_PARAMS = 16
 MAX_PROOF_CHUNK = 1 << 16
 #: Left out of records while they hold these values, so records made before the fields existed are unchanged.
 _OPTIONAL = {"proof_chunk": 0, "proof_scheme": "", "proof_srs": "", "contribution_nfts": False, "privacy": "plain",
-             "secure_threshold": "0.5", "dp_clip": "", "dp_noise": "", "dp_delta": "", "dp_epsilon": ""}
+             "secure_threshold": "0.5", "dp_clip": "", "dp_noise": "", "dp_delta": "", "dp_epsilon": "",
+             "norm_bound": ""}
 DP_FIELDS = ("dp_clip", "dp_noise", "dp_delta", "dp_epsilon")
 PRIVACY = ("plain", "secure")
 PROOF_SCHEMES = ("kzg", "poseidon")  # how contributions and merges commit to their chunks (``protocol.proofs``)
+#: A norm bound's largest: a weighted clipped value (2^16 x 500 x 2^24 < 2^49) stays within what a norm proof
+#: squares exactly (``protocol.proofs.ezkl_backend.MAX_SQUARED``).
+MAX_NORM_BOUND = 500
 MAX_SRS_BYTES = 1 << 26  # an SRS file (EZKL's for 2^18 rows is 16 MiB)
 _DECIMAL = Context(prec=40)
 _WEIGHT_SCALE = Decimal(10) ** 9  # weights are examples x discount, to 9 decimal places
@@ -95,6 +99,10 @@ class RoundPolicy:
     dp_noise: str = ""
     dp_delta: str = ""
     dp_epsilon: str = ""
+    #: With ``secure`` and KZG commitments (``proof_chunk``): the L2 norm B each contribution's update is clipped
+    #: to, decimal text; every masked update then carries an EZKL proof that what it masks is within it
+    #: (``protocol.proofs.norms``), and every member checks the proof and the unmasked sum against it.
+    norm_bound: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, str) or not 0 < len(self.strategy) <= STRATEGY_NAME:
@@ -132,11 +140,24 @@ class RoundPolicy:
             raise InvalidInput("secure_threshold goes with privacy secure")
         if any(getattr(self, name) for name in DP_FIELDS):
             self._check_dp()
+        if self.norm_bound:
+            self._check_norm_bound()
 
     @property
     def dp(self) -> bool:
         """Whether contributions are clipped, noised and accounted (``core.dp``)."""
         return bool(self.dp_clip)
+
+    def _check_norm_bound(self) -> None:
+        if not _decimal_in(self.norm_bound, 0, MAX_NORM_BOUND) or Decimal(self.norm_bound) <= 0:
+            raise InvalidInput(f"norm_bound is a decimal above 0 and at most {MAX_NORM_BOUND} written as text, not "
+                               f"{self.norm_bound!r}")
+        if self.privacy != "secure":
+            raise InvalidInput("norm proofs are for secure repositories, where no member reads an update; in a "
+                               "plain one every member checks a norm itself")
+        if self.proof_scheme != "kzg":
+            raise InvalidInput("norm proofs need KZG commitments (proof_chunk with proof_scheme kzg): the check "
+                               "adds commitments, which hashes cannot do")
 
     def _check_dp(self) -> None:
         missing = [name for name in DP_FIELDS if not getattr(self, name)]
@@ -161,10 +182,11 @@ class RoundPolicy:
         if self.max_staleness:
             raise InvalidInput("secure rounds take only contributions trained from the round's head (max_staleness "
                                "0): a stale one would have to be moved onto the head, which needs its values")
-        if self.proof_chunk:
+        if self.proof_chunk and not self.norm_bound:
             raise InvalidInput("secure merges are checked by every member re-deriving them from the masked "
                                "updates: a proof would rest on mask corrections only members can compute, so it "
-                               "could convince no one else (docs: Secure rounds, Proofs and masked inputs)")
+                               "could convince no one else (docs: Secure rounds, Proofs and masked inputs). In a "
+                               "secure repository proof_chunk goes with norm_bound: contributions prove their norm")
         if not _decimal_in(self.secure_threshold, 0, 1) or not Decimal("0.5") <= Decimal(self.secure_threshold) < 1:
             raise InvalidInput(f"secure_threshold is a decimal from 0.5 to below 1 written as text, not "
                                f"{self.secure_threshold!r}")

@@ -99,6 +99,9 @@ class RoundMemory:
         self.dp_spent: OrderedDict[str, dict[PublicKey, tuple[int, int]]] = OrderedDict()
         #: Commit id -> per member, the ρ of each secure round merge up to it that took it (``protocol.dp``).
         self.dp_rhos: OrderedDict[str, dict[PublicKey, tuple[float, ...]]] = OrderedDict()
+        #: Masked update id -> the chunk commitments its norm proof publishes, and None if the proof checks out or
+        #: why it does not (``protocol.secure_rounds``): the message names the file by its hash.
+        self.norm_proofs: OrderedDict[str, tuple[tuple[str, ...], str | None]] = OrderedDict()
         #: (repo, branch, head, author) -> (the author's merge of that round, held until ms; 0 once settled).
         self._held: OrderedDict[tuple[str, str, str, str], tuple[CommitId, int]] = OrderedDict()
         self._lock = threading.Lock()

@@ -27,6 +27,7 @@ from .rounds import RoundMemory
 from .secure_rounds import (
     MessageSource,
     NotReady,
+    Plan,
     _check_reveal,
     _check_unmask,
     _masked_bytes,
@@ -34,6 +35,7 @@ from .secure_rounds import (
     _require_entitled,
     _round,
     make_plan,
+    norm_commitments,
 )
 
 if TYPE_CHECKING:
@@ -47,7 +49,7 @@ def merge(repo: Repository, identity: Any, source: MessageSource, unmask_message
     plan = make_plan(repo, source, source.message(content_of(unmask_message, Unmask).roster))
     current = _round(repo, unmask_message.branch, unmask_message.head, plan.adverts, memory=memory)
     _require_entitled(current, identity.public_key, now_ms(), "merge")  # before the work, which only it may use
-    taken = {m.author for m in _check_unmask(repo, source, plan, unmask_message)}
+    taken = {m.author for m in _check_unmask(repo, source, plan, unmask_message, memory)}
     reveals = []
     for message in source.of_round(repo.id, unmask_message.branch, unmask_message.head, "reveal"):
         if content_of(message, Reveal).unmask != unmask_message.id:
@@ -57,7 +59,7 @@ def merge(repo: Repository, identity: Any, source: MessageSource, unmask_message
         except IntegrityError:
             continue  # a reveal holding a wrong share: left out, never believed
         reveals.append(message.id)
-    state, meta = derive(repo, source, unmask_message, reveals)
+    state, meta = derive(repo, source, unmask_message, reveals, memory=memory)
 
     def still_entitled(timestamp_ms: int) -> None:
         _require_entitled(current, identity.public_key, timestamp_ms, "merge")
@@ -68,18 +70,20 @@ def merge(repo: Repository, identity: Any, source: MessageSource, unmask_message
                                     f"{len(meta['secure']['contributions'])} masked contributions, mean")
 
 
-def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage, reveals: Sequence[str]
-           ) -> tuple[StateDict, dict[str, Any]]:
+def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage, reveals: Sequence[str], *,
+           memory: RoundMemory | None = None) -> tuple[StateDict, dict[str, Any]]:
     """The merged state and the ``meta`` of the merge of ``unmask_message`` from the reveals named (see the
-    module docstring). ``NotReady`` if they recover too few secrets; ``IntegrityError`` if a message does not
-    fit the round."""
+    module docstring), with ``memory``'s circuits and checks (a process-wide one by default). ``NotReady`` if
+    they recover too few secrets; ``IntegrityError`` if a message does not fit the round, or, with norm proofs,
+    if the sum is not that of what the taken contributors proved."""
     from ..tensors import masking
     from ..tensors.fixedpoint import WEIGHT_BITS
     from ..tensors.secure_sum import merge_sum, term_size
 
     content = content_of(unmask_message, Unmask)
     plan = make_plan(repo, source, source.message(content.roster))
-    masked = _check_unmask(repo, source, plan, unmask_message)
+    memory = memory or dp.SHARED
+    masked = _check_unmask(repo, source, plan, unmask_message, memory)
     taken = {m.author for m in masked}
     if list(reveals) != sorted(set(reveals)):
         raise IntegrityError("a secure merge lists the reveals it used sorted, each once")
@@ -118,6 +122,8 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
                      for key in plan.links[advert.mask_key] if plan.by_key(key).author in taken}
         corrections.append(masking.pair_correction(advert.mask_key, survivors, count))
     plain = masking.from_ring(masking.ring_total(published, plan.ring, count), plan.ring, corrections)
+    if _policy(repo).norm_bound:
+        _check_proven_sum(repo, plan, masked, plain, memory)
     masked_of = {m.author: m.id for m in masked}
     entries: list[list[Any]] = [[masked_of[a.author], a.author, content_of(a, Advert).examples, plan.weights[a.id]]
                                 for a in plan.adverts if a.author in masked_of]
@@ -163,7 +169,7 @@ def verify(repo: Repository, commit: Commit, source: MessageSource, *, memory: R
         if current.aggregator(commit.timestamp_ms) != commit.author:
             raise IntegrityError(f"secure merge {short(commit.id)} is by {short(commit.author)}, who was not the "
                                  "aggregator entitled at its time")
-        state, meta = derive(repo, source, unmask_message, reveals)
+        state, meta = derive(repo, source, unmask_message, reveals, memory=memory)
     except (NotFound, NotReady) as exc:
         raise IntegrityError(f"secure merge {short(commit.id)} cannot be checked yet: {exc}") from None
     if dict(commit.meta) != meta:
@@ -171,6 +177,26 @@ def verify(repo: Repository, commit: Commit, source: MessageSource, *, memory: R
                             "messages give")
     if not _same_state(repo.materialize(commit.id), state):
         raise MergeMismatch(f"secure merge {short(commit.id)} is not what its masked updates sum to")
+
+
+def _check_proven_sum(repo: Repository, plan: Plan, masked: Sequence[RoundMessage], plain: np.ndarray,
+                      memory: RoundMemory) -> None:
+    """``IntegrityError`` unless the unmasked sum ``plain`` is the sum of the vectors the ``masked`` updates'
+    norm proofs commit to: then no contributor masked another update than the one it proved within the bound.
+    Who did cannot be told from the sum, so the round stalls, as it does for a dealer of bad shares."""
+    import torch
+
+    from .proofs import norms
+
+    published = [norm_commitments(repo, plan, m, memory) for m in masked]
+    committer = memory.circuits.committer(repo)
+    if committer is None:
+        raise IntegrityError("norm proofs need KZG commitments, and this repository commits otherwise")
+    try:
+        norms.check_sum(committer, published, torch.from_numpy(plain))
+    except IntegrityError as exc:
+        raise IntegrityError(f"the unmasked sum is not the sum of what its contributors proved ({exc}): one of "
+                             f"them masked another update than its norm proof is about") from None
 
 
 def _round_number(repo: Repository, head: CommitId) -> int:

@@ -107,7 +107,7 @@ def step(repo: Repository, identity: Any, pending: PendingContributions, branch:
     head = repo.head(target)
     at = now_ms()
     roles: dict[str, Callable[[], None]] = {
-        "contributor": lambda: _as_contributor(repo, identity, pending, target, head, done),
+        "contributor": lambda: _as_contributor(repo, identity, pending, target, head, memory, done),
         "holder": lambda: _as_holder(repo, identity, target, head, at, done)}
     if aggregate:
         roles["aggregator"] = lambda: _as_aggregator(repo, identity, target, head, at, memory, done)
@@ -168,7 +168,7 @@ def _recovering(repo: Repository, unmask: RoundMessage, reveals: list[RoundMessa
 
 
 def _as_contributor(repo: Repository, identity: Any, pending: PendingContributions, branch: str, head: str,
-                    done: Step) -> None:
+                    memory: RoundMemory, done: Step) -> None:
     from ..tensors.safetensors_io import load_bytes
 
     if any(m.author == identity.public_key for m in repo.secure.of_round(repo.id, branch, head, "masked")):
@@ -182,7 +182,7 @@ def _as_contributor(repo: Repository, identity: Any, pending: PendingContributio
                 continue
             secrets, weights = pending.load(repo.id, advert_id)
             message = secure_rounds.mask(repo, identity, repo.secure, roster, load_bytes(weights),
-                                         Secrets.decode(secrets))
+                                         Secrets.decode(secrets), circuits=memory.circuits)
             done.published.append(f"masked {publish(repo, message).id}")
             break
 
@@ -228,6 +228,8 @@ def _as_aggregator(repo: Repository, identity: Any, branch: str, head: str, at: 
         done.merged = secure_merges.merge(repo, identity, repo.secure, min(unmasks, key=_signed_order), memory=memory)
     except NotReady:
         return  # more messages to wait for
+    except IntegrityError as exc:  # a round that cannot merge (a contributor masked what it did not prove)
+        done.refused.append(str(exc))
     except InvalidInput as exc:
         if "aggregator entitled" not in str(exc):  # not this node's turn is the common case: nothing to say
             done.refused.append(str(exc))

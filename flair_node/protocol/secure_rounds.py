@@ -49,18 +49,22 @@ at least be screened). Each advert tells members the magnitude of its author's l
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..core import crypto, secagg
-from ..core.errors import FlairError, IntegrityError, InvalidInput, NotAMember
+from ..core.encoding import loads_json
+from ..core.errors import FlairError, IntegrityError, InvalidInput, NotAMember, NotFound
 from ..core.identity import wallet
-from ..core.ids import CommitId, PublicKey, short
+from ..core.ids import Cid, CommitId, PublicKey, short
 from ..core.membership import ROLES, Membership
 from ..core.refs import check_branch_name
 from ..core.round_messages import (
@@ -80,16 +84,18 @@ from ..storage import unixfs
 from ..storage.clock import now_ms
 from ..storage.repo import Repository
 from . import dp
-from .rounds import Contribution, RoundMemory, RoundView
+from .rounds import Contribution, RoundMemory, RoundView, _remember
 
 if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
+    from .proofs.circuits import Circuits
 
 log = logging.getLogger(__name__)
 
 MIN_CONTRIBUTORS = 3
 MASKED_CODEC = "masked-v1"  # what a masked update's encryption is bound to (``storage.keys``)
 MAX_TERM_BITS = 46  # a change of more than 2^45 fixed-point units is out of the merge's range anyway
+NORM_PROOF_VERSION = 1  # a masked update's norm proof file: {"v", "commitments": [...], "norm": norms bundle}
 
 
 class NotReady(InvalidInput):
@@ -151,8 +157,6 @@ def advertise(repo: Repository, identity: Any, branch: str, state: StateDict, ex
               secrets: Secrets | None = None) -> tuple[RoundMessage, Secrets]:
     """The advert of ``identity``'s contribution of ``state`` (trained from the head of ``branch`` on
     ``examples`` examples) to the secure round the head opened, and the secrets its node keeps."""
-    from ..tensors.secure_sum import term
-
     policy = _secure_policy(repo)
     target = check_branch_name(branch)
     head = repo.head(target)
@@ -162,8 +166,7 @@ def advertise(repo: Repository, identity: Any, branch: str, state: StateDict, ex
     membership = repo.members.current()
     _require_role(membership, identity.public_key, "contributor", at, "contributing to a secure round")
     base = repo.materialize(head)
-    state = dp.clipped(policy, base, state)
-    change = term(base, state, 1)
+    change = update(policy, base, state)
     reach = int(np.abs(change).max(initial=0)) + dp.noise_bound(policy, change.size, MIN_CONTRIBUTORS)
     bits = reach.bit_length() if change.size else 0
     if bits > MAX_TERM_BITS:
@@ -184,12 +187,12 @@ def advertise(repo: Repository, identity: Any, branch: str, state: StateDict, ex
 
 
 def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMessage, state: StateDict,
-         secrets: Secrets) -> RoundMessage:
+         secrets: Secrets, *, circuits: Circuits | None = None) -> RoundMessage:
     """``identity``'s masked update for ``roster``: its weighted change plus its masks, cut to the round's ring,
-    encrypted and added to the repository's blocks."""
+    encrypted and added to the repository's blocks; with the policy's ``norm_bound``, and the norm proof of what
+    it masks (proven with ``circuits``: minutes for a model of millions of values)."""
     from ..tensors import masking
     from ..tensors.dp_noise import discrete_gaussian
-    from ..tensors.secure_sum import term
 
     plan = make_plan(repo, source, roster)
     if any(m.author == identity.public_key and content_of(m, Masked).roster != roster.id
@@ -205,22 +208,73 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
         raise InvalidInput("these are not the secrets of the advert the roster takes")
     head = repo.materialize(roster.head)
     policy = _policy(repo)
-    state = dp.clipped(policy, head, state)
-    values = term(head, state, plan.weights[mine.id])
-    if int(np.abs(term(head, state, 1)).max(initial=0)).bit_length() > advert.bits:
+    change = update(policy, head, state)
+    if int(np.abs(change).max(initial=0)).bit_length() > advert.bits:
         raise InvalidInput("the update is not the one advertised: its change needs more bits than the advert said")
+    values = change * plan.weights[mine.id]
     if policy.dp:  # this contributor's share of the round's noise
         values += discrete_gaussian(dp.noise_std(policy, values.size, len(plan.adverts)), values.size)
         if int(np.abs(values).max(initial=0)).bit_length() > advert.bits:
             raise InvalidInput("the noise drawn is beyond the bound the advert allowed for: mask again")
+    proof = _prove_norm(repo, plan, mine, values, circuits) if policy.norm_bound else None
     seeds = secagg.pair_seeds(secrets.mask_secret, advert.mask_key, plan.links, plan.context)
     published = masking.to_ring(masking.mask(values, secrets.self_seed, advert.mask_key, seeds), plan.ring)
     membership = repo.members.current()
     data = repo.keys.encrypt(published, epoch=membership.epoch, codec=MASKED_CODEC)
     with repo.write_lock:
         cid = unixfs.add(repo.blocks, data)
-    content = Masked(roster=roster.id, cid=cid, size=len(data), key_epoch=membership.epoch)
+    content = Masked(roster=roster.id, cid=cid, size=len(data), key_epoch=membership.epoch,
+                     proof=proof[0] if proof else None, proof_size=proof[1] if proof else 0)
     return _signed(repo, identity, roster.branch, roster.head, content, now_ms())
+
+
+def update(policy: RoundPolicy, base: StateDict, state: StateDict) -> np.ndarray:
+    """The change a contributor masks, unweighted, in the merge's fixed point: clipped to ``dp_clip`` (in floating
+    point, as the accounting assumes) and to ``norm_bound`` (in the fixed point, exactly: what is proven)."""
+    from ..tensors.dp_noise import clip_fixed
+    from ..tensors.secure_sum import term
+
+    change = term(base, dp.clipped(policy, base, state), 1)
+    return clip_fixed(change, fixed_norm_bound(policy)) if policy.norm_bound else change
+
+
+def fixed_norm_bound(policy: RoundPolicy) -> int:
+    """The policy's ``norm_bound`` in the merge's fixed point (24 fraction bits), rounded down."""
+    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS
+
+    return int(Decimal(policy.norm_bound) * (1 << DEFAULT_SCALE_BITS))
+
+
+def norm_limit(policy: RoundPolicy, weight: int, count: int, roster: int) -> int:
+    """The L2 norm a contributor's masked values (``count`` of them, at ``weight``, in a roster of ``roster``)
+    are proven within: its weight times the norm bound, plus, with differential privacy, what its share of the
+    noise reaches but with odds below e^-50 (its parameter times √count + 10: the norm of a sub-Gaussian
+    vector)."""
+    noise = math.ceil(dp.noise_std(policy, count, roster) * (math.sqrt(count) + 10)) if policy.dp else 0
+    return weight * fixed_norm_bound(policy) + noise
+
+
+def _prove_norm(repo: Repository, plan: Plan, mine: RoundMessage, values: np.ndarray, circuits: Circuits | None
+                ) -> tuple[Cid, int]:
+    """The norm proof of ``values`` (see ``norm_limit``) with their chunks' commitments, added to the blocks as
+    one file (``NORM_PROOF_VERSION``): its CID and size."""
+    import torch
+
+    from ..tensors.dp_noise import norm_squared
+    from .proofs import norms, weighted_sum
+
+    policy = _policy(repo)
+    circuits = circuits or dp.SHARED.circuits
+    limit = norm_limit(policy, plan.weights[mine.id], values.size, len(plan.adverts))
+    if norm_squared(values) > limit * limit:  # the update is clipped: only the noise takes it there, at odds < e^-50
+        raise InvalidInput("the noise drawn takes the update beyond its norm bound: mask again")
+    vector = torch.from_numpy(values)
+    bundle = norms.prove(circuits.norms(repo, limit * limit), vector, limit * limit)
+    commitments = weighted_sum.commitments(vector, policy.proof_chunk, circuits.committer(repo))
+    data = json.dumps({"v": NORM_PROOF_VERSION, "commitments": commitments, "norm": bundle},
+                      separators=(",", ":")).encode()
+    with repo.write_lock:
+        return unixfs.add(repo.blocks, data), len(data)
 
 
 def reveal(repo: Repository, identity: Any, source: MessageSource, unmask_message: RoundMessage) -> RoundMessage:
@@ -315,9 +369,9 @@ def unmask(repo: Repository, identity: Any, source: MessageSource, roster_messag
     taken: dict[str, RoundMessage] = {}
     for message in source.of_round(repo.id, roster_message.branch, roster_message.head, "masked"):
         try:
-            _check_masked(repo, plan, message)
+            _check_masked(repo, plan, message, memory)
             _masked_bytes(repo, message, plan.ring, count)  # one every member could not sum would stall the round
-        except (IntegrityError, NotAMember):
+        except (IntegrityError, NotAMember, NotFound):
             continue
         taken.setdefault(message.author, message)  # one each: a second would be refused by every member
     if len(taken) < MIN_CONTRIBUTORS:
@@ -483,7 +537,7 @@ def _require_entitled(current: RoundView, key: str, at_ms: int, what: str) -> No
                            f"aggregator entitled is {short(entitled) if entitled else 'nobody'}")
 
 
-def _check_masked(repo: Repository, plan: Plan, message: RoundMessage) -> None:
+def _check_masked(repo: Repository, plan: Plan, message: RoundMessage, memory: RoundMemory) -> None:
     if message.phase != "masked" or message.repo != repo.id:
         raise IntegrityError(f"message {short(message.id)} is not a masked update of this repository")
     content = content_of(message, Masked)
@@ -492,6 +546,54 @@ def _check_masked(repo: Repository, plan: Plan, message: RoundMessage) -> None:
                              f"{short(plan.roster.id)}")
     if message.timestamp_ms < plan.roster.timestamp_ms:
         raise IntegrityError(f"masked update {short(message.id)} is signed before its roster")
+    if _policy(repo).norm_bound:
+        norm_commitments(repo, plan, message, memory)
+
+
+def norm_commitments(repo: Repository, plan: Plan, message: RoundMessage, memory: RoundMemory) -> tuple[str, ...]:
+    """The chunk commitments masked update ``message`` publishes with its norm proof, once the proof is checked
+    (remembered per message: it names the file by its hash). ``IntegrityError`` if it has no proof, or one that
+    does not show what it masks within ``norm_limit``; ``NotFound`` while the file's blocks are not here."""
+    from .proofs import norms
+
+    if message.id in memory.norm_proofs:
+        commitments, why = memory.norm_proofs[message.id]
+        if why is not None:
+            raise IntegrityError(why)
+        return commitments
+    content = content_of(message, Masked)
+    if content.proof is None:
+        raise IntegrityError(f"masked update {short(message.id)} has no norm proof, which this repository's "
+                             "policy requires")
+    data = unixfs.cat(repo.blocks, content.proof, max_size=content.proof_size)
+    from ..tensors.secure_sum import term_size
+
+    policy = _policy(repo)
+    count = term_size(repo.materialize(plan.roster.head))
+    advert = plan.advert_of(message.author)
+    if advert is None:
+        raise IntegrityError(f"masked update {short(message.id)} is not by a contributor of its roster")
+    limit = norm_limit(policy, plan.weights[advert.id], count, len(plan.adverts))
+    chunks = -(-count // policy.proof_chunk)
+    try:
+        if len(data) != content.proof_size:
+            raise IntegrityError(f"it is {len(data)} bytes, not the {content.proof_size} the message says")
+        found = loads_json(data, max_depth=norms.MAX_BUNDLE_DEPTH, what="it")
+        listed = found.get("commitments") if isinstance(found, dict) else None
+        if not (isinstance(found, dict) and found.get("v") == NORM_PROOF_VERSION and isinstance(listed, list)
+                and len(listed) == chunks and all(isinstance(c, str) for c in listed)
+                and isinstance(found.get("norm"), dict)):
+            raise IntegrityError(f"it is not a version-{NORM_PROOF_VERSION} norm proof with {chunks} chunk "
+                                 "commitments")
+        norms.check(memory.circuits.norms(repo, limit * limit), found["norm"], listed, limit * limit,
+                    list(range(norms.group_count(chunks))))
+    except IntegrityError as exc:
+        why = f"the norm proof of masked update {short(message.id)} does not hold: {exc}"
+        _remember(memory.norm_proofs, message.id, ((), why))
+        raise IntegrityError(why) from None
+    commitments = tuple(listed)
+    _remember(memory.norm_proofs, message.id, (commitments, None))
+    return commitments
 
 
 def _taken(plan: Plan, message: RoundMessage) -> set[PublicKey]:
@@ -507,14 +609,14 @@ def _taken(plan: Plan, message: RoundMessage) -> set[PublicKey]:
     return {by_id[a].author for a in content.adverts}
 
 
-def _check_unmask(repo: Repository, source: MessageSource, plan: Plan, message: RoundMessage
+def _check_unmask(repo: Repository, source: MessageSource, plan: Plan, message: RoundMessage, memory: RoundMemory
                   ) -> list[RoundMessage]:
     """The masked updates unmask ``message`` takes, checked; ``IntegrityError`` if it is no unmask of ``plan``."""
     content = content_of(message, Unmask)
     taken = _taken(plan, message)
     masked = [source.message(m) for m in content.masked]
     for m in masked:
-        _check_masked(repo, plan, m)
+        _check_masked(repo, plan, m, memory)
         if m.timestamp_ms > message.timestamp_ms:
             raise IntegrityError(f"unmask {short(message.id)} takes masked update {short(m.id)}, signed after it")
     if len({m.author for m in masked}) != len(masked) or {m.author for m in masked} != taken:

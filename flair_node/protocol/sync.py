@@ -310,7 +310,8 @@ async def _pull_secure(repo: Repository, ids: Any, source: Source, result: PullR
                 if not await trio.to_thread.run_sync(repo.ingest.check_round_message, message):
                     continue
                 if isinstance(message.content, Masked):
-                    await source.blocks(message.content.cid, message.content.size)
+                    for cid, size in message.content.files():
+                        await source.blocks(cid, size)
                 kept += await trio.to_thread.run_sync(repo.ingest.accept_round_message, message)
             except (IntegrityError, NotFound) as exc:
                 log.debug("refused secure round message %s of %s: %s", short(message.id), short(repo.id), exc)

@@ -32,6 +32,14 @@ from .round_messages import RoundMessages
 _SEALED_OVERHEAD = 64
 
 
+def _norm_proof_bytes(values: int, chunk: int) -> int:
+    """The most a norm proof of ``values`` values in chunks of ``chunk`` takes (``protocol.proofs.norms``), with
+    room to spare: a commitment per chunk (130 bytes of JSON), a pair and a proof per group of 16 chunks (131
+    bytes and about 33 KB, measured), and the bound proof."""
+    chunks = -(-values // max(1, chunk))
+    return 160 * chunks + (48 << 10) * -(-chunks // 16) + (64 << 10)
+
+
 class Ingest:
     """Checks and stores peers' records into ``history``; ``check_ownership`` is asked, before a token change or
     a handover is applied, whether the chain shows it (``Repository.check_ownership``)."""
@@ -175,6 +183,10 @@ class Ingest:
             if message.content.size > 8 * values + _SEALED_OVERHEAD:
                 raise IntegrityError(f"masked update {short(message.id)} names {message.content.size} bytes, more "
                                      f"than a model of {values} values masks to")
+            if message.content.proof_size > _norm_proof_bytes(values, membership.policy.proof_chunk):
+                raise IntegrityError(f"masked update {short(message.id)} names a norm proof of "
+                                     f"{message.content.proof_size} bytes, more than one of a model of {values} "
+                                     "values takes")
         return True
 
     def accept_round_message(self, message: RoundMessage) -> bool:
@@ -183,9 +195,9 @@ class Ingest:
         if not self.check_round_message(message):
             return False
         if isinstance(message.content, Masked):
-            size = message.content.size
-            if len(unixfs.cat(self.history.blocks, message.content.cid, max_size=size)) != size:
-                raise IntegrityError(f"masked update {short(message.id)} is not of the size it says")
+            for cid, size in message.content.files():
+                if len(unixfs.cat(self.history.blocks, cid, max_size=size)) != size:
+                    raise IntegrityError(f"masked update {short(message.id)} names a file not of the size it says")
         return self.secure.add(message)
 
     def _check_claim(self, record: ProofRecord | AnchorClaim) -> None:

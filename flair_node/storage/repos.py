@@ -224,8 +224,9 @@ class RepoSet:
             for branch, opened in live_rounds(repo):  # the masked updates of live secure rounds
                 for message in repo.secure.of_round(repo.id, branch, opened, "masked"):
                     masked = message.content
-                    if isinstance(masked, Masked) and self.blocks.has(masked.cid):
-                        keys |= unixfs.block_keys(self.blocks, masked.cid, max_size=masked.size)
+                    for cid, size in masked.files() if isinstance(masked, Masked) else []:
+                        if self.blocks.has(cid):
+                            keys |= unixfs.block_keys(self.blocks, cid, max_size=size)
         for roots in self.pins:
             for root, size in roots():
                 cid = Cid(root)

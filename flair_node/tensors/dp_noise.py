@@ -71,6 +71,26 @@ def clip(base: StateDict, trained: StateDict, norm: float) -> StateDict:
     return clip_and_noise(base, trained, norm, 0.0)[0]
 
 
+def clip_fixed(values: np.ndarray, bound: int) -> np.ndarray:
+    """``values`` (int64) scaled down, each toward zero, to an L2 norm of at most ``bound`` exactly (checked over
+    Python integers, which do not overflow); ``values`` itself if it is within."""
+    if bound < 0:
+        raise InvalidInput("a norm bound is at least 0")
+    if norm_squared(values) <= bound * bound:
+        return values
+    ratio = bound / math.sqrt(norm_squared(values))
+    while True:  # float64 may round the ratio up by an ulp: shrink it until the integers are within
+        clipped = np.trunc(values.astype(np.float64) * ratio).astype(np.int64)
+        if norm_squared(clipped) <= bound * bound:
+            return clipped
+        ratio *= 1 - 1e-9
+
+
+def norm_squared(values: np.ndarray) -> int:
+    """The squared L2 norm of integer ``values``, exactly."""
+    return sum(int(v) * int(v) for v in values.tolist())
+
+
 def fixed_sensitivity(clip_norm: float, count: int, scale_bits: int) -> float:
     """The L2 norm a clipped update can reach in the merge's fixed point (``count`` values at ``scale_bits``
     fraction bits): its norm at that scale, plus one unit a value for the rounding of the weights and of the

@@ -23,20 +23,20 @@ PARAMETERS = 100_000
 POLICY = {"privacy": "secure", "buffer": 5, "deadline_s": 120, "timeout_s": 30}
 
 
-def base_model() -> dict[str, torch.Tensor]:
+def base_model(size: int = PARAMETERS) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {"w": torch.randn(PARAMETERS - 10, generator=g) * 0.1, "b": torch.randn(10, generator=g)}
+    return {"w": torch.randn(size - 10, generator=g) * 0.1, "b": torch.randn(10, generator=g)}
 
 
-def trained(seed: int) -> dict[str, torch.Tensor]:
+def trained(seed: int, size: int = PARAMETERS) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(100 + seed)
-    return {k: v + torch.randn(v.shape, generator=g) * 0.01 for k, v in base_model().items()}
+    return {k: v + torch.randn(v.shape, generator=g) * 0.01 for k, v in base_model(size).items()}
 
 
-def contribute(node, repo: str, seed: int, examples: int) -> str:
+def contribute(node, repo: str, seed: int, examples: int, size: int = PARAMETERS) -> str:
     path = node.daemon.home / "tmp" / f"trained-{seed}.safetensors"
     path.parent.mkdir(mode=0o700, exist_ok=True)
-    path.write_bytes(save_bytes(trained(seed)))
+    path.write_bytes(save_bytes(trained(seed, size)))
     try:
         return str(node.daemon.client.call("repo.contribute", repo=repo, weights_path=str(path),
                                            examples=examples)["id"])
@@ -150,3 +150,29 @@ def test_five_daemons_share_out_differential_privacy_s_noise_in_a_secure_round(t
         spent = cluster.nodes[1].daemon.client.call("repo.members", repo=repo)["dp_spent"]
         assert spent == {n.key: {"contributions": 1, "epsilon": dp.text(dp.secure_epsilon([rho], "1e-5"))}
                          for n in cluster.nodes}
+
+
+def test_three_daemons_prove_what_they_mask_within_the_norm_bound_and_check_each_other(tmp_path):
+    """With the policy's ``norm_bound``, each node clips its update to the bound and proves what it masks within
+    it (real EZKL proofs, the owner's development SRS); a round takes a masked update only once its proof checks
+    out, and every node checks the unmasked sum against the proofs before it follows the merge, which is the
+    plain round's (every update here is within the bound: about 0.45 of 1)."""
+    size = 2000  # 32 chunks of 64: two groups
+    policy = {**POLICY, "buffer": 3, "proof_chunk": 64, "norm_bound": "1"}
+    with running_cluster(tmp_path, ["a", "b", "c"]) as cluster:
+        repo = cluster.create_repo("bounded", base_model(size), role="maintainer", policy=policy)
+        start = cluster.owner.head(repo)
+        examples = {node.key: 100 + 40 * i for i, node in enumerate(cluster.nodes)}
+        for i, node in enumerate(cluster.nodes):
+            contribute(node, repo, i, examples[node.key], size)
+        merge = cluster.wait_for_merge(repo, start, timeout=240)
+        secure = merge["meta"]["secure"]
+        authors = [entry[1] for entry in secure["contributions"]]
+        assert sorted(authors) == sorted(examples) and secure["dropped"] == []  # every proof held
+        weights = normalize_weights(weight_counts([(examples[a], 0) for a in authors],
+                                                  RoundPolicy(privacy="secure", max_staleness=0)))
+        seeds = {node.key: i for i, node in enumerate(cluster.nodes)}
+        expected = combine(base_model(size), [trained(seeds[a], size) for a in authors], weights, shortcuts=False)
+        for node in cluster.nodes:
+            got = merged_weights(node, repo, merge["id"])
+            assert all(same_bits(got[k], expected[k]) for k in expected)

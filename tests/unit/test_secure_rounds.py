@@ -100,7 +100,7 @@ class Round:
     def mask(self, roster: RoundMessage, who: list[Identity]) -> None:
         for c in who:
             self.put(secure_rounds.mask(as_node(self.repo, c), c, self.book, roster, self.states[c.public_key],
-                                             self.secrets[c.public_key]))
+                                        self.secrets[c.public_key], circuits=self.memory.circuits))
 
     def unmask(self, roster: RoundMessage) -> RoundMessage:
         agg = self.aggregator()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...core.cid import RAW, cid_for
 from ...core.membership import INVITABLE
 from ...core.round_rules import PRIVACY, PROOF_SCHEMES, RoundPolicy
 from ..context import ApiContext
@@ -53,6 +54,8 @@ async def repo_remove(ctx: ApiContext, repo: str, member: str) -> dict[str, Any]
 
 
 DP_TEXT = {"type": "string", "maxLength": 16}
+#: Stands for the SRS a policy will name when it is checked before the SRS is chosen and stored.
+_ANY_CID = cid_for(RAW, b"")
 
 
 @methods.method(
@@ -100,7 +103,10 @@ DP_TEXT = {"type": "string", "maxLength": 16}
             Param("dp_delta", DP_TEXT, "differential privacy: the delta the privacy loss is accounted at, "
                   "decimal text below 0.1 (1e-5, say)", required=False, default=None),
             Param("dp_epsilon", DP_TEXT, "differential privacy: each member's budget, the epsilon all its "
-                  "contributions to this repository may spend, decimal text", required=False, default=None)),
+                  "contributions to this repository may spend, decimal text", required=False, default=None),
+            Param("norm_bound", DP_TEXT, "with secure and proof_chunk (kzg): the L2 norm each contribution's "
+                  "update is clipped to and proven within by an EZKL proof every member checks, decimal text; \"\" "
+                  "to turn it off", required=False, default=None)),
     result=OBJECT)
 async def repo_policy(ctx: ApiContext, repo: str, **fields: Any) -> dict[str, Any]:
     given = {k: v for k, v in fields.items() if v is not None}
@@ -121,8 +127,10 @@ async def repo_policy(ctx: ApiContext, repo: str, **fields: Any) -> dict[str, An
         else:
             merged["proof_scheme"] = merged["proof_scheme"] or "kzg"
         # refuse a policy no SRS would mend before making or storing one: the check commits with poseidon, which
-        # needs none
-        RoundPolicy(**{**merged, **({"proof_scheme": "poseidon", "proof_srs": ""} if merged["proof_chunk"] else {})})
+        # needs none (norm proofs need kzg: an SRS is then assumed)
+        RoundPolicy(**{**merged, **({"proof_scheme": "poseidon", "proof_srs": ""} if merged["proof_chunk"] else {}),
+                       **({"proof_scheme": "kzg", "proof_srs": merged["proof_srs"] or _ANY_CID}
+                          if merged["norm_bound"] else {})})
         build_strategy(merged["strategy"], merged["strategy_params"])  # refuse what no node could run
         if merged["proof_chunk"]:
             if srs_file is not None or not before.proof_srs or merged["proof_chunk"] != before.proof_chunk \

@@ -93,6 +93,10 @@ def _policy_arguments(p: argparse.ArgumentParser) -> None:
     dp.add_argument("--dp-epsilon", metavar="E", help="each member's budget: the epsilon its contributions to this "
                                                       "repository may spend in all")
     dp.add_argument("--no-dp", action="store_true", help="turn differential privacy off")
+    p.add_argument("--norm-bound", metavar="B",
+                   help="with --privacy secure and --proof-chunk (kzg): clip each contribution's update to this L2 "
+                        "norm and have it proven (EZKL) with every masked update; every member checks the proofs")
+    p.add_argument("--no-norm-bound", action="store_true", help="turn norm proofs off")
 
 
 def _policy(c: ApiClient, a: argparse.Namespace) -> Any:
@@ -108,6 +112,11 @@ def _policy(c: ApiClient, a: argparse.Namespace) -> Any:
         if any(fields[name] for name in ("dp_clip", "dp_noise", "dp_delta", "dp_epsilon")):
             raise FlairError("--no-dp turns differential privacy off; it takes no --dp-* value")
         fields.update(dp_clip="", dp_noise="", dp_delta="", dp_epsilon="")
+    fields["norm_bound"] = a.norm_bound
+    if a.no_norm_bound:
+        if a.norm_bound:
+            raise FlairError("--no-norm-bound turns norm proofs off; it takes no --norm-bound")
+        fields["norm_bound"] = ""
     if a.param:
         fields["strategy_params"] = dict(strategy_param(text) for text in a.param)
     return c.call("repo.policy", repo=a.repo, **{k: v for k, v in fields.items() if v is not None})

@@ -25,6 +25,7 @@ from .ezkl_backend import Circuit, ProofError, Shape
 
 if TYPE_CHECKING:
     from ...storage.repo import Repository
+    from .norms import NormCircuits
 
 
 class Circuits:
@@ -65,6 +66,17 @@ class Circuits:
         srs = self.srs(repo)
         with self._lock:
             return ezkl_backend.build(self.cache / "circuits", shape, srs)
+
+    def norms(self, repo: Repository, bound: int) -> NormCircuits:
+        """The circuits proving ``Σ x² <= bound`` for vectors in ``repo``'s chunks (``norms``), with its SRS."""
+        from . import norms
+
+        policy = repo.members.current().policy
+        if not policy.proof_chunk or policy.proof_scheme != "kzg":
+            raise InvalidInput(f"repository {repo.name} does not commit with KZG: it has no norm proofs")
+        srs = self.srs(repo)
+        with self._lock:
+            return norms.build(self.cache / "circuits", policy.proof_chunk, srs, bound)
 
     def committer(self, repo: Repository) -> Circuit | None:
         """What contributions commit with under ``repo``'s policy: a KZG circuit of its chunk size (any circuit

@@ -407,7 +407,15 @@ def _build_into(folder: Path, shape: Shape, srs: Path) -> None:
     what = f"{shape.inputs} x {shape.size}"
     with map_ezkl_errors(f"settings for {what}") as call:
         call(ezkl.gen_settings(str(folder / "circuit.onnx"), str(folder / "settings.json"), py_run_args=args))
-    rows = json.loads((folder / "settings.json").read_text()).get("num_rows", 0)
+    settings = json.loads((folder / "settings.json").read_text())
+    # EZKL lists the range checks and lookups a circuit needs in a hash set's order, which differs from run to
+    # run, and the layout, so the verifying key, follows it: sorted, every node builds the same key (measured:
+    # two builds of the bound circuit gave two keys about one time in two)
+    for name in ("required_range_checks", "required_lookups"):
+        if isinstance(settings.get(name), list):
+            settings[name] = sorted(settings[name], key=json.dumps)
+    atomic_write(folder / "settings.json", json.dumps(settings).encode())
+    rows = settings.get("num_rows", 0)
     if rows + ROWS_RESERVED // 4 > 1 << shape.logrows:
         raise ProofError(f"{what} needs {rows} rows, more than the 2^{shape.logrows} its shape allows for")
     with map_ezkl_errors(f"compile for {what}") as call:

@@ -162,6 +162,21 @@ def check(circuits: NormCircuits, bundle: dict[str, Any], published: Sequence[st
             raise IntegrityError(f"the squares proof of group {g} is about another pair than the bundle's")
 
 
+def check_sum(committer: Circuit, published: Sequence[Sequence[str]], total: torch.Tensor) -> None:
+    """``IntegrityError`` unless ``total`` (an int64 vector) is, chunk by chunk, the sum of the vectors whose
+    chunk commitments are ``published`` (one list per vector), as KZG commitments add (``points``): how a secure
+    round's members know that what was unmasked is what was proven. ``committer``: a KZG circuit of the chunk
+    size."""
+    size = committer.shape.size
+    sums = weighted_sum.commitments(total, size, committer)
+    if any(len(p) != len(sums) for p in published):
+        raise IntegrityError(f"each vector of the sum has {len(sums)} chunk commitments")
+    zero = ezkl_backend.commit(committer, [0])
+    for j, chunk in enumerate(sums):
+        if points.commitment_of_sum([p[j] for p in published], zero) != chunk:
+            raise IntegrityError(f"chunk {j} of the sum is not the sum of the chunks committed to")
+
+
 def _same_bound(circuits: NormCircuits, bound: int) -> None:
     """The bound circuit's bits hold B² − S, so it has exactly as many as B² needs: more would let B² − S exceed
     B², and S, in the field, pass for a negative number."""
