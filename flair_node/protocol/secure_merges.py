@@ -22,12 +22,11 @@ from ..core.objects import Commit
 from ..core.round_messages import Advert, Reveal, RoundMessage, Unmask, content_of
 from ..storage.clock import now_ms
 from ..storage.repo import Repository
-from . import dp
+from . import dp, secure_norms
 from .rounds import RoundMemory
 from .secure_rounds import (
     MessageSource,
     NotReady,
-    Plan,
     _check_reveal,
     _check_unmask,
     _masked_bytes,
@@ -35,7 +34,6 @@ from .secure_rounds import (
     _require_entitled,
     _round,
     make_plan,
-    norm_commitments,
 )
 
 if TYPE_CHECKING:
@@ -123,7 +121,7 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
         corrections.append(masking.pair_correction(advert.mask_key, survivors, count))
     plain = masking.from_ring(masking.ring_total(published, plan.ring, count), plan.ring, corrections)
     if _policy(repo).norm_bound:
-        _check_proven_sum(repo, plan, masked, plain, memory)
+        secure_norms.check_sum(repo, plan, masked, plain, memory)
     masked_of = {m.author: m.id for m in masked}
     entries: list[list[Any]] = [[masked_of[a.author], a.author, content_of(a, Advert).examples, plan.weights[a.id]]
                                 for a in plan.adverts if a.author in masked_of]
@@ -177,26 +175,6 @@ def verify(repo: Repository, commit: Commit, source: MessageSource, *, memory: R
                             "messages give")
     if not _same_state(repo.materialize(commit.id), state):
         raise MergeMismatch(f"secure merge {short(commit.id)} is not what its masked updates sum to")
-
-
-def _check_proven_sum(repo: Repository, plan: Plan, masked: Sequence[RoundMessage], plain: np.ndarray,
-                      memory: RoundMemory) -> None:
-    """``IntegrityError`` unless the unmasked sum ``plain`` is the sum of the vectors the ``masked`` updates'
-    norm proofs commit to: then no contributor masked another update than the one it proved within the bound.
-    Who did cannot be told from the sum, so the round stalls, as it does for a dealer of bad shares."""
-    import torch
-
-    from .proofs import norms
-
-    published = [norm_commitments(repo, plan, m, memory) for m in masked]
-    committer = memory.circuits.committer(repo)
-    if committer is None:
-        raise IntegrityError("norm proofs need KZG commitments, and this repository commits otherwise")
-    try:
-        norms.check_sum(committer, published, torch.from_numpy(plain))
-    except IntegrityError as exc:
-        raise IntegrityError(f"the unmasked sum is not the sum of what its contributors proved ({exc}): one of "
-                             f"them masked another update than its norm proof is about") from None
 
 
 def _round_number(repo: Repository, head: CommitId) -> int:

@@ -28,6 +28,10 @@ it advertises and masks, and adds its share of the round's discrete Gaussian noi
 every contribution weighs the same; a roster takes only adverts whose authors' budgets hold however few of them
 the merge takes; and the merge records the ρ it gives each contribution it takes, and each author's ε since.
 
+With the policy's **norm bound** (``protocol.secure_norms``), each contributor clips its update to it and its
+masked update names a norm proof of what it masks, which every member checks before the update counts, and
+checks the unmasked sum against.
+
 The **merge** is a round commit on the branch with the head as its only parent; its ``meta["secure"]`` names
 the unmask and the reveals it used. The entitled aggregator makes it and every member re-derives it before
 following it (``protocol.secure_merges``).
@@ -49,22 +53,18 @@ at least be screened). Each advert tells members the magnitude of its author's l
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..core import crypto, secagg
-from ..core.encoding import loads_json
 from ..core.errors import FlairError, IntegrityError, InvalidInput, NotAMember, NotFound
 from ..core.identity import wallet
-from ..core.ids import Cid, CommitId, PublicKey, short
+from ..core.ids import CommitId, PublicKey, short
 from ..core.membership import ROLES, Membership
 from ..core.refs import check_branch_name
 from ..core.round_messages import (
@@ -83,8 +83,8 @@ from ..core.round_rules import RoundPolicy, weight_counts
 from ..storage import unixfs
 from ..storage.clock import now_ms
 from ..storage.repo import Repository
-from . import dp
-from .rounds import Contribution, RoundMemory, RoundView, _remember
+from . import dp, secure_norms
+from .rounds import Contribution, RoundMemory, RoundView
 
 if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
@@ -95,7 +95,6 @@ log = logging.getLogger(__name__)
 MIN_CONTRIBUTORS = 3
 MASKED_CODEC = "masked-v1"  # what a masked update's encryption is bound to (``storage.keys``)
 MAX_TERM_BITS = 46  # a change of more than 2^45 fixed-point units is out of the merge's range anyway
-NORM_PROOF_VERSION = 1  # a masked update's norm proof file: {"v", "commitments": [...], "norm": norms bundle}
 
 
 class NotReady(InvalidInput):
@@ -166,7 +165,7 @@ def advertise(repo: Repository, identity: Any, branch: str, state: StateDict, ex
     membership = repo.members.current()
     _require_role(membership, identity.public_key, "contributor", at, "contributing to a secure round")
     base = repo.materialize(head)
-    change = update(policy, base, state)
+    change = secure_norms.update(policy, base, state)
     reach = int(np.abs(change).max(initial=0)) + dp.noise_bound(policy, change.size, MIN_CONTRIBUTORS)
     bits = reach.bit_length() if change.size else 0
     if bits > MAX_TERM_BITS:
@@ -208,7 +207,7 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
         raise InvalidInput("these are not the secrets of the advert the roster takes")
     head = repo.materialize(roster.head)
     policy = _policy(repo)
-    change = update(policy, head, state)
+    change = secure_norms.update(policy, head, state)
     if int(np.abs(change).max(initial=0)).bit_length() > advert.bits:
         raise InvalidInput("the update is not the one advertised: its change needs more bits than the advert said")
     values = change * plan.weights[mine.id]
@@ -216,7 +215,7 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
         values += discrete_gaussian(dp.noise_std(policy, values.size, len(plan.adverts)), values.size)
         if int(np.abs(values).max(initial=0)).bit_length() > advert.bits:
             raise InvalidInput("the noise drawn is beyond the bound the advert allowed for: mask again")
-    proof = _prove_norm(repo, plan, mine, values, circuits) if policy.norm_bound else None
+    proof = secure_norms.prove(repo, plan, mine, values, circuits) if policy.norm_bound else None
     seeds = secagg.pair_seeds(secrets.mask_secret, advert.mask_key, plan.links, plan.context)
     published = masking.to_ring(masking.mask(values, secrets.self_seed, advert.mask_key, seeds), plan.ring)
     membership = repo.members.current()
@@ -226,55 +225,6 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
     content = Masked(roster=roster.id, cid=cid, size=len(data), key_epoch=membership.epoch,
                      proof=proof[0] if proof else None, proof_size=proof[1] if proof else 0)
     return _signed(repo, identity, roster.branch, roster.head, content, now_ms())
-
-
-def update(policy: RoundPolicy, base: StateDict, state: StateDict) -> np.ndarray:
-    """The change a contributor masks, unweighted, in the merge's fixed point: clipped to ``dp_clip`` (in floating
-    point, as the accounting assumes) and to ``norm_bound`` (in the fixed point, exactly: what is proven)."""
-    from ..tensors.dp_noise import clip_fixed
-    from ..tensors.secure_sum import term
-
-    change = term(base, dp.clipped(policy, base, state), 1)
-    return clip_fixed(change, fixed_norm_bound(policy)) if policy.norm_bound else change
-
-
-def fixed_norm_bound(policy: RoundPolicy) -> int:
-    """The policy's ``norm_bound`` in the merge's fixed point (24 fraction bits), rounded down."""
-    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS
-
-    return int(Decimal(policy.norm_bound) * (1 << DEFAULT_SCALE_BITS))
-
-
-def norm_limit(policy: RoundPolicy, weight: int, count: int, roster: int) -> int:
-    """The L2 norm a contributor's masked values (``count`` of them, at ``weight``, in a roster of ``roster``)
-    are proven within: its weight times the norm bound, plus, with differential privacy, what its share of the
-    noise reaches but with odds below e^-50 (its parameter times √count + 10: the norm of a sub-Gaussian
-    vector)."""
-    noise = math.ceil(dp.noise_std(policy, count, roster) * (math.sqrt(count) + 10)) if policy.dp else 0
-    return weight * fixed_norm_bound(policy) + noise
-
-
-def _prove_norm(repo: Repository, plan: Plan, mine: RoundMessage, values: np.ndarray, circuits: Circuits | None
-                ) -> tuple[Cid, int]:
-    """The norm proof of ``values`` (see ``norm_limit``) with their chunks' commitments, added to the blocks as
-    one file (``NORM_PROOF_VERSION``): its CID and size."""
-    import torch
-
-    from ..tensors.dp_noise import norm_squared
-    from .proofs import norms, weighted_sum
-
-    policy = _policy(repo)
-    circuits = circuits or dp.SHARED.circuits
-    limit = norm_limit(policy, plan.weights[mine.id], values.size, len(plan.adverts))
-    if norm_squared(values) > limit * limit:  # the update is clipped: only the noise takes it there, at odds < e^-50
-        raise InvalidInput("the noise drawn takes the update beyond its norm bound: mask again")
-    vector = torch.from_numpy(values)
-    bundle = norms.prove(circuits.norms(repo, limit * limit), vector, limit * limit)
-    commitments = weighted_sum.commitments(vector, policy.proof_chunk, circuits.committer(repo))
-    data = json.dumps({"v": NORM_PROOF_VERSION, "commitments": commitments, "norm": bundle},
-                      separators=(",", ":")).encode()
-    with repo.write_lock:
-        return unixfs.add(repo.blocks, data), len(data)
 
 
 def reveal(repo: Repository, identity: Any, source: MessageSource, unmask_message: RoundMessage) -> RoundMessage:
@@ -547,53 +497,7 @@ def _check_masked(repo: Repository, plan: Plan, message: RoundMessage, memory: R
     if message.timestamp_ms < plan.roster.timestamp_ms:
         raise IntegrityError(f"masked update {short(message.id)} is signed before its roster")
     if _policy(repo).norm_bound:
-        norm_commitments(repo, plan, message, memory)
-
-
-def norm_commitments(repo: Repository, plan: Plan, message: RoundMessage, memory: RoundMemory) -> tuple[str, ...]:
-    """The chunk commitments masked update ``message`` publishes with its norm proof, once the proof is checked
-    (remembered per message: it names the file by its hash). ``IntegrityError`` if it has no proof, or one that
-    does not show what it masks within ``norm_limit``; ``NotFound`` while the file's blocks are not here."""
-    from .proofs import norms
-
-    if message.id in memory.norm_proofs:
-        commitments, why = memory.norm_proofs[message.id]
-        if why is not None:
-            raise IntegrityError(why)
-        return commitments
-    content = content_of(message, Masked)
-    if content.proof is None:
-        raise IntegrityError(f"masked update {short(message.id)} has no norm proof, which this repository's "
-                             "policy requires")
-    data = unixfs.cat(repo.blocks, content.proof, max_size=content.proof_size)
-    from ..tensors.secure_sum import term_size
-
-    policy = _policy(repo)
-    count = term_size(repo.materialize(plan.roster.head))
-    advert = plan.advert_of(message.author)
-    if advert is None:
-        raise IntegrityError(f"masked update {short(message.id)} is not by a contributor of its roster")
-    limit = norm_limit(policy, plan.weights[advert.id], count, len(plan.adverts))
-    chunks = -(-count // policy.proof_chunk)
-    try:
-        if len(data) != content.proof_size:
-            raise IntegrityError(f"it is {len(data)} bytes, not the {content.proof_size} the message says")
-        found = loads_json(data, max_depth=norms.MAX_BUNDLE_DEPTH, what="it")
-        listed = found.get("commitments") if isinstance(found, dict) else None
-        if not (isinstance(found, dict) and found.get("v") == NORM_PROOF_VERSION and isinstance(listed, list)
-                and len(listed) == chunks and all(isinstance(c, str) for c in listed)
-                and isinstance(found.get("norm"), dict)):
-            raise IntegrityError(f"it is not a version-{NORM_PROOF_VERSION} norm proof with {chunks} chunk "
-                                 "commitments")
-        norms.check(memory.circuits.norms(repo, limit * limit), found["norm"], listed, limit * limit,
-                    list(range(norms.group_count(chunks))))
-    except IntegrityError as exc:
-        why = f"the norm proof of masked update {short(message.id)} does not hold: {exc}"
-        _remember(memory.norm_proofs, message.id, ((), why))
-        raise IntegrityError(why) from None
-    commitments = tuple(listed)
-    _remember(memory.norm_proofs, message.id, (commitments, None))
-    return commitments
+        secure_norms.commitments(repo, plan, message, memory)
 
 
 def _taken(plan: Plan, message: RoundMessage) -> set[PublicKey]:

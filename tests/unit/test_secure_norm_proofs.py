@@ -9,7 +9,7 @@ import pytest
 from flair_node.core.errors import InvalidInput
 from flair_node.core.round_messages import Masked
 from flair_node.core.round_rules import RoundPolicy
-from flair_node.protocol import rounds, secure_merges, secure_rounds
+from flair_node.protocol import rounds, secure_merges, secure_norms, secure_rounds
 from flair_node.protocol.proofs import circuits as node_circuits
 from flair_node.protocol.proofs import ezkl_backend
 from flair_node.protocol.proofs.ezkl_backend import Shape
@@ -74,8 +74,8 @@ def test_a_contributor_s_node_clips_its_update_to_the_bound_exactly_in_fixed_poi
     policy = repo.members.current().policy
     base = repo.materialize(repo.head("main"))
     far = {k: v + 10 * (v - v.roll(1)) for k, v in base.items()}  # an update far above the bound
-    change = secure_rounds.update(policy, base, far)
-    bound = secure_rounds.fixed_norm_bound(policy)
+    change = secure_norms.update(policy, base, far)
+    bound = secure_norms.fixed_norm_bound(policy)
     assert bound == int(0.5 * 2**24)
     assert bound - 100 < sum(int(v) ** 2 for v in change.tolist()) ** 0.5 <= bound
 
