@@ -49,13 +49,13 @@ on the reconstructions), ``noise_multiplier_eps8`` and ``noise_multiplier_eps1``
 1M-parameter update in chunks of ``NORM_CHUNK``, next to the merge proof of ``--members`` such updates, both
 with development SRSs and KZG commitments. ``norms.prove`` runs on the whole update with ``--norm-groups`` of its
 groups proven (so the pairs of every group, the sums of squares and the bound proof are all measured), and
-``norms.check`` on that bundle; the rest of the groups Flair proves of an update that big
-(``norms.groups_to_prove``, 192 of 245) are projected from the measured seconds per group. The merge proof is
-measured on one chunk (``weighted_sum.prove`` and ``weighted_sum.check``) and projected to the chunks Flair proves
-of a 1M merge (``merges.chunks_to_prove``, 423 of 3,907). Setup (circuits and keys, once per shape) is timed apart.
-``norm_proof_prove_s`` and ``norm_proof_verify_s`` are per contribution of 1M parameters, sampled as Flair
-samples; ``merge_proof_prove_s`` and ``merge_proof_verify_s`` the same for the merge; ``norm_proof`` holds the
-measured parts.
+``norms.check`` on that bundle; the rest of the groups are projected from the measured seconds per group: all
+245, as a secure round's contributor proves them (``norm_proof_prove_s``, ``norm_proof_verify_s``), and the
+sample that catches a lie about 1 % of them with probability 0.99 (``norms.groups_to_prove``, 192 of 245:
+``norm_proof_sampled_prove_s``, ``norm_proof_sampled_verify_s``). The merge proof is measured on one chunk
+(``weighted_sum.prove`` and ``weighted_sum.check``) and projected to the chunks Flair proves of a 1M merge
+(``merges.chunks_to_prove``, 423 of 3,907: ``merge_proof_prove_s``, ``merge_proof_verify_s``). Setup (circuits
+and keys, once per shape) is timed apart. ``norm_proof`` holds the measured parts.
 """
 
 from __future__ import annotations
@@ -314,12 +314,17 @@ def proof_cost(groups: int, members: int) -> dict[str, Any]:
         merged_chunks = len(merges.chunks_to_prove("a merge id", chunks))
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    norm_prove = prove_s + (sampled - groups) * per_group_prove
-    norm_verify = verify_s + (sampled - groups) * per_group_verify
+    def projected(proven: int) -> tuple[float, float]:
+        return prove_s + (proven - groups) * per_group_prove, verify_s + (proven - groups) * per_group_verify
+
+    (norm_prove, norm_verify), (sampled_prove, sampled_verify) = projected(total), projected(sampled)
     merge_prove, merge_verify = merged_chunks * merge_prove_s, merged_chunks * merge_verify_s
-    print(f"norm proof of 1M parameters: {norm_prove:.0f} s to prove, {norm_verify:.1f} s to verify ({sampled} of "
-          f"{total} groups); merge proof: {merge_prove:.0f} s, {merge_verify:.1f} s", file=sys.stderr)
+    print(f"norm proof of 1M parameters: {norm_prove:.0f} s to prove, {norm_verify:.1f} s to verify (all {total} "
+          f"groups; {sampled_prove:.0f} s and {sampled_verify:.1f} s for a sample of {sampled}); merge proof: "
+          f"{merge_prove:.0f} s, {merge_verify:.1f} s", file=sys.stderr)
     return {"norm_proof_prove_s": round(norm_prove, 1), "norm_proof_verify_s": round(norm_verify, 2),
+            "norm_proof_sampled_prove_s": round(sampled_prove, 1),
+            "norm_proof_sampled_verify_s": round(sampled_verify, 2),
             "merge_proof_prove_s": round(merge_prove, 1), "merge_proof_verify_s": round(merge_verify, 2),
             "norm_proof": {"params": PROJECTED_PARAMS, "chunk": NORM_CHUNK, "groups": total, "sampled_groups": sampled,
                            "measured_groups": groups, "measured_prove_s": round(prove_s, 2),

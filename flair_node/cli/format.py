@@ -31,8 +31,10 @@ def policy_text(p: dict[str, Any]) -> str:
         f"takeover       the next-ranked aggregator after {p['timeout_s']} s more",
         "proofs         " + ("off" if not p.get("proof_chunk") else
                              f"{p['proof_scheme']} commitments to chunks of {p['proof_chunk']} values: "
-                             + (f"each masked update clipped to L2 norm {p['norm_bound']} and proven within it "
-                                "(EZKL)" if p.get("norm_bound") else "merges can be proven (EZKL)")),
+                             + ("each masked update proves its norm (EZKL)" if p.get("privacy") == "secure"
+                                else "merges can be proven (EZKL)")),
+        "norm bound     " + (f"each contribution clipped to L2 norm {p['norm_bound']}, checked by every member"
+                             if p.get("norm_bound") else "off"),
         *([f"proof SRS      {p['proof_srs']}"] if p.get("proof_srs") else []),
         *(["               a development SRS made by this node: proofs convince only who trusts it; set a "
            "production one (proofs.srs, or --proof-srs)"] if p.get("development_srs") else []),

@@ -99,9 +99,9 @@ class RoundPolicy:
     dp_noise: str = ""
     dp_delta: str = ""
     dp_epsilon: str = ""
-    #: With ``secure`` and KZG commitments (``proof_chunk``): the L2 norm B each contribution's update is clipped
-    #: to, decimal text; every masked update then carries an EZKL proof that what it masks is within it
-    #: (``protocol.proofs.norms``), and every member checks the proof and the unmasked sum against it.
+    #: The L2 norm B each contribution's update is clipped to by its contributor's node, decimal text; every
+    #: member checks it (``protocol.norm_bounds``): directly in plain rounds, and with ``secure`` (which needs KZG
+    #: commitments, ``proof_chunk``) through the EZKL proof every masked update carries (``protocol.proofs.norms``).
     norm_bound: str = ""
 
     def __post_init__(self) -> None:
@@ -152,12 +152,9 @@ class RoundPolicy:
         if not _decimal_in(self.norm_bound, 0, MAX_NORM_BOUND) or Decimal(self.norm_bound) <= 0:
             raise InvalidInput(f"norm_bound is a decimal above 0 and at most {MAX_NORM_BOUND} written as text, not "
                                f"{self.norm_bound!r}")
-        if self.privacy != "secure":
-            raise InvalidInput("norm proofs are for secure repositories, where no member reads an update; in a "
-                               "plain one every member checks a norm itself")
-        if self.proof_scheme != "kzg":
-            raise InvalidInput("norm proofs need KZG commitments (proof_chunk with proof_scheme kzg): the check "
-                               "adds commitments, which hashes cannot do")
+        if self.privacy == "secure" and self.proof_scheme != "kzg":
+            raise InvalidInput("a secure round's norm bound is proven, which needs KZG commitments (proof_chunk with "
+                               "proof_scheme kzg): the check adds commitments, which hashes cannot do")
 
     def _check_dp(self) -> None:
         missing = [name for name in DP_FIELDS if not getattr(self, name)]

@@ -102,6 +102,8 @@ class RoundMemory:
         #: Masked update id -> the chunk commitments its norm proof publishes, and None if the proof checks out or
         #: why it does not (``protocol.secure_rounds``): the message names the file by its hash.
         self.norm_proofs: OrderedDict[str, tuple[tuple[str, ...], str | None]] = OrderedDict()
+        #: Contribution id -> None if its update is within the policy's bound, else why not (``norm_bounds``).
+        self.bounded: OrderedDict[str, str | None] = OrderedDict()
         #: (repo, branch, head, author) -> (the author's merge of that round, held until ms; 0 once settled).
         self._held: OrderedDict[tuple[str, str, str, str], tuple[CommitId, int]] = OrderedDict()
         self._lock = threading.Lock()
@@ -576,6 +578,10 @@ def _contribution(memory: RoundMemory, repo: Repository, commit: Commit, branch:
                 from . import dp
 
                 dp.check(repo, commit, chain[0].id, memory)
+            if policy.dp or policy.norm_bound:
+                from .norm_bounds import check_plain
+
+                check_plain(repo, commit, memory)
             return Contribution(commit.id, commit.author, base, examples, staleness, commit.timestamp_ms)
         if link.kind == "round":
             if commit.id in link.parents[1:]:

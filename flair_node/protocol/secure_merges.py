@@ -22,7 +22,7 @@ from ..core.objects import Commit
 from ..core.round_messages import Advert, Reveal, RoundMessage, Unmask, content_of
 from ..storage.clock import now_ms
 from ..storage.repo import Repository
-from . import dp, secure_norms
+from . import dp, norm_bounds
 from .rounds import RoundMemory
 from .secure_rounds import (
     MessageSource,
@@ -121,7 +121,7 @@ def derive(repo: Repository, source: MessageSource, unmask_message: RoundMessage
         corrections.append(masking.pair_correction(advert.mask_key, survivors, count))
     plain = masking.from_ring(masking.ring_total(published, plan.ring, count), plan.ring, corrections)
     if _policy(repo).norm_bound:
-        secure_norms.check_sum(repo, plan, masked, plain, memory)
+        norm_bounds.check_sum(repo, plan, masked, plain, memory)
     masked_of = {m.author: m.id for m in masked}
     entries: list[list[Any]] = [[masked_of[a.author], a.author, content_of(a, Advert).examples, plan.weights[a.id]]
                                 for a in plan.adverts if a.author in masked_of]

@@ -28,7 +28,7 @@ it advertises and masks, and adds its share of the round's discrete Gaussian noi
 every contribution weighs the same; a roster takes only adverts whose authors' budgets hold however few of them
 the merge takes; and the merge records the ρ it gives each contribution it takes, and each author's ε since.
 
-With the policy's **norm bound** (``protocol.secure_norms``), each contributor clips its update to it and its
+With the policy's **norm bound** (``protocol.norm_bounds``), each contributor clips its update to it and its
 masked update names a norm proof of what it masks, which every member checks before the update counts, and
 checks the unmasked sum against.
 
@@ -83,7 +83,7 @@ from ..core.round_rules import RoundPolicy, weight_counts
 from ..storage import unixfs
 from ..storage.clock import now_ms
 from ..storage.repo import Repository
-from . import dp, secure_norms
+from . import dp, norm_bounds
 from .rounds import Contribution, RoundMemory, RoundView
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ def advertise(repo: Repository, identity: Any, branch: str, state: StateDict, ex
     membership = repo.members.current()
     _require_role(membership, identity.public_key, "contributor", at, "contributing to a secure round")
     base = repo.materialize(head)
-    change = secure_norms.update(policy, base, state)
+    change = norm_bounds.update(policy, base, state)
     reach = int(np.abs(change).max(initial=0)) + dp.noise_bound(policy, change.size, MIN_CONTRIBUTORS)
     bits = reach.bit_length() if change.size else 0
     if bits > MAX_TERM_BITS:
@@ -207,7 +207,7 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
         raise InvalidInput("these are not the secrets of the advert the roster takes")
     head = repo.materialize(roster.head)
     policy = _policy(repo)
-    change = secure_norms.update(policy, head, state)
+    change = norm_bounds.update(policy, head, state)
     if int(np.abs(change).max(initial=0)).bit_length() > advert.bits:
         raise InvalidInput("the update is not the one advertised: its change needs more bits than the advert said")
     values = change * plan.weights[mine.id]
@@ -215,7 +215,7 @@ def mask(repo: Repository, identity: Any, source: MessageSource, roster: RoundMe
         values += discrete_gaussian(dp.noise_std(policy, values.size, len(plan.adverts)), values.size)
         if int(np.abs(values).max(initial=0)).bit_length() > advert.bits:
             raise InvalidInput("the noise drawn is beyond the bound the advert allowed for: mask again")
-    proof = secure_norms.prove(repo, plan, mine, values, circuits) if policy.norm_bound else None
+    proof = norm_bounds.prove(repo, plan, mine, values, circuits) if policy.norm_bound else None
     seeds = secagg.pair_seeds(secrets.mask_secret, advert.mask_key, plan.links, plan.context)
     published = masking.to_ring(masking.mask(values, secrets.self_seed, advert.mask_key, seeds), plan.ring)
     membership = repo.members.current()
@@ -497,7 +497,7 @@ def _check_masked(repo: Repository, plan: Plan, message: RoundMessage, memory: R
     if message.timestamp_ms < plan.roster.timestamp_ms:
         raise IntegrityError(f"masked update {short(message.id)} is signed before its roster")
     if _policy(repo).norm_bound:
-        secure_norms.commitments(repo, plan, message, memory)
+        norm_bounds.commitments(repo, plan, message, memory)
 
 
 def _taken(plan: Plan, message: RoundMessage) -> set[PublicKey]:

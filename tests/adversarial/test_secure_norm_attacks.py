@@ -11,7 +11,7 @@ import pytest
 
 from flair_node.core.errors import IntegrityError
 from flair_node.core.round_messages import Masked, Unmask
-from flair_node.protocol import rounds, secure_merges, secure_norms, secure_rounds
+from flair_node.protocol import norm_bounds, rounds, secure_merges, secure_rounds
 from flair_node.tensors.secure_sum import term
 from tests.unit.test_secure_norm_proofs import CIRCUITS, proven_team, srs  # noqa: F401 (srs: a fixture)
 from tests.unit.test_secure_rounds import EVERYONE, Round, as_node
@@ -23,14 +23,14 @@ CHEAT = EVERYONE[-1]
 def cheating(monkeypatch, state) -> None:
     """From then on, the cheat's modified node masks its update unclipped and 20 times over, while it proves
     what an honest node would have masked."""
-    honest_update, real_prove = secure_norms.update, secure_norms.prove
+    honest_update, real_prove = norm_bounds.update, norm_bounds.prove
 
     def prove(repo, plan, mine, values, circuits):
         honest = honest_update(repo.members.current().policy, repo.materialize(plan.roster.head), state)
         return real_prove(repo, plan, mine, honest * plan.weights[mine.id], circuits)
 
-    monkeypatch.setattr(secure_norms, "update", lambda policy, base, trained: term(base, trained, 1) * 20)
-    monkeypatch.setattr(secure_norms, "prove", prove)
+    monkeypatch.setattr(norm_bounds, "update", lambda policy, base, trained: term(base, trained, 1) * 20)
+    monkeypatch.setattr(norm_bounds, "prove", prove)
 
 
 def honest_then_cheat(srs, monkeypatch) -> Round:  # noqa: F811
@@ -62,7 +62,7 @@ def test_an_update_masked_above_the_bound_with_the_proof_of_a_clipped_one_stalls
         r.merge(unmask)
     # an aggregator in league with it merges all the same: every member re-deriving the merge refuses it
     reveals = sorted(m.id for m in r.book.of_round(r.repo.id, "main", r.head, "reveal"))
-    monkeypatch.setattr(secure_norms, "check_sum", lambda *args: None)
+    monkeypatch.setattr(norm_bounds, "check_sum", lambda *args: None)
     state, meta = secure_merges.derive(r.repo, r.book, unmask, reveals, memory=r.memory)
     monkeypatch.undo()
     agg = r.aggregator()
@@ -78,7 +78,7 @@ def test_a_masked_update_without_a_proof_is_not_taken_and_no_member_accepts_an_u
     r = honest_then_cheat(srs, monkeypatch)
     roster = r.roster()
     r.mask(roster, EVERYONE[:-1])
-    monkeypatch.setattr(secure_norms, "prove", lambda *args: None)
+    monkeypatch.setattr(norm_bounds, "prove", lambda *args: None)
     r.mask(roster, [CHEAT])  # modified software: no proof at all
     monkeypatch.undo()
     bare = next(m for m in r.book.of_round(r.repo.id, "main", r.head, "masked") if m.author == CHEAT.public_key)

@@ -244,6 +244,13 @@ def test_differential_privacy_through_the_cli(tmp_path):
         assert f"epsilon {spent[1]['dp']['epsilon']} (2 contributions)" in status
         assert json.loads(flair(home, "policy", "team", "--no-dp", "--json").stdout)["dp_clip"] == ""
         assert "diff. privacy  off" in flair(home, "show", "team").stdout
+        # a norm bound without differential privacy: the node clips to it, every member checks it
+        bounded = flair(home, "policy", "team", "--norm-bound", "0.25").stdout
+        assert "norm bound     each contribution clipped to L2 norm 0.25, checked by every member" in bounded
+        clipped = json.loads(flair(home, "contribute", "team", "--weights", weights, "--examples", "10",
+                                   "--json").stdout)
+        assert clipped["id"][:12] in flair(home, "round", "status", "team").stdout  # counted: within the bound
+        assert "norm bound     off" in flair(home, "policy", "team", "--no-norm-bound").stdout
 
 
 def test_a_member_clones_from_another_daemon_and_the_owner_pulls_back(tmp_path):

@@ -104,9 +104,9 @@ _ANY_CID = cid_for(RAW, b"")
                   "decimal text below 0.1 (1e-5, say)", required=False, default=None),
             Param("dp_epsilon", DP_TEXT, "differential privacy: each member's budget, the epsilon all its "
                   "contributions to this repository may spend, decimal text", required=False, default=None),
-            Param("norm_bound", DP_TEXT, "with secure and proof_chunk (kzg): the L2 norm each contribution's "
-                  "update is clipped to and proven within by an EZKL proof every member checks, decimal text; \"\" "
-                  "to turn it off", required=False, default=None)),
+            Param("norm_bound", DP_TEXT, "the L2 norm each contribution's update is clipped to, which every "
+                  "member checks (with secure, through an EZKL proof: needs proof_chunk with kzg), decimal text; "
+                  "\"\" to turn it off", required=False, default=None)),
     result=OBJECT)
 async def repo_policy(ctx: ApiContext, repo: str, **fields: Any) -> dict[str, Any]:
     given = {k: v for k, v in fields.items() if v is not None}
@@ -130,7 +130,7 @@ async def repo_policy(ctx: ApiContext, repo: str, **fields: Any) -> dict[str, An
         # needs none (norm proofs need kzg: an SRS is then assumed)
         RoundPolicy(**{**merged, **({"proof_scheme": "poseidon", "proof_srs": ""} if merged["proof_chunk"] else {}),
                        **({"proof_scheme": "kzg", "proof_srs": merged["proof_srs"] or _ANY_CID}
-                          if merged["norm_bound"] else {})})
+                          if merged["norm_bound"] and merged["proof_chunk"] else {})})
         build_strategy(merged["strategy"], merged["strategy_params"])  # refuse what no node could run
         if merged["proof_chunk"]:
             if srs_file is not None or not before.proof_srs or merged["proof_chunk"] != before.proof_chunk \

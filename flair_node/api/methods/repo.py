@@ -99,7 +99,7 @@ async def repo_commit(ctx: ApiContext, repo: str, weights_path: str, message: st
     result=COMMIT_RESULT)
 async def repo_contribute(ctx: ApiContext, repo: str, weights_path: str, examples: int, branch: str,
                           base: str | None, message: str, codec: str) -> dict[str, Any]:
-    from ...protocol import dp, round_merges, rounds, secure_node
+    from ...protocol import dp, norm_bounds, round_merges, rounds, secure_node
 
     def work() -> dict[str, Any]:
         r = ctx.repos.open(repo)
@@ -113,6 +113,7 @@ async def repo_contribute(ctx: ApiContext, repo: str, weights_path: str, example
             return {"id": advert.id, "kind": "advert", "branch": branch, "base": start, "examples": examples,
                     "author": advert.author, "timestamp_ms": advert.timestamp_ms, "secure": True}
         spent, norm = None, None
+        weights = norm_bounds.clipped(r.members.current().policy, r.materialize(start), weights)
         if r.members.current().policy.dp:  # clipped and noised here, before anything is stored
             weights, spent, norm = dp.prepare(r, ctx.identity.public_key, branch, start, weights,
                                               memory=ctx.round_memory)

@@ -94,8 +94,8 @@ def _policy_arguments(p: argparse.ArgumentParser) -> None:
                                                       "repository may spend in all")
     dp.add_argument("--no-dp", action="store_true", help="turn differential privacy off")
     p.add_argument("--norm-bound", metavar="B",
-                   help="with --privacy secure and --proof-chunk (kzg): clip each contribution's update to this L2 "
-                        "norm and have it proven (EZKL) with every masked update; every member checks the proofs")
+                   help="clip each contribution's update to this L2 norm, which every member checks (with --privacy "
+                        "secure, through an EZKL proof with every masked update: needs --proof-chunk, kzg)")
     p.add_argument("--no-norm-bound", action="store_true", help="turn norm proofs off")
 
 

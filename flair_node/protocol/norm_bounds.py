@@ -1,5 +1,14 @@
-"""Norm proofs in secure rounds (the policy's ``norm_bound``): what a contributor clips its update to and proves
-what it masks within, and what every member checks (see ``protocol.secure_rounds`` for the phases).
+"""The bound on each contribution's update: the policy's ``norm_bound``, and ``dp_clip``, which differential
+privacy clips to. What a contributor's node clips its update to, and what every member checks.
+
+**Plain rounds** (``clipped``, ``check_plain``): the contributor's node clips its update to ``norm_bound`` (then
+differential privacy clips and noises it, ``protocol.dp``), and every member, which reads each delta, checks its
+norm directly before counting it: at most the tighter of the two bounds, plus, with differential privacy, what
+its noise reaches but with odds below e^-50 (``plain_limit``). Noise cannot be told from an update, so with
+differential privacy an update skipping the clip passes while it hides in that reach; one far beyond it does not.
+
+**Secure rounds** (``update``, ``prove``, ``commitments``, ``check_sum``; ``protocol.secure_rounds`` runs the
+phases): no member reads a masked update, so what it masks is proven within the bound.
 
 - **Clipping** (``update``): after the differential-privacy clip, in floating point, the change is clipped in the
   merge's fixed point to ``norm_bound`` exactly (``tensors.dp_noise.clip_fixed``), so the bound proven holds.
@@ -25,6 +34,7 @@ import numpy as np
 from ..core.encoding import loads_json
 from ..core.errors import IntegrityError, InvalidInput
 from ..core.ids import Cid, short
+from ..core.objects import Commit
 from ..core.round_messages import Masked, RoundMessage, content_of
 from ..core.round_rules import RoundPolicy
 from ..storage import unixfs
@@ -39,6 +49,49 @@ if TYPE_CHECKING:
 
 VERSION = 1  # of a masked update's norm proof file
 
+
+# -- plain rounds -----------------------------------------------------------------------------------------
+
+def clipped(policy: RoundPolicy, base: StateDict, state: StateDict) -> StateDict:
+    """``state`` with its update from ``base`` clipped to the policy's ``norm_bound``, if it sets one."""
+    from ..tensors.dp_noise import clip
+
+    return clip(base, state, float(Decimal(policy.norm_bound))) if policy.norm_bound else state
+
+
+def plain_limit(policy: RoundPolicy, state: StateDict) -> float:
+    """The largest L2 norm (over its floating tensors) a plain contribution ``state`` may change its base by
+    (see the module docstring), with room for storing its values in their own precision: an ulp a value,
+    twice the rounding."""
+    import torch
+
+    limit = float(min(Decimal(b) for b in (policy.dp_clip, policy.norm_bound) if b))
+    floating = [t for t in state.values() if t.is_floating_point()]
+    if policy.dp:
+        count = sum(t.numel() for t in floating)
+        limit += float(Decimal(policy.dp_noise) * Decimal(policy.dp_clip)) * (math.sqrt(count) + 10)
+    return limit + sum(torch.finfo(t.dtype).eps * float(t.double().norm()) for t in floating)
+
+
+def check_plain(repo: Repository, commit: Commit, memory: RoundMemory) -> None:
+    """``IntegrityError`` unless contribution ``commit``'s update is within ``plain_limit`` (once per commit:
+    it and its base never change). One that cannot be read is left to the round's screening to exclude."""
+    from ..tensors.dp_noise import update_norm
+
+    if commit.id not in memory.bounded:
+        try:
+            state, base = repo.materialize(commit.id), repo.materialize(commit.parents[0])
+            norm, limit = update_norm(base, state), plain_limit(repo.members.current().policy, state)
+        except (InvalidInput, IntegrityError, ValueError):
+            return
+        why = None if norm <= limit else (f"contribution {short(commit.id)} changes its base by an L2 norm of "
+                                          f"{norm:.6g}, beyond the {limit:.6g} the repository's bound allows")
+        _remember(memory.bounded, commit.id, why)
+    if memory.bounded[commit.id] is not None:
+        raise IntegrityError(memory.bounded[commit.id])
+
+
+# -- secure rounds ----------------------------------------------------------------------------------------
 
 def update(policy: RoundPolicy, base: StateDict, state: StateDict) -> np.ndarray:
     """The change a contributor masks, unweighted, in the merge's fixed point: clipped to ``dp_clip`` (in floating
