@@ -74,21 +74,24 @@ def plain_limit(policy: RoundPolicy, state: StateDict) -> float:
 
 
 def check_plain(repo: Repository, commit: Commit, memory: RoundMemory) -> None:
-    """``IntegrityError`` unless contribution ``commit``'s update is within ``plain_limit`` (once per commit:
-    it and its base never change). One that cannot be read is left to the round's screening to exclude."""
+    """``IntegrityError`` unless contribution ``commit``'s update is within ``plain_limit`` (once per commit and
+    bound: it and its base never change). One that cannot be read is left to the round's screening to exclude."""
     from ..tensors.dp_noise import update_norm
 
-    if commit.id not in memory.bounded:
+    policy = repo.members.current().policy
+    key = f"{commit.id}:{policy.norm_bound}:{policy.dp_clip}:{policy.dp_noise}"
+    if key not in memory.bounded:
         try:
             state, base = repo.materialize(commit.id), repo.materialize(commit.parents[0])
-            norm, limit = update_norm(base, state), plain_limit(repo.members.current().policy, state)
+            norm, limit = update_norm(base, state), plain_limit(policy, state)
         except (InvalidInput, IntegrityError, ValueError):
             return
         why = None if norm <= limit else (f"contribution {short(commit.id)} changes its base by an L2 norm of "
                                           f"{norm:.6g}, beyond the {limit:.6g} the repository's bound allows")
-        _remember(memory.bounded, commit.id, why)
-    if memory.bounded[commit.id] is not None:
-        raise IntegrityError(memory.bounded[commit.id])
+        _remember(memory.bounded, key, why)
+    why = memory.bounded.get(key)
+    if why is not None:
+        raise IntegrityError(why)
 
 
 # -- secure rounds ----------------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ class RoundMemory:
         #: Masked update id -> the chunk commitments its norm proof publishes, and None if the proof checks out or
         #: why it does not (``protocol.secure_rounds``): the message names the file by its hash.
         self.norm_proofs: OrderedDict[str, tuple[tuple[str, ...], str | None]] = OrderedDict()
-        #: Contribution id -> None if its update is within the policy's bound, else why not (``norm_bounds``).
+        #: "<contribution id>:<bounds>" -> None if its update is within them, else why not (``norm_bounds``).
         self.bounded: OrderedDict[str, str | None] = OrderedDict()
         #: (repo, branch, head, author) -> (the author's merge of that round, held until ms; 0 once settled).
         self._held: OrderedDict[tuple[str, str, str, str], tuple[CommitId, int]] = OrderedDict()
