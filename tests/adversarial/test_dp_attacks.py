@@ -34,6 +34,17 @@ def as_node(repos: RepoSet, repo: Repository, identity: Identity) -> Repository:
     return Repository.open(repo.id, repos.objects, repos.blocks, repo.refs, reader=identity)
 
 
+def team(policy: RoundPolicy) -> tuple[rounds.RoundMemory, RepoSet, Repository]:
+    """A node's round memory, its repositories, and one of them the owner shares with every member, under
+    ``policy``."""
+    repos = RepoSet.in_memory(OWNER)
+    repo = repos.create("digits", tiny_state(0))
+    for member in MEMBERS:
+        repo.invite(OWNER, member.public_key, "maintainer")
+    repo.set_policy(OWNER, policy)
+    return rounds.RoundMemory(), repos, repo
+
+
 def honest(repos: RepoSet, repo: Repository, member: Identity, memory: rounds.RoundMemory):
     node = as_node(repos, repo, member)
     start = node.head("main")
@@ -59,12 +70,7 @@ def merge(repos: RepoSet, repo: Repository, current: rounds.RoundView, memory: r
 ], ids=["budget-spent-again", "no-record", "less-noise", "understated-loss", "past-the-budget"])
 def test_no_round_takes_a_contribution_cheating_at_differential_privacy_and_every_member_refuses_one_that_does(
         forge, why):
-    memory = rounds.RoundMemory()
-    repos = RepoSet.in_memory(OWNER)
-    repo = repos.create("digits", tiny_state(0))
-    for member in MEMBERS:
-        repo.invite(OWNER, member.public_key, "maintainer")
-    repo.set_policy(OWNER, POLICY)
+    memory, repos, repo = team(POLICY)
     cheat, other = MEMBERS[0], MEMBERS[1]
     for member in (cheat, other):
         honest(repos, repo, member, memory)

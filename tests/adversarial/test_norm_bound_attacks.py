@@ -13,22 +13,10 @@ from flair_node.core import dp
 from flair_node.core.errors import IntegrityError
 from flair_node.core.round_rules import RoundPolicy
 from flair_node.protocol import norm_bounds, rounds
-from flair_node.storage.repos import RepoSet
 from flair_node.tensors.dp_noise import update_norm
-from flair_node.testing.commit_graph import tiny_state
-from tests.adversarial.test_dp_attacks import EVERYONE, MEMBERS, OWNER, POLICY, as_node, honest, merge
+from tests.adversarial.test_dp_attacks import EVERYONE, MEMBERS, POLICY, as_node, honest, merge, team
 
 BOUNDED = RoundPolicy(buffer=2, deadline_s=600, norm_bound="0.5")
-
-
-def made(policy: RoundPolicy):
-    memory = rounds.RoundMemory()
-    repos = RepoSet.in_memory(OWNER)
-    repo = repos.create("digits", tiny_state(0))
-    for member in MEMBERS:
-        repo.invite(OWNER, member.public_key, "maintainer")
-    repo.set_policy(OWNER, policy)
-    return memory, repos, repo
 
 
 def refused_everywhere(repos, repo, memory, forged, cheat) -> None:
@@ -43,7 +31,7 @@ def refused_everywhere(repos, repo, memory, forged, cheat) -> None:
 
 
 def test_a_norm_bound_is_clipped_to_by_each_contributor_and_checked_exactly_by_every_member():
-    memory, repos, repo = made(BOUNDED)
+    memory, repos, repo = team(BOUNDED)
     cheat, other = MEMBERS[0], MEMBERS[1]
     node = as_node(repos, repo, other)
     base = node.materialize(node.head("main"))
@@ -60,7 +48,7 @@ def test_with_differential_privacy_an_update_beyond_the_clip_and_the_noise_s_rea
     """The figures it records are the accountant's own for its first contribution; only the update is wrong: not
     clipped and not noised, and far beyond what clipping to 0.5 and noise of 2 x 0.5 reach on 15 values (14.4).
     One within that reach would pass: noise cannot be told from an update."""
-    memory, repos, repo = made(POLICY)
+    memory, repos, repo = team(POLICY)
     cheat, other = MEMBERS[0], MEMBERS[1]
     honest(repos, repo, other, memory)
     node = as_node(repos, repo, cheat)
@@ -70,7 +58,7 @@ def test_with_differential_privacy_an_update_beyond_the_clip_and_the_noise_s_rea
 
 
 def test_honest_contributions_with_noise_pass_the_check():
-    memory, repos, repo = made(POLICY)
+    memory, repos, repo = team(POLICY)
     for member in MEMBERS:
         honest(repos, repo, member, memory)
     assert len(rounds.view(repo, "main", memory=memory).pending) == 3

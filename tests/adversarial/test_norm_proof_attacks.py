@@ -13,12 +13,11 @@ import torch
 
 from flair_node.core.errors import IntegrityError
 from flair_node.protocol.proofs import ezkl_backend, norms, weighted_sum
-from flair_node.protocol.proofs.ezkl_backend import Shape
+from tests.unit.test_norm_proofs import BOUND, SIZE, norm_circuits
 
 pytestmark = pytest.mark.slow
-SIZE = 64
-BOUND = norms.squared_bound(1.0)
 ALL = [0, 1]
+circuits = pytest.fixture(scope="module")(norm_circuits)
 
 
 def vector(norm: float, seed: int = 0) -> torch.Tensor:
@@ -26,13 +25,6 @@ def vector(norm: float, seed: int = 0) -> torch.Tensor:
     x = 1e-3 * torch.randn(32 * SIZE, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     x[1024:2048] += 1.0
     return (x / x.norm() * norm * (1 << norms.FRACTION_BITS)).round().to(torch.int64)
-
-
-@pytest.fixture(scope="module")
-def circuits(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("norms")
-    srs = ezkl_backend.development_srs(folder, Shape(1, SIZE).logrows)
-    return norms.build(folder / "circuits", SIZE, srs, BOUND)
 
 
 def forge(circuits, values, *, claimed=None, totals=None, bits=None):

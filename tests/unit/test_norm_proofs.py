@@ -24,11 +24,14 @@ def vector(norm: float, values: int = 40 * SIZE, seed: int = 0) -> torch.Tensor:
     return (x / x.norm() * norm * (1 << norms.FRACTION_BITS)).round().to(torch.int64)
 
 
-@pytest.fixture(scope="module")
-def circuits(tmp_path_factory):
+def norm_circuits(tmp_path_factory):
+    """The circuits proving norms of at most 1 in chunks of 64, with a development SRS (a module's fixture)."""
     folder = tmp_path_factory.mktemp("norms")
     srs = ezkl_backend.development_srs(folder, Shape(1, SIZE).logrows)
     return norms.build(folder / "circuits", SIZE, srs, BOUND)
+
+
+circuits = pytest.fixture(scope="module")(norm_circuits)
 
 
 @pytest.fixture(scope="module")
