@@ -147,13 +147,16 @@ def prove(repo: Repository, plan: Plan, mine: RoundMessage, values: np.ndarray, 
 
 def commitments(repo: Repository, plan: Plan, message: RoundMessage, memory: RoundMemory) -> tuple[str, ...]:
     """The chunk commitments masked update ``message`` publishes with its norm proof, once the proof is checked
-    (remembered per message: it names the file by its hash). ``IntegrityError`` if it has no proof, or one that
-    does not show what it masks within ``norm_limit``; ``NotFound`` while the file's blocks are not here."""
+    (remembered per message and policy: the message names the file by its hash). ``IntegrityError`` if it has
+    no proof, or one that does not show what it masks within ``norm_limit``; ``NotFound`` while the file's
+    blocks are not here."""
     from ..tensors.secure_sum import term_size
     from .proofs import norms
 
-    if message.id in memory.norm_proofs:
-        commitments, why = memory.norm_proofs[message.id]
+    policy = repo.members.current().policy
+    key = f"{message.id}:{policy.norm_bound}:{policy.proof_chunk}:{policy.proof_srs}"
+    if key in memory.norm_proofs:
+        commitments, why = memory.norm_proofs[key]
         if why is not None:
             raise IntegrityError(why)
         return commitments
@@ -162,7 +165,6 @@ def commitments(repo: Repository, plan: Plan, message: RoundMessage, memory: Rou
         raise IntegrityError(f"masked update {short(message.id)} has no norm proof, which this repository's "
                              "policy requires")
     data = unixfs.cat(repo.blocks, content.proof, max_size=content.proof_size)
-    policy = repo.members.current().policy
     count = term_size(repo.materialize(plan.roster.head))
     advert = plan.advert_of(message.author)
     if advert is None:
@@ -183,10 +185,10 @@ def commitments(repo: Repository, plan: Plan, message: RoundMessage, memory: Rou
                     list(range(norms.group_count(chunks))))
     except IntegrityError as exc:
         why = f"the norm proof of masked update {short(message.id)} does not hold: {exc}"
-        _remember(memory.norm_proofs, message.id, ((), why))
+        _remember(memory.norm_proofs, key, ((), why))
         raise IntegrityError(why) from None
     commitments = tuple(listed)
-    _remember(memory.norm_proofs, message.id, (commitments, None))
+    _remember(memory.norm_proofs, key, (commitments, None))
     return commitments
 
 

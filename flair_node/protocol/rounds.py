@@ -99,8 +99,8 @@ class RoundMemory:
         self.dp_spent: OrderedDict[str, dict[PublicKey, tuple[int, int]]] = OrderedDict()
         #: Commit id -> per member, the ρ of each secure round merge up to it that took it (``protocol.dp``).
         self.dp_rhos: OrderedDict[str, dict[PublicKey, tuple[float, ...]]] = OrderedDict()
-        #: Masked update id -> the chunk commitments its norm proof publishes, and None if the proof checks out or
-        #: why it does not (``protocol.secure_rounds``): the message names the file by its hash.
+        #: "<masked update id>:<policy>" -> the chunk commitments its norm proof publishes, and None if the proof
+        #: checks out or why it does not (``protocol.norm_bounds``).
         self.norm_proofs: OrderedDict[str, tuple[tuple[str, ...], str | None]] = OrderedDict()
         #: "<contribution id>:<bounds>" -> None if its update is within them, else why not (``norm_bounds``).
         self.bounded: OrderedDict[str, str | None] = OrderedDict()
