@@ -183,6 +183,9 @@ class Ingest:
             if message.content.size > 8 * values + _SEALED_OVERHEAD:
                 raise IntegrityError(f"masked update {short(message.id)} names {message.content.size} bytes, more "
                                      f"than a model of {values} values masks to")
+            if message.content.proof is not None and not membership.policy.norm_bound:
+                raise IntegrityError(f"masked update {short(message.id)} names a norm proof, which this "
+                                     "repository's policy does not ask for")
             if message.content.proof_size > _norm_proof_bytes(values, membership.policy.proof_chunk):
                 raise IntegrityError(f"masked update {short(message.id)} names a norm proof of "
                                      f"{message.content.proof_size} bytes, more than one of a model of {values} "

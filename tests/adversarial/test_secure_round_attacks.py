@@ -88,6 +88,12 @@ def test_a_masked_update_may_name_no_more_than_the_model_masks_to():
                            timestamp_ms=now_ms(), content=huge).signed(MEMBERS[0])
     with pytest.raises(IntegrityError, match="more than a model of 1000 values masks to"):
         repo.ingest.check_round_message(message)
+    # a norm proof where the policy asks for none: its blocks would be fetched for nothing
+    proven = dataclasses.replace(huge, size=100, proof=huge.cid, proof_size=1000)
+    message = RoundMessage(repo=repo.id, branch="main", head=repo.head("main"), author=MEMBERS[0].public_key,
+                           timestamp_ms=now_ms(), content=proven).signed(MEMBERS[0])
+    with pytest.raises(IntegrityError, match="norm proof, which this repository's policy does not ask for"):
+        repo.ingest.check_round_message(message)
 
 
 def test_a_member_cannot_fill_a_round(monkeypatch):
