@@ -33,8 +33,9 @@ class PeerToPeer(Protocol):
         """Fetch the DAG under ``cid`` from the peer at multiaddr ``peer``; how many blocks came."""
         ...
 
-    async def pull(self, repo: str, peer: str) -> dict[str, Any]:
-        """Catch repository ``repo`` (a full id) up with the peer at multiaddr ``peer``."""
+    async def pull(self, repo: str, peer: str | None) -> dict[str, Any]:
+        """Catch repository ``repo`` (a full id) up with the peer at multiaddr ``peer``, or with one discovery
+        finds (none given)."""
         ...
 
     def arrivals(self) -> Iterable[tuple[str, str, str, int, int]]:

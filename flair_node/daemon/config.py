@@ -141,6 +141,14 @@ class P2PConfig:
     mdns: bool = setting(
         False,
         "Find peers on the local network by multicast DNS. Off by default: it announces the node on the LAN.")
+    dht: str = setting(
+        "server",
+        "Find the nodes of your repositories with no address given (`flair clone REPO_ID`): the node publishes "
+        "locators only members can compute (and, for a week after each invitation, one the invitee can) in a "
+        "Kademlia DHT reached through the bootstrap peers. \"server\" also answers others' DHT queries and stores "
+        "their records (for nodes others can dial); \"client\" only asks and publishes (behind NAT); \"off\": "
+        "no DHT, peers only by address.",
+        choices=("server", "client", "off"))
 
 
 @dataclass(frozen=True)

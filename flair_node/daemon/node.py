@@ -24,6 +24,7 @@ from ..core.errors import FlairError
 from ..core.ids import Cid, RepoId
 from ..network import rpc
 from ..network.bitswap import BlockExchange
+from ..network.discovery import Kademlia
 from ..network.host import connect, full_addrs, running_host
 from ..network.kubo import KuboPinner
 from ..protocol import sync
@@ -34,6 +35,7 @@ from ..storage.atomic import hold_lock, remove_stale_temp_files
 from ..storage.repos import RepoSet
 from .anchor_service import AnchorService
 from .config import NodeConfig
+from .discovery_service import DiscoveryService
 from .home import Home
 from .ownership_service import OwnershipService
 from .p2p import P2PService
@@ -134,7 +136,7 @@ class Node:
         p2p = self._online()
         return await p2p.exchange.fetch_dag(cid, await connect(p2p.host, peer), max_size=max_size)
 
-    async def pull(self, repo: str, peer: str) -> dict[str, Any]:
+    async def pull(self, repo: str, peer: str | None) -> dict[str, Any]:
         return await self._online().pull_from(RepoId(repo), peer)
 
     def arrivals(self) -> Iterable[tuple[str, str, str, int, int]]:
@@ -158,6 +160,12 @@ class Node:
                 p2p = P2PService(host, exchange, self.repos, memory=self.round_memory,
                                  bootstrap=self.config.p2p.bootstrap,
                                  sync_interval=self.config.p2p.sync_interval)
+                if self.config.p2p.dht != "off":
+                    dht = Kademlia(host, server=self.config.p2p.dht == "server")
+                    await nursery.start(dht.run)
+                    p2p.discovery = DiscoveryService(host, dht, self.repos, member_peers=p2p.member_peers,
+                                                     interval=self.config.p2p.sync_interval)
+                    await nursery.start(p2p.discovery.run)
                 await nursery.start(p2p.run)
                 self.p2p = p2p
                 if self.pinning is not None:

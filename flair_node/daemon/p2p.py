@@ -46,18 +46,19 @@ from typing import Any
 
 import trio
 
-from ..core.errors import FlairError, Forbidden, IntegrityError, NotFound, RemoteError
+from ..core.errors import FlairError, Forbidden, IntegrityError, InvalidInput, NotFound, RemoteError
 from ..core.ids import CommitId, PeerId, RepoId, short
 from ..core.refs import BranchMove
 from ..core.round_messages import RoundMessage
 from ..network.bitswap import BlockExchange
 from ..network.gossip import BadInputLog, Offences
 from ..network.gossipsub import GossipSub
-from ..network.host import Host, connect, peer_addrs, peer_from_text
+from ..network.host import Host, Peer, connect, peer_addrs, peer_from_text
 from ..protocol import announce, rounds, sync
 from ..protocol.rounds import RoundMemory
 from ..storage.repo import Repository, now_ms
 from ..storage.repos import Outgoing, RepoSet
+from .discovery_service import DiscoveryService
 from .peer_cards import PeerCards
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,11 @@ class _Pull:
 
 class P2PService:
     def __init__(self, host: Host, exchange: BlockExchange, repos: RepoSet, *, memory: RoundMemory,
-                 bootstrap: tuple[str, ...] = (), sync_interval: float = 30.0) -> None:
+                 bootstrap: tuple[str, ...] = (), sync_interval: float = 30.0,
+                 discovery: DiscoveryService | None = None) -> None:
         self.host, self.exchange, self.repos = host, exchange, repos
+        #: Finds peers by locator (``daemon.discovery_service``); None when the DHT is off.
+        self.discovery = discovery
         #: The node's round memory: round merges peers announce are noted and checked there.
         self.memory = memory
         self.bootstrap, self.sync_interval = bootstrap, sync_interval
@@ -139,18 +143,49 @@ class P2PService:
             nursery.start_soon(self._wanted_loop)
             task_status.started()
 
-    async def pull_from(self, repo: RepoId, address: str) -> dict[str, Any]:
-        """Catch ``repo`` up with the node at multiaddr ``address`` now (a clone if it is new here). A pull of
+    async def pull_from(self, repo: RepoId, address: str | None) -> dict[str, Any]:
+        """Catch ``repo`` up with the node at multiaddr ``address`` now (a clone if it is new here), or with no
+        address, with the first node discovery finds that serves it (``DiscoveryService.candidates``). A pull of
         ``repo`` from that peer under way is joined, not doubled: this waits for one more pass of it, and
         reports what its passes brought together."""
-        peer = await connect(self.host, address)
+        if address is not None:
+            return await self._pull_now(repo, await connect(self.host, address))
+        if self.discovery is None:
+            raise InvalidInput("no peer address given, and discovery is off (p2p.dht is \"off\")")
+        found = await self.discovery.candidates(repo)
+        failures = []
+        for provider in found:
+            peer = await self.discovery.dial(provider)
+            if peer is None:
+                failures.append(f"{provider.peer}: no address answered")
+                continue
+            try:
+                return await self._pull_now(repo, peer)
+            except FlairError as exc:  # a provider that does not serve it (or lied): the next one
+                failures.append(f"{peer}: {exc}")
+        if not found:
+            raise NotFound(f"no node serving {short(repo)} was found in the DHT: was this node's key invited, and "
+                           "does it reach a DHT server (p2p.bootstrap)? `flair clone --peer` takes a member node's "
+                           "address instead", repo=repo)
+        raise NotFound(f"none of the {len(found)} nodes the DHT named served {short(repo)}: {'; '.join(failures)}",
+                       repo=repo)
+
+    async def _pull_now(self, repo: RepoId, peer: Peer) -> dict[str, Any]:
         state = self._pull_later(repo, str(peer), force=True)
         if state is None:
             raise FlairError("the peer-to-peer service is not running")
         await state.done.wait()
         if state.result is None:
             raise state.error or RemoteError(f"pulling {short(repo)} from {peer} was stopped")
-        return state.result.json()
+        return {**state.result.json(), "peer": str(peer)}
+
+    def member_peers(self, repo_id: RepoId) -> int:
+        """How many connected peers proved a member key of ``repo_id`` that holds a role now."""
+        try:
+            repo = self.repos.open_id(repo_id)
+        except FlairError:
+            return 0
+        return sum(self._is_member(repo, str(peer)) for peer in self.host.get_connected_peers())
 
     def _learned(self, repo: RepoId, peer: str) -> None:
         """``peer`` just proved a member key of ``repo``: admit it to the topic now, and catch up from it."""
@@ -158,8 +193,10 @@ class P2PService:
         self._pull_later(repo, peer)
 
     def wake(self) -> None:
-        """Something was signed here: announce it."""
+        """Something was signed here: announce it (and publish any new locator)."""
         self._wake.set()
+        if self.discovery is not None:
+            self.discovery.wake()
 
     def status(self) -> dict[str, Any]:
         peers = []
@@ -168,6 +205,7 @@ class P2PService:
                           "bad_announcements": self._bad.counts.get(str(peer), 0),
                           "bad_pulls": self._bad_pulls.counts.get(str(peer), 0)})
         return {"gossip": self.gossip.status(), "cards": self.cards.status(), "announcements": dict(self.counts),
+                "discovery": self.discovery.status() if self.discovery is not None else None,
                 "peers": peers, "bad_announcements": dict(self._bad.counts), "bad_pulls": dict(self._bad_pulls.counts),
                 "topics": sorted(announce.topic(r) for r in self._joined), "refused_merges": list(self.refused_merges)}
 

@@ -129,12 +129,14 @@ async def repo_contribute(ctx: ApiContext, repo: str, weights_path: str, example
 
 @methods.method(
     "repo.pull", "Fetch what a member's node has of a repository and this node lacks (creating it: a clone); "
-    "every record and block is checked before it is stored.",
+    "every record and block is checked before it is stored. With no peer, from the first node serving it that "
+    "discovery finds (the DHT).",
     params=(replace(REPO, description="repository id (full, for a clone) or the name or id prefix of one kept "
                                       "here"),
-            PEER),
+            replace(PEER, required=False, default=None,
+                    description="the peer's multiaddr, ending in /p2p/<peer id>; none: found through the DHT")),
     result=OBJECT)
-async def repo_pull(ctx: ApiContext, repo: str, peer: str) -> dict[str, Any]:
+async def repo_pull(ctx: ApiContext, repo: str, peer: str | None = None) -> dict[str, Any]:
     if not is_full_id(repo):
         repo = (await ctx.off_thread(lambda: ctx.repos.open(repo))).id
     result = await ctx.need_p2p().pull(repo, peer)

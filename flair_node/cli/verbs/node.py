@@ -7,7 +7,7 @@ from typing import Any
 
 from ...api.client import ApiClient
 from ...core.errors import FlairError
-from ..format import status_text
+from ..format import status_text, when
 from ._base import Verb
 
 WHOAMI = Verb(
@@ -81,6 +81,12 @@ def node_text(r: dict[str, Any], *, bad_input: bool) -> str:
              else "announcements: none yet",
              f"refused: {p2p['refused_blocks']} blocks, {sum(p2p['bad_announcements'].values())} announcements, "
              f"{sum(gossip.values())} gossip frames or messages, {sum(p2p.get('bad_pulls', {}).values())} pulls"]
+    found = p2p.get("discovery")
+    if found:
+        lines.append(f"discovery: DHT {found['mode']}, {found['routing_table']} peers in its table, "
+                     f"{found['published']} locators published")
+        lines.extend(f"  {d['repo'][:10]}: found {len(d['found'])} nodes, dialled {len(d['dialled'])} "
+                     f"({when(d['at_ms'])} UTC)" for d in found["discovered"][-5:])
     if p2p.get("duplicate_blocks"):  # blocks that came twice (two peers asked for one): bandwidth, not an offence
         lines.append(f"duplicate blocks: {p2p['duplicate_blocks']} ({p2p['duplicate_bytes'] / 1e6:.1f} MB)")
     refused = p2p.get("refused_merges", [])

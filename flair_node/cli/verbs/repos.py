@@ -77,18 +77,24 @@ FSCK = Verb(
 
 def _pull_text(r: dict[str, Any], a: argparse.Namespace) -> str:
     refused = f"; refused {len(r['refused'])} records (see the daemon's log)" if r["refused"] else ""
+    source = "" if a.peer else f" (from {r['peer']}, found through the DHT)"
     return (f"{r['commits']} commits, {r['changes']} membership changes; moved "
-            f"{', '.join(r['moved']) or 'no branches'}{refused}")
+            f"{', '.join(r['moved']) or 'no branches'}{refused}{source}")
 
 
 def _clone_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("repo", metavar="REPO_ID", help="the repository's full id")
-    p.add_argument("--peer", required=True, metavar="MULTIADDR", help="the node's address, ending in /p2p/<id>")
+    p.add_argument("--peer", metavar="MULTIADDR",
+                   help="a member node's address, ending in /p2p/<id> (default: find one through the DHT)")
 
 
 def _pull_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("repo")
-    p.add_argument("--peer", required=True, metavar="MULTIADDR")
+    p.add_argument("--peer", metavar="MULTIADDR", help="default: a member node found through the DHT")
+
+
+def _pull_call(c: ApiClient, a: argparse.Namespace) -> Any:
+    return c.call("repo.pull", repo=a.repo, **({"peer": a.peer} if a.peer else {}))
 
 
 # ``clone`` is ``pull`` into a node that holds nothing of the repository yet: the same call, the same answer.
@@ -96,7 +102,7 @@ CLONE = Verb(
     name="clone",
     help="copy a repository you are a member of from a member's node (every record checked)",
     arguments=_clone_arguments,
-    call=lambda c, a: c.call("repo.pull", repo=a.repo, peer=a.peer),
+    call=_pull_call,
     text=_pull_text,
 )
 
@@ -104,6 +110,6 @@ PULL = Verb(
     name="pull",
     help="fetch what a member's node has of a repository and this node lacks",
     arguments=_pull_arguments,
-    call=lambda c, a: c.call("repo.pull", repo=a.repo, peer=a.peer),
+    call=_pull_call,
     text=_pull_text,
 )

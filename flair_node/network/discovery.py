@@ -1,0 +1,281 @@
+"""Finding peers by a locator: Kademlia provider records, the IPFS DHT's protocol (``/ipfs/kad/1.0.0``), on
+py-libp2p's ``KadDHT``.
+
+A node *provides* a locator (32 bytes; Flair derives them in ``protocol.locators``) and anyone may *find* the
+providers of one: their peer ids and the addresses they published. Nothing here says what a locator stands for;
+whoever finds a provider still proves everything else over its own protocols (a provider is a hint to dial, never a
+source of records).
+
+What Flair adds to py-libp2p's DHT, and why:
+
+- **No values.** The DHT is used for provider records only. Every ``PUT_VALUE`` is refused (a strict validator
+  with no namespace), so no stranger can park records in a node's memory.
+- **Bounded provider records.** py-libp2p caps providers per key (20) and ADD_PROVIDER messages per peer, but not
+  the number of keys or the addresses per provider, and peer ids cost nothing: a node keeps at most
+  ``MAX_PROVIDER_KEYS`` keys (new ones are refused once full, after expired ones are dropped) and
+  ``MAX_PROVIDER_ADDRS`` addresses of each provider.
+- **A routing table fed by connections.** py-libp2p adds peers to its table only when told: each peer this host
+  connects to goes in once identify shows it serves the DHT (py-libp2p would also take a peer identify has not
+  described yet, and its lookups would then wait on clients).
+- **Lookups that ask the network.** py-libp2p's lookup answers from the local store alone whenever it holds a
+  record of the key, and a node holds its own record of every locator it provides: its members would never find
+  each other. ``find`` asks the network and adds what the local store holds.
+- **Bounded, de-duplicated lookups.** ``find`` gives each provider once (py-libp2p may return the same one many
+  times) and ends within ``FIND_TIMEOUT``; ``provide`` within ``PROVIDE_TIMEOUT``.
+- **Server or client.** A server answers DHT queries and stores others' records: what a node reachable from the
+  internet should be. A node behind NAT is a client: it asks and provides, and is never put in others' tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+from libp2p.abc import INetConn, INetwork, INotifee
+from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.provider_store import ProviderStore
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.records.validator import NamespacedValidator
+from libp2p.tools.anyio_service import background_trio_service
+from multiaddr import Multiaddr
+
+from ..core.errors import InvalidInput, RemoteError
+from .host import Host, Peer, map_libp2p_errors
+
+log = logging.getLogger(__name__)
+
+LOCATOR_BYTES = 32
+MAX_PROVIDER_KEYS = 65_536  # provider keys this node stores for others (about 20 MB at most)
+MAX_PROVIDER_ADDRS = 8  # addresses kept per provider
+FIND_COUNT = 20  # providers asked for in one lookup
+FIND_TIMEOUT = 30.0  # s for one lookup
+PROVIDE_TIMEOUT = 30.0  # s for one provide
+IDENTIFY_WAIT = 10.0  # s a new peer has to tell (through identify) whether it serves the DHT
+MAX_OFFERS = 32  # new peers waited for at once; more wait their turn
+_MULTIHASH_SHA256 = b"\x12\x20"  # a provider key is a multihash, as IPFS's are: sha2-256, 32 bytes
+
+# py-libp2p's DHT logs a warning for every stream a peer closes before answering (routine in a network), and an
+# error for each lookup that found nothing: neither is a failure here.
+logging.getLogger("libp2p.kad_dht").setLevel(logging.CRITICAL)
+
+
+@dataclass(frozen=True)
+class Found:
+    """A provider of a locator: its peer id and the addresses it published (it may have lied about them)."""
+
+    peer: str
+    addrs: tuple[str, ...]
+
+    def json(self) -> dict[str, Any]:
+        return {"peer": self.peer, "addrs": list(self.addrs)}
+
+
+class Discovery(Protocol):
+    """Providing and finding locators."""
+
+    async def provide(self, locator: bytes) -> bool:
+        """Publish this node as a provider of ``locator``; whether any peer took the record."""
+        ...
+
+    def withdraw(self, locator: bytes) -> None:
+        """Stop republishing ``locator`` (records already published expire on their own)."""
+        ...
+
+    async def find(self, locator: bytes, *, count: int = FIND_COUNT) -> list[Found]:
+        """Up to ``count`` providers of ``locator`` other than this node, each once."""
+        ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+def locator_key(locator: bytes) -> str:
+    """The DHT key of ``locator``, as py-libp2p takes it (hex of a sha2-256 multihash)."""
+    if len(locator) != LOCATOR_BYTES:
+        raise InvalidInput(f"a locator is {LOCATOR_BYTES} bytes, not {len(locator)}")
+    return (_MULTIHASH_SHA256 + locator).hex()
+
+
+def locator(*parts: bytes) -> bytes:
+    """A locator made of ``parts`` (each length-prefixed, so no two lists of parts give the same bytes)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(4, "big") + part)
+    return digest.digest()
+
+
+#: Set in the task of a lookup (and only there: a context variable, so the DHT's own handlers never see it).
+_ASKING_THE_NETWORK: ContextVar[bool] = ContextVar("asking_the_network", default=False)
+
+
+class _BoundedProviders(ProviderStore):
+    """py-libp2p's provider store with a cap on keys and on each provider's addresses, and lookups that ask the
+    network (see the module docstring)."""
+
+    refused = 0
+
+    def get_providers(self, key: bytes) -> list[PeerInfo]:
+        # py-libp2p's lookup answers from the local store alone when it holds any record of the key, and a node
+        # holds its own as soon as it provides: it would never find another provider of what it provides itself.
+        return [] if _ASKING_THE_NETWORK.get() else super().get_providers(key)
+
+    async def find_elsewhere(self, key: bytes, count: int) -> list[PeerInfo]:
+        """Providers of ``key`` from this node's store (others' records kept here) and from the network, within
+        ``FIND_TIMEOUT``: a network lookup that fails or runs out of time still gives what the store holds."""
+        found = super().get_providers(key)
+        token = _ASKING_THE_NETWORK.set(True)
+        try:
+            with trio.move_on_after(FIND_TIMEOUT), map_libp2p_errors("looking up a locator"):
+                found += await self.find_providers(key, count)
+        except RemoteError as exc:
+            log.info("%s", exc)
+        finally:
+            _ASKING_THE_NETWORK.reset(token)
+        return found
+
+    def add_provider(self, key: bytes, provider: PeerInfo) -> None:
+        if key not in self.providers and len(self.providers) >= MAX_PROVIDER_KEYS:
+            self.cleanup_expired()
+            if len(self.providers) >= MAX_PROVIDER_KEYS:
+                self.refused += 1
+                return
+        if provider is not None and len(provider.addrs) > MAX_PROVIDER_ADDRS:
+            provider = PeerInfo(provider.peer_id, list(provider.addrs[:MAX_PROVIDER_ADDRS]))
+        super().add_provider(key, provider)
+
+
+class _Feed(INotifee):
+    """Offers each newly connected peer to the DHT's routing table."""
+
+    def __init__(self, send: trio.MemorySendChannel[Peer]) -> None:
+        self.send = send
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        try:
+            self.send.send_nowait(conn.muxed_conn.peer_id)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass  # a burst of connections: the next ones get in, and lookups find peers anyway
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        pass
+
+    async def opened_stream(self, network: INetwork, stream: Any) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: Any) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        pass
+
+
+class Kademlia:
+    """``Discovery`` on py-libp2p's ``KadDHT`` over ``host``; ``server``: answer queries and store records."""
+
+    def __init__(self, host: Host, *, server: bool) -> None:
+        self.host, self.server = host, server
+        mode = DHTMode.SERVER if server else DHTMode.CLIENT
+        self.dht = KadDHT(host,  # type: ignore[arg-type]  # a py-libp2p host is an IHost
+                          mode, validator=NamespacedValidator({}, strict_validation=True), validator_changed=True,
+                          strict_validation=True, max_peers_per_subnet=0)
+        self.dht.provider_store = self._providers = _BoundedProviders(host=host,  # type: ignore[arg-type]
+                                                                      peer_routing=self.dht.peer_routing)
+        self.counts: dict[str, int] = {"provided": 0, "provide_failures": 0, "lookups": 0, "found": 0}
+        self._last_provide: dict[str, float] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        send, receive = trio.open_memory_channel[Peer](256)
+        feed = _Feed(send)
+        self.host.get_network().register_notifee(feed)
+        try:
+            async with background_trio_service(self.dht), trio.open_nursery() as nursery:
+                for peer in self.host.get_connected_peers():
+                    send.send_nowait(peer)
+                nursery.start_soon(self._feed_loop, receive)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self.host.get_network().remove_notifee(feed)
+
+    async def _feed_loop(self, receive: trio.MemoryReceiveChannel[Peer]) -> None:
+        slots = trio.Semaphore(MAX_OFFERS)
+        offering: set[Peer] = set()  # a peer may connect twice (both dialled at once): offered once
+        async with trio.open_nursery() as nursery:
+            async for peer in receive:
+                if peer not in offering:
+                    await slots.acquire()
+                    offering.add(peer)
+                    nursery.start_soon(self._offer, peer, slots, offering)
+
+    async def _offer(self, peer: Peer, slots: trio.Semaphore, offering: set[Peer]) -> None:
+        """Put ``peer`` in the routing table once identify shows it serves the DHT (a client, or a peer that never
+        says, stays out: lookups would wait on it in vain)."""
+        try:
+            with trio.move_on_after(IDENTIFY_WAIT):
+                while not (protocols := self._protocols(peer)):  # noqa: ASYNC110 - identify sets no event
+                    await trio.sleep(0.1)
+                if str(KAD_PROTOCOL) in protocols:
+                    with map_libp2p_errors(f"adding {peer} to the DHT's table"):
+                        await self.dht.add_peer(peer)
+        except RemoteError as exc:  # one peer's trouble never stops the others'
+            log.debug("%s", exc)
+        finally:
+            offering.discard(peer)
+            slots.release()
+
+    def _protocols(self, peer: Peer) -> list[str]:
+        try:
+            with map_libp2p_errors(f"the protocols of {peer}"):
+                return list(self.host.get_peerstore().get_protocols(peer) or [])  # type: ignore[attr-defined]
+        except RemoteError:  # not identified yet
+            return []
+
+    async def provide(self, locator: bytes) -> bool:
+        key = locator_key(locator)
+        ok = False
+        with trio.move_on_after(PROVIDE_TIMEOUT):
+            try:
+                with map_libp2p_errors("providing a locator"):
+                    ok = await self.dht.provide(key)
+            except RemoteError as exc:
+                log.info("%s", exc)
+        self.counts["provided" if ok else "provide_failures"] += 1
+        self._last_provide[key] = time.time()
+        return ok
+
+    def withdraw(self, locator: bytes) -> None:
+        key = locator_key(locator)
+        self._last_provide.pop(key, None)
+        self._providers.providing_keys.discard(bytes.fromhex(key))
+        self._providers.providers.get(bytes.fromhex(key), {}).pop(str(self.host.get_id()), None)
+
+    async def find(self, locator: bytes, *, count: int = FIND_COUNT) -> list[Found]:
+        key = locator_key(locator)
+        self.counts["lookups"] += 1
+        infos = await self._providers.find_elsewhere(bytes.fromhex(key), count)
+        found = _unique(infos, me=str(self.host.get_id()))[:count]
+        self.counts["found"] += len(found)
+        return found
+
+    def status(self) -> dict[str, Any]:
+        return {"mode": "server" if self.server else "client", "routing_table": self.dht.get_routing_table_size(),
+                "providing": len(self._last_provide), "stored_keys": len(self._providers.providers),
+                "refused_keys": self._providers.refused, **self.counts}
+
+
+def _unique(infos: Iterable[PeerInfo], *, me: str) -> list[Found]:
+    seen: dict[str, set[str]] = {}
+    for info in infos:
+        peer = str(info.peer_id)
+        if peer != me:
+            seen.setdefault(peer, set()).update(str(a) for a in info.addrs)
+    return [Found(peer, tuple(sorted(addrs))[:MAX_PROVIDER_ADDRS]) for peer, addrs in seen.items()]
