@@ -142,13 +142,28 @@ class P2PConfig:
         False,
         "Find peers on the local network by multicast DNS. Off by default: it announces the node on the LAN.")
     dht: str = setting(
-        "server",
+        "auto",
         "Find the nodes of your repositories with no address given (`flair clone REPO_ID`): the node publishes "
         "locators only members can compute (and, for a week after each invitation, one the invitee can) in a "
         "Kademlia DHT reached through the bootstrap peers. \"server\" also answers others' DHT queries and stores "
-        "their records (for nodes others can dial); \"client\" only asks and publishes (behind NAT); \"off\": "
-        "no DHT, peers only by address.",
-        choices=("server", "client", "off"))
+        "their records (for nodes others can dial); \"client\" only asks and publishes (behind NAT); \"auto\": "
+        "a server once peers' dial-backs show others can reach this node, a client until then; \"off\": no DHT, "
+        "peers only by address.",
+        choices=("auto", "server", "client", "off"))
+    relay_service: bool = setting(
+        False,
+        "Serve as a circuit relay: nodes behind NAT reserve a slot here and are dialled through it, end to end "
+        "encrypted (the relay sees who talks to whom and how much). For a public node that others can dial, such "
+        "as a bootstrap node. Every node reserves slots on relays it is connected to when it learns it cannot be "
+        "dialled, and tries to upgrade relayed connections to direct ones by hole punching.")
+    relay_reservations: int = setting(
+        128, "With relay_service: peers that may hold a slot here at once.", range=(1, 100_000))
+    relay_circuit_mb: int = setting(
+        1024, "With relay_service: data one relayed connection may carry (both directions together) before the "
+              "relay resets it (the peers then dial again).", range=(1, 1 << 20), unit="MB")
+    relay_circuit_s: int = setting(
+        3600, "With relay_service: how long one relayed connection may last.", range=(10, 7 * 86400),
+        unit="seconds")
 
 
 @dataclass(frozen=True)

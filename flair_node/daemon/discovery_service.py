@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -41,7 +42,7 @@ from ..storage.repos import RepoSet
 log = logging.getLogger(__name__)
 
 REPROVIDE_EVERY = 3600.0  # s between two publications of the same locator
-RETRY_PROVIDE = 30.0  # s before publishing again a locator no DHT peer took
+RETRY_PROVIDE = 3.0  # s before publishing again a locator no DHT peer took (none may be known yet)
 WANT_PEERS = 4  # member peers a repository's node wants; with fewer it looks up more
 LOOK_UP_EVERY = 60.0  # s between two lookups for the same repository
 MAX_DIALS = 8  # providers dialled from one lookup (and tried by one clone)
@@ -53,8 +54,10 @@ SEARCH_EVERY = 1.0  # s between two lookups of a clone
 
 class DiscoveryService:
     def __init__(self, host: Host, finder: Discovery, repos: RepoSet, *,
-                 member_peers: Callable[[RepoId], int], interval: float = 30.0) -> None:
+                 member_peers: Callable[[RepoId], int], interval: float = 30.0,
+                 dial: Callable[[str], Awaitable[Peer]] | None = None) -> None:
         self.host, self.finder, self.repos = host, finder, repos
+        self._dial: Callable[[str], Awaitable[Peer]] = dial or partial(connect, host)
         self.member_peers, self.interval = member_peers, interval
         self._due: dict[bytes, float] = {}  # locator -> when to provide it next (trio clock)
         self._published: set[bytes] = set()  # locators some DHT peer took the last time
@@ -169,12 +172,13 @@ class DiscoveryService:
     async def dial(self, found: Found) -> Peer | None:
         """Connect to ``found`` through the first of its addresses that answers; None if none does."""
         for address in found.addrs:
-            full = address if "/p2p/" in address else f"{address}/p2p/{found.peer}"
-            if not full.endswith(f"/p2p/{found.peer}"):
-                continue  # an address naming another peer: whoever published it lied
+            # a provider record's addresses leave out the provider's own id (a relayed one ends in /p2p-circuit)
+            full = address if address.endswith(f"/p2p/{found.peer}") else f"{address}/p2p/{found.peer}"
+            if full.count("/p2p/") > 1 + full.count("/p2p-circuit"):
+                continue  # naming another peer than the provider: whoever published it lied
             with trio.move_on_after(DIAL_TIMEOUT):
                 try:
-                    return await connect(self.host, full)
+                    return await self._dial(full)
                 except FlairError as exc:
                     log.debug("provider %s at %s: %s", found.peer, address, exc)
         return None

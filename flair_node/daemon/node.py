@@ -25,8 +25,9 @@ from ..core.ids import Cid, RepoId
 from ..network import rpc
 from ..network.bitswap import BlockExchange
 from ..network.discovery import Kademlia
-from ..network.host import connect, full_addrs, running_host
+from ..network.host import full_addrs, running_host
 from ..network.kubo import KuboPinner
+from ..network.relay import Limits, Relays
 from ..protocol import sync
 from ..protocol.proofs import ezkl_backend
 from ..protocol.proofs.circuits import Circuits
@@ -41,6 +42,7 @@ from .ownership_service import OwnershipService
 from .p2p import P2PService
 from .pinning import KuboPinService
 from .proof_service import ProofService
+from .reachability_service import ReachabilityService
 from .registry_service import RegistryService
 from .round_service import RoundService
 
@@ -134,7 +136,7 @@ class Node:
 
     async def fetch(self, cid: Cid, peer: str, max_size: int) -> int:
         p2p = self._online()
-        return await p2p.exchange.fetch_dag(cid, await connect(p2p.host, peer), max_size=max_size)
+        return await p2p.exchange.fetch_dag(cid, await p2p.dial(peer), max_size=max_size)
 
     async def pull(self, repo: str, peer: str | None) -> dict[str, Any]:
         return await self._online().pull_from(RepoId(repo), peer)
@@ -157,14 +159,24 @@ class Node:
                 exchange = BlockExchange(host, self.repos.blocks)
                 await nursery.start(exchange.run)
                 self._sync_served = sync.serve(host, self.repos)
-                p2p = P2PService(host, exchange, self.repos, memory=self.round_memory,
-                                 bootstrap=self.config.p2p.bootstrap,
-                                 sync_interval=self.config.p2p.sync_interval)
-                if self.config.p2p.dht != "off":
-                    dht = Kademlia(host, server=self.config.p2p.dht == "server")
+                settings = self.config.p2p
+                relays = Relays(host, serve=settings.relay_service,
+                                limits=Limits(reservations=settings.relay_reservations,
+                                              circuit_mb=settings.relay_circuit_mb, circuit_s=settings.relay_circuit_s))
+                await nursery.start(relays.run)
+                p2p = P2PService(host, exchange, self.repos, memory=self.round_memory, bootstrap=settings.bootstrap,
+                                 sync_interval=settings.sync_interval, dial=relays.connect)
+                dht = None
+                if settings.dht != "off":
+                    # what it publishes as its addresses is what reachability found (``reach``, made next)
+                    dht = Kademlia(host, server=settings.dht == "server", addresses=lambda: reach.addresses())
                     await nursery.start(dht.run)
+                reach = ReachabilityService(host, relays, dht, auto_dht=settings.dht == "auto")
+                await nursery.start(reach.run)
+                p2p.reachability = reach
+                if dht is not None:
                     p2p.discovery = DiscoveryService(host, dht, self.repos, member_peers=p2p.member_peers,
-                                                     interval=self.config.p2p.sync_interval)
+                                                     interval=settings.sync_interval, dial=relays.connect)
                     await nursery.start(p2p.discovery.run)
                 await nursery.start(p2p.run)
                 self.p2p = p2p

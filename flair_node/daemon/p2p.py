@@ -41,7 +41,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -60,6 +62,7 @@ from ..storage.repo import Repository, now_ms
 from ..storage.repos import Outgoing, RepoSet
 from .discovery_service import DiscoveryService
 from .peer_cards import PeerCards
+from .reachability_service import ReachabilityService
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +93,14 @@ class _Pull:
 class P2PService:
     def __init__(self, host: Host, exchange: BlockExchange, repos: RepoSet, *, memory: RoundMemory,
                  bootstrap: tuple[str, ...] = (), sync_interval: float = 30.0,
-                 discovery: DiscoveryService | None = None) -> None:
+                 dial: Callable[[str], Awaitable[Peer]] | None = None) -> None:
         self.host, self.exchange, self.repos = host, exchange, repos
-        #: Finds peers by locator (``daemon.discovery_service``); None when the DHT is off.
-        self.discovery = discovery
+        #: Dials a multiaddr, relayed ones included (``network.relay.Relays.connect``).
+        self.dial: Callable[[str], Awaitable[Peer]] = dial or partial(connect, host)
+        #: Finds peers by locator (``daemon.discovery_service``), once running; None when the DHT is off.
+        self.discovery: DiscoveryService | None = None
+        #: Whether this node can be dialled, and its relay slots (``daemon.reachability_service``), once running.
+        self.reachability: ReachabilityService | None = None
         #: The node's round memory: round merges peers announce are noted and checked there.
         self.memory = memory
         self.bootstrap, self.sync_interval = bootstrap, sync_interval
@@ -149,7 +156,7 @@ class P2PService:
         ``repo`` from that peer under way is joined, not doubled: this waits for one more pass of it, and
         reports what its passes brought together."""
         if address is not None:
-            return await self._pull_now(repo, await connect(self.host, address))
+            return await self._pull_now(repo, await self.dial(address))
         if self.discovery is None:
             raise InvalidInput("no peer address given, and discovery is off (p2p.dht is \"off\")")
         found = await self.discovery.candidates(repo)
@@ -200,12 +207,15 @@ class P2PService:
 
     def status(self) -> dict[str, Any]:
         peers = []
+        reach = self.reachability
         for peer in self.host.get_connected_peers():
             peers.append({"peer": str(peer), "key": self.cards.key(str(peer)), "addrs": peer_addrs(self.host, peer),
+                          "connections": reach.relays.kind(peer) if reach is not None else [],
                           "bad_announcements": self._bad.counts.get(str(peer), 0),
                           "bad_pulls": self._bad_pulls.counts.get(str(peer), 0)})
         return {"gossip": self.gossip.status(), "cards": self.cards.status(), "announcements": dict(self.counts),
                 "discovery": self.discovery.status() if self.discovery is not None else None,
+                "reachability": reach.status() if reach is not None else None,
                 "peers": peers, "bad_announcements": dict(self._bad.counts), "bad_pulls": dict(self._bad_pulls.counts),
                 "topics": sorted(announce.topic(r) for r in self._joined), "refused_merges": list(self.refused_merges)}
 
@@ -556,7 +566,7 @@ class P2PService:
             for address in self.bootstrap:
                 if address.rsplit("/p2p/", 1)[-1] not in connected:
                     try:
-                        await connect(self.host, address)
+                        await self.dial(address)
                     except FlairError as exc:
                         log.debug("bootstrap peer %s: %s", address, exc)
             try:

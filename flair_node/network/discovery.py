@@ -16,10 +16,15 @@ What Flair adds to py-libp2p's DHT, and why:
   ``MAX_PROVIDER_ADDRS`` addresses of each provider.
 - **A routing table fed by connections.** py-libp2p adds peers to its table only when told: each peer this host
   connects to goes in once identify shows it serves the DHT (py-libp2p would also take a peer identify has not
-  described yet, and its lookups would then wait on clients).
-- **Lookups that ask the network.** py-libp2p's lookup answers from the local store alone whenever it holds a
-  record of the key, and a node holds its own record of every locator it provides: its members would never find
-  each other. ``find`` asks the network and adds what the local store holds.
+  described yet, and its lookups would then wait on clients); connected peers outside the table are looked at
+  again every ``RECHECK_EVERY`` seconds, since a node starts serving once it learns it is reachable.
+- **Lookups of Flair's own.** py-libp2p's lookup answers from the local store alone whenever it holds a record of
+  the key, and a node holds its own record of every locator it provides: its members would never find each
+  other. And it first walks the network for the closest peers, dialling each at the addresses others know, so one
+  peer behind NAT (whose listen address others learnt through identify) stalls it past any deadline, and what it
+  found by then is lost (and its ``provide`` walks the same way). ``find`` asks the closest peers it knows, a few at
+  a time, each within ``PEER_TIMEOUT``, keeps what each answer brings, and goes on to the closer peers they name;
+  ``provide`` walks so, then sends the record to the closest peers that answered.
 - **Bounded, de-duplicated lookups.** ``find`` gives each provider once (py-libp2p may return the same one many
   times) and ends within ``FIND_TIMEOUT``; ``provide`` within ``PROVIDE_TIMEOUT``.
 - **Server or client.** A server answers DHT queries and stores others' records: what a node reachable from the
@@ -31,16 +36,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
 from libp2p.abc import INetConn, INetwork, INotifee
+from libp2p.kad_dht.common import BUCKET_SIZE, MAX_PROVIDERS_PER_MSG
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.kad_dht.provider_store import ProviderStore
+from libp2p.kad_dht.utils import sort_peer_ids_by_distance
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.records.validator import NamespacedValidator
 from libp2p.tools.anyio_service import background_trio_service
@@ -56,9 +63,13 @@ MAX_PROVIDER_KEYS = 65_536  # provider keys this node stores for others (about 2
 MAX_PROVIDER_ADDRS = 8  # addresses kept per provider
 FIND_COUNT = 20  # providers asked for in one lookup
 FIND_TIMEOUT = 30.0  # s for one lookup
-PROVIDE_TIMEOUT = 30.0  # s for one provide
+LOOKUP_WIDTH = 3  # peers asked at once in a lookup
+MAX_ASKED = 60  # peers asked in one lookup at most
+PEER_TIMEOUT = 5.0  # s one peer has to answer a lookup
+PROVIDE_TIMEOUT = 40.0  # s for one provide (a lookup's walk, then the records sent)
 IDENTIFY_WAIT = 10.0  # s a new peer has to tell (through identify) whether it serves the DHT
 MAX_OFFERS = 32  # new peers waited for at once; more wait their turn
+RECHECK_EVERY = 5.0  # s between two looks at connected peers outside the routing table
 _MULTIHASH_SHA256 = b"\x12\x20"  # a provider key is a multihash, as IPFS's are: sha2-256, 32 bytes
 
 # py-libp2p's DHT logs a warning for every stream a peer closes before answering (routine in a network), and an
@@ -126,18 +137,80 @@ class _BoundedProviders(ProviderStore):
         return [] if _ASKING_THE_NETWORK.get() else super().get_providers(key)
 
     async def find_elsewhere(self, key: bytes, count: int) -> list[PeerInfo]:
-        """Providers of ``key`` from this node's store (others' records kept here) and from the network, within
-        ``FIND_TIMEOUT``: a network lookup that fails or runs out of time still gives what the store holds."""
-        found = super().get_providers(key)
+        """Providers of ``key``: a lookup of Flair's own through the network (see the module docstring), then
+        what this node's store holds (others' records kept here, and what the lookup brought)."""
         token = _ASKING_THE_NETWORK.set(True)
         try:
-            with trio.move_on_after(FIND_TIMEOUT), map_libp2p_errors("looking up a locator"):
-                found += await self.find_providers(key, count)
-        except RemoteError as exc:
-            log.info("%s", exc)
+            with trio.move_on_after(FIND_TIMEOUT):
+                await self._look_up(key, count)
         finally:
             _ASKING_THE_NETWORK.reset(token)
-        return found
+        return super().get_providers(key)
+
+    async def provide_elsewhere(self, key: bytes) -> int:
+        """Publish this node as a provider of ``key`` (and keep it to republish): walk to the closest peers as a
+        lookup does, then send the record to the ``BUCKET_SIZE`` closest that answered, each within
+        ``PEER_TIMEOUT``. How many took it."""
+        self.providing_keys.add(key)
+        self.add_provider(key, PeerInfo(self.host.get_id(), self.host.get_addrs()))
+        token = _ASKING_THE_NETWORK.set(True)
+        try:
+            answered: list[Peer] = []
+            with trio.move_on_after(FIND_TIMEOUT):
+                answered = await self._look_up(key, 1 << 30)
+        finally:
+            _ASKING_THE_NETWORK.reset(token)
+        took: list[Peer] = []
+
+        async def send(peer: Peer) -> None:
+            with trio.move_on_after(PEER_TIMEOUT):
+                try:
+                    with map_libp2p_errors(f"sending a provider record to {peer}"):
+                        if await self._send_add_provider(peer, key):
+                            took.append(peer)
+                except RemoteError as exc:  # one peer's trouble: the others take it
+                    log.debug("%s", exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer in sort_peer_ids_by_distance(key, answered)[:BUCKET_SIZE]:
+                nursery.start_soon(send, peer)
+        return len(took)
+
+    async def _look_up(self, key: bytes, count: int) -> list[Peer]:
+        """Ask the peers closest to ``key`` for its providers, ``LOOKUP_WIDTH`` at a time, each within
+        ``PEER_TIMEOUT``, going on to the closer peers they name, until ``count`` providers are known, nobody is
+        left to ask or ``MAX_ASKED`` were asked. Each answer's providers go to the store as they arrive. Returns the
+        peers that answered (the DHT servers around the key)."""
+        me = self.host.get_id()
+        candidates = self.peer_routing.routing_table.find_local_closest_peers(key, BUCKET_SIZE)
+        asked: set[Peer] = set()
+        answered: list[Peer] = []
+        while len(super().get_providers(key)) < count and len(asked) < MAX_ASKED:
+            batch = [p for p in sort_peer_ids_by_distance(key, candidates) if p not in asked and p != me]
+            if not batch:
+                break
+            closer: list[Peer] = []
+            async with trio.open_nursery() as nursery:
+                for peer in batch[:LOOKUP_WIDTH]:
+                    asked.add(peer)
+                    nursery.start_soon(self._ask, peer, key, closer, answered)
+            candidates = [p for p in {*candidates, *closer} if p not in asked]
+        return answered
+
+    async def _ask(self, peer: Peer, key: bytes, closer: list[Peer], answered: list[Peer]) -> None:
+        """One peer's answer to a lookup: its providers into the store, the closer peers it names into ``closer``,
+        itself into ``answered``."""
+        with trio.move_on_after(PEER_TIMEOUT):
+            try:
+                with map_libp2p_errors(f"asking {peer} for providers"):
+                    providers, nearer = await self._get_providers_from_peer_with_closers(peer, key)
+            except RemoteError as exc:  # one peer's trouble: the others answer
+                log.debug("%s", exc)
+                return
+            answered.append(peer)
+            for provider in providers[:MAX_PROVIDERS_PER_MSG]:
+                self.add_provider(key, provider)
+            closer.extend(nearer[:MAX_PROVIDERS_PER_MSG])
 
     def add_provider(self, key: bytes, provider: PeerInfo) -> None:
         if key not in self.providers and len(self.providers) >= MAX_PROVIDER_KEYS:
@@ -178,16 +251,34 @@ class _Feed(INotifee):
         pass
 
 
-class Kademlia:
-    """``Discovery`` on py-libp2p's ``KadDHT`` over ``host``; ``server``: answer queries and store records."""
+class _Publishing:
+    """``host`` as the provider store sees it: the addresses it publishes are ``addresses()`` (a node behind NAT
+    publishes its relayed ones, never the private ones it listens on), with the host's own when that gives none."""
 
-    def __init__(self, host: Host, *, server: bool) -> None:
+    def __init__(self, host: Host, addresses: Callable[[], list[str]]) -> None:
+        self._host, self._addresses = host, addresses
+
+    def get_addrs(self) -> list[Multiaddr]:
+        published = [Multiaddr(a.rsplit("/p2p/", 1)[0] if a.endswith(f"/p2p/{self._host.get_id()}") else a)
+                     for a in self._addresses()]
+        return published or self._host.get_addrs()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._host, name)
+
+
+class Kademlia:
+    """``Discovery`` on py-libp2p's ``KadDHT`` over ``host``; ``server``: answer queries and store records;
+    ``addresses``: what this node publishes as its own addresses (by default the host's)."""
+
+    def __init__(self, host: Host, *, server: bool, addresses: Callable[[], list[str]] | None = None) -> None:
         self.host, self.server = host, server
         mode = DHTMode.SERVER if server else DHTMode.CLIENT
         self.dht = KadDHT(host,  # type: ignore[arg-type]  # a py-libp2p host is an IHost
                           mode, validator=NamespacedValidator({}, strict_validation=True), validator_changed=True,
                           strict_validation=True, max_peers_per_subnet=0)
-        self.dht.provider_store = self._providers = _BoundedProviders(host=host,  # type: ignore[arg-type]
+        publishing = host if addresses is None else _Publishing(host, addresses)
+        self.dht.provider_store = self._providers = _BoundedProviders(host=publishing,  # type: ignore[arg-type]
                                                                       peer_routing=self.dht.peer_routing)
         self.counts: dict[str, int] = {"provided": 0, "provide_failures": 0, "lookups": 0, "found": 0}
         self._last_provide: dict[str, float] = {}
@@ -201,10 +292,23 @@ class Kademlia:
                 for peer in self.host.get_connected_peers():
                     send.send_nowait(peer)
                 nursery.start_soon(self._feed_loop, receive)
+                nursery.start_soon(self._recheck_loop, send)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self.host.get_network().remove_notifee(feed)
+
+    async def _recheck_loop(self, send: trio.MemorySendChannel[Peer]) -> None:
+        """Offer again, every ``RECHECK_EVERY`` seconds, the connected peers outside the table: a peer may start
+        serving the DHT after it connected (one that learnt it is reachable)."""
+        while True:
+            await trio.sleep(RECHECK_EVERY)
+            for peer in self.host.get_connected_peers():
+                if not self.dht.routing_table.peer_in_table(peer):
+                    try:
+                        send.send_nowait(peer)
+                    except trio.WouldBlock:
+                        break
 
     async def _feed_loop(self, receive: trio.MemoryReceiveChannel[Peer]) -> None:
         slots = trio.Semaphore(MAX_OFFERS)
@@ -239,13 +343,34 @@ class Kademlia:
         except RemoteError:  # not identified yet
             return []
 
+    async def set_server(self, server: bool) -> None:
+        """Answer others' DHT queries (and store their records) or stop. py-libp2p's ``switch_mode`` also empties
+        the routing table when going client, and a client needs one to ask anything: so the handler is swapped
+        here, and the table kept."""
+        if server == self.server:
+            return
+        self.server = server
+        self.dht.mode = DHTMode.SERVER if server else DHTMode.CLIENT
+        with map_libp2p_errors("switching the DHT's mode"):
+            if server:
+                self.host.set_stream_handler(KAD_PROTOCOL, self.dht.handle_stream)  # type: ignore[arg-type]
+            else:
+                self.host.remove_stream_handler(KAD_PROTOCOL)
+        # Peers learnt this node's protocols through identify when they connected; py-libp2p pushes an update only
+        # when a listen address changes, so a peer would never put this node in its table (or keep it there).
+        try:
+            with trio.move_on_after(PEER_TIMEOUT), map_libp2p_errors("telling peers of the DHT's new mode"):
+                await self.host._push_identify_to_all_peers()  # type: ignore[attr-defined]
+        except RemoteError as exc:  # best effort: peers that missed it keep the old view until they reconnect
+            log.info("%s", exc)
+
     async def provide(self, locator: bytes) -> bool:
         key = locator_key(locator)
         ok = False
         with trio.move_on_after(PROVIDE_TIMEOUT):
             try:
                 with map_libp2p_errors("providing a locator"):
-                    ok = await self.dht.provide(key)
+                    ok = await self._providers.provide_elsewhere(bytes.fromhex(key)) > 0
             except RemoteError as exc:
                 log.info("%s", exc)
         self.counts["provided" if ok else "provide_failures"] += 1

@@ -162,8 +162,18 @@ async def reset_stream(stream: Stream) -> None:
 async def running_host(identity: Identity, listen: str = "/ip4/127.0.0.1/tcp/0", *,
                        mdns: bool = False) -> AsyncIterator[Host]:
     """A started libp2p host (TCP, Noise, Yamux) with ``identity`` as its key (a node's transport key, never its
-    member key), listening on ``listen``; ``mdns`` finds peers on the LAN."""
+    member key), listening on ``listen``; ``mdns`` finds peers on the LAN.
+
+    Two py-libp2p defects are mended here, for every host Flair runs: a stream whose negotiation or handler
+    raises no longer ends its connection's streams or the host (``handlers.guard_streams``), and leaving the block
+    closes the listening socket (py-libp2p's own close of it is cut short by the cancellation that stops it)."""
+    # Imported here, not at the top: ``handlers`` builds on this module (its ``Stream`` and ``reset_stream``).
+    from .handlers import guard_streams
+
     host = new_host(key_pair=create_new_key_pair(identity.keypair_bytes()[:32]), enable_mDNS=mdns)
+    network = host.get_network()
+    # Before the host runs: no stream may reach the host's handler unguarded, not even the first.
+    guard_streams(network)  # type: ignore[arg-type]  # a py-libp2p ``Swarm`` keeps its handler as the slot says
     with map_libp2p_errors(f"listen address {listen!r} is not a multiaddr", to=InvalidInput):
         addrs = [multiaddr.Multiaddr(listen)]
     async with host.run(listen_addrs=addrs):
@@ -176,8 +186,17 @@ async def running_host(identity: Identity, listen: str = "/ip4/127.0.0.1/tcp/0",
         try:
             yield host
         finally:
-            # py-libp2p leaves connections open when its host stops; close each one we hold.
             with trio.CancelScope(shield=True), trio.move_on_after(5):
+                # py-libp2p's swarm closes its listeners as it stops, but inside the cancelled scope that stops it,
+                # so each close ends at its first await: the socket keeps accepting (and its file descriptor and
+                # serve tasks outlive the host). Closed here first, shielded, so no dial arrives meanwhile.
+                for listener in list(network.listeners.values()):
+                    try:
+                        with map_libp2p_errors("closing a listener"):
+                            await listener.close()
+                    except RemoteError as exc:  # best effort: the next listener, and the connections, still close
+                        log.debug("%s", exc)
+                # py-libp2p leaves connections open when its host stops; close each one we hold.
                 for peer in list(host.get_connected_peers()):
                     await host.disconnect(peer)
 

@@ -21,12 +21,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..api.client import API_FILE, ApiClient
 from ..core.errors import FlairError
 from ..daemon.home import IDENTITY_FILE
+from .wan import in_namespace
 
 LOG_FILE = "daemon.log"
 STOP_TIMEOUT = 10.0
@@ -84,9 +86,20 @@ def ensure_home(home: Path) -> None:
                            f"{proc.stderr.strip() or proc.stdout.strip()}", home=str(home))
 
 
+class NamespacedClient(ApiClient):
+    """An ``ApiClient`` whose requests leave from inside a network namespace (``testing.wan``): a daemon there
+    serves its API on the namespace's own 127.0.0.1."""
+
+    executor: ThreadPoolExecutor  # set right after construction (``from_home`` builds the client)
+
+    def _post(self, method: str, body: bytes) -> tuple[int, bytes]:
+        return self.executor.submit(ApiClient._post, self, method, body).result()
+
+
 @contextlib.contextmanager
-def running_daemon(home: Path, *, timeout: float = 30.0) -> Iterator[DaemonProcess]:
-    """Start ``flair-node run --home HOME``, yield it once its API answers ``node.whoami``, stop it on exit.
+def running_daemon(home: Path, *, timeout: float = 30.0, namespace: str | None = None) -> Iterator[DaemonProcess]:
+    """Start ``flair-node run --home HOME``, yield it once its API answers ``node.whoami``, stop it on exit;
+    ``namespace``: inside that network namespace (``testing.wan``), its API reached from there.
 
     Raises ``DaemonFailed``, with the tail of ``HOME/daemon.log``, if the daemon exits or does not answer
     within ``timeout`` seconds, dies during the block, or does not stop cleanly on SIGTERM. A daemon ended
@@ -98,12 +111,17 @@ def running_daemon(home: Path, *, timeout: float = 30.0) -> Iterator[DaemonProce
     stale = _read(home / API_FILE)
     with open(home / LOG_FILE, "ab") as log:
         log_start = log.tell()
-        process = subprocess.Popen([sys.executable, "-m", "flair_node", "run", "--home", str(home)],
+        # ``ip netns exec`` execs the daemon in place, so the PID signalled is the daemon's own
+        inside = ["ip", "netns", "exec", namespace] if namespace else []
+        process = subprocess.Popen([*inside, sys.executable, "-m", "flair_node", "run", "--home", str(home)],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    executor = in_namespace(namespace) if namespace else None
     try:
-        url, client = _wait_until_ready(home, process, log_start, stale, timeout)
+        url, client = _wait_until_ready(home, process, log_start, stale, timeout, executor)
     except BaseException:
         _stop(process)
+        if executor is not None:
+            executor.shutdown()
         raise
     daemon = DaemonProcess(home=home, process=process, url=url, client=client, log_start=log_start)
     problem = None
@@ -119,12 +137,14 @@ def running_daemon(home: Path, *, timeout: float = 30.0) -> Iterator[DaemonProce
                     problem = f"did not stop within {STOP_TIMEOUT:g} s of SIGTERM and was killed"
                 elif status not in (0, -signal.SIGTERM):
                     problem = f"exited with status {status} when asked to stop"
+        if executor is not None:
+            executor.shutdown()
     if problem:  # only reached when the block itself did not raise
         raise _failure(home, process, log_start, problem)
 
 
 def _wait_until_ready(home: Path, process: subprocess.Popen[bytes], log_start: int, stale: str | None,
-                      timeout: float) -> tuple[str, ApiClient]:
+                      timeout: float, executor: ThreadPoolExecutor | None) -> tuple[str, ApiClient]:
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while True:
@@ -136,12 +156,21 @@ def _wait_until_ready(home: Path, process: subprocess.Popen[bytes], log_start: i
         text = _read(home / API_FILE)
         if text is not None and text != stale:
             try:  # a short-lived probe, so a daemon that accepts but never answers cannot outlast the deadline
-                ApiClient.from_home(home, timeout=max(0.1, deadline - time.monotonic())).call("node.whoami")
+                _client(home, executor, timeout=max(0.1, deadline - time.monotonic())).call("node.whoami")
             except (FlairError, OSError) as exc:  # not answering yet
                 last_error = exc
             else:
-                return str(json.loads(text)["url"]), ApiClient.from_home(home)
+                return str(json.loads(text)["url"]), _client(home, executor)
         time.sleep(_POLL_SECONDS)
+
+
+def _client(home: Path, executor: ThreadPoolExecutor | None, **options: float) -> ApiClient:
+    if executor is None:
+        return ApiClient.from_home(home, **options)
+    client = NamespacedClient.from_home(home, **options)
+    assert isinstance(client, NamespacedClient)
+    client.executor = executor
+    return client
 
 
 def _stop(process: subprocess.Popen[bytes]) -> int | None:

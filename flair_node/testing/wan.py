@@ -13,6 +13,8 @@ collide with each other or with anything else on the machine):
   whose ``lan`` side (10.0.i.1) faces the site's **host** namespace (10.0.i.2), where the site's nodes run. The
   router masquerades what leaves through ``wan`` (nftables) and forwards inward only what answers a connection made
   from inside, so a site's nodes can dial out and cannot be dialled from outside, as behind a home or corporate NAT.
+  A connection attempt addressed to the router itself is dropped, as most home NATs do (``unsolicited="drop"``),
+  or answered with a reset (``"reject"``, as some firewalls do): hole punching works through the first only.
 - **links**: each site's link is shaped with ``tc tbf`` to ``rate_mbit`` in each direction (its router's ``wan``
   egress, and the public side's egress towards it); ``cut`` and ``restore`` take a site's link down and up.
 
@@ -26,11 +28,14 @@ with their process groups) and then its namespaces, which takes their interfaces
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -39,6 +44,7 @@ PUBLIC_ADDRESS = "100.64.0.1"
 MAX_SITES = 200
 COMMAND_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
+_CLONE_NEWNET = 0x40000000  # setns(2): the namespace is a network namespace
 
 _NAT_RULES = """\
 table ip nat {
@@ -55,6 +61,17 @@ table ip filter {
   }
 }
 """
+#: What a router does with a connection attempt from outside addressed to itself (not forwarded, so not in
+#: ``guard``): "drop" ignores it, as most home NATs do, so that two sites' simultaneous SYNs can cross (hole
+#: punching); "reject" answers it with a reset, as some corporate firewalls do, so hole punching fails.
+_UNSOLICITED = {"drop": """\
+table ip inbound {
+  chain unsolicited {
+    type filter hook input priority filter; policy accept;
+    iifname "wan" ct state new meta l4proto tcp drop
+  }
+}
+""", "reject": ""}
 
 
 class TestbedError(RuntimeError):
@@ -81,6 +98,7 @@ class Testbed:
 
     sites_count: int = 3
     rate_mbit: float = 20.0
+    unsolicited: str = "drop"  # what routers do with connection attempts from outside (``_UNSOLICITED``)
     prefix: str = field(default_factory=lambda: f"fl{os.getpid() % 100_000}")
     public: str = ""
     sites: list[Site] = field(default_factory=list)
@@ -96,6 +114,8 @@ class Testbed:
             raise TestbedError(f"cannot build a testbed here: {why}")
         if not 1 <= self.sites_count <= MAX_SITES or not self.rate_mbit > 0:
             raise TestbedError(f"a testbed has 1 to {MAX_SITES} sites and links faster than 0 Mbit/s")
+        if self.unsolicited not in _UNSOLICITED:
+            raise TestbedError(f"routers drop or reject unsolicited connections, not {self.unsolicited!r}")
         try:
             self._build()
         except BaseException:
@@ -172,7 +192,8 @@ class Testbed:
         _command(["ip", "-n", router, "route", "add", "default", "via", gateway])
         _command(["ip", "-n", host, "route", "add", "default", "via", lan])
         self._forwarding(router)
-        _command(["ip", "netns", "exec", router, "nft", "-f", "-"], input=_NAT_RULES.encode())
+        _command(["ip", "netns", "exec", router, "nft", "-f", "-"],
+                 input=(_NAT_RULES + _UNSOLICITED[self.unsolicited]).encode())
         for namespace, device in ((router, "wan"), (self.public, public_side)):
             _command(["tc", "-n", namespace, "qdisc", "add", "dev", device, "root", "tbf", "rate",
                       f"{self.rate_mbit}mbit", "burst", "64kb", "latency", "100ms"])
@@ -188,6 +209,26 @@ class Testbed:
     @staticmethod
     def _forwarding(namespace: str) -> None:
         _command(["ip", "netns", "exec", namespace, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+
+
+def in_namespace(namespace: str) -> ThreadPoolExecutor:
+    """An executor whose one thread lives in ``namespace``'s network: a network namespace is a property of each
+    Linux thread, so the sockets that thread opens are the namespace's (a daemon there serves its API on the
+    namespace's own 127.0.0.1). Shut it down when done."""
+
+    def enter() -> None:
+        fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
+        try:
+            if _libc().setns(fd, _CLONE_NEWNET) != 0:
+                raise TestbedError(f"cannot enter namespace {namespace}: {os.strerror(ctypes.get_errno())}")
+        finally:
+            os.close(fd)
+
+    return ThreadPoolExecutor(max_workers=1, initializer=enter, thread_name_prefix=f"netns-{namespace}")
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def unavailable() -> str | None:

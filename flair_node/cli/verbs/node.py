@@ -63,11 +63,17 @@ GC = Verb(
 
 
 def peers_text(p2p: dict[str, Any]) -> str:
-    """This node's addresses, then each connected peer with its member key and first addresses."""
+    """This node's addresses and reachability, then each connected peer with its member key, its connections'
+    kinds (direct, relayed, hole-punched) and their addresses."""
     lines = [f"this node: {addr}" for addr in p2p["addrs"]]
+    reach = p2p.get("reachability")
+    if reach:
+        lines.append(f"reachability: {reach['reachability']}; published as: {' '.join(reach['addresses']) or '-'}")
     for peer in p2p["peers"]:
         who = f"member key {peer['key']}" if peer["key"] else "member key unknown (no repository in common)"
-        lines.append(f"{peer['peer']}  {who}  {' '.join(peer['addrs'][:2])}")
+        connections = peer.get("connections") or [{"kind": "direct", "addrs": peer["addrs"][:2]}]
+        how = ", ".join(f"{c['kind']} {' '.join(c['addrs'][:1])}".strip() for c in connections)
+        lines.append(f"{peer['peer']}  {who}  {how}")
     return "\n".join(lines) if p2p["peers"] else "\n".join([*lines, "no peers connected"])
 
 
