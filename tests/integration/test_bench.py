@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from flair_node.testing import wan
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
@@ -156,3 +158,13 @@ def test_privacy_bench_reports_what_the_attack_reconstructs_in_each_case():
     assert report["norm_proof_prove_s"] > report["norm_proof_sampled_prove_s"] > cost["measured_prove_s"] > 0
     assert report["norm_proof_verify_s"] > report["norm_proof_sampled_verify_s"] > 0
     assert report["merge_proof_prove_s"] > 0 and report["merge_proof_verify_s"] > 0
+
+
+@pytest.mark.skipif(wan.unavailable() is not None, reason=str(wan.unavailable()))
+def test_wan_bench_reports_discovery_connectivity_round_and_link_figures():
+    report = last_json_line("wan.py", "--quick")
+    assert {"clone_by_id_s", "round_s", "pairs_connected_share", "direct_share", "link_utilization",
+            "round_loopback_s", "round_goal_s", "tcp_utilization"} <= report.keys()
+    assert report["pairs_connected_share"] == 1.0  # 2 sites: the one pair connected, relayed or direct
+    assert 0 < report["link_utilization"] <= 1.05 and 0 < report["tcp_utilization"] <= 1.05
+    assert report["round_ratio"] == pytest.approx(report["round_s"] / report["round_goal_s"], abs=2e-3)
