@@ -7,9 +7,10 @@ Every ``interval`` seconds (the sync interval), and at once when woken (this nod
   change; one no DHT peer took is tried again after ``RETRY_PROVIDE``), and stops republishing those it no
   longer provides (an invitation window that ended, a role that lapsed);
 - for each repository where it is connected to fewer than ``WANT_PEERS`` member peers, looks up the members'
-  locator (at once for a repository new here, then at most every ``LOOK_UP_EVERY`` seconds) and dials what it
-  finds, at most ``MAX_DIALS`` providers a lookup. Once connected, a peer proves what it is through member cards
-  (``peer_cards``); a provider that lied gets nothing.
+  locator (at once for a repository new here, then at most every ``LOOK_UP_EVERY`` seconds, or
+  ``LOOK_UP_ALONE_EVERY`` while connected to none of them) and dials what it finds, at most ``MAX_DIALS``
+  providers a lookup. Once connected, a peer proves what it is through member cards (``peer_cards``); a provider
+  that lied gets nothing.
 
 ``candidates`` serves a clone with no address (``P2PService.pull_from``): the providers of this node's invitation
 locator, and of the members' locator where this node holds the first key (a member re-cloning), looked up again
@@ -45,6 +46,7 @@ REPROVIDE_EVERY = 3600.0  # s between two publications of the same locator
 RETRY_PROVIDE = 3.0  # s before publishing again a locator no DHT peer took (none may be known yet)
 WANT_PEERS = 4  # member peers a repository's node wants; with fewer it looks up more
 LOOK_UP_EVERY = 60.0  # s between two lookups for the same repository
+LOOK_UP_ALONE_EVERY = 2.0  # the same, while this node is connected to none of the repository's nodes
 MAX_DIALS = 8  # providers dialled from one lookup (and tried by one clone)
 DIAL_TIMEOUT = 10.0  # s for one address
 MAX_DISCOVERED = 64  # lookups remembered for status
@@ -109,9 +111,9 @@ class DiscoveryService:
         for repo_id in set(self._looked) - set(wanted):
             del self._looked[repo_id]
         for repo_id, mine in wanted.items():
-            if not mine or now - self._looked.get(repo_id, -LOOK_UP_EVERY) < LOOK_UP_EVERY:
-                continue
-            if self.member_peers(repo_id) < WANT_PEERS:
+            peers = self.member_peers(repo_id) if mine else WANT_PEERS
+            every = LOOK_UP_EVERY if peers else LOOK_UP_ALONE_EVERY  # with no member peer, it is cut off: sooner
+            if peers < WANT_PEERS and now - self._looked.get(repo_id, -every) >= every:
                 self._looked[repo_id] = now
                 try:
                     await self._look_up(repo_id, mine[0])

@@ -27,6 +27,7 @@ from ..network.bitswap import BlockExchange
 from ..network.discovery import Kademlia
 from ..network.host import full_addrs, running_host
 from ..network.kubo import KuboPinner
+from ..network.liveness import Liveness
 from ..network.relay import Limits, Relays
 from ..protocol import sync
 from ..protocol.proofs import ezkl_backend
@@ -164,6 +165,8 @@ class Node:
                                 limits=Limits(reservations=settings.relay_reservations,
                                               circuit_mb=settings.relay_circuit_mb, circuit_s=settings.relay_circuit_s))
                 await nursery.start(relays.run)
+                liveness = Liveness(host)
+                await nursery.start(liveness.run)
                 p2p = P2PService(host, exchange, self.repos, memory=self.round_memory, bootstrap=settings.bootstrap,
                                  sync_interval=settings.sync_interval, dial=relays.connect)
                 dht = None
@@ -173,7 +176,7 @@ class Node:
                     await nursery.start(dht.run)
                 reach = ReachabilityService(host, relays, dht, auto_dht=settings.dht == "auto")
                 await nursery.start(reach.run)
-                p2p.reachability = reach
+                p2p.reachability, p2p.liveness = reach, liveness
                 if dht is not None:
                     p2p.discovery = DiscoveryService(host, dht, self.repos, member_peers=p2p.member_peers,
                                                      interval=settings.sync_interval, dial=relays.connect)

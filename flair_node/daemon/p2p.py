@@ -55,7 +55,8 @@ from ..core.round_messages import RoundMessage
 from ..network.bitswap import BlockExchange
 from ..network.gossip import BadInputLog, Offences
 from ..network.gossipsub import GossipSub
-from ..network.host import Host, Peer, connect, peer_addrs, peer_from_text
+from ..network.host import Host, Peer, connect, map_libp2p_errors, peer_addrs, peer_from_text
+from ..network.liveness import Liveness
 from ..protocol import announce, rounds, sync
 from ..protocol.rounds import RoundMemory
 from ..storage.repo import Repository, now_ms
@@ -101,6 +102,8 @@ class P2PService:
         self.discovery: DiscoveryService | None = None
         #: Whether this node can be dialled, and its relay slots (``daemon.reachability_service``), once running.
         self.reachability: ReachabilityService | None = None
+        #: Pings peers and drops connections that stopped answering (``network.liveness``), once running.
+        self.liveness: Liveness | None = None
         #: The node's round memory: round merges peers announce are noted and checked there.
         self.memory = memory
         self.bootstrap, self.sync_interval = bootstrap, sync_interval
@@ -216,6 +219,7 @@ class P2PService:
         return {"gossip": self.gossip.status(), "cards": self.cards.status(), "announcements": dict(self.counts),
                 "discovery": self.discovery.status() if self.discovery is not None else None,
                 "reachability": reach.status() if reach is not None else None,
+                "liveness": self.liveness.status() if self.liveness is not None else None,
                 "peers": peers, "bad_announcements": dict(self._bad.counts), "bad_pulls": dict(self._bad_pulls.counts),
                 "topics": sorted(announce.topic(r) for r in self._joined), "refused_merges": list(self.refused_merges)}
 
@@ -480,7 +484,8 @@ class P2PService:
         if not wanted:
             self._wanted.pop(repo_id, None)
             return
-        connected = [str(p) for p in self.host.get_connected_peers()]
+        # members only: a pull names the repository and this node's member key to whom it asks
+        connected = [str(p) for p in self.host.get_connected_peers() if self._is_member(repo, str(p))]
         publishers = {publisher for publisher, _ in wanted.values() if publisher in connected}
         for peer in publishers or connected[:MAX_PULLS // 4]:
             self._pull_later(repo_id, peer)
@@ -529,6 +534,11 @@ class P2PService:
                     self.counts["pull_failures"] += 1
                     state.error = exc
                     self._bad_pulls.add(peer, "pulling %s: %s", short(repo), exc)
+                except RemoteError as exc:  # the transport's failure (or the peer's): a fresh connection next time
+                    self.counts["pull_failures"] += 1
+                    state.error = exc
+                    log.info("pulling %s from %s failed: %s", short(repo), peer, exc)
+                    await self._drop(peer)
                 except FlairError as exc:
                     self.counts["pull_failures"] += 1
                     state.error = exc
@@ -541,7 +551,9 @@ class P2PService:
                     self.counts["pull_failures"] += 1
                     state.error = RemoteError(f"pulling {short(repo)} from {peer} failed: {type(exc).__name__}")
                     self._bad_pulls.add(peer, "pulling %s failed (%s: %s)", short(repo), type(exc).__name__, exc)
-                if not state.again:
+                # Asked again while it ran: one more pass, unless this one failed (the catch-up asks every few
+                # seconds, and a peer that keeps failing would keep whoever waits for this pull waiting for ever).
+                if not state.again or state.error is not None:
                     break
         finally:
             if self._pulling.get(key) is state:
@@ -549,6 +561,18 @@ class P2PService:
             state.done.set()
         if state.claim is not None:
             self._judge_claim(repo, peer, state.claim)
+
+    async def _drop(self, peer: str) -> None:
+        """Close the connections to ``peer`` after a pull from it failed in transport: a connection a cut link
+        left behind can stay registered yet open no stream (py-libp2p notices nothing), and this node would ask it
+        for ever. The peer is dialled afresh when next needed (bootstrap, discovery, the next announcement)."""
+        try:
+            with trio.move_on_after(5), map_libp2p_errors(f"closing the connections to {peer}"):
+                await self.host.disconnect(peer_from_text(peer))
+        except FlairError as exc:
+            log.debug("%s", exc)
+        if self.discovery is not None:  # a member cut off: its repositories' nodes are looked up again now
+            self.discovery.wake()
 
     async def _wanted_loop(self) -> None:
         while True:

@@ -22,8 +22,9 @@ What Flair adds to py-libp2p's DHT, and why:
   the key, and a node holds its own record of every locator it provides: its members would never find each
   other. And it first walks the network for the closest peers, dialling each at the addresses others know, so one
   peer behind NAT (whose listen address others learnt through identify) stalls it past any deadline, and what it
-  found by then is lost (and its ``provide`` walks the same way). ``find`` asks the closest peers it knows, a few at
-  a time, each within ``PEER_TIMEOUT``, keeps what each answer brings, and goes on to the closer peers they name;
+  found by then is lost (and its ``provide`` walks the same way). ``find`` asks the closest peers it is connected
+  to, a few at a time, each within ``PEER_TIMEOUT``, keeps what each answer brings, and goes on to the closer peers
+  they name;
   ``provide`` walks so, then sends the record to the closest peers that answered.
 - **Bounded, de-duplicated lookups.** ``find`` gives each provider once (py-libp2p may return the same one many
   times) and ends within ``FIND_TIMEOUT``; ``provide`` within ``PROVIDE_TIMEOUT``.
@@ -62,7 +63,7 @@ LOCATOR_BYTES = 32
 MAX_PROVIDER_KEYS = 65_536  # provider keys this node stores for others (about 20 MB at most)
 MAX_PROVIDER_ADDRS = 8  # addresses kept per provider
 FIND_COUNT = 20  # providers asked for in one lookup
-FIND_TIMEOUT = 30.0  # s for one lookup
+FIND_TIMEOUT = 20.0  # s for one lookup
 LOOKUP_WIDTH = 3  # peers asked at once in a lookup
 MAX_ASKED = 60  # peers asked in one lookup at most
 PEER_TIMEOUT = 5.0  # s one peer has to answer a lookup
@@ -182,7 +183,11 @@ class _BoundedProviders(ProviderStore):
         left to ask or ``MAX_ASKED`` were asked. Each answer's providers go to the store as they arrive. Returns the
         peers that answered (the DHT servers around the key)."""
         me = self.host.get_id()
-        candidates = self.peer_routing.routing_table.find_local_closest_peers(key, BUCKET_SIZE)
+        # It starts from the table's peers this node is connected to: dialling the others first would have a node
+        # cut off (its link down) wait out a dial per peer, and its next lookup, once the link is back, behind it.
+        connected = set(self.host.get_connected_peers())
+        candidates = [p for p in self.peer_routing.routing_table.find_local_closest_peers(key, BUCKET_SIZE)
+                      if p in connected]
         asked: set[Peer] = set()
         answered: list[Peer] = []
         while len(super().get_providers(key)) < count and len(asked) < MAX_ASKED:

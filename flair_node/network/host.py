@@ -211,6 +211,11 @@ async def connect(host: Host, address: str) -> Peer:
     with map_libp2p_errors(f"{address!r} is not a multiaddr ending in /p2p/<peer id>", to=InvalidInput):
         info = info_from_p2p_addr(multiaddr.Multiaddr(address))
     with map_libp2p_errors(f"cannot reach peer {address}"):
+        # py-libp2p refuses for a while to dial a peer whose addresses all failed (its negative cache): a link that
+        # was down and is back would stay unused. A dial Flair asks for is tried.
+        unblock = getattr(host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(info.peer_id)
         await host.connect(info)
     return info.peer_id
 

@@ -21,18 +21,22 @@ What was measured on the emulated internet (``testing.wan``), and what it means 
   redials it: ``Relays`` does, at the next use. Its per-IP and bandwidth settings are never applied by py-libp2p,
   so a relay operator bounds reservations and circuits, and data per circuit.
 
-``Relays.kind`` tells each connection apart: ``direct``, ``relayed``, or ``hole-punched`` (a direct connection DCUtR
-made).
+``Relays.kind`` tells each connection apart: ``direct``, ``relayed``, or ``hole-punched``: a direct connection to a
+peer this node was once relayed to (DCUtR records a punched connection on the side that started it only, so each
+side remembers the peers it saw relayed).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import multiaddr
 import trio
+from libp2p.abc import INetConn, INetwork, INotifee
 from libp2p.connection_types import ConnectionType
 from libp2p.relay.circuit_v2.config import RelayConfig
 from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
@@ -50,11 +54,41 @@ log = logging.getLogger(__name__)
 CIRCUIT = "/p2p-circuit"
 RESERVE_TIMEOUT = 10.0  # s for a reservation
 DIAL_TIMEOUT = 15.0  # s for a relayed dial
+MAX_REMEMBERED = 4096  # peers remembered as once relayed
 
 # py-libp2p's relay logs errors for every stream a peer closes (routine), and its connection manager an INFO line
 # every 10 s: neither says anything an operator can act on.
 for _name in ("libp2p.relay", "libp2p.network.auto_connector"):
     logging.getLogger(_name).setLevel(logging.CRITICAL)
+
+
+class _Relayed(INotifee):
+    """Tells ``saw(peer)`` of each relayed connection as it opens."""
+
+    def __init__(self, saw: Callable[[Peer], None]) -> None:
+        self.saw = saw
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        try:
+            if conn.get_connection_type() == ConnectionType.RELAYED:
+                self.saw(conn.muxed_conn.peer_id)
+        except Exception as exc:  # a connection closing as it opens: nothing to remember
+            log.debug("reading a new connection: %r", exc)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        pass
+
+    async def opened_stream(self, network: INetwork, stream: Any) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: Any) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -83,15 +117,29 @@ class Relays:
         self.dcutr = DCUtRProtocol(host)  # type: ignore[arg-type]
         self._nursery: trio.Nursery | None = None
         self.reserved: dict[str, str] = {}  # relay peer -> this node's circuit address through it
+        #: Peers this node had a relayed connection to (the latest ``MAX_REMEMBERED``): a direct connection to one
+        #: of them came from hole punching, whichever side started it (DCUtR records only the initiator's side).
+        self._relayed: OrderedDict[Peer, None] = OrderedDict()
         self.counts: dict[str, int] = {"reservations": 0, "reservation_failures": 0, "relayed_dials": 0,
                                        "relayed_dial_failures": 0}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with background_trio_service(self.protocol), background_trio_service(self.dcutr), \
-                trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
+        watch = _Relayed(self._saw_relayed)
+        self.host.get_network().register_notifee(watch)
+        try:
+            async with background_trio_service(self.protocol), background_trio_service(self.dcutr), \
+                    trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self.host.get_network().remove_notifee(watch)
+
+    def _saw_relayed(self, peer: Peer) -> None:
+        self._relayed[peer] = None
+        self._relayed.move_to_end(peer)
+        while len(self._relayed) > MAX_REMEMBERED:
+            self._relayed.popitem(last=False)
 
     # -- being reachable through a relay -------------------------------------------------------------------
 
@@ -169,7 +217,10 @@ class Relays:
             except Exception as exc:  # a connection closing under us: left out
                 log.debug("reading a connection to %s: %r", peer, exc)
                 continue
-            kind = "relayed" if relayed else "hole-punched" if peer in self.dcutr._direct_connections else "direct"
+            if relayed:
+                self._saw_relayed(peer)
+            punched = peer in self._relayed or peer in self.dcutr._direct_connections
+            kind = "relayed" if relayed else "hole-punched" if punched else "direct"
             out.append({"kind": kind, "addrs": addrs})
         return out
 

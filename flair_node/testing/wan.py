@@ -211,10 +211,10 @@ class Testbed:
         _command(["ip", "netns", "exec", namespace, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
 
 
-def in_namespace(namespace: str) -> ThreadPoolExecutor:
-    """An executor whose one thread lives in ``namespace``'s network: a network namespace is a property of each
-    Linux thread, so the sockets that thread opens are the namespace's (a daemon there serves its API on the
-    namespace's own 127.0.0.1). Shut it down when done."""
+def in_namespace(namespace: str, threads: int = 8) -> ThreadPoolExecutor:
+    """An executor whose threads live in ``namespace``'s network: a network namespace is a property of each Linux
+    thread, so the sockets they open are the namespace's (a daemon there serves its API on the namespace's own
+    127.0.0.1). ``threads`` calls run at once, as from as many clients. Shut it down when done."""
 
     def enter() -> None:
         fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
@@ -224,7 +224,7 @@ def in_namespace(namespace: str) -> ThreadPoolExecutor:
         finally:
             os.close(fd)
 
-    return ThreadPoolExecutor(max_workers=1, initializer=enter, thread_name_prefix=f"netns-{namespace}")
+    return ThreadPoolExecutor(max_workers=threads, initializer=enter, thread_name_prefix=f"netns-{namespace}")
 
 
 def _libc() -> Any:
