@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
-from libp2p.abc import INetConn, INetwork, INotifee
 from libp2p.kad_dht.common import BUCKET_SIZE, MAX_PROVIDERS_PER_MSG
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
@@ -55,7 +54,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
 from ..core.errors import InvalidInput, RemoteError
-from .host import Host, Peer, map_libp2p_errors
+from .host import ConnectionEvents, Host, Peer, map_libp2p_errors
 
 log = logging.getLogger(__name__)
 
@@ -228,34 +227,6 @@ class _BoundedProviders(ProviderStore):
         super().add_provider(key, provider)
 
 
-class _Feed(INotifee):
-    """Offers each newly connected peer to the DHT's routing table."""
-
-    def __init__(self, send: trio.MemorySendChannel[Peer]) -> None:
-        self.send = send
-
-    async def connected(self, network: INetwork, conn: INetConn) -> None:
-        try:
-            self.send.send_nowait(conn.muxed_conn.peer_id)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            pass  # a burst of connections: the next ones get in, and lookups find peers anyway
-
-    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        pass
-
-    async def opened_stream(self, network: INetwork, stream: Any) -> None:
-        pass
-
-    async def closed_stream(self, network: INetwork, stream: Any) -> None:
-        pass
-
-    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        pass
-
-    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        pass
-
-
 class _Publishing:
     """``host`` as the provider store sees it: the addresses it publishes are ``addresses()`` (a node behind NAT
     publishes its relayed ones, never the private ones it listens on), with the host's own when that gives none."""
@@ -290,7 +261,7 @@ class Kademlia:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, receive = trio.open_memory_channel[Peer](256)
-        feed = _Feed(send)
+        feed = ConnectionEvents(lambda conn: self._new_peer(send, conn.muxed_conn.peer_id))
         self.host.get_network().register_notifee(feed)
         try:
             async with background_trio_service(self.dht), trio.open_nursery() as nursery:
@@ -302,6 +273,14 @@ class Kademlia:
                 await trio.sleep_forever()
         finally:
             self.host.get_network().remove_notifee(feed)
+
+    @staticmethod
+    def _new_peer(send: trio.MemorySendChannel[Peer], peer: Peer) -> None:
+        """Offer a newly connected peer to the routing table (``_feed_loop``)."""
+        try:
+            send.send_nowait(peer)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass  # a burst of connections: the recheck loop offers the rest
 
     async def _recheck_loop(self, send: trio.MemorySendChannel[Peer]) -> None:
         """Offer again, every ``RECHECK_EVERY`` seconds, the connected peers outside the table: a peer may start

@@ -53,7 +53,6 @@ import base58
 import nacl.exceptions
 import nacl.signing
 import trio
-from libp2p.abc import INotifee
 from libp2p.custom_types import TProtocol
 
 from ..core.errors import IntegrityError, InvalidInput
@@ -77,7 +76,7 @@ from .gossip import (
     judge,
     judge_sync,
 )
-from .host import Host, Peer, Stream, close_stream
+from .host import ConnectionEvents, Host, Peer, Stream, close_stream
 
 log = logging.getLogger(__name__)
 
@@ -168,31 +167,6 @@ class _MessageCache:
             self._bytes -= len(piece)
 
 
-class _Notifee(INotifee):
-    """py-libp2p's connection events; the swarm awaits these inline, so they only note the peer."""
-
-    def __init__(self, gossip: GossipSub) -> None:
-        self._gossip = gossip
-
-    async def connected(self, network: Any, conn: Any) -> None:
-        self._gossip._connected(conn.muxed_conn.peer_id)
-
-    async def disconnected(self, network: Any, conn: Any) -> None:
-        self._gossip._disconnected(conn.muxed_conn.peer_id)
-
-    async def opened_stream(self, network: Any, stream: Any) -> None:
-        pass
-
-    async def closed_stream(self, network: Any, stream: Any) -> None:
-        pass
-
-    async def listen(self, network: Any, multiaddr: Any) -> None:
-        pass
-
-    async def listen_close(self, network: Any, multiaddr: Any) -> None:
-        pass
-
-
 class GossipSub:
     """GossipSub on ``host`` (a started py-libp2p host, e.g. from ``host.running_host``)."""
 
@@ -219,7 +193,9 @@ class GossipSub:
         self._keys: OrderedDict[bytes, nacl.signing.VerifyKey] = OrderedDict()
         self._counters = Counters()
         self._offences = Offences()  # peer -> frames and messages refused, before or by a validator's failure
-        self._notifee = _Notifee(self)
+        # the swarm awaits these inline: they only note the peer
+        self._notifee = ConnectionEvents(lambda conn: self._connected(conn.muxed_conn.peer_id),
+                                         lambda conn: self._disconnected(conn.muxed_conn.peer_id))
         self._wire = {"frames_in": 0, "frames_out": 0, "duplicates": 0}  # transport counters, for status()
         self._nursery: trio.Nursery | None = None
 

@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import multiaddr
 import trio
@@ -115,6 +115,33 @@ class Host(Protocol):
     def set_stream_handler(self, protocol_id: TProtocol, stream_handler: StreamHandler) -> None: ...
 
     def remove_stream_handler(self, protocol_id: TProtocol) -> None: ...
+
+
+class ConnectionEvents(INotifee):
+    """py-libp2p's network events, reduced to connections opening and closing: ``opened(conn)`` and
+    ``closed(conn)`` are called with each (a py-libp2p ``INetConn``). The swarm awaits its notifees inline, so
+    they must return at once (note the event, hand it to a task)."""
+
+    def __init__(self, opened: Callable[[Any], object], closed: Callable[[Any], object] = lambda conn: None) -> None:
+        self._opened, self._closed = opened, closed
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        self._opened(conn)
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        self._closed(conn)
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def listen(self, network: Any, multiaddr: Any) -> None:
+        pass
+
+    async def listen_close(self, network: Any, multiaddr: Any) -> None:
+        pass
 
 
 def apply_process_defaults() -> None:

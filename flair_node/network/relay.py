@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import multiaddr
 import trio
-from libp2p.abc import INetConn, INetwork, INotifee
 from libp2p.connection_types import ConnectionType
 from libp2p.relay.circuit_v2.config import RelayConfig
 from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
@@ -47,7 +45,7 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
 from ..core.errors import FlairError, InvalidInput, RemoteError
-from .host import Host, Peer, connect, map_libp2p_errors, peer_from_text
+from .host import ConnectionEvents, Host, Peer, connect, map_libp2p_errors, peer_from_text
 
 log = logging.getLogger(__name__)
 
@@ -60,35 +58,6 @@ MAX_REMEMBERED = 4096  # peers remembered as once relayed
 # every 10 s: neither says anything an operator can act on.
 for _name in ("libp2p.relay", "libp2p.network.auto_connector"):
     logging.getLogger(_name).setLevel(logging.CRITICAL)
-
-
-class _Relayed(INotifee):
-    """Tells ``saw(peer)`` of each relayed connection as it opens."""
-
-    def __init__(self, saw: Callable[[Peer], None]) -> None:
-        self.saw = saw
-
-    async def connected(self, network: INetwork, conn: INetConn) -> None:
-        try:
-            if conn.get_connection_type() == ConnectionType.RELAYED:
-                self.saw(conn.muxed_conn.peer_id)
-        except Exception as exc:  # a connection closing as it opens: nothing to remember
-            log.debug("reading a new connection: %r", exc)
-
-    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        pass
-
-    async def opened_stream(self, network: INetwork, stream: Any) -> None:
-        pass
-
-    async def closed_stream(self, network: INetwork, stream: Any) -> None:
-        pass
-
-    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        pass
-
-    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -124,7 +93,7 @@ class Relays:
                                        "relayed_dial_failures": 0}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        watch = _Relayed(self._saw_relayed)
+        watch = ConnectionEvents(self._opened)
         self.host.get_network().register_notifee(watch)
         try:
             async with background_trio_service(self.protocol), background_trio_service(self.dcutr), \
@@ -134,6 +103,16 @@ class Relays:
                 await trio.sleep_forever()
         finally:
             self.host.get_network().remove_notifee(watch)
+
+    def _opened(self, conn: Any) -> None:
+        """Remember the peer of each relayed connection as it opens (see ``kind``)."""
+        try:
+            relayed = conn.get_connection_type() == ConnectionType.RELAYED
+        except Exception as exc:  # a connection closing as it opens: nothing to remember
+            log.debug("reading a new connection: %r", exc)
+            return
+        if relayed:
+            self._saw_relayed(conn.muxed_conn.peer_id)
 
     def _saw_relayed(self, peer: Peer) -> None:
         self._relayed[peer] = None
