@@ -26,7 +26,7 @@ import trio
 from ..core.errors import FlairError
 from ..network import reachability
 from ..network.discovery import Kademlia
-from ..network.host import Host, Peer, full_addrs, map_libp2p_errors
+from ..network.host import Host, Peer, full_addrs, map_libp2p_errors, peer_protocols
 from ..network.relay import Relays
 
 log = logging.getLogger(__name__)
@@ -119,15 +119,7 @@ class ReachabilityService:
 
     def _askable(self) -> list[Peer]:
         """Connected peers that serve dial-backs."""
-        out = []
-        for peer in self.host.get_connected_peers():
-            try:
-                with map_libp2p_errors(f"the protocols of {peer}"):
-                    if reachability.PROTOCOL in (self.host.get_peerstore().get_protocols(peer) or []):  # type: ignore[attr-defined]
-                        out.append(peer)
-            except FlairError:
-                continue
-        return out
+        return [p for p in self.host.get_connected_peers() if reachability.PROTOCOL in peer_protocols(self.host, p)]
 
     def status(self) -> dict[str, Any]:
         return {"reachability": self.state, "addresses": self.addresses(),

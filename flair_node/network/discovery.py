@@ -54,7 +54,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
 from ..core.errors import InvalidInput, RemoteError
-from .host import ConnectionEvents, Host, Peer, map_libp2p_errors
+from .host import ConnectionEvents, Host, Peer, map_libp2p_errors, peer_protocols
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ class Kademlia:
         says, stays out: lookups would wait on it in vain)."""
         try:
             with trio.move_on_after(IDENTIFY_WAIT):
-                while not (protocols := self._protocols(peer)):  # noqa: ASYNC110 - identify sets no event
+                while not (protocols := peer_protocols(self.host, peer)):  # noqa: ASYNC110 - identify sets no event
                     await trio.sleep(0.1)
                 if str(KAD_PROTOCOL) in protocols:
                     with map_libp2p_errors(f"adding {peer} to the DHT's table"):
@@ -319,13 +319,6 @@ class Kademlia:
         finally:
             offering.discard(peer)
             slots.release()
-
-    def _protocols(self, peer: Peer) -> list[str]:
-        try:
-            with map_libp2p_errors(f"the protocols of {peer}"):
-                return list(self.host.get_peerstore().get_protocols(peer) or [])  # type: ignore[attr-defined]
-        except RemoteError:  # not identified yet
-            return []
 
     async def set_server(self, server: bool) -> None:
         """Answer others' DHT queries (and store their records) or stop. py-libp2p's ``switch_mode`` also empties

@@ -258,6 +258,15 @@ def peer_from_text(text: str) -> Peer:
         return ID.from_base58(text)
 
 
+def peer_protocols(host: Host, peer: Peer) -> list[str]:
+    """The protocols ``peer`` said it serves, through identify (none before identify ran)."""
+    try:
+        with map_libp2p_errors(f"the protocols of {peer}"):
+            return list(host.get_peerstore().get_protocols(peer) or [])  # type: ignore[attr-defined]
+    except RemoteError:  # py-libp2p raises for a peer it knows nothing of yet
+        return []
+
+
 def peer_addrs(host: Host, peer: Peer) -> list[str]:
     """The addresses ``host`` knows for ``peer`` (none if it knows none)."""
     try:

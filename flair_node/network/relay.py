@@ -45,7 +45,7 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
 from ..core.errors import FlairError, InvalidInput, RemoteError
-from .host import ConnectionEvents, Host, Peer, connect, map_libp2p_errors, peer_from_text
+from .host import ConnectionEvents, Host, Peer, connect, map_libp2p_errors, peer_from_text, peer_protocols
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +124,7 @@ class Relays:
 
     def offers_relay(self, peer: Peer) -> bool:
         """Whether ``peer`` said (through identify) that it serves as a relay."""
-        try:
-            with map_libp2p_errors(f"the protocols of {peer}"):
-                return str(HOP_PROTOCOL) in (self.host.get_peerstore().get_protocols(peer) or [])  # type: ignore[attr-defined]
-        except RemoteError:
-            return False
+        return str(HOP_PROTOCOL) in peer_protocols(self.host, peer)
 
     async def reserve(self, relay: Peer) -> str:
         """Reserve a slot on ``relay`` (connected); returns this node's circuit address through it."""
