@@ -55,6 +55,7 @@ from ..core.round_messages import RoundMessage
 from ..network.bitswap import BlockExchange
 from ..network.gossip import BadInputLog, Offences
 from ..network.gossipsub import GossipSub
+from ..network.handlers import stream_guard
 from ..network.host import Host, Peer, connect, map_libp2p_errors, peer_addrs, peer_from_text
 from ..network.liveness import Liveness
 from ..protocol import announce, rounds, sync
@@ -209,18 +210,23 @@ class P2PService:
             self.discovery.wake()
 
     def status(self) -> dict[str, Any]:
+
         peers = []
         reach = self.reachability
+        guard = stream_guard(self.host)
+        failed_streams = guard.status() if guard is not None else {}  # inbound streams whose handler failed
         for peer in self.host.get_connected_peers():
             peers.append({"peer": str(peer), "key": self.cards.key(str(peer)), "addrs": peer_addrs(self.host, peer),
                           "connections": reach.relays.kind(peer) if reach is not None else [],
                           "bad_announcements": self._bad.counts.get(str(peer), 0),
-                          "bad_pulls": self._bad_pulls.counts.get(str(peer), 0)})
+                          "bad_pulls": self._bad_pulls.counts.get(str(peer), 0),
+                          "failed_streams": failed_streams.get(str(peer), 0)})
         return {"gossip": self.gossip.status(), "cards": self.cards.status(), "announcements": dict(self.counts),
                 "discovery": self.discovery.status() if self.discovery is not None else None,
                 "reachability": reach.status() if reach is not None else None,
                 "liveness": self.liveness.status() if self.liveness is not None else None,
                 "peers": peers, "bad_announcements": dict(self._bad.counts), "bad_pulls": dict(self._bad_pulls.counts),
+                "failed_streams": failed_streams,
                 "topics": sorted(announce.topic(r) for r in self._joined), "refused_merges": list(self.refused_merges)}
 
     def _refused_merges(self, repo: RepoId, refused: list[tuple[BranchMove, str]]) -> None:
@@ -472,9 +478,10 @@ class P2PService:
         return False
 
     def _pull_wanted(self, repo_id: RepoId) -> None:
-        """Pull the commits this node was told of and lacks: from their publisher if connected, else from every
-        connected peer (they relayed the news, so they are fetching it too); again each second until they
-        arrive or ``WANT_FOR`` passes (catch-up covers the rest)."""
+        """Pull the commits this node was told of and lacks: from their publisher if connected, else from the
+        connected members (they relayed the news, so they are fetching it too; a non-member, such as a relay, is
+        never told the repository or this node's member key); again each second until they arrive or
+        ``WANT_FOR`` passes (catch-up covers the rest)."""
         wanted = self._wanted.get(repo_id, {})
         repo = self.repos.open_id(repo_id)
         now = trio.current_time()

@@ -250,12 +250,13 @@ class Kademlia:
     def __init__(self, host: Host, *, server: bool, addresses: Callable[[], list[str]] | None = None) -> None:
         self.host, self.server = host, server
         mode = DHTMode.SERVER if server else DHTMode.CLIENT
-        self.dht = KadDHT(host,  # type: ignore[arg-type]  # a py-libp2p host is an IHost
-                          mode, validator=NamespacedValidator({}, strict_validation=True), validator_changed=True,
-                          strict_validation=True, max_peers_per_subnet=0)
+        # py-libp2p's DHT stays in here: the rest of Flair sees ``Discovery`` and ``status()``
+        self._dht = KadDHT(host,  # type: ignore[arg-type]  # a py-libp2p host is an IHost
+                           mode, validator=NamespacedValidator({}, strict_validation=True), validator_changed=True,
+                           strict_validation=True, max_peers_per_subnet=0)
         publishing = host if addresses is None else _Publishing(host, addresses)
-        self.dht.provider_store = self._providers = _BoundedProviders(host=publishing,  # type: ignore[arg-type]
-                                                                      peer_routing=self.dht.peer_routing)
+        self._dht.provider_store = self._providers = _BoundedProviders(host=publishing,  # type: ignore[arg-type]
+                                                                       peer_routing=self._dht.peer_routing)
         self.counts: dict[str, int] = {"provided": 0, "provide_failures": 0, "lookups": 0, "found": 0}
         self._last_provide: dict[str, float] = {}
 
@@ -264,7 +265,7 @@ class Kademlia:
         feed = ConnectionEvents(lambda conn: self._new_peer(send, conn.muxed_conn.peer_id))
         self.host.get_network().register_notifee(feed)
         try:
-            async with background_trio_service(self.dht), trio.open_nursery() as nursery:
+            async with background_trio_service(self._dht), trio.open_nursery() as nursery:
                 for peer in self.host.get_connected_peers():
                     send.send_nowait(peer)
                 nursery.start_soon(self._feed_loop, receive)
@@ -288,7 +289,7 @@ class Kademlia:
         while True:
             await trio.sleep(RECHECK_EVERY)
             for peer in self.host.get_connected_peers():
-                if not self.dht.routing_table.peer_in_table(peer):
+                if not self._dht.routing_table.peer_in_table(peer):
                     try:
                         send.send_nowait(peer)
                     except trio.WouldBlock:
@@ -313,7 +314,7 @@ class Kademlia:
                     await trio.sleep(0.1)
                 if str(KAD_PROTOCOL) in protocols:
                     with map_libp2p_errors(f"adding {peer} to the DHT's table"):
-                        await self.dht.add_peer(peer)
+                        await self._dht.add_peer(peer)
         except RemoteError as exc:  # one peer's trouble never stops the others'
             log.debug("%s", exc)
         finally:
@@ -327,10 +328,10 @@ class Kademlia:
         if server == self.server:
             return
         self.server = server
-        self.dht.mode = DHTMode.SERVER if server else DHTMode.CLIENT
+        self._dht.mode = DHTMode.SERVER if server else DHTMode.CLIENT
         with map_libp2p_errors("switching the DHT's mode"):
             if server:
-                self.host.set_stream_handler(KAD_PROTOCOL, self.dht.handle_stream)  # type: ignore[arg-type]
+                self.host.set_stream_handler(KAD_PROTOCOL, self._dht.handle_stream)  # type: ignore[arg-type]
             else:
                 self.host.remove_stream_handler(KAD_PROTOCOL)
         # Peers learnt this node's protocols through identify when they connected; py-libp2p pushes an update only
@@ -369,9 +370,11 @@ class Kademlia:
         return found
 
     def status(self) -> dict[str, Any]:
-        return {"mode": "server" if self.server else "client", "routing_table": self.dht.get_routing_table_size(),
+        return {"mode": "server" if self.server else "client", "routing_table": self._dht.get_routing_table_size(),
                 "providing": len(self._last_provide), "stored_keys": len(self._providers.providers),
-                "refused_keys": self._providers.refused, **self.counts}
+                "refused_keys": self._providers.refused,
+                "stored_values": self._dht.value_store.size(),  # none: every PUT_VALUE is refused
+                **self.counts}
 
 
 def _unique(infos: Iterable[PeerInfo], *, me: str) -> list[Found]:

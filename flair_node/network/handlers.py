@@ -9,9 +9,9 @@ through would do as much. Flair's handlers catch their own errors (``rpc.serve``
 but py-libp2p's negotiation and its own handlers (identify, ping, Kademlia) are out of their reach.
 
 ``guard_streams`` puts a ``StreamGuard`` between the swarm and the host's stream handler (negotiation, then the
-protocol's handler): what escapes is counted against the peer, logged once per peer per minute (by
-``gossip.BadInputLog``, as every peer's offences are), and the stream is reset; the connection goes on accepting
-streams. Cancellation is never caught.
+protocol's handler): what escapes is counted against the peer (``StreamGuard.status``: ``failed_streams`` in
+``node.status``), logged once per peer per minute (by ``gossip.BadInputLog``, as every peer's offences are), and
+the stream is reset; the connection goes on accepting streams. Cancellation is never caught.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import trio
 
 from .gossip import BadInputLog, Offences
-from .host import Stream, reset_stream
+from .host import Host, Stream, reset_stream
 
 #: How long a failed stream's reset may take before the guard gives up on it (the peer may have gone).
 RESET_TIMEOUT = 2.0
@@ -41,7 +41,7 @@ class StreamGuard:
     """Runs ``handler`` on each inbound stream; what it raises (bar cancellation) stays with that stream.
 
     ``failed`` counts the streams that ended so, per peer (see ``Offences``: bounded, and logged once per peer
-    per minute, as a peer chooses what its errors say and how often)."""
+    per minute, as a peer chooses what its errors say and how often); ``status`` shows the counts."""
 
     def __init__(self, handler: Callable[[Stream], Awaitable[None]]) -> None:
         self.handler = handler
@@ -64,6 +64,11 @@ class StreamGuard:
             with trio.CancelScope(shield=True), trio.move_on_after(RESET_TIMEOUT):
                 await reset_stream(stream)
 
+    def status(self) -> dict[str, int]:
+        """Peer -> streams of it that failed (at most ``gossip.MAX_OFFENDERS`` peers, the least failing forgotten
+        first)."""
+        return dict(self.failed.counts)
+
 
 def guard_streams(network: StreamHandlerSlot) -> StreamGuard:
     """Route every stream peers open on ``network`` (a py-libp2p swarm) through a ``StreamGuard`` around the
@@ -71,3 +76,9 @@ def guard_streams(network: StreamHandlerSlot) -> StreamGuard:
     guard = StreamGuard(network.common_stream_handler)
     network.set_stream_handler(guard)
     return guard
+
+
+def stream_guard(host: Host) -> StreamGuard | None:
+    """The guard on ``host``'s inbound streams (every host ``host.running_host`` runs has one), for its counts."""
+    handler = getattr(host.get_network(), "common_stream_handler", None)
+    return handler if isinstance(handler, StreamGuard) else None

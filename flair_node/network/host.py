@@ -25,6 +25,7 @@ import multiaddr
 import trio
 from libp2p import new_host
 from libp2p.abc import INotifee
+from libp2p.connection_types import ConnectionType
 from libp2p.crypto.ed25519 import Ed25519PublicKey, create_new_key_pair
 from libp2p.crypto.keys import PrivateKey
 from libp2p.crypto.keys import PublicKey as Libp2pPublicKey
@@ -47,6 +48,14 @@ Peer = ID
 #: them as go-yamux does (an update once half the window is consumed); each update is a Noise frame both sides
 #: pay for. Read on every read.
 PROCESS_DEFAULTS = {"PY_YAMUX_RELEASE_ON_READ": "0"}
+
+#: py-libp2p loggers whose records are lowered to DEBUG. Identify-push logs an ERROR for every push it cannot read
+#: (and for every push of ours a peer cuts short), and the peer-store update a WARNING or an ERROR for each pushed
+#: field it refuses (a key that is not the peer's, a bad address): any connected peer, a stranger too, can send
+#: those as fast as it likes, a log flood. Nothing is lost to whoever debugs; nothing else reports them
+#: (py-libp2p's handler catches its own failures, so ``handlers.StreamGuard`` never sees one).
+DEBUG_ONLY_LOGGERS = ("libp2p.identity.identify_push.identify_push", "libp2p.identity.update",
+                      "libp2p.identity.identify.identify")
 
 
 class Connection(Protocol):
@@ -144,6 +153,20 @@ class ConnectionEvents(INotifee):
         pass
 
 
+class _ToDebug(logging.Filter):
+    """Lowers every record that passes it to DEBUG, and drops it unless its logger is enabled for DEBUG:
+    ``logger.error`` checked the logger's level for ERROR, and a handler at level NOTSET (as ``logging.basicConfig``
+    makes them) takes whatever reaches it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG:
+            record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_TO_DEBUG = _ToDebug()
+
+
 def apply_process_defaults() -> None:
     """Set ``PROCESS_DEFAULTS`` in this process's environment, leaving any the user set: before hosts run."""
     for name, value in PROCESS_DEFAULTS.items():
@@ -191,11 +214,15 @@ async def running_host(identity: Identity, listen: str = "/ip4/127.0.0.1/tcp/0",
     """A started libp2p host (TCP, Noise, Yamux) with ``identity`` as its key (a node's transport key, never its
     member key), listening on ``listen``; ``mdns`` finds peers on the LAN.
 
-    Two py-libp2p defects are mended here, for every host Flair runs: a stream whose negotiation or handler
-    raises no longer ends its connection's streams or the host (``handlers.guard_streams``), and leaving the block
-    closes the listening socket (py-libp2p's own close of it is cut short by the cancellation that stops it)."""
+    Three py-libp2p defects are mended here, for every host Flair runs: a stream whose negotiation or handler
+    raises no longer ends its connection's streams or the host (``handlers.guard_streams``), leaving the block
+    closes the listening socket (py-libp2p's own close of it is cut short by the cancellation that stops it), and
+    what peers can make py-libp2p log at will is logged at DEBUG (``DEBUG_ONLY_LOGGERS``)."""
     # Imported here, not at the top: ``handlers`` builds on this module (its ``Stream`` and ``reset_stream``).
     from .handlers import guard_streams
+
+    for name in DEBUG_ONLY_LOGGERS:  # (a logger's filters see only its own records: each is named exactly)
+        logging.getLogger(name).addFilter(_TO_DEBUG)  # once: a logger keeps one of each filter
 
     host = new_host(key_pair=create_new_key_pair(identity.keypair_bytes()[:32]), enable_mDNS=mdns)
     network = host.get_network()
@@ -265,6 +292,22 @@ def peer_protocols(host: Host, peer: Peer) -> list[str]:
             return list(host.get_peerstore().get_protocols(peer) or [])  # type: ignore[attr-defined]
     except RemoteError:  # py-libp2p raises for a peer it knows nothing of yet
         return []
+
+
+def direct_address(host: Host, peer: Peer) -> str | None:
+    """The address of ``peer``'s direct (not relayed) connection with ``host``, whichever side dialled: the IP and
+    port at its other end (``/ip4/<ip>/tcp/<port>``, without /p2p); None if it has none."""
+    try:
+        with map_libp2p_errors(f"the connections of {peer}"):
+            for conn in host.get_network().connections.get(peer, []):  # type: ignore[attr-defined]
+                if conn.get_connection_type() == ConnectionType.DIRECT:
+                    for address in conn.get_transport_addresses():
+                        text = str(address)
+                        if "/p2p-circuit" not in text:
+                            return text.split("/p2p/", 1)[0]
+    except RemoteError as exc:  # a connection closing under us
+        log.debug("%s", exc)
+    return None
 
 
 def peer_addrs(host: Host, peer: Peer) -> list[str]:

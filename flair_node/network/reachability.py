@@ -23,20 +23,16 @@ Flair asks with its own small protocol instead:
 from __future__ import annotations
 
 import ipaddress
-import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import trio
-from libp2p.connection_types import ConnectionType
 
 from ..core.errors import InvalidInput, RemoteError, ResourceExhausted
 from . import rpc
-from .host import Host, Peer, map_libp2p_errors
-
-log = logging.getLogger(__name__)
+from .host import Host, Peer, direct_address, peer_from_text
 
 PROTOCOL = "/flair/dialback/1.0.0"
 DIAL_TIMEOUT = 5.0  # s the server waits for the dial-back's TCP handshake
@@ -70,7 +66,7 @@ def serve(host: Host) -> rpc.Served:
         asked.move_to_end(peer)
         while len(asked) > MAX_ASKERS:
             asked.popitem(last=False)
-        ip = _direct_address(host, peer)
+        ip = _remote_ip(direct_address(host, peer_from_text(peer)))
         if ip is None:
             raise InvalidInput("ask for a dial-back over a direct connection: over a relay, the address seen is "
                                "the relay's")
@@ -97,19 +93,10 @@ async def ask(host: Host, peer: Peer, port: int) -> Answer:
     return Answer(str(peer), reply["reachable"], reply["address"])
 
 
-def _direct_address(host: Host, peer: str) -> str | None:
-    """The IP address ``peer``'s direct connection to this host comes from, if it has one."""
-    try:
-        with map_libp2p_errors(f"the connections of {peer}"):
-            connections = host.get_network().connections.get(Peer.from_base58(peer), [])  # type: ignore[attr-defined]
-            for conn in connections:
-                if conn.get_connection_type() == ConnectionType.DIRECT:
-                    remote = conn.muxed_conn.secured_conn.conn.get_remote_address()
-                    if remote:
-                        return str(remote[0])
-    except RemoteError as exc:
-        log.debug("%s", exc)
-    return None
+def _remote_ip(address: str | None) -> str | None:
+    """The IP address in a direct connection's ``address`` (``/ip4/<ip>/tcp/<port>``, or ip6)."""
+    parts = (address or "").split("/")
+    return parts[2] if len(parts) > 2 and parts[1] in ("ip4", "ip6") else None
 
 
 async def _dial(ip: str, port: int) -> bool:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,16 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
 from ..core.errors import FlairError, InvalidInput, RemoteError
-from .host import ConnectionEvents, Host, Peer, connect, map_libp2p_errors, peer_from_text, peer_protocols
+from .host import (
+    ConnectionEvents,
+    Host,
+    Peer,
+    connect,
+    direct_address,
+    map_libp2p_errors,
+    peer_from_text,
+    peer_protocols,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +140,7 @@ class Relays:
         """Reserve a slot on ``relay`` (connected); returns this node's circuit address through it."""
         if self._nursery is None:
             raise FlairError("the relay service is not running")
-        relay_address = self._direct_address(relay)
+        relay_address = direct_address(self.host, relay)
         if relay_address is None:
             raise InvalidInput(f"no direct connection to relay {relay}")
         ok = False
@@ -152,7 +162,7 @@ class Relays:
     def holds(self, relay: str) -> bool:
         """Whether this node still holds its slot on ``relay``: reserved, and still connected to it."""
         return relay in self.reserved and peer_from_text(relay) in self.host.get_connected_peers() \
-            and peer_from_text(relay) in self.transport._reservations
+            and peer_from_text(relay) in reservations(self.transport)
 
     def drop(self, relay: str) -> None:
         self.reserved.pop(relay, None)
@@ -194,7 +204,7 @@ class Relays:
                 continue
             if relayed:
                 self._saw_relayed(peer)
-            punched = peer in self._relayed or peer in self.dcutr._direct_connections
+            punched = peer in self._relayed or peer in hole_punched(self.dcutr)
             kind = "relayed" if relayed else "hole-punched" if punched else "direct"
             out.append({"kind": kind, "addrs": addrs})
         return out
@@ -206,16 +216,20 @@ class Relays:
         except RemoteError:
             return []
 
-    def _direct_address(self, peer: Peer) -> str | None:
-        """The address this node reached ``peer`` at over a direct connection (without /p2p)."""
-        for conn in self._connections(peer):
-            if conn.get_connection_type() == ConnectionType.DIRECT:
-                for address in conn.get_transport_addresses():
-                    text = str(address)
-                    if CIRCUIT not in text:
-                        return text.split("/p2p/", 1)[0]
-        return None
-
     def status(self) -> dict[str, Any]:
         return {"relay_service": self.serve, "reserved": dict(self.reserved),
-                "hole_punched": len(self.dcutr._direct_connections), **self.counts}
+                "hole_punched": len(hole_punched(self.dcutr)), **self.counts}
+
+
+# py-libp2p 0.8.1 offers no public reading of these two; each private read is here, once, and
+# tests/contracts/test_py_libp2p.py runs it against real py-libp2p objects, so an upgrade that renames one fails there.
+
+def reservations(transport: CircuitV2Transport) -> Collection[Peer]:
+    """The relays ``transport`` holds a reservation on (dropped by py-libp2p as each expires unrefreshed)."""
+    return transport._reservations.keys()
+
+
+def hole_punched(dcutr: DCUtRProtocol) -> Collection[Peer]:
+    """The peers ``dcutr`` upgraded to a direct connection by hole punching, on the side that started it. py-libp2p
+    forgets a peer when any connection to it closes: the relayed one too, a minute after the punch."""
+    return dcutr._direct_connections

@@ -37,7 +37,7 @@ async def test_a_stranger_cannot_park_values_in_a_nodes_dht():
         for i in range(20):
             await theirs.value_store._store_at_peer(host.get_id(), f"/flair/{i}".encode(), b"x" * 100_000)
         await theirs.value_store._store_at_peer(host.get_id(), b"plain-key", b"y" * 100_000)
-        assert dht.dht.value_store.size() == 0
+        assert dht.status()["stored_values"] == 0
 
 
 async def test_provider_records_are_capped_in_keys_and_addresses(monkeypatch):
@@ -50,7 +50,7 @@ async def test_provider_records_are_capped_in_keys_and_addresses(monkeypatch):
         with trio.fail_after(5):  # the node echoes each message as it takes it in: the last may still be under way
             while dht.status()["refused_keys"] < 3:  # noqa: ASYNC110 - py-libp2p sets no event
                 await trio.sleep(0.05)
-        stored = dht.dht.provider_store.providers
+        stored = dht._providers.providers  # Flair's bounded store inside the DHT, the thing under test
         assert len(stored) == 5
         for records in stored.values():
             assert all(len(r.addresses) == discovery.MAX_PROVIDER_ADDRS for r in records.values())

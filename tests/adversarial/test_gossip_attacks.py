@@ -19,6 +19,7 @@
 Each asserts: the daemon still answers, nothing was accepted, and the counters name the peer."""
 
 import dataclasses
+import time
 from functools import partial
 
 import pytest
@@ -45,6 +46,7 @@ from flair_node.testing.cluster import address, configure
 from flair_node.testing.commit_graph import make_secure, tiny_state
 from flair_node.testing.daemon import running_daemon
 from flair_node.testing.hostile import deep_msgpack, hostile_peer, rpc_frame, sync_reply
+from flair_node.testing.sync import LocalSource
 
 ATTACK_TIMEOUT = 60.0
 
@@ -244,6 +246,60 @@ async def test_an_api_pull_joins_the_gossip_pull_of_the_same_repository_from_the
             assert member.open_id(repo.id).head("main") == repo.head("main")
             assert p2p.status()["bad_pulls"] == {} and p2p.status()["bad_announcements"] == {}
             assert p2p.counts["pulls"] == 2
+            nursery.cancel_scope.cancel()
+
+
+async def until(condition, what: str) -> None:
+    """Wait (bounded) for ``condition()``: py-libp2p and the services under test set no event for it."""
+    with trio.move_on_after(ATTACK_TIMEOUT / 2):
+        while not condition():  # noqa: ASYNC110
+            await trio.sleep(0.05)
+        return
+    raise AssertionError(f"waited {ATTACK_TIMEOUT / 2:g} s in vain for {what}")
+
+
+async def test_an_announced_commit_is_pulled_from_members_only_never_from_a_relay_or_a_stranger():
+    """A pull names the repository and carries this node's member key (its claim): an announced commit whose
+    publisher is not connected is pulled from the connected members, never from a connected non-member (behind
+    NAT, typically the node's relay). Here the publisher is not connected; a member that relays the announcement
+    and a stranger serving sync (as a curious relay could) are. The commit comes from the member; the stranger hears
+    no sync request."""
+    owner, me, member_id = (Identity.generate() for _ in range(3))
+    origin = RepoSet.in_memory(owner)  # the owner's node: it publishes, and is not connected to this one
+    repo = origin.create("r", tiny_state(0))
+    for who in (me, member_id):
+        repo.invite(owner, who.public_key, "contributor")
+    node = RepoSet.in_memory(me)
+    await sync.pull(node, repo.id, LocalSource(origin, me.public_key, node), memory=RoundMemory())
+
+    with trio.fail_after(ATTACK_TIMEOUT):
+        async with running_host(Identity.generate()) as host, hostile_peer(member_id) as member, \
+                hostile_peer() as stranger, hostile_peer(owner) as publisher, trio.open_nursery() as nursery:
+            exchange = BlockExchange(host, node.blocks)
+            await nursery.start(exchange.run)
+            sync.serve(host, node)
+            p2p = P2PService(host, exchange, node, memory=RoundMemory(), sync_interval=600)  # no catch-up meanwhile
+            await nursery.start(p2p.run)
+            target = full_addrs(host)[0]
+            stranger.serve_sync(lambda request: sync_reply({}))  # answers, and records what it was asked
+            await stranger.connect(target)
+            await member.connect(target)
+            await member.introduce(target, repo.id)  # proves its membership: the node pulls from it once
+            await until(lambda: p2p.member_peers(repo.id) == 1 and p2p.counts["pulls"] >= 1 and not p2p._pulling,
+                        "the node's first pull from the member")
+
+            commit = repo.commit_weights(owner, tiny_state(1), message="news")  # made on the owner's node
+            await sync.pull(member.repos, repo.id, LocalSource(origin, member_id.public_key, member.repos),
+                            memory=RoundMemory())  # which the member has by now
+            news = announce.pack(repo.id, [("commit", commit.encode())], 60_000)[0]
+            relayed = publisher.signed_message([announce.topic(repo.id)], news, time.time_ns())
+            await member.send_frames(target, [rpc_frame(rpc_pb2.RPC(publish=[relayed]))])
+            await until(lambda: node.open_id(repo.id).objects.has(commit.id), "the announced commit")
+
+            connected = host.get_connected_peers()
+            assert publisher.host.get_id() not in connected and stranger.host.get_id() in connected
+            assert p2p.counts["accepted"] == 1  # it came announced, and was pulled for that
+            assert stranger.sync_requests == []  # never asked: it learnt neither the repository nor a member key
             nursery.cancel_scope.cancel()
 
 

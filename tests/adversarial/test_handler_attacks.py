@@ -13,7 +13,9 @@ and after each attack asks a well-formed hello on the same connection: it must b
 ``SERVED_WITHIN`` seconds (the defect showed as a ``StreamFailure`` after 10 s), and the connection must be the
 one it started on (neither side gave up on it). At the end the daemon still answers its API and has logged its
 failed streams once for the peer, not once per stream. In process, the guard itself: what a handler raises is
-counted against its peer and logged once, and cancellation goes through it untouched.
+counted against its peer and logged once, and cancellation goes through it untouched. And py-libp2p's
+identify-push, which catches its own failures but logged an ERROR (or a WARNING) for each: a stranger's malformed
+pushes are logged at DEBUG only, and the connection serves on.
 """
 
 from __future__ import annotations
@@ -25,14 +27,21 @@ import time
 
 import pytest
 import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.identity.identify.pb.identify_pb2 import Identify
+from libp2p.identity.identify_push import ID_PUSH
 
 from flair_node.core.identity import Identity
 from flair_node.core.protobuf import read_varint, varint
+from flair_node.daemon.p2p import P2PService
 from flair_node.network import rpc
+from flair_node.network.bitswap import BlockExchange
 from flair_node.network.handlers import StreamGuard
 from flair_node.network.host import Stream, connect, full_addrs, running_host
 from flair_node.protocol import hello
+from flair_node.protocol.rounds import RoundMemory
+from flair_node.storage.repos import RepoSet
 from flair_node.testing.cluster import address, configure
 from flair_node.testing.daemon import running_daemon
 from flair_node.testing.hostile import hostile_peer
@@ -176,6 +185,10 @@ def test_no_misbehaving_stream_costs_a_daemon_its_other_streams_on_that_connecti
             logged = log_file.read().decode(errors="replace")
         guard_lines = re.findall(rf"peer {seen['peer']}: its stream \(.*", logged)
         assert len(guard_lines) == 1, guard_lines
+        assert daemon.client.call("node.status")["p2p"]["failed_streams"].get(seen["peer"], 0) >= 1
+        # the identify-push streams misbehaved too: py-libp2p's ERROR for each is logged at DEBUG, which the
+        # daemon's log leaves out
+        assert "identify/push" not in logged, re.findall(r".*identify/push.*", logged)
 
 
 class FakeStream:
@@ -260,3 +273,85 @@ async def test_a_handler_letting_stream_eof_through_leaves_the_connection_servin
 
     failures = [r.getMessage() for r in caplog.records if "its stream (" in r.getMessage()]
     assert len(failures) == 1 and failures[0].startswith(f"peer {me}: its stream (/test/eof/1.0.0) failed: StreamEOF")
+
+
+def framed(message: Identify) -> bytes:
+    body = message.SerializeToString()
+    return varint(len(body)) + body
+
+
+#: Identify pushes a stranger can send, each of which py-libp2p logged at ERROR or WARNING, once a push.
+IDENTIFY_PUSHES = {
+    "garbage": b"\xde\xad\xbe\xef" * 16,
+    "a runaway length": b"\xff" * 12,
+    "a message cut short": varint(100) + bytes(10),
+    "bytes that are not protobuf": varint(8) + b"\xff" * 8,
+    "a public key that is no key": framed(Identify(public_key=b"\x00junk")),
+    "another peer's public key": framed(Identify(public_key=create_new_key_pair().public_key.serialize())),
+}
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG], ids=["info", "debug"])
+async def test_a_strangers_malformed_identify_pushes_log_only_at_debug_and_the_node_serves_on(caplog, level):
+    """py-libp2p's identify-push handler logged an ERROR for each push it could not read, and its peer-store update
+    a WARNING or an ERROR for each field it refused: a stranger could flood a node's log. They are logged at DEBUG
+    (``host.DEBUG_ONLY_LOGGERS``), so a node logging at INFO logs none of them; the connection and the node serve
+    on."""
+    async def echo(stream):
+        await stream.write(await stream.read(64))
+        await stream.close()
+
+    rounds = 10
+    identity_log = logging.getLogger("libp2p.identity")
+    before = identity_log.level
+    # the logger's level only: caplog's handler takes every level, as the daemon's (``logging.basicConfig``) does
+    identity_log.setLevel(level)
+    try:
+        with trio.fail_after(30):
+            async with running_host(Identity.generate()) as node, running_host(Identity.generate()) as stranger:
+                node.set_stream_handler(TProtocol("/test/echo/1.0.0"), echo)
+                peer = await connect(stranger, full_addrs(node)[0])
+                (connection,) = stranger.get_network().get_connections(peer)
+                for _ in range(rounds):
+                    for data in IDENTIFY_PUSHES.values():
+                        stream = await stranger.new_stream(peer, [ID_PUSH])
+                        await misbehave(stream, data, "close")
+                await trio.sleep(0.5)  # the node reads each push to its end
+                with trio.fail_after(SERVED_WITHIN):
+                    stream = await stranger.new_stream(peer, [TProtocol("/test/echo/1.0.0")])
+                    await stream.write(b"still there?")
+                    assert await stream.read(64) == b"still there?"
+                assert stranger.get_network().get_connections(peer) == [connection]
+    finally:
+        identity_log.setLevel(before)
+
+    loud = [f"{r.levelname} {r.name}: {r.getMessage()}" for r in caplog.records
+            if r.levelno > logging.INFO or (r.name.startswith("libp2p.identity") and r.levelno > logging.DEBUG)]
+    assert loud == []
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("libp2p.identity")]
+    if level == logging.INFO:
+        assert logged == []
+        return
+    # still there for whoever debugs: every push the handler could not read, and every field the update refused
+    assert sum("Error processing identify/push" in m for m in logged) == rounds * 4, logged
+    assert sum("Error updating public key" in m for m in logged) == rounds, logged
+    assert sum("does not hash to their peer ID" in m for m in logged) == rounds, logged
+
+
+async def test_a_peers_failed_streams_show_in_the_p2p_status():
+    """What the guard counted, per peer, in ``P2PService.status`` (``node.status``'s ``p2p``)."""
+    with trio.fail_after(30):
+        async with running_host(Identity.generate()) as node, running_host(Identity.generate()) as stranger:
+            repos = RepoSet.in_memory(Identity.generate())
+            p2p = P2PService(node, BlockExchange(node, repos.blocks), repos, memory=RoundMemory())
+            peer = await connect(stranger, full_addrs(node)[0])
+            assert p2p.status()["failed_streams"] == {}
+            for _ in range(3):  # each names its protocol in bytes that are not UTF-8: py-libp2p's negotiation raises
+                stream = await stranger.get_network().new_stream(peer)
+                await misbehave(stream, *BEFORE_NEGOTIATION["names a protocol in bytes that are not UTF-8"])
+            me = str(stranger.get_id())
+            while p2p.status()["failed_streams"].get(me, 0) < 3:  # noqa: ASYNC110 - the guard sets no event
+                await trio.sleep(0.05)
+            status = p2p.status()
+            assert status["failed_streams"] == {me: 3}
+            assert [p["failed_streams"] for p in status["peers"] if p["peer"] == me] == [3]

