@@ -11,10 +11,12 @@
 - Intake: every announcement is checked (``protocol.announce.check``) before gossip delivers or relays it.
   Accepted ones are noted as they arrive and taken in batches in a worker thread: membership changes in
   order, per branch only the move that comes last. Commits (whose payloads must come as blocks first) are
-  pulled (``protocol.sync``): from the publisher if connected, else from connected peers, each second for
-  ``WANT_FOR`` seconds. Secure round messages are kept as they come, before the moves (a secure merge is checked
-  against them), except a masked update whose blocks are not here yet: it is pulled like a commit (a pull
-  brings it with its blocks).
+  pulled (``protocol.sync``): from the publisher if connected, else from connected members, each second for
+  ``WANT_FOR`` seconds. A pull's payloads are asked of the peer pulled from and the other connected members in
+  turn (``_holders``), those connected directly before those reached through a relay: when one lacks a payload,
+  stalls or is cut off, the next is asked for the blocks still missing. Secure round messages are kept as they
+  come, before the moves (a secure merge is checked against them), except a masked update whose blocks are not
+  here yet: it is pulled like a commit (a pull brings it with its blocks).
 - Lagging: an announcement this node cannot judge yet (``announce.Lagging``) would make it pull, so its
   forwarder is judged first: a forwarder that is not a current member of the repository is refused (counted as
   bad input; no stream is opened to it); a member is pulled from at most once per ``LAGGING_EVERY`` seconds.
@@ -75,6 +77,7 @@ INTAKE_QUEUE = 4096  # accepted announcements waiting to be written; beyond, the
 INTAKE_BATCH = 256  # announcements taken per worker-thread call
 ARRIVALS = 100_000  # records remembered for ``node.arrivals`` and ``node.announced`` (measuring propagation)
 MAX_PULLS = 32  # pulls running at once; more requests wait for the next catch-up round
+MAX_HOLDERS = 4  # connected members one payload is asked of in turn, when those before fail
 REFUSED_MERGES = 20  # refused round merges remembered for `flair status`
 LAGGING_EVERY = 5.0  # s: a member's announcements this node is behind on start at most one pull from it this often
 LAGGING_PENALTY = 60.0  # s a member's claims are ignored after a pull proved one false
@@ -526,7 +529,8 @@ class P2PService:
                 state.error = None
                 try:
                     peer_id = peer_from_text(peer)
-                    source = sync.PeerSource(self.host, peer_id, self.exchange, self.repos.identity)
+                    source = sync.PeerSource(self.host, peer_id, self.exchange, self.repos.identity,
+                                             holders=partial(self._holders, repo, peer_id))
                     result = await sync.pull(self.repos, repo, source, memory=self.memory)
                     self._refused_merges(repo, result.refused_merges)
                     await self._join(repo)
@@ -568,6 +572,25 @@ class P2PService:
             state.done.set()
         if state.claim is not None:
             self._judge_claim(repo, peer, state.claim)
+
+    def _holders(self, repo_id: RepoId, peer: Peer) -> list[Peer]:
+        """The peers to ask for a payload of ``repo_id`` while pulling it from ``peer``, in turn: ``peer`` and
+        the other connected members (``MAX_HOLDERS`` in all), those connected directly first: a relay bounds its
+        circuits' bytes and time, and carries everyone's traffic. A cut link or a peer lacking the blocks then
+        costs a fetch no more than moving to the next."""
+        try:
+            repo = self.repos.open_id(repo_id)
+        except FlairError:
+            return [peer]
+        others = [p for p in self.host.get_connected_peers() if p != peer and self._is_member(repo, str(p))]
+        return payload_order(peer, others, self._relayed_only)
+
+    def _relayed_only(self, peer: Peer) -> bool:
+        """Whether every connection to ``peer`` crosses a relay."""
+        if self.reachability is None:
+            return False
+        kinds = [c["kind"] for c in self.reachability.relays.kind(peer)]
+        return bool(kinds) and all(k == "relayed" for k in kinds)
 
     async def _drop(self, peer: str) -> None:
         """Close the connections to ``peer`` after a pull from it failed in transport: a connection a cut link
@@ -629,6 +652,12 @@ class P2PService:
         key = self.cards.member(repo.id, peer)
         membership = repo.members.current()
         return key is not None and membership.role(key, epoch=membership.epoch, at_ms=now_ms()) is not None
+
+
+def payload_order(peer: Peer, others: list[Peer], relayed_only: Callable[[Peer], bool]) -> list[Peer]:
+    """The peers to ask for a payload in turn: ``peer`` (the one pulled from) and ``others``, those reached only
+    through a relay last, ``peer`` first of its kind; ``MAX_HOLDERS`` at most."""
+    return sorted([peer, *others], key=relayed_only)[:MAX_HOLDERS]  # sorted is stable
 
 
 def _announced(messages: list[tuple[announce.Announcement, str]]) -> dict[CommitId, str]:

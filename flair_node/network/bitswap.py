@@ -4,14 +4,21 @@ Flair speaks Bitswap itself (messages in ``bitswap_wire``) on py-libp2p's stream
 sends its messages on one long-lived stream it opened, so replies to our wants arrive on the peer's stream. A
 DAG is fetched with a window of wants in flight, children queued as soon as their parent arrives.
 
+A block is asked of one peer at a time, however many fetches wait for it: the first to need it sends the want,
+and the block, checked against its CID, serves every fetch waiting, whichever peer each asked (two pulls of one
+commit from two peers download it once). A fetch that ends without a block it asked for hands the want to the
+next fetch waiting, which asks its own peer. ``fetch_from_any`` asks several peers that hold a DAG in turn: when
+one lacks a block, sends nothing for ``STALL_BEFORE_NEXT`` seconds or is no longer connected, the next is asked
+for what is still missing; what arrived is kept.
+
 Nothing a peer sends is trusted. A block's CID is recomputed from its bytes; a block is kept only if this node
 asked that peer for exactly that CID, and only within what its DAG declares (``storage.unixfs.Bounds``: sizes,
 depth, and how many blocks a walk may visit, so a DAG bomb fails after a few blocks; nodes are decoded off the
 event loop). Forged or unrequested blocks and malformed messages cost the peer penalty points; at
 ``Penalties.BAN_AFTER`` points the peer is disconnected and ignored for ``BAN_SECONDS``, and fetches from it
 fail at once. Penalties fall only on what is provably bad: a copy of a block this node asked that peer for in
-the last ``ASKED_SECONDS`` is dropped without blame, up to one copy per want sent (two fetches of one DAG each
-ask, so the peer rightly sends twice; a want withdrawn late). Bad input is logged once per peer per minute and
+the last ``ASKED_SECONDS`` is dropped without blame, up to one copy per want sent (a want withdrawn late, or
+sent again after a fetch gave up). Bad input is logged once per peer per minute and
 counted in ``status()``.
 
 A peer holds at most ``MAX_STREAMS`` streams open to this node (one more resets its oldest); a message begun
@@ -52,7 +59,10 @@ MAX_ASKED = 16384  # CIDs remembered per peer as asked of it: a late copy answer
 ASKED_SECONDS = 600.0  # for this long after the want was sent
 MAX_STREAMS = 8  # streams one peer may have open to this node; opening another resets its oldest
 IDLE_SECONDS = 300.0  # a peer's stream that starts no message for this long is reset (it reopens one to talk)
-_DONT_HAVE, _BANNED = object(), object()
+CONNECTED_EVERY = 1.0  # seconds between checks, while a fetch waits, that its peer is still connected
+_DONT_HAVE, _BANNED, _ORPHANED = object(), object(), object()
+STALL_BEFORE_NEXT = 10.0  # s without a block before ``fetch_from_any`` leaves a peer for the next one
+MAX_TRIED = 8  # peers one ``fetch_from_any`` asks at most
 
 
 @dataclass
@@ -118,6 +128,7 @@ class _Fetch:
 
     peer: Peer
     window: int
+    asked: set[ParsedCid] = field(default_factory=set)  # CIDs this fetch sent its peer a want for
     send: trio.MemorySendChannel[tuple[ParsedCid, Any]] = field(init=False)
     receive: trio.MemoryReceiveChannel[tuple[ParsedCid, Any]] = field(init=False)
 
@@ -151,6 +162,8 @@ class BlockExchange:
         self._reset_streams: OrderedDict[str, dict[str, int]] = OrderedDict()
         self._peers: OrderedDict[Peer, _Peer] = OrderedDict()
         self._wants: dict[ParsedCid, list[_Fetch]] = {}
+        #: Blocks fetches received and checked but have not stored yet: another fetch reaching one takes it here.
+        self._unstored: dict[ParsedCid, bytes] = {}
         self._fetches: set[_Fetch] = set()
         self._nursery: trio.Nursery | None = None
         #: Copies of blocks that arrived once no fetch waited for them (a second copy, or a late one): what
@@ -189,11 +202,49 @@ class BlockExchange:
         """Fetch every block of the DAG under ``root`` that this node lacks from ``peer``; returns how many.
 
         Up to ``window`` wants are in flight at once; a block linked more than once is asked for once. Raises
-        ``RemoteError`` if the peer lacks a block, sends nothing for ``block_timeout`` seconds, or is banned;
-        ``IntegrityError`` if the DAG breaks ``unixfs.Bounds`` (deeper than ``unixfs.MAX_DEPTH``, more than
-        ``max_size`` bytes, a block not of the size its parent says, more block visits than its size allows),
-        checked as each block arrives, before it is stored.
+        ``RemoteError`` if the peer lacks a block, sends nothing for ``block_timeout`` seconds, is no longer
+        connected (checked every ``CONNECTED_EVERY`` seconds) or is banned; the blocks that arrived until then are
+        kept, so a fetch asked again (of this peer or another) asks only for the rest. ``IntegrityError`` if the
+        DAG breaks ``unixfs.Bounds`` (deeper than ``unixfs.MAX_DEPTH``, more than ``max_size`` bytes, a block
+        not of the size its parent says, more block visits than its size allows), checked as each block
+        arrives, before it is stored.
         """
+        stored = [0]
+        await self._fetch_dag(root, peer, max_size, block_timeout, window, stored)
+        return stored[0]
+
+    async def fetch_from_any(self, root: Cid, peers: Callable[[], Sequence[Peer]], *, max_size: int,
+                             block_timeout: float = 30.0, window: int = 128) -> int:
+        """``fetch_dag`` from the peers ``peers()`` names, in its order, each at most once (``MAX_TRIED`` in all):
+        when one fails (lacks a block, stalls, is cut off or banned), the next is asked for what is still missing,
+        the blocks that came meanwhile kept. ``peers()`` is asked again after each failure and, while a peer is
+        silent, each second: a peer is left after ``STALL_BEFORE_NEXT`` seconds of silence while another is
+        there to ask, after ``block_timeout`` otherwise. Returns how many blocks came in all. Raises
+        ``RemoteError`` naming each peer's failure if none delivers the rest, and ``IntegrityError`` at once: a
+        DAG that breaks its bounds breaks them whoever sends it (its blocks are what its root names)."""
+        stored, failures, tried = [0], list[str](), set[Peer]()
+
+        def untried() -> list[Peer]:
+            return [p for p in peers() if p not in tried] if len(tried) < MAX_TRIED else []
+
+        while left := untried():
+            tried.add(left[0])
+            try:
+                await self._fetch_dag(root, left[0], max_size, block_timeout, window, stored,
+                                      leave_after=(STALL_BEFORE_NEXT, lambda: bool(untried())))
+                return stored[0]
+            except RemoteError as exc:
+                failures.append(str(exc))
+                log.info("fetching %s: %s", root, exc)
+        if len(failures) == 1:
+            raise RemoteError(failures[0], cid=root)
+        raise RemoteError(f"none of the {len(failures)} peers asked delivered {root}: {'; '.join(failures)}"
+                          if failures else f"no peer to fetch {root} from", cid=root)
+
+    async def _fetch_dag(self, root: Cid, peer: Peer, max_size: int, block_timeout: float, window: int,
+                         stored: list[int], leave_after: tuple[float, Callable[[], bool]] | None = None) -> None:
+        """``fetch_dag``, adding the blocks it stores to ``stored[0]`` as it goes (they count even if it fails).
+        ``leave_after``: (seconds, whether another peer could be asked): a shorter timeout while it says so."""
         if window < 1:
             raise InvalidInput(f"a fetch needs a window of at least one want, not {window}")
         if self.penalties.banned(peer):
@@ -204,15 +255,18 @@ class BlockExchange:
         todo: deque[tuple[ParsedCid, int, int]] = deque([(parse_cid(root), max_size, 0)])  # (cid, bytes, depth)
         in_flight: dict[ParsedCid, list[tuple[int, int]]] = {}  # cid -> (bytes it must hold, depth) per place
         unstored: list[tuple[ParsedCid, bytes]] = []  # arrived and checked, stored a batch at a time
-        fetched = 0
 
         def place(cid: ParsedCid, allowed: int, depth: int) -> None:
             todo.extend(bounds.place(cid, shapes[cid], allowed, depth))
 
         self._fetches.add(fetch)
+        orphans: list[ParsedCid] = []  # wants another fetch sent and gave up: this one sends them now
         try:
             while todo or in_flight:
                 wants: list[wire.Want] = []
+                for cid in orphans:
+                    self._want(fetch, cid, wants)
+                orphans.clear()
                 # Refill the window in batches (when half of it has arrived): fewer, larger messages both ways.
                 while todo and (len(in_flight) < window // 2 or wants) and len(in_flight) < window:
                     cid, allowed, depth = todo.popleft()
@@ -224,32 +278,23 @@ class BlockExchange:
                     elif self.blocks.has(cid):
                         shapes[cid] = await trio.to_thread.run_sync(self._held_shape, root, cid)
                         place(cid, allowed, depth)
+                    elif cid in self._unstored:  # came for another fetch: stored by both
+                        shapes[cid] = _shapes(root, [(cid, self._unstored[cid])])[0]  # one node: no thread hop
+                        unstored.append((cid, self._unstored[cid]))
+                        place(cid, allowed, depth)
                     else:
                         in_flight[cid] = [(allowed, depth)]
-                        self._wants.setdefault(cid, []).append(fetch)
-                        wants.append(wire.Want(cid, send_dont_have=True))
+                        self._want(fetch, cid, wants)
                 if wants:
                     self._asked(peer, [w.cid for w in wants])
                     await self._send(peer, wire.Message(wants=tuple(wants)))
                 if not in_flight:
                     continue
-                arrivals: list[tuple[ParsedCid, Any]] = []
-                with trio.move_on_after(block_timeout):
-                    arrivals.append(await fetch.receive.receive())
-                if not arrivals:
-                    first = next(iter(in_flight)).text
-                    raise RemoteError(f"peer {peer} did not deliver block {first} of {root} within "
-                                      f"{block_timeout:g} s", cid=first)
-                while len(arrivals) < window:  # and whatever else has arrived
-                    try:
-                        arrivals.append(fetch.receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                for cid, block in arrivals:
-                    if block is _BANNED:
-                        raise RemoteError(f"peer {peer} was banned for sending bad blocks while sending {root}")
-                    if block is _DONT_HAVE:
-                        raise RemoteError(f"peer {peer} does not have block {cid.text} of {root}", cid=cid.text)
+                arrivals = await self._arrivals(fetch, root, in_flight, block_timeout, leave_after)
+                refused = [(cid, block) for cid, block in arrivals if block is _BANNED or block is _DONT_HAVE]
+                orphans += [cid for cid, block in arrivals if block is _ORPHANED]
+                arrivals = [(cid, block) for cid, block in arrivals if isinstance(block, bytes)]  # kept, even if
+                # a refusal ends this fetch
                 # Bounds are checked before anything is stored; decoding nodes is CPU work, done off the loop.
                 if any(cid.codec != RAW for cid, _ in arrivals):
                     arrived = await trio.to_thread.run_sync(_shapes, root, arrivals)
@@ -260,19 +305,75 @@ class BlockExchange:
                     for allowed, depth in in_flight.pop(cid):
                         place(cid, allowed, depth)
                 unstored += arrivals
+                for cid, block in refused:
+                    if block is _BANNED:
+                        raise RemoteError(f"peer {peer} was banned for sending bad blocks while sending {root}")
+                    raise RemoteError(f"peer {peer} does not have block {cid.text} of {root}", cid=cid.text)
                 if len(unstored) >= _STORE_BATCH:  # fewer thread hops
-                    fetched, unstored = fetched + await self._store(unstored), []
-            return fetched + await self._store(unstored)
+                    stored[0], unstored = stored[0] + await self._store(unstored), []
+            stored[0] += await self._store(unstored)
+        except RemoteError:  # the peer's failure: what it sent is checked and kept, and not asked for again
+            stored[0] += await self._store(unstored)
+            raise
         finally:
             self._fetches.discard(fetch)
+            while True:  # what was delivered and not stored (on cancellation) is forgotten with this fetch
+                try:
+                    unstored.append(fetch.receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            for cid, _ in unstored:
+                self._unstored.pop(cid, None)
             for cid in in_flight:
                 waiting = self._wants.get(cid, [])
                 if fetch in waiting:
                     waiting.remove(fetch)
-                if not waiting:
+                if waiting and cid in fetch.asked and not any(cid in f.asked for f in waiting):
+                    self._deliver(cid, waiting[:1], _ORPHANED)  # the next fetch waiting for it asks its own peer
+                elif not waiting:
                     self._wants.pop(cid, None)
-            if in_flight and not self.penalties.banned(peer):
-                await self._cancel(peer, list(in_flight))
+            withdrawn = [cid for cid in in_flight if cid in fetch.asked]
+            if withdrawn and not self.penalties.banned(peer):
+                await self._cancel(peer, withdrawn)
+
+    def _want(self, fetch: _Fetch, cid: ParsedCid, wants: list[wire.Want]) -> None:
+        """Wait for ``cid`` in ``fetch``, adding a want for its peer to ``wants`` unless another fetch sent one:
+        a block is asked of one peer at a time, and serves every fetch waiting for it whoever sent it (it is
+        checked against its CID). If that fetch ends without it, the next one waiting asks (``_ORPHANED``)."""
+        waiting = self._wants.setdefault(cid, [])
+        if not any(cid in f.asked for f in waiting):
+            fetch.asked.add(cid)
+            wants.append(wire.Want(cid, send_dont_have=True))
+        waiting.append(fetch)
+
+    async def _arrivals(self, fetch: _Fetch, root: Cid, in_flight: dict[ParsedCid, Any], block_timeout: float,
+                        leave_after: tuple[float, Callable[[], bool]] | None) -> list[tuple[ParsedCid, Any]]:
+        """The next blocks (or refusals) for ``fetch``: at least one, and whatever else has arrived with it.
+        ``RemoteError`` if none comes within ``block_timeout`` seconds (``leave_after``'s, while it says another
+        peer could be asked), or the peer's connections close meanwhile (its wants are gone with them: a cut
+        link, or liveness closing a silent one)."""
+        since = trio.current_time()
+        while True:
+            with trio.move_on_after(CONNECTED_EVERY):
+                arrivals = [await fetch.receive.receive()]
+                break
+            silent = trio.current_time() - since
+            sooner = leave_after is not None and silent >= leave_after[0] and leave_after[1]()
+            if sooner or silent >= block_timeout:
+                own = [cid for cid in in_flight if cid in fetch.asked]
+                if not own:  # waiting only for wants of other fetches: they deliver, or end and hand them over
+                    since = trio.current_time()
+                    continue
+                raise RemoteError(f"peer {fetch.peer} did not deliver block {own[0].text} of {root} in "
+                                  f"{silent:.0f} s", cid=own[0].text)
+            if fetch.peer not in self.host.get_connected_peers():
+                raise RemoteError(f"the connection to peer {fetch.peer} closed while fetching {root}")
+        while len(arrivals) < fetch.window:
+            try:
+                arrivals.append(fetch.receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        return arrivals
 
     def _held_shape(self, root: Cid, cid: ParsedCid) -> unixfs.NodeShape:
         return unixfs.shape(root, cid, self.blocks.get(cid))
@@ -284,12 +385,14 @@ class BlockExchange:
                 self.blocks.put_hashed(cid, block)
 
         await trio.to_thread.run_sync(store)
+        for cid, _ in batch:
+            self._unstored.pop(cid, None)
         return len(batch)
 
     def _asked(self, peer: Peer, cids: Sequence[ParsedCid]) -> None:
         """Remember that ``peer`` was asked (once more) for each of ``cids``: it may send each block once per want,
-        even when an earlier copy already served every fetch waiting (two fetches of one DAG each ask, so the
-        peer rightly sends twice) or the want was withdrawn meanwhile."""
+        even when an earlier copy (from it or another peer) already served every fetch waiting, or the want was
+        withdrawn meanwhile."""
         asked, now = self._peer(peer).asked, self._clock()
         for cid in cids:
             _, unanswered = asked.pop(cid, (now, 0))
@@ -398,19 +501,27 @@ class BlockExchange:
                 "reset": {peer: dict(counts) for peer, counts in self._reset_streams.items()}}
 
     def _received(self, peer: Peer, message: wire.Message) -> None:
+        withdraw: dict[Peer, list[ParsedCid]] = {}  # wants other peers need not answer any more
         for cid, block in message.blocks:
-            fetches = [f for f in self._wants.get(cid, []) if f.peer == peer]
+            waiting = self._wants.get(cid, [])
             answers = self._was_asked(peer, cid)  # a late or second copy of a block asked for is no offence
-            if fetches:
-                self._deliver(cid, fetches, block)
-            elif answers:
-                self.duplicates["blocks"] += 1
-                self.duplicates["bytes"] += len(block)
-            else:
+            if not answers and not any(f.peer == peer and cid in f.asked for f in waiting):
                 self._penalize(peer, f"sent block {cid.text} that this node did not ask it for (forged bytes, "
                                "unrequested, or more copies than it was asked for)", block=True)
+            elif waiting:  # its CID was checked: it serves every fetch waiting for it, whoever they asked
+                for fetch in waiting:
+                    if fetch.peer != peer and cid in fetch.asked:
+                        withdraw.setdefault(fetch.peer, []).append(cid)
+                self._unstored[cid] = block  # until stored: a fetch placing it meanwhile takes it from here
+                self._deliver(cid, list(waiting), block)
+            else:
+                self.duplicates["blocks"] += 1
+                self.duplicates["bytes"] += len(block)
         for cid in message.dont_have:
-            self._deliver(cid, [f for f in self._wants.get(cid, []) if f.peer == peer], _DONT_HAVE)
+            self._deliver(cid, [f for f in self._wants.get(cid, []) if f.peer == peer and cid in f.asked], _DONT_HAVE)
+        for other, cids in withdraw.items():
+            if self._nursery is not None:
+                self._nursery.start_soon(self._cancel, other, cids)
         if message.wants or message.full:
             self._queue_wants(peer, message)
 

@@ -155,10 +155,14 @@ class Source(Protocol):
 
 class PeerSource:
     """A member's node over libp2p: records by request and reply, each claiming ``identity``'s membership,
-    payloads over Bitswap."""
+    payloads over Bitswap. ``holders()``, if given, names the peers to ask for payloads, in order (``peer``
+    among them or not): blocks are what their CIDs name, so any member holding them will do, and the next is
+    asked for the rest when one fails (``BlockExchange.fetch_from_any``)."""
 
-    def __init__(self, host: Host, peer: Peer, exchange: BlockExchange, identity: Identity) -> None:
+    def __init__(self, host: Host, peer: Peer, exchange: BlockExchange, identity: Identity, *,
+                 holders: Callable[[], Sequence[Peer]] | None = None) -> None:
         self.host, self.peer, self.exchange, self.identity = host, peer, exchange, identity
+        self.holders = holders or (lambda: [peer])
 
     def _as(self, repo: RepoId) -> dict[str, Any]:
         return claim(self.identity, repo, str(self.host.get_id()), str(self.peer))
@@ -175,7 +179,7 @@ class PeerSource:
         return records
 
     async def blocks(self, cid: Cid, max_size: int) -> None:
-        await self.exchange.fetch_dag(cid, self.peer, max_size=max_size)
+        await self.exchange.fetch_from_any(cid, self.holders, max_size=max_size)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Bitswap between real libp2p hosts on 127.0.0.1: a node fetches a DAG only another node has, re-hashing
 every block; bytes that do not match their CID, blocks nobody asked for and malformed messages are refused and
-cost the peer penalty points, until it is banned. py-libp2p's own Bitswap, an independent implementation,
-exchanges blocks with Flair's both ways."""
+cost the peer penalty points, until it is banned. A fetch moves on to the next peer holding the DAG when one
+lacks a block, stalls or is cut off, asking it only for the rest. py-libp2p's own Bitswap, an independent
+implementation, exchanges blocks with Flair's both ways."""
 
 import os
 from contextlib import asynccontextmanager
@@ -38,6 +39,52 @@ async def two_nodes(a_blocks, b_blocks):
         await nursery.start(b_exchange.run)
         yield a_exchange, b_exchange, await connect(b, full_addrs(a)[0])
         nursery.cancel_scope.cancel()
+
+
+class Server(BlockExchange):
+    """Counts the blocks it sends; with ``cut_after``, closes its connection to the asker once it sent that many
+    (a link cut in the middle of a transfer)."""
+
+    def __init__(self, host, blocks, cut_after=None):
+        super().__init__(host, blocks)
+        self.sent, self.cut_after = 0, cut_after
+
+    async def _send(self, peer, message):
+        if self.cut_after is not None and self.sent >= self.cut_after:
+            await self.host.disconnect(peer)
+            raise RemoteError("cut")
+        await super()._send(peer, message)
+        self.sent += len(message.blocks)
+
+
+@asynccontextmanager
+async def holders(data, servers):
+    """A fetching node connected to one node per ``servers`` entry, ``(Server keyword arguments, share of the
+    DAG's leaves it holds)``, each holding the DAG's root and that share; yields (the fetcher, the servers, their
+    peer ids, the root)."""
+    full = store()
+    root = unixfs.add(full, data)
+    keys = sorted(k for k in full.objects.keys() if k != parse_cid(root).key)
+    async with running_host(Identity.generate()) as c, trio.open_nursery() as nursery:
+        fetcher = BlockExchange(c, store())
+        await nursery.start(fetcher.run)
+        exchanges, peers = [], []
+        for options, share in servers:
+            blocks = store()
+            for key in [parse_cid(root).key, *keys[:round(share * len(keys))]]:
+                blocks.objects.put(key, full.objects.get(key))
+            host = await nursery.start(_serve_host)
+            exchanges.append(Server(host, blocks, **options))
+            await nursery.start(exchanges[-1].run)
+            peers.append(await connect(c, full_addrs(host)[0]))
+        yield fetcher, exchanges, peers, root
+        nursery.cancel_scope.cancel()
+
+
+async def _serve_host(task_status=trio.TASK_STATUS_IGNORED):
+    async with running_host(Identity.generate()) as host:
+        task_status.started(host)
+        await trio.sleep_forever()
 
 
 @asynccontextmanager
@@ -180,6 +227,48 @@ async def test_py_libp2p_bitswap_fetches_from_a_flair_node():
             assert await client.new_session().get_block(lib_parse_cid(cid), peer, 10) == block
             await client.stop()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_fetch_asks_the_next_holder_for_what_one_lacks():
+    data = os.urandom(12 * unixfs.CHUNK)  # twelve leaves and a root
+    with trio.fail_after(30):
+        async with holders(data, [({}, 0.5), ({}, 1.0)]) as (fetcher, (half, whole), peers, root):
+            assert await fetcher.fetch_from_any(root, lambda: peers, max_size=len(data)) == 13
+            assert unixfs.cat(fetcher.blocks, root, max_size=len(data)) == data
+            # what the first sent before its refusal is kept: the second is asked for the rest alone
+            assert half.sent + whole.sent - fetcher.duplicates["blocks"] == 13 and whole.sent >= 6
+            assert fetcher.status()["peers"] == {}  # lacking blocks is no offence
+
+
+async def test_a_link_cut_in_the_middle_of_a_transfer_leaves_the_rest_to_the_next_holder_at_once():
+    data = os.urandom(40 * unixfs.CHUNK)
+    with trio.fail_after(20):  # well within the 60 s a silent peer is given: the closed connection is noticed
+        async with holders(data, [({"cut_after": 8}, 1.0), ({}, 1.0)]) as (fetcher, (cut, other), peers, root):
+            start = trio.current_time()
+            assert await fetcher.fetch_from_any(root, lambda: peers, max_size=len(data), block_timeout=60) == 41
+            assert unixfs.cat(fetcher.blocks, root, max_size=len(data)) == data
+            assert cut.sent >= 8 and other.sent <= 41 - 8  # the blocks that crossed before the cut stay fetched
+            print(f"fetched in {trio.current_time() - start:.1f} s, {other.sent} blocks after the cut")
+
+
+async def test_a_fetch_waiting_for_another_one_s_wants_asks_its_own_peer_once_that_one_gives_up():
+    data = os.urandom(6 * unixfs.CHUNK)
+    async with lying_peer(lambda cid: []) as silent:  # takes every want, sends nothing
+        async with holders(data, [({}, 1.0)]) as (fetcher, (holder,), (peer,), root), trio.open_nursery() as both:
+            stalled = await connect(fetcher.host, full_addrs(silent)[0])
+            failed = []
+
+            async def first():
+                with pytest.raises(RemoteError, match="did not deliver") as caught:
+                    await fetcher.fetch_dag(root, stalled, max_size=len(data), block_timeout=2)
+                failed.append(caught.value)
+
+            with trio.fail_after(20):
+                both.start_soon(first)
+                await trio.sleep(0.5)  # the root is asked of the silent peer: the second fetch waits for it
+                assert await fetcher.fetch_dag(root, peer, max_size=len(data), block_timeout=60) == 7
+            assert failed and unixfs.cat(fetcher.blocks, root, max_size=len(data)) == data
+            assert holder.sent == 7
 
 
 def test_penalties_ban_after_repeated_offences_and_expire():

@@ -1,9 +1,12 @@
 """Real flair-node processes on the emulated internet (``flair_node.testing.wan``): a public node serving as
 bootstrap, DHT server and relay, and members in sites behind NAT, each given only the public node's address.
 Members clone by repository id, train a round from three sites, end up directly connected where the NATs allow
-hole punching (relayed where they do not), and a site cut off for 30 s catches up once its link returns."""
+hole punching (relayed where they do not), a site cut off for 30 s catches up once its link returns, and a
+transfer cut in the middle ends from another member that holds the commit."""
 
+import concurrent.futures
 import contextlib
+import os
 import sys
 import time
 
@@ -21,6 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow,
 
 PORT = 4001  # a fixed listen port: hole punching predicts the public port from it
 PARAMETERS = 1_000_000  # 4 MB a commit: 1.6 s on a 20 Mbit/s link
+BIG = 6_000_000  # 24 MB: 10 s on a 20 Mbit/s link
 
 
 @contextlib.contextmanager
@@ -53,6 +57,11 @@ def kinds(node, other):
 
 def head(node, repo):
     return node.client.call("repo.branch", repo=repo)["branches"].get("main")
+
+
+def blocks(node):
+    """How many blocks ``node`` holds on disk."""
+    return sum(len(files) for _, _, files in os.walk(node.home / "blocks"))
 
 
 def weights(tmp_path, seed, parameters=PARAMETERS):
@@ -103,6 +112,28 @@ def test_members_behind_nat_clone_by_id_train_a_round_connect_directly_and_survi
         wait_until(lambda: c.client.call("repo.branch", repo=repo)["branches"].get("exp") == moved,
                    "c caught up within the sync interval plus 10 s, and the transfer", 13)
         print(f"c converged {time.monotonic() - restored:.1f} s after its link returned")
+
+        # a transfer cut in the middle: c clones a large repository from a alone (b's link is cut), then a's link
+        # is cut and b's returns; c asks b, a member holding it too, for the blocks still missing, and ends the
+        # clone while a is still away
+        big = a.client.call("repo.init", name="big", model_path=weights(tmp_path, 10, BIG))["repo"]
+        for node in (b, c):
+            a.client.call("repo.invite", repo=big, member=key(node), role="contributor")
+        assert b.client.call("repo.pull", repo=big)["commits"] == 1
+        time.sleep(2)  # b tells c its member key in big (a greeting), before its link is cut
+        net.cut(net.sites[1])
+        before = blocks(c)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            clone = pool.submit(c.client.call, "repo.pull", repo=big)
+            wait_until(lambda: blocks(c) > before + 10, "c cloning from a, the only member it reaches", 60,
+                       every=0.1)
+            net.cut(net.sites[0])
+            net.restore(net.sites[1])
+            cut = time.monotonic()
+            assert clone.result(timeout=90)["commits"] == 1
+        print(f"c ended the clone {time.monotonic() - cut:.1f} s after a's link was cut")
+        net.restore(net.sites[0])
+        assert head(c, big) == head(b, big)
 
 
 def test_behind_nats_that_refuse_unsolicited_syns_members_stay_relayed_and_still_clone(tmp_path):
