@@ -9,9 +9,9 @@
 - **Relay slots.** A private node keeps a slot on up to ``MAX_RELAYS`` connected peers that serve as relays
   (``p2p.relay_service``; its bootstrap peers, typically), reserving again when it loses one (the relay restarted,
   the link was cut).
-- **Addresses it publishes** (provider records in the DHT, ``flair peers``): the address a dial-back reached when
-  public; its circuit addresses through its relays when private; its own listen addresses, wildcards left out,
-  while unknown.
+- **Addresses it publishes** (provider records in the DHT, ``flair peers``): the addresses dial-backs reached when
+  public (those more peers reached first, ``MAX_PUBLISHED`` at most: a node may have several); its circuit
+  addresses through its relays when private; its own listen addresses, wildcards left out, while unknown.
 
 Every peer asked and every relay is isolated: whatever one does is logged and the pass goes on.
 """
@@ -19,6 +19,7 @@ Every peer asked and every relay is isolated: whatever one does is logged and th
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import trio
@@ -35,6 +36,7 @@ CHECK_EVERY = 600.0  # s between two checks once known
 RETRY_EVERY = 2.0  # s between two checks while unknown, and between two looks at relay slots
 ASK_PEERS = 3  # peers asked per check
 MAX_RELAYS = 2  # relay slots a private node keeps
+MAX_PUBLISHED = 4  # addresses a public node publishes
 
 
 class ReachabilityService:
@@ -102,8 +104,9 @@ class ReachabilityService:
 
     def addresses(self) -> list[str]:
         """The addresses this node publishes (see the module docstring)."""
-        if self.state == "public":
-            return [f"{a.address}/p2p/{self.host.get_id()}" for a in self.answers if a.reachable][:1]
+        if self.state == "public":  # most reported first: one peer's false answer never displaces the others'
+            reached = Counter(a.address for a in self.answers if a.reachable)
+            return [f"{address}/p2p/{self.host.get_id()}" for address, _ in reached.most_common(MAX_PUBLISHED)]
         if self.state == "private" and self.relays.reserved:
             return list(self.relays.reserved.values())
         return [a for a in full_addrs(self.host) if "/0.0.0.0/" not in a and "/::/" not in a]

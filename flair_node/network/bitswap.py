@@ -63,6 +63,7 @@ CONNECTED_EVERY = 1.0  # seconds between checks, while a fetch waits, that its p
 _DONT_HAVE, _BANNED, _ORPHANED = object(), object(), object()
 STALL_BEFORE_NEXT = 10.0  # s without a block before ``fetch_from_any`` leaves a peer for the next one
 MAX_TRIED = 8  # peers one ``fetch_from_any`` asks at most
+RESEND_AFTER = 10.0  # s of silence after which a fetch sends its peer its wants again, once
 
 
 @dataclass
@@ -351,8 +352,9 @@ class BlockExchange:
         """The next blocks (or refusals) for ``fetch``: at least one, and whatever else has arrived with it.
         ``RemoteError`` if none comes within ``block_timeout`` seconds (``leave_after``'s, while it says another
         peer could be asked), or the peer's connections close meanwhile (its wants are gone with them: a cut
-        link, or liveness closing a silent one)."""
-        since = trio.current_time()
+        link, or liveness closing a silent one). After ``RESEND_AFTER`` seconds of silence the wants are sent
+        again, once: a peer may have lost them with a stream (a relayed connection closing after a hole punch)."""
+        since, resent = trio.current_time(), False
         while True:
             with trio.move_on_after(CONNECTED_EVERY):
                 arrivals = [await fetch.receive.receive()]
@@ -366,6 +368,13 @@ class BlockExchange:
                     continue
                 raise RemoteError(f"peer {fetch.peer} did not deliver block {own[0].text} of {root} in "
                                   f"{silent:.0f} s", cid=own[0].text)
+            if silent >= RESEND_AFTER and not resent:
+                resent = True
+                own = [cid for cid in in_flight if cid in fetch.asked]
+                if own:  # a copy sent meanwhile, and the one this asks for, are both answers: no blame
+                    self._asked(fetch.peer, own)
+                    await self._send(fetch.peer, wire.Message(wants=tuple(wire.Want(c, send_dont_have=True)
+                                                                          for c in own)))
             if fetch.peer not in self.host.get_connected_peers():
                 raise RemoteError(f"the connection to peer {fetch.peer} closed while fetching {root}")
         while len(arrivals) < fetch.window:

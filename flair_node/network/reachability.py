@@ -88,9 +88,21 @@ async def ask(host: Host, peer: Peer, port: int) -> Answer:
     """Ask ``peer`` to dial this node back at ``port``; ``RemoteError`` if it cannot say."""
     reply = await rpc.request(host, peer, PROTOCOL, {"port": port})
     if not isinstance(reply, dict) or not isinstance(reply.get("reachable"), bool) \
-            or not isinstance(reply.get("address"), str) or len(reply["address"]) > 200:
-        raise RemoteError(f"peer {peer} sent a malformed dial-back answer")
+            or not isinstance(reply.get("address"), str) or not _dialled(reply["address"], port):
+        raise RemoteError(f"peer {peer} sent a malformed dial-back answer: the address it dialled is "
+                          f"/ip4/<ip>/tcp/{port} (or /ip6/...)")
     return Answer(str(peer), reply["reachable"], reply["address"])
+
+
+def _dialled(address: str, port: int) -> bool:
+    """Whether ``address`` is what a dial-back to ``port`` can have dialled: one IP address, that TCP port."""
+    parts = address.split("/")
+    if len(parts) != 5 or parts[0] or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp" or parts[4] != str(port):
+        return False
+    try:
+        return ipaddress.ip_address(parts[2]).version == int(parts[1][2])
+    except ValueError:
+        return False
 
 
 def _remote_ip(address: str | None) -> str | None:

@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 CIRCUIT = "/p2p-circuit"
 RESERVE_TIMEOUT = 10.0  # s for a reservation
 DIAL_TIMEOUT = 15.0  # s for a relayed dial
+#: s DCUtR gives a direct dial. py-libp2p's 10 s was spent first dialling the peer's private listen addresses,
+#: which a NAT drops, before hole punching began; a handshake across links takes well under a second.
+PUNCH_DIAL_TIMEOUT = 3
 MAX_REMEMBERED = 4096  # peers remembered as once relayed
 
 # py-libp2p's relay logs errors for every stream a peer closes (routine), and its connection manager an INFO line
@@ -93,7 +96,7 @@ class Relays:
         self.protocol = CircuitV2Protocol(host,  # type: ignore[arg-type]  # a py-libp2p host is an IHost
                                           limits=limits.relay_limits(), allow_hop=serve)
         self.transport = CircuitV2Transport(host, self.protocol, RelayConfig())  # type: ignore[arg-type]
-        self.dcutr = DCUtRProtocol(host)  # type: ignore[arg-type]
+        self.dcutr = DCUtRProtocol(host, dial_timeout=PUNCH_DIAL_TIMEOUT)  # type: ignore[arg-type]
         self._nursery: trio.Nursery | None = None
         self.reserved: dict[str, str] = {}  # relay peer -> this node's circuit address through it
         #: Peers this node had a relayed connection to (the latest ``MAX_REMEMBERED``): a direct connection to one

@@ -9,7 +9,7 @@ import pytest
 import trio
 from libp2p.custom_types import TProtocol
 
-from flair_node.core.errors import InvalidInput, ResourceExhausted
+from flair_node.core.errors import InvalidInput, RemoteError, ResourceExhausted
 from flair_node.core.identity import Identity
 from flair_node.network import reachability, rpc
 from flair_node.network.host import connect, direct_address, full_addrs, running_host
@@ -54,6 +54,36 @@ async def test_a_peers_direct_address_is_the_other_end_of_its_connection_on_eith
         # the dialled side: where the connection comes from (the port the asker dialled from)
         assert re.fullmatch(r"/ip4/127\.0\.0\.1/tcp/\d+", direct_address(server, asker.get_id()) or "")
         assert direct_address(server, stranger.get_id()) is None  # not connected
+
+
+@pytest.mark.parametrize("address", ["/dns4/elsewhere.example/tcp/{port}", "/ip4/127.0.0.1/tcp/1",
+                                     "/ip4/10.0.0.1/tcp/{port}/p2p-circuit", "/ip4/999.0.0.1/tcp/{port}",
+                                     "/ip6/127.0.0.1/tcp/{port}", "x" * 1000])
+async def test_a_dial_back_answer_naming_anything_but_an_ip_at_the_asked_port_is_refused(address):
+    """A node publishes the addresses dial-backs reached: a lying peer must not make it publish its choice."""
+    async with hosts(2) as [(liar, _), (asker, _)]:
+        async def lie(peer, request):
+            return {"reachable": True, "address": address.format(**request)}
+
+        rpc.serve(liar, reachability.PROTOCOL, lie)
+        await connect(asker, full_addrs(liar)[0])
+        with pytest.raises(RemoteError, match="malformed dial-back answer"):
+            await reachability.ask(asker, liar.get_id(), 4001)
+
+
+def test_a_public_node_publishes_every_address_reached_those_more_peers_reached_first():
+    from flair_node.daemon.reachability_service import ReachabilityService
+
+    class Host:
+        def get_id(self):
+            return "me"
+
+    service = ReachabilityService.__new__(ReachabilityService)
+    service.host, service.state = Host(), "public"
+    service.answers = [reachability.Answer(peer, ok, address) for peer, ok, address in [
+        ("a", True, "/ip4/198.51.100.7/tcp/4001"), ("b", True, "/ip4/203.0.113.9/tcp/4001"),
+        ("c", True, "/ip4/203.0.113.9/tcp/4001"), ("d", False, "/ip4/192.0.2.1/tcp/4001")]]
+    assert service.addresses() == ["/ip4/203.0.113.9/tcp/4001/p2p/me", "/ip4/198.51.100.7/tcp/4001/p2p/me"]
 
 
 @pytest.mark.parametrize("request_", [{"port": 0}, {"port": 70000}, {"port": "22"}, {"host": "10.0.0.1", "port": 22},

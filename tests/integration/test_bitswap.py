@@ -271,6 +271,35 @@ async def test_a_fetch_waiting_for_another_one_s_wants_asks_its_own_peer_once_th
             assert holder.sent == 7
 
 
+async def test_wants_a_peer_lost_are_sent_again_after_a_silence(monkeypatch):
+    monkeypatch.setattr("flair_node.network.bitswap.RESEND_AFTER", 1.0)
+
+    class Forgetful(Server):
+        """Loses the first wants it is sent (as with a stream reset before it read them)."""
+
+        forgot = False
+
+        def _queue_wants(self, peer, message):
+            if not self.forgot:
+                self.forgot = True
+                return
+            super()._queue_wants(peer, message)
+
+    data = os.urandom(3 * unixfs.CHUNK)
+    full = store()
+    root = unixfs.add(full, data)
+    with trio.fail_after(20):  # well within the 60 s block timeout
+        async with running_host(Identity.generate()) as a, running_host(Identity.generate()) as b, \
+                trio.open_nursery() as nursery:
+            server, fetcher = Forgetful(a, full), BlockExchange(b, store())
+            await nursery.start(server.run)
+            await nursery.start(fetcher.run)
+            peer = await connect(b, full_addrs(a)[0])
+            assert await fetcher.fetch_dag(root, peer, max_size=len(data), block_timeout=60) == 4
+            assert server.forgot and server.sent == 4
+            nursery.cancel_scope.cancel()
+
+
 def test_penalties_ban_after_repeated_offences_and_expire():
     now = [0.0]
     penalties = Penalties(clock=lambda: now[0])
