@@ -78,23 +78,25 @@ def contribute(repo: Repository, identity: Any, pending: PendingContributions, b
     from ..tensors.safetensors_io import save_bytes
 
     advert, secrets = secure_rounds.advertise(repo, identity, branch, state, examples)
-    pending.save(repo.id, advert.id, secrets.encode(), save_bytes(state))
-    return publish(repo, advert)
+    with pending.advertising:
+        pending.save(repo.id, advert.id, secrets.encode(), save_bytes(state))
+        return publish(repo, advert)
 
 
 def tidy(repo: Repository, pending: PendingContributions) -> list[str]:
     """Forget this node's waiting contributions whose round is over (the branch moved on: merged with them or
     without) or whose advert was never published (the node stopped in between); returns their advert ids."""
     forgotten = []
-    for advert_id in pending.adverts(repo.id):
-        try:
-            advert = repo.secure.message(advert_id)
-            over = repo.head(advert.branch) != advert.head
-        except NotFound:
-            over = True
-        if over:
-            pending.drop(repo.id, advert_id)
-            forgotten.append(advert_id)
+    with pending.advertising:  # never between a contribution's save and its advert
+        for advert_id in pending.adverts(repo.id):
+            try:
+                advert = repo.secure.message(advert_id)
+                over = repo.head(advert.branch) != advert.head
+            except NotFound:
+                over = True
+            if over:
+                pending.drop(repo.id, advert_id)
+                forgotten.append(advert_id)
     return forgotten
 
 

@@ -28,6 +28,9 @@ class PendingContributions:
         self.root = root
         self._memory: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._lock = threading.Lock()
+        #: Held from a contribution's save to its advert's publication, and while finished ones are forgotten:
+        #: a contribution saved and not yet advertised looks like one whose node stopped in between.
+        self.advertising = threading.Lock()
 
     def save(self, repo: str, advert: str, secrets: bytes, weights: bytes) -> None:
         """Keep ``advert``'s ``secrets`` and trained ``weights`` (safetensors bytes) until ``drop``."""

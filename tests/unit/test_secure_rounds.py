@@ -411,6 +411,28 @@ def test_nodes_that_step_run_a_whole_round_and_forget_their_secrets_after(monkey
         assert pending[c.public_key].adverts(repo.id) == []
 
 
+def test_a_contribution_saved_and_not_yet_advertised_is_not_forgotten_by_a_pass_running_meanwhile(monkeypatch):
+    """The round service's pass (``tidy``, in its thread) forgot a contribution the API had saved and not yet
+    advertised, as if its node had stopped in between: the contributor could not mask, and was dropped."""
+    import threading
+
+    repo = team()
+    base = repo.materialize(repo.head("main"))
+    pending, passes = PendingContributions(None), []
+    publish = secure_node.publish
+
+    def slow_publish(node, message):  # the pass starts between the save and the advert
+        passes.append(threading.Thread(target=lambda: passes.append(secure_node.tidy(node, pending))))
+        passes[0].start()
+        passes[0].join(0.3)  # it waits for the advert
+        return publish(node, message)
+
+    monkeypatch.setattr(secure_node, "publish", slow_publish)
+    advert = secure_node.contribute(as_node(repo, OWNER), OWNER, pending, "main", trained(base, 0), 50)
+    passes[0].join(10)
+    assert passes[1:] == [[]] and pending.adverts(repo.id) == [advert.id]
+
+
 @pytest.mark.parametrize("arrives", [True, False, None], ids=["arrives", "never-arrives", "not-the-rosters"])
 def test_the_aggregator_waits_for_a_masked_update_still_arriving_but_not_forever(monkeypatch, arrives):
     """A masked update announced to the aggregator whose blocks are on their way holds the unmask past
