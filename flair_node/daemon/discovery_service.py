@@ -19,7 +19,10 @@ to be published). ``dial`` tries a
 provider's published addresses one after the other, each for at most ``DIAL_TIMEOUT``; ``discovered`` keeps what
 the last lookups found, for ``flair status``.
 
-Each repository and each locator is isolated: whatever one raises is logged and the pass goes on.
+A pass publishes, then looks up, up to ``AT_ONCE`` locators or repositories at a time: a publication can take
+``network.discovery.PROVIDE_TIMEOUT`` and a lookup ``FIND_TIMEOUT``, so one by one, a node with many repositories
+(or cut off from the DHT) would take minutes a pass. Each repository and each locator is isolated: whatever one
+raises is logged and the pass goes on.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ DIAL_TIMEOUT = 10.0  # s for one address
 MAX_DISCOVERED = 64  # lookups remembered for status
 SEARCH_FOR = 20.0  # s a clone keeps looking when the DHT names no provider yet (records spread in seconds)
 SEARCH_EVERY = 1.0  # s between two lookups of a clone
+AT_ONCE = 4  # publications, or lookups, a pass runs at a time
 
 
 class DiscoveryService:
@@ -92,17 +96,12 @@ class DiscoveryService:
         """One pass: publish, withdraw, and look up where peers are few."""
         wanted = await trio.to_thread.run_sync(self._wanted, trio.current_time())
         now = trio.current_time()
-        for repo_id, mine in wanted.items():
-            for locator in mine:
-                if now >= self._due.get(locator, now):
-                    published = await self.finder.provide(locator)
-                    self._due[locator] = now + (REPROVIDE_EVERY if published else RETRY_PROVIDE)
-                    if published:
-                        self._published.add(locator)
-                    else:
-                        self._published.discard(locator)
-                        log.debug("no DHT peer took a locator of %s; trying again in %g s", short(repo_id),
-                                  RETRY_PROVIDE)
+        limit = trio.CapacityLimiter(AT_ONCE)
+        async with trio.open_nursery() as nursery:
+            for repo_id, mine in wanted.items():
+                for locator in mine:
+                    if now >= self._due.get(locator, now):
+                        nursery.start_soon(self._provide, repo_id, locator, now, limit)
         keep = {locator for mine in wanted.values() for locator in mine}
         for locator in set(self._due) - keep:
             del self._due[locator]
@@ -110,15 +109,34 @@ class DiscoveryService:
             self.finder.withdraw(locator)
         for repo_id in set(self._looked) - set(wanted):
             del self._looked[repo_id]
-        for repo_id, mine in wanted.items():
-            peers = self.member_peers(repo_id) if mine else WANT_PEERS
-            every = LOOK_UP_EVERY if peers else LOOK_UP_ALONE_EVERY  # with no member peer, it is cut off: sooner
-            if peers < WANT_PEERS and now - self._looked.get(repo_id, -every) >= every:
-                self._looked[repo_id] = now
-                try:
-                    await self._look_up(repo_id, mine[0])
-                except Exception as exc:  # one repository's trouble never stops the others'
-                    log.warning("looking up peers of %s failed: %r", short(repo_id), exc)
+        async with trio.open_nursery() as nursery:
+            for repo_id, mine in wanted.items():
+                peers = self.member_peers(repo_id) if mine else WANT_PEERS
+                every = LOOK_UP_EVERY if peers else LOOK_UP_ALONE_EVERY  # with no member peer, it is cut off: sooner
+                if peers < WANT_PEERS and now - self._looked.get(repo_id, -every) >= every:
+                    self._looked[repo_id] = now
+                    nursery.start_soon(self._look_up_isolated, repo_id, mine[0], limit)
+
+    async def _provide(self, repo_id: RepoId, locator: bytes, now: float, limit: trio.CapacityLimiter) -> None:
+        async with limit:
+            try:
+                published = await self.finder.provide(locator)
+            except Exception as exc:  # one locator's trouble never stops the others'
+                log.warning("publishing a locator of %s failed: %r", short(repo_id), exc)
+                published = False
+        self._due[locator] = now + (REPROVIDE_EVERY if published else RETRY_PROVIDE)
+        if published:
+            self._published.add(locator)
+        else:
+            self._published.discard(locator)
+            log.debug("no DHT peer took a locator of %s; trying again in %g s", short(repo_id), RETRY_PROVIDE)
+
+    async def _look_up_isolated(self, repo_id: RepoId, locator: bytes, limit: trio.CapacityLimiter) -> None:
+        async with limit:
+            try:
+                await self._look_up(repo_id, locator)
+            except Exception as exc:  # one repository's trouble never stops the others'
+                log.warning("looking up peers of %s failed: %r", short(repo_id), exc)
 
     async def wait_pass(self) -> None:
         """Until the pass under way (or the next) ends."""
