@@ -191,17 +191,12 @@ class DiscoveryService:
 
     async def dial(self, found: Found) -> Peer | None:
         """Connect to ``found`` through the first of its addresses that answers; None if none does."""
-        for address in found.addrs:
-            # a provider record's addresses leave out the provider's own id (a relayed one ends in /p2p-circuit)
-            full = address if address.endswith(f"/p2p/{found.peer}") else f"{address}/p2p/{found.peer}"
-            if full.count("/p2p/") > 1 + full.count("/p2p-circuit"):
-                continue  # naming another peer than the provider: whoever published it lied
-            with trio.move_on_after(DIAL_TIMEOUT):
-                try:
-                    return await self._dial(full)
-                except FlairError as exc:
-                    log.debug("provider %s at %s: %s", found.peer, address, exc)
-        return None
+        return await dial_found(self._dial, found)
+
+    def addresses(self, peer: str) -> tuple[str, ...]:
+        """The addresses the latest lookups found ``peer`` publishing, if any."""
+        return tuple(dict.fromkeys(a for record in self.discovered.values() for f in record["found"]
+                                   if f["peer"] == peer for a in f["addrs"]))
 
     def _remember(self, repo: RepoId, found: list[Found], dialled: list[Peer]) -> None:
         self.discovered[repo] = {"repo": repo, "at_ms": now_ms(), "found": [f.json() for f in found],
@@ -213,3 +208,19 @@ class DiscoveryService:
     def status(self) -> dict[str, Any]:
         return {**self.finder.status(), "published": len(self._published),
                 "discovered": list(self.discovered.values())}
+
+
+async def dial_found(dial: Callable[[str], Awaitable[Peer]], found: Found) -> Peer | None:
+    """Connect to ``found`` with ``dial`` through the first of its addresses that answers, each given
+    ``DIAL_TIMEOUT``; None if none does. An address naming another peer than ``found``'s is skipped."""
+    for address in found.addrs:
+        # a provider record's addresses leave out the provider's own id (a relayed one ends in /p2p-circuit)
+        full = address if address.endswith(f"/p2p/{found.peer}") else f"{address}/p2p/{found.peer}"
+        if full.count("/p2p/") > 1 + full.count("/p2p-circuit"):
+            continue  # naming another peer than the provider: whoever published it lied
+        with trio.move_on_after(DIAL_TIMEOUT):
+            try:
+                return await dial(full)
+            except FlairError as exc:
+                log.debug("peer %s at %s: %s", found.peer, address, exc)
+    return None

@@ -55,6 +55,7 @@ from ..core.ids import CommitId, PeerId, RepoId, short
 from ..core.refs import BranchMove
 from ..core.round_messages import RoundMessage
 from ..network.bitswap import BlockExchange
+from ..network.discovery import Found
 from ..network.gossip import BadInputLog, Offences
 from ..network.gossipsub import GossipSub
 from ..network.handlers import stream_guard
@@ -64,7 +65,7 @@ from ..protocol import announce, rounds, sync
 from ..protocol.rounds import RoundMemory
 from ..storage.repo import Repository, now_ms
 from ..storage.repos import Outgoing, RepoSet
-from .discovery_service import DiscoveryService
+from .discovery_service import DiscoveryService, dial_found
 from .peer_cards import PeerCards
 from .reachability_service import ReachabilityService
 
@@ -78,6 +79,8 @@ INTAKE_BATCH = 256  # announcements taken per worker-thread call
 ARRIVALS = 100_000  # records remembered for ``node.arrivals`` and ``node.announced`` (measuring propagation)
 MAX_PULLS = 32  # pulls running at once; more requests wait for the next catch-up round
 MAX_HOLDERS = 4  # connected members one payload is asked of in turn, when those before fail
+REDIAL_FOR = 300.0  # s a peer dropped after a pull failed in transport is dialled again, at each catch-up pass
+MAX_REDIAL = 64  # such peers remembered
 REFUSED_MERGES = 20  # refused round merges remembered for `flair status`
 LAGGING_EVERY = 5.0  # s: a member's announcements this node is behind on start at most one pull from it this often
 LAGGING_PENALTY = 60.0  # s a member's claims are ignored after a pull proved one false
@@ -124,6 +127,9 @@ class P2PService:
         self._take_send, self._take_receive = trio.open_memory_channel[tuple[RepoId, announce.Announcement, str]](
             INTAKE_QUEUE)
         self._nursery: trio.Nursery | None = None
+        #: Peers dropped after a pull from them failed in transport: their addresses, and until when to redial them.
+        self._redial: OrderedDict[str, tuple[tuple[str, ...], float]] = OrderedDict()
+        self._redialling = False
         # peer -> announcements refused; on a clock a worker thread can read (``_take`` reports from one)
         self._bad = Offences(BadInputLog(time.monotonic))
         self._refused_log = BadInputLog(time.monotonic)  # round messages refused when taken: nobody's fault
@@ -595,7 +601,15 @@ class P2PService:
     async def _drop(self, peer: str) -> None:
         """Close the connections to ``peer`` after a pull from it failed in transport: a connection a cut link
         left behind can stay registered yet open no stream (py-libp2p notices nothing), and this node would ask it
-        for ever. The peer is dialled afresh when next needed (bootstrap, discovery, the next announcement)."""
+        for ever. The peer is dialled again at each catch-up pass for ``REDIAL_FOR`` seconds, at the addresses
+        this node knew for it (``_redial_pass``), and found again by discovery."""
+        addresses = (*peer_addrs(self.host, peer_from_text(peer)),
+                     *(self.discovery.addresses(peer) if self.discovery is not None else ()))
+        if addresses:
+            self._redial[peer] = (tuple(dict.fromkeys(addresses)), trio.current_time() + REDIAL_FOR)
+            self._redial.move_to_end(peer)
+            while len(self._redial) > MAX_REDIAL:
+                self._redial.popitem(last=False)
         try:
             with trio.move_on_after(5), map_libp2p_errors(f"closing the connections to {peer}"):
                 await self.host.disconnect(peer_from_text(peer))
@@ -603,6 +617,23 @@ class P2PService:
             log.debug("%s", exc)
         if self.discovery is not None:  # a member cut off: its repositories' nodes are looked up again now
             self.discovery.wake()
+
+    async def _redial_pass(self) -> None:
+        """Dial the peers dropped after a failed pull once more each (see ``_drop``): a partition heals as soon as
+        its link returns, not at the next lookup a minute later. Each is isolated, and forgotten once connected
+        or after ``REDIAL_FOR`` seconds."""
+        try:
+            connected = {str(p) for p in self.host.get_connected_peers()}
+            for peer, (addresses, until) in list(self._redial.items()):
+                if peer in connected or trio.current_time() > until:
+                    self._redial.pop(peer, None)
+                elif await dial_found(self.dial, Found(peer, addresses)) is not None:
+                    log.info("peer %s, dropped after a failed pull, answers again", peer)
+                    self._redial.pop(peer, None)
+        except Exception as exc:  # this node's trouble: the next pass tries again
+            log.warning("dialling dropped peers again failed: %r", exc)
+        finally:
+            self._redialling = False
 
     async def _wanted_loop(self) -> None:
         while True:
@@ -616,6 +647,9 @@ class P2PService:
 
     async def _catch_up_loop(self) -> None:
         while True:
+            if self._redial and not self._redialling and self._nursery is not None:
+                self._redialling = True  # in the background: a peer still cut off costs seconds a dial
+                self._nursery.start_soon(self._redial_pass)
             connected = {str(p) for p in self.host.get_connected_peers()}
             for address in self.bootstrap:
                 if address.rsplit("/p2p/", 1)[-1] not in connected:
