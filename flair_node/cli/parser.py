@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NoReturn
 
 from .verbs import VERBS, Verb
 
@@ -17,15 +18,31 @@ def build_parser(
     """
     # --home and --json may come before or after the verb: every subparser gets them from this parent too. Their
     # default is SUPPRESS so that, after the verb, they do not reset what came before it; ``main`` fills them in.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--home", type=Path, default=argparse.SUPPRESS,
                         help="node home of the daemon to talk to (default: $FLAIR_HOME)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print machine-readable JSON")
 
-    parser = argparse.ArgumentParser(prog="flair", description="Version control for models trained together.",
-                                     parents=[common], formatter_class=formatter_class)
+    parser = _Parser(prog="flair", description="Version control for models trained together.", parents=[common],
+                     formatter_class=formatter_class)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in verbs:
         verb.arguments(sub.add_parser(verb.name, help=verb.help, description=verb.help, parents=[common],
                                       formatter_class=formatter_class))
     return parser
+
+
+class UsageError(Exception):
+    """A command line ``flair`` cannot parse: ``message`` says why, ``usage`` how the command is used."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.message, self.usage = message, usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raises ``UsageError`` instead of printing and exiting, so that ``main`` answers in the format asked for
+    (``--json`` too). Its subparsers are of this class as well."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.format_usage())

@@ -21,7 +21,7 @@ DAG_PB = 0x70
 SHA2_256 = 0x12
 UNIXFS_FILE = 2
 _CODECS = {RAW: "raw", DAG_PB: "dag-pb"}
-
+_FLAIR_DAGS = "Flair reads content added with `ipfs add --cid-version=1 --raw-leaves` only"
 
 # -- CIDs ---------------------------------------------------------------------------------------------------
 
@@ -150,7 +150,7 @@ def decode_file_node(block: bytes) -> FileNode:
                     tsize = v
             link = parse_cid_bytes(cid_bytes)
             if link.version != 1:
-                raise IntegrityError("dag-pb link is not a CIDv1")
+                raise IntegrityError(f"dag-pb link is not a CIDv1 ({_FLAIR_DAGS})")
             links.append(Link(link.text, tsize))
         elif number == 1 and isinstance(value, bytes):
             unixfs = value
@@ -165,7 +165,7 @@ def decode_file_node(block: bytes) -> FileNode:
         elif number == 4 and isinstance(value, int):
             blocksizes.append(value)
         elif number == 2:
-            raise IntegrityError("UnixFS node with inline data is not a Flair payload node")
+            raise IntegrityError(f"UnixFS node with inline data is not a Flair payload node ({_FLAIR_DAGS})")
     if kind != UNIXFS_FILE or len(blocksizes) != len(links) or not links:
         raise IntegrityError("dag-pb node is not a UnixFS file node with one blocksize per link")
     if filesize is not None and filesize != sum(blocksizes):

@@ -154,7 +154,11 @@ class History:
             ref = None
         if ref is not None:
             return ref.commit
-        prefix = check_id_prefix(rev, "commit")
+        try:
+            prefix = check_id_prefix(rev, "commit")
+        except InvalidInput:  # neither a branch here nor anything a commit id could start with
+            raise CommitNotFound(f"no branch or commit {rev!r} in repository {self.name} (a branch name, or a commit "
+                                 "id or a prefix of it of 4 to 64 hex digits)", commit=rev) from None
         if is_full_id(prefix):
             self.commit(CommitId(prefix))
             return CommitId(prefix)

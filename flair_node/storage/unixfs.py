@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..core.cid import DAG_PB, RAW, FileNode, Link, ParsedCid, cid_for, decode_file_node, encode_file_node, parse_cid
-from ..core.errors import IntegrityError, NotFound
+from ..core.errors import IntegrityError, InvalidInput, NotFound
 from ..core.ids import Cid
 from .stores import ObjectStore
 
@@ -140,6 +140,9 @@ class Bounds:
     """
 
     def __init__(self, root: Cid, max_size: int) -> None:
+        if parse_cid(root).version == 0:
+            raise InvalidInput(f"{root} is a CIDv0, what `ipfs add` makes by default: Flair reads content added with "
+                               "`ipfs add --cid-version=1 --raw-leaves` only (its payloads are such DAGs)", cid=root)
         self.root = root
         self.limit = max_blocks(max_size) + MAX_DEPTH
         self.visits = 0

@@ -21,10 +21,12 @@ def tensor_diff(a: StateDict, b: StateDict) -> list[dict[str, Any]]:
             out.append({"name": name, "l2": float(changed) ** 0.5, "max_abs": float(changed > 0),
                         "changed": changed})
             continue
+        if x.numel() == 0:  # nothing to compare (and nothing a per-element view can be shaped from)
+            out.append({"name": name, "l2": 0.0, "max_abs": 0.0, "changed": 0})
+            continue
         d = y.double() - x.double()
         bits_differ = x.reshape(-1).view(torch.uint8).reshape(x.numel(), -1) != \
             y.reshape(-1).view(torch.uint8).reshape(y.numel(), -1)
-        out.append({"name": name, "l2": float(torch.linalg.vector_norm(d)) if d.numel() else 0.0,
-                    "max_abs": float(d.abs().max()) if d.numel() else 0.0,
-                    "changed": int(bits_differ.any(dim=1).sum()) if d.numel() else 0})
+        out.append({"name": name, "l2": float(torch.linalg.vector_norm(d)), "max_abs": float(d.abs().max()),
+                    "changed": int(bits_differ.any(dim=1).sum())})
     return out

@@ -215,3 +215,6 @@ def test_fsck_clean_then_detects_damage(tmp_path):
 def test_unknown_commit(repo):
     with pytest.raises(CommitNotFound):
         repo.resolve("abcdef12")
+    for name in ("no-such-branch", "feature/x", "main2~1"):  # not hex: named as what it is, a missing branch
+        with pytest.raises(CommitNotFound, match="no branch or commit"):
+            repo.resolve(name)

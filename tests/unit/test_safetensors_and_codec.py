@@ -127,3 +127,10 @@ def test_diff_reports_l2_max_and_changed_elements():
     assert by_name["w"]["l2"] == 5.0 and by_name["w"]["max_abs"] == 4.0
     assert by_name["w"]["changed"] == 3  # -0.0 differs from 0.0 in its bits
     assert by_name["m"]["changed"] == 1
+
+
+def test_diff_of_empty_tensors_reports_no_change():
+    empty = {"w": torch.zeros(0), "grid": torch.zeros(3, 0, dtype=torch.bfloat16),
+             "m": torch.zeros(0, dtype=torch.bool)}
+    assert tensor_diff(empty, {k: v.clone() for k, v in empty.items()}) == [
+        {"name": name, "l2": 0.0, "max_abs": 0.0, "changed": 0} for name in ("grid", "m", "w")]

@@ -38,6 +38,18 @@ def test_cid_text_round_trips_and_garbage_is_refused():
             parse_cid(bad)
 
 
+def test_kubo_s_default_cidv0_content_is_refused_by_naming_the_flags_flair_reads():
+    hasher = aleph_cid.CidHasher.for_ipfs()  # what a plain `ipfs add` prints: a CIDv0, leaves with inline data
+    hasher.update(os.urandom(1000))
+    qm = hasher.finalize()
+    assert qm.startswith("Qm")
+    store = unixfs.BlockStore(MemoryObjectStore())
+    with pytest.raises(InvalidInput, match="--cid-version=1 --raw-leaves"):
+        unixfs.cat(store, qm, max_size=1000)  # said before any block is read (or, over Bitswap, asked for)
+    with pytest.raises(InvalidInput, match="--cid-version=1 --raw-leaves"):
+        unixfs.Bounds(qm, 1000)
+
+
 def test_a_block_that_does_not_match_its_cid_is_refused():
     store = unixfs.BlockStore(MemoryObjectStore())
     cid = cid_for(RAW, b"honest")
