@@ -6,6 +6,8 @@
     maps_torch(daemon.pid)      whether torch's native library is mapped: the process imported torch
     own_mb("VmHWM")             a ``/proc/self/status`` figure of this process (benchmarks: peak resident)
     reset_peak()                start ``VmHWM`` again from the current resident set
+    peak_mb(daemon.pid)         ``VmHWM`` of another process: its peak resident set since it started, or since
+    reset_peak(daemon.pid)      reset it (its owner, or root, may)
 """
 
 from __future__ import annotations
@@ -35,10 +37,16 @@ def own_mb(field: str) -> float:
     return _kib_field(Path("/proc/self/status"), field + ":") / 1024
 
 
-def reset_peak() -> bool:
-    """Reset this process's peak resident set (``VmHWM``) to its current one; False where the kernel refuses."""
+def peak_mb(pid: int) -> float:
+    """``VmHWM`` of process ``pid``, in MiB: its peak resident set."""
+    return _kib_field(Path(f"/proc/{pid}/status"), "VmHWM:") / 1024
+
+
+def reset_peak(pid: int | None = None) -> bool:
+    """Reset the peak resident set (``VmHWM``) of process ``pid`` (default: this one) to its current one; False
+    where the kernel refuses."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
+        with open(f"/proc/{pid or 'self'}/clear_refs", "w") as f:
             f.write("5")
         return True
     except OSError:

@@ -44,6 +44,17 @@ def test_transfer_bench_reports_both_rates():
 
 @pytest.mark.slow
 @pytest.mark.integration
+def test_scale_bench_reports_each_operation_next_to_the_machine_s_ceilings():
+    report = last_json_line("scale.py", "--quick")
+    keys = {"commit_mb_s", "checkout_mb_s", "checkout_cold_mb_s", "merge_mb_s", "clone_mb_s", "init_mb_s",
+            "peak_rss_above_idle_mb", "rest_rss_above_idle_mb", "small_change_stored_share", "sha256_mb_s",
+            "encrypt_mb_s", "copy_mb_s"}
+    assert keys <= report.keys() and all(report[k] > 0 for k in keys - {"rest_rss_above_idle_mb"})
+    assert report["model_mb"] == 8.0 and report["commit_vs_copy"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.integration
 def test_gossip_bench_reports_delivery_and_latency():
     report = last_json_line("gossip.py", "--nodes", "3", "--burst", "20", "--clients", "2")
     assert report["published"] == 20 and report["delivered_min"] == 20
