@@ -55,7 +55,7 @@ from ..core.ids import CommitId, PeerId, RepoId, short
 from ..core.refs import BranchMove
 from ..core.round_messages import RoundMessage
 from ..network.bitswap import BlockExchange
-from ..network.discovery import Found
+from ..network.discovery import MAX_PROVIDER_ADDRS, Found
 from ..network.gossip import BadInputLog, Offences
 from ..network.gossipsub import GossipSub
 from ..network.handlers import stream_guard
@@ -606,7 +606,9 @@ class P2PService:
         addresses = (*peer_addrs(self.host, peer_from_text(peer)),
                      *(self.discovery.addresses(peer) if self.discovery is not None else ()))
         if addresses:
-            self._redial[peer] = (tuple(dict.fromkeys(addresses)), trio.current_time() + REDIAL_FOR)
+            # as many as a provider record keeps: a peerstore can hold many more, each costing a dial's timeout
+            kept = tuple(dict.fromkeys(addresses))[:MAX_PROVIDER_ADDRS]
+            self._redial[peer] = (kept, trio.current_time() + REDIAL_FOR)
             self._redial.move_to_end(peer)
             while len(self._redial) > MAX_REDIAL:
                 self._redial.popitem(last=False)
