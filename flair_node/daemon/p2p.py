@@ -13,7 +13,7 @@
   order, per branch only the move that comes last. Commits (whose payloads must come as blocks first) are
   pulled (``protocol.sync``): from the publisher if connected, else from connected members, each second for
   ``WANT_FOR`` seconds. A pull's payloads are asked of the peer pulled from and the other connected members in
-  turn (``_holders``), those connected directly before those reached through a relay: when one lacks a payload,
+  turn (``peer_links``), those connected directly before those reached through a relay: when one lacks a payload,
   stalls or is cut off, the next is asked for the blocks still missing. Secure round messages are kept as they
   come, before the moves (a secure merge is checked against them), except a masked update whose blocks are not
   here yet: it is pulled like a commit (a pull brings it with its blocks).
@@ -55,18 +55,18 @@ from ..core.ids import CommitId, PeerId, RepoId, short
 from ..core.refs import BranchMove
 from ..core.round_messages import RoundMessage
 from ..network.bitswap import BlockExchange
-from ..network.discovery import MAX_PROVIDER_ADDRS, Found
 from ..network.gossip import BadInputLog, Offences
 from ..network.gossipsub import GossipSub
 from ..network.handlers import stream_guard
-from ..network.host import Host, Peer, connect, map_libp2p_errors, peer_addrs, peer_from_text
+from ..network.host import Host, Peer, connect, peer_addrs, peer_from_text
 from ..network.liveness import Liveness
 from ..protocol import announce, rounds, sync
 from ..protocol.rounds import RoundMemory
 from ..storage.repo import Repository, now_ms
 from ..storage.repos import Outgoing, RepoSet
-from .discovery_service import DiscoveryService, dial_found
+from .discovery_service import DiscoveryService
 from .peer_cards import PeerCards
+from .peer_links import PeerLinks
 from .reachability_service import ReachabilityService
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,6 @@ INTAKE_QUEUE = 4096  # accepted announcements waiting to be written; beyond, the
 INTAKE_BATCH = 256  # announcements taken per worker-thread call
 ARRIVALS = 100_000  # records remembered for ``node.arrivals`` and ``node.announced`` (measuring propagation)
 MAX_PULLS = 32  # pulls running at once; more requests wait for the next catch-up round
-MAX_HOLDERS = 4  # connected members one payload is asked of in turn, when those before fail
-REDIAL_FOR = 300.0  # s a peer dropped after a pull failed in transport is dialled again, at each catch-up pass
-MAX_REDIAL = 64  # such peers remembered
 REFUSED_MERGES = 20  # refused round merges remembered for `flair status`
 LAGGING_EVERY = 5.0  # s: a member's announcements this node is behind on start at most one pull from it this often
 LAGGING_PENALTY = 60.0  # s a member's claims are ignored after a pull proved one false
@@ -127,9 +124,10 @@ class P2PService:
         self._take_send, self._take_receive = trio.open_memory_channel[tuple[RepoId, announce.Announcement, str]](
             INTAKE_QUEUE)
         self._nursery: trio.Nursery | None = None
-        #: Peers dropped after a pull from them failed in transport: their addresses, and until when to redial them.
-        self._redial: OrderedDict[str, tuple[tuple[str, ...], float]] = OrderedDict()
-        self._redialling = False
+        #: Which peers a pull's payloads are asked of, and the peers dropped after a failed pull, dialled again.
+        self.links = PeerLinks(host, lambda address: self.dial(address), member=self._member_of,
+                               relayed_only=self._relayed_only,
+                               known=lambda peer: self.discovery.addresses(peer) if self.discovery else ())
         # peer -> announcements refused; on a clock a worker thread can read (``_take`` reports from one)
         self._bad = Offences(BadInputLog(time.monotonic))
         self._refused_log = BadInputLog(time.monotonic)  # round messages refused when taken: nobody's fault
@@ -201,11 +199,13 @@ class P2PService:
 
     def member_peers(self, repo_id: RepoId) -> int:
         """How many connected peers proved a member key of ``repo_id`` that holds a role now."""
+        return sum(self._member_of(repo_id, str(peer)) for peer in self.host.get_connected_peers())
+
+    def _member_of(self, repo_id: RepoId, peer: str) -> bool:
         try:
-            repo = self.repos.open_id(repo_id)
-        except FlairError:
-            return 0
-        return sum(self._is_member(repo, str(peer)) for peer in self.host.get_connected_peers())
+            return self._is_member(self.repos.open_id(repo_id), peer)
+        except FlairError:  # not kept here
+            return False
 
     def _learned(self, repo: RepoId, peer: str) -> None:
         """``peer`` just proved a member key of ``repo``: admit it to the topic now, and catch up from it."""
@@ -536,7 +536,7 @@ class P2PService:
                 try:
                     peer_id = peer_from_text(peer)
                     source = sync.PeerSource(self.host, peer_id, self.exchange, self.repos.identity,
-                                             holders=partial(self._holders, repo, peer_id))
+                                             holders=partial(self.links.holders, repo, peer_id))
                     result = await sync.pull(self.repos, repo, source, memory=self.memory)
                     self._refused_merges(repo, result.refused_merges)
                     await self._join(repo)
@@ -579,18 +579,6 @@ class P2PService:
         if state.claim is not None:
             self._judge_claim(repo, peer, state.claim)
 
-    def _holders(self, repo_id: RepoId, peer: Peer) -> list[Peer]:
-        """The peers to ask for a payload of ``repo_id`` while pulling it from ``peer``, in turn: ``peer`` and
-        the other connected members (``MAX_HOLDERS`` in all), those connected directly first: a relay bounds its
-        circuits' bytes and time, and carries everyone's traffic. A cut link or a peer lacking the blocks then
-        costs a fetch no more than moving to the next."""
-        try:
-            repo = self.repos.open_id(repo_id)
-        except FlairError:
-            return [peer]
-        others = [p for p in self.host.get_connected_peers() if p != peer and self._is_member(repo, str(p))]
-        return payload_order(peer, others, self._relayed_only)
-
     def _relayed_only(self, peer: Peer) -> bool:
         """Whether every connection to ``peer`` crosses a relay."""
         if self.reachability is None:
@@ -599,43 +587,11 @@ class P2PService:
         return bool(kinds) and all(k == "relayed" for k in kinds)
 
     async def _drop(self, peer: str) -> None:
-        """Close the connections to ``peer`` after a pull from it failed in transport: a connection a cut link
-        left behind can stay registered yet open no stream (py-libp2p notices nothing), and this node would ask it
-        for ever. The peer is dialled again at each catch-up pass for ``REDIAL_FOR`` seconds, at the addresses
-        this node knew for it (``_redial_pass``), and found again by discovery."""
-        addresses = (*peer_addrs(self.host, peer_from_text(peer)),
-                     *(self.discovery.addresses(peer) if self.discovery is not None else ()))
-        if addresses:
-            # as many as a provider record keeps: a peerstore can hold many more, each costing a dial's timeout
-            kept = tuple(dict.fromkeys(addresses))[:MAX_PROVIDER_ADDRS]
-            self._redial[peer] = (kept, trio.current_time() + REDIAL_FOR)
-            self._redial.move_to_end(peer)
-            while len(self._redial) > MAX_REDIAL:
-                self._redial.popitem(last=False)
-        try:
-            with trio.move_on_after(5), map_libp2p_errors(f"closing the connections to {peer}"):
-                await self.host.disconnect(peer_from_text(peer))
-        except FlairError as exc:
-            log.debug("%s", exc)
-        if self.discovery is not None:  # a member cut off: its repositories' nodes are looked up again now
+        """Close the connections to ``peer`` after a pull from it failed in transport, and dial it again from now
+        on (``PeerLinks.drop``); its repositories' nodes are looked up again too."""
+        await self.links.drop(peer)
+        if self.discovery is not None:
             self.discovery.wake()
-
-    async def _redial_pass(self) -> None:
-        """Dial the peers dropped after a failed pull once more each (see ``_drop``): a partition heals as soon as
-        its link returns, not at the next lookup a minute later. Each is isolated, and forgotten once connected
-        or after ``REDIAL_FOR`` seconds."""
-        try:
-            connected = {str(p) for p in self.host.get_connected_peers()}
-            for peer, (addresses, until) in list(self._redial.items()):
-                if peer in connected or trio.current_time() > until:
-                    self._redial.pop(peer, None)
-                elif await dial_found(self.dial, Found(peer, addresses)) is not None:
-                    log.info("peer %s, dropped after a failed pull, answers again", peer)
-                    self._redial.pop(peer, None)
-        except Exception as exc:  # this node's trouble: the next pass tries again
-            log.warning("dialling dropped peers again failed: %r", exc)
-        finally:
-            self._redialling = False
 
     async def _wanted_loop(self) -> None:
         while True:
@@ -649,9 +605,8 @@ class P2PService:
 
     async def _catch_up_loop(self) -> None:
         while True:
-            if self._redial and not self._redialling and self._nursery is not None:
-                self._redialling = True  # in the background: a peer still cut off costs seconds a dial
-                self._nursery.start_soon(self._redial_pass)
+            if self.links.redial_due() and self._nursery is not None:  # in the background
+                self._nursery.start_soon(self.links.redial)
             connected = {str(p) for p in self.host.get_connected_peers()}
             for address in self.bootstrap:
                 if address.rsplit("/p2p/", 1)[-1] not in connected:
@@ -688,12 +643,6 @@ class P2PService:
         key = self.cards.member(repo.id, peer)
         membership = repo.members.current()
         return key is not None and membership.role(key, epoch=membership.epoch, at_ms=now_ms()) is not None
-
-
-def payload_order(peer: Peer, others: list[Peer], relayed_only: Callable[[Peer], bool]) -> list[Peer]:
-    """The peers to ask for a payload in turn: ``peer`` (the one pulled from) and ``others``, those reached only
-    through a relay last, ``peer`` first of its kind; ``MAX_HOLDERS`` at most."""
-    return sorted([peer, *others], key=relayed_only)[:MAX_HOLDERS]  # sorted is stable
 
 
 def _announced(messages: list[tuple[announce.Announcement, str]]) -> dict[CommitId, str]:

@@ -1,7 +1,7 @@
 """Which peers a payload is asked of, in turn: those connected directly before those reached only through a
 relay (a relay bounds its circuits and carries everyone's traffic), the peer pulled from first of its kind."""
 
-from flair_node.daemon.p2p import MAX_HOLDERS, payload_order
+from flair_node.daemon.peer_links import MAX_HOLDERS, payload_order
 
 
 def test_a_payload_is_asked_of_directly_connected_members_before_the_relayed_peer_it_was_announced_by():

@@ -1,0 +1,93 @@
+"""The peers a pull works with beyond the one it pulls from: which to ask for its payloads, and which to dial
+again after a pull failed in transport.
+
+- Payloads (``holders``): the peer pulled from and the other connected members, ``MAX_HOLDERS`` in all, those
+  connected directly before those reached only through a relay (``payload_order``): a relay bounds its
+  circuits' bytes and time, and carries everyone's traffic. ``BlockExchange.fetch_from_any`` asks them in turn,
+  so a cut link or a peer lacking the blocks costs a fetch no more than moving to the next.
+- Dropped peers (``drop``, ``redial``): a pull that fails in transport closes its peer's connections (a
+  connection a cut link left behind can stay registered yet open no stream, and py-libp2p notices nothing). The
+  peer is dialled again at each catch-up pass for ``REDIAL_FOR`` seconds, at the addresses this node knew for it
+  (``MAX_PROVIDER_ADDRS`` at most), so a partition heals as soon as its link returns, not at the next lookup.
+  At most ``MAX_REDIAL`` peers are remembered; each is isolated, and forgotten once connected.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from ..core.errors import FlairError
+from ..core.ids import RepoId
+from ..network.discovery import MAX_PROVIDER_ADDRS, Found
+from ..network.host import Host, Peer, map_libp2p_errors, peer_addrs, peer_from_text
+from .discovery_service import dial_found
+
+log = logging.getLogger(__name__)
+
+MAX_HOLDERS = 4  # connected members one payload is asked of in turn, when those before fail
+REDIAL_FOR = 300.0  # s a peer dropped after a pull failed in transport is dialled again, at each catch-up pass
+MAX_REDIAL = 64  # such peers remembered
+
+
+class PeerLinks:
+    """``member(repo, peer)``: whether a connected peer is a current member; ``relayed_only(peer)``: whether
+    every connection to it crosses a relay; ``known(peer)``: addresses discovery found it at."""
+
+    def __init__(self, host: Host, dial: Callable[[str], Awaitable[Peer]], *, member: Callable[[RepoId, str], bool],
+                 relayed_only: Callable[[Peer], bool], known: Callable[[str], tuple[str, ...]]) -> None:
+        self.host, self.dial = host, dial
+        self.member, self.relayed_only, self.known = member, relayed_only, known
+        #: Peers dropped after a failed pull: their addresses, and until when to dial them again (trio clock).
+        self._redial: OrderedDict[str, tuple[tuple[str, ...], float]] = OrderedDict()
+        self._redialling = False
+
+    def holders(self, repo: RepoId, peer: Peer) -> list[Peer]:
+        """The peers to ask for a payload of ``repo`` while pulling it from ``peer``, in turn."""
+        others = [p for p in self.host.get_connected_peers() if p != peer and self.member(repo, str(p))]
+        return payload_order(peer, others, self.relayed_only)
+
+    async def drop(self, peer: str) -> None:
+        """Close the connections to ``peer``, whose pull failed in transport, and dial it again from now on."""
+        addresses = (*peer_addrs(self.host, peer_from_text(peer)), *self.known(peer))
+        if addresses:
+            # as many as a provider record keeps: a peerstore can hold many more, each costing a dial's timeout
+            self._redial[peer] = (tuple(dict.fromkeys(addresses))[:MAX_PROVIDER_ADDRS],
+                                  trio.current_time() + REDIAL_FOR)
+            self._redial.move_to_end(peer)
+            while len(self._redial) > MAX_REDIAL:
+                self._redial.popitem(last=False)
+        try:
+            with trio.move_on_after(5), map_libp2p_errors(f"closing the connections to {peer}"):
+                await self.host.disconnect(peer_from_text(peer))
+        except FlairError as exc:
+            log.debug("%s", exc)
+
+    def redial_due(self) -> bool:
+        """Whether peers wait to be dialled again and no pass of ``redial`` runs."""
+        return bool(self._redial) and not self._redialling
+
+    async def redial(self) -> None:
+        """Dial each dropped peer once more; one pass at a time (a peer still cut off costs seconds a dial)."""
+        self._redialling = True
+        try:
+            connected = {str(p) for p in self.host.get_connected_peers()}
+            for peer, (addresses, until) in list(self._redial.items()):
+                if peer in connected or trio.current_time() > until:
+                    self._redial.pop(peer, None)
+                elif await dial_found(self.dial, Found(peer, addresses)) is not None:
+                    log.info("peer %s, dropped after a failed pull, answers again", peer)
+                    self._redial.pop(peer, None)
+        except Exception as exc:  # this node's trouble: the next pass tries again
+            log.warning("dialling dropped peers again failed: %r", exc)
+        finally:
+            self._redialling = False
+
+
+def payload_order(peer: Peer, others: list[Peer], relayed_only: Callable[[Peer], bool]) -> list[Peer]:
+    """The peers to ask for a payload in turn: ``peer`` (the one pulled from) and ``others``, those reached only
+    through a relay last, ``peer`` first of its kind; ``MAX_HOLDERS`` at most."""
+    return sorted([peer, *others], key=relayed_only)[:MAX_HOLDERS]  # sorted is stable
