@@ -580,11 +580,7 @@ class P2PService:
             self._judge_claim(repo, peer, state.claim)
 
     def _relayed_only(self, peer: Peer) -> bool:
-        """Whether every connection to ``peer`` crosses a relay."""
-        if self.reachability is None:
-            return False
-        kinds = [c["kind"] for c in self.reachability.relays.kind(peer)]
-        return bool(kinds) and all(k == "relayed" for k in kinds)
+        return self.reachability is not None and self.reachability.relays.relayed_only(peer)
 
     async def _drop(self, peer: str) -> None:
         """Close the connections to ``peer`` after a pull from it failed in transport, and dial it again from now

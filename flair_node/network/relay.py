@@ -212,6 +212,16 @@ class Relays:
             out.append({"kind": kind, "addrs": addrs})
         return out
 
+    def relayed_only(self, peer: Peer) -> bool:
+        """Whether this node is connected to ``peer`` and every connection to it crosses a relay."""
+        types = []
+        for conn in self._connections(peer):
+            try:
+                types.append(conn.get_connection_type())
+            except Exception as exc:  # a connection closing under us: left out
+                log.debug("reading a connection to %s: %r", peer, exc)
+        return bool(types) and all(t == ConnectionType.RELAYED for t in types)
+
     def _connections(self, peer: Peer) -> list[Any]:
         try:
             with map_libp2p_errors(f"the connections of {peer}"):

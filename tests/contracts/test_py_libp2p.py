@@ -49,6 +49,8 @@ async def test_a_reservation_and_a_hole_punch_show_in_what_relay_reads_of_py_lib
             # started it (on loopback the upgrade succeeds; DCUtR drives it on each side every 2 s, so either may)
             assert list(hole_punched(a_relays.dcutr)) == list(hole_punched(b_relays.dcutr)) == []
             await b_relays.connect(circuit)
+            # the relayed connection alone, for now: the hole punch takes DCUtR's round trips after it
+            assert b_relays.relayed_only(a.get_id()) and not b_relays.relayed_only(relay.get_id())
 
             def punchers():
                 return [(relays, other) for relays, other in [(a_relays, b), (b_relays, a)]
@@ -60,3 +62,4 @@ async def test_a_reservation_and_a_hole_punch_show_in_what_relay_reads_of_py_lib
                 assert list(hole_punched(relays.dcutr)) == [other.get_id()]
                 assert relays.status()["hole_punched"] == 1
                 assert "hole-punched" in [c["kind"] for c in relays.kind(other.get_id())]
+                assert not relays.relayed_only(other.get_id())  # payloads go the direct way
