@@ -1,8 +1,9 @@
 """The files a request names: tensors never travel inside requests, the caller names a file the daemon reads or
 writes, always by absolute path.
 
-torch is imported by the functions that read or write weights, not at the top: a daemon that reads and writes no
-weights never imports it (see ``storage.repo`` and ``tests/integration/test_idle_daemon.py``).
+torch is imported by the functions that load weights into tensors, not at the top: a daemon that only streams
+files to and from its store (``open_weights``, ``storage.pieces``) never imports it (see ``storage.repo`` and
+``tests/integration/test_idle_daemon.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.errors import InvalidInput
-from ..storage.atomic import atomic_write
+from ..tensors.safetensors_file import FileSource
 
 if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
@@ -50,11 +51,10 @@ def read_weights(text: str, what: str) -> StateDict:
     return load_file(input_path(text, what))
 
 
-def write_weights(path: Path, state: StateDict) -> None:
-    """Write ``state`` as a safetensors file at ``path``, atomically and private to this user."""
-    from ..tensors.safetensors_io import save_bytes
+def open_weights(text: str, what: str) -> FileSource:
+    """The safetensors file ``text`` names (an absolute path), its header checked, to be read tensor by tensor
+    (``with open_weights(...) as source``); ``what`` names it in errors."""
+    return FileSource(input_path(text, what))
 
-    atomic_write(path, save_bytes(state), mode=0o600)
 
-
-__all__ = ["MAX_WEIGHTS_BYTES", "input_path", "output_path", "read_weights", "write_weights"]
+__all__ = ["MAX_WEIGHTS_BYTES", "input_path", "open_weights", "output_path", "read_weights"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.refs import DEFAULT_BRANCH
-from ..storage.repo import DELTA_CODECS
+from ..storage.repo import WRITE_CODECS
 from .dispatch import Param
 
 # -- schemas --------------------------------------------------------------------------------------------------
@@ -34,8 +34,9 @@ BRANCH = Param("branch", ID, "branch", required=False, default=DEFAULT_BRANCH)
 MESSAGE = Param("message", TEXT, "commit message")
 MEMBER = Param("member", PUBLIC_KEY, "the member's public key (base58)")
 EXAMPLES = Param("examples", COUNT, "number of local training examples")
-CODEC = Param("codec", {"type": "string", "enum": list(DELTA_CODECS)},
-              "how the delta is stored: bitdelta-v1 (exact) or a lossy codec", required=False, default="bitdelta-v1")
+CODEC = Param("codec", {"type": "string", "enum": list(WRITE_CODECS)},
+              "how the weights are stored: snapshot-v1 (exact, whole weights in deduplicated pieces), bitdelta-v1 "
+              "(exact, the delta against the parent) or a lossy codec", required=False, default=WRITE_CODECS[0])
 CID = Param("cid", {"type": "string", "maxLength": 200}, "root CID")
 PEER = Param("peer", {"type": "string", "maxLength": 1000}, "the peer's multiaddr, ending in /p2p/<peer id>")
 MAX_SIZE = Param("max_size", {"type": "integer", "minimum": 0}, "most bytes the DAG may hold", required=False,

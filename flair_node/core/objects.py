@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from . import encoding, schema
-from .crypto import CIPHER
+from .crypto import CIPHER, PIECE_CIPHER
 from .errors import IntegrityError, InvalidInput
 from .ids import Cid, CommitId, PublicKey, RepoId, short
 from .refs import MAX_CLOCK_SKEW_MS
@@ -27,7 +27,9 @@ from .signed import SignedRecord
 
 COMMIT_KINDS = ("init", "commit", "merge", "revert", "contribution", "round")
 #: Codecs a payload can be stored in (see ``flair_node.tensors.codec``).
-CODECS = ("full-v1", "bitdelta-v1", "float16-v1", "int8-v1", "topk-v1")
+CODECS = ("snapshot-v1", "full-v1", "bitdelta-v1", "float16-v1", "int8-v1", "topk-v1")
+#: The codec whose payloads are sealed in pieces (``storage.pieces``, ``crypto.PieceCipher``), the others whole.
+PIECES_CODEC = "snapshot-v1"
 DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
 MAX_MESSAGE = 4096
 MAX_METRICS = 64
@@ -51,13 +53,17 @@ class TensorSpec:
 @dataclass(frozen=True)
 class Payload:
     """Where a commit's tensors are: the root CID of their UnixFS DAG, the codec, the size in bytes of the
-    (encrypted) content, and which cipher and key epoch sealed it."""
+    (encrypted) content, and which cipher and key epoch sealed it (by default, the codec's cipher)."""
 
     cid: Cid
     codec: str
     size: int
-    cipher: str = CIPHER
+    cipher: str = ""
     key_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.cipher:
+            object.__setattr__(self, "cipher", PIECE_CIPHER if self.codec == PIECES_CODEC else CIPHER)
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ class Commit(SignedRecord):
                     cid=schema.cid(payload["cid"], "payload.cid"),
                     codec=schema.choice(payload["codec"], "payload.codec", CODECS),
                     size=schema.natural(payload["size"], "payload.size"),
-                    cipher=schema.choice(payload["cipher"], "payload.cipher", (CIPHER,)),
+                    cipher=schema.choice(payload["cipher"], "payload.cipher", (CIPHER, PIECE_CIPHER)),
                     key_epoch=schema.natural(payload["key_epoch"], "payload.key_epoch"),
                 ),
                 meta=schema.mapping(body["meta"], "meta"),
@@ -127,6 +133,8 @@ class Commit(SignedRecord):
             raise IntegrityError(f"commit record is missing or mistypes a field: {exc}") from exc
         if commit.body() != body:
             raise IntegrityError("commit record has unknown fields")
+        if (commit.payload.codec == PIECES_CODEC) != (commit.payload.cipher == PIECE_CIPHER):
+            raise IntegrityError(f"a {commit.payload.codec} payload is not sealed with {commit.payload.cipher}")
         return commit
 
 

@@ -15,7 +15,7 @@ from ..core.errors import IntegrityError, InvalidInput
 from ..core.ids import CommitId, short
 from ..core.objects import Commit
 from ..core.round_rules import RoundPolicy
-from ..storage.repo import Repository
+from ..storage.repo import EXACT_CODECS, Repository
 from .proofs.circuits import Circuits
 
 if TYPE_CHECKING:
@@ -66,14 +66,14 @@ def merge_parents(meta: dict[str, Any]) -> list[CommitId]:
     return sorted([*meta_parents(meta), *(CommitId(c) for c, _ in meta.get("excluded", []))])
 
 
-def commitments(repo: Repository, state: StateDict, base: CommitId, codec: str = "bitdelta-v1", *,
+def commitments(repo: Repository, state: StateDict, base: CommitId, codec: str = EXACT_CODECS[0], *,
                 circuits: Circuits) -> list[str]:
     """What a contribution of ``state`` trained from ``base`` publishes when the repository's merges are proven:
     the commitments of its delta's chunks (none when they are not), made with ``circuits``. A lossy
     codec would store other values than those committed: ``InvalidInput``."""
     if not repo.members.current().policy.proof_chunk:
         return []
-    if codec != "bitdelta-v1":
+    if codec not in EXACT_CODECS:
         raise InvalidInput(f"this repository's merges are proven: contributions are stored exactly, not as {codec}")
     from .proofs import weighted_sum
 

@@ -50,7 +50,7 @@ class Repo:
 
     def commit(self, model: torch.nn.Module | Mapping[str, torch.Tensor], *, message: str, examples: int = 0,
                metrics: Mapping[str, float] | None = None, branch: str = DEFAULT_BRANCH,
-               expected_head: str | None = None, codec: str = "bitdelta-v1", topk_ratio: float = DEFAULT_TOPK_RATIO,
+               expected_head: str | None = None, codec: str = "snapshot-v1", topk_ratio: float = DEFAULT_TOPK_RATIO,
                error_feedback: ErrorFeedback | None = None) -> str:
         """Commit ``model``'s weights on ``branch``; returns the commit id.
 
@@ -71,7 +71,7 @@ class Repo:
 
     def contribute(self, model: torch.nn.Module | Mapping[str, torch.Tensor], *, examples: int,
                    branch: str = DEFAULT_BRANCH, base: str | None = None, message: str = "",
-                   codec: str = "bitdelta-v1") -> str:
+                   codec: str = "snapshot-v1") -> str:
         """Contribute ``model``'s weights, trained from ``base`` (default: the branch head) on ``examples``
         local examples, to the rounds of ``branch``; returns the contribution's commit id. The round's aggregator
         merges it; ``round_status`` shows where it stands."""

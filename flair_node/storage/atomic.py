@@ -20,7 +20,7 @@ import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 from ..core.errors import FlairError, ResourceExhausted
 
@@ -71,13 +71,21 @@ def make_dirs(path: Path, *, mode: int = DIR_MODE) -> None:
 
 def atomic_write(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
     """Write ``data`` to ``path`` atomically and durably, as a file with exactly ``mode``."""
+    with atomic_writer(path, mode=mode) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, *, mode: int = FILE_MODE) -> Iterator[BinaryIO]:
+    """A file to write ``path`` through, atomically and durably, as a file with exactly ``mode``: it replaces
+    ``path`` when the block ends, and is removed instead if the block raises (a write of any size, in pieces)."""
     make_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     with resource_errors(path):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                yield f
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, mode)  # the umask may have taken bits away
@@ -122,5 +130,5 @@ def hold_lock(path: Path, busy: str) -> IO[str]:
     return lock_file
 
 
-__all__ = ["DIR_MODE", "FILE_MODE", "atomic_write", "fsync_dir", "hold_lock", "make_dirs", "open_private",
-           "remove_stale_temp_files", "resource_errors"]
+__all__ = ["DIR_MODE", "FILE_MODE", "atomic_write", "atomic_writer", "fsync_dir", "hold_lock", "make_dirs",
+           "open_private", "remove_stale_temp_files", "resource_errors"]

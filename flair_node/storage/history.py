@@ -8,10 +8,13 @@ a ``History`` that this node also writes commits and branch moves to; the module
 records without writing any of their own (``storage.merging``, ``storage.fsck``, ``storage.ingest``) take a
 ``History``, so they cannot reach the writing side.
 
-Every commit's payload is stored losslessly relative to its first parent (``bitdelta-v1``) or in full (the root,
-``full-v1``), so materializing any commit gives back bit for bit the weights that were committed. Tensor modules
-(and with them torch) are imported by the methods that decode weights, when they run: a daemon that serves
-records and syncs with peers but checks out nothing never imports torch (``tests/integration/test_idle_daemon.py``).
+A commit's payload holds its whole weights in deduplicated pieces (``snapshot-v1``, ``storage.pieces``), or, in
+older commits and in contributions sent in a lossy codec, a delta against its first parent (``bitdelta-v1``,
+``tensors.lossy``) that applies to the first ancestor holding whole weights. Materializing a commit gives back bit
+for bit the weights that were committed; a checkout of a ``snapshot-v1`` commit streams its pieces to the file
+and never holds the weights whole. Tensor modules (and with them torch) are imported by the methods that decode
+weights into tensors, when they run: a daemon that serves records and syncs with peers never imports torch
+(``tests/integration/test_idle_daemon.py``).
 """
 
 from __future__ import annotations
@@ -20,15 +23,18 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core import graph
-from ..core.errors import CommitNotFound, FlairError, IntegrityError, InvalidInput, NotFound
+from ..core.errors import CommitNotFound, FlairError, IntegrityError, InvalidInput, LayoutMismatch, NotFound
 from ..core.identity import Identity
 from ..core.ids import BranchName, CommitId, RecordId, RepoId, check_id_prefix, is_full_id, short
 from ..core.objects import Commit, RepositoryRecord
 from ..core.refs import BranchMove, check_branch_name
-from . import unixfs
+from ..tensors.safetensors_file import Header, check_layout, read_header
+from . import pieces, unixfs
+from .atomic import atomic_write, atomic_writer
 from .keys import PayloadKeys
 from .members import MembershipLog
 from .stores import ObjectStore, RefStore
@@ -37,7 +43,9 @@ if TYPE_CHECKING:  # at run time, tensor modules are imported by the methods tha
     from ..tensors.safetensors_io import StateDict
 
 _ANCESTRY = re.compile(r"^(?P<rev>.+?)(?:(?P<op>~)(?P<n>\d{1,6})?|(?P<carets>\^+))$")
-_CACHE_STATES = 4  # materialized commits kept: a commit's parent is usually among them
+#: Bytes of materialized weights kept (a round reads its head and each contribution's base more than once);
+#: weights larger than this are read again each time, never held after the call that asked for them.
+_CACHE_BYTES = 256 << 20
 
 
 class History:
@@ -54,7 +62,7 @@ class History:
         self.keys = PayloadKeys(record, self.members, reader)
         self._commits: dict[CommitId, Commit] = {}
         self._moves: dict[RecordId, BranchMove] = {}
-        self._states: OrderedDict[CommitId, StateDict] = OrderedDict()
+        self._states: OrderedDict[CommitId, tuple[StateDict, int]] = OrderedDict()  # with their bytes
         self._lock = threading.Lock()
 
     @property
@@ -212,20 +220,58 @@ class History:
             with self._lock:
                 cached = self._states.get(cursor)
             if cached is not None:
-                base = cached
+                base = cached[0]
                 break
             commit = self.commit(cursor)
             chain.append(commit)
-            if commit.payload.codec == "full-v1":
+            if commit.payload.codec in ("full-v1", pieces.CODEC):
                 break
             if not commit.parents:
                 raise IntegrityError(f"commit {short(cursor)} has a delta payload but no parent", commit=cursor)
             cursor = commit.parents[0]
         for commit in reversed(chain):
-            base = decode_payload(commit.payload.codec, self._payload(commit), base, self.record.layout)
+            if commit.payload.codec == pieces.CODEC:
+                from ..tensors.safetensors_io import read_state
+
+                header, reader = self._snapshot(commit)
+                base = read_state(header, reader.readinto)
+                reader.end()
+            else:
+                base = decode_payload(commit.payload.codec, self._payload(commit), base, self.record.layout)
         assert base is not None
         self._remember(cid, base)
         return base
+
+    def checkout(self, cid: CommitId, path: Path) -> int:
+        """Write commit ``cid``'s weights to ``path`` as a safetensors file, atomically and private to this user;
+        returns its bytes. A ``snapshot-v1`` commit streams piece by piece, checked on the way (``_snapshot``)."""
+        commit = self.commit(cid)
+        if commit.payload.codec != pieces.CODEC:
+            from ..tensors.safetensors_io import save_bytes
+
+            data = save_bytes(self.materialize(cid))
+            atomic_write(path, data, mode=0o600)
+            return len(data)
+        header, reader = self._snapshot(commit)
+        with atomic_writer(path, mode=0o600) as out:
+            out.write(header.raw)
+            for chunk in reader.chunks(header.size - header.data_start):
+                out.write(chunk)
+            reader.end()
+        return header.size
+
+    def _snapshot(self, commit: Commit) -> tuple[Header, pieces.Reader]:
+        """The checked header of a ``snapshot-v1`` payload (its tensors the repository's layout), and the reader of
+        the rest of its bytes."""
+        what = f"payload of commit {short(commit.id)}"
+        cipher = self.keys.pieces(epoch=commit.payload.key_epoch, codec=commit.payload.codec)
+        reader = pieces.Reader(pieces.read(self.blocks, cipher, commit.payload.cid, commit.payload.size), what)
+        header = read_header(reader.read, commit.payload.size, what, exact=False)
+        try:
+            check_layout(header.layout(), self.record.layout)
+        except LayoutMismatch as exc:
+            raise IntegrityError(f"{what} does not hold the repository's model: {exc}", commit=commit.id) from None
+        return header, reader
 
     def _payload(self, commit: Commit) -> bytes:
         """The commit's decrypted payload, every block re-hashed against its CID on the way."""
@@ -236,10 +282,13 @@ class History:
         return self.keys.decrypt(data, epoch=commit.payload.key_epoch, codec=commit.payload.codec)
 
     def _remember(self, cid: CommitId, state: StateDict) -> None:
+        size = sum(t.nbytes for t in state.values())
         with self._lock:
-            self._states[cid] = state
-            self._states.move_to_end(cid)
-            while len(self._states) > _CACHE_STATES:
+            self._states.pop(cid, None)
+            if size > _CACHE_BYTES:
+                return
+            self._states[cid] = (state, size)
+            while sum(held for _, held in self._states.values()) > _CACHE_BYTES:
                 self._states.popitem(last=False)
 
     def diff(self, a: CommitId, b: CommitId) -> list[dict[str, Any]]:

@@ -99,9 +99,9 @@ class Ingest:
         Raises what ``check_commit`` raises, and ``IntegrityError`` if the payload blocks do not check out."""
         if not self.check_commit(commit):
             return False
-        payload = unixfs.cat(self.history.blocks, commit.payload.cid, max_size=commit.payload.size)
-        if len(payload) != commit.payload.size:
-            raise IntegrityError(f"payload of commit {short(commit.id)} has {len(payload)} bytes, its record says "
+        size = unixfs.file_size(self.history.blocks, commit.payload.cid, max_size=commit.payload.size)
+        if size != commit.payload.size:
+            raise IntegrityError(f"payload of commit {short(commit.id)} has {size} bytes, its record says "
                                  f"{commit.payload.size}", commit=commit.id)
         self.history.store_commit(commit)
         return True
@@ -147,7 +147,7 @@ class Ingest:
         """Keep a proof record from a peer (its blocks must be here already); False if this node holds one for
         that merge already. ``IntegrityError`` unless it is signed by the author of a round merge held here."""
         self.check_proof(record)
-        if len(unixfs.cat(self.history.blocks, record.proofs, max_size=record.size)) != record.size:
+        if unixfs.file_size(self.history.blocks, record.proofs, max_size=record.size) != record.size:
             raise IntegrityError(f"the proofs of proof record {short(record.id)} are not of the size it says")
         return self.merges.keep_proof(record)
 
@@ -199,7 +199,7 @@ class Ingest:
             return False
         if isinstance(message.content, Masked):
             for cid, size in message.content.files():
-                if len(unixfs.cat(self.history.blocks, cid, max_size=size)) != size:
+                if unixfs.file_size(self.history.blocks, cid, max_size=size) != size:
                     raise IntegrityError(f"masked update {short(message.id)} names a file not of the size it says")
         return self.secure.add(message)
 

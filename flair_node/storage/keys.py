@@ -26,6 +26,7 @@ class PayloadKeys:
         self.members = members
         self.reader = reader
         self._keys: dict[int, bytes] = {}  # by epoch
+        self._ciphers: dict[tuple[int, str], crypto.PieceCipher] = {}
 
     def key(self, epoch: int) -> bytes:
         """The key of ``epoch``: ``IntegrityError`` if the chain has not reached it, ``NotAMember`` if it is not
@@ -52,6 +53,7 @@ class PayloadKeys:
         """Drop every key held: after a change from a peer (which may seal the next epoch's key to this node), each
         is opened from the chain again."""
         self._keys.clear()
+        self._ciphers.clear()
 
     def context(self, codec: str) -> bytes:
         """Associated data: a payload authenticates only in this repository and as this codec."""
@@ -65,6 +67,14 @@ class PayloadKeys:
     def encrypt(self, data: bytes, *, epoch: int, codec: str) -> bytes:
         """``data`` sealed with the key of ``epoch``, as a payload of this repository in ``codec``."""
         return crypto.encrypt(self.key(epoch), data, self.context(codec))
+
+    def pieces(self, *, epoch: int, codec: str) -> crypto.PieceCipher:
+        """What seals and opens the pieces of a payload in ``codec`` under the key of ``epoch``
+        (``storage.pieces``)."""
+        cipher = self._ciphers.get((epoch, codec))
+        if cipher is None:
+            cipher = self._ciphers[(epoch, codec)] = crypto.PieceCipher(self.key(epoch), self.context(codec))
+        return cipher
 
     def decrypt(self, data: bytes, *, epoch: int, codec: str) -> bytes:
         """The plaintext of a payload sealed by ``encrypt``; ``IntegrityError`` if it does not authenticate."""

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from ..core import crypto
 from ..core.errors import Forbidden, InvalidInput, NotFound, RefConflict, RepositoryNotFound
 from ..core.identity import Identity, wallet
-from ..core.ids import BranchName, CommitId, PublicKey, RepoId, short
+from ..core.ids import BranchName, Cid, CommitId, PublicKey, RepoId, short
 from ..core.membership import (
     ChainRef,
     Membership,
@@ -48,13 +48,15 @@ from ..core.membership import (
     rotation,
     token_binding,
 )
-from ..core.objects import Commit, Payload, RepositoryRecord, check_commit_time, metric_text
+from ..core.objects import Commit, Payload, RepositoryRecord, TensorSpec, check_commit_time, metric_text
 from ..core.refs import CONTRIBUTION_PREFIX as CONTRIBUTION_PREFIX
 from ..core.refs import DEFAULT_BRANCH, BranchMove, check_branch_name
 from ..core.refs import contribution_branch as contribution_branch
 from ..core.round_rules import RoundPolicy
+from ..tensors import safetensors_file
 from ..tensors.codec_params import DEFAULT_TOPK_RATIO, LOSSY_CODECS
-from . import clock, merging, unixfs
+from ..tensors.safetensors_file import Source
+from . import clock, merging, pieces, unixfs
 from .clock import now_ms as now_ms
 from .fsck import Problem
 from .fsck import check as check_history
@@ -73,8 +75,11 @@ from .stores import ObjectStore, RefStore
 if TYPE_CHECKING:  # at run time, tensor modules are imported by the methods that use them (see above)
     from ..tensors.safetensors_io import StateDict
 
-#: Codecs a contribution may be committed in: exact, or lossy to save bytes.
-DELTA_CODECS = ("bitdelta-v1", *LOSSY_CODECS)
+#: Codecs that store weights exactly: whole, in deduplicated pieces (the default), or as the bit delta against the
+#: first parent that older versions wrote.
+EXACT_CODECS = (pieces.CODEC, "bitdelta-v1")
+#: Codecs a commit or a contribution may be written in: exact, or lossy to save bytes.
+WRITE_CODECS = (*EXACT_CODECS, *LOSSY_CODECS)
 
 
 class Repository(History):
@@ -105,19 +110,19 @@ class Repository(History):
 
     @classmethod
     def create(cls, objects: ObjectStore, blocks: unixfs.BlockStore, refs_for: Callable[[RepoId], RefStore],
-               identity: Identity, name: str, state: StateDict, *, message: str = "initial weights",
+               identity: Identity, name: str, state: StateDict | Source, *, message: str = "initial weights",
                write_lock: threading.Lock | None = None) -> Repository:
-        """A new repository whose commit 0 is ``state``; ``refs_for`` gives the ref store for its id."""
-        from ..tensors.safetensors_io import layout_of
-
+        """A new repository whose commit 0 is ``state`` (tensors, or a file's as a ``Source``); ``refs_for`` gives
+        the ref store for its id."""
         if not name.strip() or len(name) > 200:
             raise InvalidInput("a repository name is 1 to 200 characters", name=name)
-        if not state:
+        layout = _layout(state)
+        if not layout:
             raise InvalidInput("the initial model has no tensors")
         key = crypto.new_key()
         record = RepositoryRecord(
             name=name, owner=identity.public_key, created_ms=clock.now_ms(), nonce=os.urandom(16).hex(),
-            layout=layout_of(state), sealed_keys={identity.public_key: crypto.seal_key(key, identity.public_key)},
+            layout=layout, sealed_keys={identity.public_key: crypto.seal_key(key, identity.public_key)},
         ).signed(identity)
         objects.put(record.id, record.encode())
         repo = cls(record, objects, blocks, refs_for(record.id), reader=identity, write_lock=write_lock)
@@ -139,15 +144,14 @@ class Repository(History):
 
     # -- writing ----------------------------------------------------------------------------------------
 
-    def _write_commit(self, identity: Identity, state: StateDict, *, parents: tuple[CommitId, ...], kind: str,
-                      message: str, meta: Mapping[str, Any], metrics: Mapping[str, str], branch: BranchName,
-                      expected: CommitId | None, codec: str = "bitdelta-v1",
+    def _write_commit(self, identity: Identity, state: StateDict | Source, *, parents: tuple[CommitId, ...],
+                      kind: str, message: str, meta: Mapping[str, Any], metrics: Mapping[str, str],
+                      branch: BranchName, expected: CommitId | None, codec: str = pieces.CODEC,
                       topk_ratio: float = DEFAULT_TOPK_RATIO,
                       check_time: Callable[[int], None] | None = None) -> Commit:
-        from ..tensors.codec import decode_payload, encode_payload
-        from ..tensors.safetensors_io import check_layout
-
-        check_layout(state, self.record.layout)
+        """Write ``state`` (tensors, or a file's as a ``Source``: stored in pieces as it is read) as a commit and
+        move ``branch`` to it. The first commit holds whole weights whatever ``codec`` asks for."""
+        safetensors_file.check_layout(_layout(state), self.record.layout)
         self.rotate_if_expired(identity)  # the owner's node: never seal a new payload to an expired member
         membership = self.members.current()
         # Never dated before a parent (a peer's clock may run a little ahead of this one's): see check_commit_time.
@@ -156,18 +160,30 @@ class Repository(History):
             check_time(timestamp)
         membership.require_branch_move(identity.public_key, branch, epoch=membership.epoch, at_ms=timestamp)
         if not parents:
-            codec = "full-v1"
-            data = encode_payload(codec, state, None)
+            codec = pieces.CODEC
+        if codec == pieces.CODEC:
+            source = state if isinstance(state, Source) else _state_source(state)
+            cipher = self.keys.pieces(epoch=membership.epoch, codec=codec)
+
+            def store() -> tuple[Cid, int]:
+                return pieces.write(self.blocks, cipher, pieces.cut(source.segments(pieces.PIECE)))
         else:
+            if isinstance(state, Source):
+                raise InvalidInput(f"{codec} encodes tensors in memory: a file is committed in {pieces.CODEC}")
+            from ..tensors.codec import decode_payload, encode_payload
+
             base = self.materialize(parents[0])
             data = encode_payload(codec, state, base, topk_ratio=topk_ratio)
             if codec in LOSSY_CODECS:  # the commit holds exactly what its payload decodes to
                 state = decode_payload(codec, data, base, self.record.layout)
-        data = self.keys.encrypt(data, epoch=membership.epoch, codec=codec)
+            data = self.keys.encrypt(data, epoch=membership.epoch, codec=codec)
+
+            def store() -> tuple[Cid, int]:
+                return unixfs.add(self.blocks, data), len(data)
         # Blocks, record and branch move under the lock that gc takes: it never sees blocks of a half-made commit.
         with self.write_lock:
-            payload = Payload(cid=unixfs.add(self.blocks, data), codec=codec, size=len(data),
-                              key_epoch=membership.epoch)
+            root, size = store()
+            payload = Payload(cid=root, codec=codec, size=size, key_epoch=membership.epoch)
             commit = Commit(
                 repo=self.id, parents=parents, author=identity.public_key, timestamp_ms=timestamp, kind=kind,
                 message=message, payload=payload, meta=dict(meta), metrics=dict(metrics),
@@ -178,20 +194,23 @@ class Repository(History):
                                      timestamp=timestamp)
         self.announce("commit", commit.id, commit.encode())
         self.announce("move", move.id, move.encode())
-        self._remember(commit.id, state)
+        if not isinstance(state, Source):
+            self._remember(commit.id, state)
         return commit
 
-    def commit_weights(self, identity: Identity, state: StateDict, *, message: str, branch: str = DEFAULT_BRANCH,
-                       examples: int = 0, metrics: Mapping[str, float | int | str] | None = None,
-                       expected_head: CommitId | None = None, codec: str = "bitdelta-v1",
+    def commit_weights(self, identity: Identity, state: StateDict | Source, *, message: str,
+                       branch: str = DEFAULT_BRANCH, examples: int = 0,
+                       metrics: Mapping[str, float | int | str] | None = None,
+                       expected_head: CommitId | None = None, codec: str = pieces.CODEC,
                        topk_ratio: float = DEFAULT_TOPK_RATIO) -> Commit:
         """Commit new weights on ``branch``: the delta against its head. Raises ``RefConflict`` if it moved.
 
-        ``codec`` is ``bitdelta-v1`` (exact, the default) or a lossy one (``tensors.lossy``): then the commit holds
-        ``head + decoded delta``, which a contributor's ``ErrorFeedback`` compares with what it sent.
+        ``codec`` is an exact one (``snapshot-v1``, the default, or ``bitdelta-v1``) or a lossy one
+        (``tensors.lossy``): then the commit holds ``head + decoded delta``, which a contributor's
+        ``ErrorFeedback`` compares with what it sent.
         """
-        if codec not in DELTA_CODECS:
-            raise InvalidInput(f"unknown codec {codec!r}: use one of {', '.join(DELTA_CODECS)}", codec=codec)
+        if codec not in WRITE_CODECS:
+            raise InvalidInput(f"unknown codec {codec!r}: use one of {', '.join(WRITE_CODECS)}", codec=codec)
         name = check_branch_name(branch)
         head = self.head(name)
         if expected_head is not None and expected_head != head:
@@ -205,7 +224,7 @@ class Repository(History):
                                   meta={"examples": examples}, metrics=checked, branch=name, expected=head)
 
     def contribute(self, identity: Identity, state: StateDict, *, branch: str = DEFAULT_BRANCH, examples: int,
-                   base: CommitId | None = None, message: str = "", codec: str = "bitdelta-v1",
+                   base: CommitId | None = None, message: str = "", codec: str = pieces.CODEC,
                    topk_ratio: float = DEFAULT_TOPK_RATIO, commitments: Sequence[str] = (),
                    dp: Mapping[str, Any] | None = None) -> Commit:
         """A contribution to the rounds of ``branch``: weights trained from ``base`` (default: the branch head) on
@@ -215,8 +234,8 @@ class Repository(History):
         commitments of its delta's chunks, when the repository's merges are proven (``protocol.proofs``); ``dp``,
         if any, what it spent of its author's privacy budget (``core.dp``: the weights are clipped and noised
         already, by ``protocol.dp``)."""
-        if codec not in DELTA_CODECS:
-            raise InvalidInput(f"unknown codec {codec!r}: use one of {', '.join(DELTA_CODECS)}", codec=codec)
+        if codec not in WRITE_CODECS:
+            raise InvalidInput(f"unknown codec {codec!r}: use one of {', '.join(WRITE_CODECS)}", codec=codec)
         if not isinstance(examples, int) or examples < 0:
             raise InvalidInput("examples must be an integer >= 0")
         if self.members.current().policy.privacy == "secure":
@@ -371,6 +390,20 @@ class Repository(History):
             raise Forbidden(f"only the owner of repository {self.name} ({short(membership.owner)}) {what}",
                             repo=self.id)
         return membership
+
+
+def _layout(state: StateDict | Source) -> tuple[TensorSpec, ...]:
+    if isinstance(state, Source):
+        return state.layout()
+    from ..tensors.safetensors_io import layout_of
+
+    return layout_of(state)
+
+
+def _state_source(state: StateDict) -> Source:
+    from ..tensors.safetensors_io import state_source
+
+    return state_source(state)
 
 
 def _moved(branch: str, expected: CommitId | None, current: CommitId | None) -> RefConflict:

@@ -28,6 +28,7 @@ from .stores import DiskObjectStore, DiskRefStore, MemoryObjectStore, MemoryRefS
 from .unixfs import BlockStore
 
 if TYPE_CHECKING:  # not at run time: that would import torch (see storage.history)
+    from ..tensors.safetensors_file import Source
     from ..tensors.safetensors_io import StateDict
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,8 @@ class RepoSet:
         return cls(identity, DiskObjectStore(home / "objects"), DiskObjectStore(home / "blocks"),
                    DiskRefBackend(home / "repos"), pending=PendingContributions(home / "secure"))
 
-    def create(self, name: str, state: StateDict) -> Repository:
-        """A new repository owned by this node's identity."""
+    def create(self, name: str, state: StateDict | Source) -> Repository:
+        """A new repository owned by this node's identity, its commit 0 ``state`` (``Repository.create``)."""
         if any(r.name == name for r in self.all()):
             raise AlreadyExists(f"a repository named {name!r} exists already here: pick another name", name=name)
         repo = Repository.create(self.objects, self.blocks, self._refs.refs_for, self.identity, name, state,

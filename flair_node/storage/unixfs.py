@@ -70,12 +70,19 @@ def _parsed(cid: Cid | ParsedCid) -> ParsedCid:
 
 def add(store: BlockStore, data: bytes) -> Cid:
     """Store ``data`` as a UnixFS file DAG; returns the root CID (Kubo's, for the same bytes)."""
-    level: list[tuple[Cid, int, int]] = []  # (cid, tsize, file bytes) of each node of the current level
+    leaves = []
     for start in range(0, max(len(data), 1), CHUNK):
         leaf = data[start:start + CHUNK]
         cid = cid_for(RAW, leaf)
         store.put(cid, leaf)
-        level.append((cid, len(leaf), len(leaf)))
+        leaves.append((cid, len(leaf)))
+    return link_leaves(store, leaves)
+
+
+def link_leaves(store: BlockStore, leaves: list[tuple[Cid, int]]) -> Cid:
+    """The root of a UnixFS file DAG over raw ``leaves`` (CID and bytes of each, in file order, stored already),
+    built as Kubo builds one: its nodes are stored here. Leaves need not be of one size (``storage.pieces``)."""
+    level = [(cid, size, size) for cid, size in leaves]  # (cid, tsize, file bytes) of each node of the current level
     while len(level) > 1:
         parents = []
         for start in range(0, len(level), MAX_LINKS):
@@ -192,6 +199,12 @@ def walk(store: BlockStore, root: Cid, *, max_size: int) -> Iterator[tuple[Parse
 def cat(store: BlockStore, root: Cid, *, max_size: int) -> bytes:
     """The file bytes under ``root``, at most ``max_size`` of them."""
     return b"".join(block for cid, block in walk(store, root, max_size=max_size) if cid.codec == RAW)
+
+
+def file_size(store: BlockStore, root: Cid, *, max_size: int) -> int:
+    """The file bytes under ``root`` (at most ``max_size``), counted as ``cat`` would read them, without holding
+    them."""
+    return sum(len(block) for cid, block in walk(store, root, max_size=max_size) if cid.codec == RAW)
 
 
 def block_keys(store: BlockStore, root: Cid, *, max_size: int) -> set[str]:

@@ -18,6 +18,7 @@ from ..core.errors import InvalidInput, NotSafetensors
 from ..core.objects import TensorSpec
 from .codec_params import DEFAULT_TOPK_RATIO, LOSSY_CODECS
 from .lossy import decode_lossy, encode_lossy
+from .safetensors_file import ALL_DTYPE_SIZES
 from .safetensors_io import StateDict, check_header, check_layout, load_bytes, save_bytes
 
 _SIGNED = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -69,7 +70,7 @@ def decode_payload(codec: str, data: bytes, base: StateDict | None, layout: Sequ
     elif codec == "bitdelta-v1":
         if base is None:
             raise InvalidInput("bitdelta-v1 needs a base")
-        check_header(data, "payload")  # bounds checks before numpy sees the bytes
+        check_header(data, "payload", dtypes=ALL_DTYPE_SIZES)  # bounds checks before numpy sees the bytes
         try:
             deltas = safetensors.numpy.load(data)
         except Exception as exc:  # safetensors raises its own SafetensorError and plain errors alike

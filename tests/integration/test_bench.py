@@ -53,6 +53,14 @@ def test_scale_bench_reports_each_operation_next_to_the_machine_s_ceilings():
     assert report["model_mb"] == 8.0 and report["commit_vs_copy"] > 0
 
 
+def test_lora_merge_bench_reports_each_strategy_against_the_exact_merge():
+    report = last_json_line("lora_merge.py", "--quick")
+    assert all(report[setup]["stack_rel_error"] < 1e-6 for setup in ("random_2", "shared_a_4", "digits_lora"))
+    assert report["random_2"]["fedit_rel_error"] > 0.1 and report["random_2"]["svd_rel_error"] > 0.1
+    assert report["shared_a_4"]["ffa_rel_error"] < 1e-6 and report["random_2"]["ffa_rel_error"] is None
+    assert report["digits_lora"]["stack_accuracy"] == report["digits_lora"]["exact_accuracy"]
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_gossip_bench_reports_delivery_and_latency():

@@ -343,7 +343,7 @@ def test_a_daemon_fetches_a_payload_only_another_daemon_has(tmp_path):
     from flair_node.testing.daemon import running_daemon
 
     model = tmp_path / "m.safetensors"
-    save_file({"w": torch.randn(200_000)}, str(model))  # 800 KB: four leaves and a root
+    save_file({"w": torch.randn(200_000)}, str(model))  # 800 KB: two pieces and a root
     with running_daemon(tmp_path / "a") as a, running_daemon(tmp_path / "b") as b:
         a.client.call("repo.init", name="shared", model_path=str(model))
         head = a.client.call("repo.log", repo="shared")["commits"][0]
@@ -351,8 +351,8 @@ def test_a_daemon_fetches_a_payload_only_another_daemon_has(tmp_path):
         assert b.client.call("block.has", cid=cid) == {"cid": cid, "complete": False}
         address = a.client.call("node.status")["p2p"]["addrs"][0]
         assert address.startswith("/ip4/127.0.0.1/tcp/") and "/p2p/" in address
-        assert b.client.call("block.fetch", cid=cid, peer=address, max_size=size)["fetched_blocks"] == 5
-        assert b.client.call("block.has", cid=cid) == {"cid": cid, "complete": True, "blocks": 5}
+        assert b.client.call("block.fetch", cid=cid, peer=address, max_size=size)["fetched_blocks"] == 3
+        assert b.client.call("block.has", cid=cid) == {"cid": cid, "complete": True, "blocks": 3}
         assert b.client.call("block.fetch", cid=cid, peer=address)["fetched_blocks"] == 0
         assert b.client.call("node.status")["p2p"]["refused_blocks"] == 0
 

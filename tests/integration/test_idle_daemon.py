@@ -72,11 +72,15 @@ def test_idle_daemon_stays_small_until_tensor_work_loads_torch(tmp_path):
         assert not maps_torch(daemon.pid)
         assert rss < RSS_LIMIT_MB, f"an idle daemon holds {rss:.1f} MiB (limit {RSS_LIMIT_MB} MiB)"
 
-        # The first request that carries weights loads torch, and the daemon serves it as before.
+        # Weights stream through a commit as bytes (storage.pieces): the first request that computes on tensors
+        # loads torch, and the daemon serves it as before.
         model = tmp_path / "m0.safetensors"
         save_file({"fc.weight": torch.ones(4, 2), "fc.bias": torch.zeros(4)}, str(model))
         created = daemon.client.call("repo.init", name="idle", model_path=str(model))
-        assert created["tensors"] == 2
+        assert created["tensors"] == 2 and not maps_torch(daemon.pid)
+        save_file({"fc.weight": torch.zeros(4, 2), "fc.bias": torch.zeros(4)}, str(model))
+        daemon.client.call("repo.commit", repo="idle", weights_path=str(model), message="zeros", branch="main")
+        assert daemon.client.call("repo.diff", repo="idle", a="main~1", b="main")["tensors"][1]["changed"] == 8
         assert maps_torch(daemon.pid)
 
 

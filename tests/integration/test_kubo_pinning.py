@@ -20,7 +20,7 @@ from flair_node.testing.daemon import running_daemon
 
 def test_a_payload_dag_lands_in_kubo_under_the_same_cids():
     repos = RepoSet.in_memory(Identity.generate())
-    repo = repos.create("big", {"w": torch.randn(300_000)})  # > 256 KiB: a two-level DAG
+    repo = repos.create("big", {"w": torch.randn(600_000)})  # 2.4 MB: a two-level DAG
     commit = repo.commit(repo.head("main"))
     with FakeKubo() as kubo:
         pinner = KuboPinner(kubo.multiaddr)
@@ -30,7 +30,7 @@ def test_a_payload_dag_lands_in_kubo_under_the_same_cids():
         assert kubo.pins == {commit.payload.cid}
         assert set(kubo.blocks) == {cid.text for cid, _ in unixfs.walk(repos.blocks, commit.payload.cid,
                                                                   max_size=commit.payload.size)}
-        assert len(kubo.blocks) == 6  # 4 leaves of 256 KiB + the last one + the root
+        assert len(kubo.blocks) == 6  # 4 pieces of 512 KiB, the rest (with the header), and the root
         kubo.failing = True
         with pytest.raises(RemoteError, match="fake Kubo is down"):
             KuboPinner(kubo.multiaddr).pin_dag(commit.payload.cid, [])

@@ -70,8 +70,7 @@ async def repo_checkout(ctx: ApiContext, repo: str, commit: str, output_path: st
         r = ctx.repos.open(repo)
         cid = r.resolve(commit)
         out = files.output_path(output_path, overwrite)
-        files.write_weights(out, r.materialize(cid))
-        return {"commit": cid, "path": str(out), "bytes": out.stat().st_size}
+        return {"commit": cid, "path": str(out), "bytes": r.checkout(cid, out)}
 
     return await ctx.off_thread(work)
 

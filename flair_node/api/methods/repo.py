@@ -13,10 +13,11 @@ from typing import Any
 from ...core.errors import InvalidInput
 from ...core.ids import is_full_id
 from ...core.refs import DEFAULT_BRANCH
+from ...storage.repo import EXACT_CODECS
 from ...tensors.codec_params import DEFAULT_TOPK_RATIO
 from ..context import ApiContext
 from ..dispatch import MethodTable, Param
-from ..files import read_weights
+from ..files import open_weights, read_weights
 from ..params import (
     ARRAY,
     BRANCH,
@@ -47,8 +48,8 @@ async def repo_list(ctx: ApiContext) -> list[dict[str, Any]]:
     result=OBJECT)
 async def repo_init(ctx: ApiContext, name: str, model_path: str) -> dict[str, Any]:
     def work() -> dict[str, Any]:
-        state = read_weights(model_path, "model")
-        repo = ctx.repos.create(name, state)
+        with open_weights(model_path, "model") as source:
+            repo = ctx.repos.create(name, source)
         return {**repo_json(repo), "commit": repo.head(DEFAULT_BRANCH)}
 
     return await ctx.changing(work)
@@ -74,10 +75,15 @@ async def repo_commit(ctx: ApiContext, repo: str, weights_path: str, message: st
                       topk_ratio: float) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         r = ctx.repos.open(repo)
-        state = read_weights(weights_path, "weights")
         expected = r.resolve(expected_head) if expected_head else None
-        commit = r.commit_weights(ctx.identity, state, message=message, branch=branch, examples=examples,
-                                  metrics=metrics, expected_head=expected, codec=codec, topk_ratio=topk_ratio)
+        if codec == EXACT_CODECS[0]:  # streamed from the file, piece by piece
+            with open_weights(weights_path, "weights") as source:
+                commit = r.commit_weights(ctx.identity, source, message=message, branch=branch,
+                                          examples=examples, metrics=metrics, expected_head=expected)
+        else:
+            commit = r.commit_weights(ctx.identity, read_weights(weights_path, "weights"), message=message,
+                                      branch=branch, examples=examples, metrics=metrics, expected_head=expected,
+                                      codec=codec, topk_ratio=topk_ratio)
         return {**commit_json(commit), "branch": branch}
 
     return await ctx.changing(work)
@@ -107,7 +113,7 @@ async def repo_contribute(ctx: ApiContext, repo: str, weights_path: str, example
         rounds.staleness(r, branch, start)  # refuse now what no round would take
         weights = read_weights(weights_path, "weights")
         if r.members.current().policy.privacy == "secure":  # masked, never a commit every member decrypts
-            if codec != "bitdelta-v1":
+            if codec not in EXACT_CODECS:
                 raise InvalidInput(f"a secure round masks the exact change: it takes no {codec} codec")
             advert = secure_node.contribute(r, ctx.identity, ctx.repos.pending, branch, weights, examples)
             return {"id": advert.id, "kind": "advert", "branch": branch, "base": start, "examples": examples,

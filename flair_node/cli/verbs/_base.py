@@ -18,7 +18,7 @@ from ...api.client import ApiClient
 from ...core.errors import FlairError
 
 # The names the CLI offers for the delta codecs, and the codec id the API takes for each.
-CODECS = {"exact": "bitdelta-v1", "float16": "float16-v1", "int8": "int8-v1", "topk": "topk-v1"}
+CODECS = {"exact": "snapshot-v1", "float16": "float16-v1", "int8": "int8-v1", "topk": "topk-v1"}
 
 
 def no_arguments(parser: argparse.ArgumentParser) -> None:

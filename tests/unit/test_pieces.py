@@ -1,0 +1,269 @@
+"""Weights in pieces (``storage.pieces``, codec ``snapshot-v1``): bit-exact both ways, stored in proportion to the
+change, independent of history, and read from files as untrusted as anything else."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+import safetensors.torch
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flair_node.core.cid import RAW
+from flair_node.core.crypto import PieceCipher
+from flair_node.core.errors import IntegrityError, NotSafetensors
+from flair_node.core.identity import Identity
+from flair_node.storage import pieces, unixfs
+from flair_node.storage.repos import RepoSet
+from flair_node.tensors.safetensors_file import FileSource, canonical, read_header
+from flair_node.tensors.safetensors_io import load_file, save_bytes, state_source
+
+OWNER = Identity.generate()
+
+
+def odd_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every dtype a model may hold, with the values and shapes that trip codecs: NaN payloads, -0.0, empty and
+    0-d tensors, and tensors spanning several pieces."""
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.randn(300, 1000, generator=g)
+    weights[0, :4] = torch.tensor([float("nan"), -0.0, float("inf"), 1e-45])
+    return {
+        "embed.weight": weights, "ln.bias": torch.randn(7, generator=g), "empty": torch.zeros(0, 3),
+        "scale": torch.tensor(3.5, dtype=torch.bfloat16), "mask": torch.rand(1000, generator=g) > 0.5,
+        "half": torch.randn(700, 700, generator=g).half(), "steps": torch.arange(5, dtype=torch.int64),
+        "bytes": torch.randint(0, 255, (33,), dtype=torch.uint8, generator=g),
+    }
+
+
+def write_file(path: os.PathLike[str], state: dict[str, torch.Tensor], **kw: object) -> None:
+    with open(path, "wb") as f:
+        f.write(safetensors.torch.save(state, **kw))  # type: ignore[arg-type]
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Bit for bit, NaN payloads included."""
+    return sorted(a) == sorted(b) and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+        and a[k].reshape(-1).view(torch.uint8).equal(b[k].reshape(-1).view(torch.uint8)) for k in a)
+
+
+def stored_bytes(repos: RepoSet) -> int:
+    return sum(len(repos.blocks.objects.get(k)) for k in repos.blocks.keys())
+
+
+# -- cutting -----------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 3 * pieces.PIECE), min_size=0, max_size=6), st.integers(8, 4000))
+def test_pieces_hold_the_file_and_every_leaf_but_the_last_is_a_full_chunk(sizes, header):
+    segments = [[b"h" * header], *([bytes([i % 256]) * n] for i, n in enumerate(sizes))]
+    as_parts = [[s[0][at:at + pieces.PIECE] for at in range(0, len(s[0]), pieces.PIECE)] for s in segments]
+    cut = [bytes(p) for p in pieces.cut(as_parts)]
+    assert b"".join(cut) == b"".join(s[0] for s in segments)
+    assert all(unixfs.CHUNK <= len(p) <= unixfs.CHUNK + pieces.PIECE for p in cut[:-1])
+    assert len(cut[-1]) <= unixfs.CHUNK + pieces.PIECE
+    assert len(cut) <= unixfs.max_blocks(sum(map(len, cut)))  # never more leaves than Bounds allows
+
+
+def test_an_unchanged_tensor_is_cut_into_the_same_pieces_whatever_changed_before_it():
+    before = odd_state(0)
+    after = {**before, "bytes": before["bytes"] + 1, "ln.bias": before["ln.bias"] * 2}
+    cut = [{bytes(p) for p in pieces.cut(state_source(s).segments(pieces.PIECE))} for s in (before, after)]
+    big = before["embed.weight"].numel() * 4
+    assert len(cut[0] & cut[1]) >= big // pieces.PIECE  # all of embed.weight but the piece it shares
+
+
+# -- sealing -----------------------------------------------------------------------------------------------
+
+
+def test_sealing_is_deterministic_per_key_and_context_and_refuses_any_change():
+    piece = os.urandom(1000)
+    cipher = PieceCipher(bytes(32), b"repo/a")
+    sealed = cipher.seal(piece)
+    assert sealed == cipher.seal(piece) and len(sealed) == len(piece) + PieceCipher.OVERHEAD
+    assert cipher.open(sealed) == piece
+    assert PieceCipher(bytes(32), b"repo/b").seal(piece) != sealed
+    assert PieceCipher(b"\1" * 32, b"repo/a").seal(piece) != sealed
+    assert cipher.seal(piece[:-1] + b"\0")[4:16] != sealed[4:16]  # another piece, another nonce
+    for other in (PieceCipher(bytes(32), b"repo/b"), PieceCipher(b"\1" * 32, b"repo/a")):
+        with pytest.raises(IntegrityError, match="authentication"):
+            other.open(sealed)
+    for bad in (sealed[:-1], sealed[:10], b"FLE1" + sealed[4:], sealed[:20] + bytes([sealed[20] ^ 1]) + sealed[21:]):
+        with pytest.raises(IntegrityError):
+            cipher.open(bad)
+
+
+# -- through a repository ----------------------------------------------------------------------------------
+
+
+def test_a_file_commits_and_checks_out_bit_for_bit_whatever_its_order_and_metadata(tmp_path):
+    repos = RepoSet.in_memory(OWNER)
+    state = odd_state(0)
+    write_file(tmp_path / "m.safetensors", state, metadata={"format": "pt"})
+    with FileSource(tmp_path / "m.safetensors") as source:
+        repo = repos.create("odd", source)
+    head = repo.head("main")
+    assert repo.commit(head).payload.codec == pieces.CODEC
+    repo.drop_caches()
+    assert same(repo.materialize(head), state)
+    out = tmp_path / "out.safetensors"
+    assert repo.checkout(head, out) == out.stat().st_size and oct(out.stat().st_mode & 0o777) == "0o600"
+    assert same(load_file(out), state)
+    # Flair's own canonical file of the same tensors, whatever order or metadata the input had
+    assert out.read_bytes()[:len(canonical(repo.record.layout).raw)] == canonical(repo.record.layout).raw
+
+
+def test_a_commit_stores_what_changed_and_any_commit_reads_without_its_history(tmp_path):
+    repos = RepoSet.in_memory(OWNER)
+    state = {f"layer{i}.weight": torch.randn(256, 256) for i in range(50)}  # 50 tensors of 256 KiB
+    repo = repos.create("many", state)
+    before = stored_bytes(repos)
+    changed = {**state, "layer7.weight": state["layer7.weight"] + 1}  # 2 % of the tensors
+    small = repo.commit_weights(OWNER, changed, message="one tensor")
+    added = stored_bytes(repos) - before
+    model = 50 * 256 * 256 * 4
+    assert added <= 0.02 * model + 0.01 * model, added
+    chain = [small.id]
+    for step in range(3):
+        changed = {**changed, f"layer{step}.weight": changed[f"layer{step}.weight"] * 0.5}
+        chain.append(repo.commit_weights(OWNER, changed, message=f"step {step}").id)
+    # Drop every block that only the ancestors hold: the head still reads whole
+    keep = unixfs.block_keys(repos.blocks, repo.commit(chain[-1]).payload.cid,
+                             max_size=repo.commit(chain[-1]).payload.size)
+    for key in list(repos.blocks.keys()):
+        if key not in keep:
+            repos.blocks.delete_key(key)
+    repo.drop_caches()
+    assert same(repo.materialize(chain[-1]), changed)
+    with pytest.raises(Exception):  # noqa: B017 (an ancestor's own blocks are gone: NotFound)
+        repo.materialize(repo.resolve("main~4"))
+
+
+def test_a_checkout_of_a_damaged_payload_fails_and_leaves_no_file(tmp_path):
+    repos = RepoSet.in_memory(OWNER)
+    state = odd_state(1)
+    repo = repos.create("damaged", state)
+    head = repo.commit(repo.head("main"))
+    leaves = [cid for cid, _ in unixfs.walk(repos.blocks, head.payload.cid, max_size=head.payload.size)
+              if cid.codec == RAW]
+    repos.blocks.delete_key(leaves[-1].key)
+    repo.drop_caches()
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(Exception, match="not stored"):
+        repo.checkout(head.id, out)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+# -- hostile files and payloads ----------------------------------------------------------------------------
+
+
+def raw_file(header: dict[str, object], data: bytes) -> bytes:
+    import json
+
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+F32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+
+@pytest.mark.parametrize("header, data, message", [
+    ({"a": F32, "b": {**F32, "data_offsets": [4, 12]}}, bytes(12), "back to back"),  # overlapping
+    ({"a": F32, "b": {**F32, "data_offsets": [12, 20]}}, bytes(20), "back to back"),  # a gap
+    ({"a": F32}, bytes(16), "the file has 16"),  # bytes after the last tensor
+    ({"a": {**F32, "shape": [3]}}, bytes(8), "would hold 12"),
+    ({"a": {**F32, "shape": [2**40, 2**40]}}, bytes(8), "would hold"),
+    ({"a": {**F32, "shape": [-1]}}, bytes(8), "non-negative"),
+    ({"a": {**F32, "shape": [1] * 17}}, bytes(4), "at most 16"),
+    ({"a": {**F32, "dtype": "F8_E4M3"}}, bytes(8), "unsupported dtype"),
+    ({"a": {**F32, "data_offsets": [8, 0]}}, bytes(8), "begin <= end"),
+    ({"a": {**F32, "extra": 1}}, bytes(8), "dtype, shape and data_offsets"),
+    ({"": F32}, bytes(8), "1 to 1024"),
+    ({"__metadata__": {"a": 1}, "b": F32}, bytes(8), "object of strings"),
+])
+def test_a_hostile_file_is_refused_before_anything_is_read(tmp_path, header, data, message):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(raw_file(header, data))
+    with pytest.raises(NotSafetensors, match=message):
+        FileSource(path)
+
+
+def test_a_file_that_shrinks_while_it_is_committed_fails_the_commit(tmp_path):
+    repos = RepoSet.in_memory(OWNER)
+    state = {"w": torch.randn(600_000)}
+    repo = repos.create("shrinks", state)
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(save_bytes({"w": torch.randn(600_000)}))
+    head = repo.head("main")
+    with FileSource(path) as source:
+        os.truncate(path, 1000)
+        with pytest.raises(IntegrityError, match="changed while it was read"):
+            repo.commit_weights(OWNER, source, message="m")
+    assert repo.head("main") == head
+
+
+def sealed_payload(repo, plain: bytes, *, codec: str = pieces.CODEC) -> tuple[str, int]:
+    """``plain`` sealed in pieces with ``repo``'s key, as a member could: its root and size."""
+    cipher = PieceCipher(repo.keys.key(0), repo.keys.context(codec))
+    parts = [[plain[at:at + pieces.PIECE] for at in range(0, len(plain), pieces.PIECE)]]
+    return pieces.write(repo.blocks, cipher, pieces.cut(parts))
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda raw, data: raw + data[:-4], "ends 4 bytes early"),
+    (lambda raw, data: raw + data + b"\0" * 8, "more bytes than its tensors"),
+    (lambda raw, data: struct.pack("<Q", 10**9) + raw[8:] + data, "header length"),
+])
+def test_a_members_malformed_snapshot_is_refused_by_every_reader(tmp_path, tamper, message):
+    from flair_node.core.objects import Commit, Payload
+    from flair_node.storage.clock import now_ms
+
+    repos = RepoSet.in_memory(OWNER)
+    state = {"w": torch.randn(100_000)}
+    repo = repos.create("hostile", state)
+    source = state_source(state)
+    data = b"".join(bytes(p) for segment in list(source.segments(pieces.PIECE))[1:] for p in segment)
+    root, size = sealed_payload(repo, tamper(source.header.raw, data))
+    commit = Commit(repo=repo.id, parents=(repo.head("main"),), author=OWNER.public_key, timestamp_ms=now_ms(),
+                    kind="commit", message="hostile", payload=Payload(root, pieces.CODEC, size), meta={},
+                    metrics={}).signed(OWNER)
+    repo.store_commit(commit)
+    with pytest.raises((IntegrityError, NotSafetensors), match=message):
+        repo.materialize(commit.id)
+    with pytest.raises((IntegrityError, NotSafetensors), match=message):
+        repo.checkout(commit.id, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_snapshot_of_another_layout_or_sealed_as_another_codec_is_refused(tmp_path):
+    from flair_node.core.objects import Commit, Payload
+    from flair_node.storage.clock import now_ms
+
+    repos = RepoSet.in_memory(OWNER)
+    repo = repos.create("layout", {"w": torch.randn(10)})
+    for plain, codec, message in [(save_bytes({"w": torch.randn(11)}), pieces.CODEC, "repository's model"),
+                                  (save_bytes({"w": torch.randn(10)}), "bitdelta-v1", "authentication")]:
+        root, size = sealed_payload(repo, plain, codec=codec)
+        commit = Commit(repo=repo.id, parents=(repo.head("main"),), author=OWNER.public_key, timestamp_ms=now_ms(),
+                        kind="commit", message="hostile", payload=Payload(root, pieces.CODEC, size), meta={},
+                        metrics={}).signed(OWNER)
+        repo.store_commit(commit)
+        with pytest.raises(IntegrityError, match=message):
+            repo.materialize(commit.id)
+
+
+def test_a_header_is_read_only_as_far_as_its_declared_length():
+    reads: list[int] = []
+    data = raw_file({"a": F32}, bytes(8))
+
+    def read(n: int) -> bytes:
+        reads.append(n)
+        start = sum(reads[:-1])
+        return data[start:start + n]
+
+    header = read_header(read, len(data), "x")
+    assert reads == [8, len(data) - 16] and header.size == len(data)
