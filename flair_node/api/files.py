@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.errors import InvalidInput
-from ..tensors.safetensors_file import FileSource
+from ..tensors.safetensors_file import FileSource, ShardedSource, open_source
 
 if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
@@ -20,13 +20,17 @@ if TYPE_CHECKING:
 MAX_WEIGHTS_BYTES = 64 << 30
 
 
-def input_path(text: str, what: str) -> Path:
-    """The existing file ``text`` names, refused unless absolute and at most ``MAX_WEIGHTS_BYTES`` long."""
+def input_path(text: str, what: str, *, folder: bool = False) -> Path:
+    """The existing file (or, with ``folder``, folder) ``text`` names, refused unless absolute and, a file, at most
+    ``MAX_WEIGHTS_BYTES`` long."""
     path = Path(text)
     if not path.is_absolute():
         raise InvalidInput(f"{what} must be an absolute path, got {text!r}", path=text)
+    if folder and path.is_dir():
+        return path
     if not path.is_file():
-        raise InvalidInput(f"{what} {text} does not exist or is not a file", path=text)
+        kind = "a file or a folder" if folder else "a file"
+        raise InvalidInput(f"{what} {text} does not exist or is not {kind}", path=text)
     if path.stat().st_size > MAX_WEIGHTS_BYTES:
         raise InvalidInput(f"{what} {text} is larger than {MAX_WEIGHTS_BYTES >> 30} GiB", path=text)
     return path
@@ -45,16 +49,30 @@ def output_path(text: str, overwrite: bool) -> Path:
 
 
 def read_weights(text: str, what: str) -> StateDict:
-    """The tensors of the safetensors file ``text`` names (an absolute path); ``what`` names it in errors."""
-    from ..tensors.safetensors_io import load_file
+    """The tensors of the weights ``text`` names (as ``open_weights`` reads them), in memory; ``what`` names it in
+    errors."""
+    from ..tensors.safetensors_io import load_source
 
-    return load_file(input_path(text, what))
-
-
-def open_weights(text: str, what: str) -> FileSource:
-    """The safetensors file ``text`` names (an absolute path), its header checked, to be read tensor by tensor
-    (``with open_weights(...) as source``); ``what`` names it in errors."""
-    return FileSource(input_path(text, what))
+    with open_weights(text, what) as source:
+        return load_source(source)
 
 
-__all__ = ["MAX_WEIGHTS_BYTES", "input_path", "open_weights", "output_path", "read_weights"]
+def open_weights(text: str, what: str) -> FileSource | ShardedSource:
+    """The weights ``text`` names (an absolute path): a safetensors file, a sharded checkpoint's
+    ``model.safetensors.index.json``, or a folder holding either (``safetensors_file.open_source``), headers
+    checked, to be read tensor by tensor (``with open_weights(...) as source``); ``what`` names it in errors."""
+    return open_source(input_path(text, what, folder=True))
+
+
+def output_folder(text: str, overwrite: bool) -> Path:
+    """The folder ``text`` names to write a sharded checkpoint in, refused unless absolute, in an existing folder,
+    and new, empty, or ``overwrite``."""
+    path = output_path(text, overwrite=True)
+    if path.exists() and not path.is_dir():
+        raise InvalidInput(f"{text} is a file: a sharded checkout writes a folder", path=text)
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise InvalidInput(f"folder {text} is not empty: pass overwrite (--force) to write into it", path=text)
+    return path
+
+
+__all__ = ["MAX_WEIGHTS_BYTES", "input_path", "open_weights", "output_folder", "output_path", "read_weights"]

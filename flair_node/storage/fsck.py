@@ -2,7 +2,8 @@
 
 Nothing is taken from memory: the history's caches are dropped first, then the repository record, the membership
 chain, every branch's move and every commit reachable from one are read and verified again, and every such
-commit's weights are decoded, each payload block re-hashed against its CID on the way. One damaged object is
+commit's weights are read through (``History.verify``), each payload block re-hashed against its CID and each
+piece authenticated on the way. One damaged object is
 reported and the check goes on with the rest. ``Repository.fsck`` calls ``check``, which only reads.
 """
 
@@ -66,7 +67,7 @@ def check(history: History) -> tuple[int, list[Problem]]:
         if cid not in checked or any(p not in checked for p in checked[cid].parents):
             continue
         try:
-            history.materialize(cid)
+            history.verify(cid)
         except FlairError as exc:
             problems.append(Problem(cid, f"payload: {exc}"))
     return len(checked), problems

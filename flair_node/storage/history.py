@@ -19,10 +19,11 @@ weights into tensors, when they run: a daemon that serves records and syncs with
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,17 @@ from ..core.identity import Identity
 from ..core.ids import BranchName, CommitId, RecordId, RepoId, check_id_prefix, is_full_id, short
 from ..core.objects import Commit, RepositoryRecord
 from ..core.refs import BranchMove, check_branch_name
-from ..tensors.safetensors_file import Header, check_layout, read_header
+from ..tensors.safetensors_file import (
+    INDEX_NAME,
+    MAX_SHARDS,
+    Entry,
+    Header,
+    Source,
+    canonical,
+    check_layout,
+    read_header,
+    shard_plan,
+)
 from . import pieces, unixfs
 from .atomic import atomic_write, atomic_writer
 from .keys import PayloadKeys
@@ -40,6 +51,8 @@ from .members import MembershipLog
 from .stores import ObjectStore, RefStore
 
 if TYPE_CHECKING:  # at run time, tensor modules are imported by the methods that use them (see above)
+    import torch
+
     from ..tensors.safetensors_io import StateDict
 
 _ANCESTRY = re.compile(r"^(?P<rev>.+?)(?:(?P<op>~)(?P<n>\d{1,6})?|(?P<carets>\^+))$")
@@ -233,18 +246,22 @@ class History:
             if commit.payload.codec == pieces.CODEC:
                 from ..tensors.safetensors_io import read_state
 
-                header, reader = self._snapshot(commit)
-                base = read_state(header, reader.readinto)
-                reader.end()
+                header, snapshot = self._snapshot(commit)
+                base = read_state(header, snapshot.readinto)
             else:
                 base = decode_payload(commit.payload.codec, self._payload(commit), base, self.record.layout)
         assert base is not None
         self._remember(cid, base)
         return base
 
-    def checkout(self, cid: CommitId, path: Path) -> int:
+    def checkout(self, cid: CommitId, path: Path, *, shard_bytes: int | None = None) -> int:
         """Write commit ``cid``'s weights to ``path`` as a safetensors file, atomically and private to this user;
-        returns its bytes. A ``snapshot-v1`` commit streams piece by piece, checked on the way (``_snapshot``)."""
+        returns its bytes. A ``snapshot-v1`` commit streams piece by piece, checked on the way (``_snapshot``).
+
+        With ``shard_bytes``, ``path`` is a folder, and the weights are written there as a Hugging Face sharded
+        checkpoint: shards of at most that many bytes of tensors each, then ``model.safetensors.index.json``."""
+        if shard_bytes is not None:
+            return self._checkout_shards(cid, path, shard_bytes)
         commit = self.commit(cid)
         if commit.payload.codec != pieces.CODEC:
             from ..tensors.safetensors_io import save_bytes
@@ -252,26 +269,84 @@ class History:
             data = save_bytes(self.materialize(cid))
             atomic_write(path, data, mode=0o600)
             return len(data)
-        header, reader = self._snapshot(commit)
+        header, snapshot = self._snapshot(commit)
         with atomic_writer(path, mode=0o600) as out:
-            out.write(header.raw)
-            for chunk in reader.chunks(header.size - header.data_start):
-                out.write(chunk)
-            reader.end()
+            for piece in snapshot.pieces():
+                out.write(piece)
         return header.size
 
-    def _snapshot(self, commit: Commit) -> tuple[Header, pieces.Reader]:
-        """The checked header of a ``snapshot-v1`` payload (its tensors the repository's layout), and the reader of
-        the rest of its bytes."""
+    def _checkout_shards(self, cid: CommitId, folder: Path, shard_bytes: int) -> int:
+        commit = self.commit(cid)
+        if commit.payload.codec == pieces.CODEC:
+            header, snapshot = self._snapshot(commit)
+
+            def read(entry: Entry, offset: int, size: int) -> bytes:
+                return snapshot.read(header.data_start + entry.begin + offset, size)
+
+            source = Source(header, read)
+        else:
+            from ..tensors.safetensors_io import state_source
+
+            source = state_source(self.materialize(cid))
+        plan = shard_plan(source.header, shard_bytes)
+        if len(plan) > MAX_SHARDS:
+            raise InvalidInput(f"shards of {shard_bytes} bytes would make {len(plan)} files, more than {MAX_SHARDS}: "
+                               "pick a larger shard size")
+        names = [f"model-{i:05d}-of-{len(plan):05d}.safetensors" for i in range(1, len(plan) + 1)]
+        written = 0
+        for name, entries in zip(names, plan, strict=True):
+            shard = canonical(e.spec for e in entries)
+            with atomic_writer(folder / name, mode=0o600) as out:
+                out.write(shard.raw)
+                for entry in entries:  # the shard's own order too (a run of the canonical order)
+                    for part in source.parts(entry, pieces.PIECE):
+                        out.write(part)
+            written += shard.size
+        index = {"metadata": {"total_size": source.header.size - source.header.data_start},
+                 "weight_map": {e.name: name for name, entries in zip(names, plan, strict=True) for e in entries}}
+        data = json.dumps(index, indent=2, sort_keys=True).encode() + b"\n"
+        atomic_write(folder / INDEX_NAME, data, mode=0o600)
+        return written + len(data)
+
+    def verify(self, cid: CommitId) -> None:
+        """Read commit ``cid``'s weights through, checking every block and piece and their layout (``fsck``): a
+        ``snapshot-v1`` commit a piece at a time, any other materialized."""
+        commit = self.commit(cid)
+        if commit.payload.codec != pieces.CODEC:
+            self.materialize(cid)
+            return
+        _, snapshot = self._snapshot(commit)
+        for _ in snapshot.pieces():
+            pass
+
+    def weights(self, cid: CommitId) -> Mapping[str, torch.Tensor]:
+        """The weights of commit ``cid`` as a mapping that reads each tensor when it is asked for, and holds none
+        (a ``snapshot-v1`` commit's; any other is materialized): what merges and diffs go through, one tensor at
+        a time, so their memory follows the largest tensor rather than the model."""
+        commit = self.commit(cid)
+        if commit.payload.codec != pieces.CODEC:
+            return self.materialize(cid)
+        from ..tensors.safetensors_io import LazyState
+
+        with self._lock:
+            cached = self._states.get(cid)
+        if cached is not None:
+            return cached[0]
+        header, snapshot = self._snapshot(commit)
+        return LazyState(header, snapshot.readinto)
+
+    def _snapshot(self, commit: Commit) -> tuple[Header, pieces.Snapshot]:
+        """A ``snapshot-v1`` payload, to read by ranges, and its checked header: the file's size exactly, and its
+        tensors the repository's layout."""
         what = f"payload of commit {short(commit.id)}"
         cipher = self.keys.pieces(epoch=commit.payload.key_epoch, codec=commit.payload.codec)
-        reader = pieces.Reader(pieces.read(self.blocks, cipher, commit.payload.cid, commit.payload.size), what)
-        header = read_header(reader.read, commit.payload.size, what, exact=False)
+        snapshot = pieces.Snapshot(self.blocks, cipher, commit.payload.cid, commit.payload.size, what)
+        header = read_header(snapshot.reader(), snapshot.size, what)
         try:
             check_layout(header.layout(), self.record.layout)
         except LayoutMismatch as exc:
             raise IntegrityError(f"{what} does not hold the repository's model: {exc}", commit=commit.id) from None
-        return header, reader
+        return header, snapshot
 
     def _payload(self, commit: Commit) -> bytes:
         """The commit's decrypted payload, every block re-hashed against its CID on the way."""
@@ -292,6 +367,7 @@ class History:
                 self._states.popitem(last=False)
 
     def diff(self, a: CommitId, b: CommitId) -> list[dict[str, Any]]:
+        """Per tensor, how ``b`` differs from ``a`` (``tensors.diff``), one tensor of each at a time."""
         from ..tensors.diff import tensor_diff
 
-        return tensor_diff(self.materialize(a), self.materialize(b))
+        return tensor_diff(self.weights(a), self.weights(b))

@@ -1,7 +1,9 @@
 """Merges and reverts: which commits go in, with which weights, and the weights they add up to.
 
 Both are computed in exact fixed-point arithmetic (``tensors.fixedpoint``) and record their scale and integer
-weights, so anyone holding the same inputs re-derives the same bytes.
+weights, so anyone holding the same inputs re-derives the same bytes. Both are computed one tensor at a time as
+the new commit is written (``History.weights``, ``safetensors_io.computed_source``): a merge holds the tensor it
+is at, in each input, and never a whole model.
 
 ``Repository.merge`` and ``Repository.revert`` stay the verbs (the API, the CLI and the tests call them, next to
 ``commit_weights`` and ``contribute``): each asks this module what to write (a ``NewCommit``) and writes it the
@@ -23,7 +25,7 @@ from ..core.refs import DEFAULT_BRANCH, check_branch_name
 from .history import History
 
 if TYPE_CHECKING:  # at run time, tensor modules are imported by the functions that use them (see above)
-    from ..tensors.safetensors_io import StateDict
+    from ..tensors.safetensors_file import Source
 
 #: How ``merge`` combines branches; ``average`` is the older name of ``mean``, still accepted.
 MERGE_METHODS = ("mean", "task-arithmetic")
@@ -36,7 +38,7 @@ class NewCommit:
 
     ``message`` is the one given, or the default; the writer checks it."""
 
-    state: StateDict
+    state: Source
     parents: tuple[CommitId, ...]
     kind: str
     message: str
@@ -52,7 +54,7 @@ def merge(history: History, sources: Sequence[str], into: str, *, strategy: str 
     ``mean`` weights each side by the examples committed on it since the merge base (equal weights if none were
     recorded): federated averaging. ``task-arithmetic`` adds every side's change to the base.
     """
-    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine, normalize_weights
+    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, normalize_weights
 
     strategy = MERGE_ALIASES.get(strategy, strategy)
     if strategy not in MERGE_METHODS:
@@ -81,8 +83,7 @@ def merge(history: History, sources: Sequence[str], into: str, *, strategy: str 
         weights = normalize_weights(examples, WEIGHT_BITS)
     else:
         weights = [1 << WEIGHT_BITS] * len(heads)
-    merged = combine(history.materialize(base), [history.materialize(h) for h in heads], weights,
-                     scale_bits=DEFAULT_SCALE_BITS, weight_bits=WEIGHT_BITS)
+    merged = _combined(history, base, heads, weights)
     meta = {"strategy": strategy, "base": base, "weights": weights, "scale_bits": DEFAULT_SCALE_BITS,
             "weight_bits": WEIGHT_BITS, "examples": sum(examples)}
     return NewCommit(merged, tuple(heads), "merge", message or f"merge {', '.join(sources)} into {into} ({strategy})",
@@ -91,7 +92,7 @@ def merge(history: History, sources: Sequence[str], into: str, *, strategy: str 
 
 def revert(history: History, rev: str, *, branch: str = DEFAULT_BRANCH, message: str | None = None) -> NewCommit:
     """A new commit on ``branch`` that undoes ``rev``'s change (relative to its first parent)."""
-    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine
+    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS
 
     target = check_branch_name(branch)
     head = history.head(target)
@@ -104,11 +105,24 @@ def revert(history: History, rev: str, *, branch: str = DEFAULT_BRANCH, message:
         raise InvalidInput(f"commit {short(cid)} is not on branch {branch} (head is {short(head)})",
                            commit=cid, branch=branch)
     parent = reverted.parents[0]
-    state = combine(history.materialize(cid), [history.materialize(head), history.materialize(parent)],
-                    [1 << WEIGHT_BITS, 1 << WEIGHT_BITS], scale_bits=DEFAULT_SCALE_BITS, weight_bits=WEIGHT_BITS)
+    state = _combined(history, cid, [head, parent], [1 << WEIGHT_BITS, 1 << WEIGHT_BITS])
     meta = {"reverts": cid, "scale_bits": DEFAULT_SCALE_BITS, "weight_bits": WEIGHT_BITS, "examples": 0}
     first_line = reverted.message.splitlines()[0] if reverted.message else short(cid)
     return NewCommit(state, (head,), "revert", message or f'revert "{first_line}"', meta, target, head)
+
+
+def _combined(history: History, base: CommitId, inputs: Sequence[CommitId], weights: Sequence[int]) -> Source:
+    """``fixedpoint.combine`` of ``inputs`` relative to ``base`` with ``weights``, as the file the new commit
+    stores, each tensor computed when the writer reaches it. Every input holds the repository's layout (each is
+    checked as it is read), so tensors match by name."""
+    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine_tensor
+    from ..tensors.safetensors_io import computed_source
+
+    start = history.weights(base)
+    sides = [history.weights(cid) for cid in inputs]
+    return computed_source(history.record.layout, lambda name: combine_tensor(
+        name, start[name], [side[name] for side in sides], weights, scale_bits=DEFAULT_SCALE_BITS,
+        weight_bits=WEIGHT_BITS))
 
 
 def _examples_since(history: History, head: CommitId, base: CommitId) -> int:

@@ -26,9 +26,10 @@ Sealing and hashing run on ``WORKERS`` threads (OpenSSL and hashlib release the 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..core.cid import RAW, ParsedCid
@@ -104,65 +105,67 @@ def _seal(store: unixfs.BlockStore, cipher: PieceCipher, piece: Part) -> tuple[C
     return cid.text, len(sealed)
 
 
-def read(store: unixfs.BlockStore, cipher: PieceCipher, root: Cid, size: int) -> Iterator[bytes]:
-    """The pieces of the payload under ``root`` (``size`` sealed bytes), opened, in order: every block re-hashed
-    against its CID and every piece authenticated on the way."""
-    for cid, block in unixfs.walk(store, root, max_size=size):
-        if cid.codec == RAW:
-            yield cipher.open(block)
+class Snapshot:
+    """A payload in pieces read by ranges of its bytes (the canonical safetensors file it holds): the leaves a
+    range falls in are read, re-hashed, checked and opened, the last one kept for the next read. ``what`` names it
+    in errors. Listing the leaves reads the DAG's nodes only; ``size`` is the plaintext's length."""
 
+    def __init__(self, store: unixfs.BlockStore, cipher: PieceCipher, root: Cid, size: int, what: str) -> None:
+        self.store, self.cipher, self.root, self.what = store, cipher, root, what
+        self._leaves = unixfs.leaves(store, root, max_size=size)
+        self._starts: list[int] = []
+        at = 0
+        for _, sealed in self._leaves:
+            if sealed < PieceCipher.OVERHEAD or (sealed == PieceCipher.OVERHEAD and len(self._leaves) > 1):
+                raise IntegrityError(f"{what} has a piece of {sealed} bytes, too short to be sealed", cid=root)
+            self._starts.append(at)
+            at += sealed - PieceCipher.OVERHEAD
+        self.size = at
+        self._open: tuple[int, bytes] = (-1, b"")
 
-class Reader:
-    """The bytes of a payload's pieces as one stream: what ``tensors.safetensors_file.read_header`` and
-    ``safetensors_io.read_state`` read from, with the end checked (``end``). ``what`` names it in errors."""
+    def _piece(self, index: int) -> bytes:
+        if self._open[0] != index:
+            cid, sealed = self._leaves[index]
+            block = unixfs.check_leaf(self.root, cid, self.store.get(cid), sealed)
+            self._open = (index, self.cipher.open(block))
+        return self._open[1]
 
-    def __init__(self, pieces: Iterator[bytes], what: str) -> None:
-        self._pieces = pieces
-        self._piece = memoryview(b"")
-        self.what = what
-
-    def _next(self) -> bool:
-        for piece in self._pieces:
-            if piece:
-                self._piece = memoryview(piece)
-                return True
-        return False
-
-    def read(self, n: int) -> bytes:
-        """Up to ``n`` bytes, fewer only at the end."""
-        out = bytearray()
-        while len(out) < n and (self._piece or self._next()):
-            take = self._piece[:n - len(out)]
-            out += take
-            self._piece = self._piece[len(take):]
-        return bytes(out)
-
-    def readinto(self, buffer: memoryview) -> None:
-        """Fill ``buffer`` exactly; ``IntegrityError`` if the payload ends first."""
+    def readinto(self, start: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` with the bytes from ``start``; ``IntegrityError`` past the end."""
+        if start < 0 or start + len(buffer) > self.size:
+            raise IntegrityError(f"{self.what} ends before byte {start + len(buffer)}")
+        index = bisect.bisect_right(self._starts, start) - 1
         at = 0
         while at < len(buffer):
-            if not self._piece and not self._next():
-                raise IntegrityError(f"{self.what} ends {len(buffer) - at} bytes early")
-            take = self._piece[:len(buffer) - at]
-            buffer[at:at + len(take)] = take
-            at += len(take)
-            self._piece = self._piece[len(take):]
+            piece = self._piece(index)
+            offset = start + at - self._starts[index]
+            take = min(len(piece) - offset, len(buffer) - at)
+            buffer[at:at + take] = piece[offset:offset + take]
+            at += take
+            index += 1
 
-    def chunks(self, n: int) -> Iterator[memoryview]:
-        """The next ``n`` bytes as they come (each valid until the next is asked for); ``IntegrityError`` if the
-        payload ends first."""
-        while n:
-            if not self._piece and not self._next():
-                raise IntegrityError(f"{self.what} ends {n} bytes early")
-            take = self._piece[:n]
-            self._piece = self._piece[len(take):]
-            n -= len(take)
-            yield take
+    def read(self, start: int, n: int) -> bytes:
+        """Up to ``n`` bytes from ``start``, fewer only at the end."""
+        out = bytearray(max(0, min(n, self.size - start)))
+        self.readinto(start, memoryview(out))
+        return bytes(out)
 
-    def end(self) -> None:
-        """``IntegrityError`` unless every byte has been read."""
-        if self._piece or self._next():
-            raise IntegrityError(f"{self.what} holds more bytes than its tensors")
+    def reader(self) -> Callable[[int], bytes]:
+        """``read(n)`` of the bytes in order from the first: what ``safetensors_file.read_header`` reads."""
+        at = 0
+
+        def read(n: int) -> bytes:
+            nonlocal at
+            data = self.read(at, n)
+            at += len(data)
+            return data
+
+        return read
+
+    def pieces(self) -> Iterator[bytes]:
+        """Every piece, opened, in order: the whole file, one piece at a time."""
+        for index in range(len(self._leaves)):
+            yield self._piece(index)
 
 
-__all__ = ["CODEC", "PIECE", "Reader", "cut", "read", "write"]
+__all__ = ["CODEC", "PIECE", "Snapshot", "cut", "write"]

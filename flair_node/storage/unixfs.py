@@ -196,6 +196,39 @@ def walk(store: BlockStore, root: Cid, *, max_size: int) -> Iterator[tuple[Parse
         yield cid, block
 
 
+def leaves(store: BlockStore, root: Cid, *, max_size: int) -> list[tuple[ParsedCid, int]]:
+    """The leaves of the DAG under ``root`` in file order, each with the bytes it must hold, reading only its
+    nodes (within ``Bounds``): what reads a file's ranges without reading it all (``storage.pieces``). A leaf is
+    checked when it is read: ``check_leaf``. A DAG that is one leaf is read to learn its size."""
+    bounds = Bounds(root, max_size)
+    out: list[tuple[ParsedCid, int]] = []
+    stack: list[tuple[ParsedCid, int, int]] = [(parse_cid(root), max_size, 0)]
+    while stack:
+        cid, allowed, depth = stack.pop()
+        bounds.visit(depth)
+        if cid.codec == RAW and depth > 0:
+            if allowed > MAX_BLOCK:
+                raise IntegrityError(f"DAG under {root} links a block of {allowed} bytes, over {MAX_BLOCK}",
+                                     cid=root)
+            out.append((cid, allowed))
+            continue
+        block = store.get(cid)
+        children = bounds.place(cid, shape(root, cid, block), allowed, depth)
+        if cid.codec == RAW:
+            out.append((cid, len(block)))
+        stack.extend(reversed(children))
+    return out
+
+
+def check_leaf(root: Cid, cid: ParsedCid, block: bytes, size: int) -> bytes:
+    """``block`` (re-hashed against ``cid`` by the store already) if it holds the ``size`` bytes its parent gives
+    it, as ``leaves`` listed it; ``IntegrityError`` otherwise."""
+    if len(block) != size:
+        raise IntegrityError(f"DAG under {root} holds {len(block)} bytes at {cid.text} where its parent says "
+                             f"{size}", cid=root)
+    return block
+
+
 def cat(store: BlockStore, root: Cid, *, max_size: int) -> bytes:
     """The file bytes under ``root``, at most ``max_size`` of them."""
     return b"".join(block for cid, block in walk(store, root, max_size=max_size) if cid.codec == RAW)

@@ -153,19 +153,23 @@ def combine(base: StateDict, inputs: Sequence[StateDict], weights: Sequence[int]
     if len(inputs) != len(weights) or not inputs:
         raise InvalidInput("combine needs one weight per input, and at least one input")
     check_inputs(base, inputs)
+    return {name: combine_tensor(name, b, [state[name] for state in inputs], weights, scale_bits=scale_bits,
+                                 weight_bits=weight_bits, shortcuts=shortcuts) for name, b in base.items()}
+
+
+def combine_tensor(name: str, b: torch.Tensor, xs: Sequence[torch.Tensor], weights: Sequence[int], *,
+                   scale_bits: int = DEFAULT_SCALE_BITS, weight_bits: int = WEIGHT_BITS,
+                   shortcuts: bool = True) -> torch.Tensor:
+    """``combine`` of one tensor ``name``: its base ``b`` and its value ``xs[i]`` in each input, checked to be of
+    ``b``'s shape and dtype already. What a merge computes one tensor at a time (``storage.merging``)."""
     whole = 1 << weight_bits
-    result: StateDict = {}
-    for name, b in base.items():
-        xs = [state[name] for state in inputs]
-        changed = [(x, w) for x, w in zip(xs, weights, strict=True) if w != 0 and not same_bits(x, b)]
-        if not changed:
-            result[name] = b
-        elif shortcuts and len(changed) == 1 and changed[0][1] == whole:
-            result[name] = changed[0][0]
-        elif b.dtype == torch.bool:
-            result[name] = max(changed, key=lambda xw: xw[1])[0]
-        else:
-            flat = weighted_sum_fixed(b.reshape(-1), [x.reshape(-1) for x in xs], weights, scale_bits=scale_bits,
-                                      weight_bits=weight_bits, name=name)
-            result[name] = flat.reshape(b.shape)
-    return result
+    changed = [(x, w) for x, w in zip(xs, weights, strict=True) if w != 0 and not same_bits(x, b)]
+    if not changed:
+        return b
+    if shortcuts and len(changed) == 1 and changed[0][1] == whole:
+        return changed[0][0]
+    if b.dtype == torch.bool:
+        return max(changed, key=lambda xw: xw[1])[0]
+    flat = weighted_sum_fixed(b.reshape(-1), [x.reshape(-1) for x in xs], weights, scale_bits=scale_bits,
+                              weight_bits=weight_bits, name=name)
+    return flat.reshape(b.shape)

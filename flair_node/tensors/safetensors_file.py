@@ -80,12 +80,11 @@ class Header:
         return tuple(sorted((e.spec for e in self.entries), key=lambda s: s.name))
 
 
-def read_header(read: Callable[[int], bytes], size: int, source: str, *, exact: bool = True,
+def read_header(read: Callable[[int], bytes], size: int, source: str, *,
                 dtypes: Mapping[str, int] = DTYPE_SIZES) -> Header:
     """The header of a safetensors file of ``size`` bytes whose bytes ``read(n)`` gives in order (fewer than
     ``n`` only at the end); ``NotSafetensors`` naming ``source`` unless it passes every check in the module
-    docstring. With ``exact`` false, ``size`` is only a bound: the caller checks that the bytes end where the
-    header says (``storage.pieces.Reader.end``). A tensor's dtype must be one of ``dtypes``."""
+    docstring. A tensor's dtype must be one of ``dtypes``."""
     prefix = read(8)
     if len(prefix) < 8:
         raise NotSafetensors(f"{source} is not a safetensors file: only {len(prefix)} bytes")
@@ -112,7 +111,7 @@ def read_header(read: Callable[[int], bytes], size: int, source: str, *, exact: 
             raise NotSafetensors(f"{source}: tensor {e.name} starts at byte {e.begin} of the data, where the one "
                                  f"before it ends at {at} (tensors lie back to back)")
         at = e.end
-    if 8 + length + at != size if exact else 8 + length + at > size:
+    if 8 + length + at != size:
         raise NotSafetensors(f"{source}: its tensors hold {at} bytes, the file has {size - 8 - length} after its "
                              "header")
     return Header(prefix + text, tuple(entries))
@@ -179,9 +178,10 @@ class Source:
         raw = memoryview(self.header.raw)
         yield (raw[at:at + part] for at in range(0, len(raw), part))
         for entry in self.header.entries:
-            yield self._parts(entry, part)
+            yield self.parts(entry, part)
 
-    def _parts(self, entry: Entry, part: int) -> Iterator[bytes | memoryview]:
+    def parts(self, entry: Entry, part: int) -> Iterator[bytes | memoryview]:
+        """``entry``'s bytes in parts of ``part`` bytes (the last may be shorter)."""
         for at in range(0, entry.nbytes, part):
             want = min(part, entry.nbytes - at)
             data = self.read(entry, at, want)
@@ -221,6 +221,112 @@ class FileSource:
         self.close()
 
 
+#: The index of a Hugging Face sharded checkpoint, in its folder.
+INDEX_NAME = "model.safetensors.index.json"
+#: Largest index accepted, and most shards.
+MAX_INDEX_BYTES = 64 << 20
+MAX_SHARDS = 10_000
+
+
+class ShardedSource:
+    """The tensors of a Hugging Face sharded checkpoint (``index``: its ``model.safetensors.index.json``, whose
+    ``weight_map`` names the shard of each tensor, each a safetensors file in the same folder) as one ``Source``
+    (``source``), the file Flair stores. Every shard's header is checked (``read_header``) and must hold exactly
+    the tensors the index maps to it; shard names are plain file names ending in ``.safetensors``, so an index
+    cannot point outside its folder. Shards are opened one at a time as tensors are read. A context manager, like
+    ``FileSource``."""
+
+    def __init__(self, index: str | os.PathLike[str]) -> None:
+        self.index = os.fspath(index)
+        folder = os.path.dirname(self.index)
+        what = os.path.basename(self.index)
+        if os.path.getsize(self.index) > MAX_INDEX_BYTES:
+            raise NotSafetensors(f"{what} is larger than {MAX_INDEX_BYTES >> 20} MiB")
+        with open(self.index, "rb") as f:
+            try:
+                document = loads_json(f.read(), max_depth=4, what=what)
+            except IntegrityError as exc:
+                raise NotSafetensors(f"{what} is not a sharded checkpoint's index: {exc}") from None
+        weight_map = document.get("weight_map") if isinstance(document, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map \
+                or not all(isinstance(v, str) for v in weight_map.values()):
+            raise NotSafetensors(f"{what} has no weight_map of tensor names to shard files")
+        shards = sorted(set(weight_map.values()))
+        if len(shards) > MAX_SHARDS:
+            raise NotSafetensors(f"{what} names {len(shards)} shards, more than {MAX_SHARDS}")
+        self._where: dict[str, tuple[str, int]] = {}  # tensor -> (shard path, its data's offset in the shard)
+        specs = []
+        for shard in shards:
+            if shard != os.path.basename(shard) or shard in (".", "..") or "\\" in shard \
+                    or not shard.endswith(".safetensors"):
+                raise NotSafetensors(f"{what} names shard {shard!r}: a file name in its folder, ending in "
+                                     ".safetensors")
+            path = os.path.join(folder, shard)
+            try:
+                with open(path, "rb") as f:
+                    header = read_header(f.read, os.fstat(f.fileno()).st_size, shard)
+            except FileNotFoundError:
+                raise NotSafetensors(f"{what} names shard {shard}, which is not in {folder}") from None
+            mapped = {name for name, file in weight_map.items() if file == shard}
+            held = {e.name for e in header.entries}
+            if held != mapped:
+                odd = sorted(held ^ mapped)[0]
+                where = "holds" if odd in held else "lacks"
+                raise NotSafetensors(f"shard {shard} {where} tensor {odd}, which {what} maps "
+                                     f"{'elsewhere' if odd in held else 'to it'}")
+            for e in header.entries:
+                self._where[e.name] = (path, header.data_start + e.begin)
+                specs.append(e.spec)
+        self._open: tuple[str, BinaryIO] | None = None
+        self.source = Source(canonical(specs), self._read)
+
+    def _read(self, entry: Entry, offset: int, size: int) -> bytes:
+        path, start = self._where[entry.name]
+        if self._open is None or self._open[0] != path:
+            self.close()
+            self._open = (path, open(path, "rb"))  # noqa: SIM115 (closed by close)
+        return os.pread(self._open[1].fileno(), size, start + offset)
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+
+    def __enter__(self) -> Source:
+        return self.source
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_source(path: str | os.PathLike[str]) -> FileSource | ShardedSource:
+    """The weights at ``path``: a safetensors file, a sharded checkpoint's index, or a folder holding either
+    (``model.safetensors.index.json`` first, then ``model.safetensors``). ``NotSafetensors`` if none is there."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        for name in (INDEX_NAME, "model.safetensors"):
+            if os.path.isfile(os.path.join(path, name)):
+                return open_source(os.path.join(path, name))
+        raise NotSafetensors(f"folder {path} holds neither {INDEX_NAME} nor model.safetensors")
+    if path.endswith(".index.json"):
+        return ShardedSource(path)
+    return FileSource(path)
+
+
+def shard_plan(header: Header, max_bytes: int) -> list[list[Entry]]:
+    """``header``'s tensors split, in order, into shards of at most ``max_bytes`` of data each (a tensor larger
+    than that alone in its own): how a checkout writes a sharded checkpoint."""
+    shards: list[list[Entry]] = [[]]
+    size = 0
+    for entry in header.entries:
+        if shards[-1] and size + entry.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += entry.nbytes
+    return shards
+
+
 def check_layout(found: Iterable[TensorSpec], layout: Iterable[TensorSpec]) -> None:
     """``LayoutMismatch`` naming the first tensor that is missing, extra, or of another dtype or shape than in
     ``layout``."""
@@ -241,5 +347,5 @@ def check_layout(found: Iterable[TensorSpec], layout: Iterable[TensorSpec]) -> N
                                  tensor=name)
 
 
-__all__ = ["ALL_DTYPE_SIZES", "DTYPE_SIZES", "Entry", "FileSource", "Header", "Source", "canonical", "check_layout",
-           "read_header"]
+__all__ = ["ALL_DTYPE_SIZES", "DTYPE_SIZES", "INDEX_NAME", "Entry", "FileSource", "Header", "ShardedSource", "Source",
+           "canonical", "check_layout", "open_source", "read_header", "shard_plan"]

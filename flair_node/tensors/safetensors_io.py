@@ -12,13 +12,13 @@ Writing files durably is storage's job (``storage.atomic.atomic_write(path, save
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
-from ..core.errors import NotSafetensors
+from ..core.errors import IntegrityError, NotSafetensors
 from ..core.objects import TensorSpec
 from . import safetensors_file
 from .safetensors_file import Entry, Header, Source, canonical
@@ -82,13 +82,69 @@ def state_source(state: Mapping[str, torch.Tensor]) -> Source:
     return Source(canonical(layout_of(state)), read)
 
 
-def read_state(header: Header, readinto: Callable[[memoryview], None]) -> StateDict:
-    """The tensors of a checked ``header`` whose data ``readinto`` fills in file order (exactly the buffer it is
-    given each time): each tensor allocated once and filled in place."""
+#: Fills a buffer with a file's bytes from an offset (``storage.pieces.Snapshot.readinto``).
+ReadInto = Callable[[int, memoryview], None]
+
+
+def read_state(header: Header, readinto: ReadInto) -> StateDict:
+    """The tensors of a checked ``header`` whose file's bytes ``readinto`` gives: each tensor allocated once and
+    filled in place."""
+    return {entry.name: read_tensor(header, entry, readinto) for entry in header.entries}
+
+
+def load_source(source: Source) -> StateDict:
+    """Every tensor of ``source`` (a file or a sharded checkpoint, ``safetensors_file``), in memory."""
     state: StateDict = {}
-    for entry in header.entries:
+    for entry in source.header.entries:
         flat = torch.empty(entry.nbytes, dtype=torch.uint8)
-        if entry.nbytes:
-            readinto(flat.numpy().data)
+        view, at = flat.numpy().data, 0
+        for part in source.parts(entry, 1 << 20):
+            view[at:at + len(part)] = part
+            at += len(part)
         state[entry.name] = flat.view(TORCH_DTYPES[entry.dtype]).reshape(entry.shape)
     return state
+
+
+def read_tensor(header: Header, entry: Entry, readinto: ReadInto) -> torch.Tensor:
+    flat = torch.empty(entry.nbytes, dtype=torch.uint8)
+    if entry.nbytes:
+        readinto(header.data_start + entry.begin, flat.numpy().data)
+    return flat.view(TORCH_DTYPES[entry.dtype]).reshape(entry.shape)
+
+
+class LazyState(Mapping[str, torch.Tensor]):
+    """The tensors of a checked ``header`` as a mapping that reads each one from the file (``readinto``) when it
+    is asked for, and keeps none: iterating it holds one tensor at a time. Its order is the file's."""
+
+    def __init__(self, header: Header, readinto: ReadInto) -> None:
+        self.header = header
+        self._entries = {entry.name: entry for entry in header.entries}
+        self._readinto = readinto
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return read_tensor(self.header, self._entries[name], self._readinto)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def computed_source(layout: Sequence[TensorSpec], compute: Callable[[str], torch.Tensor]) -> Source:
+    """The canonical file of tensors of ``layout`` computed one at a time by ``compute(name)`` as the file is
+    read (``storage.pieces`` reads it in order): only the tensor being read is held."""
+    header = canonical(layout)
+    name, data = "", memoryview(b"")  # the tensor being read, and its bytes
+
+    def read(entry: Entry, offset: int, size: int) -> memoryview:
+        nonlocal name, data
+        if name != entry.name or not data:
+            tensor = compute(entry.name)
+            if layout_of({entry.name: tensor}) != (entry.spec,):
+                raise IntegrityError(f"tensor {entry.name} was computed as {layout_of({entry.name: tensor})}, "
+                                     f"not {entry.spec}")
+            name, data = entry.name, tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data
+        return data[offset:offset + size]
+
+    return Source(header, read)

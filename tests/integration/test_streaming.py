@@ -14,14 +14,15 @@ from flair_node.testing.memory import maps_torch, peak_mb, reset_peak, rss_mb
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-MODEL_MB = 128  # 16 tensors of 8 MiB
+TENSORS = 32  # of 4 MiB
+MODEL_MB = 128
 
 
-def write_model(path, seed: int, base=None, changed: int = 16) -> dict[str, torch.Tensor]:
+def write_model(path, seed: int, base=None, changed: int = TENSORS) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     state = dict(base or {})
     for i in range(changed):
-        state[f"layer.{i:02d}.weight"] = torch.randn(2048, 1024, generator=generator)
+        state[f"layer.{i:02d}.weight"] = torch.randn(1024, 1024, generator=generator)
     save_file(state, str(path))
     return state
 
@@ -41,6 +42,11 @@ def test_a_model_streams_through_a_daemon_in_bounded_memory_and_comes_back_bit_f
                                                 weights_path=str(tmp_path / "second.safetensors"))),
             ("checkout", lambda: node.client.call("repo.checkout", repo="big", commit="main~1",
                                                   output_path=str(tmp_path / "out.safetensors"))),
+            ("sharded checkout", lambda: node.client.call("repo.checkout", repo="big", commit="main",
+                                                          output_path=str(tmp_path / "sharded"),
+                                                          shard_size=32 << 20)),
+            ("sharded commit", lambda: node.client.call("repo.commit", repo="big", message="the same, sharded",
+                                                        branch="main", weights_path=str(tmp_path / "sharded"))),
         ]:
             assert reset_peak(node.pid)
             call()
@@ -49,6 +55,47 @@ def test_a_model_streams_through_a_daemon_in_bounded_memory_and_comes_back_bit_f
         assert all(peak < MODEL_MB / 4 for peak in peaks.values()), peaks
         assert not maps_torch(node.pid)  # bytes in, bytes out: no tensor was ever built
         log = node.client.call("repo.log", repo="big", limit=10)["commits"]
-        assert [c["payload"]["codec"] for c in log] == ["snapshot-v1", "snapshot-v1"]
+        assert [c["payload"]["codec"] for c in log] == ["snapshot-v1"] * 3
+        assert log[0]["payload"]["cid"] == log[1]["payload"]["cid"]  # four shards of it are the same weights
+    assert len(list((tmp_path / "sharded").glob("model-0000?-of-00004.safetensors"))) == 4
     back = load_file(str(tmp_path / "out.safetensors"))
     assert sorted(back) == sorted(first) and all(torch.equal(back[k], first[k]) for k in first)
+
+
+def test_merges_reverts_and_diffs_hold_a_tensor_at_a_time_not_the_model(tmp_path):
+    base = write_model(tmp_path / "base.safetensors", 0)
+    write_model(tmp_path / "main.safetensors", 1, base=base, changed=TENSORS // 2)
+    write_model(tmp_path / "side.safetensors", 2, base=base)
+    tiny = tmp_path / "tiny.safetensors"
+    save_file({"w": torch.zeros(4)}, str(tiny))
+    configure(tmp_path / "home", [], sync_interval=600.0)
+    with running_daemon(tmp_path / "home", timeout=60) as node:
+        node.client.timeout = 300
+        call = node.client.call
+        # torch and the merge kernel loaded first, on a tiny repository: what follows is measured from there
+        call("repo.init", name="tiny", model_path=str(tiny))
+        call("repo.branch", repo="tiny", name="side", at="main")
+        save_file({"w": torch.ones(4)}, str(tiny))
+        call("repo.commit", repo="tiny", weights_path=str(tiny), message="ones", branch="side")
+        call("repo.commit", repo="tiny", weights_path=str(tiny), message="ones", branch="main")
+        call("repo.merge", repo="tiny", sources=["side"], into="main", strategy="mean")
+        call("repo.init", name="big", model_path=str(tmp_path / "base.safetensors"))
+        call("repo.branch", repo="big", name="side", at="main")
+        call("repo.commit", repo="big", weights_path=str(tmp_path / "main.safetensors"), message="m", branch="main")
+        call("repo.commit", repo="big", weights_path=str(tmp_path / "side.safetensors"), message="s", branch="side")
+        idle = rss_mb(node.pid)
+        peaks = {}
+        for what, run in [
+            ("merge", lambda: call("repo.merge", repo="big", sources=["side"], into="main", strategy="mean")),
+            ("diff", lambda: call("repo.diff", repo="big", a="main~1", b="main")),
+            ("revert", lambda: call("repo.revert", repo="big", commit="main", branch="main")),
+        ]:
+            assert reset_peak(node.pid)
+            run()
+            peaks[what] = peak_mb(node.pid) - idle
+        # each holds a few tensors' worth (4 MiB each) in every input and the result, never the model
+        assert all(peak < MODEL_MB / 2 for peak in peaks.values()), peaks
+        call("repo.checkout", repo="big", commit="main", output_path=str(tmp_path / "out.safetensors"))
+    # the merge, reverted, is main's commit before it, bit for bit
+    back, before = load_file(str(tmp_path / "out.safetensors")), load_file(str(tmp_path / "main.safetensors"))
+    assert sorted(back) == sorted(before) and all(torch.equal(back[k], before[k]) for k in before)

@@ -214,8 +214,8 @@ def sealed_payload(repo, plain: bytes, *, codec: str = pieces.CODEC) -> tuple[st
 
 
 @pytest.mark.parametrize("tamper, message", [
-    (lambda raw, data: raw + data[:-4], "ends 4 bytes early"),
-    (lambda raw, data: raw + data + b"\0" * 8, "more bytes than its tensors"),
+    (lambda raw, data: raw + data[:-4], "the file has 399996"),
+    (lambda raw, data: raw + data + b"\0" * 8, "the file has 400008"),
     (lambda raw, data: struct.pack("<Q", 10**9) + raw[8:] + data, "header length"),
 ])
 def test_a_members_malformed_snapshot_is_refused_by_every_reader(tmp_path, tamper, message):
@@ -267,3 +267,74 @@ def test_a_header_is_read_only_as_far_as_its_declared_length():
 
     header = read_header(read, len(data), "x")
     assert reads == [8, len(data) - 16] and header.size == len(data)
+
+
+# -- sharded checkpoints -----------------------------------------------------------------------------------
+
+
+def write_shards(folder, state: dict[str, torch.Tensor], shards: int = 3) -> None:
+    """``state`` as a Hugging Face sharded checkpoint in ``folder``, its tensors dealt round-robin."""
+    import json
+
+    folder.mkdir(exist_ok=True)
+    names = sorted(state)
+    files = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
+    weight_map = {name: files[i % shards] for i, name in enumerate(names)}
+    for file in files:
+        write_file(folder / file, {n: state[n] for n in names if weight_map[n] == file}, metadata={"format": "pt"})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def test_a_sharded_checkpoint_commits_as_the_same_weights_and_checks_out_as_shards(tmp_path):
+    import json
+
+    from flair_node.tensors.safetensors_file import open_source
+
+    state = odd_state(2)
+    write_shards(tmp_path / "sharded", state)
+    write_file(tmp_path / "single.safetensors", state)
+    repos = RepoSet.in_memory(OWNER)
+    with open_source(tmp_path / "sharded") as source:
+        repo = repos.create("sharded", source)
+    with open_source(tmp_path / "single.safetensors") as source:
+        again = repo.commit_weights(OWNER, source, message="the same, in one file")
+    head = repo.commit(repo.resolve("main~1"))
+    assert again.payload.cid == head.payload.cid  # one canonical file, whatever the input's form
+    folder = tmp_path / "out"
+    written = repo.checkout(again.id, folder, shard_bytes=1 << 20)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shards = sorted(p.name for p in folder.iterdir() if p.suffix == ".safetensors")
+    assert shards == sorted(set(index["weight_map"].values())) and len(shards) >= 2
+    assert written == sum(p.stat().st_size for p in folder.iterdir())
+    back = {}
+    for shard in shards:
+        back.update(load_file(folder / shard))
+    assert same(back, state) and index["metadata"]["total_size"] == sum(t.nbytes for t in state.values())
+    with open_source(folder) as source:  # and what it wrote reads back as the same commit
+        assert repo.commit_weights(OWNER, source, message="round trip").payload.cid == head.payload.cid
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda ix: {**ix, "weight_map": {k: "../x.safetensors" for k in ix["weight_map"]}},
+     "a file name in its folder"),
+    (lambda ix: {**ix, "weight_map": {k: "/etc/passwd" for k in ix["weight_map"]}},
+     "a file name in its folder"),
+    (lambda ix: {**ix, "weight_map": {**ix["weight_map"], "ghost": "model-00001-of-00003.safetensors"}},
+     "lacks tensor ghost"),
+    (lambda ix: {**ix, "weight_map": {k: v for k, v in ix["weight_map"].items() if k != "mask"}},
+     "holds tensor mask"),
+    (lambda ix: {**ix, "weight_map": {**ix["weight_map"], "ghost": "model-00009-of-00009.safetensors"}},
+     "which is not in"),
+    (lambda ix: {"metadata": {}}, "no weight_map"),
+    (lambda ix: [[[[[[ix]]]]]], "not a sharded checkpoint's index"),
+])
+def test_a_hostile_sharded_index_is_refused(tmp_path, tamper, message):
+    import json
+
+    from flair_node.tensors.safetensors_file import open_source
+
+    write_shards(tmp_path / "sharded", odd_state(3))
+    index_path = tmp_path / "sharded" / "model.safetensors.index.json"
+    index_path.write_text(json.dumps(tamper(json.loads(index_path.read_text()))))
+    with pytest.raises(NotSafetensors, match=message):
+        open_source(tmp_path / "sharded")

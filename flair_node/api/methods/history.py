@@ -59,18 +59,27 @@ async def repo_diff(ctx: ApiContext, repo: str, a: str, b: str) -> dict[str, Any
 
 
 @methods.method(
-    "repo.checkout", "Write a commit's full weights, bit for bit as committed, to a safetensors file.",
+    "repo.checkout", "Write a commit's full weights, bit for bit as committed, to a safetensors file, or with "
+    "shard_size to a folder as a Hugging Face sharded checkpoint.",
     params=(REPO, COMMIT,
-            Param("output_path", PATH, "absolute path of the .safetensors file to write"),
-            Param("overwrite", {"type": "boolean"}, "replace an existing file", required=False, default=False)),
+            Param("output_path", PATH, "absolute path of the .safetensors file to write (with shard_size: of the "
+                  "folder)"),
+            Param("overwrite", {"type": "boolean"}, "replace an existing file (write into a folder that is not "
+                  "empty)", required=False, default=False),
+            Param("shard_size", {"type": "integer", "minimum": 1},
+                  "write shards of at most this many bytes of tensors each, and model.safetensors.index.json",
+                  required=False, default=None)),
     result=OBJECT)
 async def repo_checkout(ctx: ApiContext, repo: str, commit: str, output_path: str,
-                        overwrite: bool) -> dict[str, Any]:
+                        overwrite: bool, shard_size: int | None) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         r = ctx.repos.open(repo)
         cid = r.resolve(commit)
-        out = files.output_path(output_path, overwrite)
-        return {"commit": cid, "path": str(out), "bytes": r.checkout(cid, out)}
+        if shard_size is not None:
+            out = files.output_folder(output_path, overwrite)
+        else:
+            out = files.output_path(output_path, overwrite)
+        return {"commit": cid, "path": str(out), "bytes": r.checkout(cid, out, shard_bytes=shard_size)}
 
     return await ctx.off_thread(work)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -107,16 +108,32 @@ DIFF = Verb(
 def _checkout_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("repo")
     p.add_argument("commit")
-    p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("-f", "--force", action="store_true", help="overwrite the output file")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="the .safetensors file to write (with --shard-size, the folder)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite the output file (write into a folder "
+                   "that is not empty)")
+    p.add_argument("--shard-size", type=size_arg, default=None, metavar="SIZE",
+                   help="write a Hugging Face sharded checkpoint: shards of at most SIZE (e.g. 5GB, 500MB) and "
+                        "model.safetensors.index.json")
+
+
+def size_arg(text: str) -> int:
+    """``5GB``, ``500MB``, ``64KiB`` or a number of bytes (decimal units are 10^3 apart, binary ones 2^10)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(?:([KMGT])(I?)B?|B?)", text.strip(), re.IGNORECASE)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: a number, then B, KB, MB, GB, TB, KiB, MiB, GiB "
+                                         "or TiB")
+    number, prefix, binary = match.groups()
+    power = "KMGT".index(prefix.upper()) + 1 if prefix else 0
+    return int(float(number) * (1024 if binary else 1000) ** power)
 
 
 CHECKOUT = Verb(
     name="checkout",
-    help="write a commit's weights to a safetensors file",
+    help="write a commit's weights to a safetensors file, or a sharded checkpoint's folder",
     arguments=_checkout_arguments,
     call=lambda c, a: c.call("repo.checkout", repo=a.repo, commit=a.commit, output_path=str(a.output.resolve()),
-                             overwrite=a.force),
+                             overwrite=a.force, **({} if a.shard_size is None else {"shard_size": a.shard_size})),
     text=lambda r, a: f"wrote {r['path']} ({r['bytes']:,} bytes) from {r['commit'][:12]}",
 )
 
