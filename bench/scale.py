@@ -11,7 +11,8 @@ the size of GPT-2 small) and, unless ``--skip-large``, a bfloat16 model of ``--l
   and objects, as a share of the model);
 - a commit replacing every tensor (``commit_mb_s``: model bytes per second);
 - ``checkout`` of that commit, warm (``checkout_mb_s``), then again after the daemon restarted
-  (``checkout_cold_mb_s``: nothing cached in the daemon; the OS page cache stays warm);
+  (``checkout_cold_mb_s``: nothing cached in the daemon; the OS page cache stays warm; each writes a new file,
+  since replacing one costs the old file's deletion too);
 - a merge (mean) of two branches each holding a full commit (``merge_mb_s``: bytes of the two inputs per second);
 - a clone of the repository by a second daemon over libp2p (``clone_mb_s``: model bytes of the commits it
   fetched, per second).
@@ -151,7 +152,7 @@ def measure(folder: Path, parameters: int, tensors: int, dtype: torch.dtype) -> 
         out["checkout_mb_s"] = round(mb / s, 1)
     with daemon(home) as a:
         s, _ = meter.run(a, "checkout (cold, after a restart)", lambda: a.client.call(
-            "repo.checkout", repo=repo, commit=head, output_path=str(folder / "out.safetensors"), overwrite=True))
+            "repo.checkout", repo=repo, commit=head, output_path=str(folder / "out-cold.safetensors")))
         out["checkout_cold_mb_s"] = round(mb / s, 1)
         a.client.call("repo.branch", repo=repo, name="other", at=f"{head}~1")
         a.client.call("repo.commit", repo=repo, weights_path=str(other), message="other", branch="other")
@@ -167,7 +168,7 @@ def measure(folder: Path, parameters: int, tensors: int, dtype: torch.dtype) -> 
             fetched = stored_bytes(folder / "b")
             out["clone_mb_s"] = round(fetched / 1e6 / s, 1)
     out["peak_rss_above_idle_mb"] = round(meter.peak_above_idle, 1)
-    for f in (base, small, full, other, folder / "out.safetensors"):
+    for f in (base, small, full, other, folder / "out.safetensors", folder / "out-cold.safetensors"):
         f.unlink(missing_ok=True)
     return out
 

@@ -21,7 +21,8 @@ def commit_json(commit: Commit) -> dict[str, Any]:
 
 
 def repo_json(repo: Repository) -> dict[str, Any]:
-    """A repository's id, name, owner, creation time, branches and the size of its layout."""
+    """A repository's id, name, owner, creation time, branches and the size of its first commit's layout (what its
+    signed record holds; a later commit may add, remove or reshape tensors: ``repo.status`` gives main's)."""
     record = repo.record
     return {
         "repo": repo.id,

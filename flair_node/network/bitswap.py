@@ -66,6 +66,11 @@ MAX_TRIED = 8  # peers one ``fetch_from_any`` asks at most
 RESEND_AFTER = 10.0  # s of silence after which a fetch sends its peer its wants again, once
 
 
+class Stalled(RemoteError):
+    """A peer left for ``STALL_BEFORE_NEXT`` seconds of silence because another was there to ask (not for a
+    failure of its own): ``fetch_from_any`` asks it again when no one else is left."""
+
+
 @dataclass
 class _PeerRecord:
     points: int = 0
@@ -216,25 +221,40 @@ class BlockExchange:
 
     async def fetch_from_any(self, root: Cid, peers: Callable[[], Sequence[Peer]], *, max_size: int,
                              block_timeout: float = 30.0, window: int = 128) -> int:
-        """``fetch_dag`` from the peers ``peers()`` names, in its order, each at most once (``MAX_TRIED`` in all):
+        """``fetch_dag`` from the peers ``peers()`` names, in its order, each at most once (``MAX_TRIED`` in all)
+        but for one left for its silence alone (``Stalled``), which is asked once more when no one else is left:
         when one fails (lacks a block, stalls, is cut off or banned), the next is asked for what is still missing,
         the blocks that came meanwhile kept. ``peers()`` is asked again after each failure and, while a peer is
         silent, each second: a peer is left after ``STALL_BEFORE_NEXT`` seconds of silence while another is
         there to ask, after ``block_timeout`` otherwise. Returns how many blocks came in all. Raises
         ``RemoteError`` naming each peer's failure if none delivers the rest, and ``IntegrityError`` at once: a
         DAG that breaks its bounds breaks them whoever sends it (its blocks are what its root names)."""
-        stored, failures, tried = [0], list[str](), set[Peer]()
+        stored, failures, tried, stalled = [0], list[str](), set[Peer](), list[Peer]()
 
         def untried() -> list[Peer]:
             return [p for p in peers() if p not in tried] if len(tried) < MAX_TRIED else []
 
-        while left := untried():
-            tried.add(left[0])
+        def next_peer() -> Peer | None:
+            """The next peer not asked yet; else one left for its silence while others were there to ask, asked
+            once more with the whole ``block_timeout`` (a link back from a cut can stay silent for longer than
+            ``STALL_BEFORE_NEXT``, TCP's retransmissions backing off)."""
+            if left := untried():
+                tried.add(left[0])
+                return left[0]
+            again = [p for p in stalled if p in peers()]
+            if again:
+                stalled.remove(again[0])
+                return again[0]
+            return None
+
+        while (peer := next_peer()) is not None:
             try:
-                await self._fetch_dag(root, left[0], max_size, block_timeout, window, stored,
+                await self._fetch_dag(root, peer, max_size, block_timeout, window, stored,
                                       leave_after=(STALL_BEFORE_NEXT, lambda: bool(untried())))
                 return stored[0]
             except RemoteError as exc:
+                if isinstance(exc, Stalled):  # left while silent: asked again when no one else is left
+                    stalled.append(peer)
                 failures.append(str(exc))
                 log.info("fetching %s: %s", root, exc)
         if len(failures) == 1:
@@ -366,8 +386,10 @@ class BlockExchange:
                 if not own:  # waiting only for wants of other fetches: they deliver, or end and hand them over
                     since = trio.current_time()
                     continue
-                raise RemoteError(f"peer {fetch.peer} did not deliver block {own[0].text} of {root} in "
-                                  f"{silent:.0f} s", cid=own[0].text)
+                text = f"peer {fetch.peer} did not deliver block {own[0].text} of {root} in {silent:.0f} s"
+                if sooner and silent < block_timeout:
+                    raise Stalled(text, cid=own[0].text)
+                raise RemoteError(text, cid=own[0].text)
             if silent >= RESEND_AFTER and not resent:
                 resent = True
                 own = [cid for cid in in_flight if cid in fetch.asked]

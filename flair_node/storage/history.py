@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core import graph
-from ..core.errors import CommitNotFound, FlairError, IntegrityError, InvalidInput, LayoutMismatch, NotFound
+from ..core.errors import CommitNotFound, FlairError, IntegrityError, InvalidInput, NotFound
 from ..core.identity import Identity
 from ..core.ids import BranchName, CommitId, RecordId, RepoId, check_id_prefix, is_full_id, short
-from ..core.objects import Commit, RepositoryRecord
+from ..core.objects import Commit, RepositoryRecord, TensorSpec
 from ..core.refs import BranchMove, check_branch_name
 from ..tensors.safetensors_file import (
     INDEX_NAME,
@@ -40,7 +40,6 @@ from ..tensors.safetensors_file import (
     Header,
     Source,
     canonical,
-    check_layout,
     read_header,
     shard_plan,
 )
@@ -242,14 +241,15 @@ class History:
             if not commit.parents:
                 raise IntegrityError(f"commit {short(cursor)} has a delta payload but no parent", commit=cursor)
             cursor = commit.parents[0]
+        from ..tensors.safetensors_io import layout_of, read_state
+
         for commit in reversed(chain):
             if commit.payload.codec == pieces.CODEC:
-                from ..tensors.safetensors_io import read_state
-
                 header, snapshot = self._snapshot(commit)
                 base = read_state(header, snapshot.readinto)
             else:
-                base = decode_payload(commit.payload.codec, self._payload(commit), base, self.record.layout)
+                base = decode_payload(commit.payload.codec, self._payload(commit), base,
+                                      self.record.layout if base is None else layout_of(base))
         assert base is not None
         self._remember(cid, base)
         return base
@@ -335,17 +335,23 @@ class History:
         header, snapshot = self._snapshot(commit)
         return LazyState(header, snapshot.readinto)
 
+    def layout(self, cid: CommitId) -> tuple[TensorSpec, ...]:
+        """The specs of commit ``cid``'s tensors, sorted by name: a ``snapshot-v1`` commit's own (its header's,
+        read without its tensors), any other the repository's first layout, which those codecs keep."""
+        commit = self.commit(cid)
+        if commit.payload.codec != pieces.CODEC:
+            return self.record.layout
+        return self._snapshot(commit)[0].layout()
+
     def _snapshot(self, commit: Commit) -> tuple[Header, pieces.Snapshot]:
-        """A ``snapshot-v1`` payload, to read by ranges, and its checked header: the file's size exactly, and its
-        tensors the repository's layout."""
+        """A ``snapshot-v1`` payload, to read by ranges, and its checked header (the file's size exactly). Its
+        tensors are whatever its author committed: a commit may add, remove or reshape tensors."""
         what = f"payload of commit {short(commit.id)}"
         cipher = self.keys.pieces(epoch=commit.payload.key_epoch, codec=commit.payload.codec)
         snapshot = pieces.Snapshot(self.blocks, cipher, commit.payload.cid, commit.payload.size, what)
         header = read_header(snapshot.reader(), snapshot.size, what)
-        try:
-            check_layout(header.layout(), self.record.layout)
-        except LayoutMismatch as exc:
-            raise IntegrityError(f"{what} does not hold the repository's model: {exc}", commit=commit.id) from None
+        if not header.entries:
+            raise IntegrityError(f"{what} holds no tensors", commit=commit.id)
         return header, snapshot
 
     def _payload(self, commit: Commit) -> bytes:

@@ -21,10 +21,13 @@ from typing import TYPE_CHECKING, Any
 from ..core import graph
 from ..core.errors import InvalidInput, MergeError
 from ..core.ids import BranchName, CommitId, short
+from ..core.objects import TensorSpec
 from ..core.refs import DEFAULT_BRANCH, check_branch_name
 from .history import History
 
 if TYPE_CHECKING:  # at run time, tensor modules are imported by the functions that use them (see above)
+    import torch
+
     from ..tensors.safetensors_file import Source
 
 #: How ``merge`` combines branches; ``average`` is the older name of ``mean``, still accepted.
@@ -113,16 +116,54 @@ def revert(history: History, rev: str, *, branch: str = DEFAULT_BRANCH, message:
 
 def _combined(history: History, base: CommitId, inputs: Sequence[CommitId], weights: Sequence[int]) -> Source:
     """``fixedpoint.combine`` of ``inputs`` relative to ``base`` with ``weights``, as the file the new commit
-    stores, each tensor computed when the writer reaches it. Every input holds the repository's layout (each is
-    checked as it is read), so tensors match by name."""
-    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine_tensor
-    from ..tensors.safetensors_io import computed_source
+    stores, each tensor computed when the writer reaches it.
+
+    A tensor whose layout (present, dtype, shape) no input changed is combined by its values. One that some inputs
+    add, remove or reshape takes their layout, as git takes a change made on one side only:
+
+    - the inputs that change it must agree: the same spec, and bit for bit the same tensor (or all remove it);
+    - the inputs that keep its layout must keep its values too, or their change would be lost;
+
+    anything else is a ``MergeError`` naming the tensor, to be resolved by a commit on one side."""
+    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine_tensor, same_bits
+    from ..tensors.safetensors_io import computed_source, spec_of
 
     start = history.weights(base)
     sides = [history.weights(cid) for cid in inputs]
-    return computed_source(history.record.layout, lambda name: combine_tensor(
-        name, start[name], [side[name] for side in sides], weights, scale_bits=DEFAULT_SCALE_BITS,
-        weight_bits=WEIGHT_BITS))
+    layout: list[TensorSpec] = []
+    taken: dict[str, int] = {}  # a tensor whose layout changed -> the input it is taken from
+    for name in sorted(set(start).union(*sides)):
+        was = spec_of(start, name)
+        specs = [spec_of(side, name) for side in sides]
+        changing = [i for i, spec in enumerate(specs) if spec != was]
+        if not changing:
+            if was is not None:
+                layout.append(was)
+            continue
+        if len({specs[i] for i in changing}) > 1:
+            raise MergeError(f"tensor {name}: the inputs change its shape, dtype or presence in different ways; "
+                             "commit one layout on one side first", tensor=name)
+        spec = specs[changing[0]]
+        what = "removed" if spec is None else "added" if was is None else "reshaped"
+        if was is not None and any(not same_bits(side[name], start[name])
+                                   for i, side in enumerate(sides) if i not in changing):
+            raise MergeError(f"tensor {name} is {what} on one side and changed on another", tensor=name)
+        if spec is None:
+            continue
+        if any(not same_bits(sides[i][name], sides[changing[0]][name]) for i in changing[1:]):
+            raise MergeError(f"tensor {name} is {what} on two sides with different values", tensor=name)
+        layout.append(spec)
+        taken[name] = changing[0]
+    if not layout:
+        raise MergeError("the merge would hold no tensor")
+
+    def compute(name: str) -> torch.Tensor:
+        if name in taken:
+            return sides[taken[name]][name]
+        return combine_tensor(name, start[name], [side[name] for side in sides], weights,
+                              scale_bits=DEFAULT_SCALE_BITS, weight_bits=WEIGHT_BITS)
+
+    return computed_source(layout, compute)
 
 
 def _examples_since(history: History, head: CommitId, base: CommitId) -> int:

@@ -150,8 +150,15 @@ class Repository(History):
                       topk_ratio: float = DEFAULT_TOPK_RATIO,
                       check_time: Callable[[int], None] | None = None) -> Commit:
         """Write ``state`` (tensors, or a file's as a ``Source``: stored in pieces as it is read) as a commit and
-        move ``branch`` to it. The first commit holds whole weights whatever ``codec`` asks for."""
-        safetensors_file.check_layout(_layout(state), self.record.layout)
+        move ``branch`` to it. The first commit holds whole weights whatever ``codec`` asks for.
+
+        A commit in ``snapshot-v1`` may add, remove or reshape tensors; a delta (any other codec) applies to its
+        parent's tensors, and a contribution is merged into its base's, so both must hold exactly those."""
+        layout = _layout(state)
+        if not layout:
+            raise InvalidInput("a commit holds at least one tensor")
+        if parents and (codec != pieces.CODEC or kind == "contribution"):
+            safetensors_file.check_layout(layout, self.layout(parents[0]))
         self.rotate_if_expired(identity)  # the owner's node: never seal a new payload to an expired member
         membership = self.members.current()
         # Never dated before a parent (a peer's clock may run a little ahead of this one's): see check_commit_time.

@@ -7,17 +7,25 @@ from typing import Any
 
 import torch
 
+from ..core.objects import TensorSpec
+from .safetensors_io import spec_of
+
 #: Elements compared at once: a diff's memory does not grow with its tensors.
 SLICE = 1 << 20
 
 
 def tensor_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
     """For each tensor: L2 norm and largest absolute value of ``b - a`` (in float64), and elements changed
-    (whose bits differ). Each tensor of ``a`` and ``b`` is asked for once (a ``safetensors_io.LazyState`` reads
-    it then), and compared ``SLICE`` elements at a time."""
-    out = []
+    (whose bits differ), under ``"change": "values"``. A tensor only in ``b`` is ``"added"``, only in ``a``
+    ``"removed"``, and one whose shape or dtype differs ``"layout"``: each with its ``before`` and ``after`` spec
+    (``[dtype, shape]``, None where it has none) and no figures. Each tensor of ``a`` and ``b`` is asked for once (a
+    ``safetensors_io.LazyState`` reads it then), and compared ``SLICE`` elements at a time."""
+    out: list[dict[str, Any]] = []
     for name in sorted(a.keys() | b.keys()):
-        if name not in a or name not in b:
+        before, after = spec_of(a, name), spec_of(b, name)
+        if before != after:
+            change = "added" if before is None else "removed" if after is None else "layout"
+            out.append({"name": name, "change": change, "before": _spec_json(before), "after": _spec_json(after)})
             continue
         x, y = a[name].reshape(-1), b[name].reshape(-1)
         squares, largest, changed = 0.0, 0.0, 0
@@ -33,5 +41,9 @@ def tensor_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) ->
             largest = most if most > largest or most != most else largest  # NaN, once met, stays
             changed += int((xs.view(torch.uint8).reshape(len(xs), -1) != ys.view(torch.uint8).reshape(len(ys), -1))
                            .any(dim=1).sum())
-        out.append({"name": name, "l2": squares ** 0.5, "max_abs": largest, "changed": changed})
+        out.append({"name": name, "change": "values", "l2": squares ** 0.5, "max_abs": largest, "changed": changed})
     return out
+
+
+def _spec_json(spec: TensorSpec | None) -> list[Any] | None:
+    return None if spec is None else [spec.dtype, list(spec.shape)]

@@ -327,24 +327,23 @@ def shard_plan(header: Header, max_bytes: int) -> list[list[Entry]]:
     return shards
 
 
-def check_layout(found: Iterable[TensorSpec], layout: Iterable[TensorSpec]) -> None:
+def check_layout(found: Iterable[TensorSpec], layout: Iterable[TensorSpec], *,
+                 of: str = "the commit it applies to") -> None:
     """``LayoutMismatch`` naming the first tensor that is missing, extra, or of another dtype or shape than in
-    ``layout``."""
+    ``layout``, which is that ``of`` (in the message)."""
     expected = {spec.name: spec for spec in layout}
     given = {spec.name: spec for spec in found}
     for name in sorted(expected):
         if name not in given:
-            raise LayoutMismatch(f"tensor {name} is missing (the repository's model has it)", tensor=name)
+            raise LayoutMismatch(f"tensor {name} is missing ({of} has it)", tensor=name)
     for name, spec in sorted(given.items()):
         want = expected.get(name)
         if want is None:
-            raise LayoutMismatch(f"tensor {name} is not in the repository's model", tensor=name)
+            raise LayoutMismatch(f"tensor {name} is not in {of}", tensor=name)
         if spec.dtype != want.dtype:
-            raise LayoutMismatch(f"tensor {name} has dtype {spec.dtype}, the repository expects {want.dtype}",
-                                 tensor=name)
+            raise LayoutMismatch(f"tensor {name} has dtype {spec.dtype}, {of} has {want.dtype}", tensor=name)
         if spec.shape != want.shape:
-            raise LayoutMismatch(f"tensor {name} has shape {spec.shape}, the repository expects {want.shape}",
-                                 tensor=name)
+            raise LayoutMismatch(f"tensor {name} has shape {spec.shape}, {of} has {want.shape}", tensor=name)
 
 
 __all__ = ["ALL_DTYPE_SIZES", "DTYPE_SIZES", "INDEX_NAME", "Entry", "FileSource", "Header", "ShardedSource", "Source",

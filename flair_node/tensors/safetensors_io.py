@@ -130,6 +130,19 @@ class LazyState(Mapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def spec(self, name: str) -> TensorSpec:
+        return self._entries[name].spec
+
+
+def spec_of(state: Mapping[str, torch.Tensor], name: str) -> TensorSpec | None:
+    """The spec of tensor ``name`` in ``state`` (None if it has none), read from a ``LazyState``'s header without
+    reading the tensor."""
+    if name not in state:
+        return None
+    if isinstance(state, LazyState):
+        return state.spec(name)
+    return layout_of({name: state[name]})[0]
+
 
 def computed_source(layout: Sequence[TensorSpec], compute: Callable[[str], torch.Tensor]) -> Source:
     """The canonical file of tensors of ``layout`` computed one at a time by ``compute(name)`` as the file is

@@ -263,6 +263,18 @@ async def test_a_link_cut_in_the_middle_of_a_transfer_leaves_the_rest_to_the_nex
         print(f"ended {trio.current_time() - cut_at:.1f} s after the cut, {other.sent} blocks from the next holder")
 
 
+async def test_a_holder_left_for_its_silence_is_asked_again_when_the_others_fail(monkeypatch):
+    # A link back from a cut can stay silent longer than STALL_BEFORE_NEXT (TCP backing off): the holder left
+    # for it while another was there to ask is asked again when that other turns out to lack the blocks.
+    monkeypatch.setattr("flair_node.network.bitswap.STALL_BEFORE_NEXT", 1.0)
+    data = os.urandom(3 * unixfs.CHUNK)
+    with trio.fail_after(30):
+        async with holders(data, [({"pause": 1.5}, 1.0), ({}, 0.0)]) as (fetcher, (slow, lacking), peers, root):
+            assert await fetcher.fetch_from_any(root, lambda: peers, max_size=len(data), block_timeout=30) == 4
+            assert unixfs.cat(fetcher.blocks, root, max_size=len(data)) == data and slow.sent >= 3
+            assert fetcher.status()["peers"] == {}  # neither slowness nor a late block is an offence
+
+
 async def test_a_fetch_waiting_for_another_one_s_wants_asks_its_own_peer_once_that_one_gives_up():
     data = os.urandom(6 * unixfs.CHUNK)
     async with lying_peer(lambda cid: []) as silent:  # takes every want, sends nothing

@@ -239,14 +239,14 @@ def test_a_members_malformed_snapshot_is_refused_by_every_reader(tmp_path, tampe
     assert not (tmp_path / "out.safetensors").exists()
 
 
-def test_a_snapshot_of_another_layout_or_sealed_as_another_codec_is_refused(tmp_path):
+def test_a_snapshot_sealed_as_another_codec_or_holding_no_tensor_is_refused(tmp_path):
     from flair_node.core.objects import Commit, Payload
     from flair_node.storage.clock import now_ms
 
     repos = RepoSet.in_memory(OWNER)
     repo = repos.create("layout", {"w": torch.randn(10)})
-    for plain, codec, message in [(save_bytes({"w": torch.randn(11)}), pieces.CODEC, "repository's model"),
-                                  (save_bytes({"w": torch.randn(10)}), "bitdelta-v1", "authentication")]:
+    for plain, codec, message in [(save_bytes({"w": torch.randn(10)}), "bitdelta-v1", "authentication"),
+                                  (save_bytes({}), pieces.CODEC, "holds no tensors")]:
         root, size = sealed_payload(repo, plain, codec=codec)
         commit = Commit(repo=repo.id, parents=(repo.head("main"),), author=OWNER.public_key, timestamp_ms=now_ms(),
                         kind="commit", message="hostile", payload=Payload(root, pieces.CODEC, size), meta={},

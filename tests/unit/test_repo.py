@@ -70,15 +70,15 @@ def test_commit_and_checkout_are_exact(repo):
         repo.resolve("main~3")
 
 
-def test_layout_mismatch_names_the_tensor(repo):
+def test_a_delta_of_another_layout_names_the_tensor(repo):
     bad = tiny_state(1)
     bad["w"] = torch.zeros(4, 4)
     with pytest.raises(LayoutMismatch, match="w"):
-        repo.commit_weights(ME, bad, message="bad")
+        repo.commit_weights(ME, bad, message="bad", codec="bitdelta-v1")
     bad = tiny_state(1)
     bad["extra"] = torch.zeros(1)
     with pytest.raises(LayoutMismatch, match="extra"):
-        repo.commit_weights(ME, bad, message="bad")
+        repo.commit_weights(ME, bad, message="bad", codec="int8-v1")
 
 
 def test_stale_head_conflicts(repo):

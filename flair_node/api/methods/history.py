@@ -52,7 +52,7 @@ async def repo_diff(ctx: ApiContext, repo: str, a: str, b: str) -> dict[str, Any
         r = ctx.repos.open(repo)
         ca, cb = r.resolve(a), r.resolve(b)
         tensors = r.diff(ca, cb)
-        total = sum(t["l2"] ** 2 for t in tensors) ** 0.5
+        total = sum(t["l2"] ** 2 for t in tensors if t["change"] == "values") ** 0.5
         return {"a": ca, "b": cb, "tensors": tensors, "total_l2": total}
 
     return await ctx.off_thread(work)

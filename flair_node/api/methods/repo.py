@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from ...core.errors import InvalidInput
+from ...core.errors import InvalidInput, NotAMember
 from ...core.ids import is_full_id
 from ...core.refs import DEFAULT_BRANCH
 from ...storage.repo import EXACT_CODECS
@@ -150,15 +150,21 @@ async def repo_pull(ctx: ApiContext, repo: str, peer: str | None = None) -> dict
     return result
 
 
-@methods.method("repo.status", "A repository's branches, heads, commit count, layout and round policy.",
-                params=(REPO,), result=OBJECT)
+@methods.method("repo.status", "A repository's branches, heads, commit count, round policy, and the layout of "
+                "main's head (of its first commit where this node cannot read main).", params=(REPO,),
+                result=OBJECT)
 async def repo_status(ctx: ApiContext, repo: str) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         r = ctx.repos.open(repo)
-        heads = {b: commit_json(r.commit(c)) for b, c in r.branches().items()}
+        branches = r.branches()
+        heads = {b: commit_json(r.commit(c)) for b, c in branches.items()}
+        try:
+            layout = r.layout(branches[DEFAULT_BRANCH]) if DEFAULT_BRANCH in branches else r.record.layout
+        except NotAMember:
+            layout = r.record.layout
         return {**repo_json(r), "heads": heads, "commits": sum(1 for _ in r.commits()),
                 "policy": r.members.current().policy.as_dict(),
-                "layout": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in r.record.layout]}
+                "layout": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in layout]}
 
     return await ctx.off_thread(work)
 

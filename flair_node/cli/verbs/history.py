@@ -179,8 +179,17 @@ def show_text(r: dict[str, Any]) -> str:
 
 
 def diff_text(tensors: list[dict[str, Any]]) -> str:
-    """A table of per-tensor changes: L2 norm, largest absolute change, number of values changed."""
+    """A table of per-tensor changes: L2 norm, largest absolute change, number of values changed; or, for a
+    tensor added, removed or of another shape or dtype, what it was and is."""
     width = max((len(t["name"]) for t in tensors), default=6)
     lines = [f"{'tensor':<{width}}  {'L2':>12}  {'max |d|':>12}  changed"]
-    lines += [f"{t['name']:<{width}}  {t['l2']:>12.6g}  {t['max_abs']:>12.6g}  {t['changed']:,}" for t in tensors]
+    for t in tensors:
+        if t["change"] == "values":
+            lines.append(f"{t['name']:<{width}}  {t['l2']:>12.6g}  {t['max_abs']:>12.6g}  {t['changed']:,}")
+        else:
+            lines.append(f"{t['name']:<{width}}  {t['change']}: {_spec_text(t['before'])} -> {_spec_text(t['after'])}")
     return "\n".join(lines)
+
+
+def _spec_text(spec: list[Any] | None) -> str:
+    return "none" if spec is None else f"{spec[0]} {tuple(spec[1])}"
