@@ -241,12 +241,12 @@ class History:
             if not commit.parents:
                 raise IntegrityError(f"commit {short(cursor)} has a delta payload but no parent", commit=cursor)
             cursor = commit.parents[0]
-        from ..tensors.safetensors_io import layout_of, read_state
+        from ..tensors.safetensors_io import LazyState, layout_of
 
         for commit in reversed(chain):
             if commit.payload.codec == pieces.CODEC:
                 header, snapshot = self._snapshot(commit)
-                base = read_state(header, snapshot.readinto)
+                base = dict(LazyState(header, snapshot.readinto))
             else:
                 base = decode_payload(commit.payload.codec, self._payload(commit), base,
                                       self.record.layout if base is None else layout_of(base))

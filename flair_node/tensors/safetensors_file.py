@@ -191,7 +191,22 @@ class Source:
             yield data
 
 
-class FileSource:
+class _Opened:
+    """A ``Source`` over files this holds open: ``with ... as source``, closed at the end."""
+
+    source: Source
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Source:
+        return self.source
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FileSource(_Opened):
     """The tensors of the safetensors file at ``path`` as a ``Source`` (``source``), read range by range with
     ``pread``; a context manager that holds the file open. ``NotSafetensors`` (from ``read_header``) if the file
     is not one."""
@@ -214,12 +229,6 @@ class FileSource:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> Source:
-        return self.source
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 #: The index of a Hugging Face sharded checkpoint, in its folder.
 INDEX_NAME = "model.safetensors.index.json"
@@ -228,7 +237,7 @@ MAX_INDEX_BYTES = 64 << 20
 MAX_SHARDS = 10_000
 
 
-class ShardedSource:
+class ShardedSource(_Opened):
     """The tensors of a Hugging Face sharded checkpoint (``index``: its ``model.safetensors.index.json``, whose
     ``weight_map`` names the shard of each tensor, each a safetensors file in the same folder) as one ``Source``
     (``source``), the file Flair stores. Every shard's header is checked (``read_header``) and must hold exactly
@@ -291,12 +300,6 @@ class ShardedSource:
         if self._open is not None:
             self._open[1].close()
             self._open = None
-
-    def __enter__(self) -> Source:
-        return self.source
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def open_source(path: str | os.PathLike[str]) -> FileSource | ShardedSource:

@@ -4,8 +4,8 @@ Untrusted bytes are checked before any parser sees them: ``check_header`` is ``s
 (the header bounded, nested at most 3 deep, and every tensor's range exactly its bytes), so a hostile header is
 ``NotSafetensors``, never a ``RecursionError`` or a read out of bounds.
 
-``state_source`` and ``read_state`` are the streaming side (``safetensors_file``): a state dict as the canonical
-file Flair stores, and tensors read back from such a file's bytes as they come, never holding the file whole.
+``state_source``, ``computed_source`` and ``LazyState`` are the streaming side (``safetensors_file``): tensors as
+the canonical file Flair stores, and tensors read back from such a file one at a time, never the file whole.
 Writing files durably is storage's job (``storage.atomic.atomic_write(path, save_bytes(state))``).
 """
 
@@ -74,10 +74,10 @@ def check_layout(state: Mapping[str, torch.Tensor], layout: Sequence[TensorSpec]
 def state_source(state: Mapping[str, torch.Tensor]) -> Source:
     """``state`` as the canonical safetensors file of it (``safetensors_file.Source``), its tensors' bytes read in
     place (a tensor that is not contiguous is copied once)."""
-    flat = {name: t.contiguous().reshape(-1).view(torch.uint8).numpy() for name, t in state.items()}
+    flat = {name: _bytes_of(t) for name, t in state.items()}
 
     def read(entry: Entry, offset: int, size: int) -> memoryview:
-        return flat[entry.name].data[offset:offset + size]
+        return flat[entry.name][offset:offset + size]
 
     return Source(canonical(layout_of(state)), read)
 
@@ -86,35 +86,35 @@ def state_source(state: Mapping[str, torch.Tensor]) -> Source:
 ReadInto = Callable[[int, memoryview], None]
 
 
-def read_state(header: Header, readinto: ReadInto) -> StateDict:
-    """The tensors of a checked ``header`` whose file's bytes ``readinto`` gives: each tensor allocated once and
-    filled in place."""
-    return {entry.name: read_tensor(header, entry, readinto) for entry in header.entries}
-
-
 def load_source(source: Source) -> StateDict:
     """Every tensor of ``source`` (a file or a sharded checkpoint, ``safetensors_file``), in memory."""
-    state: StateDict = {}
-    for entry in source.header.entries:
-        flat = torch.empty(entry.nbytes, dtype=torch.uint8)
-        view, at = flat.numpy().data, 0
+
+    def fill(entry: Entry, buffer: memoryview) -> None:
+        at = 0
         for part in source.parts(entry, 1 << 20):
-            view[at:at + len(part)] = part
+            buffer[at:at + len(part)] = part
             at += len(part)
-        state[entry.name] = flat.view(TORCH_DTYPES[entry.dtype]).reshape(entry.shape)
-    return state
+
+    return {entry.name: _tensor(entry, fill) for entry in source.header.entries}
 
 
-def read_tensor(header: Header, entry: Entry, readinto: ReadInto) -> torch.Tensor:
+def _tensor(entry: Entry, fill: Callable[[Entry, memoryview], None]) -> torch.Tensor:
+    """The tensor ``entry`` describes, allocated once and its bytes filled in place by ``fill``."""
     flat = torch.empty(entry.nbytes, dtype=torch.uint8)
     if entry.nbytes:
-        readinto(header.data_start + entry.begin, flat.numpy().data)
+        fill(entry, flat.numpy().data)
     return flat.view(TORCH_DTYPES[entry.dtype]).reshape(entry.shape)
+
+
+def _bytes_of(tensor: torch.Tensor) -> memoryview:
+    """``tensor``'s bytes in place (copied once if it is not contiguous)."""
+    return tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data
 
 
 class LazyState(Mapping[str, torch.Tensor]):
     """The tensors of a checked ``header`` as a mapping that reads each one from the file (``readinto``) when it
-    is asked for, and keeps none: iterating it holds one tensor at a time. Its order is the file's."""
+    is asked for, and keeps none: iterating it holds one tensor at a time (``dict`` of it reads them all). Its
+    order is the file's."""
 
     def __init__(self, header: Header, readinto: ReadInto) -> None:
         self.header = header
@@ -122,7 +122,10 @@ class LazyState(Mapping[str, torch.Tensor]):
         self._readinto = readinto
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return read_tensor(self.header, self._entries[name], self._readinto)
+        return _tensor(self._entries[name], self._fill)
+
+    def _fill(self, entry: Entry, buffer: memoryview) -> None:
+        self._readinto(self.header.data_start + entry.begin, buffer)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
@@ -157,7 +160,7 @@ def computed_source(layout: Sequence[TensorSpec], compute: Callable[[str], torch
             if layout_of({entry.name: tensor}) != (entry.spec,):
                 raise IntegrityError(f"tensor {entry.name} was computed as {layout_of({entry.name: tensor})}, "
                                      f"not {entry.spec}")
-            name, data = entry.name, tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data
+            name, data = entry.name, _bytes_of(tensor)
         return data[offset:offset + size]
 
     return Source(header, read)
