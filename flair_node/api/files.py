@@ -15,9 +15,15 @@ from ..core.errors import InvalidInput
 from ..tensors.safetensors_file import FileSource, ShardedSource, open_source
 
 if TYPE_CHECKING:
+    from ..tensors.lora import LoraAdapter
     from ..tensors.safetensors_io import StateDict
 
 MAX_WEIGHTS_BYTES = 64 << 30
+#: The largest adapter_model.safetensors read (whole, into memory): rank 64 on every linear layer of a 70B-value
+#: model is about 1.7 GB.
+MAX_ADAPTER_BYTES = 8 << 30
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def input_path(text: str, what: str, *, folder: bool = False) -> Path:
@@ -64,6 +70,35 @@ def open_weights(text: str, what: str) -> FileSource | ShardedSource:
     return open_source(input_path(text, what, folder=True))
 
 
+def is_adapter(text: str) -> bool:
+    """Whether ``text`` names a PEFT adapter: a folder holding adapter_config.json, or an
+    adapter_model.safetensors file with one beside it."""
+    path = Path(text)
+    folder = path if path.is_dir() else path.parent
+    return path.is_absolute() and (folder / ADAPTER_CONFIG).is_file() and (path.is_dir() or path.name.endswith(
+        ".safetensors"))
+
+
+def read_adapter(text: str, what: str) -> LoraAdapter:
+    """The PEFT LoRA adapter ``text`` names (an absolute path): a folder as PEFT's ``save_pretrained`` writes it,
+    or its adapter_model.safetensors with adapter_config.json beside it; checked (``tensors.lora.load_adapter``)."""
+    from ..tensors.lora import MAX_CONFIG_BYTES, load_adapter
+
+    path = input_path(text, what, folder=True)
+    weights = path / ADAPTER_WEIGHTS if path.is_dir() else path
+    config = weights.parent / ADAPTER_CONFIG
+    for needed in (weights, config):
+        if not needed.is_file():
+            raise InvalidInput(f"{what} {text} has no {needed.name}: a PEFT adapter is a folder holding "
+                               f"{ADAPTER_WEIGHTS} and {ADAPTER_CONFIG}", path=text)
+    if weights.stat().st_size > MAX_ADAPTER_BYTES:
+        raise InvalidInput(f"{weights} is larger than {MAX_ADAPTER_BYTES >> 30} GiB, more than an adapter holds",
+                           path=text)
+    with config.open("rb") as file:  # load_adapter refuses it if longer
+        config_bytes = file.read(MAX_CONFIG_BYTES + 1)
+    return load_adapter(weights.read_bytes(), config_bytes)
+
+
 def output_folder(text: str, overwrite: bool) -> Path:
     """The folder ``text`` names to write a sharded checkpoint in, refused unless absolute, in an existing folder,
     and new, empty, or ``overwrite``."""
@@ -75,4 +110,5 @@ def output_folder(text: str, overwrite: bool) -> Path:
     return path
 
 
-__all__ = ["MAX_WEIGHTS_BYTES", "input_path", "open_weights", "output_folder", "output_path", "read_weights"]
+__all__ = ["MAX_ADAPTER_BYTES", "MAX_WEIGHTS_BYTES", "input_path", "is_adapter", "open_weights", "output_folder",
+           "output_path", "read_adapter", "read_weights"]

@@ -32,6 +32,9 @@ def repo_json(repo: Repository) -> dict[str, Any]:
         "branches": dict(repo.branches()),
         "tensors": len(record.layout),
         "parameters": sum(t.numel for t in record.layout),
+        **({"adapter": {"base_repo": record.adapter.base_repo, "base_commit": record.adapter.base_commit,
+                        "rank": record.adapter.rank, "max_rank": record.adapter.max_rank}}
+           if record.adapter is not None else {}),
     }
 
 

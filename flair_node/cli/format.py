@@ -14,8 +14,12 @@ def when(ms: int) -> str:
 def status_text(r: dict[str, Any]) -> str:
     """A repository's ``repo.status``: name, owner, model, heads and how its rounds run (``status``, ``show``)."""
     lines = [f"repository {r['name']} ({r['repo']})", f"owner      {r['owner']}",
-             f"model      {r['tensors']} tensors, {r['parameters']:,} parameters", f"commits    {r['commits']}",
-             "branches:"]
+             f"model      {r['tensors']} tensors, {r['parameters']:,} parameters", f"commits    {r['commits']}"]
+    if "adapter" in r:
+        a = r["adapter"]
+        lines.append(f"adapters   LoRA on commit {a['base_commit'][:12]} of repository {a['base_repo'][:12]}; merges "
+                     f"stack up to rank {a['max_rank']}, then svd to rank {a['rank']}")
+    lines.append("branches:")
     for branch, head in r["heads"].items():
         lines.append(f"  {branch:<20} {head['id'][:12]}  {head['kind']}: {head['message'].splitlines()[0]}")
     return "\n".join([*lines, "rounds:", *("  " + line for line in policy_text(r["policy"]).splitlines())])

@@ -111,7 +111,7 @@ def loads_json(data: bytes, *, max_depth: int, what: str) -> Any:
     if it is deeper, not UTF-8 or not JSON (NaN and Infinity included: JSON has no such numbers)."""
     data = bytes(data)
     if not json_depth_within(data, max_depth):
-        raise IntegrityError(f"{what} is not JSON nested at most {max_depth} deep")
+        raise IntegrityError(f"{what} is not JSON nested at most {max_depth} deep (or its brackets do not balance)")
     try:
         return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError

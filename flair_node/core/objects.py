@@ -32,6 +32,10 @@ CODECS = ("snapshot-v1", "full-v1", "bitdelta-v1", "float16-v1", "int8-v1", "top
 PIECES_CODEC = "snapshot-v1"
 DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
 MAX_MESSAGE = 4096
+#: The longest adapter_config.json an adapter repository's record holds (canonical JSON text).
+MAX_ADAPTER_CONFIG = 64 << 10
+#: The highest LoRA rank an adapter repository's merges produce (``tensors.lora.MAX_RANK``).
+MAX_ADAPTER_RANK = 1024
 MAX_METRICS = 64
 _METRIC_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 
@@ -153,8 +157,58 @@ def check_commit_time(commit: Commit, parents: Iterable[Commit], *, now_ms: int)
 
 
 @dataclass(frozen=True)
+class AdapterSpec:
+    """What makes a repository hold LoRA adapters (``storage.adapters``) rather than whole models: the base model
+    they adapt, a commit of another repository (named by both ids: the base's weights are fetched like any
+    payload, by members of that repository), the adapter_config.json its adapters share (canonical JSON text,
+    ``r`` and ``lora_alpha`` those of the first adapter), and how merges bound the rank: stacked exactly up to
+    ``max_rank``, re-compressed to ``rank`` above it (``tensors.lora``)."""
+
+    base_repo: RepoId
+    base_commit: CommitId
+    config: str
+    rank: int
+    max_rank: int
+
+    def __post_init__(self) -> None:
+        if len(self.config.encode()) > MAX_ADAPTER_CONFIG:
+            raise InvalidInput(f"an adapter config is at most {MAX_ADAPTER_CONFIG:,} bytes of JSON")
+        if not 1 <= self.rank <= self.max_rank <= MAX_ADAPTER_RANK:
+            raise InvalidInput(f"an adapter repository needs 1 <= rank <= max_rank <= {MAX_ADAPTER_RANK}, not "
+                               f"rank {self.rank} and max_rank {self.max_rank}")
+        self.parsed_config()
+
+    def parsed_config(self) -> dict[str, Any]:
+        """The adapter_config.json the adapters share, as an object (``InvalidInput`` if it is none)."""
+        try:
+            parsed = encoding.loads_json(self.config.encode(), max_depth=8, what="adapter config")
+        except IntegrityError as exc:
+            raise InvalidInput(str(exc)) from None
+        if not isinstance(parsed, dict):
+            raise InvalidInput("an adapter config is a JSON object")
+        return parsed
+
+    def body(self) -> dict[str, Any]:
+        return {"base_repo": self.base_repo, "base_commit": self.base_commit, "config": self.config,
+                "rank": self.rank, "max_rank": self.max_rank}
+
+    @classmethod
+    def decode(cls, body: Any) -> AdapterSpec:
+        body = schema.mapping(body, "adapter")
+        try:
+            return cls(base_repo=RepoId(schema.hex_id(body["base_repo"], "adapter.base_repo")),
+                       base_commit=CommitId(schema.hex_id(body["base_commit"], "adapter.base_commit")),
+                       config=schema.text(body["config"], "adapter.config", MAX_ADAPTER_CONFIG),
+                       rank=schema.natural(body["rank"], "adapter.rank"),
+                       max_rank=schema.natural(body["max_rank"], "adapter.max_rank"))
+        except InvalidInput as exc:
+            raise IntegrityError(f"repository record: {exc}") from None
+
+
+@dataclass(frozen=True)
 class RepositoryRecord(SignedRecord):
-    """A repository's genesis: its name, owner, tensor layout and first payload key (sealed to the owner).
+    """A repository's genesis: its name, owner, tensor layout and first payload key (sealed to the owner), and for
+    a repository of LoRA adapters, what they adapt (``adapter``).
 
     The repository id is this record's hash.
     """
@@ -170,6 +224,7 @@ class RepositoryRecord(SignedRecord):
     layout: tuple[TensorSpec, ...]
     #: Payload key of epoch 0, sealed to each member (``core.crypto.seal_key``); at genesis, the owner only.
     sealed_keys: Mapping[str, bytes] = field(default_factory=dict)
+    adapter: AdapterSpec | None = None
     signature: bytes = b""
 
     def body(self) -> dict[str, Any]:
@@ -182,6 +237,7 @@ class RepositoryRecord(SignedRecord):
             "nonce": self.nonce,
             "layout": [[t.name, t.dtype, list(t.shape)] for t in self.layout],
             "keys": dict(self.sealed_keys),
+            **({"adapter": self.adapter.body()} if self.adapter is not None else {}),
         }
 
     @property
@@ -205,6 +261,7 @@ class RepositoryRecord(SignedRecord):
                 layout=tuple(layout),
                 sealed_keys={schema.text(k, "member key", 64): schema.blob(v, "sealed key", 256)
                              for k, v in schema.mapping(body["keys"], "keys").items()},
+                adapter=AdapterSpec.decode(body["adapter"]) if "adapter" in body else None,
                 signature=sig,
             )
         except (KeyError, TypeError, ValueError) as exc:

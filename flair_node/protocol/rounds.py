@@ -52,6 +52,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import FlairError, IntegrityError, InvalidInput, MergeError, NotAMember
@@ -60,6 +61,7 @@ from ..core.membership import PROTECTED_BRANCHES, ROLES, Membership
 from ..core.objects import Commit
 from ..core.refs import MAX_CLOCK_SKEW_MS, BranchMove, check_branch_name
 from ..core.round_rules import RoundPolicy, entitled, filled_at, ranking, step_weight, turn_ends, weight_counts
+from ..storage import adapters
 from ..storage.clock import now_ms
 from ..storage.repo import CONTRIBUTION_PREFIX, Repository, contribution_branch
 from .proofs.circuits import Circuits
@@ -351,7 +353,9 @@ def verify(repo: Repository, commit: Commit, *, memory: RoundMemory) -> RoundVie
     if dict(commit.meta) != meta:
         raise MergeMismatch(f"round merge {short(commit.id)} records other rounds, strategy or weights than the "
                              "policy gives")
-    if not _same_state(repo.materialize(commit.id), state):
+    committed = repo.materialize(commit.id)
+    if not (adapters.same(repo, committed, state, str(meta.get("lora"))) if repo.record.adapter is not None
+            else _same_state(committed, state)):
         raise MergeMismatch(f"round merge {short(commit.id)} is not what its inputs merge to")
     return current
 
@@ -438,6 +442,8 @@ def derive(repo: Repository, current: RoundView, contributions: Sequence[Contrib
 
     if not contributions:
         raise InvalidInput("a round merges at least one contribution")
+    if repo.record.adapter is not None:
+        adapters.check_policy(current.policy)
     strategy = build_strategy(current.policy.strategy, current.policy.strategy_params)
     head = repo.materialize(current.head)
     kept, inputs, excluded = [], [], []
@@ -460,6 +466,13 @@ def derive(repo: Repository, current: RoundView, contributions: Sequence[Contrib
     meta = {**shown, "contributions": [[c.commit, c.examples, c.staleness, w] for c, w in zip(kept, weights,
                                                                                           strict=True)],
             "examples": sum(c.examples for c in kept), "step": step}
+    if repo.record.adapter is not None:  # head + Σ eᵢ (xᵢ − baseᵢ) in what the adapters change, eᵢ = wᵢ × step
+        square = Fraction(whole * whole)
+        terms = [(current.head, Fraction(1))]
+        for c, w in zip(kept, weights, strict=True):
+            terms += [(c.commit, w * step / square), (c.base, -w * step / square)]
+        state, meta["lora"] = adapters.combine(repo, terms)
+        return state, meta
     if current.policy.proof_chunk:
         state, sums = provable_merge(repo, head, [(c.base, x) for c, x in zip(kept, inputs, strict=True)],
                                      proof_weights(meta), memory.circuits)
@@ -624,6 +637,13 @@ def _screen(memory: RoundMemory, repo: Repository, current: RoundView, head: Sta
     else:
         if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
             reason = "non-finite"
+        elif repo.record.adapter is not None:  # combined as an adapter (``derive``), not value by value
+            try:
+                adapters.adapter_of(repo.record.adapter, repo.record.layout, state)
+            except InvalidInput:
+                reason = "undecodable"
+            else:
+                reason, taken = (None, state) if _in_range(state) else ("out of range", None)
         else:
             whole = 1 << WEIGHT_BITS
             try:

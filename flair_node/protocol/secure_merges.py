@@ -152,6 +152,9 @@ def verify(repo: Repository, commit: Commit, source: MessageSource, *, memory: R
     secure = commit.meta.get("secure")
     if commit.kind != "round" or len(commit.parents) != 1 or not isinstance(secure, dict):
         raise IntegrityError(f"commit {short(commit.id)} is not a secure round merge")
+    if repo.record.adapter is not None:
+        raise MergeMismatch(f"commit {short(commit.id)} is a secure round merge in a repository of LoRA adapters, "
+                            "whose masked sums of factors are not the sum of what the adapters change")
     try:
         unmask_message = source.message(secure["unmask"])
         reveals = secure["reveals"]

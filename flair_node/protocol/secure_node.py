@@ -31,6 +31,7 @@ from ..core.ids import short
 from ..core.refs import check_branch_name
 from ..core.round_messages import Advert, Masked, Reveal, Roster, RoundMessage, Unmask, content_of
 from ..core.round_rules import RoundPolicy
+from ..storage import adapters
 from ..storage.clock import now_ms
 from ..storage.repo import Repository
 from ..storage.secure_pending import PendingContributions
@@ -77,6 +78,8 @@ def contribute(repo: Repository, identity: Any, pending: PendingContributions, b
     the secure round the head opened: kept here, then advertised."""
     from ..tensors.safetensors_io import save_bytes
 
+    if repo.record.adapter is not None:  # a masked sum of factors is not the sum of the adapters' changes
+        adapters.check_policy(repo.members.current().policy)
     advert, secrets = secure_rounds.advertise(repo, identity, branch, state, examples)
     with pending.advertising:
         pending.save(repo.id, advert.id, secrets.encode(), save_bytes(state))

@@ -288,25 +288,7 @@ class History:
             from ..tensors.safetensors_io import state_source
 
             source = state_source(self.materialize(cid))
-        plan = shard_plan(source.header, shard_bytes)
-        if len(plan) > MAX_SHARDS:
-            raise InvalidInput(f"shards of {shard_bytes} bytes would make {len(plan)} files, more than {MAX_SHARDS}: "
-                               "pick a larger shard size")
-        names = [f"model-{i:05d}-of-{len(plan):05d}.safetensors" for i in range(1, len(plan) + 1)]
-        written = 0
-        for name, entries in zip(names, plan, strict=True):
-            shard = canonical(e.spec for e in entries)
-            with atomic_writer(folder / name, mode=0o600) as out:
-                out.write(shard.raw)
-                for entry in entries:  # the shard's own order too (a run of the canonical order)
-                    for part in source.parts(entry, pieces.PIECE):
-                        out.write(part)
-            written += shard.size
-        index = {"metadata": {"total_size": source.header.size - source.header.data_start},
-                 "weight_map": {e.name: name for name, entries in zip(names, plan, strict=True) for e in entries}}
-        data = json.dumps(index, indent=2, sort_keys=True).encode() + b"\n"
-        atomic_write(folder / INDEX_NAME, data, mode=0o600)
-        return written + len(data)
+        return write_shards(source, folder, shard_bytes)
 
     def verify(self, cid: CommitId) -> None:
         """Read commit ``cid``'s weights through, checking every block and piece and their layout (``fsck``): a
@@ -377,3 +359,38 @@ class History:
         from ..tensors.diff import tensor_diff
 
         return tensor_diff(self.weights(a), self.weights(b))
+
+
+def write_file(source: Source, path: Path) -> int:
+    """Write ``source`` (read tensor by tensor) to ``path`` as one safetensors file, atomically and private to
+    this user; returns its bytes."""
+    with atomic_writer(path, mode=0o600) as out:
+        out.write(source.header.raw)
+        for entry in source.header.entries:
+            for part in source.parts(entry, pieces.PIECE):
+                out.write(part)
+    return source.header.size
+
+
+def write_shards(source: Source, folder: Path, shard_bytes: int) -> int:
+    """Write ``source`` to ``folder`` as a Hugging Face sharded checkpoint: shards of at most ``shard_bytes`` bytes
+    of tensors each, then ``model.safetensors.index.json``; returns the bytes written."""
+    plan = shard_plan(source.header, shard_bytes)
+    if len(plan) > MAX_SHARDS:
+        raise InvalidInput(f"shards of {shard_bytes} bytes would make {len(plan)} files, more than {MAX_SHARDS}: "
+                           "pick a larger shard size")
+    names = [f"model-{i:05d}-of-{len(plan):05d}.safetensors" for i in range(1, len(plan) + 1)]
+    written = 0
+    for name, entries in zip(names, plan, strict=True):
+        shard = canonical(e.spec for e in entries)
+        with atomic_writer(folder / name, mode=0o600) as out:
+            out.write(shard.raw)
+            for entry in entries:  # the shard's own order too (a run of the canonical order)
+                for part in source.parts(entry, pieces.PIECE):
+                    out.write(part)
+        written += shard.size
+    index = {"metadata": {"total_size": source.header.size - source.header.data_start},
+             "weight_map": {e.name: name for name, entries in zip(names, plan, strict=True) for e in entries}}
+    data = json.dumps(index, indent=2, sort_keys=True).encode() + b"\n"
+    atomic_write(folder / INDEX_NAME, data, mode=0o600)
+    return written + len(data)

@@ -9,6 +9,9 @@ is at, in each input, and never a whole model.
 ``commit_weights`` and ``contribute``): each asks this module what to write (a ``NewCommit``) and writes it the
 way every commit of this node is written. This module only reads the repository's ``History``.
 
+In a repository of LoRA adapters, the same merges and reverts combine what the adapters change, not their
+factors (``storage.adapters.combine``): the commit records how (``meta["lora"]``: ``stack`` or ``svd``).
+
 Like the rest of storage's tensor work, torch is imported when a merge runs, not when this module loads.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from ..core import graph
@@ -23,12 +27,14 @@ from ..core.errors import InvalidInput, MergeError
 from ..core.ids import BranchName, CommitId, short
 from ..core.objects import TensorSpec
 from ..core.refs import DEFAULT_BRANCH, check_branch_name
+from . import adapters
 from .history import History
 
 if TYPE_CHECKING:  # at run time, tensor modules are imported by the functions that use them (see above)
     import torch
 
     from ..tensors.safetensors_file import Source
+    from ..tensors.safetensors_io import StateDict
 
 #: How ``merge`` combines branches; ``average`` is the older name of ``mean``, still accepted.
 MERGE_METHODS = ("mean", "task-arithmetic")
@@ -41,7 +47,7 @@ class NewCommit:
 
     ``message`` is the one given, or the default; the writer checks it."""
 
-    state: Source
+    state: Source | StateDict
     parents: tuple[CommitId, ...]
     kind: str
     message: str
@@ -86,9 +92,15 @@ def merge(history: History, sources: Sequence[str], into: str, *, strategy: str 
         weights = normalize_weights(examples, WEIGHT_BITS)
     else:
         weights = [1 << WEIGHT_BITS] * len(heads)
-    merged = _combined(history, base, heads, weights)
     meta = {"strategy": strategy, "base": base, "weights": weights, "scale_bits": DEFAULT_SCALE_BITS,
             "weight_bits": WEIGHT_BITS, "examples": sum(examples)}
+    merged: Source | StateDict
+    if history.record.adapter is not None:  # base + Σ wᵢ (sideᵢ − base), in what the adapters change
+        whole = Fraction(1 << WEIGHT_BITS)
+        sides = [(h, w / whole) for h, w in zip(heads, weights, strict=True)]
+        merged, meta["lora"] = adapters.combine(history, [(base, 1 - sum(weights) / whole), *sides])
+    else:
+        merged = _combined(history, base, heads, weights)
     return NewCommit(merged, tuple(heads), "merge", message or f"merge {', '.join(sources)} into {into} ({strategy})",
                      meta, target, head)
 
@@ -108,8 +120,13 @@ def revert(history: History, rev: str, *, branch: str = DEFAULT_BRANCH, message:
         raise InvalidInput(f"commit {short(cid)} is not on branch {branch} (head is {short(head)})",
                            commit=cid, branch=branch)
     parent = reverted.parents[0]
-    state = _combined(history, cid, [head, parent], [1 << WEIGHT_BITS, 1 << WEIGHT_BITS])
     meta = {"reverts": cid, "scale_bits": DEFAULT_SCALE_BITS, "weight_bits": WEIGHT_BITS, "examples": 0}
+    state: Source | StateDict
+    if history.record.adapter is not None:
+        one = Fraction(1)
+        state, meta["lora"] = adapters.combine(history, [(head, one), (parent, one), (cid, -one)])
+    else:
+        state = _combined(history, cid, [head, parent], [1 << WEIGHT_BITS, 1 << WEIGHT_BITS])
     first_line = reverted.message.splitlines()[0] if reverted.message else short(cid)
     return NewCommit(state, (head,), "revert", message or f'revert "{first_line}"', meta, target, head)
 

@@ -48,7 +48,7 @@ from ..core.membership import (
     rotation,
     token_binding,
 )
-from ..core.objects import Commit, Payload, RepositoryRecord, TensorSpec, check_commit_time, metric_text
+from ..core.objects import AdapterSpec, Commit, Payload, RepositoryRecord, TensorSpec, check_commit_time, metric_text
 from ..core.refs import CONTRIBUTION_PREFIX as CONTRIBUTION_PREFIX
 from ..core.refs import DEFAULT_BRANCH, BranchMove, check_branch_name
 from ..core.refs import contribution_branch as contribution_branch
@@ -56,7 +56,7 @@ from ..core.round_rules import RoundPolicy
 from ..tensors import safetensors_file
 from ..tensors.codec_params import DEFAULT_TOPK_RATIO, LOSSY_CODECS
 from ..tensors.safetensors_file import Source
-from . import clock, merging, pieces, unixfs
+from . import adapters, clock, merging, pieces, unixfs
 from .clock import now_ms as now_ms
 from .fsck import Problem
 from .fsck import check as check_history
@@ -111,9 +111,10 @@ class Repository(History):
     @classmethod
     def create(cls, objects: ObjectStore, blocks: unixfs.BlockStore, refs_for: Callable[[RepoId], RefStore],
                identity: Identity, name: str, state: StateDict | Source, *, message: str = "initial weights",
-               write_lock: threading.Lock | None = None) -> Repository:
+               write_lock: threading.Lock | None = None, adapter: AdapterSpec | None = None) -> Repository:
         """A new repository whose commit 0 is ``state`` (tensors, or a file's as a ``Source``); ``refs_for`` gives
-        the ref store for its id."""
+        the ref store for its id. With ``adapter``, a repository of LoRA adapters (``storage.adapters``) whose
+        first adapter is ``state``, its factors under PEFT's keys; the caller checked it against the base."""
         if not name.strip() or len(name) > 200:
             raise InvalidInput("a repository name is 1 to 200 characters", name=name)
         layout = _layout(state)
@@ -123,6 +124,7 @@ class Repository(History):
         record = RepositoryRecord(
             name=name, owner=identity.public_key, created_ms=clock.now_ms(), nonce=os.urandom(16).hex(),
             layout=layout, sealed_keys={identity.public_key: crypto.seal_key(key, identity.public_key)},
+            adapter=adapter,
         ).signed(identity)
         objects.put(record.id, record.encode())
         repo = cls(record, objects, blocks, refs_for(record.id), reader=identity, write_lock=write_lock)
@@ -153,11 +155,18 @@ class Repository(History):
         move ``branch`` to it. The first commit holds whole weights whatever ``codec`` asks for.
 
         A commit in ``snapshot-v1`` may add, remove or reshape tensors; a delta (any other codec) applies to its
-        parent's tensors, and a contribution is merged into its base's, so both must hold exactly those."""
+        parent's tensors, and a contribution is merged into its base's, so both must hold exactly those (but for
+        an adapter's rank: adapters are merged by what they change, whatever their ranks)."""
+        if self.record.adapter is not None:  # small: checked whole, as the adapter it must be
+            if isinstance(state, Source):
+                from ..tensors.safetensors_io import load_source
+
+                state = load_source(state)
+            adapters.adapter_of(self.record.adapter, self.record.layout, state)
         layout = _layout(state)
         if not layout:
             raise InvalidInput("a commit holds at least one tensor")
-        if parents and (codec != pieces.CODEC or kind == "contribution"):
+        if parents and (codec != pieces.CODEC or kind == "contribution" and self.record.adapter is None):
             safetensors_file.check_layout(layout, self.layout(parents[0]))
         self.rotate_if_expired(identity)  # the owner's node: never seal a new payload to an expired member
         membership = self.members.current()
@@ -373,6 +382,8 @@ class Repository(History):
     def set_policy(self, identity: Identity, policy: RoundPolicy) -> Membership:
         """How rounds run from now on (owner only): a signed change in the membership chain, announced."""
         membership = self._owner_only(identity, "sets the round policy")
+        if self.record.adapter is not None:
+            adapters.check_policy(policy)
         return self._append(policy_change(membership, identity, policy, now_ms=clock.now_ms()))
 
     def bind_token(self, identity: Identity, chain: ChainRef) -> Membership:

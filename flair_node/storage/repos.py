@@ -3,6 +3,7 @@ node, rotating the payload key of those where an expired member still holds it (
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -15,10 +16,10 @@ from ..core.errors import AlreadyExists, FlairError, InvalidInput, RepositoryNot
 from ..core.identity import Identity
 from ..core.ids import Cid, RepoId, is_full_id, short
 from ..core.membership import MembershipChange
-from ..core.objects import RepositoryRecord
+from ..core.objects import AdapterSpec, RepositoryRecord
 from ..core.round_messages import Masked
 from ..core.round_rules import MAX_SRS_BYTES
-from . import clock, unixfs
+from . import adapters, clock, unixfs
 from .atomic import make_dirs, resource_errors
 from .ingest import check_ownership_offline
 from .repo import Repository
@@ -28,6 +29,7 @@ from .stores import DiskObjectStore, DiskRefStore, MemoryObjectStore, MemoryRefS
 from .unixfs import BlockStore
 
 if TYPE_CHECKING:  # not at run time: that would import torch (see storage.history)
+    from ..tensors.lora import LoraAdapter
     from ..tensors.safetensors_file import Source
     from ..tensors.safetensors_io import StateDict
 
@@ -109,12 +111,12 @@ class RepoSet:
         return cls(identity, DiskObjectStore(home / "objects"), DiskObjectStore(home / "blocks"),
                    DiskRefBackend(home / "repos"), pending=PendingContributions(home / "secure"))
 
-    def create(self, name: str, state: StateDict | Source) -> Repository:
+    def create(self, name: str, state: StateDict | Source, *, adapter: AdapterSpec | None = None) -> Repository:
         """A new repository owned by this node's identity, its commit 0 ``state`` (``Repository.create``)."""
         if any(r.name == name for r in self.all()):
             raise AlreadyExists(f"a repository named {name!r} exists already here: pick another name", name=name)
         repo = Repository.create(self.objects, self.blocks, self._refs.refs_for, self.identity, name, state,
-                           write_lock=self._write_lock)
+                                 write_lock=self._write_lock, adapter=adapter)
         self._announcing(repo)
         main = repo.branch_move("main")
         assert main is not None
@@ -124,6 +126,23 @@ class RepoSet:
         with self._lock:
             self._open[repo.id] = repo
         return repo
+
+    def create_adapter(self, name: str, adapter: LoraAdapter, base_repo: str, base_commit: str | None = None, *,
+                       rank: int | None = None, max_rank: int | None = None) -> Repository:
+        """A new repository of LoRA adapters (``storage.adapters``) whose commit 0 is ``adapter``, on the base model
+        at ``base_commit`` (default: main's head) of repository ``base_repo`` (held here, its weights readable
+        here): ``InvalidInput`` unless the adapter fits that model. Merges stack adapters up to rank ``max_rank``
+        (default ``lora.DEFAULT_MAX_STACK_RANK``) and re-compress to ``rank`` (default the adapter's) above it."""
+        from ..tensors.lora import DEFAULT_MAX_STACK_RANK, adapter_config, adapter_tensors
+
+        base = self.open(base_repo)
+        commit = base.resolve(base_commit) if base_commit else base.head("main")
+        adapters.check_base(adapter, base.layout(commit),
+                            fan_in_fan_out=bool(adapter.config.get("fan_in_fan_out", False)))
+        config = json.dumps(adapter_config(adapter), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        rank = rank or adapter.rank
+        spec = AdapterSpec(base.id, commit, config, rank, max_rank or max(DEFAULT_MAX_STACK_RANK, rank))
+        return self.create(name, adapter_tensors(adapter), adapter=spec)
 
     def _announcing(self, repo: Repository) -> Repository:
         repo.announce = lambda kind, record_id, record: self.outbox.append(
@@ -142,6 +161,10 @@ class RepoSet:
         self.objects.put(record.id, record.encode())
         self._refs.refs_for(record.id)
         return self._open_id(record.id)
+
+    def ids(self) -> list[RepoId]:
+        """The ids of the repositories kept here."""
+        return list(self._refs.repo_ids())
 
     def open_id(self, repo_id: RepoId) -> Repository:
         """The repository with exactly this id (no prefixes, no names: for peers)."""

@@ -356,7 +356,10 @@ def merge_stack(contributions: Sequence[Contribution], *, max_rank: int = DEFAUL
     """FLoRA's stacking (Wang et al., 2024): ``B = [c₁B₁ … cₖBₖ]``, ``A = [A₁; …; Aₖ]`` with ``cᵢ = wᵢ sᵢ / s``, so
     ``s B A = Σ wᵢ sᵢ Bᵢ Aᵢ`` exactly (to the rounding of ``cᵢ Bᵢ``). The rank is ``Σ rᵢ``: ``MergeError`` above
     ``max_rank``."""
-    plan = _plan(contributions)
+    return _stack(_plan(contributions), max_rank)
+
+
+def _stack(plan: _Plan, max_rank: int) -> LoraAdapter:
     _check_rank(max_rank, "max_rank")
     rank = sum(adapter.rank for adapter in plan.adapters)
     if rank > max_rank:
@@ -381,7 +384,10 @@ def merge_svd(contributions: Sequence[Contribution], *, rank: int | None = None)
     ``B̂Â = (Q_B U) Σ (Q_A V)ᵀ``; the top singular values are split evenly between the new B and A. Nothing
     ``out × in`` is formed. Not bit-reproducible across LAPACK builds: commit its result, do not recompute it.
     """
-    plan = _plan(contributions)
+    return _svd(_plan(contributions), rank)
+
+
+def _svd(plan: _Plan, rank: int | None) -> LoraAdapter:
     rank = max(adapter.rank for adapter in plan.adapters) if rank is None else rank
     _check_rank(rank, "rank")
     alpha, scaling = _output_scale(plan, rank)
@@ -424,6 +430,64 @@ def merge_lora(contributions: Sequence[Contribution], strategy: str = "auto", *,
                        strategy=_show(strategy))
 
 
+def combine_adapters(terms: Sequence[tuple[LoraAdapter, float]], *, rank: int, max_rank: int
+                     ) -> tuple[LoraAdapter, str]:
+    """The adapter whose change is ``Σ cᵢ sᵢ Bᵢ Aᵢ`` for (adapter, coefficient ``cᵢ``) ``terms``: coefficients may be
+    negative (a merge adds each side's change to the base, ``x − base``, a revert takes one away), and terms with
+    coefficient 0 are left out. Stacked exactly while the summed rank is at most ``max_rank``, and otherwise the
+    best adapter of rank ``rank`` (svd); the scaling is the first kept term's. Returns the adapter and which of
+    ``"stack"`` and ``"svd"`` made it. ``MergeError`` if every coefficient is 0 (nothing to adapt with)."""
+    _check_rank(rank, "rank")
+    _check_rank(max_rank, "max_rank")
+    kept = [(adapter, float(c)) for adapter, c in terms if c != 0]
+    if not kept:
+        raise MergeError("the changes cancel out: the merge adapts nothing")
+    if not all(math.isfinite(c) for _, c in kept):
+        raise InvalidInput("merge coefficients must be finite")
+    plan = _checked_plan([adapter for adapter, _ in kept], [c for _, c in kept])
+    if sum(adapter.rank for adapter in plan.adapters) <= max_rank:
+        return _stack(plan, max_rank), "stack"
+    return _svd(plan, rank), "svd"
+
+
+def product_distance(a: LoraAdapter, b: LoraAdapter) -> tuple[float, float]:
+    """``‖Δa − Δb‖`` and ``‖Δb‖`` (Frobenius, over all modules, ``Δ = s B A``) without forming any ``out × in``
+    matrix: ``‖X Y‖² = Σ (XᵀX) ∘ (Y Yᵀ)`` for the stacked factors. ``MergeError`` if they adapt other modules."""
+    if set(a.modules) != set(b.modules):
+        raise MergeError("the two adapters adapt different modules")
+    apart = total = 0.0
+    for path, mb in b.modules.items():
+        ma = a.modules[path]
+        if (ma.out_features, ma.in_features) != (mb.out_features, mb.in_features):
+            raise MergeError(f"module {path} has other shapes in the two adapters", module=path)
+        x = torch.cat([ma.b.double() * a.scaling, mb.b.double() * -b.scaling], dim=1)
+        y = torch.cat([ma.a.double(), mb.a.double()], dim=0)
+        apart += float(((x.T @ x) * (y @ y.T)).sum())
+        own_x, own_y = mb.b.double() * b.scaling, mb.a.double()
+        total += float(((own_x.T @ own_x) * (own_y @ own_y.T)).sum())
+    return math.sqrt(max(apart, 0.0)), math.sqrt(max(total, 0.0))
+
+
+def merged_weight(weight: torch.Tensor, module: LoraModule, scaling: float, *, fan_in_fan_out: bool = False
+                  ) -> torch.Tensor:
+    """A base model's ``weight`` with the module's change added, in ``weight``'s dtype: what PEFT's
+    ``merge_and_unload`` gives, computed in float64 and rounded once. An embedding's weight (``vocabulary × dim``)
+    and a ``fan_in_fan_out`` layer's (``in × out``) take the transpose of ``s B A``."""
+    delta = (module.b.double() @ module.a.double()) * scaling
+    if module.embedding or fan_in_fan_out:
+        delta = delta.T
+    if tuple(weight.shape) != tuple(delta.shape):
+        raise MergeError(f"the base weight is {_dims(weight)} but the adapter's change is {_dims(delta)}")
+    return (weight.double() + delta).to(weight.dtype)
+
+
+def alpha_for(alpha: float, rank: int, new_rank: int, rslora: bool) -> float:
+    """The ``lora_alpha`` that keeps an adapter of ``rank`` and ``alpha``'s scaling at ``new_rank``."""
+    if new_rank == rank:
+        return alpha
+    return alpha * math.sqrt(new_rank) / math.sqrt(rank) if rslora else alpha * new_rank / rank
+
+
 def _plan(contributions: Sequence[Contribution]) -> _Plan:
     if not contributions:
         raise InvalidInput("no LoRA adapters to merge")
@@ -437,6 +501,13 @@ def _plan(contributions: Sequence[Contribution]) -> _Plan:
                                f"examples from 1 to {MAX_EXAMPLES}")
         adapters.append(adapter)
         counts.append(examples)
+    total = sum(counts)
+    return _checked_plan(adapters, [c / total for c in counts])
+
+
+def _checked_plan(adapters: Sequence[LoraAdapter], weights: Sequence[float]) -> _Plan:
+    """The plan of merging ``adapters`` with ``weights`` (any finite numbers): ``MergeError`` unless the adapters
+    agree on ``_SHARED_FIELDS`` and adapt the same modules with the same shapes."""
     first = adapters[0]
     dtype = next(iter(first.modules.values())).a.dtype
     for i, adapter in enumerate(adapters):
@@ -456,8 +527,7 @@ def _plan(contributions: Sequence[Contribution]) -> _Plan:
                 raise MergeError(f"module {path} is {module.out_features} x {module.in_features} in contribution {i} "
                                  f"but {mine.out_features} x {mine.in_features} in contribution 0", module=path)
             dtype = torch.promote_types(dtype, torch.promote_types(module.a.dtype, module.b.dtype))
-    total = sum(counts)
-    return _Plan(tuple(adapters), tuple(c / total for c in counts), tuple(sorted(first.modules)), dtype)
+    return _Plan(tuple(adapters), tuple(weights), tuple(sorted(first.modules)), dtype)
 
 
 def _common_rank(plan: _Plan, strategy: str) -> int:
@@ -476,12 +546,7 @@ def _output_scale(plan: _Plan, rank: int) -> tuple[float, float]:
     """``lora_alpha`` for an adapter of ``rank`` whose scaling is the first contribution's, and that scaling as
     PEFT will compute it from the two."""
     first = plan.first
-    if rank == first.rank:
-        alpha = first.alpha
-    elif first.rslora:
-        alpha = first.alpha * math.sqrt(rank) / math.sqrt(first.rank)
-    else:
-        alpha = first.alpha * rank / first.rank
+    alpha = alpha_for(first.alpha, first.rank, rank, first.rslora)
     return alpha, lora_scaling(alpha, rank, first.rslora)
 
 

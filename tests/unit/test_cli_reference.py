@@ -42,7 +42,8 @@ def test_reference_lists_every_option_with_its_help_and_default():
             assert (action.help or "") in row
     commit = text.split("## `flair commit`\n", 1)[1].split("\n## ", 1)[0]
     assert "| `--branch BRANCH` |  | `main` |" in commit
-    assert "| `--weights WEIGHTS` | new weights (.safetensors) | required |" in commit
+    assert "| `--weights WEIGHTS` | new weights (.safetensors, or a sharded checkpoint's folder; a PEFT adapter " \
+           "folder in a repository of adapters) | required |" in commit
     assert "--home HOME" in text.split("## ", 1)[0]  # the options every verb takes, once, before the verbs
 
 

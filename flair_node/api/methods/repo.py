@@ -2,22 +2,24 @@
 pulling from a peer, status and fsck.
 
 Weights never travel inside requests: ``repo.init``, ``repo.commit`` and ``repo.contribute`` name a safetensors
-file (absolute path) the daemon reads (``api.files``).
+file (absolute path) the daemon reads (``api.files``), or in a repository of LoRA adapters a PEFT adapter folder.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ...core.errors import InvalidInput, NotAMember
+from ...core.errors import FlairError, InvalidInput, NotAMember
 from ...core.ids import is_full_id
+from ...core.objects import MAX_ADAPTER_RANK
 from ...core.refs import DEFAULT_BRANCH
-from ...storage.repo import EXACT_CODECS
+from ...storage import adapters
+from ...storage.repo import EXACT_CODECS, Repository
 from ...tensors.codec_params import DEFAULT_TOPK_RATIO
 from ..context import ApiContext
 from ..dispatch import MethodTable, Param
-from ..files import open_weights, read_weights
+from ..files import is_adapter, open_weights, read_adapter, read_weights
 from ..params import (
     ARRAY,
     BRANCH,
@@ -33,6 +35,9 @@ from ..params import (
 )
 from ..views import commit_json, repo_json
 
+if TYPE_CHECKING:
+    from ...tensors.safetensors_io import StateDict
+
 methods = MethodTable()
 
 
@@ -41,15 +46,39 @@ async def repo_list(ctx: ApiContext) -> list[dict[str, Any]]:
     return await ctx.off_thread(lambda: [repo_json(r) for r in ctx.repos.all()])
 
 
+_RANK = {"type": "integer", "minimum": 1, "maximum": MAX_ADAPTER_RANK}
+
+
 @methods.method(
-    "repo.init", "Create a repository whose commit 0 is the given model's weights.",
+    "repo.init", "Create a repository whose commit 0 is the given model's weights; or, with base_repo, a repository "
+    "of LoRA adapters on a commit of that repository, whose commit 0 is the given PEFT adapter.",
     params=(Param("name", ID, "repository name"),
-            Param("model_path", PATH, "absolute path of a .safetensors file with the initial weights")),
+            Param("model_path", PATH, "absolute path of a .safetensors file with the initial weights (a sharded "
+                  "checkpoint's folder or index; with base_repo, a PEFT adapter folder)"),
+            Param("base_repo", ID, "the repository (held here) whose model the adapters adapt", required=False,
+                  default=None),
+            Param("base_commit", ID, "the commit of base_repo they adapt (default: its main head)", required=False,
+                  default=None),
+            Param("rank", _RANK, "the rank merges re-compress to above max_rank (default: the adapter's)",
+                  required=False, default=None),
+            Param("max_rank", _RANK, "the highest rank merges stack to exactly (default 256)", required=False,
+                  default=None)),
     result=OBJECT)
-async def repo_init(ctx: ApiContext, name: str, model_path: str) -> dict[str, Any]:
+async def repo_init(ctx: ApiContext, name: str, model_path: str, base_repo: str | None, base_commit: str | None,
+                    rank: int | None, max_rank: int | None) -> dict[str, Any]:
     def work() -> dict[str, Any]:
-        with open_weights(model_path, "model") as source:
-            repo = ctx.repos.create(name, source)
+        if base_repo is not None:
+            repo = ctx.repos.create_adapter(name, read_adapter(model_path, "adapter"), base_repo, base_commit,
+                                            rank=rank, max_rank=max_rank)
+        elif is_adapter(model_path):
+            raise InvalidInput(f"{model_path} is a PEFT adapter: name the repository whose model it adapts "
+                               "(base_repo; flair init --base REPO[@COMMIT])", path=model_path)
+        else:
+            if base_commit is not None or rank is not None or max_rank is not None:
+                raise InvalidInput("base_commit, rank and max_rank describe an adapter repository: name its "
+                                   "base_repo too")
+            with open_weights(model_path, "model") as source:
+                repo = ctx.repos.create(name, source)
         return {**repo_json(repo), "commit": repo.head(DEFAULT_BRANCH)}
 
     return await ctx.changing(work)
@@ -76,7 +105,12 @@ async def repo_commit(ctx: ApiContext, repo: str, weights_path: str, message: st
     def work() -> dict[str, Any]:
         r = ctx.repos.open(repo)
         expected = r.resolve(expected_head) if expected_head else None
-        if codec == EXACT_CODECS[0]:  # streamed from the file, piece by piece
+        refuse_adapter(r, weights_path)
+        if r.record.adapter is not None:
+            commit = r.commit_weights(ctx.identity, adapter_state(r, weights_path), message=message, branch=branch,
+                                      examples=examples, metrics=metrics, expected_head=expected, codec=codec,
+                                      topk_ratio=topk_ratio)
+        elif codec == EXACT_CODECS[0]:  # streamed from the file, piece by piece
             with open_weights(weights_path, "weights") as source:
                 commit = r.commit_weights(ctx.identity, source, message=message, branch=branch,
                                           examples=examples, metrics=metrics, expected_head=expected)
@@ -111,7 +145,12 @@ async def repo_contribute(ctx: ApiContext, repo: str, weights_path: str, example
         r = ctx.repos.open(repo)
         start = r.resolve(base) if base is not None else r.head(branch)
         rounds.staleness(r, branch, start)  # refuse now what no round would take
-        weights = read_weights(weights_path, "weights")
+        refuse_adapter(r, weights_path)
+        if r.record.adapter is not None:
+            adapters.check_policy(r.members.current().policy)
+            weights = adapter_state(r, weights_path)
+        else:
+            weights = read_weights(weights_path, "weights")
         if r.members.current().policy.privacy == "secure":  # masked, never a commit every member decrypts
             if codec not in EXACT_CODECS:
                 raise InvalidInput(f"a secure round masks the exact change: it takes no {codec} codec")
@@ -133,10 +172,27 @@ async def repo_contribute(ctx: ApiContext, repo: str, weights_path: str, example
     return await ctx.changing(work)
 
 
+def refuse_adapter(repo: Repository, path: str) -> None:
+    """``InvalidInput`` if ``path`` is a PEFT adapter and ``repo`` holds whole models."""
+    if repo.record.adapter is None and is_adapter(path):
+        raise InvalidInput(f"{path} is a PEFT adapter, but repository {repo.name} holds whole models: keep adapters "
+                           "in a repository of adapters on it (flair init NAME --model ADAPTER --base "
+                           f"{repo.name})", path=path)
+
+
+def adapter_state(repo: Repository, path: str) -> StateDict:
+    """The tensors to commit in adapter repository ``repo`` for the PEFT adapter at ``path``, checked against it
+    (``storage.adapters.accept``)."""
+    spec = repo.record.adapter
+    assert spec is not None
+    return adapters.accept(spec, repo.record.layout, read_adapter(path, "adapter"))
+
+
 @methods.method(
     "repo.pull", "Fetch what a member's node has of a repository and this node lacks (creating it: a clone); "
     "every record and block is checked before it is stored. With no peer, from the first node serving it that "
-    "discovery finds (the DHT).",
+    "discovery finds (the DHT). A repository of LoRA adapters whose base repository is not here brings it too "
+    "(as base, or base_error: why not).",
     params=(replace(REPO, description="repository id (full, for a clone) or the name or id prefix of one kept "
                                       "here"),
             replace(PEER, required=False, default=None,
@@ -146,6 +202,12 @@ async def repo_pull(ctx: ApiContext, repo: str, peer: str | None = None) -> dict
     if not is_full_id(repo):
         repo = (await ctx.off_thread(lambda: ctx.repos.open(repo))).id
     result = await ctx.need_p2p().pull(repo, peer)
+    spec = (await ctx.off_thread(lambda: ctx.repos.open(repo))).record.adapter
+    if spec is not None and spec.base_repo not in await ctx.off_thread(ctx.repos.ids):
+        try:  # its adapters are of no use without the model they adapt
+            result["base"] = await ctx.need_p2p().pull(spec.base_repo, peer)
+        except FlairError as exc:  # not a member of the base's repository, say: the adapters are here all the same
+            result["base_error"] = str(exc)
     ctx.on_change()
     return result
 

@@ -16,7 +16,9 @@ from ._base import CODECS, Verb, add_codec, id_text
 
 def _commit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("repo")
-    p.add_argument("--weights", type=Path, required=True, help="new weights (.safetensors)")
+    p.add_argument("--weights", type=Path, required=True,
+                   help="new weights (.safetensors, or a sharded checkpoint's folder; a PEFT adapter folder in a "
+                        "repository of adapters)")
     p.add_argument("-m", "--message", required=True)
     p.add_argument("--branch", default="main")
     p.add_argument("--examples", type=int, default=0, help="number of local training examples")
@@ -109,12 +111,15 @@ def _checkout_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("repo")
     p.add_argument("commit")
     p.add_argument("-o", "--output", type=Path, required=True,
-                   help="the .safetensors file to write (with --shard-size, the folder)")
+                   help="the .safetensors file to write (with --shard-size, the folder; for an adapter, the PEFT "
+                        "folder)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite the output file (write into a folder "
                    "that is not empty)")
     p.add_argument("--shard-size", type=size_arg, default=None, metavar="SIZE",
                    help="write a Hugging Face sharded checkpoint: shards of at most SIZE (e.g. 5GB, 500MB) and "
                         "model.safetensors.index.json")
+    p.add_argument("--merged", action="store_true",
+                   help="an adapter's: write the base model's weights with the adapter merged in")
 
 
 def size_arg(text: str) -> int:
@@ -133,7 +138,8 @@ CHECKOUT = Verb(
     help="write a commit's weights to a safetensors file, or a sharded checkpoint's folder",
     arguments=_checkout_arguments,
     call=lambda c, a: c.call("repo.checkout", repo=a.repo, commit=a.commit, output_path=str(a.output.resolve()),
-                             overwrite=a.force, **({} if a.shard_size is None else {"shard_size": a.shard_size})),
+                             overwrite=a.force, **({} if a.shard_size is None else {"shard_size": a.shard_size}),
+                             **({"merged": True} if a.merged else {})),
     text=lambda r, a: f"wrote {r['path']} ({r['bytes']:,} bytes) from {r['commit'][:12]}",
 )
 

@@ -27,7 +27,16 @@ REPOS = Verb(
 
 def _init_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name")
-    p.add_argument("--model", type=Path, required=True, help="initial weights (.safetensors)")
+    p.add_argument("--model", type=Path, required=True,
+                   help="initial weights (.safetensors, or a sharded checkpoint's folder); with --base, a PEFT "
+                        "adapter folder")
+    p.add_argument("--base", metavar="REPO[@COMMIT]",
+                   help="make a repository of LoRA adapters on this repository's model (at COMMIT, default its main "
+                        "head); the repository must be on this node")
+    p.add_argument("--rank", type=int, help="with --base: the rank merges re-compress to (svd) above --max-rank "
+                                            "(default: the adapter's)")
+    p.add_argument("--max-rank", type=int, help="with --base: the highest rank merges stack adapters to exactly "
+                                                "(default 256)")
     p.add_argument("--chain", action="store_true",
                    help="also mint the repository's ownership token on Solana (chain.cluster): whoever holds it owns "
                         "the repository")
@@ -35,7 +44,14 @@ def _init_arguments(p: argparse.ArgumentParser) -> None:
 
 def _init(c: ApiClient, a: argparse.Namespace) -> Any:
     """``repo.init``; with ``--chain``, then ``repo.owner`` minting the token, as ``ownership`` in the result."""
-    r = c.call("repo.init", name=a.name, model_path=str(a.model.resolve()))
+    adapter: dict[str, Any] = {}
+    if a.base:
+        base_repo, _, base_commit = a.base.partition("@")
+        adapter = {"base_repo": base_repo, **({"base_commit": base_commit} if base_commit else {}),
+                   **({"rank": a.rank} if a.rank else {}), **({"max_rank": a.max_rank} if a.max_rank else {})}
+    elif a.rank or a.max_rank:
+        raise FlairError("--rank and --max-rank describe a repository of adapters: name its model with --base")
+    r = c.call("repo.init", name=a.name, model_path=str(a.model.resolve()), **adapter)
     if not a.chain:
         return r
     try:
@@ -52,7 +68,7 @@ def _init_text(r: dict[str, Any], a: argparse.Namespace) -> str:
 
 INIT = Verb(
     name="init",
-    help="create a repository; the model's weights are commit 0",
+    help="create a repository; the model's weights (or with --base, a LoRA adapter) are commit 0",
     arguments=_init_arguments,
     call=_init,
     text=_init_text,

@@ -14,7 +14,8 @@ from ._base import CODECS, Verb, add_codec, id_text, node_home
 
 def _contribute_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("repo")
-    p.add_argument("--weights", type=Path, required=True, help="trained weights (.safetensors)")
+    p.add_argument("--weights", type=Path, required=True,
+                   help="trained weights (.safetensors; a PEFT adapter folder in a repository of adapters)")
     p.add_argument("--examples", type=int, required=True, help="number of local training examples")
     p.add_argument("--branch", default="main", help="the branch whose rounds it joins (default main)")
     p.add_argument("--base", metavar="REV", help="the commit training started from (default: the branch head)")
