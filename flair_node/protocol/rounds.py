@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import FlairError, IntegrityError, InvalidInput, MergeError, NotAMember
 from ..core.ids import CommitId, PublicKey, short
 from ..core.membership import PROTECTED_BRANCHES, ROLES, Membership
-from ..core.objects import Commit
+from ..core.objects import Commit, TensorSpec
 from ..core.refs import MAX_CLOCK_SKEW_MS, BranchMove, check_branch_name
 from ..core.round_rules import RoundPolicy, entitled, filled_at, ranking, step_weight, turn_ends, weight_counts
 from ..storage import adapters
@@ -68,6 +68,9 @@ from .proofs.circuits import Circuits
 from .round_merges import commit_chunks, merge_parents, most_inputs, proof_weights, provable_merge
 
 if TYPE_CHECKING:
+    import torch
+
+    from ..tensors.safetensors_file import Source
     from ..tensors.safetensors_io import StateDict
 
 _CACHE_SIZE = 4096  # answers each of a node's round caches keeps (``RoundMemory``), the oldest forgotten first
@@ -283,7 +286,7 @@ def merge(repo: Repository, identity: Any, branch: str, *, memory: RoundMemory, 
         raise InvalidInput(f"round merge {short(held)} of round {current.number + 1} of {branch}, by an entitled "
                            "member, is being checked: this node does not merge the round again meanwhile")
     try:
-        state, meta = derive(repo, current, current.pending, memory=memory)
+        merged, meta = derive_lazily(repo, current, current.pending, memory=memory)
     except InvalidInput:  # too few usable ones for the strategy: take out only those no round can use
         unusable = [c for c in current.pending
                     if memory.screened.get(_screen_key(c.commit, current.head, current.policy)) is not None]
@@ -294,7 +297,7 @@ def merge(repo: Repository, identity: Any, branch: str, *, memory: RoundMemory, 
             raise InvalidInput(f"round {current.number + 1} of {branch} has too few usable contributions for "
                                f"{current.policy.strategy}, and taking out the unusable ones is "
                                f"{short(current.aggregator(at) or '') or 'nobody'}'s turn now") from None
-        state, meta = derive(repo, current, unusable, memory=memory)
+        merged, meta = derive_lazily(repo, current, unusable, memory=memory)
 
     def still_entitled(timestamp_ms: int) -> None:  # merging took long: a merge signed after the window is void
         if current.aggregator(timestamp_ms) != identity.public_key:
@@ -305,9 +308,10 @@ def merge(repo: Repository, identity: Any, branch: str, *, memory: RoundMemory, 
             _require_contributor(membership, c.author, c.commit, epoch=membership.epoch, at_ms=timestamp_ms)
 
     left_out = f", {len(meta['excluded'])} excluded" if meta.get("excluded") else ""
-    return repo.write_round(identity, state, branch=current.branch, parents=(current.head, *merge_parents(meta)),
-                            meta=meta, message=f"round {meta['round']} of {branch}: {len(meta['contributions'])} "
-                                                f"contributions{left_out}, {meta['strategy']['name']}",
+    message = f"round {meta['round']} of {branch}: {len(meta['contributions'])} contributions{left_out}, " \
+              f"{meta['strategy']['name']}"
+    return repo.write_round(identity, merged.source(), branch=current.branch,
+                            parents=(current.head, *merge_parents(meta)), meta=meta, message=message,
                             check_time=still_entitled)
 
 
@@ -349,13 +353,19 @@ def verify(repo: Repository, commit: Commit, *, memory: RoundMemory) -> RoundVie
     if early and len(merged) < current.policy.buffer and commit.meta.get("contributions") != []:
         raise IntegrityError(f"round merge {short(commit.id)} merges {len(merged)} contributions before the "
                              f"deadline (the policy waits for {current.policy.buffer})")
-    state, meta = derive(repo, current, merged, memory=memory)
+    derived, meta = derive_lazily(repo, current, merged, memory=memory)
     if dict(commit.meta) != meta:
         raise MergeMismatch(f"round merge {short(commit.id)} records other rounds, strategy or weights than the "
                              "policy gives")
-    committed = repo.materialize(commit.id)
-    if not (adapters.same(repo, committed, state, str(meta.get("lora"))) if repo.record.adapter is not None
-            else _same_state(committed, state)):
+    if repo.record.adapter is not None:
+        same = adapters.same(repo, repo.materialize(commit.id), derived.state(), str(meta.get("lora")))
+    else:  # a tensor at a time, as it was merged
+        from ..tensors.fixedpoint import same_bits
+
+        committed = repo.weights(commit.id)
+        same = repo.layout(commit.id) == derived.layout and all(
+            same_bits(committed[spec.name], derived.compute(spec.name)) for spec in derived.layout)
+    if not same:
         raise MergeMismatch(f"round merge {short(commit.id)} is not what its inputs merge to")
     return current
 
@@ -431,13 +441,50 @@ def held_by(repo: Repository, branch: str, head: CommitId, at_ms: int, *, memory
     return memory.held(repo.id, branch, head, at_ms)
 
 
+@dataclass(frozen=True)
+class Merged:
+    """A round merge's weights as ``derive_lazily`` gives them: the layout, and a function computing each tensor
+    when it is asked for (reading only that tensor of the head and of each input)."""
+
+    layout: tuple[TensorSpec, ...]
+    compute: Callable[[str], torch.Tensor]
+
+    def source(self) -> Source:
+        """The weights as the file the merge commit stores, each tensor computed as the writer reaches it."""
+        from ..tensors.safetensors_io import computed_source
+
+        return computed_source(self.layout, self.compute)
+
+    def state(self) -> StateDict:
+        """Every tensor, in memory."""
+        return {spec.name: self.compute(spec.name) for spec in self.layout}
+
+    @classmethod
+    def of(cls, state: Mapping[str, torch.Tensor]) -> Merged:
+        """Weights at hand (or read a tensor at a time from a ``LazyState``) as a ``Merged``."""
+        from ..tensors.safetensors_io import spec_of
+
+        specs = [spec_of(state, name) for name in sorted(state)]
+        return cls(tuple(s for s in specs if s is not None), state.__getitem__)
+
+
 def derive(repo: Repository, current: RoundView, contributions: Sequence[Contribution], *, memory: RoundMemory
            ) -> tuple[StateDict, dict[str, Any]]:
-    """The merged state and the ``meta`` a round merge of ``contributions`` records. With proofs on (the policy's
-    ``proof_chunk``), the merge is exactly ``head + Σ e_i (x_i − base_i) / 2^16`` in fixed point, with the
-    effective weights ``e = proof_weights(meta)``, and ``meta["sums"]`` holds the commitments of the
-    chunks of ``Σ e_i (x_i − base_i)``: what an EZKL proof of the merge binds to."""
-    from ..tensors.fixedpoint import WEIGHT_BITS, combine, normalize_weights
+    """``derive_lazily``, its weights computed whole."""
+    merged, meta = derive_lazily(repo, current, contributions, memory=memory)
+    return merged.state(), meta
+
+
+def derive_lazily(repo: Repository, current: RoundView, contributions: Sequence[Contribution], *,
+                  memory: RoundMemory) -> tuple[Merged, dict[str, Any]]:
+    """The merged weights and the ``meta`` a round merge of ``contributions`` records. The weights are computed
+    a tensor at a time as they are read (``Merged``; the strategy's ``tensor_by_tensor``), so a merge holds the
+    tensor it is at in each input, never a whole model, but for proven merges and repositories of adapters,
+    whose inputs are small. With proofs on (the policy's ``proof_chunk``), the merge is exactly
+    ``head + Σ e_i (x_i − base_i) / 2^16`` in fixed point, with the effective weights ``e = proof_weights(meta)``,
+    and ``meta["sums"]`` holds the commitments of the chunks of ``Σ e_i (x_i − base_i)``: what an EZKL proof of
+    the merge binds to."""
+    from ..tensors.fixedpoint import WEIGHT_BITS, combine_tensor, normalize_weights
     from .strategies import build_strategy
 
     if not contributions:
@@ -445,7 +492,7 @@ def derive(repo: Repository, current: RoundView, contributions: Sequence[Contrib
     if repo.record.adapter is not None:
         adapters.check_policy(current.policy)
     strategy = build_strategy(current.policy.strategy, current.policy.strategy_params)
-    head = repo.materialize(current.head)
+    head = repo.weights(current.head)
     kept, inputs, excluded = [], [], []
     for c in contributions:
         reason, value = _screen(memory, repo, current, head, c)
@@ -458,7 +505,7 @@ def derive(repo: Repository, current: RoundView, contributions: Sequence[Contrib
     if excluded:
         shown["excluded"] = excluded
     if not kept:  # only unusable ones: the merge takes them out of the pending set and changes nothing
-        return head, {**shown, "contributions": [], "examples": 0, "step": 0}
+        return Merged.of(head), {**shown, "contributions": [], "examples": 0, "step": 0}
     strategy.check_count(len(kept))
     weights = normalize_weights(weight_counts([(c.examples, c.staleness) for c in kept], current.policy))
     whole = 1 << WEIGHT_BITS
@@ -472,15 +519,20 @@ def derive(repo: Repository, current: RoundView, contributions: Sequence[Contrib
         for c, w in zip(kept, weights, strict=True):
             terms += [(c.commit, w * step / square), (c.base, -w * step / square)]
         state, meta["lora"] = adapters.combine(repo, terms)
-        return state, meta
+        return Merged.of(state), meta
     if current.policy.proof_chunk:
-        state, sums = provable_merge(repo, head, [(c.base, x) for c, x in zip(kept, inputs, strict=True)],
-                                     proof_weights(meta), memory.circuits)
-        return state, {**meta, "sums": sums}
-    state = strategy.aggregate(head, inputs, weights)  # each contribution moved onto the head (``_screen``)
-    if step != whole:  # stale contributions: a shorter step from the head towards the strategy's result
-        state = combine(head, [state], [step])
-    return state, meta
+        state, sums = provable_merge(repo, repo.materialize(current.head),
+                                     [(c.base, repo.materialize(c.commit)) for c in kept], proof_weights(meta),
+                                     memory.circuits)
+        return Merged.of(state), {**meta, "sums": sums}
+    result = strategy.tensor_by_tensor(head, inputs, weights)  # each contribution moved onto the head (``_screen``)
+    if step == whole:
+        return Merged(repo.layout(current.head), result), meta
+
+    def stepped(name: str) -> torch.Tensor:  # stale contributions: a shorter step from the head towards the result
+        return combine_tensor(name, head[name], [result(name)], [step])
+
+    return Merged(repo.layout(current.head), stepped), meta
 
 
 # -- internals -----------------------------------------------------------------------------------------
@@ -614,66 +666,115 @@ def _require_contributor(membership: Membership, author: PublicKey, commit: Comm
                              "now (removed, expired or a reader): a round does not count it")
 
 
-def _screen(memory: RoundMemory, repo: Repository, current: RoundView, head: StateDict, c: Contribution
+def _screen(memory: RoundMemory, repo: Repository, current: RoundView, head: Mapping[str, torch.Tensor],
+            c: Contribution
             ) -> tuple[str | None, Any]:
     """Why a round on ``current.head`` excludes contribution ``c`` (None if it can be merged), and, if it can,
     what the merge takes of it: its state, moved onto the head if it is based on an older merge (its own state
     when merges are proven, which take the base apart). The reasons depend only on the bytes of the
     contribution, its base and the head (all named by their hashes), so every node finds the same; a node that
     cannot read the payloads (``NotAMember``) or lacks a record (``NotFound``) raises instead of guessing."""
-    import torch
-
-    from ..tensors.fixedpoint import WEIGHT_BITS, combine
-
     cache = memory.screened
     key = _screen_key(c.commit, current.head, current.policy)
-    if cache.get(key) is not None:
-        return cache[key], None
-    reason, taken = None, None
+    if key in cache:  # the same bytes give the same answer: read them once
+        reason = cache[key]
+        return reason, None if reason is not None else _taken(repo, current, head, c)
     try:
-        state = repo.materialize(c.commit)
+        taken = _taken(repo, current, head, c)
+        reason = _unusable(repo, head, taken)
     except (IntegrityError, InvalidInput, MergeError, RecursionError):
-        reason = "undecodable"
-    else:
-        if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
-            reason = "non-finite"
-        elif repo.record.adapter is not None:  # combined as an adapter (``derive``), not value by value
-            try:
-                adapters.adapter_of(repo.record.adapter, repo.record.layout, state)
-            except InvalidInput:
-                reason = "undecodable"
-            else:
-                reason, taken = (None, state) if _in_range(state) else ("out of range", None)
-        else:
-            whole = 1 << WEIGHT_BITS
-            try:
-                taken = state if c.base == current.head or current.policy.proof_chunk else \
-                    combine(repo.materialize(c.base), [head, state], [whole, whole])
-            except MergeError:
-                taken = None
-            if taken is None or not _in_range(taken):
-                reason, taken = "out of range", None
+        reason, taken = "undecodable", None
     _remember(cache, key, reason)
-    return reason, taken
+    return reason, taken if reason is None else None
+
+
+def _taken(repo: Repository, current: RoundView, head: Mapping[str, torch.Tensor], c: Contribution
+           ) -> Mapping[str, torch.Tensor]:
+    """What a round on ``current.head`` takes of contribution ``c``, read a tensor at a time: its weights, moved
+    onto the head (``head + x − base``, exactly) if it is based on an older merge, merges are not proven and
+    they are not adapters (combined by what they change, ``derive_lazily``)."""
+    state = repo.weights(c.commit)
+    if c.base == current.head or current.policy.proof_chunk or repo.record.adapter is not None:
+        return state
+    return _Moved(repo.weights(c.base), head, state)
+
+
+class _Moved(Mapping[str, "torch.Tensor"]):
+    """``head + (x − base)`` in the merge arithmetic, computed for each tensor when it is asked for."""
+
+    def __init__(self, base: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor],
+                 state: Mapping[str, torch.Tensor]) -> None:
+        self.base, self.head, self.state = base, head, state
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.move(name, self.state[name])
+
+    def move(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The contribution's tensor ``name``, ``x``, moved onto the head."""
+        from ..tensors.fixedpoint import WEIGHT_BITS, combine_tensor
+        from ..tensors.safetensors_io import spec_of
+
+        if not (spec_of(self.base, name) == spec_of(self.head, name) == spec_of(self.state, name) is not None):
+            raise MergeError(f"tensor {name} has another layout in the contribution, its base or the head",
+                             tensor=name)
+        whole = 1 << WEIGHT_BITS
+        return combine_tensor(name, self.base[name], [self.head[name], x], [whole, whole])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.state)
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+    def spec(self, name: str) -> TensorSpec | None:
+        from ..tensors.safetensors_io import spec_of
+
+        return spec_of(self.state, name)
+
+
+def _unusable(repo: Repository, head: Mapping[str, torch.Tensor], taken: Mapping[str, torch.Tensor]) -> str | None:
+    """Why a round cannot use ``taken`` (None if it can), reading it a tensor at a time: another layout than the
+    head's (``undecodable``, as bytes that do not decode), values that are not finite (``non-finite``, found
+    first), or beyond ``MAX_VALUE`` / ``MAX_INTEGER`` (``out of range``, also when moving it onto the head
+    overflows). ``IntegrityError`` and the like for a payload that does not decode."""
+    import torch
+
+    from ..tensors.safetensors_io import spec_of
+
+    names = sorted(taken)
+    adapter = repo.record.adapter  # combined as an adapter (``derive_lazily``), whatever its rank
+    if adapter is None and (sorted(head) != names or any(spec_of(taken, n) != spec_of(head, n) for n in names)):
+        return "undecodable"
+    raw = taken.state if isinstance(taken, _Moved) else taken
+    beyond = False
+    for name in names:
+        x = raw[name]
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            return "non-finite"
+        if beyond:
+            continue
+        try:
+            beyond = not _tensor_in_range(taken.move(name, x) if isinstance(taken, _Moved) else x)
+        except MergeError:  # moving it onto the head overflows the merge arithmetic
+            beyond = True
+    if adapter is not None:
+        adapters.adapter_of(adapter, repo.record.layout, dict(taken))
+    return "out of range" if beyond else None
 
 
 def _screen_key(contribution: CommitId, head: CommitId, policy: RoundPolicy) -> str:
     return f"{contribution}:{head}:{'proven' if policy.proof_chunk else 'moved'}"
 
 
-def _in_range(state: StateDict) -> bool:
-    """Whether every value of ``state`` is within what a round takes (``MAX_VALUE``, ``MAX_INTEGER``)."""
+def _tensor_in_range(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is within what a round takes (``MAX_VALUE``, ``MAX_INTEGER``)."""
     import torch
 
-    for t in state.values():
-        if not t.numel() or t.dtype == torch.bool:
-            continue
-        if t.is_floating_point():
-            if float(t.abs().max()) > MAX_VALUE:
-                return False
-        elif int(t.to(torch.int64).abs().max()) > MAX_INTEGER:
-            return False
-    return True
+    if not t.numel() or t.dtype == torch.bool:
+        return True
+    if t.is_floating_point():
+        return float(t.abs().max()) <= MAX_VALUE
+    return int(t.to(torch.int64).abs().max()) <= MAX_INTEGER
 
 
 def _excluded_meta(commit: Commit) -> list[tuple[str, str]]:

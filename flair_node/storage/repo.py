@@ -239,8 +239,8 @@ class Repository(History):
                                   codec=codec, topk_ratio=topk_ratio,
                                   meta={"examples": examples}, metrics=checked, branch=name, expected=head)
 
-    def contribute(self, identity: Identity, state: StateDict, *, branch: str = DEFAULT_BRANCH, examples: int,
-                   base: CommitId | None = None, message: str = "", codec: str = pieces.CODEC,
+    def contribute(self, identity: Identity, state: StateDict | Source, *, branch: str = DEFAULT_BRANCH,
+                   examples: int, base: CommitId | None = None, message: str = "", codec: str = pieces.CODEC,
                    topk_ratio: float = DEFAULT_TOPK_RATIO, commitments: Sequence[str] = (),
                    dp: Mapping[str, Any] | None = None) -> Commit:
         """A contribution to the rounds of ``branch``: weights trained from ``base`` (default: the branch head) on
@@ -270,7 +270,7 @@ class Repository(History):
                                   metrics={}, branch=own,
                                   expected=previous.commit if previous else None, codec=codec, topk_ratio=topk_ratio)
 
-    def write_round(self, identity: Identity, state: StateDict, *, branch: str, parents: tuple[CommitId, ...],
+    def write_round(self, identity: Identity, state: StateDict | Source, *, branch: str, parents: tuple[CommitId, ...],
                     meta: Mapping[str, Any], message: str, check_time: Callable[[int], None] | None = None) -> Commit:
         """A round's merged commit on ``branch`` (its head first among ``parents``), moving the branch to it; the
         round rules (``protocol.rounds``) decide what goes in it, this only writes it. ``check_time`` is called

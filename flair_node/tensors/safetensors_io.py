@@ -138,12 +138,13 @@ class LazyState(Mapping[str, torch.Tensor]):
 
 
 def spec_of(state: Mapping[str, torch.Tensor], name: str) -> TensorSpec | None:
-    """The spec of tensor ``name`` in ``state`` (None if it has none), read from a ``LazyState``'s header without
-    reading the tensor."""
+    """The spec of tensor ``name`` in ``state`` (None if it has none), read from a ``LazyState``'s header (or the
+    ``spec`` of any mapping that has one) without reading the tensor."""
     if name not in state:
         return None
-    if isinstance(state, LazyState):
-        return state.spec(name)
+    spec = getattr(state, "spec", None)
+    if callable(spec):
+        return spec(name)  # type: ignore[no-any-return]
     return layout_of({name: state[name]})[0]
 
 

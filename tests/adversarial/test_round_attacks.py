@@ -34,11 +34,12 @@ from flair_node.core.round_rules import RoundPolicy, filled_at, window
 from flair_node.daemon.home import Home
 from flair_node.daemon.round_service import RoundService
 from flair_node.protocol import round_merges, rounds
-from flair_node.storage import unixfs
+from flair_node.storage import pieces, unixfs
 from flair_node.storage.repo import Repository, contribution_branch, now_ms
 from flair_node.storage.repos import RepoSet
 from flair_node.storage.stores import MemoryRefStore
 from flair_node.tensors.codec import encode_payload
+from flair_node.tensors.safetensors_io import state_source
 from flair_node.testing.cluster import address, configure, wait_until
 from flair_node.testing.cluster import public_key as key
 from flair_node.testing.commit_graph import tiny_state
@@ -104,9 +105,45 @@ def nested_header(depth: int = 100_000) -> bytes:
     return struct.pack("<Q", len(header)) + header
 
 
+def snapshot_contribution(node: Repository, author: Identity, state: dict[str, torch.Tensor]) -> Commit:
+    """A contribution to main signed by ``author`` holding ``state`` whole, in pieces (``snapshot-v1``), whatever
+    its layout: what modified software writes, past the checks of ``Repository.contribute``."""
+    epoch = node.members.current().epoch
+    source = state_source(state)
+    with node.write_lock:
+        root, size = pieces.write(node.blocks, node.keys.pieces(epoch=epoch, codec=pieces.CODEC),
+                                  pieces.cut(source.segments(pieces.PIECE)))
+    commit = Commit(repo=node.id, parents=(node.head("main"),), author=author.public_key, timestamp_ms=now_ms(),
+                    kind="contribution", message="another layout", meta={"examples": 100, "branch": "main"},
+                    payload=Payload(cid=root, codec=pieces.CODEC, size=size, key_epoch=epoch)).signed(author)
+    node.objects.put(commit.id, commit.encode())
+    point(node, author, contribution_branch("main", author.public_key), commit.id)
+    return commit
+
+
 def weights_payload(node: Repository, state: dict[str, torch.Tensor]) -> bytes:
     """``state`` as a bit-delta against main's head, however odd its values (NaN, huge)."""
     return encode_payload("bitdelta-v1", state, node.materialize(node.head("main")))
+
+
+def test_a_contribution_of_another_layout_is_excluded_as_undecodable_and_the_round_goes_on():
+    memory = rounds.RoundMemory()
+    repos, repo = team(RoundPolicy(buffer=4, deadline_s=600))
+    honest, extra, reshaped, retyped = MEMBERS
+    good = as_node(repos, repo, honest).contribute(honest, shift(tiny_state(0), 0.5), examples=100)
+    state = tiny_state(0)
+    bad = {}
+    for member, layout in ((extra, {**state, "head.w": torch.zeros(2)}), (reshaped, {**state, "w": state["w"].T}),
+                           (retyped, {**state, "b": state["b"].double()})):
+        bad[snapshot_contribution(as_node(repos, repo, member), member, layout).id] = member
+    current = rounds.view(repo, "main", memory=memory)
+    assert len(current.pending) == 4
+    aggregator = by_key(current.aggregator(now_ms()))
+    merged = rounds.merge(as_node(repos, repo, aggregator), aggregator, "main", memory=memory)
+    assert sorted(merged.meta["excluded"]) == sorted([c, "undecodable"] for c in bad)
+    assert round_merges.meta_parents(dict(merged.meta)) == [good.id]
+    other = next(i for i in EVERYONE if i != aggregator)
+    rounds.verify(as_node(repos, repo, other), merged, memory=rounds.RoundMemory())
 
 
 # -- one member, one contribution (finding 3) -------------------------------------------------------------

@@ -146,9 +146,16 @@ async def repo_contribute(ctx: ApiContext, repo: str, weights_path: str, example
         start = r.resolve(base) if base is not None else r.head(branch)
         rounds.staleness(r, branch, start)  # refuse now what no round would take
         refuse_adapter(r, weights_path)
+        policy = r.members.current().policy
         if r.record.adapter is not None:
-            adapters.check_policy(r.members.current().policy)
+            adapters.check_policy(policy)
             weights = adapter_state(r, weights_path)
+        elif policy.privacy == "plain" and not (policy.dp or policy.norm_bound or policy.proof_chunk) \
+                and codec == EXACT_CODECS[0]:  # nothing to do to the values here: streamed from the file
+            with open_weights(weights_path, "weights") as source:
+                commit = r.contribute(ctx.identity, source, branch=branch, examples=examples, base=start,
+                                      message=message)
+            return {**commit_json(commit), "branch": branch}
         else:
             weights = read_weights(weights_path, "weights")
         if r.members.current().policy.privacy == "secure":  # masked, never a commit every member decrypts

@@ -2,9 +2,13 @@
 
 A strategy is a frozen dataclass whose fields are its parameters. ``aggregate(base, inputs, weights)`` takes
 full model states (the update of input i is ``inputs[i] − base``) and integer weights summing to
-``2**WEIGHT_BITS`` and returns a full model state. ``describe()`` gives what a merged commit records: the
-strategy's stable ``name`` and its ``params`` as canonical-encoding-friendly values (ints and strings only:
-canonical records hold no floats, so a float parameter is written as its shortest round-trip ``repr``).
+``2**WEIGHT_BITS`` and returns a full model state. ``tensor_by_tensor`` takes the same inputs as mappings that
+may read each tensor when asked (``safetensors_io.LazyState``) and returns a function giving one tensor of the
+result at a time: what a round merge of models larger than memory runs (``protocol.rounds``). A rule that
+looks at whole updates (Krum's distances) makes its pass over them first, one tensor at a time too.
+``describe()`` gives what a merged commit records: the strategy's stable ``name`` and its ``params`` as
+canonical-encoding-friendly values (ints and strings only: canonical records hold no floats, so a float
+parameter is written as its shortest round-trip ``repr``).
 """
 
 from __future__ import annotations
@@ -13,14 +17,14 @@ import dataclasses
 import math
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 
 from ...core.errors import InvalidInput, MergeError
 from ...tensors.fixedpoint import WEIGHT_BITS, check_inputs
-from ...tensors.safetensors_io import StateDict
+from ...tensors.safetensors_io import StateDict, spec_of
 
 #: Parameters per chunk: each step holds every input's slice of one chunk (n × CHUNK values) and no more.
 #: Read through ``chunk_size()`` so tests can shrink it.
@@ -49,6 +53,27 @@ class Strategy(ABC):
         self.check_count(len(inputs))
         check_inputs(base, inputs)
         return self._aggregate(base, list(inputs), list(weights))
+
+    def tensor_by_tensor(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
+                         weights: Sequence[int]) -> Callable[[str], torch.Tensor]:
+        """``aggregate`` as a function computing the result's tensor ``name`` when called, reading only that
+        tensor of the base and of each input (after the rule's own pass over the whole updates, if it has one):
+        ``aggregate(...)[name] == tensor_by_tensor(...)(name)`` bit for bit. The inputs' layouts are checked from
+        their specs, their values as each tensor is computed."""
+        check_weights(len(inputs), weights)
+        self.check_count(len(inputs))
+        check_layouts(base, inputs)
+        return self._per_tensor(base, list(inputs), list(weights))
+
+    def _per_tensor(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
+                    weights: list[int]) -> Callable[[str], torch.Tensor]:
+        """For a coordinate-wise rule (this default): the rule applied to one tensor at a time. A rule whose result
+        depends on whole updates overrides it."""
+
+        def compute(name: str) -> torch.Tensor:
+            return self._aggregate({name: base[name]}, [{name: x[name]} for x in inputs], weights)[name]
+
+        return compute
 
     def check_count(self, n: int) -> None:
         """Raise ``InvalidInput`` unless this rule can merge ``n`` inputs (a round can ask before collecting)."""
@@ -109,6 +134,21 @@ def require_int(strategy: str, key: str, value: object, minimum: int) -> None:
 def require_fraction(strategy: str, key: str, value: object, below: float) -> None:
     if not isinstance(value, float) or not math.isfinite(value) or not 0.0 <= value < below:
         raise InvalidInput(f"strategy {strategy}: {key} must be a float in [0, {below}), not {value!r}")
+
+
+def check_layouts(base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]]) -> None:
+    """``MergeError`` unless every input holds exactly the base's tensors, each of the base's shape and dtype,
+    judged from their specs (a ``LazyState``'s header: no tensor is read)."""
+    specs = {name: spec_of(base, name) for name in base}
+    for i, state in enumerate(inputs):
+        for name, spec in specs.items():
+            if spec_of(state, name) != spec:
+                raise MergeError(f"input {i} has no tensor {name} of the base's shape and dtype", tensor=name,
+                                 input=str(i))
+        extra = sorted(set(state) - specs.keys())
+        if extra:
+            raise MergeError(f"input {i} has tensor {extra[0]}, which is not in the base", tensor=extra[0],
+                             input=str(i))
 
 
 def check_weights(count: int, weights: Sequence[int]) -> None:

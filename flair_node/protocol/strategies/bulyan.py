@@ -14,6 +14,7 @@ Flair's fixed-point mean (``_order``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +66,16 @@ class Bulyan(Strategy):
                                f"got {n}")
 
     def _aggregate(self, base: StateDict, inputs: list[StateDict], weights: list[int]) -> StateDict:
+        compute = self._per_tensor(base, inputs, weights)
+        return {name: compute(name) for name in base}
+
+    def _per_tensor(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
+                    weights: list[int]) -> Callable[[str], torch.Tensor]:
         picked = bulyan_select(pairwise_distances(base, inputs), len(inputs), self.byzantine)
         width = len(picked) - 2 * self.byzantine
-        return merge_columns(base, [inputs[i] for i in picked], lambda cols: nearest_mean_columns(cols, width),
-                             indices=picked)
+
+        def compute(name: str) -> torch.Tensor:
+            return merge_columns({name: base[name]}, [{name: inputs[i][name]} for i in picked],
+                                 lambda cols: nearest_mean_columns(cols, width), indices=picked)[name]
+
+        return compute

@@ -16,7 +16,7 @@ unrelated to the weights' and would swamp them. They still follow the chosen inp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,24 +24,28 @@ import torch
 from numba.typed import List
 
 from ...core.errors import InvalidInput, MergeError
-from ...tensors.fixedpoint import combine, normalize_weights, same_bits
-from ...tensors.safetensors_io import StateDict
+from ...tensors.fixedpoint import combine_tensor, normalize_weights, same_bits
+from ...tensors.safetensors_io import StateDict, spec_of
 from . import _base
 from ._base import Strategy, require_int
 from ._kernels import DIST_BLOCK, add_pair_distances
 
+_FLOATS = ("F64", "F32", "F16", "BF16")
 
-def pairwise_distances(base: StateDict, inputs: Sequence[StateDict]) -> np.ndarray:
+
+def pairwise_distances(base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]]
+                       ) -> np.ndarray:
     """The (n, n) float64 matrix of squared Euclidean distances between the inputs' floating-point tensors."""
     n = len(inputs)
     totals = np.zeros(n * (n - 1) // 2, dtype=np.float64)
     # A whole number of distance blocks per step, so the summation order never depends on the chunk size.
     step = DIST_BLOCK * max(1, _base.chunk_size() // DIST_BLOCK)
     for name in sorted(base):
-        if not base[name].is_floating_point() or n < 2:
+        spec = spec_of(base, name)
+        if spec is None or spec.dtype not in _FLOATS or n < 2:
             continue
         flats = [state[name].reshape(-1) for state in inputs]
-        for start in range(0, base[name].numel(), step):
+        for start in range(0, spec.numel, step):
             slices = [x[start : start + step] for x in flats]
             typed = List()
             for x in slices:
@@ -99,9 +103,20 @@ class Krum(Strategy):
                                f"keep at most n - f = {n - self.byzantine}")
 
     def _aggregate(self, base: StateDict, inputs: list[StateDict], weights: list[int]) -> StateDict:
+        compute = self._per_tensor(base, inputs, weights)
+        return {name: compute(name) for name in base}
+
+    def _per_tensor(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
+                    weights: list[int]) -> Callable[[str], torch.Tensor]:
         ranking = krum_ranking(pairwise_distances(base, inputs), range(len(inputs)), self.byzantine)
         if self.keep == 1:
             best = inputs[ranking[0]]
-            return {name: b if same_bits(best[name], b) else best[name] for name, b in base.items()}
+
+            def pick(name: str) -> torch.Tensor:
+                b, x = base[name], best[name]
+                return b if same_bits(x, b) else x
+
+            return pick
         kept = sorted(ranking[: self.keep])
-        return combine(base, [inputs[i] for i in kept], normalize_weights([weights[i] for i in kept]))
+        shares = normalize_weights([weights[i] for i in kept])
+        return lambda name: combine_tensor(name, base[name], [inputs[i][name] for i in kept], shares)
