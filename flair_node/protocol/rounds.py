@@ -726,6 +726,9 @@ class _Moved(Mapping[str, "torch.Tensor"]):
     def __len__(self) -> int:
         return len(self.state)
 
+    def __contains__(self, name: object) -> bool:  # Mapping's own would compute the tensor to find out
+        return name in self.state
+
     def spec(self, name: str) -> TensorSpec | None:
         from ..tensors.safetensors_io import spec_of
 

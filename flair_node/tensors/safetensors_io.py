@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import safetensors.torch
@@ -133,6 +134,9 @@ class LazyState(Mapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, name: object) -> bool:  # Mapping's own would read the tensor to find out
+        return name in self._entries
+
     def spec(self, name: str) -> TensorSpec:
         return self._entries[name].spec
 
@@ -150,14 +154,31 @@ def spec_of(state: Mapping[str, torch.Tensor], name: str) -> TensorSpec | None:
 
 def computed_source(layout: Sequence[TensorSpec], compute: Callable[[str], torch.Tensor]) -> Source:
     """The canonical file of tensors of ``layout`` computed one at a time by ``compute(name)`` as the file is
-    read (``storage.pieces`` reads it in order): only the tensor being read is held."""
+    read in order (as ``storage.pieces`` reads it): the tensor being read is held, and the next one is computed
+    meanwhile on one worker thread, so reading and computing the inputs overlap with sealing and writing the
+    output. ``compute`` is only ever called on that thread, one call at a time."""
     header = canonical(layout)
+    order = [entry.name for entry in header.entries]
+    position = {name: i for i, name in enumerate(order)}
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="computed-source")
+    ahead: dict[str, Future[torch.Tensor]] = {}
     name, data = "", memoryview(b"")  # the tensor being read, and its bytes
+
+    def start(i: int) -> None:
+        if i < len(order) and order[i] not in ahead:
+            ahead[order[i]] = worker.submit(compute, order[i])
 
     def read(entry: Entry, offset: int, size: int) -> memoryview:
         nonlocal name, data
         if name != entry.name or not data:
-            tensor = compute(entry.name)
+            i = position[entry.name]
+            start(i)
+            start(i + 1)
+            try:
+                tensor = ahead.pop(entry.name).result()
+            finally:
+                if i + 1 >= len(order):
+                    worker.shutdown(wait=False, cancel_futures=True)
             if layout_of({entry.name: tensor}) != (entry.spec,):
                 raise IntegrityError(f"tensor {entry.name} was computed as {layout_of({entry.name: tensor})}, "
                                      f"not {entry.spec}")

@@ -3,6 +3,7 @@ change, independent of history, and read from files as untrusted as anything els
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 
@@ -338,3 +339,47 @@ def test_a_hostile_sharded_index_is_refused(tmp_path, tamper, message):
     index_path.write_text(json.dumps(tamper(json.loads(index_path.read_text()))))
     with pytest.raises(NotSafetensors, match=message):
         open_source(tmp_path / "sharded")
+
+
+def test_asking_whether_a_lazy_state_holds_a_tensor_or_its_spec_reads_nothing() -> None:
+    from flair_node.tensors.safetensors_io import LazyState, spec_of
+
+    data = save_bytes({"a": torch.ones(4, 3), "b": torch.zeros(2, dtype=torch.int64)})
+    header = read_header(io.BytesIO(data).read, len(data), "test")
+    reads = []
+
+    def readinto(offset: int, buffer: memoryview) -> None:
+        reads.append(offset)
+        buffer[:] = data[offset:offset + len(buffer)]
+
+    state = LazyState(header, readinto)
+    assert "a" in state and "c" not in state and spec_of(state, "b").shape == (2,) and spec_of(state, "c") is None
+    assert reads == []  # Mapping's own __contains__ reads the tensor: a merge read every input twice
+    assert torch.equal(state["a"], torch.ones(4, 3)) and len(reads) == 1
+
+
+def test_a_computed_source_computes_each_tensor_once_in_order_on_one_thread_and_raises_what_it_raises() -> None:
+    import threading
+
+    from flair_node.core.objects import TensorSpec
+    from flair_node.tensors.safetensors_io import computed_source, load_source
+
+    layout = [TensorSpec(f"t{i}", "F32", (3,)) for i in range(5)]
+    calls: list[tuple[str, int]] = []
+
+    def compute(name: str) -> torch.Tensor:
+        calls.append((name, threading.get_ident()))
+        return torch.full((3,), float(name[1:]))
+
+    loaded = load_source(computed_source(layout, compute))
+    assert [name for name, _ in calls] == [f"t{i}" for i in range(5)]  # the file's order, each once
+    assert len({thread for _, thread in calls}) == 1 and calls[0][1] != threading.get_ident()
+    assert all(torch.equal(loaded[f"t{i}"], torch.full((3,), float(i))) for i in range(5))
+
+    def failing(name: str) -> torch.Tensor:
+        if name == "t2":
+            raise IntegrityError("t2 does not decode")
+        return torch.zeros(3)
+
+    with pytest.raises(IntegrityError, match="t2 does not decode"):
+        load_source(computed_source(layout, failing))

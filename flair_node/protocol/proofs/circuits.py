@@ -10,8 +10,10 @@ hands it to whatever commits, proves or verifies: the round code (``rounds.Round
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,8 +39,12 @@ class Circuits:
 
     @classmethod
     def in_temporary_folder(cls) -> Circuits:
-        """A cache in a new temporary folder: for a node without a home (tests, in-memory repositories)."""
-        return cls(Path(tempfile.mkdtemp(prefix="flair-circuits-")))
+        """A cache in a new temporary folder: for a node without a home (tests, in-memory repositories). The folder
+        (circuits and keys of about 200 MB once proofs were made) is removed with the cache, or when the process
+        exits."""
+        circuits = cls(Path(tempfile.mkdtemp(prefix="flair-circuits-")))
+        weakref.finalize(circuits, shutil.rmtree, circuits.cache, ignore_errors=True)
+        return circuits
 
     def srs(self, repo: Repository) -> Path:
         """The SRS file ``repo``'s policy names; ``ProofError`` if it names none or its blocks are not here yet."""
