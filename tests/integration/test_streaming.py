@@ -4,12 +4,15 @@ back is bit for bit what went in."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from flair_node.testing.cluster import configure, wait_until
-from flair_node.testing.daemon import running_daemon
+from flair_node.testing.daemon import DaemonProcess, running_daemon
 from flair_node.testing.memory import maps_torch, peak_mb, reset_peak, rss_mb
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -27,12 +30,19 @@ def write_model(path, seed: int, base=None, changed: int = TENSORS) -> dict[str,
     return state
 
 
-def test_a_model_streams_through_a_daemon_in_bounded_memory_and_comes_back_bit_for_bit(tmp_path):
-    first = write_model(tmp_path / "first.safetensors", 0)
-    write_model(tmp_path / "second.safetensors", 1, base=first, changed=1)
+@contextlib.contextmanager
+def daemon(tmp_path) -> Iterator[DaemonProcess]:
+    """One daemon with no peers, its client waiting long enough for a 128 MB model."""
     configure(tmp_path / "home", [], sync_interval=600.0)
     with running_daemon(tmp_path / "home", timeout=60) as node:
         node.client.timeout = 300
+        yield node
+
+
+def test_a_model_streams_through_a_daemon_in_bounded_memory_and_comes_back_bit_for_bit(tmp_path):
+    first = write_model(tmp_path / "first.safetensors", 0)
+    write_model(tmp_path / "second.safetensors", 1, base=first, changed=1)
+    with daemon(tmp_path) as node:
         idle = rss_mb(node.pid)
         peaks = {}
         for what, call in [
@@ -68,9 +78,7 @@ def test_merges_reverts_and_diffs_hold_a_tensor_at_a_time_not_the_model(tmp_path
     write_model(tmp_path / "side.safetensors", 2, base=base)
     tiny = tmp_path / "tiny.safetensors"
     save_file({"w": torch.zeros(4)}, str(tiny))
-    configure(tmp_path / "home", [], sync_interval=600.0)
-    with running_daemon(tmp_path / "home", timeout=60) as node:
-        node.client.timeout = 300
+    with daemon(tmp_path) as node:
         call = node.client.call
         # torch and the merge kernel loaded first, on a tiny repository: what follows is measured from there
         call("repo.init", name="tiny", model_path=str(tiny))
@@ -106,9 +114,7 @@ def test_a_round_streams_its_contribution_in_and_its_merge_out_a_tensor_at_a_tim
     trained = write_model(tmp_path / "trained.safetensors", 1, base=base, changed=TENSORS // 2)
     tiny = tmp_path / "tiny.safetensors"
     save_file({"w": torch.zeros(4)}, str(tiny))
-    configure(tmp_path / "home", [], sync_interval=600.0)
-    with running_daemon(tmp_path / "home", timeout=60) as node:
-        node.client.timeout = 300
+    with daemon(tmp_path) as node:
         call = node.client.call
 
         def round_of(repo: str, weights) -> dict:

@@ -210,15 +210,20 @@ def test_the_merged_checkout_is_the_base_with_the_change_added(tmp_path: Path) -
 
 # --- merges and reverts -------------------------------------------------------------------------------------------
 
-def test_a_branch_merge_adds_each_sides_change_exactly_and_stacks_the_ranks() -> None:
-    _, _, repo = adapter_team()
+def merged_branches(repo: Repository, examples: tuple[int, int]):
+    """Two branches trained from one adapter, ``examples`` on each, merged (mean): their adapters, the merge."""
     start = peft(1)
     commit_adapter(repo, start, "start")
     repo.create_branch(OWNER, "other", repo.head("main"))
     ours, theirs = trained(start, 10), trained(start, 11)
-    commit_adapter(repo, ours, "ours", examples=30)
-    commit_adapter(repo, theirs, "theirs", branch="other", examples=10)
-    merged = repo.merge(OWNER, ["other"], "main")
+    commit_adapter(repo, ours, "ours", examples=examples[0])
+    commit_adapter(repo, theirs, "theirs", branch="other", examples=examples[1])
+    return ours, theirs, repo.merge(OWNER, ["other"], "main")
+
+
+def test_a_branch_merge_adds_each_sides_change_exactly_and_stacks_the_ranks() -> None:
+    _, _, repo = adapter_team()
+    ours, theirs, merged = merged_branches(repo, (30, 10))
     assert merged.meta["lora"] == "stack"
     result = adapters.read(repo, merged.id)
     # mean: Δ_start + ¾ (Δ_ours − Δ_start) + ¼ (Δ_theirs − Δ_start) = ¾ Δ_ours + ¼ Δ_theirs
@@ -245,13 +250,7 @@ def test_a_revert_takes_one_change_away_exactly() -> None:
 
 def test_above_max_rank_a_merge_is_the_best_adapter_of_the_record_rank() -> None:
     _, _, repo = adapter_team(max_rank=3)
-    start = peft(1)
-    commit_adapter(repo, start, "start")
-    repo.create_branch(OWNER, "other", repo.head("main"))
-    ours, theirs = trained(start, 10), trained(start, 11)
-    commit_adapter(repo, ours, "ours", examples=1)
-    commit_adapter(repo, theirs, "theirs", branch="other", examples=1)
-    merged = repo.merge(OWNER, ["other"], "main")
+    ours, theirs, merged = merged_branches(repo, (1, 1))
     result = adapters.read(repo, merged.id)
     assert (merged.meta["lora"], result.rank) == ("svd", RANK)
     exact = combination((ours, 0.5), (theirs, 0.5))

@@ -28,9 +28,10 @@ def python_reference(base, inputs, weights, scale_bits=24):
     return torch.tensor(out, dtype=torch.float64).to(base.dtype)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.integers(1, 5), st.integers(1, 300), st.lists(st.integers(0, 10_000), min_size=5, max_size=5),
-       st.sampled_from([torch.float32, torch.float64]), st.integers(0, 2**31), st.sampled_from([1e-8, 1e-3, 1.0, 1e3]))
+       st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]), st.integers(0, 2**31),
+       st.sampled_from([1e-8, 1e-3, 1.0, 1e3]))
 def test_kernel_int64_and_python_agree(k, n, counts, dtype, seed, spread):
     g = torch.Generator().manual_seed(seed)
     base = (torch.randn(n, generator=g, dtype=torch.float64) * spread).to(dtype)
@@ -61,6 +62,17 @@ def test_large_values_take_the_int64_path_and_stay_exact():
     assert torch.equal(out, python_reference(base, inputs, weights))
 
 
+def test_a_float16_merge_beyond_its_range_is_refused_whichever_path_runs():
+    import pytest
+
+    from flair_node.core.errors import MergeError
+
+    base = torch.tensor([60000.0, 1.0], dtype=torch.float16)
+    inputs = [torch.tensor([65000.0, 1.0], dtype=torch.float16)]
+    with pytest.raises(MergeError, match="overflows"):  # 60000 + 2 x 5000 is beyond 65504
+        weighted_sum_fixed(base, inputs, [2 << WEIGHT_BITS])
+
+
 def test_inputs_are_never_modified():
     for dtype in (torch.float32, torch.float64, torch.int64, torch.float16):
         base = torch.arange(6).to(dtype)
@@ -68,3 +80,17 @@ def test_inputs_are_never_modified():
         before = [t.clone() for t in (base, *inputs)]
         weighted_sum_fixed(base, inputs, [1 << WEIGHT_BITS, 1 << WEIGHT_BITS])
         assert all(torch.equal(a, b) for a, b in zip(before, (base, *inputs), strict=True))
+
+
+def test_half_types_through_the_kernel_are_the_int64_paths_bytes_over_a_million_values():
+    for dtype in (torch.bfloat16, torch.float16):
+        for spread in (1e-4, 1.0, 300.0):
+            g = torch.Generator().manual_seed(int(spread * 1e4))
+            n = (1 << 20) + 12345  # more than one HALF_CHUNK, and a partial one
+            base = (torch.randn(n, generator=g, dtype=torch.float64) * spread).to(dtype)
+            inputs = [(base.double() + torch.randn(n, generator=g, dtype=torch.float64) * spread).to(dtype)
+                      for _ in range(3)]
+            weights = normalize_weights([5, 3, 1])
+            fast = weighted_sum_fixed(base, inputs, weights)
+            assert torch.equal(fast.view(torch.int16), int64_path(base, inputs, weights).view(torch.int16)), \
+                (dtype, spread)
