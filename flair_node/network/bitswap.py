@@ -457,7 +457,6 @@ class BlockExchange:
         """A stream a peer opened to send us messages (Kubo's way of answering, and of asking). A peer holds at
         most ``MAX_STREAMS`` of them: one more resets its oldest."""
         peer = stream.muxed_conn.peer_id
-        self._prefer_connection_of(peer, stream)
         streams = self._incoming.setdefault(peer, deque())
         scope = trio.CancelScope()
         entry = (stream, scope)
@@ -478,19 +477,6 @@ class BlockExchange:
                 del self._incoming[peer]
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await (reset_stream(stream) if reset else close_stream(stream))
-
-    def _prefer_connection_of(self, peer: Peer, stream: Stream) -> None:
-        """``peer`` opened ``stream`` to us over another connection than the one our own stream to it is on: ours
-        may be on a connection it has given up, which we have not noticed yet (a link cut and back: TCP gives a dead
-        connection up only after its retransmissions back off, for tens of seconds, and everything we send on it
-        until then is lost). Close ours; the next send opens one on the best connection, by py-libp2p's choice
-        (direct first, then the one with more streams: the peer's new one)."""
-        state = self._peers.get(peer)
-        if state is None or state.stream is None or state.stream.muxed_conn is stream.muxed_conn:
-            return
-        old, state.stream = state.stream, None
-        if self._nursery is not None:
-            self._nursery.start_soon(close_stream, old)
 
     async def _read_own(self, peer: Peer, stream: Stream) -> None:
         """Read what ``peer`` sends on the stream this node opened to it; one that stalls is reset, and the next

@@ -11,13 +11,13 @@ One member, one contribution: a contribution counts only on its author's own bra
 at most one per member, and only while its author holds the contributor role or more at the merge's key epoch
 and time, so a member removed or expired since it contributed is not counted, whatever the date it signed.
 
-A contribution a round cannot use is **excluded**, not merged: one whose payload does not decode (not
-safetensors, another layout, a header nested too deep, altered ciphertext), that holds NaN or infinite values,
-or whose values (moved onto the head) are beyond ``MAX_VALUE``. It is still a parent of the merge, so it leaves
-the pending set, and ``meta["excluded"]`` lists it with the reason (``undecodable``, ``non-finite``,
-``out of range``): every member re-derives the same exclusions from the same bytes. If the contributions left
-are too few for the strategy, the merge takes only the excluded ones and changes no weight (the others stay
-pending), so one bad contribution never stalls a branch.
+A contribution a round cannot use is **excluded**, not merged (``round_inputs``): one whose payload does not
+decode (not safetensors, another layout, a header nested too deep, altered ciphertext), that holds NaN or
+infinite values, or whose values (moved onto the head) are beyond ``round_inputs.MAX_VALUE``. It is still a
+parent of the merge, so it leaves the pending set, and ``meta["excluded"]`` lists it with the reason
+(``undecodable``, ``non-finite``, ``out of range``): every member re-derives the same exclusions from the same
+bytes. If the contributions left are too few for the strategy, the merge takes only the excluded ones and
+changes no weight (the others stay pending), so one bad contribution never stalls a branch.
 
 ``view`` is the state of the current round: the head, when the round opened (the head's timestamp), the ranked
 aggregators (``core.rounds.ranking`` over the members allowed to move the branch), and the pending
@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -64,6 +64,7 @@ from ..core.round_rules import RoundPolicy, entitled, filled_at, ranking, step_w
 from ..storage import adapters
 from ..storage.clock import now_ms
 from ..storage.repo import CONTRIBUTION_PREFIX, Repository, contribution_branch
+from . import round_inputs
 from .proofs.circuits import Circuits
 from .round_merges import commit_chunks, merge_parents, most_inputs, proof_weights, provable_merge
 
@@ -74,10 +75,6 @@ if TYPE_CHECKING:
     from ..tensors.safetensors_io import StateDict
 
 _CACHE_SIZE = 4096  # answers each of a node's round caches keeps (``RoundMemory``), the oldest forgotten first
-#: The largest magnitude of a floating value a round takes (moved onto the head): well inside what the exact
-#: merge arithmetic holds for any strategy and any number of inputs (``tensors.fixedpoint``).
-MAX_VALUE = float(1 << 19)
-MAX_INTEGER = 1 << 40  # the same for integer tensors (counters)
 MAX_EXCLUDED_REASON = 32
 HOLD_TIMEOUTS = 2  # a peer's merge being checked holds this node's own for at most this many policy timeouts
 _MAX_HELD = 1024
@@ -678,106 +675,18 @@ def _screen(memory: RoundMemory, repo: Repository, current: RoundView, head: Map
     key = _screen_key(c.commit, current.head, current.policy)
     if key in cache:  # the same bytes give the same answer: read them once
         reason = cache[key]
-        return reason, None if reason is not None else _taken(repo, current, head, c)
+        return reason, None if reason is not None else round_inputs.taken(repo, current, head, c)
     try:
-        taken = _taken(repo, current, head, c)
-        reason = _unusable(repo, head, taken)
+        taken = round_inputs.taken(repo, current, head, c)
+        reason = round_inputs.unusable(repo, head, taken)
     except (IntegrityError, InvalidInput, MergeError, RecursionError):
         reason, taken = "undecodable", None
     _remember(cache, key, reason)
     return reason, taken if reason is None else None
 
 
-def _taken(repo: Repository, current: RoundView, head: Mapping[str, torch.Tensor], c: Contribution
-           ) -> Mapping[str, torch.Tensor]:
-    """What a round on ``current.head`` takes of contribution ``c``, read a tensor at a time: its weights, moved
-    onto the head (``head + x − base``, exactly) if it is based on an older merge, merges are not proven and
-    they are not adapters (combined by what they change, ``derive_lazily``)."""
-    state = repo.weights(c.commit)
-    if c.base == current.head or current.policy.proof_chunk or repo.record.adapter is not None:
-        return state
-    return _Moved(repo.weights(c.base), head, state)
-
-
-class _Moved(Mapping[str, "torch.Tensor"]):
-    """``head + (x − base)`` in the merge arithmetic, computed for each tensor when it is asked for."""
-
-    def __init__(self, base: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor],
-                 state: Mapping[str, torch.Tensor]) -> None:
-        self.base, self.head, self.state = base, head, state
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.move(name, self.state[name])
-
-    def move(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """The contribution's tensor ``name``, ``x``, moved onto the head."""
-        from ..tensors.fixedpoint import WEIGHT_BITS, combine_tensor
-        from ..tensors.safetensors_io import spec_of
-
-        if not (spec_of(self.base, name) == spec_of(self.head, name) == spec_of(self.state, name) is not None):
-            raise MergeError(f"tensor {name} has another layout in the contribution, its base or the head",
-                             tensor=name)
-        whole = 1 << WEIGHT_BITS
-        return combine_tensor(name, self.base[name], [self.head[name], x], [whole, whole])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.state)
-
-    def __len__(self) -> int:
-        return len(self.state)
-
-    def __contains__(self, name: object) -> bool:  # Mapping's own would compute the tensor to find out
-        return name in self.state
-
-    def spec(self, name: str) -> TensorSpec | None:
-        from ..tensors.safetensors_io import spec_of
-
-        return spec_of(self.state, name)
-
-
-def _unusable(repo: Repository, head: Mapping[str, torch.Tensor], taken: Mapping[str, torch.Tensor]) -> str | None:
-    """Why a round cannot use ``taken`` (None if it can), reading it a tensor at a time: another layout than the
-    head's (``undecodable``, as bytes that do not decode), values that are not finite (``non-finite``, found
-    first), or beyond ``MAX_VALUE`` / ``MAX_INTEGER`` (``out of range``, also when moving it onto the head
-    overflows). ``IntegrityError`` and the like for a payload that does not decode."""
-    import torch
-
-    from ..tensors.safetensors_io import spec_of
-
-    names = sorted(taken)
-    adapter = repo.record.adapter  # combined as an adapter (``derive_lazily``), whatever its rank
-    if adapter is None and (sorted(head) != names or any(spec_of(taken, n) != spec_of(head, n) for n in names)):
-        return "undecodable"
-    raw = taken.state if isinstance(taken, _Moved) else taken
-    beyond = False
-    for name in names:
-        x = raw[name]
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            return "non-finite"
-        if beyond:
-            continue
-        try:
-            beyond = not _tensor_in_range(taken.move(name, x) if isinstance(taken, _Moved) else x)
-        except MergeError:  # moving it onto the head overflows the merge arithmetic
-            beyond = True
-    if adapter is not None:
-        adapters.adapter_of(adapter, repo.record.layout, dict(taken))
-    return "out of range" if beyond else None
-
-
 def _screen_key(contribution: CommitId, head: CommitId, policy: RoundPolicy) -> str:
     return f"{contribution}:{head}:{'proven' if policy.proof_chunk else 'moved'}"
-
-
-def _tensor_in_range(t: torch.Tensor) -> bool:
-    """Whether every value of ``t`` is within what a round takes (``MAX_VALUE``, ``MAX_INTEGER``)."""
-    import torch
-
-    if not t.numel() or t.dtype == torch.bool:
-        return True
-    if t.is_floating_point():
-        return float(t.abs().max()) <= MAX_VALUE
-    return int(t.to(torch.int64).abs().max()) <= MAX_INTEGER
 
 
 def _excluded_meta(commit: Commit) -> list[tuple[str, str]]:

@@ -108,6 +108,15 @@ def commit_adapter(repo: Repository, a: LoraAdapter, message: str, branch: str =
                                examples=examples)
 
 
+def contribute_adapter(repos: RepoSet, repo: Repository, member: Identity, a: LoraAdapter, examples: int,
+                       **options: object):
+    """``member``'s contribution of adapter ``a`` to main's rounds, from its own node."""
+    spec = repo.record.adapter
+    assert spec is not None
+    return as_node(repos, repo, member).contribute(member, adapters.accept(spec, repo.record.layout, a),
+                                                   examples=examples, **options)
+
+
 # --- the record ---------------------------------------------------------------------------------------------------
 
 def test_an_adapter_repository_names_its_base_and_config_in_its_signed_record() -> None:
@@ -274,13 +283,10 @@ def test_a_round_merges_the_weighted_mean_of_the_changes_and_every_member_re_der
     memory = rounds.RoundMemory()
     repos, _, repo = adapter_team(RoundPolicy(buffer=3))
     start = adapters.read(repo, repo.head("main"))
-    spec = repo.record.adapter
-    assert spec is not None
     contributed = {}
     for i, member in enumerate(MEMBERS):
         mine = trained(start, 20 + i)
-        commit = as_node(repos, repo, member).contribute(member, adapters.accept(spec, repo.record.layout, mine),
-                                                         examples=100 * (i + 1))
+        commit = contribute_adapter(repos, repo, member, mine, 100 * (i + 1))
         contributed[commit.id] = (mine, i + 1)
     current = rounds.view(repo, "main", memory=memory)
     aggregator = next(i for i in [OWNER, *MEMBERS] if i.public_key == current.aggregator(current.opened_ms + 1))
@@ -299,8 +305,6 @@ def test_a_round_merges_the_weighted_mean_of_the_changes_and_every_member_re_der
 def test_a_stale_contribution_adds_its_own_change_to_the_new_head_at_a_shorter_step() -> None:
     memory = rounds.RoundMemory()
     repos, _, repo = adapter_team(RoundPolicy(buffer=1))
-    spec = repo.record.adapter
-    assert spec is not None
     old_head = repo.head("main")
     start = adapters.read(repo, old_head)
 
@@ -310,12 +314,10 @@ def test_a_stale_contribution_adds_its_own_change_to_the_new_head_at_a_shorter_s
         return rounds.merge(as_node(repos, repo, who), who, "main", memory=memory)
 
     first = trained(start, 50)
-    as_node(repos, repo, MEMBERS[0]).contribute(MEMBERS[0], adapters.accept(spec, repo.record.layout, first),
-                                                examples=8)
+    contribute_adapter(repos, repo, MEMBERS[0], first, 8)
     round_one = merge_round()
     late = trained(start, 51)  # trained from the head before round one
-    as_node(repos, repo, MEMBERS[1]).contribute(MEMBERS[1], adapters.accept(spec, repo.record.layout, late),
-                                                examples=8, base=old_head)
+    contribute_adapter(repos, repo, MEMBERS[1], late, 8, base=old_head)
     round_two = merge_round()
     assert round_two.meta["contributions"][0][2] == 1  # one round stale
     step = round_two.meta["step"] / (1 << 16)
@@ -329,14 +331,11 @@ def test_a_round_merge_that_averages_the_factors_is_refused() -> None:
     memory = rounds.RoundMemory()
     repos, _, repo = adapter_team(RoundPolicy(buffer=2))
     start = adapters.read(repo, repo.head("main"))
-    spec = repo.record.adapter
-    assert spec is not None
     contributions = []
     for i, member in enumerate(MEMBERS[:2]):
         mine = trained(start, 30 + i)
         contributions.append(mine)
-        as_node(repos, repo, member).contribute(member, adapters.accept(spec, repo.record.layout, mine),
-                                                examples=10)
+        contribute_adapter(repos, repo, member, mine, 10)
     current = rounds.view(repo, "main", memory=memory)
     state, meta = rounds.derive(repo, current, current.pending, memory=memory)
     # what FedIT would publish: the factors averaged apart, at the contributors' rank
@@ -359,8 +358,7 @@ def test_an_svd_round_merge_is_re_derived_to_its_tolerance_and_a_nudged_one_is_r
     assert spec is not None
     start = adapters.read(repo, repo.head("main"))
     for i, member in enumerate(MEMBERS[:2]):
-        as_node(repos, repo, member).contribute(
-            member, adapters.accept(spec, repo.record.layout, trained(start, 60 + i)), examples=10)
+        contribute_adapter(repos, repo, member, trained(start, 60 + i), 10)
     current = rounds.view(repo, "main", memory=memory)
     state, meta = rounds.derive(repo, current, current.pending, memory=memory)
     assert meta["lora"] == "svd" and adapters.adapter_of(spec, repo.record.layout, state).rank == RANK
@@ -404,8 +402,7 @@ def test_a_contribution_that_is_not_an_adapter_of_the_repository_is_excluded_not
     spec = repo.record.adapter
     assert spec is not None
     good = trained(start, 40)
-    as_node(repos, repo, MEMBERS[0]).contribute(MEMBERS[0], adapters.accept(spec, repo.record.layout, good),
-                                                examples=5)
+    contribute_adapter(repos, repo, MEMBERS[0], good, 5)
     huge = {k: v * 1e9 for k, v in adapter_tensors(trained(start, 41)).items()}
     as_node(repos, repo, MEMBERS[1]).contribute(MEMBERS[1], huge, examples=5)
     current = rounds.view(repo, "main", memory=memory)

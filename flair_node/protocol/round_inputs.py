@@ -1,0 +1,114 @@
+"""What a round takes of each contribution (``protocol.rounds``), read a tensor at a time: its weights, moved onto
+the head when it is based on an older merge (``taken``, ``Moved``), and why a round cannot use it (``unusable``):
+another layout than the head's, values that are not finite, or beyond what the exact merge arithmetic holds
+(``MAX_VALUE``, ``MAX_INTEGER``). Every reason depends only on the bytes of the contribution, its base and the
+head, so every member finds the same; ``rounds`` keeps each answer, by the hashes that name those bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from ..core.errors import MergeError
+from ..core.objects import TensorSpec
+from ..storage import adapters
+from ..storage.repo import Repository
+
+if TYPE_CHECKING:
+    import torch
+
+    from .rounds import Contribution, RoundView
+
+#: The largest magnitude of a floating value a round takes (moved onto the head): well inside what the exact
+#: merge arithmetic holds for any strategy and any number of inputs (``tensors.fixedpoint``).
+MAX_VALUE = float(1 << 19)
+MAX_INTEGER = 1 << 40  # the same for integer tensors (counters)
+
+
+def taken(repo: Repository, current: RoundView, head: Mapping[str, torch.Tensor], c: Contribution
+          ) -> Mapping[str, torch.Tensor]:
+    """What a round on ``current.head`` takes of contribution ``c``, read a tensor at a time: its weights, moved
+    onto the head (``head + x − base``, exactly) if it is based on an older merge, merges are not proven and
+    they are not adapters (combined by what they change, ``rounds.derive_lazily``)."""
+    state = repo.weights(c.commit)
+    if c.base == current.head or current.policy.proof_chunk or repo.record.adapter is not None:
+        return state
+    return Moved(repo.weights(c.base), head, state)
+
+
+class Moved(Mapping[str, "torch.Tensor"]):
+    """``head + (x − base)`` in the merge arithmetic, computed for each tensor when it is asked for."""
+
+    def __init__(self, base: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor],
+                 state: Mapping[str, torch.Tensor]) -> None:
+        self.base, self.head, self.state = base, head, state
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.move(name, self.state[name])
+
+    def move(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The contribution's tensor ``name``, ``x``, moved onto the head."""
+        from ..tensors.fixedpoint import WEIGHT_BITS, combine_tensor
+        from ..tensors.safetensors_io import spec_of
+
+        if not (spec_of(self.base, name) == spec_of(self.head, name) == spec_of(self.state, name) is not None):
+            raise MergeError(f"tensor {name} has another layout in the contribution, its base or the head",
+                             tensor=name)
+        whole = 1 << WEIGHT_BITS
+        return combine_tensor(name, self.base[name], [self.head[name], x], [whole, whole])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.state)
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+    def __contains__(self, name: object) -> bool:  # Mapping's own would compute the tensor to find out
+        return name in self.state
+
+    def spec(self, name: str) -> TensorSpec | None:
+        from ..tensors.safetensors_io import spec_of
+
+        return spec_of(self.state, name)
+
+
+def unusable(repo: Repository, head: Mapping[str, torch.Tensor], taken: Mapping[str, torch.Tensor]) -> str | None:
+    """Why a round cannot use ``taken`` (None if it can), reading it a tensor at a time: another layout than the
+    head's (``undecodable``, as bytes that do not decode), values that are not finite (``non-finite``, found
+    first), or beyond ``MAX_VALUE`` / ``MAX_INTEGER`` (``out of range``, also when moving it onto the head
+    overflows). ``IntegrityError`` and the like for a payload that does not decode."""
+    import torch
+
+    from ..tensors.safetensors_io import spec_of
+
+    names = sorted(taken)
+    adapter = repo.record.adapter  # combined as an adapter (``rounds.derive_lazily``), whatever its rank
+    if adapter is None and (sorted(head) != names or any(spec_of(taken, n) != spec_of(head, n) for n in names)):
+        return "undecodable"
+    raw = taken.state if isinstance(taken, Moved) else taken
+    beyond = False
+    for name in names:
+        x = raw[name]
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            return "non-finite"
+        if beyond:
+            continue
+        try:
+            beyond = not tensor_in_range(taken.move(name, x) if isinstance(taken, Moved) else x)
+        except MergeError:  # moving it onto the head overflows the merge arithmetic
+            beyond = True
+    if adapter is not None:
+        adapters.adapter_of(adapter, repo.record.layout, dict(taken))
+    return "out of range" if beyond else None
+
+
+def tensor_in_range(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is within what a round takes (``MAX_VALUE``, ``MAX_INTEGER``)."""
+    import torch
+
+    if not t.numel() or t.dtype == torch.bool:
+        return True
+    if t.is_floating_point():
+        return float(t.abs().max()) <= MAX_VALUE
+    return int(t.to(torch.int64).abs().max()) <= MAX_INTEGER
