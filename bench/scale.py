@@ -9,6 +9,9 @@ the size of GPT-2 small) and, unless ``--skip-large``, a bfloat16 model of ``--l
 - ``init``: ``repo.init`` from the file;
 - a commit replacing 2 % of the tensors (``small_change_stored_share``: the bytes it added to the node's blocks
   and objects, as a share of the model);
+- a commit changing 2 % of the values, scattered over every tensor, each by about 1 % of itself
+  (``scattered_change_stored_share``, likewise; ``scattered_changed_share`` is the share of values that changed,
+  ``scattered_commit_mb_s`` its rate, ``scattered_checkout_mb_s`` its checkout's, warm);
 - a commit replacing every tensor (``commit_mb_s``: model bytes per second);
 - ``checkout`` of that commit, warm (``checkout_mb_s``), then again after the daemon restarted
   (``checkout_cold_mb_s``: nothing cached in the daemon; the OS page cache stays warm; each writes a new file,
@@ -61,6 +64,25 @@ from flair_node.testing.memory import peak_mb, reset_peak, rss_mb
 CEILING_BYTES = 256 * 2**20
 SMALL_CHANGE = 0.02
 TIMEOUT = 1800.0  # s for one API call on a large model
+
+
+def scattered(path: Path, base: Path, share: float, seed: int) -> float:
+    """Write ``base`` to ``path`` with ``share`` of its values, at random places, scaled by 1 + N(0, 0.01); the
+    share of values that changed (a value may round back to itself)."""
+    from safetensors.torch import load_file
+
+    generator = torch.Generator().manual_seed(seed)
+    state, changed, total = load_file(str(base)), 0, 0
+    for name, tensor in state.items():
+        picked = torch.rand(tensor.shape, generator=generator) < share
+        scale = 1 + 0.01 * torch.randn(tensor.shape, generator=generator)
+        new = torch.where(picked, (tensor.float() * scale).to(tensor.dtype), tensor)
+        changed += int((new.view(torch.int16 if new.element_size() == 2 else torch.int32)
+                        != tensor.view(torch.int16 if new.element_size() == 2 else torch.int32)).sum())
+        total += tensor.numel()
+        state[name] = new
+    save_file(state, str(path))
+    return changed / total
 
 
 def model(path: Path, parameters: int, tensors: int, dtype: torch.dtype, seed: int,
@@ -125,9 +147,11 @@ def daemon(home: Path, boot: tuple[str, ...] = ()) -> Iterator[DaemonProcess]:
 def measure(folder: Path, parameters: int, tensors: int, dtype: torch.dtype) -> dict[str, Any]:
     meter = Meter()
     folder.mkdir(parents=True)
-    base, small, full, other = (folder / f"{n}.safetensors" for n in ("base", "small", "full", "other"))
+    base, small, spread, full, other = (folder / f"{n}.safetensors"
+                                        for n in ("base", "small", "spread", "full", "other"))
     size = model(base, parameters, tensors, dtype, 0)
     model(small, parameters, tensors, dtype, 1, base=base, share=SMALL_CHANGE)
+    changed_share = scattered(spread, small, SMALL_CHANGE, 4)
     model(full, parameters, tensors, dtype, 2)
     model(other, parameters, tensors, dtype, 3)
     mb = size / 1e6
@@ -143,6 +167,12 @@ def measure(folder: Path, parameters: int, tensors: int, dtype: torch.dtype) -> 
         meter.run(a, "commit of 2 % of the tensors", lambda: a.client.call(
             "repo.commit", repo=repo, weights_path=str(small), message="small", branch="main"))
         out["small_change_stored_share"] = round((stored_bytes(home) - before) / size, 4)
+        before = stored_bytes(home)
+        s, _ = meter.run(a, "commit of 2 % of the values", lambda: a.client.call(
+            "repo.commit", repo=repo, weights_path=str(spread), message="scattered", branch="main"))
+        out["scattered_change_stored_share"] = round((stored_bytes(home) - before) / size, 4)
+        out["scattered_changed_share"] = round(changed_share, 4)
+        out["scattered_commit_mb_s"] = round(mb / s, 1)
         s, committed = meter.run(a, "full commit", lambda: a.client.call(
             "repo.commit", repo=repo, weights_path=str(full), message="full", branch="main"))
         out["commit_mb_s"] = round(mb / s, 1)
@@ -150,6 +180,10 @@ def measure(folder: Path, parameters: int, tensors: int, dtype: torch.dtype) -> 
         s, _ = meter.run(a, "checkout (warm)", lambda: a.client.call(
             "repo.checkout", repo=repo, commit=head, output_path=str(folder / "out.safetensors"), overwrite=True))
         out["checkout_mb_s"] = round(mb / s, 1)
+        s, _ = meter.run(a, "checkout of the scattered change (warm)", lambda: a.client.call(
+            "repo.checkout", repo=repo, commit=f"{head}~1", output_path=str(folder / "out.safetensors"),
+            overwrite=True))
+        out["scattered_checkout_mb_s"] = round(mb / s, 1)
     with daemon(home) as a:
         s, _ = meter.run(a, "checkout (cold, after a restart)", lambda: a.client.call(
             "repo.checkout", repo=repo, commit=head, output_path=str(folder / "out-cold.safetensors")))
@@ -168,7 +202,7 @@ def measure(folder: Path, parameters: int, tensors: int, dtype: torch.dtype) -> 
             fetched = stored_bytes(folder / "b")
             out["clone_mb_s"] = round(fetched / 1e6 / s, 1)
     out["peak_rss_above_idle_mb"] = round(meter.peak_above_idle, 1)
-    for f in (base, small, full, other, folder / "out.safetensors", folder / "out-cold.safetensors"):
+    for f in (base, small, spread, full, other, folder / "out.safetensors", folder / "out-cold.safetensors"):
         f.unlink(missing_ok=True)
     return out
 

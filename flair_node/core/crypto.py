@@ -109,10 +109,13 @@ class PieceCipher:
     512 KiB pieces). AES-GCM from OpenSSL runs at several GB/s here where libsodium's XChaCha20-Poly1305 runs at
     about 250 MB/s (``docs/benchmarks.md``), and the HMAC pass is what a deterministic scheme costs.
 
-    A sealed piece is ``FLP1 || nonce || ciphertext || tag``, ``OVERHEAD`` bytes longer than the piece.
+    A sealed piece is ``FLP1 || nonce || ciphertext || tag``, ``OVERHEAD`` bytes longer than the piece. A sealed
+    delta (what a piece changed against another, ``storage.piece_delta``) is the same with ``FLD1``, which is bound
+    into the tag and the nonce: one can never be opened as the other.
     """
 
     MAGIC = b"FLP1"
+    DELTA_MAGIC = b"FLD1"
     OVERHEAD = 4 + 12 + 16
 
     def __init__(self, key: bytes, context: bytes) -> None:
@@ -121,22 +124,31 @@ class PieceCipher:
         self._aead = AESGCM(hmac.digest(key, b"flair/pieces/encryption", "sha256"))
         self._nonce_key = hmac.digest(key, b"flair/pieces/nonce", "sha256")
         self._context = context
-        self._aad = self.MAGIC + context
 
-    def seal(self, piece: bytes | memoryview) -> bytes:
-        mac = hmac.new(self._nonce_key, self._context + b"\0", "sha256")
+    def seal(self, piece: bytes | memoryview, *, delta: bool = False) -> bytes:
+        """``piece`` sealed, or with ``delta`` a piece delta (``open_leaf`` tells them apart)."""
+        magic = self.DELTA_MAGIC if delta else self.MAGIC
+        mac = hmac.new(self._nonce_key, self._context + (b"\1" if delta else b"\0"), "sha256")
         mac.update(piece)
         nonce = mac.digest()[:12]
-        return self.MAGIC + nonce + self._aead.encrypt(nonce, piece, self._aad)
+        return magic + nonce + self._aead.encrypt(nonce, piece, magic + self._context)
 
     def open(self, sealed: bytes | memoryview) -> bytes:
-        """The piece ``seal`` sealed; ``IntegrityError`` if it was altered or sealed under another key or
-        context."""
+        """The piece ``seal`` sealed; ``IntegrityError`` if it was altered, sealed under another key or context,
+        or is a delta."""
+        delta, piece = self.open_leaf(sealed)
+        if delta:
+            raise IntegrityError("an encrypted piece is a delta where a whole piece was expected")
+        return piece
+
+    def open_leaf(self, sealed: bytes | memoryview) -> tuple[bool, bytes]:
+        """(whether it is a delta, its plaintext) of what ``seal`` sealed; ``IntegrityError`` as ``open``."""
         data = memoryview(sealed)
-        if len(data) < self.OVERHEAD or data[:4] != self.MAGIC:
+        magic = bytes(data[:4])
+        if len(data) < self.OVERHEAD or magic not in (self.MAGIC, self.DELTA_MAGIC):
             raise IntegrityError("an encrypted piece is truncated or not in Flair's format")
         try:
-            return self._aead.decrypt(data[4:16], data[16:], self._aad)
+            return magic == self.DELTA_MAGIC, self._aead.decrypt(data[4:16], data[16:], magic + self._context)
         except InvalidTag:
             raise IntegrityError("an encrypted piece fails authentication: it was altered, or sealed with another "
                                  "repository's key or for another codec") from None

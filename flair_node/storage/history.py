@@ -40,7 +40,6 @@ from ..tensors.safetensors_file import (
     Header,
     Source,
     canonical,
-    read_header,
     shard_plan,
 )
 from . import pieces, unixfs
@@ -331,10 +330,9 @@ class History:
         what = f"payload of commit {short(commit.id)}"
         cipher = self.keys.pieces(epoch=commit.payload.key_epoch, codec=commit.payload.codec)
         snapshot = pieces.Snapshot(self.blocks, cipher, commit.payload.cid, commit.payload.size, what)
-        header = read_header(snapshot.reader(), snapshot.size, what)
-        if not header.entries:
+        if not snapshot.header.entries:
             raise IntegrityError(f"{what} holds no tensors", commit=commit.id)
-        return header, snapshot
+        return snapshot.header, snapshot
 
     def _payload(self, commit: Commit) -> bytes:
         """The commit's decrypted payload, every block re-hashed against its CID on the way."""

@@ -27,13 +27,22 @@ away before anything new is sealed with it (``rotate_if_expired``).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core import crypto
-from ..core.errors import Forbidden, InvalidInput, NotFound, RefConflict, RepositoryNotFound
+from ..core.errors import (
+    Forbidden,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    NotSafetensors,
+    RefConflict,
+    RepositoryNotFound,
+)
 from ..core.identity import Identity, wallet
 from ..core.ids import BranchName, Cid, CommitId, PublicKey, RepoId, short
 from ..core.membership import (
@@ -55,7 +64,7 @@ from ..core.refs import contribution_branch as contribution_branch
 from ..core.round_rules import RoundPolicy
 from ..tensors import safetensors_file
 from ..tensors.codec_params import DEFAULT_TOPK_RATIO, LOSSY_CODECS
-from ..tensors.safetensors_file import Source
+from ..tensors.safetensors_file import Header, Source
 from . import adapters, clock, merging, pieces, unixfs
 from .clock import now_ms as now_ms
 from .fsck import Problem
@@ -77,6 +86,8 @@ if TYPE_CHECKING:  # at run time, tensor modules are imported by the methods tha
 
 #: Codecs that store weights exactly: whole, in deduplicated pieces (the default), or as the bit delta against the
 #: first parent that older versions wrote.
+log = logging.getLogger(__name__)
+
 EXACT_CODECS = (pieces.CODEC, "bitdelta-v1")
 #: Codecs a commit or a contribution may be written in: exact, or lossy to save bytes.
 WRITE_CODECS = (*EXACT_CODECS, *LOSSY_CODECS)
@@ -180,9 +191,10 @@ class Repository(History):
         if codec == pieces.CODEC:
             source = state if isinstance(state, Source) else _state_source(state)
             cipher = self.keys.pieces(epoch=membership.epoch, codec=codec)
+            delta_base = self._delta_base(parents, source.header, membership.epoch)
 
             def store() -> tuple[Cid, int]:
-                return pieces.write(self.blocks, cipher, pieces.cut(source.segments(pieces.PIECE)))
+                return pieces.write(self.blocks, cipher, pieces.cut(source.segments(pieces.PIECE)), delta_base)
         else:
             if isinstance(state, Source):
                 raise InvalidInput(f"{codec} encodes tensors in memory: a file is committed in {pieces.CODEC}")
@@ -300,6 +312,22 @@ class Repository(History):
         return check_history(self)
 
     # -- moving branches --------------------------------------------------------------------------------
+
+    def _delta_base(self, parents: tuple[CommitId, ...], header: Header, epoch: int) -> pieces.Snapshot | None:
+        """The first parent's payload if a new one of ``header`` may be stored against it (``storage.pieces``): in
+        pieces, sealed under the key of ``epoch`` (a rotation starts afresh), cut the same way (one header)."""
+        if not parents:
+            return None
+        parent = self.commit(parents[0])
+        if parent.payload.codec != pieces.CODEC or parent.payload.key_epoch != epoch:
+            return None
+        try:
+            _, snapshot = self._snapshot(parent)
+        except (IntegrityError, NotFound, NotSafetensors) as exc:  # a damaged parent is no base: stored whole
+            log.warning("the parent %s of a new commit does not read (%s); its pieces are stored whole",
+                        short(parent.id), exc)
+            return None
+        return snapshot if snapshot.header.raw == header.raw else None
 
     def create_branch(self, identity: Identity, name: str, at: CommitId) -> BranchName:
         return self._point(identity, check_branch_name(name), at, expected=None).branch

@@ -5,8 +5,10 @@ balanced layout), so the root CID is what ``ipfs add --cid-version=1 --raw-leave
 ``cat`` walks a DAG back, re-hashing every block against its CID and refusing DAGs deeper, wider or larger
 than declared, so bytes from anywhere can be read without trusting them. ``Bounds`` is what every walk (here,
 and a Bitswap fetch) holds a DAG to: no link of zero bytes, each block exactly the size its parent gives it, and
-no more block visits (a repeated link counts each time) than ``add`` makes of the declared size plus the depth
-allowed, so a DAG of a few distinct blocks linked over and over (a "DAG bomb") is refused after a few visits.
+no more block visits (a repeated link counts each time) than a DAG of the declared size has with leaves of
+``MIN_LEAF`` bytes, plus the depth allowed, so a DAG of a few distinct blocks linked over and over (a "DAG bomb") is
+refused after a bounded number of visits. ``MIN_LEAF`` (4 KiB, a file system block) rather than ``CHUNK``: a payload
+in pieces holds small sealed deltas among its whole pieces (``storage.piece_delta``), each padded to ``MIN_LEAF``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ CHUNK = 256 * 1024
 MAX_LINKS = 174
 MAX_DEPTH = 8
 MAX_BLOCK = 1 << 20  # a leaf
+MIN_LEAF = 4096  # the smallest leaf a walk counts on (Bounds)
 MAX_NODE = 1 << 15  # a node: MAX_LINKS links take about 9 KiB
 
 
@@ -126,9 +129,10 @@ def shape(root: Cid, cid: ParsedCid, block: bytes) -> NodeShape:
                                       for link, size in zip(node.links, node.blocksizes, strict=True)))
 
 
-def max_blocks(size: int) -> int:
-    """How many blocks ``add`` makes of ``size`` bytes: its leaves and the nodes over them."""
-    level = max(1, -(-size // CHUNK))
+def max_blocks(size: int, leaf: int = CHUNK) -> int:
+    """How many blocks ``add`` makes of ``size`` bytes (with ``leaf``: a DAG of leaves of that many bytes): its
+    leaves and the nodes over them."""
+    level = max(1, -(-size // leaf))
     total = level
     while level > 1:
         level = -(-level // MAX_LINKS)
@@ -136,13 +140,19 @@ def max_blocks(size: int) -> int:
     return total
 
 
+def max_visits(size: int) -> int:
+    """How many block visits a walk of a DAG of ``size`` declared bytes may make: the blocks of one whose leaves
+    hold ``MIN_LEAF`` bytes, plus one per level of depth allowed."""
+    return max_blocks(size, MIN_LEAF) + MAX_DEPTH
+
+
 class Bounds:
     """What one walk of the DAG under ``root`` may visit, for a caller allowing ``max_size`` file bytes.
 
     Every block is held to the size its parent gives it (the root to at most ``max_size``): a leaf holds exactly
     that many bytes and a node's links add up to exactly its own. A link may repeat (a file of zeros repeats its
-    leaves), so the same block may be visited more than once, but every visit counts: at most ``max_blocks`` of
-    the root's declared size, plus one per level of depth allowed, and never deeper than ``MAX_DEPTH``. So a
+    leaves), so the same block may be visited more than once, but every visit counts: at most ``max_visits`` of
+    the root's declared size, and never deeper than ``MAX_DEPTH``. So a
     walk reads at most the declared bytes of leaves and a bounded number of small nodes, whatever the DAG.
     """
 
@@ -151,7 +161,7 @@ class Bounds:
             raise InvalidInput(f"{root} is a CIDv0, what `ipfs add` makes by default: Flair reads content added with "
                                "`ipfs add --cid-version=1 --raw-leaves` only (its payloads are such DAGs)", cid=root)
         self.root = root
-        self.limit = max_blocks(max_size) + MAX_DEPTH
+        self.limit = max_visits(max_size)
         self.visits = 0
 
     def visit(self, depth: int) -> None:
@@ -171,7 +181,7 @@ class Bounds:
                 what = "holds more than its declared size" if cid.codec == RAW else \
                     f"declares more than {allowed} bytes"
                 raise IntegrityError(f"DAG under {self.root} {what}", cid=self.root)
-            self.limit = min(self.limit, max_blocks(shape.size) + MAX_DEPTH)
+            self.limit = min(self.limit, max_visits(shape.size))
         elif shape.size != allowed:
             more = "more" if shape.size > allowed else "less"
             raise IntegrityError(f"DAG under {self.root} holds {more} than its declared size at {cid.text} "

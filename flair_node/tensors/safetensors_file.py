@@ -80,16 +80,18 @@ class Header:
         return tuple(sorted((e.spec for e in self.entries), key=lambda s: s.name))
 
 
-def read_header(read: Callable[[int], bytes], size: int, source: str, *,
-                dtypes: Mapping[str, int] = DTYPE_SIZES) -> Header:
-    """The header of a safetensors file of ``size`` bytes whose bytes ``read(n)`` gives in order (fewer than
-    ``n`` only at the end); ``NotSafetensors`` naming ``source`` unless it passes every check in the module
-    docstring. A tensor's dtype must be one of ``dtypes``."""
+def read_header(read: Callable[[int], bytes], size: int | None, source: str, *,
+                dtypes: Mapping[str, int] = DTYPE_SIZES, header_at_most: int | None = None) -> Header:
+    """The header of a safetensors file of ``size`` bytes (None: as many as its header says) whose bytes
+    ``read(n)`` gives in order (fewer than ``n`` only at the end); ``NotSafetensors`` naming ``source`` unless it
+    passes every check in the module docstring. A tensor's dtype must be one of ``dtypes``; the header, its
+    length prefix included, at most ``header_at_most`` bytes where that is given."""
     prefix = read(8)
     if len(prefix) < 8:
         raise NotSafetensors(f"{source} is not a safetensors file: only {len(prefix)} bytes")
     (length,) = struct.unpack("<Q", prefix)
-    if length > MAX_HEADER_BYTES or 8 + length > size:
+    if length > MAX_HEADER_BYTES or size is not None and 8 + length > size \
+            or header_at_most is not None and 8 + length > header_at_most:
         raise NotSafetensors(f"{source} is not a safetensors file: header length {length} does not fit the file")
     text = read(length)
     if len(text) < length:
@@ -111,7 +113,7 @@ def read_header(read: Callable[[int], bytes], size: int, source: str, *,
             raise NotSafetensors(f"{source}: tensor {e.name} starts at byte {e.begin} of the data, where the one "
                                  f"before it ends at {at} (tensors lie back to back)")
         at = e.end
-    if 8 + length + at != size:
+    if size is not None and 8 + length + at != size:
         raise NotSafetensors(f"{source}: its tensors hold {at} bytes, the file has {size - 8 - length} after its "
                              "header")
     return Header(prefix + text, tuple(entries))

@@ -115,7 +115,7 @@ def test_a_dag_bomb_is_refused_after_a_few_visits(bomb):
     with pytest.raises(IntegrityError):
         unixfs.block_keys(store, root, max_size=declared)
     assert time.monotonic() - started < 1.0
-    limit = unixfs.max_blocks(declared) + unixfs.MAX_DEPTH
+    limit = unixfs.max_visits(declared)
     assert sum(store.reads.values()) <= 2 * (limit + 1)  # two walks, each stopped within its bound
 
 
@@ -486,7 +486,7 @@ async def test_a_daemon_pulling_from_a_hostile_peer_fetches_nothing_unchecked_an
                 assert "is not a member" in result["refused"][forged.id]
                 assert blocks.reads[huge.cid] == 0  # not one block of the 1 TiB was asked for
                 for commit, root in bombs.items():
-                    assert re.search("links a block of zero bytes|has more than 30 blocks", result["refused"][commit])
+                    assert re.search("links a block of zero bytes|has more than \\d+ blocks", result["refused"][commit])
                     assert 1 <= blocks.reads[root] <= 2  # asked once (twice if a catch-up pull ran meanwhile)
                 assert len(blocks.reads) <= 1 + 2 * 2  # the honest payload, and at most two blocks per bomb
                 log = await trio.to_thread.run_sync(lambda: daemon.client.call("repo.log", repo=repo.id))
