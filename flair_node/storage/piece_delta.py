@@ -70,7 +70,7 @@ class Delta:
     values: np.ndarray
 
 
-def encode(piece: bytes | memoryview, base: bytes, *, depth: int, base_digest: bytes, base_size: int,
+def encode(piece: bytes | memoryview, base: bytes | bytearray, *, depth: int, base_digest: bytes, base_size: int,
            min_plaintext: int = 0) -> bytes | None:
     """The delta taking ``base`` to ``piece`` (same length, different), padded to ``min_plaintext`` bytes; None if
     it would be more than ``MAX_SHARE`` of the piece."""
@@ -136,16 +136,21 @@ def _inflate(frame: bytes, size: int) -> bytes:
     return out
 
 
-def apply(root: bytes, deltas: list[Delta]) -> bytes:
-    """``root`` (a whole piece) with ``deltas`` applied, each of its length (checked by the caller)."""
+def apply(root: bytes, deltas: list[Delta]) -> bytes | bytearray:
+    """``root`` (a whole piece) with ``deltas`` applied, each of its length (checked by the caller): one copy of it."""
     if not deltas:
         return root
-    out = np.zeros(-(-len(root) // 8) * 8, np.uint8)
-    out[:len(root)] = np.frombuffer(root, np.uint8)
+    length = len(root)
+    out = bytearray(root)
+    out.extend(bytes(-length % 8))  # a last word may reach past the piece
+    _xor(np.frombuffer(out, np.uint8), deltas)
+    del out[length:]
+    return out
+
+
+def _xor(data: np.ndarray, deltas: list[Delta]) -> None:
     for delta in deltas:
-        words = out.view(_UINT[delta.word])
-        words[delta.positions] ^= delta.values
-    return out[:len(root)].tobytes()
+        data.view(_UINT[delta.word])[delta.positions] ^= delta.values
 
 
 __all__ = ["MAX_DEPTH", "MAX_SHARE", "Delta", "apply", "encode", "parse"]

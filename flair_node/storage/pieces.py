@@ -196,7 +196,7 @@ class Resolved:
     """A piece read through: its bytes, the leaf that holds it, how many deltas lie between it and the whole piece
     at the end of its chain (``root``, whose bytes are ``root_plain``)."""
 
-    plain: bytes
+    plain: bytes | bytearray
     depth: int
     leaf: Leaf
     root_plain: bytes
@@ -213,7 +213,7 @@ class Snapshot:
         self.store, self.cipher, self.root, self.what = store, cipher, root, what
         self._leaves = unixfs.leaves(store, root, max_size=size)
         self._lengths: list[int] = []
-        self._open: tuple[int, bytes] = (-1, b"")
+        self._open: tuple[int, bytes | bytearray] = (-1, b"")
         # The header lies in whole pieces but for the part it may share with a tensor's first piece (a delta): at
         # most the declared bytes and one piece, however many pieces small deltas stand for.
         self.header: Header = read_header(self._in_order(), None, what,
@@ -259,7 +259,7 @@ class Snapshot:
                                  f"{self._lengths[index]}", cid=self.root)
         return Resolved(piece_delta.apply(plain, deltas), len(deltas), leaf, plain, (cid, sealed))
 
-    def _piece(self, index: int) -> bytes:
+    def _piece(self, index: int) -> bytes | bytearray:
         if self._open[0] != index:
             self._open = (index, self.resolve(index).plain)
         return self._open[1]
@@ -300,7 +300,7 @@ class Snapshot:
         self.readinto(start, memoryview(out))
         return bytes(out)
 
-    def pieces(self) -> Iterator[bytes]:
+    def pieces(self) -> Iterator[bytes | bytearray]:
         """Every piece, opened, in order: the whole file, one piece at a time."""
         for index in range(len(self._leaves)):
             yield self._piece(index)
