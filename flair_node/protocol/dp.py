@@ -33,7 +33,7 @@ from ..storage.repo import CONTRIBUTION_PREFIX, Repository
 from .rounds import RoundMemory
 
 if TYPE_CHECKING:
-    from ..tensors.safetensors_io import StateDict
+    import torch
 
 #: What the secure round functions, which take no ``RoundMemory``, remember of members' spending (``secure_spent``):
 #: keyed by commit ids, which name their content, so one cache serves every repository of the process.
@@ -92,11 +92,12 @@ def spent_by_member(repo: Repository, memory: RoundMemory) -> dict[PublicKey, di
             for author, count in sorted(counts.items())}
 
 
-def prepare(repo: Repository, author: PublicKey, branch: str, start: CommitId, trained: StateDict, *,
-            memory: RoundMemory) -> tuple[StateDict, dict[str, Any], float]:
+def prepare(repo: Repository, author: PublicKey, branch: str, start: CommitId, trained: Mapping[str, torch.Tensor],
+            *, memory: RoundMemory) -> tuple[Mapping[str, torch.Tensor], dict[str, Any], float]:
     """What ``author``'s node publishes of weights ``trained`` from ``start`` for the rounds of ``branch``: the
-    clipped and noised weights, their ``meta["dp"]``, and the update's norm before clipping (for the caller to
-    report, never to record). ``BudgetExceeded`` past the member's budget."""
+    clipped and noised weights (each tensor computed when asked for, ``dp_noise.Clipped``), their ``meta["dp"]``,
+    and the update's norm before clipping (for the caller to report, never to record). ``BudgetExceeded`` past
+    the member's budget."""
     from ..tensors.dp_noise import clip_and_noise
 
     policy = repo.members.current().policy
@@ -105,7 +106,7 @@ def prepare(repo: Repository, author: PublicKey, branch: str, start: CommitId, t
     count = max([at_least(repo, author, repo.head(branch), memory), *(1 + n for n in waiting if n is not None)])
     meta = dp.record(policy, count)
     clip = Decimal(policy.dp_clip)
-    state, norm = clip_and_noise(repo.materialize(start), trained, float(clip), float(clip * Decimal(policy.dp_noise)))
+    state, norm = clip_and_noise(repo.weights(start), trained, float(clip), float(clip * Decimal(policy.dp_noise)))
     return state, meta, norm
 
 
@@ -147,7 +148,8 @@ def affordable(repo: Repository, author: PublicKey, head: CommitId, roster: int,
     return dp.secure_epsilon(rhos, policy.dp_delta) <= float(Decimal(policy.dp_epsilon))
 
 
-def clipped(policy: RoundPolicy, base: StateDict, state: StateDict) -> StateDict:
+def clipped(policy: RoundPolicy, base: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+            ) -> Mapping[str, torch.Tensor]:
     """``state`` with its update clipped to the policy's norm, if it sets differential privacy."""
     from ..tensors.dp_noise import clip
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,8 @@ from . import dp
 from .rounds import RoundMemory, _remember
 
 if TYPE_CHECKING:
+    import torch
+
     from ..tensors.safetensors_io import StateDict
     from .proofs.circuits import Circuits
     from .secure_rounds import Plan
@@ -52,25 +54,30 @@ VERSION = 1  # of a masked update's norm proof file
 
 # -- plain rounds -----------------------------------------------------------------------------------------
 
-def clipped(policy: RoundPolicy, base: StateDict, state: StateDict) -> StateDict:
+def clipped(policy: RoundPolicy, base: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+            ) -> Mapping[str, torch.Tensor]:
     """``state`` with its update from ``base`` clipped to the policy's ``norm_bound``, if it sets one."""
     from ..tensors.dp_noise import clip
 
     return clip(base, state, float(Decimal(policy.norm_bound))) if policy.norm_bound else state
 
 
-def plain_limit(policy: RoundPolicy, state: StateDict) -> float:
+def plain_limit(policy: RoundPolicy, state: Mapping[str, torch.Tensor]) -> float:
     """The largest L2 norm (over its floating tensors) a plain contribution ``state`` may change its base by
     (see the module docstring), with room for storing its values in their own precision: an ulp a value,
-    twice the rounding."""
+    twice the rounding. Reads ``state`` a tensor at a time."""
     import torch
 
     limit = float(min(Decimal(b) for b in (policy.dp_clip, policy.norm_bound) if b))
-    floating = [t for t in state.values() if t.is_floating_point()]
+    count, rounding = 0, 0.0
+    for name in state:
+        tensor = state[name]
+        if tensor.is_floating_point():
+            count += tensor.numel()
+            rounding += torch.finfo(tensor.dtype).eps * float(tensor.double().norm())
     if policy.dp:
-        count = sum(t.numel() for t in floating)
         limit += float(Decimal(policy.dp_noise) * Decimal(policy.dp_clip)) * (math.sqrt(count) + 10)
-    return limit + sum(torch.finfo(t.dtype).eps * float(t.double().norm()) for t in floating)
+    return limit + rounding
 
 
 def check_plain(repo: Repository, commit: Commit, memory: RoundMemory) -> None:
@@ -82,7 +89,7 @@ def check_plain(repo: Repository, commit: Commit, memory: RoundMemory) -> None:
     key = f"{commit.id}:{policy.norm_bound}:{policy.dp_clip}:{policy.dp_noise}"
     if key not in memory.bounded:
         try:
-            state, base = repo.materialize(commit.id), repo.materialize(commit.parents[0])
+            state, base = repo.weights(commit.id), repo.weights(commit.parents[0])  # a tensor at a time
             norm, limit = update_norm(base, state), plain_limit(policy, state)
         except (InvalidInput, IntegrityError, ValueError):
             return
@@ -102,7 +109,7 @@ def update(policy: RoundPolicy, base: StateDict, state: StateDict) -> np.ndarray
     from ..tensors.dp_noise import clip_fixed
     from ..tensors.secure_sum import term
 
-    change = term(base, dp.clipped(policy, base, state), 1)
+    change = term(base, dict(dp.clipped(policy, base, state)), 1)  # a secure round masks the whole vector
     return clip_fixed(change, fixed_norm_bound(policy)) if policy.norm_bound else change
 
 

@@ -5,39 +5,49 @@
 and ‖Δ‖ is taken over all floating tensors at once, in float64. Integer and bool tensors come back as the base
 holds them: nothing in them is clipped or noised, so nothing of them may be released.
 
-The noise is drawn by numpy's PCG64 generator seeded with 128 bits from the operating system (``os.urandom``),
-in float64, then rounded to the tensor's dtype. Floating-point Gaussian samples are not exactly Gaussian
+The weights come back as a mapping that computes each tensor when it is asked for (``Clipped``): a contribution
+streams through it a tensor at a time, whatever the model's size; only the norm is a pass over every tensor first.
+The noise is drawn by numpy's PCG64 generator, one per tensor, seeded with 128 bits from the operating system
+(``os.urandom``) and the tensor's name, in float64, then rounded to the tensor's dtype: a tensor asked for twice is
+the same both times. Floating-point Gaussian samples are not exactly Gaussian
 (Mironov, "On Significance of the Least Significant Bits for Differential Privacy", CCS 2012, shows what their
 low bits can leak for the Laplace mechanism); the accounting of ``core.dp`` assumes exact samples.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
 
 from ..core.errors import InvalidInput
-from .safetensors_io import StateDict
+from ..core.objects import TensorSpec
+from .safetensors_io import spec_of
+
+Weights = Mapping[str, torch.Tensor]
 
 
-def update_norm(base: StateDict, trained: StateDict) -> float:
-    """‖trained − base‖₂ over every floating tensor, in float64."""
+def update_norm(base: Weights, trained: Weights) -> float:
+    """‖trained − base‖₂ over every floating tensor, in float64, a tensor of each at a time."""
     _check_layout(base, trained)
     total = 0.0
-    for name, tensor in trained.items():
+    for name in trained:
+        tensor = trained[name]
         if tensor.is_floating_point():
             total += float(torch.sum((tensor.double() - base[name].double()) ** 2))
     return float(total ** 0.5)
 
 
-def clip_and_noise(base: StateDict, trained: StateDict, clip: float, std: float, *,
-                   seed: bytes | None = None) -> tuple[StateDict, float]:
+def clip_and_noise(base: Weights, trained: Weights, clip: float, std: float, *,
+                   seed: bytes | None = None) -> tuple[Clipped, float]:
     """What a contribution of ``trained`` (trained from ``base``) publishes under the Gaussian mechanism: the
-    update clipped to L2 norm ``clip``, plus noise of standard deviation ``std`` on every floating value; and the
-    update's norm before clipping. ``seed`` (16 bytes) fixes the noise, for tests only."""
+    update clipped to L2 norm ``clip``, plus noise of standard deviation ``std`` on every floating value (each
+    tensor computed when asked for, ``Clipped``); and the update's norm before clipping. ``seed`` (16 bytes) fixes
+    the noise, for tests only."""
     if not clip > 0 or not std >= 0:
         raise InvalidInput(f"clipping needs a norm above 0 and noise a standard deviation of 0 or more, not {clip}, "
                            f"{std}")
@@ -45,26 +55,51 @@ def clip_and_noise(base: StateDict, trained: StateDict, clip: float, std: float,
     if not np.isfinite(norm):
         raise InvalidInput("the update holds values that are not finite: it cannot be clipped")
     scale = min(1.0, clip / norm) if norm > 0 else 1.0
-    rng = np.random.Generator(np.random.PCG64(int.from_bytes(seed if seed is not None else os.urandom(16), "big")))
-    out: StateDict = {}
-    for name in sorted(trained):
-        tensor, start = trained[name], base[name]
+    return Clipped(base, trained, scale, std, seed if seed is not None else os.urandom(16)), norm
+
+
+class Clipped(Mapping[str, torch.Tensor]):
+    """``base`` plus ``scale`` times the update to ``trained``, plus noise of standard deviation ``std`` (seeded by
+    ``seed`` and the tensor's name), on every floating tensor; the base's own on the others. Each tensor is
+    computed when asked for, and none is kept."""
+
+    def __init__(self, base: Weights, trained: Weights, scale: float, std: float, seed: bytes) -> None:
+        self._base, self._trained, self._scale, self._std, self._seed = base, trained, scale, std, seed
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor, start = self._trained[name], self._base[name]
         if not tensor.is_floating_point():
-            out[name] = start.clone()
-            continue
-        change = (tensor.double() - start.double()) * scale
-        noise = torch.from_numpy(np.asarray(rng.normal(0.0, std, size=tuple(tensor.shape)))) if std > 0 else 0.0
-        out[name] = (start.double() + change + noise).to(tensor.dtype)
-    return out, norm
+            return start.clone()
+        change = (tensor.double() - start.double()) * self._scale
+        if self._std > 0:
+            key = hashlib.sha256(self._seed + name.encode()).digest()[:16]
+            rng = np.random.Generator(np.random.PCG64(int.from_bytes(key, "big")))
+            change += torch.from_numpy(np.asarray(rng.normal(0.0, self._std, size=tuple(tensor.shape))))
+        return (start.double() + change).to(tensor.dtype)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._trained)
+
+    def __len__(self) -> int:
+        return len(self._trained)
+
+    def __contains__(self, name: object) -> bool:  # Mapping's own would compute the tensor to find out
+        return name in self._trained
+
+    def spec(self, name: str) -> TensorSpec:
+        spec = spec_of(self._trained, name)
+        if spec is None:
+            raise KeyError(name)
+        return spec
 
 
-def _check_layout(base: StateDict, trained: StateDict) -> None:
-    if set(base) != set(trained) or any(base[n].shape != t.shape or base[n].dtype != t.dtype
-                                        for n, t in trained.items()):
+def _check_layout(base: Weights, trained: Weights) -> None:
+    """``InvalidInput`` unless both hold the same tensors (read from their headers where they have them)."""
+    if set(base) != set(trained) or any(spec_of(base, n) != spec_of(trained, n) for n in trained):
         raise InvalidInput("the trained weights must have the base's tensors, shapes and dtypes to be clipped")
 
 
-def clip(base: StateDict, trained: StateDict, norm: float) -> StateDict:
+def clip(base: Weights, trained: Weights, norm: float) -> Clipped:
     """``trained`` with its update from ``base`` scaled down to L2 norm ``norm`` at most (no noise): the same
     bytes on every machine, so a secure round's contributor clips its weights alike when it advertises and when
     it masks."""

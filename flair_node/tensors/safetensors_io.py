@@ -89,14 +89,7 @@ ReadInto = Callable[[int, memoryview], None]
 
 def load_source(source: Source) -> StateDict:
     """Every tensor of ``source`` (a file or a sharded checkpoint, ``safetensors_file``), in memory."""
-
-    def fill(entry: Entry, buffer: memoryview) -> None:
-        at = 0
-        for part in source.parts(entry, 1 << 20):
-            buffer[at:at + len(part)] = part
-            at += len(part)
-
-    return {entry.name: _tensor(entry, fill) for entry in source.header.entries}
+    return dict(SourceState(source))
 
 
 def _tensor(entry: Entry, fill: Callable[[Entry, memoryview], None]) -> torch.Tensor:
@@ -139,6 +132,25 @@ class LazyState(Mapping[str, torch.Tensor]):
 
     def spec(self, name: str) -> TensorSpec:
         return self._entries[name].spec
+
+
+class SourceState(LazyState):
+    """The tensors of ``source`` (a file or a sharded checkpoint, ``safetensors_file``) as a ``LazyState``: each
+    read from its file when it is asked for."""
+
+    def __init__(self, source: Source) -> None:
+        super().__init__(source.header, self._unused)
+        self._source = source
+
+    @staticmethod
+    def _unused(start: int, buffer: memoryview) -> None:
+        raise AssertionError("a SourceState reads by tensor")
+
+    def _fill(self, entry: Entry, buffer: memoryview) -> None:
+        at = 0
+        for part in self._source.parts(entry, 1 << 20):
+            buffer[at:at + len(part)] = part
+            at += len(part)
 
 
 def spec_of(state: Mapping[str, torch.Tensor], name: str) -> TensorSpec | None:

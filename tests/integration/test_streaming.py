@@ -109,7 +109,12 @@ def test_merges_reverts_and_diffs_hold_a_tensor_at_a_time_not_the_model(tmp_path
     assert sorted(back) == sorted(before) and all(torch.equal(back[k], before[k]) for k in before)
 
 
-def test_a_round_streams_its_contribution_in_and_its_merge_out_a_tensor_at_a_time(tmp_path):
+POLICIES = {"plain": {}, "norm-bound": {"norm_bound": "40"},
+            "dp": {"dp_clip": "1", "dp_noise": "1", "dp_delta": "1e-5", "dp_epsilon": "10000"}}
+
+
+@pytest.mark.parametrize("policy", list(POLICIES.values()), ids=list(POLICIES))
+def test_a_round_streams_its_contribution_in_and_its_merge_out_a_tensor_at_a_time(tmp_path, policy):
     base = write_model(tmp_path / "base.safetensors", 0)
     trained = write_model(tmp_path / "trained.safetensors", 1, base=base, changed=TENSORS // 2)
     tiny = tmp_path / "tiny.safetensors"
@@ -126,7 +131,7 @@ def test_a_round_streams_its_contribution_in_and_its_merge_out_a_tensor_at_a_tim
 
         for name, model in (("tiny", tiny), ("big", tmp_path / "base.safetensors")):
             call("repo.init", name=name, model_path=str(model))
-            call("repo.policy", repo=name, buffer=1, deadline_s=1)
+            call("repo.policy", repo=name, buffer=1, deadline_s=1, **policy)
         save_file({"w": torch.ones(4)}, str(tiny))
         round_of("tiny", tiny)  # torch and the merge kernels loaded: what follows is measured from there
         idle = rss_mb(node.pid)
@@ -134,8 +139,19 @@ def test_a_round_streams_its_contribution_in_and_its_merge_out_a_tensor_at_a_tim
         merged = round_of("big", tmp_path / "trained.safetensors")
         peak = peak_mb(node.pid) - idle
         print(f"a round of the {MODEL_MB} MB model peaked {peak:.0f} MiB above idle")
-        # the contribution streamed in, and the round read and wrote a few 4 MiB tensors at a time
+        # the contribution streamed in (clipped and noised as it went, with a policy), and the round read and
+        # wrote a few 4 MiB tensors at a time
         assert merged["kind"] == "round" and peak < MODEL_MB / 2, peak
         call("repo.checkout", repo="big", commit="main", output_path=str(tmp_path / "out.safetensors"))
-    back = load_file(str(tmp_path / "out.safetensors"))  # one fresh contribution: the mean is it, bit for bit
-    assert sorted(back) == sorted(trained) and all(torch.equal(back[k], trained[k]) for k in trained)
+    back = load_file(str(tmp_path / "out.safetensors"))
+    assert sorted(back) == sorted(trained)
+    if not policy:  # one fresh contribution: the mean is it, bit for bit
+        assert all(torch.equal(back[k], trained[k]) for k in trained)
+        return
+    update = torch.cat([back[k].double().reshape(-1) - base[k].double().reshape(-1) for k in sorted(base)])
+    wanted = torch.cat([trained[k].double().reshape(-1) - base[k].double().reshape(-1) for k in sorted(base)])
+    if "norm_bound" in policy:  # clipped to the bound, its direction kept (to float32's rounding)
+        assert float(update.norm()) == pytest.approx(40, rel=1e-4)
+        assert torch.allclose(update, wanted * (40 / float(wanted.norm())), atol=1e-6)
+    else:  # clipped to 1, then Gaussian noise of z * clip = 1 on every value: the noise is what shows
+        assert float(update.std()) == pytest.approx(1.0, abs=0.01) and abs(float(update.mean())) < 0.01

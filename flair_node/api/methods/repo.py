@@ -7,11 +7,12 @@ file (absolute path) the daemon reads (``api.files``), or in a repository of LoR
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ...core.errors import FlairError, InvalidInput, NotAMember
-from ...core.ids import is_full_id
+from ...core.ids import CommitId, is_full_id
 from ...core.objects import MAX_ADAPTER_RANK
 from ...core.refs import DEFAULT_BRANCH
 from ...storage import adapters
@@ -36,6 +37,9 @@ from ..params import (
 from ..views import commit_json, repo_json
 
 if TYPE_CHECKING:
+    import torch
+
+    from ...tensors.safetensors_file import Source
     from ...tensors.safetensors_io import StateDict
 
 methods = MethodTable()
@@ -139,7 +143,7 @@ async def repo_commit(ctx: ApiContext, repo: str, weights_path: str, message: st
     result=COMMIT_RESULT)
 async def repo_contribute(ctx: ApiContext, repo: str, weights_path: str, examples: int, branch: str,
                           base: str | None, message: str, codec: str) -> dict[str, Any]:
-    from ...protocol import dp, norm_bounds, round_merges, rounds, secure_node
+    from ...protocol import rounds, secure_node
 
     def work() -> dict[str, Any]:
         r = ctx.repos.open(repo)
@@ -149,34 +153,50 @@ async def repo_contribute(ctx: ApiContext, repo: str, weights_path: str, example
         policy = r.members.current().policy
         if r.record.adapter is not None:
             adapters.check_policy(policy)
-            weights = adapter_state(r, weights_path)
-        elif policy.privacy == "plain" and not (policy.dp or policy.norm_bound or policy.proof_chunk) \
-                and codec == EXACT_CODECS[0]:  # nothing to do to the values here: streamed from the file
-            with open_weights(weights_path, "weights") as source:
-                commit = r.contribute(ctx.identity, source, branch=branch, examples=examples, base=start,
-                                      message=message)
-            return {**commit_json(commit), "branch": branch}
-        else:
-            weights = read_weights(weights_path, "weights")
-        if r.members.current().policy.privacy == "secure":  # masked, never a commit every member decrypts
+            return publish(ctx, r, adapter_state(r, weights_path), start, branch, examples, message, codec)
+        if policy.privacy == "secure":  # masked, never a commit every member decrypts
             if codec not in EXACT_CODECS:
                 raise InvalidInput(f"a secure round masks the exact change: it takes no {codec} codec")
+            weights = read_weights(weights_path, "weights")
             advert = secure_node.contribute(r, ctx.identity, ctx.repos.pending, branch, weights, examples)
             return {"id": advert.id, "kind": "advert", "branch": branch, "base": start, "examples": examples,
                     "author": advert.author, "timestamp_ms": advert.timestamp_ms, "secure": True}
-        spent, norm = None, None
-        weights = norm_bounds.clipped(r.members.current().policy, r.materialize(start), weights)
-        if r.members.current().policy.dp:  # clipped and noised here, before anything is stored
-            weights, spent, norm = dp.prepare(r, ctx.identity.public_key, branch, start, weights,
-                                              memory=ctx.round_memory)
-        # the commitments of its chunks, when the repository's merges are proven
-        committed = round_merges.commitments(r, weights, start, codec, circuits=ctx.round_memory.circuits)
-        commit = r.contribute(ctx.identity, weights, branch=branch, examples=examples, base=start,
-                              message=message, codec=codec, commitments=committed, dp=spent)
-        return {**commit_json(commit), "branch": branch,
-                **({"dp": {**spent, "update_norm": f"{norm:.6g}"}} if spent is not None else {})}
+        with open_weights(weights_path, "weights") as source:
+            return publish(ctx, r, source, start, branch, examples, message, codec)
 
     return await ctx.changing(work)
+
+
+def publish(ctx: ApiContext, repo: Repository, trained: Source | StateDict, start: CommitId, branch: str,
+            examples: int, message: str, codec: str) -> dict[str, Any]:
+    """A plain round's contribution of weights ``trained`` (a file's, or in memory), clipped to the policy's norm
+    bound and differential privacy's clip and noised when it says so, all before anything is stored. In the exact
+    codec and unproven, it streams: each tensor is read, clipped and noised when the commit reaches it
+    (``dp_noise.Clipped``); a lossy codec or the commitments of proven merges take the weights whole."""
+    from ...protocol import dp, norm_bounds, round_merges
+    from ...tensors.safetensors_file import Source
+    from ...tensors.safetensors_io import SourceState, computed_source
+
+    policy = repo.members.current().policy
+    weights: Mapping[str, torch.Tensor] = SourceState(trained) if isinstance(trained, Source) else trained
+    spent, norm = None, None
+    if policy.dp or policy.norm_bound:
+        weights = norm_bounds.clipped(policy, repo.weights(start), weights)
+        if policy.dp:
+            weights, spent, norm = dp.prepare(repo, ctx.identity.public_key, branch, start, weights,
+                                              memory=ctx.round_memory)
+        state: Source | StateDict = computed_source(trained.layout(), weights.__getitem__) \
+            if isinstance(trained, Source) else dict(weights)
+    else:
+        state = trained
+    committed: list[str] = []
+    if codec != EXACT_CODECS[0] or policy.proof_chunk:
+        state = dict(weights)  # the commitments of its chunks, when the repository's merges are proven
+        committed = round_merges.commitments(repo, state, start, codec, circuits=ctx.round_memory.circuits)
+    commit = repo.contribute(ctx.identity, state, branch=branch, examples=examples, base=start, message=message,
+                             codec=codec, commitments=committed, dp=spent)
+    return {**commit_json(commit), "branch": branch,
+            **({"dp": {**spent, "update_norm": f"{norm:.6g}"}} if spent is not None else {})}
 
 
 def refuse_adapter(repo: Repository, path: str) -> None:
