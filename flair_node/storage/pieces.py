@@ -290,7 +290,7 @@ class Snapshot:
             piece = self._piece(index)
             offset = start + at - self._starts[index]
             take = min(len(piece) - offset, len(buffer) - at)
-            buffer[at:at + take] = piece[offset:offset + take]
+            buffer[at:at + take] = memoryview(piece)[offset:offset + take]  # a slice of bytes would be a copy
             at += take
             index += 1
 
