@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.errors import FlairError
 from ..core.membership import PROTECTED_BRANCHES, Member, Membership, MembershipChange
-from ..core.objects import Commit
+from ..core.objects import Commit, TensorSpec
+from ..core.refs import DEFAULT_BRANCH
 from ..storage.repo import Repository
 
 
@@ -21,21 +23,33 @@ def commit_json(commit: Commit) -> dict[str, Any]:
 
 
 def repo_json(repo: Repository) -> dict[str, Any]:
-    """A repository's id, name, owner, creation time, branches and the size of its first commit's layout (what its
-    signed record holds; a later commit may add, remove or reshape tensors: ``repo.status`` gives main's)."""
+    """A repository's id, name, owner, creation time, branches and the size of main's layout (``main_layout``)."""
     record = repo.record
+    layout = main_layout(repo)
     return {
         "repo": repo.id,
         "name": record.name,
         "owner": record.owner,
         "created_ms": record.created_ms,
         "branches": dict(repo.branches()),
-        "tensors": len(record.layout),
-        "parameters": sum(t.numel for t in record.layout),
+        "tensors": len(layout),
+        "parameters": sum(t.numel for t in layout),
         **({"adapter": {"base_repo": record.adapter.base_repo, "base_commit": record.adapter.base_commit,
                         "rank": record.adapter.rank, "max_rank": record.adapter.max_rank}}
            if record.adapter is not None else {}),
     }
+
+
+def main_layout(repo: Repository) -> tuple[TensorSpec, ...]:
+    """The tensors of main's head, read from its payload's header; those of the first commit (what the signed
+    record holds) where this node cannot read main: not a member, or its blocks not all here yet."""
+    branches = repo.branches()
+    if DEFAULT_BRANCH not in branches:
+        return repo.record.layout
+    try:
+        return repo.layout(branches[DEFAULT_BRANCH])
+    except FlairError:
+        return repo.record.layout
 
 
 def members_json(membership: Membership) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..core.errors import IntegrityError, RefConflict
+from ..core.errors import FlairError, IntegrityError, RefConflict
 from ..core.ids import short
 from ..core.membership import ROLES, MembershipChange, check_move_target
 from ..core.objects import AnchorClaim, Commit, ProofRecord, check_commit_time
@@ -178,8 +178,12 @@ class Ingest:
         if message.timestamp_ms > clock.now_ms() + MAX_CLOCK_SKEW_MS:
             raise IntegrityError(f"secure round message {short(message.id)} is dated ahead of this node's clock")
         self.history.commit(message.head)
-        if isinstance(message.content, Masked):
-            values = sum(spec.numel for spec in self.history.record.layout)
+        if isinstance(message.content, Masked):  # a term over the head's tensors, whatever the first commit held
+            try:
+                layout = self.history.layout(message.head)
+            except FlairError:  # a head this node cannot read: the first commit's, what the signed record holds
+                layout = self.history.record.layout
+            values = sum(spec.numel for spec in layout)
             if message.content.size > 8 * values + _SEALED_OVERHEAD:
                 raise IntegrityError(f"masked update {short(message.id)} names {message.content.size} bytes, more "
                                      f"than a model of {values} values masks to")

@@ -88,6 +88,15 @@ def test_a_masked_update_may_name_no_more_than_the_model_masks_to():
                            timestamp_ms=now_ms(), content=huge).signed(MEMBERS[0])
     with pytest.raises(IntegrityError, match="more than a model of 1000 values masks to"):
         repo.ingest.check_round_message(message)
+    # the bound is the round's head's: a model grown since the first commit masks to more
+    grown = repo.commit_weights(OWNER, {**repo.materialize(repo.head("main")), "head.weight": torch.zeros(5000)},
+                                message="a new head")
+    fits = dataclasses.replace(huge, size=8 * 5500)
+    message = RoundMessage(repo=repo.id, branch="main", head=grown.id, author=MEMBERS[0].public_key,
+                           timestamp_ms=now_ms(), content=fits).signed(MEMBERS[0])
+    assert repo.ingest.check_round_message(message)
+    with pytest.raises(IntegrityError, match="more than a model of 6000 values masks to"):
+        repo.ingest.check_round_message(resigned(message, MEMBERS[0], content=huge))
     # a norm proof where the policy asks for none: its blocks would be fetched for nothing
     proven = dataclasses.replace(huge, size=100, proof=huge.cid, proof_size=1000)
     message = RoundMessage(repo=repo.id, branch="main", head=repo.head("main"), author=MEMBERS[0].public_key,

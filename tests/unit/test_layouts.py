@@ -8,6 +8,7 @@ import torch
 
 from flair_node.core.errors import LayoutMismatch, MergeError
 from flair_node.core.identity import Identity
+from flair_node.storage import unixfs
 from flair_node.storage.repos import RepoSet
 
 OWNER = Identity.generate()
@@ -111,3 +112,18 @@ def test_the_same_layout_change_on_both_sides_merges(repo):
         branch_with(repo, name, {**model(), "head2": torch.ones(5, 8)})
     merged = repo.materialize(repo.merge(OWNER, ["right"], "left").id)
     assert torch.equal(merged["head2"], torch.ones(5, 8))
+
+
+def test_a_repository_is_described_by_mains_layout_and_by_its_first_where_main_does_not_read(repo):
+    from flair_node.api.views import repo_json
+
+    first = repo_json(repo)
+    assert (first["tensors"], first["parameters"]) == (4, 800 + 64 + 24 + 1)
+    repo.commit_weights(OWNER, {**model(), "embed": torch.randn(120, 8), "head2": torch.randn(5, 8)}, message="grown")
+    grown = repo_json(repo)
+    assert (grown["tensors"], grown["parameters"]) == (5, 960 + 64 + 24 + 1 + 40)
+    head = repo.commit(repo.head("main"))
+    for key in unixfs.block_keys(repo.blocks, head.payload.cid, max_size=head.payload.size):
+        repo.blocks.delete_key(key)  # main's payload not here (yet): the first commit's layout, not an error
+    repo.drop_caches()
+    assert repo_json(repo)["tensors"] == 4

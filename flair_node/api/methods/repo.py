@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ...core.errors import FlairError, InvalidInput, NotAMember
+from ...core.errors import FlairError, InvalidInput
 from ...core.ids import CommitId, is_full_id
 from ...core.objects import MAX_ADAPTER_RANK
 from ...core.refs import DEFAULT_BRANCH
@@ -34,7 +34,7 @@ from ..params import (
     PEER,
     REPO,
 )
-from ..views import commit_json, repo_json
+from ..views import commit_json, main_layout, repo_json
 
 if TYPE_CHECKING:
     import torch
@@ -247,10 +247,7 @@ async def repo_status(ctx: ApiContext, repo: str) -> dict[str, Any]:
         r = ctx.repos.open(repo)
         branches = r.branches()
         heads = {b: commit_json(r.commit(c)) for b, c in branches.items()}
-        try:
-            layout = r.layout(branches[DEFAULT_BRANCH]) if DEFAULT_BRANCH in branches else r.record.layout
-        except NotAMember:
-            layout = r.record.layout
+        layout = main_layout(r)
         return {**repo_json(r), "heads": heads, "commits": sum(1 for _ in r.commits()),
                 "policy": r.members.current().policy.as_dict(),
                 "layout": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in layout]}
