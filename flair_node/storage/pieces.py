@@ -17,10 +17,10 @@ What this buys:
 How a file is cut (``cut``): as segments, its header and then each tensor, and each segment in parts of ``PIECE``
 bytes counted from the segment's own start, so a tensor's parts fall at the same offsets in every commit and an
 unchanged tensor gives the same pieces whatever changed before it. A segment's last part shorter than
-``unixfs.CHUNK`` is carried into the next piece instead of making a leaf of its own, so every leaf but the last
-holds at least ``CHUNK`` bytes: a DAG of pieces never has more blocks than ``unixfs.Bounds`` allows a file of its
-size, and a peer fetches and walks it like any other payload. A piece is at most ``CHUNK + PIECE`` bytes, and
-sealed it fits a leaf (``unixfs.MAX_BLOCK``).
+``unixfs.CHUNK`` is carried into the next piece instead of making a leaf of its own, so every whole piece but the
+last holds at least ``CHUNK`` bytes, and a delta is padded to ``unixfs.MIN_LEAF``: a DAG of pieces never has more
+blocks than ``unixfs.Bounds`` allows a file of its size, and a peer fetches and walks it like any other payload.
+A piece is at most ``CHUNK + PIECE`` bytes, and sealed it fits a leaf (``unixfs.MAX_BLOCK``).
 
 A leaf is a whole piece (sealed as such) or a delta of one (sealed as a delta, naming the leaf it applies to, which
 lies in an ancestor's payload: a peer that pulls a history fetches it with that payload). A commit is stored
@@ -206,8 +206,9 @@ class Resolved:
 class Snapshot:
     """A payload in pieces read by ranges of its bytes (the canonical safetensors file it holds): the leaves a
     range falls in are read, re-hashed, checked and opened (with the chain of a delta), the last one kept for the
-    next read. ``what`` names it in errors. Listing the leaves reads the DAG's nodes only, then ``header`` is read
-    from the first pieces; ``size`` is the plaintext's length. ``size`` given is the payload's declared size."""
+    next read. ``what`` names it in errors; ``size`` is the payload's declared (sealed) size. Listing the leaves
+    reads the DAG's nodes only, then ``header`` is read from the first pieces; the attribute ``size`` is the
+    plaintext's length."""
 
     def __init__(self, store: unixfs.BlockStore, cipher: PieceCipher, root: Cid, size: int, what: str) -> None:
         self.store, self.cipher, self.root, self.what = store, cipher, root, what
