@@ -178,21 +178,23 @@ def publish(ctx: ApiContext, repo: Repository, trained: Source | StateDict, star
     from ...tensors.safetensors_io import SourceState, computed_source
 
     policy = repo.members.current().policy
+    clipped = bool(policy.dp or policy.norm_bound)
     weights: Mapping[str, torch.Tensor] = SourceState(trained) if isinstance(trained, Source) else trained
     spent, norm = None, None
-    if policy.dp or policy.norm_bound:
+    if clipped:
         weights = norm_bounds.clipped(policy, repo.weights(start), weights)
         if policy.dp:
             weights, spent, norm = dp.prepare(repo, ctx.identity.public_key, branch, start, weights,
                                               memory=ctx.round_memory)
-        state: Source | StateDict = computed_source(trained.layout(), weights.__getitem__) \
-            if isinstance(trained, Source) else dict(weights)
-    else:
-        state = trained
     committed: list[str] = []
-    if codec != EXACT_CODECS[0] or policy.proof_chunk:
-        state = dict(weights)  # the commitments of its chunks, when the repository's merges are proven
+    state: Source | StateDict
+    if codec != EXACT_CODECS[0] or policy.proof_chunk:  # whole: the commitments of its chunks, when proven
+        state = dict(weights)
         committed = round_merges.commitments(repo, state, start, codec, circuits=ctx.round_memory.circuits)
+    elif clipped and isinstance(trained, Source):
+        state = computed_source(trained.layout(), weights.__getitem__)
+    else:
+        state = dict(weights) if clipped else trained
     commit = repo.contribute(ctx.identity, state, branch=branch, examples=examples, base=start, message=message,
                              codec=codec, commitments=committed, dp=spent)
     return {**commit_json(commit), "branch": branch,
