@@ -4,7 +4,6 @@ Solana chain. It sits on top of every layer, so the daemon itself never imports 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import sys
@@ -14,6 +13,7 @@ import trio
 
 from . import __version__
 from .core.errors import FlairError
+from .tensors import heap
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,24 +114,13 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("ezkl").setLevel(max(logging.WARNING, logging.getLogger().level))  # a line per proof step
     os.umask(0o077)  # the home is private: so is every file the daemon, EZKL and the proving worker make in it
     apply_process_defaults()  # py-libp2p's tuning, read from the environment
-    _return_freed_memory()
+    heap.map_large_buffers()
     node = Node(home, config)
     try:
         trio.run(run_until_signalled, node)
     finally:
         node.close()
     return 0
-
-
-def _return_freed_memory() -> None:
-    """Fix glibc's mmap threshold at 1 MiB, so that every buffer that large (a tensor, a piece) is mapped on its
-    own and given back to the system when freed. By default glibc raises the threshold, up to 32 MiB, each time
-    such a buffer is freed, and buffers below it then come from heaps that keep their memory: measured on a
-    128 MB model, a diff's peak fell from 183 to 95 MiB above idle with the threshold fixed. No-op off glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 if __name__ == "__main__":

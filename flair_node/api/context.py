@@ -22,6 +22,7 @@ from ..core.ids import Cid, CommitId
 from ..protocol.rounds import RoundMemory
 from ..storage.repo import Repository
 from ..storage.repos import RepoSet
+from ..tensors import heap
 
 T = TypeVar("T")
 
@@ -157,8 +158,16 @@ class ApiContext:
     # -- running work -------------------------------------------------------------------------------------
 
     async def off_thread(self, fn: Callable[[], T]) -> T:
-        """``fn()`` in a worker thread: hashing, tensor arithmetic and fsync never block the event loop."""
-        return await trio.to_thread.run_sync(fn)
+        """``fn()`` in a worker thread: hashing, tensor arithmetic and fsync never block the event loop. The heaps
+        are trimmed after it, on that thread (``tensors.heap.trim``): the node goes back to near its idle size."""
+
+        def run() -> T:
+            try:
+                return fn()
+            finally:
+                heap.trim()
+
+        return await trio.to_thread.run_sync(run)
 
     async def changing(self, fn: Callable[[], T]) -> T:
         """``off_thread(fn)`` for work that signs or stores something, then ``on_change``."""

@@ -23,7 +23,7 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -314,7 +314,12 @@ class History:
         if cached is not None:
             return cached[0]
         header, snapshot = self._snapshot(commit)
-        return LazyState(header, snapshot.readinto)
+        epoch = commit.payload.key_epoch  # equal leaves under one key are equal bytes
+
+        def identify(start: int, stop: int) -> Hashable:
+            return epoch, snapshot.span(start, stop)
+
+        return LazyState(header, snapshot.readinto, identify)
 
     def layout(self, cid: CommitId) -> tuple[TensorSpec, ...]:
         """The specs of commit ``cid``'s tensors, sorted by name: a ``snapshot-v1`` commit's own (its header's,

@@ -1,9 +1,10 @@
 """Merges and reverts: which commits go in, with which weights, and the weights they add up to.
 
 Both are computed in exact fixed-point arithmetic (``tensors.fixedpoint``) and record their scale and integer
-weights, so anyone holding the same inputs re-derives the same bytes. Both are computed one tensor at a time as
-the new commit is written (``History.weights``, ``safetensors_io.computed_source``): a merge holds the tensor it
-is at, in each input, and never a whole model.
+weights, so anyone holding the same inputs re-derives the same bytes. Both are computed a piece at a time as the
+new commit is written (``History.weights``, ``fixedpoint.combine_parts``, ``safetensors_io.streamed_source``): a
+merge holds a piece of the tensor it is at, in each input, and never a whole tensor, and it finds the tensors an
+input left unchanged by the pieces they are stored in, without reading them.
 
 ``Repository.merge`` and ``Repository.revert`` stay the verbs (the API, the CLI and the tests call them, next to
 ``commit_weights`` and ``contribute``): each asks this module what to write (a ``NewCommit``) and writes it the
@@ -17,7 +18,7 @@ Like the rest of storage's tensor work, torch is imported when a merge runs, not
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -29,10 +30,9 @@ from ..core.objects import TensorSpec
 from ..core.refs import DEFAULT_BRANCH, check_branch_name
 from . import adapters
 from .history import History
+from .pieces import PIECE
 
 if TYPE_CHECKING:  # at run time, tensor modules are imported by the functions that use them (see above)
-    import torch
-
     from ..tensors.safetensors_file import Source
     from ..tensors.safetensors_io import StateDict
 
@@ -142,8 +142,8 @@ def _combined(history: History, base: CommitId, inputs: Sequence[CommitId], weig
     - the inputs that keep its layout must keep its values too, or their change would be lost;
 
     anything else is a ``MergeError`` naming the tensor, to be resolved by a commit on one side."""
-    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine_tensor, same_bits
-    from ..tensors.safetensors_io import computed_source, spec_of
+    from ..tensors.fixedpoint import DEFAULT_SCALE_BITS, WEIGHT_BITS, combine_parts, same_bits
+    from ..tensors.safetensors_io import ranges_of, spec_of, streamed_source
 
     start = history.weights(base)
     sides = [history.weights(cid) for cid in inputs]
@@ -174,13 +174,13 @@ def _combined(history: History, base: CommitId, inputs: Sequence[CommitId], weig
     if not layout:
         raise MergeError("the merge would hold no tensor")
 
-    def compute(name: str) -> torch.Tensor:
+    def parts(name: str) -> Iterator[memoryview]:
         if name in taken:
-            return sides[taken[name]][name]
-        return combine_tensor(name, start[name], [side[name] for side in sides], weights,
-                              scale_bits=DEFAULT_SCALE_BITS, weight_bits=WEIGHT_BITS)
+            return ranges_of(sides[taken[name]], name).parts(PIECE)
+        return combine_parts(name, ranges_of(start, name), [ranges_of(side, name) for side in sides], weights,
+                             scale_bits=DEFAULT_SCALE_BITS, weight_bits=WEIGHT_BITS, part=PIECE)
 
-    return computed_source(layout, compute)
+    return streamed_source(layout, parts)
 
 
 def _examples_since(history: History, head: CommitId, base: CommitId) -> int:

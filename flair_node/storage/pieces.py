@@ -295,6 +295,14 @@ class Snapshot:
             at += take
             index += 1
 
+    def span(self, start: int, stop: int) -> tuple[tuple[bytes, ...], int, int]:
+        """What bytes ``start`` to ``stop`` are, without reading them: the leaves they lie in, from where in the
+        first, and how many. Two payloads sealed under one key hold equal bytes where their spans are equal
+        (equal leaves are equal ciphertexts, which open to equal pieces, a delta's through the leaves it names)."""
+        first = bisect.bisect_right(self._starts, start) - 1
+        last = bisect.bisect_right(self._starts, max(start, stop - 1)) - 1
+        return tuple(cid.digest for cid, _ in self._leaves[first:last + 1]), start - self._starts[first], stop - start
+
     def read(self, start: int, n: int) -> bytes:
         """Up to ``n`` bytes from ``start``, fewer only at the end."""
         out = bytearray(max(0, min(n, self.size - start)))

@@ -15,12 +15,12 @@ change), that input's tensor is taken bit for bit. Reverting the head commit rel
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from ..core.errors import InvalidInput, MergeError
-from .safetensors_io import StateDict
+from .safetensors_io import TORCH_DTYPES, Ranges, StateDict
 
 DEFAULT_SCALE_BITS = 24
 WEIGHT_BITS = 16
@@ -206,3 +206,55 @@ def combine_tensor(name: str, b: torch.Tensor, xs: Sequence[torch.Tensor], weigh
     flat = weighted_sum_fixed(b.reshape(-1), [x.reshape(-1) for x in xs], weights, scale_bits=scale_bits,
                               weight_bits=weight_bits, name=name)
     return flat.reshape(b.shape)
+
+
+def combine_parts(name: str, b: Ranges, xs: Sequence[Ranges], weights: Sequence[int], *,
+                  part: int, scale_bits: int = DEFAULT_SCALE_BITS,
+                  weight_bits: int = WEIGHT_BITS) -> Iterator[memoryview]:
+    """``combine_tensor``'s bytes, ``part`` bytes at a time, from tensors read by ranges (``Ranges``) of one spec:
+    the same per-tensor rules (each input is first compared with the base, a part at a time, until they differ;
+    ranges stored alike are equal without being read), then every part of the inputs read into buffers that are
+    reused from part to part. A merge so holds ``part`` bytes of each input, never a whole tensor, and its
+    memory stays warm in the cache where fresh tensors would each be faulted in."""
+    if part % 8:
+        raise InvalidInput("a merge's part is a whole number of values of any dtype")
+    whole = 1 << weight_bits
+    buffers = [torch.empty(part, dtype=torch.uint8) for _ in range(2)]
+    changed = [(x, w) for x, w in zip(xs, weights, strict=True) if w != 0 and not _same(x, b, buffers, part)]
+    if not changed:
+        yield from b.parts(part)
+        return
+    if len(changed) == 1 and changed[0][1] == whole:
+        yield from changed[0][0].parts(part)
+        return
+    if b.spec.dtype == "BOOL":
+        yield from max(changed, key=lambda xw: xw[1])[0].parts(part)
+        return
+    dtype = TORCH_DTYPES[b.spec.dtype]
+    taking = [(x, w) for x, w in zip(xs, weights, strict=True) if w != 0]
+    buffers += [torch.empty(part, dtype=torch.uint8) for _ in range(len(taking) - 1)]
+    for at in range(0, b.nbytes, part):
+        n = min(part, b.nbytes - at)
+        values = []
+        for source, buffer in zip([b, *(x for x, _ in taking)], buffers, strict=True):
+            source.readinto(at, buffer.numpy().data[:n])
+            values.append(buffer[:n].view(dtype))
+        out = torch.empty(n, dtype=torch.uint8)  # its own: the writer holds the part until it is sealed
+        weighted_sum_fixed(values[0], values[1:], [w for _, w in taking], scale_bits=scale_bits,
+                           weight_bits=weight_bits, out=out.view(dtype), name=name)
+        yield out.numpy().data
+
+
+def _same(x: Ranges, b: Ranges, buffers: Sequence[torch.Tensor], part: int) -> bool:
+    """``same_bits`` of two tensors of one spec read by ranges, a part at a time."""
+    for at in range(0, b.nbytes, part):
+        stop = min(b.nbytes, at + part)
+        known = x.identify(at, stop)
+        if known is not None and known == b.identify(at, stop):
+            continue
+        x.readinto(at, buffers[0].numpy().data[:stop - at])
+        b.readinto(at, buffers[1].numpy().data[:stop - at])
+        if not torch.equal(buffers[0][:stop - at], buffers[1][:stop - at]):
+            return False
+    return True
+

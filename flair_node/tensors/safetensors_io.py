@@ -4,16 +4,19 @@ Untrusted bytes are checked before any parser sees them: ``check_header`` is ``s
 (the header bounded, nested at most 3 deep, and every tensor's range exactly its bytes), so a hostile header is
 ``NotSafetensors``, never a ``RecursionError`` or a read out of bounds.
 
-``state_source``, ``computed_source`` and ``LazyState`` are the streaming side (``safetensors_file``): tensors as
-the canonical file Flair stores, and tensors read back from such a file one at a time, never the file whole.
+``state_source``, ``computed_source``, ``streamed_source`` and ``LazyState`` are the streaming side
+(``safetensors_file``): tensors as the canonical file Flair stores, and tensors read back from such a file one at a
+time (or a range of one at a time, ``Ranges``), never the file whole.
 Writing files durably is storage's job (``storage.atomic.atomic_write(path, save_bytes(state))``).
 """
 
 from __future__ import annotations
 
+import bisect
 import io
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
@@ -85,6 +88,42 @@ def state_source(state: Mapping[str, torch.Tensor]) -> Source:
 
 #: Fills a buffer with a file's bytes from an offset (``storage.pieces.Snapshot.readinto``).
 ReadInto = Callable[[int, memoryview], None]
+#: A value that two ranges of files (from, to) share only if their bytes are equal, or None where that is not
+#: known (``storage.pieces.Snapshot.span``, with the key it is sealed under).
+Identify = Callable[[int, int], Hashable | None]
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """One tensor's bytes, read by ranges: ``readinto(offset, buffer)`` fills ``buffer`` from the tensor's byte
+    ``offset``, and ``identify(start, stop)`` is what ``Identify`` is for the tensor's bytes ``start`` to ``stop``.
+    A merge finds a tensor some input left unchanged by it, without reading either where both are stored in the
+    same pieces, and reads the others a part at a time (``fixedpoint.combine_parts``)."""
+
+    spec: TensorSpec
+    nbytes: int
+    readinto: Callable[[int, memoryview], None]
+    identify: Callable[[int, int], Hashable | None]
+
+    def parts(self, part: int) -> Iterator[memoryview]:
+        """The tensor's bytes, ``part`` at a time, each in a buffer of its own (a reader may hold it)."""
+        for at in range(0, self.nbytes, part):
+            buffer = memoryview(bytearray(min(part, self.nbytes - at)))
+            self.readinto(at, buffer)
+            yield buffer
+
+
+def ranges_of(state: Mapping[str, torch.Tensor], name: str) -> Ranges:
+    """Tensor ``name`` of ``state`` read by ranges: from its file (a ``LazyState``'s), or from the tensor."""
+    if isinstance(state, LazyState):
+        return state.ranges(name)
+    tensor = state[name]
+    data = _bytes_of(tensor)
+
+    def readinto(offset: int, buffer: memoryview) -> None:
+        buffer[:] = data[offset:offset + len(buffer)]
+
+    return Ranges(layout_of({name: tensor})[0], len(data), readinto, lambda start, stop: None)
 
 
 def load_source(source: Source) -> StateDict:
@@ -108,18 +147,31 @@ def _bytes_of(tensor: torch.Tensor) -> memoryview:
 class LazyState(Mapping[str, torch.Tensor]):
     """The tensors of a checked ``header`` as a mapping that reads each one from the file (``readinto``) when it
     is asked for, and keeps none: iterating it holds one tensor at a time (``dict`` of it reads them all). Its
-    order is the file's."""
+    order is the file's. ``identify``, if given, tells equal ranges of files apart from others (``Identify``)."""
 
-    def __init__(self, header: Header, readinto: ReadInto) -> None:
+    def __init__(self, header: Header, readinto: ReadInto, identify: Identify | None = None) -> None:
         self.header = header
         self._entries = {entry.name: entry for entry in header.entries}
-        self._readinto = readinto
+        self._readinto, self._identify = readinto, identify
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return _tensor(self._entries[name], self._fill)
 
     def _fill(self, entry: Entry, buffer: memoryview) -> None:
         self._readinto(self.header.data_start + entry.begin, buffer)
+
+    def ranges(self, name: str) -> Ranges:
+        """Tensor ``name`` read by ranges of its bytes, none read until asked for."""
+        entry = self._entries[name]
+        start, identify = self.header.data_start + entry.begin, self._identify
+
+        def readinto(offset: int, buffer: memoryview) -> None:
+            self._readinto(start + offset, buffer)
+
+        def identified(begin: int, end: int) -> Hashable | None:
+            return None if identify is None else identify(start + begin, start + end)
+
+        return Ranges(entry.spec, entry.nbytes, readinto, identified)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
@@ -139,18 +191,21 @@ class SourceState(LazyState):
     read from its file when it is asked for."""
 
     def __init__(self, source: Source) -> None:
-        super().__init__(source.header, self._unused)
+        super().__init__(source.header, self._read)
         self._source = source
+        self._starts = [source.header.data_start + entry.begin for entry in source.header.entries]
 
-    @staticmethod
-    def _unused(start: int, buffer: memoryview) -> None:
-        raise AssertionError("a SourceState reads by tensor")
-
-    def _fill(self, entry: Entry, buffer: memoryview) -> None:
-        at = 0
-        for part in self._source.parts(entry, 1 << 20):
-            buffer[at:at + len(part)] = part
-            at += len(part)
+    def _read(self, start: int, buffer: memoryview) -> None:
+        """The file's bytes from ``start``, within one tensor (as ``LazyState`` reads), a MiB at a time."""
+        index = bisect.bisect_right(self._starts, start) - 1
+        entry, offset = self.header.entries[index], start - self._starts[index]
+        for at in range(0, len(buffer), 1 << 20):
+            want = min(1 << 20, len(buffer) - at)
+            data = self._source.read(entry, offset + at, want)
+            if len(data) != want:
+                raise IntegrityError(f"tensor {entry.name} gave {len(data)} bytes where {want} were expected: its "
+                                     "file changed while it was read")
+            buffer[at:at + want] = data
 
 
 def spec_of(state: Mapping[str, torch.Tensor], name: str) -> TensorSpec | None:
@@ -198,3 +253,36 @@ def computed_source(layout: Sequence[TensorSpec], compute: Callable[[str], torch
         return data[offset:offset + size]
 
     return Source(header, read)
+
+
+def streamed_source(layout: Sequence[TensorSpec], parts: Callable[[str], Iterable[bytes | memoryview]]) -> Source:
+    """The canonical file of tensors of ``layout``, each tensor's bytes given by ``parts(name)`` as the file is read
+    in order (as ``storage.pieces`` reads it): nothing is computed ahead, and nothing held but the part being read
+    (a reader may keep the parts it was given). A read out of that order starts the tensor's parts again. A tensor
+    whose parts add up to more or fewer bytes than its spec's is an ``IntegrityError``."""
+    # the tensor being read, its parts, and where
+    name, at, part = "", 0, memoryview(b"")
+    given: Iterator[bytes | memoryview] = iter(())
+
+    def read(entry: Entry, offset: int, size: int) -> memoryview:
+        nonlocal name, given, at, part
+        if name != entry.name or offset < at:
+            name, given, at, part = entry.name, iter(parts(entry.name)), 0, memoryview(b"")
+        taken: list[memoryview] = []
+        position, end = offset, offset + size
+        while position < end:
+            if position >= at + len(part):
+                at += len(part)
+                following = next(given, None)
+                if following is None:
+                    raise IntegrityError(f"tensor {entry.name} was computed as {at} bytes, not {entry.nbytes}")
+                part = memoryview(following).cast("B")
+                continue
+            stop = min(len(part), end - at)
+            taken.append(part[position - at:stop])
+            position = at + stop
+        if end == entry.nbytes and (at + len(part) != end or next(given, None) is not None):
+            raise IntegrityError(f"tensor {entry.name} was computed as more than its {entry.nbytes} bytes")
+        return taken[0] if len(taken) == 1 else memoryview(b"".join(taken))
+
+    return Source(canonical(layout), read)
