@@ -179,6 +179,18 @@ class RoundsConfig:
 
 
 @dataclass(frozen=True)
+class TensorsConfig:
+    """How the node works on weights."""
+
+    preload: bool = setting(
+        True,
+        "Load torch and the merge kernel in the background as the node starts (about 2 s of one core, and 300 MB "
+        "of memory held from then on), so that the first merge, diff or round after a start does not wait for "
+        "them; `node.status` shows when they are loaded. Off: they are loaded by the first operation that needs "
+        "them (commits, checkouts and syncing never do).")
+
+
+@dataclass(frozen=True)
 class IpfsConfig:
     """Pinning payloads on the user's own Kubo (IPFS) node, besides the node's built-in Bitswap."""
 
@@ -244,6 +256,7 @@ class NodeConfig:
     log: LogConfig = field(default_factory=LogConfig)
     p2p: P2PConfig = field(default_factory=P2PConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    tensors: TensorsConfig = field(default_factory=TensorsConfig)
     ipfs: IpfsConfig = field(default_factory=IpfsConfig)
     proofs: ProofsConfig = field(default_factory=ProofsConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)

@@ -74,6 +74,8 @@ class Node:
         self.pinning = KuboPinService(self.repos, KuboPinner(config.ipfs.kubo_api), home.path / "kubo") \
             if config.ipfs.kubo_api else None
         self.p2p: P2PService | None = None  # set while the libp2p host runs
+        #: Whether torch and the merge kernel are loaded ahead of need (``_preload``).
+        self._tensors: dict[str, Any] = {"preload": "loading" if config.tensors.preload else "off"}
         self.rounds = RoundService(self.repos, self.identity, memory=self.round_memory, on_change=self._changed,
                                    aggregate=config.rounds.aggregate)
         self.proofs = ProofService(self.repos, self.identity, home.path / "proofs" / "verified",
@@ -100,6 +102,19 @@ class Node:
                                   development_srs=home.path / "proofs" / "development-srs")
         self.registry = build_registry(self.context)
 
+    async def _preload(self) -> None:
+        """Load torch and the merge kernel on a thread (``tensors.preload``); a failure only means they are loaded
+        when first needed, as without it."""
+        began = trio.current_time()
+        try:
+            await trio.to_thread.run_sync(_warm_up, abandon_on_cancel=True)
+        except Exception as exc:  # an import or the kernel failing here fails again, with its error, where needed
+            log.warning("torch and the merge kernel did not preload: %s", exc)
+            self._tensors = {"preload": "failed"}
+            return
+        self._tensors = {"preload": "loaded", "seconds": round(trio.current_time() - began, 2)}
+        log.info("torch and the merge kernel loaded in %.1f s", self._tensors["seconds"])
+
     def _changed(self) -> None:
         if self.pinning is not None:
             self.pinning.wake()
@@ -111,6 +126,7 @@ class Node:
         if self.api is not None:
             status["api"] = self.api.status()
         status["rounds"] = self.rounds.status()
+        status["tensors"] = dict(self._tensors)
         status["proofs"] = self.proofs.status()
         status["chain"] = self.anchoring.status() if self.anchoring is not None else {"cluster": ""}
         if self.ownership is not None:
@@ -197,6 +213,8 @@ class Node:
                 self.home.write_api_file(url, token)
                 log.info("flair-node %s serving %s (home %s)", self.identity.public_key, url, self.home.path)
                 task_status.started(url)
+                if self.config.tensors.preload:
+                    nursery.start_soon(self._preload)
         finally:
             self.p2p = None
             self.api = None
@@ -204,6 +222,12 @@ class Node:
 
     def close(self) -> None:
         self._lock.close()
+
+
+def _warm_up() -> None:
+    from ..tensors.fixedpoint import warm_up  # imports torch: on the thread that runs this
+
+    warm_up()
 
 
 async def run_until_signalled(node: Node) -> None:

@@ -258,3 +258,12 @@ def _same(x: Ranges, b: Ranges, buffers: Sequence[torch.Tensor], part: int) -> b
             return False
     return True
 
+
+def warm_up() -> None:
+    """Load what a process's first merge would otherwise load while its user waits (about 2 s on this machine's
+    cores, ``docs/benchmarks.md``): torch (imported with this module), and the fused kernel, whose compiled code
+    numba reads from its cache and whose threads it starts at the first call, by merging a few values of each
+    dtype it takes."""
+    for dtype in (torch.float32, torch.float64):
+        base = torch.zeros(8, dtype=dtype)
+        weighted_sum_fixed(base, [base + 1, base], [1 << (WEIGHT_BITS - 1)] * 2)

@@ -33,18 +33,20 @@ DEFAULT_BRANCH = "main"
 
 def configure(home: Path, bootstrap: Sequence[str] = (), *, sync_interval: float = 1.0,
               aggregate: bool = True, chain: str = "", registry: str = "", listen: str = "",
-              relay_service: bool = False, dht: str = "") -> Path:
+              relay_service: bool = False, dht: str = "", preload: bool = False) -> Path:
     """Give ``home`` an identity and a config that dials ``bootstrap`` and catches up every ``sync_interval``
     seconds; ``aggregate = False`` keeps its round service from merging; ``chain`` is the Solana cluster it
     anchors its merges on (none by default), ``registry`` the flair_registry program's address there; ``listen``
     its libp2p listen address (default: a free port on 127.0.0.1), ``relay_service`` whether it relays for
-    others, ``dht`` its DHT mode (default: auto). Returns ``home``."""
+    others, ``dht`` its DHT mode (default: auto), ``preload`` whether it loads torch and the merge kernel as it
+    starts (off by default here: each daemon of a test would spend a core's 2 s on it). Returns ``home``."""
     ensure_home(home)
     peers = ", ".join(json.dumps(a) for a in bootstrap)
     p2p = (f"listen = {json.dumps(listen)}\n" if listen else "") + ("relay_service = true\n" if relay_service else "") \
         + (f"dht = {json.dumps(dht)}\n" if dht else "")
     (home / "config.toml").write_text(f"[p2p]\nbootstrap = [{peers}]\nsync_interval = {sync_interval}\n{p2p}\n"
                                       f"[rounds]\naggregate = {'true' if aggregate else 'false'}\n"
+                                      f"[tensors]\npreload = {'true' if preload else 'false'}\n"
                                       + (f"\n[chain]\ncluster = {json.dumps(chain)}\n" if chain else "")
                                       + (f"registry = {json.dumps(registry)}\n" if registry else ""))
     return home

@@ -31,11 +31,16 @@ def write_model(path, seed: int, base=None, changed: int = TENSORS) -> dict[str,
 
 
 @contextlib.contextmanager
-def daemon(tmp_path) -> Iterator[DaemonProcess]:
-    """One daemon with no peers, its client waiting long enough for a 128 MB model."""
-    configure(tmp_path / "home", [], sync_interval=600.0)
+def daemon(tmp_path, *, preload: bool = False) -> Iterator[DaemonProcess]:
+    """One daemon with no peers, its client waiting long enough for a 128 MB model; with ``preload``, once it has
+    loaded torch and the merge kernel."""
+    configure(tmp_path / "home", [], sync_interval=600.0, preload=preload)
     with running_daemon(tmp_path / "home", timeout=60) as node:
         node.client.timeout = 300
+        if preload:
+            wait_until(lambda: node.client.call("node.status")["tensors"]["preload"] == "loaded",
+                       "torch and the merge kernel preloaded", 60)
+            assert maps_torch(node.pid) and node.client.call("node.status")["tensors"]["seconds"] > 0
         yield node
 
 
@@ -63,7 +68,7 @@ def test_a_model_streams_through_a_daemon_in_bounded_memory_and_comes_back_bit_f
             peaks[what] = peak_mb(node.pid) - idle
         # A copy of the model anywhere in the daemon would show here: it holds a few 512 KiB pieces at a time
         assert all(peak < MODEL_MB / 4 for peak in peaks.values()), peaks
-        assert not maps_torch(node.pid)  # bytes in, bytes out: no tensor was ever built
+        assert not maps_torch(node.pid)  # bytes in, bytes out: no tensor was ever built (nor torch preloaded)
         log = node.client.call("repo.log", repo="big", limit=10)["commits"]
         assert [c["payload"]["codec"] for c in log] == ["snapshot-v1"] * 3
         assert log[0]["payload"]["cid"] == log[1]["payload"]["cid"]  # four shards of it are the same weights
@@ -72,21 +77,13 @@ def test_a_model_streams_through_a_daemon_in_bounded_memory_and_comes_back_bit_f
     assert sorted(back) == sorted(first) and all(torch.equal(back[k], first[k]) for k in first)
 
 
-def test_merges_reverts_and_diffs_hold_a_tensor_at_a_time_not_the_model(tmp_path):
+def test_merges_and_reverts_hold_pieces_and_diffs_a_tensor_at_a_time_not_the_model(tmp_path):
     base = write_model(tmp_path / "base.safetensors", 0)
     write_model(tmp_path / "main.safetensors", 1, base=base, changed=TENSORS // 2)
     write_model(tmp_path / "side.safetensors", 2, base=base)
-    tiny = tmp_path / "tiny.safetensors"
-    save_file({"w": torch.zeros(4)}, str(tiny))
-    with daemon(tmp_path) as node:
+    # torch and the merge kernel loaded as the node started: what follows is measured from there
+    with daemon(tmp_path, preload=True) as node:
         call = node.client.call
-        # torch and the merge kernel loaded first, on a tiny repository: what follows is measured from there
-        call("repo.init", name="tiny", model_path=str(tiny))
-        call("repo.branch", repo="tiny", name="side", at="main")
-        save_file({"w": torch.ones(4)}, str(tiny))
-        call("repo.commit", repo="tiny", weights_path=str(tiny), message="ones", branch="side")
-        call("repo.commit", repo="tiny", weights_path=str(tiny), message="ones", branch="main")
-        call("repo.merge", repo="tiny", sources=["side"], into="main", strategy="mean")
         call("repo.init", name="big", model_path=str(tmp_path / "base.safetensors"))
         call("repo.branch", repo="big", name="side", at="main")
         call("repo.commit", repo="big", weights_path=str(tmp_path / "main.safetensors"), message="m", branch="main")

@@ -55,7 +55,7 @@ def test_overridden_value_is_checked():
     ("[api\n", "not valid TOML"),
     ("[api]\nport = true", "config: api.port must be an integer from 0 to 65535"),
     ("[api]\nmax_request_bytes = 512", "api.max_request_bytes"),
-    ("api = 1", r"unknown section \[api\] \(known: api, log, p2p, rounds, ipfs, proofs, chain\)"),
+    ("api = 1", r"unknown section \[api\] \(known: api, log, p2p, rounds, tensors, ipfs, proofs, chain\)"),
     ('[p2p]\nbootstrap = "/ip4/1.2.3.4/tcp/1/p2p/Qm"', "p2p.bootstrap"),
     ('[p2p]\nbootstrap = ["/ip4/1.2.3.4/tcp/1"]', "p2p.bootstrap"),
     ("[p2p]\nsync_interval = 0.01", "p2p.sync_interval"),
