@@ -85,14 +85,17 @@ def to_fixed_within(x: torch.Tensor, scale_bits: int, limit: int, name: str) -> 
 
 def weighted_sum_fixed(base: torch.Tensor, inputs: Sequence[torch.Tensor], weights: Sequence[int], *,
                        scale_bits: int = DEFAULT_SCALE_BITS, weight_bits: int = WEIGHT_BITS,
-                       out: torch.Tensor | None = None, name: str = "tensor") -> torch.Tensor:
+                       out: torch.Tensor | None = None, name: str = "tensor",
+                       wide: Sequence[torch.Tensor] = ()) -> torch.Tensor:
     """The fixed-point ``base + Σ w_i (x_i − base) / 2^weight_bits`` of 1-D tensors of one dtype.
 
     float32 and float64 go through the fused kernel (``_kernel``: each input read once) when every value is in
     its exact range, and so do bfloat16 and float16, widened to float32 (exactly) a chunk at a time and the
     result narrowed back; other dtypes, NaNs (refused there) and huge values go through int64 torch arithmetic
     chunk by chunk. Both compute the same integers, so the bytes never depend on the path: the int64 path
-    narrows float64 to a half type through float32, as torch does (``_half_through_float32``).
+    narrows float64 to a half type through float32, as torch does (``_half_through_float32``). ``wide``, if
+    given, is where a half type is widened: float32 buffers of ``HALF_CHUNK`` values (or of ``base``'s, if fewer),
+    one for the result, the base and each input with a nonzero weight.
     """
     if out is None:
         out = torch.empty_like(base)
@@ -107,7 +110,7 @@ def weighted_sum_fixed(base: torch.Tensor, inputs: Sequence[torch.Tensor], weigh
                        out.numpy()):
             return out
     if base.dtype in (torch.bfloat16, torch.float16) and taking and \
-            _half_through_float32(base, taking, scale, weight_bits, out):
+            _half_through_float32(base, taking, scale, weight_bits, out, wide):
         return out
     for start in range(0, base.numel(), CHUNK):
         stop = min(base.numel(), start + CHUNK)
@@ -116,7 +119,7 @@ def weighted_sum_fixed(base: torch.Tensor, inputs: Sequence[torch.Tensor], weigh
 
 
 def _half_through_float32(base: torch.Tensor, taking: Sequence[tuple[torch.Tensor, int]], scale_bits: int,
-                          weight_bits: int, out: torch.Tensor) -> bool:
+                          weight_bits: int, out: torch.Tensor, wide: Sequence[torch.Tensor] = ()) -> bool:
     """The fused kernel on bfloat16 or float16 tensors, ``HALF_CHUNK`` values at a time: each input widened to
     float32 (exact), the kernel's float32 result narrowed to ``out``'s dtype. That is the bytes of the int64 path,
     whose float64 result torch narrows through float32 (round to nearest even twice, as here: checked in
@@ -126,13 +129,16 @@ def _half_through_float32(base: torch.Tensor, taking: Sequence[tuple[torch.Tenso
     bfloat16: by the int64 path, a merge of two 2 GB bfloat16 branches ran at 97 MB/s of inputs."""
     from ._kernel import fused_merge
 
-    wide = torch.empty(min(HALF_CHUNK, base.numel()), dtype=torch.float32)
+    n = min(HALF_CHUNK, base.numel())
+    buffers = list(wide) or [torch.empty(n, dtype=torch.float32) for _ in range(2 + len(taking))]
     weights = [w for _, w in taking]
     for start in range(0, base.numel(), HALF_CHUNK):
         stop = min(base.numel(), start + HALF_CHUNK)
-        result = wide[: stop - start]
-        if not fused_merge(base[start:stop].float().numpy(), [x[start:stop].float().numpy() for x, _ in taking],
-                           weights, scale_bits, weight_bits, result.numpy()):
+        result, *widened = (buffer[: stop - start] for buffer in buffers)
+        for buffer, tensor in zip(widened, [base, *(x for x, _ in taking)], strict=True):
+            buffer.copy_(tensor[start:stop])
+        if not fused_merge(widened[0].numpy(), [x.numpy() for x in widened[1:]], weights, scale_bits, weight_bits,
+                           result.numpy()):
             return False
         out[start:stop] = result
         if base.dtype == torch.float16 and not bool(torch.isfinite(out[start:stop]).all()):
@@ -233,6 +239,9 @@ def combine_parts(name: str, b: Ranges, xs: Sequence[Ranges], weights: Sequence[
     dtype = TORCH_DTYPES[b.spec.dtype]
     taking = [(x, w) for x, w in zip(xs, weights, strict=True) if w != 0]
     buffers += [torch.empty(part, dtype=torch.uint8) for _ in range(len(taking) - 1)]
+    count = min(part // dtype.itemsize, HALF_CHUNK)  # a half type's values, widened: once, not at every part
+    wide = [torch.empty(count, dtype=torch.float32) for _ in range(2 + len(taking))] \
+        if dtype in (torch.bfloat16, torch.float16) else []
     for at in range(0, b.nbytes, part):
         n = min(part, b.nbytes - at)
         values = []
@@ -241,7 +250,7 @@ def combine_parts(name: str, b: Ranges, xs: Sequence[Ranges], weights: Sequence[
             values.append(buffer[:n].view(dtype))
         out = torch.empty(n, dtype=torch.uint8)  # its own: the writer holds the part until it is sealed
         weighted_sum_fixed(values[0], values[1:], [w for _, w in taking], scale_bits=scale_bits,
-                           weight_bits=weight_bits, out=out.view(dtype), name=name)
+                           weight_bits=weight_bits, out=out.view(dtype), name=name, wide=wide)
         yield out.numpy().data
 
 
