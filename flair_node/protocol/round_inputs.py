@@ -7,13 +7,13 @@ head, so every member finds the same; ``rounds`` keeps each answer, by the hashe
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..core.errors import MergeError
-from ..core.objects import TensorSpec
 from ..storage import adapters
 from ..storage.repo import Repository
+from ..tensors.lazy import Computed
 
 if TYPE_CHECKING:
     import torch
@@ -37,11 +37,12 @@ def taken(repo: Repository, current: RoundView, head: Mapping[str, torch.Tensor]
     return Moved(repo.weights(c.base), head, state)
 
 
-class Moved(Mapping[str, "torch.Tensor"]):
+class Moved(Computed):
     """``head + (x − base)`` in the merge arithmetic, computed for each tensor when it is asked for."""
 
     def __init__(self, base: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor],
                  state: Mapping[str, torch.Tensor]) -> None:
+        super().__init__(state)
         self.base, self.head, self.state = base, head, state
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -57,20 +58,6 @@ class Moved(Mapping[str, "torch.Tensor"]):
                              tensor=name)
         whole = 1 << WEIGHT_BITS
         return combine_tensor(name, self.base[name], [self.head[name], x], [whole, whole])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.state)
-
-    def __len__(self) -> int:
-        return len(self.state)
-
-    def __contains__(self, name: object) -> bool:  # Mapping's own would compute the tensor to find out
-        return name in self.state
-
-    def spec(self, name: str) -> TensorSpec | None:
-        from ..tensors.safetensors_io import spec_of
-
-        return spec_of(self.state, name)
 
 
 def unusable(repo: Repository, head: Mapping[str, torch.Tensor], taken: Mapping[str, torch.Tensor]) -> str | None:

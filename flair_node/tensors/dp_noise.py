@@ -19,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
 from ..core.errors import InvalidInput
-from ..core.objects import TensorSpec
+from .lazy import Computed
 from .safetensors_io import spec_of
 
 Weights = Mapping[str, torch.Tensor]
@@ -58,12 +58,13 @@ def clip_and_noise(base: Weights, trained: Weights, clip: float, std: float, *,
     return Clipped(base, trained, scale, std, seed if seed is not None else os.urandom(16)), norm
 
 
-class Clipped(Mapping[str, torch.Tensor]):
+class Clipped(Computed):
     """``base`` plus ``scale`` times the update to ``trained``, plus noise of standard deviation ``std`` (seeded by
     ``seed`` and the tensor's name), on every floating tensor; the base's own on the others. Each tensor is
     computed when asked for, and none is kept."""
 
     def __init__(self, base: Weights, trained: Weights, scale: float, std: float, seed: bytes) -> None:
+        super().__init__(trained)
         self._base, self._trained, self._scale, self._std, self._seed = base, trained, scale, std, seed
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -76,21 +77,6 @@ class Clipped(Mapping[str, torch.Tensor]):
             rng = np.random.Generator(np.random.PCG64(int.from_bytes(key, "big")))
             change += torch.from_numpy(np.asarray(rng.normal(0.0, self._std, size=tuple(tensor.shape))))
         return (start.double() + change).to(tensor.dtype)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._trained)
-
-    def __len__(self) -> int:
-        return len(self._trained)
-
-    def __contains__(self, name: object) -> bool:  # Mapping's own would compute the tensor to find out
-        return name in self._trained
-
-    def spec(self, name: str) -> TensorSpec:
-        spec = spec_of(self._trained, name)
-        if spec is None:
-            raise KeyError(name)
-        return spec
 
 
 def _check_layout(base: Weights, trained: Weights) -> None:
