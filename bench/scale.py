@@ -22,8 +22,8 @@ the size of GPT-2 small) and, unless ``--skip-large``, a bfloat16 model of ``--l
 
 Around each, the daemon's peak resident set is reset and read back (``/proc/<pid>/clear_refs``, ``VmHWM``):
 ``peak_rss_above_idle_mb`` is the largest peak over what the daemon held idle, once started and before its first
-operation (``idle_rss_mb``: each daemon runs as by default, loading torch and the merge kernel as it starts, about
-300 MB of it, and is measured once it has); ``rest_rss_above_idle_mb`` is
+operation (``idle_rss_mb``: each daemon runs as a node that merges does, loading torch and the merge kernel as it
+starts, ``tensors.preload``, about 300 MB of it, and is measured once it has); ``rest_rss_above_idle_mb`` is
 what the restarted daemon still holds above its idle after its checkout, branch, commit and merge. In the same
 run, this machine's own ceilings on one core: SHA-256 of a 256 MiB buffer (``sha256_mb_s``), its sealing in pieces
 as weights are sealed (``encrypt_mb_s``: ``crypto.PieceCipher``, HMAC-SHA256 and AES-256-GCM), its
@@ -139,7 +139,8 @@ class Meter:
 
 @contextlib.contextmanager
 def daemon(home: Path, boot: tuple[str, ...] = ()) -> Iterator[DaemonProcess]:
-    """A daemon as a user runs it (torch and the merge kernel preloaded, its default), once it has loaded them."""
+    """A daemon as a node that merges runs (``tensors.preload``: torch and the merge kernel loaded as it starts),
+    once it has loaded them."""
     configure(home, list(boot), sync_interval=600.0, preload=True)  # no catch-up pass amid a measurement
     with running_daemon(home, timeout=120) as node:
         node.client.timeout = TIMEOUT

@@ -183,11 +183,12 @@ class TensorsConfig:
     """How the node works on weights."""
 
     preload: bool = setting(
-        True,
+        False,
         "Load torch and the merge kernel in the background as the node starts (about 2 s of one core, and 300 MB "
         "of memory held from then on), so that the first merge, diff or round after a start does not wait for "
-        "them; `node.status` shows when they are loaded. Off: they are loaded by the first operation that needs "
-        "them (commits, checkouts and syncing never do).")
+        "them; `node.status` shows when they are loaded. For a node that merges or aggregates. Off: an idle node "
+        "holds about 90 MB, and they are loaded by the first operation that needs them (commits, checkouts and "
+        "syncing never do).")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def configure(home: Path, bootstrap: Sequence[str] = (), *, sync_interval: float
     anchors its merges on (none by default), ``registry`` the flair_registry program's address there; ``listen``
     its libp2p listen address (default: a free port on 127.0.0.1), ``relay_service`` whether it relays for
     others, ``dht`` its DHT mode (default: auto), ``preload`` whether it loads torch and the merge kernel as it
-    starts (off by default here: each daemon of a test would spend a core's 2 s on it). Returns ``home``."""
+    starts (``tensors.preload``). Returns ``home``."""
     ensure_home(home)
     peers = ", ".join(json.dumps(a) for a in bootstrap)
     p2p = (f"listen = {json.dumps(listen)}\n" if listen else "") + ("relay_service = true\n" if relay_service else "") \
