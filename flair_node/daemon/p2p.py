@@ -536,7 +536,8 @@ class P2PService:
                 try:
                     peer_id = peer_from_text(peer)
                     source = sync.PeerSource(self.host, peer_id, self.exchange, self.repos.identity,
-                                             holders=partial(self.links.holders, repo, peer_id))
+                                             holders=partial(self.links.holders, repo, peer_id),
+                                             connect=self.links.connect)
                     result = await sync.pull(self.repos, repo, source, memory=self.memory)
                     self._refused_merges(repo, result.refused_merges)
                     await self._join(repo)

@@ -1,15 +1,23 @@
 """The peers a pull works with beyond the one it pulls from: which to ask for its payloads, and which to dial
-again after a pull failed in transport.
+again: a holder no longer connected, and a peer after a pull from it failed in transport.
 
 - Payloads (``holders``): the peer pulled from and the other connected members, ``MAX_HOLDERS`` in all, those
   connected directly before those reached only through a relay (``payload_order``): a relay bounds its
   circuits' bytes and time, and carries everyone's traffic. ``BlockExchange.fetch_from_any`` asks them in turn,
   so a cut link or a peer lacking the blocks costs a fetch no more than moving to the next.
+- Holders no longer connected (``connect``): one whose connection closed while a fetch waited for it (a link
+  back from a cut, or the peer closing a connection it judged stale), or the peer pulled from once its connection
+  closed, is dialled again before the fetch asks it: py-libp2p's own dial, which opening a stream to a peer not
+  connected makes, skips relayed addresses, and a peer behind NAT has no other.
 - Dropped peers (``drop``, ``redial``): a pull that fails in transport closes its peer's connections (a
   connection a cut link left behind can stay registered yet open no stream, and py-libp2p notices nothing). The
   peer is dialled again at each catch-up pass for ``REDIAL_FOR`` seconds, at the addresses this node knew for it
   (``MAX_PROVIDER_ADDRS`` at most), so a partition heals as soon as its link returns, not at the next lookup.
   At most ``MAX_REDIAL`` peers are remembered; each is isolated, and forgotten once connected.
+
+Each dial goes to the addresses this node knows for the peer (its peer store's, then those discovery found it at),
+a relayed one through its relay (``dial``: ``network.relay.Relays.connect``), one after the other
+(``discovery_service.dial_found``).
 """
 
 from __future__ import annotations
@@ -44,19 +52,37 @@ class PeerLinks:
         #: Peers dropped after a failed pull: their addresses, and until when to dial them again (trio clock).
         self._redial: OrderedDict[str, tuple[tuple[str, ...], float]] = OrderedDict()
         self._redialling = False
+        self._connecting: dict[Peer, trio.Event] = {}  # peers ``connect`` dials now: set once each dial ends
 
     def holders(self, repo: RepoId, peer: Peer) -> list[Peer]:
         """The peers to ask for a payload of ``repo`` while pulling it from ``peer``, in turn."""
         others = [p for p in self.host.get_connected_peers() if p != peer and self.member(repo, str(p))]
         return payload_order(peer, others, self.relayed_only)
 
+    async def connect(self, peer: Peer) -> bool:
+        """Dial ``peer`` unless this node is connected to it (``BlockExchange.Connect``); whether it is now. One
+        dial per peer at a time: a caller while one runs waits for it."""
+        if peer in self.host.get_connected_peers():
+            return True
+        dialling = self._connecting.get(peer)
+        if dialling is not None:
+            await dialling.wait()
+        else:
+            dialling = self._connecting[peer] = trio.Event()
+            try:
+                if addresses := self._addresses(peer):
+                    await dial_found(self.dial, Found(str(peer), addresses))
+            except Exception as exc:  # this node's trouble, not the peer's: the fetch asks the next one
+                log.warning("dialling %s again failed: %r", peer, exc)
+            finally:
+                del self._connecting[peer]
+                dialling.set()
+        return peer in self.host.get_connected_peers()
+
     async def drop(self, peer: str) -> None:
         """Close the connections to ``peer``, whose pull failed in transport, and dial it again from now on."""
-        addresses = (*peer_addrs(self.host, peer_from_text(peer)), *self.known(peer))
-        if addresses:
-            # as many as a provider record keeps: a peerstore can hold many more, each costing a dial's timeout
-            self._redial[peer] = (tuple(dict.fromkeys(addresses))[:MAX_PROVIDER_ADDRS],
-                                  trio.current_time() + REDIAL_FOR)
+        if addresses := self._addresses(peer_from_text(peer)):
+            self._redial[peer] = (addresses, trio.current_time() + REDIAL_FOR)
             self._redial.move_to_end(peer)
             while len(self._redial) > MAX_REDIAL:
                 self._redial.popitem(last=False)
@@ -85,6 +111,12 @@ class PeerLinks:
             log.warning("dialling dropped peers again failed: %r", exc)
         finally:
             self._redialling = False
+
+    def _addresses(self, peer: Peer) -> tuple[str, ...]:
+        """The addresses to dial ``peer`` at: its peer store's, then those discovery found it at; as many as a
+        provider record keeps (a peer store can hold many more, each costing a dial's timeout)."""
+        known = (*peer_addrs(self.host, peer), *self.known(str(peer)))
+        return tuple(dict.fromkeys(known))[:MAX_PROVIDER_ADDRS]
 
 
 def payload_order(peer: Peer, others: list[Peer], relayed_only: Callable[[Peer], bool]) -> list[Peer]:

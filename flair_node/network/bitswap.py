@@ -9,7 +9,9 @@ and the block, checked against its CID, serves every fetch waiting, whichever pe
 commit from two peers download it once). A fetch that ends without a block it asked for hands the want to the
 next fetch waiting, which asks its own peer. ``fetch_from_any`` asks several peers that hold a DAG in turn: when
 one lacks a block, sends nothing for ``STALL_BEFORE_NEXT`` seconds or is no longer connected, the next is asked
-for what is still missing; what arrived is kept.
+for what is still missing; what arrived is kept. A peer it must ask that is no longer connected is dialled
+through its caller's ``Connect`` (py-libp2p's own dial, which a new stream makes, skips relayed addresses: a peer
+behind NAT has no other).
 
 Nothing a peer sends is trusted. A block's CID is recomputed from its bytes; a block is kept only if this node
 asked that peer for exactly that CID, and only within what its DAG declares (``storage.unixfs.Bounds``: sizes,
@@ -32,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,9 +68,20 @@ MAX_TRIED = 8  # peers one ``fetch_from_any`` asks at most
 RESEND_AFTER = 10.0  # s of silence after which a fetch sends its peer its wants again, once
 
 
+#: Dials a peer this node is not connected to, by whatever reaches it (a relayed address through its relay:
+#: ``daemon.peer_links.PeerLinks.connect``); whether it is connected now. Raises nothing for a peer out of reach.
+Connect = Callable[[Peer], Awaitable[bool]]
+
+
 class Stalled(RemoteError):
     """A peer left for ``STALL_BEFORE_NEXT`` seconds of silence because another was there to ask (not for a
     failure of its own): ``fetch_from_any`` asks it again when no one else is left."""
+
+
+class CutOff(RemoteError):
+    """A peer whose connections closed while a fetch waited for its blocks (its link, this node's liveness checks or
+    the peer itself closed them; not a failure of what it sent): ``fetch_from_any`` asks it again, dialled again
+    first, when no one else is left."""
 
 
 @dataclass
@@ -220,41 +233,60 @@ class BlockExchange:
         return stored[0]
 
     async def fetch_from_any(self, root: Cid, peers: Callable[[], Sequence[Peer]], *, max_size: int,
-                             block_timeout: float = 30.0, window: int = 128) -> int:
-        """``fetch_dag`` from the peers ``peers()`` names, in its order, each at most once (``MAX_TRIED`` in all)
-        but for one left for its silence alone (``Stalled``), which is asked once more when no one else is left:
-        when one fails (lacks a block, stalls, is cut off or banned), the next is asked for what is still missing,
-        the blocks that came meanwhile kept. ``peers()`` is asked again after each failure and, while a peer is
-        silent, each second: a peer is left after ``STALL_BEFORE_NEXT`` seconds of silence while another is
-        there to ask, after ``block_timeout`` otherwise. Returns how many blocks came in all. Raises
-        ``RemoteError`` naming each peer's failure if none delivers the rest, and ``IntegrityError`` at once: a
-        DAG that breaks its bounds breaks them whoever sends it (its blocks are what its root names)."""
-        stored, failures, tried, stalled = [0], list[str](), set[Peer](), list[Peer]()
+                             block_timeout: float = 30.0, window: int = 128, connect: Connect | None = None) -> int:
+        """``fetch_dag`` from the peers ``peers()`` names, in its order but those this node is connected to first
+        (a dial costs seconds), each at most once (``MAX_TRIED`` in all) but for one left for its silence alone
+        (``Stalled``) or cut off (``CutOff``), which is asked once more when no one else is left (the one left
+        last first): when one fails (lacks a block, stalls, is cut off or banned), the next is asked for what is
+        still missing, the blocks that came meanwhile kept. A peer to ask that this node is not connected to (the
+        one pulled from, whose connection closed, or one cut off, which ``peers()`` no longer names) is dialled
+        first with ``connect``, within ``block_timeout``; without ``connect`` a peer ``peers()`` no longer names
+        is not asked again. ``peers()`` is asked again after each failure and, while a peer is silent, each
+        second: a peer is left after ``STALL_BEFORE_NEXT`` seconds of silence while another is there to ask,
+        after ``block_timeout`` otherwise. Returns how many blocks came in all. Raises ``RemoteError`` naming
+        each peer's failure if none delivers the rest, and ``IntegrityError`` at once: a DAG that breaks its
+        bounds breaks them whoever sends it (its blocks are what its root names)."""
+        stored, failures, tried = [0], list[str](), set[Peer]()
+        left, retried = list[Peer](), set[Peer]()  # left for their silence or cut off; those asked again
 
         def untried() -> list[Peer]:
             return [p for p in peers() if p not in tried] if len(tried) < MAX_TRIED else []
 
         def next_peer() -> Peer | None:
-            """The next peer not asked yet; else one left for its silence while others were there to ask, asked
-            once more with the whole ``block_timeout`` (a link back from a cut can stay silent for longer than
-            ``STALL_BEFORE_NEXT``, TCP's retransmissions backing off)."""
-            if left := untried():
-                tried.add(left[0])
-                return left[0]
-            again = [p for p in stalled if p in peers()]
-            if again:
-                stalled.remove(again[0])
-                return again[0]
-            return None
+            """The next peer not asked yet; else one left while others were there to ask (a link back from a cut
+            can stay silent for longer than ``STALL_BEFORE_NEXT``, TCP's retransmissions backing off) or whose
+            connection closed (a link back, or a peer that closed a connection it judged stale, answers on a new
+            one), asked once more with the whole ``block_timeout``; connected peers before those to dial."""
+            named, connected = list(peers()), set(self.host.get_connected_peers())
+            fresh = [p for p in named if p not in tried] if len(tried) < MAX_TRIED else []
+            again = [p for p in reversed(left) if p in named or (connect is not None and p not in connected)]
+            ready = sorted([*fresh, *again], key=lambda p: p not in connected)  # sorted is stable
+            if not ready:
+                return None
+            if ready[0] in left:
+                left.remove(ready[0])
+                retried.add(ready[0])
+            else:
+                tried.add(ready[0])
+            return ready[0]
 
         while (peer := next_peer()) is not None:
+            if connect is not None and peer not in self.host.get_connected_peers() \
+                    and not self.penalties.banned(peer):
+                reached = False
+                with trio.move_on_after(block_timeout):
+                    reached = await connect(peer)
+                if not reached:
+                    failures.append(f"peer {peer} is not connected, and dialling it again failed")
+                    log.info("fetching %s: %s", root, failures[-1])
+                    continue
             try:
                 await self._fetch_dag(root, peer, max_size, block_timeout, window, stored,
                                       leave_after=(STALL_BEFORE_NEXT, lambda: bool(untried())))
                 return stored[0]
             except RemoteError as exc:
-                if isinstance(exc, Stalled):  # left while silent: asked again when no one else is left
-                    stalled.append(peer)
+                if isinstance(exc, Stalled | CutOff) and peer not in retried:  # asked again when no one else is left
+                    left.append(peer)
                 failures.append(str(exc))
                 log.info("fetching %s: %s", root, exc)
         if len(failures) == 1:
@@ -371,9 +403,10 @@ class BlockExchange:
                         leave_after: tuple[float, Callable[[], bool]] | None) -> list[tuple[ParsedCid, Any]]:
         """The next blocks (or refusals) for ``fetch``: at least one, and whatever else has arrived with it.
         ``RemoteError`` if none comes within ``block_timeout`` seconds (``leave_after``'s, while it says another
-        peer could be asked), or the peer's connections close meanwhile (its wants are gone with them: a cut
-        link, or liveness closing a silent one). After ``RESEND_AFTER`` seconds of silence the wants are sent
-        again, once: a peer may have lost them with a stream (a relayed connection closing after a hole punch)."""
+        peer could be asked); ``CutOff`` if the peer's connections close meanwhile (its wants are gone with them: a
+        cut link, liveness closing a silent one, or the peer closing one it judged stale). After ``RESEND_AFTER``
+        seconds of silence the wants are sent again, once: a peer may have lost them with a stream (a relayed
+        connection closing after a hole punch)."""
         since, resent = trio.current_time(), False
         while True:
             with trio.move_on_after(CONNECTED_EVERY):
@@ -398,7 +431,7 @@ class BlockExchange:
                     await self._send(fetch.peer, wire.Message(wants=tuple(wire.Want(c, send_dont_have=True)
                                                                           for c in own)))
             if fetch.peer not in self.host.get_connected_peers():
-                raise RemoteError(f"the connection to peer {fetch.peer} closed while fetching {root}")
+                raise CutOff(f"the connection to peer {fetch.peer} closed while fetching {root}")
         while len(arrivals) < fetch.window:
             try:
                 arrivals.append(fetch.receive.receive_nowait())

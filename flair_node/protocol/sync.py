@@ -44,7 +44,7 @@ from ..core.objects import AnchorClaim, Commit, ProofRecord, RepositoryRecord
 from ..core.refs import BranchMove
 from ..core.round_rules import MAX_SRS_BYTES
 from ..network import rpc
-from ..network.bitswap import BlockExchange
+from ..network.bitswap import BlockExchange, Connect
 from ..network.host import Host, Peer
 from ..storage.clock import now_ms
 from ..storage.members import MAX_CHANGES
@@ -157,12 +157,14 @@ class PeerSource:
     """A member's node over libp2p: records by request and reply, each claiming ``identity``'s membership,
     payloads over Bitswap. ``holders()``, if given, names the peers to ask for payloads, in order (``peer``
     among them or not): blocks are what their CIDs name, so any member holding them will do, and the next is
-    asked for the rest when one fails (``BlockExchange.fetch_from_any``)."""
+    asked for the rest when one fails (``BlockExchange.fetch_from_any``). ``connect``, if given, dials a holder
+    no longer connected before it is asked again (a relayed one through its relay)."""
 
     def __init__(self, host: Host, peer: Peer, exchange: BlockExchange, identity: Identity, *,
-                 holders: Callable[[], Sequence[Peer]] | None = None) -> None:
+                 holders: Callable[[], Sequence[Peer]] | None = None, connect: Connect | None = None) -> None:
         self.host, self.peer, self.exchange, self.identity = host, peer, exchange, identity
         self.holders = holders or (lambda: [peer])
+        self.connect = connect
 
     def _as(self, repo: RepoId) -> dict[str, Any]:
         return claim(self.identity, repo, str(self.host.get_id()), str(self.peer))
@@ -179,7 +181,7 @@ class PeerSource:
         return records
 
     async def blocks(self, cid: Cid, max_size: int) -> None:
-        await self.exchange.fetch_from_any(cid, self.holders, max_size=max_size)
+        await self.exchange.fetch_from_any(cid, self.holders, max_size=max_size, connect=self.connect)
 
 
 @dataclass
