@@ -163,3 +163,28 @@ def test_a_merge_reads_no_piece_of_a_tensor_its_inputs_left_as_they_were(monkeyp
     assert all(torch.equal(alike[k], expected[k]) and torch.equal(compared[k], expected[k]) for k in expected)
     # Four tensors of two pieces no side changed: read once as the result, where comparing reads them thrice more
     assert read_compared - read_alike >= 4 * 2 * 2, (read_alike, read_compared)
+
+
+def test_leaves_alike_under_two_keys_are_compared_byte_for_byte(monkeypatch) -> None:
+    """A leaf crafted to open under two key epochs, to different pieces, could pass for an unchanged range: here
+    every range of every payload claims the same leaves, and a merge across a key rotation still compares bytes."""
+    from flair_node.core.identity import Identity
+    from flair_node.storage import pieces
+    from flair_node.storage.repos import RepoSet
+    from flair_node.tensors.fixedpoint import combine
+
+    owner = Identity.generate()
+    g = torch.Generator().manual_seed(2)
+    first = {f"t{i}": torch.randn(1 << 16, generator=g) for i in range(3)}
+    main = {name: torch.randn(1 << 16, generator=g) for name in first}
+    side = dict(first, t0=torch.randn(1 << 16, generator=g))
+    repo = RepoSet.in_memory(owner).create("rotated", first)
+    repo.create_branch(owner, "side", repo.head("main"))
+    repo.rotate_key(owner)
+    repo.commit_weights(owner, main, message="main, under the new key")
+    repo.commit_weights(owner, side, message="side, under the new key", branch="side")
+    repo.drop_caches()
+    monkeypatch.setattr(pieces.Snapshot, "span", lambda self, start, stop: ((b"the same leaf",), 0, stop - start))
+    merged = repo.materialize(repo.merge(owner, ["side"], "main").id)
+    expected = combine(first, [main, side], [WHOLE // 2, WHOLE // 2])
+    assert all(torch.equal(merged[k], expected[k]) for k in expected)
