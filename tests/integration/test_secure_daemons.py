@@ -165,7 +165,9 @@ def test_three_daemons_prove_what_they_mask_within_the_norm_bound_and_check_each
         examples = {node.key: 100 + 40 * i for i, node in enumerate(cluster.nodes)}
         for i, node in enumerate(cluster.nodes):
             contribute(node, repo, i, examples[node.key], size)
-        merge = cluster.wait_for_merge(repo, start, timeout=240)
+        # about 40 s alone; beside the suite's heaviest tests (the demo, the benchmarks) the three nodes' proofs
+        # took more than 240 s in 2 of 6 full runs on two cores
+        merge = cluster.wait_for_merge(repo, start, timeout=480)
         secure = merge["meta"]["secure"]
         authors = [entry[1] for entry in secure["contributions"]]
         assert sorted(authors) == sorted(examples) and secure["dropped"] == []  # every proof held
