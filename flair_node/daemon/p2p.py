@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -533,8 +533,10 @@ class P2PService:
                 state.again = False
                 self.counts["pulls"] += 1
                 state.error = None
+                stale: list[Any] = []  # the connections this pass begins with: closed if it fails in transport
                 try:
                     peer_id = peer_from_text(peer)
+                    stale = self.links.connections(peer_id)
                     source = sync.PeerSource(self.host, peer_id, self.exchange, self.repos.identity,
                                              holders=partial(self.links.holders, repo, peer_id),
                                              connect=self.links.connect)
@@ -556,7 +558,7 @@ class P2PService:
                     self.counts["pull_failures"] += 1
                     state.error = exc
                     log.info("pulling %s from %s failed: %s", short(repo), peer, exc)
-                    await self._drop(peer)
+                    await self._drop(peer, stale)
                 except FlairError as exc:
                     self.counts["pull_failures"] += 1
                     state.error = exc
@@ -583,10 +585,10 @@ class P2PService:
     def _relayed_only(self, peer: Peer) -> bool:
         return self.reachability is not None and self.reachability.relays.relayed_only(peer)
 
-    async def _drop(self, peer: str) -> None:
-        """Close the connections to ``peer`` after a pull from it failed in transport, and dial it again from now
-        on (``PeerLinks.drop``); its repositories' nodes are looked up again too."""
-        await self.links.drop(peer)
+    async def _drop(self, peer: str, stale: Collection[Any]) -> None:
+        """Close the connections to ``peer`` among ``stale`` after a pull from it failed in transport, and dial it
+        again from now on (``PeerLinks.drop``); its repositories' nodes are looked up again too."""
+        await self.links.drop(peer, stale)
         if self.discovery is not None:
             self.discovery.wake()
 

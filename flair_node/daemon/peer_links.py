@@ -9,8 +9,10 @@ again: a holder no longer connected, and a peer after a pull from it failed in t
   back from a cut, or the peer closing a connection it judged stale), or the peer pulled from once its connection
   closed, is dialled again before the fetch asks it: py-libp2p's own dial, which opening a stream to a peer not
   connected makes, skips relayed addresses, and a peer behind NAT has no other.
-- Dropped peers (``drop``, ``redial``): a pull that fails in transport closes its peer's connections (a
-  connection a cut link left behind can stay registered yet open no stream, and py-libp2p notices nothing). The
+- Dropped peers (``drop``, ``redial``): a pull that fails in transport closes its peer's connections that were
+  open when it began (a connection a cut link left behind can stay registered yet open no stream, and py-libp2p
+  notices nothing); one opened since, a link back or the peer dialling again, stays: a fetch may be running on
+  it (two catch-up pulls failing on a stale connection had cut a clone off its fresh one twice). The
   peer is dialled again at each catch-up pass for ``REDIAL_FOR`` seconds, at the addresses this node knew for it
   (``MAX_PROVIDER_ADDRS`` at most), so a partition heals as soon as its link returns, not at the next lookup.
   At most ``MAX_REDIAL`` peers are remembered; each is isolated, and forgotten once connected.
@@ -24,14 +26,14 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
 
 import trio
 
-from ..core.errors import FlairError
 from ..core.ids import RepoId
 from ..network.discovery import MAX_PROVIDER_ADDRS, Found
-from ..network.host import Host, Peer, map_libp2p_errors, peer_addrs, peer_from_text
+from ..network.host import Host, Peer, close_connections, connections, peer_addrs, peer_from_text
 from .discovery_service import dial_found
 
 log = logging.getLogger(__name__)
@@ -79,18 +81,19 @@ class PeerLinks:
                 dialling.set()
         return peer in self.host.get_connected_peers()
 
-    async def drop(self, peer: str) -> None:
-        """Close the connections to ``peer``, whose pull failed in transport, and dial it again from now on."""
+    def connections(self, peer: Peer) -> list[Any]:
+        """The connections to ``peer`` now: what ``drop`` closes if a pull that begins now fails."""
+        return connections(self.host, peer)
+
+    async def drop(self, peer: str, stale: Collection[Any]) -> None:
+        """Close the connections to ``peer`` among ``stale`` (those a pull from it, which failed in transport,
+        began with), and dial it again from now on."""
         if addresses := self._addresses(peer_from_text(peer)):
             self._redial[peer] = (addresses, trio.current_time() + REDIAL_FOR)
             self._redial.move_to_end(peer)
             while len(self._redial) > MAX_REDIAL:
                 self._redial.popitem(last=False)
-        try:
-            with trio.move_on_after(5), map_libp2p_errors(f"closing the connections to {peer}"):
-                await self.host.disconnect(peer_from_text(peer))
-        except FlairError as exc:
-            log.debug("%s", exc)
+        await close_connections(self.host, peer_from_text(peer), stale)
 
     def redial_due(self) -> bool:
         """Whether peers wait to be dialled again and no pass of ``redial`` runs."""

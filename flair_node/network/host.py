@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol
 
@@ -96,6 +96,8 @@ class Network(Protocol):
     def register_notifee(self, notifee: INotifee) -> None: ...
 
     def remove_notifee(self, notifee: INotifee) -> None: ...
+
+    def get_connections(self, peer_id: Peer | None = None) -> list[Any]: ...
 
 
 class Host(Protocol):
@@ -299,7 +301,7 @@ def direct_address(host: Host, peer: Peer) -> str | None:
     port at its other end (``/ip4/<ip>/tcp/<port>``, without /p2p); None if it has none."""
     try:
         with map_libp2p_errors(f"the connections of {peer}"):
-            for conn in host.get_network().connections.get(peer, []):  # type: ignore[attr-defined]
+            for conn in connections(host, peer):
                 if conn.get_connection_type() == ConnectionType.DIRECT:
                     for address in conn.get_transport_addresses():
                         text = str(address)
@@ -308,6 +310,33 @@ def direct_address(host: Host, peer: Peer) -> str | None:
     except RemoteError as exc:  # a connection closing under us
         log.debug("%s", exc)
     return None
+
+
+def connections(host: Host, peer: Peer) -> list[Any]:
+    """The connections ``host`` holds to ``peer`` now (py-libp2p ``INetConn``s; a peer may have several: one
+    each way, a relayed one and the direct one hole punching made, a stale one and a fresh one)."""
+    try:
+        with map_libp2p_errors(f"the connections of {peer}"):
+            return list(host.get_network().get_connections(peer))
+    except RemoteError as exc:
+        log.debug("%s", exc)
+        return []
+
+
+async def close_connections(host: Host, peer: Peer, stale: Collection[Any]) -> int:
+    """Close those of ``stale`` that ``host`` still holds to ``peer``, best effort; returns how many it closed.
+    A connection opened since ``stale`` was taken stays open: a link back from a cut, or a peer that dialled
+    again, answers on it (closing every connection to the peer would end what runs on the fresh one too)."""
+    closed = 0
+    for conn in connections(host, peer):
+        if any(conn is old for old in stale):
+            try:
+                with trio.move_on_after(5), map_libp2p_errors(f"closing a connection to {peer}"):
+                    await conn.close()
+                    closed += 1
+            except RemoteError as exc:
+                log.debug("%s", exc)
+    return closed
 
 
 def peer_addrs(host: Host, peer: Peer) -> list[str]:

@@ -6,7 +6,10 @@ its 10 s negotiation, and a fetch under way waits out its block timeout. The nod
 cannot reach, and nothing redials them (the bootstrap node and the relay included: they count as connected).
 
 So every ``EVERY`` seconds the node pings each connected peer (``/ipfs/ping/1.0.0``, which every libp2p host
-answers) within ``TIMEOUT``; after ``MISSES`` pings in a row go unanswered, it closes the connections to that peer.
+answers) within ``TIMEOUT``; after ``MISSES`` pings in a row go unanswered, it closes the connections to that peer
+that were open at the first of them. One opened since (the peer dialling back over a link that returned, or
+through its relay) stays: a ping goes over whichever connection py-libp2p prefers, a stale direct one before a
+fresh relayed one, and a fetch may already run on the fresh one.
 What needs the peer dials it again: the catch-up redials bootstrap peers, a node behind NAT reserves a relay slot
 again, discovery looks up its repositories' nodes, and a fetch resumes where it stopped (the blocks it got are
 kept). A ping waits behind whatever is queued on the same connection: ``TIMEOUT`` leaves room for a few
@@ -25,7 +28,7 @@ import trio
 from libp2p.host.ping import PingService
 
 from ..core.errors import RemoteError
-from .host import Host, Peer, map_libp2p_errors
+from .host import Host, Peer, close_connections, connections, map_libp2p_errors
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class Liveness:
         self.host = host
         self.ping = PingService(host)  # type: ignore[arg-type]  # a py-libp2p host is an IHost
         self.misses: Counter[str] = Counter()
+        self._suspects: dict[str, list[Any]] = {}  # peer -> its connections at the first of its missed pings
         self.counts: Counter[str] = Counter()  # pings, missed, dropped
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -53,6 +57,7 @@ class Liveness:
                 peers = list(self.host.get_connected_peers())
                 for name in set(self.misses) - {str(p) for p in peers}:
                     del self.misses[name]  # gone: forgotten
+                    self._suspects.pop(name, None)
                 for peer in peers:
                     await slots.acquire()
                     nursery.start_soon(self._check, peer, slots)
@@ -71,20 +76,19 @@ class Liveness:
                     log.debug("%s", exc)
             if answered:
                 self.misses.pop(name, None)
+                self._suspects.pop(name, None)
                 return
             self.counts["missed"] += 1
             self.misses[name] += 1
+            if self.misses[name] == 1:
+                self._suspects[name] = connections(self.host, peer)
             if self.misses[name] >= MISSES:
                 del self.misses[name]
+                stale = self._suspects.pop(name, [])
                 self.counts["dropped"] += 1
-                log.info("peer %s answered none of %d pings: its connections are closed, to be dialled afresh",
-                         peer, MISSES)
-                with trio.move_on_after(5):
-                    try:
-                        with map_libp2p_errors(f"closing the connections to {peer}"):
-                            await self.host.disconnect(peer)
-                    except RemoteError as exc:
-                        log.debug("%s", exc)
+                closed = await close_connections(self.host, peer, stale)
+                log.info("peer %s answered none of %d pings: %d of its connections closed, to be dialled afresh",
+                         peer, MISSES, closed)
         finally:
             slots.release()
 

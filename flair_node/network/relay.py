@@ -51,6 +51,7 @@ from .host import (
     Host,
     Peer,
     connect,
+    connections,
     direct_address,
     map_libp2p_errors,
     peer_from_text,
@@ -198,7 +199,7 @@ class Relays:
     def kind(self, peer: Peer) -> list[dict[str, Any]]:
         """Each connection to ``peer``: ``kind`` (direct, relayed or hole-punched) and its ``addrs``."""
         out = []
-        for conn in self._connections(peer):
+        for conn in connections(self.host, peer):
             try:
                 relayed = conn.get_connection_type() == ConnectionType.RELAYED
                 addrs = [str(a) for a in conn.get_transport_addresses()]
@@ -215,19 +216,12 @@ class Relays:
     def relayed_only(self, peer: Peer) -> bool:
         """Whether this node is connected to ``peer`` and every connection to it crosses a relay."""
         types = []
-        for conn in self._connections(peer):
+        for conn in connections(self.host, peer):
             try:
                 types.append(conn.get_connection_type())
             except Exception as exc:  # a connection closing under us: left out
                 log.debug("reading a connection to %s: %r", peer, exc)
         return bool(types) and all(t == ConnectionType.RELAYED for t in types)
-
-    def _connections(self, peer: Peer) -> list[Any]:
-        try:
-            with map_libp2p_errors(f"the connections of {peer}"):
-                return list(self.host.get_network().connections.get(peer, []))  # type: ignore[attr-defined]
-        except RemoteError:
-            return []
 
     def status(self) -> dict[str, Any]:
         return {"relay_service": self.serve, "reserved": dict(self.reserved),

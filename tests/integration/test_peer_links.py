@@ -1,7 +1,8 @@
 """Which peers a pull's payloads are asked of, and how one is dialled again (``daemon.peer_links``), on real hosts
 on 127.0.0.1: a holder behind NAT, known only at its relayed address, that closes its connection in the middle
 of a transfer is dialled again through the relay and sends the rest (py-libp2p's own dial, which opening a
-stream makes, skips relayed addresses)."""
+stream makes, skips relayed addresses). A pull that failed, and liveness after pings went unanswered, close the
+connections a peer had when the trouble began and not one opened since: the fresh one carries on."""
 
 import os
 from contextlib import AsyncExitStack
@@ -10,12 +11,14 @@ from functools import partial
 import multiaddr
 import pytest
 import trio
+from libp2p.host.ping import PingService
 
 from flair_node.core.identity import Identity
 from flair_node.core.ids import RepoId
 from flair_node.daemon.peer_links import PeerLinks
 from flair_node.network.bitswap import BlockExchange
-from flair_node.network.host import connect, full_addrs, peer_addrs, running_host
+from flair_node.network.host import connect, connections, full_addrs, peer_addrs, running_host
+from flair_node.network.liveness import MISSES, Liveness
 from flair_node.network.relay import Limits, Relays
 from flair_node.storage import unixfs
 from flair_node.storage.stores import MemoryObjectStore
@@ -97,3 +100,43 @@ async def test_a_holder_behind_nat_that_closes_its_connection_mid_transfer_is_di
     assert fetched == [41] and unixfs.cat(fetcher.blocks, root, max_size=len(data)) == data
     # c dialled b again, through the relay
     assert relays[c].counts["relayed_dials"] == 2 and relays[c].counts["relayed_dial_failures"] == 0
+
+
+async def another_connection(host, peer, address, besides):
+    """Open one more connection from ``host`` to ``peer`` at ``address``, beside the connections ``besides``
+    (as a link back from a cut, or the peer dialling again, leaves a fresh connection beside a stale one)."""
+    await host.get_network().dial_addr(multiaddr.Multiaddr(address.split("/p2p/")[0]), peer)
+    fresh = [conn for conn in connections(host, peer) if all(conn is not old for old in besides)]
+    assert len(fresh) == 1
+    return fresh[0]
+
+
+async def test_a_failed_pull_closes_the_connections_it_began_with_and_not_one_opened_since():
+    async with AsyncExitStack() as stack:
+        b, c = [await stack.enter_async_context(running_host(Identity.generate())) for _ in range(2)]
+        peer = await connect(c, full_addrs(b)[0])
+        links = PeerLinks(c, partial(connect, c), member=lambda repo, peer: True, relayed_only=lambda peer: False,
+                          known=lambda peer: ())
+        stale = links.connections(peer)  # what a pull begins with
+        fresh = await another_connection(c, peer, full_addrs(b)[0], stale)
+        await links.drop(str(peer), stale)
+        assert connections(c, peer) == [fresh] and links.redial_due()
+        assert await PingService(c).ping(peer, 1)  # the fresh one carries streams on
+
+
+async def test_liveness_closes_the_connections_open_at_the_first_missed_ping_and_not_one_opened_since():
+    class Silent:  # the peer answers no ping
+        async def ping(self, peer, count):
+            raise OSError("no answer")
+
+    async with AsyncExitStack() as stack:
+        b, c = [await stack.enter_async_context(running_host(Identity.generate())) for _ in range(2)]
+        peer = await connect(c, full_addrs(b)[0])
+        liveness = Liveness(c)
+        liveness.ping = Silent()
+        stale = connections(c, peer)
+        await liveness._check(peer, trio.Semaphore(0))  # the first miss: the connections then are suspects
+        fresh = await another_connection(c, peer, full_addrs(b)[0], stale)
+        for _ in range(MISSES - 1):
+            await liveness._check(peer, trio.Semaphore(0))
+        assert liveness.counts["dropped"] == 1 and connections(c, peer) == [fresh]
