@@ -1,4 +1,4 @@
-"""What a round takes of each contribution (``protocol.rounds``), read a tensor at a time: its weights, moved onto
+"""What a round takes of each contribution (``protocol.rounds``), read a range at a time: its weights, moved onto
 the head when it is based on an older merge (``taken``, ``Moved``), and why a round cannot use it (``unusable``):
 another layout than the head's, values that are not finite, or beyond what the exact merge arithmetic holds
 (``MAX_VALUE``, ``MAX_INTEGER``). Every reason depends only on the bytes of the contribution, its base and the
@@ -18,6 +18,7 @@ from ..tensors.lazy import Computed
 if TYPE_CHECKING:
     import torch
 
+    from ..tensors.safetensors_io import Ranges
     from .rounds import Contribution, RoundView
 
 #: The largest magnitude of a floating value a round takes (moved onto the head): well inside what the exact
@@ -38,7 +39,8 @@ def taken(repo: Repository, current: RoundView, head: Mapping[str, torch.Tensor]
 
 
 class Moved(Computed):
-    """``head + (x − base)`` in the merge arithmetic, computed for each tensor when it is asked for."""
+    """``head + (x − base)`` in the merge arithmetic, computed for each tensor, or each range of one (``ranges``),
+    when it is asked for."""
 
     def __init__(self, base: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor],
                  state: Mapping[str, torch.Tensor]) -> None:
@@ -46,28 +48,38 @@ class Moved(Computed):
         self.base, self.head, self.state = base, head, state
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self.move(name, self.state[name])
+        return self.ranges(name).tensor()
 
-    def move(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """The contribution's tensor ``name``, ``x``, moved onto the head."""
-        from ..tensors.fixedpoint import WEIGHT_BITS, combine_tensor
+    def ranges(self, name: str) -> Ranges:
+        """Tensor ``name`` moved onto the head, read by ranges: each range computed from that range of the base,
+        the head and the contribution (``fixedpoint.combined``: ``combine_tensor``'s per-tensor rules, decided
+        first)."""
+        from ..tensors.fixedpoint import WEIGHT_BITS, combined
+        from ..tensors.safetensors_io import ranges_of
+
+        self._check(name)
+        whole = 1 << WEIGHT_BITS
+        return combined(name, ranges_of(self.base, name), [ranges_of(self.head, name), ranges_of(self.state, name)],
+                        [whole, whole])
+
+    def _check(self, name: str) -> None:
         from ..tensors.safetensors_io import spec_of
 
         if not (spec_of(self.base, name) == spec_of(self.head, name) == spec_of(self.state, name) is not None):
             raise MergeError(f"tensor {name} has another layout in the contribution, its base or the head",
                              tensor=name)
-        whole = 1 << WEIGHT_BITS
-        return combine_tensor(name, self.base[name], [self.head[name], x], [whole, whole])
 
 
 def unusable(repo: Repository, head: Mapping[str, torch.Tensor], taken: Mapping[str, torch.Tensor]) -> str | None:
-    """Why a round cannot use ``taken`` (None if it can), reading it a tensor at a time: another layout than the
-    head's (``undecodable``, as bytes that do not decode), values that are not finite (``non-finite``, found
-    first), or beyond ``MAX_VALUE`` / ``MAX_INTEGER`` (``out of range``, also when moving it onto the head
-    overflows). ``IntegrityError`` and the like for a payload that does not decode."""
+    """Why a round cannot use ``taken`` (None if it can), reading it a range at a time (``PART`` bytes of each
+    tensor, moved onto the head if it is): another layout than the head's (``undecodable``, as bytes that do not
+    decode), values that are not finite (``non-finite``, found first), or beyond ``MAX_VALUE`` / ``MAX_INTEGER``
+    (``out of range``, also when moving it onto the head overflows). ``IntegrityError`` and the like for a
+    payload that does not decode."""
     import torch
 
-    from ..tensors.safetensors_io import spec_of
+    from ..tensors.fixedpoint import PART
+    from ..tensors.safetensors_io import TORCH_DTYPES, ranges_of, spec_of
 
     names = sorted(taken)
     adapter = repo.record.adapter  # combined as an adapter (``rounds.derive_lazily``), whatever its rank
@@ -76,15 +88,29 @@ def unusable(repo: Repository, head: Mapping[str, torch.Tensor], taken: Mapping[
     raw = taken.state if isinstance(taken, Moved) else taken
     beyond = False
     for name in names:
-        x = raw[name]
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            return "non-finite"
-        if beyond:
-            continue
-        try:
-            beyond = not tensor_in_range(taken.move(name, x) if isinstance(taken, Moved) else x)
-        except MergeError:  # moving it onto the head overflows the merge arithmetic
-            beyond = True
+        moved = None
+        if isinstance(taken, Moved) and not beyond:
+            try:
+                moved = taken.ranges(name)
+            except MergeError:
+                beyond = True
+        scratch = None
+        for at, x in enumerate(ranges_of(raw, name).values(PART)):
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                return "non-finite"
+            if beyond:
+                continue
+            if moved is not None:  # the same range, moved onto the head
+                if scratch is None:
+                    scratch = torch.empty(PART, dtype=torch.uint8)
+                size = x.numel() * x.element_size()
+                try:
+                    moved.readinto(at * PART, scratch.numpy().data[:size])
+                except MergeError:  # moving it onto the head overflows the merge arithmetic
+                    beyond = True
+                    continue
+                x = scratch[:size].view(TORCH_DTYPES[moved.spec.dtype])
+            beyond = not tensor_in_range(x)
     if adapter is not None:
         adapters.adapter_of(adapter, repo.record.layout, dict(taken))
     return "out of range" if beyond else None

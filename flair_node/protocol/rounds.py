@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..tensors.safetensors_file import Source
-    from ..tensors.safetensors_io import StateDict
+    from ..tensors.safetensors_io import Ranges, StateDict
 
 _CACHE_SIZE = 4096  # answers each of a node's round caches keeps (``RoundMemory``), the oldest forgotten first
 MAX_EXCLUDED_REASON = 32
@@ -356,12 +356,13 @@ def verify(repo: Repository, commit: Commit, *, memory: RoundMemory) -> RoundVie
                              "policy gives")
     if repo.record.adapter is not None:
         same = adapters.same(repo, repo.materialize(commit.id), derived.state(), str(meta.get("lora")))
-    else:  # a tensor at a time, as it was merged
-        from ..tensors.fixedpoint import same_bits
+    else:  # a range at a time, as it was merged
+        from ..tensors.fixedpoint import same_ranges
+        from ..tensors.safetensors_io import ranges_of
 
         committed = repo.weights(commit.id)
         same = repo.layout(commit.id) == derived.layout and all(
-            same_bits(committed[spec.name], derived.compute(spec.name)) for spec in derived.layout)
+            same_ranges(ranges_of(committed, spec.name), derived.ranges(spec.name)) for spec in derived.layout)
     if not same:
         raise MergeMismatch(f"round merge {short(commit.id)} is not what its inputs merge to")
     return current
@@ -440,29 +441,30 @@ def held_by(repo: Repository, branch: str, head: CommitId, at_ms: int, *, memory
 
 @dataclass(frozen=True)
 class Merged:
-    """A round merge's weights as ``derive_lazily`` gives them: the layout, and a function computing each tensor
-    when it is asked for (reading only that tensor of the head and of each input)."""
+    """A round merge's weights as ``derive_lazily`` gives them: the layout, and each tensor read by ranges
+    (``Ranges``), each range computed from that range of the head and of each input when it is read."""
 
     layout: tuple[TensorSpec, ...]
-    compute: Callable[[str], torch.Tensor]
+    ranges: Callable[[str], Ranges]
 
     def source(self) -> Source:
-        """The weights as the file the merge commit stores, each tensor computed as the writer reaches it."""
-        from ..tensors.safetensors_io import computed_source
+        """The weights as the file the merge commit stores, each range computed as the writer reaches it."""
+        from ..storage.pieces import PIECE
+        from ..tensors.safetensors_io import streamed_source
 
-        return computed_source(self.layout, self.compute)
+        return streamed_source(self.layout, lambda name: self.ranges(name).parts(PIECE))
 
     def state(self) -> StateDict:
         """Every tensor, in memory."""
-        return {spec.name: self.compute(spec.name) for spec in self.layout}
+        return {spec.name: self.ranges(spec.name).tensor() for spec in self.layout}
 
     @classmethod
     def of(cls, state: Mapping[str, torch.Tensor]) -> Merged:
-        """Weights at hand (or read a tensor at a time from a ``LazyState``) as a ``Merged``."""
-        from ..tensors.safetensors_io import spec_of
+        """Weights at hand (or read from a ``LazyState``) as a ``Merged``."""
+        from ..tensors.safetensors_io import ranges_of, spec_of
 
         specs = [spec_of(state, name) for name in sorted(state)]
-        return cls(tuple(s for s in specs if s is not None), state.__getitem__)
+        return cls(tuple(s for s in specs if s is not None), lambda name: ranges_of(state, name))
 
 
 def derive(repo: Repository, current: RoundView, contributions: Sequence[Contribution], *, memory: RoundMemory
@@ -475,13 +477,14 @@ def derive(repo: Repository, current: RoundView, contributions: Sequence[Contrib
 def derive_lazily(repo: Repository, current: RoundView, contributions: Sequence[Contribution], *,
                   memory: RoundMemory) -> tuple[Merged, dict[str, Any]]:
     """The merged weights and the ``meta`` a round merge of ``contributions`` records. The weights are computed
-    a tensor at a time as they are read (``Merged``; the strategy's ``tensor_by_tensor``), so a merge holds the
-    tensor it is at in each input, never a whole model, but for proven merges and repositories of adapters,
-    whose inputs are small. With proofs on (the policy's ``proof_chunk``), the merge is exactly
+    a range at a time as they are read (``Merged``; the strategy's ``by_ranges``), so a merge holds a few ranges
+    of each input, never a whole tensor, but for proven merges and repositories of adapters, whose inputs are
+    small. With proofs on (the policy's ``proof_chunk``), the merge is exactly
     ``head + Σ e_i (x_i − base_i) / 2^16`` in fixed point, with the effective weights ``e = proof_weights(meta)``,
     and ``meta["sums"]`` holds the commitments of the chunks of ``Σ e_i (x_i − base_i)``: what an EZKL proof of
     the merge binds to."""
-    from ..tensors.fixedpoint import WEIGHT_BITS, combine_tensor, normalize_weights
+    from ..tensors.fixedpoint import WEIGHT_BITS, combined, normalize_weights
+    from ..tensors.safetensors_io import ranges_of
     from .strategies import build_strategy
 
     if not contributions:
@@ -522,12 +525,12 @@ def derive_lazily(repo: Repository, current: RoundView, contributions: Sequence[
                                      [(c.base, repo.materialize(c.commit)) for c in kept], proof_weights(meta),
                                      memory.circuits)
         return Merged.of(state), {**meta, "sums": sums}
-    result = strategy.tensor_by_tensor(head, inputs, weights)  # each contribution moved onto the head (``_screen``)
+    result = strategy.by_ranges(head, inputs, weights)  # each contribution moved onto the head (``_screen``)
     if step == whole:
         return Merged(repo.layout(current.head), result), meta
 
-    def stepped(name: str) -> torch.Tensor:  # stale contributions: a shorter step from the head towards the result
-        return combine_tensor(name, head[name], [result(name)], [step])
+    def stepped(name: str) -> Ranges:  # stale contributions: a shorter step from the head towards the result
+        return combined(name, ranges_of(head, name), [result(name)], [step])
 
     return Merged(repo.layout(current.head), stepped), meta
 

@@ -29,6 +29,8 @@ CHUNK = 1 << 16
 #: Values per step of a bfloat16 or float16 merge through the fused kernel: float32 copies of that many values of
 #: each input (4 MiB each), whatever the tensor's size.
 HALF_CHUNK = 1 << 20
+#: Bytes of each input a merge by ranges (``combined``) compares or computes at a time.
+PART = 1 << 19
 #: The largest magnitude a merge accumulator reaches: sums of weighted changes stay below it, in int64.
 ACC_LIMIT = 1 << 62
 
@@ -217,41 +219,57 @@ def combine_tensor(name: str, b: torch.Tensor, xs: Sequence[torch.Tensor], weigh
 def combine_parts(name: str, b: Ranges, xs: Sequence[Ranges], weights: Sequence[int], *,
                   part: int, scale_bits: int = DEFAULT_SCALE_BITS,
                   weight_bits: int = WEIGHT_BITS) -> Iterator[memoryview]:
-    """``combine_tensor``'s bytes, ``part`` bytes at a time, from tensors read by ranges (``Ranges``) of one spec:
-    the same per-tensor rules (each input is first compared with the base, a part at a time, until they differ;
-    ranges stored alike are equal without being read), then every part of the inputs read into buffers that are
-    reused from part to part. A merge so holds ``part`` bytes of each input, never a whole tensor, and its
-    memory stays warm in the cache where fresh tensors would each be faulted in."""
+    """``combine_tensor``'s bytes, ``part`` bytes at a time, each in a buffer of its own: ``combined``'s parts."""
+    return combined(name, b, xs, weights, part=part, scale_bits=scale_bits, weight_bits=weight_bits).parts(part)
+
+
+def combined(name: str, b: Ranges, xs: Sequence[Ranges], weights: Sequence[int], *, part: int = PART,
+             scale_bits: int = DEFAULT_SCALE_BITS, weight_bits: int = WEIGHT_BITS) -> Ranges:
+    """``combine_tensor`` of tensors read by ranges (``Ranges``) of one spec, as ranges: the same per-tensor rules,
+    decided first (each input compared with the base ``part`` bytes at a time until they differ, ranges stored
+    alike equal without being read), then each range asked for computed from that range of the base and of every
+    input with a nonzero weight, read into buffers reused from range to range (``part`` bytes each). A merge so
+    holds ``part`` bytes of each input, never a whole tensor, and its memory stays warm in the cache where fresh
+    tensors would each be faulted in. A tensor the rules take whole (the base's, or one input's) is that input's
+    ranges, so what it stores alike stays known. Ranges are asked for at whole values (a ``part`` of 8 bytes'
+    multiple is, for any dtype)."""
     if part % 8:
         raise InvalidInput("a merge's part is a whole number of values of any dtype")
     whole = 1 << weight_bits
     buffers = [torch.empty(part, dtype=torch.uint8) for _ in range(2)]
     changed = [(x, w) for x, w in zip(xs, weights, strict=True) if w != 0 and not _same(x, b, buffers, part)]
     if not changed:
-        yield from b.parts(part)
-        return
+        return b
     if len(changed) == 1 and changed[0][1] == whole:
-        yield from changed[0][0].parts(part)
-        return
+        return changed[0][0]
     if b.spec.dtype == "BOOL":
-        yield from max(changed, key=lambda xw: xw[1])[0].parts(part)
-        return
+        return max(changed, key=lambda xw: xw[1])[0]
     dtype = TORCH_DTYPES[b.spec.dtype]
     taking = [(x, w) for x, w in zip(xs, weights, strict=True) if w != 0]
     buffers += [torch.empty(part, dtype=torch.uint8) for _ in range(len(taking) - 1)]
-    count = min(part // dtype.itemsize, HALF_CHUNK)  # a half type's values, widened: once, not at every part
+    count = min(part // dtype.itemsize, HALF_CHUNK)  # a half type's values, widened: once, not at every range
     wide = [torch.empty(count, dtype=torch.float32) for _ in range(2 + len(taking))] \
         if dtype in (torch.bfloat16, torch.float16) else []
-    for at in range(0, b.nbytes, part):
-        n = min(part, b.nbytes - at)
-        values = []
-        for source, buffer in zip([b, *(x for x, _ in taking)], buffers, strict=True):
-            source.readinto(at, buffer.numpy().data[:n])
-            values.append(buffer[:n].view(dtype))
-        out = torch.empty(n, dtype=torch.uint8)  # its own: the writer holds the part until it is sealed
-        weighted_sum_fixed(values[0], values[1:], [w for _, w in taking], scale_bits=scale_bits,
-                           weight_bits=weight_bits, out=out.view(dtype), name=name, wide=wide)
-        yield out.numpy().data
+
+    def readinto(offset: int, buffer: memoryview) -> None:
+        if not len(buffer):
+            return
+        out = torch.frombuffer(buffer, dtype=torch.uint8)
+        for at in range(0, len(buffer), part):
+            n = min(part, len(buffer) - at)
+            values = []
+            for source, scratch in zip([b, *(x for x, _ in taking)], buffers, strict=True):
+                source.readinto(offset + at, scratch.numpy().data[:n])
+                values.append(scratch[:n].view(dtype))
+            weighted_sum_fixed(values[0], values[1:], [w for _, w in taking], scale_bits=scale_bits,
+                               weight_bits=weight_bits, out=out[at:at + n].view(dtype), name=name, wide=wide)
+
+    return Ranges(b.spec, b.nbytes, readinto, lambda start, stop: None)
+
+
+def same_ranges(a: Ranges, b: Ranges, *, part: int = PART) -> bool:
+    """``same_bits`` of two tensors of one spec read by ranges, ``part`` bytes at a time."""
+    return _same(a, b, [torch.empty(part, dtype=torch.uint8) for _ in range(2)], part)
 
 
 def _same(x: Ranges, b: Ranges, buffers: Sequence[torch.Tensor], part: int) -> bool:

@@ -105,6 +105,23 @@ class Ranges:
     readinto: Callable[[int, memoryview], None]
     identify: Callable[[int, int], Hashable | None]
 
+    def tensor(self) -> torch.Tensor:
+        """The whole tensor, read at once."""
+        flat = torch.empty(self.nbytes, dtype=torch.uint8)
+        if self.nbytes:
+            self.readinto(0, flat.numpy().data)
+        return flat.view(TORCH_DTYPES[self.spec.dtype]).reshape(self.spec.shape)
+
+    def values(self, part: int) -> Iterator[torch.Tensor]:
+        """The tensor's values, flat, ``part`` bytes at a time (a whole number of values), in one buffer reused
+        from part to part."""
+        dtype = TORCH_DTYPES[self.spec.dtype]
+        buffer = torch.empty(min(part, self.nbytes), dtype=torch.uint8)
+        for at in range(0, self.nbytes, part):
+            n = min(part, self.nbytes - at)
+            self.readinto(at, buffer.numpy().data[:n])
+            yield buffer[:n].view(dtype)
+
     def parts(self, part: int) -> Iterator[memoryview]:
         """The tensor's bytes, ``part`` at a time, each in a buffer of its own (a reader may hold it)."""
         for at in range(0, self.nbytes, part):
@@ -114,9 +131,11 @@ class Ranges:
 
 
 def ranges_of(state: Mapping[str, torch.Tensor], name: str) -> Ranges:
-    """Tensor ``name`` of ``state`` read by ranges: from its file (a ``LazyState``'s), or from the tensor."""
-    if isinstance(state, LazyState):
-        return state.ranges(name)
+    """Tensor ``name`` of ``state`` read by ranges: from its file (a ``LazyState``'s), computed a range at a time
+    (any mapping with a ``ranges`` method, such as a round's input moved onto the head), or from the tensor."""
+    ranges = getattr(state, "ranges", None)
+    if callable(ranges):
+        return ranges(name)  # type: ignore[no-any-return]
     tensor = state[name]
     data = _bytes_of(tensor)
 

@@ -153,3 +153,29 @@ def test_a_round_streams_its_contribution_in_and_its_merge_out_a_tensor_at_a_tim
         assert torch.allclose(update, wanted * (40 / float(wanted.norm())), atol=1e-6)
     else:  # clipped to 1, then Gaussian noise of z * clip = 1 on every value: the noise is what shows
         assert float(update.std()) == pytest.approx(1.0, abs=0.01) and abs(float(update.mean())) < 0.01
+
+
+def test_a_round_merges_a_range_at_a_time_not_a_tensor_at_a_time(tmp_path):
+    # one 64 MiB tensor, as a large embedding is: a round that held whole tensors would hold it, twice
+    generator = torch.Generator().manual_seed(0)
+    base = {"embed": torch.randn(16 << 20, generator=generator), "bias": torch.zeros(8)}
+    save_file(base, str(tmp_path / "base.safetensors"))
+    trained = {"embed": base["embed"] + 0.01, "bias": base["bias"] + 1}
+    save_file(trained, str(tmp_path / "trained.safetensors"))
+    with daemon(tmp_path, preload=True) as node:
+        call = node.client.call
+        call("repo.init", name="big", model_path=str(tmp_path / "base.safetensors"))
+        # it waits for two contributions or 10 s: the round begins after the contribution has streamed in
+        call("repo.policy", repo="big", buffer=2, deadline_s=10, strategy="median")
+        start = call("repo.branch", repo="big")["branches"]["main"]
+        call("repo.contribute", repo="big", weights_path=str(tmp_path / "trained.safetensors"), examples=10)
+        idle = rss_mb(node.pid)
+        assert reset_peak(node.pid)
+        wait_until(lambda: call("repo.branch", repo="big")["branches"]["main"] != start, "the round merged", 60,
+                   every=0.2)
+        peak = peak_mb(node.pid) - idle
+        print(f"a round of a 64 MiB tensor peaked {peak:.0f} MiB above idle")
+        assert peak < 32, peak
+        call("repo.checkout", repo="big", commit="main", output_path=str(tmp_path / "out.safetensors"))
+    back = load_file(str(tmp_path / "out.safetensors"))
+    assert all(torch.equal(back[k], trained[k]) for k in trained)  # the median of one input is that input

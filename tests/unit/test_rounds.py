@@ -228,3 +228,55 @@ def test_a_merge_whose_window_ends_while_it_is_derived_is_not_written(monkeypatc
     with pytest.raises(InvalidInput, match="ended while it merged"):
         rounds.merge(node, first, "main", at_ms=current.opened_ms + 1, memory=memory)  # entitled when it started
     assert node.branches() == heads  # nothing moved, nothing to gossip
+
+
+@pytest.mark.parametrize("strategy", ["mean", "median", "trimmed_mean"])
+def test_a_round_reads_its_inputs_a_range_at_a_time_and_merges_what_whole_tensors_give(strategy, monkeypatch):
+    from flair_node.protocol.strategies import build_strategy
+    from flair_node.tensors import fixedpoint
+    from flair_node.tensors.safetensors_io import LazyState, Ranges
+
+    g = torch.Generator().manual_seed(5)
+    start = {"embed": torch.randn(300_000, generator=g), "h": torch.randn(70_000, generator=g).to(torch.bfloat16),
+             "steps": torch.tensor([7])}  # 1.2 MB, 140 kB and a counter: three 512 KiB ranges, one, one
+
+    def trained(by):
+        return {"embed": start["embed"] + by * torch.randn(300_000, generator=g),
+                "h": (start["h"].float() + by).to(torch.bfloat16), "steps": start["steps"] + 1}
+
+    memory = rounds.RoundMemory()
+    repos = RepoSet.in_memory(OWNER)
+    repo = repos.create("big", start)
+    for member in MEMBERS:
+        repo.invite(OWNER, member.public_key, "maintainer")
+    repo.set_policy(OWNER, RoundPolicy(strategy=strategy, buffer=2, alpha="1", max_staleness=1))
+    early, late, fresh = MEMBERS
+    as_node(repos, repo, early).contribute(early, trained(0.1), examples=100)
+    as_node(repos, repo, late).contribute(late, trained(0.2), examples=300)
+    first = rounds.view(repo, "main", memory=memory)
+    state, meta = rounds.derive(repo, first, [c for c in first.pending if c.author == late.public_key],
+                                memory=memory)
+    one = write_round(repos, repo, by_key(first.aggregator(first.opened_ms + 1)), state, first, meta, "round 1")
+    # round 2: early's contribution, based on the first head, is moved onto round 1's, beside a fresh one
+    as_node(repos, repo, fresh).contribute(fresh, {k: v.clone() for k, v in repo.materialize(one.id).items()}
+                                           | {"embed": repo.materialize(one.id)["embed"] - 0.05}, examples=200)
+    second = rounds.view(repo, "main", memory=memory)
+    assert sorted(c.staleness for c in second.pending) == [0, 1]
+    head, whole = repo.materialize(one.id), 1 << fixedpoint.WEIGHT_BITS
+    moved = [fixedpoint.combine(repo.materialize(c.base), [head, repo.materialize(c.commit)], [whole, whole])
+             for c in second.pending]
+
+    def whole_tensor(*args, **kwargs):
+        raise AssertionError("a round read a tensor whole")
+
+    monkeypatch.setattr(LazyState, "__getitem__", whole_tensor)
+    monkeypatch.setattr(Ranges, "tensor", whole_tensor)
+    aggregator = by_key(second.aggregator(second.opened_ms + 1))
+    two = rounds.merge(as_node(repos, repo, aggregator), aggregator, "main", memory=memory)
+    rounds.verify(as_node(repos, repo, fresh), two, memory=rounds.RoundMemory())
+    monkeypatch.undo()
+    weights = [entry[3] for entry in two.meta["contributions"]]
+    result = build_strategy(strategy).aggregate(head, moved, weights)
+    expected = fixedpoint.combine(head, [result], [two.meta["step"]])
+    got = repo.materialize(two.id)
+    assert two.meta["step"] < whole and all(fixedpoint.same_bits(got[k], expected[k]) for k in expected)

@@ -359,3 +359,26 @@ def test_non_contiguous_tensors_give_the_same_bytes(strategy):
                                   weights)
     merged = strategy.aggregate({"w": base["w"].T}, [{"w": s["w"].T} for s in inputs], weights)
     assert torch.equal(merged["w"], expected["w"]) and merged["w"].shape == (29, 37)
+
+
+@pytest.mark.parametrize("strategy", ALL, ids=lambda s: str(s.describe()))
+def test_by_ranges_gives_the_bytes_of_aggregate_whatever_the_ranges_read(strategy, monkeypatch):
+    from flair_node.tensors.safetensors_io import SourceState, state_source
+
+    monkeypatch.setattr(_base, "CHUNK", 1000)  # the distance pass's and the columns' steps cut across ranges
+    base, inputs, examples = make_states(7, shapes={"a": (3, 3001), "b": (5000,), "c": (7,), "s": ()})
+    g = torch.Generator().manual_seed(3)
+    for state in (base, *inputs):  # the other dtypes a model holds: halves, a counter, a mask, an empty tensor
+        state["h"] = state["b"].to(torch.bfloat16)
+        state["n"] = torch.randint(0, 1 << 20, (33,), generator=g)
+        state["m"] = torch.rand(10, generator=g) > 0.5
+        state["e"] = torch.zeros(0, 4)
+    weights = normalize_weights(examples)
+    whole = strategy.aggregate(base, inputs, weights)
+    # read from files by ranges, as a round reads its inputs, and from tensors in memory
+    lazy = [SourceState(state_source(x)) if i % 2 else x for i, x in enumerate(inputs)]
+    ranges = strategy.by_ranges(SourceState(state_source(base)), lazy, weights)
+    for part in (8, 56, 4096, 1 << 20):
+        for name in base:
+            got = b"".join(bytes(p) for p in ranges(name).parts(part))
+            assert got == bits({name: whole[name].reshape(-1)})[name], (name, part)

@@ -2,10 +2,11 @@
 
 A strategy is a frozen dataclass whose fields are its parameters. ``aggregate(base, inputs, weights)`` takes
 full model states (the update of input i is ``inputs[i] − base``) and integer weights summing to
-``2**WEIGHT_BITS`` and returns a full model state. ``tensor_by_tensor`` takes the same inputs as mappings that
-may read each tensor when asked (``safetensors_io.LazyState``) and returns a function giving one tensor of the
-result at a time: what a round merge of models larger than memory runs (``protocol.rounds``). A rule that
-looks at whole updates (Krum's distances) makes its pass over them first, one tensor at a time too.
+``2**WEIGHT_BITS`` and returns a full model state. ``by_ranges`` takes the same inputs as mappings that may read
+each tensor, or each range of one, when asked (``safetensors_io.LazyState``) and returns a function giving each
+tensor of the result as ranges computed as they are read: what a round merge of models larger than memory runs
+(``protocol.rounds``), holding a few ranges of each input. A rule that looks at whole updates (Krum's distances)
+makes its pass over them first, a range at a time too.
 ``describe()`` gives what a merged commit records: the strategy's stable ``name`` and its ``params`` as
 canonical-encoding-friendly values (ints and strings only: canonical records hold no floats, so a float
 parameter is written as its shortest round-trip ``repr``).
@@ -24,7 +25,7 @@ import torch
 
 from ...core.errors import InvalidInput, MergeError
 from ...tensors.fixedpoint import WEIGHT_BITS, check_inputs
-from ...tensors.safetensors_io import StateDict, spec_of
+from ...tensors.safetensors_io import Ranges, StateDict, ranges_of, spec_of
 
 #: Parameters per chunk: each step holds every input's slice of one chunk (n × CHUNK values) and no more.
 #: Read through ``chunk_size()`` so tests can shrink it.
@@ -54,21 +55,29 @@ class Strategy(ABC):
         check_inputs(base, inputs)
         return self._aggregate(base, list(inputs), list(weights))
 
-    def tensor_by_tensor(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
-                         weights: Sequence[int]) -> Callable[[str], torch.Tensor]:
-        """``aggregate`` as a function computing the result's tensor ``name`` when called, reading only that
-        tensor of the base and of each input (after the rule's own pass over the whole updates, if it has one):
-        ``aggregate(...)[name] == tensor_by_tensor(...)(name)`` bit for bit. The inputs' layouts are checked from
-        their specs, their values as each tensor is computed."""
+    def by_ranges(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
+                  weights: Sequence[int]) -> Callable[[str], Ranges]:
+        """``aggregate`` as a function giving the result's tensor ``name`` as ``Ranges``, each range computed from
+        that range of the base and of each input (``ranges_of``: a file's bytes, or a computed input's) when it is
+        read, after the rule's per-tensor decisions (which inputs changed it) and its own pass over the whole
+        updates, if it has one: ``aggregate``'s bytes, holding a few ranges of each input instead of whole
+        models. The inputs are mappings that may read each tensor when asked (``safetensors_io.LazyState``);
+        their layouts are checked from their specs, their values as each range is computed. A rule with no
+        ranges of its own computes each tensor whole."""
         check_weights(len(inputs), weights)
         self.check_count(len(inputs))
         check_layouts(base, inputs)
-        return self._per_tensor(base, list(inputs), list(weights))
+        return self._by_ranges(base, list(inputs), list(weights))
+
+    def _by_ranges(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
+                   weights: list[int]) -> Callable[[str], Ranges]:
+        compute = self._per_tensor(base, inputs, weights)
+        return lambda name: ranges_of({name: compute(name)}, name)
 
     def _per_tensor(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
                     weights: list[int]) -> Callable[[str], torch.Tensor]:
-        """For a coordinate-wise rule (this default): the rule applied to one tensor at a time. A rule whose result
-        depends on whole updates overrides it."""
+        """The rule as a function computing one tensor at a time: for a coordinate-wise rule (this default), the
+        rule applied to that tensor alone. A rule whose result depends on whole updates overrides it."""
 
         def compute(name: str) -> torch.Tensor:
             return self._aggregate({name: base[name]}, [{name: x[name]} for x in inputs], weights)[name]

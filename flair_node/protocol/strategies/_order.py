@@ -26,8 +26,8 @@ from functools import lru_cache
 import torch
 from numba.typed import List
 
-from ...tensors.fixedpoint import WEIGHT_BITS, same_bits, weighted_sum_fixed
-from ...tensors.safetensors_io import StateDict
+from ...tensors.fixedpoint import PART, WEIGHT_BITS, same_bits, same_ranges, weighted_sum_fixed
+from ...tensors.safetensors_io import TORCH_DTYPES, Ranges, StateDict
 from . import _base
 from ._kernels import sort_columns, sorting_network
 
@@ -106,7 +106,6 @@ def merge_columns(base: StateDict, inputs: Sequence[StateDict], reduce: Callable
     ``indices`` are the inputs' positions in the caller's list, for error messages (default: 0, 1, ...).
     """
     labels = list(range(len(inputs))) if indices is None else list(indices)
-    pairs = sorting_network(len(inputs))
     result: StateDict = {}
     for name, b in base.items():
         xs = [state[name] for state in inputs]
@@ -115,20 +114,52 @@ def merge_columns(base: StateDict, inputs: Sequence[StateDict], reduce: Callable
             continue
         out = torch.empty(b.shape, dtype=b.dtype)  # contiguous, even when the base's tensor is a transposed view
         dtype = merge_dtype(b.dtype)
-        flat_base = b.reshape(-1).view(dtype)
-        flat_out = out.view(-1).view(dtype)
-        flats = [x.reshape(-1).view(dtype) for x in xs]
-        step = min(_base.chunk_size(), b.numel())
-        buffer = torch.empty(len(xs) * step, dtype=work_dtype(b.dtype))
-        for start in range(0, b.numel(), step):
-            stop = min(b.numel(), start + step)
-            slices = [x[start:stop] for x in flats]
-            ordered = buffer[: len(xs) * (stop - start)].view(len(xs), stop - start)
-            if sort_columns(_numba_list(slices, ordered.dtype), pairs, ordered.numpy()):
-                raise _base.non_finite_error(name, slices, labels)
-            reduce(Columns(name, flat_base[start:stop], ordered, flat_out[start:stop]))
+        _reduce_flat(name, b.reshape(-1).view(dtype), [x.reshape(-1).view(dtype) for x in xs], out.view(-1).view(dtype),
+                     reduce, labels)
         result[name] = out
     return result
+
+
+def column_ranges(name: str, b: Ranges, xs: Sequence[Ranges], reduce: Callable[[Columns], None],
+                  indices: Sequence[int] | None = None, *, part: int = PART) -> Ranges:
+    """``merge_columns`` of one tensor read by ranges (``Ranges``), as ranges: the base's if no input changed it
+    (compared ``part`` bytes at a time), else each range asked for reduced from that range of every input, read
+    into buffers reused from range to range. A column's result depends on that column alone, so the bytes are
+    ``merge_columns``'s whatever the ranges asked for."""
+    if all(same_ranges(x, b, part=part) for x in xs):
+        return b
+    labels = list(range(len(xs))) if indices is None else list(indices)
+    dtype = merge_dtype(TORCH_DTYPES[b.spec.dtype])
+    buffers = [torch.empty(part, dtype=torch.uint8) for _ in range(len(xs) + 1)]
+
+    def readinto(offset: int, buffer: memoryview) -> None:
+        out = torch.frombuffer(buffer, dtype=torch.uint8) if len(buffer) else torch.empty(0, dtype=torch.uint8)
+        for at in range(0, len(buffer), part):
+            n = min(part, len(buffer) - at)
+            values = []
+            for source, scratch in zip([b, *xs], buffers, strict=True):
+                source.readinto(offset + at, scratch.numpy().data[:n])
+                values.append(scratch[:n].view(dtype))
+            _reduce_flat(name, values[0], values[1:], out[at:at + n].view(dtype), reduce, labels)
+
+    return Ranges(b.spec, b.nbytes, readinto, lambda start, stop: None)
+
+
+def _reduce_flat(name: str, base: torch.Tensor, xs: Sequence[torch.Tensor], out: torch.Tensor,
+                 reduce: Callable[[Columns], None], labels: Sequence[int]) -> None:
+    """``reduce`` over the columns of flat tensors of the merge dtype, a chunk of columns at a time, into ``out``."""
+    step = min(_base.chunk_size(), base.numel())
+    if not step:
+        return
+    pairs = sorting_network(len(xs))
+    buffer = torch.empty(len(xs) * step, dtype=work_dtype(base.dtype))
+    for start in range(0, base.numel(), step):
+        stop = min(base.numel(), start + step)
+        slices = [x[start:stop] for x in xs]
+        ordered = buffer[: len(xs) * (stop - start)].view(len(xs), stop - start)
+        if sort_columns(_numba_list(slices, ordered.dtype), pairs, ordered.numpy()):
+            raise _base.non_finite_error(name, slices, labels)
+        reduce(Columns(name, base[start:stop], ordered, out[start:stop]))
 
 
 def _numba_list(slices: Sequence[torch.Tensor], dtype: torch.dtype) -> List:

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from ...core.errors import InvalidInput
-from ...tensors.safetensors_io import StateDict
+from ...tensors.safetensors_io import Ranges, StateDict, ranges_of
 from ._base import Strategy, require_int
 from ._kernels import closest_window
-from ._order import Columns, converted, merge_columns
+from ._order import Columns, column_ranges, converted, merge_columns
 from .krum import krum_ranking, pairwise_distances
 
 
@@ -79,3 +79,10 @@ class Bulyan(Strategy):
                                  lambda cols: nearest_mean_columns(cols, width), indices=picked)[name]
 
         return compute
+
+    def _by_ranges(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
+                   weights: list[int]) -> Callable[[str], Ranges]:
+        picked = bulyan_select(pairwise_distances(base, inputs), len(inputs), self.byzantine)
+        width = len(picked) - 2 * self.byzantine
+        return lambda name: column_ranges(name, ranges_of(base, name), [ranges_of(inputs[i], name) for i in picked],
+                                          lambda cols: nearest_mean_columns(cols, width), indices=picked)

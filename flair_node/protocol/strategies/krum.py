@@ -24,8 +24,8 @@ import torch
 from numba.typed import List
 
 from ...core.errors import InvalidInput, MergeError
-from ...tensors.fixedpoint import combine_tensor, normalize_weights, same_bits
-from ...tensors.safetensors_io import StateDict, spec_of
+from ...tensors.fixedpoint import combine_tensor, combined, normalize_weights, same_bits
+from ...tensors.safetensors_io import TORCH_DTYPES, Ranges, StateDict, ranges_of, spec_of
 from . import _base
 from ._base import Strategy, require_int
 from ._kernels import DIST_BLOCK, add_pair_distances
@@ -44,9 +44,9 @@ def pairwise_distances(base: Mapping[str, torch.Tensor], inputs: Sequence[Mappin
         spec = spec_of(base, name)
         if spec is None or spec.dtype not in _FLOATS or n < 2:
             continue
-        flats = [state[name].reshape(-1) for state in inputs]
-        for start in range(0, spec.numel, step):
-            slices = [x[start : start + step] for x in flats]
+        # each input read by ranges (a file's, or computed for that range), a step at a time
+        width = step * TORCH_DTYPES[spec.dtype].itemsize
+        for slices in zip(*(ranges_of(state, name).values(width) for state in inputs), strict=True):
             typed = List()
             for x in slices:
                 typed.append((x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).numpy())
@@ -120,3 +120,12 @@ class Krum(Strategy):
         kept = sorted(ranking[: self.keep])
         shares = normalize_weights([weights[i] for i in kept])
         return lambda name: combine_tensor(name, base[name], [inputs[i][name] for i in kept], shares)
+
+    def _by_ranges(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
+                   weights: list[int]) -> Callable[[str], Ranges]:
+        ranking = krum_ranking(pairwise_distances(base, inputs), range(len(inputs)), self.byzantine)
+        if self.keep == 1:  # its tensors are the chosen input's (the base's where equal: the same bytes)
+            return lambda name: ranges_of(inputs[ranking[0]], name)
+        kept = sorted(ranking[: self.keep])
+        shares = normalize_weights([weights[i] for i in kept])
+        return lambda name: combined(name, ranges_of(base, name), [ranges_of(inputs[i], name) for i in kept], shares)

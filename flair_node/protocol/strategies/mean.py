@@ -6,10 +6,13 @@ in int64 fixed point, the same bytes on every machine, and the arithmetic the me
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ...tensors.fixedpoint import combine
-from ...tensors.safetensors_io import StateDict
+import torch
+
+from ...tensors.fixedpoint import combine, combined
+from ...tensors.safetensors_io import Ranges, StateDict, ranges_of
 from ._base import Strategy
 
 
@@ -21,3 +24,7 @@ class Mean(Strategy):
 
     def _aggregate(self, base: StateDict, inputs: list[StateDict], weights: list[int]) -> StateDict:
         return combine(base, inputs, weights)
+
+    def _by_ranges(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
+                   weights: list[int]) -> Callable[[str], Ranges]:
+        return lambda name: combined(name, ranges_of(base, name), [ranges_of(x, name) for x in inputs], weights)

@@ -9,11 +9,14 @@ the honest values.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ...tensors.safetensors_io import StateDict
+import torch
+
+from ...tensors.safetensors_io import Ranges, StateDict, ranges_of
 from ._base import Strategy
-from ._order import Columns, merge_columns
+from ._order import Columns, column_ranges, merge_columns
 
 
 def median_columns(cols: Columns) -> None:
@@ -32,3 +35,8 @@ class Median(Strategy):
 
     def _aggregate(self, base: StateDict, inputs: list[StateDict], weights: list[int]) -> StateDict:
         return merge_columns(base, inputs, median_columns)
+
+    def _by_ranges(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
+                   weights: list[int]) -> Callable[[str], Ranges]:
+        return lambda name: column_ranges(name, ranges_of(base, name), [ranges_of(x, name) for x in inputs],
+                                          median_columns)

@@ -8,11 +8,14 @@ the same number of values.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ...tensors.safetensors_io import StateDict
+import torch
+
+from ...tensors.safetensors_io import Ranges, StateDict, ranges_of
 from ._base import Strategy, require_fraction
-from ._order import Columns, merge_columns
+from ._order import Columns, column_ranges, merge_columns
 
 
 def trim_count(fraction: float, n: int) -> int:
@@ -34,9 +37,18 @@ class TrimmedMean(Strategy):
         require_fraction(self.name, "fraction", self.fraction, 0.5)
 
     def _aggregate(self, base: StateDict, inputs: list[StateDict], weights: list[int]) -> StateDict:
-        cut = trim_count(self.fraction, len(inputs))
+        return merge_columns(base, inputs, self._reduce(len(inputs)))
+
+    def _by_ranges(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
+                   weights: list[int]) -> Callable[[str], Ranges]:
+        reduce = self._reduce(len(inputs))
+        return lambda name: column_ranges(name, ranges_of(base, name), [ranges_of(x, name) for x in inputs], reduce)
+
+    def _reduce(self, n: int) -> Callable[[Columns], None]:
+        """The rule on one chunk of columns of ``n`` inputs."""
+        cut = trim_count(self.fraction, n)
 
         def reduce(cols: Columns) -> None:
             cols.average([cols.row(i) for i in range(cut, cols.count - cut)])
 
-        return merge_columns(base, inputs, reduce)
+        return reduce
