@@ -40,7 +40,8 @@ from ..core.round_rules import RoundPolicy
 from ..storage import unixfs
 from ..storage.repo import Repository
 from . import dp
-from .rounds import RoundMemory, _remember
+from .round_inputs import remember
+from .rounds import RoundMemory
 
 if TYPE_CHECKING:
     import torch
@@ -95,7 +96,7 @@ def check_plain(repo: Repository, commit: Commit, memory: RoundMemory) -> None:
             return
         why = None if norm <= limit else (f"contribution {short(commit.id)} changes its base by an L2 norm of "
                                           f"{norm:.6g}, beyond the {limit:.6g} the repository's bound allows")
-        _remember(memory.bounded, key, why)
+        remember(memory.bounded, key, why)
     why = memory.bounded.get(key)
     if why is not None:
         raise IntegrityError(why)
@@ -192,10 +193,10 @@ def commitments(repo: Repository, plan: Plan, message: RoundMessage, memory: Rou
                     list(range(norms.group_count(chunks))))
     except IntegrityError as exc:
         why = f"the norm proof of masked update {short(message.id)} does not hold: {exc}"
-        _remember(memory.norm_proofs, key, ((), why))
+        remember(memory.norm_proofs, key, ((), why))
         raise IntegrityError(why) from None
     commitments = tuple(listed)
-    _remember(memory.norm_proofs, key, (commitments, None))
+    remember(memory.norm_proofs, key, (commitments, None))
     return commitments
 
 

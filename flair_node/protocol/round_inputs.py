@@ -2,15 +2,19 @@
 the head when it is based on an older merge (``taken``, ``Moved``), and why a round cannot use it (``unusable``):
 another layout than the head's, values that are not finite, or beyond what the exact merge arithmetic holds
 (``MAX_VALUE``, ``MAX_INTEGER``). Every reason depends only on the bytes of the contribution, its base and the
-head, so every member finds the same; ``rounds`` keeps each answer, by the hashes that name those bytes.
+head, so every member finds the same; ``screen`` keeps each answer in the node's ``RoundMemory``, by the hashes
+that name those bytes.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..core.errors import MergeError
+from ..core.errors import IntegrityError, InvalidInput, MergeError
+from ..core.ids import CommitId
+from ..core.round_rules import RoundPolicy
 from ..storage import adapters
 from ..storage.repo import Repository
 from ..tensors.lazy import Computed
@@ -19,19 +23,53 @@ if TYPE_CHECKING:
     import torch
 
     from ..tensors.safetensors_io import Ranges
-    from .rounds import Contribution, RoundView
+    from .rounds import Contribution, RoundMemory, RoundView
 
 #: The largest magnitude of a floating value a round takes (moved onto the head): well inside what the exact
 #: merge arithmetic holds for any strategy and any number of inputs (``tensors.fixedpoint``).
 MAX_VALUE = float(1 << 19)
 MAX_INTEGER = 1 << 40  # the same for integer tensors (counters)
+CACHE_SIZE = 4096  # answers each of a node's round caches keeps (``RoundMemory``), the oldest forgotten first
+
+
+def screen(memory: RoundMemory, repo: Repository, current: RoundView, head: Mapping[str, torch.Tensor],
+           c: Contribution
+           ) -> tuple[str | None, Any]:
+    """Why a round on ``current.head`` excludes contribution ``c`` (None if it can be merged), and, if it can,
+    what the merge takes of it: its state, moved onto the head if it is based on an older merge (its own state
+    when merges are proven, which take the base apart). The reasons depend only on the bytes of the
+    contribution, its base and the head (all named by their hashes), so every node finds the same; a node that
+    cannot read the payloads (``NotAMember``) or lacks a record (``NotFound``) raises instead of guessing."""
+    cache = memory.screened
+    key = screen_key(c.commit, current.head, current.policy)
+    if key in cache:  # the same bytes give the same answer: read them once
+        reason = cache[key]
+        return reason, None if reason is not None else taken(repo, current, head, c)
+    try:
+        value = taken(repo, current, head, c)
+        reason = unusable(repo, head, value)
+    except (IntegrityError, InvalidInput, MergeError, RecursionError):
+        reason, value = "undecodable", None
+    remember(cache, key, reason)
+    return reason, value if reason is None else None
+
+
+def screen_key(contribution: CommitId, head: CommitId, policy: RoundPolicy) -> str:
+    return f"{contribution}:{head}:{'proven' if policy.proof_chunk else 'moved'}"
+
+
+def remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+    """Keep ``value`` under ``key`` in one of a node's round caches, the oldest forgotten past ``CACHE_SIZE``."""
+    cache[key] = value
+    if len(cache) > CACHE_SIZE:
+        cache.popitem(last=False)
 
 
 def taken(repo: Repository, current: RoundView, head: Mapping[str, torch.Tensor], c: Contribution
           ) -> Mapping[str, torch.Tensor]:
     """What a round on ``current.head`` takes of contribution ``c``, read a tensor at a time: its weights, moved
     onto the head (``head + x − base``, exactly) if it is based on an older merge, merges are not proven and
-    they are not adapters (combined by what they change, ``rounds.derive_lazily``)."""
+    they are not adapters (combined by what they change, ``round_merges.derive_lazily``)."""
     state = repo.weights(c.commit)
     if c.base == current.head or current.policy.proof_chunk or repo.record.adapter is not None:
         return state
@@ -82,7 +120,7 @@ def unusable(repo: Repository, head: Mapping[str, torch.Tensor], taken: Mapping[
     from ..tensors.safetensors_io import TORCH_DTYPES, ranges_of, spec_of
 
     names = sorted(taken)
-    adapter = repo.record.adapter  # combined as an adapter (``rounds.derive_lazily``), whatever its rank
+    adapter = repo.record.adapter  # combined as an adapter (``round_merges.derive_lazily``), whatever its rank
     if adapter is None and (sorted(head) != names or any(spec_of(taken, n) != spec_of(head, n) for n in names)):
         return "undecodable"
     raw = taken.state if isinstance(taken, Moved) else taken

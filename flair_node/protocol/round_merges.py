@@ -1,25 +1,35 @@
-"""What a round merge's record says, and what proving a round merge needs, from the records alone.
+"""What a round merge is: its weights and record as every member derives them, and what proving it needs.
 
-``meta_parents`` and ``merge_parents`` read which contributions a round merge merged and took; ``proof_weights`` and
-``proof_statement`` are what a proof of it must bind; ``commitments`` is what a contribution publishes when a
+``derive_lazily`` (``derive``, computed whole) gives a round merge's weights (``Merged``, computed a range at a
+time as they are read) and the ``meta`` it records, from the round's view and the contributions it takes;
+``meta_parents`` and ``merge_parents`` read which contributions a round merge merged and took; ``proof_weights``
+and ``proof_statement`` are what a proof of it must bind; ``commitments`` is what a contribution publishes when a
 repository's merges are proven, and ``provable_merge`` the merge computed so that its sums can be proven
-(``protocol.rounds`` derives and checks the rounds themselves).
+(``protocol.rounds`` runs and checks the rounds themselves).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import IntegrityError, InvalidInput
 from ..core.ids import CommitId, short
-from ..core.objects import Commit
-from ..core.round_rules import RoundPolicy
+from ..core.objects import Commit, TensorSpec
+from ..core.round_rules import RoundPolicy, step_weight, weight_counts
+from ..storage import adapters
 from ..storage.repo import EXACT_CODECS, Repository
 from .proofs.circuits import Circuits
+from .round_inputs import screen
 
 if TYPE_CHECKING:
-    from ..tensors.safetensors_io import StateDict
+    import torch
+
+    from ..tensors.safetensors_file import Source
+    from ..tensors.safetensors_io import Ranges, StateDict
+    from .rounds import Contribution, RoundMemory, RoundView
 
 
 def most_inputs(policy: RoundPolicy) -> int:
@@ -103,3 +113,99 @@ def provable_merge(repo: Repository, head: StateDict, contributions: Sequence[tu
         deltas.append(weighted_sum.fixed_delta(x, base))
     merged = combine(head, states, signed, shortcuts=False)
     return merged, commit_chunks(repo, weighted_sum.weighted_sums(weights, deltas), circuits)
+
+
+@dataclass(frozen=True)
+class Merged:
+    """A round merge's weights as ``derive_lazily`` gives them: the layout, and each tensor read by ranges
+    (``Ranges``), each range computed from that range of the head and of each input when it is read."""
+
+    layout: tuple[TensorSpec, ...]
+    ranges: Callable[[str], Ranges]
+
+    def source(self) -> Source:
+        """The weights as the file the merge commit stores, each range computed as the writer reaches it."""
+        from ..storage.pieces import PIECE
+        from ..tensors.safetensors_io import streamed_source
+
+        return streamed_source(self.layout, lambda name: self.ranges(name).parts(PIECE))
+
+    def state(self) -> StateDict:
+        """Every tensor, in memory."""
+        return {spec.name: self.ranges(spec.name).tensor() for spec in self.layout}
+
+    @classmethod
+    def of(cls, state: Mapping[str, torch.Tensor]) -> Merged:
+        """Weights at hand (or read from a ``LazyState``) as a ``Merged``."""
+        from ..tensors.safetensors_io import ranges_of, spec_of
+
+        specs = [spec_of(state, name) for name in sorted(state)]
+        return cls(tuple(s for s in specs if s is not None), lambda name: ranges_of(state, name))
+
+
+def derive(repo: Repository, current: RoundView, contributions: Sequence[Contribution], *, memory: RoundMemory
+           ) -> tuple[StateDict, dict[str, Any]]:
+    """``derive_lazily``, its weights computed whole."""
+    merged, meta = derive_lazily(repo, current, contributions, memory=memory)
+    return merged.state(), meta
+
+
+def derive_lazily(repo: Repository, current: RoundView, contributions: Sequence[Contribution], *,
+                  memory: RoundMemory) -> tuple[Merged, dict[str, Any]]:
+    """The merged weights and the ``meta`` a round merge of ``contributions`` records. The weights are computed
+    a range at a time as they are read (``Merged``; the strategy's ``by_ranges``), so a merge holds a few ranges
+    of each input, never a whole tensor, but for proven merges and repositories of adapters, whose inputs are
+    small. With proofs on (the policy's ``proof_chunk``), the merge is exactly
+    ``head + Σ e_i (x_i − base_i) / 2^16`` in fixed point, with the effective weights ``e = proof_weights(meta)``,
+    and ``meta["sums"]`` holds the commitments of the chunks of ``Σ e_i (x_i − base_i)``: what an EZKL proof of
+    the merge binds to."""
+    from ..tensors.fixedpoint import WEIGHT_BITS, combined, normalize_weights
+    from ..tensors.safetensors_io import ranges_of
+    from .strategies import build_strategy
+
+    if not contributions:
+        raise InvalidInput("a round merges at least one contribution")
+    if repo.record.adapter is not None:
+        adapters.check_policy(current.policy)
+    strategy = build_strategy(current.policy.strategy, current.policy.strategy_params)
+    head = repo.weights(current.head)
+    kept, inputs, excluded = [], [], []
+    for c in contributions:
+        reason, value = screen(memory, repo, current, head, c)
+        if reason is None:
+            kept.append(c)
+            inputs.append(value)
+        else:
+            excluded.append([c.commit, reason])
+    shown = {"branch": current.branch, "round": current.number + 1, "strategy": strategy.describe()}
+    if excluded:
+        shown["excluded"] = excluded
+    if not kept:  # only unusable ones: the merge takes them out of the pending set and changes nothing
+        return Merged.of(head), {**shown, "contributions": [], "examples": 0, "step": 0}
+    strategy.check_count(len(kept))
+    weights = normalize_weights(weight_counts([(c.examples, c.staleness) for c in kept], current.policy))
+    whole = 1 << WEIGHT_BITS
+    step = step_weight([(c.examples, c.staleness) for c in kept], current.policy, whole)
+    meta = {**shown, "contributions": [[c.commit, c.examples, c.staleness, w] for c, w in zip(kept, weights,
+                                                                                          strict=True)],
+            "examples": sum(c.examples for c in kept), "step": step}
+    if repo.record.adapter is not None:  # head + Σ eᵢ (xᵢ − baseᵢ) in what the adapters change, eᵢ = wᵢ × step
+        square = Fraction(whole * whole)
+        terms = [(current.head, Fraction(1))]
+        for c, w in zip(kept, weights, strict=True):
+            terms += [(c.commit, w * step / square), (c.base, -w * step / square)]
+        state, meta["lora"] = adapters.combine(repo, terms)
+        return Merged.of(state), meta
+    if current.policy.proof_chunk:
+        state, sums = provable_merge(repo, repo.materialize(current.head),
+                                     [(c.base, repo.materialize(c.commit)) for c in kept], proof_weights(meta),
+                                     memory.circuits)
+        return Merged.of(state), {**meta, "sums": sums}
+    result = strategy.by_ranges(head, inputs, weights)  # each contribution moved onto the head (``screen``)
+    if step == whole:
+        return Merged(repo.layout(current.head), result), meta
+
+    def stepped(name: str) -> Ranges:  # stale contributions: a shorter step from the head towards the result
+        return combined(name, ranges_of(head, name), [result(name)], [step])
+
+    return Merged(repo.layout(current.head), stepped), meta

@@ -50,31 +50,27 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import FlairError, IntegrityError, InvalidInput, MergeError, NotAMember
 from ..core.ids import CommitId, PublicKey, short
 from ..core.membership import PROTECTED_BRANCHES, ROLES, Membership
-from ..core.objects import Commit, TensorSpec
+from ..core.objects import Commit
 from ..core.refs import MAX_CLOCK_SKEW_MS, BranchMove, check_branch_name
-from ..core.round_rules import RoundPolicy, entitled, filled_at, ranking, step_weight, turn_ends, weight_counts
+from ..core.round_rules import RoundPolicy, entitled, filled_at, ranking, turn_ends
 from ..storage import adapters
 from ..storage.clock import now_ms
 from ..storage.repo import CONTRIBUTION_PREFIX, Repository, contribution_branch
-from . import round_inputs
 from .proofs.circuits import Circuits
-from .round_merges import commit_chunks, merge_parents, most_inputs, proof_weights, provable_merge
+from .round_inputs import remember, screen_key
+from .round_merges import commit_chunks, derive_lazily, merge_parents, most_inputs
 
 if TYPE_CHECKING:
-    import torch
 
-    from ..tensors.safetensors_file import Source
-    from ..tensors.safetensors_io import Ranges, StateDict
+    from ..tensors.safetensors_io import StateDict
 
-_CACHE_SIZE = 4096  # answers each of a node's round caches keeps (``RoundMemory``), the oldest forgotten first
 MAX_EXCLUDED_REASON = 32
 HOLD_TIMEOUTS = 2  # a peer's merge being checked holds this node's own for at most this many policy timeouts
 _MAX_HELD = 1024
@@ -120,10 +116,10 @@ class RoundMemory:
             return self._circuits
 
     def remember_dp(self, commit: CommitId, totals: dict[PublicKey, tuple[int, int]]) -> None:
-        _remember(self.dp_spent, commit, dict(totals))
+        remember(self.dp_spent, commit, dict(totals))
 
     def remember_rhos(self, commit: CommitId, totals: dict[PublicKey, tuple[float, ...]]) -> None:
-        _remember(self.dp_rhos, commit, dict(totals))
+        remember(self.dp_rhos, commit, dict(totals))
 
     def hold(self, key: tuple[str, str, str, str], merge_id: CommitId, until_ms: int, at_ms: int) -> bool:
         """Hold the round ``key`` names for ``merge_id`` until ``until_ms``, unless its author held it before:
@@ -236,7 +232,7 @@ def view(repo: Repository, branch: str, *, memory: RoundMemory, at_ms: int | Non
     pending = tuple(sorted(latest.values(), key=lambda c: c.commit))
     head_commit, number = repo.commit(head), _rounds_before(repo, head)
     excluded = [(c.commit, why, number + 1) for c in pending
-                if (why := memory.screened.get(_screen_key(c.commit, head, membership.policy)))]
+                if (why := memory.screened.get(screen_key(c.commit, head, membership.policy)))]
     if head_commit.kind == "round":
         excluded += [(CommitId(c), why, number) for c, why in _excluded_meta(head_commit)]
     return RoundView(branch=target, head=head, number=number,
@@ -286,7 +282,7 @@ def merge(repo: Repository, identity: Any, branch: str, *, memory: RoundMemory, 
         merged, meta = derive_lazily(repo, current, current.pending, memory=memory)
     except InvalidInput:  # too few usable ones for the strategy: take out only those no round can use
         unusable = [c for c in current.pending
-                    if memory.screened.get(_screen_key(c.commit, current.head, current.policy)) is not None]
+                    if memory.screened.get(screen_key(c.commit, current.head, current.policy)) is not None]
         if not unusable:
             raise
         current = current.taking(unusable)  # the windows as a merge of these alone gives them
@@ -392,7 +388,7 @@ def check_move(repo: Repository, move: BranchMove, *, memory: RoundMemory) -> No
         else:
             verify(repo, commit, memory=memory)
     except MergeMismatch as exc:
-        _remember(checked, commit.id, str(exc))
+        remember(checked, commit.id, str(exc))
         memory.settle(commit.id)
         raise
     except IntegrityError:
@@ -400,7 +396,7 @@ def check_move(repo: Repository, move: BranchMove, *, memory: RoundMemory) -> No
     except FlairError as exc:  # a strategy that cannot run on these inputs, a layout that does not fit, ...
         memory.settle(commit.id)
         raise IntegrityError(f"round merge {short(commit.id)} does not re-derive: {exc}") from None
-    _remember(checked, commit.id, None)
+    remember(checked, commit.id, None)
     memory.settle(commit.id)
 
 
@@ -439,109 +435,7 @@ def held_by(repo: Repository, branch: str, head: CommitId, at_ms: int, *, memory
     return memory.held(repo.id, branch, head, at_ms)
 
 
-@dataclass(frozen=True)
-class Merged:
-    """A round merge's weights as ``derive_lazily`` gives them: the layout, and each tensor read by ranges
-    (``Ranges``), each range computed from that range of the head and of each input when it is read."""
-
-    layout: tuple[TensorSpec, ...]
-    ranges: Callable[[str], Ranges]
-
-    def source(self) -> Source:
-        """The weights as the file the merge commit stores, each range computed as the writer reaches it."""
-        from ..storage.pieces import PIECE
-        from ..tensors.safetensors_io import streamed_source
-
-        return streamed_source(self.layout, lambda name: self.ranges(name).parts(PIECE))
-
-    def state(self) -> StateDict:
-        """Every tensor, in memory."""
-        return {spec.name: self.ranges(spec.name).tensor() for spec in self.layout}
-
-    @classmethod
-    def of(cls, state: Mapping[str, torch.Tensor]) -> Merged:
-        """Weights at hand (or read from a ``LazyState``) as a ``Merged``."""
-        from ..tensors.safetensors_io import ranges_of, spec_of
-
-        specs = [spec_of(state, name) for name in sorted(state)]
-        return cls(tuple(s for s in specs if s is not None), lambda name: ranges_of(state, name))
-
-
-def derive(repo: Repository, current: RoundView, contributions: Sequence[Contribution], *, memory: RoundMemory
-           ) -> tuple[StateDict, dict[str, Any]]:
-    """``derive_lazily``, its weights computed whole."""
-    merged, meta = derive_lazily(repo, current, contributions, memory=memory)
-    return merged.state(), meta
-
-
-def derive_lazily(repo: Repository, current: RoundView, contributions: Sequence[Contribution], *,
-                  memory: RoundMemory) -> tuple[Merged, dict[str, Any]]:
-    """The merged weights and the ``meta`` a round merge of ``contributions`` records. The weights are computed
-    a range at a time as they are read (``Merged``; the strategy's ``by_ranges``), so a merge holds a few ranges
-    of each input, never a whole tensor, but for proven merges and repositories of adapters, whose inputs are
-    small. With proofs on (the policy's ``proof_chunk``), the merge is exactly
-    ``head + Σ e_i (x_i − base_i) / 2^16`` in fixed point, with the effective weights ``e = proof_weights(meta)``,
-    and ``meta["sums"]`` holds the commitments of the chunks of ``Σ e_i (x_i − base_i)``: what an EZKL proof of
-    the merge binds to."""
-    from ..tensors.fixedpoint import WEIGHT_BITS, combined, normalize_weights
-    from ..tensors.safetensors_io import ranges_of
-    from .strategies import build_strategy
-
-    if not contributions:
-        raise InvalidInput("a round merges at least one contribution")
-    if repo.record.adapter is not None:
-        adapters.check_policy(current.policy)
-    strategy = build_strategy(current.policy.strategy, current.policy.strategy_params)
-    head = repo.weights(current.head)
-    kept, inputs, excluded = [], [], []
-    for c in contributions:
-        reason, value = _screen(memory, repo, current, head, c)
-        if reason is None:
-            kept.append(c)
-            inputs.append(value)
-        else:
-            excluded.append([c.commit, reason])
-    shown = {"branch": current.branch, "round": current.number + 1, "strategy": strategy.describe()}
-    if excluded:
-        shown["excluded"] = excluded
-    if not kept:  # only unusable ones: the merge takes them out of the pending set and changes nothing
-        return Merged.of(head), {**shown, "contributions": [], "examples": 0, "step": 0}
-    strategy.check_count(len(kept))
-    weights = normalize_weights(weight_counts([(c.examples, c.staleness) for c in kept], current.policy))
-    whole = 1 << WEIGHT_BITS
-    step = step_weight([(c.examples, c.staleness) for c in kept], current.policy, whole)
-    meta = {**shown, "contributions": [[c.commit, c.examples, c.staleness, w] for c, w in zip(kept, weights,
-                                                                                          strict=True)],
-            "examples": sum(c.examples for c in kept), "step": step}
-    if repo.record.adapter is not None:  # head + Σ eᵢ (xᵢ − baseᵢ) in what the adapters change, eᵢ = wᵢ × step
-        square = Fraction(whole * whole)
-        terms = [(current.head, Fraction(1))]
-        for c, w in zip(kept, weights, strict=True):
-            terms += [(c.commit, w * step / square), (c.base, -w * step / square)]
-        state, meta["lora"] = adapters.combine(repo, terms)
-        return Merged.of(state), meta
-    if current.policy.proof_chunk:
-        state, sums = provable_merge(repo, repo.materialize(current.head),
-                                     [(c.base, repo.materialize(c.commit)) for c in kept], proof_weights(meta),
-                                     memory.circuits)
-        return Merged.of(state), {**meta, "sums": sums}
-    result = strategy.by_ranges(head, inputs, weights)  # each contribution moved onto the head (``_screen``)
-    if step == whole:
-        return Merged(repo.layout(current.head), result), meta
-
-    def stepped(name: str) -> Ranges:  # stale contributions: a shorter step from the head towards the result
-        return combined(name, ranges_of(head, name), [result(name)], [step])
-
-    return Merged(repo.layout(current.head), stepped), meta
-
-
 # -- internals -----------------------------------------------------------------------------------------
-
-
-def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
-    cache[key] = value
-    if len(cache) > _CACHE_SIZE:
-        cache.popitem(last=False)
 
 
 def _committed(memory: RoundMemory, repo: Repository, commit: Commit, policy: RoundPolicy) -> bool:
@@ -560,14 +454,14 @@ def _committed(memory: RoundMemory, repo: Repository, commit: Commit, policy: Ro
         except NotAMember:
             return True  # a node without the key cannot look: it neither merges nor re-derives
         except (IntegrityError, InvalidInput, MergeError, RecursionError):  # undecodable or non-finite: the same
-            _remember(known, key, False)  # bytes fail the same way on every node, so it is never pending
+            remember(known, key, False)  # bytes fail the same way on every node, so it is never pending
             return False
         try:
             own = commit_chunks(repo, delta, memory.circuits)
         except ProofError as exc:
             raise IntegrityError(f"cannot check the commitments of contribution {short(commit.id)} yet: {exc}"
                                  ) from None
-        _remember(known, key, isinstance(published, list) and published == own)
+        remember(known, key, isinstance(published, list) and published == own)
     return known[key]
 
 
@@ -664,32 +558,6 @@ def _require_contributor(membership: Membership, author: PublicKey, commit: Comm
     if role is None or ROLES.index(role) < ROLES.index("contributor"):
         raise IntegrityError(f"contribution {short(commit)} is by {short(author)}, who holds no contributor role "
                              "now (removed, expired or a reader): a round does not count it")
-
-
-def _screen(memory: RoundMemory, repo: Repository, current: RoundView, head: Mapping[str, torch.Tensor],
-            c: Contribution
-            ) -> tuple[str | None, Any]:
-    """Why a round on ``current.head`` excludes contribution ``c`` (None if it can be merged), and, if it can,
-    what the merge takes of it: its state, moved onto the head if it is based on an older merge (its own state
-    when merges are proven, which take the base apart). The reasons depend only on the bytes of the
-    contribution, its base and the head (all named by their hashes), so every node finds the same; a node that
-    cannot read the payloads (``NotAMember``) or lacks a record (``NotFound``) raises instead of guessing."""
-    cache = memory.screened
-    key = _screen_key(c.commit, current.head, current.policy)
-    if key in cache:  # the same bytes give the same answer: read them once
-        reason = cache[key]
-        return reason, None if reason is not None else round_inputs.taken(repo, current, head, c)
-    try:
-        taken = round_inputs.taken(repo, current, head, c)
-        reason = round_inputs.unusable(repo, head, taken)
-    except (IntegrityError, InvalidInput, MergeError, RecursionError):
-        reason, taken = "undecodable", None
-    _remember(cache, key, reason)
-    return reason, taken if reason is None else None
-
-
-def _screen_key(contribution: CommitId, head: CommitId, policy: RoundPolicy) -> str:
-    return f"{contribution}:{head}:{'proven' if policy.proof_chunk else 'moved'}"
 
 
 def _excluded_meta(commit: Commit) -> list[tuple[str, str]]:

@@ -54,7 +54,7 @@ def honest(repos: RepoSet, repo: Repository, member: Identity, memory: rounds.Ro
 
 
 def merge(repos: RepoSet, repo: Repository, current: rounds.RoundView, memory: rounds.RoundMemory):
-    state, meta = rounds.derive(repo, current, current.pending, memory=memory)
+    state, meta = round_merges.derive(repo, current, current.pending, memory=memory)
     aggregator = next(i for i in EVERYONE if i.public_key == current.aggregator(now_ms()))
     return as_node(repos, repo, aggregator).write_round(
         aggregator, state, branch="main", parents=(current.head, *round_merges.merge_parents(meta)), meta=meta,

@@ -166,7 +166,7 @@ def test_a_member_counts_once_however_many_contribution_branches_it_moves():
     # An aggregator (colluding or modified) merges three of the cheat's commits: every member refuses it.
     forced = current.taking([rounds.Contribution(c, cheat.public_key, repo.head("main"), 100, 0, now_ms())
                              for c in sorted((own.id, second.id, third.id))])
-    state, meta = rounds.derive(repo, forced, forced.pending, memory=memory)
+    state, meta = round_merges.derive(repo, forced, forced.pending, memory=memory)
     aggregator = by_key(forced.aggregator(now_ms()))
     forged = as_node(repos, repo, aggregator).write_round(
         aggregator, state, branch="main", parents=(forced.head, *round_merges.merge_parents(meta)), meta=meta,
@@ -187,7 +187,7 @@ def test_a_removed_or_expired_member_is_not_counted_whatever_the_date_it_signed(
     as_node(repos, repo, honest).contribute(honest, shift(tiny_state(0), 1.0), examples=10)
     before = rounds.view(repo, "main", memory=memory)
     assert {c.author for c in before.pending} == {leaver.public_key, honest.public_key}
-    state, meta = rounds.derive(repo, before, before.pending, memory=memory)  # what a merge taking both would be
+    state, meta = round_merges.derive(repo, before, before.pending, memory=memory)  # what a merge taking both would be
 
     repo.remove(OWNER, leaver.public_key)  # after it contributed (dated before its removal)
     after = rounds.view(repo, "main", memory=memory)
@@ -256,7 +256,7 @@ def test_a_merge_recording_other_exclusions_is_refused():
     hostile_contribution(node, cheat, weights_payload(node, {k: torch.full_like(v, math.inf) if v.is_floating_point()
                                                             else v for k, v in tiny_state(0).items()}))
     current = rounds.view(repo, "main", memory=memory)
-    state, meta = rounds.derive(repo, current, current.pending, memory=memory)
+    state, meta = round_merges.derive(repo, current, current.pending, memory=memory)
     meta["excluded"] = [[c, "undecodable"] for c, _ in meta["excluded"]]  # another reason than the bytes give
     aggregator = by_key(current.aggregator(now_ms()))
     lying = as_node(repos, repo, aggregator).write_round(
@@ -426,7 +426,7 @@ def test_only_an_entitled_member_s_merge_holds_a_round_and_each_author_only_once
         as_node(repos, repo, member).contribute(member, shift(tiny_state(0), i + 1.0), examples=10)
     current = rounds.view(repo, "main", memory=memory)
     node = as_node(repos, repo, by_key(current.ranked[3]), own_refs(repo))
-    state, meta = rounds.derive(repo, current, current.pending, memory=memory)
+    state, meta = round_merges.derive(repo, current, current.pending, memory=memory)
     first = by_key(current.ranked[0])
     at = current.filled_ms + 1_000  # the first-ranked's window
     monkeypatch.setattr("flair_node.storage.clock.now_ms", lambda: at)

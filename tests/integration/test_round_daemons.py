@@ -173,7 +173,7 @@ def forge_round_merge(home, repo_id):
     repos = RepoSet.on_disk(home, Home(home).identity())
     repo = repos.open_id(repo_id)
     current = rounds.view(repo, "main", memory=memory)
-    state, meta = rounds.derive(repo, current, current.pending, memory=memory)
+    state, meta = round_merges.derive(repo, current, current.pending, memory=memory)
     first = next(iter(state))
     state[first] = state[first] + 0.01
     return repo.write_round(repos.identity, state, branch="main",

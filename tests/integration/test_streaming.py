@@ -77,7 +77,7 @@ def test_a_model_streams_through_a_daemon_in_bounded_memory_and_comes_back_bit_f
     assert sorted(back) == sorted(first) and all(torch.equal(back[k], first[k]) for k in first)
 
 
-def test_merges_and_reverts_hold_pieces_and_diffs_a_tensor_at_a_time_not_the_model(tmp_path):
+def test_merges_reverts_and_diffs_hold_pieces_not_the_model(tmp_path):
     base = write_model(tmp_path / "base.safetensors", 0)
     write_model(tmp_path / "main.safetensors", 1, base=base, changed=TENSORS // 2)
     write_model(tmp_path / "side.safetensors", 2, base=base)
@@ -98,9 +98,10 @@ def test_merges_and_reverts_hold_pieces_and_diffs_a_tensor_at_a_time_not_the_mod
             assert reset_peak(node.pid)
             run()
             peaks[what] = peak_mb(node.pid) - idle
-        # a merge and a revert hold a few pieces (512 KiB) of every input and the result, a diff a few tensors
-        # (4 MiB each): never the model
-        assert peaks["merge"] < MODEL_MB / 4 and peaks["revert"] < MODEL_MB / 4 and peaks["diff"] < MODEL_MB / 2, peaks
+        # a merge and a revert hold a few pieces (512 KiB) of every input and the result, a diff a range (1 MiB)
+        # of each side: never a tensor (4 MiB each), let alone the model
+        print(f"peaks above idle (MiB): {peaks}")
+        assert all(peak < MODEL_MB / 4 for peak in peaks.values()), peaks
         call("repo.checkout", repo="big", commit="main", output_path=str(tmp_path / "out.safetensors"))
     # the merge, reverted, is main's commit before it, bit for bit
     back, before = load_file(str(tmp_path / "out.safetensors")), load_file(str(tmp_path / "main.safetensors"))

@@ -16,7 +16,7 @@ from flair_node.core.errors import IntegrityError, InvalidInput, MergeError
 from flair_node.core.identity import Identity
 from flair_node.core.objects import AdapterSpec, RepositoryRecord
 from flair_node.core.round_rules import RoundPolicy
-from flair_node.protocol import rounds
+from flair_node.protocol import round_merges, rounds
 from flair_node.storage import adapters
 from flair_node.storage.repo import Repository
 from flair_node.storage.repos import RepoSet
@@ -337,7 +337,7 @@ def test_a_round_merge_that_averages_the_factors_is_refused() -> None:
         contributions.append(mine)
         contribute_adapter(repos, repo, member, mine, 10)
     current = rounds.view(repo, "main", memory=memory)
-    state, meta = rounds.derive(repo, current, current.pending, memory=memory)
+    state, meta = round_merges.derive(repo, current, current.pending, memory=memory)
     # what FedIT would publish: the factors averaged apart, at the contributors' rank
     fedit = {k: (adapter_tensors(contributions[0])[k] + adapter_tensors(contributions[1])[k]) / 2
              for k in adapter_tensors(contributions[0])}
@@ -360,7 +360,7 @@ def test_an_svd_round_merge_is_re_derived_to_its_tolerance_and_a_nudged_one_is_r
     for i, member in enumerate(MEMBERS[:2]):
         contribute_adapter(repos, repo, member, trained(start, 60 + i), 10)
     current = rounds.view(repo, "main", memory=memory)
-    state, meta = rounds.derive(repo, current, current.pending, memory=memory)
+    state, meta = round_merges.derive(repo, current, current.pending, memory=memory)
     assert meta["lora"] == "svd" and adapters.adapter_of(spec, repo.record.layout, state).rank == RANK
     who = next(i for i in [OWNER, *MEMBERS] if i.public_key == current.aggregator(current.opened_ms + 1))
     other = next(i for i in [OWNER, *MEMBERS] if i != who)
@@ -406,7 +406,7 @@ def test_a_contribution_that_is_not_an_adapter_of_the_repository_is_excluded_not
     huge = {k: v * 1e9 for k, v in adapter_tensors(trained(start, 41)).items()}
     as_node(repos, repo, MEMBERS[1]).contribute(MEMBERS[1], huge, examples=5)
     current = rounds.view(repo, "main", memory=memory)
-    state, meta = rounds.derive(repo, current, current.pending, memory=memory)
+    state, meta = round_merges.derive(repo, current, current.pending, memory=memory)
     assert [reason for _, reason in meta["excluded"]] == ["out of range"]
     assert_change(adapters.adapter_of(spec, repo.record.layout, state), delta(good))
 

@@ -268,7 +268,7 @@ def test_a_merge_publishing_other_sums_is_refused_and_proofs_need_a_mean(team, m
     contribute(repos, repo, ANA, 1, 100, memory=memory)
     contribute(repos, repo, BEN, 2, 300, memory=memory)
     current = rounds.view(repo, "main", memory=memory)
-    state_, meta = rounds.derive(repo, current, current.pending, memory=memory)
+    state_, meta = round_merges.derive(repo, current, current.pending, memory=memory)
     who = next(i for i in (OWNER, ANA, BEN, CY) if i.public_key == current.aggregator(current.opened_ms + 1))
     meta["sums"] = meta["sums"][::-1]
     lying = node(repos, repo, who).write_round(who, state_, branch="main",

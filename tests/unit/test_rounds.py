@@ -50,7 +50,7 @@ def two_contributions(examples: tuple[int, int] = (50, 50)):
     for i, member in enumerate(MEMBERS[:2]):
         as_node(repos, repo, member).contribute(member, shift(tiny_state(0), i + 1.0), examples=examples[i])
     current = rounds.view(repo, "main", memory=memory)
-    state, meta = rounds.derive(repo, current, current.pending, memory=memory)
+    state, meta = round_merges.derive(repo, current, current.pending, memory=memory)
     return repos, repo, current, state, meta
 
 
@@ -119,7 +119,7 @@ def test_a_stale_contribution_weighs_less_and_a_too_stale_one_waits_no_more():
     node.contribute(late, shift(tiny_state(0), 2.0), examples=100)  # both on the first head
     current = rounds.view(repo, "main", memory=memory)
     # round 1 merges only the late member's (as if the early one's had not arrived yet)
-    state, meta = rounds.derive(repo, current, [c for c in current.pending if c.author == late.public_key],
+    state, meta = round_merges.derive(repo, current, [c for c in current.pending if c.author == late.public_key],
                                 memory=memory)
     aggregator = by_key(current.aggregator(current.opened_ms + 1))
     one = as_node(repos, repo, aggregator).write_round(aggregator, state, branch="main",
@@ -131,7 +131,7 @@ def test_a_stale_contribution_weighs_less_and_a_too_stale_one_waits_no_more():
     assert (pending.author, pending.base, pending.staleness) == (early.public_key, first_base, 1)
     fresh = MEMBERS[2]
     as_node(repos, repo, fresh).contribute(fresh, shift(repo.materialize(one.id), 0.5), examples=100)
-    weights = {entry[0]: (entry[2], entry[3]) for entry in rounds.derive(
+    weights = {entry[0]: (entry[2], entry[3]) for entry in round_merges.derive(
         repo, rounds.view(repo, "main", memory=memory), rounds.view(repo, "main", memory=memory).pending,
         memory=memory)[1]["contributions"]}
     assert sorted(weights.values()) == [(0, 43691), (1, 21845)]  # 100 x 1 against 100 x 1/2, out of 2^16
@@ -254,7 +254,7 @@ def test_a_round_reads_its_inputs_a_range_at_a_time_and_merges_what_whole_tensor
     as_node(repos, repo, early).contribute(early, trained(0.1), examples=100)
     as_node(repos, repo, late).contribute(late, trained(0.2), examples=300)
     first = rounds.view(repo, "main", memory=memory)
-    state, meta = rounds.derive(repo, first, [c for c in first.pending if c.author == late.public_key],
+    state, meta = round_merges.derive(repo, first, [c for c in first.pending if c.author == late.public_key],
                                 memory=memory)
     one = write_round(repos, repo, by_key(first.aggregator(first.opened_ms + 1)), state, first, meta, "round 1")
     # round 2: early's contribution, based on the first head, is moved onto round 1's, beside a fresh one

@@ -159,7 +159,7 @@ async def test_a_pull_follows_a_verified_round_merge_and_refuses_a_forged_one():
 
     memory = RoundMemory()
     (who, theirs, repo), (me, mine, my_repo), current = await two_nodes_with_a_pending_contribution()
-    state, meta = rounds.derive(repo, current, current.pending, memory=memory)
+    state, meta = round_merges.derive(repo, current, current.pending, memory=memory)
     forged = repo.write_round(who, {k: v + 1 for k, v in state.items()}, branch="main",
                               parents=(current.head, *round_merges.meta_parents(meta)), meta=meta, message="forged")
     result = await pull(mine, repo.id, LocalSource(theirs, me.public_key, mine), memory=RoundMemory())
