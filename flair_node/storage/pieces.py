@@ -32,8 +32,10 @@ too much, the parent's pieces are read for only one in 32 (``_Tries``): a commit
 about what it cost before deltas, its unchanged pieces still found equal to whole pieces by their sealed bytes.
 Where the pieces lie in the file follows from its header (``lengths``), which is read first.
 
-Sealing and hashing run on ``WORKERS`` threads (OpenSSL and hashlib release the GIL on large buffers), with at most
-``WINDOW`` pieces in flight, which is all the memory a commit takes beyond the file's header.
+Sealing and hashing run on ``WORKERS`` threads (OpenSSL and hashlib release the GIL on large buffers), and each
+sealed block is written, fsynced and renamed into place on one of ``WRITERS`` more: a thread waiting for the disk
+holds no core, so the sealing threads keep both cores busy meanwhile. At most ``WINDOW`` pieces are in flight,
+sealed or not, which is all the memory a commit takes beyond the file's header.
 """
 
 from __future__ import annotations
@@ -61,8 +63,10 @@ log = logging.getLogger(__name__)
 CODEC = PIECES_CODEC
 #: Bytes of a tensor (or of the header) in one piece, counted from its start.
 PIECE = 512 * 1024
-#: Threads that seal, hash and store pieces.
+#: Threads that seal and hash pieces.
 WORKERS = 2
+#: Threads that write sealed blocks to the store (mostly waiting for fsync).
+WRITERS = 3
 #: Pieces read ahead of the one being stored.
 WINDOW = 8
 
@@ -122,21 +126,33 @@ def write(store: unixfs.BlockStore, cipher: PieceCipher, pieces: Iterable[Part],
     With ``base`` (a payload of the same pieces under ``cipher``), each piece is stored against the same piece of
     it (see the module docstring)."""
     leaves: list[tuple[Cid, int]] = []
-    in_flight: deque[Future[tuple[Cid, int]]] = deque()
+    in_flight: deque[Future[_Sealed]] = deque()
     tries = _Tries()
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="flair-pieces") as pool:
+
+    def stored(sealed: Future[_Sealed]) -> tuple[Cid, int]:
+        cid, size, written = sealed.result()
+        if written is not None:
+            written.result()
+        return cid, size
+
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="flair-pieces") as pool, \
+            ThreadPoolExecutor(WRITERS, thread_name_prefix="flair-writes") as writers:
         try:
             for index, piece in enumerate(pieces):
-                in_flight.append(pool.submit(_store, store, cipher, piece, base, index, tries))
+                in_flight.append(pool.submit(_store, store, cipher, piece, base, index, tries, writers))
                 if len(in_flight) >= WINDOW:
-                    leaves.append(in_flight.popleft().result())
+                    leaves.append(stored(in_flight.popleft()))
             while in_flight:
-                leaves.append(in_flight.popleft().result())
+                leaves.append(stored(in_flight.popleft()))
         except BaseException:
             for future in in_flight:
                 future.cancel()
             raise
     return unixfs.link_leaves(store, leaves), sum(size for _, size in leaves)
+
+
+#: A piece sealed: its leaf's CID and size, and its write to the store under way (None if the store holds it).
+_Sealed = tuple[Cid, int, "Future[None] | None"]
 
 
 class _Tries:
@@ -158,7 +174,7 @@ class _Tries:
 
 
 def _store(store: unixfs.BlockStore, cipher: PieceCipher, piece: Part, base: Snapshot | None,
-           index: int, tries: _Tries) -> tuple[Cid, int]:
+           index: int, tries: _Tries, writers: ThreadPoolExecutor) -> _Sealed:
     old = None
     if base is not None and index < base.count and tries.worth():
         try:
@@ -172,20 +188,25 @@ def _store(store: unixfs.BlockStore, cipher: PieceCipher, piece: Part, base: Sna
             if old.depth < piece_delta.MAX_DEPTH or old.plain == piece else (old.root_plain, 0, old.root)
         if plain == piece:
             tries.note(True)
-            return cid.text, size
+            return cid.text, size, None
         delta = piece_delta.encode(piece, plain, depth=depth + 1, base_digest=cid.digest, base_size=size,
                                    min_plaintext=unixfs.MIN_LEAF - cipher.OVERHEAD)
         tries.note(delta is not None)
         if delta is not None:
-            return _seal(store, cipher.seal(delta, delta=True))
-    return _seal(store, cipher.seal(piece))
+            return _seal(store, cipher.seal(delta, delta=True), writers)
+    return _seal(store, cipher.seal(piece), writers)
 
 
-def _seal(store: unixfs.BlockStore, sealed: bytes) -> tuple[Cid, int]:
+def _seal(store: unixfs.BlockStore, sealed: bytes, writers: ThreadPoolExecutor | None = None) -> _Sealed:
+    """Hash ``sealed`` and store it unless the store holds it: on one of ``writers``, or here without."""
     cid = ParsedCid(RAW, hashlib.sha256(sealed).digest())
+    written = None
     if not store.has(cid):
-        store.put_hashed(cid, sealed)
-    return cid.text, len(sealed)
+        if writers is None:
+            store.put_hashed(cid, sealed)
+        else:
+            written = writers.submit(store.put_hashed, cid, sealed)
+    return cid.text, len(sealed), written
 
 
 Leaf = tuple[ParsedCid, int]

@@ -80,11 +80,11 @@ def crafted(s: Scene, *, depth: int = 1, word: int = 4, base: bytes | None = Non
 
 
 def seal(s: Scene, plain: bytes, *, delta: bool = True) -> tuple[str, int]:
-    return pieces._seal(s.repos.blocks, s.cipher.seal(plain, delta=delta))
+    return pieces._seal(s.repos.blocks, s.cipher.seal(plain, delta=delta))[:2]
 
 
 def put(s: Scene, sealed: bytes) -> tuple[str, int]:
-    return pieces._seal(s.repos.blocks, sealed)
+    return pieces._seal(s.repos.blocks, sealed)[:2]
 
 
 def plant(s: Scene, second: tuple[str, int], first: tuple[str, int] | None = None) -> Commit:
