@@ -25,7 +25,7 @@ import torch
 
 from ...core.errors import InvalidInput, MergeError
 from ...tensors.fixedpoint import WEIGHT_BITS, check_inputs
-from ...tensors.safetensors_io import Ranges, StateDict, ranges_of, spec_of
+from ...tensors.safetensors_io import Ranges, StateDict, spec_of
 
 #: Parameters per chunk: each step holds every input's slice of one chunk (n × CHUNK values) and no more.
 #: Read through ``chunk_size()`` so tests can shrink it.
@@ -62,27 +62,15 @@ class Strategy(ABC):
         read, after the rule's per-tensor decisions (which inputs changed it) and its own pass over the whole
         updates, if it has one: ``aggregate``'s bytes, holding a few ranges of each input instead of whole
         models. The inputs are mappings that may read each tensor when asked (``safetensors_io.LazyState``);
-        their layouts are checked from their specs, their values as each range is computed. A rule with no
-        ranges of its own computes each tensor whole."""
+        their layouts are checked from their specs, their values as each range is computed."""
         check_weights(len(inputs), weights)
         self.check_count(len(inputs))
         check_layouts(base, inputs)
         return self._by_ranges(base, list(inputs), list(weights))
 
+    @abstractmethod
     def _by_ranges(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
-                   weights: list[int]) -> Callable[[str], Ranges]:
-        compute = self._per_tensor(base, inputs, weights)
-        return lambda name: ranges_of({name: compute(name)}, name)
-
-    def _per_tensor(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
-                    weights: list[int]) -> Callable[[str], torch.Tensor]:
-        """The rule as a function computing one tensor at a time: for a coordinate-wise rule (this default), the
-        rule applied to that tensor alone. A rule whose result depends on whole updates overrides it."""
-
-        def compute(name: str) -> torch.Tensor:
-            return self._aggregate({name: base[name]}, [{name: x[name]} for x in inputs], weights)[name]
-
-        return compute
+                   weights: list[int]) -> Callable[[str], Ranges]: ...
 
     def check_count(self, n: int) -> None:
         """Raise ``InvalidInput`` unless this rule can merge ``n`` inputs (a round can ask before collecting)."""

@@ -66,23 +66,18 @@ class Bulyan(Strategy):
                                f"got {n}")
 
     def _aggregate(self, base: StateDict, inputs: list[StateDict], weights: list[int]) -> StateDict:
-        compute = self._per_tensor(base, inputs, weights)
-        return {name: compute(name) for name in base}
-
-    def _per_tensor(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
-                    weights: list[int]) -> Callable[[str], torch.Tensor]:
-        picked = bulyan_select(pairwise_distances(base, inputs), len(inputs), self.byzantine)
-        width = len(picked) - 2 * self.byzantine
-
-        def compute(name: str) -> torch.Tensor:
-            return merge_columns({name: base[name]}, [{name: inputs[i][name]} for i in picked],
-                                 lambda cols: nearest_mean_columns(cols, width), indices=picked)[name]
-
-        return compute
+        picked, reduce = self._picked(base, inputs)
+        return merge_columns(base, [inputs[i] for i in picked], reduce, indices=picked)
 
     def _by_ranges(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
                    weights: list[int]) -> Callable[[str], Ranges]:
+        picked, reduce = self._picked(base, inputs)
+        return lambda name: column_ranges(name, ranges_of(base, name), [ranges_of(inputs[i], name) for i in picked],
+                                          reduce, indices=picked)
+
+    def _picked(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]]
+                ) -> tuple[list[int], Callable[[Columns], None]]:
+        """The inputs Krum selects, one at a time, and the rule on a chunk of their columns."""
         picked = bulyan_select(pairwise_distances(base, inputs), len(inputs), self.byzantine)
         width = len(picked) - 2 * self.byzantine
-        return lambda name: column_ranges(name, ranges_of(base, name), [ranges_of(inputs[i], name) for i in picked],
-                                          lambda cols: nearest_mean_columns(cols, width), indices=picked)
+        return picked, lambda cols: nearest_mean_columns(cols, width)

@@ -103,29 +103,22 @@ class Krum(Strategy):
                                f"keep at most n - f = {n - self.byzantine}")
 
     def _aggregate(self, base: StateDict, inputs: list[StateDict], weights: list[int]) -> StateDict:
-        compute = self._per_tensor(base, inputs, weights)
-        return {name: compute(name) for name in base}
-
-    def _per_tensor(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
-                    weights: list[int]) -> Callable[[str], torch.Tensor]:
-        ranking = krum_ranking(pairwise_distances(base, inputs), range(len(inputs)), self.byzantine)
-        if self.keep == 1:
-            best = inputs[ranking[0]]
-
-            def pick(name: str) -> torch.Tensor:
-                b, x = base[name], best[name]
-                return b if same_bits(x, b) else x
-
-            return pick
-        kept = sorted(ranking[: self.keep])
-        shares = normalize_weights([weights[i] for i in kept])
-        return lambda name: combine_tensor(name, base[name], [inputs[i][name] for i in kept], shares)
+        kept, shares = self._kept(base, inputs, weights)
+        if self.keep == 1:  # the chosen input's tensors, the base's own where they are equal
+            best = inputs[kept[0]]
+            return {name: b if same_bits(best[name], b) else best[name] for name, b in base.items()}
+        return {name: combine_tensor(name, b, [inputs[i][name] for i in kept], shares) for name, b in base.items()}
 
     def _by_ranges(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
                    weights: list[int]) -> Callable[[str], Ranges]:
-        ranking = krum_ranking(pairwise_distances(base, inputs), range(len(inputs)), self.byzantine)
-        if self.keep == 1:  # its tensors are the chosen input's (the base's where equal: the same bytes)
-            return lambda name: ranges_of(inputs[ranking[0]], name)
-        kept = sorted(ranking[: self.keep])
-        shares = normalize_weights([weights[i] for i in kept])
+        kept, shares = self._kept(base, inputs, weights)
+        if self.keep == 1:  # the chosen input's tensors (the base's where equal: the same bytes)
+            return lambda name: ranges_of(inputs[kept[0]], name)
         return lambda name: combined(name, ranges_of(base, name), [ranges_of(inputs[i], name) for i in kept], shares)
+
+    def _kept(self, base: Mapping[str, torch.Tensor], inputs: Sequence[Mapping[str, torch.Tensor]],
+              weights: list[int]) -> tuple[list[int], list[int]]:
+        """The inputs kept, in index order (the lowest-scoring ``keep``), and their weights renormalised."""
+        ranking = krum_ranking(pairwise_distances(base, inputs), range(len(inputs)), self.byzantine)
+        kept = sorted(ranking[: self.keep])
+        return kept, normalize_weights([weights[i] for i in kept])
