@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ..core.errors import InvalidInput, MergeError
-from .safetensors_io import TORCH_DTYPES, Ranges, StateDict
+from .safetensors_io import TORCH_DTYPES, Ranges, StateDict, computed_ranges
 
 DEFAULT_SCALE_BITS = 24
 WEIGHT_BITS = 16
@@ -246,25 +246,15 @@ def combined(name: str, b: Ranges, xs: Sequence[Ranges], weights: Sequence[int],
         return max(changed, key=lambda xw: xw[1])[0]
     dtype = TORCH_DTYPES[b.spec.dtype]
     taking = [(x, w) for x, w in zip(xs, weights, strict=True) if w != 0]
-    buffers += [torch.empty(part, dtype=torch.uint8) for _ in range(len(taking) - 1)]
     count = min(part // dtype.itemsize, HALF_CHUNK)  # a half type's values, widened: once, not at every range
     wide = [torch.empty(count, dtype=torch.float32) for _ in range(2 + len(taking))] \
         if dtype in (torch.bfloat16, torch.float16) else []
 
-    def readinto(offset: int, buffer: memoryview) -> None:
-        if not len(buffer):
-            return
-        out = torch.frombuffer(buffer, dtype=torch.uint8)
-        for at in range(0, len(buffer), part):
-            n = min(part, len(buffer) - at)
-            values = []
-            for source, scratch in zip([b, *(x for x, _ in taking)], buffers, strict=True):
-                source.readinto(offset + at, scratch.numpy().data[:n])
-                values.append(scratch[:n].view(dtype))
-            weighted_sum_fixed(values[0], values[1:], [w for _, w in taking], scale_bits=scale_bits,
-                               weight_bits=weight_bits, out=out[at:at + n].view(dtype), name=name, wide=wide)
+    def compute(values: list[torch.Tensor], out: torch.Tensor) -> None:
+        weighted_sum_fixed(values[0], values[1:], [w for _, w in taking], scale_bits=scale_bits,
+                           weight_bits=weight_bits, out=out, name=name, wide=wide)
 
-    return Ranges(b.spec, b.nbytes, readinto, lambda start, stop: None)
+    return computed_ranges([b, *(x for x, _ in taking)], compute, part=part)
 
 
 def same_ranges(a: Ranges, b: Ranges, *, part: int = PART) -> bool:

@@ -130,6 +130,31 @@ class Ranges:
             yield buffer
 
 
+def computed_ranges(sources: Sequence[Ranges], compute: Callable[[list[torch.Tensor], torch.Tensor], None], *,
+                    part: int, dtype: torch.dtype | None = None) -> Ranges:
+    """A tensor of ``sources[0]``'s spec read by ranges, each computed by ``compute(values, out)`` from the same
+    range of every source: ``values`` and ``out`` are flat views as ``dtype`` (default: the spec's), at most
+    ``part`` bytes (a whole number of values) at a time, the sources read into buffers reused from range to
+    range."""
+    spec = sources[0].spec
+    view = TORCH_DTYPES[spec.dtype] if dtype is None else dtype
+    buffers = [torch.empty(part, dtype=torch.uint8) for _ in sources]
+
+    def readinto(offset: int, buffer: memoryview) -> None:
+        if not len(buffer):
+            return
+        out = torch.frombuffer(buffer, dtype=torch.uint8)
+        for at in range(0, len(buffer), part):
+            n = min(part, len(buffer) - at)
+            values = []
+            for source, scratch in zip(sources, buffers, strict=True):
+                source.readinto(offset + at, scratch.numpy().data[:n])
+                values.append(scratch[:n].view(view))
+            compute(values, out[at:at + n].view(view))
+
+    return Ranges(spec, sources[0].nbytes, readinto, lambda start, stop: None)
+
+
 def ranges_of(state: Mapping[str, torch.Tensor], name: str) -> Ranges:
     """Tensor ``name`` of ``state`` read by ranges: from its file (a ``LazyState``'s), computed a range at a time
     (any mapping with a ``ranges`` method, such as a round's input moved onto the head), or from the tensor."""

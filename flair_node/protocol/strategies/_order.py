@@ -27,7 +27,7 @@ import torch
 from numba.typed import List
 
 from ...tensors.fixedpoint import PART, WEIGHT_BITS, same_bits, same_ranges, weighted_sum_fixed
-from ...tensors.safetensors_io import TORCH_DTYPES, Ranges, StateDict
+from ...tensors.safetensors_io import TORCH_DTYPES, Ranges, StateDict, computed_ranges
 from . import _base
 from ._kernels import sort_columns, sorting_network
 
@@ -129,20 +129,8 @@ def column_ranges(name: str, b: Ranges, xs: Sequence[Ranges], reduce: Callable[[
     if all(same_ranges(x, b, part=part) for x in xs):
         return b
     labels = list(range(len(xs))) if indices is None else list(indices)
-    dtype = merge_dtype(TORCH_DTYPES[b.spec.dtype])
-    buffers = [torch.empty(part, dtype=torch.uint8) for _ in range(len(xs) + 1)]
-
-    def readinto(offset: int, buffer: memoryview) -> None:
-        out = torch.frombuffer(buffer, dtype=torch.uint8) if len(buffer) else torch.empty(0, dtype=torch.uint8)
-        for at in range(0, len(buffer), part):
-            n = min(part, len(buffer) - at)
-            values = []
-            for source, scratch in zip([b, *xs], buffers, strict=True):
-                source.readinto(offset + at, scratch.numpy().data[:n])
-                values.append(scratch[:n].view(dtype))
-            _reduce_flat(name, values[0], values[1:], out[at:at + n].view(dtype), reduce, labels)
-
-    return Ranges(b.spec, b.nbytes, readinto, lambda start, stop: None)
+    return computed_ranges([b, *xs], lambda values, out: _reduce_flat(name, values[0], values[1:], out, reduce, labels),
+                           part=part, dtype=merge_dtype(TORCH_DTYPES[b.spec.dtype]))
 
 
 def _reduce_flat(name: str, base: torch.Tensor, xs: Sequence[torch.Tensor], out: torch.Tensor,
